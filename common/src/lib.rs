@@ -1,1 +1,9 @@
-//! placeholder
+//! Shared by the mcpwatch agent and collector: the wire protocol, mutual TLS, the dev PKI and
+//! config primitives. Only [`wire`] defines what crosses the network between the two.
+
+pub mod certs;
+pub mod config;
+pub mod logging;
+pub mod shutdown;
+pub mod tls;
+pub mod wire;

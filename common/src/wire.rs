@@ -1,0 +1,424 @@
+//! The agent ↔ collector protocol: the [`Frame`] enum, its payload types and the
+//! length-delimited postcard codec. Nothing else in the workspace defines wire bytes.
+//!
+//! Framing: a 4-byte big-endian length prefix (tokio-util `LengthDelimitedCodec`) followed by
+//! one postcard-encoded [`Frame`]. The codec refuses a length prefix above the configured
+//! maximum before reading or allocating the body, so a hostile peer can make the decoder
+//! allocate at most `max_frame_len` bytes.
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+/// Version of this protocol. Bump on any incompatible change to [`Frame`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Default maximum frame size (1 MiB), see DESIGN.md.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 1024 * 1024;
+
+/// One message on the agent ↔ collector stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Agent → collector, first frame of every connection.
+    Hello(Hello),
+    /// Collector → agent: the Hello was accepted.
+    Welcome(Welcome),
+    /// Collector → agent: the Hello was refused; the collector closes the stream after it.
+    Reject(Reject),
+    /// Agent → collector: samples and events under one sequence number.
+    Batch(Batch),
+    /// Collector → agent: every batch up to and including `seq` is durably committed.
+    Ack { seq: u64 },
+    /// Collector → agent: an operator command.
+    Command(Command),
+    /// Agent → collector: the outcome of a [`Command`].
+    CommandResult(CommandResult),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u16,
+    /// Must equal the identity in the client certificate's SAN.
+    pub agent_id: String,
+    pub agent_version: String,
+    pub hostname: String,
+    /// The host's boot id (`/proc/sys/kernel/random/boot_id`), to tell reboots apart.
+    pub boot_id: String,
+    /// Highest seq the agent knows to be acknowledged (0 when none).
+    pub last_acked_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u16,
+    /// The collector has committed every seq below this one; the agent resumes here.
+    pub resume_from_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reject {
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    ProtocolVersion,
+    IdentityMismatch,
+    Revoked,
+    Overloaded,
+    Internal,
+}
+
+/// A metric series: name plus labels sorted by label name. The host is not a label here: the
+/// collector takes it from the connection's authenticated identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeriesKey {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+}
+
+impl SeriesKey {
+    /// Builds a key, sorting labels so equal series always compare equal.
+    pub fn new(name: impl Into<String>, labels: &[(&str, &str)]) -> Self {
+        let mut labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        labels.sort();
+        SeriesKey {
+            name: name.into(),
+            labels,
+        }
+    }
+
+    /// Labels rendered as `k="v",k2="v2"` (the form stored and shown by the collector).
+    pub fn labels_text(&self) -> String {
+        let mut out = String::new();
+        for (i, (k, v)) in self.labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push_str("=\"");
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        out
+    }
+}
+
+/// Declares a series id for the rest of the connection (series are interned per connection).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesDef {
+    pub id: u32,
+    pub key: SeriesKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// A series id declared earlier on this connection (or in this batch).
+    pub series: u32,
+    /// Milliseconds since the Unix epoch, taken at the agent.
+    pub ts_ms: i64,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Per agent, strictly increasing, persisted in the agent's spool.
+    pub seq: u64,
+    pub new_series: Vec<SeriesDef>,
+    pub samples: Vec<Sample>,
+    pub events: Vec<Event>,
+}
+
+/// Something that happened at the agent, stored by the collector with time and host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// The agent's spool overflowed and dropped batches `first_seq..=last_seq`, holding
+    /// `samples` samples taken between `from_ts_ms` and `to_ts_ms`. The collector records a
+    /// gap there, never zeros.
+    Gap {
+        first_seq: u64,
+        last_seq: u64,
+        samples: u64,
+        from_ts_ms: i64,
+        to_ts_ms: i64,
+    },
+    /// The agent's spool skipped a corrupted record it could not read back.
+    SpoolCorruption { records: u64, bytes: u64 },
+    /// A supervised MCP server changed state or reported a probe result.
+    Server {
+        ts_ms: i64,
+        server: String,
+        kind: String,
+        detail: String,
+    },
+}
+
+/// An operator command sent down an agent's stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: u64,
+    pub action: CommandAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandAction {
+    RestartServer { server: String },
+    StopServer { server: String },
+    StartServer { server: String },
+    ApproveDrift { server: String },
+    Reload,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub id: u64,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Why a frame could not be decoded or encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// Length-delimited postcard codec for [`Frame`]s.
+#[derive(Debug)]
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+}
+
+impl FrameCodec {
+    pub fn new(max_frame_len: usize) -> Self {
+        FrameCodec {
+            inner: LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .max_frame_length(max_frame_len)
+                .new_codec(),
+        }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.inner.decode(src)? {
+            Some(body) => Ok(Some(postcard::from_bytes(&body)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let body = postcard::to_stdvec(frame)?;
+        self.inner.encode(Bytes::from(body), dst)?;
+        Ok(())
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode(&frame, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_key() -> impl Strategy<Value = SeriesKey> {
+        (
+            "[a-z_]{1,20}",
+            prop::collection::vec(("[a-z]{1,8}", ".{0,12}"), 0..4),
+        )
+            .prop_map(|(name, labels)| SeriesKey { name, labels })
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<i64>(), any::<i64>()).prop_map(
+                |(first_seq, last_seq, samples, from_ts_ms, to_ts_ms)| Event::Gap {
+                    first_seq,
+                    last_seq,
+                    samples,
+                    from_ts_ms,
+                    to_ts_ms
+                }
+            ),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(records, bytes)| Event::SpoolCorruption { records, bytes }),
+            (any::<i64>(), ".{0,10}", ".{0,10}", ".{0,30}").prop_map(
+                |(ts_ms, server, kind, detail)| Event::Server {
+                    ts_ms,
+                    server,
+                    kind,
+                    detail
+                }
+            ),
+        ]
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let hello = (
+            any::<u16>(),
+            ".{0,16}",
+            ".{0,8}",
+            ".{0,16}",
+            ".{0,36}",
+            any::<u64>(),
+        )
+            .prop_map(
+                |(protocol_version, agent_id, agent_version, hostname, boot_id, last_acked_seq)| {
+                    Frame::Hello(Hello {
+                        protocol_version,
+                        agent_id,
+                        agent_version,
+                        hostname,
+                        boot_id,
+                        last_acked_seq,
+                    })
+                },
+            );
+        let batch = (
+            any::<u64>(),
+            prop::collection::vec((any::<u32>(), arb_key()), 0..4),
+            prop::collection::vec((any::<u32>(), any::<i64>(), any::<f64>()), 0..50),
+            prop::collection::vec(arb_event(), 0..3),
+        )
+            .prop_map(|(seq, defs, samples, events)| {
+                Frame::Batch(Batch {
+                    seq,
+                    new_series: defs
+                        .into_iter()
+                        .map(|(id, key)| SeriesDef { id, key })
+                        .collect(),
+                    samples: samples
+                        .into_iter()
+                        .map(|(series, ts_ms, value)| Sample {
+                            series,
+                            ts_ms,
+                            value,
+                        })
+                        .collect(),
+                    events,
+                })
+            });
+        let action = prop_oneof![
+            ".{0,8}".prop_map(|server| CommandAction::RestartServer { server }),
+            ".{0,8}".prop_map(|server| CommandAction::StopServer { server }),
+            ".{0,8}".prop_map(|server| CommandAction::StartServer { server }),
+            ".{0,8}".prop_map(|server| CommandAction::ApproveDrift { server }),
+            Just(CommandAction::Reload),
+        ];
+        prop_oneof![
+            hello,
+            (any::<u16>(), any::<u64>()).prop_map(|(protocol_version, resume_from_seq)| {
+                Frame::Welcome(Welcome {
+                    protocol_version,
+                    resume_from_seq,
+                })
+            }),
+            (".{0,20}").prop_map(|message| Frame::Reject(Reject {
+                reason: RejectReason::IdentityMismatch,
+                message
+            })),
+            batch,
+            any::<u64>().prop_map(|seq| Frame::Ack { seq }),
+            (any::<u64>(), action).prop_map(|(id, action)| Frame::Command(Command { id, action })),
+            (any::<u64>(), any::<bool>(), ".{0,20}")
+                .prop_map(|(id, ok, message)| Frame::CommandResult(CommandResult {
+                    id,
+                    ok,
+                    message
+                })),
+        ]
+    }
+
+    /// NaN != NaN, so compare encodings rather than values.
+    fn same(a: &Frame, b: &Frame) -> bool {
+        postcard::to_stdvec(a).ok() == postcard::to_stdvec(b).ok()
+    }
+
+    proptest! {
+        #[test]
+        fn every_frame_round_trips(frame in arb_frame()) {
+            let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME_LEN);
+            let mut buf = BytesMut::new();
+            codec.encode(&frame, &mut buf).unwrap();
+            let back = codec.decode(&mut buf).unwrap().expect("a whole frame");
+            prop_assert!(same(&frame, &back));
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+            let mut codec = FrameCodec::new(1024);
+            let mut buf = BytesMut::from(&bytes[..]);
+            // Either a frame, an error, or "need more"; never a panic and never a buffer
+            // reservation beyond the frame limit plus the 4-byte header.
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            prop_assert!(buf.capacity() <= bytes.len().max(1024 + 4) + 64);
+        }
+
+        #[test]
+        fn arbitrary_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut codec = FrameCodec::new(1024);
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            buf.extend_from_slice(&body);
+            let _ = codec.decode(&mut buf);
+        }
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_before_reading_the_body() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&u32::MAX.to_be_bytes());
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, CodecError::Io(_)), "{err}");
+        assert!(buf.capacity() < 1024 * 1024);
+    }
+
+    #[test]
+    fn truncated_frame_waits_for_more() {
+        let mut codec = FrameCodec::new(1024);
+        let mut whole = BytesMut::new();
+        codec.encode(&Frame::Ack { seq: 7 }, &mut whole).unwrap();
+        let mut part = BytesMut::from(&whole[..whole.len() - 1]);
+        assert!(codec.decode(&mut part).unwrap().is_none());
+    }
+
+    #[test]
+    fn labels_are_sorted_and_escaped() {
+        let k = SeriesKey::new("m", &[("z", "a\"b"), ("a", "x")]);
+        assert_eq!(k.labels_text(), r#"a="x",z="a\"b""#);
+    }
+}
