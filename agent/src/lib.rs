@@ -1,1 +1,13 @@
-//! placeholder
+//! mcpwatch agent: samples host metrics, spools every batch to disk under a sequence number
+//! and streams the spool to the collector over mutual TLS. See ARCHITECTURE.md.
+
+pub mod agent;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod sampler;
+pub mod spool;
+pub mod uplink;
+
+pub use agent::{run, AgentError};
+pub use config::AgentConfig;

@@ -1,1 +1,80 @@
-fn main() {}
+//! `mcpwatch-agent`: parses the command line, loads the config, sets up logging and runs the
+//! agent library; maps errors to exit codes (64 for configuration errors).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mcpwatch_agent::{config::DEFAULT_PATH, AgentConfig};
+use mcpwatch_common::{config::EXIT_CONFIG, logging, shutdown};
+use tokio_util::sync::CancellationToken;
+
+/// mcpwatch agent: host metrics and MCP server supervision, streamed to the collector.
+#[derive(Parser)]
+#[command(name = "mcpwatch-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (as the systemd service does).
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate the configuration (including TLS files) and exit.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (path, run) = match cli.command {
+        Command::Run { config } => (config, true),
+        Command::CheckConfig { config } => (config, false),
+    };
+    let config = match AgentConfig::load(&path) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("mcpwatch-agent: invalid configuration: {err}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    if !run {
+        println!("{}: ok (agent_id {})", path.display(), config.agent_id);
+        return ExitCode::SUCCESS;
+    }
+    logging::init(&config.log_level, config.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("mcpwatch-agent: cannot start runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let token = CancellationToken::new();
+        let signals = tokio::spawn(shutdown::watch_signals(token.clone(), None));
+        let result = mcpwatch_agent::run(config, token.clone()).await;
+        token.cancel();
+        let _ = signals.await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %err, "agent failed");
+                eprintln!("mcpwatch-agent: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

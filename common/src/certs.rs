@@ -146,7 +146,12 @@ pub fn init(dir: &Path, names: &[String]) -> Result<(), CertError> {
 /// Issues a client certificate for agent `name` signed by the CA in `dir`.
 pub fn issue_agent(dir: &Path, name: &str) -> Result<CertPaths, CertError> {
     let now = OffsetDateTime::now_utc();
-    issue_agent_valid(dir, name, now - Duration::hours(1), now + Duration::days(825))
+    issue_agent_valid(
+        dir,
+        name,
+        now - Duration::hours(1),
+        now + Duration::days(825),
+    )
 }
 
 /// Like [`issue_agent`] with an explicit validity window (tests issue expired certificates).
@@ -222,16 +227,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), &["collector.example".into()]).unwrap();
         let a = issue_agent(dir.path(), "web-1").unwrap();
-        for key in [ca_paths(dir.path()).key, collector_paths(dir.path()).key, a.key] {
+        for key in [
+            ca_paths(dir.path()).key,
+            collector_paths(dir.path()).key,
+            a.key,
+        ] {
             let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", key.display());
         }
-        assert!(matches!(
-            init(dir.path(), &[]),
-            Err(CertError::Exists(_))
-        ));
-        let id = crate::tls::identity_of_pem(&read(&agent_paths(dir.path(), "web-1").cert).unwrap())
-            .unwrap();
+        assert!(matches!(init(dir.path(), &[]), Err(CertError::Exists(_))));
+        let id =
+            crate::tls::identity_of_pem(&read(&agent_paths(dir.path(), "web-1").cert).unwrap())
+                .unwrap();
         assert_eq!(id, "web-1");
     }
 

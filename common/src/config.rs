@@ -77,7 +77,10 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigEr
 fn key_at(text: &str, pos: usize, message: &str) -> String {
     let quoted = message.split('`').nth(1).map(str::to_owned);
     let line_start = text[..pos].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = text[pos..].find('\n').map(|i| pos + i).unwrap_or(text.len());
+    let line_end = text[pos..]
+        .find('\n')
+        .map(|i| pos + i)
+        .unwrap_or(text.len());
     let line = text[line_start..line_end].trim();
     let table = text[..line_start]
         .lines()
@@ -148,8 +151,13 @@ impl FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        for (unit, per) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms >= per && ms % per == 0 {
+        for (unit, per) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms >= per && ms.is_multiple_of(per) {
                 return write!(f, "{}{unit}", ms / per);
             }
         }
@@ -185,7 +193,11 @@ impl FromStr for ByteSize {
             "KB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
-            u => return Err(format!("{s:?}: unknown unit {u:?} (B, KiB, MiB, GiB, KB, MB, GB)")),
+            u => {
+                return Err(format!(
+                    "{s:?}: unknown unit {u:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+                ))
+            }
         };
         n.checked_mul(per)
             .map(ByteSize)
@@ -235,7 +247,10 @@ mod tests {
     #[test]
     fn durations_and_sizes_parse() {
         assert_eq!("500ms".parse::<Duration>().unwrap().get().as_millis(), 500);
-        assert_eq!("7d".parse::<Duration>().unwrap().get().as_secs(), 7 * 86_400);
+        assert_eq!(
+            "7d".parse::<Duration>().unwrap().get().as_secs(),
+            7 * 86_400
+        );
         assert!("5".parse::<Duration>().is_err());
         assert!("5y".parse::<Duration>().is_err());
         assert_eq!("30s".parse::<Duration>().unwrap().to_string(), "30s");

@@ -5,5 +5,6 @@ pub mod certs;
 pub mod config;
 pub mod logging;
 pub mod shutdown;
+pub mod systemd;
 pub mod tls;
 pub mod wire;

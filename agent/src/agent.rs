@@ -1,0 +1,292 @@
+//! `agent::run`: wires the sampler, the spool writer, the uplink and the HTTP endpoint into
+//! one cancellation tree, and drains them in order on shutdown.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use mcpwatch_common::tls::{self, Reloadable};
+use mcpwatch_common::{systemd, wire::SeriesKey};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AgentConfig;
+use crate::http::{self, Health};
+use crate::metrics::AgentMetrics;
+use crate::sampler::Sampler;
+use crate::spool::{Spool, SpoolBatch, SpoolConfig, SpoolError};
+use crate::uplink::{self, Uplink};
+
+/// Batches waiting between the sampler and the spool writer. At 1 Hz this is minutes of
+/// slack; when it is full the sampler drops (and counts) rather than blocking.
+const SPOOL_QUEUE: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("bind metrics listener {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Runs the agent until `shutdown` is cancelled, then flushes the spool and gives the uplink
+/// up to `shutdown_grace` to hand over what is still un-acked (the spool keeps the rest).
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let metrics = Arc::new(AgentMetrics::new());
+    let health = Arc::new(Health::default());
+    let tls = Arc::new(Reloadable::new(tls::client_config(&config.tls)?));
+    let listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|source| AgentError::Bind {
+            addr: config.metrics_listen,
+            source,
+        })?;
+    let spool_cfg = SpoolConfig {
+        dir: config.spool_dir.clone(),
+        max_bytes: config.spool_max_bytes,
+        segment_bytes: (config.spool_max_bytes / 16).clamp(64 << 10, 8 << 20),
+        fsync: config.spool_fsync,
+    };
+    let spool = Arc::new(Mutex::new(
+        tokio::task::spawn_blocking(move || Spool::open(spool_cfg))
+            .await
+            .map_err(|e| SpoolError::Io {
+                op: "open",
+                path: config.spool_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??,
+    ));
+    publish_spool_stats(&metrics, &uplink::lock(&spool));
+
+    let tracker = TaskTracker::new();
+    let http_stop = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let appended = Arc::new(Notify::new());
+    let (tx, rx) = mpsc::channel::<SpoolBatch>(SPOOL_QUEUE);
+
+    // The endpoint outlives the drain so /metrics shows it; it has its own handle.
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        http_stop.clone(),
+    ));
+    let writer = {
+        let (spool, metrics, appended) = (spool.clone(), metrics.clone(), appended.clone());
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || spool_writer(rx, &spool, &metrics, &appended))
+            .map_err(|e| SpoolError::Io {
+                op: "open",
+                path: config.spool_dir.clone(),
+                source: e,
+            })?
+    };
+    tracker.spawn(sample_loop(
+        config.interval.get(),
+        tx,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let uplink = Uplink {
+        agent_id: config.agent_id.clone(),
+        hostname: read_trimmed("/proc/sys/kernel/hostname"),
+        boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+        address: config.collector_address.clone(),
+        server_name: config.server_name.clone(),
+        tls: tls.clone(),
+        max_frame_len: config.max_frame_len,
+        max_in_flight: config.max_in_flight,
+        connect_timeout: config.connect_timeout.get(),
+        backoff_min: config.backoff_min.get(),
+        backoff_max: config.backoff_max.get(),
+        spool: spool.clone(),
+        appended,
+        metrics: metrics.clone(),
+    };
+    tracker.spawn(uplink.run(drain.clone(), stop.clone()));
+    tracker.spawn(reload_on_sighup(config.clone(), tls, shutdown.clone()));
+    systemd::spawn_watchdog(&tracker, shutdown.clone());
+    health.set_running(true);
+    systemd::ready();
+    tracing::info!(agent_id = %config.agent_id, collector = %config.collector_address,
+        metrics = %config.metrics_listen, "agent running");
+
+    shutdown.cancelled().await;
+    systemd::stopping();
+    health.set_running(false);
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace.get();
+    // The sampler has stopped and dropped its sender: the writer flushes what is queued.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    drain.cancel();
+    tracker.close();
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        let pending = uplink::lock(&spool).stats().records_pending;
+        tracing::warn!(
+            pending,
+            "grace period over; un-acked batches stay in the spool"
+        );
+    }
+    stop.cancel();
+    tracker.wait().await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    let stats = uplink::lock(&spool).stats();
+    tracing::info!(
+        samples_collected = metrics.samples_collected_total.get(),
+        samples_dropped = metrics.dropped_samples_total.get(),
+        pending_records = stats.records_pending,
+        last_acked_seq = uplink::lock(&spool).last_acked(),
+        "agent stopped"
+    );
+    Ok(())
+}
+
+fn publish_spool_stats(metrics: &AgentMetrics, spool: &Spool) {
+    let stats = spool.stats();
+    metrics.spool_bytes.set(stats.bytes_on_disk as i64);
+    metrics
+        .spool_pending_records
+        .set(stats.records_pending as i64);
+    let seen = metrics.dropped_samples_total.get();
+    metrics
+        .dropped_samples_total
+        .inc_by(stats.dropped_samples_total.saturating_sub(seen));
+    let seen = metrics.spool_corrupt_records_total.get();
+    metrics
+        .spool_corrupt_records_total
+        .inc_by(stats.corrupt_records_total.saturating_sub(seen));
+}
+
+/// The one owner of spool appends: takes batches off the queue, appends (fsync), wakes the
+/// uplink. Ends when the sampler's sender is dropped and the queue is empty.
+fn spool_writer(
+    mut rx: mpsc::Receiver<SpoolBatch>,
+    spool: &Mutex<Spool>,
+    metrics: &AgentMetrics,
+    appended: &Notify,
+) {
+    while let Some(mut batch) = rx.blocking_recv() {
+        let mut spool = uplink::lock(spool);
+        if let Some(event) = spool.take_corruption_event() {
+            batch.events.push(event);
+        }
+        let samples = batch.samples.len() as u64;
+        if let Err(err) = spool.append(batch) {
+            metrics.dropped_samples_total.inc_by(samples);
+            tracing::error!(error = %err, samples, "spool append failed; batch dropped");
+        }
+        publish_spool_stats(metrics, &spool);
+        drop(spool);
+        appended.notify_one();
+    }
+}
+
+async fn sample_loop(
+    interval: std::time::Duration,
+    tx: mpsc::Sender<SpoolBatch>,
+    metrics: Arc<AgentMetrics>,
+    shutdown: CancellationToken,
+) {
+    let mut sampler = Sampler::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = Instant::now();
+        let ts_ms = now_ms();
+        let mut values = sampler.sample();
+        metrics
+            .sample_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.set_host_samples(&values);
+        // The agent's own health travels with the host metrics so the collector can alert on
+        // an agent that drops samples.
+        values.push((
+            SeriesKey::new("mcpwatch_agent_dropped_samples_total", &[]),
+            metrics.dropped_samples_total.get() as f64,
+        ));
+        values.push((
+            SeriesKey::new("mcpwatch_agent_spool_bytes", &[]),
+            metrics.spool_bytes.get() as f64,
+        ));
+        let n = values.len() as u64;
+        let batch = batch_of(values, ts_ms);
+        metrics.samples_collected_total.inc_by(n);
+        if tx.try_send(batch).is_err() {
+            metrics.dropped_samples_total.inc_by(n);
+            tracing::warn!(samples = n, "spool queue full; samples dropped");
+        }
+    }
+}
+
+/// One spool batch from one sampling cycle: every value shares the cycle's timestamp.
+pub fn batch_of(values: Vec<(SeriesKey, f64)>, ts_ms: i64) -> SpoolBatch {
+    let mut series = Vec::with_capacity(values.len());
+    let mut samples = Vec::with_capacity(values.len());
+    for (i, (key, value)) in values.into_iter().enumerate() {
+        series.push(key);
+        samples.push(mcpwatch_common::wire::Sample {
+            series: i as u32,
+            ts_ms,
+            value,
+        });
+    }
+    SpoolBatch {
+        series,
+        samples,
+        events: Vec::new(),
+    }
+}
+
+/// SIGHUP: re-read the TLS files; new connections use them, live ones keep theirs.
+async fn reload_on_sighup(
+    config: AgentConfig,
+    tls: Arc<Reloadable<rustls::ClientConfig>>,
+    shutdown: CancellationToken,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload disabled");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        match tls::client_config(&config.tls) {
+            Ok(new) => {
+                tls.set(new);
+                tracing::info!("TLS certificates reloaded");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "TLS reload failed; keeping the old certificates")
+            }
+        }
+    }
+}

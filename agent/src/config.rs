@@ -1,0 +1,253 @@
+//! Agent configuration: the raw TOML shape (serde, `deny_unknown_fields`, documented
+//! defaults) and its validation into [`AgentConfig`], whose fields are typed and checked.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use mcpwatch_common::config::{self as cfg, ByteSize, ConfigError, Duration};
+use mcpwatch_common::tls::{self, TlsFiles};
+use mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN;
+use rustls::pki_types::ServerName;
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/mcpwatch/agent.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentConfig {
+    /// Identity; must equal the DNS SAN of `tls.cert`. Default: taken from the certificate.
+    pub agent_id: Option<String>,
+    pub collector: RawCollector,
+    pub tls: RawTls,
+    #[serde(default)]
+    pub sampling: RawSampling,
+    #[serde(default)]
+    pub spool: RawSpool,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub uplink: RawUplink,
+    #[serde(default)]
+    pub log: RawLog,
+    /// How long SIGTERM may take to flush and hand over un-acked batches. Default 10s.
+    pub shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCollector {
+    /// `host:port` of the collector's ingest listener.
+    pub address: String,
+    /// Name the collector's certificate must carry. Default: the host part of `address`.
+    pub server_name: Option<String>,
+    /// Largest frame accepted or sent. Default 1MiB.
+    pub max_frame_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSampling {
+    /// Host metrics interval. Default 1s.
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// Default /var/lib/mcpwatch/spool.
+    pub dir: Option<PathBuf>,
+    /// Cap on disk; the oldest batches are dropped (and counted) beyond it. Default 256MiB.
+    pub max_size: Option<ByteSize>,
+    /// fsync every appended batch. Default true.
+    pub fsync: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address of `/metrics` and `/healthz`. Default 127.0.0.1:9464.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUplink {
+    /// Reconnect backoff floor. Default 100ms.
+    pub backoff_min: Option<Duration>,
+    /// Reconnect backoff ceiling. Default 30s.
+    pub backoff_max: Option<Duration>,
+    /// TCP connect + TLS handshake timeout. Default 10s.
+    pub connect_timeout: Option<Duration>,
+    /// Batches sent but not yet acknowledged. Default 64.
+    pub max_in_flight: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// tracing filter, e.g. "info" or "mcpwatch_agent=debug". Default "info".
+    pub level: Option<String>,
+    /// JSON lines instead of text. Default false.
+    pub json: Option<bool>,
+}
+
+/// Validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub path: PathBuf,
+    pub agent_id: String,
+    pub collector_address: String,
+    pub server_name: ServerName<'static>,
+    pub max_frame_len: usize,
+    pub tls: TlsFiles,
+    pub interval: Duration,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub spool_fsync: bool,
+    pub metrics_listen: SocketAddr,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+    pub max_in_flight: usize,
+    pub log_level: String,
+    pub log_json: bool,
+    pub shutdown_grace: Duration,
+}
+
+impl AgentConfig {
+    /// Loads and validates `path`, including that the TLS files are readable and agree.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let raw: RawAgentConfig = cfg::load(path)?;
+        Self::validate(path, raw)
+    }
+
+    pub fn validate(path: &Path, raw: RawAgentConfig) -> Result<AgentConfig, ConfigError> {
+        let bad = |key: &str, msg: String| ConfigError::invalid(path, key, msg);
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let tls = TlsFiles {
+            ca: resolve(raw.tls.ca),
+            cert: resolve(raw.tls.cert),
+            key: resolve(raw.tls.key),
+        };
+        tls::client_config(&tls).map_err(|e| bad("tls", e.to_string()))?;
+        let cert = tls::load_certs(&tls.cert).map_err(|e| bad("tls.cert", e.to_string()))?;
+        let cert_id = tls::identity_of(&cert[0]).map_err(|e| bad("tls.cert", e.to_string()))?;
+        let agent_id = match raw.agent_id {
+            Some(id) if id != cert_id => {
+                return Err(bad(
+                    "agent_id",
+                    format!("{id:?} differs from the certificate's identity {cert_id:?}"),
+                ))
+            }
+            Some(id) => id,
+            None => cert_id,
+        };
+
+        let address = raw.collector.address;
+        let host = split_host(&address).ok_or_else(|| {
+            bad(
+                "collector.address",
+                format!("{address:?}: expected host:port"),
+            )
+        })?;
+        let name = raw.collector.server_name.unwrap_or_else(|| host.to_owned());
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|e| bad("collector.server_name", format!("{name:?}: {e}")))?;
+        let max_frame_len = raw
+            .collector
+            .max_frame_size
+            .map(|b| b.0)
+            .unwrap_or(DEFAULT_MAX_FRAME_LEN as u64);
+        if !(1024..=64 << 20).contains(&max_frame_len) {
+            return Err(bad(
+                "collector.max_frame_size",
+                "must be 1KiB..=64MiB".into(),
+            ));
+        }
+
+        let interval = raw.sampling.interval.unwrap_or(Duration::from_secs(1));
+        if interval.get() < std::time::Duration::from_millis(100) {
+            return Err(bad("sampling.interval", "must be at least 100ms".into()));
+        }
+        let spool_max_bytes = raw.spool.max_size.map(|b| b.0).unwrap_or(256 << 20);
+        if spool_max_bytes < 64 << 10 {
+            return Err(bad("spool.max_size", "must be at least 64KiB".into()));
+        }
+        let backoff_min = raw.uplink.backoff_min.unwrap_or(Duration::from_millis(100));
+        let backoff_max = raw.uplink.backoff_max.unwrap_or(Duration::from_secs(30));
+        if backoff_min > backoff_max || backoff_min.get().is_zero() {
+            return Err(bad(
+                "uplink.backoff_min",
+                "must be positive and not above uplink.backoff_max".into(),
+            ));
+        }
+        let max_in_flight = raw.uplink.max_in_flight.unwrap_or(64);
+        if !(1..=4096).contains(&max_in_flight) {
+            return Err(bad("uplink.max_in_flight", "must be 1..=4096".into()));
+        }
+        Ok(AgentConfig {
+            path: path.to_owned(),
+            agent_id,
+            collector_address: address,
+            server_name,
+            max_frame_len: max_frame_len as usize,
+            tls,
+            interval,
+            spool_dir: resolve(
+                raw.spool
+                    .dir
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/mcpwatch/spool")),
+            ),
+            spool_max_bytes,
+            spool_fsync: raw.spool.fsync.unwrap_or(true),
+            metrics_listen: raw
+                .metrics
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+            backoff_min,
+            backoff_max,
+            connect_timeout: raw
+                .uplink
+                .connect_timeout
+                .unwrap_or(Duration::from_secs(10)),
+            max_in_flight,
+            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+            log_json: raw.log.json.unwrap_or(false),
+            shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+        })
+    }
+}
+
+/// Host part of `host:port` or `[v6]:port`.
+fn split_host(address: &str) -> Option<&str> {
+    let (host, port) = address.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_host_handles_v4_v6_and_names() {
+        assert_eq!(split_host("127.0.0.1:7443"), Some("127.0.0.1"));
+        assert_eq!(split_host("[::1]:7443"), Some("::1"));
+        assert_eq!(split_host("collector:7443"), Some("collector"));
+        assert_eq!(split_host("collector"), None);
+        assert_eq!(split_host(":7443"), None);
+    }
+}

@@ -1,0 +1,573 @@
+//! The agent's own Prometheus metrics: the latest host sample and the agent's health
+//! (spool, uplink, sampling), encoded in OpenMetrics or Prometheus text format.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use mcpwatch_common::wire::SeriesKey;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::sampler::{series_help, MetricKind};
+
+/// Content type of [`AgentMetrics::encode`].
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of [`AgentMetrics::encode_prometheus_text`].
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Why the uplink failed; the `kind` label of `mcpwatch_agent_uplink_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkErrorKind {
+    /// TLS handshake or certificate failure.
+    Tls,
+    /// Connect, read or write failure.
+    Io,
+    /// The peer sent something the protocol does not allow.
+    Protocol,
+    /// The collector answered `Reject`.
+    Rejected,
+}
+
+impl UplinkErrorKind {
+    pub const ALL: [UplinkErrorKind; 4] = [
+        UplinkErrorKind::Tls,
+        UplinkErrorKind::Io,
+        UplinkErrorKind::Protocol,
+        UplinkErrorKind::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UplinkErrorKind::Tls => "tls",
+            UplinkErrorKind::Io => "io",
+            UplinkErrorKind::Protocol => "protocol",
+            UplinkErrorKind::Rejected => "rejected",
+        }
+    }
+}
+
+type KindLabel = [(&'static str, &'static str); 1];
+
+/// Every metric the agent exposes. Handles are cheap clones of shared atomics, so tasks may
+/// clone the ones they update; everything is safe to use from any thread.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    /// Written once in [`AgentMetrics::new`]; encoding only reads it, so it needs no lock.
+    registry: Registry,
+    host: Arc<HostSnapshot>,
+    last_ack: Arc<LastAck>,
+    uplink_errors: Family<KindLabel, Counter>,
+    /// Bytes the spool occupies on disk.
+    pub spool_bytes: Gauge,
+    /// Records in the spool not yet acknowledged by the collector.
+    pub spool_pending_records: Gauge,
+    /// Samples lost because the channel or the spool was full.
+    pub dropped_samples_total: Counter,
+    /// Spool records skipped because they could not be read back.
+    pub spool_corrupt_records_total: Counter,
+    /// Uplink connections (re)established after the first.
+    pub reconnects_total: Counter,
+    /// 1 while the uplink has a welcomed session, 0 otherwise.
+    pub uplink_connected: Gauge,
+    pub batches_sent_total: Counter,
+    pub batches_acked_total: Counter,
+    pub samples_collected_total: Counter,
+    pub sample_errors_total: Counter,
+    /// Wall time of one host sampling cycle.
+    pub sample_duration_seconds: Histogram,
+}
+
+impl AgentMetrics {
+    pub fn new() -> AgentMetrics {
+        let uplink_errors = Family::<KindLabel, Counter>::default();
+        // Create every kind up front so each series exists at 0 and rate() works from the
+        // first scrape instead of after the first error.
+        for kind in UplinkErrorKind::ALL {
+            let _ = uplink_errors.get_or_create(&[("kind", kind.as_str())]);
+        }
+        let mut m = AgentMetrics {
+            registry: Registry::default(),
+            host: Arc::new(HostSnapshot::default()),
+            last_ack: Arc::new(LastAck::new()),
+            uplink_errors,
+            spool_bytes: Gauge::default(),
+            spool_pending_records: Gauge::default(),
+            dropped_samples_total: Counter::default(),
+            spool_corrupt_records_total: Counter::default(),
+            reconnects_total: Counter::default(),
+            uplink_connected: Gauge::default(),
+            batches_sent_total: Counter::default(),
+            batches_acked_total: Counter::default(),
+            samples_collected_total: Counter::default(),
+            sample_errors_total: Counter::default(),
+            // 100 µs .. ~0.4 s: a cycle measures well under 1 ms; slow disks or a loaded
+            // host push it up by orders of magnitude.
+            sample_duration_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 13)),
+        };
+
+        // prometheus-client appends `_total` to counter samples itself, so counters are
+        // registered under their family name; it also appends the final period to HELP.
+        let r = &mut m.registry;
+        r.register(
+            "mcpwatch_agent_spool_bytes",
+            "Bytes the agent's spool occupies on disk",
+            m.spool_bytes.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_spool_pending_records",
+            "Spool records not yet acknowledged by the collector",
+            m.spool_pending_records.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_dropped_samples",
+            "Samples dropped because the pipeline or the spool was full",
+            m.dropped_samples_total.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_spool_corrupt_records",
+            "Spool records skipped because they could not be read back",
+            m.spool_corrupt_records_total.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_reconnects",
+            "Uplink connections re-established after a disconnect",
+            m.reconnects_total.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_uplink_connected",
+            "1 while the uplink has a session accepted by the collector, 0 otherwise",
+            m.uplink_connected.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_batches_sent",
+            "Batches written to the uplink, including resends",
+            m.batches_sent_total.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_batches_acked",
+            "Batches acknowledged by the collector as durably committed",
+            m.batches_acked_total.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_samples_collected",
+            "Samples collected by the agent from all sources",
+            m.samples_collected_total.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_sample_errors",
+            "Sampling cycles or sources that failed",
+            m.sample_errors_total.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_sample_duration_seconds",
+            "Wall time of one host sampling cycle",
+            m.sample_duration_seconds.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_uplink_errors",
+            "Uplink failures by kind (tls, io, protocol, rejected)",
+            m.uplink_errors.clone(),
+        );
+        r.register_collector(Box::new(m.last_ack.clone()));
+        r.register_collector(Box::new(m.host.clone()));
+        m
+    }
+
+    /// Replaces the exposed host values with this sample (the latest one wins).
+    pub fn set_host_samples(&self, samples: &[(SeriesKey, f64)]) {
+        let mut snapshot = self.host.write();
+        snapshot.clear();
+        snapshot.extend_from_slice(samples);
+    }
+
+    /// Counts one uplink failure of this kind.
+    pub fn inc_uplink_error(&self, kind: UplinkErrorKind) {
+        self.uplink_errors
+            .get_or_create(&[("kind", kind.as_str())])
+            .inc();
+    }
+
+    /// Records that the collector acknowledged a batch now; `mcpwatch_agent_last_ack_age_seconds`
+    /// counts from here at scrape time.
+    pub fn record_ack(&self) {
+        self.last_ack.record(Instant::now());
+    }
+
+    /// The whole exposition in OpenMetrics text, ending with `# EOF`.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail and no collector here returns an error of its own,
+        // so an error would be a bug in prometheus-client; log it rather than panic.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// The same exposition in the Prometheus text format 0.0.4, for clients that do not ask
+    /// for OpenMetrics (curl, `promtool check metrics`, older scrapers). The two formats
+    /// differ, for what we emit, only in counter families: OpenMetrics names the family
+    /// without `_total` in HELP/TYPE, the text format names it like its samples. And the
+    /// text format has no `# EOF`.
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_prometheus_text(&self.encode())
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        AgentMetrics::new()
+    }
+}
+
+fn openmetrics_to_prometheus_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + counters.len() * 16);
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(prefix);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(tail);
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The latest host sample, encoded on scrape. prometheus-client counters can only be
+/// incremented, while host counters are read as absolute values from the kernel, so the
+/// snapshot is encoded directly with the right TYPE per family.
+#[derive(Debug, Default)]
+struct HostSnapshot {
+    latest: RwLock<Vec<(SeriesKey, f64)>>,
+}
+
+impl HostSnapshot {
+    /// A panic while holding the lock cannot leave the Vec half-valid for our use (it is
+    /// replaced wholesale), so a poisoned lock is still safe to use.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<(SeriesKey, f64)>> {
+        self.latest.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<(SeriesKey, f64)>> {
+        self.latest.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Collector for HostSnapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let latest = self.read();
+        for (name, help, kind) in series_help() {
+            let mut series = latest.iter().filter(|(k, _)| k.name == *name).peekable();
+            if series.peek().is_none() {
+                continue;
+            }
+            let (family, metric_type) = match kind {
+                MetricKind::Gauge => (*name, MetricType::Gauge),
+                // The encoder appends `_total` to counter samples.
+                MetricKind::Counter => (
+                    name.strip_suffix("_total").unwrap_or(name),
+                    MetricType::Counter,
+                ),
+            };
+            let mut metric = encoder.encode_descriptor(family, help, None, metric_type)?;
+            for (key, value) in series {
+                let labels: Vec<(&str, &str)> = key
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                match (kind, labels.is_empty()) {
+                    (MetricKind::Gauge, true) => metric.encode_gauge(value)?,
+                    (MetricKind::Gauge, false) => {
+                        metric.encode_family(&labels)?.encode_gauge(value)?;
+                    }
+                    (MetricKind::Counter, true) => {
+                        metric.encode_counter::<NoLabelSet, f64, f64>(value, None)?;
+                    }
+                    (MetricKind::Counter, false) => {
+                        metric
+                            .encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, f64, f64>(value, None)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// When the collector last acknowledged a batch, as nanoseconds since `base`. Lock-free so
+/// the uplink never waits on a scrape.
+#[derive(Debug)]
+struct LastAck {
+    base: Instant,
+    /// 0 means "never acknowledged": the age then counts from agent start, so an agent that
+    /// never gets an ack shows a growing age rather than no series at all.
+    nanos: AtomicU64,
+}
+
+impl LastAck {
+    fn new() -> Self {
+        LastAck {
+            base: Instant::now(),
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, at: Instant) {
+        let since = at.saturating_duration_since(self.base).as_nanos();
+        // Saturates after 584 years of uptime; max(1) keeps 0 reserved for "never".
+        let since = u64::try_from(since).unwrap_or(u64::MAX).max(1);
+        self.nanos.fetch_max(since, Ordering::Relaxed);
+    }
+
+    fn age(&self, now: Instant) -> Duration {
+        let since_base = Duration::from_nanos(self.nanos.load(Ordering::Relaxed));
+        let at = self.base.checked_add(since_base).unwrap_or(self.base);
+        now.saturating_duration_since(at)
+    }
+}
+
+impl Collector for LastAck {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let age = ConstGauge::new(self.age(Instant::now()).as_secs_f64());
+        let metric = encoder.encode_descriptor(
+            "mcpwatch_agent_last_ack_age_seconds",
+            "Seconds since the collector last acknowledged a batch (since agent start when none was).",
+            None,
+            age.metric_type(),
+        )?;
+        age.encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::{NETWORK_RECEIVE_BYTES_TOTAL, PROCESSES};
+
+    fn host_sample() -> Vec<(SeriesKey, f64)> {
+        series_help()
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _, _))| (SeriesKey::new(*name, &[("x", "y")]), i as f64))
+            .collect()
+    }
+
+    const AGENT_FAMILIES: &[(&str, &str)] = &[
+        ("mcpwatch_agent_spool_bytes", "gauge"),
+        ("mcpwatch_agent_spool_pending_records", "gauge"),
+        ("mcpwatch_agent_dropped_samples", "counter"),
+        ("mcpwatch_agent_spool_corrupt_records", "counter"),
+        ("mcpwatch_agent_reconnects", "counter"),
+        ("mcpwatch_agent_uplink_connected", "gauge"),
+        ("mcpwatch_agent_last_ack_age_seconds", "gauge"),
+        ("mcpwatch_agent_batches_sent", "counter"),
+        ("mcpwatch_agent_batches_acked", "counter"),
+        ("mcpwatch_agent_samples_collected", "counter"),
+        ("mcpwatch_agent_sample_errors", "counter"),
+        ("mcpwatch_agent_sample_duration_seconds", "histogram"),
+        ("mcpwatch_agent_uplink_errors", "counter"),
+    ];
+
+    #[test]
+    fn metrics_encode_has_help_and_type_for_every_family_and_eof() {
+        let m = AgentMetrics::new();
+        m.set_host_samples(&host_sample());
+        let text = m.encode();
+        for (name, _, kind) in series_help() {
+            let (family, ty) = match kind {
+                MetricKind::Gauge => (*name, "gauge"),
+                MetricKind::Counter => (name.strip_suffix("_total").expect("_total"), "counter"),
+            };
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "HELP {family}\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {family} {ty}\n")),
+                "TYPE {family}\n{text}"
+            );
+        }
+        for (family, ty) in AGENT_FAMILIES {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "HELP {family}\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {family} {ty}\n")),
+                "TYPE {family}\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
+    }
+
+    #[test]
+    fn metrics_counters_render_with_total_suffix() {
+        let m = AgentMetrics::new();
+        m.reconnects_total.inc();
+        m.reconnects_total.inc();
+        m.inc_uplink_error(UplinkErrorKind::Tls);
+        m.set_host_samples(&[(
+            SeriesKey::new(NETWORK_RECEIVE_BYTES_TOTAL, &[("interface", "lo")]),
+            12345.0,
+        )]);
+        let text = m.encode();
+        assert!(
+            text.contains("\nmcpwatch_agent_reconnects_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\nmcpwatch_host_network_receive_bytes_total{interface=\"lo\"} 12345.0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("mcpwatch_agent_uplink_errors_total{kind=\"tls\"} 1\n"),
+            "{text}"
+        );
+        // Every kind exists from the start, at 0.
+        for kind in ["io", "protocol", "rejected"] {
+            assert!(
+                text.contains(&format!(
+                    "mcpwatch_agent_uplink_errors_total{{kind=\"{kind}\"}} 0\n"
+                )),
+                "{kind}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_host_snapshot_is_replaced_not_merged() {
+        let m = AgentMetrics::new();
+        m.set_host_samples(&[(SeriesKey::new(PROCESSES, &[]), 7.0)]);
+        assert!(m.encode().contains("\nmcpwatch_host_processes 7.0\n"));
+        m.set_host_samples(&[]);
+        let text = m.encode();
+        assert!(!text.contains("mcpwatch_host_processes"), "{text}");
+    }
+
+    #[test]
+    fn metrics_unknown_host_series_are_not_exposed() {
+        let m = AgentMetrics::new();
+        m.set_host_samples(&[(SeriesKey::new("not_a_host_metric", &[]), 1.0)]);
+        assert!(!m.encode().contains("not_a_host_metric"));
+    }
+
+    #[test]
+    fn metrics_label_values_are_escaped() {
+        let m = AgentMetrics::new();
+        m.set_host_samples(&[(
+            SeriesKey::new(
+                crate::sampler::DISK_TOTAL_BYTES,
+                &[("mountpoint", "/a\"b\\c")],
+            ),
+            1.0,
+        )]);
+        let text = m.encode();
+        assert!(text.contains(r#"{mountpoint="/a\"b\\c"} 1.0"#), "{text}");
+    }
+
+    #[test]
+    fn metrics_last_ack_age_counts_from_the_last_ack() {
+        let ack = LastAck::new();
+        let base = ack.base;
+        // Never acked: age counts from start.
+        assert_eq!(
+            ack.age(base + Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+        ack.record(base + Duration::from_secs(10));
+        assert_eq!(
+            ack.age(base + Duration::from_secs(15)),
+            Duration::from_secs(5)
+        );
+        // An older ack arriving late does not move the time back.
+        ack.record(base + Duration::from_secs(4));
+        assert_eq!(
+            ack.age(base + Duration::from_secs(15)),
+            Duration::from_secs(5)
+        );
+
+        let m = AgentMetrics::new();
+        m.record_ack();
+        let text = m.encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("mcpwatch_agent_last_ack_age_seconds "))
+            .expect("age line");
+        let age: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value");
+        assert!((0.0..5.0).contains(&age), "{line}");
+    }
+
+    #[test]
+    fn metrics_histogram_counts_observations() {
+        let m = AgentMetrics::new();
+        m.sample_duration_seconds.observe(0.0003);
+        let text = m.encode();
+        assert!(
+            text.contains("mcpwatch_agent_sample_duration_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mcpwatch_agent_sample_duration_seconds_bucket{le=\"0.0004\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn metrics_prometheus_text_names_counter_families_with_total() {
+        let m = AgentMetrics::new();
+        m.set_host_samples(&host_sample());
+        let text = m.encode_prometheus_text();
+        assert!(!text.contains("# EOF"));
+        assert!(
+            text.contains("# TYPE mcpwatch_agent_reconnects_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP mcpwatch_agent_reconnects_total Uplink"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE mcpwatch_host_network_receive_bytes_total counter\n"),
+            "{text}"
+        );
+        // Gauges and histograms keep their names.
+        assert!(text.contains("# TYPE mcpwatch_agent_spool_bytes gauge\n"));
+        assert!(text.contains("# TYPE mcpwatch_agent_sample_duration_seconds histogram\n"));
+        assert!(!text.contains("# TYPE mcpwatch_agent_reconnects counter"));
+    }
+}

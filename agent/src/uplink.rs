@@ -1,0 +1,395 @@
+//! The durable uplink: replays the spool to the collector over mutual TLS, in seq order,
+//! with a window of un-acked batches, deleting records only once the collector has acked
+//! them (after its durable commit). Reconnects with exponential backoff and jitter.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::{SinkExt, StreamExt};
+use mcpwatch_common::tls::Reloadable;
+use mcpwatch_common::wire::{
+    self, Batch, CommandResult, Frame, FrameCodec, Hello, Sample, SeriesDef, SeriesKey,
+    PROTOCOL_VERSION,
+};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{AgentMetrics, UplinkErrorKind};
+use crate::spool::{Spool, SpoolError, SpoolRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("connect to {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("tls handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("timed out during {0}")]
+    Timeout(&'static str),
+    #[error("stream: {0}")]
+    Codec(#[from] wire::CodecError),
+    #[error("rejected by collector ({reason:?}): {message}")]
+    Rejected {
+        reason: wire::RejectReason,
+        message: String,
+    },
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("collector closed the stream")]
+    Closed,
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+}
+
+impl UplinkError {
+    /// Label for `mcpwatch_agent_uplink_errors_total{kind}`.
+    pub fn kind(&self) -> UplinkErrorKind {
+        match self {
+            UplinkError::Connect { .. } | UplinkError::Closed | UplinkError::Timeout(_) => {
+                UplinkErrorKind::Io
+            }
+            UplinkError::Tls(_) => UplinkErrorKind::Tls,
+            UplinkError::Codec(_) | UplinkError::Protocol(_) | UplinkError::Spool(_) => {
+                UplinkErrorKind::Protocol
+            }
+            UplinkError::Rejected { .. } => UplinkErrorKind::Rejected,
+        }
+    }
+}
+
+/// Everything the uplink needs; built by `agent::run`.
+pub struct Uplink {
+    pub agent_id: String,
+    pub hostname: String,
+    pub boot_id: String,
+    pub address: String,
+    pub server_name: ServerName<'static>,
+    pub tls: Arc<Reloadable<ClientConfig>>,
+    pub max_frame_len: usize,
+    pub max_in_flight: usize,
+    pub connect_timeout: std::time::Duration,
+    pub backoff_min: std::time::Duration,
+    pub backoff_max: std::time::Duration,
+    pub spool: Arc<Mutex<Spool>>,
+    /// Signalled by the producer after each append.
+    pub appended: Arc<Notify>,
+    pub metrics: Arc<AgentMetrics>,
+}
+
+/// How a session ended without error.
+enum SessionEnd {
+    Stopped,
+    Drained,
+}
+
+impl Uplink {
+    /// Runs until `stop` is cancelled, or until `drain` is cancelled and every spooled batch
+    /// has been acknowledged.
+    pub async fn run(self, drain: CancellationToken, stop: CancellationToken) {
+        let mut attempt: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                r = self.session(&drain, &mut attempt) => r,
+                _ = stop.cancelled() => Ok(SessionEnd::Stopped),
+            };
+            self.metrics.uplink_connected.set(0);
+            match result {
+                Ok(SessionEnd::Stopped) | Ok(SessionEnd::Drained) => return,
+                Err(err) => {
+                    self.metrics.inc_uplink_error(err.kind());
+                    tracing::warn!(agent_id = %self.agent_id, address = %self.address,
+                        error = %err, after_ms = started.elapsed().as_millis() as u64,
+                        "uplink session ended");
+                }
+            }
+            if drain.is_cancelled() && self.pending().await == 0 {
+                return;
+            }
+            let delay = backoff(self.backoff_min, self.backoff_max, attempt);
+            attempt = attempt.saturating_add(1);
+            self.metrics.reconnects_total.inc();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn pending(&self) -> u64 {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || lock(&spool).stats().records_pending)
+            .await
+            .unwrap_or(0)
+    }
+
+    async fn session(
+        &self,
+        drain: &CancellationToken,
+        attempt: &mut u32,
+    ) -> Result<SessionEnd, UplinkError> {
+        let timeout = self.connect_timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| UplinkError::Timeout("connect"))?
+            .map_err(|source| UplinkError::Connect {
+                address: self.address.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let connector = TlsConnector::from(self.tls.get());
+        let stream =
+            tokio::time::timeout(timeout, connector.connect(self.server_name.clone(), tcp))
+                .await
+                .map_err(|_| UplinkError::Timeout("tls handshake"))?
+                .map_err(UplinkError::Tls)?;
+        let mut framed = Framed::new(stream, FrameCodec::new(self.max_frame_len));
+
+        let last_acked = lock(&self.spool).last_acked();
+        framed
+            .send(Frame::Hello(Hello {
+                protocol_version: PROTOCOL_VERSION,
+                agent_id: self.agent_id.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                hostname: self.hostname.clone(),
+                boot_id: self.boot_id.clone(),
+                last_acked_seq: last_acked,
+            }))
+            .await?;
+        let welcome = match tokio::time::timeout(timeout, framed.next()).await {
+            Err(_) => return Err(UplinkError::Timeout("welcome")),
+            Ok(None) => return Err(UplinkError::Closed),
+            Ok(Some(frame)) => match frame? {
+                Frame::Welcome(w) => w,
+                Frame::Reject(r) => {
+                    return Err(UplinkError::Rejected {
+                        reason: r.reason,
+                        message: r.message,
+                    })
+                }
+                other => {
+                    return Err(UplinkError::Protocol(format!(
+                        "expected Welcome, got {other:?}"
+                    )))
+                }
+            },
+        };
+        if welcome.protocol_version != PROTOCOL_VERSION {
+            return Err(UplinkError::Protocol(format!(
+                "collector speaks protocol {}, agent {}",
+                welcome.protocol_version, PROTOCOL_VERSION
+            )));
+        }
+        // The collector has committed everything below resume_from_seq: those records are
+        // acknowledged even if their Ack frames were lost with the previous connection.
+        if welcome.resume_from_seq > last_acked + 1 {
+            self.ack(welcome.resume_from_seq - 1).await?;
+        }
+        *attempt = 0;
+        self.metrics.uplink_connected.set(1);
+        tracing::info!(agent_id = %self.agent_id, address = %self.address,
+            resume_from_seq = welcome.resume_from_seq, "connected to collector");
+
+        let mut next = welcome.resume_from_seq.max(last_acked + 1);
+        let mut in_flight: VecDeque<u64> = VecDeque::new();
+        let mut interned = Interner::default();
+        loop {
+            if in_flight.len() < self.max_in_flight {
+                let records = self
+                    .read(next, self.max_in_flight - in_flight.len())
+                    .await?;
+                let mut sent = 0;
+                for record in records {
+                    next = record.seq + 1;
+                    in_flight.push_back(record.seq);
+                    framed
+                        .feed(Frame::Batch(interned.wire_batch(record)))
+                        .await?;
+                    sent += 1;
+                }
+                if sent > 0 {
+                    framed.flush().await?;
+                    self.metrics.batches_sent_total.inc_by(sent);
+                }
+            }
+            if drain.is_cancelled() && in_flight.is_empty() && self.pending().await == 0 {
+                return Ok(SessionEnd::Drained);
+            }
+            let window_open = in_flight.len() < self.max_in_flight;
+            tokio::select! {
+                frame = framed.next() => match frame {
+                    None => return Err(UplinkError::Closed),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Frame::Ack { seq })) => {
+                        let before = in_flight.len();
+                        while in_flight.front().is_some_and(|s| *s <= seq) {
+                            in_flight.pop_front();
+                        }
+                        self.metrics.batches_acked_total.inc_by((before - in_flight.len()) as u64);
+                        self.metrics.record_ack();
+                        self.ack(seq).await?;
+                    }
+                    Some(Ok(Frame::Command(cmd))) => {
+                        // Server supervision (and so every command) arrives with the MCP
+                        // supervision work; until then answer so the collector never waits.
+                        framed.send(Frame::CommandResult(CommandResult {
+                            id: cmd.id,
+                            ok: false,
+                            message: "this agent supervises no MCP servers".into(),
+                        })).await?;
+                    }
+                    Some(Ok(other)) => {
+                        return Err(UplinkError::Protocol(format!("unexpected frame {other:?}")));
+                    }
+                },
+                _ = self.appended.notified(), if window_open => {}
+                _ = drain.cancelled(), if !drain.is_cancelled() => {}
+            }
+        }
+    }
+
+    async fn read(&self, from: u64, max_records: usize) -> Result<Vec<SpoolRecord>, UplinkError> {
+        let spool = self.spool.clone();
+        // Leave room for the frame header and the interned series definitions.
+        let max_bytes = self.max_frame_len / 2;
+        let records = tokio::task::spawn_blocking(move || {
+            lock(&spool).read_from(from, max_records, max_bytes)
+        })
+        .await
+        .map_err(|e| UplinkError::Protocol(format!("spool reader task failed: {e}")))??;
+        Ok(records)
+    }
+
+    async fn ack(&self, seq: u64) -> Result<(), UplinkError> {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || lock(&spool).ack(seq))
+            .await
+            .map_err(|e| UplinkError::Protocol(format!("spool ack task failed: {e}")))??;
+        Ok(())
+    }
+}
+
+/// Locks the spool; a poisoned lock means a panic while holding it, after which the spool's
+/// on-disk state is still the source of truth, so carry on with it.
+pub fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
+    spool.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Per-connection series interning: each key is sent in full once per connection.
+#[derive(Default)]
+struct Interner {
+    ids: HashMap<SeriesKey, u32>,
+}
+
+impl Interner {
+    fn wire_batch(&mut self, record: SpoolRecord) -> Batch {
+        let mut new_series = Vec::new();
+        let local: Vec<u32> = record
+            .batch
+            .series
+            .into_iter()
+            .map(|key| {
+                let next = self.ids.len() as u32;
+                *self.ids.entry(key).or_insert_with_key(|key| {
+                    new_series.push(SeriesDef {
+                        id: next,
+                        key: key.clone(),
+                    });
+                    next
+                })
+            })
+            .collect();
+        let samples = record
+            .batch
+            .samples
+            .into_iter()
+            .filter_map(|s| {
+                // An index outside the record's own table can only come from a corrupt
+                // record that still passed its checksum; drop that sample, keep the rest.
+                let series = *local.get(s.series as usize)?;
+                Some(Sample { series, ..s })
+            })
+            .collect();
+        Batch {
+            seq: record.seq,
+            new_series,
+            samples,
+            events: record.batch.events,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: a random delay in [d/2, d], d = min · 2^attempt ≤ max.
+pub fn backoff(
+    min: std::time::Duration,
+    max: std::time::Duration,
+    attempt: u32,
+) -> std::time::Duration {
+    let d = min.saturating_mul(1u32 << attempt.min(20)).min(max);
+    let half = d / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::SpoolBatch;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(30));
+        for attempt in 0..40 {
+            let d = backoff(min, max, attempt);
+            let ceiling = min.saturating_mul(1 << attempt.min(20)).min(max);
+            assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
+        }
+        assert!(backoff(min, max, 30) >= Duration::from_secs(15));
+    }
+
+    #[test]
+    fn interner_sends_each_key_once_per_connection() {
+        let key = |n: &str| SeriesKey::new(n, &[]);
+        let rec = |seq, names: &[&str]| SpoolRecord {
+            seq,
+            batch: SpoolBatch {
+                series: names.iter().map(|n| key(n)).collect(),
+                samples: (0..names.len() as u32)
+                    .map(|i| Sample {
+                        series: i,
+                        ts_ms: 1,
+                        value: i as f64,
+                    })
+                    .chain([Sample {
+                        series: 99,
+                        ts_ms: 1,
+                        value: 0.0,
+                    }])
+                    .collect(),
+                events: vec![],
+            },
+        };
+        let mut i = Interner::default();
+        let a = i.wire_batch(rec(1, &["a", "b"]));
+        assert_eq!(a.new_series.len(), 2);
+        assert_eq!(a.samples.len(), 2, "out-of-table sample dropped");
+        let b = i.wire_batch(rec(2, &["b", "c"]));
+        assert_eq!(
+            b.new_series,
+            vec![SeriesDef {
+                id: 2,
+                key: key("c")
+            }]
+        );
+        assert_eq!(b.samples[0].series, 1);
+        assert_eq!(b.samples[1].series, 2);
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every mcpwatch check on a fresh machine: installs what the tests need (idempotently),
+# then fmt, clippy, build and the whole test suite. This is the README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if ((${#need_apt[@]})); then
+  echo "installing: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The Debian package starts a Prometheus server; the tests start their own.
+  systemctl stop prometheus 2>/dev/null || pkill -x prometheus 2>/dev/null || true
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
+cargo test --workspace
