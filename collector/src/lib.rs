@@ -1,1 +1,21 @@
-//! placeholder
+//! mcpwatch collector: accepts agent streams over mutual TLS, stores history in SQLite with
+//! rollups and retention, and serves its own metrics. See ARCHITECTURE.md.
+
+pub mod collector;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod quickstart;
+pub mod store;
+pub mod token;
+
+pub use collector::{run, CollectorError};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,1 +1,181 @@
-fn main() {}
+//! `mcpwatch-collector`: parses the command line, loads the config, sets up logging and runs
+//! the collector library; maps errors to exit codes (64 for configuration errors).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
+use mcpwatch_collector::quickstart::{self, QuickstartOptions};
+use mcpwatch_common::{certs, config::EXIT_CONFIG, logging, shutdown};
+use tokio_util::sync::CancellationToken;
+
+/// mcpwatch collector: receives agent streams over mutual TLS and keeps their history.
+#[derive(Parser)]
+#[command(name = "mcpwatch-collector", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the collector (as the systemd service does).
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate the configuration (including TLS files) and exit.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Development PKI: a CA, the collector's certificate, agent certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Dev PKI, collector and one local agent on an embedded SQLite under DIR.
+    Quickstart {
+        /// Data directory (PKI, configs, database, spool, admin.token).
+        #[arg(long, default_value = "./mcpwatch-data")]
+        dir: PathBuf,
+        /// Ingest (mTLS) listen address.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        ingest: SocketAddr,
+        /// Collector HTTP listen address (/metrics, /healthz, /readyz).
+        #[arg(long, default_value = "127.0.0.1:9465")]
+        http: SocketAddr,
+        /// Agent /metrics listen address.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        agent_metrics: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a dev CA and the collector's certificate in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Extra DNS names or IPs for the collector's certificate (localhost, 127.0.0.1 and
+        /// ::1 are always included).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Issue a client certificate for agent NAME, signed by the CA in DIR.
+    IssueAgent {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The agent's identity (its DNS SAN), usually the host name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::CheckConfig { config } => match CollectorConfig::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => config_error(err),
+        },
+        Command::Run { config } => {
+            let config = match CollectorConfig::load(&config) {
+                Ok(c) => c,
+                Err(err) => return config_error(err),
+            };
+            logging::init(&config.log_level, config.log_json);
+            with_runtime(|token| async move {
+                mcpwatch_collector::run(config, token)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
+        Command::Certs { command } => {
+            let result = match command {
+                CertsCommand::Init { dir, names } => certs::init(&dir, &names).map(|()| {
+                    println!("CA and collector certificate written to {}", dir.display());
+                }),
+                CertsCommand::IssueAgent { dir, name } => {
+                    certs::issue_agent(&dir, &name).map(|p| {
+                        println!("{}\n{}", p.cert.display(), p.key.display());
+                    })
+                }
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("mcpwatch-collector: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Quickstart {
+            dir,
+            ingest,
+            http,
+            agent_metrics,
+        } => {
+            logging::init("info", false);
+            with_runtime(|token| async move {
+                quickstart::run(
+                    QuickstartOptions {
+                        dir,
+                        ingest,
+                        http,
+                        agent_metrics,
+                    },
+                    token,
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            })
+        }
+    }
+}
+
+fn config_error(err: mcpwatch_common::config::ConfigError) -> ExitCode {
+    eprintln!("mcpwatch-collector: invalid configuration: {err}");
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
+fn with_runtime<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("mcpwatch-collector: cannot start runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let token = CancellationToken::new();
+        let signals = tokio::spawn(shutdown::watch_signals(token.clone(), None));
+        let result = f(token.clone()).await;
+        token.cancel();
+        let _ = signals.await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %err, "collector failed");
+                eprintln!("mcpwatch-collector: {err:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

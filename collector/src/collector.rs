@@ -1,0 +1,155 @@
+//! `collector::run`: opens the store, binds the ingest and HTTP listeners, and ties every
+//! task to one cancellation tree; on shutdown, sessions commit and ack what they hold, then
+//! the store writer flushes and exits.
+
+use std::sync::Arc;
+
+use mcpwatch_common::systemd;
+use mcpwatch_common::tls::{self, Reloadable};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::CollectorConfig;
+use crate::http::{self, Readiness};
+use crate::ingest::{self, IngestSettings};
+use crate::metrics::CollectorMetrics;
+use crate::store::{Store, StoreConfig, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("bind {what} listener {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub fn store_config(config: &CollectorConfig) -> StoreConfig {
+    StoreConfig {
+        path: config.db_path.clone(),
+        retention_raw: config.retention_raw.get(),
+        retention_1m: config.retention_1m.get(),
+        retention_1h: config.retention_1h.get(),
+        queue_capacity: config.queue_capacity,
+        max_batch_samples: config.max_commit_samples,
+    }
+}
+
+async fn bind(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<TcpListener, CollectorError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| CollectorError::Bind { what, addr, source })
+}
+
+/// Runs the collector until `shutdown` is cancelled.
+pub async fn run(
+    config: CollectorConfig,
+    shutdown: CancellationToken,
+) -> Result<(), CollectorError> {
+    let metrics = CollectorMetrics::new();
+    let tls = Arc::new(Reloadable::new(tls::server_config(&config.tls)?));
+    let ingest_listener = bind("ingest", config.ingest_listen).await?;
+    let http_listener = bind("http", config.http_listen).await?;
+    let (store, writer) = Store::open(store_config(&config))?;
+
+    let ready = Arc::new(Readiness::default());
+    let sessions = TaskTracker::new();
+    let background = TaskTracker::new();
+    let http_stop = CancellationToken::new();
+    let background_stop = CancellationToken::new();
+
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        metrics.clone(),
+        ready.clone(),
+        store.clone(),
+        http_stop.clone(),
+    ));
+    store.spawn_ticker(&background, background_stop.clone());
+    background.spawn(reload_on_sighup(
+        config.clone(),
+        tls.clone(),
+        shutdown.clone(),
+    ));
+    systemd::spawn_watchdog(&background, shutdown.clone());
+    let settings = IngestSettings {
+        max_connections: config.max_connections,
+        handshake_timeout: config.handshake_timeout.get(),
+        idle_timeout: config.idle_timeout.get(),
+        max_frame_len: config.max_frame_len,
+        max_in_flight: config.max_in_flight,
+    };
+    let accept = tokio::spawn(ingest::serve(
+        ingest_listener,
+        tls,
+        store.clone(),
+        metrics.clone(),
+        settings,
+        sessions.clone(),
+        shutdown.clone(),
+    ));
+    ready.set(true);
+    systemd::ready();
+    tracing::info!(ingest = %config.ingest_listen, http = %config.http_listen,
+        db = %config.db_path.display(), "collector running");
+
+    shutdown.cancelled().await;
+    systemd::stopping();
+    ready.set(false);
+    let _ = accept.await;
+    sessions.close();
+    if tokio::time::timeout(config.shutdown_grace.get(), sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over with sessions still open; agents will replay");
+    }
+    if let Err(err) = store.flush().await {
+        tracing::error!(error = %err, "final store flush failed");
+    }
+    background_stop.cancel();
+    background.close();
+    background.wait().await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    drop(store);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
+/// SIGHUP: reload the TLS files for new connections; live sessions keep theirs.
+async fn reload_on_sighup(
+    config: CollectorConfig,
+    tls: Arc<Reloadable<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload disabled");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        match tls::server_config(&config.tls) {
+            Ok(new) => {
+                tls.set(new);
+                tracing::info!("TLS certificates reloaded");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "TLS reload failed; keeping the old certificates")
+            }
+        }
+    }
+}

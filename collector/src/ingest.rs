@@ -1,0 +1,368 @@
+//! The ingest listener: accepts agent connections (bounded), runs the mutual-TLS handshake,
+//! checks the Hello against the certificate's identity, then streams batches to the store
+//! and acks each seq only once the store reports it durably committed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::FuturesOrdered;
+use futures::{SinkExt, StreamExt};
+use mcpwatch_common::tls::{self, Reloadable};
+use mcpwatch_common::wire::{
+    Batch, CodecError, Frame, FrameCodec, Hello, Reject, RejectReason, Welcome, PROTOCOL_VERSION,
+};
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::CollectorMetrics;
+use crate::store::{IngestBatch, IngestOutcome, Store, StoreError};
+
+/// Settings of the ingest listener, from the validated config.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub max_connections: usize,
+    pub handshake_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    pub max_frame_len: usize,
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("tls handshake: {0}")]
+    Handshake(std::io::Error),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("client certificate: {0}")]
+    Identity(#[from] tls::TlsError),
+    #[error("stream: {0}")]
+    Codec(#[from] CodecError),
+    #[error("refused hello: {0}")]
+    Refused(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl SessionError {
+    fn reason(&self) -> &'static str {
+        match self {
+            SessionError::Handshake(_) => "tls",
+            SessionError::Timeout(_) => "timeout",
+            SessionError::Identity(_) => "identity",
+            SessionError::Codec(CodecError::Io(_)) => "io",
+            SessionError::Codec(CodecError::Malformed(_)) => "malformed_frame",
+            SessionError::Refused(_) => "refused",
+            SessionError::Protocol(_) => "protocol",
+            SessionError::Store(_) => "store",
+        }
+    }
+}
+
+/// Accepts connections until `shutdown`; each session runs on `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<Reloadable<ServerConfig>>,
+    store: Store,
+    metrics: Arc<CollectorMetrics>,
+    settings: IngestSettings,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let next_conn = AtomicU64::new(1);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(err) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.connections_refused_total.inc();
+            tracing::warn!(%peer, limit = settings.max_connections, "connection limit reached; refusing");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            conn,
+            peer,
+            acceptor: TlsAcceptor::from(tls.get()),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            settings: settings.clone(),
+        };
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            session.metrics.connections_active.inc();
+            session.run(tcp, shutdown).await;
+            session.metrics.connections_active.dec();
+            drop(permit);
+        });
+    }
+}
+
+struct Session {
+    conn: u64,
+    peer: std::net::SocketAddr,
+    acceptor: TlsAcceptor,
+    store: Store,
+    metrics: Arc<CollectorMetrics>,
+    settings: IngestSettings,
+}
+
+type Stream = Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec>;
+
+impl Session {
+    async fn run(&self, tcp: TcpStream, shutdown: CancellationToken) {
+        let peer = self.peer;
+        let (mut framed, agent_id, host_id) = match self.handshake(tcp).await {
+            Ok(ok) => ok,
+            Err(err) => {
+                self.metrics.handshake_failure(err.reason());
+                tracing::warn!(%peer, reason = err.reason(), error = %err, "agent connection refused");
+                return;
+            }
+        };
+        self.metrics.agents_connected.inc();
+        let result = self
+            .stream(&mut framed, &agent_id, host_id, &shutdown)
+            .await;
+        self.metrics.agents_connected.dec();
+        self.store
+            .agent_disconnected(host_id, self.conn, crate::now_ms())
+            .await;
+        match result {
+            Ok(()) => {
+                self.metrics.session_closed("shutdown");
+                tracing::info!(%peer, agent_id = %agent_id, "agent session closed");
+            }
+            Err(err) => {
+                self.metrics.session_closed(err.reason());
+                tracing::warn!(%peer, agent_id = %agent_id, reason = err.reason(), error = %err, "agent session ended");
+            }
+        }
+    }
+
+    /// TLS, identity, Hello → Welcome. Returns the framed stream, agent id and host id.
+    async fn handshake(&self, tcp: TcpStream) -> Result<(Stream, String, i64), SessionError> {
+        let timeout = self.settings.handshake_timeout;
+        let stream = tokio::time::timeout(timeout, self.acceptor.accept(tcp))
+            .await
+            .map_err(|_| SessionError::Timeout("tls handshake"))?
+            .map_err(SessionError::Handshake)?;
+        let identity = {
+            let (_, conn) = stream.get_ref();
+            let cert = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or(tls::TlsError::NoIdentity)?;
+            tls::identity_of(cert)?
+        };
+        let mut framed = Framed::new(stream, FrameCodec::new(self.settings.max_frame_len));
+        let hello = match tokio::time::timeout(timeout, framed.next()).await {
+            Err(_) => return Err(SessionError::Timeout("hello")),
+            Ok(None) => return Err(SessionError::Protocol("closed before hello".into())),
+            Ok(Some(frame)) => match frame? {
+                Frame::Hello(h) => h,
+                other => {
+                    return Err(SessionError::Protocol(format!(
+                        "first frame must be Hello, got {}",
+                        frame_name(&other)
+                    )))
+                }
+            },
+        };
+        if let Some((reason, message)) = check_hello(&hello, &identity) {
+            let _ = framed
+                .send(Frame::Reject(Reject {
+                    reason,
+                    message: message.clone(),
+                }))
+                .await;
+            return Err(SessionError::Refused(message));
+        }
+        let session = match self
+            .store
+            .register_agent(
+                &identity,
+                &hello.hostname,
+                &hello.agent_version,
+                &hello.boot_id,
+                crate::now_ms(),
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(StoreError::Revoked(_)) => {
+                let message = format!("agent identity {identity:?} is revoked");
+                let _ = framed
+                    .send(Frame::Reject(Reject {
+                        reason: RejectReason::Revoked,
+                        message: message.clone(),
+                    }))
+                    .await;
+                return Err(SessionError::Refused(message));
+            }
+            Err(err) => {
+                let _ = framed
+                    .send(Frame::Reject(Reject {
+                        reason: RejectReason::Internal,
+                        message: "collector storage unavailable".into(),
+                    }))
+                    .await;
+                return Err(err.into());
+            }
+        };
+        framed
+            .send(Frame::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                resume_from_seq: session.last_seq + 1,
+            }))
+            .await?;
+        tracing::info!(peer = %self.peer, agent_id = %identity, host_id = session.host_id,
+            resume_from_seq = session.last_seq + 1, agent_last_acked = hello.last_acked_seq,
+            "agent connected");
+        Ok((framed, identity, session.host_id))
+    }
+
+    /// Batches in, acks out in order, each after its commit. Reading pauses while
+    /// `max_in_flight` batches wait for the store.
+    async fn stream(
+        &self,
+        framed: &mut Stream,
+        agent_id: &str,
+        host_id: i64,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let mut pending = FuturesOrdered::new();
+        loop {
+            let can_read = pending.len() < self.settings.max_in_flight;
+            tokio::select! {
+                // Acks first: they free the window and the agent's spool.
+                biased;
+                Some(done) = pending.next(), if !pending.is_empty() => {
+                    let (seq, samples, events, received, result): (u64, u64, u64, Instant, Result<IngestOutcome, StoreError>) = done;
+                    match result {
+                        Ok(IngestOutcome::Committed) => {
+                            self.metrics.batch("committed");
+                            self.metrics.samples_ingested_total.inc_by(samples);
+                            self.metrics.events_ingested_total.inc_by(events);
+                            self.metrics.commit_latency_seconds.observe(received.elapsed().as_secs_f64());
+                        }
+                        Ok(IngestOutcome::Duplicate) => self.metrics.batch("duplicate"),
+                        Err(err) => {
+                            self.metrics.batch("failed");
+                            return Err(err.into());
+                        }
+                    }
+                    framed.send(Frame::Ack { seq }).await?;
+                }
+                frame = tokio::time::timeout(self.settings.idle_timeout, framed.next()), if can_read => {
+                    let frame = match frame {
+                        Err(_) => return Err(SessionError::Timeout("a frame (idle)")),
+                        Ok(None) => return Ok(()),
+                        Ok(Some(f)) => f?,
+                    };
+                    match frame {
+                        // Queued in arrival order (awaiting queue space is the backpressure);
+                        // the commit is awaited in `pending`, acks go out in the same order.
+                        Frame::Batch(batch) => pending.push_back(self.submit(host_id, batch).await?),
+                        Frame::CommandResult(r) => {
+                            tracing::info!(agent_id, command_id = r.id, ok = r.ok, message = %r.message, "command result");
+                        }
+                        other => {
+                            return Err(SessionError::Protocol(format!("unexpected {} from agent", frame_name(&other))));
+                        }
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    // Let what is already queued commit and be acked, then close.
+                    while let Some((seq, _, _, _, result)) = pending.next().await {
+                        if result.is_ok() {
+                            framed.send(Frame::Ack { seq }).await?;
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn submit(
+        &self,
+        host_id: i64,
+        batch: Batch,
+    ) -> Result<
+        impl std::future::Future<Output = (u64, u64, u64, Instant, Result<IngestOutcome, StoreError>)>,
+        SessionError,
+    > {
+        let received = Instant::now();
+        let (seq, samples, events) = (
+            batch.seq,
+            batch.samples.len() as u64,
+            batch.events.len() as u64,
+        );
+        let request = IngestBatch {
+            conn: self.conn,
+            host_id,
+            seq: batch.seq,
+            new_series: batch.new_series,
+            samples: batch.samples,
+            events: batch.events,
+            received,
+        };
+        let committed = self.store.submit(request).await?;
+        Ok(async move { (seq, samples, events, received, committed.await) })
+    }
+}
+
+/// Why a Hello is refused, if it is.
+fn check_hello(hello: &Hello, identity: &str) -> Option<(RejectReason, String)> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Some((
+            RejectReason::ProtocolVersion,
+            format!(
+                "protocol version {} not supported; this collector speaks {}",
+                hello.protocol_version, PROTOCOL_VERSION
+            ),
+        ));
+    }
+    if hello.agent_id != identity {
+        return Some((
+            RejectReason::IdentityMismatch,
+            format!(
+                "hello claims agent_id {:?} but the certificate identifies {:?}",
+                hello.agent_id, identity
+            ),
+        ));
+    }
+    None
+}
+
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "Hello",
+        Frame::Welcome(_) => "Welcome",
+        Frame::Reject(_) => "Reject",
+        Frame::Batch(_) => "Batch",
+        Frame::Ack { .. } => "Ack",
+        Frame::Command(_) => "Command",
+        Frame::CommandResult(_) => "CommandResult",
+    }
+}

@@ -1,0 +1,146 @@
+//! `mcpwatch-collector quickstart`: a dev PKI, a collector and one local agent in one process
+//! on an embedded SQLite under DIR, with every URL printed. For a first look, not production.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use mcpwatch_agent::AgentConfig;
+use mcpwatch_common::certs;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CollectorConfig;
+
+pub struct QuickstartOptions {
+    pub dir: PathBuf,
+    pub ingest: SocketAddr,
+    pub http: SocketAddr,
+    pub agent_metrics: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuickstartError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificates: {0}")]
+    Certs(#[from] certs::CertError),
+    #[error("generated config: {0}")]
+    Config(#[from] mcpwatch_common::config::ConfigError),
+    #[error("collector: {0}")]
+    Collector(#[from] crate::CollectorError),
+    #[error("agent: {0}")]
+    Agent(#[from] mcpwatch_agent::AgentError),
+}
+
+const AGENT_NAME: &str = "local";
+
+fn write(path: &Path, text: &str) -> Result<(), QuickstartError> {
+    std::fs::write(path, text).map_err(|source| QuickstartError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Creates DIR with PKI, configs and admin token (keeping what an earlier run made), prints
+/// the URLs, and runs collector + agent until `shutdown`.
+pub async fn run(
+    opts: QuickstartOptions,
+    shutdown: CancellationToken,
+) -> Result<(), QuickstartError> {
+    let dir = &opts.dir;
+    std::fs::create_dir_all(dir).map_err(|source| QuickstartError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let dir = dir.canonicalize().map_err(|source| QuickstartError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let pki = dir.join("pki");
+    if !certs::ca_paths(&pki).key.exists() {
+        certs::init(&pki, &[])?;
+    }
+    if !certs::agent_paths(&pki, AGENT_NAME).key.exists() {
+        certs::issue_agent(&pki, AGENT_NAME)?;
+    }
+    let collector_toml = dir.join("collector.toml");
+    write(
+        &collector_toml,
+        &format!(
+            "# Written by `mcpwatch-collector quickstart`.\n\
+             [ingest]\nlisten = \"{ingest}\"\n\n\
+             [tls]\nca = \"pki/ca.crt\"\ncert = \"pki/collector.crt\"\nkey = \"pki/collector.key\"\n\n\
+             [store]\npath = \"collector.db\"\n\n\
+             [http]\nlisten = \"{http}\"\n",
+            ingest = opts.ingest,
+            http = opts.http,
+        ),
+    )?;
+    let agent_toml = dir.join("agent.toml");
+    write(
+        &agent_toml,
+        &format!(
+            "# Written by `mcpwatch-collector quickstart`.\n\
+             [collector]\naddress = \"{ingest}\"\nserver_name = \"localhost\"\n\n\
+             [tls]\nca = \"pki/ca.crt\"\ncert = \"pki/agent-{AGENT_NAME}.crt\"\nkey = \"pki/agent-{AGENT_NAME}.key\"\n\n\
+             [spool]\ndir = \"spool\"\n\n\
+             [metrics]\nlisten = \"{metrics}\"\n",
+            ingest = opts.ingest,
+            metrics = opts.agent_metrics,
+        ),
+    )?;
+    let token_path = dir.join("admin.token");
+    if !token_path.exists() {
+        crate::token::write_admin_token(&token_path, &dir.join("collector.db")).map_err(
+            |source| QuickstartError::Io {
+                path: token_path.clone(),
+                source,
+            },
+        )?;
+    }
+    let collector = CollectorConfig::load(&collector_toml)?;
+    let agent = AgentConfig::load(&agent_toml)?;
+
+    println!("mcpwatch quickstart in {}", dir.display());
+    println!("  collector ingest (mTLS)   {}", opts.ingest);
+    println!("  collector metrics         http://{}/metrics", opts.http);
+    println!(
+        "  collector health          http://{}/healthz  http://{}/readyz",
+        opts.http, opts.http
+    );
+    println!(
+        "  agent metrics             http://{}/metrics",
+        opts.agent_metrics
+    );
+    println!(
+        "  agent health              http://{}/healthz",
+        opts.agent_metrics
+    );
+    println!(
+        "  database                  {}",
+        collector.db_path.display()
+    );
+    println!("  admin token               {}", token_path.display());
+    println!(
+        "  configs                   {} {}",
+        collector_toml.display(),
+        agent_toml.display()
+    );
+    println!("Press Ctrl-C to stop.");
+
+    let collector_task = tokio::spawn(crate::run(collector, shutdown.clone()));
+    // Let the collector bind first so the agent's first connect succeeds; a failure here
+    // surfaces below, and the agent would retry with backoff anyway.
+    tokio::task::yield_now().await;
+    let agent_result = mcpwatch_agent::run(agent, shutdown.clone()).await;
+    shutdown.cancel();
+    let collector_result = collector_task.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "collector task failed");
+        Ok(())
+    });
+    agent_result?;
+    collector_result?;
+    Ok(())
+}

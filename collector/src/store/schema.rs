@@ -1,0 +1,191 @@
+//! Connection settings and schema migrations, versioned by `PRAGMA user_version`.
+//!
+//! Each entry of [`MIGRATIONS`] moves the schema from version `i` to `i + 1`; they run in one
+//! transaction, so opening an up-to-date database is a no-op and a crash mid-migration leaves
+//! the previous version intact. Never edit a released migration: append a new one.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// Schema migrations; index `i` upgrades version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1: hosts, series, raw sample blobs, rollups, events, gaps, meta.
+    r#"
+    CREATE TABLE hosts (
+        id            INTEGER PRIMARY KEY,
+        agent_id      TEXT    NOT NULL UNIQUE,
+        hostname      TEXT    NOT NULL,
+        agent_version TEXT    NOT NULL,
+        boot_id       TEXT    NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms  INTEGER NOT NULL,
+        online        INTEGER NOT NULL DEFAULT 0,
+        revoked       INTEGER NOT NULL DEFAULT 0,
+        labels        TEXT    NOT NULL DEFAULT '{}'
+    );
+    -- Last committed batch seq per host, written in the same transaction as the batch.
+    CREATE TABLE agent_seq (
+        host_id  INTEGER PRIMARY KEY REFERENCES hosts(id),
+        last_seq INTEGER NOT NULL
+    );
+    CREATE TABLE series (
+        id      INTEGER PRIMARY KEY,
+        host_id INTEGER NOT NULL REFERENCES hosts(id),
+        name    TEXT    NOT NULL,
+        labels  TEXT    NOT NULL,
+        UNIQUE (host_id, name, labels)
+    );
+    -- One row per committed batch; AUTOINCREMENT so ids never get reused after retention
+    -- deletes the newest rows, which the rollup watermarks rely on.
+    CREATE TABLE raw (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        host_id INTEGER NOT NULL REFERENCES hosts(id),
+        seq     INTEGER NOT NULL,
+        ts_min  INTEGER NOT NULL,
+        ts_max  INTEGER NOT NULL,
+        n       INTEGER NOT NULL,
+        data    BLOB    NOT NULL
+    );
+    CREATE INDEX raw_host_ts ON raw (host_id, ts_max);
+    -- A host's rows in id order, for its rollup steps.
+    CREATE INDEX raw_host ON raw (host_id);
+    -- Retention scans by time across hosts.
+    CREATE INDEX raw_ts ON raw (ts_max);
+    -- min/max/sum nullable: SQLite stores NaN as NULL, and inf + -inf is NaN.
+    CREATE TABLE rollup_1m (
+        series_id INTEGER NOT NULL,
+        ts        INTEGER NOT NULL,
+        min       REAL,
+        max       REAL,
+        sum       REAL,
+        count     INTEGER NOT NULL,
+        PRIMARY KEY (series_id, ts)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollup_1h (
+        series_id INTEGER NOT NULL,
+        ts        INTEGER NOT NULL,
+        min       REAL,
+        max       REAL,
+        sum       REAL,
+        count     INTEGER NOT NULL,
+        PRIMARY KEY (series_id, ts)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id      INTEGER PRIMARY KEY,
+        host_id INTEGER NOT NULL REFERENCES hosts(id),
+        ts_ms   INTEGER NOT NULL,
+        kind    TEXT    NOT NULL,
+        server  TEXT,
+        detail  TEXT    NOT NULL
+    );
+    CREATE INDEX events_host_ts ON events (host_id, ts_ms);
+    CREATE INDEX events_ts ON events (ts_ms);
+    CREATE TABLE gaps (
+        host_id   INTEGER NOT NULL REFERENCES hosts(id),
+        first_seq INTEGER NOT NULL,
+        last_seq  INTEGER NOT NULL,
+        samples   INTEGER NOT NULL,
+        from_ts   INTEGER NOT NULL,
+        to_ts     INTEGER NOT NULL
+    );
+    CREATE INDEX gaps_host ON gaps (host_id, from_ts);
+    CREATE INDEX gaps_ts ON gaps (to_ts);
+    -- Per host: highest raw.id already folded into the rollups.
+    CREATE TABLE rollup_wm (
+        host_id INTEGER PRIMARY KEY REFERENCES hosts(id),
+        raw_id  INTEGER NOT NULL
+    );
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
+    // v2: API tokens, stored only as SHA-256 hashes (quickstart's admin token; the API's
+    // users, roles and sessions build on this table).
+    r#"
+    CREATE TABLE api_tokens (
+        id         INTEGER PRIMARY KEY,
+        name       TEXT    NOT NULL,
+        hash       TEXT    NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER,
+        revoked    INTEGER NOT NULL DEFAULT 0
+    );
+    "#,
+];
+
+/// Settings for the single write connection. synchronous=FULL because an ack promises the
+/// batch survives power loss; WAL so readers never block the writer.
+pub(crate) fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Invalid(format!(
+            "database refused WAL journal mode (got {mode})"
+        )));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -32768;
+         -- Ticks checkpoint passively every second; this is the safety net when no ticker
+         -- runs, sized so the automatic checkpoint rarely lands inside a commit.
+         PRAGMA wal_autocheckpoint = 8192;
+         PRAGMA journal_size_limit = 67108864;",
+    )?;
+    // Other writers (admin CLI) may hold the lock briefly; wait rather than fail a group.
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Settings for read connections: never write, wait for the writer's checkpoints.
+pub(crate) fn configure_reader(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("PRAGMA query_only = ON; PRAGMA foreign_keys = ON;")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Brings the schema to the latest version. Idempotent.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tracing::info!(version = version + 1, "store schema migrated");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_migrations_are_idempotent_and_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut conn = Connection::open(&path).unwrap();
+        configure_writer(&conn).unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(
+            migrate(&mut conn),
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+}

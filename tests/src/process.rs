@@ -1,0 +1,285 @@
+//! The real binaries as child processes: config files written into a temp dir, stderr to a
+//! log file, readiness awaited over HTTP, SIGTERM / SIGKILL / SIGHUP on demand.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::{bin, free_addr, http_get, wait_for, Pki};
+
+/// Sends a signal by name (`TERM`, `HUP`, `STOP`...) with kill(1): std only has SIGKILL.
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {}", child.id());
+}
+
+fn spawn(binary: &str, args: &[&str], log: &Path, envs: &[(&str, &str)]) -> Child {
+    let err = File::create(log).expect("create log");
+    let mut cmd = Command::new(bin(binary));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .env("RUST_LOG", "info");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn")
+}
+
+/// A collector process with its config, database and log in `dir`.
+pub struct CollectorProc {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub ingest: SocketAddr,
+    pub http: SocketAddr,
+    pub db: PathBuf,
+    pub log: PathBuf,
+    starts: u32,
+}
+
+impl CollectorProc {
+    /// Writes a config (extra TOML lines go into `[ingest]`) and starts the collector.
+    pub fn start(pki: &Pki, dir: &Path, ingest_extra: &str) -> CollectorProc {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let ingest = free_addr();
+        let http = free_addr();
+        let config = dir.join("collector.toml");
+        let db = dir.join("collector.db");
+        // A copy of the CA, so reload tests can change the bundle this collector trusts.
+        let ca = dir.join("ca-bundle.crt");
+        std::fs::copy(pki.ca(), &ca).expect("copy CA bundle");
+        std::fs::write(
+            &config,
+            format!(
+                "shutdown_grace = \"5s\"\n[ingest]\nlisten = \"{ingest}\"\n{ingest_extra}\n\
+                 [tls]\nca = \"{ca}\"\ncert = \"{p}/collector.crt\"\nkey = \"{p}/collector.key\"\n\
+                 [store]\npath = \"{db}\"\n[http]\nlisten = \"{http}\"\n",
+                ca = ca.display(),
+                p = pki.dir.display(),
+                db = db.display(),
+            ),
+        )
+        .expect("write config");
+        let mut c = CollectorProc {
+            child: None,
+            dir: dir.to_owned(),
+            config,
+            ingest,
+            http,
+            db,
+            log: dir.join("collector.log"),
+            starts: 0,
+        };
+        c.restart();
+        c
+    }
+
+    /// Starts the process again (after a kill) and waits until `/readyz` answers 200.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "collector already running");
+        self.starts += 1;
+        let log = self.dir.join(format!("collector.{}.log", self.starts));
+        self.log = log.clone();
+        let config = self.config.display().to_string();
+        self.child = Some(spawn(
+            "mcpwatch-collector",
+            &["run", "--config", &config],
+            &log,
+            &[],
+        ));
+        self.wait_ready();
+    }
+
+    pub fn wait_ready(&mut self) {
+        let http = self.http;
+        let child = self.child.as_mut().expect("running");
+        wait_for("collector /readyz", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("collector exited early: {status}");
+            }
+            matches!(http_get(http, "/readyz"), Ok((200, _))).then_some(())
+        });
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        signal(&c, "TERM");
+        c.wait().expect("wait")
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.http, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    }
+
+    /// All logs this collector wrote so far, across restarts.
+    pub fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.join(format!("collector.{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl Drop for CollectorProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An agent process with config, spool and log in `dir`.
+pub struct AgentProc {
+    pub child: Option<Child>,
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub spool: PathBuf,
+    starts: u32,
+}
+
+impl AgentProc {
+    /// Issues a certificate for `name`, writes a config pointing at `collector` sampling
+    /// every `interval` with a spool of `spool_max`, and starts the agent.
+    pub fn start(
+        pki: &Pki,
+        dir: &Path,
+        name: &str,
+        collector: SocketAddr,
+        interval: &str,
+        spool_max: &str,
+    ) -> AgentProc {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let certs = pki.agent(name);
+        let metrics_addr = free_addr();
+        let config = dir.join("agent.toml");
+        let spool = dir.join("spool");
+        std::fs::write(
+            &config,
+            format!(
+                "shutdown_grace = \"5s\"\n[sampling]\ninterval = \"{interval}\"\n[collector]\naddress = \"{collector}\"\nserver_name = \"localhost\"\n\
+                 [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+                 [spool]\ndir = \"{spool}\"\nmax_size = \"{spool_max}\"\n[metrics]\nlisten = \"{metrics_addr}\"\n\
+                 [uplink]\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
+                ca = pki.ca().display(),
+                cert = certs.cert.display(),
+                key = certs.key.display(),
+                spool = spool.display(),
+            ),
+        )
+        .expect("write config");
+        let mut a = AgentProc {
+            child: None,
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            config,
+            metrics_addr,
+            spool,
+            starts: 0,
+        };
+        a.restart();
+        a
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        self.starts += 1;
+        let log = self.dir.join(format!("agent.{}.log", self.starts));
+        let config = self.config.display().to_string();
+        self.child = Some(spawn(
+            "mcpwatch-agent",
+            &["run", "--config", &config],
+            &log,
+            &[],
+        ));
+        let addr = self.metrics_addr;
+        let child = self.child.as_mut().expect("just spawned");
+        wait_for("agent /healthz", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("agent exited early: {status}");
+            }
+            matches!(http_get(addr, "/healthz"), Ok((200, _))).then_some(())
+        });
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_addr, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        crate::metric(&self.metrics(), name).unwrap_or(f64::NAN)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit (the agent drains to the collector first).
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        signal(&c, "TERM");
+        c.wait().expect("wait")
+    }
+
+    pub fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.join(format!("agent.{i}.log"))).unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The counters the agent logs when it stops: (collected, dropped, pending records).
+pub fn final_counts(log: &str) -> (u64, u64, u64) {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("agent stopped"))
+        .unwrap_or_else(|| panic!("no 'agent stopped' line in agent log:\n{log}"));
+    let field = |name: &str| -> u64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{name} missing in {line}"));
+        line[at + name.len() + 1..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} unparsable in {line}"))
+    };
+    (
+        field("samples_collected"),
+        field("samples_dropped"),
+        field("pending_records"),
+    )
+}

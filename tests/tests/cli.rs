@@ -1,0 +1,227 @@
+//! The command line: example configs parse, invalid configs exit 64 naming file, line and
+//! key, `--help` works everywhere, quickstart runs, and systemd hears READY=1 only once the
+//! listeners are bound.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mcpwatch_agent::AgentConfig;
+use mcpwatch_collector::config::CollectorConfig;
+use mcpwatch_tests::process::{signal, CollectorProc};
+use mcpwatch_tests::{bin, db, free_addr, http_get, wait_for, Pki};
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+#[test]
+fn every_example_config_parses_and_validates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    pki.agent("web-1");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let copy = tmp.path().join(&name);
+        std::fs::copy(&path, &copy).unwrap();
+        match name.as_str() {
+            "agent.toml" => {
+                let c = AgentConfig::load(&copy).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(c.agent_id, "web-1");
+                assert_eq!(c.interval.get(), Duration::from_secs(1));
+                assert_eq!(c.spool_max_bytes, 256 << 20);
+            }
+            "collector.toml" => {
+                let c = CollectorConfig::load(&copy).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(c.max_frame_len, 1 << 20);
+            }
+            other => panic!("config/{other} has no parse test: add it here"),
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}
+
+#[test]
+fn invalid_configs_exit_64_naming_file_line_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[collector]\naddress = \"x:1\"\nbogus = 1\n").unwrap();
+    for binary in ["mcpwatch-agent", "mcpwatch-collector"] {
+        for cmd in ["check-config", "run"] {
+            let out = Command::new(bin(binary))
+                .args([cmd, "--config"])
+                .arg(&bad)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(64), "{binary} {cmd}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(&format!("{}:", bad.display())), "{err}");
+            if binary == "mcpwatch-agent" {
+                assert!(
+                    err.contains(":3:") && err.contains("collector.bogus"),
+                    "{err}"
+                );
+            } else {
+                assert!(err.contains("collector"), "{err}");
+            }
+        }
+    }
+    let missing = Command::new(bin("mcpwatch-agent"))
+        .args(["check-config", "--config", "/nonexistent/agent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(64));
+}
+
+#[test]
+fn check_config_accepts_a_valid_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    pki.agent("web-1");
+    std::fs::copy(
+        repo().join("config/agent.toml"),
+        tmp.path().join("agent.toml"),
+    )
+    .unwrap();
+    let out = Command::new(bin("mcpwatch-agent"))
+        .args(["check-config", "--config"])
+        .arg(tmp.path().join("agent.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn help_works_on_every_command() {
+    let commands: &[(&str, &[&str])] = &[
+        ("mcpwatch-agent", &[]),
+        ("mcpwatch-agent", &["run"]),
+        ("mcpwatch-agent", &["check-config"]),
+        ("mcpwatch-collector", &[]),
+        ("mcpwatch-collector", &["run"]),
+        ("mcpwatch-collector", &["check-config"]),
+        ("mcpwatch-collector", &["certs"]),
+        ("mcpwatch-collector", &["certs", "init"]),
+        ("mcpwatch-collector", &["certs", "issue-agent"]),
+        ("mcpwatch-collector", &["quickstart"]),
+    ];
+    for (binary, args) in commands {
+        let out = Command::new(bin(binary))
+            .args(*args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{binary} {args:?} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+    }
+}
+
+#[test]
+fn certs_commands_create_a_working_pki() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    let run = |args: &[&str]| {
+        Command::new(bin("mcpwatch-collector"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let d = dir.to_str().unwrap();
+    assert!(
+        run(&["certs", "init", "--dir", d, "--name", "collector.lan"])
+            .status
+            .success()
+    );
+    assert!(run(&["certs", "issue-agent", "--dir", d, "--name", "db-7"])
+        .status
+        .success());
+    let again = run(&["certs", "init", "--dir", d]);
+    assert!(!again.status.success(), "init must not overwrite a CA");
+    let bad = run(&["certs", "issue-agent", "--dir", d, "--name", "../etc"]);
+    assert!(!bad.status.success());
+    let key = std::fs::metadata(dir.join("agent-db-7.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    let pem = std::fs::read_to_string(dir.join("agent-db-7.crt")).unwrap();
+    assert_eq!(mcpwatch_common::tls::identity_of_pem(&pem).unwrap(), "db-7");
+}
+
+#[test]
+fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qs");
+    let (ingest, http, agent) = (free_addr(), free_addr(), free_addr());
+    let out = tmp.path().join("stdout");
+    let mut child = Command::new(bin("mcpwatch-collector"))
+        .arg("quickstart")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--ingest", &ingest.to_string()])
+        .args(["--http", &http.to_string()])
+        .args(["--agent-metrics", &agent.to_string()])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let db_path = dir.join("collector.db");
+    wait_for("quickstart samples stored", Duration::from_secs(60), || {
+        db::try_sample_count(&db_path, "local").filter(|n| *n > 0)
+    });
+    assert_eq!(http_get(http, "/readyz").unwrap().0, 200);
+    assert_eq!(http_get(agent, "/healthz").unwrap().0, 200);
+    let printed = std::fs::read_to_string(&out).unwrap();
+    for url in [
+        format!("http://{http}/metrics"),
+        format!("http://{agent}/metrics"),
+        ingest.to_string(),
+    ] {
+        assert!(printed.contains(&url), "{url} not printed:\n{printed}");
+    }
+    let token = dir.join("admin.token");
+    assert_eq!(
+        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(&token).unwrap().trim().len() >= 32);
+    signal(&child, "INT");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "quickstart exit: {status}");
+}
+
+#[test]
+fn systemd_hears_ready_after_the_listeners_are_bound_and_stopping_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    // Start once through the harness for a config, then again under a notify socket.
+    let mut c = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    assert!(c.stop().success(), "SIGTERM exits cleanly");
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = Command::new(bin("mcpwatch-collector"))
+        .args(["run", "--config"])
+        .arg(&c.config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 30 s");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // READY came after bind: both listeners answer now, without retrying.
+    std::net::TcpStream::connect(c.ingest).expect("ingest bound before READY");
+    assert_eq!(http_get(c.http, "/readyz").unwrap().0, 200);
+    signal(&child, "TERM");
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+}

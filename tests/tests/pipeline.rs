@@ -1,0 +1,190 @@
+//! End to end over real mutual TLS and real SQLite files, with the real binaries: what the
+//! agent samples is what the collector stores, through collector crashes, agent crashes and
+//! outages, exactly once.
+
+use std::time::Duration;
+
+use mcpwatch_tests::process::{final_counts, AgentProc, CollectorProc};
+use mcpwatch_tests::{db, wait_for, Pki};
+
+const FAST: &str = "100ms";
+const SPOOL: &str = "256MiB";
+
+fn setup() -> (tempfile::TempDir, Pki) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    (tmp, pki)
+}
+
+/// Waits until the agent has nothing un-acked and at least `min_acked` batches acked.
+fn wait_drained(agent: &AgentProc, min_acked: f64) {
+    wait_for("agent spool drained", Duration::from_secs(60), || {
+        let m = agent.metrics();
+        let pending = mcpwatch_tests::metric(&m, "mcpwatch_agent_spool_pending_records")?;
+        let acked = mcpwatch_tests::metric(&m, "mcpwatch_agent_batches_acked_total")?;
+        (pending <= 1.0 && acked >= min_acked).then_some(())
+    });
+}
+
+#[test]
+fn samples_sent_equal_samples_stored() {
+    let (tmp, pki) = setup();
+    let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    let mut agent = AgentProc::start(
+        &pki,
+        &tmp.path().join("a"),
+        "web-1",
+        collector.ingest,
+        FAST,
+        SPOOL,
+    );
+    wait_drained(&agent, 15.0);
+    assert!(agent.stop().success());
+    let (collected, dropped, pending) = final_counts(&agent.logs());
+    assert_eq!((dropped, pending), (0, 0));
+    let batches = db::batches(&collector.db, "web-1");
+    db::assert_no_duplicates(&batches);
+    assert!(collected >= 15 * 10, "collected {collected}");
+    assert_eq!(db::sample_count(&collector.db, "web-1"), collected);
+}
+
+#[test]
+fn collector_kill9_ten_times_loses_and_duplicates_nothing() {
+    let (tmp, pki) = setup();
+    let mut collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    let mut agent = AgentProc::start(
+        &pki,
+        &tmp.path().join("a"),
+        "web-1",
+        collector.ingest,
+        FAST,
+        SPOOL,
+    );
+    for round in 0..10u64 {
+        // Let a few batches flow (some acked, some in flight), then crash mid-stream.
+        let acked = agent.metric("mcpwatch_agent_batches_acked_total");
+        wait_for("batches flowing", Duration::from_secs(30), || {
+            (agent.metric("mcpwatch_agent_batches_acked_total") >= acked + 2.0 + (round % 3) as f64)
+                .then_some(())
+        });
+        collector.kill9();
+        collector.restart();
+    }
+    wait_drained(&agent, 30.0);
+    assert!(agent.stop().success());
+    let (collected, dropped, pending) = final_counts(&agent.logs());
+    assert_eq!((dropped, pending), (0, 0), "nothing dropped, nothing left");
+    let batches = db::batches(&collector.db, "web-1");
+    db::assert_no_duplicates(&batches);
+    assert_eq!(
+        db::sample_count(&collector.db, "web-1"),
+        collected,
+        "0 samples lost"
+    );
+    assert!(
+        agent.metric("mcpwatch_agent_reconnects_total").is_nan(),
+        "agent is stopped"
+    );
+}
+
+#[test]
+fn agent_kill9_replays_its_unacked_spool() {
+    let (tmp, pki) = setup();
+    let mut collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    let mut agent = AgentProc::start(
+        &pki,
+        &tmp.path().join("a"),
+        "web-1",
+        collector.ingest,
+        FAST,
+        SPOOL,
+    );
+    wait_drained(&agent, 3.0);
+    collector.kill9();
+    wait_for(
+        "un-acked batches in the spool",
+        Duration::from_secs(30),
+        || (agent.metric("mcpwatch_agent_spool_pending_records") >= 8.0).then_some(()),
+    );
+    agent.kill9();
+
+    // What the killed agent left behind, read from a copy so the original stays untouched.
+    let copy = tmp.path().join("spool-copy");
+    copy_dir(&agent.spool, &copy);
+    let spool = mcpwatch_agent::spool::Spool::open(mcpwatch_agent::spool::SpoolConfig {
+        dir: copy,
+        max_bytes: 256 << 20,
+        segment_bytes: 1 << 20,
+        fsync: false,
+    })
+    .expect("open spool copy");
+    let left = spool
+        .read_from(0, usize::MAX, usize::MAX)
+        .expect("read spool copy");
+    assert!(left.len() >= 8, "{} records left", left.len());
+
+    agent.restart();
+    collector.restart();
+    wait_drained(&agent, 1.0);
+    assert!(agent.stop().success());
+    let stored = db::batches(&collector.db, "web-1");
+    db::assert_no_duplicates(&stored);
+    for record in &left {
+        let n = record.batch.samples.len() as u64;
+        assert!(
+            stored.contains(&(record.seq, n)),
+            "spooled seq {} ({n} samples) missing after replay",
+            record.seq
+        );
+    }
+}
+
+#[test]
+fn spool_overflow_counts_exactly_the_dropped_samples_and_the_collector_records_the_gap() {
+    let (tmp, pki) = setup();
+    let mut collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    let mut agent = AgentProc::start(
+        &pki,
+        &tmp.path().join("a"),
+        "web-1",
+        collector.ingest,
+        FAST,
+        "64KiB",
+    );
+    wait_drained(&agent, 3.0);
+    collector.kill9();
+    wait_for("spool overflow", Duration::from_secs(60), || {
+        (agent.metric("mcpwatch_agent_dropped_samples_total") >= 200.0).then_some(())
+    });
+    collector.restart();
+    wait_drained(&agent, 1.0);
+    let dropped = agent.metric("mcpwatch_agent_dropped_samples_total");
+    assert!(agent.stop().success());
+    let (_, dropped_final, _) = final_counts(&agent.logs());
+    assert_eq!(dropped as u64, dropped_final, "no drops after the outage");
+    let gaps = db::gaps(&collector.db, "web-1");
+    assert!(!gaps.is_empty(), "collector recorded no gap");
+    let gap_samples: u64 = gaps.iter().map(|g| g.2).sum();
+    assert_eq!(
+        gap_samples, dropped_final,
+        "gap samples == agent's dropped samples"
+    );
+    let stored = db::batches(&collector.db, "web-1");
+    db::assert_no_duplicates(&stored);
+    for (first, last, _) in &gaps {
+        assert!(
+            stored.iter().all(|(seq, _)| seq < first || seq > last),
+            "a dropped seq in {first}..={last} was stored"
+        );
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}

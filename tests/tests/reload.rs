@@ -1,0 +1,69 @@
+//! SIGHUP reloads the collector's certificates and CA bundle: a new CA is trusted from then
+//! on, and connections already up are not dropped.
+
+use std::time::Duration;
+
+use mcpwatch_common::wire::Frame;
+use mcpwatch_tests::client::{config, Conn};
+use mcpwatch_tests::process::{signal, AgentProc, CollectorProc};
+use mcpwatch_tests::{wait_for, Pki};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_trusts_a_new_ca_without_dropping_live_agents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    let agent = AgentProc::start(
+        &pki,
+        &tmp.path().join("a"),
+        "web-1",
+        collector.ingest,
+        "100ms",
+        "256MiB",
+    );
+    let acked = |a: &AgentProc| a.metric("mcpwatch_agent_batches_acked_total");
+    wait_for("agent streaming", Duration::from_secs(20), || {
+        (acked(&agent) >= 3.0).then_some(())
+    });
+
+    let other = Pki::new(&tmp.path().join("pki-b"));
+    let b = other.agent("web-2");
+    let cfg = config(&pki.ca(), &b.cert, &b.key);
+    let try_b = || async {
+        match Conn::open(collector.ingest, cfg.clone()).await {
+            Ok(mut c) => matches!(
+                c.handshake(Conn::hello("web-2")).await,
+                Ok(Frame::Welcome(_))
+            ),
+            Err(_) => false,
+        }
+    };
+    assert!(!try_b().await, "CA B must not be trusted before the reload");
+
+    let bundle = [
+        std::fs::read_to_string(pki.ca()).unwrap(),
+        std::fs::read_to_string(other.ca()).unwrap(),
+    ]
+    .concat();
+    std::fs::write(tmp.path().join("c/ca-bundle.crt"), bundle).unwrap();
+    signal(collector.child.as_ref().unwrap(), "HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !try_b().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CA B still refused after SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let before = acked(&agent);
+    wait_for("web-1 still streaming", Duration::from_secs(20), || {
+        (acked(&agent) >= before + 3.0).then_some(())
+    });
+    assert_eq!(
+        agent.metric("mcpwatch_agent_reconnects_total"),
+        0.0,
+        "live agent was dropped"
+    );
+    assert!(collector.logs().contains("TLS certificates reloaded"));
+}
