@@ -10,7 +10,9 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{AgentMetrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
+use mcpwatch_common::exposition;
+
+use crate::metrics::AgentMetrics;
 
 /// Whether the agent is up and running, as reported by `/healthz`. Starts not running so a
 /// supervisor sees 503 until startup has finished.
@@ -63,19 +65,11 @@ fn router(metrics: Arc<AgentMetrics>, health: Arc<Health>) -> Router {
 /// OpenMetrics when the client asks for it (Prometheus does), the Prometheus text format
 /// otherwise (curl, `promtool check metrics`, which does not parse OpenMetrics counters).
 async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let wants_openmetrics = headers
+    let accept = headers
         .get_all(header::ACCEPT)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    let (content_type, body) = if wants_openmetrics {
-        (OPENMETRICS_CONTENT_TYPE, state.metrics.encode())
-    } else {
-        (
-            PROMETHEUS_TEXT_CONTENT_TYPE,
-            state.metrics.encode_prometheus_text(),
-        )
-    };
+        .filter_map(|v| v.to_str().ok());
+    let (content_type, body) = exposition::negotiate(accept, state.metrics.encode());
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
@@ -90,6 +84,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
     use std::net::SocketAddr;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -17,11 +17,8 @@ use prometheus_client::registry::Registry;
 
 use crate::sampler::{series_help, MetricKind};
 
-/// Content type of [`AgentMetrics::encode`].
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Content type of [`AgentMetrics::encode_prometheus_text`].
-pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+use mcpwatch_common::exposition::openmetrics_to_prometheus_text;
+pub use mcpwatch_common::exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 
 /// Why the uplink failed; the `kind` label of `mcpwatch_agent_uplink_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,37 +223,6 @@ impl Default for AgentMetrics {
     fn default() -> Self {
         AgentMetrics::new()
     }
-}
-
-fn openmetrics_to_prometheus_text(om: &str) -> String {
-    let counters: std::collections::HashSet<&str> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(om.len() + counters.len() * 16);
-    for line in om.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
-        if let Some((prefix, rest)) = meta {
-            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            if counters.contains(name) {
-                out.push_str(prefix);
-                out.push_str(name);
-                out.push_str("_total ");
-                out.push_str(tail);
-                out.push('\n');
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
 }
 
 /// The latest host sample, encoded on scrape. prometheus-client counters can only be

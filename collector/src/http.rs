@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use mcpwatch_common::exposition;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CollectorMetrics;
@@ -55,18 +56,16 @@ pub async fn serve(
         .await
 }
 
-async fn metrics_handler(State(s): State<AppState>) -> Response {
+async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
     s.metrics
         .store_queue_depth
         .set(s.store.queue_depth() as i64);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-        .into_response()
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let (content_type, body) = exposition::negotiate(accept, s.metrics.encode());
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {

@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod exposition;
 pub mod logging;
 pub mod shutdown;
 pub mod systemd;

@@ -168,6 +168,20 @@ impl AgentProc {
         interval: &str,
         spool_max: &str,
     ) -> AgentProc {
+        let mut a = AgentProc::configure(pki, dir, name, collector, interval, spool_max);
+        a.restart();
+        a
+    }
+
+    /// Like [`AgentProc::start`] without starting: edit `config`, then `restart()`.
+    pub fn configure(
+        pki: &Pki,
+        dir: &Path,
+        name: &str,
+        collector: SocketAddr,
+        interval: &str,
+        spool_max: &str,
+    ) -> AgentProc {
         std::fs::create_dir_all(dir).expect("mkdir");
         let certs = pki.agent(name);
         let metrics_addr = free_addr();
@@ -187,7 +201,7 @@ impl AgentProc {
             ),
         )
         .expect("write config");
-        let mut a = AgentProc {
+        AgentProc {
             child: None,
             name: name.to_owned(),
             dir: dir.to_owned(),
@@ -195,9 +209,7 @@ impl AgentProc {
             metrics_addr,
             spool,
             starts: 0,
-        };
-        a.restart();
-        a
+        }
     }
 
     pub fn restart(&mut self) {

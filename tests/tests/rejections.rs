@@ -154,3 +154,83 @@ async fn hostile_connections_are_refused_and_other_agents_are_unaffected() {
         200
     );
 }
+
+#[test]
+fn agent_refuses_a_collector_whose_certificate_lacks_the_configured_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    let mut agent = AgentProc::configure(
+        &pki,
+        &tmp.path().join("a"),
+        "web-1",
+        collector.ingest,
+        "100ms",
+        "256MiB",
+    );
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(
+        &agent.config,
+        text.replace(
+            "server_name = \"localhost\"",
+            "server_name = \"collector.elsewhere.example\"",
+        ),
+    )
+    .unwrap();
+    agent.restart();
+    wait_for("agent tls errors", CLOSE, || {
+        (agent.metric("mcpwatch_agent_uplink_errors_total{kind=\"tls\"}") >= 2.0).then_some(())
+    });
+    assert_eq!(agent.metric("mcpwatch_agent_uplink_connected"), 0.0);
+    assert_eq!(agent.metric("mcpwatch_agent_batches_acked_total"), 0.0);
+    assert!(
+        agent.logs().contains("certificate not valid for name"),
+        "{}",
+        agent.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "max_connections = 2");
+    let good = pki.agent("web-1");
+    let cfg = config(&pki.ca(), &good.cert, &good.key);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Conn::open(collector.ingest, cfg.clone()).await.unwrap();
+        assert!(matches!(
+            c.handshake(Conn::hello("web-1")).await.unwrap(),
+            Frame::Welcome(_)
+        ));
+        held.push(c);
+    }
+    // The third is closed before TLS completes (or right after, from the client's view).
+    match Conn::open(collector.ingest, cfg.clone()).await {
+        Err(_) => {}
+        Ok(mut c) => assert!(c.handshake(Conn::hello("web-1")).await.is_err()),
+    }
+    let m = collector.metrics();
+    assert_eq!(
+        metric(&m, "mcpwatch_collector_connections_refused_total"),
+        Some(1.0),
+        "{m}"
+    );
+    // Capacity returns when a connection goes away.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + CLOSE;
+    loop {
+        // Until the collector has noticed the close, a new connection is still refused.
+        if let Ok(mut c) = Conn::open(collector.ingest, cfg.clone()).await {
+            if matches!(
+                c.handshake(Conn::hello("web-1")).await,
+                Ok(Frame::Welcome(_))
+            ) {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -170,6 +170,52 @@ fn sqlite_ceiling(dir: &std::path::Path, args: &Args, samples: u64) -> f64 {
     rows as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The fastest layout we know: each batch's samples as one postcard BLOB row (DESIGN.md:
+/// "one BLOB per frame"), 100 batches per transaction, WAL + FULL.
+fn sqlite_blob_ceiling(dir: &std::path::Path, args: &Args, samples: u64) -> f64 {
+    let db = rusqlite::Connection::open(dir.join("ceiling-blob.db")).expect("open blob db");
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE b (id INTEGER PRIMARY KEY, agent INTEGER, seq INTEGER, data BLOB);",
+    )
+    .expect("schema");
+    let per_batch = (args.series * args.steps) as u64;
+    let batches = samples.div_ceil(per_batch).max(1);
+    let started = Instant::now();
+    db.execute_batch("BEGIN").expect("begin");
+    {
+        let mut st = db
+            .prepare_cached("INSERT INTO b (agent, seq, data) VALUES (?1, ?2, ?3)")
+            .expect("prepare");
+        for b in 0..batches {
+            let step0 = b / args.agents as u64 * args.steps as u64;
+            let mut rows = Vec::with_capacity(per_batch as usize);
+            for k in 0..args.steps as u64 {
+                let ts_ms = 1_700_000_000_000i64 + ((step0 + k) * 1000) as i64;
+                for s in 0..args.series {
+                    rows.push(Sample {
+                        series: s,
+                        ts_ms,
+                        value: value(s, step0 + k),
+                    });
+                }
+            }
+            let blob = postcard::to_stdvec(&rows).expect("encode");
+            st.execute(rusqlite::params![
+                (b % args.agents as u64) as i64,
+                b as i64,
+                blob
+            ])
+            .expect("insert");
+            if b % 100 == 99 {
+                db.execute_batch("COMMIT; BEGIN").expect("commit");
+            }
+        }
+    }
+    db.execute_batch("COMMIT").expect("commit");
+    (batches * per_batch) as f64 / started.elapsed().as_secs_f64()
+}
+
 fn main() {
     let args = Arc::new(Args::parse());
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -245,6 +291,7 @@ fn main() {
     assert_eq!(stored, samples, "every acked sample is stored");
     eprintln!("measuring the raw SQLite ceiling on the same samples...");
     let ceiling = sqlite_ceiling(tmp.path(), &args, samples.min(20_000_000));
+    let blob_ceiling = sqlite_blob_ceiling(tmp.path(), &args, samples.min(50_000_000));
     println!(
         "{}",
         serde_json::json!({
@@ -256,6 +303,8 @@ fn main() {
             "samples_per_s": samples_per_s.round(),
             "ceiling_samples_per_s": ceiling.round(),
             "ratio": (samples_per_s / ceiling * 1000.0).round() / 1000.0,
+            "blob_ceiling_samples_per_s": blob_ceiling.round(),
+            "blob_ratio": (samples_per_s / blob_ceiling * 1000.0).round() / 1000.0,
             "p50_commit_ms": pct(0.50),
             "p99_commit_ms": pct(0.99),
             "bytes_per_sample": (db_bytes as f64 / samples.max(1) as f64 * 100.0).round() / 100.0,
