@@ -26,8 +26,9 @@ struct Args {
     /// Timestamps per batch (samples per batch = series × this).
     #[arg(long, default_value_t = 10)]
     steps: u32,
-    /// Un-acked batches per agent.
-    #[arg(long, default_value_t = 8)]
+    /// Un-acked batches per agent. Deeper windows add a little throughput and a lot of
+    /// queueing to the latency figure (8: +7% samples/s, p99 ×1.8).
+    #[arg(long, default_value_t = 2)]
     window: usize,
     /// Measured seconds.
     #[arg(long, default_value_t = 20)]
