@@ -124,7 +124,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         metrics: metrics.clone(),
     };
     tracker.spawn(uplink.run(drain.clone(), stop.clone()));
-    tracker.spawn(reload_on_sighup(config.clone(), tls, shutdown.clone()));
+    let files = config.tls.clone();
+    tracker.spawn(tls::reload_on_sighup(
+        move || tls::client_config(&files),
+        tls,
+        shutdown.clone(),
+    ));
     systemd::spawn_watchdog(&tracker, shutdown.clone());
     health.set_running(true);
     systemd::ready();
@@ -261,32 +266,5 @@ pub fn batch_of(values: Vec<(SeriesKey, f64)>, ts_ms: i64) -> SpoolBatch {
         series,
         samples,
         events: Vec::new(),
-    }
-}
-
-/// SIGHUP: re-read the TLS files; new connections use them, live ones keep theirs.
-async fn reload_on_sighup(
-    config: AgentConfig,
-    tls: Arc<Reloadable<rustls::ClientConfig>>,
-    shutdown: CancellationToken,
-) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload disabled");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = hup.recv() => {}
-        }
-        match tls::client_config(&config.tls) {
-            Ok(new) => {
-                tls.set(new);
-                tracing::info!("TLS certificates reloaded");
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "TLS reload failed; keeping the old certificates")
-            }
-        }
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use mcpwatch_common::config::{self as cfg, ByteSize, ConfigError, Duration};
+use mcpwatch_common::config::{self as cfg, ByteSize, ConfigError, Duration, RawLog, RawTls};
 use mcpwatch_common::tls::{self, TlsFiles};
 use mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN;
 use rustls::pki_types::ServerName;
@@ -42,14 +42,6 @@ pub struct RawCollector {
     pub server_name: Option<String>,
     /// Largest frame accepted or sent. Default 1MiB.
     pub max_frame_size: Option<ByteSize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTls {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,15 +82,6 @@ pub struct RawUplink {
     pub max_in_flight: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLog {
-    /// tracing filter, e.g. "info" or "mcpwatch_agent=debug". Default "info".
-    pub level: Option<String>,
-    /// JSON lines instead of text. Default false.
-    pub json: Option<bool>,
-}
-
 /// Validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -131,13 +114,9 @@ impl AgentConfig {
 
     pub fn validate(path: &Path, raw: RawAgentConfig) -> Result<AgentConfig, ConfigError> {
         let bad = |key: &str, msg: String| ConfigError::invalid(path, key, msg);
-        let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let tls = TlsFiles {
-            ca: resolve(raw.tls.ca),
-            cert: resolve(raw.tls.cert),
-            key: resolve(raw.tls.key),
-        };
+        let resolve = |p: PathBuf| cfg::resolve_path(path, p);
+        let tls = raw.tls.resolve(path);
+        let (log_level, log_json) = raw.log.resolve();
         tls::client_config(&tls).map_err(|e| bad("tls", e.to_string()))?;
         let cert = tls::load_certs(&tls.cert).map_err(|e| bad("tls.cert", e.to_string()))?;
         let cert_id = tls::identity_of(&cert[0]).map_err(|e| bad("tls.cert", e.to_string()))?;
@@ -220,8 +199,8 @@ impl AgentConfig {
                 .connect_timeout
                 .unwrap_or(Duration::from_secs(10)),
             max_in_flight,
-            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
-            log_json: raw.log.json.unwrap_or(false),
+            log_level,
+            log_json,
             shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
         })
     }

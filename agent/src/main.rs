@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mcpwatch_agent::{config::DEFAULT_PATH, AgentConfig};
 use mcpwatch_common::{config::EXIT_CONFIG, logging, shutdown};
-use tokio_util::sync::CancellationToken;
 
 /// mcpwatch agent: host metrics and MCP server supervision, streamed to the collector.
 #[derive(Parser)]
@@ -51,30 +50,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     logging::init(&config.log_level, config.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("mcpwatch-agent: cannot start runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let token = CancellationToken::new();
-        let signals = tokio::spawn(shutdown::watch_signals(token.clone(), None));
-        let result = mcpwatch_agent::run(config, token.clone()).await;
-        token.cancel();
-        let _ = signals.await;
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(error = %err, "agent failed");
-                eprintln!("mcpwatch-agent: {err}");
-                ExitCode::FAILURE
-            }
-        }
+    // Two workers: the agent's work is small, and a lean footprint is part of its job.
+    shutdown::run_until_signal("mcpwatch-agent", Some(2), |token| {
+        mcpwatch_agent::run(config, token)
     })
 }

@@ -75,8 +75,9 @@ pub async fn run(
         http_stop.clone(),
     ));
     store.spawn_ticker(&background, background_stop.clone());
-    background.spawn(reload_on_sighup(
-        config.clone(),
+    let files = config.tls.clone();
+    background.spawn(tls::reload_on_sighup(
+        move || tls::server_config(&files),
         tls.clone(),
         shutdown.clone(),
     ));
@@ -125,31 +126,4 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("collector stopped");
     Ok(())
-}
-
-/// SIGHUP: reload the TLS files for new connections; live sessions keep theirs.
-async fn reload_on_sighup(
-    config: CollectorConfig,
-    tls: Arc<Reloadable<rustls::ServerConfig>>,
-    shutdown: CancellationToken,
-) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload disabled");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = hup.recv() => {}
-        }
-        match tls::server_config(&config.tls) {
-            Ok(new) => {
-                tls.set(new);
-                tracing::info!("TLS certificates reloaded");
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "TLS reload failed; keeping the old certificates")
-            }
-        }
-    }
 }

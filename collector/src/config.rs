@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use mcpwatch_common::config::{self as cfg, ByteSize, ConfigError, Duration};
+use mcpwatch_common::config::{self as cfg, ByteSize, ConfigError, Duration, RawLog, RawTls};
 use mcpwatch_common::tls::{self, TlsFiles};
 use mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN;
 use serde::Deserialize;
@@ -44,14 +44,6 @@ pub struct RawIngest {
     pub max_in_flight: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTls {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
@@ -74,15 +66,6 @@ pub struct RawStore {
 pub struct RawHttp {
     /// `/metrics`, `/healthz`, `/readyz`. Default 127.0.0.1:9465.
     pub listen: Option<SocketAddr>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLog {
-    /// tracing filter. Default "info".
-    pub level: Option<String>,
-    /// JSON lines instead of text. Default false.
-    pub json: Option<bool>,
 }
 
 /// Validated collector configuration.
@@ -116,13 +99,9 @@ impl CollectorConfig {
 
     pub fn validate(path: &Path, raw: RawCollectorConfig) -> Result<CollectorConfig, ConfigError> {
         let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
-        let base = path.parent().unwrap_or(Path::new("."));
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let tls = TlsFiles {
-            ca: resolve(raw.tls.ca),
-            cert: resolve(raw.tls.cert),
-            key: resolve(raw.tls.key),
-        };
+        let resolve = |p: PathBuf| cfg::resolve_path(path, p);
+        let tls = raw.tls.resolve(path);
+        let (log_level, log_json) = raw.log.resolve();
         tls::server_config(&tls).map_err(|e| bad("tls", &e.to_string()))?;
         let i = raw.ingest;
         let max_frame_len = i
@@ -183,8 +162,8 @@ impl CollectorConfig {
                 .http
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9465))),
-            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
-            log_json: raw.log.json.unwrap_or(false),
+            log_level,
+            log_json,
             shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
         })
     }

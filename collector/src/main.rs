@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
 use mcpwatch_collector::quickstart::{self, QuickstartOptions};
 use mcpwatch_common::{certs, config::EXIT_CONFIG, logging, shutdown};
-use tokio_util::sync::CancellationToken;
 
 /// mcpwatch collector: receives agent streams over mutual TLS and keeps their history.
 #[derive(Parser)]
@@ -76,12 +75,6 @@ enum CertsCommand {
     },
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-}
-
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::CheckConfig { config } => match CollectorConfig::load(&config) {
@@ -97,10 +90,8 @@ fn main() -> ExitCode {
                 Err(err) => return config_error(err),
             };
             logging::init(&config.log_level, config.log_json);
-            with_runtime(|token| async move {
+            shutdown::run_until_signal("mcpwatch-collector", None, |token| {
                 mcpwatch_collector::run(config, token)
-                    .await
-                    .map_err(anyhow::Error::from)
             })
         }
         Command::Certs { command } => {
@@ -129,18 +120,14 @@ fn main() -> ExitCode {
             agent_metrics,
         } => {
             logging::init("info", false);
-            with_runtime(|token| async move {
-                quickstart::run(
-                    QuickstartOptions {
-                        dir,
-                        ingest,
-                        http,
-                        agent_metrics,
-                    },
-                    token,
-                )
-                .await
-                .map_err(anyhow::Error::from)
+            let options = QuickstartOptions {
+                dir,
+                ingest,
+                http,
+                agent_metrics,
+            };
+            shutdown::run_until_signal("mcpwatch-collector", None, |token| {
+                quickstart::run(options, token)
             })
         }
     }
@@ -149,33 +136,4 @@ fn main() -> ExitCode {
 fn config_error(err: mcpwatch_common::config::ConfigError) -> ExitCode {
     eprintln!("mcpwatch-collector: invalid configuration: {err}");
     ExitCode::from(EXIT_CONFIG as u8)
-}
-
-fn with_runtime<F, Fut>(f: F) -> ExitCode
-where
-    F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("mcpwatch-collector: cannot start runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let token = CancellationToken::new();
-        let signals = tokio::spawn(shutdown::watch_signals(token.clone(), None));
-        let result = f(token.clone()).await;
-        token.cancel();
-        let _ = signals.await;
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(error = %err, "collector failed");
-                eprintln!("mcpwatch-collector: {err:#}");
-                ExitCode::FAILURE
-            }
-        }
-    })
 }

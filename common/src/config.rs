@@ -103,6 +103,58 @@ fn key_at(text: &str, pos: usize, message: &str) -> String {
     }
 }
 
+/// `[tls]`: the files of one mutual-TLS endpoint. Relative paths resolve against the config
+/// file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// CA bundle that verifies the peer.
+    pub ca: PathBuf,
+    /// This endpoint's certificate chain.
+    pub cert: PathBuf,
+    /// This endpoint's private key.
+    pub key: PathBuf,
+}
+
+impl RawTls {
+    pub fn resolve(self, config_path: &Path) -> crate::tls::TlsFiles {
+        crate::tls::TlsFiles {
+            ca: resolve_path(config_path, self.ca),
+            cert: resolve_path(config_path, self.cert),
+            key: resolve_path(config_path, self.key),
+        }
+    }
+}
+
+/// `[log]`, the same for both binaries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// tracing filter, e.g. "info" or "mcpwatch_agent=debug". Default "info".
+    pub level: Option<String>,
+    /// JSON lines instead of text. Default false.
+    pub json: Option<bool>,
+}
+
+impl RawLog {
+    /// (level, json) with defaults applied.
+    pub fn resolve(self) -> (String, bool) {
+        (
+            self.level.unwrap_or_else(|| "info".into()),
+            self.json.unwrap_or(false),
+        )
+    }
+}
+
+/// `p` as written when absolute, else relative to the directory of `config_path`.
+pub fn resolve_path(config_path: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        config_path.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
 /// A positive duration written as `<number><unit>` with unit ms, s, m, h or d.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(std::time::Duration);

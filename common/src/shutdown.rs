@@ -28,3 +28,43 @@ pub async fn watch_signals(
         }
     }
 }
+
+/// The body of both `main`s: builds the runtime, runs `f` with a token that SIGTERM/SIGINT
+/// cancel, and maps the outcome to an exit code (1 on error, logged and printed).
+pub fn run_until_signal<F, Fut, E>(
+    program: &str,
+    worker_threads: Option<usize>,
+    f: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("{program}: cannot start runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let token = CancellationToken::new();
+        let signals = tokio::spawn(watch_signals(token.clone(), None));
+        let result = f(token.clone()).await;
+        token.cancel();
+        let _ = signals.await;
+        match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %err, "{program} failed");
+                eprintln!("{program}: {err}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -152,3 +152,32 @@ impl<T> Reloadable<T> {
         }
     }
 }
+
+/// On every SIGHUP, rebuild a config with `build` and swap it into `target`; new connections
+/// use it, live ones keep theirs. A failed rebuild keeps the old config and logs why.
+pub async fn reload_on_sighup<T>(
+    build: impl Fn() -> Result<Arc<T>, TlsError>,
+    target: Arc<Reloadable<T>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; TLS reload disabled");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        match build() {
+            Ok(new) => {
+                target.set(new);
+                tracing::info!("TLS certificates reloaded");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "TLS reload failed; keeping the old certificates")
+            }
+        }
+    }
+}

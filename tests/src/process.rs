@@ -295,3 +295,56 @@ pub fn final_counts(log: &str) -> (u64, u64, u64) {
         field("pending_records"),
     )
 }
+
+impl AgentProc {
+    /// Batches the collector has acknowledged so far (NaN when the agent is down).
+    pub fn acked(&self) -> f64 {
+        self.metric("mcpwatch_agent_batches_acked_total")
+    }
+
+    /// Waits until at least `more` further batches are acknowledged.
+    pub fn wait_acked_more(&self, more: f64) {
+        let target = self.acked().max(0.0) + more;
+        wait_for("batches acknowledged", Duration::from_secs(60), || {
+            (self.acked() >= target).then_some(())
+        });
+    }
+}
+
+/// The usual fixture: a fresh temp dir with a PKI, a collector, and agent `web-1` sampling
+/// every 100 ms, already streaming (3 batches acked) when `start` returns.
+pub struct Pair {
+    // Fields drop in order: processes before the directory they live in.
+    pub agent: AgentProc,
+    pub collector: CollectorProc,
+    pub pki: Pki,
+    pub tmp: tempfile::TempDir,
+}
+
+impl Pair {
+    pub fn start() -> Pair {
+        Pair::with_collector("")
+    }
+
+    /// With extra `[ingest]` lines for the collector.
+    pub fn with_collector(ingest_extra: &str) -> Pair {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new(&tmp.path().join("pki"));
+        let collector = CollectorProc::start(&pki, &tmp.path().join("c"), ingest_extra);
+        let agent = AgentProc::start(
+            &pki,
+            &tmp.path().join("a"),
+            "web-1",
+            collector.ingest,
+            "100ms",
+            "256MiB",
+        );
+        agent.wait_acked_more(3.0);
+        Pair {
+            agent,
+            collector,
+            pki,
+            tmp,
+        }
+    }
+}

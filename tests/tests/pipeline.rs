@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use mcpwatch_tests::process::{final_counts, AgentProc, CollectorProc};
+use mcpwatch_tests::process::{final_counts, AgentProc, CollectorProc, Pair};
 use mcpwatch_tests::{db, wait_for, Pki};
 
 const FAST: &str = "100ms";
-const SPOOL: &str = "256MiB";
 
 fn setup() -> (tempfile::TempDir, Pki) {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -28,16 +27,12 @@ fn wait_drained(agent: &AgentProc, min_acked: f64) {
 
 #[test]
 fn samples_sent_equal_samples_stored() {
-    let (tmp, pki) = setup();
-    let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
-    let mut agent = AgentProc::start(
-        &pki,
-        &tmp.path().join("a"),
-        "web-1",
-        collector.ingest,
-        FAST,
-        SPOOL,
-    );
+    let Pair {
+        mut agent,
+        collector,
+        tmp: _tmp,
+        ..
+    } = Pair::start();
     wait_drained(&agent, 15.0);
     assert!(agent.stop().success());
     let (collected, dropped, pending) = final_counts(&agent.logs());
@@ -50,23 +45,15 @@ fn samples_sent_equal_samples_stored() {
 
 #[test]
 fn collector_kill9_ten_times_loses_and_duplicates_nothing() {
-    let (tmp, pki) = setup();
-    let mut collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
-    let mut agent = AgentProc::start(
-        &pki,
-        &tmp.path().join("a"),
-        "web-1",
-        collector.ingest,
-        FAST,
-        SPOOL,
-    );
+    let Pair {
+        mut agent,
+        mut collector,
+        tmp: _tmp,
+        ..
+    } = Pair::start();
     for round in 0..10u64 {
         // Let a few batches flow (some acked, some in flight), then crash mid-stream.
-        let acked = agent.metric("mcpwatch_agent_batches_acked_total");
-        wait_for("batches flowing", Duration::from_secs(30), || {
-            (agent.metric("mcpwatch_agent_batches_acked_total") >= acked + 2.0 + (round % 3) as f64)
-                .then_some(())
-        });
+        agent.wait_acked_more(2.0 + (round % 3) as f64);
         collector.kill9();
         collector.restart();
     }
@@ -89,16 +76,12 @@ fn collector_kill9_ten_times_loses_and_duplicates_nothing() {
 
 #[test]
 fn agent_kill9_replays_its_unacked_spool() {
-    let (tmp, pki) = setup();
-    let mut collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
-    let mut agent = AgentProc::start(
-        &pki,
-        &tmp.path().join("a"),
-        "web-1",
-        collector.ingest,
-        FAST,
-        SPOOL,
-    );
+    let Pair {
+        mut agent,
+        mut collector,
+        tmp,
+        ..
+    } = Pair::start();
     wait_drained(&agent, 3.0);
     collector.kill9();
     wait_for(

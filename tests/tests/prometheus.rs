@@ -3,10 +3,9 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use mcpwatch_tests::process::{AgentProc, CollectorProc};
-use mcpwatch_tests::{http_get, wait_for, Pki};
+use mcpwatch_tests::http_get;
+use mcpwatch_tests::process::Pair;
 
 fn promtool_check(what: &str, exposition: &str) {
     let mut child = Command::new("promtool")
@@ -35,20 +34,9 @@ fn promtool_check(what: &str, exposition: &str) {
 
 #[test]
 fn agent_and_collector_metrics_pass_promtool() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
-    let agent = AgentProc::start(
-        &pki,
-        &tmp.path().join("a"),
-        "web-1",
-        collector.ingest,
-        "100ms",
-        "256MiB",
-    );
-    wait_for("batches acked", Duration::from_secs(20), || {
-        (agent.metric("mcpwatch_agent_batches_acked_total") >= 3.0).then_some(())
-    });
+    let Pair {
+        agent, collector, ..
+    } = Pair::start();
     let (status, body) = http_get(collector.http, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("mcpwatch_collector_samples_ingested_total"));

@@ -6,7 +6,7 @@ use std::time::Duration;
 use mcpwatch_common::certs;
 use mcpwatch_common::wire::{Frame, RejectReason};
 use mcpwatch_tests::client::{config, config_without_cert, Conn};
-use mcpwatch_tests::process::{AgentProc, CollectorProc};
+use mcpwatch_tests::process::{AgentProc, CollectorProc, Pair};
 use mcpwatch_tests::{metric, wait_for, Pki};
 
 const CLOSE: Duration = Duration::from_secs(10);
@@ -25,23 +25,14 @@ async fn refused_by_tls(addr: std::net::SocketAddr, cfg: std::sync::Arc<rustls::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_connections_are_refused_and_other_agents_are_unaffected() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
-    let agent = AgentProc::start(
-        &pki,
-        &tmp.path().join("a"),
-        "web-1",
-        collector.ingest,
-        "100ms",
-        "256MiB",
-    );
+    let Pair {
+        agent,
+        collector,
+        pki,
+        tmp,
+    } = Pair::start();
     let addr = collector.ingest;
     let ca = pki.ca();
-    let acked = |a: &AgentProc| a.metric("mcpwatch_agent_batches_acked_total");
-    wait_for("agent streaming", CLOSE, || {
-        (acked(&agent) >= 3.0).then_some(())
-    });
 
     // 1. No client certificate.
     refused_by_tls(addr, config_without_cert(&ca)).await;
@@ -142,10 +133,7 @@ async fn hostile_connections_are_refused_and_other_agents_are_unaffected() {
     assert!(logs.contains("protocol version 999"), "{logs}");
 
     // The healthy agent never noticed.
-    let before = acked(&agent);
-    wait_for("agent still streaming", CLOSE, || {
-        (acked(&agent) >= before + 3.0).then_some(())
-    });
+    agent.wait_acked_more(3.0);
     assert_eq!(agent.metric("mcpwatch_agent_reconnects_total"), 0.0);
     assert_eq!(
         mcpwatch_tests::http_get(collector.http, "/readyz")

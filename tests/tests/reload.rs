@@ -5,27 +5,17 @@ use std::time::Duration;
 
 use mcpwatch_common::wire::Frame;
 use mcpwatch_tests::client::{config, Conn};
-use mcpwatch_tests::process::{signal, AgentProc, CollectorProc};
-use mcpwatch_tests::{wait_for, Pki};
+use mcpwatch_tests::process::{signal, Pair};
+use mcpwatch_tests::Pki;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_trusts_a_new_ca_without_dropping_live_agents() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
-    let agent = AgentProc::start(
-        &pki,
-        &tmp.path().join("a"),
-        "web-1",
-        collector.ingest,
-        "100ms",
-        "256MiB",
-    );
-    let acked = |a: &AgentProc| a.metric("mcpwatch_agent_batches_acked_total");
-    wait_for("agent streaming", Duration::from_secs(20), || {
-        (acked(&agent) >= 3.0).then_some(())
-    });
-
+    let Pair {
+        agent,
+        collector,
+        pki,
+        tmp,
+    } = Pair::start();
     let other = Pki::new(&tmp.path().join("pki-b"));
     let b = other.agent("web-2");
     let cfg = config(&pki.ca(), &b.cert, &b.key);
@@ -56,10 +46,7 @@ async fn sighup_trusts_a_new_ca_without_dropping_live_agents() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let before = acked(&agent);
-    wait_for("web-1 still streaming", Duration::from_secs(20), || {
-        (acked(&agent) >= before + 3.0).then_some(())
-    });
+    agent.wait_acked_more(3.0);
     assert_eq!(
         agent.metric("mcpwatch_agent_reconnects_total"),
         0.0,
