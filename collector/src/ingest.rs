@@ -200,6 +200,7 @@ impl Session {
         let session = match self
             .store
             .register_agent(
+                self.conn,
                 &identity,
                 &hello.hostname,
                 &hello.agent_version,
@@ -229,12 +230,17 @@ impl Session {
                 return Err(err.into());
             }
         };
-        framed
-            .send(Frame::Welcome(Welcome {
-                protocol_version: PROTOCOL_VERSION,
-                resume_from_seq: session.last_seq + 1,
-            }))
-            .await?;
+        let welcome = Frame::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            resume_from_seq: session.last_seq + 1,
+        });
+        if let Err(err) = framed.send(welcome).await {
+            // Registered but never streaming: the store must not count it as live.
+            self.store
+                .agent_disconnected(session.host_id, self.conn, crate::now_ms())
+                .await;
+            return Err(err.into());
+        }
         tracing::info!(peer = %self.peer, agent_id = %identity, host_id = session.host_id,
             resume_from_seq = session.last_seq + 1, agent_last_acked = hello.last_acked_seq,
             "agent connected");

@@ -222,3 +222,51 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_by_the_handshake_and_idle_timeouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let collector = CollectorProc::start(
+        &pki,
+        &tmp.path().join("c"),
+        "handshake_timeout = \"500ms\"\nidle_timeout = \"1s\"",
+    );
+    // A TCP connection that never starts TLS (slowloris).
+    let mut raw = tokio::net::TcpStream::connect(collector.ingest)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(CLOSE, tokio::io::AsyncReadExt::read(&mut raw, &mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "not closed: {read:?}"
+    );
+    // A session that goes quiet after its Hello.
+    let good = pki.agent("web-1");
+    let mut conn = Conn::open(collector.ingest, config(&pki.ca(), &good.cert, &good.key))
+        .await
+        .unwrap();
+    assert!(matches!(
+        conn.handshake(Conn::hello("web-1")).await.unwrap(),
+        Frame::Welcome(_)
+    ));
+    assert!(conn.closed_within(CLOSE).await, "idle session not closed");
+    let m = collector.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "mcpwatch_collector_handshake_failures_total{reason=\"timeout\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "mcpwatch_collector_sessions_closed_total{reason=\"timeout\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}

@@ -183,6 +183,7 @@ impl Store {
     /// Upserts the host row (first_seen kept) and marks it online. Refused if revoked.
     pub async fn register_agent(
         &self,
+        conn: u64,
         agent_id: &str,
         hostname: &str,
         agent_version: &str,
@@ -190,6 +191,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<AgentSession, StoreError> {
         self.call(|reply| WriteRequest::Register {
+            conn,
             agent_id: agent_id.to_owned(),
             hostname: hostname.to_owned(),
             agent_version: agent_version.to_owned(),

@@ -82,9 +82,11 @@ fn sample(series: u32, ts_ms: i64, value: f64) -> Sample {
     }
 }
 
+/// Registers on connection 0: a connection counts as live from registration on, and tests
+/// number the connections they stream on from 1 (or use 0 for the first host).
 async fn register(store: &Store, agent: &str) -> AgentSession {
     store
-        .register_agent(agent, &format!("{agent}.local"), "0.1.0", "boot-1", T0)
+        .register_agent(0, agent, &format!("{agent}.local"), "0.1.0", "boot-1", T0)
         .await
         .expect("register")
 }
@@ -628,7 +630,7 @@ async fn store_revoked_host_is_refused() {
 
     let err = f
         .store
-        .register_agent("a1", "x", "0.1.0", "b", T0)
+        .register_agent(0, "a1", "x", "0.1.0", "b", T0)
         .await
         .unwrap_err();
     assert!(
@@ -699,6 +701,28 @@ async fn store_gap_event_lands_in_gaps_table() {
 }
 
 #[tokio::test]
+async fn store_a_registered_connection_keeps_its_host_online_before_its_first_batch() {
+    let f = Fixture::new();
+    let s = f
+        .store
+        .register_agent(1, "a1", "x", "0.1.0", "b", T0)
+        .await
+        .unwrap();
+    // Reconnect race: the new connection (2) registers before the old one (1) is closed.
+    f.store
+        .register_agent(2, "a1", "x", "0.1.0", "b", T0 + 1)
+        .await
+        .unwrap();
+    f.store.agent_disconnected(s.host_id, 1, T0 + 2).await;
+    assert!(
+        f.reader().hosts().unwrap()[0].online,
+        "live connection 2 ignored"
+    );
+    f.store.agent_disconnected(s.host_id, 2, T0 + 3).await;
+    assert!(!f.reader().hosts().unwrap()[0].online);
+}
+
+#[tokio::test]
 async fn store_disconnect_marks_offline_and_forgets_series() {
     let f = Fixture::new();
     let s = register(&f.store, "a1").await;
@@ -712,6 +736,9 @@ async fn store_disconnect_marks_offline_and_forgets_series() {
     f.store.agent_disconnected(s.host_id, 1, T0 + 5).await;
     assert!(f.reader().hosts().unwrap()[0].online);
     f.store.agent_disconnected(s.host_id, 2, T0 + 5).await;
+    // The registering connection is live until it goes too.
+    assert!(f.reader().hosts().unwrap()[0].online);
+    f.store.agent_disconnected(s.host_id, 0, T0 + 5).await;
     assert!(!f.reader().hosts().unwrap()[0].online);
 
     let mut b = batch(1, s.host_id, 3);

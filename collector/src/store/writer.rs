@@ -37,6 +37,8 @@ const SLOW_COMMIT: Duration = Duration::from_secs(1);
 
 pub(crate) enum WriteRequest {
     Register {
+        /// The ingest connection registering; it counts as live until `Disconnected`.
+        conn: u64,
         agent_id: String,
         hostname: String,
         agent_version: String,
@@ -424,6 +426,7 @@ impl Writer {
                     ));
                 }
                 WriteRequest::Register {
+                    conn: conn_id,
                     agent_id,
                     hostname,
                     agent_version,
@@ -435,6 +438,16 @@ impl Writer {
                         register(c, &agent_id, &hostname, &agent_version, &boot_id, now_ms)
                     })
                     .unwrap_or_else(|e| Err(abort(&mut fatal, e)));
+                    // The connection counts as live from its Hello on, so an older
+                    // connection of the same host closing now cannot mark the host offline.
+                    if let Ok(session) = &r {
+                        if !state.conns.contains_key(&conn_id) {
+                            state
+                                .conns
+                                .insert(conn_id, ConnSeries::new(session.host_id));
+                            undo.conns_created.push(conn_id);
+                        }
+                    }
                     done.push(Done::Register(reply, r));
                 }
                 WriteRequest::Disconnected {
