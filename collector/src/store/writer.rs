@@ -441,10 +441,10 @@ impl Writer {
                     // The connection counts as live from its Hello on, so an older
                     // connection of the same host closing now cannot mark the host offline.
                     if let Ok(session) = &r {
-                        if !state.conns.contains_key(&conn_id) {
-                            state
-                                .conns
-                                .insert(conn_id, ConnSeries::new(session.host_id));
+                        if let std::collections::hash_map::Entry::Vacant(e) =
+                            state.conns.entry(conn_id)
+                        {
+                            e.insert(ConnSeries::new(session.host_id));
                             undo.conns_created.push(conn_id);
                         }
                     }
