@@ -122,6 +122,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         spool: spool.clone(),
         appended,
         metrics: metrics.clone(),
+        commands: None,
     };
     tracker.spawn(uplink.run(drain.clone(), stop.clone()));
     let files = config.tls.clone();

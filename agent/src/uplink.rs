@@ -9,13 +9,13 @@ use std::time::Instant;
 use futures::{SinkExt, StreamExt};
 use mcpwatch_common::tls::Reloadable;
 use mcpwatch_common::wire::{
-    self, Batch, CommandResult, Frame, FrameCodec, Hello, Sample, SeriesDef, SeriesKey,
-    PROTOCOL_VERSION,
+    self, Batch, Command, CommandAction, CommandResult, Frame, FrameCodec, Hello, Sample,
+    SeriesDef, SeriesKey, PROTOCOL_VERSION,
 };
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +82,21 @@ pub struct Uplink {
     /// Signalled by the producer after each append.
     pub appended: Arc<Notify>,
     pub metrics: Arc<AgentMetrics>,
+    /// Where operator commands go; `None` when this agent supervises nothing.
+    pub commands: Option<mpsc::Sender<AgentCommand>>,
 }
+
+/// An operator command handed to the agent's dispatcher; the answer goes back upstream as a
+/// `CommandResult` on the session that carried the command.
+#[derive(Debug)]
+pub struct AgentCommand {
+    pub action: CommandAction,
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// Longest a command may take at the agent (a container restart included) before the
+/// uplink answers for it.
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// How a session ended without error.
 enum SessionEnd {
@@ -198,6 +212,7 @@ impl Uplink {
         tracing::info!(agent_id = %self.agent_id, address = %self.address,
             resume_from_seq = welcome.resume_from_seq, "connected to collector");
 
+        let (results_tx, mut results_rx) = mpsc::channel::<CommandResult>(32);
         let mut next = welcome.resume_from_seq.max(last_acked + 1);
         let mut in_flight: VecDeque<u64> = VecDeque::new();
         let mut interned = Interner::default();
@@ -238,18 +253,18 @@ impl Uplink {
                         self.ack(seq).await?;
                     }
                     Some(Ok(Frame::Command(cmd))) => {
-                        // Server supervision (and so every command) arrives with the MCP
-                        // supervision work; until then answer so the collector never waits.
-                        framed.send(Frame::CommandResult(CommandResult {
-                            id: cmd.id,
-                            ok: false,
-                            message: "this agent supervises no MCP servers".into(),
-                        })).await?;
+                        tracing::info!(agent_id = %self.agent_id, command_id = cmd.id, action = ?cmd.action, "command received");
+                        // Run it beside the stream: a restart can take seconds and batches
+                        // and acks must keep flowing meanwhile.
+                        tokio::spawn(dispatch(cmd, self.commands.clone(), results_tx.clone()));
                     }
                     Some(Ok(other)) => {
                         return Err(UplinkError::Protocol(format!("unexpected frame {other:?}")));
                     }
                 },
+                Some(result) = results_rx.recv() => {
+                    framed.send(Frame::CommandResult(result)).await?;
+                }
                 _ = self.appended.notified(), if window_open => {}
                 _ = drain.cancelled(), if !drain.is_cancelled() => {}
             }
@@ -275,6 +290,46 @@ impl Uplink {
             .map_err(|e| UplinkError::Protocol(format!("spool ack task failed: {e}")))??;
         Ok(())
     }
+}
+
+/// Runs one command through the dispatcher and queues its result for the session.
+async fn dispatch(
+    cmd: Command,
+    commands: Option<mpsc::Sender<AgentCommand>>,
+    results: mpsc::Sender<CommandResult>,
+) {
+    let outcome = match commands {
+        None => Err("this agent supervises no MCP servers".to_owned()),
+        Some(tx) => {
+            let (reply, answer) = oneshot::channel();
+            let sent = tx
+                .send(AgentCommand {
+                    action: cmd.action,
+                    reply,
+                })
+                .await;
+            match sent {
+                Err(_) => Err("agent is shutting down".to_owned()),
+                Ok(()) => match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+                    Ok(Ok(outcome)) => outcome,
+                    Ok(Err(_)) => Err("command dropped by the agent".to_owned()),
+                    Err(_) => Err(format!("no outcome within {COMMAND_TIMEOUT:?}")),
+                },
+            }
+        }
+    };
+    let (ok, message) = match outcome {
+        Ok(m) => (true, m),
+        Err(m) => (false, m),
+    };
+    // The session may be gone by now; the collector then reports a disconnect.
+    let _ = results
+        .send(CommandResult {
+            id: cmd.id,
+            ok,
+            message,
+        })
+        .await;
 }
 
 /// Locks the spool; a poisoned lock means a panic while holding it, after which the spool's

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::command::CommandRouter;
 use crate::config::CollectorConfig;
 use crate::http::{self, Readiness};
 use crate::ingest::{self, IngestSettings};
@@ -55,6 +56,16 @@ pub async fn run(
     config: CollectorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
+    run_with_router(config, shutdown, CommandRouter::new()).await
+}
+
+/// [`run`] with a command router supplied by the caller, who can then send commands to
+/// connected agents (the HTTP API does; so do tests).
+pub async fn run_with_router(
+    config: CollectorConfig,
+    shutdown: CancellationToken,
+    router: CommandRouter,
+) -> Result<(), CollectorError> {
     let metrics = CollectorMetrics::new();
     let tls = Arc::new(Reloadable::new(tls::server_config(&config.tls)?));
     let ingest_listener = bind("ingest", config.ingest_listen).await?;
@@ -93,6 +104,7 @@ pub async fn run(
         ingest_listener,
         tls,
         store.clone(),
+        router,
         metrics.clone(),
         settings,
         sessions.clone(),

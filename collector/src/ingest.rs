@@ -2,6 +2,7 @@
 //! checks the Hello against the certificate's identity, then streams batches to the store
 //! and acks each seq only once the store reports it durably committed.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,16 +11,19 @@ use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
 use mcpwatch_common::tls::{self, Reloadable};
 use mcpwatch_common::wire::{
-    Batch, CodecError, Frame, FrameCodec, Hello, Reject, RejectReason, Welcome, PROTOCOL_VERSION,
+    Batch, CodecError, CommandResult, Frame, FrameCodec, Hello, Reject, RejectReason, Welcome,
+    PROTOCOL_VERSION,
 };
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::command::{CommandRouter, PendingCommand};
 use crate::metrics::CollectorMetrics;
 use crate::store::{IngestBatch, IngestOutcome, Store, StoreError};
 
@@ -67,10 +71,12 @@ impl SessionError {
 }
 
 /// Accepts connections until `shutdown`; each session runs on `tracker`.
+#[allow(clippy::too_many_arguments)] // one call site; each is a distinct shared resource
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<Reloadable<ServerConfig>>,
     store: Store,
+    router: CommandRouter,
     metrics: Arc<CollectorMetrics>,
     settings: IngestSettings,
     tracker: TaskTracker,
@@ -104,6 +110,7 @@ pub async fn serve(
             peer,
             acceptor: TlsAcceptor::from(tls.get()),
             store: store.clone(),
+            router: router.clone(),
             metrics: metrics.clone(),
             settings: settings.clone(),
         };
@@ -122,6 +129,7 @@ struct Session {
     peer: std::net::SocketAddr,
     acceptor: TlsAcceptor,
     store: Store,
+    router: CommandRouter,
     metrics: Arc<CollectorMetrics>,
     settings: IngestSettings,
 }
@@ -140,9 +148,11 @@ impl Session {
             }
         };
         self.metrics.agents_connected.inc();
+        let commands = self.router.register(&agent_id, self.conn);
         let result = self
-            .stream(&mut framed, &agent_id, host_id, &shutdown)
+            .stream(&mut framed, &agent_id, host_id, commands, &shutdown)
             .await;
+        self.router.unregister(&agent_id, self.conn);
         self.metrics.agents_connected.dec();
         self.store
             .agent_disconnected(host_id, self.conn, crate::now_ms())
@@ -254,9 +264,13 @@ impl Session {
         framed: &mut Stream,
         agent_id: &str,
         host_id: i64,
+        mut commands: tokio::sync::mpsc::Receiver<PendingCommand>,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
         let mut pending = FuturesOrdered::new();
+        // Commands sent and not yet answered; dropped with the session, which tells each
+        // waiting caller the agent went away.
+        let mut awaiting: HashMap<u64, oneshot::Sender<CommandResult>> = HashMap::new();
         loop {
             let can_read = pending.len() < self.settings.max_in_flight;
             tokio::select! {
@@ -291,11 +305,20 @@ impl Session {
                         Frame::Batch(batch) => pending.push_back(self.submit(host_id, batch).await?),
                         Frame::CommandResult(r) => {
                             tracing::info!(agent_id, command_id = r.id, ok = r.ok, message = %r.message, "command result");
+                            match awaiting.remove(&r.id) {
+                                Some(reply) => { let _ = reply.send(r); }
+                                None => tracing::warn!(agent_id, command_id = r.id, "result for a command not awaited"),
+                            }
                         }
                         other => {
                             return Err(SessionError::Protocol(format!("unexpected {} from agent", frame_name(&other))));
                         }
                     }
+                }
+                Some(cmd) = commands.recv() => {
+                    tracing::info!(agent_id, command_id = cmd.command.id, action = ?cmd.command.action, "sending command");
+                    awaiting.insert(cmd.command.id, cmd.reply);
+                    framed.send(Frame::Command(cmd.command)).await?;
                 }
                 _ = shutdown.cancelled() => {
                     // Let what is already queued commit and be acked, then close.

@@ -2,6 +2,7 @@
 //! rollups and retention, and serves its own metrics. See ARCHITECTURE.md.
 
 pub mod collector;
+pub mod command;
 pub mod config;
 pub mod http;
 pub mod ingest;
@@ -10,7 +11,7 @@ pub mod quickstart;
 pub mod store;
 pub mod token;
 
-pub use collector::{run, CollectorError};
+pub use collector::{run, run_with_router, CollectorError};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> i64 {

@@ -33,21 +33,17 @@ fn spawn(binary: &str, args: &[&str], log: &Path, envs: &[(&str, &str)]) -> Chil
     cmd.spawn().expect("spawn")
 }
 
-/// A collector process with its config, database and log in `dir`.
-pub struct CollectorProc {
-    pub child: Option<Child>,
-    pub dir: PathBuf,
+/// A collector's config file (and what it says) in a directory of its own.
+pub struct CollectorFiles {
     pub config: PathBuf,
     pub ingest: SocketAddr,
     pub http: SocketAddr,
     pub db: PathBuf,
-    pub log: PathBuf,
-    starts: u32,
 }
 
-impl CollectorProc {
-    /// Writes a config (extra TOML lines go into `[ingest]`) and starts the collector.
-    pub fn start(pki: &Pki, dir: &Path, ingest_extra: &str) -> CollectorProc {
+impl CollectorFiles {
+    /// Writes `dir/collector.toml` on free loopback ports; extra lines go into `[ingest]`.
+    pub fn write(pki: &Pki, dir: &Path, ingest_extra: &str) -> CollectorFiles {
         std::fs::create_dir_all(dir).expect("mkdir");
         let ingest = free_addr();
         let http = free_addr();
@@ -68,6 +64,36 @@ impl CollectorProc {
             ),
         )
         .expect("write config");
+        CollectorFiles {
+            config,
+            ingest,
+            http,
+            db,
+        }
+    }
+}
+
+/// A collector process with its config, database and log in `dir`.
+pub struct CollectorProc {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub ingest: SocketAddr,
+    pub http: SocketAddr,
+    pub db: PathBuf,
+    pub log: PathBuf,
+    starts: u32,
+}
+
+impl CollectorProc {
+    /// Writes a config (extra TOML lines go into `[ingest]`) and starts the collector.
+    pub fn start(pki: &Pki, dir: &Path, ingest_extra: &str) -> CollectorProc {
+        let CollectorFiles {
+            config,
+            ingest,
+            http,
+            db,
+        } = CollectorFiles::write(pki, dir, ingest_extra);
         let mut c = CollectorProc {
             child: None,
             dir: dir.to_owned(),
