@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 if ((${#need_apt[@]})); then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -16,9 +17,20 @@ if ((${#need_apt[@]})); then
   systemctl stop prometheus 2>/dev/null || pkill -x prometheus 2>/dev/null || true
 fi
 
+# A Docker engine for the supervision tests: no bridge, no iptables, loopback only.
+if ! docker version >/dev/null 2>&1; then
+  echo "starting dockerd"
+  nohup dockerd --bridge=none --iptables=false --ip-masq=false >/tmp/mcpwatch-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
+  docker version >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 /tmp/mcpwatch-dockerd.log; exit 1; }
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
+# The MCP fixture server, static, for FROM scratch test images.
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release -p mcpwatch-mcp-fixture --target x86_64-unknown-linux-gnu
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
