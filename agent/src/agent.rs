@@ -15,7 +15,8 @@ use crate::http::{self, Health};
 use crate::metrics::AgentMetrics;
 use crate::sampler::Sampler;
 use crate::spool::{Spool, SpoolBatch, SpoolConfig, SpoolError};
-use crate::uplink::{self, Uplink};
+use crate::supervision::{self, SupervisionContext};
+use crate::uplink::{self, AgentCommand, Uplink};
 
 /// Batches waiting between the sampler and the spool writer. At 1 Hz this is minutes of
 /// slack; when it is full the sampler drops (and counts) rather than blocking.
@@ -82,6 +83,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let stop = CancellationToken::new();
     let appended = Arc::new(Notify::new());
     let (tx, rx) = mpsc::channel::<SpoolBatch>(SPOOL_QUEUE);
+    let (commands_tx, commands_rx) = mpsc::channel::<AgentCommand>(32);
+    let (reload_tx, reload_rx) = mpsc::channel::<()>(1);
+    let (servers_tx, servers_rx) = mpsc::channel(4);
 
     // The endpoint outlives the drain so /metrics shows it; it has its own handle.
     let http_task = tokio::spawn(http::serve(
@@ -101,6 +105,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 source: e,
             })?
     };
+    tracker.spawn(supervision::run(
+        SupervisionContext {
+            agent_id: config.agent_id.clone(),
+            state_dir: config.state_dir.clone(),
+            interval: config.interval.get(),
+            spool: tx.clone(),
+            metrics: metrics.clone(),
+        },
+        config.servers.clone(),
+        commands_rx,
+        servers_rx,
+        reload_tx.clone(),
+        shutdown.clone(),
+    ));
     tracker.spawn(sample_loop(
         config.interval.get(),
         tx,
@@ -122,13 +140,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         spool: spool.clone(),
         appended,
         metrics: metrics.clone(),
-        commands: None,
+        commands: Some(commands_tx),
     };
     tracker.spawn(uplink.run(drain.clone(), stop.clone()));
-    let files = config.tls.clone();
-    tracker.spawn(tls::reload_on_sighup(
-        move || tls::client_config(&files),
+    tracker.spawn(reload(
+        config.path.clone(),
         tls,
+        servers_tx,
+        reload_tx,
+        reload_rx,
         shutdown.clone(),
     ));
     systemd::spawn_watchdog(&tracker, shutdown.clone());
@@ -267,5 +287,64 @@ pub fn batch_of(values: Vec<(SeriesKey, f64)>, ts_ms: i64) -> SpoolBatch {
         series,
         samples,
         events: Vec::new(),
+    }
+}
+
+/// SIGHUP or the Reload command: re-read the config file; the TLS files apply to new
+/// connections (live ones keep theirs), the server list goes to supervision, which applies
+/// only the differences. An invalid file changes nothing and is logged.
+async fn reload(
+    path: std::path::PathBuf,
+    tls: Arc<Reloadable<rustls::ClientConfig>>,
+    servers: mpsc::Sender<Vec<crate::supervisor::spec::McpServerSpec>>,
+    requests_tx: mpsc::Sender<()>,
+    mut requests: mpsc::Receiver<()>,
+    shutdown: CancellationToken,
+) {
+    // SIGHUP feeds the same queue as the Reload command.
+    let hup_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload only by command");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup_shutdown.cancelled() => return,
+                _ = hup.recv() => { let _ = requests_tx.try_send(()); }
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(()) = requests.recv() => {}
+        }
+        let load = path.clone();
+        let config = match tokio::task::spawn_blocking(move || AgentConfig::load(&load)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "reload refused: invalid configuration; nothing changed");
+                continue;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reload task failed");
+                continue;
+            }
+        };
+        match tls::client_config(&config.tls) {
+            Ok(new) => {
+                tls.set(new);
+                tracing::info!("TLS certificates reloaded");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "TLS reload failed; keeping the old certificates")
+            }
+        }
+        tracing::info!(servers = config.servers.len(), "configuration reloaded");
+        if servers.send(config.servers).await.is_err() {
+            return;
+        }
     }
 }

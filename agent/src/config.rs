@@ -10,6 +10,8 @@ use mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN;
 use rustls::pki_types::ServerName;
 use serde::Deserialize;
 
+use crate::supervisor::spec::{validate_servers, McpServerSpec, RawMcpServer};
+
 pub const DEFAULT_PATH: &str = "/etc/mcpwatch/agent.toml";
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +33,12 @@ pub struct RawAgentConfig {
     pub log: RawLog,
     /// How long SIGTERM may take to flush and hand over un-acked batches. Default 10s.
     pub shutdown_grace: Option<Duration>,
+    /// Agent state kept across restarts (approved MCP tool surfaces). Default
+    /// /var/lib/mcpwatch/agent.
+    pub state_dir: Option<PathBuf>,
+    /// MCP servers this host must run (see config/agent.toml).
+    #[serde(default)]
+    pub mcp_server: Vec<RawMcpServer>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +111,8 @@ pub struct AgentConfig {
     pub log_level: String,
     pub log_json: bool,
     pub shutdown_grace: Duration,
+    pub state_dir: PathBuf,
+    pub servers: Vec<McpServerSpec>,
 }
 
 impl AgentConfig {
@@ -202,6 +212,11 @@ impl AgentConfig {
             log_level,
             log_json,
             shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+            state_dir: resolve(
+                raw.state_dir
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/mcpwatch/agent")),
+            ),
+            servers: validate_servers(path, raw.mcp_server)?,
         })
     }
 }

@@ -5,8 +5,12 @@ pub mod agent;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod probe;
+pub mod prober;
 pub mod sampler;
 pub mod spool;
+pub mod supervision;
+pub mod supervisor;
 pub mod uplink;
 
 pub use agent::{run, AgentError};

@@ -59,7 +59,8 @@ type KindLabel = [(&'static str, &'static str); 1];
 pub struct AgentMetrics {
     /// Written once in [`AgentMetrics::new`]; encoding only reads it, so it needs no lock.
     registry: Registry,
-    host: Arc<HostSnapshot>,
+    host: Arc<Snapshot>,
+    servers: Arc<Snapshot>,
     last_ack: Arc<LastAck>,
     uplink_errors: Family<KindLabel, Counter>,
     /// Bytes the spool occupies on disk.
@@ -92,7 +93,11 @@ impl AgentMetrics {
         }
         let mut m = AgentMetrics {
             registry: Registry::default(),
-            host: Arc::new(HostSnapshot::default()),
+            host: Arc::new(Snapshot::new(vec![series_help()])),
+            servers: Arc::new(Snapshot::new(vec![
+                crate::supervisor::stats::series_help(),
+                crate::prober::series_help(),
+            ])),
             last_ack: Arc::new(LastAck::new()),
             uplink_errors,
             spool_bytes: Gauge::default(),
@@ -175,14 +180,18 @@ impl AgentMetrics {
         );
         r.register_collector(Box::new(m.last_ack.clone()));
         r.register_collector(Box::new(m.host.clone()));
+        r.register_collector(Box::new(m.servers.clone()));
         m
     }
 
     /// Replaces the exposed host values with this sample (the latest one wins).
     pub fn set_host_samples(&self, samples: &[(SeriesKey, f64)]) {
-        let mut snapshot = self.host.write();
-        snapshot.clear();
-        snapshot.extend_from_slice(samples);
+        self.host.replace(samples);
+    }
+
+    /// Replaces the exposed MCP server values (containers and probes).
+    pub fn set_server_samples(&self, samples: &[(SeriesKey, f64)]) {
+        self.servers.replace(samples);
     }
 
     /// Counts one uplink failure of this kind.
@@ -225,15 +234,30 @@ impl Default for AgentMetrics {
     }
 }
 
-/// The latest host sample, encoded on scrape. prometheus-client counters can only be
-/// incremented, while host counters are read as absolute values from the kernel, so the
+/// The latest values of a group of families (host, or MCP servers), encoded on scrape with
+/// the HELP and TYPE of its tables. prometheus-client counters can only be incremented, while
+/// these counters are read as absolute values (from the kernel, cgroups, the prober), so the
 /// snapshot is encoded directly with the right TYPE per family.
-#[derive(Debug, Default)]
-struct HostSnapshot {
+#[derive(Debug)]
+struct Snapshot {
+    help: Vec<&'static [(&'static str, &'static str, MetricKind)]>,
     latest: RwLock<Vec<(SeriesKey, f64)>>,
 }
 
-impl HostSnapshot {
+impl Snapshot {
+    fn new(help: Vec<&'static [(&'static str, &'static str, MetricKind)]>) -> Snapshot {
+        Snapshot {
+            help,
+            latest: RwLock::default(),
+        }
+    }
+
+    fn replace(&self, samples: &[(SeriesKey, f64)]) {
+        let mut latest = self.write();
+        latest.clear();
+        latest.extend_from_slice(samples);
+    }
+
     /// A panic while holding the lock cannot leave the Vec half-valid for our use (it is
     /// replaced wholesale), so a poisoned lock is still safe to use.
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<(SeriesKey, f64)>> {
@@ -245,10 +269,10 @@ impl HostSnapshot {
     }
 }
 
-impl Collector for HostSnapshot {
+impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let latest = self.read();
-        for (name, help, kind) in series_help() {
+        for (name, help, kind) in self.help.iter().flat_map(|h| h.iter()) {
             let mut series = latest.iter().filter(|(k, _)| k.name == *name).peekable();
             if series.peek().is_none() {
                 continue;

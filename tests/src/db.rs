@@ -84,3 +84,50 @@ pub fn all_sample_count(db: &Path) -> u64 {
         })
         .expect("count") as u64
 }
+
+/// One stored agent event.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub ts_ms: i64,
+    pub server: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Every event of `agent_id` stored so far, oldest first; empty while the DB is not readable.
+pub fn events(db: &Path, agent_id: &str) -> Vec<EventRow> {
+    let Ok(c) = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return Vec::new();
+    };
+    let Ok(mut st) = c.prepare(
+        "SELECT e.ts_ms, COALESCE(e.server, ''), e.kind, e.detail FROM events e \
+         JOIN hosts h ON h.id = e.host_id WHERE h.agent_id = ?1 ORDER BY e.id",
+    ) else {
+        return Vec::new();
+    };
+    st.query_map([agent_id], |r| {
+        Ok(EventRow {
+            ts_ms: r.get(0)?,
+            server: r.get(1)?,
+            kind: r.get(2)?,
+            detail: r.get(3)?,
+        })
+    })
+    .map(|rows| rows.filter_map(Result::ok).collect())
+    .unwrap_or_default()
+}
+
+/// Series names stored for `agent_id`.
+pub fn series_names(db: &Path, agent_id: &str) -> Vec<String> {
+    let c = open(db);
+    let mut st = c
+        .prepare(
+            "SELECT DISTINCT s.name FROM series s JOIN hosts h ON h.id = s.host_id \
+             WHERE h.agent_id = ?1 ORDER BY s.name",
+        )
+        .expect("prepare");
+    st.query_map([agent_id], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}

@@ -126,10 +126,12 @@ impl CollectorProc {
 
     pub fn wait_ready(&mut self) {
         let http = self.http;
+        let log = self.log.clone();
         let child = self.child.as_mut().expect("running");
         wait_for("collector /readyz", Duration::from_secs(30), || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("collector exited early: {status}");
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("collector exited early: {status}\n{log}");
             }
             matches!(http_get(http, "/readyz"), Ok((200, _))).then_some(())
         });
@@ -175,6 +177,8 @@ impl Drop for CollectorProc {
 /// An agent process with config, spool and log in `dir`.
 pub struct AgentProc {
     pub child: Option<Child>,
+    /// Extra environment for the agent process (e.g. DOCKER_HOST).
+    pub env: Vec<(String, String)>,
     pub name: String,
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -216,7 +220,7 @@ impl AgentProc {
         std::fs::write(
             &config,
             format!(
-                "shutdown_grace = \"5s\"\n[sampling]\ninterval = \"{interval}\"\n[collector]\naddress = \"{collector}\"\nserver_name = \"localhost\"\n\
+                "shutdown_grace = \"5s\"\nstate_dir = \"{state}\"\n[sampling]\ninterval = \"{interval}\"\n[collector]\naddress = \"{collector}\"\nserver_name = \"localhost\"\n\
                  [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
                  [spool]\ndir = \"{spool}\"\nmax_size = \"{spool_max}\"\n[metrics]\nlisten = \"{metrics_addr}\"\n\
                  [uplink]\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
@@ -224,11 +228,13 @@ impl AgentProc {
                 cert = certs.cert.display(),
                 key = certs.key.display(),
                 spool = spool.display(),
+                state = dir.join("state").display(),
             ),
         )
         .expect("write config");
         AgentProc {
             child: None,
+            env: Vec::new(),
             name: name.to_owned(),
             dir: dir.to_owned(),
             config,
@@ -243,17 +249,23 @@ impl AgentProc {
         self.starts += 1;
         let log = self.dir.join(format!("agent.{}.log", self.starts));
         let config = self.config.display().to_string();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         self.child = Some(spawn(
             "mcpwatch-agent",
             &["run", "--config", &config],
             &log,
-            &[],
+            &env,
         ));
         let addr = self.metrics_addr;
         let child = self.child.as_mut().expect("just spawned");
         wait_for("agent /healthz", Duration::from_secs(30), || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("agent exited early: {status}");
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("agent exited early: {status}\n{log}");
             }
             matches!(http_get(addr, "/healthz"), Ok((200, _))).then_some(())
         });
@@ -323,6 +335,17 @@ pub fn final_counts(log: &str) -> (u64, u64, u64) {
 }
 
 impl AgentProc {
+    /// Appends TOML (e.g. `[[mcp_server]]` tables) to the config; takes effect on the next
+    /// start or SIGHUP.
+    pub fn append_config(&self, toml: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .expect("open agent config");
+        f.write_all(toml.as_bytes()).expect("append agent config");
+    }
+
     /// Batches the collector has acknowledged so far (NaN when the agent is down).
     pub fn acked(&self) -> f64 {
         self.metric("mcpwatch_agent_batches_acked_total")

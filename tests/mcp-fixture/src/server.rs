@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    InitializeRequestParams, InitializeResult, JsonObject, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+    InitializeRequestParams, InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -141,7 +141,9 @@ fn string_arg<'a>(args: &'a JsonObject, key: &str) -> Result<&'a str, CallError>
 fn number_arg<'a>(args: &'a JsonObject, key: &str) -> Result<&'a serde_json::Number, CallError> {
     match args.get(key) {
         Some(Value::Number(n)) => Ok(n),
-        _ => Err(CallError::Tool(format!("argument {key:?} must be a number"))),
+        _ => Err(CallError::Tool(format!(
+            "argument {key:?} must be a number"
+        ))),
     }
 }
 
@@ -260,7 +262,9 @@ mod tests {
     async fn tools_do_their_job() {
         let a = ToolsVariant::A;
         assert!(matches!(call(a, "echo", &args(json!({"text": "hi"}))).await, Ok(s) if s == "hi"));
-        assert!(matches!(call(a, "add", &args(json!({"a": 2, "b": 40}))).await, Ok(s) if s == "42"));
+        assert!(
+            matches!(call(a, "add", &args(json!({"a": 2, "b": 40}))).await, Ok(s) if s == "42")
+        );
         assert!(
             matches!(call(a, "add", &args(json!({"a": 0.5, "b": 1}))).await, Ok(s) if s == "1.5")
         );
@@ -272,13 +276,17 @@ mod tests {
             call(a, "echo", &args(json!({}))).await,
             Err(CallError::Tool(_))
         ));
-        assert!(matches!(call(a, "time", &JsonObject::new()).await, Ok(s) if s.parse::<u64>().is_ok()));
+        assert!(
+            matches!(call(a, "time", &JsonObject::new()).await, Ok(s) if s.parse::<u64>().is_ok())
+        );
         assert!(matches!(
             call(a, "sleep", &args(json!({"ms": 1}))).await,
             Err(CallError::UnknownTool)
         ));
         let b = ToolsVariant::B;
-        assert!(matches!(call(b, "sleep", &args(json!({"ms": 1}))).await, Ok(s) if s == "slept 1 ms"));
+        assert!(
+            matches!(call(b, "sleep", &args(json!({"ms": 1}))).await, Ok(s) if s == "slept 1 ms")
+        );
         assert!(matches!(
             call(b, "time", &JsonObject::new()).await,
             Err(CallError::UnknownTool)

@@ -1,0 +1,480 @@
+//! Probe scheduling: one task per configured server runs the MCP probe at the server's
+//! interval, reports health to the supervisor (which restarts after N failures), turns every
+//! result into an event and metrics, and tracks the tool surface against an approved
+//! baseline kept on disk, so a drift stays flagged across agent restarts until approved.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcpwatch_common::wire::SeriesKey;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::probe::{self, ProbeReport, ProbeTarget, ToolDrift, ToolSurface};
+use crate::sampler::MetricKind;
+use crate::supervisor::docker::DockerApi;
+use crate::supervisor::spec::{McpServerSpec, Transport};
+use crate::supervisor::{ServerEvent, ServerPhase, SupervisorHandle};
+
+/// Event kinds the prober emits (the supervisor's are in `supervisor::kind`).
+pub mod kind {
+    pub const PROBE_OK: &str = "probe_ok";
+    pub const PROBE_FAILED: &str = "probe_failed";
+    pub const TOOLS_BASELINE: &str = "tools_baseline";
+    pub const TOOL_DRIFT: &str = "tool_drift";
+    pub const DRIFT_APPROVED: &str = "drift_approved";
+}
+
+/// HELP and TYPE of the series [`Prober::samples`] produces, for the agent's /metrics.
+pub fn series_help() -> &'static [(&'static str, &'static str, MetricKind)] {
+    use MetricKind::{Counter, Gauge};
+    &[
+        (
+            "mcpwatch_server_probe_up",
+            "1 when the last MCP probe (initialize, tools/list, ping) succeeded.",
+            Gauge,
+        ),
+        (
+            "mcpwatch_server_probe_latency_seconds",
+            "Latency of each stage of the last successful-so-far MCP probe.",
+            Gauge,
+        ),
+        (
+            "mcpwatch_server_probes_total",
+            "MCP probes run against the server.",
+            Counter,
+        ),
+        (
+            "mcpwatch_server_probe_failures_total",
+            "Failed MCP probes by kind (transport, timeout, jsonrpc, protocol_version).",
+            Counter,
+        ),
+        (
+            "mcpwatch_server_tools",
+            "Tools the server listed in its last successful probe.",
+            Gauge,
+        ),
+        (
+            "mcpwatch_server_tool_drift",
+            "1 while the tool surface differs from the approved one.",
+            Gauge,
+        ),
+    ]
+}
+
+/// What the prober knows about one server, for metrics and approval.
+#[derive(Debug, Default)]
+struct State {
+    last: Option<ProbeReport>,
+    failures_by_kind: BTreeMap<&'static str, u64>,
+    probes_total: u64,
+    /// Approved tool surface (persisted); the first successful probe sets it.
+    baseline: Option<ToolSurface>,
+    /// Unapproved difference from the baseline, if any.
+    drift: Option<ToolDrift>,
+}
+
+type Shared = Arc<Mutex<HashMap<String, State>>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
+    // Each update is a few field writes; a panic mid-update leaves plausible state.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The set of probe tasks; owned by the agent's supervision loop.
+pub struct Prober {
+    docker: DockerApi,
+    supervisor: SupervisorHandle,
+    events: mpsc::Sender<ServerEvent>,
+    state_dir: PathBuf,
+    shared: Shared,
+    tasks: HashMap<String, (McpServerSpec, CancellationToken)>,
+    shutdown: CancellationToken,
+}
+
+impl Prober {
+    pub fn new(
+        docker: DockerApi,
+        supervisor: SupervisorHandle,
+        events: mpsc::Sender<ServerEvent>,
+        state_dir: PathBuf,
+        shutdown: CancellationToken,
+    ) -> Prober {
+        Prober {
+            docker,
+            supervisor,
+            events,
+            state_dir,
+            shared: Arc::default(),
+            tasks: HashMap::new(),
+            shutdown,
+        }
+    }
+
+    /// Starts probes for new servers, stops those of removed ones, restarts changed ones.
+    pub fn apply(&mut self, specs: &[McpServerSpec]) {
+        let wanted: HashMap<&str, &McpServerSpec> =
+            specs.iter().map(|s| (s.name.as_str(), s)).collect();
+        self.tasks.retain(|name, (spec, token)| {
+            let keep = wanted.get(name.as_str()).is_some_and(|w| *w == spec);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        lock(&self.shared).retain(|name, _| wanted.contains_key(name.as_str()));
+        for spec in specs {
+            if self.tasks.contains_key(&spec.name) {
+                continue;
+            }
+            let token = self.shutdown.child_token();
+            let baseline = load_baseline(&self.state_dir, &spec.name);
+            lock(&self.shared)
+                .entry(spec.name.clone())
+                .or_default()
+                .baseline = baseline;
+            tokio::spawn(probe_loop(
+                spec.clone(),
+                self.docker.clone(),
+                self.supervisor.clone(),
+                self.events.clone(),
+                self.shared.clone(),
+                self.state_dir.clone(),
+                token.clone(),
+            ));
+            self.tasks.insert(spec.name.clone(), (spec.clone(), token));
+        }
+    }
+
+    /// A handle that approves drift from anywhere (commands run beside the owning loop).
+    pub fn approver(&self) -> Approver {
+        Approver {
+            shared: self.shared.clone(),
+            state_dir: self.state_dir.clone(),
+            events: self.events.clone(),
+        }
+    }
+
+    /// Latest probe figures as series (also shown on the agent's /metrics).
+    pub fn samples(&self) -> Vec<(SeriesKey, f64)> {
+        let mut out = Vec::new();
+        for (server, st) in lock(&self.shared).iter() {
+            let s = server.as_str();
+            let Some(last) = &st.last else { continue };
+            out.push((
+                SeriesKey::new("mcpwatch_server_probe_up", &[("server", s)]),
+                if last.ok { 1.0 } else { 0.0 },
+            ));
+            let stages = [
+                ("initialize", last.stage_latency.initialize),
+                ("tools_list", last.stage_latency.tools_list),
+                ("ping", last.stage_latency.ping),
+            ];
+            for (stage, latency) in stages {
+                if let Some(d) = latency {
+                    out.push((
+                        SeriesKey::new(
+                            "mcpwatch_server_probe_latency_seconds",
+                            &[("server", s), ("stage", stage)],
+                        ),
+                        d.as_secs_f64(),
+                    ));
+                }
+            }
+            out.push((
+                SeriesKey::new("mcpwatch_server_probes_total", &[("server", s)]),
+                st.probes_total as f64,
+            ));
+            for kind in ["transport", "timeout", "jsonrpc", "protocol_version"] {
+                out.push((
+                    SeriesKey::new(
+                        "mcpwatch_server_probe_failures_total",
+                        &[("server", s), ("kind", kind)],
+                    ),
+                    st.failures_by_kind.get(kind).copied().unwrap_or(0) as f64,
+                ));
+            }
+            if last.ok {
+                out.push((
+                    SeriesKey::new("mcpwatch_server_tools", &[("server", s)]),
+                    last.tools.len() as f64,
+                ));
+            }
+            out.push((
+                SeriesKey::new("mcpwatch_server_tool_drift", &[("server", s)]),
+                if st.drift.is_some() { 1.0 } else { 0.0 },
+            ));
+        }
+        out
+    }
+}
+
+/// What a probe talks to; a stdio probe needs the Docker client, built at probe time so an
+/// agent started before dockerd still probes once it is up.
+fn target(spec: &McpServerSpec, docker: &DockerApi) -> Result<ProbeTarget, String> {
+    Ok(match &spec.transport {
+        Transport::Http { url } => ProbeTarget::Http { url: url.clone() },
+        Transport::Stdio => ProbeTarget::Stdio {
+            docker: docker.client().map_err(|e| e.to_string())?,
+            image: spec.image.clone(),
+            entrypoint: spec.command.clone(),
+            cmd: spec.args.clone(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.expose()))
+                .collect(),
+        },
+    })
+}
+
+/// Accepts a server's current tool surface as its new approved baseline.
+#[derive(Clone)]
+pub struct Approver {
+    shared: Shared,
+    state_dir: PathBuf,
+    events: mpsc::Sender<ServerEvent>,
+}
+
+impl Approver {
+    pub async fn approve(&self, server: &str) -> Result<String, String> {
+        let (surface, drift) = {
+            let mut all = lock(&self.shared);
+            let state = all
+                .get_mut(server)
+                .ok_or_else(|| format!("no MCP server named {server:?}"))?;
+            let Some(surface) = state
+                .last
+                .as_ref()
+                .filter(|r| r.ok)
+                .map(ProbeReport::surface)
+            else {
+                return Err(format!("{server}: no successful probe yet to approve"));
+            };
+            let drift = state.drift.take();
+            state.baseline = Some(surface.clone());
+            (surface, drift)
+        };
+        save_baseline(&self.state_dir, server, &surface)
+            .map_err(|e| format!("{server}: saving the approved tools failed: {e}"))?;
+        let detail = format!(
+            "tools={} approved_drift={}",
+            surface.count(),
+            drift
+                .as_ref()
+                .map(describe)
+                .unwrap_or_else(|| "none".into())
+        );
+        emit(&self.events, server, kind::DRIFT_APPROVED, detail.clone()).await;
+        Ok(format!("{server}: {detail}"))
+    }
+}
+
+async fn emit(events: &mpsc::Sender<ServerEvent>, server: &str, kind: &str, detail: String) {
+    let event = ServerEvent {
+        ts_ms: crate::agent::now_ms(),
+        server: server.to_owned(),
+        kind: kind.to_owned(),
+        detail,
+    };
+    if events.send(event).await.is_err() {
+        tracing::debug!(server, kind, "event channel closed (shutting down)");
+    }
+}
+
+fn describe(d: &ToolDrift) -> String {
+    format!(
+        "added=[{}] removed=[{}] changed=[{}]",
+        d.added.join(","),
+        d.removed.join(","),
+        d.changed.join(",")
+    )
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+async fn probe_loop(
+    spec: McpServerSpec,
+    docker: DockerApi,
+    supervisor: SupervisorHandle,
+    events: mpsc::Sender<ServerEvent>,
+    shared: Shared,
+    state_dir: PathBuf,
+    stop: CancellationToken,
+) {
+    let name = spec.name.clone();
+    // A first probe soon after start, so a fresh agent reports health quickly.
+    let mut next =
+        tokio::time::Instant::now() + Duration::from_secs(1).min(spec.probe.interval.get());
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next += spec.probe.interval.get();
+        // Probing a server we stopped or are backing off would only record noise.
+        let running = supervisor
+            .snapshot()
+            .iter()
+            .any(|s| s.server == name && s.phase == ServerPhase::Running);
+        if !running {
+            continue;
+        }
+        let target = match target(&spec, &docker) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(server = %name, error = %e, "cannot probe: no Docker client");
+                continue;
+            }
+        };
+        let report = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = probe::run_once(&target, spec.probe.timeout.get()) => r,
+        };
+        let drift_event = record(&shared, &state_dir, &name, &report);
+        match &report.failure {
+            None => {
+                let detail = format!(
+                    "protocol={} tools={} initialize_ms={} tools_list_ms={} ping_ms={}",
+                    report.protocol_version.as_deref().unwrap_or("-"),
+                    report.tools.len(),
+                    ms(report.stage_latency.initialize),
+                    ms(report.stage_latency.tools_list),
+                    ms(report.stage_latency.ping),
+                );
+                emit(&events, &name, kind::PROBE_OK, detail).await;
+            }
+            Some(f) => {
+                let detail = format!(
+                    "stage={} kind={} message={}",
+                    f.stage.as_str(),
+                    f.kind.as_str(),
+                    f.message
+                );
+                tracing::warn!(server = %name, stage = f.stage.as_str(), kind = f.kind.as_str(), error = %f.message, "probe failed");
+                emit(&events, &name, kind::PROBE_FAILED, detail).await;
+            }
+        }
+        if let Some((kind, detail)) = drift_event {
+            emit(&events, &name, kind, detail).await;
+        }
+        supervisor.report_probe(&name, report.ok).await;
+    }
+}
+
+/// Folds a report into the shared state; returns a baseline or drift event to emit.
+fn record(
+    shared: &Shared,
+    state_dir: &Path,
+    name: &str,
+    report: &ProbeReport,
+) -> Option<(&'static str, String)> {
+    let mut all = lock(shared);
+    let st = all.entry(name.to_owned()).or_default();
+    st.probes_total += 1;
+    if let Some(f) = &report.failure {
+        *st.failures_by_kind.entry(f.kind.as_str()).or_default() += 1;
+    }
+    let mut event = None;
+    if report.ok {
+        let surface = report.surface();
+        match &st.baseline {
+            None => {
+                if let Err(e) = save_baseline(state_dir, name, &surface) {
+                    tracing::error!(server = name, error = %e, "saving the tool baseline failed");
+                }
+                event = Some((kind::TOOLS_BASELINE, format!("tools={}", surface.count())));
+                st.baseline = Some(surface);
+            }
+            Some(baseline) => {
+                let drift = baseline.diff(&surface);
+                if drift.is_empty() {
+                    st.drift = None;
+                } else if st.drift.as_ref() != Some(&drift) {
+                    // A new or different drift: announce it once; it stays flagged.
+                    event = Some((kind::TOOL_DRIFT, describe(&drift)));
+                    st.drift = Some(drift);
+                }
+            }
+        }
+    }
+    st.last = Some(report.clone());
+    event
+}
+
+fn baseline_path(dir: &Path, server: &str) -> PathBuf {
+    dir.join(format!("tools-{server}.json"))
+}
+
+fn load_baseline(dir: &Path, server: &str) -> Option<ToolSurface> {
+    let text = std::fs::read_to_string(baseline_path(dir, server)).ok()?;
+    let hex: BTreeMap<String, String> = match serde_json::from_str(&text) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(server, error = %e, "unreadable tool baseline; the next probe sets a new one");
+            return None;
+        }
+    };
+    let mut tools = BTreeMap::new();
+    for (name, h) in hex {
+        tools.insert(name, from_hex(&h)?);
+    }
+    Some(ToolSurface { tools })
+}
+
+fn save_baseline(dir: &Path, server: &str, surface: &ToolSurface) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let hex: BTreeMap<&str, String> = surface
+        .tools
+        .iter()
+        .map(|(n, h)| (n.as_str(), h.iter().map(|b| format!("{b:02x}")).collect()))
+        .collect();
+    let text = serde_json::to_string_pretty(&hex).map_err(std::io::Error::other)?;
+    let path = baseline_path(dir, server);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+fn from_hex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::tools::fingerprint;
+
+    fn surface(tools: &[(&str, &str)]) -> ToolSurface {
+        let fps: Vec<_> = tools
+            .iter()
+            .map(|(n, d)| fingerprint(n, Some(d), &serde_json::json!({"type": "object"})))
+            .collect();
+        ToolSurface::new(&fps)
+    }
+
+    #[test]
+    fn baseline_round_trips_through_disk_and_garbage_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = surface(&[("echo", "Echo"), ("add", "Add")]);
+        save_baseline(dir.path(), "srv", &s).unwrap();
+        assert_eq!(load_baseline(dir.path(), "srv"), Some(s));
+        std::fs::write(baseline_path(dir.path(), "bad"), "{not json").unwrap();
+        assert_eq!(load_baseline(dir.path(), "bad"), None);
+        std::fs::write(baseline_path(dir.path(), "short"), r#"{"a":"abc"}"#).unwrap();
+        assert_eq!(load_baseline(dir.path(), "short"), None);
+    }
+}

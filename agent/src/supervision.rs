@@ -1,0 +1,187 @@
+//! MCP server supervision inside the agent: starts the supervisor and the prober when servers
+//! are configured (or first appear on reload), forwards their events to the spool, samples
+//! container and probe figures every interval (to the spool and /metrics), and executes
+//! operator commands and reloads. One task owns all of it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpwatch_common::wire::{CommandAction, Event};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{batch_of, now_ms};
+use crate::metrics::AgentMetrics;
+use crate::prober::Prober;
+use crate::spool::SpoolBatch;
+use crate::supervisor::docker::DockerApi;
+use crate::supervisor::spec::McpServerSpec;
+use crate::supervisor::stats::ContainerStats;
+use crate::supervisor::{
+    ServerEvent, Supervisor, SupervisorCommand, SupervisorHandle, SupervisorOptions,
+};
+use crate::uplink::AgentCommand;
+
+/// Events waiting for the spool; bursts (a reconcile of many servers) fit comfortably.
+const EVENT_QUEUE: usize = 1024;
+
+/// What `run` needs from the agent.
+pub struct SupervisionContext {
+    pub agent_id: String,
+    pub state_dir: std::path::PathBuf,
+    pub interval: Duration,
+    pub spool: mpsc::Sender<SpoolBatch>,
+    pub metrics: Arc<AgentMetrics>,
+}
+
+struct Active {
+    supervisor: SupervisorHandle,
+    prober: Prober,
+    stats: ContainerStats,
+}
+
+/// Runs until `shutdown`. `commands` come from the uplink, `reloads` carry the server list
+/// of a re-read config (SIGHUP or the Reload command).
+pub async fn run(
+    ctx: SupervisionContext,
+    initial: Vec<McpServerSpec>,
+    mut commands: mpsc::Receiver<AgentCommand>,
+    mut reloads: mpsc::Receiver<Vec<McpServerSpec>>,
+    reload_requests: mpsc::Sender<()>,
+    shutdown: CancellationToken,
+) {
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let forwarder = tokio::spawn(forward_events(events_rx, ctx.spool.clone()));
+    let mut active = (!initial.is_empty()).then(|| start(&ctx, initial, &events_tx, &shutdown));
+    let mut tick = tokio::time::interval(ctx.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                if let Some(a) = active.as_mut() {
+                    sample(&ctx, a).await;
+                }
+            }
+            Some(cmd) = commands.recv() => {
+                handle(cmd, active.as_ref(), &reload_requests);
+            }
+            Some(specs) = reloads.recv() => match active.as_mut() {
+                Some(a) => {
+                    a.supervisor.reload(specs.clone()).await;
+                    a.prober.apply(&specs);
+                }
+                None if !specs.is_empty() => {
+                    active = Some(start(&ctx, specs, &events_tx, &shutdown));
+                }
+                None => {}
+            },
+        }
+    }
+    // Containers keep running: the next agent adopts them. The forwarder ends once every
+    // event sender (ours, the supervisor's, the prober's) is gone.
+    drop(active);
+    drop(events_tx);
+    let _ = forwarder.await;
+}
+
+fn start(
+    ctx: &SupervisionContext,
+    specs: Vec<McpServerSpec>,
+    events: &mpsc::Sender<ServerEvent>,
+    shutdown: &CancellationToken,
+) -> Active {
+    let api = DockerApi::local(ctx.agent_id.clone());
+    tracing::info!(servers = specs.len(), "starting MCP server supervision");
+    let supervisor = Supervisor::spawn_with(
+        SupervisorOptions::default(),
+        api.clone(),
+        specs.clone(),
+        events.clone(),
+        shutdown.child_token(),
+    );
+    let mut prober = Prober::new(
+        api.clone(),
+        supervisor.clone(),
+        events.clone(),
+        ctx.state_dir.clone(),
+        shutdown.child_token(),
+    );
+    prober.apply(&specs);
+    Active {
+        supervisor,
+        prober,
+        stats: ContainerStats::new(api),
+    }
+}
+
+/// Container and probe figures: to /metrics, and as one batch to the spool.
+async fn sample(ctx: &SupervisionContext, a: &mut Active) {
+    let ts_ms = now_ms();
+    let status = a.supervisor.snapshot();
+    let mut values = a.stats.sample(&status, ts_ms).await;
+    values.extend(a.prober.samples());
+    ctx.metrics.set_server_samples(&values);
+    let n = values.len() as u64;
+    if n == 0 {
+        return;
+    }
+    ctx.metrics.samples_collected_total.inc_by(n);
+    if ctx.spool.try_send(batch_of(values, ts_ms)).is_err() {
+        ctx.metrics.dropped_samples_total.inc_by(n);
+        tracing::warn!(samples = n, "spool queue full; server samples dropped");
+    }
+}
+
+/// Runs a command beside the loop: restarts take seconds and sampling must go on.
+fn handle(cmd: AgentCommand, active: Option<&Active>, reload_requests: &mpsc::Sender<()>) {
+    let AgentCommand { action, reply } = cmd;
+    if let CommandAction::Reload = action {
+        let outcome = match reload_requests.try_send(()) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok("reload requested".to_owned()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err("agent is shutting down".to_owned()),
+        };
+        let _ = reply.send(outcome);
+        return;
+    }
+    let Some(a) = active else {
+        let _ = reply.send(Err("this agent supervises no MCP servers".to_owned()));
+        return;
+    };
+    match (SupervisorCommand::from_wire(&action), action) {
+        (Some(command), _) => {
+            let supervisor = a.supervisor.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(supervisor.command(command).await);
+            });
+        }
+        (None, CommandAction::ApproveDrift { server }) => {
+            let prober = a.prober.approver();
+            tokio::spawn(async move {
+                let _ = reply.send(prober.approve(&server).await);
+            });
+        }
+        (None, other) => {
+            let _ = reply.send(Err(format!("unsupported command {other:?}")));
+        }
+    }
+}
+
+/// Supervisor and prober events to the spool, a batch per burst. Waits for queue space
+/// rather than dropping: events are rare and each one matters.
+async fn forward_events(mut rx: mpsc::Receiver<ServerEvent>, spool: mpsc::Sender<SpoolBatch>) {
+    while let Some(first) = rx.recv().await {
+        let mut events: Vec<Event> = vec![first.into()];
+        while let Ok(more) = rx.try_recv() {
+            events.push(more.into());
+        }
+        let batch = SpoolBatch {
+            series: Vec::new(),
+            samples: Vec::new(),
+            events,
+        };
+        if spool.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
