@@ -281,6 +281,11 @@ impl AgentProc {
         crate::metric(&self.metrics(), name).unwrap_or(f64::NAN)
     }
 
+    /// `name{server="SERVER"}` on the agent's /metrics.
+    pub fn metric_labelled(&self, name: &str, server: &str) -> Option<f64> {
+        crate::metric(&self.metrics(), &format!("{name}{{server=\"{server}\"}}"))
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -35,6 +35,13 @@ fn every_example_config_parses_and_validates() {
                 assert_eq!(c.interval.get(), Duration::from_secs(1));
                 assert_eq!(c.spool_max_bytes, 256 << 20);
             }
+            "agent-mcp.toml" => {
+                let c = AgentConfig::load(&copy).unwrap_or_else(|e| panic!("{e}"));
+                let names: Vec<&str> = c.servers.iter().map(|s| s.name.as_str()).collect();
+                assert_eq!(names, ["search", "files"]);
+                assert_eq!(c.servers[1].network, "none", "stdio default network");
+                assert_eq!(c.servers[0].probe.failure_threshold, 3);
+            }
             "collector.toml" => {
                 let c = CollectorConfig::load(&copy).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(c.max_frame_len, 1 << 20);
@@ -43,7 +50,7 @@ fn every_example_config_parses_and_validates() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 2);
+    assert_eq!(seen, 3);
 }
 
 #[test]

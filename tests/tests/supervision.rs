@@ -239,6 +239,15 @@ fn crash_loop_gives_up_after_the_budget() {
     wait_for("gave_up metric", LONG, || {
         (rig.agent_metric("mcpwatch_server_gave_up", "flaky") == Some(1.0)).then_some(())
     });
+    let m = rig.agent.metrics();
+    let state = |s: &str| {
+        metric(
+            &m,
+            &format!("mcpwatch_server_state{{server=\"flaky\",state=\"{s}\"}}"),
+        )
+    };
+    assert_eq!(state("gave_up"), Some(1.0), "{m}");
+    assert_eq!(state("running"), Some(0.0), "{m}");
     assert_eq!(
         inspect(&rig.container("flaky"), "{{.State.Running}}"),
         "false"

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use mcpwatch_common::wire::SeriesKey;
 
 use super::docker::DockerApi;
-use super::ServerStatus;
+use super::{ServerPhase, ServerStatus};
 use crate::sampler::MetricKind;
 
 pub const SERVER_UP: &str = "mcpwatch_server_up";
@@ -27,6 +27,18 @@ pub const SERVER_CRASHLOOP_ATTEMPT: &str = "mcpwatch_server_crashloop_attempt";
 pub const SERVER_CRASHLOOP_NEXT_DELAY_SECONDS: &str =
     "mcpwatch_server_crashloop_next_delay_seconds";
 pub const SERVER_GAVE_UP: &str = "mcpwatch_server_gave_up";
+pub const SERVER_STATE: &str = "mcpwatch_server_state";
+pub const SERVER_HEALTHY: &str = "mcpwatch_server_healthy";
+
+/// Every phase, so the state set always has one series at 1 and the rest at 0.
+const PHASES: [ServerPhase; 6] = [
+    ServerPhase::Pending,
+    ServerPhase::Running,
+    ServerPhase::BackingOff,
+    ServerPhase::Stopped,
+    ServerPhase::Exited,
+    ServerPhase::GaveUp,
+];
 
 /// Every series family emitted here: (name, help, kind), all labelled `server`.
 pub fn series_help() -> &'static [(&'static str, &'static str, MetricKind)] {
@@ -35,6 +47,16 @@ pub fn series_help() -> &'static [(&'static str, &'static str, MetricKind)] {
         (
             SERVER_UP,
             "1 when the server's container is running.",
+            Gauge,
+        ),
+        (
+            SERVER_STATE,
+            "1 for the server's current phase (pending, running, backing_off, stopped, exited, gave_up), 0 for the others.",
+            Gauge,
+        ),
+        (
+            SERVER_HEALTHY,
+            "1 when the container runs and its MCP probes have not crossed the failure threshold.",
             Gauge,
         ),
         (
@@ -155,6 +177,16 @@ impl ContainerStats {
                 s.next_delay.as_secs_f64(),
             ));
             out.push((key(SERVER_GAVE_UP), flag(s.gave_up)));
+            out.push((key(SERVER_HEALTHY), flag(s.running && !s.unhealthy)));
+            for phase in PHASES {
+                out.push((
+                    SeriesKey::new(
+                        SERVER_STATE,
+                        &[("server", s.server.as_str()), ("state", phase.as_str())],
+                    ),
+                    flag(s.phase == phase),
+                ));
+            }
             if let (true, Some(id)) = (s.running, s.container_id.as_deref()) {
                 let (cpu, mem) = self.usage(id).await;
                 if let Some(cpu) = cpu {
@@ -356,9 +388,17 @@ mod tests {
         let out = stats.sample(&[status], 11_000).await;
         let get = |name: &str| {
             out.iter().find(|(k, _)| k.name == name).map(|(k, v)| {
-                assert_eq!(k.labels, vec![("server".to_string(), "files".to_string())]);
+                assert_eq!(k.labels[0], ("server".to_string(), "files".to_string()));
                 *v
             })
+        };
+        let state = |phase: &str| {
+            out.iter()
+                .find(|(k, _)| {
+                    k.name == SERVER_STATE
+                        && k.labels.iter().any(|(n, v)| n == "state" && v == phase)
+                })
+                .map(|(_, v)| *v)
         };
         assert_eq!(get(SERVER_UP), Some(1.0));
         assert_eq!(get(SERVER_RESTARTS_TOTAL), Some(2.0));
@@ -370,6 +410,11 @@ mod tests {
         assert_eq!(get(SERVER_CRASHLOOP_ATTEMPT), Some(1.0));
         assert_eq!(get(SERVER_CRASHLOOP_NEXT_DELAY_SECONDS), Some(20.0));
         assert_eq!(get(SERVER_GAVE_UP), Some(0.0));
+        assert_eq!(get(SERVER_HEALTHY), Some(1.0));
+        assert_eq!(state("running"), Some(1.0));
+        for other in ["pending", "backing_off", "stopped", "exited", "gave_up"] {
+            assert_eq!(state(other), Some(0.0), "{other}");
+        }
         for (name, _, _) in series_help() {
             assert!(get(name).is_some(), "{name}");
         }
