@@ -151,10 +151,19 @@ fn inspect(container: &str, format: &str) -> String {
 
 #[test]
 fn http_server_starts_is_probed_and_everything_reaches_the_collector() {
+    // A secret from a file: it must reach the container and never the agent's log.
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = "s3cr3t-value-9f2c";
+    std::fs::write(secrets.path().join("api-key"), format!("{secret}\n")).unwrap();
     let rig = Rig::start(&http_server(
         "web",
         &[],
-        "[mcp_server.probe]\ninterval = \"1s\"\ntimeout = \"900ms\"\n",
+        &format!(
+            "[mcp_server.env]\nAPI_KEY = {{ file = \"{}\" }}\nMODE = \"test\"\n\
+             [mcp_server.limits]\ncpus = 0.5\nmemory = \"128MiB\"\npids = 64\n\
+             [mcp_server.probe]\ninterval = \"1s\"\ntimeout = \"900ms\"\n",
+            secrets.path().join("api-key").display()
+        ),
     ));
     let ok = rig.wait_events("web", "probe_ok", 1);
     assert!(ok[0].detail.contains("tools=3"), "{ok:?}");
@@ -170,6 +179,32 @@ fn http_server_starts_is_probed_and_everything_reaches_the_collector() {
         inspect(&rig.container("web"), "{{.HostConfig.SecurityOpt}}").contains("no-new-privileges")
     );
     assert!(inspect(&rig.container("web"), "{{.HostConfig.CapDrop}}").contains("ALL"));
+    // Limits from the config.
+    assert_eq!(
+        inspect(&rig.container("web"), "{{.HostConfig.NanoCpus}}"),
+        "500000000"
+    );
+    assert_eq!(
+        inspect(&rig.container("web"), "{{.HostConfig.Memory}}"),
+        "134217728"
+    );
+    assert_eq!(
+        inspect(&rig.container("web"), "{{.HostConfig.PidsLimit}}"),
+        "64"
+    );
+    let env = inspect(&rig.container("web"), "{{json .Config.Env}}");
+    assert!(
+        env.contains(&format!("API_KEY={secret}")) && env.contains("MODE=test"),
+        "{env}"
+    );
+    assert!(
+        !rig.agent.logs().contains(secret),
+        "secret value in the agent log"
+    );
+    assert!(
+        !rig.events().iter().any(|e| e.detail.contains(secret)),
+        "secret value in an event"
+    );
     wait_for("server metrics on /metrics", LONG, || {
         (rig.agent_metric("mcpwatch_server_up", "web") == Some(1.0)
             && rig.agent_metric("mcpwatch_server_probe_up", "web") == Some(1.0)
