@@ -37,6 +37,7 @@ pub fn store_config(config: &CollectorConfig) -> StoreConfig {
         retention_raw: config.retention_raw.get(),
         retention_1m: config.retention_1m.get(),
         retention_1h: config.retention_1h.get(),
+        retention_events: config.retention_events.get(),
         queue_capacity: config.queue_capacity,
         max_batch_samples: config.max_commit_samples,
     }

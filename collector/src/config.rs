@@ -55,6 +55,8 @@ pub struct RawStore {
     pub retention_1m: Option<Duration>,
     /// 1-hour rollups kept for. Default 400d.
     pub retention_1h: Option<Duration>,
+    /// Events and gaps kept for. Default 30d.
+    pub retention_events: Option<Duration>,
     /// Requests queued for the store writer. Default 4096.
     pub queue_capacity: Option<usize>,
     /// Samples committed per transaction at most (group commit). Default 200000.
@@ -83,6 +85,7 @@ pub struct CollectorConfig {
     pub retention_raw: Duration,
     pub retention_1m: Duration,
     pub retention_1h: Duration,
+    pub retention_events: Duration,
     pub queue_capacity: usize,
     pub max_commit_samples: usize,
     pub http_listen: SocketAddr,
@@ -156,6 +159,9 @@ impl CollectorConfig {
             retention_raw,
             retention_1m,
             retention_1h,
+            retention_events: s
+                .retention_events
+                .unwrap_or(Duration::from_secs(30 * 86_400)),
             queue_capacity,
             max_commit_samples,
             http_listen: raw

@@ -1,12 +1,14 @@
 //! mcpwatch collector: accepts agent streams over mutual TLS, stores history in SQLite with
 //! rollups and retention, and serves its own metrics. See ARCHITECTURE.md.
 
+pub mod alert;
 pub mod collector;
 pub mod command;
 pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod notify;
 pub mod quickstart;
 pub mod store;
 pub mod token;

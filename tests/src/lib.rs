@@ -7,6 +7,7 @@ pub mod db;
 pub mod docker;
 pub mod process;
 pub mod procfs;
+pub mod receivers;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

@@ -151,6 +151,10 @@ fn http_client() -> Result<reqwest::Client, String> {
         std::sync::OnceLock::new();
     CLIENT
         .get_or_init(|| {
+            // reqwest's `rustls-no-provider` feature (enabled by the collector in the same
+            // workspace build; features unify) makes `build()` panic without a process-wide
+            // rustls provider. Ours is ring; an Err only means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
                 .redirect(reqwest::redirect::Policy::none())

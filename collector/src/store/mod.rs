@@ -47,6 +47,10 @@ pub struct StoreConfig {
     pub retention_1m: Duration,
     /// 1-hour rollups, events and gaps older than this are deleted. Zero keeps them forever.
     pub retention_1h: Duration,
+    /// Events (server state changes, probe results, gaps) older than this are deleted. Probe
+    /// results arrive every 15 s per server, so this stays far below the 1 h tier's. Zero
+    /// keeps them forever.
+    pub retention_events: Duration,
     /// Capacity of the request channel; senders wait (backpressure) when it is full.
     pub queue_capacity: usize,
     /// Group-commit cap: the writer stops gathering requests into one transaction once they
@@ -63,6 +67,7 @@ impl StoreConfig {
             retention_raw: Duration::from_secs(7 * DAY),
             retention_1m: Duration::from_secs(30 * DAY),
             retention_1h: Duration::from_secs(400 * DAY),
+            retention_events: Duration::from_secs(30 * DAY),
             queue_capacity: 1024,
             max_batch_samples: 100_000,
         }

@@ -45,7 +45,7 @@ pub(crate) fn step(
             params![cut, DELETE_LIMIT],
         )? as u64;
     }
-    if let Some(cut) = cutoff(cfg.retention_1h) {
+    if let Some(cut) = cutoff(cfg.retention_events) {
         out.events = tx.execute(
             "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts_ms < ?1 LIMIT ?2)",
             params![cut, DELETE_LIMIT],

@@ -526,6 +526,8 @@ async fn store_retention_deletes_only_expired_rows() {
         c.retention_raw = Duration::from_secs(86_400); // 1 d
         c.retention_1m = Duration::from_secs(2 * 86_400);
         c.retention_1h = Duration::from_secs(3 * 86_400);
+        // Events keep their own horizon, shorter than the 1 h tier's.
+        c.retention_events = Duration::from_secs(2 * 86_400);
     });
     let s = register(&f.store, "a1").await;
     let now = T0 + 10 * day;
@@ -546,7 +548,8 @@ async fn store_retention_deletes_only_expired_rows() {
     }
     let rep = f.store.maintain(now).await.unwrap();
     assert_eq!((rep.rolled_up_rows, rep.pruned_raw), (4, 3));
-    assert_eq!(rep.pruned_events, 1);
+    // Ages 5 d and 2.5 d are past the 2 d event horizon; 1.5 d and 0.5 d stay.
+    assert_eq!(rep.pruned_events, 2);
     // Late data that is already expired: rolled up, then pruned from every tier.
     let mut late = batch(1, s.host_id, 10);
     late.samples = vec![sample(0, now - 4 * day, 42.0)];
@@ -585,7 +588,11 @@ async fn store_retention_deletes_only_expired_rows() {
         vec![1.0, 2.0, 3.0],
         "1h keeps < 3 d: ages 2.5 d, 1.5 d, 0.5 d"
     );
-    assert_eq!(r.events("a1", 100).unwrap().len(), 3);
+    assert_eq!(
+        r.events("a1", 100).unwrap().len(),
+        2,
+        "events keep < 2 d: ages 1.5 d, 0.5 d"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,27 @@
+//! The alert engine: pure logic (rules, samples, state in → transitions out). No I/O, no
+//! clock, no async: the store feeds it samples and persists its state and transitions in one
+//! transaction, so everything here is testable with explicit timestamps.
+
+pub mod builtin;
+pub mod engine;
+pub mod rule;
+pub mod selector;
+pub mod source;
+pub mod template;
+pub mod window;
+
+#[cfg(test)]
+mod tests;
+
+pub use builtin::{builtin_rules_raw, BUILTIN_RULES_TOML};
+pub use engine::{
+    fingerprint, AlertState, Engine, EngineOptions, EngineState, Phase, SeriesState, StateDelta,
+    Transition,
+};
+pub use rule::{
+    load_rules, parse_rules, validate_rules, Comparator, Level, LevelThreshold, RawRule,
+    RawRulesFile, Rule, RuleError, Severity, Thresholds,
+};
+pub use selector::{Labels, MatchOp, Matcher, Selector};
+pub use source::{MemorySource, Series, SeriesSource};
+pub use window::WindowFn;

@@ -1,0 +1,238 @@
+//! Series selectors: a metric name plus label matchers (`=`, `!=`, `=~`, `!~`), written as
+//! `name{label="value", other=~"re.*"}`. `host` and `server` are ordinary labels.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use regex::Regex;
+
+/// Label set of one series (metric name excluded). Sorted so hashing and display are stable.
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Eq,
+    Ne,
+    Re,
+    NotRe,
+}
+
+/// One label matcher. Regexes are anchored (`^(?:re)$`), as in Prometheus, so `web-.*`
+/// cannot match `old-web-1` by accident.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub label: String,
+    pub op: MatchOp,
+    pub value: String,
+    re: Option<Regex>,
+}
+
+impl Matcher {
+    pub fn new(label: &str, op: MatchOp, value: &str) -> Result<Self, String> {
+        let re = match op {
+            MatchOp::Re | MatchOp::NotRe => Some(
+                Regex::new(&format!("^(?:{value})$"))
+                    .map_err(|e| format!("label `{label}`: invalid regex {value:?}: {e}"))?,
+            ),
+            MatchOp::Eq | MatchOp::Ne => None,
+        };
+        Ok(Matcher {
+            label: label.to_owned(),
+            op,
+            value: value.to_owned(),
+            re,
+        })
+    }
+
+    /// A missing label matches as the empty string (Prometheus semantics), so `foo!="x"`
+    /// selects series without `foo`.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let v = labels.get(&self.label).map(String::as_str).unwrap_or("");
+        match (self.op, &self.re) {
+            (MatchOp::Eq, _) => v == self.value,
+            (MatchOp::Ne, _) => v != self.value,
+            (MatchOp::Re, Some(re)) => re.is_match(v),
+            (MatchOp::NotRe, Some(re)) => !re.is_match(v),
+            // Unreachable by construction (`new` compiles a regex for both regex ops); failing
+            // closed is the safe answer if it ever were.
+            (MatchOp::Re | MatchOp::NotRe, None) => false,
+        }
+    }
+}
+
+/// Metric name + matchers.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    pub metric: String,
+    pub matchers: Vec<Matcher>,
+}
+
+impl Selector {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.matchers.iter().all(|m| m.matches(labels))
+    }
+
+    /// Parses `name` or `name{l="v", l2!="v", l3=~"re", l4!~"re"}`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (metric, rest) = match text.find('{') {
+            Some(i) => (text[..i].trim(), Some(&text[i + 1..])),
+            None => (text, None),
+        };
+        if !is_ident(metric, true) {
+            return Err(format!(
+                "invalid metric name {metric:?} (letters, digits, `_`, `:`)"
+            ));
+        }
+        let mut matchers = Vec::new();
+        if let Some(rest) = rest {
+            let body = rest
+                .trim_end()
+                .strip_suffix('}')
+                .ok_or_else(|| "selector: missing closing `}`".to_owned())?;
+            let mut s = body.trim_start();
+            while !s.is_empty() {
+                let end = s
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(s.len());
+                let label = &s[..end];
+                if !is_ident(label, false) {
+                    return Err(format!("selector: invalid label name near {s:?}"));
+                }
+                s = s[end..].trim_start();
+                let (op, len) = if s.starts_with("=~") {
+                    (MatchOp::Re, 2)
+                } else if s.starts_with("!~") {
+                    (MatchOp::NotRe, 2)
+                } else if s.starts_with("!=") {
+                    (MatchOp::Ne, 2)
+                } else if s.starts_with('=') {
+                    (MatchOp::Eq, 1)
+                } else {
+                    return Err(format!(
+                        "selector: expected `=`, `!=`, `=~` or `!~` after `{label}`"
+                    ));
+                };
+                s = s[len..].trim_start();
+                let (value, after) = parse_quoted(s).ok_or_else(|| {
+                    format!("selector: label `{label}`: expected a \"quoted\" value")
+                })?;
+                matchers.push(Matcher::new(label, op, &value)?);
+                s = after.trim_start();
+                if let Some(r) = s.strip_prefix(',') {
+                    s = r.trim_start();
+                } else if !s.is_empty() {
+                    return Err(format!("selector: expected `,` or `}}` near {s:?}"));
+                }
+            }
+        }
+        Ok(Selector {
+            metric: metric.to_owned(),
+            matchers,
+        })
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.metric)?;
+        if self.matchers.is_empty() {
+            return Ok(());
+        }
+        f.write_str("{")?;
+        for (i, m) in self.matchers.iter().enumerate() {
+            let op = match m.op {
+                MatchOp::Eq => "=",
+                MatchOp::Ne => "!=",
+                MatchOp::Re => "=~",
+                MatchOp::NotRe => "!~",
+            };
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{}{op}{:?}", m.label, m.value)?;
+        }
+        f.write_str("}")
+    }
+}
+
+fn is_ident(s: &str, allow_colon: bool) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' || (allow_colon && c == ':') => {}
+        _ => return false,
+    }
+    chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (allow_colon && c == ':'))
+}
+
+/// `"..."` with `\"`, `\\`, `\n` escapes; returns the value and the text after the quote.
+fn parse_quoted(s: &str) -> Option<(String, &str)> {
+    let rest = s.strip_prefix('"')?;
+    let mut out = String::new();
+    let mut chars = rest.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, &rest[i + 1..])),
+            '\\' => match chars.next()?.1 {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn alert_selector_parses_all_ops_and_anchors_regex() {
+        let s = Selector::parse(r#"m{host=~"web-.*", server!="x", cpu="total", dc!~"eu|us"}"#)
+            .expect("valid");
+        assert_eq!(s.metric, "m");
+        assert_eq!(s.matchers.len(), 4);
+        assert!(s.matches(&labels(&[
+            ("host", "web-1"),
+            ("cpu", "total"),
+            ("dc", "ap")
+        ])));
+        // Anchored: a prefix does not match.
+        assert!(!s.matches(&labels(&[("host", "old-web-1"), ("cpu", "total")])));
+        assert!(!s.matches(&labels(&[
+            ("host", "web-1"),
+            ("cpu", "total"),
+            ("server", "x")
+        ])));
+        assert!(!s.matches(&labels(&[
+            ("host", "web-1"),
+            ("cpu", "total"),
+            ("dc", "eu")
+        ])));
+        let again = Selector::parse(&s.to_string()).expect("display round-trips");
+        assert_eq!(again.matchers.len(), 4);
+    }
+
+    #[test]
+    fn alert_selector_rejects_bad_input() {
+        for bad in [
+            "",
+            "1abc",
+            "m{",
+            "m{a=}",
+            "m{a=\"x\" b=\"y\"}",
+            "m{a~\"x\"}",
+            "m{a=~\"(\"}",
+            "m{a=\"unterminated}",
+        ] {
+            assert!(Selector::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Where the engine reads samples from. The store implements `SeriesSource` over its recent
+//! in-memory window; `MemorySource` is a plain struct the caller (or a test) fills.
+
+use std::collections::HashMap;
+
+use super::selector::Labels;
+
+/// One series: its labels (metric name excluded) and samples sorted by timestamp (ms).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub samples: Vec<(i64, f64)>,
+}
+
+pub trait SeriesSource {
+    /// Every series of `metric` with its samples at or after `since_ms`, sorted by time.
+    /// Matchers are applied by the engine, so a source only needs an index by metric name.
+    /// A series with no sample since `since_ms` may be omitted.
+    fn series(&self, metric: &str, since_ms: i64) -> Vec<Series>;
+}
+
+/// In-memory source: metric name → series. Samples may be pushed in any order.
+#[derive(Debug, Default, Clone)]
+pub struct MemorySource {
+    metrics: HashMap<String, Vec<Series>>,
+}
+
+impl MemorySource {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, metric: &str, labels: &Labels, ts_ms: i64, value: f64) {
+        let list = self.metrics.entry(metric.to_owned()).or_default();
+        let series = match list.iter().position(|s| &s.labels == labels) {
+            Some(i) => &mut list[i],
+            None => {
+                list.push(Series {
+                    labels: labels.clone(),
+                    samples: Vec::new(),
+                });
+                let last = list.len() - 1;
+                &mut list[last]
+            }
+        };
+        let at = series.samples.partition_point(|s| s.0 <= ts_ms);
+        series.samples.insert(at, (ts_ms, value));
+    }
+
+    /// Drops samples older than `before_ms`, keeping memory bounded.
+    pub fn prune(&mut self, before_ms: i64) {
+        for list in self.metrics.values_mut() {
+            for s in list.iter_mut() {
+                s.samples.retain(|x| x.0 >= before_ms);
+            }
+            list.retain(|s| !s.samples.is_empty());
+        }
+    }
+}
+
+impl SeriesSource for MemorySource {
+    fn series(&self, metric: &str, since_ms: i64) -> Vec<Series> {
+        let Some(list) = self.metrics.get(metric) else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|s| {
+                let from = s.samples.partition_point(|x| x.0 < since_ms);
+                (from < s.samples.len()).then(|| Series {
+                    labels: s.labels.clone(),
+                    samples: s.samples[from..].to_vec(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,90 @@
+//! Window functions over the samples of one series: `last`, `avg`, `min`, `max`, `rate`.
+//! Every function returns `None` when it has nothing to say (no samples, or fewer than two
+//! for `rate`), which the engine treats as "condition not met" rather than as zero.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowFn {
+    Last,
+    Avg,
+    Min,
+    Max,
+    /// Per-second increase of a counter. A drop in value is a counter reset (the process
+    /// restarted from zero), so the new value itself counts as the increase after the reset.
+    /// No extrapolation to the window edges: the increase between the first and last sample
+    /// divided by the time between them.
+    Rate,
+}
+
+impl WindowFn {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "last" => WindowFn::Last,
+            "avg" => WindowFn::Avg,
+            "min" => WindowFn::Min,
+            "max" => WindowFn::Max,
+            "rate" => WindowFn::Rate,
+            _ => return None,
+        })
+    }
+
+    /// Applies the function to `samples` (sorted by timestamp, already cut to the window).
+    /// NaN samples are skipped: one bad reading must not poison an average.
+    pub fn apply(self, samples: &[(i64, f64)]) -> Option<f64> {
+        let mut vals = samples.iter().filter(|(_, v)| !v.is_nan());
+        match self {
+            WindowFn::Last => samples.iter().rev().find(|(_, v)| !v.is_nan()).map(|s| s.1),
+            WindowFn::Avg => {
+                let (sum, n) = vals.fold((0.0, 0u64), |(s, n), (_, v)| (s + v, n + 1));
+                (n > 0).then(|| sum / n as f64)
+            }
+            WindowFn::Min => vals.map(|s| s.1).reduce(f64::min),
+            WindowFn::Max => vals.map(|s| s.1).reduce(f64::max),
+            WindowFn::Rate => {
+                let first = vals.next()?;
+                let mut prev = first.1;
+                let mut last_ts = first.0;
+                let mut increase = 0.0;
+                for &(ts, v) in vals {
+                    increase += if v >= prev { v - prev } else { v };
+                    prev = v;
+                    last_ts = ts;
+                }
+                let secs = last_ts.saturating_sub(first.0) as f64 / 1000.0;
+                (secs > 0.0).then(|| increase / secs)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_window_functions() {
+        let s = [(0, 1.0), (1000, f64::NAN), (2000, 3.0), (3000, 2.0)];
+        assert_eq!(WindowFn::Last.apply(&s), Some(2.0));
+        assert_eq!(WindowFn::Avg.apply(&s), Some(2.0));
+        assert_eq!(WindowFn::Min.apply(&s), Some(1.0));
+        assert_eq!(WindowFn::Max.apply(&s), Some(3.0));
+        assert_eq!(WindowFn::Avg.apply(&[]), None);
+        assert_eq!(WindowFn::Rate.apply(&[(0, 5.0)]), None);
+    }
+
+    #[test]
+    fn alert_rate_handles_counter_reset() {
+        // 100 → 110 (+10), reset to 4 (+4), → 10 (+6): 20 over 3 s.
+        let s = [(0, 100.0), (1000, 110.0), (2000, 4.0), (3000, 10.0)];
+        let r = WindowFn::Rate.apply(&s).expect("rate");
+        assert!((r - 20.0 / 3.0).abs() < 1e-9, "{r}");
+        // A flat counter has rate 0, never negative across a reset to 0.
+        let flat = [(0, 7.0), (1000, 7.0), (2000, 0.0)];
+        assert_eq!(WindowFn::Rate.apply(&flat), Some(0.0));
+        // Extreme timestamps (found by proptest) must not overflow.
+        let wide = [(i64::MIN, 0.0), (i64::MAX, 1.0)];
+        assert!(WindowFn::Rate.apply(&wide).is_some());
+    }
+}

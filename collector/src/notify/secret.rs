@@ -1,0 +1,128 @@
+//! Secrets for receivers: referenced in config as `{ file = "path" }` or `{ env = "VAR" }`,
+//! loaded once at validation, and held in a [`Secret`] whose `Debug` never shows the value.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::NotifyConfigError;
+
+/// Where a secret comes from. Exactly one of `file` and `env`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    /// A file holding the secret (trailing newline ignored); relative to the config file.
+    pub file: Option<String>,
+    /// An environment variable holding the secret.
+    pub env: Option<String>,
+}
+
+impl SecretRef {
+    pub fn file(path: impl Into<String>) -> SecretRef {
+        SecretRef {
+            file: Some(path.into()),
+            env: None,
+        }
+    }
+
+    pub fn env(var: impl Into<String>) -> SecretRef {
+        SecretRef {
+            file: None,
+            env: Some(var.into()),
+        }
+    }
+
+    /// Loads the secret. Errors name the file or variable, never the value.
+    pub fn load(
+        &self,
+        receiver: &str,
+        field: &str,
+        base_dir: &Path,
+    ) -> Result<Secret, NotifyConfigError> {
+        let value = match (&self.file, &self.env) {
+            (Some(file), None) => {
+                let path = base_dir.join(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    NotifyConfigError::new(
+                        receiver,
+                        format!("{field}: cannot read secret file {}: {e}", path.display()),
+                    )
+                })?;
+                text.trim_end_matches(['\n', '\r']).to_owned()
+            }
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                NotifyConfigError::new(
+                    receiver,
+                    format!("{field}: environment variable {var} is not set (or not UTF-8)"),
+                )
+            })?,
+            _ => {
+                return Err(NotifyConfigError::new(
+                    receiver,
+                    format!("{field}: give exactly one of `file` and `env`"),
+                ))
+            }
+        };
+        if value.is_empty() {
+            return Err(NotifyConfigError::new(
+                receiver,
+                format!("{field}: the secret is empty"),
+            ));
+        }
+        Ok(Secret(value))
+    }
+}
+
+/// A loaded secret. `Debug` and `Display` print `***`; read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_secret_redacted_and_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("k"), "s3cr3t\n").expect("write");
+        let s = SecretRef::file("k")
+            .load("r", "key", dir.path())
+            .expect("load");
+        assert_eq!(s.expose(), "s3cr3t");
+        assert!(!format!("{s:?} {s}").contains("s3cr3t"));
+        let both = SecretRef {
+            file: Some("k".into()),
+            env: Some("X".into()),
+        };
+        assert!(both.load("r", "key", dir.path()).is_err());
+        let err = SecretRef::env("MCPWATCH_TEST_UNSET_VAR_1")
+            .load("r", "key", dir.path())
+            .expect_err("unset");
+        assert!(err.to_string().contains("MCPWATCH_TEST_UNSET_VAR_1"));
+        std::fs::write(dir.path().join("e"), "\n").expect("write");
+        assert!(SecretRef::file("e").load("r", "key", dir.path()).is_err());
+    }
+}
