@@ -370,6 +370,20 @@ fn agent_restart_adopts_running_servers_without_touching_them() {
             .any(|e| e.server == "web" && e.kind == "restarted"),
         "adoption restarted the server"
     );
+    // A graceful stop (SIGTERM) drains within the grace period and leaves the server
+    // running for the next agent to adopt.
+    let started = Instant::now();
+    assert!(rig.agent.stop().success(), "agent exit after SIGTERM");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drain took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(inspect(&rig.container("web"), "{{.State.Running}}"), "true");
+    assert!(
+        mcpwatch_tests::process::final_counts(&rig.agent.logs()).2 == 0,
+        "un-acked batches left at exit"
+    );
 }
 
 #[test]
