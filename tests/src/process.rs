@@ -33,6 +33,53 @@ fn spawn(binary: &str, args: &[&str], log: &Path, envs: &[(&str, &str)]) -> Chil
     cmd.spawn().expect("spawn")
 }
 
+/// Spawns `binary` and waits until GET `ready_path` on `addr` answers 200; panics with the
+/// process's log if it exits first.
+fn start_ready(
+    binary: &str,
+    config: &Path,
+    log: &Path,
+    envs: &[(&str, &str)],
+    addr: SocketAddr,
+    ready_path: &str,
+) -> Child {
+    let config = config.display().to_string();
+    let mut child = spawn(binary, &["run", "--config", &config], log, envs);
+    wait_for(
+        &format!("{binary} {ready_path}"),
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("{binary} exited early: {status}\n{log}");
+            }
+            matches!(http_get(addr, ready_path), Ok((200, _))).then_some(())
+        },
+    );
+    child
+}
+
+fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// SIGTERM and wait for exit.
+fn stop(child: &mut Option<Child>) -> ExitStatus {
+    let mut c = child.take().expect("running");
+    signal(&c, "TERM");
+    c.wait().expect("wait")
+}
+
+/// Every `PREFIX.N.log` of `dir` for N in 1..=starts, concatenated.
+fn logs(dir: &Path, prefix: &str, starts: u32) -> String {
+    (1..=starts)
+        .map(|i| std::fs::read_to_string(dir.join(format!("{prefix}.{i}.log"))).unwrap_or_default())
+        .collect()
+}
+
 /// A collector's config file (and what it says) in a directory of its own.
 pub struct CollectorFiles {
     pub config: PathBuf,
@@ -112,43 +159,24 @@ impl CollectorProc {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "collector already running");
         self.starts += 1;
-        let log = self.dir.join(format!("collector.{}.log", self.starts));
-        self.log = log.clone();
-        let config = self.config.display().to_string();
-        self.child = Some(spawn(
+        self.log = self.dir.join(format!("collector.{}.log", self.starts));
+        self.child = Some(start_ready(
             "mcpwatch-collector",
-            &["run", "--config", &config],
-            &log,
+            &self.config,
+            &self.log,
             &[],
+            self.http,
+            "/readyz",
         ));
-        self.wait_ready();
-    }
-
-    pub fn wait_ready(&mut self) {
-        let http = self.http;
-        let log = self.log.clone();
-        let child = self.child.as_mut().expect("running");
-        wait_for("collector /readyz", Duration::from_secs(30), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("collector exited early: {status}\n{log}");
-            }
-            matches!(http_get(http, "/readyz"), Ok((200, _))).then_some(())
-        });
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill9(&mut self.child);
     }
 
     /// SIGTERM and wait for exit.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut c = self.child.take().expect("running");
-        signal(&c, "TERM");
-        c.wait().expect("wait")
+        stop(&mut self.child)
     }
 
     pub fn metrics(&self) -> String {
@@ -159,12 +187,7 @@ impl CollectorProc {
 
     /// All logs this collector wrote so far, across restarts.
     pub fn logs(&self) -> String {
-        (1..=self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.join(format!("collector.{i}.log")))
-                    .unwrap_or_default()
-            })
-            .collect()
+        logs(&self.dir, "collector", self.starts)
     }
 }
 
@@ -248,27 +271,19 @@ impl AgentProc {
         assert!(self.child.is_none(), "agent already running");
         self.starts += 1;
         let log = self.dir.join(format!("agent.{}.log", self.starts));
-        let config = self.config.display().to_string();
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        self.child = Some(spawn(
+        self.child = Some(start_ready(
             "mcpwatch-agent",
-            &["run", "--config", &config],
+            &self.config,
             &log,
             &env,
+            self.metrics_addr,
+            "/healthz",
         ));
-        let addr = self.metrics_addr;
-        let child = self.child.as_mut().expect("just spawned");
-        wait_for("agent /healthz", Duration::from_secs(30), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("agent exited early: {status}\n{log}");
-            }
-            matches!(http_get(addr, "/healthz"), Ok((200, _))).then_some(())
-        });
     }
 
     pub fn metrics(&self) -> String {
@@ -287,25 +302,16 @@ impl AgentProc {
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill9(&mut self.child);
     }
 
     /// SIGTERM and wait for exit (the agent drains to the collector first).
     pub fn stop(&mut self) -> ExitStatus {
-        let mut c = self.child.take().expect("running");
-        signal(&c, "TERM");
-        c.wait().expect("wait")
+        stop(&mut self.child)
     }
 
     pub fn logs(&self) -> String {
-        (1..=self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.join(format!("agent.{i}.log"))).unwrap_or_default()
-            })
-            .collect()
+        logs(&self.dir, "agent", self.starts)
     }
 }
 
