@@ -12,9 +12,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::command::CommandRouter;
 use crate::config::CollectorConfig;
+use crate::dispatch;
 use crate::http::{self, Readiness};
 use crate::ingest::{self, IngestSettings};
 use crate::metrics::CollectorMetrics;
+use crate::notify::{NotifyConfigError, Receiver};
+use crate::store::alerting::OutboxShared;
 use crate::store::{Store, StoreConfig, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,8 @@ pub enum CollectorError {
     Store(#[from] StoreError),
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Receiver(#[from] NotifyConfigError),
     #[error("bind {what} listener {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -31,8 +36,11 @@ pub enum CollectorError {
     },
 }
 
-pub fn store_config(config: &CollectorConfig) -> StoreConfig {
+/// The store settings of `config`; `outbox` is shared with the dispatcher.
+pub fn store_config(config: &CollectorConfig, outbox: Arc<OutboxShared>) -> StoreConfig {
     StoreConfig {
+        alerting: config.alerting.setup.clone(),
+        outbox,
         path: config.db_path.clone(),
         retention_raw: config.retention_raw.get(),
         retention_1m: config.retention_1m.get(),
@@ -71,7 +79,19 @@ pub async fn run_with_router(
     let tls = Arc::new(Reloadable::new(tls::server_config(&config.tls)?));
     let ingest_listener = bind("ingest", config.ingest_listen).await?;
     let http_listener = bind("http", config.http_listen).await?;
-    let (store, writer) = Store::open(store_config(&config))?;
+    let base_dir = config
+        .path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let receivers = config
+        .alerting
+        .receivers
+        .iter()
+        .map(|raw| Receiver::from_raw(raw.clone(), &base_dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outbox = OutboxShared::new(receivers.iter().map(Receiver::name));
+    let (store, writer) = Store::open(store_config(&config, outbox.clone()))?;
 
     let ready = Arc::new(Readiness::default());
     let sessions = TaskTracker::new();
@@ -87,6 +107,16 @@ pub async fn run_with_router(
         http_stop.clone(),
     ));
     store.spawn_ticker(&background, background_stop.clone());
+    // Notifications keep going while sessions drain; they stop with the background tasks.
+    dispatch::spawn(
+        &store,
+        receivers,
+        outbox,
+        config.alerting.retry,
+        metrics.clone(),
+        &background,
+        background_stop.clone(),
+    );
     let files = config.tls.clone();
     background.spawn(tls::reload_on_sighup(
         move || tls::server_config(&files),

@@ -9,6 +9,9 @@ use mcpwatch_common::tls::{self, TlsFiles};
 use mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN;
 use serde::Deserialize;
 
+use crate::alerting_config::{AlertingConfig, RawAlerting, RawInhibit, RawRoute};
+use crate::notify::ReceiverConfigRaw;
+
 pub const DEFAULT_PATH: &str = "/etc/mcpwatch/collector.toml";
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +27,18 @@ pub struct RawCollectorConfig {
     pub log: RawLog,
     /// How long SIGTERM may take to commit queued batches. Default 10s.
     pub shutdown_grace: Option<Duration>,
+    /// Rule files, grouping and timing of notifications (see `alerting_config`).
+    #[serde(default)]
+    pub alerting: RawAlerting,
+    /// Notification receivers: email, slack, pagerduty, discord, webhook.
+    #[serde(default)]
+    pub receiver: Vec<ReceiverConfigRaw>,
+    /// Routes from alert labels to receivers; first match wins unless `continue`.
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+    /// Extra inhibition rules (besides the built-in ones).
+    #[serde(default)]
+    pub inhibit: Vec<RawInhibit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +107,7 @@ pub struct CollectorConfig {
     pub log_level: String,
     pub log_json: bool,
     pub shutdown_grace: Duration,
+    pub alerting: AlertingConfig,
 }
 
 impl CollectorConfig {
@@ -143,7 +159,10 @@ impl CollectorConfig {
                 "queue_capacity and max_commit_samples must be positive",
             ));
         }
+        let alerting =
+            AlertingConfig::validate(path, raw.alerting, raw.receiver, raw.route, raw.inhibit)?;
         Ok(CollectorConfig {
+            alerting,
             path: path.to_owned(),
             ingest_listen: i.listen,
             max_connections,

@@ -20,6 +20,23 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabel {
+    pub receiver: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLabel {
+    pub receiver: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverInfoLabel {
+    pub receiver: String,
+    pub kind: String,
+}
+
 /// Every metric the collector exposes; handles are shared atomics, cheap to clone.
 #[derive(Debug)]
 pub struct CollectorMetrics {
@@ -38,6 +55,18 @@ pub struct CollectorMetrics {
     pub commit_latency_seconds: Histogram,
     pub store_queue_depth: Gauge,
     pub sessions_closed: Family<ReasonLabel, Counter>,
+    pub notify_info: Family<ReceiverInfoLabel, Gauge>,
+    /// Alert notifications delivered, per receiver.
+    pub notify_sent: Family<ReceiverLabel, Counter>,
+    /// Failed send attempts (retryable or not), per receiver.
+    pub notify_failed: Family<ReceiverLabel, Counter>,
+    /// Failed sends scheduled for another attempt.
+    pub notify_retried: Family<ReceiverLabel, Counter>,
+    /// Notifications moved to the dead-letter list, by reason (permanent, expired).
+    pub notify_dead: Family<DeadLabel, Counter>,
+    pub outbox_depth: Family<ReceiverLabel, Gauge>,
+    /// Queued → delivered, per receiver.
+    pub notify_latency: Family<ReceiverLabel, Histogram>,
 }
 
 impl CollectorMetrics {
@@ -55,6 +84,16 @@ impl CollectorMetrics {
             commit_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             store_queue_depth: Gauge::default(),
             sessions_closed: Family::default(),
+            notify_info: Family::default(),
+            notify_sent: Family::default(),
+            notify_failed: Family::default(),
+            notify_retried: Family::default(),
+            notify_dead: Family::default(),
+            outbox_depth: Family::default(),
+            // 1 ms .. ~9 h: a receiver may be down for hours.
+            notify_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 4.0, 13))
+            }),
         };
         for outcome in ["committed", "duplicate", "failed"] {
             let _ = m.batches.get_or_create(&OutcomeLabel {
@@ -112,6 +151,41 @@ impl CollectorMetrics {
             "Agent sessions ended, by reason.",
             m.sessions_closed.clone(),
         );
+        r.register(
+            "mcpwatch_collector_notification_receiver_info",
+            "Configured notification receivers (value 1) and their kind.",
+            m.notify_info.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_notifications_sent",
+            "Alert notifications delivered, per receiver.",
+            m.notify_sent.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_notifications_failed",
+            "Failed notification send attempts, per receiver.",
+            m.notify_failed.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_notifications_retried",
+            "Failed notification sends scheduled for another attempt, per receiver.",
+            m.notify_retried.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_notifications_dead_lettered",
+            "Notifications moved to the dead-letter list, per receiver and reason.",
+            m.notify_dead.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_outbox_queue_depth",
+            "Notifications waiting in the outbox, per receiver.",
+            m.outbox_depth.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_notification_delivery_latency_seconds",
+            "Time from queueing a notification to its delivery, per receiver.",
+            m.notify_latency.clone(),
+        );
         Arc::new(m)
     }
 
@@ -137,6 +211,73 @@ impl CollectorMetrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// Registers a receiver so its series exist (at zero) before its first send.
+    pub fn notify_receiver(&self, receiver: &str, kind: &str) {
+        self.notify_info
+            .get_or_create(&ReceiverInfoLabel {
+                receiver: receiver.into(),
+                kind: kind.into(),
+            })
+            .set(1);
+        let l = ReceiverLabel {
+            receiver: receiver.into(),
+        };
+        let _ = self.notify_sent.get_or_create(&l);
+        let _ = self.notify_failed.get_or_create(&l);
+        let _ = self.notify_retried.get_or_create(&l);
+        let _ = self.outbox_depth.get_or_create(&l);
+        let _ = self.notify_latency.get_or_create(&l);
+        for reason in ["permanent", "expired"] {
+            let _ = self.notify_dead.get_or_create(&DeadLabel {
+                receiver: receiver.into(),
+                reason: reason.into(),
+            });
+        }
+    }
+
+    fn rl(receiver: &str) -> ReceiverLabel {
+        ReceiverLabel {
+            receiver: receiver.into(),
+        }
+    }
+
+    pub fn notify_sent(&self, receiver: &str, n: u64) {
+        self.notify_sent
+            .get_or_create(&Self::rl(receiver))
+            .inc_by(n);
+    }
+
+    pub fn notify_failed(&self, receiver: &str) {
+        self.notify_failed.get_or_create(&Self::rl(receiver)).inc();
+    }
+
+    pub fn notify_retried(&self, receiver: &str) {
+        self.notify_retried.get_or_create(&Self::rl(receiver)).inc();
+    }
+
+    pub fn notify_dead(&self, receiver: &str, n: u64, reason: &str) {
+        if n > 0 {
+            self.notify_dead
+                .get_or_create(&DeadLabel {
+                    receiver: receiver.into(),
+                    reason: reason.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn notify_latency(&self, receiver: &str, seconds: f64) {
+        self.notify_latency
+            .get_or_create(&Self::rl(receiver))
+            .observe(seconds);
+    }
+
+    pub fn set_outbox_depth(&self, receiver: &str, depth: i64) {
+        self.outbox_depth
+            .get_or_create(&Self::rl(receiver))
+            .set(depth);
     }
 
     /// OpenMetrics text ending with `# EOF`.

@@ -46,11 +46,59 @@ fn every_example_config_parses_and_validates() {
                 let c = CollectorConfig::load(&copy).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(c.max_frame_len, 1 << 20);
             }
+            "collector-alerting.toml" => {
+                // Its secrets come from files next to it.
+                let secrets = tmp.path().join("secrets");
+                std::fs::create_dir_all(&secrets).unwrap();
+                for (file, value) in [
+                    ("pagerduty-routing-key", "R0UT1NGKEY0000000000000000000000"),
+                    (
+                        "slack-webhook-url",
+                        "https://hooks.slack.com/services/T0/B0/X",
+                    ),
+                    ("webhook-hmac-key", "k"),
+                    (
+                        "discord-webhook-url",
+                        "https://discord.com/api/webhooks/1/x",
+                    ),
+                    ("smtp-password", "pw"),
+                ] {
+                    std::fs::write(secrets.join(file), value).unwrap();
+                }
+                std::fs::copy(
+                    repo().join("config/rules.toml"),
+                    tmp.path().join("rules.toml"),
+                )
+                .unwrap();
+                let c = CollectorConfig::load(&copy).unwrap_or_else(|e| panic!("{e}"));
+                let a = &c.alerting;
+                assert_eq!(a.receivers.len(), 5);
+                assert_eq!(a.setup.routing.routes.len(), 2);
+                assert_eq!(a.setup.routing.default_receivers, ["ops-chat"]);
+                assert_eq!(a.setup.inhibit.len(), 3, "two built-in inhibitions + one");
+                let names: Vec<&str> = a.setup.rules.iter().map(|r| r.name.as_str()).collect();
+                assert!(names.contains(&"mcp_probe_slow"));
+                assert!(!names.contains(&"agent_dropping_samples"), "disabled");
+                let cpu = a
+                    .setup
+                    .rules
+                    .iter()
+                    .find(|r| r.name == "host_cpu_high")
+                    .unwrap();
+                assert_eq!(cpu.thresholds.warning.unwrap().fire, 0.7);
+                assert_eq!(cpu.thresholds.critical.unwrap().fire, 0.95, "built-in kept");
+            }
+            "rules.toml" => {
+                let text = std::fs::read_to_string(&copy).unwrap();
+                let rules = mcpwatch_collector::alert::load_rules(&copy, &text)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(rules.iter().any(|r| r.name == "mcp_probe_slow"));
+            }
             other => panic!("config/{other} has no parse test: add it here"),
         }
         seen += 1;
     }
-    assert_eq!(seen, 3);
+    assert_eq!(seen, 5);
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 pub mod builtin;
 pub mod engine;
+pub mod policy;
+pub mod route;
 pub mod rule;
 pub mod selector;
 pub mod source;
@@ -19,8 +21,8 @@ pub use engine::{
     Transition,
 };
 pub use rule::{
-    load_rules, parse_rules, validate_rules, Comparator, Level, LevelThreshold, RawRule,
-    RawRulesFile, Rule, RuleError, Severity, Thresholds,
+    load_rules, merge_rules, parse_rules, validate_rules, Comparator, Level, LevelThreshold,
+    RawRule, RawRulesFile, Rule, RuleError, Severity, Thresholds,
 };
 pub use selector::{Labels, MatchOp, Matcher, Selector};
 pub use source::{MemorySource, Series, SeriesSource};

@@ -494,6 +494,15 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<RawRule>, ConfigError>
 /// Validates user rules, overlaid on the built-in rules when `with_builtins` (a user rule
 /// named like a built-in one overrides the fields it sets). Disabled rules are dropped.
 pub fn validate_rules(user: Vec<RawRule>, with_builtins: bool) -> Result<Vec<Rule>, RuleError> {
+    merge_rules(user, with_builtins)?
+        .into_iter()
+        .map(Rule::validate)
+        .collect()
+}
+
+/// The effective rule definitions: user rules overlaid on the built-ins (when
+/// `with_builtins`), disabled ones dropped, not yet validated.
+pub fn merge_rules(user: Vec<RawRule>, with_builtins: bool) -> Result<Vec<RawRule>, RuleError> {
     let mut seen = HashSet::new();
     for r in &user {
         if !seen.insert(r.name.clone()) {
@@ -514,11 +523,10 @@ pub fn validate_rules(user: Vec<RawRule>, with_builtins: bool) -> Result<Vec<Rul
             None => merged.push(r),
         }
     }
-    merged
+    Ok(merged
         .into_iter()
         .filter(|r| r.enabled.unwrap_or(true))
-        .map(Rule::validate)
-        .collect()
+        .collect())
 }
 
 /// Built-in rules overlaid with the rules of one TOML file, validated.

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// of the request is stored. Retrying (e.g. via the agent's replay) is safe.
     #[error("transaction rolled back: {0}")]
     Aborted(String),
+    /// A value could not be (de)serialized as JSON for storage.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
     /// The database was written by a newer build.
     #[error("database schema version {found} is newer than this build supports ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },

@@ -11,6 +11,10 @@
 //! [`IngestOutcome::Duplicate`] and acknowledged without being written again.
 
 pub mod admin;
+mod alert_request;
+#[cfg(test)]
+mod alert_tests;
+pub mod alerting;
 mod codec;
 mod error;
 mod reader;
@@ -19,6 +23,7 @@ mod rollup;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod window;
 mod writer;
 
 use std::path::PathBuf;
@@ -56,6 +61,10 @@ pub struct StoreConfig {
     /// Group-commit cap: the writer stops gathering requests into one transaction once they
     /// hold this many samples.
     pub max_batch_samples: usize,
+    /// Rules, routing and timing for the alert engine that runs on every commit.
+    pub alerting: alerting::AlertingSetup,
+    /// Per-receiver wakeups and counters shared with the notification dispatcher.
+    pub outbox: Arc<alerting::OutboxShared>,
 }
 
 impl StoreConfig {
@@ -70,6 +79,8 @@ impl StoreConfig {
             retention_events: Duration::from_secs(30 * DAY),
             queue_capacity: 1024,
             max_batch_samples: 100_000,
+            alerting: alerting::AlertingSetup::disabled(),
+            outbox: alerting::OutboxShared::new([]),
         }
     }
 }
@@ -261,6 +272,18 @@ impl Store {
         self.call(|reply| WriteRequest::Tick {
             now_ms,
             force: true,
+            reply: Some(reply),
+        })
+        .await?
+    }
+
+    /// Runs one regular tick at `now_ms` — alert evaluation (`for`, absence, repeats,
+    /// silences) then bounded maintenance — and waits for it. The ticker does this every
+    /// second with the wall clock; tests drive it with explicit times.
+    pub async fn tick(&self, now_ms: i64) -> Result<MaintenanceReport, StoreError> {
+        self.call(|reply| WriteRequest::Tick {
+            now_ms,
+            force: false,
             reply: Some(reply),
         })
         .await?

@@ -115,6 +115,88 @@ const MIGRATIONS: &[&str] = &[
         revoked    INTEGER NOT NULL DEFAULT 0
     );
     "#,
+    // v3: alerting. Rule definitions (config now, API later), the engine's per-series state,
+    // alert records and their transition history, what each receiver was told, the outbox,
+    // its dead-letter list, and silences. Everything a transition causes is written in the
+    // transaction that commits the data behind it.
+    r#"
+    CREATE TABLE alert_rules (
+        name       TEXT PRIMARY KEY,
+        origin     TEXT    NOT NULL,
+        definition TEXT    NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE alert_state (
+        rule        TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        PRIMARY KEY (rule, fingerprint)
+    ) WITHOUT ROWID;
+    CREATE TABLE alerts (
+        fingerprint TEXT PRIMARY KEY,
+        rule        TEXT    NOT NULL,
+        status      TEXT    NOT NULL,
+        started_ms  INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL,
+        record      TEXT    NOT NULL
+    );
+    CREATE INDEX alerts_status ON alerts (status, updated_ms);
+    CREATE TABLE alert_history (
+        id          INTEGER PRIMARY KEY,
+        at_ms       INTEGER NOT NULL,
+        rule        TEXT    NOT NULL,
+        fingerprint TEXT    NOT NULL,
+        labels      TEXT    NOT NULL,
+        from_state  TEXT    NOT NULL,
+        to_state    TEXT    NOT NULL,
+        level       TEXT,
+        value       REAL,
+        notify      INTEGER NOT NULL
+    );
+    CREATE INDEX alert_history_at ON alert_history (at_ms);
+    CREATE INDEX alert_history_fp ON alert_history (fingerprint, at_ms);
+    CREATE TABLE notify_log (
+        receiver    TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        told        TEXT NOT NULL,
+        PRIMARY KEY (receiver, fingerprint)
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        receiver    TEXT    NOT NULL,
+        group_key   TEXT    NOT NULL,
+        fingerprint TEXT    NOT NULL,
+        payload     TEXT    NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        due_ms      INTEGER NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (receiver, due_ms);
+    CREATE INDEX outbox_group ON outbox (receiver, group_key);
+    CREATE TABLE dead_letters (
+        id          INTEGER PRIMARY KEY,
+        receiver    TEXT    NOT NULL,
+        group_key   TEXT    NOT NULL,
+        fingerprint TEXT    NOT NULL,
+        payload     TEXT    NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        failed_ms   INTEGER NOT NULL,
+        attempts    INTEGER NOT NULL,
+        reason      TEXT    NOT NULL
+    );
+    CREATE INDEX dead_letters_failed ON dead_letters (failed_ms);
+    CREATE TABLE silences (
+        id         INTEGER PRIMARY KEY,
+        matchers   TEXT    NOT NULL,
+        starts_ms  INTEGER NOT NULL,
+        ends_ms    INTEGER NOT NULL,
+        author     TEXT    NOT NULL,
+        comment    TEXT    NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX silences_ends ON silences (ends_ms);
+    "#,
 ];
 
 /// Settings for the single write connection. synchronous=FULL because an ack promises the

@@ -16,6 +16,8 @@ use mcpwatch_common::wire::Event;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::alert_request::{AlertRequest, Answer};
+use super::alerting::Alerting;
 use super::{
     codec, retention, rollup, schema, wall_clock_ms, AgentSession, Counters, IngestBatch,
     IngestOutcome, MaintenanceReport, StoreConfig, StoreError,
@@ -69,6 +71,7 @@ pub(crate) enum WriteRequest {
         force: bool,
         reply: Option<oneshot::Sender<Result<MaintenanceReport, StoreError>>>,
     },
+    Alert(AlertRequest),
 }
 
 impl std::fmt::Debug for WriteRequest {
@@ -80,6 +83,7 @@ impl std::fmt::Debug for WriteRequest {
             WriteRequest::SetRevoked { .. } => "SetRevoked",
             WriteRequest::Flush { .. } => "Flush",
             WriteRequest::Tick { .. } => "Tick",
+            WriteRequest::Alert(_) => "Alert",
         };
         f.write_str(name)
     }
@@ -177,6 +181,10 @@ impl Undo {
 /// What one successful ingest changes in memory once its savepoint is released.
 struct Staged {
     outcome: IngestOutcome,
+    /// The batch's host identity (the `host` label of its series for the alert rules).
+    agent_id: String,
+    /// The committed samples (database series id, ts, value), for the alert window.
+    rows: Vec<codec::Row>,
     samples: usize,
     defs: Vec<(u32, i64)>,
     new_series: Vec<(SeriesCacheKey, i64)>,
@@ -200,6 +208,7 @@ enum Done {
         Result<bool, StoreError>,
     ),
     Flush(oneshot::Sender<Result<(), StoreError>>),
+    Alert(Answer),
 }
 
 impl Done {
@@ -255,6 +264,7 @@ impl Done {
                     None => Ok(()),
                 });
             }
+            Done::Alert(answer) => answer(abort),
         }
     }
 }
@@ -276,6 +286,7 @@ pub(crate) struct Writer {
     state: State,
     maint: Maintenance,
     counters: Arc<Counters>,
+    alerting: Alerting,
 }
 
 impl Writer {
@@ -294,6 +305,12 @@ impl Writer {
         conn.execute("UPDATE hosts SET online = 0 WHERE online != 0", [])?;
         // Work left over from a previous run is ripe for the first tick.
         let rollup = rollup::Rollup::load(&conn)?;
+        let alerting = Alerting::open(
+            &mut conn,
+            cfg.alerting.clone(),
+            cfg.outbox.clone(),
+            wall_clock_ms(),
+        )?;
         let now = Instant::now();
         Ok(Writer {
             conn,
@@ -308,6 +325,7 @@ impl Writer {
                 dirty: false,
             },
             counters,
+            alerting,
         })
     }
 
@@ -342,6 +360,9 @@ impl Writer {
             }
             // Maintenance runs after the group is answered so it never delays those acks.
             for (now_ms, force, reply) in ticks {
+                if !force {
+                    self.alert_tick(now_ms);
+                }
                 let result = self.maintain(now_ms, force);
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "store maintenance failed");
@@ -371,12 +392,32 @@ impl Writer {
         }
     }
 
+    /// The alert engine's 1 s tick, in its own transaction.
+    fn alert_tick(&mut self, now_ms: i64) {
+        let result = (|| -> Result<(), StoreError> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            self.alerting.tick(&tx, now_ms)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => self.alerting.committed(),
+            Err(e) => {
+                tracing::error!(error = %e, "alert evaluation tick failed");
+                self.alerting.rolled_back(&self.conn, now_ms);
+            }
+        }
+    }
+
     /// Runs `writes` in one transaction and answers each of them.
     fn commit_group(&mut self, writes: Vec<WriteRequest>) {
         let Writer {
             conn,
             state,
             counters,
+            alerting,
             ..
         } = self;
         let now_ms = wall_clock_ms();
@@ -407,6 +448,17 @@ impl Writer {
                     let r = match in_savepoint(tx, |c| ingest_one(c, state, &batch, now_ms)) {
                         Ok(r) => r.map(|staged| {
                             apply_staged(state, &mut undo, &batch, &staged);
+                            for (def, (_, id)) in batch.new_series.iter().zip(&staged.defs) {
+                                alerting.declare(
+                                    *id,
+                                    &staged.agent_id,
+                                    &def.key.name,
+                                    &def.key.labels,
+                                );
+                            }
+                            for &(id, ts, v) in &staged.rows {
+                                alerting.observe(id, ts, v, now_ms);
+                            }
                             if staged.outcome == IngestOutcome::Committed {
                                 touched_hosts.push(batch.host_id);
                                 if staged.samples > 0 {
@@ -486,6 +538,13 @@ impl Writer {
                     done.push(Done::SetRevoked(reply, r));
                 }
                 WriteRequest::Flush { reply } => done.push(Done::Flush(reply)),
+                WriteRequest::Alert(req) => {
+                    let (answer, err) = req.run(alerting, tx);
+                    if let Some(e) = err {
+                        abort(&mut fatal, e);
+                    }
+                    done.push(Done::Alert(answer));
+                }
                 WriteRequest::Tick { reply, .. } => {
                     // Ticks are split off before commit_group; answer defensively.
                     if let Some(reply) = reply {
@@ -495,6 +554,14 @@ impl Writer {
             }
         }
 
+        if fatal.is_none() {
+            if let Some(tx) = tx.as_ref() {
+                // Alerts caused by this group's samples commit with them.
+                if let Err(e) = alerting.evaluate_touched(tx, now_ms) {
+                    fatal = Some(e.to_string());
+                }
+            }
+        }
         if fatal.is_none() {
             if let Some(tx) = tx.as_ref() {
                 touched_hosts.sort_unstable();
@@ -512,7 +579,8 @@ impl Writer {
                 }
             }
         }
-        if let Some(tx) = tx {
+        // `{ tx }` moves the whole Option, ending the borrow of `conn` here.
+        if let Some(tx) = { tx } {
             if fatal.is_none() {
                 if let Err(e) = tx.commit() {
                     fatal = Some(e.to_string());
@@ -525,11 +593,13 @@ impl Writer {
         if let Some(msg) = &fatal {
             tracing::error!(error = %msg, requests = done.len(), "store group aborted");
             counters.aborted_groups.fetch_add(1, Ordering::Relaxed);
+            alerting.rolled_back(conn, now_ms);
             undo.apply(state);
             // Ids cached from the failed transaction may have been handed out again.
             state.series.clear();
         } else {
             counters.groups.fetch_add(1, Ordering::Relaxed);
+            alerting.committed();
             self.maint.dirty = true;
             for (host, samples) in raw_rows {
                 self.maint.rollup.note(host, samples);
@@ -608,6 +678,7 @@ fn unprocessed(req: WriteRequest) -> Option<Done> {
         WriteRequest::Disconnected { reply, .. } => Done::Disconnected(reply),
         WriteRequest::SetRevoked { reply, .. } => Done::SetRevoked(reply, Err(skipped())),
         WriteRequest::Flush { reply } => Done::Flush(reply),
+        WriteRequest::Alert(req) => Done::Alert(req.skipped()),
         WriteRequest::Tick { reply, .. } => {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(skipped()));
@@ -745,6 +816,8 @@ fn ingest_one(
     if seq <= last_seq {
         return Ok(Staged {
             outcome: IngestOutcome::Duplicate,
+            agent_id,
+            rows: Vec::new(),
             samples: 0,
             defs,
             new_series,
@@ -794,7 +867,9 @@ fn ingest_one(
     .execute(params![b.host_id, seq])?;
     Ok(Staged {
         outcome: IngestOutcome::Committed,
+        agent_id,
         samples: rows.len(),
+        rows,
         defs,
         new_series,
     })

@@ -1,0 +1,398 @@
+//! Where an alert goes: routes (label matchers → receivers, with grouping and timing),
+//! inhibition rules (a firing source alert mutes matching target alerts) and silences
+//! (matchers + time range). Pure: the store applies these to its active alerts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::selector::{Labels, Matcher, Selector};
+
+/// Name of the built-in rule whose alerts must not be sent through the receiver they are
+/// about (label `receiver`).
+pub const RECEIVER_FAILING_RULE: &str = "notification_receiver_failing";
+
+/// Parses a matcher list written as `{label="v", other=~"re"}` (an empty `{}` matches all).
+pub fn parse_matchers(text: &str) -> Result<Vec<Matcher>, String> {
+    let t = text.trim();
+    if !t.starts_with('{') {
+        return Err(format!(
+            "matchers must be written as {{label=\"value\", ...}}, got {t:?}"
+        ));
+    }
+    // A placeholder metric name lets the selector parser do the work.
+    Selector::parse(&format!("m{t}")).map(|s| s.matchers)
+}
+
+pub fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
+    matchers.iter().all(|m| m.matches(labels))
+}
+
+/// Which labels make a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupBy {
+    /// `["..."]`: every label, i.e. one group per alert.
+    All,
+    Labels(Vec<String>),
+}
+
+impl GroupBy {
+    pub fn from_list(list: Vec<String>) -> GroupBy {
+        if list.iter().any(|l| l == "...") {
+            GroupBy::All
+        } else {
+            GroupBy::Labels(list)
+        }
+    }
+}
+
+/// Grouping and timing of one route, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteOpts {
+    pub group_by: GroupBy,
+    /// How long a new group waits to gather more alerts before its first notification.
+    pub group_wait_ms: i64,
+    /// Minimum time between two notifications of the same group.
+    pub group_interval_ms: i64,
+    /// A still-firing, unacknowledged alert is notified again after this long.
+    pub repeat_interval_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub matchers: Vec<Matcher>,
+    pub receivers: Vec<String>,
+    pub opts: RouteOpts,
+    /// Keep looking at later routes after this one matched.
+    pub continue_matching: bool,
+}
+
+/// One receiver an alert goes to, with the group it is batched in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub receiver: String,
+    pub group_key: String,
+    pub opts: RouteOpts,
+}
+
+/// The routing tree (a list, first match wins unless `continue`), with a default route.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub routes: Vec<Route>,
+    /// Receivers of alerts no route matched.
+    pub default_receivers: Vec<String>,
+    pub default_opts: RouteOpts,
+    /// Every configured receiver, for the receiver-failing fallback.
+    pub all_receivers: Vec<String>,
+}
+
+impl Routing {
+    /// The receivers for an alert with `labels`, each with its group key. An alert about a
+    /// failing receiver never goes to that receiver; when nothing else is routed, it goes to
+    /// every other receiver.
+    pub fn targets(&self, labels: &Labels) -> Vec<Target> {
+        let mut out: Vec<Target> = Vec::new();
+        let add = |out: &mut Vec<Target>, receivers: &[String], opts: &RouteOpts, route: &str| {
+            for r in receivers {
+                if !out.iter().any(|t| &t.receiver == r) {
+                    out.push(Target {
+                        receiver: r.clone(),
+                        group_key: group_key(route, &opts.group_by, labels),
+                        opts: opts.clone(),
+                    });
+                }
+            }
+        };
+        let mut matched = false;
+        for (i, route) in self.routes.iter().enumerate() {
+            if matches_all(&route.matchers, labels) {
+                matched = true;
+                add(
+                    &mut out,
+                    &route.receivers,
+                    &route.opts,
+                    &format!("route{i}"),
+                );
+                if !route.continue_matching {
+                    break;
+                }
+            }
+        }
+        if !matched {
+            add(
+                &mut out,
+                &self.default_receivers,
+                &self.default_opts,
+                "default",
+            );
+        }
+        if labels.get("alertname").map(String::as_str) == Some(RECEIVER_FAILING_RULE) {
+            if let Some(failing) = labels.get("receiver") {
+                out.retain(|t| &t.receiver != failing);
+                if out.is_empty() {
+                    let others: Vec<String> = self
+                        .all_receivers
+                        .iter()
+                        .filter(|r| *r != failing)
+                        .cloned()
+                        .collect();
+                    add(&mut out, &others, &self.default_opts, "fallback");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `route:{k="v",...}`, stable for the same route and group labels.
+fn group_key(route: &str, by: &GroupBy, labels: &Labels) -> String {
+    let picked: BTreeMap<&str, &str> = match by {
+        GroupBy::All => labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        GroupBy::Labels(names) => names
+            .iter()
+            .map(|n| {
+                (
+                    n.as_str(),
+                    labels.get(n).map(String::as_str).unwrap_or_default(),
+                )
+            })
+            .collect(),
+    };
+    let body: Vec<String> = picked.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{route}:{{{}}}", body.join(","))
+}
+
+/// While an alert matching `source` fires, alerts matching `target` with the same values
+/// of the `equal` labels are muted.
+#[derive(Debug, Clone)]
+pub struct InhibitRule {
+    pub source: Vec<Matcher>,
+    pub target: Vec<Matcher>,
+    pub equal: Vec<String>,
+}
+
+impl InhibitRule {
+    /// Host down mutes that host's other alerts; a crash-looping server mutes its probe and
+    /// down alerts.
+    pub fn builtin() -> Vec<InhibitRule> {
+        let m = |t: &str| parse_matchers(t).unwrap_or_default();
+        vec![
+            InhibitRule {
+                source: m(r#"{alertname="host_down"}"#),
+                target: m(r#"{alertname!="host_down"}"#),
+                equal: vec!["host".into()],
+            },
+            InhibitRule {
+                source: m(r#"{alertname="mcp_server_crashlooping"}"#),
+                target: m(r#"{alertname=~"mcp_server_unhealthy|mcp_server_down"}"#),
+                equal: vec!["host".into(), "server".into()],
+            },
+        ]
+    }
+
+    fn mutes(&self, target: &Labels, source: &Labels) -> bool {
+        source != target
+            && matches_all(&self.target, target)
+            && matches_all(&self.source, source)
+            && self.equal.iter().all(|l| target.get(l) == source.get(l))
+    }
+}
+
+/// Whether `labels` is muted by any rule given the currently firing alerts' labels.
+pub fn inhibited<'a>(
+    rules: &[InhibitRule],
+    labels: &Labels,
+    firing: impl Iterator<Item = &'a Labels> + Clone,
+) -> bool {
+    rules
+        .iter()
+        .any(|r| firing.clone().any(|src| r.mutes(labels, src)))
+}
+
+/// A silence as stored: matchers text, time range, who and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SilenceSpec {
+    /// `{label="v", ...}`; at least one matcher.
+    pub matchers: String,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub author: String,
+    pub comment: String,
+}
+
+impl SilenceSpec {
+    /// Checks the spec and compiles its matchers.
+    pub fn compile(&self) -> Result<Vec<Matcher>, String> {
+        let m = parse_matchers(&self.matchers)?;
+        if m.is_empty() {
+            return Err("a silence needs at least one matcher".into());
+        }
+        if self.ends_ms <= self.starts_ms {
+            return Err("a silence must end after it starts".into());
+        }
+        if self.author.trim().is_empty() {
+            return Err("a silence needs an author".into());
+        }
+        Ok(m)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Silence {
+    pub id: i64,
+    pub spec: SilenceSpec,
+    pub matchers: Vec<Matcher>,
+}
+
+impl Silence {
+    pub fn mutes(&self, labels: &Labels, now_ms: i64) -> bool {
+        self.spec.starts_ms <= now_ms
+            && now_ms < self.spec.ends_ms
+            && matches_all(&self.matchers, labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn opts(by: &[&str]) -> RouteOpts {
+        RouteOpts {
+            group_by: GroupBy::from_list(by.iter().map(|s| (*s).to_owned()).collect()),
+            group_wait_ms: 0,
+            group_interval_ms: 60_000,
+            repeat_interval_ms: 3_600_000,
+        }
+    }
+
+    fn routing() -> Routing {
+        Routing {
+            routes: vec![
+                Route {
+                    matchers: parse_matchers(r#"{severity="critical"}"#).unwrap(),
+                    receivers: vec!["pager".into()],
+                    opts: opts(&["alertname"]),
+                    continue_matching: true,
+                },
+                Route {
+                    matchers: parse_matchers(r#"{host=~"web-.*"}"#).unwrap(),
+                    receivers: vec!["web-team".into(), "pager".into()],
+                    opts: opts(&["host"]),
+                    continue_matching: false,
+                },
+                Route {
+                    matchers: parse_matchers("{}").unwrap(),
+                    receivers: vec!["never".into()],
+                    opts: opts(&[]),
+                    continue_matching: false,
+                },
+            ],
+            default_receivers: vec!["chat".into()],
+            default_opts: opts(&["..."]),
+            all_receivers: vec!["pager".into(), "web-team".into(), "chat".into()],
+        }
+    }
+
+    #[test]
+    fn alert_route_first_match_continue_and_dedup() {
+        let r = routing();
+        let t = r.targets(&labels(&[("severity", "critical"), ("host", "web-1")]));
+        let names: Vec<&str> = t.iter().map(|t| t.receiver.as_str()).collect();
+        assert_eq!(names, ["pager", "web-team"]);
+        assert_eq!(t[0].group_key, r#"route0:{alertname=""}"#);
+        assert_eq!(t[1].group_key, r#"route1:{host="web-1"}"#);
+        let t = r.targets(&labels(&[("severity", "low"), ("host", "db-1")]));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].receiver, "never", "the catch-all route matched first");
+    }
+
+    #[test]
+    fn alert_route_receiver_failing_goes_elsewhere() {
+        let mut r = routing();
+        r.routes.clear();
+        r.default_receivers = vec!["chat".into()];
+        let l = labels(&[("alertname", RECEIVER_FAILING_RULE), ("receiver", "chat")]);
+        let names: Vec<String> = r.targets(&l).into_iter().map(|t| t.receiver).collect();
+        assert_eq!(names, ["pager", "web-team"]);
+    }
+
+    #[test]
+    fn alert_route_group_all_labels() {
+        let k1 = group_key("d", &GroupBy::All, &labels(&[("a", "1"), ("b", "2")]));
+        let k2 = group_key("d", &GroupBy::All, &labels(&[("a", "1"), ("b", "3")]));
+        assert_ne!(k1, k2);
+    }
+
+    #[test]
+    fn alert_inhibit_host_down_and_crashloop() {
+        let rules = InhibitRule::builtin();
+        let down = labels(&[("alertname", "host_down"), ("host", "a")]);
+        let cpu_a = labels(&[("alertname", "host_cpu_high"), ("host", "a")]);
+        let cpu_b = labels(&[("alertname", "host_cpu_high"), ("host", "b")]);
+        let firing = [down.clone()];
+        assert!(inhibited(&rules, &cpu_a, firing.iter()));
+        assert!(!inhibited(&rules, &cpu_b, firing.iter()));
+        assert!(
+            !inhibited(&rules, &down, firing.iter()),
+            "never mutes itself"
+        );
+        let loop_s = labels(&[
+            ("alertname", "mcp_server_crashlooping"),
+            ("host", "a"),
+            ("server", "s"),
+        ]);
+        let probe = labels(&[
+            ("alertname", "mcp_server_unhealthy"),
+            ("host", "a"),
+            ("server", "s"),
+        ]);
+        let probe_other = labels(&[
+            ("alertname", "mcp_server_unhealthy"),
+            ("host", "a"),
+            ("server", "t"),
+        ]);
+        let firing = [loop_s];
+        assert!(inhibited(&rules, &probe, firing.iter()));
+        assert!(!inhibited(&rules, &probe_other, firing.iter()));
+    }
+
+    #[test]
+    fn alert_silence_window_and_validation() {
+        let spec = SilenceSpec {
+            matchers: r#"{host="a"}"#.into(),
+            starts_ms: 100,
+            ends_ms: 200,
+            author: "ops".into(),
+            comment: "maintenance".into(),
+        };
+        let s = Silence {
+            id: 1,
+            matchers: spec.compile().unwrap(),
+            spec: spec.clone(),
+        };
+        let l = labels(&[("host", "a")]);
+        assert!(!s.mutes(&l, 99));
+        assert!(s.mutes(&l, 100));
+        assert!(!s.mutes(&l, 200));
+        assert!(!s.mutes(&labels(&[("host", "b")]), 150));
+        let mut bad = spec.clone();
+        bad.matchers = "{}".into();
+        assert!(bad.compile().is_err());
+        let mut bad = spec.clone();
+        bad.ends_ms = 50;
+        assert!(bad.compile().is_err());
+        let mut bad = spec;
+        bad.matchers = "host=a".into();
+        assert!(bad.compile().is_err());
+    }
+}

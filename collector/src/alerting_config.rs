@@ -1,0 +1,298 @@
+//! The alerting sections of collector.toml — `[alerting]`, `[[route]]`, `[[inhibit]]` and
+//! `[[receiver]]` — in raw form (serde, unknown keys rejected, documented defaults) and
+//! validated into what the store's alert engine and the dispatcher run with.
+//!
+//! ```toml
+//! [alerting]
+//! rule_files = ["rules.toml"]     # [[rule]] tables, relative to this file
+//! group_by = ["alertname", "host"]
+//!
+//! [[route]]
+//! matchers = '{severity="critical"}'
+//! receivers = ["oncall"]
+//!
+//! [[receiver]]
+//! type = "pagerduty"
+//! name = "oncall"
+//! routing_key = { env = "PD_ROUTING_KEY" }
+//! ```
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use mcpwatch_common::config::{self as cfg, ConfigError, Duration};
+use serde::Deserialize;
+
+use crate::alert::route::{parse_matchers, GroupBy, InhibitRule, Route, RouteOpts, Routing};
+use crate::alert::{merge_rules, parse_rules, EngineOptions, RawRule, Rule};
+use crate::notify::{Receiver, ReceiverConfigRaw};
+use crate::store::alerting::AlertingSetup;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerting {
+    /// Files of `[[rule]]` tables, relative to collector.toml. Default none.
+    pub rule_files: Option<Vec<PathBuf>>,
+    /// Run the built-in rules (host down, MCP server down/unhealthy/crash-looping/gave up,
+    /// tool drift, dropped samples, CPU/memory/disk, receiver failing). Default true.
+    pub builtin_rules: Option<bool>,
+    /// Built-in inhibitions: host down mutes the host's other alerts; a crash-looping
+    /// server mutes its probe and down alerts. Default true.
+    pub builtin_inhibit: Option<bool>,
+    /// Receivers of alerts no `[[route]]` matches. Default: every receiver.
+    pub default_receivers: Option<Vec<String>>,
+    /// Labels that batch alerts into one notification (`["..."]` = one per alert).
+    /// Default ["alertname", "host"].
+    pub group_by: Option<Vec<String>>,
+    /// Wait before a new group's first notification. Default 0s (page at once).
+    pub group_wait: Option<Duration>,
+    /// Minimum time between notifications of one group. Default 1m.
+    pub group_interval: Option<Duration>,
+    /// Re-notify a firing, unacknowledged alert after this. Default 4h.
+    pub repeat_interval: Option<Duration>,
+    /// Flap detection: more than `flap_threshold` changes within `flap_window` make one
+    /// "flapping" notice, then quiet until `flap_quiet` without change. Defaults 10m, 6, 10m.
+    pub flap_window: Option<Duration>,
+    pub flap_threshold: Option<usize>,
+    pub flap_quiet: Option<Duration>,
+    /// Allowance for transport delay: samples older than a rule's window plus this are
+    /// ignored, so a replayed spool never fires. Default 5s.
+    pub late_grace: Option<Duration>,
+    /// First retry delay of a failed send; doubles up to `retry_max`. Defaults 1s, 5m.
+    pub retry_initial: Option<Duration>,
+    pub retry_max: Option<Duration>,
+    /// Notifications not delivered within this go to the dead-letter list. Default 24h.
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// `{label="value", other=~"re"}`; `{}` or absent matches every alert.
+    pub matchers: Option<String>,
+    pub receivers: Vec<String>,
+    pub group_by: Option<Vec<String>>,
+    pub group_wait: Option<Duration>,
+    pub group_interval: Option<Duration>,
+    pub repeat_interval: Option<Duration>,
+    /// Keep matching later routes. Default false.
+    #[serde(rename = "continue")]
+    pub continue_matching: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInhibit {
+    /// Matchers of the muting alert, e.g. `{alertname="host_down"}`.
+    pub source: String,
+    /// Matchers of the muted alerts.
+    pub target: String,
+    /// Labels both must share. Default none.
+    pub equal: Option<Vec<String>>,
+}
+
+/// Retry timing for the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub initial: std::time::Duration,
+    pub max: std::time::Duration,
+}
+
+/// The validated alerting configuration.
+#[derive(Debug, Clone)]
+pub struct AlertingConfig {
+    pub setup: AlertingSetup,
+    pub receivers: Vec<ReceiverConfigRaw>,
+    pub retry: RetryPolicy,
+}
+
+impl AlertingConfig {
+    pub fn validate(
+        path: &Path,
+        raw: RawAlerting,
+        receivers: Vec<ReceiverConfigRaw>,
+        routes: Vec<RawRoute>,
+        inhibit: Vec<RawInhibit>,
+    ) -> Result<AlertingConfig, ConfigError> {
+        let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut names = HashSet::new();
+        for r in &receivers {
+            if r.name().trim().is_empty() {
+                return Err(bad("receiver.name", "must not be empty"));
+            }
+            if !names.insert(r.name().to_owned()) {
+                return Err(bad(
+                    "receiver.name",
+                    &format!("receiver {:?} is defined twice", r.name()),
+                ));
+            }
+            // Secrets (files, env) are resolved here too, so check-config catches them.
+            Receiver::from_raw(r.clone(), base).map_err(|e| bad("receiver", &e.to_string()))?;
+        }
+        let known = |list: &[String], key: &str| -> Result<(), ConfigError> {
+            match list.iter().find(|n| !names.contains(*n)) {
+                Some(n) => Err(bad(key, &format!("unknown receiver {n:?}"))),
+                None => Ok(()),
+            }
+        };
+        let ms = |d: Option<Duration>, default: Duration| d.unwrap_or(default).as_millis_i64();
+        let default_opts = RouteOpts {
+            group_by: GroupBy::from_list(
+                raw.group_by
+                    .unwrap_or_else(|| vec!["alertname".into(), "host".into()]),
+            ),
+            group_wait_ms: ms(raw.group_wait, Duration::from_secs(0)),
+            group_interval_ms: ms(raw.group_interval, Duration::from_secs(60)),
+            repeat_interval_ms: ms(raw.repeat_interval, Duration::from_secs(4 * 3600)),
+        };
+        check_timing(&default_opts).map_err(|m| bad("alerting", &m))?;
+        let all: Vec<String> = receivers.iter().map(|r| r.name().to_owned()).collect();
+        let default_receivers = raw.default_receivers.unwrap_or_else(|| all.clone());
+        known(&default_receivers, "alerting.default_receivers")?;
+        let mut parsed_routes = Vec::new();
+        for (i, r) in routes.into_iter().enumerate() {
+            let key = format!("route[{i}]");
+            known(&r.receivers, &format!("{key}.receivers"))?;
+            if r.receivers.is_empty() {
+                return Err(bad(
+                    &format!("{key}.receivers"),
+                    "needs at least one receiver",
+                ));
+            }
+            let matchers = parse_matchers(r.matchers.as_deref().unwrap_or("{}"))
+                .map_err(|m| bad(&format!("{key}.matchers"), &m))?;
+            let opts = RouteOpts {
+                group_by: r
+                    .group_by
+                    .map(GroupBy::from_list)
+                    .unwrap_or_else(|| default_opts.group_by.clone()),
+                group_wait_ms: r
+                    .group_wait
+                    .map_or(default_opts.group_wait_ms, Duration::as_millis_i64),
+                group_interval_ms: r
+                    .group_interval
+                    .map_or(default_opts.group_interval_ms, Duration::as_millis_i64),
+                repeat_interval_ms: r
+                    .repeat_interval
+                    .map_or(default_opts.repeat_interval_ms, Duration::as_millis_i64),
+            };
+            check_timing(&opts).map_err(|m| bad(&key, &m))?;
+            parsed_routes.push(Route {
+                matchers,
+                receivers: r.receivers,
+                opts,
+                continue_matching: r.continue_matching.unwrap_or(false),
+            });
+        }
+        let mut inhibit_rules = if raw.builtin_inhibit.unwrap_or(true) {
+            InhibitRule::builtin()
+        } else {
+            Vec::new()
+        };
+        for (i, r) in inhibit.into_iter().enumerate() {
+            let key = format!("inhibit[{i}]");
+            inhibit_rules.push(InhibitRule {
+                source: parse_matchers(&r.source).map_err(|m| bad(&format!("{key}.source"), &m))?,
+                target: parse_matchers(&r.target).map_err(|m| bad(&format!("{key}.target"), &m))?,
+                equal: r.equal.unwrap_or_default(),
+            });
+        }
+        let (rules, raw_rules) = load_rule_files(
+            path,
+            raw.rule_files.unwrap_or_default(),
+            raw.builtin_rules.unwrap_or(true),
+        )?;
+        let engine = EngineOptions {
+            grace_ms: ms(raw.late_grace, Duration::from_secs(5)),
+            flap_window_ms: ms(raw.flap_window, Duration::from_secs(600)),
+            flap_threshold: raw.flap_threshold.unwrap_or(6),
+            flap_quiet_ms: ms(raw.flap_quiet, Duration::from_secs(600)),
+        };
+        if engine.flap_threshold < 2 {
+            return Err(bad("alerting.flap_threshold", "must be at least 2"));
+        }
+        let retry = RetryPolicy {
+            initial: raw.retry_initial.unwrap_or(Duration::from_secs(1)).get(),
+            max: raw.retry_max.unwrap_or(Duration::from_secs(300)).get(),
+        };
+        if retry.initial.is_zero() || retry.max < retry.initial {
+            return Err(bad(
+                "alerting.retry_initial",
+                "must be positive and at most retry_max",
+            ));
+        }
+        let max_age = raw.max_age.unwrap_or(Duration::from_secs(86_400));
+        if max_age.get() < retry.max {
+            return Err(bad("alerting.max_age", "must be at least retry_max"));
+        }
+        Ok(AlertingConfig {
+            setup: AlertingSetup {
+                rules,
+                raw_rules,
+                engine,
+                routing: Routing {
+                    routes: parsed_routes,
+                    default_receivers,
+                    default_opts,
+                    all_receivers: all,
+                },
+                inhibit: inhibit_rules,
+                max_age_ms: max_age.as_millis_i64(),
+            },
+            receivers,
+            retry,
+        })
+    }
+}
+
+fn check_timing(o: &RouteOpts) -> Result<(), String> {
+    if o.group_interval_ms <= 0 {
+        return Err("group_interval must be positive".into());
+    }
+    if o.repeat_interval_ms < o.group_interval_ms {
+        return Err("repeat_interval must be at least group_interval".into());
+    }
+    Ok(())
+}
+
+/// Reads every rule file, overlays the built-ins and validates; an error names the file
+/// that defines the offending rule.
+fn load_rule_files(
+    config: &Path,
+    files: Vec<PathBuf>,
+    builtins: bool,
+) -> Result<(Vec<Rule>, Vec<RawRule>), ConfigError> {
+    let mut user: Vec<(PathBuf, RawRule)> = Vec::new();
+    for f in files {
+        let p = cfg::resolve_path(config, f);
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            ConfigError::invalid(
+                config,
+                "alerting.rule_files",
+                format!("{}: {e}", p.display()),
+            )
+        })?;
+        for r in parse_rules(&p, &text)? {
+            user.push((p.clone(), r));
+        }
+    }
+    let file_of = |name: &str| {
+        user.iter()
+            .find(|(_, r)| r.name == name)
+            .map_or_else(|| config.to_path_buf(), |(p, _)| p.clone())
+    };
+    let raws: Vec<RawRule> = user.iter().map(|(_, r)| r.clone()).collect();
+    let merged = merge_rules(raws, builtins).map_err(|e| {
+        let p = file_of(&e.rule);
+        e.into_config_error(&p)
+    })?;
+    let mut rules = Vec::with_capacity(merged.len());
+    for r in &merged {
+        rules.push(Rule::validate(r.clone()).map_err(|e| {
+            let p = file_of(&e.rule);
+            e.into_config_error(&p)
+        })?);
+    }
+    Ok((rules, merged))
+}

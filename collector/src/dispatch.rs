@@ -1,0 +1,206 @@
+//! The notification dispatcher: one worker per receiver drains that receiver's outbox
+//! through the store — fetch the oldest due group, send it once, then settle the rows as
+//! delivered, to retry (exponential backoff with jitter, or the provider's Retry-After) or
+//! dead. Rows leave the outbox only once settled, so a crash at any point resends at most
+//! the one batch that was in flight.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::alerting_config::RetryPolicy;
+use crate::metrics::CollectorMetrics;
+use crate::notify::{Notification, Receiver, SendErrorKind};
+use crate::now_ms;
+use crate::store::alerting::{OutboxBatch, OutboxOutcome, OutboxShared};
+use crate::store::{Store, StoreError};
+
+/// Rows sent in one request at most (one group).
+const BATCH_LIMIT: usize = 100;
+/// Longest idle wait; a wakeup normally comes much sooner from the writer.
+const IDLE_WAIT: Duration = Duration::from_secs(30);
+
+/// Starts one worker per receiver on `tracker`; they stop on `cancel`.
+pub fn spawn(
+    store: &Store,
+    receivers: Vec<Receiver>,
+    shared: Arc<OutboxShared>,
+    retry: RetryPolicy,
+    metrics: Arc<CollectorMetrics>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) {
+    for receiver in receivers {
+        let worker = Worker {
+            store: store.clone(),
+            receiver: Arc::new(receiver),
+            shared: shared.clone(),
+            retry,
+            metrics: metrics.clone(),
+        };
+        metrics.notify_receiver(worker.receiver.name(), worker.receiver.kind());
+        tracker.spawn(worker.run(cancel.clone()));
+    }
+}
+
+struct Worker {
+    store: Store,
+    receiver: Arc<Receiver>,
+    shared: Arc<OutboxShared>,
+    retry: RetryPolicy,
+    metrics: Arc<CollectorMetrics>,
+}
+
+impl Worker {
+    async fn run(self, cancel: CancellationToken) {
+        let name = self.receiver.name().to_owned();
+        let Some(shared) = self.shared.receivers.get(&name) else {
+            tracing::error!(receiver = %name, "receiver has no outbox state; not dispatching");
+            return;
+        };
+        let mut store_failures = 0u32;
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let now = now_ms();
+            let batch = match self.store.outbox_fetch(&name, now, BATCH_LIMIT).await {
+                Ok(b) => {
+                    store_failures = 0;
+                    b
+                }
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    store_failures = store_failures.saturating_add(1);
+                    tracing::warn!(receiver = %name, error = %e, "outbox fetch failed");
+                    let wait = self.backoff(store_failures);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
+            self.metrics.notify_dead(&name, batch.expired, "expired");
+            self.metrics
+                .set_outbox_depth(&name, shared.queued.load(Ordering::Relaxed));
+            if batch.items.is_empty() {
+                let wait = batch
+                    .next_due_ms
+                    .map(
+                        |d| Duration::from_millis(d.saturating_sub(now).clamp(1, 3_600_000) as u64),
+                    )
+                    .unwrap_or(IDLE_WAIT)
+                    .min(IDLE_WAIT);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = shared.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            // Cancelling mid-send leaves the rows queued: they go out after the restart.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.send(&name, batch, shared) => {}
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        name: &str,
+        batch: OutboxBatch,
+        shared: &crate::store::alerting::ReceiverShared,
+    ) {
+        let ids: Vec<i64> = batch.items.iter().map(|i| i.id).collect();
+        let attempts = batch.items.iter().map(|i| i.attempts).max().unwrap_or(0);
+        let notes = latest_per_alert(&batch);
+        let started = Instant::now();
+        let result = self.receiver.send(&notes).await;
+        let took = started.elapsed();
+        let now = now_ms();
+        let outcome = match &result {
+            Ok(()) => {
+                self.metrics.notify_sent(name, batch.items.len() as u64);
+                for item in &batch.items {
+                    let age = now.saturating_sub(item.created_ms).max(0) as f64 / 1000.0;
+                    self.metrics.notify_latency(name, age);
+                }
+                tracing::info!(receiver = %name, group = %batch.group_key, alerts = notes.len(),
+                    took_ms = took.as_millis() as u64, "notification delivered");
+                OutboxOutcome::Delivered { at_ms: now }
+            }
+            Err(e) => {
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.notify_failed(name);
+                match e.kind {
+                    SendErrorKind::Retry { after } => {
+                        let mut wait = self.backoff(attempts.saturating_add(1));
+                        if let Some(after) = after {
+                            wait = wait.max(after);
+                        }
+                        self.metrics.notify_retried(name);
+                        tracing::warn!(receiver = %name, error = %e, attempt = attempts + 1,
+                            retry_in_ms = wait.as_millis() as u64, "notification failed; will retry");
+                        OutboxOutcome::Retry {
+                            next_ms: now.saturating_add(wait.as_millis() as i64),
+                            error: e.message.clone(),
+                        }
+                    }
+                    SendErrorKind::Permanent => {
+                        self.metrics
+                            .notify_dead(name, batch.items.len() as u64, "permanent");
+                        tracing::error!(receiver = %name, error = %e,
+                            "notification refused permanently; moved to the dead-letter list");
+                        OutboxOutcome::Dead {
+                            reason: format!("refused: {}", e.message),
+                        }
+                    }
+                }
+            }
+        };
+        // If settling fails the rows stay due and are sent again: a duplicate, never a loss.
+        if let Err(e) = self
+            .store
+            .outbox_settle(name, &batch.group_key, ids, outcome, now)
+            .await
+        {
+            tracing::error!(receiver = %name, error = %e, "could not record a send outcome");
+        }
+        self.metrics
+            .set_outbox_depth(name, shared.queued.load(Ordering::Relaxed));
+    }
+
+    /// `initial · 2^(attempt-1)`, capped at `max`, with ±20% jitter so receivers that
+    /// failed together do not retry in lockstep.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(20);
+        let base = self
+            .retry
+            .initial
+            .saturating_mul(1u32 << exp)
+            .min(self.retry.max);
+        base.mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+}
+
+/// One notification per alert: when a group holds several rows for the same alert (say
+/// firing, then resolved), only the newest state is worth sending.
+fn latest_per_alert(batch: &OutboxBatch) -> Vec<Notification> {
+    let mut order: Vec<&str> = Vec::new();
+    let mut latest: HashMap<&str, &Notification> = HashMap::new();
+    for item in &batch.items {
+        let fp = item.notification.fingerprint.as_str();
+        if latest.insert(fp, &item.notification).is_none() {
+            order.push(fp);
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|fp| latest.get(fp).map(|n| (*n).clone()))
+        .collect()
+}

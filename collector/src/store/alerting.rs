@@ -1,0 +1,874 @@
+//! Alerting inside the writer thread: feeds committed samples to the rule engine, and writes
+//! its state, the alert records, their history and the outbox rows in the same transaction
+//! as the data that caused them, so a crash can neither lose nor repeat a transition.
+//!
+//! The outbox is read and settled by the dispatcher's per-receiver workers through the
+//! writer too (fetch a due group, report delivered / retry / dead), so SQLite keeps one
+//! writer and the queue survives restarts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::Notify;
+
+use super::window::AlertWindow;
+use super::{codec, StoreError};
+use crate::alert::policy::{plan, AlertRecord, AlertStatus, Outgoing, ToldEntry};
+use crate::alert::route::{inhibited, InhibitRule, Routing, Silence, SilenceSpec, Target};
+use crate::alert::{
+    Engine, EngineOptions, EngineState, Labels, RawRule, Rule, SeriesState, Transition,
+};
+use crate::notify::Notification;
+
+/// Metric through which the dispatcher's failures reach the rules (built-in
+/// `notification_receiver_failing`).
+pub const FAILED_METRIC: &str = "mcpwatch_collector_notifications_failed_total";
+
+/// The validated alerting configuration the writer runs with.
+#[derive(Debug, Clone)]
+pub struct AlertingSetup {
+    pub rules: Vec<Rule>,
+    /// The rule definitions as written (user files overlaid on the built-ins), stored in
+    /// `alert_rules` for the API.
+    pub raw_rules: Vec<RawRule>,
+    pub engine: EngineOptions,
+    pub routing: Routing,
+    pub inhibit: Vec<InhibitRule>,
+    /// Undelivered notifications older than this go to the dead-letter list.
+    pub max_age_ms: i64,
+}
+
+impl AlertingSetup {
+    /// No rules and no receivers (stores that only hold data, tests, benchmarks).
+    pub fn disabled() -> AlertingSetup {
+        AlertingSetup {
+            rules: Vec::new(),
+            raw_rules: Vec::new(),
+            engine: EngineOptions::default(),
+            routing: Routing {
+                routes: Vec::new(),
+                default_receivers: Vec::new(),
+                default_opts: crate::alert::route::RouteOpts {
+                    group_by: crate::alert::route::GroupBy::All,
+                    group_wait_ms: 0,
+                    group_interval_ms: 60_000,
+                    repeat_interval_ms: 4 * 3_600_000,
+                },
+                all_receivers: Vec::new(),
+            },
+            inhibit: Vec::new(),
+            max_age_ms: 86_400_000,
+        }
+    }
+}
+
+/// Per-receiver state shared between the writer and the dispatcher.
+#[derive(Debug, Default)]
+pub struct ReceiverShared {
+    /// Signalled after a commit that queued notifications for the receiver.
+    pub wake: Notify,
+    /// Rows waiting in the outbox.
+    pub queued: AtomicI64,
+    /// Failed send attempts, fed back to the rules as [`FAILED_METRIC`].
+    pub failed: AtomicU64,
+}
+
+/// Receiver name → shared state; fixed at startup from the configured receivers.
+#[derive(Debug, Default)]
+pub struct OutboxShared {
+    pub receivers: BTreeMap<String, ReceiverShared>,
+}
+
+impl OutboxShared {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Arc<OutboxShared> {
+        Arc::new(OutboxShared {
+            receivers: names
+                .into_iter()
+                .map(|n| (n.to_owned(), ReceiverShared::default()))
+                .collect(),
+        })
+    }
+}
+
+/// One outbox row handed to a worker.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub notification: Notification,
+    pub created_ms: i64,
+    pub attempts: u32,
+}
+
+/// A due group for one receiver, and when the next row after it is due.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxBatch {
+    pub group_key: String,
+    pub items: Vec<OutboxItem>,
+    pub next_due_ms: Option<i64>,
+    /// Rows moved to the dead-letter list because they were too old.
+    pub expired: u64,
+}
+
+/// How a send of a batch ended.
+#[derive(Debug, Clone)]
+pub enum OutboxOutcome {
+    Delivered { at_ms: i64 },
+    Retry { next_ms: i64, error: String },
+    Dead { reason: String },
+}
+
+pub(crate) struct Alerting {
+    setup: AlertingSetup,
+    shared: Arc<OutboxShared>,
+    engine: Engine,
+    pub(crate) window: AlertWindow,
+    /// Firing and flapping alerts by fingerprint.
+    active: HashMap<String, AlertRecord>,
+    /// (receiver, fingerprint) → what the receiver was told.
+    told: HashMap<(String, String), ToldEntry>,
+    silences: Vec<Silence>,
+    /// (receiver, group) → last delivery, for `group_interval`.
+    last_flush: HashMap<(String, String), i64>,
+    touched: BTreeSet<String>,
+    /// Receivers with rows queued by the open transaction.
+    woken: BTreeSet<String>,
+}
+
+impl Alerting {
+    /// Loads persisted state, stores the rule definitions and warms the window from the
+    /// raw samples, so a restart neither re-fires nor resolves anything by itself.
+    pub(crate) fn open(
+        conn: &mut Connection,
+        setup: AlertingSetup,
+        shared: Arc<OutboxShared>,
+        now_ms: i64,
+    ) -> Result<Alerting, StoreError> {
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM alert_rules WHERE origin = 'config'", [])?;
+        for raw in &setup.raw_rules {
+            tx.execute(
+                "INSERT OR REPLACE INTO alert_rules (name, origin, definition, updated_ms)
+                 VALUES (?1, 'config', ?2, ?3)",
+                params![raw.name, serde_json::to_string(raw)?, now_ms],
+            )?;
+        }
+        // Rows for receivers no longer configured can never be sent.
+        let known: Vec<String> = shared.receivers.keys().cloned().collect();
+        let orphans: Vec<i64> = {
+            let mut stmt = tx.prepare("SELECT id, receiver FROM outbox")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, rcv) = row?;
+                if !known.contains(&rcv) {
+                    out.push(id);
+                }
+            }
+            out
+        };
+        for id in orphans {
+            dead_letter(&tx, id, "receiver no longer configured", now_ms)?;
+        }
+        tx.commit()?;
+
+        let mut state = EngineState::default();
+        {
+            let mut stmt = conn.prepare("SELECT rule, fingerprint, state FROM alert_state")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (rule, fp, text) = row?;
+                match serde_json::from_str::<SeriesState>(&text) {
+                    Ok(st) => {
+                        state.rules.entry(rule).or_default().insert(fp, st);
+                    }
+                    Err(e) => tracing::warn!(rule, error = %e, "dropping unreadable alert state"),
+                }
+            }
+        }
+        // The collector's own downtime is not the hosts' silence: absence clocks restart
+        // now for series not already firing.
+        for rule in setup.rules.iter().filter(|r| r.absent_for_ms.is_some()) {
+            if let Some(states) = state.rules.get_mut(&rule.name) {
+                for st in states.values_mut() {
+                    if st.phase != crate::alert::Phase::Firing {
+                        st.last_seen_ms = st.last_seen_ms.map(|t| t.max(now_ms));
+                    }
+                }
+            }
+        }
+        let engine = Engine::restore(setup.rules.clone(), setup.engine, state);
+        let mut window = AlertWindow::default();
+        window.set_rules(&setup.rules, setup.engine.grace_ms);
+        let mut a = Alerting {
+            setup,
+            shared,
+            engine,
+            window,
+            active: HashMap::new(),
+            told: HashMap::new(),
+            silences: Vec::new(),
+            last_flush: HashMap::new(),
+            touched: BTreeSet::new(),
+            woken: BTreeSet::new(),
+        };
+        a.load(conn, now_ms)?;
+        a.warm(conn, now_ms)?;
+        Ok(a)
+    }
+
+    /// (Re)loads alerts, told log, silences and queue depths from the database.
+    fn load(&mut self, c: &Connection, now_ms: i64) -> Result<(), StoreError> {
+        self.active.clear();
+        let mut stmt = c.prepare("SELECT record FROM alerts WHERE status != 'resolved'")?;
+        for text in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            match serde_json::from_str::<AlertRecord>(&text?) {
+                Ok(rec) => {
+                    self.active.insert(rec.fingerprint.clone(), rec);
+                }
+                Err(e) => tracing::warn!(error = %e, "dropping unreadable alert record"),
+            }
+        }
+        self.told.clear();
+        let mut stmt = c.prepare("SELECT receiver, fingerprint, told FROM notify_log")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (rcv, fp, text) = row?;
+            if let Ok(t) = serde_json::from_str::<ToldEntry>(&text) {
+                self.told.insert((rcv, fp), t);
+            }
+        }
+        self.reload_silences(c, now_ms)?;
+        for r in self.shared.receivers.values() {
+            r.queued.store(0, Ordering::Relaxed);
+        }
+        let mut stmt = c.prepare("SELECT receiver, count(*) FROM outbox GROUP BY receiver")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (rcv, n) = row?;
+            if let Some(r) = self.shared.receivers.get(&rcv) {
+                r.queued.store(n, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads back the recent raw samples of the metrics rules read.
+    fn warm(&mut self, c: &Connection, now_ms: i64) -> Result<(), StoreError> {
+        let span = self
+            .setup
+            .rules
+            .iter()
+            .map(|r| r.window_ms.max(r.absent_for_ms.unwrap_or(0)))
+            .max()
+            .unwrap_or(0)
+            .saturating_add(self.setup.engine.grace_ms);
+        if self.setup.rules.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = c.prepare(
+            "SELECT s.id, s.name, s.labels, h.agent_id FROM series s JOIN hosts h ON h.id = s.host_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, name, labels, host) = row?;
+            if let Some(pairs) = parse_labels_text(&labels) {
+                self.window.declare(id, &host, &name, &pairs);
+            }
+        }
+        let mut stmt = c.prepare("SELECT data FROM raw WHERE ts_max >= ?1 ORDER BY id")?;
+        let blobs = stmt.query_map([now_ms.saturating_sub(span)], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut n = 0u64;
+        for blob in blobs {
+            let Ok(rows) = codec::decode(&blob?) else {
+                continue;
+            };
+            for (id, ts, v) in rows {
+                if self.window.push(id, ts, v, now_ms).is_some() {
+                    n += 1;
+                }
+            }
+        }
+        tracing::debug!(samples = n, "alert window warmed from the store");
+        Ok(())
+    }
+
+    fn reload_silences(&mut self, c: &Connection, now_ms: i64) -> Result<(), StoreError> {
+        self.silences.clear();
+        let mut stmt = c.prepare(
+            "SELECT id, matchers, starts_ms, ends_ms, author, comment FROM silences
+             WHERE ends_ms > ?1",
+        )?;
+        let rows = stmt.query_map([now_ms], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                SilenceSpec {
+                    matchers: r.get(1)?,
+                    starts_ms: r.get(2)?,
+                    ends_ms: r.get(3)?,
+                    author: r.get(4)?,
+                    comment: r.get(5)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (id, spec) = row?;
+            if let Ok(matchers) = spec.compile() {
+                self.silences.push(Silence { id, spec, matchers });
+            }
+        }
+        Ok(())
+    }
+
+    /// A series declared by an agent (see [`AlertWindow::declare`]).
+    pub(crate) fn declare(&mut self, id: i64, host: &str, name: &str, labels: &[(String, String)]) {
+        self.window.declare(id, host, name, labels);
+    }
+
+    /// A committed sample.
+    pub(crate) fn observe(&mut self, id: i64, ts_ms: i64, value: f64, now_ms: i64) {
+        if let Some(metric) = self.window.push(id, ts_ms, value, now_ms) {
+            if !self.touched.contains(metric) {
+                self.touched.insert(metric.to_owned());
+            }
+        }
+    }
+
+    /// Evaluates the rules reading metrics observed since the last call.
+    pub(crate) fn evaluate_touched(
+        &mut self,
+        c: &Connection,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let touched = std::mem::take(&mut self.touched);
+        let transitions =
+            self.engine
+                .evaluate_metrics(&self.window, touched.iter().map(String::as_str), now_ms);
+        self.apply(c, transitions, now_ms, false)
+    }
+
+    /// The 1 s tick: `for`, `keep_firing_for`, absence, the collector's own series, repeats,
+    /// silences starting or ending, inhibitions lifting.
+    pub(crate) fn tick(&mut self, c: &Connection, now_ms: i64) -> Result<(), StoreError> {
+        self.window.prune(now_ms);
+        for (name, r) in &self.shared.receivers {
+            let labels: Labels = [("receiver".to_owned(), name.clone())]
+                .into_iter()
+                .collect();
+            self.window.push_own(
+                FAILED_METRIC,
+                labels,
+                now_ms,
+                r.failed.load(Ordering::Relaxed) as f64,
+            );
+        }
+        self.reload_silences(c, now_ms)?;
+        self.touched.clear();
+        let transitions = self.engine.evaluate(&self.window, now_ms);
+        self.apply(c, transitions, now_ms, true)
+    }
+
+    /// Records transitions and the engine state, then reconciles notifications for the
+    /// alerts they touched (or for every active alert).
+    fn apply(
+        &mut self,
+        c: &Connection,
+        transitions: Vec<Transition>,
+        now_ms: i64,
+        all: bool,
+    ) -> Result<(), StoreError> {
+        let mut changed: Vec<AlertRecord> = Vec::new();
+        for t in &transitions {
+            c.prepare_cached(
+                "INSERT INTO alert_history (at_ms, rule, fingerprint, labels, from_state, to_state,
+                     level, value, notify) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                t.at_ms,
+                t.rule,
+                t.fingerprint,
+                serde_json::to_string(&t.labels)?,
+                state_str(t.from),
+                state_str(t.to),
+                t.level.map(|l| l.as_str()),
+                t.value.filter(|v| v.is_finite()),
+                t.notify,
+            ])?;
+            let prev = self.active.get(&t.fingerprint).cloned().or_else(|| {
+                changed
+                    .iter()
+                    .rev()
+                    .find(|r| r.fingerprint == t.fingerprint)
+                    .cloned()
+            });
+            if let Some(rec) = AlertRecord::apply(prev.as_ref(), t) {
+                save_alert(c, &rec)?;
+                if rec.is_active() {
+                    self.active.insert(rec.fingerprint.clone(), rec.clone());
+                } else {
+                    self.active.remove(&rec.fingerprint);
+                }
+                changed.retain(|r| r.fingerprint != rec.fingerprint);
+                changed.push(rec);
+            }
+        }
+        for d in self.engine.take_dirty() {
+            match d.state {
+                Some(st) => c
+                    .prepare_cached(
+                        "INSERT INTO alert_state (rule, fingerprint, state) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (rule, fingerprint) DO UPDATE SET state = excluded.state",
+                    )?
+                    .execute(params![d.rule, d.fingerprint, serde_json::to_string(&st)?])?,
+                None => c
+                    .prepare_cached("DELETE FROM alert_state WHERE rule = ?1 AND fingerprint = ?2")?
+                    .execute(params![d.rule, d.fingerprint])?,
+            };
+        }
+        let mut todo: Vec<AlertRecord> = changed;
+        if all {
+            for rec in self.active.values() {
+                if !todo.iter().any(|r| r.fingerprint == rec.fingerprint) {
+                    todo.push(rec.clone());
+                }
+            }
+        }
+        for rec in &todo {
+            self.reconcile(c, rec, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Queues whatever each receiver of `rec` should now be sent.
+    fn reconcile(
+        &mut self,
+        c: &Connection,
+        rec: &AlertRecord,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut targets = self.setup.routing.targets(&rec.labels);
+        if rec.status == AlertStatus::Resolved {
+            // Receivers told earlier get the resolve even if routing changed since.
+            for (rcv, fp) in self.told.keys() {
+                if fp == &rec.fingerprint && !targets.iter().any(|t| &t.receiver == rcv) {
+                    targets.push(Target {
+                        receiver: rcv.clone(),
+                        group_key: "unrouted".into(),
+                        opts: self.setup.routing.default_opts.clone(),
+                    });
+                }
+            }
+        }
+        let muted = rec.is_active() && self.muted(&rec.labels, now_ms);
+        for target in &targets {
+            let key = (target.receiver.clone(), rec.fingerprint.clone());
+            let told = self.told.get(&key).copied();
+            if let Some(out) = plan(rec, target, told, muted, now_ms) {
+                self.enqueue(c, &out, now_ms)?;
+                match out.told {
+                    Some(t) => {
+                        c.prepare_cached(
+                            "INSERT INTO notify_log (receiver, fingerprint, told) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (receiver, fingerprint) DO UPDATE SET told = excluded.told",
+                        )?
+                        .execute(params![key.0, key.1, serde_json::to_string(&t)?])?;
+                        self.told.insert(key, t);
+                    }
+                    None => {
+                        c.prepare_cached(
+                            "DELETE FROM notify_log WHERE receiver = ?1 AND fingerprint = ?2",
+                        )?
+                        .execute(params![key.0, key.1])?;
+                        self.told.remove(&key);
+                    }
+                }
+            }
+        }
+        if !rec.is_active() {
+            // Nothing more will be sent about this incident.
+            let fp = rec.fingerprint.clone();
+            self.told.retain(|k, _| k.1 != fp);
+            c.prepare_cached("DELETE FROM notify_log WHERE fingerprint = ?1")?
+                .execute([&fp])?;
+        }
+        Ok(())
+    }
+
+    /// Silenced, or inhibited by another firing alert.
+    fn muted(&self, labels: &Labels, now_ms: i64) -> bool {
+        self.silences.iter().any(|s| s.mutes(labels, now_ms))
+            || inhibited(
+                &self.setup.inhibit,
+                labels,
+                self.active.values().map(|a| &a.labels),
+            )
+    }
+
+    fn enqueue(&mut self, c: &Connection, out: &Outgoing, now_ms: i64) -> Result<(), StoreError> {
+        let t = &out.target;
+        let flush = self
+            .last_flush
+            .get(&(t.receiver.clone(), t.group_key.clone()))
+            .copied();
+        let pending: Option<i64> = c
+            .prepare_cached(
+                "SELECT min(due_ms) FROM outbox WHERE receiver = ?1 AND group_key = ?2",
+            )?
+            .query_row(params![t.receiver, t.group_key], |r| r.get(0))?;
+        let due = match (pending, flush) {
+            // Join the batch already waiting for this group.
+            (Some(p), _) => p,
+            (None, Some(f)) if now_ms.saturating_sub(f) < t.opts.group_interval_ms => {
+                f.saturating_add(t.opts.group_interval_ms)
+            }
+            _ => now_ms.saturating_add(t.opts.group_wait_ms),
+        };
+        c.prepare_cached(
+            "INSERT INTO outbox (receiver, group_key, fingerprint, payload, created_ms, due_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            t.receiver,
+            t.group_key,
+            out.notification.fingerprint,
+            serde_json::to_string(&out.notification)?,
+            now_ms,
+            due
+        ])?;
+        if let Some(r) = self.shared.receivers.get(&t.receiver) {
+            r.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        self.woken.insert(t.receiver.clone());
+        Ok(())
+    }
+
+    /// After a commit: wake the workers that have new rows.
+    pub(crate) fn committed(&mut self) {
+        for name in std::mem::take(&mut self.woken) {
+            if let Some(r) = self.shared.receivers.get(&name) {
+                r.wake.notify_one();
+            }
+        }
+    }
+
+    /// After a rollback: memory may be ahead of the database, so reload it.
+    pub(crate) fn rolled_back(&mut self, c: &Connection, now_ms: i64) {
+        self.woken.clear();
+        self.touched.clear();
+        self.window.forget_ids();
+        let mut state = EngineState::default();
+        let loaded = (|| -> Result<(), StoreError> {
+            let mut stmt = c.prepare("SELECT rule, fingerprint, state FROM alert_state")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (rule, fp, text) = row?;
+                if let Ok(st) = serde_json::from_str::<SeriesState>(&text) {
+                    state.rules.entry(rule).or_default().insert(fp, st);
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = loaded.and_then(|()| self.load(c, now_ms)) {
+            tracing::error!(error = %e, "reloading alert state after a rollback failed");
+        }
+        self.engine = Engine::restore(self.setup.rules.clone(), self.setup.engine, state);
+    }
+
+    /// Acknowledges an active alert: repeats stop, receivers told it fired are told it is
+    /// acknowledged. `false` when no such alert is active.
+    pub(crate) fn acknowledge(
+        &mut self,
+        c: &Connection,
+        fingerprint: &str,
+        by: &str,
+        comment: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let Some(mut rec) = self.active.get(fingerprint).cloned() else {
+            return Ok(false);
+        };
+        rec.ack = Some(crate::alert::policy::Ack {
+            by: by.to_owned(),
+            at_ms: now_ms,
+            comment: comment.to_owned(),
+            level: rec.level,
+        });
+        save_alert(c, &rec)?;
+        self.active.insert(rec.fingerprint.clone(), rec.clone());
+        self.reconcile(c, &rec, now_ms)?;
+        Ok(true)
+    }
+
+    pub(crate) fn add_silence(
+        &mut self,
+        c: &Connection,
+        spec: &SilenceSpec,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        spec.compile().map_err(StoreError::Invalid)?;
+        let id: i64 = c
+            .prepare_cached(
+                "INSERT INTO silences (matchers, starts_ms, ends_ms, author, comment, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            )?
+            .query_row(
+                params![
+                    spec.matchers,
+                    spec.starts_ms,
+                    spec.ends_ms,
+                    spec.author,
+                    spec.comment,
+                    now_ms
+                ],
+                |r| r.get(0),
+            )?;
+        self.reload_silences(c, now_ms)?;
+        Ok(id)
+    }
+
+    /// Ends a silence now; alerts it muted are announced on the next tick.
+    pub(crate) fn expire_silence(
+        &mut self,
+        c: &Connection,
+        id: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = c
+            .prepare_cached("UPDATE silences SET ends_ms = ?2 WHERE id = ?1 AND ends_ms > ?2")?
+            .execute(params![id, now_ms])?;
+        self.reload_silences(c, now_ms)?;
+        Ok(n > 0)
+    }
+
+    pub(crate) fn active_alerts(&self) -> Vec<AlertRecord> {
+        let mut v: Vec<AlertRecord> = self.active.values().cloned().collect();
+        v.sort_by(|a, b| {
+            a.started_ms
+                .cmp(&b.started_ms)
+                .then(a.fingerprint.cmp(&b.fingerprint))
+        });
+        v
+    }
+
+    /// The oldest due group of `receiver` (expired rows go to the dead-letter list first).
+    pub(crate) fn outbox_fetch(
+        &mut self,
+        c: &Connection,
+        receiver: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<OutboxBatch, StoreError> {
+        let mut batch = OutboxBatch::default();
+        let old: Vec<i64> = c
+            .prepare_cached("SELECT id FROM outbox WHERE receiver = ?1 AND created_ms < ?2")?
+            .query_map(
+                params![receiver, now_ms.saturating_sub(self.setup.max_age_ms)],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        for id in old {
+            dead_letter(c, id, "expired before it could be delivered", now_ms)?;
+            batch.expired += 1;
+        }
+        if batch.expired > 0 {
+            if let Some(r) = self.shared.receivers.get(receiver) {
+                r.queued.fetch_sub(batch.expired as i64, Ordering::Relaxed);
+            }
+        }
+        let group: Option<String> = c
+            .prepare_cached(
+                "SELECT group_key FROM outbox WHERE receiver = ?1 AND due_ms <= ?2
+                 ORDER BY due_ms, id LIMIT 1",
+            )?
+            .query_row(params![receiver, now_ms], |r| r.get(0))
+            .optional()?;
+        if let Some(group) = group {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, payload, created_ms, attempts FROM outbox
+                 WHERE receiver = ?1 AND group_key = ?2 AND due_ms <= ?3 ORDER BY id LIMIT ?4",
+            )?;
+            let rows =
+                stmt.query_map(params![receiver, group, now_ms, limit.max(1) as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?;
+            let mut bad = Vec::new();
+            for row in rows {
+                let (id, payload, created_ms, attempts) = row?;
+                match serde_json::from_str::<Notification>(&payload) {
+                    Ok(notification) => batch.items.push(OutboxItem {
+                        id,
+                        notification,
+                        created_ms,
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    }),
+                    Err(_) => bad.push(id),
+                }
+            }
+            drop(stmt);
+            for id in bad {
+                dead_letter(c, id, "unreadable payload", now_ms)?;
+                if let Some(r) = self.shared.receivers.get(receiver) {
+                    r.queued.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            batch.group_key = group;
+        }
+        batch.next_due_ms = c
+            .prepare_cached("SELECT min(due_ms) FROM outbox WHERE receiver = ?1 AND due_ms > ?2")?
+            .query_row(params![receiver, now_ms], |r| r.get(0))?;
+        Ok(batch)
+    }
+
+    /// Settles rows a worker sent (or gave up on).
+    pub(crate) fn outbox_settle(
+        &mut self,
+        c: &Connection,
+        receiver: &str,
+        group_key: &str,
+        ids: &[i64],
+        outcome: &OutboxOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut gone = 0i64;
+        for &id in ids {
+            match outcome {
+                OutboxOutcome::Delivered { .. } => {
+                    gone += c
+                        .prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+                        .execute([id])? as i64;
+                }
+                OutboxOutcome::Retry { next_ms, error } => {
+                    c.prepare_cached(
+                        "UPDATE outbox SET attempts = attempts + 1, due_ms = ?2, last_error = ?3
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, next_ms, error])?;
+                }
+                OutboxOutcome::Dead { reason } => {
+                    c.prepare_cached("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?
+                        .execute([id])?;
+                    gone += i64::from(dead_letter(c, id, reason, now_ms)?);
+                }
+            }
+        }
+        if let OutboxOutcome::Delivered { at_ms } = outcome {
+            self.last_flush
+                .insert((receiver.to_owned(), group_key.to_owned()), *at_ms);
+        }
+        if let Some(r) = self.shared.receivers.get(receiver) {
+            r.queued.fetch_sub(gone, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Moves an outbox row to the dead-letter list; `false` if it was already gone.
+fn dead_letter(c: &Connection, id: i64, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
+    let n = c
+        .prepare_cached(
+            "INSERT INTO dead_letters (receiver, group_key, fingerprint, payload, created_ms,
+                 failed_ms, attempts, reason)
+             SELECT receiver, group_key, fingerprint, payload, created_ms, ?2, attempts,
+                 ?3 || coalesce(': ' || last_error, '')
+             FROM outbox WHERE id = ?1",
+        )?
+        .execute(params![id, now_ms, reason])?;
+    c.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+        .execute([id])?;
+    if n > 0 {
+        tracing::warn!(
+            outbox_id = id,
+            reason,
+            "notification moved to the dead-letter list"
+        );
+    }
+    Ok(n > 0)
+}
+
+fn save_alert(c: &Connection, rec: &AlertRecord) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO alerts (fingerprint, rule, status, started_ms, updated_ms, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (fingerprint) DO UPDATE SET rule = excluded.rule, status = excluded.status,
+             started_ms = excluded.started_ms, updated_ms = excluded.updated_ms,
+             record = excluded.record",
+    )?
+    .execute(params![
+        rec.fingerprint,
+        rec.rule,
+        rec.status.as_str(),
+        rec.started_ms,
+        rec.updated_ms,
+        serde_json::to_string(rec)?
+    ])?;
+    Ok(())
+}
+
+fn state_str(s: crate::alert::AlertState) -> &'static str {
+    use crate::alert::AlertState as S;
+    match s {
+        S::Inactive => "inactive",
+        S::Pending => "pending",
+        S::Firing => "firing",
+        S::Resolved => "resolved",
+        S::Flapping => "flapping",
+    }
+}
+
+/// Parses the stored `k="v",k2="v2"` label text back into pairs.
+fn parse_labels_text(text: &str) -> Option<Vec<(String, String)>> {
+    let sel = crate::alert::Selector::parse(&format!("m{{{text}}}")).ok()?;
+    Some(
+        sel.matchers
+            .into_iter()
+            .map(|m| (m.label, m.value))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_alerting_parses_label_text() {
+        let key = mcpwatch_common::wire::SeriesKey::new("m", &[("a", "x\"y\\z"), ("b", "1")]);
+        let pairs = parse_labels_text(&key.labels_text()).unwrap();
+        assert_eq!(pairs, key.labels);
+        assert_eq!(parse_labels_text("").unwrap(), vec![]);
+    }
+}

@@ -1,0 +1,217 @@
+//! The alert engine's view of recent data: the last few minutes of every series some rule
+//! reads, kept in memory by the writer thread as batches commit. Series a rule does not
+//! read cost one map entry; samples older than the longest window of the rules reading
+//! their metric (plus grace) are dropped.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::alert::{Labels, Rule, Series, SeriesSource};
+
+struct Entry {
+    metric: String,
+    labels: Labels,
+    samples: VecDeque<(i64, f64)>,
+}
+
+#[derive(Default)]
+pub(crate) struct AlertWindow {
+    /// Database series id → entry index, or `None` when no rule reads the metric.
+    by_id: HashMap<i64, Option<usize>>,
+    /// Series that do not come from agents (the collector's own figures), by name + labels.
+    by_key: HashMap<(String, Labels), usize>,
+    entries: Vec<Entry>,
+    by_metric: HashMap<String, Vec<usize>>,
+    /// Metric → how long its samples are kept (ms).
+    keep_ms: HashMap<String, i64>,
+}
+
+impl AlertWindow {
+    /// Sets which metrics are kept and for how long, from the rules. Forgets everything
+    /// else (a rule reload starts the window afresh for new metrics).
+    pub(crate) fn set_rules(&mut self, rules: &[Rule], grace_ms: i64) {
+        let mut keep: HashMap<String, i64> = HashMap::new();
+        for r in rules {
+            let span = r
+                .window_ms
+                .max(r.absent_for_ms.unwrap_or(0))
+                .saturating_add(grace_ms);
+            for m in
+                std::iter::once(&r.selector.metric).chain(r.divide_by.iter().map(|d| &d.metric))
+            {
+                let e = keep.entry(m.clone()).or_default();
+                *e = (*e).max(span);
+            }
+        }
+        if keep != self.keep_ms {
+            self.keep_ms = keep;
+            // Keep the entries of metrics still read, renumbered; ids of series not read
+            // before are learned again from their next declaration (a new connection).
+            let old = std::mem::take(&mut self.entries);
+            let mut remap: HashMap<usize, usize> = HashMap::new();
+            self.by_key.clear();
+            self.by_metric.clear();
+            for (i, e) in old.into_iter().enumerate() {
+                if self.keep_ms.contains_key(&e.metric) {
+                    let idx = self.entries.len();
+                    remap.insert(i, idx);
+                    self.by_metric
+                        .entry(e.metric.clone())
+                        .or_default()
+                        .push(idx);
+                    self.by_key
+                        .insert((e.metric.clone(), e.labels.clone()), idx);
+                    self.entries.push(e);
+                }
+            }
+            self.by_id
+                .retain(|_, v| v.is_some_and(|i| remap.contains_key(&i)));
+            for v in self.by_id.values_mut() {
+                *v = v.and_then(|i| remap.get(&i).copied());
+            }
+        }
+    }
+
+    /// Learns what database series `id` is (from an agent's declaration).
+    pub(crate) fn declare(&mut self, id: i64, host: &str, name: &str, labels: &[(String, String)]) {
+        if self.by_id.get(&id).is_some_and(Option::is_some) {
+            return;
+        }
+        if !self.keep_ms.contains_key(name) {
+            self.by_id.insert(id, None);
+            return;
+        }
+        let mut l: Labels = labels.iter().cloned().collect();
+        l.insert("host".into(), host.into());
+        let idx = self.entry(name, l);
+        self.by_id.insert(id, Some(idx));
+    }
+
+    fn entry(&mut self, name: &str, labels: Labels) -> usize {
+        let key = (name.to_owned(), labels);
+        if let Some(&i) = self.by_key.get(&key) {
+            return i;
+        }
+        let idx = self.entries.len();
+        self.entries.push(Entry {
+            metric: key.0.clone(),
+            labels: key.1.clone(),
+            samples: VecDeque::new(),
+        });
+        self.by_metric.entry(key.0.clone()).or_default().push(idx);
+        self.by_key.insert(key, idx);
+        idx
+    }
+
+    /// Adds a committed sample; returns the metric name when a rule reads it.
+    pub(crate) fn push(&mut self, id: i64, ts_ms: i64, value: f64, now_ms: i64) -> Option<&str> {
+        let idx = (*self.by_id.get(&id)?)?;
+        self.insert(idx, ts_ms, value, now_ms);
+        self.entries.get(idx).map(|e| e.metric.as_str())
+    }
+
+    /// Adds a sample of a series the collector produces itself.
+    pub(crate) fn push_own(&mut self, name: &str, labels: Labels, ts_ms: i64, value: f64) {
+        if !self.keep_ms.contains_key(name) {
+            return;
+        }
+        let idx = self.entry(name, labels);
+        self.insert(idx, ts_ms, value, ts_ms);
+    }
+
+    fn insert(&mut self, idx: usize, ts_ms: i64, value: f64, now_ms: i64) {
+        let Some(e) = self.entries.get_mut(idx) else {
+            return;
+        };
+        let keep = self.keep_ms.get(&e.metric).copied().unwrap_or(0);
+        let horizon = now_ms.saturating_sub(keep);
+        if ts_ms < horizon {
+            return;
+        }
+        // Agents send in time order, so this is almost always a push at the back; a replay
+        // of the same timestamp replaces (one sample per series and millisecond).
+        let at = e.samples.partition_point(|x| x.0 < ts_ms);
+        match e.samples.get_mut(at) {
+            Some(x) if x.0 == ts_ms => x.1 = value,
+            _ => e.samples.insert(at, (ts_ms, value)),
+        }
+        while e.samples.front().is_some_and(|x| x.0 < horizon) {
+            e.samples.pop_front();
+        }
+    }
+
+    /// Drops expired samples everywhere (the 1 s tick), so idle series shrink too.
+    pub(crate) fn prune(&mut self, now_ms: i64) {
+        for e in &mut self.entries {
+            let keep = self.keep_ms.get(&e.metric).copied().unwrap_or(0);
+            let horizon = now_ms.saturating_sub(keep);
+            while e.samples.front().is_some_and(|x| x.0 < horizon) {
+                e.samples.pop_front();
+            }
+        }
+    }
+
+    /// Forgets id mappings (after an aborted transaction, ids may be handed out again);
+    /// agents re-declare their series on their next connection.
+    pub(crate) fn forget_ids(&mut self) {
+        self.by_id.clear();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn samples_held(&self) -> usize {
+        self.entries.iter().map(|e| e.samples.len()).sum()
+    }
+}
+
+impl SeriesSource for AlertWindow {
+    fn series(&self, metric: &str, since_ms: i64) -> Vec<Series> {
+        let Some(list) = self.by_metric.get(metric) else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|&i| self.entries.get(i))
+            .filter_map(|e| {
+                let from = e.samples.partition_point(|x| x.0 < since_ms);
+                (from < e.samples.len()).then(|| Series {
+                    labels: e.labels.clone(),
+                    samples: e.samples.range(from..).copied().collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::{parse_rules, validate_rules};
+
+    fn rule(selector: &str, window: &str) -> Vec<Rule> {
+        let text = format!(
+            "[[rule]]\nname = \"r\"\nselector = '{selector}'\nwindow = \"{window}\"\nop = \">\"\nwarning = 1.0\n"
+        );
+        let raw = parse_rules(std::path::Path::new("t.toml"), &text).unwrap();
+        validate_rules(raw, false).unwrap()
+    }
+
+    #[test]
+    fn store_window_keeps_only_read_metrics_for_their_span() {
+        let mut w = AlertWindow::default();
+        w.set_rules(&rule("cpu", "10s"), 1_000);
+        w.declare(1, "h1", "cpu", &[("core".into(), "0".into())]);
+        w.declare(2, "h1", "unread", &[]);
+        assert_eq!(w.push(1, 100_000, 1.0, 100_000), Some("cpu"));
+        assert_eq!(w.push(2, 100_000, 1.0, 100_000), None);
+        assert_eq!(w.push(9, 100_000, 1.0, 100_000), None, "undeclared");
+        w.push(1, 100_000, 2.0, 100_000);
+        w.push(1, 95_000, 3.0, 100_000);
+        let s = w.series("cpu", 0);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].labels.get("host").unwrap(), "h1");
+        assert_eq!(s[0].samples, vec![(95_000, 3.0), (100_000, 2.0)]);
+        // Too old for the 11 s span: ignored.
+        w.push(1, 80_000, 9.0, 100_000);
+        assert_eq!(w.samples_held(), 2);
+        w.prune(107_000);
+        assert_eq!(w.series("cpu", 0)[0].samples, vec![(100_000, 2.0)]);
+    }
+}
