@@ -124,6 +124,7 @@ pub struct MaintenanceReport {
     pub pruned_raw: u64,
     pub pruned_rollup_1m: u64,
     pub pruned_rollup_1h: u64,
+    /// Events plus alert history, resolved alerts, dead letters and ended silences.
     pub pruned_events: u64,
     pub pruned_gaps: u64,
     /// Rollup or retention work remains beyond this pass's bound.

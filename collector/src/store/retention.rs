@@ -1,4 +1,4 @@
-//! Retention: bounded deletion of expired raw rows, rollups, events and gaps.
+//! Retention: bounded deletion of expired raw rows, rollups, events, gaps and alert history.
 //!
 //! Every delete is capped per pass so a pass never holds the writer for long; leftover work
 //! sets `more` and the next tick continues. Raw rows are deleted only once their host's
@@ -54,6 +54,21 @@ pub(crate) fn step(
             "DELETE FROM gaps WHERE rowid IN (SELECT rowid FROM gaps WHERE to_ts < ?1 LIMIT ?2)",
             params![cut, DELETE_LIMIT],
         )? as u64;
+        // Alert history, resolved alerts, dead letters and ended silences share the
+        // events' retention; firing alerts and the outbox are never expired here.
+        for sql in [
+            "DELETE FROM alert_history WHERE id IN
+                 (SELECT id FROM alert_history WHERE at_ms < ?1 LIMIT ?2)",
+            "DELETE FROM alerts WHERE fingerprint IN (SELECT fingerprint FROM alerts
+                 WHERE status = 'resolved' AND updated_ms < ?1 LIMIT ?2)",
+            "DELETE FROM dead_letters WHERE id IN
+                 (SELECT id FROM dead_letters WHERE failed_ms < ?1 LIMIT ?2)",
+            "DELETE FROM silences WHERE id IN
+                 (SELECT id FROM silences WHERE ends_ms < ?1 LIMIT ?2)",
+        ] {
+            let n = tx.prepare_cached(sql)?.execute(params![cut, DELETE_LIMIT])? as u64;
+            out.events += n;
+        }
     }
     let cut_1m = cutoff(cfg.retention_1m);
     let cut_1h = cutoff(cfg.retention_1h);

@@ -13,10 +13,62 @@ struct Entry {
     samples: VecDeque<(i64, f64)>,
 }
 
+/// Series id → entry index. Called for every committed sample, so the common case (dense
+/// SQLite rowids) is an array index rather than a hash lookup.
+#[derive(Default)]
+struct IdMap {
+    /// Index `id` holds entry index + 1; 0 = not read by any rule.
+    dense: Vec<u32>,
+    sparse: HashMap<i64, usize>,
+}
+
+/// Ids below this live in `dense` (4 bytes each).
+const DENSE_IDS: i64 = 1 << 24;
+
+impl IdMap {
+    fn get(&self, id: i64) -> Option<usize> {
+        if (0..DENSE_IDS).contains(&id) {
+            let v = *self.dense.get(id as usize)?;
+            (v > 0).then(|| v as usize - 1)
+        } else {
+            self.sparse.get(&id).copied()
+        }
+    }
+
+    fn insert(&mut self, id: i64, idx: usize) {
+        match u32::try_from(idx + 1) {
+            Ok(v) if (0..DENSE_IDS).contains(&id) => {
+                let i = id as usize;
+                if self.dense.len() <= i {
+                    self.dense.resize(i + 1, 0);
+                }
+                self.dense[i] = v;
+            }
+            _ => {
+                self.sparse.insert(id, idx);
+            }
+        }
+    }
+
+    /// Renumbers entries; ids whose entry is gone are forgotten.
+    fn remap(&mut self, f: impl Fn(usize) -> Option<usize>) {
+        for v in self.dense.iter_mut().filter(|v| **v > 0) {
+            *v = f(*v as usize - 1).map_or(0, |i| u32::try_from(i + 1).unwrap_or(0));
+        }
+        self.sparse.retain(|_, i| match f(*i) {
+            Some(n) => {
+                *i = n;
+                true
+            }
+            None => false,
+        });
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct AlertWindow {
-    /// Database series id → entry index, or `None` when no rule reads the metric.
-    by_id: HashMap<i64, Option<usize>>,
+    /// Database series id → entry index, for series some rule reads.
+    by_id: IdMap,
     /// Series that do not come from agents (the collector's own figures), by name + labels.
     by_key: HashMap<(String, Labels), usize>,
     entries: Vec<Entry>,
@@ -63,27 +115,19 @@ impl AlertWindow {
                     self.entries.push(e);
                 }
             }
-            self.by_id
-                .retain(|_, v| v.is_some_and(|i| remap.contains_key(&i)));
-            for v in self.by_id.values_mut() {
-                *v = v.and_then(|i| remap.get(&i).copied());
-            }
+            self.by_id.remap(|i| remap.get(&i).copied());
         }
     }
 
     /// Learns what database series `id` is (from an agent's declaration).
     pub(crate) fn declare(&mut self, id: i64, host: &str, name: &str, labels: &[(String, String)]) {
-        if self.by_id.get(&id).is_some_and(Option::is_some) {
-            return;
-        }
-        if !self.keep_ms.contains_key(name) {
-            self.by_id.insert(id, None);
+        if self.by_id.get(id).is_some() || !self.keep_ms.contains_key(name) {
             return;
         }
         let mut l: Labels = labels.iter().cloned().collect();
         l.insert("host".into(), host.into());
         let idx = self.entry(name, l);
-        self.by_id.insert(id, Some(idx));
+        self.by_id.insert(id, idx);
     }
 
     fn entry(&mut self, name: &str, labels: Labels) -> usize {
@@ -104,7 +148,7 @@ impl AlertWindow {
 
     /// Adds a committed sample; returns the metric name when a rule reads it.
     pub(crate) fn push(&mut self, id: i64, ts_ms: i64, value: f64, now_ms: i64) -> Option<&str> {
-        let idx = (*self.by_id.get(&id)?)?;
+        let idx = self.by_id.get(id)?;
         self.insert(idx, ts_ms, value, now_ms);
         self.entries.get(idx).map(|e| e.metric.as_str())
     }
@@ -153,7 +197,7 @@ impl AlertWindow {
     /// Forgets id mappings (after an aborted transaction, ids may be handed out again);
     /// agents re-declare their series on their next connection.
     pub(crate) fn forget_ids(&mut self) {
-        self.by_id.clear();
+        self.by_id = IdMap::default();
     }
 
     #[cfg(test)]
