@@ -208,9 +208,17 @@ impl AlertingConfig {
             flap_window_ms: ms(raw.flap_window, Duration::from_secs(600)),
             flap_threshold: raw.flap_threshold.unwrap_or(6),
             flap_quiet_ms: ms(raw.flap_quiet, Duration::from_secs(600)),
+            // Set by the store when it opens (it knows when it restarted).
+            hold_missing_until_ms: 0,
         };
         if engine.flap_threshold < 2 {
             return Err(bad("alerting.flap_threshold", "must be at least 2"));
+        }
+        if engine.flap_quiet_ms <= 0 || engine.flap_window_ms <= 0 {
+            return Err(bad(
+                "alerting.flap_quiet",
+                "flap_window and flap_quiet must be positive",
+            ));
         }
         let retry = RetryPolicy {
             initial: raw.retry_initial.unwrap_or(Duration::from_secs(1)).get(),
@@ -222,9 +230,25 @@ impl AlertingConfig {
                 "must be positive and at most retry_max",
             ));
         }
+        if retry.max > std::time::Duration::from_secs(86_400) {
+            return Err(bad("alerting.retry_max", "must be at most 1d"));
+        }
         let max_age = raw.max_age.unwrap_or(Duration::from_secs(86_400));
         if max_age.get() < retry.max {
             return Err(bad("alerting.max_age", "must be at least retry_max"));
+        }
+        let longest_wait = parsed_routes
+            .iter()
+            .map(|r| &r.opts)
+            .chain(std::iter::once(&default_opts))
+            .map(|o| o.group_wait_ms.max(o.group_interval_ms))
+            .max()
+            .unwrap_or(0);
+        if longest_wait >= max_age.as_millis_i64() {
+            return Err(bad(
+                "alerting.max_age",
+                "must exceed every group_wait and group_interval, or rows expire before they are due",
+            ));
         }
         Ok(AlertingConfig {
             setup: AlertingSetup {

@@ -21,6 +21,8 @@ use crate::store::{Store, StoreError};
 
 /// Rows sent in one request at most (one group).
 const BATCH_LIMIT: usize = 100;
+/// Tries to record one send's outcome before giving up (and resending later).
+const SETTLE_ATTEMPTS: u32 = 5;
 /// Longest idle wait; a wakeup normally comes much sooner from the writer.
 const IDLE_WAIT: Duration = Duration::from_secs(30);
 
@@ -102,11 +104,9 @@ impl Worker {
                 }
                 continue;
             }
-            // Cancelling mid-send leaves the rows queued: they go out after the restart.
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.send(&name, batch, shared) => {}
-            }
+            // A send that started runs to its end and is settled (bounded by the receiver's
+            // timeout), so a graceful stop never causes a duplicate.
+            self.send(&name, batch, shared).await;
         }
     }
 
@@ -147,7 +147,9 @@ impl Worker {
                         tracing::warn!(receiver = %name, error = %e, attempt = attempts + 1,
                             retry_in_ms = wait.as_millis() as u64, "notification failed; will retry");
                         OutboxOutcome::Retry {
-                            next_ms: now.saturating_add(wait.as_millis() as i64),
+                            next_ms: now.saturating_add(
+                                i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
+                            ),
                             error: e.message.clone(),
                         }
                     }
@@ -163,13 +165,22 @@ impl Worker {
                 }
             }
         };
-        // If settling fails the rows stay due and are sent again: a duplicate, never a loss.
-        if let Err(e) = self
-            .store
-            .outbox_settle(name, &batch.group_key, ids, outcome, now)
-            .await
-        {
-            tracing::error!(receiver = %name, error = %e, "could not record a send outcome");
+        // Settling is idempotent, so a failed settle is retried rather than the send: only
+        // if the store stays unavailable are the rows sent again (a duplicate, never a loss).
+        for attempt in 1..=SETTLE_ATTEMPTS {
+            match self
+                .store
+                .outbox_settle(name, &batch.group_key, ids.clone(), outcome.clone(), now)
+                .await
+            {
+                Ok(()) => break,
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    tracing::error!(receiver = %name, error = %e, attempt,
+                        "could not record a send outcome");
+                    tokio::time::sleep(self.backoff(attempt).min(Duration::from_secs(5))).await;
+                }
+            }
         }
         self.metrics
             .set_outbox_depth(name, shared.queued.load(Ordering::Relaxed));

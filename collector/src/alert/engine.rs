@@ -26,6 +26,10 @@ pub struct EngineOptions {
     pub flap_threshold: usize,
     /// A flapping series notifies again only after this long without a state change.
     pub flap_quiet_ms: i64,
+    /// Until this time, a pending or firing series with no recent data is left as it is
+    /// instead of counting as "condition not met": after a collector restart the data
+    /// needed to decide has not arrived yet, and resolving now would page again later.
+    pub hold_missing_until_ms: i64,
 }
 
 impl Default for EngineOptions {
@@ -35,6 +39,7 @@ impl Default for EngineOptions {
             flap_window_ms: 10 * 60_000,
             flap_threshold: 6,
             flap_quiet_ms: 10 * 60_000,
+            hold_missing_until_ms: 0,
         }
     }
 }
@@ -339,8 +344,10 @@ fn eval_threshold(
     }
     // Series with no recent data: the condition is not met (a stale or replayed series must
     // neither keep nor start an alert); firing ones resolve after `keep_firing_for`.
+    let holding = now < opts.hold_missing_until_ms;
     for (fp, st) in states.iter_mut() {
-        if !seen.contains(fp) {
+        let held = holding && st.phase != Phase::Inactive;
+        if !seen.contains(fp) && !held {
             step(rule, opts, fp, st, None, None, now, out);
         }
     }

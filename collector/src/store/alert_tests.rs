@@ -377,3 +377,27 @@ async fn store_alert_hundred_flaps_make_one_flapping_notice() {
         "every transition and the flapping notice are in the history"
     );
 }
+
+#[tokio::test]
+async fn store_alert_long_restart_holds_firing_alerts_until_data_returns() {
+    let mut rig = Rig::new(setup(RULES, |_| {})).await;
+    // Fired by a sample already 12 s old: by the first tick after the restart it is older
+    // than window + grace, as after a long collector outage.
+    rig.send("test_value", &[("1", now() - 12_000, 1.0)]).await;
+    assert_eq!(statuses(&rig.drain(now()).await), [Status::Firing]);
+    let mut rig = rig.restart().await;
+    let t = now();
+    rig.store.tick(t + 5_000).await.expect("tick");
+    assert!(
+        rig.drain(t + 5_000).await.is_empty(),
+        "no data yet after the restart: the alert is held, not resolved"
+    );
+    rig.send("test_value", &[("1", now(), 1.0)]).await;
+    assert!(
+        rig.drain(now()).await.is_empty(),
+        "data is back and still bad: no re-page"
+    );
+    // Once the hold is over, silence means the condition is no longer met.
+    rig.store.tick(t + 40_000).await.expect("tick");
+    assert_eq!(statuses(&rig.drain(t + 40_000).await), [Status::Resolved]);
+}

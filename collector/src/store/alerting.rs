@@ -134,6 +134,24 @@ pub(crate) struct Alerting {
     touched: BTreeSet<String>,
     /// Receivers with rows queued by the open transaction.
     woken: BTreeSet<String>,
+    /// When each quiet (inactive, absence-tracked) state was last written: those change on
+    /// every evaluation, so they are persisted at most once per `QUIET_PERSIST_MS`.
+    persisted: HashMap<(String, String), i64>,
+}
+
+/// How often the state of a quiet absence-tracked series is written (it only matters to know
+/// the series exists after a restart, whose absence clocks restart anyway).
+const QUIET_PERSIST_MS: i64 = 60_000;
+
+/// The longest span of data any rule looks at.
+fn max_span(setup: &AlertingSetup) -> i64 {
+    setup
+        .rules
+        .iter()
+        .map(|r| r.window_ms.max(r.absent_for_ms.unwrap_or(0)))
+        .max()
+        .unwrap_or(0)
+        .saturating_add(setup.engine.grace_ms)
 }
 
 impl Alerting {
@@ -204,7 +222,9 @@ impl Alerting {
                 }
             }
         }
-        let engine = Engine::restore(setup.rules.clone(), setup.engine, state);
+        let mut opts = setup.engine;
+        opts.hold_missing_until_ms = now_ms.saturating_add(max_span(&setup));
+        let engine = Engine::restore(setup.rules.clone(), opts, state);
         let mut window = AlertWindow::default();
         window.set_rules(&setup.rules, setup.engine.grace_ms);
         let mut a = Alerting {
@@ -218,10 +238,74 @@ impl Alerting {
             last_flush: HashMap::new(),
             touched: BTreeSet::new(),
             woken: BTreeSet::new(),
+            persisted: HashMap::new(),
         };
         a.load(conn, now_ms)?;
+        a.declare_all(conn)?;
         a.warm(conn, now_ms)?;
+        a.resolve_orphans(conn, now_ms)?;
         Ok(a)
+    }
+
+    /// Alerts whose rule is gone (removed, renamed, disabled) or whose engine state was lost
+    /// can never resolve by evaluation: resolve them now, telling the receivers that were
+    /// told they fired, so none stays open or keeps muting others.
+    fn resolve_orphans(&mut self, conn: &mut Connection, now_ms: i64) -> Result<(), StoreError> {
+        let orphans: Vec<AlertRecord> = self
+            .active
+            .values()
+            .filter(|a| {
+                self.engine
+                    .state()
+                    .rules
+                    .get(&a.rule)
+                    .is_none_or(|m| !m.contains_key(&a.fingerprint))
+            })
+            .cloned()
+            .collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let tx = conn.transaction()?;
+        for mut rec in orphans {
+            tracing::info!(rule = %rec.rule, fingerprint = %rec.fingerprint,
+                "resolving an alert whose rule or state no longer exists");
+            rec.status = AlertStatus::Resolved;
+            rec.resolved_ms = Some(now_ms);
+            rec.updated_ms = now_ms;
+            save_alert(&tx, &rec)?;
+            self.active.remove(&rec.fingerprint);
+            self.reconcile(&tx, &rec, now_ms)?;
+        }
+        tx.commit()?;
+        self.committed();
+        Ok(())
+    }
+
+    /// Learns every stored series' name and labels (startup, and after a rollback made the
+    /// id mapping untrustworthy), so samples keep reaching the rules without a reconnect.
+    fn declare_all(&mut self, c: &Connection) -> Result<(), StoreError> {
+        if self.setup.rules.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = c.prepare(
+            "SELECT s.id, s.name, s.labels, h.agent_id FROM series s JOIN hosts h ON h.id = s.host_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, name, labels, host) = row?;
+            if let Some(pairs) = parse_labels_text(&labels) {
+                self.window.declare(id, &host, &name, &pairs);
+            }
+        }
+        Ok(())
     }
 
     /// (Re)loads alerts, told log, silences and queue depths from the database.
@@ -268,33 +352,9 @@ impl Alerting {
 
     /// Reads back the recent raw samples of the metrics rules read.
     fn warm(&mut self, c: &Connection, now_ms: i64) -> Result<(), StoreError> {
-        let span = self
-            .setup
-            .rules
-            .iter()
-            .map(|r| r.window_ms.max(r.absent_for_ms.unwrap_or(0)))
-            .max()
-            .unwrap_or(0)
-            .saturating_add(self.setup.engine.grace_ms);
+        let span = max_span(&self.setup);
         if self.setup.rules.is_empty() {
             return Ok(());
-        }
-        let mut stmt = c.prepare(
-            "SELECT s.id, s.name, s.labels, h.agent_id FROM series s JOIN hosts h ON h.id = s.host_id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, name, labels, host) = row?;
-            if let Some(pairs) = parse_labels_text(&labels) {
-                self.window.declare(id, &host, &name, &pairs);
-            }
         }
         let mut stmt = c.prepare("SELECT data FROM raw WHERE ts_max >= ?1 ORDER BY id")?;
         let blobs = stmt.query_map([now_ms.saturating_sub(span)], |r| r.get::<_, Vec<u8>>(0))?;
@@ -436,6 +496,21 @@ impl Alerting {
             }
         }
         for d in self.engine.take_dirty() {
+            let key = (d.rule.clone(), d.fingerprint.clone());
+            let quiet = d
+                .state
+                .as_ref()
+                .is_some_and(|st| st.phase == crate::alert::Phase::Inactive && !st.flapping);
+            if quiet {
+                match self.persisted.get(&key) {
+                    Some(&at) if now_ms.saturating_sub(at) < QUIET_PERSIST_MS => continue,
+                    _ => {
+                        self.persisted.insert(key, now_ms);
+                    }
+                }
+            } else {
+                self.persisted.remove(&key);
+            }
             match d.state {
                 Some(st) => c
                     .prepare_cached(
@@ -450,8 +525,10 @@ impl Alerting {
         }
         let mut todo: Vec<AlertRecord> = changed;
         if all {
+            let done: std::collections::HashSet<String> =
+                todo.iter().map(|r| r.fingerprint.clone()).collect();
             for rec in self.active.values() {
-                if !todo.iter().any(|r| r.fingerprint == rec.fingerprint) {
+                if !done.contains(&rec.fingerprint) {
                     todo.push(rec.clone());
                 }
             }
@@ -482,6 +559,8 @@ impl Alerting {
                 }
             }
         }
+        // Rows for a receiver no longer configured could never be sent.
+        targets.retain(|t| self.shared.receivers.contains_key(&t.receiver));
         let muted = rec.is_active() && self.muted(&rec.labels, now_ms);
         for target in &targets {
             let key = (target.receiver.clone(), rec.fingerprint.clone());
@@ -533,11 +612,14 @@ impl Alerting {
             .last_flush
             .get(&(t.receiver.clone(), t.group_key.clone()))
             .copied();
+        // Only a batch still waiting for its first send can be joined: rows being sent now or
+        // backing off after a failure must not hold back (or hurry) a new notification.
         let pending: Option<i64> = c
             .prepare_cached(
-                "SELECT min(due_ms) FROM outbox WHERE receiver = ?1 AND group_key = ?2",
+                "SELECT min(due_ms) FROM outbox WHERE receiver = ?1 AND group_key = ?2
+                     AND attempts = 0 AND due_ms > ?3",
             )?
-            .query_row(params![t.receiver, t.group_key], |r| r.get(0))?;
+            .query_row(params![t.receiver, t.group_key, now_ms], |r| r.get(0))?;
         let due = match (pending, flush) {
             // Join the batch already waiting for this group.
             (Some(p), _) => p,
@@ -579,6 +661,10 @@ impl Alerting {
         self.woken.clear();
         self.touched.clear();
         self.window.forget_ids();
+        if let Err(e) = self.declare_all(c) {
+            tracing::error!(error = %e, "re-reading series after a rollback failed");
+        }
+        self.persisted.clear();
         let mut state = EngineState::default();
         let loaded = (|| -> Result<(), StoreError> {
             let mut stmt = c.prepare("SELECT rule, fingerprint, state FROM alert_state")?;
@@ -748,8 +834,8 @@ impl Alerting {
             batch.group_key = group;
         }
         batch.next_due_ms = c
-            .prepare_cached("SELECT min(due_ms) FROM outbox WHERE receiver = ?1 AND due_ms > ?2")?
-            .query_row(params![receiver, now_ms], |r| r.get(0))?;
+            .prepare_cached("SELECT min(due_ms) FROM outbox WHERE receiver = ?1")?
+            .query_row(params![receiver], |r| r.get(0))?;
         Ok(batch)
     }
 

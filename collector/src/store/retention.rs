@@ -66,7 +66,9 @@ pub(crate) fn step(
             "DELETE FROM silences WHERE id IN
                  (SELECT id FROM silences WHERE ends_ms < ?1 LIMIT ?2)",
         ] {
-            let n = tx.prepare_cached(sql)?.execute(params![cut, DELETE_LIMIT])? as u64;
+            let n = tx
+                .prepare_cached(sql)?
+                .execute(params![cut, DELETE_LIMIT])? as u64;
             out.events += n;
         }
     }

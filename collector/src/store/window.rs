@@ -22,6 +22,9 @@ struct IdMap {
     sparse: HashMap<i64, usize>,
 }
 
+/// How far ahead of the collector's clock a sample may be.
+const FUTURE_MS: i64 = 60_000;
+
 /// Ids below this live in `dense` (4 bytes each).
 const DENSE_IDS: i64 = 1 << 24;
 
@@ -168,7 +171,9 @@ impl AlertWindow {
         };
         let keep = self.keep_ms.get(&e.metric).copied().unwrap_or(0);
         let horizon = now_ms.saturating_sub(keep);
-        if ts_ms < horizon {
+        // A timestamp from the future (a wrong agent clock) would pin `last` and absence
+        // values until that time comes; one minute covers honest clock skew.
+        if ts_ms < horizon || ts_ms > now_ms.saturating_add(FUTURE_MS) {
             return;
         }
         // Agents send in time order, so this is almost always a push at the back; a replay
