@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# bench-alert runs Prometheus + Alertmanager beside mcpwatch.
+command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 # A real SMTP server for the email receiver tests (Debian's python, not a pyenv shim).
@@ -15,8 +17,11 @@ if ((${#need_apt[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  # The Debian package starts a Prometheus server; the tests start their own.
+  # The Debian packages start a Prometheus server and an Alertmanager (on 0.0.0.0:9093 and
+  # gossip on :9094); the tests and benches start their own on loopback.
   systemctl stop prometheus 2>/dev/null || pkill -x prometheus 2>/dev/null || true
+  systemctl stop prometheus-alertmanager 2>/dev/null \
+    || pkill -f '^/usr/bin/prometheus-alertmanager' 2>/dev/null || true
 fi
 
 # A Docker engine for the supervision tests: no bridge, no iptables, loopback only.
