@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::{self, ApiState};
 use crate::command::CommandRouter;
 use crate::config::CollectorConfig;
 use crate::dispatch;
@@ -28,6 +29,8 @@ pub enum CollectorError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Receiver(#[from] NotifyConfigError),
+    #[error("api tls: {0}")]
+    ApiTls(String),
     #[error("bind {what} listener {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -46,6 +49,7 @@ pub fn store_config(config: &CollectorConfig, outbox: Arc<OutboxShared>) -> Stor
         retention_1m: config.retention_1m.get(),
         retention_1h: config.retention_1h.get(),
         retention_events: config.retention_events.get(),
+        retention_audit: config.audit_retention.get(),
         queue_capacity: config.queue_capacity,
         max_batch_samples: config.max_commit_samples,
     }
@@ -58,6 +62,51 @@ async fn bind(
     TcpListener::bind(addr)
         .await
         .map_err(|source| CollectorError::Bind { what, addr, source })
+}
+
+/// The HTTPS server config of the API (no client certificates: users authenticate with
+/// bearer credentials).
+fn api_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, CollectorError> {
+    let certs = tls::load_certs(cert)?;
+    let key = tls::load_key(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| CollectorError::ApiTls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Deletes expired and idle sessions every minute.
+fn spawn_session_cleanup(
+    store: &Store,
+    idle_ms: i64,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) {
+    let store = store.clone();
+    tracker.spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let now = crate::now_ms();
+            match store
+                .exec(move |c| crate::store::auth::cleanup_sessions(c, now, idle_ms))
+                .await
+            {
+                Ok(n) if n > 0 => tracing::debug!(sessions = n, "expired sessions removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "session cleanup failed"),
+            }
+        }
+    });
 }
 
 /// Runs the collector until `shutdown` is cancelled.
@@ -99,13 +148,35 @@ pub async fn run_with_router(
     let http_stop = CancellationToken::new();
     let background_stop = CancellationToken::new();
 
-    let http_task = tokio::spawn(http::serve(
+    let api_state = ApiState(Arc::new(api::Inner {
+        db: api::db::Db::new(store.clone(), config.db_path.clone()),
+        commands: router.clone(),
+        metrics: metrics.clone(),
+        settings: config.api.clone(),
+        limiter: Default::default(),
+    }));
+    let (api_router, _doc) = api::build(api_state);
+    let app = api::server::with_limits(
+        http::router(metrics.clone(), ready.clone(), store.clone()).merge(api_router),
+        &config.http_limits,
+    );
+    let http_tls = match &config.http_tls {
+        Some((cert, key)) => Some(api_tls(cert, key)?),
+        None => None,
+    };
+    let http_task = tokio::spawn(api::server::serve(
         http_listener,
-        metrics.clone(),
-        ready.clone(),
-        store.clone(),
+        app,
+        config.http_limits.clone(),
+        http_tls,
         http_stop.clone(),
     ));
+    spawn_session_cleanup(
+        &store,
+        config.api.session_idle_ms,
+        &background,
+        background_stop.clone(),
+    );
     store.spawn_ticker(&background, background_stop.clone());
     // Notifications keep going while sessions drain; they stop with the background tasks.
     dispatch::spawn(

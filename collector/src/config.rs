@@ -10,7 +10,9 @@ use mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN;
 use serde::Deserialize;
 
 use crate::alerting_config::{AlertingConfig, RawAlerting, RawInhibit, RawRoute};
-use crate::notify::ReceiverConfigRaw;
+use crate::api::server::ServerLimits;
+use crate::api::ApiSettings;
+use crate::notify::{ReceiverConfigRaw, SecretRef};
 
 pub const DEFAULT_PATH: &str = "/etc/mcpwatch/collector.toml";
 
@@ -23,6 +25,8 @@ pub struct RawCollectorConfig {
     pub store: RawStore,
     #[serde(default)]
     pub http: RawHttp,
+    #[serde(default)]
+    pub api: RawApi,
     #[serde(default)]
     pub log: RawLog,
     /// How long SIGTERM may take to commit queued batches. Default 10s.
@@ -81,8 +85,43 @@ pub struct RawStore {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
-    /// `/metrics`, `/healthz`, `/readyz`. Default 127.0.0.1:9465.
+    /// `/api/v1`, `/federate`, `/metrics`, `/healthz`, `/readyz`. Default 127.0.0.1:9465.
     pub listen: Option<SocketAddr>,
+    /// Serve HTTPS with this certificate chain and key (PEM). Default: plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Concurrent connections; more are closed at once. Default 256.
+    pub max_connections: Option<usize>,
+    /// The request head must arrive within this (slow clients are cut off). Default 10s.
+    pub header_read_timeout: Option<Duration>,
+    /// A request must be answered within this. Default 30s.
+    pub request_timeout: Option<Duration>,
+    /// Largest request body. Default 1MiB.
+    pub max_body_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// A login session unused this long ends. Default 30m.
+    pub session_idle_timeout: Option<Duration>,
+    /// A login session ends this long after login. Default 12h.
+    pub session_max_age: Option<Duration>,
+    /// Failed logins that lock an account, and for how long. Defaults 5, 15m.
+    pub lockout_after: Option<u32>,
+    pub lockout_duration: Option<Duration>,
+    /// Login attempts per source address per minute. Default 10.
+    pub login_attempts_per_minute: Option<u32>,
+    /// Largest page size a list accepts. Default 1000.
+    pub max_page_size: Option<usize>,
+    /// Most points one query_range returns. Default 11000.
+    pub max_points: Option<usize>,
+    /// How long server control waits for the agent. Default 10s.
+    pub command_timeout: Option<Duration>,
+    /// Bearer token `/federate` requires (file or env). Default: none required.
+    pub federation_token: Option<SecretRef>,
+    /// Audit records kept for. Default 400d.
+    pub audit_retention: Option<Duration>,
 }
 
 /// Validated collector configuration.
@@ -108,6 +147,11 @@ pub struct CollectorConfig {
     pub log_json: bool,
     pub shutdown_grace: Duration,
     pub alerting: AlertingConfig,
+    /// `(cert, key)` when the HTTP endpoint serves TLS.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
+    pub http_limits: ServerLimits,
+    pub api: ApiSettings,
+    pub audit_retention: Duration,
 }
 
 impl CollectorConfig {
@@ -161,8 +205,85 @@ impl CollectorConfig {
         }
         let alerting =
             AlertingConfig::validate(path, raw.alerting, raw.receiver, raw.route, raw.inhibit)?;
+        let h = &raw.http;
+        let http_tls = match (&h.tls_cert, &h.tls_key) {
+            (Some(c), Some(k)) => {
+                let (c, k) = (resolve(c.clone()), resolve(k.clone()));
+                tls::load_certs(&c).map_err(|e| bad("http.tls_cert", &e.to_string()))?;
+                tls::load_key(&k).map_err(|e| bad("http.tls_key", &e.to_string()))?;
+                Some((c, k))
+            }
+            (None, None) => None,
+            _ => return Err(bad("http.tls_cert", "tls_cert and tls_key go together")),
+        };
+        let d = ServerLimits::defaults();
+        let http_limits = ServerLimits {
+            max_connections: h.max_connections.unwrap_or(d.max_connections),
+            header_read_timeout: h
+                .header_read_timeout
+                .map_or(d.header_read_timeout, |x| x.get()),
+            request_timeout: h.request_timeout.map_or(d.request_timeout, |x| x.get()),
+            body_limit: h.max_body_size.map_or(d.body_limit, |b| b.0 as usize),
+        };
+        if http_limits.max_connections == 0 || http_limits.body_limit < 1024 {
+            return Err(bad(
+                "http",
+                "max_connections must be positive and max_body_size at least 1KiB",
+            ));
+        }
+        let a = &raw.api;
+        let dflt = ApiSettings::defaults();
+        let federation_token = match &a.federation_token {
+            Some(s) => Some(
+                s.load(
+                    "api",
+                    "federation_token",
+                    path.parent().unwrap_or(Path::new(".")),
+                )
+                .map_err(|e| bad("api.federation_token", &e.to_string()))?
+                .expose()
+                .to_owned(),
+            ),
+            None => None,
+        };
+        let api = ApiSettings {
+            session_idle_ms: a
+                .session_idle_timeout
+                .map_or(dflt.session_idle_ms, |d| d.as_millis_i64()),
+            session_absolute_ms: a
+                .session_max_age
+                .map_or(dflt.session_absolute_ms, |d| d.as_millis_i64()),
+            lockout_after: a.lockout_after.map_or(dflt.lockout_after, i64::from),
+            lockout_ms: a
+                .lockout_duration
+                .map_or(dflt.lockout_ms, |d| d.as_millis_i64()),
+            login_per_minute: a.login_attempts_per_minute.unwrap_or(dflt.login_per_minute),
+            max_page: a.max_page_size.unwrap_or(dflt.max_page),
+            max_points: a.max_points.unwrap_or(dflt.max_points),
+            command_timeout: a.command_timeout.map_or(dflt.command_timeout, |d| d.get()),
+            federation_token,
+        };
+        if api.session_idle_ms <= 0 || api.session_absolute_ms < api.session_idle_ms {
+            return Err(bad(
+                "api.session_idle_timeout",
+                "must be positive and at most session_max_age",
+            ));
+        }
+        if api.lockout_after == 0 || api.max_page == 0 || api.max_points < 2 {
+            return Err(bad(
+                "api",
+                "lockout_after, max_page_size must be positive and max_points at least 2",
+            ));
+        }
+        let audit_retention = a
+            .audit_retention
+            .unwrap_or(Duration::from_secs(400 * 86_400));
         Ok(CollectorConfig {
             alerting,
+            http_tls,
+            http_limits,
+            api,
+            audit_retention,
             path: path.to_owned(),
             ingest_listen: i.listen,
             max_connections,

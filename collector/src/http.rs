@@ -1,5 +1,6 @@
-//! The collector's HTTP endpoint: `/metrics`, `/healthz` (process alive) and `/readyz`
-//! (listeners bound, store open, not shutting down).
+//! The collector's operational routes: `/metrics`, `/healthz` (process alive) and `/readyz`
+//! (listeners bound, store open, not shutting down). They share the HTTP endpoint with the
+//! API (`api::server`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use mcpwatch_common::exposition;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CollectorMetrics;
 use crate::store::Store;
@@ -34,26 +34,17 @@ struct AppState {
     store: Store,
 }
 
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<CollectorMetrics>,
-    ready: Arc<Readiness>,
-    store: Store,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = Router::new()
+/// `/metrics`, `/healthz` and `/readyz` (no authentication: they reveal no fleet data).
+pub fn router(metrics: Arc<CollectorMetrics>, ready: Arc<Readiness>, store: Store) -> Router {
+    Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(AppState {
             metrics,
             ready,
             store,
-        });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        })
 }
 
 async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {

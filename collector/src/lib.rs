@@ -3,6 +3,8 @@
 
 pub mod alert;
 pub mod alerting_config;
+pub mod api;
+pub mod auth;
 pub mod collector;
 pub mod command;
 pub mod config;

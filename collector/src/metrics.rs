@@ -55,6 +55,8 @@ pub struct CollectorMetrics {
     pub commit_latency_seconds: Histogram,
     pub store_queue_depth: Gauge,
     pub sessions_closed: Family<ReasonLabel, Counter>,
+    /// Audit records that could not be written.
+    pub audit_failures: Counter,
     pub notify_info: Family<ReceiverInfoLabel, Gauge>,
     /// Alert notifications delivered, per receiver.
     pub notify_sent: Family<ReceiverLabel, Counter>,
@@ -84,6 +86,7 @@ impl CollectorMetrics {
             commit_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             store_queue_depth: Gauge::default(),
             sessions_closed: Family::default(),
+            audit_failures: Counter::default(),
             notify_info: Family::default(),
             notify_sent: Family::default(),
             notify_failed: Family::default(),
@@ -152,6 +155,11 @@ impl CollectorMetrics {
             m.sessions_closed.clone(),
         );
         r.register(
+            "mcpwatch_collector_audit_write_failures",
+            "API audit records that could not be written.",
+            m.audit_failures.clone(),
+        );
+        r.register(
             "mcpwatch_collector_notification_receiver_info",
             "Configured notification receivers (value 1) and their kind.",
             m.notify_info.clone(),
@@ -211,6 +219,10 @@ impl CollectorMetrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    pub fn audit_failed(&self) {
+        self.audit_failures.inc();
     }
 
     /// Registers a receiver so its series exist (at zero) before its first send.

@@ -7,9 +7,10 @@ use rusqlite::Connection;
 
 use super::{schema, StoreError};
 
-/// Records an API token by the hash of its secret; the secret itself is never stored.
-pub fn insert_token_hash(db: &Path, name: &str, hash: &str) -> Result<(), StoreError> {
-    if let Some(dir) = db.parent() {
+/// Opens (creating and migrating if needed) the database for an administrative command.
+/// Waits up to 10 s for a running collector's writer to let go of the lock.
+pub fn open(db: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_owned(),
             source,
@@ -17,10 +18,27 @@ pub fn insert_token_hash(db: &Path, name: &str, hash: &str) -> Result<(), StoreE
     }
     let mut conn = Connection::open(db)?;
     schema::configure_writer(&conn)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
     schema::migrate(&mut conn)?;
-    conn.execute(
-        "INSERT INTO api_tokens (name, hash, created_ms) VALUES (?1, ?2, ?3)",
-        rusqlite::params![name, hash, super::wall_clock_ms()],
-    )?;
-    Ok(())
+    Ok(conn)
+}
+
+/// Runs `f` in one transaction on a freshly opened database connection.
+pub fn with_db<T>(
+    db: &Path,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut conn = open(db)?;
+    let tx = conn.transaction()?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Records an API token without a user (every permission) by the hash of its secret; the
+/// secret itself is never stored. Returns the token id.
+pub fn insert_token_hash(db: &Path, name: &str, hash: &str) -> Result<i64, StoreError> {
+    with_db(db, |c| {
+        super::auth::create_token(c, name, None, None, None, hash, super::wall_clock_ms())
+    })
 }

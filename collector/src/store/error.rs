@@ -35,6 +35,10 @@ pub enum StoreError {
     /// of the request is stored. Retrying (e.g. via the agent's replay) is safe.
     #[error("transaction rolled back: {0}")]
     Aborted(String),
+    /// The change conflicts with what is stored (a name taken, a built-in role, a role in
+    /// use).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A value could not be (de)serialized as JSON for storage.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),

@@ -12,11 +12,15 @@
 
 pub mod admin;
 mod alert_request;
+pub mod api_alerts;
+pub mod api_hosts;
 #[cfg(test)]
 mod alert_tests;
 pub mod alerting;
+pub mod auth;
 mod codec;
 mod error;
+mod exec;
 mod reader;
 mod retention;
 mod rollup;
@@ -56,6 +60,8 @@ pub struct StoreConfig {
     /// results arrive every 15 s per server, so this stays far below the 1 h tier's. Zero
     /// keeps them forever.
     pub retention_events: Duration,
+    /// API audit records older than this are deleted. Zero keeps them forever.
+    pub retention_audit: Duration,
     /// Capacity of the request channel; senders wait (backpressure) when it is full.
     pub queue_capacity: usize,
     /// Group-commit cap: the writer stops gathering requests into one transaction once they
@@ -77,6 +83,7 @@ impl StoreConfig {
             retention_1m: Duration::from_secs(30 * DAY),
             retention_1h: Duration::from_secs(400 * DAY),
             retention_events: Duration::from_secs(30 * DAY),
+            retention_audit: Duration::from_secs(400 * DAY),
             queue_capacity: 1024,
             max_batch_samples: 100_000,
             alerting: alerting::AlertingSetup::disabled(),

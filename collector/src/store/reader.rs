@@ -115,6 +115,14 @@ impl Reader {
         Ok(Reader { conn })
     }
 
+    /// Runs a store query function (e.g. from `store::auth`) on this read connection.
+    pub fn run<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&self.conn)
+    }
+
     pub fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT h.id, h.agent_id, h.hostname, h.agent_version, h.boot_id, h.first_seen_ms,

@@ -72,6 +72,9 @@ pub(crate) fn step(
             out.events += n;
         }
     }
+    if let Some(cut) = cutoff(cfg.retention_audit) {
+        out.events += super::auth::prune_audit(&tx, cut, DELETE_LIMIT)? as u64;
+    }
     let cut_1m = cutoff(cfg.retention_1m);
     let cut_1h = cutoff(cfg.retention_1h);
     if cut_1m.is_some() || cut_1h.is_some() {

@@ -197,6 +197,68 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX silences_ends ON silences (ends_ms);
     "#,
+    // v4: API users, roles, role bindings scoped by host selector, sessions, token owners and
+    // permission subsets, and the append-only audit log.
+    r#"
+    CREATE TABLE users (
+        id                  INTEGER PRIMARY KEY,
+        username            TEXT    NOT NULL UNIQUE,
+        password_hash       TEXT    NOT NULL,
+        disabled            INTEGER NOT NULL DEFAULT 0,
+        failed_logins       INTEGER NOT NULL DEFAULT 0,
+        locked_until_ms     INTEGER NOT NULL DEFAULT 0,
+        created_ms          INTEGER NOT NULL,
+        password_changed_ms INTEGER NOT NULL
+    );
+    CREATE TABLE roles (
+        name        TEXT PRIMARY KEY,
+        permissions TEXT    NOT NULL,
+        builtin     INTEGER NOT NULL DEFAULT 0,
+        created_ms  INTEGER NOT NULL
+    );
+    INSERT INTO roles (name, permissions, builtin, created_ms) VALUES
+        ('admin', '["hosts:read","hosts:write","metrics:read","alerts:read","alerts:ack","silences:write","rules:write","receivers:write","servers:control","users:admin","audit:read"]', 1, 0),
+        ('operator', '["hosts:read","metrics:read","alerts:read","alerts:ack","silences:write","servers:control"]', 1, 0),
+        ('viewer', '["hosts:read","metrics:read","alerts:read"]', 1, 0);
+    CREATE TABLE role_bindings (
+        id            INTEGER PRIMARY KEY,
+        user_id       INTEGER NOT NULL REFERENCES users(id),
+        role          TEXT    NOT NULL REFERENCES roles(name),
+        host_selector TEXT    NOT NULL DEFAULT '',
+        created_ms    INTEGER NOT NULL,
+        UNIQUE (user_id, role, host_selector)
+    );
+    ALTER TABLE api_tokens ADD COLUMN user_id INTEGER REFERENCES users(id);
+    -- JSON list of permissions the token is limited to; NULL = everything its owner has.
+    ALTER TABLE api_tokens ADD COLUMN permissions TEXT;
+    ALTER TABLE api_tokens ADD COLUMN last_used_ms INTEGER;
+    CREATE TABLE sessions (
+        id           INTEGER PRIMARY KEY,
+        user_id      INTEGER NOT NULL REFERENCES users(id),
+        hash         TEXT    NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        expires_ms   INTEGER NOT NULL,
+        source       TEXT    NOT NULL
+    );
+    CREATE INDEX sessions_expires ON sessions (expires_ms);
+    CREATE TABLE audit_log (
+        id         INTEGER PRIMARY KEY,
+        at_ms      INTEGER NOT NULL,
+        actor      TEXT    NOT NULL,
+        token_id   INTEGER,
+        session_id INTEGER,
+        source     TEXT    NOT NULL,
+        action     TEXT    NOT NULL,
+        object     TEXT    NOT NULL,
+        result     INTEGER NOT NULL,
+        detail     TEXT    NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_log_at ON audit_log (at_ms);
+    -- Nothing may rewrite history; only retention deletes old rows.
+    CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+    "#,
 ];
 
 /// Settings for the single write connection. synchronous=FULL because an ack promises the

@@ -72,6 +72,7 @@ pub(crate) enum WriteRequest {
         reply: Option<oneshot::Sender<Result<MaintenanceReport, StoreError>>>,
     },
     Alert(AlertRequest),
+    Exec(super::exec::ExecFn),
 }
 
 impl std::fmt::Debug for WriteRequest {
@@ -84,6 +85,7 @@ impl std::fmt::Debug for WriteRequest {
             WriteRequest::Flush { .. } => "Flush",
             WriteRequest::Tick { .. } => "Tick",
             WriteRequest::Alert(_) => "Alert",
+            WriteRequest::Exec(_) => "Exec",
         };
         f.write_str(name)
     }
@@ -538,6 +540,20 @@ impl Writer {
                     done.push(Done::SetRevoked(reply, r));
                 }
                 WriteRequest::Flush { reply } => done.push(Done::Flush(reply)),
+                WriteRequest::Exec(job) => match tx.savepoint() {
+                    Ok(sp) => {
+                        let (answer, err, keep) = job(Some(&sp));
+                        let end = if keep { sp.commit() } else { sp.finish() };
+                        if let Some(e) = err.or(end.err()) {
+                            abort(&mut fatal, e);
+                        }
+                        done.push(Done::Alert(answer));
+                    }
+                    Err(e) => {
+                        abort(&mut fatal, e);
+                        done.push(Done::Alert(job(None).0));
+                    }
+                },
                 WriteRequest::Alert(req) => {
                     let (answer, err) = req.run(alerting, tx);
                     if let Some(e) = err {
@@ -679,6 +695,7 @@ fn unprocessed(req: WriteRequest) -> Option<Done> {
         WriteRequest::SetRevoked { reply, .. } => Done::SetRevoked(reply, Err(skipped())),
         WriteRequest::Flush { reply } => Done::Flush(reply),
         WriteRequest::Alert(req) => Done::Alert(req.skipped()),
+        WriteRequest::Exec(job) => Done::Alert(job(None).0),
         WriteRequest::Tick { reply, .. } => {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(skipped()));

@@ -1,0 +1,266 @@
+//! Who is calling: the `Caller` extractor turns `Authorization: Bearer <credential>` into a
+//! `Principal` (API token or login session, checked against the database on every request,
+//! so revocation and logout take effect at once), and the audit middleware records every
+//! mutating request and every denied one.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::error::ApiError;
+use super::ApiState;
+use crate::alert::Labels;
+use crate::auth::credential::{self, Kind};
+use crate::auth::{grants, Permission, Principal};
+use crate::now_ms;
+use crate::store::auth as sa;
+
+/// The peer address of the connection, put in each request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// What the handler learned about the request, for the audit row.
+#[derive(Debug, Default)]
+struct AuditInfo {
+    actor: Option<String>,
+    token_id: Option<i64>,
+    session_id: Option<i64>,
+    denied: bool,
+    detail: String,
+}
+
+/// Shared between the audit middleware and the request's handler.
+#[derive(Debug, Clone, Default)]
+pub struct AuditSlot(Arc<Mutex<AuditInfo>>);
+
+impl AuditSlot {
+    fn with<T>(&self, f: impl FnOnce(&mut AuditInfo) -> T) -> T {
+        // A poisoned slot only loses audit detail; keep going with what is there.
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    slot: AuditSlot,
+}
+
+impl Caller {
+    /// Holds `p` for some hosts or all: enough to list (results are then filtered).
+    pub fn require(&self, p: Permission) -> Result<(), ApiError> {
+        if self.principal.has(p) {
+            Ok(())
+        } else {
+            self.deny();
+            Err(ApiError::Forbidden(p.to_string()))
+        }
+    }
+
+    /// Holds `p` for every host (fleet-wide configuration).
+    pub fn require_global(&self, p: Permission) -> Result<(), ApiError> {
+        if self.principal.has_global(p) {
+            Ok(())
+        } else {
+            self.deny();
+            Err(ApiError::Forbidden(p.to_string()))
+        }
+    }
+
+    /// Whether `p` covers the host with these labels (`host` label included).
+    pub fn can_for_host(&self, p: Permission, host_labels: &Labels) -> bool {
+        self.principal.has_for_host(p, host_labels)
+    }
+
+    /// `p` on that host, or a 404 as if it did not exist (objects out of scope are
+    /// invisible) — audited as a denial.
+    pub fn require_for_host(&self, p: Permission, host_labels: &Labels) -> Result<(), ApiError> {
+        if self.can_for_host(p, host_labels) {
+            Ok(())
+        } else {
+            self.deny();
+            Err(ApiError::NotFound)
+        }
+    }
+
+    /// Marks the request as denied (audited).
+    pub fn deny(&self) {
+        self.slot.with(|i| i.denied = true);
+    }
+
+    /// Adds a line to the audit row's detail (never a secret).
+    pub fn note(&self, detail: impl Into<String>) {
+        let d = detail.into();
+        self.slot.with(|i| {
+            if !i.detail.is_empty() {
+                i.detail.push_str("; ");
+            }
+            i.detail.push_str(&d);
+        });
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let slot = parts
+            .extensions
+            .get::<AuditSlot>()
+            .cloned()
+            .unwrap_or_default();
+        let Some(text) = bearer(parts) else {
+            return Err(ApiError::Unauthenticated);
+        };
+        let principal = authenticate(state, text).await?;
+        slot.with(|i| {
+            i.actor = Some(principal.actor.clone());
+            i.token_id = principal.token_id;
+            i.session_id = principal.session_id;
+        });
+        Ok(Caller { principal, slot })
+    }
+}
+
+/// Checks a presented credential. Every failure is the same 401, whatever the reason.
+pub async fn authenticate(state: &ApiState, text: &str) -> Result<Principal, ApiError> {
+    let Some((kind, id, secret)) = credential::parse(text) else {
+        return Err(ApiError::Unauthenticated);
+    };
+    let presented = credential::hash(secret);
+    let now = now_ms();
+    let idle_ms = state.settings.session_idle_ms;
+    let found = state
+        .db
+        .read(move |r| {
+            r.run(|c| -> Result<Option<Principal>, crate::store::StoreError> {
+                let (user_id, subset, token_id, session_id, name) = match kind {
+                    Kind::Token => {
+                        let Some(t) = sa::token(c, id)? else {
+                            return Ok(None);
+                        };
+                        let live = !t.revoked && t.expires_ms.is_none_or(|e| now < e);
+                        if !credential::constant_time_eq(&t.hash, &presented) || !live {
+                            return Ok(None);
+                        }
+                        (t.user_id, t.permissions, Some(t.id), None, t.name)
+                    }
+                    Kind::Session => {
+                        let Some(s) = sa::session(c, id)? else {
+                            return Ok(None);
+                        };
+                        let live =
+                            now < s.expires_ms && now.saturating_sub(s.last_seen_ms) < idle_ms;
+                        if !credential::constant_time_eq(&s.hash, &presented) || !live {
+                            return Ok(None);
+                        }
+                        (Some(s.user_id), None, None, Some(s.id), String::new())
+                    }
+                };
+                let (actor, bindings) = match user_id {
+                    Some(uid) => {
+                        let Some(u) = sa::user(c, uid)? else {
+                            return Ok(None);
+                        };
+                        if u.disabled {
+                            return Ok(None);
+                        }
+                        (format!("user:{}", u.username), sa::grants_of(c, uid)?)
+                    }
+                    // A token without a user (quickstart's, or one made by the admin CLI for
+                    // automation) holds every permission, narrowed by its own subset.
+                    None => (
+                        format!("token:{name}"),
+                        vec![(Permission::ALL.to_vec(), String::new())],
+                    ),
+                };
+                Ok(Some(Principal {
+                    actor,
+                    user_id,
+                    token_id,
+                    session_id,
+                    grants: grants(&bindings, subset.as_deref()),
+                }))
+            })
+        })
+        .await?;
+    let principal = found.ok_or(ApiError::Unauthenticated)?;
+    // Bookkeeping off the request path: last use of a token, idle clock of a session.
+    let store = state.db.store.clone();
+    match (principal.token_id, principal.session_id) {
+        (Some(t), _) => {
+            tokio::spawn(async move {
+                let _ = store.exec(move |c| sa::token_used(c, t, now)).await;
+            });
+        }
+        (_, Some(s)) => {
+            tokio::spawn(async move {
+                let _ = store.exec(move |c| sa::touch_session(c, s, now)).await;
+            });
+        }
+        _ => {}
+    }
+    Ok(principal)
+}
+
+/// Audit middleware (route layer, so the matched route is known): one row for every
+/// mutating request and every denied one (401, 403, or hidden as 404), written before the
+/// response leaves.
+pub async fn audit(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let slot = AuditSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let object = req.uri().path().to_owned();
+    let source = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|a| a.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let info = slot.with(std::mem::take);
+    if mutating || info.denied || status == 401 || status == 403 {
+        let entry = sa::AuditEntry {
+            at_ms: now_ms(),
+            actor: info.actor.unwrap_or_else(|| "anonymous".into()),
+            token_id: info.token_id,
+            session_id: info.session_id,
+            source,
+            action: format!("{method} {route}"),
+            object,
+            result: status,
+            detail: info.detail,
+        };
+        if let Err(e) = state
+            .db
+            .store
+            .exec(move |c| sa::insert_audit(c, &entry))
+            .await
+        {
+            tracing::error!(error = %e, "writing an audit record failed");
+            state.metrics.audit_failed();
+        }
+    }
+    resp
+}

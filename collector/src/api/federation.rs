@@ -1,0 +1,9 @@
+//! (filled in below)
+
+use axum::Router;
+
+use super::ApiState;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+}

@@ -1,0 +1,142 @@
+//! The HTTP API: JSON under `/api/v1`, bearer authentication (API tokens and login
+//! sessions), permissions scoped to host groups, an audit record for every change and every
+//! denial, and an OpenAPI 3.1 document generated from the same router that serves the
+//! routes (`/api/v1/openapi.json`), so the two cannot drift apart.
+//!
+//! Each resource family lives in its own file and contributes an `OpenApiRouter`; `build`
+//! nests them, adds the audit layer, limits and the document.
+
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod paging;
+pub mod server;
+pub mod session;
+
+pub mod alerts;
+pub mod federation;
+pub mod hosts;
+pub mod metrics_api;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{middleware, Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::Modify;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::command::CommandRouter;
+use crate::metrics::CollectorMetrics;
+use db::Db;
+
+/// API behaviour settings (validated from `[api]`).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// A session unused for this long ends.
+    pub session_idle_ms: i64,
+    /// A session ends this long after login whatever its use.
+    pub session_absolute_ms: i64,
+    /// Failed logins before an account locks, and for how long.
+    pub lockout_after: i64,
+    pub lockout_ms: i64,
+    /// Login attempts per source address per minute.
+    pub login_per_minute: u32,
+    /// Largest page a list may return (`limit` above it is refused).
+    pub max_page: usize,
+    /// Points a `query_range` may return at most.
+    pub max_points: usize,
+    /// How long a server control command may wait for the agent.
+    pub command_timeout: std::time::Duration,
+    /// Bearer token required by `/federate`, when set.
+    pub federation_token: Option<String>,
+}
+
+impl ApiSettings {
+    pub fn defaults() -> ApiSettings {
+        ApiSettings {
+            session_idle_ms: 30 * 60_000,
+            session_absolute_ms: 12 * 3_600_000,
+            lockout_after: 5,
+            lockout_ms: 15 * 60_000,
+            login_per_minute: 10,
+            max_page: 1000,
+            max_points: 11_000,
+            command_timeout: std::time::Duration::from_secs(10),
+            federation_token: None,
+        }
+    }
+}
+
+pub struct Inner {
+    pub db: Db,
+    pub commands: CommandRouter,
+    pub metrics: Arc<CollectorMetrics>,
+    pub settings: ApiSettings,
+    pub limiter: session::LoginLimiter,
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState(pub Arc<Inner>);
+
+impl std::ops::Deref for ApiState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "mcpwatch collector API", version = "1"),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(error::ErrorBody, error::ErrorDetail))
+)]
+struct ApiDoc;
+
+/// The API routes (with their OpenAPI document) under `/api/v1`, plus `/federate`.
+pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    let v1 = OpenApiRouter::new()
+        .merge(session::routes())
+        .merge(hosts::routes())
+        .merge(metrics_api::routes())
+        .merge(alerts::routes())
+        .merge(users::routes());
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", v1)
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::audit))
+        .split_for_parts();
+    let doc_json = Arc::new(doc.clone());
+    let router = router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let d = doc_json.clone();
+                async move { Json((*d).clone()) }
+            }),
+        )
+        .merge(federation::routes())
+        .fallback(|| async {
+            error::plain(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+        })
+        .with_state(state);
+    (router, doc)
+}

@@ -1,0 +1,95 @@
+//! Bearer credentials: `mcpw_<id>_<secret>` for API tokens and `mcps_<id>_<secret>` for
+//! login sessions. The secret is 256 bits from the OS; the database keeps only its SHA-256,
+//! found by id and compared in constant time, so neither a database reader nor a timing
+//! attacker learns a usable credential.
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Token,
+    Session,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Token => "mcpw_",
+            Kind::Session => "mcps_",
+        }
+    }
+}
+
+/// A fresh secret: 64 hex digits.
+pub fn secret() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| std::io::Error::other("OS random source failed"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The string handed to the user once.
+pub fn format(kind: Kind, id: i64, secret: &str) -> String {
+    format!("{}{id}_{secret}", kind.prefix())
+}
+
+/// Splits a presented credential; `None` for anything malformed.
+pub fn parse(text: &str) -> Option<(Kind, i64, &str)> {
+    let (kind, rest) = if let Some(r) = text.strip_prefix(Kind::Token.prefix()) {
+        (Kind::Token, r)
+    } else if let Some(r) = text.strip_prefix(Kind::Session.prefix()) {
+        (Kind::Session, r)
+    } else {
+        return None;
+    };
+    let (id, secret) = rest.split_once('_')?;
+    let id: i64 = id.parse().ok().filter(|i| *i > 0)?;
+    (secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some((kind, id, secret))
+}
+
+/// Hex SHA-256 of a secret: what the database stores.
+pub fn hash(secret: &str) -> String {
+    crate::token::hash(secret)
+}
+
+/// Equality that takes the same time wherever the inputs differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_credentials_parse_and_compare() {
+        let s = secret().unwrap();
+        assert_eq!(s.len(), 64);
+        let t = format(Kind::Token, 42, &s);
+        assert_eq!(parse(&t), Some((Kind::Token, 42, s.as_str())));
+        assert_eq!(
+            parse(&format(Kind::Session, 7, &s)).unwrap().0,
+            Kind::Session
+        );
+        for bad in [
+            "",
+            "mcpw_",
+            "mcpw_x_ab",
+            "mcpw_0_",
+            "bearer",
+            "mcpw_1_zz",
+            "mcps_-1_00",
+        ] {
+            assert!(parse(bad).is_none(), "{bad}");
+        }
+        assert!(constant_time_eq(&hash(&s), &hash(&s)));
+        assert!(!constant_time_eq(&hash(&s), &hash("other")));
+        assert!(!constant_time_eq("a", "ab"));
+    }
+}

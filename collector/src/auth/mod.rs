@@ -1,0 +1,8 @@
+//! Authentication and authorisation for the HTTP API: permissions and roles, password
+//! hashing, and the bearer credentials (API tokens and sessions).
+
+pub mod credential;
+pub mod password;
+pub mod permission;
+
+pub use permission::{builtin_roles, grants, Grant, Permission, Principal, Scope};
