@@ -12,6 +12,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 # A real SMTP server for the email receiver tests (Debian's python, not a pyenv shim).
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need_apt+=(python3-aiosmtpd)
+# A virtualenv (for the OpenAPI validator, which Debian does not package).
+/usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -30,6 +32,13 @@ if ! docker version >/dev/null 2>&1; then
   nohup dockerd --bridge=none --iptables=false --ip-masq=false >/tmp/mcpwatch-dockerd.log 2>&1 &
   for _ in $(seq 1 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
   docker version >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 /tmp/mcpwatch-dockerd.log; exit 1; }
+fi
+
+# The OpenAPI 3.1 validator the API tests run the document through, in target/pyvenv.
+venv=target/pyvenv
+if ! "$venv/bin/python" -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check openapi-spec-validator
 fi
 
 cargo fmt --all -- --check

@@ -2,6 +2,7 @@
 //! `mcpwatch-agent` binaries as child processes on loopback, and a raw protocol client for
 //! driving the collector with hand-made (and hostile) frames.
 
+pub mod api;
 pub mod client;
 pub mod db;
 pub mod docker;

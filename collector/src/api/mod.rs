@@ -111,6 +111,41 @@ impl Modify for BearerAuth {
 )]
 struct ApiDoc;
 
+/// Rejections produced outside handlers (malformed JSON, bad query strings, a body over the
+/// limit, a timeout) come as plain text from axum and tower-http; give them the API's JSON
+/// error shape so clients parse one format.
+pub(crate) async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_FOUND => "not_found",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    // The rejection's text says what was wrong with the request (never server internals).
+    let bytes = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.trim().to_owned()
+    };
+    error::plain(status, code, &message)
+}
+
 /// The API routes (with their OpenAPI document) under `/api/v1`, plus `/federate`.
 pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi as _;

@@ -51,6 +51,7 @@ pub fn with_limits(app: Router, limits: &ServerLimits) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
+        .layer(axum::middleware::map_response(super::json_errors))
 }
 
 /// Serves `app` until `shutdown`, then lets open requests finish.

@@ -1,0 +1,143 @@
+//! A small blocking HTTP/1.1 client for the collector's API in tests: any method, bearer
+//! token, JSON body; answers status and parsed JSON (or `Value::Null`).
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// One response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The `error.code` of an API error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+/// Sends one request on a fresh connection (`Connection: close`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> std::io::Result<Resp> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some(b) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    if let Some(b) = body {
+        // The server may answer (413) and close before reading a large body.
+        let _ = s.write_all(b);
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let raw = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    let chunked = text.split_once("\r\n\r\n").is_some_and(|(h, _)| {
+        h.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+    });
+    let body = if chunked { dechunk(&raw) } else { raw };
+    Ok(Resp { status, body })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A client bound to one collector and credential.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr, token: Option<&str>) -> Api {
+        Api {
+            addr,
+            token: token.map(str::to_owned),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        request(self.addr, "GET", path, self.token.as_deref(), None).expect("GET")
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> Resp {
+        let b = body.to_string();
+        request(
+            self.addr,
+            method,
+            path,
+            self.token.as_deref(),
+            Some(b.as_bytes()),
+        )
+        .expect("request")
+    }
+}
+
+/// Creates a token straight in the database (as the admin CLI does): without `user` it
+/// holds every permission. Returns the bearer string.
+pub fn admin_token(db: &std::path::Path, name: &str, user: Option<i64>) -> String {
+    use mcpwatch_collector::auth::credential;
+    let secret = credential::secret().expect("secret");
+    let hash = credential::hash(&secret);
+    let id = mcpwatch_collector::store::admin::with_db(db, |c| {
+        mcpwatch_collector::store::auth::create_token(
+            c,
+            name,
+            user,
+            None,
+            None,
+            &hash,
+            mcpwatch_collector::now_ms(),
+        )
+    })
+    .expect("create token");
+    credential::format(credential::Kind::Token, id, &secret)
+}
