@@ -1,5 +1,8 @@
 //! `mcpwatch-collector`: parses the command line, loads the config, sets up logging and runs
-//! the collector library; maps errors to exit codes (64 for configuration errors).
+//! the collector library; maps errors to exit codes (64 for configuration errors). The
+//! `user`, `role` and `token` commands live in `admin_cli`.
+
+mod admin_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +55,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9464")]
         agent_metrics: SocketAddr,
     },
+    /// API users on the database: add, list, passwd, disable, enable.
+    User(admin_cli::UserCmd),
+    /// API roles on the database: list, add, delete, bind, unbind.
+    Role(admin_cli::RoleCmd),
+    /// API tokens on the database: create, revoke, list.
+    Token(admin_cli::TokenCmd),
 }
 
 #[derive(Subcommand)]
@@ -130,6 +139,9 @@ fn main() -> ExitCode {
                 quickstart::run(options, token)
             })
         }
+        Command::User(cmd) => admin_cli::user(cmd),
+        Command::Role(cmd) => admin_cli::role(cmd),
+        Command::Token(cmd) => admin_cli::token(cmd),
     }
 }
 

@@ -103,12 +103,32 @@ fn perms_parse(text: &str) -> Vec<Permission> {
 
 // ---- users ----
 
+/// Longest user or role name.
+pub const NAME_MAX: usize = 64;
+
+/// User and role names: 1 to 64 of `a-z 0-9 . _ -`. `what` names the field in the error.
+pub fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_MAX
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{what} must be 1 to {NAME_MAX} characters of a-z, 0-9, '.', '_' and '-'"
+        )))
+    }
+}
+
 pub fn create_user(
     c: &Connection,
     username: &str,
     hash: &str,
     now_ms: i64,
 ) -> Result<i64, StoreError> {
+    check_name("username", username)?;
     let exists: bool = c
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE username = ?1)")?
         .query_row([username], |r| r.get(0))?;
@@ -122,23 +142,24 @@ pub fn create_user(
     .query_row(params![username, hash, now_ms], |r| r.get(0))?)
 }
 
+const USER_COLS: &str = "id, username, disabled, locked_until_ms, created_ms, password_changed_ms";
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        disabled: r.get(2)?,
+        locked_until_ms: r.get(3)?,
+        created_ms: r.get(4)?,
+        password_changed_ms: r.get(5)?,
+        bindings: Vec::new(),
+    })
+}
+
 pub fn list_users(c: &Connection) -> Result<Vec<UserRow>, StoreError> {
     let mut users: Vec<UserRow> = c
-        .prepare_cached(
-            "SELECT id, username, disabled, locked_until_ms, created_ms, password_changed_ms
-             FROM users ORDER BY username",
-        )?
-        .query_map([], |r| {
-            Ok(UserRow {
-                id: r.get(0)?,
-                username: r.get(1)?,
-                disabled: r.get(2)?,
-                locked_until_ms: r.get(3)?,
-                created_ms: r.get(4)?,
-                password_changed_ms: r.get(5)?,
-                bindings: Vec::new(),
-            })
-        })?
+        .prepare_cached(&format!("SELECT {USER_COLS} FROM users ORDER BY username"))?
+        .query_map([], user_from_row)?
         .collect::<Result<_, _>>()?;
     for u in &mut users {
         u.bindings = bindings_of(c, u.id)?;
@@ -147,7 +168,17 @@ pub fn list_users(c: &Connection) -> Result<Vec<UserRow>, StoreError> {
 }
 
 pub fn user(c: &Connection, id: i64) -> Result<Option<UserRow>, StoreError> {
-    Ok(list_users(c)?.into_iter().find(|u| u.id == id))
+    let found = c
+        .prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))?
+        .query_row([id], user_from_row)
+        .optional()?;
+    match found {
+        Some(mut u) => {
+            u.bindings = bindings_of(c, u.id)?;
+            Ok(Some(u))
+        }
+        None => Ok(None),
+    }
 }
 
 pub fn user_id(c: &Connection, username: &str) -> Result<Option<i64>, StoreError> {
@@ -164,6 +195,24 @@ pub fn login_row(c: &Connection, username: &str) -> Result<Option<LoginRow>, Sto
          FROM users WHERE username = ?1",
     )?
     .query_row([username], |r| {
+        Ok(LoginRow {
+            id: r.get(0)?,
+            password_hash: r.get(1)?,
+            disabled: r.get(2)?,
+            failed_logins: r.get(3)?,
+            locked_until_ms: r.get(4)?,
+        })
+    })
+    .optional()?)
+}
+
+/// [`login_row`] by user id (for a password change that must check the current one).
+pub fn login_row_by_id(c: &Connection, user_id: i64) -> Result<Option<LoginRow>, StoreError> {
+    Ok(c.prepare_cached(
+        "SELECT id, password_hash, disabled, failed_logins, locked_until_ms
+         FROM users WHERE id = ?1",
+    )?
+    .query_row([user_id], |r| {
         Ok(LoginRow {
             id: r.get(0)?,
             password_hash: r.get(1)?,
@@ -198,12 +247,14 @@ pub fn login_succeeded(c: &Connection, user_id: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Changes a password and ends the user's sessions. `false` if no such user.
+/// Changes a password and ends the user's sessions, except `keep_session` (the one a user
+/// changed its own password from). `false` if no such user.
 pub fn set_password(
     c: &Connection,
     user_id: i64,
     hash: &str,
     now_ms: i64,
+    keep_session: Option<i64>,
 ) -> Result<bool, StoreError> {
     let n = c
         .prepare_cached(
@@ -211,8 +262,8 @@ pub fn set_password(
                  locked_until_ms = 0 WHERE id = ?1",
         )?
         .execute(params![user_id, hash, now_ms])?;
-    c.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
-        .execute([user_id])?;
+    c.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND id IS NOT ?2")?
+        .execute(params![user_id, keep_session])?;
     Ok(n > 0)
 }
 
@@ -244,13 +295,23 @@ pub fn list_roles(c: &Connection) -> Result<Vec<RoleRow>, StoreError> {
     )
 }
 
-/// Creates or replaces a custom role. Built-in roles cannot be changed.
+/// Creates or replaces a custom role (`true` when created). Built-in roles cannot be
+/// changed; a role needs at least one permission.
 pub fn put_role(
     c: &Connection,
     name: &str,
     perms: &[Permission],
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    check_name("role name", name)?;
+    if perms.is_empty() {
+        return Err(StoreError::Invalid(
+            "a role needs at least one permission".into(),
+        ));
+    }
+    let mut perms = perms.to_vec();
+    perms.sort();
+    perms.dedup();
     let builtin: Option<bool> = c
         .prepare_cached("SELECT builtin FROM roles WHERE name = ?1")?
         .query_row([name], |r| r.get(0))
@@ -262,8 +323,22 @@ pub fn put_role(
         "INSERT INTO roles (name, permissions, builtin, created_ms) VALUES (?1, ?2, 0, ?3)
          ON CONFLICT (name) DO UPDATE SET permissions = excluded.permissions",
     )?
-    .execute(params![name, perms_json(perms)?, now_ms])?;
-    Ok(())
+    .execute(params![name, perms_json(&perms)?, now_ms])?;
+    Ok(builtin.is_none())
+}
+
+pub fn role(c: &Connection, name: &str) -> Result<Option<RoleRow>, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT name, permissions, builtin FROM roles WHERE name = ?1")?
+            .query_row([name], |r| {
+                Ok(RoleRow {
+                    name: r.get(0)?,
+                    permissions: perms_parse(&r.get::<_, String>(1)?),
+                    builtin: r.get(2)?,
+                })
+            })
+            .optional()?,
+    )
 }
 
 /// Deletes a custom role that nobody is bound to. `false` if it does not exist.
@@ -291,25 +366,45 @@ pub fn delete_role(c: &Connection, name: &str) -> Result<bool, StoreError> {
     }
 }
 
+/// Binds `role` to the user for the hosts `selector` matches (empty: every host). The
+/// selector is checked and stored trimmed; binding twice returns the existing binding.
 pub fn bind(
     c: &Connection,
     user_id: i64,
     role: &str,
     selector: &str,
     now_ms: i64,
-) -> Result<i64, StoreError> {
+) -> Result<BindingRow, StoreError> {
+    let selector = match crate::auth::Scope::parse(selector)
+        .map_err(|e| StoreError::Invalid(format!("host selector: {e}")))?
+    {
+        crate::auth::Scope::AllHosts => String::new(),
+        crate::auth::Scope::Hosts { selector, .. } => selector,
+    };
     let known: bool = c
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM roles WHERE name = ?1)")?
         .query_row([role], |r| r.get(0))?;
     if !known {
         return Err(StoreError::Invalid(format!("unknown role {role:?}")));
     }
-    Ok(c.prepare_cached(
-        "INSERT INTO role_bindings (user_id, role, host_selector, created_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (user_id, role, host_selector) DO UPDATE SET created_ms = created_ms
-         RETURNING id",
-    )?
-    .query_row(params![user_id, role, selector, now_ms], |r| r.get(0))?)
+    let user: bool = c
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)")?
+        .query_row([user_id], |r| r.get(0))?;
+    if !user {
+        return Err(StoreError::Invalid(format!("no user with id {user_id}")));
+    }
+    let id = c
+        .prepare_cached(
+            "INSERT INTO role_bindings (user_id, role, host_selector, created_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id, role, host_selector) DO UPDATE SET created_ms = created_ms
+             RETURNING id",
+        )?
+        .query_row(params![user_id, role, selector, now_ms], |r| r.get(0))?;
+    Ok(BindingRow {
+        id,
+        role: role.to_owned(),
+        host_selector: selector,
+    })
 }
 
 pub fn unbind(c: &Connection, user_id: i64, binding_id: i64) -> Result<bool, StoreError> {
@@ -318,6 +413,20 @@ pub fn unbind(c: &Connection, user_id: i64, binding_id: i64) -> Result<bool, Sto
             .execute(params![binding_id, user_id])?
             > 0,
     )
+}
+
+/// Removes the user's binding of `role` for exactly `selector` (trimmed). `false` if none.
+pub fn unbind_role(
+    c: &Connection,
+    user_id: i64,
+    role: &str,
+    selector: &str,
+) -> Result<bool, StoreError> {
+    Ok(c.prepare_cached(
+        "DELETE FROM role_bindings WHERE user_id = ?1 AND role = ?2 AND host_selector = ?3",
+    )?
+    .execute(params![user_id, role, selector.trim()])?
+        > 0)
 }
 
 pub fn bindings_of(c: &Connection, user_id: i64) -> Result<Vec<BindingRow>, StoreError> {
@@ -522,30 +631,54 @@ pub fn insert_audit(c: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Newest first, rows with id below `before` (cursor), at most `limit`.
+/// Which audit rows to list (every field optional).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Exact actor, e.g. `user:alice`.
+    pub actor: Option<String>,
+    /// Exact action, e.g. `POST /api/v1/users`.
+    pub action: Option<String>,
+    /// Rows at or after this time.
+    pub since_ms: Option<i64>,
+}
+
+/// Newest first, rows with id below `before` (cursor) that pass `filter`, at most `limit`.
 pub fn list_audit(
     c: &Connection,
+    filter: &AuditFilter,
     before: Option<i64>,
     limit: usize,
 ) -> Result<Vec<AuditRow>, StoreError> {
     Ok(c.prepare_cached(
         "SELECT id, at_ms, actor, token_id, session_id, source, action, object, result, detail
-         FROM audit_log WHERE ?1 IS NULL OR id < ?1 ORDER BY id DESC LIMIT ?2",
+         FROM audit_log
+         WHERE (?1 IS NULL OR id < ?1) AND (?3 IS NULL OR actor = ?3)
+           AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR at_ms >= ?5)
+         ORDER BY id DESC LIMIT ?2",
     )?
-    .query_map(params![before, limit as i64], |r| {
-        Ok(AuditRow {
-            id: r.get(0)?,
-            at_ms: r.get(1)?,
-            actor: r.get(2)?,
-            token_id: r.get(3)?,
-            session_id: r.get(4)?,
-            source: r.get(5)?,
-            action: r.get(6)?,
-            object: r.get(7)?,
-            result: r.get(8)?,
-            detail: r.get(9)?,
-        })
-    })?
+    .query_map(
+        params![
+            before,
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            filter.actor,
+            filter.action,
+            filter.since_ms
+        ],
+        |r| {
+            Ok(AuditRow {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                actor: r.get(2)?,
+                token_id: r.get(3)?,
+                session_id: r.get(4)?,
+                source: r.get(5)?,
+                action: r.get(6)?,
+                object: r.get(7)?,
+                result: r.get(8)?,
+                detail: r.get(9)?,
+            })
+        },
+    )?
     .collect::<Result<_, _>>()?)
 }
 
@@ -555,4 +688,141 @@ pub fn prune_audit(c: &Connection, before_ms: i64, limit: i64) -> Result<usize, 
         "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at_ms < ?1 LIMIT ?2)",
     )?
     .execute(params![before_ms, limit])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = super::super::admin::open(&dir.path().join("t.db")).unwrap();
+        (dir, c)
+    }
+
+    #[test]
+    fn auth_store_names_roles_and_bindings() {
+        let (_d, c) = db();
+        assert!(check_name("username", "ops.bot-1_x").is_ok());
+        for bad in ["", "Alice", "a b", "é", &"a".repeat(65)] {
+            assert!(check_name("username", bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            create_user(&c, "Root", "h", 1),
+            Err(StoreError::Invalid(_))
+        ));
+        let id = create_user(&c, "alice", "h", 1).unwrap();
+        assert!(matches!(
+            create_user(&c, "alice", "h", 1),
+            Err(StoreError::Conflict(_))
+        ));
+        // Selectors are checked and stored trimmed; binding twice is one binding.
+        let b = bind(&c, id, "operator", "  {team=\"a\"} ", 2).unwrap();
+        assert_eq!(b.host_selector, "{team=\"a\"}");
+        assert_eq!(
+            bind(&c, id, "operator", "{team=\"a\"}", 3).unwrap().id,
+            b.id
+        );
+        assert!(matches!(
+            bind(&c, id, "operator", "{team=", 2),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            bind(&c, id, "nope", "", 2),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            bind(&c, 999, "viewer", "", 2),
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(user(&c, id).unwrap().unwrap().bindings.len(), 1);
+        assert!(user(&c, 999).unwrap().is_none());
+        // Custom roles: created, replaced, refused while bound; built-ins fixed.
+        assert!(put_role(&c, "team", &[Permission::HostsRead], 1).unwrap());
+        assert!(!put_role(
+            &c,
+            "team",
+            &[Permission::AlertsRead, Permission::AlertsRead],
+            1
+        )
+        .unwrap());
+        assert_eq!(
+            role(&c, "team").unwrap().unwrap().permissions,
+            [Permission::AlertsRead]
+        );
+        assert!(matches!(
+            put_role(&c, "team", &[], 1),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            put_role(&c, "viewer", &[Permission::HostsRead], 1),
+            Err(StoreError::Conflict(_))
+        ));
+        bind(&c, id, "team", "", 1).unwrap();
+        assert!(matches!(
+            delete_role(&c, "team"),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(unbind_role(&c, id, "team", " ").unwrap());
+        assert!(delete_role(&c, "team").unwrap());
+        assert!(!delete_role(&c, "team").unwrap());
+    }
+
+    #[test]
+    fn auth_store_password_change_keeps_only_the_named_session() {
+        let (_d, c) = db();
+        let id = create_user(&c, "bob", "h1", 1).unwrap();
+        let keep = create_session(&c, id, "s1", 1, 100, "").unwrap();
+        let other = create_session(&c, id, "s2", 1, 100, "").unwrap();
+        assert!(set_password(&c, id, "h2", 5, Some(keep)).unwrap());
+        assert!(session(&c, keep).unwrap().is_some());
+        assert!(session(&c, other).unwrap().is_none());
+        assert!(set_password(&c, id, "h3", 6, None).unwrap());
+        assert!(session(&c, keep).unwrap().is_none());
+        assert_eq!(
+            login_row_by_id(&c, id).unwrap().unwrap().password_hash,
+            "h3"
+        );
+        assert!(!set_password(&c, 999, "h", 6, None).unwrap());
+    }
+
+    #[test]
+    fn auth_store_audit_filters_and_pages_newest_first() {
+        let (_d, c) = db();
+        for i in 0..10 {
+            insert_audit(
+                &c,
+                &AuditEntry {
+                    at_ms: 1000 + i,
+                    actor: if i % 2 == 0 { "user:a" } else { "user:b" }.into(),
+                    token_id: None,
+                    session_id: None,
+                    source: "127.0.0.1".into(),
+                    action: if i < 5 { "POST /x" } else { "DELETE /x" }.into(),
+                    object: "/x".into(),
+                    result: 200,
+                    detail: String::new(),
+                },
+            )
+            .unwrap();
+        }
+        let all = AuditFilter::default();
+        let page = list_audit(&c, &all, None, 4).unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.at_ms).collect::<Vec<_>>(),
+            [1009, 1008, 1007, 1006]
+        );
+        let next = list_audit(&c, &all, Some(page[3].id), 4).unwrap();
+        assert_eq!(next[0].at_ms, 1005);
+        let f = AuditFilter {
+            actor: Some("user:a".into()),
+            action: Some("POST /x".into()),
+            since_ms: Some(1001),
+        };
+        let rows = list_audit(&c, &f, None, 100).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.at_ms).collect::<Vec<_>>(),
+            [1004, 1002]
+        );
+    }
 }

@@ -12,11 +12,11 @@
 
 pub mod admin;
 mod alert_request;
-pub mod api_alerts;
-pub mod api_hosts;
 #[cfg(test)]
 mod alert_tests;
 pub mod alerting;
+pub mod api_alerts;
+pub mod api_hosts;
 pub mod auth;
 mod codec;
 mod error;

@@ -1,0 +1,511 @@
+//! The admin CLI on the database: `user`, `role` and `token` commands for bootstrap and
+//! break-glass. Each command opens the database file itself (found through the collector's
+//! config, or given with `--db`) and runs in one transaction, so it works whether or not the
+//! collector is running; a running collector sees the change on its next request.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use mcpwatch_collector::auth::credential::{self, Kind};
+use mcpwatch_collector::auth::{password, Permission};
+use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
+use mcpwatch_collector::now_ms;
+use mcpwatch_collector::store::admin::with_db;
+use mcpwatch_collector::store::auth as sa;
+use mcpwatch_collector::store::StoreError;
+use mcpwatch_common::config::{ConfigError, Duration, EXIT_CONFIG};
+
+/// Where the database is: the collector's config (its `[store] path`) or the file itself.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// Collector configuration file whose `[store] path` names the database
+    /// [default: /etc/mcpwatch/collector.toml].
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "db")]
+    config: Option<PathBuf>,
+    /// The database file itself, instead of --config.
+    #[arg(long, global = true, value_name = "PATH")]
+    db: Option<PathBuf>,
+}
+
+/// How a new password arrives (never as an argument: it would show in `ps`).
+#[derive(Debug, Args)]
+pub struct PasswordArgs {
+    /// Read the password from standard input (one line; the newline is dropped).
+    #[arg(long, conflicts_with = "password_file")]
+    password_stdin: bool,
+    /// Read the password from this file (first line).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UserCmd {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(subcommand)]
+    action: UserAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserAction {
+    /// Create a user, optionally bound to roles.
+    Add {
+        /// 1 to 64 of a-z, 0-9, '.', '_', '-'.
+        name: String,
+        /// Bind this role (repeatable: --role admin --role viewer).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Host selector for the role bindings, e.g. '{team="a"}' (default: every host).
+        #[arg(long, value_name = "SELECTOR", default_value = "")]
+        hosts: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// List users with their role bindings.
+    List,
+    /// Set a user's password (ends the user's sessions; clears a lockout).
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Disable a user: its sessions end and its tokens stop working.
+    Disable { name: String },
+    /// Enable a disabled user.
+    Enable { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RoleCmd {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(subcommand)]
+    action: RoleAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum RoleAction {
+    /// List roles and their permissions.
+    List,
+    /// Create (or replace) a custom role.
+    Add {
+        name: String,
+        /// A permission, e.g. hosts:read (repeatable, or comma-separated).
+        #[arg(
+            long = "permission",
+            value_name = "P",
+            required = true,
+            value_delimiter = ','
+        )]
+        permissions: Vec<String>,
+    },
+    /// Delete a custom role nobody is bound to.
+    Delete { name: String },
+    /// Bind ROLE to USER, for every host or those a selector matches.
+    Bind {
+        user: String,
+        role: String,
+        /// Host selector, e.g. '{team="a"}' (default: every host).
+        #[arg(long, value_name = "SELECTOR", default_value = "")]
+        hosts: String,
+    },
+    /// Remove USER's binding of ROLE (for exactly that selector).
+    Unbind {
+        user: String,
+        role: String,
+        #[arg(long, value_name = "SELECTOR", default_value = "")]
+        hosts: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCmd {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(subcommand)]
+    action: TokenAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Create an API token and print it (the only time it is shown).
+    Create {
+        /// A label for people.
+        name: String,
+        /// Owner; without one the token holds every permission (narrowed by --permission).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Limit the token to this permission (repeatable, or comma-separated).
+        #[arg(long = "permission", value_name = "P", value_delimiter = ',')]
+        permissions: Vec<String>,
+        /// Lifetime, e.g. 30d, 12h (default: no expiry).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<Duration>,
+    },
+    /// Revoke a token by id (effective at once).
+    Revoke { id: i64 },
+    /// List tokens (never their secrets).
+    List,
+}
+
+/// Why a command failed.
+enum Failure {
+    Config(ConfigError),
+    Store(StoreError),
+    Usage(String),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::Store(e)
+    }
+}
+
+fn finish(r: Result<(), Failure>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("mcpwatch-collector: invalid configuration: {e}");
+            ExitCode::from(EXIT_CONFIG as u8)
+        }
+        Err(Failure::Store(e)) => {
+            let msg = match e {
+                StoreError::Invalid(m) | StoreError::Conflict(m) => m,
+                other => other.to_string(),
+            };
+            eprintln!("mcpwatch-collector: {msg}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Usage(m)) => {
+            eprintln!("mcpwatch-collector: {m}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl DbArgs {
+    fn path(&self) -> Result<PathBuf, Failure> {
+        if let Some(db) = &self.db {
+            return Ok(db.clone());
+        }
+        let config = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+        CollectorConfig::load(&config)
+            .map(|c| c.db_path)
+            .map_err(Failure::Config)
+    }
+}
+
+impl PasswordArgs {
+    /// The password, checked against the policy for `username`.
+    fn read(&self, username: &str) -> Result<String, Failure> {
+        let text = match (&self.password_file, self.password_stdin) {
+            (Some(f), _) => std::fs::read_to_string(f)
+                .map_err(|e| Failure::Usage(format!("reading {}: {e}", f.display())))?,
+            (None, true) => {
+                let mut s = String::new();
+                std::io::stdin()
+                    .take(64 * 1024)
+                    .read_to_string(&mut s)
+                    .map_err(|e| Failure::Usage(format!("reading standard input: {e}")))?;
+                s
+            }
+            (None, false) => {
+                return Err(Failure::Usage(
+                    "give the password with --password-stdin or --password-file FILE".into(),
+                ))
+            }
+        };
+        let pw = text.lines().next().unwrap_or_default().to_owned();
+        password::check_policy(username, &pw).map_err(Failure::Usage)?;
+        Ok(pw)
+    }
+}
+
+fn parse_permissions(names: &[String]) -> Result<Vec<Permission>, Failure> {
+    let mut out = names
+        .iter()
+        .map(|n| n.trim().parse::<Permission>().map_err(Failure::Usage))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn user_id(c: &rusqlite::Connection, name: &str) -> Result<i64, StoreError> {
+    sa::user_id(c, name)?.ok_or_else(|| StoreError::Invalid(format!("no user {name:?}")))
+}
+
+fn hash(pw: &str) -> Result<String, Failure> {
+    password::hash(pw).map_err(Failure::Usage)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for milliseconds since the epoch.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn perms_text(p: &[Permission]) -> String {
+    p.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",")
+}
+
+pub fn user(cmd: UserCmd) -> ExitCode {
+    finish(run_user(cmd))
+}
+
+fn run_user(cmd: UserCmd) -> Result<(), Failure> {
+    let db = cmd.db.path()?;
+    let now = now_ms();
+    match cmd.action {
+        UserAction::Add {
+            name,
+            roles,
+            hosts,
+            password,
+        } => {
+            sa::check_name("username", &name)?;
+            let h = hash(&password.read(&name)?)?;
+            let id = with_db(&db, |c| {
+                let id = sa::create_user(c, &name, &h, now)?;
+                for role in &roles {
+                    sa::bind(c, id, role, &hosts, now)?;
+                }
+                Ok(id)
+            })?;
+            println!("user {name} created (id {id}) in {}", db.display());
+        }
+        UserAction::List => {
+            let users = with_db(&db, sa::list_users)?;
+            println!(
+                "{:<6} {:<24} {:<9} {:<21} BINDINGS",
+                "ID", "USERNAME", "STATE", "CREATED"
+            );
+            for u in users {
+                let state = if u.disabled {
+                    "disabled"
+                } else if u.locked_until_ms > now {
+                    "locked"
+                } else {
+                    "active"
+                };
+                let bindings = u
+                    .bindings
+                    .iter()
+                    .map(|b| {
+                        if b.host_selector.is_empty() {
+                            b.role.clone()
+                        } else {
+                            format!("{}@{}", b.role, b.host_selector)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                println!(
+                    "{:<6} {:<24} {:<9} {:<21} {}",
+                    u.id,
+                    u.username,
+                    state,
+                    utc(u.created_ms),
+                    bindings
+                );
+            }
+        }
+        UserAction::Passwd { name, password } => {
+            let h = hash(&password.read(&name)?)?;
+            with_db(&db, |c| {
+                let id = user_id(c, &name)?;
+                sa::set_password(c, id, &h, now, None)
+            })?;
+            println!("password of {name} changed; its sessions ended");
+        }
+        UserAction::Disable { name } => {
+            with_db(&db, |c| sa::set_disabled(c, user_id(c, &name)?, true))?;
+            println!("user {name} disabled; its sessions ended");
+        }
+        UserAction::Enable { name } => {
+            with_db(&db, |c| sa::set_disabled(c, user_id(c, &name)?, false))?;
+            println!("user {name} enabled");
+        }
+    }
+    Ok(())
+}
+
+pub fn role(cmd: RoleCmd) -> ExitCode {
+    finish(run_role(cmd))
+}
+
+fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
+    let db = cmd.db.path()?;
+    let now = now_ms();
+    match cmd.action {
+        RoleAction::List => {
+            println!("{:<24} {:<8} PERMISSIONS", "NAME", "BUILTIN");
+            for r in with_db(&db, sa::list_roles)? {
+                println!(
+                    "{:<24} {:<8} {}",
+                    r.name,
+                    if r.builtin { "yes" } else { "no" },
+                    perms_text(&r.permissions)
+                );
+            }
+        }
+        RoleAction::Add { name, permissions } => {
+            let perms = parse_permissions(&permissions)?;
+            let created = with_db(&db, |c| sa::put_role(c, &name, &perms, now))?;
+            let what = if created { "created" } else { "replaced" };
+            println!("role {name} {what}: {}", perms_text(&perms));
+        }
+        RoleAction::Delete { name } => {
+            if !with_db(&db, |c| sa::delete_role(c, &name))? {
+                return Err(Failure::Usage(format!("no role {name:?}")));
+            }
+            println!("role {name} deleted");
+        }
+        RoleAction::Bind { user, role, hosts } => {
+            let b = with_db(&db, |c| sa::bind(c, user_id(c, &user)?, &role, &hosts, now))?;
+            let scope = if b.host_selector.is_empty() {
+                "every host".to_owned()
+            } else {
+                b.host_selector.clone()
+            };
+            println!("{user} bound to {role} for {scope} (binding {})", b.id);
+        }
+        RoleAction::Unbind { user, role, hosts } => {
+            if !with_db(&db, |c| {
+                sa::unbind_role(c, user_id(c, &user)?, &role, &hosts)
+            })? {
+                return Err(Failure::Usage(format!(
+                    "{user} has no binding of {role} for {hosts:?}"
+                )));
+            }
+            println!("{user} unbound from {role}");
+        }
+    }
+    Ok(())
+}
+
+pub fn token(cmd: TokenCmd) -> ExitCode {
+    finish(run_token(cmd))
+}
+
+fn run_token(cmd: TokenCmd) -> Result<(), Failure> {
+    let db = cmd.db.path()?;
+    let now = now_ms();
+    match cmd.action {
+        TokenAction::Create {
+            name,
+            user,
+            permissions,
+            expires,
+        } => {
+            let name = name.trim().to_owned();
+            if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+                return Err(Failure::Usage(
+                    "a token name is 1 to 128 printable characters".into(),
+                ));
+            }
+            let perms = if permissions.is_empty() {
+                None
+            } else {
+                Some(parse_permissions(&permissions)?)
+            };
+            let expires_ms = match expires {
+                Some(d) if d.as_millis_i64() <= 0 => {
+                    return Err(Failure::Usage("--expires must be positive".into()))
+                }
+                Some(d) => Some(now.saturating_add(d.as_millis_i64())),
+                None => None,
+            };
+            let secret = credential::secret()
+                .map_err(|e| Failure::Usage(format!("no random secret: {e}")))?;
+            let h = credential::hash(&secret);
+            let id = with_db(&db, |c| {
+                let owner = match &user {
+                    Some(u) => Some(user_id(c, u)?),
+                    None => None,
+                };
+                sa::create_token(c, &name, owner, perms.as_deref(), expires_ms, &h, now)
+            })?;
+            eprintln!("token {id} {name:?} created; it is shown only this once:");
+            println!("{}", credential::format(Kind::Token, id, &secret));
+        }
+        TokenAction::Revoke { id } => {
+            if !with_db(&db, |c| sa::revoke_token(c, id))? {
+                return Err(Failure::Usage(format!("no token with id {id}")));
+            }
+            println!("token {id} revoked");
+        }
+        TokenAction::List => {
+            let (tokens, users) =
+                with_db(&db, |c| Ok((sa::list_tokens(c, None)?, sa::list_users(c)?)))?;
+            println!(
+                "{:<6} {:<24} {:<16} {:<9} {:<21} {:<21} PERMISSIONS",
+                "ID", "NAME", "USER", "STATE", "EXPIRES", "LAST USED"
+            );
+            for t in tokens {
+                let owner = match t.user_id {
+                    None => "-".to_owned(),
+                    Some(uid) => users
+                        .iter()
+                        .find(|u| u.id == uid)
+                        .map_or_else(|| format!("#{uid}"), |u| u.username.clone()),
+                };
+                let state = if t.revoked {
+                    "revoked"
+                } else if t.expires_ms.is_some_and(|e| e <= now) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<6} {:<24} {:<16} {:<9} {:<21} {:<21} {}",
+                    t.id,
+                    t.name,
+                    owner,
+                    state,
+                    t.expires_ms.map_or_else(|| "never".to_owned(), utc),
+                    t.last_used_ms.map_or_else(|| "never".to_owned(), utc),
+                    match (&t.permissions, t.user_id) {
+                        (Some(p), _) => perms_text(p),
+                        (None, Some(_)) => "(the owner's)".to_owned(),
+                        (None, None) => "(all)".to_owned(),
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn admin_cli_utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_767_225_599_000), "2025-12-31T23:59:59Z");
+    }
+}
