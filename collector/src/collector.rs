@@ -156,6 +156,11 @@ pub async fn run_with_router(
         limiter: Default::default(),
     }));
     let (api_router, _doc) = api::build(api_state);
+    // The receivers as configured, for listing (secrets as references only) and test-sends.
+    let api_router = api_router.layer(axum::Extension(Arc::new(api::alerts::ReceiverConfigs {
+        list: config.alerting.receivers.clone(),
+        base_dir: base_dir.clone(),
+    })));
     let app = api::server::with_limits(
         http::router(metrics.clone(), ready.clone(), store.clone()).merge(api_router),
         &config.http_limits,

@@ -3,6 +3,7 @@
 //! transaction, so everything here is testable with explicit timestamps.
 
 pub mod builtin;
+pub mod dry_run;
 pub mod engine;
 pub mod policy;
 pub mod route;

@@ -23,8 +23,9 @@ pub struct RawRulesFile {
 }
 
 /// One `[[rule]]` as written. Defaults (applied in `Rule::validate`) are documented per field.
-/// A table whose `name` is a built-in rule's overrides only the fields it sets.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// A table whose `name` is a built-in rule's overrides only the fields it sets. Durations are
+/// written `<number><unit>` with unit ms, s, m, h or d (`"30s"`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     /// Required, unique: letters, digits, `_`, `-`, `.`.
@@ -48,6 +49,7 @@ pub struct RawRule {
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_duration"
     )]
+    #[schema(value_type = Option<String>)]
     pub window: Option<Duration>,
     /// `> | >= | < | <= | == | !=`. Default `>`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,12 +73,14 @@ pub struct RawRule {
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_duration"
     )]
+    #[schema(value_type = Option<String>)]
     pub for_: Option<Duration>,
     /// Keep firing this long after the condition clears. Default `0s`.
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_duration"
     )]
+    #[schema(value_type = Option<String>)]
     pub keep_firing_for: Option<Duration>,
     /// Absence rule: fire when a series has had no sample for this long. Excludes
     /// thresholds, `op`, `function`, `divide_by` and `for`.
@@ -84,6 +88,7 @@ pub struct RawRule {
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_duration"
     )]
+    #[schema(value_type = Option<String>)]
     pub absent_for: Option<Duration>,
     /// `critical | high | medium | low`. Default `medium`.
     #[serde(skip_serializing_if = "Option::is_none")]

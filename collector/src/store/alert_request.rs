@@ -1,15 +1,17 @@
 //! Alerting requests to the writer thread (acknowledge, silences, active alerts, outbox
-//! fetch and settle) and the [`Store`] methods that send them. Each runs inside the group
-//! transaction and is answered once it is committed.
+//! fetch and settle, rule changes through the API and dry runs) and the [`Store`] methods
+//! that send them. Each runs inside the group transaction and is answered once it is
+//! committed.
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::alerting::{Alerting, OutboxBatch, OutboxOutcome};
+use super::alerting::{Alerting, DryRunReply, OutboxBatch, OutboxOutcome, RuleDeleted};
 use super::writer::WriteRequest;
 use super::{Store, StoreError};
 use crate::alert::policy::AlertRecord;
 use crate::alert::route::SilenceSpec;
+use crate::alert::{RawRule, Rule};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -47,6 +49,21 @@ pub(crate) enum AlertRequest {
         outcome: OutboxOutcome,
         now_ms: i64,
         reply: Reply<()>,
+    },
+    PutRule {
+        raw: Box<RawRule>,
+        now_ms: i64,
+        reply: Reply<()>,
+    },
+    DeleteRule {
+        name: String,
+        now_ms: i64,
+        reply: Reply<RuleDeleted>,
+    },
+    DryRun {
+        rule: Box<Rule>,
+        now_ms: i64,
+        reply: Reply<DryRunReply>,
     },
 }
 
@@ -114,6 +131,19 @@ impl AlertRequest {
                 reply,
                 a.outbox_settle(c, &receiver, &group_key, &ids, &outcome, now_ms),
             ),
+            AlertRequest::PutRule { raw, now_ms, reply } => {
+                split(reply, a.put_rule(c, &raw, now_ms))
+            }
+            AlertRequest::DeleteRule {
+                name,
+                now_ms,
+                reply,
+            } => split(reply, a.delete_rule(c, &name, now_ms)),
+            AlertRequest::DryRun {
+                rule,
+                now_ms,
+                reply,
+            } => split(reply, Ok(a.dry_run(*rule, now_ms))),
         }
     }
 
@@ -127,6 +157,9 @@ impl AlertRequest {
             AlertRequest::Active { reply } => answer(reply, Err(e())),
             AlertRequest::Fetch { reply, .. } => answer(reply, Err(e())),
             AlertRequest::Settle { reply, .. } => answer(reply, Err(e())),
+            AlertRequest::PutRule { reply, .. } => answer(reply, Err(e())),
+            AlertRequest::DeleteRule { reply, .. } => answer(reply, Err(e())),
+            AlertRequest::DryRun { reply, .. } => answer(reply, Err(e())),
         }
     }
 }
@@ -215,6 +248,39 @@ impl Store {
             group_key: group_key.to_owned(),
             ids,
             outcome,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Stores a rule definition with origin `api` (replacing any configured rule of that
+    /// name) and runs it from now on. Invalid definitions are refused with the reason.
+    pub async fn put_rule(&self, raw: RawRule, now_ms: i64) -> Result<(), StoreError> {
+        self.alert_call(|reply| AlertRequest::PutRule {
+            raw: Box::new(raw),
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes a rule stored through the API; a configured rule of the same name applies
+    /// again. Configured rules are not deleted ([`RuleDeleted::FromConfig`]).
+    pub async fn delete_rule(&self, name: &str, now_ms: i64) -> Result<RuleDeleted, StoreError> {
+        self.alert_call(|reply| AlertRequest::DeleteRule {
+            name: name.to_owned(),
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Evaluates `rule` alone over the writer's in-memory window at `now_ms` (nothing is
+    /// stored), or says the window does not cover it.
+    pub async fn dry_run_rule(&self, rule: Rule, now_ms: i64) -> Result<DryRunReply, StoreError> {
+        self.alert_call(|reply| AlertRequest::DryRun {
+            rule: Box::new(rule),
             now_ms,
             reply,
         })

@@ -137,6 +137,97 @@ pub(crate) struct Alerting {
     /// When each quiet (inactive, absence-tracked) state was last written: those change on
     /// every evaluation, so they are persisted at most once per `QUIET_PERSIST_MS`.
     persisted: HashMap<(String, String), i64>,
+    /// The rules from the configuration (before API rules override them), validated and
+    /// as written.
+    config_rules: Vec<Rule>,
+    config_raw: Vec<RawRule>,
+}
+
+/// What `Store::delete_rule` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleDeleted {
+    /// No rule of that name is stored.
+    Missing,
+    /// The rule comes from the configuration; the API cannot delete it (only override it).
+    FromConfig,
+    /// The API rule is gone; `config_restored` when a configured rule of the same name
+    /// applies again.
+    Deleted { config_restored: bool },
+}
+
+/// The answer to a dry run on the writer.
+#[derive(Debug, Clone)]
+pub enum DryRunReply {
+    /// Evaluated over the in-memory window.
+    Done(crate::alert::dry_run::DryRun),
+    /// The window does not hold the rule's metrics for its whole look-back: evaluate over
+    /// the stored samples instead, with these engine options.
+    NotInWindow(EngineOptions),
+}
+
+/// Most series a dry run lists.
+pub const DRY_RUN_LIMIT: usize = 1000;
+
+/// How far back a rule looks (its window or absence time, plus grace).
+fn rule_span(r: &Rule, grace_ms: i64) -> i64 {
+    r.window_ms
+        .max(r.absent_for_ms.unwrap_or(0))
+        .saturating_add(grace_ms)
+}
+
+/// Validates a rule definition as the API stores it. A disabled rule without a selector
+/// (the way to switch a configured rule off) needs only a valid name; anything else must
+/// pass the same validation as the rules files.
+pub fn validate_api_rule(raw: &RawRule) -> Result<Option<Rule>, crate::alert::RuleError> {
+    if raw.enabled == Some(false) && raw.selector.is_none() {
+        let mut probe = raw.clone();
+        probe.selector = Some("m".into());
+        probe.critical = Some(0.0);
+        probe.absent_for = None;
+        probe.warning = None;
+        probe.warning_clear = None;
+        probe.critical_clear = None;
+        // Only the name can fail now.
+        Rule::validate(probe)?;
+        return Ok(None);
+    }
+    let rule = Rule::validate(raw.clone())?;
+    Ok((raw.enabled != Some(false)).then_some(rule))
+}
+
+/// The rules stored through the API.
+fn api_rules(c: &Connection) -> Result<Vec<RawRule>, StoreError> {
+    let mut stmt =
+        c.prepare_cached("SELECT name, definition FROM alert_rules WHERE origin = 'api'")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, text) = row?;
+        match serde_json::from_str::<RawRule>(&text) {
+            Ok(raw) => out.push(raw),
+            Err(e) => tracing::warn!(rule = %name, error = %e, "ignoring an unreadable API rule"),
+        }
+    }
+    Ok(out)
+}
+
+/// The effective rules: the configured ones, with API rules replacing those of the same
+/// name (whole definitions, not field by field); disabled ones dropped. An API rule that
+/// no longer validates is skipped (logged).
+fn effective_rules(config: &[Rule], c: &Connection) -> Result<Vec<Rule>, StoreError> {
+    let api = api_rules(c)?;
+    let mut rules: Vec<Rule> = config
+        .iter()
+        .filter(|r| !api.iter().any(|a| a.name == r.name))
+        .cloned()
+        .collect();
+    for raw in api.into_iter().filter(|r| r.enabled.unwrap_or(true)) {
+        match Rule::validate(raw) {
+            Ok(r) => rules.push(r),
+            Err(e) => tracing::warn!(error = %e, "ignoring an invalid API rule"),
+        }
+    }
+    Ok(rules)
 }
 
 /// How often the state of a quiet absence-tracked series is written (it only matters to know
@@ -163,15 +254,20 @@ impl Alerting {
         shared: Arc<OutboxShared>,
         now_ms: i64,
     ) -> Result<Alerting, StoreError> {
+        let mut setup = setup;
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM alert_rules WHERE origin = 'config'", [])?;
+        // A rule stored through the API keeps overriding the configured one of its name.
         for raw in &setup.raw_rules {
             tx.execute(
-                "INSERT OR REPLACE INTO alert_rules (name, origin, definition, updated_ms)
+                "INSERT OR IGNORE INTO alert_rules (name, origin, definition, updated_ms)
                  VALUES (?1, 'config', ?2, ?3)",
                 params![raw.name, serde_json::to_string(raw)?, now_ms],
             )?;
         }
+        let config_raw = setup.raw_rules.clone();
+        let config_rules = setup.rules.clone();
+        setup.rules = effective_rules(&config_rules, &tx)?;
         // Rows for receivers no longer configured can never be sent.
         let known: Vec<String> = shared.receivers.keys().cloned().collect();
         let orphans: Vec<i64> = {
@@ -239,18 +335,24 @@ impl Alerting {
             touched: BTreeSet::new(),
             woken: BTreeSet::new(),
             persisted: HashMap::new(),
+            config_rules,
+            config_raw,
         };
         a.load(conn, now_ms)?;
         a.declare_all(conn)?;
-        a.warm(conn, now_ms)?;
-        a.resolve_orphans(conn, now_ms)?;
+        let span = max_span(&a.setup);
+        a.warm(conn, now_ms, span)?;
+        let tx = conn.transaction()?;
+        a.resolve_orphans(&tx, now_ms)?;
+        tx.commit()?;
+        a.committed();
         Ok(a)
     }
 
     /// Alerts whose rule is gone (removed, renamed, disabled) or whose engine state was lost
     /// can never resolve by evaluation: resolve them now, telling the receivers that were
     /// told they fired, so none stays open or keeps muting others.
-    fn resolve_orphans(&mut self, conn: &mut Connection, now_ms: i64) -> Result<(), StoreError> {
+    fn resolve_orphans(&mut self, tx: &Connection, now_ms: i64) -> Result<(), StoreError> {
         let orphans: Vec<AlertRecord> = self
             .active
             .values()
@@ -263,23 +365,135 @@ impl Alerting {
             })
             .cloned()
             .collect();
-        if orphans.is_empty() {
-            return Ok(());
-        }
-        let tx = conn.transaction()?;
         for mut rec in orphans {
             tracing::info!(rule = %rec.rule, fingerprint = %rec.fingerprint,
                 "resolving an alert whose rule or state no longer exists");
             rec.status = AlertStatus::Resolved;
             rec.resolved_ms = Some(now_ms);
             rec.updated_ms = now_ms;
-            save_alert(&tx, &rec)?;
+            save_alert(tx, &rec)?;
             self.active.remove(&rec.fingerprint);
-            self.reconcile(&tx, &rec, now_ms)?;
+            self.reconcile(tx, &rec, now_ms)?;
         }
-        tx.commit()?;
-        self.committed();
         Ok(())
+    }
+
+    /// Runs the effective rules (configured + API) from now on: engine and window follow
+    /// them, series and recent samples of newly read metrics are loaded, and alerts of rules
+    /// that are gone are resolved — all inside the open transaction.
+    fn reload_rules(&mut self, c: &Connection, now_ms: i64) -> Result<(), StoreError> {
+        let rules = effective_rules(&self.config_rules, c)?;
+        let grace = self.setup.engine.grace_ms;
+        // Only metrics read for longer than before need their recent samples loaded: a
+        // threshold change costs no reading at all.
+        let spans = |rules: &[Rule]| {
+            let mut m: HashMap<String, i64> = HashMap::new();
+            for r in rules {
+                for metric in
+                    std::iter::once(&r.selector.metric).chain(r.divide_by.iter().map(|d| &d.metric))
+                {
+                    let e = m.entry(metric.clone()).or_default();
+                    *e = (*e).max(rule_span(r, grace));
+                }
+            }
+            m
+        };
+        let before = spans(&self.setup.rules);
+        let warm_span = spans(&rules)
+            .into_iter()
+            .filter(|(m, span)| before.get(m).is_none_or(|b| b < span))
+            .map(|(_, span)| span)
+            .max()
+            .unwrap_or(0);
+        self.window.set_rules(&rules, grace);
+        self.engine.set_rules(rules.clone());
+        self.setup.rules = rules;
+        self.declare_all(c)?;
+        self.warm(c, now_ms, warm_span)?;
+        self.resolve_orphans(c, now_ms)
+    }
+
+    /// Stores (or replaces) a rule with origin `api` and applies it at once. The rule is
+    /// validated again here, so nothing invalid reaches the table.
+    pub(crate) fn put_rule(
+        &mut self,
+        c: &Connection,
+        raw: &RawRule,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        validate_api_rule(raw).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        c.prepare_cached(
+            "INSERT INTO alert_rules (name, origin, definition, updated_ms)
+             VALUES (?1, 'api', ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET origin = 'api', definition = excluded.definition,
+                 updated_ms = excluded.updated_ms",
+        )?
+        .execute(params![raw.name, serde_json::to_string(raw)?, now_ms])?;
+        self.reload_rules(c, now_ms)
+    }
+
+    /// Deletes a rule stored through the API (a configured rule of the same name applies
+    /// again). Configured rules cannot be deleted this way.
+    pub(crate) fn delete_rule(
+        &mut self,
+        c: &Connection,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<RuleDeleted, StoreError> {
+        let origin: Option<String> = c
+            .prepare_cached("SELECT origin FROM alert_rules WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?;
+        match origin.as_deref() {
+            None => return Ok(RuleDeleted::Missing),
+            Some("api") => {}
+            Some(_) => return Ok(RuleDeleted::FromConfig),
+        }
+        c.prepare_cached("DELETE FROM alert_rules WHERE name = ?1")?
+            .execute([name])?;
+        let config = self.config_raw.iter().find(|r| r.name == name).cloned();
+        if let Some(raw) = &config {
+            c.prepare_cached(
+                "INSERT INTO alert_rules (name, origin, definition, updated_ms)
+                 VALUES (?1, 'config', ?2, ?3)",
+            )?
+            .execute(params![raw.name, serde_json::to_string(raw)?, now_ms])?;
+        }
+        self.reload_rules(c, now_ms)?;
+        Ok(RuleDeleted::Deleted {
+            config_restored: config.is_some(),
+        })
+    }
+
+    /// Evaluates `rule` alone over the in-memory window at `now_ms`, if the window holds
+    /// every metric it reads for its whole look-back (metrics some running rule reads).
+    pub(crate) fn dry_run(&self, rule: Rule, now_ms: i64) -> DryRunReply {
+        let grace = self.setup.engine.grace_ms;
+        let need = rule_span(&rule, grace);
+        let kept = |metric: &str| {
+            self.setup
+                .rules
+                .iter()
+                .filter(|r| {
+                    r.selector.metric == metric
+                        || r.divide_by.as_ref().is_some_and(|d| d.metric == metric)
+                })
+                .map(|r| rule_span(r, grace))
+                .max()
+                .is_some_and(|span| span >= need)
+        };
+        let covered =
+            kept(&rule.selector.metric) && rule.divide_by.as_ref().is_none_or(|d| kept(&d.metric));
+        if !covered {
+            return DryRunReply::NotInWindow(self.setup.engine);
+        }
+        DryRunReply::Done(crate::alert::dry_run::dry_run(
+            rule,
+            self.setup.engine,
+            &self.window,
+            now_ms,
+            DRY_RUN_LIMIT,
+        ))
     }
 
     /// Learns every stored series' name and labels (startup, and after a rollback made the
@@ -351,9 +565,8 @@ impl Alerting {
     }
 
     /// Reads back the recent raw samples of the metrics rules read.
-    fn warm(&mut self, c: &Connection, now_ms: i64) -> Result<(), StoreError> {
-        let span = max_span(&self.setup);
-        if self.setup.rules.is_empty() {
+    fn warm(&mut self, c: &Connection, now_ms: i64, span: i64) -> Result<(), StoreError> {
+        if self.setup.rules.is_empty() || span <= 0 {
             return Ok(());
         }
         let mut stmt = c.prepare("SELECT data FROM raw WHERE ts_max >= ?1 ORDER BY id")?;
@@ -660,6 +873,14 @@ impl Alerting {
     pub(crate) fn rolled_back(&mut self, c: &Connection, now_ms: i64) {
         self.woken.clear();
         self.touched.clear();
+        // A rule change in the failed group is undone with it.
+        match effective_rules(&self.config_rules, c) {
+            Ok(rules) => {
+                self.window.set_rules(&rules, self.setup.engine.grace_ms);
+                self.setup.rules = rules;
+            }
+            Err(e) => tracing::error!(error = %e, "re-reading rules after a rollback failed"),
+        }
         self.window.forget_ids();
         if let Err(e) = self.declare_all(c) {
             tracing::error!(error = %e, "re-reading series after a rollback failed");
@@ -936,7 +1157,7 @@ fn state_str(s: crate::alert::AlertState) -> &'static str {
 }
 
 /// Parses the stored `k="v",k2="v2"` label text back into pairs.
-fn parse_labels_text(text: &str) -> Option<Vec<(String, String)>> {
+pub(crate) fn parse_labels_text(text: &str) -> Option<Vec<(String, String)>> {
     let sel = crate::alert::Selector::parse(&format!("m{{{text}}}")).ok()?;
     Some(
         sel.matchers
