@@ -214,13 +214,17 @@ fn api_slow_headers_are_cut_off_and_connections_are_limited() {
     let idle: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(c.http).unwrap())
         .collect();
-    mcpwatch_tests::wait_for("a connection over the limit closed unanswered", Duration::from_secs(10), || {
-        let mut extra = TcpStream::connect(c.http).ok()?;
-        extra.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        let mut b = [0u8; 64];
-        (extra.read(&mut b).unwrap_or(0) == 0).then_some(())
-    });
+    mcpwatch_tests::wait_for(
+        "a connection over the limit closed unanswered",
+        Duration::from_secs(10),
+        || {
+            let mut extra = TcpStream::connect(c.http).ok()?;
+            extra.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut b = [0u8; 64];
+            (extra.read(&mut b).unwrap_or(0) == 0).then_some(())
+        },
+    );
     drop(idle);
     let back = mcpwatch_tests::wait_for("serving again", Duration::from_secs(10), || {
         mcpwatch_tests::http_get(c.http, "/healthz")
