@@ -139,7 +139,8 @@ pub async fn run_with_router(
         .iter()
         .map(|raw| Receiver::from_raw(raw.clone(), &base_dir))
         .collect::<Result<Vec<_>, _>>()?;
-    let outbox = OutboxShared::new(receivers.iter().map(Receiver::name));
+    let outbox =
+        OutboxShared::with_metrics(receivers.iter().map(Receiver::name), metrics.alerts.clone());
     let (store, writer) = Store::open(store_config(&config, outbox.clone()))?;
 
     let ready = Arc::new(Readiness::default());

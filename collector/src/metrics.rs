@@ -57,6 +57,8 @@ pub struct CollectorMetrics {
     pub sessions_closed: Family<ReasonLabel, Counter>,
     /// Audit records that could not be written.
     pub audit_failures: Counter,
+    /// The alert engine's figures (updated by the store writer).
+    pub alerts: crate::store::alerting::AlertMetrics,
     pub notify_info: Family<ReceiverInfoLabel, Gauge>,
     /// Alert notifications delivered, per receiver.
     pub notify_sent: Family<ReceiverLabel, Counter>,
@@ -87,6 +89,7 @@ impl CollectorMetrics {
             store_queue_depth: Gauge::default(),
             sessions_closed: Family::default(),
             audit_failures: Counter::default(),
+            alerts: Default::default(),
             notify_info: Family::default(),
             notify_sent: Family::default(),
             notify_failed: Family::default(),
@@ -153,6 +156,21 @@ impl CollectorMetrics {
             "mcpwatch_collector_sessions_closed",
             "Agent sessions ended, by reason.",
             m.sessions_closed.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_alert_transitions",
+            "Alert state changes, by the state entered.",
+            m.alerts.transitions.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_alerts_active",
+            "Alerts currently firing or flapping.",
+            m.alerts.active.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_alert_evaluation_failures",
+            "Alert evaluations rolled back after an error.",
+            m.alerts.evaluation_failures.clone(),
         );
         r.register(
             "mcpwatch_collector_audit_write_failures",

@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Notify;
 
@@ -75,19 +78,46 @@ pub struct ReceiverShared {
     pub failed: AtomicU64,
 }
 
-/// Receiver name → shared state; fixed at startup from the configured receivers.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TransitionLabel {
+    pub to: String,
+}
+
+/// The alert engine's figures, updated by the writer and exposed on `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertMetrics {
+    /// Alert transitions by the state entered (pending, firing, resolved, flapping...).
+    pub transitions: Family<TransitionLabel, Counter>,
+    /// Alerts currently firing or flapping.
+    pub active: Gauge,
+    /// Evaluations (per commit or tick) that failed and were rolled back.
+    pub evaluation_failures: Counter,
+}
+
+/// Receiver name → shared state (fixed at startup from the configured receivers), and the
+/// alert engine's metrics.
 #[derive(Debug, Default)]
 pub struct OutboxShared {
     pub receivers: BTreeMap<String, ReceiverShared>,
+    pub alert_metrics: AlertMetrics,
 }
 
 impl OutboxShared {
     pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Arc<OutboxShared> {
+        Self::with_metrics(names, AlertMetrics::default())
+    }
+
+    /// As `new`, with metric handles registered elsewhere (the collector's registry).
+    pub fn with_metrics<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+        alert_metrics: AlertMetrics,
+    ) -> Arc<OutboxShared> {
         Arc::new(OutboxShared {
             receivers: names
                 .into_iter()
                 .map(|n| (n.to_owned(), ReceiverShared::default()))
                 .collect(),
+            alert_metrics,
         })
     }
 }
@@ -675,6 +705,13 @@ impl Alerting {
     ) -> Result<(), StoreError> {
         let mut changed: Vec<AlertRecord> = Vec::new();
         for t in &transitions {
+            self.shared
+                .alert_metrics
+                .transitions
+                .get_or_create(&TransitionLabel {
+                    to: state_str(t.to).to_owned(),
+                })
+                .inc();
             c.prepare_cached(
                 "INSERT INTO alert_history (at_ms, rule, fingerprint, labels, from_state, to_state,
                      level, value, notify) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -749,7 +786,16 @@ impl Alerting {
         for rec in &todo {
             self.reconcile(c, rec, now_ms)?;
         }
+        self.shared
+            .alert_metrics
+            .active
+            .set(i64::try_from(self.active.len()).unwrap_or(i64::MAX));
         Ok(())
+    }
+
+    /// Counts an evaluation that failed (its transaction rolled back).
+    pub(crate) fn evaluation_failed(&self) {
+        self.shared.alert_metrics.evaluation_failures.inc();
     }
 
     /// Queues whatever each receiver of `rec` should now be sent.

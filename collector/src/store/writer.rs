@@ -408,6 +408,7 @@ impl Writer {
             Ok(()) => self.alerting.committed(),
             Err(e) => {
                 tracing::error!(error = %e, "alert evaluation tick failed");
+                self.alerting.evaluation_failed();
                 self.alerting.rolled_back(&self.conn, now_ms);
             }
         }
@@ -574,6 +575,7 @@ impl Writer {
             if let Some(tx) = tx.as_ref() {
                 // Alerts caused by this group's samples commit with them.
                 if let Err(e) = alerting.evaluate_touched(tx, now_ms) {
+                    alerting.evaluation_failed();
                     fatal = Some(e.to_string());
                 }
             }
