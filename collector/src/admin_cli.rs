@@ -236,34 +236,13 @@ fn parse_permissions(names: &[String]) -> Result<Vec<Permission>, Failure> {
     Ok(out)
 }
 
-fn user_id(c: &rusqlite::Connection, name: &str) -> Result<i64, StoreError> {
-    sa::user_id(c, name)?.ok_or_else(|| StoreError::Invalid(format!("no user {name:?}")))
-}
-
 fn hash(pw: &str) -> Result<String, Failure> {
     password::hash(pw).map_err(Failure::Usage)
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for milliseconds since the epoch.
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the epoch.
 fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    mcpwatch_collector::notify::rfc3339_ms(ms)
 }
 
 fn perms_text(p: &[Permission]) -> String {
@@ -334,17 +313,21 @@ fn run_user(cmd: UserCmd) -> Result<(), Failure> {
         UserAction::Passwd { name, password } => {
             let h = hash(&password.read(&name)?)?;
             with_db(&db, |c| {
-                let id = user_id(c, &name)?;
+                let id = sa::existing_user_id(c, &name)?;
                 sa::set_password(c, id, &h, now, None)
             })?;
             println!("password of {name} changed; its sessions ended");
         }
         UserAction::Disable { name } => {
-            with_db(&db, |c| sa::set_disabled(c, user_id(c, &name)?, true))?;
+            with_db(&db, |c| {
+                sa::set_disabled(c, sa::existing_user_id(c, &name)?, true)
+            })?;
             println!("user {name} disabled; its sessions ended");
         }
         UserAction::Enable { name } => {
-            with_db(&db, |c| sa::set_disabled(c, user_id(c, &name)?, false))?;
+            with_db(&db, |c| {
+                sa::set_disabled(c, sa::existing_user_id(c, &name)?, false)
+            })?;
             println!("user {name} enabled");
         }
     }
@@ -383,7 +366,9 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
             println!("role {name} deleted");
         }
         RoleAction::Bind { user, role, hosts } => {
-            let b = with_db(&db, |c| sa::bind(c, user_id(c, &user)?, &role, &hosts, now))?;
+            let b = with_db(&db, |c| {
+                sa::bind(c, sa::existing_user_id(c, &user)?, &role, &hosts, now)
+            })?;
             let scope = if b.host_selector.is_empty() {
                 "every host".to_owned()
             } else {
@@ -393,7 +378,7 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
         }
         RoleAction::Unbind { user, role, hosts } => {
             if !with_db(&db, |c| {
-                sa::unbind_role(c, user_id(c, &user)?, &role, &hosts)
+                sa::unbind_role(c, sa::existing_user_id(c, &user)?, &role, &hosts)
             })? {
                 return Err(Failure::Usage(format!(
                     "{user} has no binding of {role} for {hosts:?}"
@@ -442,7 +427,7 @@ fn run_token(cmd: TokenCmd) -> Result<(), Failure> {
             let h = credential::hash(&secret);
             let id = with_db(&db, |c| {
                 let owner = match &user {
-                    Some(u) => Some(user_id(c, u)?),
+                    Some(u) => Some(sa::existing_user_id(c, u)?),
                     None => None,
                 };
                 sa::create_token(c, &name, owner, perms.as_deref(), expires_ms, &h, now)

@@ -189,6 +189,11 @@ pub fn user_id(c: &Connection, username: &str) -> Result<Option<i64>, StoreError
     )
 }
 
+/// The id of a user that must exist (`Invalid` naming it otherwise).
+pub fn existing_user_id(c: &Connection, username: &str) -> Result<i64, StoreError> {
+    user_id(c, username)?.ok_or_else(|| StoreError::Invalid(format!("no user {username:?}")))
+}
+
 pub fn login_row(c: &Connection, username: &str) -> Result<Option<LoginRow>, StoreError> {
     Ok(c.prepare_cached(
         "SELECT id, password_hash, disabled, failed_logins, locked_until_ms
