@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::alert::route::{parse_matchers, GroupBy, InhibitRule, Route, RouteOpts, Routing};
 use crate::alert::{merge_rules, parse_rules, EngineOptions, RawRule, Rule};
-use crate::notify::{Receiver, ReceiverConfigRaw};
+use crate::notify::{ApiSecrets, Receiver, ReceiverConfigRaw};
 use crate::store::alerting::AlertingSetup;
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +63,11 @@ pub struct RawAlerting {
     pub retry_max: Option<Duration>,
     /// Notifications not delivered within this go to the dead-letter list. Default 24h.
     pub max_age: Option<Duration>,
+    /// Where receivers defined through the API read their secret files: `{ file = ... }`
+    /// references are relative to this directory and must stay inside it (their `{ env =
+    /// ... }` references must name `MCPWATCH_SECRET_*` variables). Put only secrets meant
+    /// for API-defined receivers here. Relative to collector.toml. Default "secrets".
+    pub api_secret_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +109,8 @@ pub struct AlertingConfig {
     pub setup: AlertingSetup,
     pub receivers: Vec<ReceiverConfigRaw>,
     pub retry: RetryPolicy,
+    /// Where receivers defined through the API may read secrets (`api_secret_dir`).
+    pub api_secrets: ApiSecrets,
 }
 
 impl AlertingConfig {
@@ -148,6 +155,7 @@ impl AlertingConfig {
         };
         check_timing(&default_opts).map_err(|m| bad("alerting", &m))?;
         let all: Vec<String> = receivers.iter().map(|r| r.name().to_owned()).collect();
+        let default_all = raw.default_receivers.is_none();
         let default_receivers = raw.default_receivers.unwrap_or_else(|| all.clone());
         known(&default_receivers, "alerting.default_receivers")?;
         let mut parsed_routes = Vec::new();
@@ -263,9 +271,17 @@ impl AlertingConfig {
                 },
                 inhibit: inhibit_rules,
                 max_age_ms: max_age.as_millis_i64(),
+                default_all,
             },
             receivers,
             retry,
+            api_secrets: ApiSecrets {
+                dir: cfg::resolve_path(
+                    path,
+                    raw.api_secret_dir
+                        .unwrap_or_else(|| PathBuf::from("secrets")),
+                ),
+            },
         })
     }
 }

@@ -109,6 +109,46 @@ fn spawn_session_cleanup(
     });
 }
 
+/// Builds the receivers defined through the API (stored in the database) next to the
+/// configured ones in `receivers`. One that cannot be built (unreadable definition, a secret
+/// reference that no longer resolves) is logged and skipped, not fatal: its name is
+/// returned, and its queued notifications wait until it is fixed (PUT) or deleted. One the
+/// configuration now defines too is the configured one (the store drops the API copy).
+fn load_api_receivers(
+    config: &CollectorConfig,
+    receivers: &mut Vec<Receiver>,
+) -> Result<Vec<String>, CollectorError> {
+    let stored = crate::store::receivers::load(&config.db_path)?;
+    let mut skipped = Vec::new();
+    for s in stored {
+        if receivers.iter().any(|r| r.name() == s.name) {
+            continue;
+        }
+        let built = s
+            .raw()
+            .map_err(|reason| NotifyConfigError {
+                receiver: s.name.clone(),
+                reason,
+            })
+            .and_then(|raw| config.alerting.api_secrets.build(raw));
+        match built {
+            Ok(r) => receivers.push(r),
+            Err(e) => {
+                tracing::error!(receiver = %s.name, error = %e,
+                    "receiver defined through the API cannot be loaded; skipped until it is changed or deleted");
+                skipped.push(s.name);
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        tracing::warn!(
+            skipped = skipped.len(),
+            "receivers defined through the API skipped"
+        );
+    }
+    Ok(skipped)
+}
+
 /// Runs the collector until `shutdown` is cancelled.
 pub async fn run(
     config: CollectorConfig,
@@ -133,12 +173,13 @@ pub async fn run_with_router(
         .parent()
         .unwrap_or(std::path::Path::new("."))
         .to_path_buf();
-    let receivers = config
+    let mut receivers = config
         .alerting
         .receivers
         .iter()
         .map(|raw| Receiver::from_raw(raw.clone(), &base_dir))
         .collect::<Result<Vec<_>, _>>()?;
+    let skipped = load_api_receivers(&config, &mut receivers)?;
     let outbox =
         OutboxShared::with_metrics(receivers.iter().map(Receiver::name), metrics.alerts.clone());
     let (store, writer) = Store::open(store_config(&config, outbox.clone()))?;
@@ -148,6 +189,17 @@ pub async fn run_with_router(
     let background = TaskTracker::new();
     let http_stop = CancellationToken::new();
     let background_stop = CancellationToken::new();
+    // Notifications keep going while sessions drain; they stop with the background tasks.
+    let dispatcher = dispatch::spawn(
+        &store,
+        receivers,
+        outbox,
+        config.alerting.retry,
+        metrics.clone(),
+        &background,
+        background_stop.clone(),
+    );
+    dispatcher.set_skipped(skipped);
 
     let api_state = ApiState(Arc::new(api::Inner {
         db: api::db::Db::new(store.clone(), config.db_path.clone()),
@@ -157,10 +209,13 @@ pub async fn run_with_router(
         limiter: Default::default(),
     }));
     let (api_router, _doc) = api::build(api_state);
-    // The receivers as configured, for listing (secrets as references only) and test-sends.
+    // The receivers as configured, for listing (secrets as references only) and test-sends,
+    // and what API-defined receivers need: where their secrets may come from, the workers.
     let api_router = api_router.layer(axum::Extension(Arc::new(api::alerts::ReceiverConfigs {
         list: config.alerting.receivers.clone(),
         base_dir: base_dir.clone(),
+        api_secrets: Some(config.alerting.api_secrets.clone()),
+        dispatcher: Some(dispatcher),
     })));
     let app = api::server::with_limits(
         http::router(metrics.clone(), ready.clone(), store.clone()).merge(api_router),
@@ -184,16 +239,6 @@ pub async fn run_with_router(
         background_stop.clone(),
     );
     store.spawn_ticker(&background, background_stop.clone());
-    // Notifications keep going while sessions drain; they stop with the background tasks.
-    dispatch::spawn(
-        &store,
-        receivers,
-        outbox,
-        config.alerting.retry,
-        metrics.clone(),
-        &background,
-        background_stop.clone(),
-    );
     let files = config.tls.clone();
     background.spawn(tls::reload_on_sighup(
         move || tls::server_config(&files),

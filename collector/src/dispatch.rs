@@ -3,12 +3,18 @@
 //! delivered, to retry (exponential backoff with jitter, or the provider's Retry-After) or
 //! dead. Rows leave the outbox only once settled, so a crash at any point resends at most
 //! the one batch that was in flight.
+//!
+//! The set of workers follows the receivers defined through the API: [`Dispatcher::start`]
+//! starts one for a new receiver or replaces the worker of a changed one (the old worker
+//! finishes the send it is in, and the new one starts only after it stopped, so no batch
+//! goes out twice), [`Dispatcher::stop`] stops the worker of a deleted one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,7 +22,7 @@ use crate::alerting_config::RetryPolicy;
 use crate::metrics::CollectorMetrics;
 use crate::notify::{Notification, Receiver, SendErrorKind};
 use crate::now_ms;
-use crate::store::alerting::{OutboxBatch, OutboxOutcome, OutboxShared};
+use crate::store::alerting::{OutboxBatch, OutboxOutcome, OutboxShared, ReceiverShared};
 use crate::store::{Store, StoreError};
 
 /// Rows sent in one request at most (one group).
@@ -35,24 +41,177 @@ pub fn spawn(
     metrics: Arc<CollectorMetrics>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
-) {
-    for receiver in receivers {
-        let worker = Worker {
+) -> Dispatcher {
+    let d = Dispatcher {
+        inner: Arc::new(Inner {
             store: store.clone(),
-            receiver: Arc::new(receiver),
-            shared: shared.clone(),
+            shared,
             retry,
-            metrics: metrics.clone(),
+            metrics,
+            tracker: tracker.clone(),
+            cancel,
+            workers: Mutex::new(HashMap::new()),
+            skipped: Mutex::new(BTreeSet::new()),
+            changes: tokio::sync::Mutex::new(()),
+        }),
+    };
+    for receiver in receivers {
+        let name = receiver.name().to_owned();
+        if !d.start(receiver) {
+            // Not in the outbox state: a bug in how the collector put them together.
+            tracing::error!(receiver = %name, "receiver has no outbox state; not dispatching");
+        }
+    }
+    d
+}
+
+/// Handle to the running workers, one per receiver. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("receivers", &self.running())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: Store,
+    shared: Arc<OutboxShared>,
+    retry: RetryPolicy,
+    metrics: Arc<CollectorMetrics>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    workers: Mutex<HashMap<String, Running>>,
+    /// API receivers not running because they could not be loaded at startup.
+    skipped: Mutex<BTreeSet<String>>,
+    changes: tokio::sync::Mutex<()>,
+}
+
+struct Running {
+    kind: &'static str,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Dispatcher {
+    // A poisoned lock means a panic elsewhere while holding it; the map itself is fine.
+    fn workers(&self) -> MutexGuard<'_, HashMap<String, Running>> {
+        self.inner.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn skipped(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.inner.skipped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count_skipped(&self) {
+        let n = self.skipped().len();
+        self.inner
+            .metrics
+            .receivers_skipped
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records the API receivers that could not be loaded at startup (counted until they
+    /// are changed or deleted).
+    pub fn set_skipped(&self, names: impl IntoIterator<Item = String>) {
+        self.skipped().extend(names);
+        self.count_skipped();
+    }
+
+    /// Serialises receiver changes: hold it from storing a change until the workers follow
+    /// it, so the workers end up as the last committed change says.
+    pub async fn lock_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.changes.lock().await
+    }
+
+    /// Starts the worker of `receiver`, replacing the one running under its name (which
+    /// finishes the send it is in first). `false` when the store does not know the
+    /// receiver (it must be stored first).
+    pub fn start(&self, receiver: Receiver) -> bool {
+        let name = receiver.name().to_owned();
+        let Some(shared) = self.inner.shared.receiver(&name) else {
+            return false;
         };
-        metrics.notify_receiver(worker.receiver.name(), worker.receiver.kind());
-        tracker.spawn(worker.run(cancel.clone()));
+        let kind = receiver.kind();
+        let stop = self.inner.cancel.child_token();
+        let worker = Worker {
+            store: self.inner.store.clone(),
+            receiver: Arc::new(receiver),
+            shared,
+            retry: self.inner.retry,
+            metrics: self.inner.metrics.clone(),
+        };
+        let mut workers = self.workers();
+        let previous = workers.remove(&name);
+        if let Some(p) = &previous {
+            p.stop.cancel();
+            if p.kind != kind {
+                self.inner.metrics.forget_receiver_kind(&name, p.kind);
+            }
+        }
+        self.inner.metrics.notify_receiver(&name, kind);
+        let token = stop.clone();
+        let task = self.inner.tracker.spawn(async move {
+            if let Some(p) = previous {
+                // Its rows are still due: sending them too before it has settled them
+                // would send them twice.
+                let _ = p.task.await;
+            }
+            worker.run(token).await;
+        });
+        workers.insert(name.clone(), Running { kind, stop, task });
+        drop(workers);
+        if self.skipped().remove(&name) {
+            self.count_skipped();
+        }
+        true
+    }
+
+    /// Stops the worker of `name` (a send in progress finishes). `false` if none ran.
+    pub fn stop(&self, name: &str) -> bool {
+        let running = self.workers().remove(name);
+        if self.skipped().remove(name) {
+            self.count_skipped();
+        }
+        let Some(r) = running else {
+            return false;
+        };
+        r.stop.cancel();
+        // Its series go once it has stopped (it may still settle a send), unless the name
+        // has a worker again by then.
+        let this = self.clone();
+        let name = name.to_owned();
+        self.inner.tracker.spawn(async move {
+            let _ = r.task.await;
+            if !this.is_running(&name) {
+                this.inner.metrics.forget_receiver(&name, r.kind);
+            }
+        });
+        true
+    }
+
+    /// Whether a worker runs for `name`.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.workers().contains_key(name)
+    }
+
+    /// The receivers with a running worker.
+    pub fn running(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.workers().keys().cloned().collect();
+        v.sort();
+        v
     }
 }
 
 struct Worker {
     store: Store,
     receiver: Arc<Receiver>,
-    shared: Arc<OutboxShared>,
+    shared: Arc<ReceiverShared>,
     retry: RetryPolicy,
     metrics: Arc<CollectorMetrics>,
 }
@@ -60,10 +219,7 @@ struct Worker {
 impl Worker {
     async fn run(self, cancel: CancellationToken) {
         let name = self.receiver.name().to_owned();
-        let Some(shared) = self.shared.receivers.get(&name) else {
-            tracing::error!(receiver = %name, "receiver has no outbox state; not dispatching");
-            return;
-        };
+        let shared = self.shared.as_ref();
         let mut store_failures = 0u32;
         loop {
             if cancel.is_cancelled() {
@@ -87,6 +243,11 @@ impl Worker {
                 }
             };
             self.metrics.notify_dead(&name, batch.expired, "expired");
+            // Stopped (deleted, or replaced by a new definition) while fetching: leave the
+            // rows to whoever comes next.
+            if cancel.is_cancelled() {
+                return;
+            }
             self.metrics
                 .set_outbox_depth(&name, shared.queued.load(Ordering::Relaxed));
             if batch.items.is_empty() {
@@ -110,12 +271,7 @@ impl Worker {
         }
     }
 
-    async fn send(
-        &self,
-        name: &str,
-        batch: OutboxBatch,
-        shared: &crate::store::alerting::ReceiverShared,
-    ) {
+    async fn send(&self, name: &str, batch: OutboxBatch, shared: &ReceiverShared) {
         let ids: Vec<i64> = batch.items.iter().map(|i| i.id).collect();
         let attempts = batch.items.iter().map(|i| i.attempts).max().unwrap_or(0);
         let notes = latest_per_alert(&batch);

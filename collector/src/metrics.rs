@@ -71,6 +71,9 @@ pub struct CollectorMetrics {
     pub outbox_depth: Family<ReceiverLabel, Gauge>,
     /// Queued → delivered, per receiver.
     pub notify_latency: Family<ReceiverLabel, Histogram>,
+    /// Receivers defined through the API that could not be loaded at startup (a secret
+    /// reference no longer resolves...) and do not run until changed or deleted.
+    pub receivers_skipped: Gauge,
 }
 
 impl CollectorMetrics {
@@ -100,6 +103,7 @@ impl CollectorMetrics {
             notify_latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 4.0, 13))
             }),
+            receivers_skipped: Gauge::default(),
         };
         for outcome in ["committed", "duplicate", "failed"] {
             let _ = m.batches.get_or_create(&OutcomeLabel {
@@ -179,7 +183,7 @@ impl CollectorMetrics {
         );
         r.register(
             "mcpwatch_collector_notification_receiver_info",
-            "Configured notification receivers (value 1) and their kind.",
+            "Notification receivers running (value 1) and their kind.",
             m.notify_info.clone(),
         );
         r.register(
@@ -211,6 +215,11 @@ impl CollectorMetrics {
             "mcpwatch_collector_notification_delivery_latency_seconds",
             "Time from queueing a notification to its delivery, per receiver.",
             m.notify_latency.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_notification_receivers_skipped",
+            "Receivers defined through the API that could not be loaded at startup and do not run.",
+            m.receivers_skipped.clone(),
         );
         Arc::new(m)
     }
@@ -265,6 +274,21 @@ impl CollectorMetrics {
                 reason: reason.into(),
             });
         }
+    }
+
+    /// Drops the series that describe a receiver's current state (its kind, its queue)
+    /// once it is deleted; its counters stay, as counters do.
+    pub fn forget_receiver(&self, receiver: &str, kind: &str) {
+        self.forget_receiver_kind(receiver, kind);
+        self.outbox_depth.remove(&Self::rl(receiver));
+    }
+
+    /// Drops the info series of `receiver` as a `kind` (it changed kind, or is gone).
+    pub fn forget_receiver_kind(&self, receiver: &str, kind: &str) {
+        self.notify_info.remove(&ReceiverInfoLabel {
+            receiver: receiver.into(),
+            kind: kind.into(),
+        });
     }
 
     fn rl(receiver: &str) -> ReceiverLabel {

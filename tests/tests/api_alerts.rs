@@ -1031,19 +1031,20 @@ fn api_alerts_receivers_redacted_and_test_send() {
     assert!(r.message().contains("400"), "{}", r.body);
     expect(admin.post("/receivers/nope/test", &json!({})), 404);
 
-    // Receivers come from the configuration file; changing them through the API is 501.
+    // Configured receivers are read-only through the API (409); an incomplete definition
+    // is refused (400). Receivers defined through the API: tests/api_receivers.rs.
     expect(
         admin.post("/receivers", &json!({"type": "webhook", "name": "x"})),
-        501,
+        400,
     );
     expect(
         admin.put(
             "/receivers/hook",
             &json!({"type": "webhook", "name": "hook"}),
         ),
-        501,
+        409,
     );
-    expect(admin.delete("/receivers/hook"), 501);
+    expect(admin.delete("/receivers/hook"), 409);
     expect(viewer.delete("/receivers/hook"), 403);
 
     let rows = audit(&c.db, "POST /api/v1/receivers/{name}/test");

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::secret::{Secret, SecretRef};
@@ -24,7 +24,7 @@ pub const FIELD_VALUE_MAX: usize = 1024;
 pub const EMBEDS_TOTAL_MAX: usize = 6000;
 
 /// `type = "discord"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscordConfigRaw {
     pub name: String,

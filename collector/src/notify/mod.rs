@@ -20,6 +20,7 @@
 //! webhook_url = { file = "secrets/slack-url" }
 //! ```
 
+pub mod api_secrets;
 pub mod discord;
 pub mod email;
 pub mod http;
@@ -35,6 +36,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use api_secrets::{ApiSecrets, API_SECRET_ENV_PREFIX};
 pub use secret::{Secret, SecretRef};
 
 /// The state an alert is in when a notification about it is sent.
@@ -159,8 +161,9 @@ impl NotifyConfigError {
     }
 }
 
-/// One `[[receiver]]` entry as written in the config file, selected by `type`.
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[receiver]]` entry as written in the config file, selected by `type`. It holds
+/// secrets only as references ([`SecretRef`]), so it can be stored and shown as it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ReceiverConfigRaw {
     Email(email::EmailConfigRaw),
@@ -178,6 +181,39 @@ impl ReceiverConfigRaw {
             ReceiverConfigRaw::PagerDuty(c) => &c.name,
             ReceiverConfigRaw::Discord(c) => &c.name,
             ReceiverConfigRaw::Webhook(c) => &c.name,
+        }
+    }
+
+    /// `email`, `slack`, `pagerduty`, `discord` or `webhook`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReceiverConfigRaw::Email(_) => "email",
+            ReceiverConfigRaw::Slack(_) => "slack",
+            ReceiverConfigRaw::PagerDuty(_) => "pagerduty",
+            ReceiverConfigRaw::Discord(_) => "discord",
+            ReceiverConfigRaw::Webhook(_) => "webhook",
+        }
+    }
+
+    /// The secret fields of this receiver type, as named in a definition.
+    pub fn secret_fields(kind: &str) -> &'static [&'static str] {
+        match kind {
+            "email" => &["password"],
+            "slack" | "discord" => &["webhook_url"],
+            "pagerduty" => &["routing_key"],
+            "webhook" => &["secret"],
+            _ => &[],
+        }
+    }
+
+    /// The secret references it holds, with their field names.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretRef)> {
+        match self {
+            ReceiverConfigRaw::Email(c) => c.password.iter().map(|s| ("password", s)).collect(),
+            ReceiverConfigRaw::Slack(c) => vec![("webhook_url", &c.webhook_url)],
+            ReceiverConfigRaw::PagerDuty(c) => vec![("routing_key", &c.routing_key)],
+            ReceiverConfigRaw::Discord(c) => vec![("webhook_url", &c.webhook_url)],
+            ReceiverConfigRaw::Webhook(c) => vec![("secret", &c.secret)],
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::secret::{Secret, SecretRef};
@@ -19,7 +19,7 @@ pub const SUMMARY_MAX_CHARS: usize = 1024;
 pub const DEDUP_KEY_MAX_CHARS: usize = 255;
 
 /// `type = "pagerduty"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyConfigRaw {
     pub name: String,

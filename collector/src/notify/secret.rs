@@ -4,17 +4,19 @@
 use std::fmt;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::NotifyConfigError;
 
 /// Where a secret comes from. Exactly one of `file` and `env`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     /// A file holding the secret (trailing newline ignored); relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
     /// An environment variable holding the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
 }
 

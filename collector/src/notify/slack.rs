@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -28,7 +28,7 @@ const FIELD_MAX: usize = 2000;
 const MAX_FIELDS: usize = 10;
 
 /// `type = "slack"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfigRaw {
     pub name: String,

@@ -28,7 +28,7 @@ pub const TIMESTAMP_HEADER: &str = "X-Mcpwatch-Timestamp";
 pub const SCHEMA_VERSION: &str = "1";
 
 /// `type = "webhook"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfigRaw {
     pub name: String,

@@ -1,17 +1,20 @@
 //! Alerting requests to the writer thread (acknowledge, silences, active alerts, outbox
-//! fetch and settle, rule changes through the API and dry runs) and the [`Store`] methods
-//! that send them. Each runs inside the group transaction and is answered once it is
+//! fetch and settle, rule and receiver changes through the API and dry runs) and the
+//! [`Store`] methods that send them. Each runs inside the group transaction and is answered once it is
 //! committed.
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::alerting::{Alerting, DryRunReply, OutboxBatch, OutboxOutcome, RuleDeleted};
+use super::alerting::{
+    Alerting, DryRunReply, OutboxBatch, OutboxOutcome, ReceiverDeleted, ReceiverPut, RuleDeleted,
+};
 use super::writer::WriteRequest;
 use super::{Store, StoreError};
 use crate::alert::policy::AlertRecord;
 use crate::alert::route::SilenceSpec;
 use crate::alert::{RawRule, Rule};
+use crate::notify::ReceiverConfigRaw;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -64,6 +67,17 @@ pub(crate) enum AlertRequest {
         rule: Box<Rule>,
         now_ms: i64,
         reply: Reply<DryRunReply>,
+    },
+    PutReceiver {
+        raw: Box<ReceiverConfigRaw>,
+        create_only: bool,
+        now_ms: i64,
+        reply: Reply<ReceiverPut>,
+    },
+    DeleteReceiver {
+        name: String,
+        now_ms: i64,
+        reply: Reply<ReceiverDeleted>,
     },
 }
 
@@ -144,6 +158,17 @@ impl AlertRequest {
                 now_ms,
                 reply,
             } => split(reply, Ok(a.dry_run(*rule, now_ms))),
+            AlertRequest::PutReceiver {
+                raw,
+                create_only,
+                now_ms,
+                reply,
+            } => split(reply, a.put_receiver(c, &raw, create_only, now_ms)),
+            AlertRequest::DeleteReceiver {
+                name,
+                now_ms,
+                reply,
+            } => split(reply, a.delete_receiver(c, &name, now_ms)),
         }
     }
 
@@ -160,6 +185,8 @@ impl AlertRequest {
             AlertRequest::PutRule { reply, .. } => answer(reply, Err(e())),
             AlertRequest::DeleteRule { reply, .. } => answer(reply, Err(e())),
             AlertRequest::DryRun { reply, .. } => answer(reply, Err(e())),
+            AlertRequest::PutReceiver { reply, .. } => answer(reply, Err(e())),
+            AlertRequest::DeleteReceiver { reply, .. } => answer(reply, Err(e())),
         }
     }
 }
@@ -281,6 +308,40 @@ impl Store {
     pub async fn dry_run_rule(&self, rule: Rule, now_ms: i64) -> Result<DryRunReply, StoreError> {
         self.alert_call(|reply| AlertRequest::DryRun {
             rule: Box::new(rule),
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Stores a receiver defined through the API (`create_only`: only if none of that name
+    /// is stored) and routes to it from now on. The caller validates the definition
+    /// (secrets resolvable) and starts its dispatcher worker once this returns
+    /// [`ReceiverPut::Created`] or [`ReceiverPut::Replaced`].
+    pub async fn put_receiver(
+        &self,
+        raw: ReceiverConfigRaw,
+        create_only: bool,
+        now_ms: i64,
+    ) -> Result<ReceiverPut, StoreError> {
+        self.alert_call(|reply| AlertRequest::PutReceiver {
+            raw: Box::new(raw),
+            create_only,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes a receiver defined through the API; its queued notifications go to the
+    /// dead-letter list. Configured receivers are not deleted.
+    pub async fn delete_receiver(
+        &self,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<ReceiverDeleted, StoreError> {
+        self.alert_call(|reply| AlertRequest::DeleteReceiver {
+            name: name.to_owned(),
             now_ms,
             reply,
         })

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,7 +23,7 @@ use crate::alert::route::{inhibited, InhibitRule, Routing, Silence, SilenceSpec,
 use crate::alert::{
     Engine, EngineOptions, EngineState, Labels, RawRule, Rule, SeriesState, Transition,
 };
-use crate::notify::Notification;
+use crate::notify::{Notification, ReceiverConfigRaw};
 
 /// Metric through which the dispatcher's failures reach the rules (built-in
 /// `notification_receiver_failing`).
@@ -41,6 +41,9 @@ pub struct AlertingSetup {
     pub inhibit: Vec<InhibitRule>,
     /// Undelivered notifications older than this go to the dead-letter list.
     pub max_age_ms: i64,
+    /// `[alerting] default_receivers` was left unset: every receiver is a default
+    /// receiver, so receivers defined through the API join the default route too.
+    pub default_all: bool,
 }
 
 impl AlertingSetup {
@@ -63,6 +66,7 @@ impl AlertingSetup {
             },
             inhibit: Vec::new(),
             max_age_ms: 86_400_000,
+            default_all: false,
         }
     }
 }
@@ -94,11 +98,12 @@ pub struct AlertMetrics {
     pub evaluation_failures: Counter,
 }
 
-/// Receiver name → shared state (fixed at startup from the configured receivers), and the
-/// alert engine's metrics.
+/// Receiver name → shared state, and the alert engine's metrics. The receivers are the
+/// configured ones plus those defined through the API; only the writer changes the set (in
+/// the transaction that stores the change), the dispatcher reads it when a worker starts.
 #[derive(Debug, Default)]
 pub struct OutboxShared {
-    pub receivers: BTreeMap<String, ReceiverShared>,
+    receivers: RwLock<BTreeMap<String, Arc<ReceiverShared>>>,
     pub alert_metrics: AlertMetrics,
 }
 
@@ -113,12 +118,33 @@ impl OutboxShared {
         alert_metrics: AlertMetrics,
     ) -> Arc<OutboxShared> {
         Arc::new(OutboxShared {
-            receivers: names
-                .into_iter()
-                .map(|n| (n.to_owned(), ReceiverShared::default()))
-                .collect(),
+            receivers: RwLock::new(
+                names
+                    .into_iter()
+                    .map(|n| (n.to_owned(), Arc::new(ReceiverShared::default())))
+                    .collect(),
+            ),
             alert_metrics,
         })
+    }
+
+    // A poisoned lock means a panic elsewhere while holding it; the map itself is fine.
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<ReceiverShared>>> {
+        self.receivers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Arc<ReceiverShared>>> {
+        self.receivers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state of receiver `name`, if it is one now.
+    pub fn receiver(&self, name: &str) -> Option<Arc<ReceiverShared>> {
+        self.read().get(name).cloned()
+    }
+
+    /// The current receivers' names.
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
     }
 }
 
@@ -171,7 +197,42 @@ pub(crate) struct Alerting {
     /// as written.
     config_rules: Vec<Rule>,
     config_raw: Vec<RawRule>,
+    /// The routing's receiver lists as configured (every receiver; the default route's);
+    /// API receivers are added to them by `sync_routing`.
+    config_all: Vec<String>,
+    config_default: Vec<String>,
+    /// Receivers defined through the API that run now.
+    api_receivers: BTreeSet<String>,
+    /// The receiver set before the open transaction changed it, put back on rollback.
+    receivers_undo: Option<ReceiversUndo>,
 }
+
+type ReceiversUndo = (BTreeMap<String, Arc<ReceiverShared>>, BTreeSet<String>);
+
+/// What `Store::put_receiver` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverPut {
+    Created,
+    Replaced,
+    /// A configured receiver has this name; the API cannot change it.
+    FromConfig,
+    /// Only creating was asked for, and a receiver of this name is stored already.
+    Exists,
+}
+
+/// What `Store::delete_receiver` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverDeleted {
+    /// No receiver of this name was defined through the API.
+    Missing,
+    /// A configured receiver; the API cannot delete it.
+    FromConfig,
+    /// Gone; its queued notifications moved to the dead-letter list.
+    Deleted { dead_lettered: u64 },
+}
+
+/// Reason of the dead letters left by a deleted receiver.
+pub const RECEIVER_DELETED: &str = "receiver deleted";
 
 /// What `Store::delete_rule` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,8 +359,29 @@ impl Alerting {
         let config_raw = setup.raw_rules.clone();
         let config_rules = setup.rules.clone();
         setup.rules = effective_rules(&config_rules, &tx)?;
-        // Rows for receivers no longer configured can never be sent.
-        let known: Vec<String> = shared.receivers.keys().cloned().collect();
+        // API receivers: one the configuration now defines too is the configured one.
+        let config_all = setup.routing.all_receivers.clone();
+        let mut stored: BTreeSet<String> = BTreeSet::new();
+        {
+            let mut stmt = tx.prepare("SELECT name FROM receivers")?;
+            for name in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                stored.insert(name?);
+            }
+        }
+        for name in stored.iter().filter(|n| config_all.contains(n)) {
+            tracing::warn!(receiver = %name,
+                "the configuration defines this receiver now; its API definition is dropped");
+            tx.execute("DELETE FROM receivers WHERE name = ?1", [name])?;
+        }
+        stored.retain(|n| !config_all.contains(n));
+        let mut known = shared.names();
+        // An API receiver that could not be loaded (say, its secret file is missing) keeps
+        // its rows until it is fixed with a PUT or deleted.
+        known.extend(stored.iter().cloned());
+        let api_receivers: BTreeSet<String> = stored
+            .into_iter()
+            .filter(|n| shared.receiver(n).is_some())
+            .collect();
         let orphans: Vec<i64> = {
             let mut stmt = tx.prepare("SELECT id, receiver FROM outbox")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
@@ -353,6 +435,7 @@ impl Alerting {
         let engine = Engine::restore(setup.rules.clone(), opts, state);
         let mut window = AlertWindow::default();
         window.set_rules(&setup.rules, setup.engine.grace_ms);
+        let setup_default = setup.routing.default_receivers.clone();
         let mut a = Alerting {
             setup,
             shared,
@@ -367,7 +450,12 @@ impl Alerting {
             persisted: HashMap::new(),
             config_rules,
             config_raw,
+            config_default: setup_default,
+            config_all,
+            api_receivers,
+            receivers_undo: None,
         };
+        a.sync_routing();
         a.load(conn, now_ms)?;
         a.declare_all(conn)?;
         let span = max_span(&a.setup);
@@ -580,14 +668,15 @@ impl Alerting {
             }
         }
         self.reload_silences(c, now_ms)?;
-        for r in self.shared.receivers.values() {
+        let receivers = self.shared.read();
+        for r in receivers.values() {
             r.queued.store(0, Ordering::Relaxed);
         }
         let mut stmt = c.prepare("SELECT receiver, count(*) FROM outbox GROUP BY receiver")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         for row in rows {
             let (rcv, n) = row?;
-            if let Some(r) = self.shared.receivers.get(&rcv) {
+            if let Some(r) = receivers.get(&rcv) {
                 r.queued.store(n, Ordering::Relaxed);
             }
         }
@@ -677,16 +766,16 @@ impl Alerting {
     /// silences starting or ending, inhibitions lifting.
     pub(crate) fn tick(&mut self, c: &Connection, now_ms: i64) -> Result<(), StoreError> {
         self.window.prune(now_ms);
-        for (name, r) in &self.shared.receivers {
-            let labels: Labels = [("receiver".to_owned(), name.clone())]
-                .into_iter()
-                .collect();
-            self.window.push_own(
-                FAILED_METRIC,
-                labels,
-                now_ms,
-                r.failed.load(Ordering::Relaxed) as f64,
-            );
+        let failed: Vec<(String, u64)> = self
+            .shared
+            .read()
+            .iter()
+            .map(|(name, r)| (name.clone(), r.failed.load(Ordering::Relaxed)))
+            .collect();
+        for (name, n) in failed {
+            let labels: Labels = [("receiver".to_owned(), name)].into_iter().collect();
+            self.window
+                .push_own(FAILED_METRIC, labels, now_ms, n as f64);
         }
         self.reload_silences(c, now_ms)?;
         self.touched.clear();
@@ -819,7 +908,10 @@ impl Alerting {
             }
         }
         // Rows for a receiver no longer configured could never be sent.
-        targets.retain(|t| self.shared.receivers.contains_key(&t.receiver));
+        {
+            let receivers = self.shared.read();
+            targets.retain(|t| receivers.contains_key(&t.receiver));
+        }
         let muted = rec.is_active() && self.muted(&rec.labels, now_ms);
         for target in &targets {
             let key = (target.receiver.clone(), rec.fingerprint.clone());
@@ -899,7 +991,7 @@ impl Alerting {
             now_ms,
             due
         ])?;
-        if let Some(r) = self.shared.receivers.get(&t.receiver) {
+        if let Some(r) = self.shared.receiver(&t.receiver) {
             r.queued.fetch_add(1, Ordering::Relaxed);
         }
         self.woken.insert(t.receiver.clone());
@@ -908,8 +1000,13 @@ impl Alerting {
 
     /// After a commit: wake the workers that have new rows.
     pub(crate) fn committed(&mut self) {
+        self.receivers_undo = None;
+        if self.woken.is_empty() {
+            return;
+        }
+        let receivers = self.shared.read();
         for name in std::mem::take(&mut self.woken) {
-            if let Some(r) = self.shared.receivers.get(&name) {
+            if let Some(r) = receivers.get(&name) {
                 r.wake.notify_one();
             }
         }
@@ -919,6 +1016,12 @@ impl Alerting {
     pub(crate) fn rolled_back(&mut self, c: &Connection, now_ms: i64) {
         self.woken.clear();
         self.touched.clear();
+        // A receiver change in the failed group is undone with it.
+        if let Some((map, api)) = self.receivers_undo.take() {
+            *self.shared.write() = map;
+            self.api_receivers = api;
+            self.sync_routing();
+        }
         // A rule change in the failed group is undone with it.
         match effective_rules(&self.config_rules, c) {
             Ok(rules) => {
@@ -1053,7 +1156,7 @@ impl Alerting {
             batch.expired += 1;
         }
         if batch.expired > 0 {
-            if let Some(r) = self.shared.receivers.get(receiver) {
+            if let Some(r) = self.shared.receiver(receiver) {
                 r.queued.fetch_sub(batch.expired as i64, Ordering::Relaxed);
             }
         }
@@ -1094,7 +1197,7 @@ impl Alerting {
             drop(stmt);
             for id in bad {
                 dead_letter(c, id, "unreadable payload", now_ms)?;
-                if let Some(r) = self.shared.receivers.get(receiver) {
+                if let Some(r) = self.shared.receiver(receiver) {
                     r.queued.fetch_sub(1, Ordering::Relaxed);
                 }
             }
@@ -1142,10 +1245,132 @@ impl Alerting {
             self.last_flush
                 .insert((receiver.to_owned(), group_key.to_owned()), *at_ms);
         }
-        if let Some(r) = self.shared.receivers.get(receiver) {
+        if let Some(r) = self.shared.receiver(receiver) {
             r.queued.fetch_sub(gone, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Recomputes the routing's receiver lists: the configured ones plus the API
+    /// receivers running now (on the default route too when `default_all`).
+    fn sync_routing(&mut self) {
+        let mut all = self.config_all.clone();
+        all.extend(
+            self.api_receivers
+                .iter()
+                .filter(|n| !self.config_all.contains(n))
+                .cloned(),
+        );
+        self.setup.routing.default_receivers = if self.setup.default_all {
+            all.clone()
+        } else {
+            self.config_default.clone()
+        };
+        self.setup.routing.all_receivers = all;
+    }
+
+    /// Remembers the receiver set as it was before the open transaction changed it.
+    fn save_receivers_undo(&mut self) {
+        if self.receivers_undo.is_none() {
+            self.receivers_undo = Some((self.shared.read().clone(), self.api_receivers.clone()));
+        }
+    }
+
+    /// Stores an API receiver (creating it, or replacing its definition) and routes to it
+    /// from now on; its queued rows stay for the new definition. Configured receivers are
+    /// not touched. The definition holds secrets only as references.
+    pub(crate) fn put_receiver(
+        &mut self,
+        c: &Connection,
+        raw: &ReceiverConfigRaw,
+        create_only: bool,
+        now_ms: i64,
+    ) -> Result<ReceiverPut, StoreError> {
+        let name = raw.name();
+        if name.trim().is_empty() {
+            return Err(StoreError::Invalid("a receiver needs a name".into()));
+        }
+        if self.config_all.iter().any(|n| n == name) {
+            return Ok(ReceiverPut::FromConfig);
+        }
+        let definition = serde_json::to_string(raw)?;
+        let exists = c
+            .prepare_cached("SELECT 1 FROM receivers WHERE name = ?1")?
+            .query_row([name], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if exists && create_only {
+            return Ok(ReceiverPut::Exists);
+        }
+        c.prepare_cached(
+            "INSERT INTO receivers (name, definition, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (name) DO UPDATE SET definition = excluded.definition,
+                 updated_ms = excluded.updated_ms",
+        )?
+        .execute(params![name, definition, now_ms])?;
+        let queued: i64 = c
+            .prepare_cached("SELECT count(*) FROM outbox WHERE receiver = ?1")?
+            .query_row([name], |r| r.get(0))?;
+        self.save_receivers_undo();
+        self.shared
+            .write()
+            .entry(name.to_owned())
+            .or_default()
+            .queued
+            .store(queued, Ordering::Relaxed);
+        self.api_receivers.insert(name.to_owned());
+        self.sync_routing();
+        Ok(if exists {
+            ReceiverPut::Replaced
+        } else {
+            ReceiverPut::Created
+        })
+    }
+
+    /// Deletes an API receiver: nothing is routed to it any more, its queued rows go to the
+    /// dead-letter list ([`RECEIVER_DELETED`]) and what it was told is forgotten.
+    pub(crate) fn delete_receiver(
+        &mut self,
+        c: &Connection,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<ReceiverDeleted, StoreError> {
+        if self.config_all.iter().any(|n| n == name) {
+            return Ok(ReceiverDeleted::FromConfig);
+        }
+        let n = c
+            .prepare_cached("DELETE FROM receivers WHERE name = ?1")?
+            .execute([name])?;
+        if n == 0 {
+            return Ok(ReceiverDeleted::Missing);
+        }
+        let dead = c
+            .prepare_cached(
+                "INSERT INTO dead_letters (receiver, group_key, fingerprint, payload, created_ms,
+                     failed_ms, attempts, reason)
+                 SELECT receiver, group_key, fingerprint, payload, created_ms, ?2, attempts,
+                     ?3 || coalesce(': ' || last_error, '')
+                 FROM outbox WHERE receiver = ?1 ORDER BY id",
+            )?
+            .execute(params![name, now_ms, RECEIVER_DELETED])?;
+        c.prepare_cached("DELETE FROM outbox WHERE receiver = ?1")?
+            .execute([name])?;
+        c.prepare_cached("DELETE FROM notify_log WHERE receiver = ?1")?
+            .execute([name])?;
+        self.told.retain(|k, _| k.0 != name);
+        self.last_flush.retain(|k, _| k.0 != name);
+        self.save_receivers_undo();
+        self.shared.write().remove(name);
+        self.api_receivers.remove(name);
+        self.sync_routing();
+        if dead > 0 {
+            tracing::warn!(receiver = %name, notifications = dead,
+                "receiver deleted; its queued notifications moved to the dead-letter list");
+        }
+        Ok(ReceiverDeleted::Deleted {
+            dead_lettered: dead as u64,
+        })
     }
 }
 

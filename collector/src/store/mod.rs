@@ -22,6 +22,7 @@ mod codec;
 mod error;
 mod exec;
 mod reader;
+pub mod receivers;
 mod retention;
 mod rollup;
 mod schema;

@@ -259,6 +259,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
     "#,
+    // v5: receivers defined through the API (a `ReceiverConfigRaw` as JSON: secrets only as
+    // file/env references, never values). Configured receivers stay in the config file.
+    r#"
+    CREATE TABLE receivers (
+        name       TEXT    PRIMARY KEY,
+        definition TEXT    NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Settings for the single write connection. synchronous=FULL because an ack promises the

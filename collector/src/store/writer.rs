@@ -282,6 +282,21 @@ struct Maintenance {
     dirty: bool,
 }
 
+/// Opens a write connection to `path` (creating its directory and the database if
+/// missing) and brings the schema up to date.
+pub(crate) fn open_connection(path: &std::path::Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let mut conn = Connection::open(path)?;
+    schema::configure_writer(&conn)?;
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
 pub(crate) struct Writer {
     conn: Connection,
     cfg: StoreConfig,
@@ -294,15 +309,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Opens and prepares the database on the caller's thread so errors reach `Store::open`.
     pub(crate) fn open(cfg: StoreConfig, counters: Arc<Counters>) -> Result<Writer, StoreError> {
-        if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        let mut conn = Connection::open(&cfg.path)?;
-        schema::configure_writer(&conn)?;
-        schema::migrate(&mut conn)?;
+        let mut conn = open_connection(&cfg.path)?;
         // No agent is connected before the ingest layer registers it.
         conn.execute("UPDATE hosts SET online = 0 WHERE online != 0", [])?;
         // Work left over from a previous run is ripe for the first tick.
