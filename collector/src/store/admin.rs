@@ -17,8 +17,9 @@ pub fn open(db: &Path) -> Result<Connection, StoreError> {
         })?;
     }
     let mut conn = Connection::open(db)?;
-    schema::configure_writer(&conn)?;
+    // Before anything else: even the journal-mode pragma may wait for the collector.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    schema::configure_writer(&conn)?;
     schema::migrate(&mut conn)?;
     Ok(conn)
 }
@@ -29,7 +30,10 @@ pub fn with_db<T>(
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     let mut conn = open(db)?;
-    let tx = conn.transaction()?;
+    // IMMEDIATE takes the write lock up front: a deferred transaction that reads first
+    // fails with "database is locked" (no busy wait) if the running collector commits
+    // between its read and its write.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let out = f(&tx)?;
     tx.commit()?;
     Ok(out)
