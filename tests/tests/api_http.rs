@@ -233,3 +233,80 @@ fn api_slow_headers_are_cut_off_and_connections_are_limited() {
     });
     assert_eq!(back.0, 200);
 }
+
+#[test]
+fn api_over_https_and_metrics_pass_promtool_with_alerting_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let dir = tmp.path().join("c");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hmac"), "k").unwrap();
+    // The collector's own certificate (SAN localhost) doubles as the API's.
+    let extra = "[alerting]\n[[receiver]]\ntype = \"webhook\"\nname = \"hook\"\n\
+                 url = \"http://127.0.0.1:9/hook\"\nsecret = { file = \"hmac\" }\n";
+    let mut c = CollectorProc::start(&pki, &dir, extra);
+    c.stop();
+    c.child = None;
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    let p = pki.dir.display();
+    let text = text.replacen(
+        "[http]\n",
+        &format!("[http]\ntls_cert = \"{p}/collector.crt\"\ntls_key = \"{p}/collector.key\"\n"),
+        1,
+    );
+    std::fs::write(&c.config, text).unwrap();
+    // `restart` waits for /readyz over plain HTTP, which now refuses: start by hand.
+    let child = Command::new(mcpwatch_tests::bin("mcpwatch-collector"))
+        .args(["run", "--config"])
+        .arg(&c.config)
+        .stderr(std::fs::File::create(dir.join("https.log")).unwrap())
+        .spawn()
+        .unwrap();
+    c.child = Some(child);
+    let token = admin_token(&c.db, "tls", None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let get = |path: &str, token: Option<&str>| -> Option<(u16, String)> {
+        rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let cfg = mcpwatch_tests::client::config_without_cert(&pki.ca());
+            let mut s = mcpwatch_tests::client::connect(c.http, cfg).await.ok()?;
+            let auth = token
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let status = text.split_whitespace().nth(1)?.parse().ok()?;
+            Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
+        })
+    };
+    let ready = mcpwatch_tests::wait_for("https /readyz", Duration::from_secs(30), || {
+        get("/readyz", None).filter(|r| r.0 == 200)
+    });
+    assert_eq!(ready.0, 200);
+    let me = get("/api/v1/me", Some(&token)).expect("me over https");
+    assert_eq!(me.0, 200, "{me:?}");
+    assert!(me.1.contains("token:tls"), "{me:?}");
+    assert_eq!(get("/api/v1/me", None).unwrap().0, 401);
+    // Plain HTTP on the TLS port gets nothing useful.
+    assert_ne!(
+        mcpwatch_tests::http_get(c.http, "/readyz")
+            .map(|r| r.0)
+            .unwrap_or(0),
+        200
+    );
+    let metrics = get("/metrics", None).expect("metrics over https").1;
+    for family in [
+        "mcpwatch_collector_notifications_sent_total",
+        "mcpwatch_collector_outbox_queue_depth",
+        "mcpwatch_collector_alerts_active",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    // The endpoint may answer OpenMetrics; ask for the text format promtool reads.
+    mcpwatch_tests::promtool_check("collector /metrics with alerting", &metrics);
+}
