@@ -482,15 +482,3 @@ fn run_token(cmd: TokenCmd) -> Result<(), Failure> {
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::utc;
-
-    #[test]
-    fn admin_cli_utc_formats_known_instants() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(utc(1_767_225_599_000), "2025-12-31T23:59:59Z");
-    }
-}
