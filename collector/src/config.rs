@@ -240,9 +240,7 @@ impl CollectorConfig {
                     "federation_token",
                     path.parent().unwrap_or(Path::new(".")),
                 )
-                .map_err(|e| bad("api.federation_token", &e.to_string()))?
-                .expose()
-                .to_owned(),
+                .map_err(|e| bad("api.federation_token", &e.to_string()))?,
             ),
             None => None,
         };
@@ -278,6 +276,26 @@ impl CollectorConfig {
         let audit_retention = a
             .audit_retention
             .unwrap_or(Duration::from_secs(400 * 86_400));
+        if audit_retention.get().as_secs() < 86_400 {
+            return Err(bad("api.audit_retention", "must be at least 1d"));
+        }
+        if api.command_timeout >= http_limits.request_timeout {
+            return Err(bad(
+                "api.command_timeout",
+                "must be shorter than http.request_timeout",
+            ));
+        }
+        let listen = raw
+            .http
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9465)));
+        // /federate needs no user: off loopback it must at least need its token.
+        if !listen.ip().is_loopback() && api.federation_token.is_none() {
+            return Err(bad(
+                "api.federation_token",
+                "required when http.listen is not a loopback address (/federate exposes every host's data)",
+            ));
+        }
         Ok(CollectorConfig {
             alerting,
             http_tls,

@@ -693,7 +693,7 @@ fn users_roles_tokens_sessions_and_audit() {
     find_audit(&rows, "user:alice", "GET /api/v1/users", 403);
     find_audit(&rows, "user:alice", "DELETE /api/v1/tokens/{id}", 404);
     find_audit(&rows, "anonymous", "GET /api/v1/users", 401);
-    find_audit(&rows, "anonymous", "POST /api/v1/sessions", 401);
+    find_audit(&rows, "login:alice", "POST /api/v1/sessions", 401);
     let revoked = find_audit(&rows, "user:alice", "DELETE /api/v1/tokens/{id}", 204);
     assert!(revoked["token_id"].is_null() && revoked["session_id"].is_i64());
     // Filters and cursor paging, newest first.
@@ -845,6 +845,56 @@ fn login_locks_after_five_failures_and_is_rate_limited() {
     );
     assert!(rows.iter().any(|r| r["result"] == 429));
     assert_eq!(rows.iter().filter(|r| r["result"] == 401).count(), 7);
+}
+
+#[test]
+fn parallel_guesses_cannot_slip_past_the_lockout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = collector(tmp.path(), "login_attempts_per_minute = 1000000");
+    let db = c.db.display().to_string();
+    cli_ok(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--role",
+            "viewer",
+            "--password-stdin",
+            "--db",
+            &db,
+        ],
+        Some(ALICE_PW),
+    );
+    // 24 wrong guesses at once (retried while the server sheds load), then the right
+    // password: every guess is counted before its hash is checked, so the account is locked
+    // and the right password fails too.
+    let addr = c.http;
+    let guesses: Vec<_> = (0..24)
+        .map(|i| {
+            std::thread::spawn(move || loop {
+                // 503: every password check is busy and this guess was not made; retry it.
+                match Api(addr).login("carol", &format!("wrong-password-{i:02}")) {
+                    Err(503) => continue,
+                    r => break r,
+                }
+            })
+        })
+        .collect();
+    for g in guesses {
+        let r = g.join().unwrap();
+        assert_eq!(r, Err(401));
+    }
+    let api = Api(c.http);
+    assert_eq!(api.login("carol", ALICE_PW), Err(401), "locked");
+    let (failed, locked_until): (i64, i64) = ro(&c.db)
+        .query_row(
+            "SELECT failed_logins, locked_until_ms FROM users WHERE username = 'carol'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(failed >= 5, "{failed} attempts counted");
+    assert!(locked_until > now_ms(), "{locked_until}");
 }
 
 #[test]

@@ -340,6 +340,11 @@ impl Rule {
             if !ok {
                 return Err(err("labels", format!("invalid label name {k:?}")));
             }
+            // These identify the alert and its host (the API's access scope): a rule must
+            // not be able to file one host's alert under another.
+            if ["host", "alertname", "severity", "level", "flapping"].contains(&k.as_str()) {
+                return Err(err("labels", format!("label {k:?} is reserved")));
+            }
         }
         let keep_firing_for_ms = raw.keep_firing_for.map_or(0, Duration::as_millis_i64);
         let mut rule = Rule {
@@ -596,6 +601,11 @@ summary = "CPU {{ $value }} on {{ $labels.host }}"
     #[test]
     fn alert_invalid_rules_rejected_with_reasons() {
         let base = "[[rule]]\nname = \"r\"\nselector = 'm'\n";
+        rejected(
+            &format!("{base}critical = 1.0\nlabels = {{ host = \"other\" }}\n"),
+            "labels",
+            "reserved",
+        );
         rejected(
             &format!("{base}critical = 95.0\ncritical_clear = 99.0\n"),
             "critical_clear",

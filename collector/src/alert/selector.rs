@@ -4,7 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
+
+/// Matchers come from API users (queries, silences, bindings): bound what one can cost.
+const MAX_VALUE_LEN: usize = 1024;
+const MAX_MATCHERS: usize = 32;
+/// Compiled program and lazy-DFA cache per regex matcher.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
 /// Label set of one series (metric name excluded). Sorted so hashing and display are stable.
 pub type Labels = BTreeMap<String, String>;
@@ -29,9 +35,17 @@ pub struct Matcher {
 
 impl Matcher {
     pub fn new(label: &str, op: MatchOp, value: &str) -> Result<Self, String> {
+        if value.len() > MAX_VALUE_LEN {
+            return Err(format!(
+                "label `{label}`: value longer than {MAX_VALUE_LEN} bytes"
+            ));
+        }
         let re = match op {
             MatchOp::Re | MatchOp::NotRe => Some(
-                Regex::new(&format!("^(?:{value})$"))
+                RegexBuilder::new(&format!("^(?:{value})$"))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
                     .map_err(|e| format!("label `{label}`: invalid regex {value:?}: {e}"))?,
             ),
             MatchOp::Eq | MatchOp::Ne => None,
@@ -117,6 +131,9 @@ impl Selector {
                 let (value, after) = parse_quoted(s).ok_or_else(|| {
                     format!("selector: label `{label}`: expected a \"quoted\" value")
                 })?;
+                if matchers.len() == MAX_MATCHERS {
+                    return Err(format!("selector: more than {MAX_MATCHERS} matchers"));
+                }
                 matchers.push(Matcher::new(label, op, &value)?);
                 s = after.trim_start();
                 if let Some(r) = s.strip_prefix(',') {
@@ -234,5 +251,12 @@ mod tests {
         ] {
             assert!(Selector::parse(bad).is_err(), "{bad:?} should be rejected");
         }
+        // Costs are bounded: regex size, value length, matcher count.
+        let huge = format!("m{{a=~\"{}\"}}", "\\w{300}".repeat(40));
+        assert!(Selector::parse(&huge).is_err(), "oversized regex");
+        let long = format!("m{{a=\"{}\"}}", "x".repeat(2000));
+        assert!(Selector::parse(&long).is_err(), "value too long");
+        let many: Vec<String> = (0..40).map(|i| format!("l{i}=\"v\"")).collect();
+        assert!(Selector::parse(&format!("m{{{}}}", many.join(","))).is_err());
     }
 }

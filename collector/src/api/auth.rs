@@ -10,7 +10,7 @@ use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, Method};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::ApiState;
@@ -39,6 +39,14 @@ struct AuditInfo {
 pub struct AuditSlot(Arc<Mutex<AuditInfo>>);
 
 impl AuditSlot {
+    /// Who acted, for requests that authenticate themselves (login).
+    pub fn set_actor(&self, actor: String, session_id: Option<i64>) {
+        self.with(|i| {
+            i.actor = Some(actor);
+            i.session_id = session_id;
+        });
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut AuditInfo) -> T) -> T {
         // A poisoned slot only loses audit detail; keep going with what is there.
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,59 +156,71 @@ pub async fn authenticate(state: &ApiState, text: &str) -> Result<Principal, Api
     let found = state
         .db
         .read(move |r| {
-            r.run(|c| -> Result<Option<Principal>, crate::store::StoreError> {
-                let (user_id, subset, token_id, session_id, name) = match kind {
-                    Kind::Token => {
-                        let Some(t) = sa::token(c, id)? else {
-                            return Ok(None);
-                        };
-                        let live = !t.revoked && t.expires_ms.is_none_or(|e| now < e);
-                        if !credential::constant_time_eq(&t.hash, &presented) || !live {
-                            return Ok(None);
+            r.run(
+                |c| -> Result<Option<(Principal, i64)>, crate::store::StoreError> {
+                    let (user_id, subset, token_id, session_id, name, last) = match kind {
+                        Kind::Token => {
+                            let Some(t) = sa::token(c, id)? else {
+                                return Ok(None);
+                            };
+                            let live = !t.revoked && t.expires_ms.is_none_or(|e| now < e);
+                            if !credential::constant_time_eq(&t.hash, &presented) || !live {
+                                return Ok(None);
+                            }
+                            let last = t.last_used_ms.unwrap_or(0);
+                            (t.user_id, t.permissions, Some(t.id), None, t.name, last)
                         }
-                        (t.user_id, t.permissions, Some(t.id), None, t.name)
-                    }
-                    Kind::Session => {
-                        let Some(s) = sa::session(c, id)? else {
-                            return Ok(None);
-                        };
-                        let live =
-                            now < s.expires_ms && now.saturating_sub(s.last_seen_ms) < idle_ms;
-                        if !credential::constant_time_eq(&s.hash, &presented) || !live {
-                            return Ok(None);
+                        Kind::Session => {
+                            let Some(s) = sa::session(c, id)? else {
+                                return Ok(None);
+                            };
+                            let live =
+                                now < s.expires_ms && now.saturating_sub(s.last_seen_ms) < idle_ms;
+                            if !credential::constant_time_eq(&s.hash, &presented) || !live {
+                                return Ok(None);
+                            }
+                            let last = s.last_seen_ms;
+                            (Some(s.user_id), None, None, Some(s.id), String::new(), last)
                         }
-                        (Some(s.user_id), None, None, Some(s.id), String::new())
-                    }
-                };
-                let (actor, bindings) = match user_id {
-                    Some(uid) => {
-                        let Some(u) = sa::user(c, uid)? else {
-                            return Ok(None);
-                        };
-                        if u.disabled {
-                            return Ok(None);
+                    };
+                    let (actor, bindings) = match user_id {
+                        Some(uid) => {
+                            let Some(u) = sa::user(c, uid)? else {
+                                return Ok(None);
+                            };
+                            if u.disabled {
+                                return Ok(None);
+                            }
+                            (format!("user:{}", u.username), sa::grants_of(c, uid)?)
                         }
-                        (format!("user:{}", u.username), sa::grants_of(c, uid)?)
-                    }
-                    // A token without a user (quickstart's, or one made by the admin CLI for
-                    // automation) holds every permission, narrowed by its own subset.
-                    None => (
-                        format!("token:{name}"),
-                        vec![(Permission::ALL.to_vec(), String::new())],
-                    ),
-                };
-                Ok(Some(Principal {
-                    actor,
-                    user_id,
-                    token_id,
-                    session_id,
-                    grants: grants(&bindings, subset.as_deref()),
-                }))
-            })
+                        // A token without a user (quickstart's, or one made by the admin CLI for
+                        // automation) holds every permission, narrowed by its own subset.
+                        None => (
+                            format!("token:{name}"),
+                            vec![(Permission::ALL.to_vec(), String::new())],
+                        ),
+                    };
+                    Ok(Some((
+                        Principal {
+                            actor,
+                            user_id,
+                            token_id,
+                            session_id,
+                            grants: grants(&bindings, subset.as_deref()),
+                        },
+                        last,
+                    )))
+                },
+            )
         })
         .await?;
-    let principal = found.ok_or(ApiError::Unauthenticated)?;
-    // Bookkeeping off the request path: last use of a token, idle clock of a session.
+    let (principal, last) = found.ok_or(ApiError::Unauthenticated)?;
+    // Bookkeeping off the request path: last use of a token, idle clock of a session —
+    // written at most every quarter of the idle timeout (and minute), not on every request.
+    let every = (idle_ms / 4).clamp(1, 60_000);
+    if now.saturating_sub(last) < every {
+        return Ok(principal);
+    }
     let store = state.db.store.clone();
     match (principal.token_id, principal.session_id) {
         (Some(t), _) => {
@@ -230,15 +250,45 @@ pub async fn audit(State(state): State<ApiState>, mut req: Request, next: Next) 
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
-    let object = req.uri().path().to_owned();
+    // Bounded: a hostile path must not bloat the audit table.
+    let object: String = req.uri().path().chars().take(512).collect();
     let source = req
         .extensions()
         .get::<ClientAddr>()
         .map(|a| a.0.ip().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16();
-    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    // The handler and its audit row run in a task of their own: a client that disconnects
+    // (or the request timeout) drops this future, not the work, so no change goes unrecorded.
+    let task = tokio::spawn(async move {
+        let resp = next.run(req).await;
+        record(
+            &state,
+            &slot,
+            &method,
+            route,
+            object,
+            source,
+            resp.status().as_u16(),
+        )
+        .await;
+        resp
+    });
+    match task.await {
+        Ok(resp) => resp,
+        Err(e) => ApiError::Internal(format!("request task failed: {e}")).into_response(),
+    }
+}
+
+async fn record(
+    state: &ApiState,
+    slot: &AuditSlot,
+    method: &Method,
+    route: String,
+    object: String,
+    source: String,
+    status: u16,
+) {
+    let mutating = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     let info = slot.with(std::mem::take);
     if mutating || info.denied || status == 401 || status == 403 {
         let entry = sa::AuditEntry {
@@ -262,5 +312,4 @@ pub async fn audit(State(state): State<ApiState>, mut req: Request, next: Next) 
             state.metrics.audit_failed();
         }
     }
-    resp
 }

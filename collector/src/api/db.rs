@@ -10,12 +10,16 @@ use super::error::ApiError;
 
 /// Idle read connections kept for reuse.
 const POOL_MAX: usize = 8;
+/// Reads running at once: more wait, so a burst of expensive queries cannot take every
+/// blocking thread and connection.
+const READS_MAX: usize = 8;
 
 #[derive(Clone)]
 pub struct Db {
     pub store: Store,
     path: PathBuf,
     pool: Arc<Mutex<Vec<Reader>>>,
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 impl Db {
@@ -24,6 +28,7 @@ impl Db {
             store,
             path,
             pool: Arc::new(Mutex::new(Vec::new())),
+            running: Arc::new(tokio::sync::Semaphore::new(READS_MAX)),
         }
     }
 
@@ -35,7 +40,14 @@ impl Db {
     {
         let pool = self.pool.clone();
         let path = self.path.clone();
+        let permit = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
         let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             // A poisoned pool only means another reader panicked; its connections are fine.
             let reader = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let reader = match reader {

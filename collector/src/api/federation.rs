@@ -47,7 +47,7 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
 
 async fn federate(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     if let Some(token) = &state.settings.federation_token {
-        if !authorized(&headers, token) {
+        if !authorized(&headers, token.expose()) {
             let mut resp = error::plain(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",

@@ -375,6 +375,11 @@ async fn set_revoked(
     revoked: bool,
 ) -> Result<Json<HostView>, ApiError> {
     let host = authorized_host(&state, &caller, Permission::HostsWrite, &agent_id).await?;
+    // Lifting a revocation (often a security decision) takes fleet-wide hosts:write; a team
+    // may revoke its own hosts but not readmit one.
+    if !revoked {
+        caller.require_global(Permission::HostsWrite)?;
+    }
     if !state.db.store.set_revoked(&host.agent_id, revoked).await? {
         return Err(ApiError::NotFound);
     }

@@ -51,8 +51,8 @@ pub struct ApiSettings {
     pub max_points: usize,
     /// How long a server control command may wait for the agent.
     pub command_timeout: std::time::Duration,
-    /// Bearer token required by `/federate`, when set.
-    pub federation_token: Option<String>,
+    /// Bearer token required by `/federate`, when set (redacted in `Debug`).
+    pub federation_token: Option<crate::notify::Secret>,
 }
 
 impl ApiSettings {

@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{Caller, ClientAddr};
+use super::auth::{AuditSlot, Caller, ClientAddr};
+
+/// Password verifications running at once (each holds ~19 MiB for tens of milliseconds).
+static VERIFY_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 use super::error::{ApiError, ErrorBody};
 use super::ApiState;
 use crate::auth::credential::{self, Kind};
@@ -70,10 +73,11 @@ pub struct LoginResponse {
 /// Opens a session.
 #[utoipa::path(post, path = "/sessions", request_body = LoginRequest, security(()),
     responses((status = 201, body = LoginResponse), (status = 401, body = ErrorBody),
-              (status = 429, body = ErrorBody)), tag = "sessions")]
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)), tag = "sessions")]
 async fn login(
     State(state): State<ApiState>,
     addr: Option<Extension<ClientAddr>>,
+    slot: Option<Extension<AuditSlot>>,
     Json(req): Json<LoginRequest>,
 ) -> Result<(StatusCode, Json<LoginResponse>), ApiError> {
     let source = addr.map(|Extension(a)| a.0.ip());
@@ -85,6 +89,17 @@ async fn login(
     if req.username.len() > 256 || req.password.len() > password::MAX_LEN * 4 {
         return Err(ApiError::Unauthenticated);
     }
+    if let Some(Extension(slot)) = &slot {
+        // Attempts are audited under the name tried (bounded), successes under the user.
+        let tried: String = req.username.chars().take(64).collect();
+        slot.set_actor(format!("login:{tried}"), None);
+    }
+    // Argon2 costs ~19 MiB and tens of ms: bound how many run at once.
+    let Ok(_permit) = VERIFY_SLOTS.try_acquire() else {
+        return Err(ApiError::Unavailable(
+            "too many logins in progress; retry".into(),
+        ));
+    };
     let now = now_ms();
     let name = req.username.clone();
     let row = state
@@ -92,39 +107,31 @@ async fn login(
         .read(move |r| r.run(|c| sa::login_row(c, &name)))
         .await?;
     let s = &state.settings;
-    // Verify even for unknown users so timing does not reveal which names exist.
-    let (ok, row) = match row {
-        Some(row) => {
-            let hash = row.password_hash.clone();
-            let pw = req.password.clone();
-            let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
-                .await
-                .unwrap_or(false);
-            (ok, Some(row))
-        }
-        None => {
-            let pw = req.password.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || password::verify(&pw, password::dummy_hash()))
-                    .await;
-            (false, None)
-        }
+    let (after, lock) = (s.lockout_after, s.lockout_ms);
+    // Every attempt on an existing, unlocked account is counted before the password is
+    // checked, so parallel guesses cannot slip past the lockout; a success resets it. Unknown,
+    // disabled and locked accounts take the same path (a write, then a hash) so timing does
+    // not tell them apart.
+    let target = row.as_ref().filter(|r| !r.disabled).map(|r| r.id);
+    let reserved = state
+        .db
+        .store
+        .exec(move |c| match target {
+            Some(id) => sa::reserve_login(c, id, now, after, lock),
+            None => Ok(false),
+        })
+        .await?;
+    let hash = match (&row, reserved) {
+        (Some(r), true) => r.password_hash.clone(),
+        _ => password::dummy_hash().to_owned(),
     };
-    let Some(row) = row else {
+    let pw = req.password.clone();
+    let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
+        .await
+        .unwrap_or(false);
+    let Some(row) = row.filter(|_| reserved && ok) else {
         return Err(ApiError::Unauthenticated);
     };
-    if row.disabled || row.locked_until_ms > now {
-        return Err(ApiError::Unauthenticated);
-    }
-    if !ok {
-        let (id, after, lock) = (row.id, s.lockout_after, s.lockout_ms);
-        state
-            .db
-            .store
-            .exec(move |c| sa::login_failed(c, id, now, after, lock))
-            .await?;
-        return Err(ApiError::Unauthenticated);
-    }
     let secret = credential::secret().map_err(|e| ApiError::Internal(e.to_string()))?;
     let hash = credential::hash(&secret);
     let expires = now.saturating_add(s.session_absolute_ms);
@@ -138,6 +145,9 @@ async fn login(
             sa::create_session(c, uid, &hash, now, expires, &src)
         })
         .await?;
+    if let Some(Extension(slot)) = &slot {
+        slot.set_actor(format!("user:{}", req.username), Some(id));
+    }
     Ok((
         StatusCode::CREATED,
         Json(LoginResponse {

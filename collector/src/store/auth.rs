@@ -229,6 +229,27 @@ pub fn login_row_by_id(c: &Connection, user_id: i64) -> Result<Option<LoginRow>,
     .optional()?)
 }
 
+/// Counts a login attempt before its password is checked; at `lock_after` consecutive
+/// attempts without success the account locks for `lock_ms`. `false` (nothing counted) when
+/// the account is locked now.
+pub fn reserve_login(
+    c: &Connection,
+    user_id: i64,
+    now_ms: i64,
+    lock_after: i64,
+    lock_ms: i64,
+) -> Result<bool, StoreError> {
+    let n = c
+        .prepare_cached(
+            "UPDATE users SET failed_logins = failed_logins + 1,
+                 locked_until_ms = CASE WHEN failed_logins + 1 >= ?3 THEN ?2 + ?4
+                                        ELSE locked_until_ms END
+             WHERE id = ?1 AND locked_until_ms <= ?2",
+        )?
+        .execute(params![user_id, now_ms, lock_after, lock_ms])?;
+    Ok(n > 0)
+}
+
 /// Counts a failed login; at `lock_after` failures the account locks for `lock_ms`.
 pub fn login_failed(
     c: &Connection,
