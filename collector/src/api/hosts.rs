@@ -344,6 +344,15 @@ async fn put_labels(
             if !covers(&principal, p, &host.agent_id, &new_json) {
                 return Ok(Relabel::OutOfScope);
             }
+            // New labels must not bring the host under any grant of the caller's that did not
+            // cover it before (e.g. servers:control for env="staging" hosts).
+            let widened = crate::auth::Permission::ALL.into_iter().any(|perm| {
+                covers(&principal, perm, &host.agent_id, &new_json)
+                    && !covers(&principal, perm, &host.agent_id, &host.labels)
+            });
+            if widened {
+                return Ok(Relabel::OutOfScope);
+            }
             q::set_labels(c, &id, &new_json)?;
             Ok(q::host(c, &id)?.map_or(Relabel::Missing, Relabel::Done))
         })

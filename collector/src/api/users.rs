@@ -631,11 +631,21 @@ async fn create_token(
                 (None, Some(t)) => sa::token(c, t)?.and_then(|t| t.permissions),
                 (None, None) => None,
             };
+            // A token never outlives the token that made it.
+            let parent_expiry = match calling_token {
+                Some(t) => sa::token(c, t)?.and_then(|t| t.expires_ms),
+                None => None,
+            };
+            let expires = match (expires, parent_expiry) {
+                (Some(e), Some(p)) => Some(e.min(p)),
+                (None, Some(p)) => Some(p),
+                (e, None) => e,
+            };
             let id = sa::create_token(c, &n, owner, perms.as_deref(), expires, &hash, now)?;
-            Ok((id, perms))
+            Ok((id, perms, expires))
         })
         .await?;
-    let (id, permissions) = created;
+    let (id, permissions, expires) = created;
     caller.note(format!(
         "token {id} {name:?} for {}",
         owner.map_or("no user".to_owned(), |u| format!("user id {u}"))
