@@ -459,6 +459,37 @@ fn api_hosts_list_detail_labels_scoping_and_events() {
         "b"
     );
 
+    // Relabelling cannot widen the caller's reach: dave labels team a's hosts but controls
+    // servers only on team a's staging hosts, so he may not mark a host staging.
+    use mcpwatch_collector::auth::Permission;
+    admin::with_db(&f.c.db, |c| {
+        sa::put_role(
+            c,
+            "labeler",
+            &[Permission::HostsRead, Permission::HostsWrite],
+            now_ms(),
+        )
+    })
+    .expect("role");
+    let dave = f.user("dave", "labeler", r#"{team="a"}"#);
+    admin::with_db(&f.c.db, |c| {
+        let id = sa::existing_user_id(c, "dave")?;
+        sa::bind(c, id, "operator", r#"{team="a", tier="staging"}"#, now_ms())
+    })
+    .expect("bind");
+    let r = dave.send(
+        "PUT",
+        "/api/v1/hosts/web-2/labels",
+        &json!({"labels": {"team": "a", "tier": "staging"}}),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = dave.send(
+        "PUT",
+        "/api/v1/hosts/web-2/labels",
+        &json!({"labels": {"team": "a", "tier": "canary"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
     // Events: scoped, filtered, paged newest first.
     let r = f.admin.get("/api/v1/events?host=web-1");
     assert_eq!(r.status, 200, "{}", r.body);

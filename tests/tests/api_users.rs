@@ -477,6 +477,10 @@ fn users_roles_tokens_sessions_and_audit() {
     );
     assert_eq!(s, 201, "{child}");
     assert_eq!(child["permissions"], json!(["hosts:read"]));
+    assert_eq!(
+        child["expires_ms"], tok["expires_ms"],
+        "a token made by a token never outlives it"
+    );
     let (s, _) = api.send(
         "POST",
         "/api/v1/tokens",
