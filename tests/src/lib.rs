@@ -9,6 +9,7 @@ pub mod docker;
 pub mod process;
 pub mod procfs;
 pub mod receivers;
+pub mod sim;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

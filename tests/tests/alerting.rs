@@ -9,15 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use mcpwatch_common::wire::{Batch, Frame, Sample, SeriesDef, SeriesKey};
-use mcpwatch_tests::client::{self, Conn};
+use mcpwatch_tests::client;
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::receivers::{
     validate_pagerduty, validate_slack, validate_webhook, verify_hmac, Captured, HttpCapture,
     Reply, SmtpMode, SmtpServer,
 };
+use mcpwatch_tests::sim::{fast_alerting, test_high_rules, SimAgent};
 use mcpwatch_tests::{wait_for, Pki};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -30,32 +30,10 @@ const HMAC_KEY: &str = "alerting-hmac-secret";
 const SLACK_TOKEN: &str = "XXSLACKTOKENXX";
 const RULE: &str = "test_high";
 
-const RULES: &str = r#"[[rule]]
-name = "test_high"
-selector = "test_value"
-function = "last"
-window = "10s"
-op = ">"
-critical = 0.5
-severity = "critical"
-summary = "test {{ $labels.i }} on {{ $labels.host }}"
-"#;
-
 /// The summary `test_high` renders for series `i`.
 fn summary(i: &str) -> String {
     format!("test {i} on {AGENT}")
 }
-
-/// Fast, one-notification-per-alert settings for `[alerting]` (without the table header).
-const FAST: &str = r#"rule_files = ["rules.toml"]
-builtin_rules = false
-group_by = ["..."]
-group_wait = "0s"
-group_interval = "1s"
-repeat_interval = "4h"
-retry_initial = "200ms"
-retry_max = "1s"
-"#;
 
 // ---- fixture ---------------------------------------------------------------------------
 
@@ -77,7 +55,7 @@ impl Setup {
         let tls = client::config(&pki.ca(), &certs.cert, &certs.key);
         let dir = tmp.path().join("c");
         std::fs::create_dir_all(&dir).expect("mkdir collector dir");
-        std::fs::write(dir.join("rules.toml"), RULES).expect("write rules");
+        std::fs::write(dir.join("rules.toml"), test_high_rules("10s")).expect("write rules");
         std::fs::write(dir.join("pd-key"), format!("{PD_KEY}\n")).expect("pd key");
         std::fs::write(dir.join("hmac"), format!("{HMAC_KEY}\n")).expect("hmac key");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -106,8 +84,8 @@ impl Setup {
     /// Connects a simulated agent, fires one alert for series `i` and disconnects.
     fn fire(&self, ingest: SocketAddr, i: &str) {
         self.rt.block_on(async {
-            let mut agent = SimAgent::connect(ingest, self.tls.clone(), 0).await;
-            agent.fire(1, i).await;
+            let mut agent = SimAgent::connect(ingest, self.tls.clone(), AGENT).await;
+            agent.send("test_value", i, 1.0).await;
         });
     }
 }
@@ -122,65 +100,6 @@ fn webhook_receiver(name: &str, url: &str) -> String {
     format!(
         "[[receiver]]\ntype = \"webhook\"\nname = \"{name}\"\nurl = \"{url}\"\nsecret = {{ file = \"hmac\" }}\n"
     )
-}
-
-fn wall_ms() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    i64::try_from(d.as_millis()).expect("ms fit i64")
-}
-
-/// A hand-driven agent connection: Hello/Welcome, then one batch per alert.
-struct SimAgent {
-    conn: Conn,
-    /// The next seq to send (the collector's `resume_from_seq` at connect).
-    seq: u64,
-}
-
-impl SimAgent {
-    async fn connect(ingest: SocketAddr, tls: Arc<rustls::ClientConfig>, acked: u64) -> SimAgent {
-        let mut conn = Conn::open(ingest, tls).await.expect("connect to collector");
-        let mut hello = Conn::hello(AGENT);
-        hello.last_acked_seq = acked;
-        let seq = match conn.handshake(hello).await.expect("handshake") {
-            Frame::Welcome(w) => w.resume_from_seq,
-            other => panic!("expected Welcome, got {other:?}"),
-        };
-        SimAgent { conn, seq }
-    }
-
-    /// Declares `test_value{i=i}` as `id` with one sample 1.0 at the current wall-clock
-    /// time and waits for its Ack; returns the acked seq.
-    async fn fire(&mut self, id: u32, i: &str) -> u64 {
-        let seq = self.seq;
-        self.conn
-            .send(Frame::Batch(Batch {
-                seq,
-                new_series: vec![SeriesDef {
-                    id,
-                    key: SeriesKey::new("test_value", &[("i", i)]),
-                }],
-                samples: vec![Sample {
-                    series: id,
-                    ts_ms: wall_ms(),
-                    value: 1.0,
-                }],
-                events: vec![],
-            }))
-            .await
-            .expect("send batch");
-        let reply = tokio::time::timeout(Duration::from_secs(10), self.conn.recv())
-            .await
-            .expect("no Ack within 10 s")
-            .expect("collector closed the stream");
-        match reply {
-            Frame::Ack { seq: acked } if acked >= seq => {}
-            other => panic!("expected Ack {{ seq: {seq} }}, got {other:?}"),
-        }
-        self.seq += 1;
-        seq
-    }
 }
 
 /// The next captured request within `within` (at most 5 s per call), or None.
@@ -313,8 +232,9 @@ fn alert_survives_kill9_between_firing_and_delivery() {
         Reply::status(202).with_body(r#"{"status":"success","message":"Event processed"}"#),
     );
     let mut collector = s.collector(&format!(
-        "[alerting]\n{FAST}\n{}",
-        pagerduty_receiver("pd", &pd.url("/v2/enqueue"))
+        "[alerting]\n{fast}\n{}",
+        pagerduty_receiver("pd", &pd.url("/v2/enqueue")),
+        fast = fast_alerting("4h")
     ));
     let started = Instant::now();
     let mut acked = 0u64;
@@ -323,14 +243,16 @@ fn alert_survives_kill9_between_firing_and_delivery() {
     for k in 0..ROUNDS {
         let i = k.to_string();
         acked = s.rt.block_on(async {
-            let mut agent = SimAgent::connect(collector.ingest, s.tls.clone(), acked).await;
+            let id = u32::try_from(k + 1).expect("small");
+            let mut agent = SimAgent::resume(collector.ingest, s.tls.clone(), AGENT, acked)
+                .await
+                .first_series_id(id);
             assert_eq!(
                 agent.seq,
                 acked + 1,
                 "round {k}: the collector lost an acked batch (resume_from_seq)"
             );
-            let id = u32::try_from(k + 1).expect("small");
-            agent.fire(id, &i).await
+            agent.send("test_value", &i, 1.0).await
         });
         // The alert and its outbox row are committed with the acked batch: crash right now.
         collector.kill9();
@@ -447,10 +369,11 @@ fn alert_email_end_to_end() {
     std::fs::create_dir_all(&smtp_dir).expect("mkdir smtp");
     let smtp = SmtpServer::start(&smtp_dir, SmtpMode::Mailbox);
     let collector = s.collector(&format!(
-        "[alerting]\n{FAST}\n[[receiver]]\ntype = \"email\"\nname = \"mail\"\nhost = \"127.0.0.1\"\n\
+        "[alerting]\n{fast}\n[[receiver]]\ntype = \"email\"\nname = \"mail\"\nhost = \"127.0.0.1\"\n\
          port = {port}\ntls = \"none\"\nfrom = \"mcpwatch <alerts@mcpwatch.test>\"\n\
          to = [\"ops@mcpwatch.test\", \"Second <second@mcpwatch.test>\"]\ntimeout_secs = 10\n",
-        port = smtp.addr.port()
+        port = smtp.addr.port(),
+        fast = fast_alerting("4h")
     ));
     let started = Instant::now();
     s.fire(collector.ingest, "0");
@@ -510,9 +433,10 @@ fn alert_webhook_and_slack_end_to_end() {
     )
     .expect("slack url");
     let collector = s.collector(&format!(
-        "[alerting]\n{FAST}\n{}[[receiver]]\ntype = \"slack\"\nname = \"slack\"\n\
+        "[alerting]\n{fast}\n{}[[receiver]]\ntype = \"slack\"\nname = \"slack\"\n\
          webhook_url = {{ file = \"slack-url\" }}\n",
-        webhook_receiver("hook", &hook.url("/hook"))
+        webhook_receiver("hook", &hook.url("/hook")),
+        fast = fast_alerting("4h")
     ));
     let started = Instant::now();
     s.fire(collector.ingest, "7");
@@ -587,9 +511,10 @@ fn alert_retry_then_deliver_and_dead_letter() {
             .with_body(r#"{"status":"invalid event","message":"Event object is invalid"}"#),
     );
     let collector = s.collector(&format!(
-        "[alerting]\n{FAST}\n{}{}",
+        "[alerting]\n{fast}\n{}{}",
         webhook_receiver("flaky", &flaky.url("/hook")),
-        pagerduty_receiver("strict", &strict.url("/v2/enqueue"))
+        pagerduty_receiver("strict", &strict.url("/v2/enqueue")),
+        fast = fast_alerting("4h")
     ));
     s.fire(collector.ingest, "1");
 

@@ -5,22 +5,20 @@
 //! repeats), history, silences with host scopes, rules changed live through the API (and
 //! kept across a restart), dry runs, and receivers listed without secrets and test-sent.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mcpwatch_collector::auth::credential::{self, Kind};
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::store::{admin, auth as store_auth};
-use mcpwatch_common::wire::{Batch, Frame, Sample, SeriesDef, SeriesKey};
-use mcpwatch_tests::client::{self, Conn};
+use mcpwatch_tests::client;
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::receivers::{
     validate_pagerduty, validate_webhook, verify_hmac, HttpCapture, Reply,
 };
+use mcpwatch_tests::sim::{fast_alerting, test_high_rules, wall_ms, SimAgent};
 use mcpwatch_tests::Pki;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{json, Value};
@@ -33,37 +31,10 @@ const HMAC_KEY: &str = "api-alerts-hmac-secret";
 const PD_KEY: &str = "R0UT1NGKEYAPI00000000000000000000";
 const PASSWORD: &str = "Correct-Horse-42!";
 
-const RULES: &str = r#"[[rule]]
-name = "test_high"
-selector = "test_value"
-function = "last"
-window = "10m"
-op = ">"
-critical = 0.5
-severity = "critical"
-summary = "test {{ $labels.i }} on {{ $labels.host }}"
-"#;
-
-/// `[alerting]` body: one notification per alert, at once.
-fn fast(repeat: &str) -> String {
-    format!(
-        "rule_files = [\"rules.toml\"]\nbuiltin_rules = false\ngroup_by = [\"...\"]\n\
-         group_wait = \"0s\"\ngroup_interval = \"1s\"\nrepeat_interval = \"{repeat}\"\n\
-         retry_initial = \"200ms\"\nretry_max = \"1s\"\n"
-    )
-}
-
 fn webhook_receiver(name: &str, url: &str) -> String {
     format!(
         "[[receiver]]\ntype = \"webhook\"\nname = \"{name}\"\nurl = \"{url}\"\nsecret = {{ file = \"hmac\" }}\n"
     )
-}
-
-fn wall_ms() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    i64::try_from(d.as_millis()).expect("ms fit i64")
 }
 
 // ---- fixture ---------------------------------------------------------------------------
@@ -81,7 +52,7 @@ impl Rig {
         let pki = Pki::new(&tmp.path().join("pki"));
         let dir = tmp.path().join("c");
         std::fs::create_dir_all(&dir).expect("mkdir collector dir");
-        std::fs::write(dir.join("rules.toml"), RULES).expect("write rules");
+        std::fs::write(dir.join("rules.toml"), test_high_rules("10m")).expect("write rules");
         std::fs::write(dir.join("hmac"), format!("{HMAC_KEY}\n")).expect("hmac key");
         std::fs::write(dir.join("pd-key"), format!("{PD_KEY}\n")).expect("pd key");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -152,66 +123,6 @@ fn is(rule: &str, status: &str, i: &str) -> impl Fn(&Value) -> bool {
         a["rule"] == rule.as_str()
             && a["status"] == status.as_str()
             && a["labels"]["i"] == i.as_str()
-    }
-}
-
-/// A hand-driven agent connection; each new (metric, i) is declared on first use.
-struct SimAgent {
-    conn: Conn,
-    seq: u64,
-    ids: HashMap<(String, String), u32>,
-}
-
-impl SimAgent {
-    async fn connect(ingest: SocketAddr, tls: Arc<rustls::ClientConfig>, id: &str) -> SimAgent {
-        let mut conn = Conn::open(ingest, tls).await.expect("connect to collector");
-        let seq = match conn.handshake(Conn::hello(id)).await.expect("handshake") {
-            Frame::Welcome(w) => w.resume_from_seq,
-            other => panic!("expected Welcome, got {other:?}"),
-        };
-        SimAgent {
-            conn,
-            seq,
-            ids: HashMap::new(),
-        }
-    }
-
-    /// Sends `metric{i=i} value` at the current time and waits for the Ack (the sample is
-    /// committed, and the rules reading it have been evaluated, when this returns).
-    async fn send(&mut self, metric: &str, i: &str, value: f64) {
-        let key = (metric.to_owned(), i.to_owned());
-        let mut new_series = Vec::new();
-        let next = u32::try_from(self.ids.len() + 1).expect("few series");
-        let id = *self.ids.entry(key).or_insert_with(|| {
-            new_series.push(SeriesDef {
-                id: next,
-                key: SeriesKey::new(metric, &[("i", i)]),
-            });
-            next
-        });
-        let seq = self.seq;
-        self.conn
-            .send(Frame::Batch(Batch {
-                seq,
-                new_series,
-                samples: vec![Sample {
-                    series: id,
-                    ts_ms: wall_ms(),
-                    value,
-                }],
-                events: vec![],
-            }))
-            .await
-            .expect("send batch");
-        let reply = tokio::time::timeout(Duration::from_secs(10), self.conn.recv())
-            .await
-            .expect("no Ack within 10 s")
-            .expect("collector closed the stream");
-        match reply {
-            Frame::Ack { seq: acked } if acked >= seq => {}
-            other => panic!("expected Ack {{ seq: {seq} }}, got {other:?}"),
-        }
-        self.seq += 1;
     }
 }
 
@@ -413,7 +324,7 @@ fn api_alerts_list_history_and_ack_stops_repeats() {
     let mut hook = rig.capture(Reply::status(200));
     let c = rig.collector(&format!(
         "[alerting]\n{}\n{}",
-        fast("2s"),
+        fast_alerting("2s"),
         webhook_receiver("hook", &hook.url("/hook"))
     ));
     let admin = admin_api(&c, "t");
@@ -552,7 +463,7 @@ fn api_alerts_silences_and_host_scopes() {
     let mut hook = rig.capture(Reply::status(200));
     let c = rig.collector(&format!(
         "[alerting]\n{}\n{}",
-        fast("4h"),
+        fast_alerting("4h"),
         webhook_receiver("hook", &hook.url("/hook"))
     ));
     let admin = admin_api(&c, "t");
@@ -718,7 +629,7 @@ fn api_alerts_rules_live_dry_run_and_restart() {
     let mut hook = rig.capture(Reply::status(200));
     let mut c = rig.collector(&format!(
         "[alerting]\n{}\n{}",
-        fast("4h"),
+        fast_alerting("4h"),
         webhook_receiver("hook", &hook.url("/hook"))
     ));
     let admin = admin_api(&c, "t");
@@ -951,7 +862,7 @@ fn api_alerts_receivers_redacted_and_test_send() {
         "[alerting]\n{}\n{}{}\
          [[receiver]]\ntype = \"pagerduty\"\nname = \"pd\"\nrouting_key = {{ file = \"pd-key\" }}\nurl = \"{}\"\n\
          [[receiver]]\ntype = \"slack\"\nname = \"chat\"\nwebhook_url = {{ file = \"slack-url\" }}\n",
-        fast("4h"),
+        fast_alerting("4h"),
         webhook_receiver("hook", &hook.url("/hook")),
         webhook_receiver("broken", &broken.url("/broken")),
         pd.url("/v2/enqueue"),

@@ -7,7 +7,6 @@
 //! `/federate` with and without its bearer token, checked by `promtool check metrics` and
 //! scraped by a real Prometheus.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,12 +16,11 @@ use std::time::Duration;
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::{admin, auth as sa};
-use mcpwatch_common::wire::{
-    Batch, CommandResult, Event, Frame, RejectReason, Sample, SeriesDef, SeriesKey,
-};
+use mcpwatch_common::wire::{Batch, CommandResult, Event, Frame, RejectReason, Sample, SeriesKey};
 use mcpwatch_tests::api::{admin_token, request, Api, Resp};
 use mcpwatch_tests::client::{self, Conn};
 use mcpwatch_tests::process::CollectorProc;
+use mcpwatch_tests::sim::{AckWait, SimAgent};
 use mcpwatch_tests::{free_addr, http_get, promtool_check, wait_for, Pki};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{json, Value};
@@ -74,6 +72,8 @@ impl Fleet {
         let tls = self.tls(name);
         self.rt
             .block_on(SimAgent::connect(self.c.ingest, tls, name))
+            .first_series_id(0)
+            .ack_wait(AckWait::SkipOthers)
     }
 
     /// The answer to a Hello from a new connection of `name`.
@@ -140,80 +140,17 @@ impl Fleet {
     }
 }
 
-/// A hand-driven agent connection.
-struct SimAgent {
-    conn: Conn,
-    seq: u64,
-    ids: HashMap<SeriesKey, u32>,
-}
-
-impl SimAgent {
-    async fn connect(ingest: SocketAddr, tls: Arc<rustls::ClientConfig>, name: &str) -> SimAgent {
-        let mut conn = Conn::open(ingest, tls).await.expect("connect");
-        let seq = match conn.handshake(Conn::hello(name)).await.expect("hello") {
-            Frame::Welcome(w) => w.resume_from_seq,
-            other => panic!("{name}: expected Welcome, got {other:?}"),
-        };
-        SimAgent {
-            conn,
-            seq,
-            ids: HashMap::new(),
-        }
-    }
-
-    /// Sends one batch (declaring new series) and waits for its Ack.
-    async fn push(&mut self, samples: &[(SeriesKey, i64, f64)], events: Vec<Event>) {
-        let mut new_series = Vec::new();
-        let mut out = Vec::with_capacity(samples.len());
-        for (key, ts, v) in samples {
-            let next = u32::try_from(self.ids.len()).expect("few series");
-            let id = *self.ids.entry(key.clone()).or_insert_with(|| {
-                new_series.push(SeriesDef {
-                    id: next,
-                    key: key.clone(),
-                });
-                next
+/// Answers every command with ok and a message naming it, until the stream ends.
+async fn answer_commands(mut agent: SimAgent) {
+    while let Ok(f) = agent.conn.recv().await {
+        if let Frame::Command(c) = f {
+            let reply = Frame::CommandResult(CommandResult {
+                id: c.id,
+                ok: true,
+                message: format!("done: {:?}", c.action),
             });
-            out.push(Sample {
-                series: id,
-                ts_ms: *ts,
-                value: *v,
-            });
-        }
-        let seq = self.seq;
-        self.conn
-            .send(Frame::Batch(Batch {
-                seq,
-                new_series,
-                samples: out,
-                events,
-            }))
-            .await
-            .expect("send batch");
-        loop {
-            let f = tokio::time::timeout(Duration::from_secs(10), self.conn.recv())
-                .await
-                .expect("no Ack within 10 s")
-                .expect("collector closed the stream");
-            if matches!(f, Frame::Ack { seq: s } if s >= seq) {
-                break;
-            }
-        }
-        self.seq += 1;
-    }
-
-    /// Answers every command with ok and a message naming it, until the stream ends.
-    async fn answer_commands(mut self) {
-        while let Ok(f) = self.conn.recv().await {
-            if let Frame::Command(c) = f {
-                let reply = Frame::CommandResult(CommandResult {
-                    id: c.id,
-                    ok: true,
-                    message: format!("done: {:?}", c.action),
-                });
-                if self.conn.send(reply).await.is_err() {
-                    return;
-                }
+            if agent.conn.send(reply).await.is_err() {
+                return;
             }
         }
     }
@@ -824,7 +761,7 @@ fn api_hosts_servers_control_and_revocation() {
     assert_eq!(f.admin.get("/api/v1/hosts/web-2/servers").json(), json!([]));
 
     // web-1 answers commands.
-    let answering = f.rt.spawn(web1.answer_commands());
+    let answering = f.rt.spawn(answer_commands(web1));
     let r = f
         .admin
         .send("POST", "/api/v1/hosts/web-1/servers/fs/restart", &json!({}));

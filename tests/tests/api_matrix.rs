@@ -18,18 +18,17 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mcpwatch_collector::auth::credential::{self, Kind};
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::{admin, auth as sa, StoreError};
-use mcpwatch_common::wire::{Batch, Frame, Sample, SeriesDef, SeriesKey};
 use mcpwatch_tests::api::{admin_token, request, Resp};
-use mcpwatch_tests::client::{self, Conn};
+use mcpwatch_tests::client;
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::receivers::{HttpCapture, Reply};
+use mcpwatch_tests::sim::{fast_alerting, test_high_rules, AckWait, SimAgent};
 use mcpwatch_tests::{wait_for, Pki};
 use rusqlite::Connection;
 use serde_json::{json, Value};
@@ -44,17 +43,6 @@ const API_SECRET_FILE: &str = "api-hook-hmac";
 const RECEIVER: &str = "hook";
 /// The configured rule (fires on `test_value > 0.5`).
 const RULE: &str = "test_high";
-
-const RULES: &str = r#"[[rule]]
-name = "test_high"
-selector = "test_value"
-function = "last"
-window = "10m"
-op = ">"
-critical = 0.5
-severity = "critical"
-summary = "test {{ $labels.i }} on {{ $labels.host }}"
-"#;
 
 // ---- the table -----------------------------------------------------------------------------
 
@@ -423,42 +411,6 @@ fn expected(need: Need, ok: u16, who: Who) -> u16 {
         Need::HostCreate(_) | Need::Global(_) => 403,
         Need::OtherUsers if who.holds_everywhere("users:admin") => ok,
         Need::OtherUsers => 404,
-    }
-}
-
-// ---- simulated agents ------------------------------------------------------------------------
-
-/// Connects as `id`, sends `test_value{i="1"} 1` now and waits for its Ack (the sample is
-/// committed and the rule evaluated). The connection stays open until dropped.
-async fn agent_sends(ingest: SocketAddr, tls: Arc<rustls::ClientConfig>, id: &str) -> Conn {
-    let mut conn = Conn::open(ingest, tls).await.expect("connect to collector");
-    let seq = match conn.handshake(Conn::hello(id)).await.expect("handshake") {
-        Frame::Welcome(w) => w.resume_from_seq,
-        other => panic!("{id}: expected Welcome, got {other:?}"),
-    };
-    conn.send(Frame::Batch(Batch {
-        seq,
-        new_series: vec![SeriesDef {
-            id: 1,
-            key: SeriesKey::new("test_value", &[("i", "1")]),
-        }],
-        samples: vec![Sample {
-            series: 1,
-            ts_ms: now_ms(),
-            value: 1.0,
-        }],
-        events: vec![],
-    }))
-    .await
-    .expect("send batch");
-    loop {
-        let f = tokio::time::timeout(Duration::from_secs(10), conn.recv())
-            .await
-            .expect("no Ack within 10 s")
-            .expect("collector closed the stream");
-        if matches!(f, Frame::Ack { seq: s } if s >= seq) {
-            return conn;
-        }
     }
 }
 
@@ -884,7 +836,7 @@ fn api_permission_matrix_every_route_every_principal() {
     let pki = Pki::new(&tmp.path().join("pki"));
     let dir = tmp.path().join("c");
     std::fs::create_dir_all(&dir).expect("mkdir collector dir");
-    std::fs::write(dir.join("rules.toml"), RULES).expect("write rules");
+    std::fs::write(dir.join("rules.toml"), test_high_rules("10m")).expect("write rules");
     std::fs::write(dir.join("hmac"), format!("{HMAC_KEY}\n")).expect("hmac key");
     // `[alerting] api_secret_dir` is `secrets` beside collector.toml by default.
     std::fs::create_dir_all(dir.join("secrets")).expect("mkdir secrets");
@@ -904,12 +856,11 @@ fn api_permission_matrix_every_route_every_principal() {
         &dir,
         &format!(
             "[api]\nlogin_attempts_per_minute = 10000\ncommand_timeout = \"2s\"\n\
-             [alerting]\nrule_files = [\"rules.toml\"]\nbuiltin_rules = false\n\
-             group_by = [\"...\"]\ngroup_wait = \"0s\"\ngroup_interval = \"1s\"\n\
-             repeat_interval = \"4h\"\nretry_initial = \"200ms\"\nretry_max = \"1s\"\n\
+             [alerting]\n{fast}\
              [[receiver]]\ntype = \"webhook\"\nname = \"{RECEIVER}\"\nurl = \"{}\"\n\
              secret = {{ file = \"hmac\" }}\n",
-            hook.url("/hook")
+            hook.url("/hook"),
+            fast = fast_alerting("4h")
         ),
     );
     let admin_tok = admin_token(&c.db, "matrix-admin", None);
@@ -925,12 +876,20 @@ fn api_permission_matrix_every_route_every_principal() {
     };
 
     // Two hosts, an alert firing on each, labelled by team; then both agents go away.
-    let conns: Vec<Conn> = [HOST_A, HOST_B]
+    // Each sends `test_value{i="1"} 1` now and waits for its Ack (the sample is committed
+    // and the rule evaluated); the connections stay open until dropped.
+    let conns: Vec<SimAgent> = [HOST_A, HOST_B]
         .into_iter()
         .map(|id| {
             let certs = pki.agent(id);
             let tls = client::config(&pki.ca(), &certs.cert, &certs.key);
-            rt.block_on(agent_sends(c.ingest, tls, id))
+            rt.block_on(async {
+                let mut agent = SimAgent::connect(c.ingest, tls, id)
+                    .await
+                    .ack_wait(AckWait::SkipOthers);
+                agent.send("test_value", "1", 1.0).await;
+                agent
+            })
         })
         .collect();
     for (host, team) in [(HOST_A, "a"), (HOST_B, "b")] {

@@ -7,16 +7,15 @@
 //! a value, a reference outside the secrets directory or one that does not resolve is a
 //! 400, configured receivers are read-only (409), and no secret reaches the database.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use mcpwatch_common::wire::{Batch, Frame, Sample, SeriesDef, SeriesKey};
 use mcpwatch_tests::api::{admin_token, Api, Resp};
-use mcpwatch_tests::client::{self, Conn};
+use mcpwatch_tests::client;
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::receivers::{validate_webhook, verify_hmac, Captured, HttpCapture, Reply};
+use mcpwatch_tests::sim::{fast_alerting, test_high_rules, SimAgent};
 use mcpwatch_tests::Pki;
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{json, Value};
@@ -32,33 +31,14 @@ const FRAGILE_KEY: &str = "fragile-receiver-hmac-key-55d0";
 /// A secret sent as a value: refused, never stored.
 const PLAIN: &str = "plaintext-secret-value-b81c27";
 
-const RULES: &str = r#"[[rule]]
-name = "test_high"
-selector = "test_value"
-function = "last"
-window = "10m"
-op = ">"
-critical = 0.5
-severity = "critical"
-summary = "test {{ $labels.i }} on {{ $labels.host }}"
-"#;
-
-fn wall_ms() -> i64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    i64::try_from(d.as_millis()).expect("ms fit i64")
-}
-
 /// `[alerting]` with one notification per alert, at once, quick retries; one configured
 /// webhook receiver `cfg`; `default_receivers` unset, so API receivers get every alert.
 fn alerting(cfg_url: &str) -> String {
     format!(
-        "[alerting]\nrule_files = [\"rules.toml\"]\nbuiltin_rules = false\ngroup_by = [\"...\"]\n\
-         group_wait = \"0s\"\ngroup_interval = \"1s\"\nrepeat_interval = \"4h\"\n\
-         retry_initial = \"200ms\"\nretry_max = \"1s\"\n\n\
+        "[alerting]\n{}\n\
          [[receiver]]\ntype = \"webhook\"\nname = \"cfg\"\nurl = \"{cfg_url}\"\n\
-         secret = {{ file = \"cfg-hmac\" }}\n"
+         secret = {{ file = \"cfg-hmac\" }}\n",
+        fast_alerting("4h")
     )
 }
 
@@ -89,66 +69,6 @@ fn message(resp: &Resp) -> String {
         .to_owned()
 }
 
-/// A hand-driven agent connection; each new `i` is declared on first use.
-struct SimAgent {
-    conn: Conn,
-    seq: u64,
-    ids: HashMap<String, u32>,
-}
-
-impl SimAgent {
-    async fn connect(ingest: SocketAddr, pki: &Pki) -> SimAgent {
-        let certs = pki.agent(HOST);
-        let tls = client::config(&pki.ca(), &certs.cert, &certs.key);
-        let mut conn = Conn::open(ingest, tls).await.expect("connect to collector");
-        let seq = match conn.handshake(Conn::hello(HOST)).await.expect("handshake") {
-            Frame::Welcome(w) => w.resume_from_seq,
-            other => panic!("expected Welcome, got {other:?}"),
-        };
-        SimAgent {
-            conn,
-            seq,
-            ids: HashMap::new(),
-        }
-    }
-
-    /// Sends `test_value{i} value` now and waits for the Ack (committed and evaluated).
-    async fn send(&mut self, i: &str, value: f64) {
-        let mut new_series = Vec::new();
-        let next = u32::try_from(self.ids.len() + 1).expect("few series");
-        let id = *self.ids.entry(i.to_owned()).or_insert_with(|| {
-            new_series.push(SeriesDef {
-                id: next,
-                key: SeriesKey::new("test_value", &[("i", i)]),
-            });
-            next
-        });
-        let seq = self.seq;
-        self.conn
-            .send(Frame::Batch(Batch {
-                seq,
-                new_series,
-                samples: vec![Sample {
-                    series: id,
-                    ts_ms: wall_ms(),
-                    value,
-                }],
-                events: vec![],
-            }))
-            .await
-            .expect("send batch");
-        let reply = tokio::time::timeout(Duration::from_secs(10), self.conn.recv())
-            .await
-            .expect("no Ack within 10 s")
-            .expect("collector closed the stream");
-        match reply {
-            Frame::Ack { seq: acked } if acked >= seq => {}
-            other => panic!("expected Ack {{ seq: {seq} }}, got {other:?}"),
-        }
-        self.seq += 1;
-    }
-}
-
 struct Rig {
     rt: Runtime,
     pki: Pki,
@@ -162,7 +82,7 @@ impl Rig {
         let pki = Pki::new(&tmp.path().join("pki"));
         let dir = tmp.path().join("c");
         std::fs::create_dir_all(dir.join("secrets")).expect("mkdir secrets");
-        std::fs::write(dir.join("rules.toml"), RULES).expect("write rules");
+        std::fs::write(dir.join("rules.toml"), test_high_rules("10m")).expect("write rules");
         std::fs::write(dir.join("cfg-hmac"), format!("{CFG_KEY}\n")).expect("cfg key");
         std::fs::write(dir.join("secrets/hook-hmac"), format!("{API_KEY}\n")).expect("api key");
         std::fs::write(dir.join("secrets/fragile"), format!("{FRAGILE_KEY}\n"))
@@ -178,6 +98,13 @@ impl Rig {
             dir,
             _tmp: tmp,
         }
+    }
+
+    /// Connects the simulated agent `HOST`.
+    fn agent(&self, ingest: SocketAddr) -> SimAgent {
+        let certs = self.pki.agent(HOST);
+        let tls = client::config(&self.pki.ca(), &certs.cert, &certs.key);
+        self.rt.block_on(SimAgent::connect(ingest, tls, HOST))
     }
 
     fn capture(&self, default: Reply) -> HttpCapture {
@@ -401,8 +328,8 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         "mcpwatch_test_notification"
     );
 
-    let mut agent = rig.rt.block_on(SimAgent::connect(c.ingest, &rig.pki));
-    rig.rt.block_on(agent.send("1", 1.0));
+    let mut agent = rig.agent(c.ingest);
+    rig.rt.block_on(agent.send("test_value", "1", 1.0));
     let req = rig
         .next_alert(&mut a, Duration::from_secs(15), firing("1"))
         .expect("the API receiver got the alert");
@@ -423,7 +350,7 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         200,
     );
     assert_eq!(put["settings"]["url"], b.url("/b").as_str());
-    rig.rt.block_on(agent.send("2", 1.0));
+    rig.rt.block_on(agent.send("test_value", "2", 1.0));
     let req = rig
         .next_alert(&mut b, Duration::from_secs(15), firing("2"))
         .expect("the new URL got the next alert");
@@ -466,7 +393,7 @@ fn api_receivers_crud_live_durable_and_secret_free() {
     expect(api.get(&format!("{r}/apihook")), 404);
     // A send in progress at the delete may still finish; then nothing.
     rig.collect(&mut b, Duration::from_millis(1500));
-    rig.rt.block_on(agent.send("3", 1.0));
+    rig.rt.block_on(agent.send("test_value", "3", 1.0));
     rig.next_alert(&mut cfg, Duration::from_secs(15), firing("3"))
         .expect("the configured receiver still gets alerts");
     let late = rig.collect(&mut b, Duration::from_secs(3));
@@ -522,8 +449,8 @@ fn api_receivers_crud_live_durable_and_secret_free() {
     assert_eq!(find(&list, "keeper")["active"], true);
     assert_eq!(find(&list, "fragile")["active"], false);
     assert_eq!(find(&list, "cfg")["active"], true);
-    let mut agent = rig.rt.block_on(SimAgent::connect(c.ingest, &rig.pki));
-    rig.rt.block_on(agent.send("4", 1.0));
+    let mut agent = rig.agent(c.ingest);
+    rig.rt.block_on(agent.send("test_value", "4", 1.0));
     let req = rig
         .next_alert(&mut keep, Duration::from_secs(15), firing("4"))
         .expect("the API receiver works after a restart");

@@ -21,10 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use mcpwatch_common::wire::{Batch, Frame, Sample, SeriesDef, SeriesKey};
+use mcpwatch_common::wire::SeriesKey;
 use mcpwatch_tests::client::{self, AnyError, Conn};
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::receivers::{verify_hmac, HttpCapture, Reply};
+use mcpwatch_tests::sim::SimAgent;
 use mcpwatch_tests::{free_addr, http_get, procfs, Pki};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -318,34 +319,12 @@ fn tail(path: &Path, lines: usize) -> String {
 
 // ---- mcpwatch ---------------------------------------------------------------------------
 
-/// Declares series `bench_value{i=label}` as `id` with one sample 1.0 at now, waits for the
-/// ack; returns the sample's timestamp (wall ms).
-async fn send_sample(
-    conn: &mut Conn,
-    seq: &mut u64,
-    id: u32,
-    label: &str,
-) -> Result<f64, AnyError> {
+/// Sends `bench_value{i=label} 1` at now (declaring the series on first use), waits for
+/// the ack; returns the sample's timestamp (wall ms).
+async fn send_sample(agent: &mut SimAgent, label: &str) -> Result<f64, AnyError> {
     let ts_ms = wall_ms_now() as i64;
-    conn.send(Frame::Batch(Batch {
-        seq: *seq,
-        new_series: vec![SeriesDef {
-            id,
-            key: SeriesKey::new("bench_value", &[("i", label)]),
-        }],
-        samples: vec![Sample {
-            series: id,
-            ts_ms,
-            value: 1.0,
-        }],
-        events: vec![],
-    }))
-    .await?;
-    match conn.recv().await? {
-        Frame::Ack { seq: acked } if acked >= *seq => {}
-        other => return Err(format!("expected Ack {{ seq: {seq} }}, got {other:?}").into()),
-    }
-    *seq += 1;
+    let key = SeriesKey::new("bench_value", &[("i", label)]);
+    agent.try_push(&[(key, ts_ms, 1.0)], Vec::new()).await?;
     Ok(ts_ms as f64)
 }
 
@@ -364,18 +343,15 @@ fn run_mcpwatch(args: &Args, rt: &Runtime, tmp: &Path, clock: &Clock) -> Half {
     let secret = WEBHOOK_SECRET.as_bytes();
 
     let outcome = rt.block_on(async {
-        let mut conn = Conn::open(collector.ingest, cfg).await?;
-        let mut seq = match conn.handshake(Conn::hello(AGENT_ID)).await? {
-            Frame::Welcome(w) => w.resume_from_seq,
-            other => return Err::<_, AnyError>(format!("handshake: {other:?}").into()),
-        };
+        // Series ids: 0 for the warm-up, k + 1 for measured alert k (one new series each).
+        let mut agent = SimAgent::try_connect(collector.ingest, cfg, Conn::hello(AGENT_ID))
+            .await?
+            .first_series_id(0)
+            .ack_timeout(None);
         // Warm-up: one alert end to end before measuring.
         let mut starts = BTreeMap::new();
         let mut got = BTreeMap::new();
-        starts.insert(
-            WARMUP.to_owned(),
-            send_sample(&mut conn, &mut seq, 0, WARMUP).await?,
-        );
+        starts.insert(WARMUP.to_owned(), send_sample(&mut agent, WARMUP).await?);
         let deadline = Instant::now() + Duration::from_secs(30);
         collect(
             &mut capture,
@@ -397,9 +373,8 @@ fn run_mcpwatch(args: &Args, rt: &Runtime, tmp: &Path, clock: &Clock) -> Half {
         let mut got = BTreeMap::new();
         for k in 0..args.alerts {
             tokio::time::sleep(rng.gap(args.spacing_ms)).await;
-            let id = u32::try_from(k + 1).expect("fewer than 2^32 alerts");
             let label = k.to_string();
-            let ts = send_sample(&mut conn, &mut seq, id, &label).await?;
+            let ts = send_sample(&mut agent, &label).await?;
             starts.insert(label, ts);
         }
         let deadline = Instant::now() + Duration::from_secs(args.wait_s);
@@ -413,7 +388,7 @@ fn run_mcpwatch(args: &Args, rt: &Runtime, tmp: &Path, clock: &Clock) -> Half {
         )
         .await;
         let cpu = procfs::cpu_ms(pid).unwrap_or(f64::NAN) - cpu0;
-        Ok((starts, got, cpu / 1000.0 / started.elapsed().as_secs_f64()))
+        Ok::<_, AnyError>((starts, got, cpu / 1000.0 / started.elapsed().as_secs_f64()))
     });
     let (starts, got, cpu) = match outcome {
         Ok(o) => o,
