@@ -211,7 +211,7 @@ pub async fn run_with_router(
     let (api_router, _doc) = api::build(api_state);
     // The receivers as configured, for listing (secrets as references only) and test-sends,
     // and what API-defined receivers need: where their secrets may come from, the workers.
-    let api_router = api_router.layer(axum::Extension(Arc::new(api::alerts::ReceiverConfigs {
+    let api_router = api_router.layer(axum::Extension(Arc::new(api::receivers::ReceiverConfigs {
         list: config.alerting.receivers.clone(),
         base_dir: base_dir.clone(),
         api_secrets: Some(config.alerting.api_secrets.clone()),

@@ -17,6 +17,9 @@ pub mod alerts;
 pub mod federation;
 pub mod hosts;
 pub mod metrics_api;
+pub mod receivers;
+pub mod rules;
+pub mod silences;
 pub mod users;
 
 use std::sync::Arc;
@@ -154,6 +157,9 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(hosts::routes())
         .merge(metrics_api::routes())
         .merge(alerts::routes())
+        .merge(silences::routes())
+        .merge(rules::routes())
+        .merge(receivers::routes())
         .merge(users::routes());
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)

@@ -4,7 +4,7 @@
 //!
 //! The outbox is read and settled by the dispatcher's per-receiver workers through the
 //! writer too (fetch a due group, report delivered / retry / dead), so SQLite keeps one
-//! writer and the queue survives restarts.
+//! writer and the queue survives restarts; that side is in `outbox.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Notify;
 
+use super::outbox::dead_letter;
 use super::window::AlertWindow;
 use super::{codec, StoreError};
 use crate::alert::policy::{plan, AlertRecord, AlertStatus, Outgoing, ToldEntry};
@@ -176,8 +177,8 @@ pub enum OutboxOutcome {
 }
 
 pub(crate) struct Alerting {
-    setup: AlertingSetup,
-    shared: Arc<OutboxShared>,
+    pub(super) setup: AlertingSetup,
+    pub(super) shared: Arc<OutboxShared>,
     engine: Engine,
     pub(crate) window: AlertWindow,
     /// Firing and flapping alerts by fingerprint.
@@ -186,7 +187,7 @@ pub(crate) struct Alerting {
     told: HashMap<(String, String), ToldEntry>,
     silences: Vec<Silence>,
     /// (receiver, group) → last delivery, for `group_interval`.
-    last_flush: HashMap<(String, String), i64>,
+    pub(super) last_flush: HashMap<(String, String), i64>,
     touched: BTreeSet<String>,
     /// Receivers with rows queued by the open transaction.
     woken: BTreeSet<String>,
@@ -1135,122 +1136,6 @@ impl Alerting {
         v
     }
 
-    /// The oldest due group of `receiver` (expired rows go to the dead-letter list first).
-    pub(crate) fn outbox_fetch(
-        &mut self,
-        c: &Connection,
-        receiver: &str,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<OutboxBatch, StoreError> {
-        let mut batch = OutboxBatch::default();
-        let old: Vec<i64> = c
-            .prepare_cached("SELECT id FROM outbox WHERE receiver = ?1 AND created_ms < ?2")?
-            .query_map(
-                params![receiver, now_ms.saturating_sub(self.setup.max_age_ms)],
-                |r| r.get(0),
-            )?
-            .collect::<Result<_, _>>()?;
-        for id in old {
-            dead_letter(c, id, "expired before it could be delivered", now_ms)?;
-            batch.expired += 1;
-        }
-        if batch.expired > 0 {
-            if let Some(r) = self.shared.receiver(receiver) {
-                r.queued.fetch_sub(batch.expired as i64, Ordering::Relaxed);
-            }
-        }
-        let group: Option<String> = c
-            .prepare_cached(
-                "SELECT group_key FROM outbox WHERE receiver = ?1 AND due_ms <= ?2
-                 ORDER BY due_ms, id LIMIT 1",
-            )?
-            .query_row(params![receiver, now_ms], |r| r.get(0))
-            .optional()?;
-        if let Some(group) = group {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, payload, created_ms, attempts FROM outbox
-                 WHERE receiver = ?1 AND group_key = ?2 AND due_ms <= ?3 ORDER BY id LIMIT ?4",
-            )?;
-            let rows =
-                stmt.query_map(params![receiver, group, now_ms, limit.max(1) as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })?;
-            let mut bad = Vec::new();
-            for row in rows {
-                let (id, payload, created_ms, attempts) = row?;
-                match serde_json::from_str::<Notification>(&payload) {
-                    Ok(notification) => batch.items.push(OutboxItem {
-                        id,
-                        notification,
-                        created_ms,
-                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                    }),
-                    Err(_) => bad.push(id),
-                }
-            }
-            drop(stmt);
-            for id in bad {
-                dead_letter(c, id, "unreadable payload", now_ms)?;
-                if let Some(r) = self.shared.receiver(receiver) {
-                    r.queued.fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            batch.group_key = group;
-        }
-        batch.next_due_ms = c
-            .prepare_cached("SELECT min(due_ms) FROM outbox WHERE receiver = ?1")?
-            .query_row(params![receiver], |r| r.get(0))?;
-        Ok(batch)
-    }
-
-    /// Settles rows a worker sent (or gave up on).
-    pub(crate) fn outbox_settle(
-        &mut self,
-        c: &Connection,
-        receiver: &str,
-        group_key: &str,
-        ids: &[i64],
-        outcome: &OutboxOutcome,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let mut gone = 0i64;
-        for &id in ids {
-            match outcome {
-                OutboxOutcome::Delivered { .. } => {
-                    gone += c
-                        .prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-                        .execute([id])? as i64;
-                }
-                OutboxOutcome::Retry { next_ms, error } => {
-                    c.prepare_cached(
-                        "UPDATE outbox SET attempts = attempts + 1, due_ms = ?2, last_error = ?3
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![id, next_ms, error])?;
-                }
-                OutboxOutcome::Dead { reason } => {
-                    c.prepare_cached("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?
-                        .execute([id])?;
-                    gone += i64::from(dead_letter(c, id, reason, now_ms)?);
-                }
-            }
-        }
-        if let OutboxOutcome::Delivered { at_ms } = outcome {
-            self.last_flush
-                .insert((receiver.to_owned(), group_key.to_owned()), *at_ms);
-        }
-        if let Some(r) = self.shared.receiver(receiver) {
-            r.queued.fetch_sub(gone, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
     /// Recomputes the routing's receiver lists: the configured ones plus the API
     /// receivers running now (on the default route too when `default_all`).
     fn sync_routing(&mut self) {
@@ -1372,29 +1257,6 @@ impl Alerting {
             dead_lettered: dead as u64,
         })
     }
-}
-
-/// Moves an outbox row to the dead-letter list; `false` if it was already gone.
-fn dead_letter(c: &Connection, id: i64, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
-    let n = c
-        .prepare_cached(
-            "INSERT INTO dead_letters (receiver, group_key, fingerprint, payload, created_ms,
-                 failed_ms, attempts, reason)
-             SELECT receiver, group_key, fingerprint, payload, created_ms, ?2, attempts,
-                 ?3 || coalesce(': ' || last_error, '')
-             FROM outbox WHERE id = ?1",
-        )?
-        .execute(params![id, now_ms, reason])?;
-    c.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
-        .execute([id])?;
-    if n > 0 {
-        tracing::warn!(
-            outbox_id = id,
-            reason,
-            "notification moved to the dead-letter list"
-        );
-    }
-    Ok(n > 0)
 }
 
 fn save_alert(c: &Connection, rec: &AlertRecord) -> Result<(), StoreError> {

@@ -21,6 +21,7 @@ pub mod auth;
 mod codec;
 mod error;
 mod exec;
+mod outbox;
 mod reader;
 pub mod receivers;
 mod retention;

@@ -1,0 +1,558 @@
+//! Alert receivers over the API: the configured ones read-only, others created, changed
+//! and deleted through the API and applied live; secrets as references only; test-sends.
+//! Receivers are fleet-wide: changing them needs an unscoped `receivers:write`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Serialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Caller;
+use super::error::{self, ApiError, ErrorBody};
+use super::ApiState;
+use crate::auth::Permission;
+use crate::dispatch::Dispatcher;
+use crate::notify::{self, ApiSecrets, Notification, Receiver, ReceiverConfigRaw, SecretRef};
+use crate::now_ms;
+use crate::store::alerting::{ReceiverDeleted, ReceiverPut};
+use crate::store::receivers::{self as stored_receivers, StoredReceiver};
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_receivers, create_receiver))
+        .routes(routes!(get_receiver, put_receiver, delete_receiver))
+        .routes(routes!(test_receiver))
+}
+
+/// The receivers for the API: the configured ones (read-only here) and what receivers
+/// defined through the API need. The collector provides it as a request extension
+/// (`Extension(Arc<ReceiverConfigs>)` on the API router).
+#[derive(Debug, Clone, Default)]
+pub struct ReceiverConfigs {
+    /// The receivers of the configuration file.
+    pub list: Vec<ReceiverConfigRaw>,
+    /// The config file's directory: their secret files are resolved against it.
+    pub base_dir: PathBuf,
+    /// Where receivers defined through the API may read secrets. `None` (with
+    /// `dispatcher`): receivers cannot be changed through the API (503).
+    pub api_secrets: Option<ApiSecrets>,
+    /// The notification workers, which follow receiver changes.
+    pub dispatcher: Option<Dispatcher>,
+}
+
+type Receivers = Option<Extension<Arc<ReceiverConfigs>>>;
+
+fn receiver_configs(ext: Receivers) -> Result<Arc<ReceiverConfigs>, ApiError> {
+    ext.map(|Extension(r)| r)
+        .ok_or_else(|| ApiError::Unavailable("receivers are not available to the API".into()))
+}
+
+/// What changing receivers needs; 503 without it.
+fn changeable(set: &ReceiverConfigs) -> Result<(ApiSecrets, Dispatcher), ApiError> {
+    match (&set.api_secrets, &set.dispatcher) {
+        (Some(s), Some(d)) => Ok((s.clone(), d.clone())),
+        _ => Err(ApiError::Unavailable(
+            "receivers cannot be changed through the API on this collector".into(),
+        )),
+    }
+}
+
+fn from_config_conflict(name: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "receiver {name:?} is defined in the configuration file ([[receiver]]); change it there"
+    ))
+}
+
+/// A receiver with its settings; secrets appear only as where they are read from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReceiverView {
+    pub name: String,
+    /// `email`, `slack`, `pagerduty`, `discord` or `webhook`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The non-secret settings; each secret as `{"file": PATH}` or `{"env": VAR}`, never
+    /// its value.
+    #[schema(value_type = Object)]
+    pub settings: Value,
+    /// `config` (the configuration file; read-only here) or `api` (defined through this
+    /// API).
+    pub origin: String,
+    /// Whether notifications are being sent through it. An API receiver that could not be
+    /// loaded at startup (say, its secret file is gone) is not, until it is changed.
+    pub active: bool,
+    /// When an API receiver was last changed.
+    pub updated_ms: Option<i64>,
+}
+
+/// Where a secret is read from (never the secret itself).
+fn secret_ref(s: &SecretRef) -> Value {
+    match (&s.file, &s.env) {
+        (Some(f), None) => json!({ "file": f }),
+        (None, Some(e)) => json!({ "env": e }),
+        _ => json!("redacted"),
+    }
+}
+
+fn receiver_settings(raw: &ReceiverConfigRaw) -> Value {
+    use crate::notify::email::TlsMode;
+    match raw {
+        ReceiverConfigRaw::Email(c) => json!({
+            "host": c.host,
+            "port": c.port,
+            "tls": c.tls.map(|t| match t {
+                TlsMode::Starttls => "starttls",
+                TlsMode::Tls => "tls",
+                TlsMode::None => "none",
+            }),
+            "username": c.username,
+            "password": c.password.as_ref().map(secret_ref),
+            "from": c.from,
+            "to": c.to,
+            "timeout_secs": c.timeout_secs,
+        }),
+        ReceiverConfigRaw::Slack(c) => json!({
+            "webhook_url": secret_ref(&c.webhook_url),
+            "timeout_secs": c.timeout_secs,
+        }),
+        ReceiverConfigRaw::PagerDuty(c) => json!({
+            "routing_key": secret_ref(&c.routing_key),
+            "url": c.url,
+            "source": c.source,
+            "timeout_secs": c.timeout_secs,
+        }),
+        ReceiverConfigRaw::Discord(c) => json!({
+            "webhook_url": secret_ref(&c.webhook_url),
+            "timeout_secs": c.timeout_secs,
+        }),
+        ReceiverConfigRaw::Webhook(c) => json!({
+            "url": c.url,
+            "secret": secret_ref(&c.secret),
+            "timeout_secs": c.timeout_secs,
+        }),
+    }
+}
+
+fn config_view(set: &ReceiverConfigs, raw: &ReceiverConfigRaw) -> ReceiverView {
+    ReceiverView {
+        name: raw.name().to_owned(),
+        kind: raw.kind().to_owned(),
+        settings: receiver_settings(raw),
+        origin: "config".to_owned(),
+        active: set
+            .dispatcher
+            .as_ref()
+            .is_none_or(|d| d.is_running(raw.name())),
+        updated_ms: None,
+    }
+}
+
+fn api_view(set: &ReceiverConfigs, s: &StoredReceiver) -> ReceiverView {
+    let (kind, settings) = match s.raw() {
+        Ok(raw) => (raw.kind().to_owned(), receiver_settings(&raw)),
+        Err(_) => ("unknown".to_owned(), Value::Null),
+    };
+    ReceiverView {
+        name: s.name.clone(),
+        kind,
+        settings,
+        origin: "api".to_owned(),
+        active: set
+            .dispatcher
+            .as_ref()
+            .is_some_and(|d| d.is_running(&s.name)),
+        updated_ms: Some(s.updated_ms),
+    }
+}
+
+async fn read_api_receiver(
+    state: &ApiState,
+    name: String,
+) -> Result<Option<StoredReceiver>, ApiError> {
+    state
+        .db
+        .read(move |r| r.run(|c| stored_receivers::get(c, &name)))
+        .await
+}
+
+/// Every receiver: the configured ones, then those defined through the API.
+#[utoipa::path(get, path = "/receivers",
+    responses((status = 200, body = Vec<ReceiverView>), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    tag = "receivers")]
+async fn list_receivers(
+    State(state): State<ApiState>,
+    caller: Caller,
+    receivers: Receivers,
+) -> Result<Json<Vec<ReceiverView>>, ApiError> {
+    caller.require_global(Permission::ReceiversWrite)?;
+    let set = receiver_configs(receivers)?;
+    let stored = state.db.read(|r| r.run(stored_receivers::list)).await?;
+    let mut out: Vec<ReceiverView> = set.list.iter().map(|r| config_view(&set, r)).collect();
+    out.extend(
+        stored
+            .iter()
+            .filter(|s| !set.list.iter().any(|r| r.name() == s.name))
+            .map(|s| api_view(&set, s)),
+    );
+    Ok(Json(out))
+}
+
+/// One receiver.
+#[utoipa::path(get, path = "/receivers/{name}",
+    params(("name" = String, Path, description = "The receiver's name")),
+    responses((status = 200, body = ReceiverView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
+    tag = "receivers")]
+async fn get_receiver(
+    State(state): State<ApiState>,
+    caller: Caller,
+    receivers: Receivers,
+    Path(name): Path<String>,
+) -> Result<Json<ReceiverView>, ApiError> {
+    caller.require_global(Permission::ReceiversWrite)?;
+    let set = receiver_configs(receivers)?;
+    if let Some(raw) = set.list.iter().find(|r| r.name() == name) {
+        return Ok(Json(config_view(&set, raw)));
+    }
+    read_api_receiver(&state, name)
+        .await?
+        .map(|s| Json(api_view(&set, &s)))
+        .ok_or(ApiError::NotFound)
+}
+
+/// Longest receiver name defined through the API.
+const RECEIVER_NAME_MAX: usize = 64;
+
+fn check_receiver_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= RECEIVER_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!(
+            "name: 1 to {RECEIVER_NAME_MAX} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+        )))
+    }
+}
+
+/// A receiver definition from a JSON body: an object in the form of a `[[receiver]]`
+/// table, with `type`. Its `name`, when given, must be `name` (the path's). Each secret
+/// must be a reference (`{"file": PATH}` or `{"env": VAR}`): a value is refused without
+/// being repeated in the answer.
+fn parse_receiver_body(mut body: Value, name: Option<&str>) -> Result<ReceiverConfigRaw, ApiError> {
+    let Some(obj) = body.as_object_mut() else {
+        return Err(ApiError::bad("the receiver must be a JSON object"));
+    };
+    match (name, obj.get("name")) {
+        (Some(name), None) => {
+            obj.insert("name".into(), Value::String(name.to_owned()));
+        }
+        (Some(name), Some(Value::String(n))) if n == name => {}
+        (Some(name), Some(_)) => {
+            return Err(ApiError::bad(format!(
+                "name: the body's name must be the path's ({name:?})"
+            )))
+        }
+        (None, Some(Value::String(_))) => {}
+        (None, _) => return Err(ApiError::bad("name: required (a string)")),
+    }
+    if let Some(Value::String(n)) = obj.get("name") {
+        check_receiver_name(n)?;
+    }
+    const KINDS: &[&str] = &["email", "slack", "pagerduty", "discord", "webhook"];
+    let kind = match obj.get("type") {
+        Some(Value::String(k)) if KINDS.contains(&k.as_str()) => k.clone(),
+        _ => return Err(ApiError::bad(format!("type: one of {}", KINDS.join(", ")))),
+    };
+    for field in ReceiverConfigRaw::secret_fields(&kind) {
+        match obj.get(*field) {
+            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            Some(_) => {
+                return Err(ApiError::bad(format!(
+                    "{field}: a secret is given as {{\"file\": PATH}} (relative to the \
+                     collector's api_secret_dir) or {{\"env\": VAR}}, never as a value"
+                )))
+            }
+        }
+    }
+    serde_json::from_value(body).map_err(|e| ApiError::bad(format!("invalid receiver: {e}")))
+}
+
+/// Validates, stores and starts an API receiver.
+async fn store_receiver(
+    state: &ApiState,
+    set: &ReceiverConfigs,
+    raw: ReceiverConfigRaw,
+    create_only: bool,
+) -> Result<(StatusCode, Json<ReceiverView>), ApiError> {
+    let (secrets, dispatcher) = changeable(set)?;
+    let name = raw.name().to_owned();
+    if set.list.iter().any(|r| r.name() == name) {
+        return Err(from_config_conflict(&name));
+    }
+    // Reads secret files and builds an HTTP client: blocking work. The reason of a
+    // failure names the field and reference, never a secret.
+    let to_build = raw.clone();
+    let receiver = tokio::task::spawn_blocking(move || secrets.build(to_build))
+        .await
+        .map_err(|e| ApiError::Internal(format!("receiver setup task failed: {e}")))?
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let status = {
+        let _changes = dispatcher.lock_changes().await;
+        let status = match state
+            .db
+            .store
+            .put_receiver(raw, create_only, now_ms())
+            .await?
+        {
+            ReceiverPut::FromConfig => return Err(from_config_conflict(&name)),
+            ReceiverPut::Exists => {
+                return Err(ApiError::Conflict(format!(
+                    "receiver {name:?} exists; replace it with PUT /receivers/{name}"
+                )))
+            }
+            ReceiverPut::Created => StatusCode::CREATED,
+            ReceiverPut::Replaced => StatusCode::OK,
+        };
+        if !dispatcher.start(receiver) {
+            return Err(ApiError::Internal(format!(
+                "receiver {name} was stored but the outbox does not know it"
+            )));
+        }
+        status
+    };
+    let stored = read_api_receiver(state, name)
+        .await?
+        .ok_or_else(|| ApiError::Internal("receiver vanished after it was stored".into()))?;
+    Ok((status, Json(api_view(set, &stored))))
+}
+
+/// Creates a receiver, in effect at once: alerts routed to it are sent through it (it
+/// joins the default route when `[alerting] default_receivers` is unset). Its secrets are
+/// references only — `{"file": PATH}` inside the collector's `api_secret_dir` or
+/// `{"env": "MCPWATCH_SECRET_..."}` — and must resolve (400 with the reason otherwise).
+#[utoipa::path(post, path = "/receivers",
+    request_body(content = Object, description = "A receiver definition with `type` and `name`, as a `[[receiver]]` table"),
+    responses((status = 201, body = ReceiverView, description = "Created and in effect"),
+              (status = 400, body = ErrorBody, description = "Invalid definition, a secret given as a value, or a secret reference that does not resolve"),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "A receiver of that name exists (configured or defined through the API)"),
+              (status = 503, body = ErrorBody)),
+    tag = "receivers")]
+async fn create_receiver(
+    State(state): State<ApiState>,
+    caller: Caller,
+    receivers: Receivers,
+    Json(body): Json<Value>,
+) -> Result<(StatusCode, Json<ReceiverView>), ApiError> {
+    caller.require_global(Permission::ReceiversWrite)?;
+    let set = receiver_configs(receivers)?;
+    let raw = parse_receiver_body(body, None)?;
+    caller.note(format!("receiver {}", raw.name()));
+    store_receiver(&state, &set, raw, true).await
+}
+
+/// Creates or replaces a receiver defined through the API, in effect at once (queued
+/// notifications go out with the new definition; a send in progress finishes first).
+/// Validated as for POST. Configured receivers cannot be changed here (409).
+#[utoipa::path(put, path = "/receivers/{name}",
+    params(("name" = String, Path, description = "The receiver's name")),
+    request_body(content = Object, description = "A receiver definition with `type`, as a `[[receiver]]` table; `name` may be left out"),
+    responses((status = 200, body = ReceiverView, description = "Replaced, in effect"),
+              (status = 201, body = ReceiverView, description = "Created, in effect"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "A configured receiver"),
+              (status = 503, body = ErrorBody)),
+    tag = "receivers")]
+async fn put_receiver(
+    State(state): State<ApiState>,
+    caller: Caller,
+    receivers: Receivers,
+    Path(name): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<(StatusCode, Json<ReceiverView>), ApiError> {
+    caller.require_global(Permission::ReceiversWrite)?;
+    caller.note(format!("receiver {name}"));
+    let set = receiver_configs(receivers)?;
+    if set.list.iter().any(|r| r.name() == name) {
+        return Err(from_config_conflict(&name));
+    }
+    let raw = parse_receiver_body(body, Some(&name))?;
+    store_receiver(&state, &set, raw, false).await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReceiverDeletedView {
+    pub name: String,
+    /// Notifications that were still queued for it, now in the dead-letter list (reason
+    /// "receiver deleted").
+    pub dead_lettered: u64,
+}
+
+/// Deletes a receiver defined through the API: nothing more is sent through it (a send in
+/// progress finishes), and its queued notifications move to the dead-letter list.
+#[utoipa::path(delete, path = "/receivers/{name}",
+    params(("name" = String, Path, description = "The receiver's name")),
+    responses((status = 200, body = ReceiverDeletedView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "A configured receiver"),
+              (status = 503, body = ErrorBody)),
+    tag = "receivers")]
+async fn delete_receiver(
+    State(state): State<ApiState>,
+    caller: Caller,
+    receivers: Receivers,
+    Path(name): Path<String>,
+) -> Result<Json<ReceiverDeletedView>, ApiError> {
+    caller.require_global(Permission::ReceiversWrite)?;
+    caller.note(format!("receiver {name}"));
+    let set = receiver_configs(receivers)?;
+    if set.list.iter().any(|r| r.name() == name) {
+        return Err(from_config_conflict(&name));
+    }
+    let (_, dispatcher) = changeable(&set)?;
+    let _changes = dispatcher.lock_changes().await;
+    match state.db.store.delete_receiver(&name, now_ms()).await? {
+        ReceiverDeleted::Missing => Err(ApiError::NotFound),
+        ReceiverDeleted::FromConfig => Err(from_config_conflict(&name)),
+        ReceiverDeleted::Deleted { dead_lettered } => {
+            dispatcher.stop(&name);
+            if dead_lettered > 0 {
+                caller.note(format!(
+                    "{dead_lettered} queued notifications dead-lettered"
+                ));
+            }
+            Ok(Json(ReceiverDeletedView {
+                name,
+                dead_lettered,
+            }))
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestSent {
+    pub ok: bool,
+    pub receiver: String,
+    /// The test notification's fingerprint (PagerDuty's dedup key).
+    pub fingerprint: String,
+}
+
+fn test_notification(receiver: &str, actor: &str, now: i64) -> Notification {
+    let rule = "mcpwatch_test_notification";
+    Notification {
+        fingerprint: format!("mcpwatch-test-{now}"),
+        status: notify::Status::Firing,
+        severity: notify::Severity::Low,
+        rule: rule.to_owned(),
+        summary: format!("Test notification from mcpwatch for receiver {receiver}"),
+        description: format!(
+            "Sent by {actor} through the API to check that this receiver works. No action is needed."
+        ),
+        runbook_url: None,
+        labels: BTreeMap::from([
+            ("alertname".to_owned(), rule.to_owned()),
+            ("receiver".to_owned(), receiver.to_owned()),
+            ("severity".to_owned(), "low".to_owned()),
+        ]),
+        value: None,
+        starts_at_ms: now,
+        ends_at_ms: None,
+        group_key: "mcpwatch-test".to_owned(),
+    }
+}
+
+/// Sends a test notification through a receiver now, outside the outbox (no retries). A
+/// PagerDuty receiver also gets the matching resolve, so no incident stays open.
+#[utoipa::path(post, path = "/receivers/{name}/test",
+    params(("name" = String, Path, description = "The receiver's name")),
+    responses((status = 200, body = TestSent, description = "The receiver accepted it"),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 502, body = ErrorBody, description = "The send failed; the message says why (never a secret)"),
+              (status = 503, body = ErrorBody)),
+    tag = "receivers")]
+async fn test_receiver(
+    State(state): State<ApiState>,
+    caller: Caller,
+    receivers: Receivers,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require_global(Permission::ReceiversWrite)?;
+    caller.note(format!("receiver {name}"));
+    let set = receiver_configs(receivers)?;
+    let configured = set.list.iter().find(|r| r.name() == name).cloned();
+    let build: Box<dyn FnOnce() -> Result<Receiver, notify::NotifyConfigError> + Send> =
+        match configured {
+            Some(raw) => {
+                let base = set.base_dir.clone();
+                Box::new(move || Receiver::from_raw(raw, &base))
+            }
+            None => {
+                let stored = read_api_receiver(&state, name.clone())
+                    .await?
+                    .ok_or(ApiError::NotFound)?;
+                let (secrets, _) = changeable(&set)?;
+                Box::new(move || {
+                    let raw = stored.raw().map_err(|reason| notify::NotifyConfigError {
+                        receiver: stored.name.clone(),
+                        reason,
+                    })?;
+                    secrets.build(raw)
+                })
+            }
+        };
+    // Reads secret files and builds an HTTP client: blocking work.
+    let built = tokio::task::spawn_blocking(build)
+        .await
+        .map_err(|e| ApiError::Internal(format!("receiver setup task failed: {e}")))?;
+    let receiver = match built {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(error::plain(
+                StatusCode::BAD_GATEWAY,
+                "send_failed",
+                &e.to_string(),
+            ))
+        }
+    };
+    let now = now_ms();
+    let n = test_notification(&name, &caller.principal.actor, now);
+    let mut sent = receiver.send(std::slice::from_ref(&n)).await;
+    if sent.is_ok() && receiver.kind() == "pagerduty" {
+        let mut resolved = n.clone();
+        resolved.status = notify::Status::Resolved;
+        resolved.ends_at_ms = Some(now_ms());
+        sent = receiver.send(&[resolved]).await;
+    }
+    match sent {
+        Ok(()) => Ok(Json(TestSent {
+            ok: true,
+            receiver: name,
+            fingerprint: n.fingerprint,
+        })
+        .into_response()),
+        Err(e) => {
+            caller.note(format!("send failed: {}", e.message));
+            Ok(error::plain(
+                StatusCode::BAD_GATEWAY,
+                "send_failed",
+                &e.message,
+            ))
+        }
+    }
+}

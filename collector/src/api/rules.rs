@@ -1,0 +1,277 @@
+//! Alert rules over the API: the effective set with its origin, changes through the API
+//! applied live, and dry runs. Rules are fleet-wide: changing them needs an unscoped
+//! `rules:write`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::ApiState;
+use crate::alert::dry_run::{dry_run, DryRun};
+use crate::alert::{RawRule, Rule};
+use crate::auth::Permission;
+use crate::now_ms;
+use crate::store::alerting::{validate_api_rule, DryRunReply, RuleDeleted, DRY_RUN_LIMIT};
+use crate::store::api_alerts as sa;
+
+/// Longest look-back a dry run may read from the stored samples.
+const MAX_DRY_RUN_SPAN_MS: i64 = 86_400_000;
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_rules))
+        .routes(routes!(dry_run_rule))
+        .routes(routes!(get_rule, put_rule, delete_rule))
+}
+
+/// A rule as it is in effect.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleView {
+    pub name: String,
+    /// `config` (rules files and built-ins) or `api` (set through this API; replaces a
+    /// configured rule of the same name as a whole).
+    pub origin: String,
+    /// Whether the rule runs (`enabled` is not `false`).
+    pub enabled: bool,
+    /// The definition, in the form of a rules file's `[[rule]]` table.
+    #[schema(value_type = RawRule)]
+    pub definition: Value,
+    pub updated_ms: i64,
+}
+
+fn rule_view(r: sa::RuleRow) -> RuleView {
+    let enabled = r.definition.get("enabled").and_then(Value::as_bool) != Some(false);
+    RuleView {
+        name: r.name,
+        origin: r.origin,
+        enabled,
+        definition: r.definition,
+        updated_ms: r.updated_ms,
+    }
+}
+
+/// The rules in effect, with their origin.
+#[utoipa::path(get, path = "/rules",
+    responses((status = 200, body = Vec<RuleView>), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)),
+    tag = "rules")]
+async fn list_rules(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<RuleView>>, ApiError> {
+    caller.require(Permission::AlertsRead)?;
+    let rows = state.db.read(|r| r.run(sa::rules)).await?;
+    Ok(Json(rows.into_iter().map(rule_view).collect()))
+}
+
+async fn read_rule(state: &ApiState, name: String) -> Result<Option<sa::RuleRow>, ApiError> {
+    state.db.read(move |r| r.run(|c| sa::rule(c, &name))).await
+}
+
+/// One rule.
+#[utoipa::path(get, path = "/rules/{name}",
+    params(("name" = String, Path, description = "The rule's name")),
+    responses((status = 200, body = RuleView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    tag = "rules")]
+async fn get_rule(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<RuleView>, ApiError> {
+    caller.require(Permission::AlertsRead)?;
+    read_rule(&state, name)
+        .await?
+        .map(|r| Json(rule_view(r)))
+        .ok_or(ApiError::NotFound)
+}
+
+/// A rule definition from a JSON body: an object in the form of a `[[rule]]` table; its
+/// `name`, when given, must be `name` (the path's).
+fn parse_rule_body(mut body: Value, name: Option<&str>) -> Result<RawRule, ApiError> {
+    let Some(obj) = body.as_object_mut() else {
+        return Err(ApiError::bad("the rule must be a JSON object"));
+    };
+    if let Some(name) = name {
+        match obj.get("name") {
+            None => {
+                obj.insert("name".into(), Value::String(name.to_owned()));
+            }
+            Some(Value::String(n)) if n == name => {}
+            Some(_) => {
+                return Err(ApiError::bad(format!(
+                    "name: the body's name must be the path's ({name:?})"
+                )))
+            }
+        }
+    } else if !obj.contains_key("name") {
+        obj.insert("name".into(), Value::String("dry_run".into()));
+    }
+    serde_json::from_value(body).map_err(|e| ApiError::bad(format!("invalid rule: {e}")))
+}
+
+/// Creates or replaces a rule (origin `api`) and applies it at once. It replaces a
+/// configured rule of the same name as a whole; `{"enabled": false}` alone switches a
+/// configured rule off. Validated like the rules files (400 with the reason).
+#[utoipa::path(put, path = "/rules/{name}",
+    params(("name" = String, Path, description = "The rule's name")),
+    request_body = RawRule,
+    responses((status = 200, body = RuleView, description = "The stored rule, now in effect"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)),
+    tag = "rules")]
+async fn put_rule(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<Json<RuleView>, ApiError> {
+    caller.require_global(Permission::RulesWrite)?;
+    caller.note(format!("rule {name}"));
+    let raw = parse_rule_body(body, Some(&name))?;
+    validate_api_rule(&raw).map_err(|e| ApiError::bad(e.to_string()))?;
+    state.db.store.put_rule(raw, now_ms()).await?;
+    read_rule(&state, name)
+        .await?
+        .map(|r| Json(rule_view(r)))
+        .ok_or_else(|| ApiError::Internal("rule vanished after it was stored".into()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleDeletedView {
+    pub name: String,
+    /// A configured rule of the same name is in effect again.
+    pub config_restored: bool,
+}
+
+/// Deletes a rule set through the API (a configured rule of the same name applies again).
+/// Configured rules cannot be deleted: switch them off with `PUT {"enabled": false}`.
+#[utoipa::path(delete, path = "/rules/{name}",
+    params(("name" = String, Path, description = "The rule's name")),
+    responses((status = 200, body = RuleDeletedView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "A configured rule")),
+    tag = "rules")]
+async fn delete_rule(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<RuleDeletedView>, ApiError> {
+    caller.require_global(Permission::RulesWrite)?;
+    caller.note(format!("rule {name}"));
+    match state.db.store.delete_rule(&name, now_ms()).await? {
+        RuleDeleted::Missing => Err(ApiError::NotFound),
+        RuleDeleted::FromConfig => Err(ApiError::Conflict(format!(
+            "rule {name:?} comes from the configuration; switch it off with PUT {{\"enabled\": false}}"
+        ))),
+        RuleDeleted::Deleted { config_restored } => Ok(Json(RuleDeletedView {
+            name,
+            config_restored,
+        })),
+    }
+}
+
+/// One series a dry run selected.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DryRunSeriesView {
+    pub fingerprint: String,
+    pub labels: BTreeMap<String, String>,
+    /// `firing`, `pending` (the condition holds; `for` has not passed yet) or `inactive`.
+    pub state: String,
+    pub level: Option<String>,
+    pub value: Option<f64>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DryRunView {
+    pub rule: String,
+    pub at_ms: i64,
+    /// `window` (the alert engine's in-memory data) or `store` (stored raw samples, for
+    /// metrics no running rule reads).
+    pub source: String,
+    /// Series the rule selected.
+    pub evaluated: usize,
+    pub firing: usize,
+    pub pending: usize,
+    /// Firing first, then pending, then inactive; at most 1000.
+    pub series: Vec<DryRunSeriesView>,
+    pub truncated: bool,
+}
+
+fn dry_run_view(d: DryRun, source: &str) -> DryRunView {
+    DryRunView {
+        rule: d.rule,
+        at_ms: d.at_ms,
+        source: source.to_owned(),
+        evaluated: d.evaluated,
+        firing: d.firing,
+        pending: d.pending,
+        truncated: d.truncated,
+        series: d
+            .series
+            .into_iter()
+            .map(|s| DryRunSeriesView {
+                fingerprint: s.fingerprint,
+                labels: s.labels,
+                state: s.state.to_owned(),
+                level: s.level.map(str::to_owned),
+                value: s.value.filter(|v| v.is_finite()),
+                annotations: s.annotations,
+            })
+            .collect(),
+    }
+}
+
+/// Evaluates a rule against recent data now, as a fresh rule would be evaluated: which
+/// series would be pending or firing, with their values. Nothing is stored or sent.
+#[utoipa::path(post, path = "/rules/dry-run", request_body = RawRule,
+    responses((status = 200, body = DryRunView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    tag = "rules")]
+async fn dry_run_rule(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(body): Json<Value>,
+) -> Result<Json<DryRunView>, ApiError> {
+    caller.require_global(Permission::RulesWrite)?;
+    let raw = parse_rule_body(body, None)?;
+    let rule = Rule::validate(raw).map_err(|e| ApiError::bad(e.to_string()))?;
+    let now = now_ms();
+    let opts = match state.db.store.dry_run_rule(rule.clone(), now).await? {
+        DryRunReply::Done(d) => return Ok(Json(dry_run_view(d, "window"))),
+        DryRunReply::NotInWindow(opts) => opts,
+    };
+    // No running rule reads these metrics (for that long): read the stored samples.
+    let span = rule
+        .window_ms
+        .max(rule.absent_for_ms.unwrap_or(0))
+        .saturating_add(opts.grace_ms);
+    if span > MAX_DRY_RUN_SPAN_MS {
+        return Err(ApiError::bad(
+            "a dry run over stored samples looks back at most 1d (window or absent_for plus grace)",
+        ));
+    }
+    let d = state
+        .db
+        .read(move |r| {
+            r.run(|c| {
+                let mut metrics = vec![rule.selector.metric.as_str()];
+                if let Some(d) = &rule.divide_by {
+                    metrics.push(d.metric.as_str());
+                }
+                let src = sa::recent_samples(c, &metrics, now.saturating_sub(span), now)?;
+                Ok(dry_run(rule.clone(), opts, &src, now, DRY_RUN_LIMIT))
+            })
+        })
+        .await?;
+    Ok(Json(dry_run_view(d, "store")))
+}

@@ -1,0 +1,365 @@
+//! Silences over the API: listing, reading, creating and expiring them.
+//!
+//! Scope: a silence belongs to the hosts its `host="..."` equality matchers name, so a
+//! team can silence (and see silences of) only its own hosts. Objects out of scope answer
+//! 404.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::alerts::{host_only, require_on, MAX_COMMENT};
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::paging::{Page, PageQuery};
+use super::ApiState;
+use crate::alert::route::{parse_matchers, SilenceSpec};
+use crate::alert::{Labels, MatchOp};
+use crate::auth::{Permission, Principal};
+use crate::now_ms;
+use crate::store::api_alerts as sa;
+
+/// Longest silence matcher text (bytes).
+const MAX_MATCHERS: usize = 4096;
+/// Longest silence.
+const MAX_SILENCE_MS: i64 = 366 * 86_400_000;
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_silences, create_silence))
+        .routes(routes!(get_silence, expire_silence))
+}
+
+/// The hosts a silence is limited to: the values of its `host="..."` matchers.
+fn silence_hosts(matchers: &str) -> Vec<String> {
+    parse_matchers(matchers)
+        .map(|ms| {
+            ms.into_iter()
+                .filter(|m| m.label == "host" && m.op == MatchOp::Eq)
+                .map(|m| m.value)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `p` covers a silence: unscoped, or for a host one of its `host="..."` matchers
+/// names (such a silence can only ever mute that host's alerts).
+fn covers_silence(
+    principal: &Principal,
+    p: Permission,
+    hosts: &HashMap<String, Labels>,
+    matchers: &str,
+) -> bool {
+    principal.has_global(p)
+        || silence_hosts(matchers).iter().any(|h| match hosts.get(h) {
+            Some(hl) => principal.has_for_host(p, hl),
+            None => principal.has_for_host(p, &host_only(h)),
+        })
+}
+
+/// A silence: alerts matching every matcher are not announced between start and end.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SilenceView {
+    pub id: i64,
+    /// `{label="value", ...}`.
+    pub matchers: String,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    /// Who created it.
+    pub author: String,
+    pub comment: String,
+    pub created_ms: i64,
+    /// `pending` (not started), `active` or `expired`, as of the response.
+    pub state: String,
+}
+
+fn silence_view(s: sa::SilenceRow, now: i64) -> SilenceView {
+    let state = if now < s.starts_ms {
+        "pending"
+    } else if now < s.ends_ms {
+        "active"
+    } else {
+        "expired"
+    };
+    SilenceView {
+        id: s.id,
+        matchers: s.matchers,
+        starts_ms: s.starts_ms,
+        ends_ms: s.ends_ms,
+        author: s.author,
+        comment: s.comment,
+        created_ms: s.created_ms,
+        state: state.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SilenceFilter {
+    /// Silences not yet ended (pending or active).
+    #[default]
+    Current,
+    /// Every silence, expired ones included.
+    All,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SilencesQuery {
+    /// Items per page (default 100, at most the server's `max_page`).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page (pages go from newest to oldest).
+    pub cursor: Option<i64>,
+    /// `current` (default) or `all`.
+    #[param(inline)]
+    pub state: Option<SilenceFilter>,
+}
+
+/// Silences the caller may see: all of them with an unscoped `alerts:read`, else those
+/// limited (by a `host="..."` matcher) to a host in the caller's scope.
+#[utoipa::path(get, path = "/silences", params(SilencesQuery),
+    responses((status = 200, body = Page<SilenceView>), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    tag = "silences")]
+async fn list_silences(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<SilencesQuery>,
+) -> Result<Json<Page<SilenceView>>, ApiError> {
+    caller.require(Permission::AlertsRead)?;
+    let limit = PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .limit(state.settings.max_page)?;
+    let all = matches!(q.state.unwrap_or_default(), SilenceFilter::All);
+    let principal = caller.principal.clone();
+    let now = now_ms();
+    let cursor = q.cursor;
+    let page = state
+        .db
+        .read(move |r| {
+            r.run(|c| {
+                let hosts = sa::host_labels(c)?;
+                sa::silences(c, all, now, cursor, limit, |s| {
+                    covers_silence(&principal, Permission::AlertsRead, &hosts, &s.matchers)
+                })
+            })
+        })
+        .await?;
+    Ok(Json(Page {
+        items: page
+            .items
+            .into_iter()
+            .map(|s| silence_view(s, now))
+            .collect(),
+        next_cursor: page.next,
+    }))
+}
+
+/// A silence and the scope labels of the hosts it names.
+async fn read_silence(
+    state: &ApiState,
+    id: i64,
+) -> Result<Option<(sa::SilenceRow, HashMap<String, Labels>)>, ApiError> {
+    state
+        .db
+        .read(move |r| {
+            r.run(|c| {
+                let Some(s) = sa::silence(c, id)? else {
+                    return Ok(None);
+                };
+                let mut hosts = HashMap::new();
+                for h in silence_hosts(&s.matchers) {
+                    let l = sa::labels_of_host(c, &h)?;
+                    hosts.insert(h, l);
+                }
+                Ok(Some((s, hosts)))
+            })
+        })
+        .await
+}
+
+/// One silence.
+#[utoipa::path(get, path = "/silences/{id}",
+    params(("id" = i64, Path, description = "The silence's id")),
+    responses((status = 200, body = SilenceView), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    tag = "silences")]
+async fn get_silence(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<SilenceView>, ApiError> {
+    caller.require(Permission::AlertsRead)?;
+    let Some((s, hosts)) = read_silence(&state, id).await? else {
+        return Err(ApiError::NotFound);
+    };
+    let visible = covers_silence(
+        &caller.principal,
+        Permission::AlertsRead,
+        &hosts,
+        &s.matchers,
+    );
+    require_on(&caller, Permission::AlertsRead, visible, false)?;
+    Ok(Json(silence_view(s, now_ms())))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceRequest {
+    /// `{label="value", other=~"re", ...}`: at least one matcher that does not match an
+    /// empty label set. A caller scoped to some hosts must include `host="NAME"` for one of
+    /// them.
+    pub matchers: String,
+    /// Start (ms since the epoch); default now.
+    pub starts_ms: Option<i64>,
+    /// End (ms since the epoch). Give this or `duration`.
+    pub ends_ms: Option<i64>,
+    /// Length from the start, e.g. `"2h"` (units ms, s, m, h, d). Give this or `ends_ms`.
+    pub duration: Option<String>,
+    /// Why (required, at most 1024 characters).
+    pub comment: String,
+}
+
+/// Creates a silence under the caller's identity.
+#[utoipa::path(post, path = "/silences", request_body = SilenceRequest,
+    responses((status = 201, body = SilenceView), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody, description = "No silences:write, or the silence is not limited to a host in the caller's scope")),
+    tag = "silences")]
+async fn create_silence(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(req): Json<SilenceRequest>,
+) -> Result<(StatusCode, Json<SilenceView>), ApiError> {
+    caller.require(Permission::SilencesWrite)?;
+    let now = now_ms();
+    let matchers_text = req.matchers.trim().to_owned();
+    if matchers_text.len() > MAX_MATCHERS {
+        return Err(ApiError::bad(format!(
+            "matchers: at most {MAX_MATCHERS} bytes"
+        )));
+    }
+    let matchers =
+        parse_matchers(&matchers_text).map_err(|m| ApiError::bad(format!("matchers: {m}")))?;
+    if matchers.is_empty() {
+        return Err(ApiError::bad(
+            "matchers: a silence needs at least one matcher",
+        ));
+    }
+    if matchers.iter().all(|m| m.matches(&Labels::new())) {
+        return Err(ApiError::bad(
+            "matchers: at least one matcher must not match an empty label set (a silence must not mute every alert)",
+        ));
+    }
+    let comment = req.comment.trim().to_owned();
+    if comment.is_empty() {
+        return Err(ApiError::bad("comment: say why the alerts are silenced"));
+    }
+    if comment.chars().count() > MAX_COMMENT {
+        return Err(ApiError::bad(format!(
+            "comment: at most {MAX_COMMENT} characters"
+        )));
+    }
+    let starts = req.starts_ms.unwrap_or(now);
+    let ends = match (req.ends_ms, req.duration.as_deref()) {
+        (Some(e), None) => e,
+        (None, Some(d)) => {
+            let d: mcpwatch_common::config::Duration = d
+                .parse()
+                .map_err(|m| ApiError::bad(format!("duration: {m}")))?;
+            starts.saturating_add(d.as_millis_i64())
+        }
+        _ => return Err(ApiError::bad("give exactly one of ends_ms and duration")),
+    };
+    if ends <= now {
+        return Err(ApiError::bad(
+            "the silence would already be over (ends_ms is in the past)",
+        ));
+    }
+    if ends <= starts {
+        return Err(ApiError::bad("the silence must end after it starts"));
+    }
+    if ends.saturating_sub(starts) > MAX_SILENCE_MS {
+        return Err(ApiError::bad("a silence lasts at most 366 days"));
+    }
+    // Scope: an unscoped grant may silence anything; a scoped one only its own hosts.
+    let p = caller.principal.clone();
+    if !p.has_global(Permission::SilencesWrite) {
+        let named = silence_hosts(&matchers_text);
+        let names = named.clone();
+        let hosts = state
+            .db
+            .read(move |r| {
+                r.run(|c| {
+                    let mut m = HashMap::new();
+                    for h in names {
+                        let l = sa::labels_of_host(c, &h)?;
+                        m.insert(h, l);
+                    }
+                    Ok(m)
+                })
+            })
+            .await?;
+        if !covers_silence(&p, Permission::SilencesWrite, &hosts, &matchers_text) {
+            caller.deny();
+            return Err(ApiError::Forbidden(if named.is_empty() {
+                "silences:write on every host (or a host=\"NAME\" matcher naming one of your hosts)"
+                    .into()
+            } else {
+                format!("silences:write on host {}", named.join(" or "))
+            }));
+        }
+    }
+    let spec = SilenceSpec {
+        matchers: matchers_text,
+        starts_ms: starts,
+        ends_ms: ends,
+        author: p.actor.clone(),
+        comment,
+    };
+    let id = state.db.store.add_silence(spec, now).await?;
+    caller.note(format!("silence {id}"));
+    let Some((s, _)) = read_silence(&state, id).await? else {
+        return Err(ApiError::Internal(format!(
+            "silence {id} vanished after insert"
+        )));
+    };
+    Ok((StatusCode::CREATED, Json(silence_view(s, now_ms()))))
+}
+
+/// Ends a silence now (it stays listed with `state=all`).
+#[utoipa::path(delete, path = "/silences/{id}",
+    params(("id" = i64, Path, description = "The silence's id")),
+    responses((status = 204, description = "Expired"), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "Already ended")),
+    tag = "silences")]
+async fn expire_silence(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Permission::SilencesWrite)?;
+    caller.note(format!("silence {id}"));
+    let Some((s, hosts)) = read_silence(&state, id).await? else {
+        return Err(ApiError::NotFound);
+    };
+    let p = &caller.principal;
+    let allowed = covers_silence(p, Permission::SilencesWrite, &hosts, &s.matchers);
+    let visible = covers_silence(p, Permission::AlertsRead, &hosts, &s.matchers);
+    require_on(&caller, Permission::SilencesWrite, allowed, visible)?;
+    if !state.db.store.expire_silence(id, now_ms()).await? {
+        return Err(ApiError::Conflict(format!(
+            "silence {id} has already ended"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
