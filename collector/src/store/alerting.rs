@@ -400,26 +400,7 @@ impl Alerting {
         }
         tx.commit()?;
 
-        let mut state = EngineState::default();
-        {
-            let mut stmt = conn.prepare("SELECT rule, fingerprint, state FROM alert_state")?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (rule, fp, text) = row?;
-                match serde_json::from_str::<SeriesState>(&text) {
-                    Ok(st) => {
-                        state.rules.entry(rule).or_default().insert(fp, st);
-                    }
-                    Err(e) => tracing::warn!(rule, error = %e, "dropping unreadable alert state"),
-                }
-            }
-        }
+        let mut state = load_engine_state(conn)?;
         // The collector's own downtime is not the hosts' silence: absence clocks restart
         // now for series not already firing.
         for rule in setup.rules.iter().filter(|r| r.absent_for_ms.is_some()) {
@@ -1036,26 +1017,12 @@ impl Alerting {
             tracing::error!(error = %e, "re-reading series after a rollback failed");
         }
         self.persisted.clear();
-        let mut state = EngineState::default();
-        let loaded = (|| -> Result<(), StoreError> {
-            let mut stmt = c.prepare("SELECT rule, fingerprint, state FROM alert_state")?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (rule, fp, text) = row?;
-                if let Ok(st) = serde_json::from_str::<SeriesState>(&text) {
-                    state.rules.entry(rule).or_default().insert(fp, st);
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = loaded.and_then(|()| self.load(c, now_ms)) {
+        let state = load_engine_state(c).unwrap_or_else(|e| {
             tracing::error!(error = %e, "reloading alert state after a rollback failed");
+            EngineState::default()
+        });
+        if let Err(e) = self.load(c, now_ms) {
+            tracing::error!(error = %e, "reloading alerts after a rollback failed");
         }
         self.engine = Engine::restore(self.setup.rules.clone(), self.setup.engine, state);
     }
@@ -1257,6 +1224,29 @@ impl Alerting {
             dead_lettered: dead as u64,
         })
     }
+}
+
+/// The engine's persisted per-series state; unreadable rows are dropped with a warning.
+fn load_engine_state(c: &Connection) -> Result<EngineState, StoreError> {
+    let mut state = EngineState::default();
+    let mut stmt = c.prepare("SELECT rule, fingerprint, state FROM alert_state")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (rule, fp, text) = row?;
+        match serde_json::from_str::<SeriesState>(&text) {
+            Ok(st) => {
+                state.rules.entry(rule).or_default().insert(fp, st);
+            }
+            Err(e) => tracing::warn!(rule, error = %e, "dropping unreadable alert state"),
+        }
+    }
+    Ok(state)
 }
 
 fn save_alert(c: &Connection, rec: &AlertRecord) -> Result<(), StoreError> {
