@@ -96,12 +96,9 @@ pub struct RawInhibit {
     pub equal: Option<Vec<String>>,
 }
 
-/// Retry timing for the dispatcher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub initial: std::time::Duration,
-    pub max: std::time::Duration,
-}
+/// Retry timing for the dispatcher: `retry_initial` doubling to `retry_max`, ±20 % jitter
+/// so receivers that failed together do not retry in lockstep.
+pub type RetryPolicy = mcpwatch_common::backoff::ExponentialBackoff;
 
 /// The validated alerting configuration.
 #[derive(Debug, Clone)]
@@ -228,21 +225,22 @@ impl AlertingConfig {
                 "flap_window and flap_quiet must be positive",
             ));
         }
-        let retry = RetryPolicy {
-            initial: raw.retry_initial.unwrap_or(Duration::from_secs(1)).get(),
-            max: raw.retry_max.unwrap_or(Duration::from_secs(300)).get(),
-        };
-        if retry.initial.is_zero() || retry.max < retry.initial {
-            return Err(bad(
+        let retry = RetryPolicy::new(
+            raw.retry_initial.unwrap_or(Duration::from_secs(1)).get(),
+            raw.retry_max.unwrap_or(Duration::from_secs(300)).get(),
+        )
+        .and_then(|b| b.with_jitter(0.8, 1.2))
+        .map_err(|_| {
+            bad(
                 "alerting.retry_initial",
                 "must be positive and at most retry_max",
-            ));
-        }
-        if retry.max > std::time::Duration::from_secs(86_400) {
+            )
+        })?;
+        if retry.max() > std::time::Duration::from_secs(86_400) {
             return Err(bad("alerting.retry_max", "must be at most 1d"));
         }
         let max_age = raw.max_age.unwrap_or(Duration::from_secs(86_400));
-        if max_age.get() < retry.max {
+        if max_age.get() < retry.max() {
             return Err(bad("alerting.max_age", "must be at least retry_max"));
         }
         let longest_wait = parsed_routes

@@ -342,16 +342,9 @@ impl Worker {
             .set_outbox_depth(name, shared.queued.load(Ordering::Relaxed));
     }
 
-    /// `initial · 2^(attempt-1)`, capped at `max`, with ±20% jitter so receivers that
-    /// failed together do not retry in lockstep.
+    /// `initial · 2^(attempt-1)`, capped at `max`, with the policy's jitter.
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(20);
-        let base = self
-            .retry
-            .initial
-            .saturating_mul(1u32 << exp)
-            .min(self.retry.max);
-        base.mul_f64(0.8 + 0.4 * fastrand::f64())
+        self.retry.delay(attempt.saturating_sub(1))
     }
 }
 

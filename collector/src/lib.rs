@@ -19,10 +19,4 @@ pub mod token;
 
 pub use collector::{run, run_with_router, CollectorError};
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use mcpwatch_common::time::now_ms;

@@ -1,11 +1,15 @@
-//! Shared by the mcpwatch agent and collector: the wire protocol, mutual TLS, the dev PKI and
-//! config primitives. Only [`wire`] defines what crosses the network between the two.
+//! Shared by the mcpwatch agent and collector: the wire protocol, mutual TLS, the dev PKI,
+//! config primitives, and the small helpers both sides need exactly once (clock, backoff,
+//! secrets). Only [`wire`] defines what crosses the network between the two.
 
+pub mod backoff;
 pub mod certs;
 pub mod config;
 pub mod exposition;
 pub mod logging;
+pub mod secret;
 pub mod shutdown;
 pub mod systemd;
+pub mod time;
 pub mod tls;
 pub mod wire;

@@ -1,7 +1,6 @@
 //! Secrets for receivers: referenced in config as `{ file = "path" }` or `{ env = "VAR" }`,
 //! loaded once at validation, and held in a [`Secret`] whose `Debug` never shows the value.
 
-use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -72,35 +71,11 @@ impl SecretRef {
                 format!("{field}: the secret is empty"),
             ));
         }
-        Ok(Secret(value))
+        Ok(Secret::new(value))
     }
 }
 
-/// A loaded secret. `Debug` and `Display` print `***`; read it with [`Secret::expose`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use mcpwatch_common::secret::Secret;
 
 #[cfg(test)]
 mod tests {

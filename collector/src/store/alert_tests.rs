@@ -174,7 +174,7 @@ fn open(path: &Path, setup: &AlertingSetup) -> (Store, std::thread::JoinHandle<(
 }
 
 fn now() -> i64 {
-    wall_clock_ms()
+    mcpwatch_common::time::now_ms()
 }
 
 fn statuses(v: &[crate::notify::Notification]) -> Vec<Status> {

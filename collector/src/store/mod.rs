@@ -335,7 +335,7 @@ impl Store {
                 }
                 let Some(tx) = weak.upgrade() else { return };
                 let tick = WriteRequest::Tick {
-                    now_ms: wall_clock_ms(),
+                    now_ms: mcpwatch_common::time::now_ms(),
                     force: false,
                     reply: None,
                 };
@@ -365,14 +365,6 @@ impl std::future::Future for PendingIngest {
             .poll(cx)
             .map(|r| r.unwrap_or(Err(StoreError::Closed)))
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A duration in ms for SQL arithmetic; `None` means "keep forever" (zero).

@@ -87,7 +87,7 @@ mod tests {
     use super::super::alerting::{
         AlertingSetup, OutboxShared, ReceiverDeleted, ReceiverPut, RECEIVER_DELETED,
     };
-    use super::super::{wall_clock_ms, IngestBatch, IngestOutcome, Store, StoreConfig};
+    use super::super::{IngestBatch, IngestOutcome, Store, StoreConfig};
     use super::load;
     use crate::alert::route::GroupBy;
     use crate::alert::{parse_rules, validate_rules};
@@ -137,7 +137,7 @@ critical = 0.5
     /// Fires `test_high` for series `i` (a fresh connection and series each time).
     async fn fire(store: &Store, conn: u64, seq: u64, i: &str) {
         let s = store
-            .register_agent(conn, "agent-1", "h", "v", "b", wall_clock_ms())
+            .register_agent(conn, "agent-1", "h", "v", "b", mcpwatch_common::time::now_ms())
             .await
             .expect("register");
         let b = IngestBatch {
@@ -150,7 +150,7 @@ critical = 0.5
             }],
             samples: vec![Sample {
                 series: 0,
-                ts_ms: wall_clock_ms(),
+                ts_ms: mcpwatch_common::time::now_ms(),
                 value: 1.0,
             }],
             events: vec![],
@@ -172,7 +172,7 @@ critical = 0.5
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("r.db");
         let (store, thread) = open(&path, setup(true), &["r"]);
-        let now = wall_clock_ms();
+        let now = mcpwatch_common::time::now_ms();
         let put = |raw, create_only| store.put_receiver(raw, create_only, now);
         assert_eq!(
             put(hook("api", "http://a/"), true).await.expect("put"),

@@ -797,7 +797,7 @@ async fn store_ticker_folds_backlog_left_by_a_previous_run() {
     let mut b = batch(1, s.host_id, 1);
     b.new_series = defs(&[key("m", &[])]);
     // Recent timestamps: the ticker's retention runs against the wall clock.
-    let now = wall_clock_ms();
+    let now = mcpwatch_common::time::now_ms();
     b.samples = vec![sample(0, now, 1.0), sample(0, now + 1, 2.0)];
     f.store.ingest(b).await.unwrap();
     let (_dir, path) = f.close();

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::alert_request::{AlertRequest, Answer};
 use super::alerting::Alerting;
 use super::{
-    codec, retention, rollup, schema, wall_clock_ms, AgentSession, Counters, IngestBatch,
+    codec, retention, rollup, schema, AgentSession, Counters, IngestBatch,
     IngestOutcome, MaintenanceReport, StoreConfig, StoreError,
 };
 
@@ -318,7 +318,7 @@ impl Writer {
             &mut conn,
             cfg.alerting.clone(),
             cfg.outbox.clone(),
-            wall_clock_ms(),
+            mcpwatch_common::time::now_ms(),
         )?;
         let now = Instant::now();
         Ok(Writer {
@@ -430,7 +430,7 @@ impl Writer {
             alerting,
             ..
         } = self;
-        let now_ms = wall_clock_ms();
+        let now_ms = mcpwatch_common::time::now_ms();
         let mut undo = Undo::default();
         let mut done = Vec::with_capacity(writes.len());
         let mut touched_hosts: Vec<i64> = Vec::new();
