@@ -113,6 +113,45 @@ impl SeriesKey {
         }
         out
     }
+
+    /// Parses [`SeriesKey::labels_text`] back into pairs: the one reader of the stored form.
+    /// `None` when the text is not in that form.
+    pub fn parse_labels_text(text: &str) -> Option<Vec<(String, String)>> {
+        let mut pairs = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let eq = rest.find("=\"")?;
+            let key = &rest[..eq];
+            if key.is_empty() || key.contains([',', '"']) {
+                return None;
+            }
+            let mut value = String::new();
+            let mut chars = rest[eq + 2..].char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') => break eq + 2 + i + 1,
+                    (_, '\\') => match chars.next()?.1 {
+                        '\\' => value.push('\\'),
+                        '"' => value.push('"'),
+                        'n' => value.push('\n'),
+                        _ => return None,
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            pairs.push((key.to_owned(), value));
+            rest = &rest[end..];
+            if let Some(next) = rest.strip_prefix(',') {
+                if next.is_empty() {
+                    return None;
+                }
+                rest = next;
+            } else if !rest.is_empty() {
+                return None;
+            }
+        }
+        Some(pairs)
+    }
 }
 
 /// Declares a series id for the rest of the connection (series are interned per connection).
@@ -359,7 +398,32 @@ mod tests {
         postcard::to_stdvec(a).ok() == postcard::to_stdvec(b).ok()
     }
 
+    #[test]
+    fn label_text_parse_refuses_malformed() {
+        assert_eq!(SeriesKey::parse_labels_text(""), Some(vec![]));
+        for bad in [
+            "a",
+            "a=\"x",
+            "a=\"x\",",
+            "=\"x\"",
+            "a=\"x\"b=\"y\"",
+            "a=\"\\q\"",
+        ] {
+            assert_eq!(SeriesKey::parse_labels_text(bad), None, "{bad}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn label_text_round_trips(
+            labels in proptest::collection::vec(("[a-z_][a-z0-9_]{0,8}", ".{0,12}"), 0..5)
+        ) {
+            let refs: Vec<(&str, &str)> =
+                labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let key = SeriesKey::new("m", &refs);
+            prop_assert_eq!(SeriesKey::parse_labels_text(&key.labels_text()), Some(key.labels));
+        }
+
         #[test]
         fn every_frame_round_trips(frame in arb_frame()) {
             let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME_LEN);

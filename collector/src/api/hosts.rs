@@ -121,10 +121,10 @@ pub(crate) fn series_labels(text: &str) -> Labels {
     if text.is_empty() {
         return Labels::new();
     }
-    match crate::alert::route::parse_matchers(&format!("{{{text}}}")) {
-        Ok(ms) => ms.into_iter().map(|m| (m.label, m.value)).collect(),
-        Err(e) => {
-            tracing::warn!(labels = %text, error = %e, "unreadable stored series labels");
+    match mcpwatch_common::wire::SeriesKey::parse_labels_text(text) {
+        Some(pairs) => pairs.into_iter().collect(),
+        None => {
+            tracing::warn!(labels = %text, "unreadable stored series labels");
             Labels::new()
         }
     }

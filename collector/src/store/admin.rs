@@ -43,6 +43,14 @@ pub fn with_db<T>(
 /// secret itself is never stored. Returns the token id.
 pub fn insert_token_hash(db: &Path, name: &str, hash: &str) -> Result<i64, StoreError> {
     with_db(db, |c| {
-        super::auth::create_token(c, name, None, None, None, hash, mcpwatch_common::time::now_ms())
+        super::auth::create_token(
+            c,
+            name,
+            None,
+            None,
+            None,
+            hash,
+            mcpwatch_common::time::now_ms(),
+        )
     })
 }

@@ -615,7 +615,7 @@ impl Alerting {
         })?;
         for row in rows {
             let (id, name, labels, host) = row?;
-            if let Some(pairs) = parse_labels_text(&labels) {
+            if let Some(pairs) = mcpwatch_common::wire::SeriesKey::parse_labels_text(&labels) {
                 self.window.declare(id, &host, &name, &pairs);
             }
         }
@@ -1276,29 +1276,5 @@ fn state_str(s: crate::alert::AlertState) -> &'static str {
         S::Firing => "firing",
         S::Resolved => "resolved",
         S::Flapping => "flapping",
-    }
-}
-
-/// Parses the stored `k="v",k2="v2"` label text back into pairs.
-pub(crate) fn parse_labels_text(text: &str) -> Option<Vec<(String, String)>> {
-    let sel = crate::alert::Selector::parse(&format!("m{{{text}}}")).ok()?;
-    Some(
-        sel.matchers
-            .into_iter()
-            .map(|m| (m.label, m.value))
-            .collect(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_alerting_parses_label_text() {
-        let key = mcpwatch_common::wire::SeriesKey::new("m", &[("a", "x\"y\\z"), ("b", "1")]);
-        let pairs = parse_labels_text(&key.labels_text()).unwrap();
-        assert_eq!(pairs, key.labels);
-        assert_eq!(parse_labels_text("").unwrap(), vec![]);
     }
 }

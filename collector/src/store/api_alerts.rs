@@ -10,7 +10,6 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::alerting::parse_labels_text;
 use super::{codec, StoreError};
 use crate::alert::policy::AlertRecord;
 use crate::alert::{Labels, Series, SeriesSource};
@@ -341,7 +340,7 @@ pub fn recent_samples(
             })?;
             for row in rows {
                 let (id, name, text, host) = row?;
-                let Some(pairs) = parse_labels_text(&text) else {
+                let Some(pairs) = mcpwatch_common::wire::SeriesKey::parse_labels_text(&text) else {
                     continue;
                 };
                 let mut labels: Labels = pairs.into_iter().collect();

@@ -137,7 +137,14 @@ critical = 0.5
     /// Fires `test_high` for series `i` (a fresh connection and series each time).
     async fn fire(store: &Store, conn: u64, seq: u64, i: &str) {
         let s = store
-            .register_agent(conn, "agent-1", "h", "v", "b", mcpwatch_common::time::now_ms())
+            .register_agent(
+                conn,
+                "agent-1",
+                "h",
+                "v",
+                "b",
+                mcpwatch_common::time::now_ms(),
+            )
             .await
             .expect("register");
         let b = IngestBatch {

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::alert_request::{AlertRequest, Answer};
 use super::alerting::Alerting;
 use super::{
-    codec, retention, rollup, schema, AgentSession, Counters, IngestBatch,
-    IngestOutcome, MaintenanceReport, StoreConfig, StoreError,
+    codec, retention, rollup, schema, AgentSession, Counters, IngestBatch, IngestOutcome,
+    MaintenanceReport, StoreConfig, StoreError,
 };
 
 /// Upper bound on requests per group, so zero-sample requests cannot grow a group forever.
