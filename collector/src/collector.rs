@@ -230,6 +230,7 @@ pub async fn run_with_router(
         app,
         config.http_limits.clone(),
         http_tls,
+        metrics.clone(),
         http_stop.clone(),
     ));
     spawn_session_cleanup(

@@ -92,6 +92,16 @@ pub struct RawHttp {
     pub tls_key: Option<PathBuf>,
     /// Concurrent connections; more are closed at once. Default 256.
     pub max_connections: Option<usize>,
+    /// Concurrent connections from one client address; more are closed at once. Behind a
+    /// reverse proxy every client shares its address: raise this to max_connections there.
+    /// Default 32.
+    pub max_connections_per_address: Option<usize>,
+    /// A new connection must send its first byte (TLS: finish its handshake) within this.
+    /// Default 5s.
+    pub first_byte_timeout: Option<Duration>,
+    /// A connection with no request in progress that moves no bytes this long is closed.
+    /// Default 30s.
+    pub idle_timeout: Option<Duration>,
     /// The request head must arrive within this (slow clients are cut off). Default 10s.
     pub header_read_timeout: Option<Duration>,
     /// A request must be answered within this. Default 30s.
@@ -219,6 +229,13 @@ impl CollectorConfig {
         let d = ServerLimits::defaults();
         let http_limits = ServerLimits {
             max_connections: h.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_address: h
+                .max_connections_per_address
+                .unwrap_or(d.max_connections_per_address),
+            first_byte_timeout: h
+                .first_byte_timeout
+                .map_or(d.first_byte_timeout, |x| x.get()),
+            idle_timeout: h.idle_timeout.map_or(d.idle_timeout, |x| x.get()),
             header_read_timeout: h
                 .header_read_timeout
                 .map_or(d.header_read_timeout, |x| x.get()),
@@ -229,6 +246,18 @@ impl CollectorConfig {
             return Err(bad(
                 "http",
                 "max_connections must be positive and max_body_size at least 1KiB",
+            ));
+        }
+        if http_limits.max_connections_per_address == 0 {
+            return Err(bad(
+                "http.max_connections_per_address",
+                "must be at least 1",
+            ));
+        }
+        if http_limits.first_byte_timeout.is_zero() || http_limits.idle_timeout.is_zero() {
+            return Err(bad(
+                "http.first_byte_timeout",
+                "first_byte_timeout and idle_timeout must be positive",
             ));
         }
         let a = &raw.api;

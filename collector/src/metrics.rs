@@ -57,6 +57,8 @@ pub struct CollectorMetrics {
     pub sessions_closed: Family<ReasonLabel, Counter>,
     /// Audit records that could not be written.
     pub audit_failures: Counter,
+    /// HTTP connections the server turned away or closed, by reason.
+    pub http_connections_closed: Family<ReasonLabel, Counter>,
     /// The alert engine's figures (updated by the store writer).
     pub alerts: crate::store::alerting::AlertMetrics,
     pub notify_info: Family<ReceiverInfoLabel, Gauge>,
@@ -92,6 +94,7 @@ impl CollectorMetrics {
             store_queue_depth: Gauge::default(),
             sessions_closed: Family::default(),
             audit_failures: Counter::default(),
+            http_connections_closed: Family::default(),
             alerts: Default::default(),
             notify_info: Family::default(),
             notify_sent: Family::default(),
@@ -125,6 +128,12 @@ impl CollectorMetrics {
             "mcpwatch_collector_connections_refused",
             "Connections refused because the connection limit was reached.",
             m.connections_refused_total.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_http_connections_closed",
+            "HTTP connections refused or closed by the server, by reason (address_limit, limit, \
+             first_byte_timeout, header_read_timeout, idle_timeout, tls_handshake, accept_error).",
+            m.http_connections_closed.clone(),
         );
         r.register(
             "mcpwatch_collector_handshake_failures",
@@ -242,6 +251,14 @@ impl CollectorMetrics {
 
     pub fn session_closed(&self, reason: &str) {
         self.sessions_closed
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn http_connection_closed(&self, reason: &str) {
+        self.http_connections_closed
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
             })

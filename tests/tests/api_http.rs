@@ -310,3 +310,150 @@ fn api_over_https_and_metrics_pass_promtool_with_alerting_configured() {
     // The endpoint may answer OpenMetrics; ask for the text format promtool reads.
     mcpwatch_tests::promtool_check("collector /metrics with alerting", &metrics);
 }
+
+/// 1,000 hostile connections from 127.0.0.2 — half idle, half slow-loris, each reopened as
+/// soon as the server closes it — while an admin on 127.0.0.1 keeps using the API: every one
+/// of the admin's requests is answered. Before the per-address cap and the first-byte
+/// deadline, the flood held every slot and the admin's requests were reset.
+#[test]
+fn api_connection_flood_from_one_address_does_not_starve_another() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let c = collector(tmp.path(), "first_byte_timeout = \"2s\"");
+    let token = admin_token(&c.db, "admin", None);
+    let api = Api::new(c.http, Some(&token));
+    assert_eq!(api.get("/api/v1/hosts").status, 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicU64::new(0));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let target = c.http;
+    for i in 0..1000u32 {
+        let (stop, attempts) = (stop.clone(), attempts.clone());
+        rt.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // Bounded: the flag ends it, and so does this deadline.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                if let Ok(mut conn) = socket.connect(target).await {
+                    let mut buf = [0u8; 256];
+                    if i % 2 == 1 {
+                        // Slow: a request head that never ends, one byte every 500 ms.
+                        let _ = conn.write_all(b"GET /api/v1/hosts HTTP/1.1\r\n").await;
+                        while !stop.load(Ordering::Relaxed) {
+                            let read = conn.read(&mut buf);
+                            match tokio::time::timeout(Duration::from_millis(500), read).await {
+                                Ok(_) => break,
+                                Err(_) => {
+                                    if conn.write_all(b"X").await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    } else {
+                        // Idle: hold the connection until the server closes it.
+                        let read = conn.read(&mut buf);
+                        let _ = tokio::time::timeout(Duration::from_secs(60), read).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+    mcpwatch_tests::wait_for("the flood under way", Duration::from_secs(30), || {
+        (attempts.load(Ordering::Relaxed) >= 1500).then_some(())
+    });
+
+    let mut latencies = Vec::new();
+    let mut failures = Vec::new();
+    for _ in 0..200 {
+        let started = Instant::now();
+        match request(c.http, "GET", "/api/v1/hosts", Some(&token), None) {
+            Ok(r) if r.status == 200 => latencies.push(started.elapsed()),
+            Ok(r) => failures.push(format!("status {}", r.status)),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let flood = attempts.load(Ordering::Relaxed);
+    let metrics = mcpwatch_tests::http_get(c.http, "/metrics").unwrap().1;
+    stop.store(true, Ordering::Relaxed);
+    rt.shutdown_timeout(Duration::from_secs(5));
+
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!(
+        "flood: {flood} hostile connection attempts; admin requests: {} ok, {} failed, \
+         p50 {:?}, p99 {:?}",
+        latencies.len(),
+        failures.len(),
+        p(0.5),
+        p(0.99)
+    );
+    assert!(failures.is_empty(), "admin requests failed: {failures:?}");
+    let refused = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "mcpwatch_collector_http_connections_closed_total{reason=\"address_limit\"}",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        refused > 0.0,
+        "no connection refused by the per-address cap:\n{metrics}"
+    );
+}
+
+/// A connection that never sends a byte is closed after `first_byte_timeout`; one that
+/// idles after a response is closed after `idle_timeout`.
+#[test]
+fn api_silent_and_idle_connections_are_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = collector(
+        tmp.path(),
+        "first_byte_timeout = \"1s\"\nidle_timeout = \"2s\"",
+    );
+    let closed_within = |mut s: TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        // A read that returns 0 bytes is the server's close; a timeout is an Err.
+        let n = s.read(&mut buf);
+        assert!(
+            matches!(n, Ok(0)),
+            "not closed within {limit:?}: {n:?} after {:?}",
+            started.elapsed()
+        );
+        started.elapsed()
+    };
+    let silent = TcpStream::connect(c.http).unwrap();
+    let waited = closed_within(silent, Duration::from_secs(10));
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed too early: {waited:?}"
+    );
+
+    let mut kept = TcpStream::connect(c.http).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = kept.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let waited = closed_within(kept, Duration::from_secs(10));
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "closed too early: {waited:?}"
+    );
+}

@@ -7,6 +7,7 @@
 //! nests them, adds the audit layer, limits and the document.
 
 pub mod auth;
+pub mod connection;
 pub mod db;
 pub mod error;
 pub mod paging;

@@ -1,6 +1,8 @@
-//! The HTTP server loop under the collector's HTTP endpoint: a connection limit, an HTTP/1
-//! header read timeout set on hyper itself (so a slow-loris client is cut off), request
-//! body and time limits as tower layers, optional TLS (rustls), graceful shutdown.
+//! The HTTP server loop under the collector's HTTP endpoint: a connection limit overall and
+//! per client address, a short deadline for a connection's first byte, an idle timeout
+//! between requests, an HTTP/1 header read timeout set on hyper itself (so a slow-loris
+//! client is cut off), request body and time limits as tower layers, optional TLS (rustls),
+//! graceful shutdown. Every connection turned away is counted by reason.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,11 +19,20 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::auth::ClientAddr;
+use super::connection::{Activity, AddressSlots, Tracked};
+use crate::metrics::CollectorMetrics;
 
 /// Limits of the HTTP endpoint (validated from `[http]`).
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     pub max_connections: usize,
+    /// Connections one client address may hold open at once.
+    pub max_connections_per_address: usize,
+    /// A new connection must send its first byte (or finish its TLS handshake) within this.
+    pub first_byte_timeout: Duration,
+    /// A connection that has moved no bytes for this long with no request in progress is
+    /// closed (keep-alive idle after a response).
+    pub idle_timeout: Duration,
     /// The whole request head must arrive within this.
     pub header_read_timeout: Duration,
     /// A request (handler included) must finish within this.
@@ -34,6 +45,9 @@ impl ServerLimits {
     pub fn defaults() -> ServerLimits {
         ServerLimits {
             max_connections: 256,
+            max_connections_per_address: 32,
+            first_byte_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             body_limit: 1 << 20,
@@ -60,9 +74,11 @@ pub async fn serve(
     app: Router,
     limits: ServerLimits,
     tls: Option<Arc<rustls::ServerConfig>>,
+    metrics: Arc<CollectorMetrics>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_address = AddressSlots::new(limits.max_connections_per_address);
     let conns = TaskTracker::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
@@ -72,32 +88,65 @@ pub async fn serve(
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "http accept failed");
+                    metrics.http_connection_closed("accept_error");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        // Over a limit: close at once rather than queue without bound. The per-address cap
+        // comes first so one address cannot take the global slots.
+        let Some(slot) = per_address.acquire(peer.ip()) else {
+            tracing::debug!(%peer, "http connection refused: per-address limit reached");
+            metrics.http_connection_closed("address_limit");
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Over the limit: close at once rather than queue without bound.
             tracing::debug!(%peer, "http connection refused: limit reached");
-            drop(tcp);
+            metrics.http_connection_closed("limit");
             continue;
         };
         let app = app.clone();
         let acceptor = acceptor.clone();
         let stop = shutdown.clone();
-        let header_timeout = limits.header_read_timeout;
+        let limits = limits.clone();
+        let metrics = metrics.clone();
         conns.spawn(async move {
-            let _permit = permit;
-            match acceptor {
-                None => serve_conn(TokioIo::new(tcp), app, peer, header_timeout, stop).await,
-                Some(acc) => match tokio::time::timeout(header_timeout, acc.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        serve_conn(TokioIo::new(tls), app, peer, header_timeout, stop).await
+            let _held = (permit, slot);
+            let activity = Activity::new();
+            let closed = match acceptor {
+                None => {
+                    // A connection that sends nothing holds a slot for free; it gets a short
+                    // deadline for its first byte.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(limits.first_byte_timeout, tcp.peek(&mut first))
+                        .await
+                    {
+                        Ok(Ok(n)) if n > 0 => {
+                            let io = Tracked::new(tcp, activity.clone());
+                            serve_conn(io, app, peer, &limits, activity, stop).await
+                        }
+                        Ok(_) => None,
+                        Err(_) => Some("first_byte_timeout"),
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "api tls handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "api tls handshake timed out"),
-                },
+                }
+                Some(acc) => {
+                    match tokio::time::timeout(limits.first_byte_timeout, acc.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let io = Tracked::new(tls, activity.clone());
+                            serve_conn(io, app, peer, &limits, activity, stop).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "api tls handshake failed");
+                            Some("tls_handshake")
+                        }
+                        Err(_) => Some("first_byte_timeout"),
+                    }
+                }
+            };
+            if let Some(reason) = closed {
+                tracing::debug!(%peer, reason, "http connection closed");
+                metrics.http_connection_closed(reason);
             }
         });
     }
@@ -105,34 +154,64 @@ pub async fn serve(
     conns.wait().await;
 }
 
+/// Serves one connection until the client closes it, it idles out, or shutdown. Returns why
+/// the server closed it, when it did.
 async fn serve_conn<I>(
-    io: TokioIo<I>,
+    io: Tracked<I>,
     app: Router,
     peer: SocketAddr,
-    header_timeout: Duration,
+    limits: &ServerLimits,
+    activity: Arc<Activity>,
     stop: CancellationToken,
-) where
+) -> Option<&'static str>
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let requests = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ClientAddr(peer));
-        app.clone().oneshot(req.map(axum::body::Body::new))
+        // Counted until the response head is ready; a response body still streaming keeps
+        // the connection active through its writes.
+        let in_flight = requests.request();
+        let answer = app.clone().oneshot(req.map(axum::body::Body::new));
+        async move {
+            let r = answer.await;
+            drop(in_flight);
+            r
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
-        .serve_connection(io, svc);
+        .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+    let idle = limits.idle_timeout;
+    let mut why = None;
+    loop {
+        let quiet = activity.quiet_for();
+        let wait = idle.saturating_sub(quiet).max(Duration::from_millis(10));
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                    if e.is_timeout() {
+                        why = Some("header_read_timeout");
+                    }
+                }
+                return why;
+            }
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {
+                if activity.in_flight() == 0 && activity.quiet_for() >= idle {
+                    why = Some("idle_timeout");
+                    break;
+                }
             }
         }
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
     }
+    // Closes an idle connection at once; one mid-request gets its answer first.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+    why
 }
