@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::command::{CommandRouter, PendingCommand};
 use crate::metrics::CollectorMetrics;
+use crate::refusal_log::{RefusalLog, Verdict};
 use crate::store::{IngestBatch, IngestOutcome, Store, StoreError};
 
 /// Settings of the ingest listener, from the validated config.
@@ -84,6 +85,10 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let next_conn = AtomicU64::new(1);
+    let refusals = Arc::new(RefusalLog::new(
+        REFUSALS_LOGGED_PER_MINUTE,
+        std::time::Duration::from_secs(60),
+    ));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -99,7 +104,9 @@ pub async fn serve(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.connections_refused_total.inc();
-            tracing::warn!(%peer, limit = settings.max_connections, "connection limit reached; refusing");
+            log_refusal(&refusals, "limit", peer, || {
+                tracing::warn!(%peer, limit = settings.max_connections, "connection limit reached; refusing");
+            });
             drop(tcp);
             continue;
         };
@@ -113,6 +120,7 @@ pub async fn serve(
             router: router.clone(),
             metrics: metrics.clone(),
             settings: settings.clone(),
+            refusals: refusals.clone(),
         };
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
@@ -132,6 +140,33 @@ struct Session {
     router: CommandRouter,
     metrics: Arc<CollectorMetrics>,
     settings: IngestSettings,
+    refusals: Arc<RefusalLog>,
+}
+
+/// Refusals logged in full per reason and source address each minute; the rest are counted
+/// (the refusal metrics count every one) and summed up in one line.
+const REFUSALS_LOGGED_PER_MINUTE: u32 = 5;
+
+/// Logs a refusal (`line`) unless this reason and address already had their share this
+/// minute; writes the summaries of windows that ended.
+fn log_refusal(
+    refusals: &RefusalLog,
+    reason: &'static str,
+    peer: std::net::SocketAddr,
+    line: impl FnOnce(),
+) {
+    let (verdict, summaries) = refusals.refused(reason, peer.ip(), std::time::Instant::now());
+    for s in summaries {
+        let addr = s
+            .addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "many".into());
+        tracing::warn!(reason = s.reason, peer = %addr, suppressed = s.count,
+            "agent connections refused in the last minute and not logged one by one");
+    }
+    if verdict == Verdict::Log {
+        line();
+    }
 }
 
 type Stream = Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec>;
@@ -143,7 +178,9 @@ impl Session {
             Ok(ok) => ok,
             Err(err) => {
                 self.metrics.handshake_failure(err.reason());
-                tracing::warn!(%peer, reason = err.reason(), error = %err, "agent connection refused");
+                log_refusal(&self.refusals, err.reason(), peer, || {
+                    tracing::warn!(%peer, reason = err.reason(), error = %err, "agent connection refused");
+                });
                 return;
             }
         };

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod notify;
 pub mod quickstart;
+pub mod refusal_log;
 pub mod store;
 pub mod token;
 

@@ -270,3 +270,35 @@ async fn silent_connections_are_closed_by_the_handshake_and_idle_timeouts() {
         "{m}"
     );
 }
+
+/// A flood of 300 junk connections from one address: every one is refused and counted, but
+/// only the first few are logged one by one (the rest are summed up when the minute ends).
+#[test]
+fn refusal_logs_are_rate_limited_per_reason_and_address() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    for _ in 0..300 {
+        let mut s = std::net::TcpStream::connect(collector.ingest).unwrap();
+        s.set_read_timeout(Some(CLOSE)).unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\nnot a TLS client hello at all");
+        let mut buf = [0u8; 64];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    }
+    let tls = |m: &str| {
+        metric(
+            m,
+            "mcpwatch_collector_handshake_failures_total{reason=\"tls\"}",
+        )
+    };
+    wait_for("300 refusals counted", CLOSE, || {
+        (tls(&collector.metrics()) == Some(300.0)).then_some(())
+    });
+    let logs = collector.logs();
+    let lines = logs.matches("agent connection refused").count();
+    assert!(
+        (1..=5).contains(&lines),
+        "{lines} refusal lines for 300 refusals"
+    );
+}
