@@ -132,7 +132,8 @@ impl AlertingConfig {
                 ));
             }
             // Secrets (files, env) are resolved here too, so check-config catches them.
-            Receiver::from_raw(r.clone(), base).map_err(|e| bad("receiver", &e.to_string()))?;
+            Receiver::from_raw(r.clone(), base, &crate::notify::Destinations::Any)
+                .map_err(|e| bad("receiver", &e.to_string()))?;
         }
         let known = |list: &[String], key: &str| -> Result<(), ConfigError> {
             match list.iter().find(|n| !names.contains(*n)) {
@@ -279,6 +280,8 @@ impl AlertingConfig {
                     raw.api_secret_dir
                         .unwrap_or_else(|| PathBuf::from("secrets")),
                 ),
+                // `[api] receiver_url_allow` replaces this when set (see config.rs).
+                destinations: crate::notify::Destinations::Public,
             },
         })
     }

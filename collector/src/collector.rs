@@ -17,7 +17,7 @@ use crate::dispatch;
 use crate::http::{self, Readiness};
 use crate::ingest::{self, IngestSettings};
 use crate::metrics::CollectorMetrics;
-use crate::notify::{NotifyConfigError, Receiver};
+use crate::notify::{Destinations, NotifyConfigError, Receiver};
 use crate::store::alerting::OutboxShared;
 use crate::store::{Store, StoreConfig, StoreError};
 
@@ -177,7 +177,7 @@ pub async fn run_with_router(
         .alerting
         .receivers
         .iter()
-        .map(|raw| Receiver::from_raw(raw.clone(), &base_dir))
+        .map(|raw| Receiver::from_raw(raw.clone(), &base_dir, &Destinations::Any))
         .collect::<Result<Vec<_>, _>>()?;
     let skipped = load_api_receivers(&config, &mut receivers)?;
     let outbox =

@@ -130,6 +130,11 @@ pub struct RawApi {
     pub command_timeout: Option<Duration>,
     /// Bearer token `/federate` requires (file or env). Default: none required.
     pub federation_token: Option<SecretRef>,
+    /// Where receivers defined through the API may send: CIDR blocks (`10.0.0.0/8`),
+    /// addresses and host names. When set, only these; by default any public address, and
+    /// never loopback, private, link-local or shared (CGNAT) ones. Receivers in this file are
+    /// not restricted.
+    pub receiver_url_allow: Option<Vec<String>>,
     /// Audit records kept for. Default 400d.
     pub audit_retention: Option<Duration>,
 }
@@ -213,8 +218,12 @@ impl CollectorConfig {
                 "queue_capacity and max_commit_samples must be positive",
             ));
         }
-        let alerting =
+        let mut alerting =
             AlertingConfig::validate(path, raw.alerting, raw.receiver, raw.route, raw.inhibit)?;
+        if let Some(allow) = &raw.api.receiver_url_allow {
+            alerting.api_secrets.destinations = crate::notify::Destinations::only(allow)
+                .map_err(|e| bad("api.receiver_url_allow", &e))?;
+        }
         let h = &raw.http;
         let http_tls = match (&h.tls_cert, &h.tls_key) {
             (Some(c), Some(k)) => {

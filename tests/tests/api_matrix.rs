@@ -856,6 +856,7 @@ fn api_permission_matrix_every_route_every_principal() {
         &dir,
         &format!(
             "[api]\nlogin_attempts_per_minute = 10000\ncommand_timeout = \"2s\"\n\
+             receiver_url_allow = [\"127.0.0.0/8\"]\n\
              [alerting]\n{fast}\
              [[receiver]]\ntype = \"webhook\"\nname = \"{RECEIVER}\"\nurl = \"{}\"\n\
              secret = {{ file = \"hmac\" }}\n",

@@ -31,11 +31,13 @@ const FRAGILE_KEY: &str = "fragile-receiver-hmac-key-55d0";
 /// A secret sent as a value: refused, never stored.
 const PLAIN: &str = "plaintext-secret-value-b81c27";
 
-/// `[alerting]` with one notification per alert, at once, quick retries; one configured
+/// `[api]` letting API receivers reach the loopback capture servers, and `[alerting]` with
+/// one notification per alert, at once, quick retries; one configured
 /// webhook receiver `cfg`; `default_receivers` unset, so API receivers get every alert.
 fn alerting(cfg_url: &str) -> String {
     format!(
-        "[alerting]\n{}\n\
+        "[api]\nreceiver_url_allow = [\"127.0.0.0/8\"]\n\
+         [alerting]\n{}\n\
          [[receiver]]\ntype = \"webhook\"\nname = \"cfg\"\nurl = \"{cfg_url}\"\n\
          secret = {{ file = \"cfg-hmac\" }}\n",
         fast_alerting("4h")
@@ -513,4 +515,76 @@ fn api_receivers_crud_live_durable_and_secret_free() {
 fn request_delete(api: &Api, path: &str) -> Resp {
     mcpwatch_tests::api::request(api.addr, "DELETE", path, api.token.as_deref(), None)
         .expect("DELETE")
+}
+
+/// Receivers defined through the API cannot reach loopback, private or link-local addresses
+/// unless `[api] receiver_url_allow` lists them, by literal address or by a name that
+/// resolves there; and a test-send that fails answers with the status only: the body of
+/// whatever answered reaches neither the caller nor the audit log.
+#[test]
+fn api_receivers_destinations_restricted_and_answers_not_echoed() {
+    const LEAK: &str = "internal-service-body-3e9d1c";
+    let rig = Rig::new();
+    let cfg = rig.capture(Reply::status(200));
+    // No allow list: the default keeps API receivers off internal addresses.
+    let default_alerting = alerting(&cfg.url("/cfg")).replacen(
+        "[api]\nreceiver_url_allow = [\"127.0.0.0/8\"]\n",
+        "",
+        1,
+    );
+    let mut c = CollectorProc::start(&rig.pki, &rig.dir, &default_alerting);
+    let token = admin_token(&c.db, "t", None);
+    let api = Api::new(c.http, Some(&token));
+    let r = "/api/v1/receivers";
+    let key = json!({"file": "hook-hmac"});
+    for url in [
+        "http://127.0.0.1:9/x",
+        "http://[::1]:9/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/x",
+        "http://[::ffff:127.0.0.1]:9/x",
+        "http://localhost:9/x",
+    ] {
+        let resp = api.send("POST", r, &named(hook(url, key.clone()), "inside"));
+        if url.contains("localhost") {
+            // A name is checked when it resolves: created, but every send is refused.
+            expect(resp, 201);
+            let sent = api.send("POST", &format!("{r}/inside/test"), &json!({}));
+            assert_eq!(sent.status, 502, "{}", sent.body);
+            assert!(message(&sent).contains("localhost"), "{}", sent.body);
+            expect(request_delete(&api, &format!("{r}/inside")), 200);
+        } else {
+            assert_eq!(resp.status, 400, "{url}: {}", resp.body);
+            assert!(
+                message(&resp).contains("receiver_url_allow"),
+                "{}",
+                resp.body
+            );
+        }
+    }
+
+    // With the loopback range allowed, a receiver there works; its error body stays out.
+    c.stop();
+    let text = std::fs::read_to_string(&c.config).expect("config");
+    std::fs::write(
+        &c.config,
+        format!("{text}\n[api]\nreceiver_url_allow = [\"127.0.0.0/8\"]\n"),
+    )
+    .expect("config");
+    c.child = None;
+    c.restart();
+    let failing = rig.capture(Reply::status(500).with_body(&LEAK.repeat(10_000)));
+    expect(
+        api.send("POST", r, &named(hook(&failing.url("/f"), key), "failing")),
+        201,
+    );
+    let sent = api.send("POST", &format!("{r}/failing/test"), &json!({}));
+    assert_eq!(sent.status, 502, "{}", sent.body);
+    assert!(message(&sent).contains("500"), "{}", sent.body);
+    assert!(!sent.body.contains(LEAK), "body echoed: {}", sent.body);
+    let leaked = count(
+        &c.db,
+        &format!("SELECT count(*) FROM audit_log WHERE detail LIKE '%{LEAK}%'"),
+    );
+    assert_eq!(leaked, 0, "the answer's body reached the audit log");
 }

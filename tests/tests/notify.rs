@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use mcpwatch_collector::notify::{
-    Notification, Receiver, ReceiverConfigRaw, SendError, SendErrorKind, Severity, Status,
+    Destinations, Notification, Receiver, ReceiverConfigRaw, SendError, SendErrorKind, Severity,
+    Status,
 };
 use mcpwatch_tests::receivers::{
     validate_discord, validate_pagerduty, validate_slack, validate_webhook, verify_hmac,
@@ -47,7 +48,7 @@ fn write_secret(dir: &Path, name: &str, value: &str) {
 
 fn receiver(dir: &Path, config: Value) -> Receiver {
     let raw: ReceiverConfigRaw = serde_json::from_value(config).expect("raw config");
-    Receiver::from_raw(raw, dir).expect("valid receiver")
+    Receiver::from_raw(raw, dir, &Destinations::Any).expect("valid receiver")
 }
 
 fn slack(dir: &Path, cap: &HttpCapture) -> Receiver {
@@ -325,7 +326,7 @@ fn notify_config_rejects_unknown_fields_and_redacts() {
         "type": "slack", "name": "s", "webhook_url": { "env": "MCPWATCH_NOTIFY_TEST_UNSET" }
     }))
     .expect("raw");
-    let err = Receiver::from_raw(raw, dir.path()).expect_err("unset env");
+    let err = Receiver::from_raw(raw, dir.path(), &Destinations::Any).expect_err("unset env");
     assert!(err.to_string().contains("MCPWATCH_NOTIFY_TEST_UNSET"));
 }
 

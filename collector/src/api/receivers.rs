@@ -500,7 +500,7 @@ async fn test_receiver(
         match configured {
             Some(raw) => {
                 let base = set.base_dir.clone();
-                Box::new(move || Receiver::from_raw(raw, &base))
+                Box::new(move || Receiver::from_raw(raw, &base, &notify::Destinations::Any))
             }
             None => {
                 let stored = read_api_receiver(&state, name.clone())

@@ -17,6 +17,8 @@ use super::{NotifyConfigError, Receiver, ReceiverConfigRaw};
 pub struct ApiSecrets {
     /// `[alerting] api_secret_dir`: file references are relative to it and stay inside it.
     pub dir: std::path::PathBuf,
+    /// Where API receivers may send (`[api] receiver_url_allow`; default public addresses).
+    pub destinations: super::Destinations,
 }
 
 /// Environment variables an API-defined receiver may read start with this.
@@ -83,7 +85,7 @@ impl ApiSecrets {
     /// and resolve (files relative to [`ApiSecrets::dir`]).
     pub fn build(&self, raw: ReceiverConfigRaw) -> Result<Receiver, NotifyConfigError> {
         self.check(&raw)?;
-        Receiver::from_raw(raw, &self.dir)
+        Receiver::from_raw(raw, &self.dir, &self.destinations)
     }
 }
 
@@ -96,7 +98,7 @@ mod tests {
     fn hook(secret: SecretRef) -> ReceiverConfigRaw {
         ReceiverConfigRaw::Webhook(WebhookConfigRaw {
             name: "h".into(),
-            url: "http://127.0.0.1:9/x".into(),
+            url: "http://192.0.2.1:9/x".into(),
             secret,
             timeout_secs: None,
         })
@@ -110,7 +112,11 @@ mod tests {
         std::fs::write(dir.join("k"), "key\n").expect("write");
         std::fs::write(dir.join("sub/k"), "key\n").expect("write");
         std::fs::write(tmp.path().join("outside"), "ca key\n").expect("write");
-        let api = ApiSecrets { dir: dir.clone() };
+        let api = ApiSecrets {
+            dir: dir.clone(),
+            destinations: crate::notify::Destinations::only(&["192.0.2.0/24".into()])
+                .expect("valid"),
+        };
         for ok in ["k", "sub/k", "./k"] {
             api.build(hook(SecretRef::file(ok)))
                 .unwrap_or_else(|e| panic!("{ok}: {e}"));

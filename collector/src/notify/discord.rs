@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::destination::Destinations;
 use super::secret::{Secret, SecretRef};
 use super::{http, Notification, NotifyConfigError, SendError, Severity, Status};
 
@@ -50,12 +51,16 @@ impl fmt::Debug for DiscordReceiver {
 }
 
 impl DiscordReceiver {
-    pub fn new(raw: DiscordConfigRaw, base_dir: &Path) -> Result<Self, NotifyConfigError> {
+    pub fn new(
+        raw: DiscordConfigRaw,
+        base_dir: &Path,
+        destinations: &Destinations,
+    ) -> Result<Self, NotifyConfigError> {
         let name = raw.name;
         let url = raw.webhook_url.load(&name, "webhook_url", base_dir)?;
-        super::webhook::check_http_url(&name, "webhook_url", url.expose())?;
+        super::webhook::check_http_url(&name, "webhook_url", url.expose(), destinations)?;
         let timeout = super::timeout_from(&name, raw.timeout_secs, 10)?;
-        let client = http::client(&name, timeout)?;
+        let client = http::client(&name, timeout, destinations)?;
         Ok(DiscordReceiver { name, url, client })
     }
 

@@ -14,6 +14,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 
+use super::destination::Destinations;
 use super::secret::SecretRef;
 use super::{Notification, NotifyConfigError, SendError};
 
@@ -69,7 +70,11 @@ impl fmt::Debug for EmailReceiver {
 }
 
 impl EmailReceiver {
-    pub fn new(raw: EmailConfigRaw, base_dir: &Path) -> Result<Self, NotifyConfigError> {
+    pub fn new(
+        raw: EmailConfigRaw,
+        base_dir: &Path,
+        destinations: &Destinations,
+    ) -> Result<Self, NotifyConfigError> {
         let name = raw.name;
         let err = |reason: String| NotifyConfigError::new(&name, reason);
         if raw.host.trim().is_empty() {
@@ -96,6 +101,10 @@ impl EmailReceiver {
             TlsMode::Tls => 465,
             TlsMode::None => 25,
         });
+        // lettre resolves the host itself: checked here, when the receiver is built.
+        destinations
+            .check_host(&raw.host, port)
+            .map_err(|why| err(format!("host: {why}")))?;
         let timeout: Duration = super::timeout_from(&name, raw.timeout_secs, 30)?;
         let tls = match mode {
             TlsMode::None => Tls::None,
@@ -311,15 +320,15 @@ mod tests {
     #[test]
     fn notify_email_config_validated() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(EmailReceiver::new(raw(), dir.path()).is_ok());
+        assert!(EmailReceiver::new(raw(), dir.path(), &Destinations::Any).is_ok());
         let mut bad = raw();
         bad.to.clear();
-        assert!(EmailReceiver::new(bad, dir.path()).is_err());
+        assert!(EmailReceiver::new(bad, dir.path(), &Destinations::Any).is_err());
         let mut bad = raw();
         bad.from = "not a mailbox".into();
-        assert!(EmailReceiver::new(bad, dir.path()).is_err());
+        assert!(EmailReceiver::new(bad, dir.path(), &Destinations::Any).is_err());
         let mut bad = raw();
         bad.username = Some("u".into());
-        assert!(EmailReceiver::new(bad, dir.path()).is_err());
+        assert!(EmailReceiver::new(bad, dir.path(), &Destinations::Any).is_err());
     }
 }

@@ -8,16 +8,26 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
+use super::destination::Destinations;
 use super::{NotifyConfigError, SendError};
 
-/// How much of an error response body goes into a [`SendError`] message.
+/// Most of a response body read: a receiver (or whatever an API receiver points at) cannot
+/// make the collector buffer more.
+const BODY_LIMIT: usize = 64 * 1024;
+/// How much of an error response body is logged (never put in a [`SendError`], whose message
+/// reaches API callers and audit rows).
 const BODY_EXCERPT_CHARS: usize = 300;
 
 /// Builds a client with `timeout` per request (connect bounded at 5 s or `timeout`).
 ///
 /// Redirects are not followed (a redirect could carry a signed body or a secret URL
 /// elsewhere) and no proxy is used.
-pub fn client(receiver: &str, timeout: Duration) -> Result<reqwest::Client, NotifyConfigError> {
+/// `destinations` decides which resolved addresses it may connect to.
+pub fn client(
+    receiver: &str,
+    timeout: Duration,
+    destinations: &Destinations,
+) -> Result<reqwest::Client, NotifyConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| {
         NotifyConfigError::new(
@@ -31,7 +41,11 @@ pub fn client(receiver: &str, timeout: Duration) -> Result<reqwest::Client, Noti
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(resolver) = destinations.resolver() {
+        builder = builder.dns_resolver(resolver);
+    }
+    builder
         .tls_backend_preconfigured(tls)
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -72,12 +86,27 @@ pub async fn post_json(
     let status = resp.status();
     let headers = resp.headers().clone();
     // A body we cannot read is treated as empty: the status decides.
-    let body = resp.text().await.unwrap_or_default();
+    let body = read_limited(resp, BODY_LIMIT).await;
     Ok(Reply {
         status,
         headers,
         body,
     })
+}
+
+/// At most `limit` bytes of the body, as (lossy) text; whatever cannot be read is left out.
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> String {
+    let mut buf: Vec<u8> = Vec::new();
+    while buf.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - buf.len();
+                buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// A reqwest error as text without its URL, with its source chain.
@@ -109,10 +138,12 @@ pub fn classify_with(
     if status.is_success() {
         return Ok(());
     }
-    let message = format!(
-        "{provider} answered {status}: {}",
-        super::truncate_chars(reply.body.trim(), BODY_EXCERPT_CHARS)
-    );
+    // The status only: the body of whatever answered may hold anything, and the message
+    // reaches the API caller and the audit log. The operator's log gets an excerpt.
+    let message = format!("{provider} answered {status}");
+    tracing::debug!(provider, %status,
+        body = %super::truncate_chars(reply.body.trim(), BODY_EXCERPT_CHARS),
+        "receiver refused a notification");
     if status == StatusCode::TOO_MANY_REQUESTS {
         Err(SendError::retry_after(after_429, message))
     } else if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
@@ -183,6 +214,7 @@ mod tests {
 
     #[test]
     fn notify_client_builds_without_default_provider() {
-        client("r", Duration::from_secs(2)).expect("client");
+        client("r", Duration::from_secs(2), &Destinations::Any).expect("client");
+        client("r", Duration::from_secs(2), &Destinations::Public).expect("client");
     }
 }

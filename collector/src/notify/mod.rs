@@ -21,6 +21,7 @@
 //! ```
 
 pub mod api_secrets;
+pub mod destination;
 pub mod discord;
 pub mod email;
 pub mod http;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use api_secrets::{ApiSecrets, API_SECRET_ENV_PREFIX};
+pub use destination::Destinations;
 pub use secret::{Secret, SecretRef};
 
 /// The state an alert is in when a notification about it is sent.
@@ -242,18 +244,23 @@ impl Receiver {
     pub fn from_raw(
         raw: ReceiverConfigRaw,
         base_dir: &Path,
+        destinations: &Destinations,
     ) -> Result<Receiver, NotifyConfigError> {
         Ok(match raw {
-            ReceiverConfigRaw::Email(c) => Receiver::Email(email::EmailReceiver::new(c, base_dir)?),
-            ReceiverConfigRaw::Slack(c) => Receiver::Slack(slack::SlackReceiver::new(c, base_dir)?),
-            ReceiverConfigRaw::PagerDuty(c) => {
-                Receiver::PagerDuty(pagerduty::PagerDutyReceiver::new(c, base_dir)?)
+            ReceiverConfigRaw::Email(c) => {
+                Receiver::Email(email::EmailReceiver::new(c, base_dir, destinations)?)
             }
+            ReceiverConfigRaw::Slack(c) => {
+                Receiver::Slack(slack::SlackReceiver::new(c, base_dir, destinations)?)
+            }
+            ReceiverConfigRaw::PagerDuty(c) => Receiver::PagerDuty(
+                pagerduty::PagerDutyReceiver::new(c, base_dir, destinations)?,
+            ),
             ReceiverConfigRaw::Discord(c) => {
-                Receiver::Discord(discord::DiscordReceiver::new(c, base_dir)?)
+                Receiver::Discord(discord::DiscordReceiver::new(c, base_dir, destinations)?)
             }
             ReceiverConfigRaw::Webhook(c) => {
-                Receiver::Webhook(webhook::WebhookReceiver::new(c, base_dir)?)
+                Receiver::Webhook(webhook::WebhookReceiver::new(c, base_dir, destinations)?)
             }
         })
     }

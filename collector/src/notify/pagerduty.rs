@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::destination::Destinations;
 use super::secret::{Secret, SecretRef};
 use super::{http, Notification, NotifyConfigError, SendError, Severity, Status};
 
@@ -52,17 +53,21 @@ impl fmt::Debug for PagerDutyReceiver {
 }
 
 impl PagerDutyReceiver {
-    pub fn new(raw: PagerDutyConfigRaw, base_dir: &Path) -> Result<Self, NotifyConfigError> {
+    pub fn new(
+        raw: PagerDutyConfigRaw,
+        base_dir: &Path,
+        destinations: &Destinations,
+    ) -> Result<Self, NotifyConfigError> {
         let name = raw.name;
         let url = raw.url.unwrap_or_else(|| DEFAULT_URL.to_owned());
-        super::webhook::check_http_url(&name, "url", &url)?;
+        super::webhook::check_http_url(&name, "url", &url, destinations)?;
         let routing_key = raw.routing_key.load(&name, "routing_key", base_dir)?;
         let source = raw.source.unwrap_or_else(|| "mcpwatch".to_owned());
         if source.trim().is_empty() {
             return Err(NotifyConfigError::new(&name, "source must not be empty"));
         }
         let timeout = super::timeout_from(&name, raw.timeout_secs, 10)?;
-        let client = http::client(&name, timeout)?;
+        let client = http::client(&name, timeout, destinations)?;
         Ok(PagerDutyReceiver {
             name,
             url,

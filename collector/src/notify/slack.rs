@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::destination::Destinations;
 use super::secret::{Secret, SecretRef};
 use super::{http, Notification, NotifyConfigError, SendError, Severity};
 
@@ -56,12 +57,16 @@ impl fmt::Debug for SlackReceiver {
 }
 
 impl SlackReceiver {
-    pub fn new(raw: SlackConfigRaw, base_dir: &Path) -> Result<Self, NotifyConfigError> {
+    pub fn new(
+        raw: SlackConfigRaw,
+        base_dir: &Path,
+        destinations: &Destinations,
+    ) -> Result<Self, NotifyConfigError> {
         let name = raw.name;
         let url = raw.webhook_url.load(&name, "webhook_url", base_dir)?;
-        super::webhook::check_http_url(&name, "webhook_url", url.expose())?;
+        super::webhook::check_http_url(&name, "webhook_url", url.expose(), destinations)?;
         let timeout = super::timeout_from(&name, raw.timeout_secs, 10)?;
-        let client = http::client(&name, timeout)?;
+        let client = http::client(&name, timeout, destinations)?;
         Ok(SlackReceiver {
             name,
             url,

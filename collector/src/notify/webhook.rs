@@ -20,6 +20,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::destination::Destinations;
 use super::secret::{Secret, SecretRef};
 use super::{http, Notification, NotifyConfigError, SendError, Status};
 
@@ -68,12 +69,16 @@ impl fmt::Debug for WebhookReceiver {
 }
 
 impl WebhookReceiver {
-    pub fn new(raw: WebhookConfigRaw, base_dir: &Path) -> Result<Self, NotifyConfigError> {
+    pub fn new(
+        raw: WebhookConfigRaw,
+        base_dir: &Path,
+        destinations: &Destinations,
+    ) -> Result<Self, NotifyConfigError> {
         let name = raw.name;
-        check_http_url(&name, "url", &raw.url)?;
+        check_http_url(&name, "url", &raw.url, destinations)?;
         let secret = raw.secret.load(&name, "secret", base_dir)?;
         let timeout = super::timeout_from(&name, raw.timeout_secs, 10)?;
-        let client = http::client(&name, timeout)?;
+        let client = http::client(&name, timeout, destinations)?;
         Ok(WebhookReceiver {
             name,
             url: raw.url,
@@ -129,7 +134,13 @@ pub fn sign(key: &[u8], body: &[u8]) -> String {
 
 /// Rejects anything but an absolute http(s) URL. The URL itself is not echoed (it may hold a
 /// token).
-pub(crate) fn check_http_url(name: &str, field: &str, url: &str) -> Result<(), NotifyConfigError> {
+/// An http(s) URL with a host, whose literal address (if it is one) `destinations` allows.
+pub(crate) fn check_http_url(
+    name: &str,
+    field: &str,
+    url: &str,
+    destinations: &Destinations,
+) -> Result<(), NotifyConfigError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| NotifyConfigError::new(name, format!("{field} is not a valid URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
@@ -138,7 +149,9 @@ pub(crate) fn check_http_url(name: &str, field: &str, url: &str) -> Result<(), N
             format!("{field} must be an http:// or https:// URL with a host"),
         ));
     }
-    Ok(())
+    destinations
+        .check_url(url)
+        .map_err(|why| NotifyConfigError::new(name, format!("{field}: {why}")))
 }
 
 #[cfg(test)]
@@ -156,8 +169,12 @@ mod tests {
 
     #[test]
     fn notify_webhook_url_checked() {
-        assert!(check_http_url("r", "url", "ftp://x/").is_err());
-        assert!(check_http_url("r", "url", "nope").is_err());
-        assert!(check_http_url("r", "url", "http://127.0.0.1:9/h").is_ok());
+        let any = Destinations::Any;
+        assert!(check_http_url("r", "url", "ftp://x/", &any).is_err());
+        assert!(check_http_url("r", "url", "nope", &any).is_err());
+        assert!(check_http_url("r", "url", "http://127.0.0.1:9/h", &any).is_ok());
+        let public = Destinations::Public;
+        let e = check_http_url("r", "url", "http://127.0.0.1:9/h", &public).expect_err("loopback");
+        assert!(e.reason.starts_with("url: 127.0.0.1"), "{e}");
     }
 }
