@@ -64,23 +64,6 @@ async fn bind(
         .map_err(|source| CollectorError::Bind { what, addr, source })
 }
 
-/// The HTTPS server config of the API (no client certificates: users authenticate with
-/// bearer credentials).
-fn api_tls(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<Arc<rustls::ServerConfig>, CollectorError> {
-    let certs = tls::load_certs(cert)?;
-    let key = tls::load_key(key)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| CollectorError::ApiTls(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
 /// Deletes expired and idle sessions every minute.
 fn spawn_session_cleanup(
     store: &Store,
@@ -218,11 +201,30 @@ pub async fn run_with_router(
         dispatcher: Some(dispatcher),
     })));
     let app = api::server::with_limits(
-        http::router(metrics.clone(), ready.clone(), store.clone()).merge(api_router),
+        http::router(
+            metrics.clone(),
+            ready.clone(),
+            store.clone(),
+            config.api.federation_token.clone(),
+        )
+        .merge(api_router),
         &config.http_limits,
     );
-    let http_tls = match &config.http_tls {
-        Some((cert, key)) => Some(api_tls(cert, key)?),
+    let http_tls = match config.http_tls.clone() {
+        Some(files) => {
+            let build =
+                move || tls::https_server_config(&files.cert, &files.key, files.min_version);
+            let current = Arc::new(Reloadable::new(
+                build().map_err(|e| CollectorError::ApiTls(e.to_string()))?,
+            ));
+            // SIGHUP swaps the API's certificate too; live connections keep theirs.
+            background.spawn(tls::reload_on_sighup(
+                build,
+                current.clone(),
+                shutdown.clone(),
+            ));
+            Some(current)
+        }
         None => None,
     };
     let http_task = tokio::spawn(api::server::serve(

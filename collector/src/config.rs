@@ -87,9 +87,12 @@ pub struct RawStore {
 pub struct RawHttp {
     /// `/api/v1`, `/federate`, `/metrics`, `/healthz`, `/readyz`. Default 127.0.0.1:9465.
     pub listen: Option<SocketAddr>,
-    /// Serve HTTPS with this certificate chain and key (PEM). Default: plain HTTP.
+    /// Serve HTTPS with this certificate chain and key (PEM), re-read on SIGHUP. Default:
+    /// plain HTTP.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Oldest TLS version accepted over HTTPS: "1.3" (default) or "1.2" for old clients.
+    pub tls_min_version: Option<String>,
     /// Concurrent connections; more are closed at once. Default 256.
     pub max_connections: Option<usize>,
     /// Concurrent connections from one client address; more are closed at once. Behind a
@@ -139,6 +142,14 @@ pub struct RawApi {
     pub audit_retention: Option<Duration>,
 }
 
+/// The HTTP endpoint's TLS files and protocol floor.
+#[derive(Debug, Clone)]
+pub struct HttpTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub min_version: tls::MinTlsVersion,
+}
+
 /// Validated collector configuration.
 #[derive(Debug, Clone)]
 pub struct CollectorConfig {
@@ -162,8 +173,8 @@ pub struct CollectorConfig {
     pub log_json: bool,
     pub shutdown_grace: Duration,
     pub alerting: AlertingConfig,
-    /// `(cert, key)` when the HTTP endpoint serves TLS.
-    pub http_tls: Option<(PathBuf, PathBuf)>,
+    /// Set when the HTTP endpoint serves TLS.
+    pub http_tls: Option<HttpTls>,
     pub http_limits: ServerLimits,
     pub api: ApiSettings,
     pub audit_retention: Duration,
@@ -230,7 +241,18 @@ impl CollectorConfig {
                 let (c, k) = (resolve(c.clone()), resolve(k.clone()));
                 tls::load_certs(&c).map_err(|e| bad("http.tls_cert", &e.to_string()))?;
                 tls::load_key(&k).map_err(|e| bad("http.tls_key", &e.to_string()))?;
-                Some((c, k))
+                let min_version = match h.tls_min_version.as_deref() {
+                    None | Some("1.3") => tls::MinTlsVersion::Tls13,
+                    Some("1.2") => tls::MinTlsVersion::Tls12,
+                    Some(_) => {
+                        return Err(bad("http.tls_min_version", "must be \"1.2\" or \"1.3\""))
+                    }
+                };
+                Some(HttpTls {
+                    cert: c,
+                    key: k,
+                    min_version,
+                })
             }
             (None, None) => None,
             _ => return Err(bad("http.tls_cert", "tls_cert and tls_key go together")),

@@ -1,6 +1,7 @@
 //! The collector's operational routes: `/metrics`, `/healthz` (process alive) and `/readyz`
 //! (listeners bound, store open, not shutting down). They share the HTTP endpoint with the
-//! API (`api::server`).
+//! API (`api::server`). `/metrics` follows `/federate`'s token rule: with
+//! `[api] federation_token` set (required off loopback) it needs that bearer token.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use axum::routing::get;
 use axum::Router;
 use mcpwatch_common::exposition;
 
+use crate::api::federation::require_scrape_token;
 use crate::metrics::CollectorMetrics;
+use crate::notify::Secret;
 use crate::store::Store;
 
 #[derive(Debug, Default)]
@@ -32,10 +35,17 @@ struct AppState {
     metrics: Arc<CollectorMetrics>,
     ready: Arc<Readiness>,
     store: Store,
+    token: Option<Secret>,
 }
 
-/// `/metrics`, `/healthz` and `/readyz` (no authentication: they reveal no fleet data).
-pub fn router(metrics: Arc<CollectorMetrics>, ready: Arc<Readiness>, store: Store) -> Router {
+/// `/metrics` (behind the scrape token when one is set), `/healthz` and `/readyz` (no
+/// authentication: they reveal nothing).
+pub fn router(
+    metrics: Arc<CollectorMetrics>,
+    ready: Arc<Readiness>,
+    store: Store,
+    token: Option<Secret>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -44,10 +54,14 @@ pub fn router(metrics: Arc<CollectorMetrics>, ready: Arc<Readiness>, store: Stor
             metrics,
             ready,
             store,
+            token,
         })
 }
 
 async fn metrics_handler(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = require_scrape_token(&headers, s.token.as_ref()) {
+        return denied;
+    }
     s.metrics
         .store_queue_depth
         .set(s.store.queue_depth() as i64);

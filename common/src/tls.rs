@@ -89,6 +89,32 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// The oldest TLS version an HTTPS listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinTlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// An HTTPS server (no client certificates) for `cert` and `key`, accepting TLS 1.3 and, if
+/// `min` allows, TLS 1.2; ALPN `http/1.1`.
+pub fn https_server_config(
+    cert: &Path,
+    key: &Path,
+    min: MinTlsVersion,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min {
+        MinTlsVersion::Tls13 => &[&rustls::version::TLS13],
+        MinTlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Client side: TLS 1.3 only, verifies the server against `files.ca` and presents the agent's
 /// certificate. The server name is checked by the caller's `ServerName`.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {

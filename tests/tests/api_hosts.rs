@@ -1028,6 +1028,12 @@ fn api_hosts_federation_promtool_token_and_prometheus() {
     assert_eq!(r.status, 200);
     assert!(r.body.contains(r#"mcpwatch_host_load1{host="web-1"} 1.5"#));
     promtool_check("/federate with token", &r.body);
+    // /metrics follows the same token rule.
+    let m = |token: Option<&str>| request(f.c.http, "GET", "/metrics", token, None).expect("GET");
+    assert_eq!(m(None).status, 401);
+    let with = m(Some(token));
+    assert_eq!(with.status, 200);
+    assert!(with.body.contains("mcpwatch_collector_"), "{}", with.body);
 
     // A real Prometheus scrapes it with the token and stores the host label.
     let token_file = f.tmp.path().join("prom-token");

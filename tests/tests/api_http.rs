@@ -457,3 +457,112 @@ fn api_silent_and_idle_connections_are_closed() {
         "closed too early: {waited:?}"
     );
 }
+
+/// A TLS client trusting `ca`, speaking only `version`.
+fn tls_client(
+    ca: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in mcpwatch_common::tls::load_certs(ca).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// The HTTPS API speaks TLS 1.3 only unless `tls_min_version = "1.2"`, and SIGHUP swaps its
+/// certificate for new connections without a restart.
+#[test]
+fn api_https_is_tls13_by_default_and_reloads_its_certificate_on_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let other = Pki::new(&tmp.path().join("other-pki"));
+    let dir = tmp.path().join("c");
+    let mut c = CollectorProc::start(&pki, &dir, "");
+    c.stop();
+    c.child = None;
+    let api_crt = dir.join("api.crt");
+    let api_key = dir.join("api.key");
+    std::fs::copy(pki.dir.join("collector.crt"), &api_crt).unwrap();
+    std::fs::copy(pki.dir.join("collector.key"), &api_key).unwrap();
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    let https = format!(
+        "[http]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        api_crt.display(),
+        api_key.display()
+    );
+    std::fs::write(&c.config, text.replacen("[http]\n", &https, 1)).unwrap();
+    let start = |config: &Path| {
+        Command::new(mcpwatch_tests::bin("mcpwatch-collector"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stderr(std::fs::File::create(dir.join("https.log")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    c.child = Some(start(&c.config));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = c.http;
+    let status = |cfg: std::sync::Arc<rustls::ClientConfig>| -> Option<u16> {
+        rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = mcpwatch_tests::client::connect(http, cfg).await.ok()?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            String::from_utf8_lossy(&buf)
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+    };
+    let tls13 = |ca: &Path| tls_client(ca, &rustls::version::TLS13);
+    let up = mcpwatch_tests::wait_for("https up", Duration::from_secs(30), || {
+        status(tls13(&pki.ca())).filter(|s| *s == 200)
+    });
+    assert_eq!(up, 200);
+    assert_eq!(
+        status(tls_client(&pki.ca(), &rustls::version::TLS12)),
+        None,
+        "TLS 1.2 accepted without tls_min_version = \"1.2\""
+    );
+    assert_eq!(status(tls13(&other.ca())), None, "wrong CA accepted");
+
+    // Swap in a certificate from another CA and send SIGHUP.
+    std::fs::copy(other.dir.join("collector.crt"), &api_crt).unwrap();
+    std::fs::copy(other.dir.join("collector.key"), &api_key).unwrap();
+    mcpwatch_tests::process::signal(c.child.as_ref().unwrap(), "HUP");
+    mcpwatch_tests::wait_for("new certificate served", Duration::from_secs(10), || {
+        status(tls13(&other.ca())).filter(|s| *s == 200)
+    });
+    assert_eq!(
+        status(tls13(&pki.ca())),
+        None,
+        "old certificate still served"
+    );
+
+    // TLS 1.2 when asked for.
+    c.stop();
+    let text = std::fs::read_to_string(&c.config).unwrap();
+    std::fs::write(
+        &c.config,
+        text.replacen("[http]\n", "[http]\ntls_min_version = \"1.2\"\n", 1),
+    )
+    .unwrap();
+    c.child = Some(start(&c.config));
+    let ok = mcpwatch_tests::wait_for("https 1.2", Duration::from_secs(30), || {
+        status(tls_client(&other.ca(), &rustls::version::TLS12)).filter(|s| *s == 200)
+    });
+    assert_eq!(ok, 200);
+}

@@ -19,6 +19,7 @@ use super::error;
 use super::metrics_api::output_labels;
 use super::ApiState;
 use crate::auth::credential::constant_time_eq;
+use crate::notify::Secret;
 use crate::store::api_hosts::{self as q, SeriesRecord};
 
 /// A series' newest sample must be at most this old to be exported.
@@ -45,20 +46,28 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     scheme.eq_ignore_ascii_case("bearer") && constant_time_eq(presented.trim(), token)
 }
 
+/// The scrape-token rule of `/federate` and `/metrics`: with `[api] federation_token` set,
+/// a request without that bearer token gets this 401; without one, `None` (allowed).
+pub fn require_scrape_token(headers: &HeaderMap, token: Option<&Secret>) -> Option<Response> {
+    let token = token?;
+    if authorized(headers, token.expose()) {
+        return None;
+    }
+    let mut resp = error::plain(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "a valid bearer token is required",
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"mcpwatch federation\""),
+    );
+    Some(resp)
+}
+
 async fn federate(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if let Some(token) = &state.settings.federation_token {
-        if !authorized(&headers, token.expose()) {
-            let mut resp = error::plain(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "a valid bearer token is required",
-            );
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"mcpwatch federation\""),
-            );
-            return resp;
-        }
+    if let Some(denied) = require_scrape_token(&headers, state.settings.federation_token.as_ref()) {
+        return denied;
     }
     let now = crate::now_ms();
     let read = state

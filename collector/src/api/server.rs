@@ -12,6 +12,7 @@ use axum::extract::Request;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use mcpwatch_common::tls::Reloadable;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -73,14 +74,13 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServerLimits,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
     metrics: Arc<CollectorMetrics>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let per_address = AddressSlots::new(limits.max_connections_per_address);
     let conns = TaskTracker::new();
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -107,7 +107,10 @@ pub async fn serve(
             continue;
         };
         let app = app.clone();
-        let acceptor = acceptor.clone();
+        // The current certificate (SIGHUP may have swapped it); this connection keeps it.
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.get()));
         let stop = shutdown.clone();
         let limits = limits.clone();
         let metrics = metrics.clone();
