@@ -1133,3 +1133,46 @@ fn admin_cli_on_the_database() {
         }
     }
 }
+
+/// A session id is never handed out twice: after alice's session ends, bob's login gets a new
+/// id, so audit rows of two users never share one (ids were reused before schema v6).
+#[test]
+fn session_ids_are_never_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = collector(tmp.path(), "");
+    let api = Api(c.http);
+    let db = c.db.display().to_string();
+    for user in ["alice", "bob"] {
+        cli_ok(
+            &[
+                "user",
+                "add",
+                user,
+                "--role",
+                "viewer",
+                "--password-stdin",
+                "--db",
+                &db,
+            ],
+            Some(ALICE_PW),
+        );
+    }
+    let session_of = |token: &str| api.get("/api/v1/me", token).1["session_id"].as_i64();
+    let alice = api.login("alice", ALICE_PW).expect("login");
+    let first = session_of(&alice).expect("session id");
+    assert_eq!(api.delete("/api/v1/sessions/current", &alice), 204);
+    let bob = api.login("bob", ALICE_PW).expect("login");
+    let second = session_of(&bob).expect("session id");
+    assert!(second > first, "session id {first} reused as {second}");
+    let shared: i64 = ro(&c.db)
+        .query_row(
+            "SELECT count(DISTINCT actor) FROM audit_log WHERE session_id = ?1",
+            [first],
+            |r| r.get(0),
+        )
+        .expect("audit");
+    assert!(
+        shared <= 1,
+        "two actors share session id {first} in the audit log"
+    );
+}

@@ -269,6 +269,29 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL
     );
     "#,
+    // v6: session ids are never reused (AUTOINCREMENT), so audit rows of two users can never
+    // carry the same session id. The sequence starts above every id already handed out,
+    // including ended sessions that only the audit log still names.
+    r#"
+    CREATE TABLE sessions_v6 (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id      INTEGER NOT NULL REFERENCES users(id),
+        hash         TEXT    NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        expires_ms   INTEGER NOT NULL,
+        source       TEXT    NOT NULL
+    );
+    INSERT INTO sessions_v6 SELECT id, user_id, hash, created_ms, last_seen_ms, expires_ms, source
+        FROM sessions;
+    DROP TABLE sessions;
+    ALTER TABLE sessions_v6 RENAME TO sessions;
+    CREATE INDEX sessions_expires ON sessions (expires_ms);
+    DELETE FROM sqlite_sequence WHERE name = 'sessions';
+    INSERT INTO sqlite_sequence (name, seq) VALUES ('sessions', max(
+        coalesce((SELECT max(id) FROM sessions), 0),
+        coalesce((SELECT max(session_id) FROM audit_log), 0)));
+    "#,
 ];
 
 /// Settings for the single write connection. synchronous=FULL because an ack promises the
@@ -336,6 +359,21 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
+        // v6: a session id, once used, is never handed out again.
+        conn.execute_batch(
+            "INSERT INTO users (id, username, password_hash, created_ms, password_changed_ms)
+                 VALUES (1, 'u', 'x', 0, 0);
+             INSERT INTO sessions (user_id, hash, created_ms, last_seen_ms, expires_ms, source)
+                 VALUES (1, 'h', 0, 0, 0, 's');
+             DELETE FROM sessions;
+             INSERT INTO sessions (user_id, hash, created_ms, last_seen_ms, expires_ms, source)
+                 VALUES (1, 'h', 0, 0, 0, 's');",
+        )
+        .unwrap();
+        let id: i64 = conn
+            .query_row("SELECT id FROM sessions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(id, 2, "a deleted session's id was reused");
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(
             migrate(&mut conn),
