@@ -74,6 +74,23 @@ impl Matcher {
     }
 }
 
+/// Whether some label set can satisfy every matcher. Exact where it matters: a label pinned
+/// by `=` must satisfy that label's other matchers, so `{host="a", host="b"}` or
+/// `{host="a", host!~"a|b"}` can never match. Labels constrained only by `!=` and regexes
+/// are assumed satisfiable (regex intersection is not decided here).
+pub fn satisfiable(matchers: &[Matcher]) -> bool {
+    matchers
+        .iter()
+        .filter(|pin| pin.op == MatchOp::Eq)
+        .all(|pin| {
+            let labels = Labels::from([(pin.label.clone(), pin.value.clone())]);
+            matchers
+                .iter()
+                .filter(|m| m.label == pin.label)
+                .all(|m| m.matches(&labels))
+        })
+}
+
 /// Metric name + matchers.
 #[derive(Debug, Clone)]
 pub struct Selector {
@@ -201,6 +218,19 @@ fn parse_quoted(s: &str) -> Option<(String, &str)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn selector_satisfiability_of_pinned_labels() {
+        let sat = |text: &str| satisfiable(&Selector::parse(text).expect("parse").matchers);
+        assert!(sat(r#"m{host="a"}"#));
+        assert!(sat(r#"m{host="a", team="x", host=~"a|b", host!="b"}"#));
+        assert!(sat(r#"m{host=~"a.*", host!~"ab"}"#), "regex-only: assumed satisfiable");
+        assert!(!sat(r#"m{host="local", host="hidden-1"}"#));
+        assert!(!sat(r#"m{host="a", host!="a"}"#));
+        assert!(!sat(r#"m{host="a", host=~"b.*"}"#));
+        assert!(!sat(r#"m{host="a", host!~"a|b"}"#));
+        assert!(!sat(r#"m{host="", host=~".+"}"#), "absent label pinned, then required");
+    }
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
