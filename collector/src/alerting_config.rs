@@ -25,8 +25,8 @@ use serde::Deserialize;
 
 use crate::alert::route::{parse_matchers, GroupBy, InhibitRule, Route, RouteOpts, Routing};
 use crate::alert::{merge_rules, parse_rules, EngineOptions, RawRule, Rule};
+use crate::alerting::AlertingSetup;
 use crate::notify::{ApiSecrets, Receiver, ReceiverConfigRaw};
-use crate::store::alerting::AlertingSetup;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,15 +10,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerting::{dispatcher, Alerting, OutboxShared};
 use crate::api::{self, ApiState};
 use crate::command::CommandRouter;
 use crate::config::CollectorConfig;
-use crate::dispatch;
 use crate::http::{self, Readiness};
 use crate::ingest::{self, IngestSettings};
 use crate::metrics::CollectorMetrics;
 use crate::notify::{NotifyConfigError, Receiver};
-use crate::store::alerting::OutboxShared;
 use crate::store::{Store, StoreConfig, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +38,9 @@ pub enum CollectorError {
     },
 }
 
-/// The store settings of `config`; `outbox` is shared with the dispatcher.
-pub fn store_config(config: &CollectorConfig, outbox: Arc<OutboxShared>) -> StoreConfig {
+/// The store settings of `config`.
+pub fn store_config(config: &CollectorConfig) -> StoreConfig {
     StoreConfig {
-        alerting: config.alerting.setup.clone(),
-        outbox,
         path: config.db_path.clone(),
         retention_raw: config.retention_raw.get(),
         retention_1m: config.retention_1m.get(),
@@ -118,7 +115,7 @@ fn load_api_receivers(
     config: &CollectorConfig,
     receivers: &mut Vec<Receiver>,
 ) -> Result<Vec<String>, CollectorError> {
-    let stored = crate::store::receivers::load(&config.db_path)?;
+    let stored = crate::alerting::stored_receivers::load(&config.db_path)?;
     let mut skipped = Vec::new();
     for s in stored {
         if receivers.iter().any(|r| r.name() == s.name) {
@@ -182,7 +179,12 @@ pub async fn run_with_router(
     let skipped = load_api_receivers(&config, &mut receivers)?;
     let outbox =
         OutboxShared::with_metrics(receivers.iter().map(Receiver::name), metrics.alerts.clone());
-    let (store, writer) = Store::open(store_config(&config, outbox.clone()))?;
+    let (alerting, writer) = Alerting::open(
+        store_config(&config),
+        config.alerting.setup.clone(),
+        outbox.clone(),
+    )?;
+    let store = alerting.store().clone();
 
     let ready = Arc::new(Readiness::default());
     let sessions = TaskTracker::new();
@@ -190,8 +192,8 @@ pub async fn run_with_router(
     let http_stop = CancellationToken::new();
     let background_stop = CancellationToken::new();
     // Notifications keep going while sessions drain; they stop with the background tasks.
-    let dispatcher = dispatch::spawn(
-        &store,
+    let dispatcher = dispatcher::spawn(
+        &alerting,
         receivers,
         outbox,
         config.alerting.retry,
@@ -203,6 +205,7 @@ pub async fn run_with_router(
 
     let api_state = ApiState(Arc::new(api::Inner {
         db: api::db::Db::new(store.clone(), config.db_path.clone()),
+        alerting,
         commands: router.clone(),
         metrics: metrics.clone(),
         settings: config.api.clone(),

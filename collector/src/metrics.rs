@@ -58,7 +58,7 @@ pub struct CollectorMetrics {
     /// Audit records that could not be written.
     pub audit_failures: Counter,
     /// The alert engine's figures (updated by the store writer).
-    pub alerts: crate::store::alerting::AlertMetrics,
+    pub alerts: crate::alerting::AlertMetrics,
     pub notify_info: Family<ReceiverInfoLabel, Gauge>,
     /// Alert notifications delivered, per receiver.
     pub notify_sent: Family<ReceiverLabel, Counter>,
