@@ -90,8 +90,37 @@ impl Runtime {
         now_ms: i64,
         all: bool,
     ) -> Result<(), StoreError> {
+        let changed = self.record_transitions(c, &transitions)?;
+        self.persist_engine_state(c, now_ms)?;
+        let mut todo: Vec<AlertRecord> = changed;
+        if all {
+            let done: std::collections::HashSet<String> =
+                todo.iter().map(|r| r.fingerprint.clone()).collect();
+            for rec in self.active.values() {
+                if !done.contains(&rec.fingerprint) {
+                    todo.push(rec.clone());
+                }
+            }
+        }
+        for rec in &todo {
+            self.reconcile(c, rec, now_ms)?;
+        }
+        self.shared
+            .alert_metrics
+            .active
+            .set(i64::try_from(self.active.len()).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    /// Writes each transition to the history and updates the alert records; returns the
+    /// records that changed, newest state per alert.
+    fn record_transitions(
+        &mut self,
+        c: &Connection,
+        transitions: &[Transition],
+    ) -> Result<Vec<AlertRecord>, StoreError> {
         let mut changed: Vec<AlertRecord> = Vec::new();
-        for t in &transitions {
+        for t in transitions {
             self.shared
                 .alert_metrics
                 .transitions
@@ -132,6 +161,12 @@ impl Runtime {
                 changed.push(rec);
             }
         }
+        Ok(changed)
+    }
+
+    /// Writes the engine's changed per-series states (quiet ones at most once per
+    /// [`QUIET_PERSIST_MS`]).
+    fn persist_engine_state(&mut self, c: &Connection, now_ms: i64) -> Result<(), StoreError> {
         for d in self.engine.take_dirty() {
             let key = (d.rule.clone(), d.fingerprint.clone());
             let quiet = d
@@ -160,23 +195,6 @@ impl Runtime {
                     .execute(params![d.rule, d.fingerprint])?,
             };
         }
-        let mut todo: Vec<AlertRecord> = changed;
-        if all {
-            let done: std::collections::HashSet<String> =
-                todo.iter().map(|r| r.fingerprint.clone()).collect();
-            for rec in self.active.values() {
-                if !done.contains(&rec.fingerprint) {
-                    todo.push(rec.clone());
-                }
-            }
-        }
-        for rec in &todo {
-            self.reconcile(c, rec, now_ms)?;
-        }
-        self.shared
-            .alert_metrics
-            .active
-            .set(i64::try_from(self.active.len()).unwrap_or(i64::MAX));
         Ok(())
     }
 

@@ -67,73 +67,15 @@ impl Runtime {
     ) -> Result<Runtime, StoreError> {
         let mut setup = setup;
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM alert_rules WHERE origin = 'config'", [])?;
-        // A rule stored through the API keeps overriding the configured one of its name.
-        for raw in &setup.raw_rules {
-            tx.execute(
-                "INSERT OR IGNORE INTO alert_rules (name, origin, definition, updated_ms)
-                 VALUES (?1, 'config', ?2, ?3)",
-                params![raw.name, serde_json::to_string(raw)?, now_ms],
-            )?;
-        }
+        store_config_rules(&tx, &setup.raw_rules, now_ms)?;
         let config_raw = setup.raw_rules.clone();
         let config_rules = setup.rules.clone();
         setup.rules = effective_rules(&config_rules, &tx)?;
-        // API receivers: one the configuration now defines too is the configured one.
         let config_all = setup.routing.all_receivers.clone();
-        let mut stored: BTreeSet<String> = BTreeSet::new();
-        {
-            let mut stmt = tx.prepare("SELECT name FROM receivers")?;
-            for name in stmt.query_map([], |r| r.get::<_, String>(0))? {
-                stored.insert(name?);
-            }
-        }
-        for name in stored.iter().filter(|n| config_all.contains(n)) {
-            tracing::warn!(receiver = %name,
-                "the configuration defines this receiver now; its API definition is dropped");
-            tx.execute("DELETE FROM receivers WHERE name = ?1", [name])?;
-        }
-        stored.retain(|n| !config_all.contains(n));
-        let mut known = shared.names();
-        // An API receiver that could not be loaded (say, its secret file is missing) keeps
-        // its rows until it is fixed with a PUT or deleted.
-        known.extend(stored.iter().cloned());
-        let api_receivers: BTreeSet<String> = stored
-            .into_iter()
-            .filter(|n| shared.receiver(n).is_some())
-            .collect();
-        let orphans: Vec<i64> = {
-            let mut stmt = tx.prepare("SELECT id, receiver FROM outbox")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, rcv) = row?;
-                if !known.contains(&rcv) {
-                    out.push(id);
-                }
-            }
-            out
-        };
-        for id in orphans {
-            dead_letter(&tx, id, "receiver no longer configured", now_ms)?;
-        }
+        let api_receivers = settle_api_receivers(&tx, &config_all, &shared, now_ms)?;
         tx.commit()?;
 
-        let mut state = load_engine_state(conn)?;
-        // The collector's own downtime is not the hosts' silence: absence clocks restart
-        // now for series not already firing.
-        for rule in setup.rules.iter().filter(|r| r.absent_for_ms.is_some()) {
-            if let Some(states) = state.rules.get_mut(&rule.name) {
-                for st in states.values_mut() {
-                    if st.phase != crate::alert::Phase::Firing {
-                        st.last_seen_ms = st.last_seen_ms.map(|t| t.max(now_ms));
-                    }
-                }
-            }
-        }
-        let mut opts = setup.engine;
-        opts.hold_missing_until_ms = now_ms.saturating_add(max_span(&setup));
-        let engine = Engine::restore(setup.rules.clone(), opts, state);
+        let engine = restore_engine(conn, &setup, now_ms)?;
         let mut window = SampleWindow::default();
         window.set_rules(&setup.rules, setup.engine.grace_ms);
         let setup_default = setup.routing.default_receivers.clone();
@@ -257,6 +199,95 @@ impl Runtime {
         }
         self.engine = Engine::restore(self.setup.rules.clone(), self.setup.engine, state);
     }
+}
+
+/// Stores the configured rule definitions (origin `config`); a rule stored through the API
+/// keeps overriding the configured one of its name.
+fn store_config_rules(
+    tx: &Connection,
+    raw_rules: &[RawRule],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM alert_rules WHERE origin = 'config'", [])?;
+    for raw in raw_rules {
+        tx.execute(
+            "INSERT OR IGNORE INTO alert_rules (name, origin, definition, updated_ms)
+             VALUES (?1, 'config', ?2, ?3)",
+            params![raw.name, serde_json::to_string(raw)?, now_ms],
+        )?;
+    }
+    Ok(())
+}
+
+/// The API receivers that run now. One the configuration now defines too is the configured
+/// one (its API definition is dropped); outbox rows of receivers neither configured nor
+/// stored go to the dead-letter list.
+fn settle_api_receivers(
+    tx: &Connection,
+    config_all: &[String],
+    shared: &OutboxShared,
+    now_ms: i64,
+) -> Result<BTreeSet<String>, StoreError> {
+    let mut stored: BTreeSet<String> = BTreeSet::new();
+    {
+        let mut stmt = tx.prepare("SELECT name FROM receivers")?;
+        for name in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            stored.insert(name?);
+        }
+    }
+    for name in stored.iter().filter(|n| config_all.contains(n)) {
+        tracing::warn!(receiver = %name,
+            "the configuration defines this receiver now; its API definition is dropped");
+        tx.execute("DELETE FROM receivers WHERE name = ?1", [name])?;
+    }
+    stored.retain(|n| !config_all.contains(n));
+    let mut known = shared.names();
+    // An API receiver that could not be loaded (say, its secret file is missing) keeps
+    // its rows until it is fixed with a PUT or deleted.
+    known.extend(stored.iter().cloned());
+    let api_receivers: BTreeSet<String> = stored
+        .into_iter()
+        .filter(|n| shared.receiver(n).is_some())
+        .collect();
+    let orphans: Vec<i64> = {
+        let mut stmt = tx.prepare("SELECT id, receiver FROM outbox")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, rcv) = row?;
+            if !known.contains(&rcv) {
+                out.push(id);
+            }
+        }
+        out
+    };
+    for id in orphans {
+        dead_letter(tx, id, "receiver no longer configured", now_ms)?;
+    }
+    Ok(api_receivers)
+}
+
+/// The engine with its persisted state. The collector's own downtime is not the hosts'
+/// silence: absence clocks restart now for series not already firing, and missing data
+/// is held until every rule's look-back has passed since the start.
+fn restore_engine(
+    c: &Connection,
+    setup: &AlertingSetup,
+    now_ms: i64,
+) -> Result<Engine, StoreError> {
+    let mut state = load_engine_state(c)?;
+    for rule in setup.rules.iter().filter(|r| r.absent_for_ms.is_some()) {
+        if let Some(states) = state.rules.get_mut(&rule.name) {
+            for st in states.values_mut() {
+                if st.phase != crate::alert::Phase::Firing {
+                    st.last_seen_ms = st.last_seen_ms.map(|t| t.max(now_ms));
+                }
+            }
+        }
+    }
+    let mut opts = setup.engine;
+    opts.hold_missing_until_ms = now_ms.saturating_add(max_span(setup));
+    Ok(Engine::restore(setup.rules.clone(), opts, state))
 }
 
 /// The runtime as the writer's hook. The state is shared with the [`super::Alerting`]
