@@ -107,6 +107,50 @@ pub(crate) fn ingest_one(
 
     // Declarations are honoured even for a duplicate batch: later batches on this
     // connection rely on them.
+    let (defs, new_series) = resolve_declarations(c, state, b)?;
+
+    if seq <= last_seq {
+        return Ok(Staged {
+            outcome: IngestOutcome::Duplicate,
+            agent_id,
+            rows: Vec::new(),
+            samples: 0,
+            defs,
+            new_series,
+        });
+    }
+
+    let mut rows = map_samples(b, &defs, conn_map)?;
+    // Sorts `rows` too (by series, then time): the hook observes them in that order.
+    write_raw(c, b.host_id, seq, &mut rows)?;
+    for ev in &b.events {
+        insert_event(c, b.host_id, ev, now_ms)?;
+    }
+    c.prepare_cached(
+        "INSERT INTO agent_seq (host_id, last_seq) VALUES (?1, ?2)
+         ON CONFLICT (host_id) DO UPDATE SET last_seq = excluded.last_seq",
+    )?
+    .execute(params![b.host_id, seq])?;
+    Ok(Staged {
+        outcome: IngestOutcome::Committed,
+        agent_id,
+        samples: rows.len(),
+        rows,
+        defs,
+        new_series,
+    })
+}
+
+/// (agent's series id, database id) per declaration, and the series the batch created or
+/// first cached.
+type Declarations = (Vec<(u32, i64)>, Vec<(SeriesCacheKey, i64)>);
+
+/// Resolves the series the batch declares to database ids.
+fn resolve_declarations(
+    c: &Connection,
+    state: &State,
+    b: &IngestBatch,
+) -> Result<Declarations, StoreError> {
     let mut defs = Vec::with_capacity(b.new_series.len());
     let mut new_series: Vec<(SeriesCacheKey, i64)> = Vec::new();
     for def in &b.new_series {
@@ -127,22 +171,18 @@ pub(crate) fn ingest_one(
         };
         defs.push((def.id, id));
     }
+    Ok((defs, new_series))
+}
 
-    if seq <= last_seq {
-        return Ok(Staged {
-            outcome: IngestOutcome::Duplicate,
-            agent_id,
-            rows: Vec::new(),
-            samples: 0,
-            defs,
-            new_series,
-        });
-    }
-
-    // Map every sample before writing anything, so an undeclared id refuses the batch.
+/// Every sample as (database series id, ts, value), mapped before anything is written so
+/// an undeclared id refuses the whole batch.
+fn map_samples(
+    b: &IngestBatch,
+    defs: &[(u32, i64)],
+    conn_map: Option<&ConnSeries>,
+) -> Result<Vec<codec::Row>, StoreError> {
     let overlay: HashMap<u32, i64> = defs.iter().copied().collect();
     let mut rows = Vec::with_capacity(b.samples.len());
-    let (mut ts_min, mut ts_max) = (i64::MAX, i64::MIN);
     for s in &b.samples {
         let id = overlay
             .get(&s.series)
@@ -152,42 +192,39 @@ pub(crate) fn ingest_one(
                 seq: b.seq,
                 series: s.series,
             })?;
-        ts_min = ts_min.min(s.ts_ms);
-        ts_max = ts_max.max(s.ts_ms);
         rows.push((id, s.ts_ms, s.value));
     }
-    if !rows.is_empty() {
-        let mut blob = Vec::new();
-        codec::encode(&mut rows, &mut blob);
-        c.prepare_cached(
-            "INSERT INTO raw (host_id, seq, ts_min, ts_max, n, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            b.host_id,
-            seq,
-            ts_min,
-            ts_max,
-            rows.len() as i64,
-            blob
-        ])?;
+    Ok(rows)
+}
+
+/// Stores the batch's samples as one compact raw row (nothing for an empty batch); the
+/// encoding sorts `rows` by series, then time.
+fn write_raw(
+    c: &Connection,
+    host_id: i64,
+    seq: i64,
+    rows: &mut [codec::Row],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
     }
-    for ev in &b.events {
-        insert_event(c, b.host_id, ev, now_ms)?;
-    }
+    let ts_min = rows.iter().map(|r| r.1).min().unwrap_or(i64::MAX);
+    let ts_max = rows.iter().map(|r| r.1).max().unwrap_or(i64::MIN);
+    let mut blob = Vec::new();
+    codec::encode(rows, &mut blob);
     c.prepare_cached(
-        "INSERT INTO agent_seq (host_id, last_seq) VALUES (?1, ?2)
-         ON CONFLICT (host_id) DO UPDATE SET last_seq = excluded.last_seq",
+        "INSERT INTO raw (host_id, seq, ts_min, ts_max, n, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![b.host_id, seq])?;
-    Ok(Staged {
-        outcome: IngestOutcome::Committed,
-        agent_id,
-        samples: rows.len(),
-        rows,
-        defs,
-        new_series,
-    })
+    .execute(params![
+        host_id,
+        seq,
+        ts_min,
+        ts_max,
+        rows.len() as i64,
+        blob
+    ])?;
+    Ok(())
 }
 
 /// Finds or creates the series row.
