@@ -3,7 +3,6 @@
 
 pub mod alert;
 pub mod alerting;
-pub mod alerting_config;
 pub mod api;
 pub mod auth;
 pub mod collector;

@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::config::RetryPolicy;
 use super::{Alerting, OutboxBatch, OutboxOutcome, OutboxShared, ReceiverShared};
-use crate::alerting_config::RetryPolicy;
 use crate::metrics::CollectorMetrics;
 use crate::notify::{Notification, Receiver, SendErrorKind};
 use crate::now_ms;

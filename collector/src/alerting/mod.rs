@@ -7,9 +7,12 @@
 //! crash can neither lose nor repeat a transition. Its SQL touches only the alert tables
 //! (`alert_rules`, `alert_state`, `alerts`, `alert_history`, `notify_log`, `outbox`,
 //! `dead_letters`, `silences`, `receivers`), and only on a connection the store hands it:
-//! the writer's open transaction, or a read connection for the API. Series and raw samples
-//! are read through `store::hook`.
+//! the write connection while the store opens (startup, before the writer thread runs) and
+//! after a rollback (outside any transaction, to reload), the writer's open group or tick
+//! transaction, or a read connection for the API (`stored_receivers`). Series and raw
+//! samples are read through `store::hook`.
 //!
+//! - `config`: the `[alerting]`, `[[route]]`, `[[inhibit]]` and `[[receiver]]` sections;
 //! - `runtime`: the state, startup, the hook, reload after a rollback;
 //! - `evaluation`: engine driving, history and records, the `sample_window`;
 //! - `notification`: routing, silences, told log, group timing, the `outbox`, and the
@@ -22,6 +25,7 @@
 //! commits.
 
 mod administration;
+pub mod config;
 pub mod dispatcher;
 mod evaluation;
 mod notification;

@@ -1,6 +1,6 @@
 //! The alerting sections of collector.toml — `[alerting]`, `[[route]]`, `[[inhibit]]` and
 //! `[[receiver]]` — in raw form (serde, unknown keys rejected, documented defaults) and
-//! validated into what the store's alert engine and the dispatcher run with.
+//! validated into what the alerting runtime and the dispatcher run with.
 //!
 //! ```toml
 //! [alerting]
@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use mcpwatch_common::config::{self as cfg, ConfigError, Duration};
 use serde::Deserialize;
 
+use super::AlertingSetup;
 use crate::alert::route::{parse_matchers, GroupBy, InhibitRule, Route, RouteOpts, Routing};
 use crate::alert::{merge_rules, parse_rules, EngineOptions, RawRule, Rule};
-use crate::alerting::AlertingSetup;
 use crate::notify::{ApiSecrets, Receiver, ReceiverConfigRaw};
 
 #[derive(Debug, Default, Deserialize)]
