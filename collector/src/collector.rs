@@ -146,6 +146,91 @@ fn load_api_receivers(
     Ok(skipped)
 }
 
+/// The store with the alerting runtime plugged in, and what the dispatcher needs.
+struct Opened {
+    alerting: Alerting,
+    writer: std::thread::JoinHandle<()>,
+    /// Configured receivers, then those defined through the API that could be built.
+    receivers: Vec<Receiver>,
+    /// API receivers that could not be built (see `load_api_receivers`).
+    skipped: Vec<String>,
+    outbox: Arc<OutboxShared>,
+}
+
+/// Builds every receiver and opens the store with the alerting runtime.
+fn open_alerting(
+    config: &CollectorConfig,
+    base_dir: &std::path::Path,
+    metrics: &CollectorMetrics,
+) -> Result<Opened, CollectorError> {
+    let mut receivers = config
+        .alerting
+        .receivers
+        .iter()
+        .map(|raw| Receiver::from_raw(raw.clone(), base_dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    let skipped = load_api_receivers(config, &mut receivers)?;
+    let outbox =
+        OutboxShared::with_metrics(receivers.iter().map(Receiver::name), metrics.alerts.clone());
+    let (alerting, writer) = Alerting::open(
+        store_config(config),
+        config.alerting.setup.clone(),
+        outbox.clone(),
+    )?;
+    Ok(Opened {
+        alerting,
+        writer,
+        receivers,
+        skipped,
+        outbox,
+    })
+}
+
+/// What the API serves beside the store.
+struct ApiParts {
+    alerting: Alerting,
+    dispatcher: dispatcher::Dispatcher,
+    router: CommandRouter,
+}
+
+/// The HTTP application (API, `/metrics`, health) with its limits, and its TLS config if
+/// the API is served over HTTPS.
+fn http_app(
+    config: &CollectorConfig,
+    base_dir: &std::path::Path,
+    store: &Store,
+    api: ApiParts,
+    metrics: &Arc<CollectorMetrics>,
+    ready: &Arc<Readiness>,
+) -> Result<(axum::Router, Option<Arc<rustls::ServerConfig>>), CollectorError> {
+    let api_state = ApiState(Arc::new(api::Inner {
+        db: api::db::Db::new(store.clone(), config.db_path.clone()),
+        alerting: api.alerting,
+        commands: api.router,
+        metrics: metrics.clone(),
+        settings: config.api.clone(),
+        limiter: Default::default(),
+    }));
+    let (api_router, _doc) = api::build(api_state);
+    // The receivers as configured, for listing (secrets as references only) and test-sends,
+    // and what API-defined receivers need: where their secrets may come from, the workers.
+    let api_router = api_router.layer(axum::Extension(Arc::new(api::receivers::ReceiverConfigs {
+        list: config.alerting.receivers.clone(),
+        base_dir: base_dir.to_path_buf(),
+        api_secrets: Some(config.alerting.api_secrets.clone()),
+        dispatcher: Some(api.dispatcher),
+    })));
+    let app = api::server::with_limits(
+        http::router(metrics.clone(), ready.clone(), store.clone()).merge(api_router),
+        &config.http_limits,
+    );
+    let http_tls = match &config.http_tls {
+        Some((cert, key)) => Some(api_tls(cert, key)?),
+        None => None,
+    };
+    Ok((app, http_tls))
+}
+
 /// Runs the collector until `shutdown` is cancelled.
 pub async fn run(
     config: CollectorConfig,
@@ -156,6 +241,9 @@ pub async fn run(
 
 /// [`run`] with a command router supplied by the caller, who can then send commands to
 /// connected agents (the HTTP API does; so do tests).
+///
+/// Over 80 lines on purpose: it is the collector's whole start-up and shutdown order in one
+/// place (what starts before what, and what drains before what), read top to bottom.
 pub async fn run_with_router(
     config: CollectorConfig,
     shutdown: CancellationToken,
@@ -170,20 +258,13 @@ pub async fn run_with_router(
         .parent()
         .unwrap_or(std::path::Path::new("."))
         .to_path_buf();
-    let mut receivers = config
-        .alerting
-        .receivers
-        .iter()
-        .map(|raw| Receiver::from_raw(raw.clone(), &base_dir))
-        .collect::<Result<Vec<_>, _>>()?;
-    let skipped = load_api_receivers(&config, &mut receivers)?;
-    let outbox =
-        OutboxShared::with_metrics(receivers.iter().map(Receiver::name), metrics.alerts.clone());
-    let (alerting, writer) = Alerting::open(
-        store_config(&config),
-        config.alerting.setup.clone(),
-        outbox.clone(),
-    )?;
+    let Opened {
+        alerting,
+        writer,
+        receivers,
+        skipped,
+        outbox,
+    } = open_alerting(&config, &base_dir, &metrics)?;
     let store = alerting.store().clone();
 
     let ready = Arc::new(Readiness::default());
@@ -203,31 +284,12 @@ pub async fn run_with_router(
     );
     dispatcher.set_skipped(skipped);
 
-    let api_state = ApiState(Arc::new(api::Inner {
-        db: api::db::Db::new(store.clone(), config.db_path.clone()),
+    let api = ApiParts {
         alerting,
-        commands: router.clone(),
-        metrics: metrics.clone(),
-        settings: config.api.clone(),
-        limiter: Default::default(),
-    }));
-    let (api_router, _doc) = api::build(api_state);
-    // The receivers as configured, for listing (secrets as references only) and test-sends,
-    // and what API-defined receivers need: where their secrets may come from, the workers.
-    let api_router = api_router.layer(axum::Extension(Arc::new(api::receivers::ReceiverConfigs {
-        list: config.alerting.receivers.clone(),
-        base_dir: base_dir.clone(),
-        api_secrets: Some(config.alerting.api_secrets.clone()),
-        dispatcher: Some(dispatcher),
-    })));
-    let app = api::server::with_limits(
-        http::router(metrics.clone(), ready.clone(), store.clone()).merge(api_router),
-        &config.http_limits,
-    );
-    let http_tls = match &config.http_tls {
-        Some((cert, key)) => Some(api_tls(cert, key)?),
-        None => None,
+        dispatcher,
+        router: router.clone(),
     };
+    let (app, http_tls) = http_app(&config, &base_dir, &store, api, &metrics, &ready)?;
     let http_task = tokio::spawn(api::server::serve(
         http_listener,
         app,
