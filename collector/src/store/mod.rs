@@ -1,10 +1,19 @@
-//! The collector's SQLite store: the only module that touches rusqlite.
+//! The collector's SQLite store: persistence. It opens every connection and owns the
+//! schema, migrations, write transactions, the sample codec, rollups and retention; it
+//! imports nothing of the alerting runtime or the engine. The one other module that runs
+//! SQL, the alerting runtime, does so on connections and transactions the store hands it
+//! through [`WriterHook`] and [`Store::exec`].
 //!
 //! Writes go through [`Store`], a cheap cloneable handle that sends requests over a bounded
 //! channel to one dedicated OS thread owning the single write connection (see `writer`).
 //! That thread group-commits many batches per transaction, because a synchronous=FULL
 //! commit costs far more than the rows in it. Reads use separate connections via
 //! [`Reader`]; WAL mode lets them run beside the writer.
+//!
+//! Writer side: `request` (what the handle sends), `group` (one group transaction, one
+//! function per request kind), `batch` (an agent batch as SQL), `connections` (series maps
+//! and their undo log), `reply` (the one reply-or-abort rule), `exec` (closures in the
+//! group), `hook` (the plug-in interface), `writer` (the thread and maintenance).
 //!
 //! Exactly-once ingest: the last committed seq per host is stored in the same transaction
 //! as the batch, so a batch replayed after a crash between commit and ack is recognised as
