@@ -1,8 +1,9 @@
 //! Receivers defined through the API, as stored in `receivers` (a `ReceiverConfigRaw` as
 //! JSON: secrets only as file/env references). Changes go through the writer
 //! ([`super::Alerting::put_receiver`], [`super::Alerting::delete_receiver`]), which also
-//! routes to them; this module reads them: on read connections for the API, and once before the store
-//! opens so the collector can build their senders alongside the configured ones.
+//! routes to them; this module reads them: on read connections for the API, and once
+//! before the store opens so the collector can build their senders alongside the
+//! configured ones.
 
 use std::path::Path;
 
