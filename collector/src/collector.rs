@@ -10,15 +10,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerting::{dispatcher, Alerting, OutboxShared};
 use crate::api::{self, ApiState};
 use crate::command::CommandRouter;
 use crate::config::CollectorConfig;
-use crate::dispatch;
 use crate::http::{self, Readiness};
 use crate::ingest::{self, IngestSettings};
 use crate::metrics::CollectorMetrics;
 use crate::notify::{Destinations, NotifyConfigError, Receiver};
-use crate::store::alerting::OutboxShared;
 use crate::store::{Store, StoreConfig, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +38,9 @@ pub enum CollectorError {
     },
 }
 
-/// The store settings of `config`; `outbox` is shared with the dispatcher.
-pub fn store_config(config: &CollectorConfig, outbox: Arc<OutboxShared>) -> StoreConfig {
+/// The store settings of `config`.
+pub fn store_config(config: &CollectorConfig) -> StoreConfig {
     StoreConfig {
-        alerting: config.alerting.setup.clone(),
-        outbox,
         path: config.db_path.clone(),
         retention_raw: config.retention_raw.get(),
         retention_1m: config.retention_1m.get(),
@@ -101,7 +98,7 @@ fn load_api_receivers(
     config: &CollectorConfig,
     receivers: &mut Vec<Receiver>,
 ) -> Result<Vec<String>, CollectorError> {
-    let stored = crate::store::receivers::load(&config.db_path)?;
+    let stored = crate::alerting::stored_receivers::load(&config.db_path)?;
     let mut skipped = Vec::new();
     for s in stored {
         if receivers.iter().any(|r| r.name() == s.name) {
@@ -132,6 +129,113 @@ fn load_api_receivers(
     Ok(skipped)
 }
 
+/// The store with the alerting runtime plugged in, and what the dispatcher needs.
+struct Opened {
+    alerting: Alerting,
+    writer: std::thread::JoinHandle<()>,
+    /// Configured receivers, then those defined through the API that could be built.
+    receivers: Vec<Receiver>,
+    /// API receivers that could not be built (see `load_api_receivers`).
+    skipped: Vec<String>,
+    outbox: Arc<OutboxShared>,
+}
+
+/// Builds every receiver and opens the store with the alerting runtime.
+fn open_alerting(
+    config: &CollectorConfig,
+    base_dir: &std::path::Path,
+    metrics: &CollectorMetrics,
+) -> Result<Opened, CollectorError> {
+    let mut receivers = config
+        .alerting
+        .receivers
+        .iter()
+        .map(|raw| Receiver::from_raw(raw.clone(), base_dir, &Destinations::Any))
+        .collect::<Result<Vec<_>, _>>()?;
+    let skipped = load_api_receivers(config, &mut receivers)?;
+    let outbox =
+        OutboxShared::with_metrics(receivers.iter().map(Receiver::name), metrics.alerts.clone());
+    let (alerting, writer) = Alerting::open(
+        store_config(config),
+        config.alerting.setup.clone(),
+        outbox.clone(),
+    )?;
+    Ok(Opened {
+        alerting,
+        writer,
+        receivers,
+        skipped,
+        outbox,
+    })
+}
+
+/// What the API serves beside the store.
+struct ApiParts {
+    alerting: Alerting,
+    dispatcher: dispatcher::Dispatcher,
+    router: CommandRouter,
+}
+
+/// The HTTP application (API, `/metrics`, health) with its limits.
+fn http_app(
+    config: &CollectorConfig,
+    base_dir: &std::path::Path,
+    store: &Store,
+    api: ApiParts,
+    metrics: &Arc<CollectorMetrics>,
+    ready: &Arc<Readiness>,
+) -> axum::Router {
+    let api_state = ApiState(Arc::new(api::Inner {
+        db: api::db::Db::new(store.clone(), config.db_path.clone()),
+        alerting: api.alerting,
+        commands: api.router,
+        metrics: metrics.clone(),
+        settings: config.api.clone(),
+        limiter: Default::default(),
+    }));
+    let (api_router, _doc) = api::build(api_state);
+    // The receivers as configured, for listing (secrets as references only) and test-sends,
+    // and what API-defined receivers need: where their secrets may come from, the workers.
+    let api_router = api_router.layer(axum::Extension(Arc::new(api::receivers::ReceiverConfigs {
+        list: config.alerting.receivers.clone(),
+        base_dir: base_dir.to_path_buf(),
+        api_secrets: Some(config.alerting.api_secrets.clone()),
+        dispatcher: Some(api.dispatcher),
+    })));
+    api::server::with_limits(
+        http::router(
+            metrics.clone(),
+            ready.clone(),
+            store.clone(),
+            config.api.federation_token.clone(),
+        )
+        .merge(api_router),
+        &config.http_limits,
+    )
+}
+
+/// The HTTPS API's TLS config, when `[http] tls_cert` is set, re-read on SIGHUP (live
+/// connections keep theirs).
+fn api_tls(
+    config: &CollectorConfig,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<Reloadable<rustls::ServerConfig>>>, CollectorError> {
+    let Some(files) = config.http_tls.clone() else {
+        return Ok(None);
+    };
+    let build = move || tls::https_server_config(&files.cert, &files.key, files.min_version);
+    let current = Arc::new(Reloadable::new(
+        build().map_err(|e| CollectorError::ApiTls(e.to_string()))?,
+    ));
+    tracker.spawn(tls::reload_on_sighup(
+        build,
+        current.clone(),
+        shutdown.clone(),
+    ));
+    Ok(Some(current))
+}
+
 /// Runs the collector until `shutdown` is cancelled.
 pub async fn run(
     config: CollectorConfig,
@@ -142,6 +246,9 @@ pub async fn run(
 
 /// [`run`] with a command router supplied by the caller, who can then send commands to
 /// connected agents (the HTTP API does; so do tests).
+///
+/// Over 80 lines on purpose: it is the collector's whole start-up and shutdown order in one
+/// place (what starts before what, and what drains before what), read top to bottom.
 pub async fn run_with_router(
     config: CollectorConfig,
     shutdown: CancellationToken,
@@ -156,16 +263,14 @@ pub async fn run_with_router(
         .parent()
         .unwrap_or(std::path::Path::new("."))
         .to_path_buf();
-    let mut receivers = config
-        .alerting
-        .receivers
-        .iter()
-        .map(|raw| Receiver::from_raw(raw.clone(), &base_dir, &Destinations::Any))
-        .collect::<Result<Vec<_>, _>>()?;
-    let skipped = load_api_receivers(&config, &mut receivers)?;
-    let outbox =
-        OutboxShared::with_metrics(receivers.iter().map(Receiver::name), metrics.alerts.clone());
-    let (store, writer) = Store::open(store_config(&config, outbox.clone()))?;
+    let Opened {
+        alerting,
+        writer,
+        receivers,
+        skipped,
+        outbox,
+    } = open_alerting(&config, &base_dir, &metrics)?;
+    let store = alerting.store().clone();
 
     let ready = Arc::new(Readiness::default());
     let sessions = TaskTracker::new();
@@ -173,8 +278,8 @@ pub async fn run_with_router(
     let http_stop = CancellationToken::new();
     let background_stop = CancellationToken::new();
     // Notifications keep going while sessions drain; they stop with the background tasks.
-    let dispatcher = dispatch::spawn(
-        &store,
+    let dispatcher = dispatcher::spawn(
+        &alerting,
         receivers,
         outbox,
         config.alerting.retry,
@@ -184,49 +289,13 @@ pub async fn run_with_router(
     );
     dispatcher.set_skipped(skipped);
 
-    let api_state = ApiState(Arc::new(api::Inner {
-        db: api::db::Db::new(store.clone(), config.db_path.clone()),
-        commands: router.clone(),
-        metrics: metrics.clone(),
-        settings: config.api.clone(),
-        limiter: Default::default(),
-    }));
-    let (api_router, _doc) = api::build(api_state);
-    // The receivers as configured, for listing (secrets as references only) and test-sends,
-    // and what API-defined receivers need: where their secrets may come from, the workers.
-    let api_router = api_router.layer(axum::Extension(Arc::new(api::receivers::ReceiverConfigs {
-        list: config.alerting.receivers.clone(),
-        base_dir: base_dir.clone(),
-        api_secrets: Some(config.alerting.api_secrets.clone()),
-        dispatcher: Some(dispatcher),
-    })));
-    let app = api::server::with_limits(
-        http::router(
-            metrics.clone(),
-            ready.clone(),
-            store.clone(),
-            config.api.federation_token.clone(),
-        )
-        .merge(api_router),
-        &config.http_limits,
-    );
-    let http_tls = match config.http_tls.clone() {
-        Some(files) => {
-            let build =
-                move || tls::https_server_config(&files.cert, &files.key, files.min_version);
-            let current = Arc::new(Reloadable::new(
-                build().map_err(|e| CollectorError::ApiTls(e.to_string()))?,
-            ));
-            // SIGHUP swaps the API's certificate too; live connections keep theirs.
-            background.spawn(tls::reload_on_sighup(
-                build,
-                current.clone(),
-                shutdown.clone(),
-            ));
-            Some(current)
-        }
-        None => None,
+    let api = ApiParts {
+        alerting,
+        dispatcher,
+        router: router.clone(),
     };
+    let app = http_app(&config, &base_dir, &store, api, &metrics, &ready);
+    let http_tls = api_tls(&config, &background, &shutdown)?;
     let http_task = tokio::spawn(api::server::serve(
         http_listener,
         app,

@@ -9,7 +9,7 @@ use mcpwatch_common::tls::{self, TlsFiles};
 use mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN;
 use serde::Deserialize;
 
-use crate::alerting_config::{AlertingConfig, RawAlerting, RawInhibit, RawRoute};
+use crate::alerting::config::{AlertingConfig, RawAlerting, RawInhibit, RawRoute};
 use crate::api::server::ServerLimits;
 use crate::api::ApiSettings;
 use crate::notify::{ReceiverConfigRaw, SecretRef};
@@ -31,7 +31,7 @@ pub struct RawCollectorConfig {
     pub log: RawLog,
     /// How long SIGTERM may take to commit queued batches. Default 10s.
     pub shutdown_grace: Option<Duration>,
-    /// Rule files, grouping and timing of notifications (see `alerting_config`).
+    /// Rule files, grouping and timing of notifications (see `alerting::config`).
     #[serde(default)]
     pub alerting: RawAlerting,
     /// Notification receivers: email, slack, pagerduty, discord, webhook.

@@ -171,6 +171,29 @@ fn log_refusal(
 
 type Stream = Framed<tokio_rustls::server::TlsStream<TcpStream>, FrameCodec>;
 
+/// The first frame, which must be a Hello within `timeout`.
+async fn read_hello(
+    framed: &mut Stream,
+    timeout: std::time::Duration,
+) -> Result<Hello, SessionError> {
+    match tokio::time::timeout(timeout, framed.next()).await {
+        Err(_) => Err(SessionError::Timeout("hello")),
+        Ok(None) => Err(SessionError::Protocol("closed before hello".into())),
+        Ok(Some(frame)) => match frame? {
+            Frame::Hello(h) => Ok(h),
+            other => Err(SessionError::Protocol(format!(
+                "first frame must be Hello, got {}",
+                frame_name(&other)
+            ))),
+        },
+    }
+}
+
+/// Tells the agent why it is refused; it may already be gone, which changes nothing.
+async fn reject(framed: &mut Stream, reason: RejectReason, message: String) {
+    let _ = framed.send(Frame::Reject(Reject { reason, message })).await;
+}
+
 impl Session {
     async fn run(&self, tcp: TcpStream, shutdown: CancellationToken) {
         let peer = self.peer;
@@ -222,26 +245,9 @@ impl Session {
             tls::identity_of(cert)?
         };
         let mut framed = Framed::new(stream, FrameCodec::new(self.settings.max_frame_len));
-        let hello = match tokio::time::timeout(timeout, framed.next()).await {
-            Err(_) => return Err(SessionError::Timeout("hello")),
-            Ok(None) => return Err(SessionError::Protocol("closed before hello".into())),
-            Ok(Some(frame)) => match frame? {
-                Frame::Hello(h) => h,
-                other => {
-                    return Err(SessionError::Protocol(format!(
-                        "first frame must be Hello, got {}",
-                        frame_name(&other)
-                    )))
-                }
-            },
-        };
+        let hello = read_hello(&mut framed, timeout).await?;
         if let Some((reason, message)) = check_hello(&hello, &identity) {
-            let _ = framed
-                .send(Frame::Reject(Reject {
-                    reason,
-                    message: message.clone(),
-                }))
-                .await;
+            reject(&mut framed, reason, message.clone()).await;
             return Err(SessionError::Refused(message));
         }
         let session = match self
@@ -259,21 +265,12 @@ impl Session {
             Ok(s) => s,
             Err(StoreError::Revoked(_)) => {
                 let message = format!("agent identity {identity:?} is revoked");
-                let _ = framed
-                    .send(Frame::Reject(Reject {
-                        reason: RejectReason::Revoked,
-                        message: message.clone(),
-                    }))
-                    .await;
+                reject(&mut framed, RejectReason::Revoked, message.clone()).await;
                 return Err(SessionError::Refused(message));
             }
             Err(err) => {
-                let _ = framed
-                    .send(Frame::Reject(Reject {
-                        reason: RejectReason::Internal,
-                        message: "collector storage unavailable".into(),
-                    }))
-                    .await;
+                let message = "collector storage unavailable".into();
+                reject(&mut framed, RejectReason::Internal, message).await;
                 return Err(err.into());
             }
         };

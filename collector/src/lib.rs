@@ -2,13 +2,12 @@
 //! rollups and retention, and serves its own metrics. See ARCHITECTURE.md.
 
 pub mod alert;
-pub mod alerting_config;
+pub mod alerting;
 pub mod api;
 pub mod auth;
 pub mod collector;
 pub mod command;
 pub mod config;
-pub mod dispatch;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -421,7 +421,10 @@ mod tests {
     fn label_text_escapes_keys() {
         let key = SeriesKey::new("m", &[("a=\"x\",b", "1")]);
         assert_eq!(key.labels_text(), "a\\=\\\"x\\\"\\,b=\"1\"");
-        assert_eq!(SeriesKey::parse_labels_text(&key.labels_text()), Some(key.labels));
+        assert_eq!(
+            SeriesKey::parse_labels_text(&key.labels_text()),
+            Some(key.labels)
+        );
     }
 
     #[test]

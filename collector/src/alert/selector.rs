@@ -223,12 +223,18 @@ mod tests {
         let sat = |text: &str| satisfiable(&Selector::parse(text).expect("parse").matchers);
         assert!(sat(r#"m{host="a"}"#));
         assert!(sat(r#"m{host="a", team="x", host=~"a|b", host!="b"}"#));
-        assert!(sat(r#"m{host=~"a.*", host!~"ab"}"#), "regex-only: assumed satisfiable");
+        assert!(
+            sat(r#"m{host=~"a.*", host!~"ab"}"#),
+            "regex-only: assumed satisfiable"
+        );
         assert!(!sat(r#"m{host="local", host="hidden-1"}"#));
         assert!(!sat(r#"m{host="a", host!="a"}"#));
         assert!(!sat(r#"m{host="a", host=~"b.*"}"#));
         assert!(!sat(r#"m{host="a", host!~"a|b"}"#));
-        assert!(!sat(r#"m{host="", host=~".+"}"#), "absent label pinned, then required");
+        assert!(
+            !sat(r#"m{host="", host=~".+"}"#),
+            "absent label pinned, then required"
+        );
     }
 
     use super::*;

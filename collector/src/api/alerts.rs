@@ -279,8 +279,7 @@ async fn ack_alert(
         return Err(ApiError::NotFound);
     }
     let acked = state
-        .db
-        .store
+        .alerting
         .acknowledge(&fingerprint, &p.actor, &req.comment, now_ms())
         .await?;
     if !acked {

@@ -77,6 +77,8 @@ impl ApiSettings {
 
 pub struct Inner {
     pub db: Db,
+    /// The alerting runtime's requests (rules, receivers, silences, acknowledgements).
+    pub alerting: crate::alerting::Alerting,
     pub commands: CommandRouter,
     pub metrics: Arc<CollectorMetrics>,
     pub settings: ApiSettings,

@@ -19,12 +19,12 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{self, ApiError, ErrorBody};
 use super::ApiState;
+use crate::alerting::dispatcher::Dispatcher;
+use crate::alerting::stored_receivers::{self, StoredReceiver};
+use crate::alerting::{ReceiverDeleted, ReceiverPut};
 use crate::auth::Permission;
-use crate::dispatch::Dispatcher;
 use crate::notify::{self, ApiSecrets, Notification, Receiver, ReceiverConfigRaw, SecretRef};
 use crate::now_ms;
-use crate::store::alerting::{ReceiverDeleted, ReceiverPut};
-use crate::store::receivers::{self as stored_receivers, StoredReceiver};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -313,8 +313,7 @@ async fn store_receiver(
     let status = {
         let _changes = dispatcher.lock_changes().await;
         let status = match state
-            .db
-            .store
+            .alerting
             .put_receiver(raw, create_only, now_ms())
             .await?
         {
@@ -426,7 +425,7 @@ async fn delete_receiver(
     }
     let (_, dispatcher) = changeable(&set)?;
     let _changes = dispatcher.lock_changes().await;
-    match state.db.store.delete_receiver(&name, now_ms()).await? {
+    match state.alerting.delete_receiver(&name, now_ms()).await? {
         ReceiverDeleted::Missing => Err(ApiError::NotFound),
         ReceiverDeleted::FromConfig => Err(from_config_conflict(&name)),
         ReceiverDeleted::Deleted { dead_lettered } => {

@@ -17,9 +17,9 @@ use super::error::{ApiError, ErrorBody};
 use super::ApiState;
 use crate::alert::dry_run::{dry_run, DryRun};
 use crate::alert::{RawRule, Rule};
+use crate::alerting::{validate_api_rule, DryRunReply, RuleDeleted, DRY_RUN_LIMIT};
 use crate::auth::Permission;
 use crate::now_ms;
-use crate::store::alerting::{validate_api_rule, DryRunReply, RuleDeleted, DRY_RUN_LIMIT};
 use crate::store::api_alerts as sa;
 
 /// Longest look-back a dry run may read from the stored samples.
@@ -138,7 +138,7 @@ async fn put_rule(
     caller.note(format!("rule {name}"));
     let raw = parse_rule_body(body, Some(&name))?;
     validate_api_rule(&raw).map_err(|e| ApiError::bad(e.to_string()))?;
-    state.db.store.put_rule(raw, now_ms()).await?;
+    state.alerting.put_rule(raw, now_ms()).await?;
     read_rule(&state, name)
         .await?
         .map(|r| Json(rule_view(r)))
@@ -167,7 +167,7 @@ async fn delete_rule(
 ) -> Result<Json<RuleDeletedView>, ApiError> {
     caller.require_global(Permission::RulesWrite)?;
     caller.note(format!("rule {name}"));
-    match state.db.store.delete_rule(&name, now_ms()).await? {
+    match state.alerting.delete_rule(&name, now_ms()).await? {
         RuleDeleted::Missing => Err(ApiError::NotFound),
         RuleDeleted::FromConfig => Err(ApiError::Conflict(format!(
             "rule {name:?} comes from the configuration; switch it off with PUT {{\"enabled\": false}}"
@@ -246,7 +246,7 @@ async fn dry_run_rule(
     let raw = parse_rule_body(body, None)?;
     let rule = Rule::validate(raw).map_err(|e| ApiError::bad(e.to_string()))?;
     let now = now_ms();
-    let opts = match state.db.store.dry_run_rule(rule.clone(), now).await? {
+    let opts = match state.alerting.dry_run_rule(rule.clone(), now).await? {
         DryRunReply::Done(d) => return Ok(Json(dry_run_view(d, "window"))),
         DryRunReply::NotInWindow(opts) => opts,
     };

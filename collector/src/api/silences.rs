@@ -325,7 +325,7 @@ async fn create_silence(
         author: p.actor.clone(),
         comment,
     };
-    let id = state.db.store.add_silence(spec, now).await?;
+    let id = state.alerting.add_silence(spec, now).await?;
     caller.note(format!("silence {id}"));
     let Some((s, _)) = read_silence(&state, id).await? else {
         return Err(ApiError::Internal(format!(
@@ -356,7 +356,7 @@ async fn expire_silence(
     let allowed = covers_silence(p, Permission::SilencesWrite, &hosts, &s.matchers);
     let visible = covers_silence(p, Permission::AlertsRead, &hosts, &s.matchers);
     require_on(&caller, Permission::SilencesWrite, allowed, visible)?;
-    if !state.db.store.expire_silence(id, now_ms()).await? {
+    if !state.alerting.expire_silence(id, now_ms()).await? {
         return Err(ApiError::Conflict(format!(
             "silence {id} has already ended"
         )));

@@ -1,4 +1,8 @@
-//! The collector's SQLite store: the only module that touches rusqlite.
+//! The collector's SQLite store: persistence. It opens every connection and owns the
+//! schema, migrations, write transactions, the sample codec, rollups and retention; it
+//! imports nothing of the alerting runtime or the engine. The one other module that runs
+//! SQL, the alerting runtime, does so on connections and transactions the store hands it
+//! through [`WriterHook`] and [`Store::exec`].
 //!
 //! Writes go through [`Store`], a cheap cloneable handle that sends requests over a bounded
 //! channel to one dedicated OS thread owning the single write connection (see `writer`).
@@ -6,30 +10,34 @@
 //! commit costs far more than the rows in it. Reads use separate connections via
 //! [`Reader`]; WAL mode lets them run beside the writer.
 //!
+//! Writer side: `request` (what the handle sends), `group` (one group transaction, one
+//! function per request kind), `batch` (an agent batch as SQL), `connections` (series maps
+//! and their undo log), `reply` (the one reply-or-abort rule), `exec` (closures in the
+//! group), `hook` (the plug-in interface), `writer` (the thread and maintenance).
+//!
 //! Exactly-once ingest: the last committed seq per host is stored in the same transaction
 //! as the batch, so a batch replayed after a crash between commit and ack is recognised as
 //! [`IngestOutcome::Duplicate`] and acknowledged without being written again.
 
 pub mod admin;
-mod alert_request;
-#[cfg(test)]
-mod alert_tests;
-pub mod alerting;
 pub mod api_alerts;
 pub mod api_hosts;
 pub mod auth;
+mod batch;
 mod codec;
+mod connections;
 mod error;
 mod exec;
-mod outbox;
+mod group;
+pub mod hook;
 mod reader;
-pub mod receivers;
+mod reply;
+mod request;
 mod retention;
 mod rollup;
 mod schema;
 #[cfg(test)]
 mod tests;
-mod window;
 mod writer;
 
 use std::path::PathBuf;
@@ -43,9 +51,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::StoreError;
+pub use hook::{NoHook, WriterHook};
 pub use reader::{EventRow, GapRow, HostRow, Reader, RollupRow, SeriesRow, Tier};
+pub use writer::open_connection;
 
-use writer::WriteRequest;
+use request::{Registration, WriteRequest};
 
 /// How the store is opened and how long it keeps data.
 #[derive(Debug, Clone)]
@@ -69,10 +79,6 @@ pub struct StoreConfig {
     /// Group-commit cap: the writer stops gathering requests into one transaction once they
     /// hold this many samples.
     pub max_batch_samples: usize,
-    /// Rules, routing and timing for the alert engine that runs on every commit.
-    pub alerting: alerting::AlertingSetup,
-    /// Per-receiver wakeups and counters shared with the notification dispatcher.
-    pub outbox: Arc<alerting::OutboxShared>,
 }
 
 impl StoreConfig {
@@ -88,8 +94,6 @@ impl StoreConfig {
             retention_audit: Duration::from_secs(400 * DAY),
             queue_capacity: 1024,
             max_batch_samples: 100_000,
-            alerting: alerting::AlertingSetup::disabled(),
-            outbox: alerting::OutboxShared::new([]),
         }
     }
 }
@@ -175,12 +179,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating and migrating if needed) the database and starts the writer thread.
-    /// Join the returned handle after dropping every `Store` to wait for the final
-    /// checkpoint.
+    /// Opens (creating and migrating if needed) the database and starts the writer thread,
+    /// with no hook. Join the returned handle after dropping every `Store` to wait for the
+    /// final checkpoint.
     pub fn open(cfg: StoreConfig) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
+        Store::open_with_hook(cfg, |_| Ok(Box::new(NoHook)))
+    }
+
+    /// As [`Store::open`], with the hook `make_hook` builds on the opened, migrated write
+    /// connection (on the caller's thread, before the writer starts); the writer owns it.
+    pub fn open_with_hook(
+        cfg: StoreConfig,
+        make_hook: impl FnOnce(&mut rusqlite::Connection) -> Result<Box<dyn WriterHook>, StoreError>,
+    ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
         let counters = Arc::new(Counters::default());
-        let writer = writer::Writer::open(cfg.clone(), counters.clone())?;
+        let writer = writer::Writer::open(cfg.clone(), counters.clone(), Box::new(make_hook))?;
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
         let handle = std::thread::Builder::new()
             .name("mcpwatch-store".into())
@@ -217,12 +230,14 @@ impl Store {
         now_ms: i64,
     ) -> Result<AgentSession, StoreError> {
         self.call(|reply| WriteRequest::Register {
-            conn,
-            agent_id: agent_id.to_owned(),
-            hostname: hostname.to_owned(),
-            agent_version: agent_version.to_owned(),
-            boot_id: boot_id.to_owned(),
-            now_ms,
+            hello: Registration {
+                conn,
+                agent_id: agent_id.to_owned(),
+                hostname: hostname.to_owned(),
+                agent_version: agent_version.to_owned(),
+                boot_id: boot_id.to_owned(),
+                now_ms,
+            },
             reply,
         })
         .await?

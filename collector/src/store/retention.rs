@@ -75,8 +75,29 @@ pub(crate) fn step(
     if let Some(cut) = cutoff(cfg.retention_audit) {
         out.events += super::auth::prune_audit(&tx, cut, DELETE_LIMIT)? as u64;
     }
-    let cut_1m = cutoff(cfg.retention_1m);
-    let cut_1h = cutoff(cfg.retention_1h);
+    prune_rollups(
+        &tx,
+        cutoff(cfg.retention_1m),
+        cutoff(cfg.retention_1h),
+        cursor,
+        &mut out,
+    )?;
+    out.more |= [out.raw, out.events, out.gaps]
+        .iter()
+        .any(|&n| n >= DELETE_LIMIT as u64);
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Prunes expired rollup rows series by series, from `cursor` on, within one pass's
+/// budget; moves `cursor` for the next pass.
+fn prune_rollups(
+    tx: &Connection,
+    cut_1m: Option<i64>,
+    cut_1h: Option<i64>,
+    cursor: &mut i64,
+    out: &mut RetentionStep,
+) -> Result<(), StoreError> {
     if cut_1m.is_some() || cut_1h.is_some() {
         let ids: Vec<i64> = tx
             .prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id LIMIT ?2")?
@@ -95,7 +116,7 @@ pub(crate) fn step(
                 ("rollup_1h", cut_1h, &mut out.rollup_1h),
             ] {
                 let Some(cut) = cut else { continue };
-                let n = delete_rollup(&tx, table, id, cut, budget)?;
+                let n = delete_rollup(tx, table, id, cut, budget)?;
                 *counter += n as u64;
                 budget -= n as i64;
                 exhausted |= budget <= 0;
@@ -109,11 +130,7 @@ pub(crate) fn step(
         }
         *cursor = next_cursor;
     }
-    out.more |= [out.raw, out.events, out.gaps]
-        .iter()
-        .any(|&n| n >= DELETE_LIMIT as u64);
-    tx.commit()?;
-    Ok(out)
+    Ok(())
 }
 
 /// Deletes up to `limit` expired rows of one series. `table` is one of two constants.

@@ -416,12 +416,22 @@ async fn store_failed_group_answers_everyone_and_rolls_back_memory() {
          BEGIN SELECT RAISE(ABORT, 'boom'); END;",
     )
     .unwrap();
-    // Hold the write lock so the writer stalls on a first group while the rest queues up
-    // behind it and lands in one second group.
-    ext.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Stall the writer inside a first group (a job that waits to be released) so the rest
+    // queues up behind it and lands in one second group. The job says when it runs: the
+    // writer has then closed the first group.
+    let (running_tx, running_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let store = f.store.clone();
-    let flush = tokio::spawn(async move { store.flush().await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = tokio::spawn(async move {
+        store
+            .exec(move |_| {
+                let _ = running_tx.send(());
+                let _ = release_rx.recv();
+                Ok(())
+            })
+            .await
+    });
+    running_rx.await.expect("first group running");
     let mut a = batch(1, h1.host_id, 1);
     a.new_series = defs(&[key("m", &[])]);
     a.samples = vec![sample(0, T0, 1.0)];
@@ -433,8 +443,8 @@ async fn store_failed_group_answers_everyone_and_rolls_back_memory() {
     let pa = f.store.submit(a.clone()).await.unwrap();
     let pb = f.store.submit(b).await.unwrap();
     let pc = f.store.submit(c.clone()).await.unwrap();
-    ext.execute_batch("COMMIT").unwrap();
-    flush.await.unwrap().unwrap();
+    release_tx.send(()).expect("release the first group");
+    first.await.unwrap().unwrap();
     for (name, r) in [("a", pa.await), ("b", pb.await), ("c", pc.await)] {
         assert!(matches!(r, Err(StoreError::Aborted(_))), "{name}: {r:?}");
     }

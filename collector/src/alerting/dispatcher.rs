@@ -18,12 +18,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::alerting_config::RetryPolicy;
+use super::config::RetryPolicy;
+use super::{Alerting, OutboxBatch, OutboxOutcome, OutboxShared, ReceiverShared};
 use crate::metrics::CollectorMetrics;
 use crate::notify::{Notification, Receiver, SendErrorKind};
 use crate::now_ms;
-use crate::store::alerting::{OutboxBatch, OutboxOutcome, OutboxShared, ReceiverShared};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// Rows sent in one request at most (one group).
 const BATCH_LIMIT: usize = 100;
@@ -34,7 +34,7 @@ const IDLE_WAIT: Duration = Duration::from_secs(30);
 
 /// Starts one worker per receiver on `tracker`; they stop on `cancel`.
 pub fn spawn(
-    store: &Store,
+    store: &Alerting,
     receivers: Vec<Receiver>,
     shared: Arc<OutboxShared>,
     retry: RetryPolicy,
@@ -80,7 +80,7 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 struct Inner {
-    store: Store,
+    store: Alerting,
     shared: Arc<OutboxShared>,
     retry: RetryPolicy,
     metrics: Arc<CollectorMetrics>,
@@ -209,7 +209,7 @@ impl Dispatcher {
 }
 
 struct Worker {
-    store: Store,
+    store: Alerting,
     receiver: Arc<Receiver>,
     shared: Arc<ReceiverShared>,
     retry: RetryPolicy,

@@ -1,15 +1,16 @@
 //! Receivers defined through the API, as stored in `receivers` (a `ReceiverConfigRaw` as
 //! JSON: secrets only as file/env references). Changes go through the writer
-//! ([`super::Store::put_receiver`], [`super::Store::delete_receiver`]), which also routes to
-//! them; this module reads them: on read connections for the API, and once before the store
-//! opens so the collector can build their senders alongside the configured ones.
+//! ([`super::Alerting::put_receiver`], [`super::Alerting::delete_receiver`]), which also
+//! routes to them; this module reads them: on read connections for the API, and once
+//! before the store opens so the collector can build their senders alongside the
+//! configured ones.
 
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::StoreError;
 use crate::notify::ReceiverConfigRaw;
+use crate::store::StoreError;
 
 /// One stored receiver definition.
 #[derive(Debug, Clone)]
@@ -69,7 +70,7 @@ pub fn get(c: &Connection, name: &str) -> Result<Option<StoredReceiver>, StoreEr
 /// The stored API receivers of the database at `path`, read before the store opens (the
 /// database is created and migrated if needed, as `Store::open` would).
 pub fn load(path: &Path) -> Result<Vec<StoredReceiver>, StoreError> {
-    let conn = super::writer::open_connection(path)?;
+    let conn = crate::store::open_connection(path)?;
     let out = list(&conn)?;
     if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the database after reading receivers failed");
@@ -84,15 +85,15 @@ mod tests {
 
     use mcpwatch_common::wire::{Sample, SeriesDef, SeriesKey};
 
-    use super::super::alerting::{
-        AlertingSetup, OutboxShared, ReceiverDeleted, ReceiverPut, RECEIVER_DELETED,
+    use super::super::{
+        Alerting, AlertingSetup, OutboxShared, ReceiverDeleted, ReceiverPut, RECEIVER_DELETED,
     };
-    use super::super::{IngestBatch, IngestOutcome, Store, StoreConfig};
     use super::load;
     use crate::alert::route::GroupBy;
     use crate::alert::{parse_rules, validate_rules};
     use crate::notify::webhook::WebhookConfigRaw;
     use crate::notify::{ReceiverConfigRaw, SecretRef};
+    use crate::store::{IngestBatch, IngestOutcome, StoreConfig};
 
     const RULES: &str = r#"
 [[rule]]
@@ -118,11 +119,10 @@ critical = 0.5
         path: &Path,
         setup: AlertingSetup,
         names: &[&str],
-    ) -> (Store, std::thread::JoinHandle<()>) {
-        let mut cfg = StoreConfig::new(path);
-        cfg.alerting = setup;
-        cfg.outbox = OutboxShared::new(names.iter().copied());
-        Store::open(cfg).expect("open store")
+    ) -> (Alerting, std::thread::JoinHandle<()>) {
+        let cfg = StoreConfig::new(path);
+        let outbox = OutboxShared::new(names.iter().copied());
+        Alerting::open(cfg, setup, outbox).expect("open store")
     }
 
     fn hook(name: &str, url: &str) -> ReceiverConfigRaw {
@@ -135,7 +135,7 @@ critical = 0.5
     }
 
     /// Fires `test_high` for series `i` (a fresh connection and series each time).
-    async fn fire(store: &Store, conn: u64, seq: u64, i: &str) {
+    async fn fire(store: &Alerting, conn: u64, seq: u64, i: &str) {
         let s = store
             .register_agent(
                 conn,

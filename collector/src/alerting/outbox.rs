@@ -6,13 +6,40 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::alerting::{Alerting, OutboxBatch, OutboxItem, OutboxOutcome};
-use super::StoreError;
+use super::runtime::Runtime;
 use crate::notify::Notification;
+use crate::store::StoreError;
 
-impl Alerting {
+/// One outbox row handed to a worker.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub notification: Notification,
+    pub created_ms: i64,
+    pub attempts: u32,
+}
+
+/// A due group for one receiver, and when the next row after it is due.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxBatch {
+    pub group_key: String,
+    pub items: Vec<OutboxItem>,
+    pub next_due_ms: Option<i64>,
+    /// Rows moved to the dead-letter list because they were too old.
+    pub expired: u64,
+}
+
+/// How a send of a batch ended.
+#[derive(Debug, Clone)]
+pub enum OutboxOutcome {
+    Delivered { at_ms: i64 },
+    Retry { next_ms: i64, error: String },
+    Dead { reason: String },
+}
+
+impl Runtime {
     /// The oldest due group of `receiver` (expired rows go to the dead-letter list first).
-    pub(crate) fn outbox_fetch(
+    pub(super) fn outbox_fetch(
         &mut self,
         c: &Connection,
         receiver: &str,
@@ -86,7 +113,7 @@ impl Alerting {
     }
 
     /// Settles rows a worker sent (or gave up on).
-    pub(crate) fn outbox_settle(
+    pub(super) fn outbox_settle(
         &mut self,
         c: &Connection,
         receiver: &str,

@@ -69,7 +69,7 @@ impl IdMap {
 }
 
 #[derive(Default)]
-pub(crate) struct AlertWindow {
+pub(crate) struct SampleWindow {
     /// Database series id → entry index, for series some rule reads.
     by_id: IdMap,
     /// Series that do not come from agents (the collector's own figures), by name + labels.
@@ -80,7 +80,7 @@ pub(crate) struct AlertWindow {
     keep_ms: HashMap<String, i64>,
 }
 
-impl AlertWindow {
+impl SampleWindow {
     /// Sets which metrics are kept and for how long, from the rules. Forgets everything
     /// else (a rule reload starts the window afresh for new metrics).
     pub(crate) fn set_rules(&mut self, rules: &[Rule], grace_ms: i64) {
@@ -211,7 +211,7 @@ impl AlertWindow {
     }
 }
 
-impl SeriesSource for AlertWindow {
+impl SeriesSource for SampleWindow {
     fn series(&self, metric: &str, since_ms: i64) -> Vec<Series> {
         let Some(list) = self.by_metric.get(metric) else {
             return Vec::new();
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn store_window_keeps_only_read_metrics_for_their_span() {
-        let mut w = AlertWindow::default();
+        let mut w = SampleWindow::default();
         w.set_rules(&rule("cpu", "10s"), 1_000);
         w.declare(1, "h1", "cpu", &[("core".into(), "0".into())]);
         w.declare(2, "h1", "unread", &[]);

@@ -1,6 +1,6 @@
 //! The alerting sections of collector.toml — `[alerting]`, `[[route]]`, `[[inhibit]]` and
 //! `[[receiver]]` — in raw form (serde, unknown keys rejected, documented defaults) and
-//! validated into what the store's alert engine and the dispatcher run with.
+//! validated into what the alerting runtime and the dispatcher run with.
 //!
 //! ```toml
 //! [alerting]
@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 use mcpwatch_common::config::{self as cfg, ConfigError, Duration};
 use serde::Deserialize;
 
+use super::AlertingSetup;
 use crate::alert::route::{parse_matchers, GroupBy, InhibitRule, Route, RouteOpts, Routing};
 use crate::alert::{merge_rules, parse_rules, EngineOptions, RawRule, Rule};
 use crate::notify::{ApiSecrets, Receiver, ReceiverConfigRaw};
-use crate::store::alerting::AlertingSetup;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,32 +119,17 @@ impl AlertingConfig {
         inhibit: Vec<RawInhibit>,
     ) -> Result<AlertingConfig, ConfigError> {
         let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut names = HashSet::new();
-        for r in &receivers {
-            if r.name().trim().is_empty() {
-                return Err(bad("receiver.name", "must not be empty"));
-            }
-            if !names.insert(r.name().to_owned()) {
-                return Err(bad(
-                    "receiver.name",
-                    &format!("receiver {:?} is defined twice", r.name()),
-                ));
-            }
-            // Secrets (files, env) are resolved here too, so check-config catches them.
-            Receiver::from_raw(r.clone(), base, &crate::notify::Destinations::Any)
-                .map_err(|e| bad("receiver", &e.to_string()))?;
-        }
+        let names = check_receivers(path, &receivers)?;
         let known = |list: &[String], key: &str| -> Result<(), ConfigError> {
             match list.iter().find(|n| !names.contains(*n)) {
                 Some(n) => Err(bad(key, &format!("unknown receiver {n:?}"))),
                 None => Ok(()),
             }
         };
-        let ms = |d: Option<Duration>, default: Duration| d.unwrap_or(default).as_millis_i64();
         let default_opts = RouteOpts {
             group_by: GroupBy::from_list(
                 raw.group_by
+                    .clone()
                     .unwrap_or_else(|| vec!["alertname".into(), "host".into()]),
             ),
             group_wait_ms: ms(raw.group_wait, Duration::from_secs(0)),
@@ -154,109 +139,22 @@ impl AlertingConfig {
         check_timing(&default_opts).map_err(|m| bad("alerting", &m))?;
         let all: Vec<String> = receivers.iter().map(|r| r.name().to_owned()).collect();
         let default_all = raw.default_receivers.is_none();
-        let default_receivers = raw.default_receivers.unwrap_or_else(|| all.clone());
+        let default_receivers = raw.default_receivers.clone().unwrap_or_else(|| all.clone());
         known(&default_receivers, "alerting.default_receivers")?;
         let mut parsed_routes = Vec::new();
         for (i, r) in routes.into_iter().enumerate() {
-            let key = format!("route[{i}]");
-            known(&r.receivers, &format!("{key}.receivers"))?;
-            if r.receivers.is_empty() {
-                return Err(bad(
-                    &format!("{key}.receivers"),
-                    "needs at least one receiver",
-                ));
-            }
-            let matchers = parse_matchers(r.matchers.as_deref().unwrap_or("{}"))
-                .map_err(|m| bad(&format!("{key}.matchers"), &m))?;
-            let opts = RouteOpts {
-                group_by: r
-                    .group_by
-                    .map(GroupBy::from_list)
-                    .unwrap_or_else(|| default_opts.group_by.clone()),
-                group_wait_ms: r
-                    .group_wait
-                    .map_or(default_opts.group_wait_ms, Duration::as_millis_i64),
-                group_interval_ms: r
-                    .group_interval
-                    .map_or(default_opts.group_interval_ms, Duration::as_millis_i64),
-                repeat_interval_ms: r
-                    .repeat_interval
-                    .map_or(default_opts.repeat_interval_ms, Duration::as_millis_i64),
-            };
-            check_timing(&opts).map_err(|m| bad(&key, &m))?;
-            parsed_routes.push(Route {
-                matchers,
-                receivers: r.receivers,
-                opts,
-                continue_matching: r.continue_matching.unwrap_or(false),
-            });
+            known(&r.receivers, &format!("route[{i}].receivers"))?;
+            parsed_routes.push(parse_route(path, i, r, &default_opts)?);
         }
-        let mut inhibit_rules = if raw.builtin_inhibit.unwrap_or(true) {
-            InhibitRule::builtin()
-        } else {
-            Vec::new()
-        };
-        for (i, r) in inhibit.into_iter().enumerate() {
-            let key = format!("inhibit[{i}]");
-            inhibit_rules.push(InhibitRule {
-                source: parse_matchers(&r.source).map_err(|m| bad(&format!("{key}.source"), &m))?,
-                target: parse_matchers(&r.target).map_err(|m| bad(&format!("{key}.target"), &m))?,
-                equal: r.equal.unwrap_or_default(),
-            });
-        }
+        let inhibit_rules = parse_inhibits(path, raw.builtin_inhibit.unwrap_or(true), inhibit)?;
         let (rules, raw_rules) = load_rule_files(
             path,
-            raw.rule_files.unwrap_or_default(),
+            raw.rule_files.clone().unwrap_or_default(),
             raw.builtin_rules.unwrap_or(true),
         )?;
-        let engine = EngineOptions {
-            grace_ms: ms(raw.late_grace, Duration::from_secs(5)),
-            flap_window_ms: ms(raw.flap_window, Duration::from_secs(600)),
-            flap_threshold: raw.flap_threshold.unwrap_or(6),
-            flap_quiet_ms: ms(raw.flap_quiet, Duration::from_secs(600)),
-            // Set by the store when it opens (it knows when it restarted).
-            hold_missing_until_ms: 0,
-        };
-        if engine.flap_threshold < 2 {
-            return Err(bad("alerting.flap_threshold", "must be at least 2"));
-        }
-        if engine.flap_quiet_ms <= 0 || engine.flap_window_ms <= 0 {
-            return Err(bad(
-                "alerting.flap_quiet",
-                "flap_window and flap_quiet must be positive",
-            ));
-        }
-        let retry = RetryPolicy::new(
-            raw.retry_initial.unwrap_or(Duration::from_secs(1)).get(),
-            raw.retry_max.unwrap_or(Duration::from_secs(300)).get(),
-        )
-        .and_then(|b| b.with_jitter(0.8, 1.2))
-        .map_err(|_| {
-            bad(
-                "alerting.retry_initial",
-                "must be positive and at most retry_max",
-            )
-        })?;
-        if retry.max() > std::time::Duration::from_secs(86_400) {
-            return Err(bad("alerting.retry_max", "must be at most 1d"));
-        }
-        let max_age = raw.max_age.unwrap_or(Duration::from_secs(86_400));
-        if max_age.get() < retry.max() {
-            return Err(bad("alerting.max_age", "must be at least retry_max"));
-        }
-        let longest_wait = parsed_routes
-            .iter()
-            .map(|r| &r.opts)
-            .chain(std::iter::once(&default_opts))
-            .map(|o| o.group_wait_ms.max(o.group_interval_ms))
-            .max()
-            .unwrap_or(0);
-        if longest_wait >= max_age.as_millis_i64() {
-            return Err(bad(
-                "alerting.max_age",
-                "must exceed every group_wait and group_interval, or rows expire before they are due",
-            ));
-        }
+        let engine = engine_options(path, &raw)?;
+        let (retry, max_age) = delivery_limits(path, &raw)?;
+        check_waits_fit(path, &parsed_routes, &default_opts, max_age)?;
         Ok(AlertingConfig {
             setup: AlertingSetup {
                 rules,
@@ -285,6 +183,172 @@ impl AlertingConfig {
             },
         })
     }
+}
+
+fn ms(d: Option<Duration>, default: Duration) -> i64 {
+    d.unwrap_or(default).as_millis_i64()
+}
+
+/// The receivers' names, each non-empty and defined once; their secrets (files, env) are
+/// resolved here too, so check-config catches them.
+fn check_receivers(
+    path: &Path,
+    receivers: &[ReceiverConfigRaw],
+) -> Result<HashSet<String>, ConfigError> {
+    let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut names = HashSet::new();
+    for r in receivers {
+        if r.name().trim().is_empty() {
+            return Err(bad("receiver.name", "must not be empty"));
+        }
+        if !names.insert(r.name().to_owned()) {
+            return Err(bad(
+                "receiver.name",
+                &format!("receiver {:?} is defined twice", r.name()),
+            ));
+        }
+        Receiver::from_raw(r.clone(), base, &crate::notify::Destinations::Any)
+            .map_err(|e| bad("receiver", &e.to_string()))?;
+    }
+    Ok(names)
+}
+
+/// `[[route]]` number `i` (its receivers already known to exist); unset timing comes from
+/// the default route.
+fn parse_route(
+    path: &Path,
+    i: usize,
+    r: RawRoute,
+    default_opts: &RouteOpts,
+) -> Result<Route, ConfigError> {
+    let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+    let key = format!("route[{i}]");
+    if r.receivers.is_empty() {
+        return Err(bad(
+            &format!("{key}.receivers"),
+            "needs at least one receiver",
+        ));
+    }
+    let matchers = parse_matchers(r.matchers.as_deref().unwrap_or("{}"))
+        .map_err(|m| bad(&format!("{key}.matchers"), &m))?;
+    let opts = RouteOpts {
+        group_by: r
+            .group_by
+            .map(GroupBy::from_list)
+            .unwrap_or_else(|| default_opts.group_by.clone()),
+        group_wait_ms: r
+            .group_wait
+            .map_or(default_opts.group_wait_ms, Duration::as_millis_i64),
+        group_interval_ms: r
+            .group_interval
+            .map_or(default_opts.group_interval_ms, Duration::as_millis_i64),
+        repeat_interval_ms: r
+            .repeat_interval
+            .map_or(default_opts.repeat_interval_ms, Duration::as_millis_i64),
+    };
+    check_timing(&opts).map_err(|m| bad(&key, &m))?;
+    Ok(Route {
+        matchers,
+        receivers: r.receivers,
+        opts,
+        continue_matching: r.continue_matching.unwrap_or(false),
+    })
+}
+
+/// The built-in inhibition rules (unless switched off), then the configured ones.
+fn parse_inhibits(
+    path: &Path,
+    builtin: bool,
+    inhibit: Vec<RawInhibit>,
+) -> Result<Vec<InhibitRule>, ConfigError> {
+    let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+    let mut rules = if builtin {
+        InhibitRule::builtin()
+    } else {
+        Vec::new()
+    };
+    for (i, r) in inhibit.into_iter().enumerate() {
+        let key = format!("inhibit[{i}]");
+        rules.push(InhibitRule {
+            source: parse_matchers(&r.source).map_err(|m| bad(&format!("{key}.source"), &m))?,
+            target: parse_matchers(&r.target).map_err(|m| bad(&format!("{key}.target"), &m))?,
+            equal: r.equal.unwrap_or_default(),
+        });
+    }
+    Ok(rules)
+}
+
+/// Late-data grace and flap detection.
+fn engine_options(path: &Path, raw: &RawAlerting) -> Result<EngineOptions, ConfigError> {
+    let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+    let engine = EngineOptions {
+        grace_ms: ms(raw.late_grace, Duration::from_secs(5)),
+        flap_window_ms: ms(raw.flap_window, Duration::from_secs(600)),
+        flap_threshold: raw.flap_threshold.unwrap_or(6),
+        flap_quiet_ms: ms(raw.flap_quiet, Duration::from_secs(600)),
+        // Set by the store when it opens (it knows when it restarted).
+        hold_missing_until_ms: 0,
+    };
+    if engine.flap_threshold < 2 {
+        return Err(bad("alerting.flap_threshold", "must be at least 2"));
+    }
+    if engine.flap_quiet_ms <= 0 || engine.flap_window_ms <= 0 {
+        return Err(bad(
+            "alerting.flap_quiet",
+            "flap_window and flap_quiet must be positive",
+        ));
+    }
+    Ok(engine)
+}
+
+/// Every group wait and interval is shorter than `max_age`, or rows would expire before
+/// they are due.
+fn check_waits_fit(
+    path: &Path,
+    routes: &[Route],
+    default_opts: &RouteOpts,
+    max_age: Duration,
+) -> Result<(), ConfigError> {
+    let longest_wait = routes
+        .iter()
+        .map(|r| &r.opts)
+        .chain(std::iter::once(default_opts))
+        .map(|o| o.group_wait_ms.max(o.group_interval_ms))
+        .max()
+        .unwrap_or(0);
+    if longest_wait >= max_age.as_millis_i64() {
+        return Err(ConfigError::invalid(
+            path,
+            "alerting.max_age",
+            "must exceed every group_wait and group_interval, or rows expire before they are due",
+        ));
+    }
+    Ok(())
+}
+
+/// The retry policy and how long an undelivered notification may wait.
+fn delivery_limits(path: &Path, raw: &RawAlerting) -> Result<(RetryPolicy, Duration), ConfigError> {
+    let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+    let retry = RetryPolicy::new(
+        raw.retry_initial.unwrap_or(Duration::from_secs(1)).get(),
+        raw.retry_max.unwrap_or(Duration::from_secs(300)).get(),
+    )
+    .and_then(|b| b.with_jitter(0.8, 1.2))
+    .map_err(|_| {
+        bad(
+            "alerting.retry_initial",
+            "must be positive and at most retry_max",
+        )
+    })?;
+    if retry.max() > std::time::Duration::from_secs(86_400) {
+        return Err(bad("alerting.retry_max", "must be at most 1d"));
+    }
+    let max_age = raw.max_age.unwrap_or(Duration::from_secs(86_400));
+    if max_age.get() < retry.max() {
+        return Err(bad("alerting.max_age", "must be at least retry_max"));
+    }
+    Ok((retry, max_age))
 }
 
 fn check_timing(o: &RouteOpts) -> Result<(), String> {

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use mcpwatch_common::wire::{Sample, SeriesDef, SeriesKey};
 
-use super::alerting::{AlertingSetup, OutboxBatch, OutboxOutcome, OutboxShared};
-use super::*;
+use super::{Alerting, AlertingSetup, OutboxBatch, OutboxOutcome, OutboxShared};
 use crate::alert::route::{GroupBy, InhibitRule, SilenceSpec};
 use crate::alert::{parse_rules, validate_rules};
 use crate::notify::Status;
+use crate::store::{IngestBatch, IngestOutcome, StoreConfig, StoreError};
 
 const RULES: &str = r#"
 [[rule]]
@@ -40,7 +40,7 @@ struct Rig {
     dir: tempfile::TempDir,
     path: PathBuf,
     setup: AlertingSetup,
-    store: Store,
+    store: Alerting,
     thread: std::thread::JoinHandle<()>,
     conn: u64,
     host: i64,
@@ -166,11 +166,9 @@ impl Rig {
     }
 }
 
-fn open(path: &Path, setup: &AlertingSetup) -> (Store, std::thread::JoinHandle<()>) {
-    let mut cfg = StoreConfig::new(path);
-    cfg.alerting = setup.clone();
-    cfg.outbox = OutboxShared::new(["r"]);
-    Store::open(cfg).expect("open store")
+fn open(path: &Path, setup: &AlertingSetup) -> (Alerting, std::thread::JoinHandle<()>) {
+    let cfg = StoreConfig::new(path);
+    Alerting::open(cfg, setup.clone(), OutboxShared::new(["r"])).expect("open store")
 }
 
 fn now() -> i64 {

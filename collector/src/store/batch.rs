@@ -1,0 +1,320 @@
+//! One agent batch and one registration as SQL, each run inside its request's savepoint:
+//! dedup by seq, series resolution, the compact raw blob, events and gaps. Nothing here
+//! changes memory; a released batch's changes come back as [`Staged`] for the writer to
+//! apply.
+
+use std::collections::HashMap;
+
+use mcpwatch_common::wire::Event;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::connections::{ConnSeries, SeriesCacheKey, State, Undo};
+use super::request::Registration;
+use super::{codec, AgentSession, IngestBatch, IngestOutcome, StoreError};
+
+/// What one successful ingest changes in memory once its savepoint is released.
+pub(crate) struct Staged {
+    pub(crate) outcome: IngestOutcome,
+    /// The batch's host identity (the `host` label of its series for the alert rules).
+    pub(crate) agent_id: String,
+    /// The committed samples (database series id, ts, value), for the alert window.
+    pub(crate) rows: Vec<codec::Row>,
+    pub(crate) samples: usize,
+    pub(crate) defs: Vec<(u32, i64)>,
+    pub(crate) new_series: Vec<(SeriesCacheKey, i64)>,
+}
+
+pub(crate) fn register(c: &Connection, hello: &Registration) -> Result<AgentSession, StoreError> {
+    let Registration {
+        agent_id,
+        hostname,
+        agent_version,
+        boot_id,
+        now_ms,
+        ..
+    } = hello;
+    let revoked: Option<bool> = c
+        .query_row(
+            "SELECT revoked FROM hosts WHERE agent_id = ?1",
+            [agent_id.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if revoked == Some(true) {
+        return Err(StoreError::Revoked(agent_id.to_owned()));
+    }
+    let host_id: i64 = c.query_row(
+        "INSERT INTO hosts (agent_id, hostname, agent_version, boot_id, first_seen_ms,
+                            last_seen_ms, online)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)
+         ON CONFLICT (agent_id) DO UPDATE SET
+             hostname = excluded.hostname,
+             agent_version = excluded.agent_version,
+             boot_id = excluded.boot_id,
+             last_seen_ms = max(hosts.last_seen_ms, excluded.last_seen_ms),
+             online = 1
+         RETURNING id",
+        params![agent_id, hostname, agent_version, boot_id, now_ms],
+        |r| r.get(0),
+    )?;
+    let last_seq: Option<i64> = c
+        .query_row(
+            "SELECT last_seq FROM agent_seq WHERE host_id = ?1",
+            [host_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(AgentSession {
+        host_id,
+        // Stored seqs come from u64 values checked to fit i64, so they are never negative.
+        last_seq: u64::try_from(last_seq.unwrap_or(0)).unwrap_or(0),
+    })
+}
+
+/// Writes one batch (inside its savepoint). Reads `state` but does not change it: the
+/// changes come back as [`Staged`] and are applied only if the savepoint is released.
+pub(crate) fn ingest_one(
+    c: &Connection,
+    state: &State,
+    b: &IngestBatch,
+    now_ms: i64,
+) -> Result<Staged, StoreError> {
+    let seq = i64::try_from(b.seq)
+        .map_err(|_| StoreError::Invalid(format!("seq {} does not fit in i64", b.seq)))?;
+    let host: Option<(String, bool, i64)> = c
+        .prepare_cached(
+            "SELECT h.agent_id, h.revoked, coalesce(s.last_seq, 0)
+             FROM hosts h LEFT JOIN agent_seq s ON s.host_id = h.id WHERE h.id = ?1",
+        )?
+        .query_row([b.host_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((agent_id, revoked, last_seq)) = host else {
+        return Err(StoreError::Invalid(format!(
+            "unknown host id {}",
+            b.host_id
+        )));
+    };
+    if revoked {
+        return Err(StoreError::Revoked(agent_id));
+    }
+    let conn_map = state.conns.get(&b.conn);
+    if let Some(cs) = conn_map.filter(|cs| cs.host_id != b.host_id) {
+        return Err(StoreError::Invalid(format!(
+            "connection {} belongs to host {}, not {}",
+            b.conn, cs.host_id, b.host_id
+        )));
+    }
+
+    // Declarations are honoured even for a duplicate batch: later batches on this
+    // connection rely on them.
+    let (defs, new_series) = resolve_declarations(c, state, b)?;
+
+    if seq <= last_seq {
+        return Ok(Staged {
+            outcome: IngestOutcome::Duplicate,
+            agent_id,
+            rows: Vec::new(),
+            samples: 0,
+            defs,
+            new_series,
+        });
+    }
+
+    let mut rows = map_samples(b, &defs, conn_map)?;
+    // Sorts `rows` too (by series, then time): the hook observes them in that order.
+    write_raw(c, b.host_id, seq, &mut rows)?;
+    for ev in &b.events {
+        insert_event(c, b.host_id, ev, now_ms)?;
+    }
+    c.prepare_cached(
+        "INSERT INTO agent_seq (host_id, last_seq) VALUES (?1, ?2)
+         ON CONFLICT (host_id) DO UPDATE SET last_seq = excluded.last_seq",
+    )?
+    .execute(params![b.host_id, seq])?;
+    Ok(Staged {
+        outcome: IngestOutcome::Committed,
+        agent_id,
+        samples: rows.len(),
+        rows,
+        defs,
+        new_series,
+    })
+}
+
+/// (agent's series id, database id) per declaration, and the series the batch created or
+/// first cached.
+type Declarations = (Vec<(u32, i64)>, Vec<(SeriesCacheKey, i64)>);
+
+/// Resolves the series the batch declares to database ids.
+fn resolve_declarations(
+    c: &Connection,
+    state: &State,
+    b: &IngestBatch,
+) -> Result<Declarations, StoreError> {
+    let mut defs = Vec::with_capacity(b.new_series.len());
+    let mut new_series: Vec<(SeriesCacheKey, i64)> = Vec::new();
+    for def in &b.new_series {
+        let key: SeriesCacheKey = (b.host_id, def.key.name.clone(), def.key.labels_text());
+        let cached = state.series.get(&key).copied().or_else(|| {
+            new_series
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, id)| *id)
+        });
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let id = resolve_series(c, &key)?;
+                new_series.push((key, id));
+                id
+            }
+        };
+        defs.push((def.id, id));
+    }
+    Ok((defs, new_series))
+}
+
+/// Every sample as (database series id, ts, value), mapped before anything is written so
+/// an undeclared id refuses the whole batch.
+fn map_samples(
+    b: &IngestBatch,
+    defs: &[(u32, i64)],
+    conn_map: Option<&ConnSeries>,
+) -> Result<Vec<codec::Row>, StoreError> {
+    let overlay: HashMap<u32, i64> = defs.iter().copied().collect();
+    let mut rows = Vec::with_capacity(b.samples.len());
+    for s in &b.samples {
+        let id = overlay
+            .get(&s.series)
+            .copied()
+            .or_else(|| conn_map.and_then(|cs| cs.get(s.series)))
+            .ok_or(StoreError::UnknownSeries {
+                seq: b.seq,
+                series: s.series,
+            })?;
+        rows.push((id, s.ts_ms, s.value));
+    }
+    Ok(rows)
+}
+
+/// Stores the batch's samples as one compact raw row (nothing for an empty batch); the
+/// encoding sorts `rows` by series, then time.
+fn write_raw(
+    c: &Connection,
+    host_id: i64,
+    seq: i64,
+    rows: &mut [codec::Row],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ts_min = rows.iter().map(|r| r.1).min().unwrap_or(i64::MAX);
+    let ts_max = rows.iter().map(|r| r.1).max().unwrap_or(i64::MIN);
+    let mut blob = Vec::new();
+    codec::encode(rows, &mut blob);
+    c.prepare_cached(
+        "INSERT INTO raw (host_id, seq, ts_min, ts_max, n, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        host_id,
+        seq,
+        ts_min,
+        ts_max,
+        rows.len() as i64,
+        blob
+    ])?;
+    Ok(())
+}
+
+/// Finds or creates the series row.
+fn resolve_series(c: &Connection, key: &SeriesCacheKey) -> Result<i64, StoreError> {
+    let existing: Option<i64> = c
+        .prepare_cached("SELECT id FROM series WHERE host_id = ?1 AND name = ?2 AND labels = ?3")?
+        .query_row(params![key.0, key.1, key.2], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    let id = c
+        .prepare_cached(
+            "INSERT INTO series (host_id, name, labels) VALUES (?1, ?2, ?3) RETURNING id",
+        )?
+        .query_row(params![key.0, key.1, key.2], |r| r.get(0))?;
+    Ok(id)
+}
+
+/// Clamps a u64 counter into SQLite's integer range.
+fn sql_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn insert_event(c: &Connection, host_id: i64, ev: &Event, now_ms: i64) -> Result<(), StoreError> {
+    let (ts, kind, server, detail) = match ev {
+        Event::Gap {
+            first_seq,
+            last_seq,
+            samples,
+            from_ts_ms,
+            to_ts_ms,
+        } => {
+            c.prepare_cached(
+                "INSERT INTO gaps (host_id, first_seq, last_seq, samples, from_ts, to_ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                host_id,
+                sql_u64(*first_seq),
+                sql_u64(*last_seq),
+                sql_u64(*samples),
+                from_ts_ms,
+                to_ts_ms
+            ])?;
+            let detail = serde_json::json!({
+                "first_seq": first_seq, "last_seq": last_seq, "samples": samples,
+                "from_ts_ms": from_ts_ms, "to_ts_ms": to_ts_ms,
+            });
+            (*from_ts_ms, "gap", None, detail)
+        }
+        Event::SpoolCorruption { records, bytes } => {
+            let detail = serde_json::json!({ "records": records, "bytes": bytes });
+            // The agent gives no time for this one; the collector's clock is the best bound.
+            (now_ms, "spool_corruption", None, detail)
+        }
+        Event::Server {
+            ts_ms,
+            server,
+            kind,
+            detail,
+        } => (
+            *ts_ms,
+            kind.as_str(),
+            Some(server.as_str()),
+            serde_json::json!({ "detail": detail }),
+        ),
+    };
+    c.prepare_cached(
+        "INSERT INTO events (host_id, ts_ms, kind, server, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![host_id, ts, kind, server, detail.to_string()])?;
+    Ok(())
+}
+
+/// Applies a released batch's changes to memory, logging how to undo them.
+pub(crate) fn apply_staged(state: &mut State, undo: &mut Undo, b: &IngestBatch, staged: &Staged) {
+    for (key, id) in &staged.new_series {
+        state.series.insert(key.clone(), *id);
+        undo.series.push(key.clone());
+    }
+    if staged.defs.is_empty() {
+        return;
+    }
+    let cs = state.conns.entry(b.conn).or_insert_with(|| {
+        undo.conns_created.push(b.conn);
+        ConnSeries::new(b.host_id)
+    });
+    for &(local, id) in &staged.defs {
+        let prev = cs.set(local, Some(id));
+        undo.conn_sets.push((b.conn, local, prev));
+    }
+}
