@@ -97,10 +97,7 @@ fn spawn_session_cleanup(
                 _ = every.tick() => {}
             }
             let now = crate::now_ms();
-            match store
-                .exec(move |c| crate::store::auth::cleanup_sessions(c, now, idle_ms))
-                .await
-            {
+            match store.cleanup_sessions(now, idle_ms).await {
                 Ok(n) if n > 0 => tracing::debug!(sessions = n, "expired sessions removed"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "session cleanup failed"),
@@ -202,7 +199,7 @@ pub async fn run_with_router(
     dispatcher.set_skipped(skipped);
 
     let api_state = ApiState(Arc::new(api::Inner {
-        db: api::db::Db::new(store.clone(), config.db_path.clone()),
+        store: store.clone(),
         commands: router.clone(),
         metrics: metrics.clone(),
         settings: config.api.clone(),

@@ -7,18 +7,21 @@
 //! nests them, adds the audit layer, limits and the document.
 
 pub mod auth;
-pub mod db;
 pub mod error;
 pub mod paging;
+pub mod scope;
 pub mod server;
 pub mod session;
 
 pub mod alerts;
+pub mod events;
 pub mod federation;
 pub mod hosts;
 pub mod metrics_api;
 pub mod receivers;
 pub mod rules;
+pub mod server_state;
+pub mod servers;
 pub mod silences;
 pub mod users;
 
@@ -34,7 +37,6 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::command::CommandRouter;
 use crate::metrics::CollectorMetrics;
-use db::Db;
 
 /// API behaviour settings (validated from `[api]`).
 #[derive(Debug, Clone)]
@@ -75,7 +77,7 @@ impl ApiSettings {
 }
 
 pub struct Inner {
-    pub db: Db,
+    pub store: crate::store::Store,
     pub commands: CommandRouter,
     pub metrics: Arc<CollectorMetrics>,
     pub settings: ApiSettings,
@@ -155,6 +157,8 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .merge(session::routes())
         .merge(hosts::routes())
+        .merge(servers::routes())
+        .merge(events::routes())
         .merge(metrics_api::routes())
         .merge(alerts::routes())
         .merge(silences::routes())

@@ -24,7 +24,7 @@ use crate::dispatch::Dispatcher;
 use crate::notify::{self, ApiSecrets, Notification, Receiver, ReceiverConfigRaw, SecretRef};
 use crate::now_ms;
 use crate::store::alerting::{ReceiverDeleted, ReceiverPut};
-use crate::store::receivers::{self as stored_receivers, StoredReceiver};
+use crate::store::receivers::StoredReceiver;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -177,10 +177,7 @@ async fn read_api_receiver(
     state: &ApiState,
     name: String,
 ) -> Result<Option<StoredReceiver>, ApiError> {
-    state
-        .db
-        .read(move |r| r.run(|c| stored_receivers::get(c, &name)))
-        .await
+    Ok(state.store.stored_receiver(name).await?)
 }
 
 /// Every receiver: the configured ones, then those defined through the API.
@@ -195,7 +192,7 @@ async fn list_receivers(
 ) -> Result<Json<Vec<ReceiverView>>, ApiError> {
     caller.require_global(Permission::ReceiversWrite)?;
     let set = receiver_configs(receivers)?;
-    let stored = state.db.read(|r| r.run(stored_receivers::list)).await?;
+    let stored = state.store.stored_receivers().await?;
     let mut out: Vec<ReceiverView> = set.list.iter().map(|r| config_view(&set, r)).collect();
     out.extend(
         stored
@@ -312,12 +309,7 @@ async fn store_receiver(
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let status = {
         let _changes = dispatcher.lock_changes().await;
-        let status = match state
-            .db
-            .store
-            .put_receiver(raw, create_only, now_ms())
-            .await?
-        {
+        let status = match state.store.put_receiver(raw, create_only, now_ms()).await? {
             ReceiverPut::FromConfig => return Err(from_config_conflict(&name)),
             ReceiverPut::Exists => {
                 return Err(ApiError::Conflict(format!(
@@ -426,7 +418,7 @@ async fn delete_receiver(
     }
     let (_, dispatcher) = changeable(&set)?;
     let _changes = dispatcher.lock_changes().await;
-    match state.db.store.delete_receiver(&name, now_ms()).await? {
+    match state.store.delete_receiver(&name, now_ms()).await? {
         ReceiverDeleted::Missing => Err(ApiError::NotFound),
         ReceiverDeleted::FromConfig => Err(from_config_conflict(&name)),
         ReceiverDeleted::Deleted { dead_lettered } => {

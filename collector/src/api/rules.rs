@@ -2,7 +2,7 @@
 //! applied live, and dry runs. Rules are fleet-wide: changing them needs an unscoped
 //! `rules:write`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -16,11 +16,12 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::ApiState;
 use crate::alert::dry_run::{dry_run, DryRun};
-use crate::alert::{RawRule, Rule};
+use crate::alert::{RawRule, Rule, Series, SeriesSource};
 use crate::auth::Permission;
 use crate::now_ms;
 use crate::store::alerting::{validate_api_rule, DryRunReply, RuleDeleted, DRY_RUN_LIMIT};
-use crate::store::api_alerts as sa;
+use crate::store::query::rules::RuleRow;
+use crate::store::query::series::RecentSeries;
 
 /// Longest look-back a dry run may read from the stored samples.
 const MAX_DRY_RUN_SPAN_MS: i64 = 86_400_000;
@@ -47,7 +48,7 @@ pub struct RuleView {
     pub updated_ms: i64,
 }
 
-fn rule_view(r: sa::RuleRow) -> RuleView {
+fn rule_view(r: RuleRow) -> RuleView {
     let enabled = r.definition.get("enabled").and_then(Value::as_bool) != Some(false);
     RuleView {
         name: r.name,
@@ -68,12 +69,12 @@ async fn list_rules(
     caller: Caller,
 ) -> Result<Json<Vec<RuleView>>, ApiError> {
     caller.require(Permission::AlertsRead)?;
-    let rows = state.db.read(|r| r.run(sa::rules)).await?;
+    let rows = state.store.rules().await?;
     Ok(Json(rows.into_iter().map(rule_view).collect()))
 }
 
-async fn read_rule(state: &ApiState, name: String) -> Result<Option<sa::RuleRow>, ApiError> {
-    state.db.read(move |r| r.run(|c| sa::rule(c, &name))).await
+async fn read_rule(state: &ApiState, name: String) -> Result<Option<RuleRow>, ApiError> {
+    Ok(state.store.rule(name).await?)
 }
 
 /// One rule.
@@ -138,7 +139,7 @@ async fn put_rule(
     caller.note(format!("rule {name}"));
     let raw = parse_rule_body(body, Some(&name))?;
     validate_api_rule(&raw).map_err(|e| ApiError::bad(e.to_string()))?;
-    state.db.store.put_rule(raw, now_ms()).await?;
+    state.store.put_rule(raw, now_ms()).await?;
     read_rule(&state, name)
         .await?
         .map(|r| Json(rule_view(r)))
@@ -167,7 +168,7 @@ async fn delete_rule(
 ) -> Result<Json<RuleDeletedView>, ApiError> {
     caller.require_global(Permission::RulesWrite)?;
     caller.note(format!("rule {name}"));
-    match state.db.store.delete_rule(&name, now_ms()).await? {
+    match state.store.delete_rule(&name, now_ms()).await? {
         RuleDeleted::Missing => Err(ApiError::NotFound),
         RuleDeleted::FromConfig => Err(ApiError::Conflict(format!(
             "rule {name:?} comes from the configuration; switch it off with PUT {{\"enabled\": false}}"
@@ -246,7 +247,7 @@ async fn dry_run_rule(
     let raw = parse_rule_body(body, None)?;
     let rule = Rule::validate(raw).map_err(|e| ApiError::bad(e.to_string()))?;
     let now = now_ms();
-    let opts = match state.db.store.dry_run_rule(rule.clone(), now).await? {
+    let opts = match state.store.dry_run_rule(rule.clone(), now).await? {
         DryRunReply::Done(d) => return Ok(Json(dry_run_view(d, "window"))),
         DryRunReply::NotInWindow(opts) => opts,
     };
@@ -260,18 +261,54 @@ async fn dry_run_rule(
             "a dry run over stored samples looks back at most 1d (window or absent_for plus grace)",
         ));
     }
-    let d = state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let mut metrics = vec![rule.selector.metric.as_str()];
-                if let Some(d) = &rule.divide_by {
-                    metrics.push(d.metric.as_str());
-                }
-                let src = sa::recent_samples(c, &metrics, now.saturating_sub(span), now)?;
-                Ok(dry_run(rule.clone(), opts, &src, now, DRY_RUN_LIMIT))
-            })
-        })
+    let mut metrics = vec![rule.selector.metric.clone()];
+    if let Some(d) = &rule.divide_by {
+        metrics.push(d.metric.clone());
+    }
+    let rows = state
+        .store
+        .recent_samples(metrics, now.saturating_sub(span), now)
         .await?;
+    let src = StoredSamples::from_rows(rows);
+    // Evaluating a day of samples is CPU work: off the async runtime.
+    let d = tokio::task::spawn_blocking(move || dry_run(rule, opts, &src, now, DRY_RUN_LIMIT))
+        .await
+        .map_err(|e| ApiError::Internal(format!("dry run failed: {e}")))?;
     Ok(Json(dry_run_view(d, "store")))
+}
+
+/// Recent samples read from the store, as a source for a dry run of the alert engine.
+#[derive(Debug, Default)]
+struct StoredSamples {
+    by_metric: HashMap<String, Vec<Series>>,
+}
+
+impl StoredSamples {
+    fn from_rows(rows: Vec<RecentSeries>) -> StoredSamples {
+        let mut out = StoredSamples::default();
+        for r in rows {
+            out.by_metric.entry(r.metric).or_default().push(Series {
+                labels: r.labels,
+                samples: r.samples,
+            });
+        }
+        out
+    }
+}
+
+impl SeriesSource for StoredSamples {
+    fn series(&self, metric: &str, since_ms: i64) -> Vec<Series> {
+        let Some(list) = self.by_metric.get(metric) else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|s| {
+                let from = s.samples.partition_point(|x| x.0 < since_ms);
+                (from < s.samples.len()).then(|| Series {
+                    labels: s.labels.clone(),
+                    samples: s.samples[from..].to_vec(),
+                })
+            })
+            .collect()
+    }
 }

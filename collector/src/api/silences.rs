@@ -4,8 +4,6 @@
 //! team can silence (and see silences of) only its own hosts. Objects out of scope answer
 //! 404.
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -14,16 +12,17 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::alerts::{host_only, require_on, MAX_COMMENT};
+use super::alerts::MAX_COMMENT;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::paging::{Page, PageQuery};
+use super::scope::{all_host_labels, covers_named, require_access, Access, HostLabels};
 use super::ApiState;
 use crate::alert::route::{parse_matchers, SilenceSpec};
 use crate::alert::{Labels, MatchOp};
 use crate::auth::{Permission, Principal};
 use crate::now_ms;
-use crate::store::api_alerts as sa;
+use crate::store::query::silences::SilenceRow;
 
 /// Longest silence matcher text (bytes).
 const MAX_MATCHERS: usize = 4096;
@@ -53,14 +52,13 @@ fn silence_hosts(matchers: &str) -> Vec<String> {
 fn covers_silence(
     principal: &Principal,
     p: Permission,
-    hosts: &HashMap<String, Labels>,
+    hosts: &HostLabels,
     matchers: &str,
 ) -> bool {
     principal.has_global(p)
-        || silence_hosts(matchers).iter().any(|h| match hosts.get(h) {
-            Some(hl) => principal.has_for_host(p, hl),
-            None => principal.has_for_host(p, &host_only(h)),
-        })
+        || silence_hosts(matchers)
+            .iter()
+            .any(|h| covers_named(principal, p, hosts, h))
 }
 
 /// A silence: alerts matching every matcher are not announced between start and end.
@@ -79,7 +77,7 @@ pub struct SilenceView {
     pub state: String,
 }
 
-fn silence_view(s: sa::SilenceRow, now: i64) -> SilenceView {
+fn silence_view(s: SilenceRow, now: i64) -> SilenceView {
     let state = if now < s.starts_ms {
         "pending"
     } else if now < s.ends_ms {
@@ -142,15 +140,11 @@ async fn list_silences(
     let principal = caller.principal.clone();
     let now = now_ms();
     let cursor = q.cursor;
+    let hosts = all_host_labels(&state).await?;
     let page = state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let hosts = sa::host_labels(c)?;
-                sa::silences(c, all, now, cursor, limit, |s| {
-                    covers_silence(&principal, Permission::AlertsRead, &hosts, &s.matchers)
-                })
-            })
+        .store
+        .silences(all, now, cursor, limit, move |s| {
+            covers_silence(&principal, Permission::AlertsRead, &hosts, &s.matchers)
         })
         .await?;
     Ok(Json(Page {
@@ -167,23 +161,15 @@ async fn list_silences(
 async fn read_silence(
     state: &ApiState,
     id: i64,
-) -> Result<Option<(sa::SilenceRow, HashMap<String, Labels>)>, ApiError> {
-    state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let Some(s) = sa::silence(c, id)? else {
-                    return Ok(None);
-                };
-                let mut hosts = HashMap::new();
-                for h in silence_hosts(&s.matchers) {
-                    let l = sa::labels_of_host(c, &h)?;
-                    hosts.insert(h, l);
-                }
-                Ok(Some((s, hosts)))
-            })
-        })
-        .await
+) -> Result<Option<(SilenceRow, HostLabels)>, ApiError> {
+    let Some(s) = state.store.silence(id).await? else {
+        return Ok(None);
+    };
+    let hosts = state
+        .store
+        .labels_of_hosts(silence_hosts(&s.matchers))
+        .await?;
+    Ok(Some((s, hosts)))
 }
 
 /// One silence.
@@ -207,7 +193,7 @@ async fn get_silence(
         &hosts,
         &s.matchers,
     );
-    require_on(&caller, Permission::AlertsRead, visible, false)?;
+    require_access(&caller, Access::of(Permission::AlertsRead, visible, false))?;
     Ok(Json(silence_view(s, now_ms())))
 }
 
@@ -294,20 +280,7 @@ async fn create_silence(
     let p = caller.principal.clone();
     if !p.has_global(Permission::SilencesWrite) {
         let named = silence_hosts(&matchers_text);
-        let names = named.clone();
-        let hosts = state
-            .db
-            .read(move |r| {
-                r.run(|c| {
-                    let mut m = HashMap::new();
-                    for h in names {
-                        let l = sa::labels_of_host(c, &h)?;
-                        m.insert(h, l);
-                    }
-                    Ok(m)
-                })
-            })
-            .await?;
+        let hosts = state.store.labels_of_hosts(named.clone()).await?;
         if !covers_silence(&p, Permission::SilencesWrite, &hosts, &matchers_text) {
             caller.deny();
             return Err(ApiError::Forbidden(if named.is_empty() {
@@ -325,7 +298,7 @@ async fn create_silence(
         author: p.actor.clone(),
         comment,
     };
-    let id = state.db.store.add_silence(spec, now).await?;
+    let id = state.store.add_silence(spec, now).await?;
     caller.note(format!("silence {id}"));
     let Some((s, _)) = read_silence(&state, id).await? else {
         return Err(ApiError::Internal(format!(
@@ -355,8 +328,11 @@ async fn expire_silence(
     let p = &caller.principal;
     let allowed = covers_silence(p, Permission::SilencesWrite, &hosts, &s.matchers);
     let visible = covers_silence(p, Permission::AlertsRead, &hosts, &s.matchers);
-    require_on(&caller, Permission::SilencesWrite, allowed, visible)?;
-    if !state.db.store.expire_silence(id, now_ms()).await? {
+    require_access(
+        &caller,
+        Access::of(Permission::SilencesWrite, allowed, visible),
+    )?;
+    if !state.store.expire_silence(id, now_ms()).await? {
         return Err(ApiError::Conflict(format!(
             "silence {id} has already ended"
         )));

@@ -16,14 +16,14 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::paging::{Page, PageQuery};
+use super::scope::{require_access, Access};
 use super::ApiState;
 use crate::auth::credential::{self, Kind};
 use crate::auth::{password, Permission, Scope};
 use crate::now_ms;
-use crate::store::auth::{
-    self as sa, AuditFilter, AuditRow, BindingRow, RoleRow, SessionRow, TokenRow, UserRow,
-};
-use crate::store::StoreError;
+use crate::store::query::audit::{AuditFilter, AuditRow};
+use crate::store::query::tokens::{NewToken, SessionRow, TokenRow};
+use crate::store::query::users::{check_name, BindingRow, RoleRow, UserRow};
 
 /// Longest token name.
 const TOKEN_NAME_MAX: usize = 128;
@@ -82,11 +82,7 @@ fn check_selector(selector: &str) -> Result<(), ApiError> {
 }
 
 async fn load_user(state: &ApiState, id: i64) -> Result<UserRow, ApiError> {
-    state
-        .db
-        .read(move |r| r.run(|c| sa::user(c, id)))
-        .await?
-        .ok_or(ApiError::NotFound)
+    state.store.user(id).await?.ok_or(ApiError::NotFound)
 }
 
 fn is_admin(caller: &Caller) -> bool {
@@ -119,7 +115,7 @@ async fn list_users(
     caller: Caller,
 ) -> Result<Json<Vec<UserRow>>, ApiError> {
     caller.require_global(Permission::UsersAdmin)?;
-    let users = state.db.read(|r| r.run(sa::list_users)).await?;
+    let users = state.store.users().await?;
     Ok(Json(users))
 }
 
@@ -134,7 +130,7 @@ async fn create_user(
     Json(req): Json<CreateUser>,
 ) -> Result<(StatusCode, Json<UserRow>), ApiError> {
     caller.require_global(Permission::UsersAdmin)?;
-    sa::check_name("username", &req.username)?;
+    check_name("username", &req.username)?;
     password::check_policy(&req.username, &req.password).map_err(ApiError::BadRequest)?;
     check_selector(&req.host_selector)?;
     if req.roles.len() > ROLES_MAX {
@@ -150,15 +146,8 @@ async fn create_user(
         ..
     } = req;
     let user = state
-        .db
         .store
-        .exec(move |c| {
-            let id = sa::create_user(c, &username, &hash, now)?;
-            for role in &roles {
-                sa::bind(c, id, role, &host_selector, now)?;
-            }
-            sa::user(c, id)?.ok_or_else(|| StoreError::Invalid("the new user vanished".into()))
-        })
+        .create_user_with_roles(username, hash, roles, host_selector, now)
         .await?;
     caller.note(format!("user id {}", user.id));
     Ok((StatusCode::CREATED, Json(user)))
@@ -213,8 +202,8 @@ async fn change_password(
             ));
         };
         let row = state
-            .db
-            .read(move |r| r.run(|c| sa::login_row_by_id(c, id)))
+            .store
+            .login_row_by_id(id)
             .await?
             .ok_or(ApiError::NotFound)?;
         let locked = row.locked_until_ms > now;
@@ -223,11 +212,7 @@ async fn change_password(
             // Guessing through this endpoint counts like guessing at login.
             if !locked {
                 let (after, lock) = (state.settings.lockout_after, state.settings.lockout_ms);
-                state
-                    .db
-                    .store
-                    .exec(move |c| sa::login_failed(c, id, now, after, lock))
-                    .await?;
+                state.store.login_failed(id, now, after, lock).await?;
             }
             caller.deny();
             caller.note("current password wrong");
@@ -240,11 +225,7 @@ async fn change_password(
     } else {
         None
     };
-    let found = state
-        .db
-        .store
-        .exec(move |c| sa::set_password(c, id, &hash, now, keep))
-        .await?;
+    let found = state.store.set_password(id, hash, now, keep).await?;
     if !found {
         return Err(ApiError::NotFound);
     }
@@ -265,14 +246,8 @@ async fn set_disabled(
         ));
     }
     let user = state
-        .db
         .store
-        .exec(move |c| {
-            if !sa::set_disabled(c, id, disabled)? {
-                return Ok(None);
-            }
-            sa::user(c, id)
-        })
+        .set_disabled(id, disabled)
         .await?
         .ok_or(ApiError::NotFound)?;
     caller.note(format!("user {}", user.username));
@@ -347,14 +322,8 @@ async fn add_binding(
     caller.note(format!("role {} hosts {:?}", req.role, req.host_selector));
     let now = now_ms();
     let row = state
-        .db
         .store
-        .exec(move |c| {
-            if sa::user(c, id)?.is_none() {
-                return Ok(None);
-            }
-            sa::bind(c, id, &req.role, &req.host_selector, now).map(Some)
-        })
+        .bind(id, req.role, req.host_selector, now)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok((StatusCode::CREATED, Json(row)))
@@ -372,11 +341,7 @@ async fn delete_binding(
     Path((id, binding_id)): Path<(i64, i64)>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_global(Permission::UsersAdmin)?;
-    let removed = state
-        .db
-        .store
-        .exec(move |c| sa::unbind(c, id, binding_id))
-        .await?;
+    let removed = state.store.unbind(id, binding_id).await?;
     if removed {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -402,7 +367,7 @@ async fn list_roles(
     caller: Caller,
 ) -> Result<Json<Vec<RoleRow>>, ApiError> {
     caller.require_global(Permission::UsersAdmin)?;
-    Ok(Json(state.db.read(|r| r.run(sa::list_roles)).await?))
+    Ok(Json(state.store.roles().await?))
 }
 
 /// Creates (201) or replaces (200) a custom role; built-in roles answer 409.
@@ -428,16 +393,7 @@ async fn put_role(
             .join(",")
     ));
     let now = now_ms();
-    let (created, row) = state
-        .db
-        .store
-        .exec(move |c| {
-            let created = sa::put_role(c, &name, &perms, now)?;
-            let row = sa::role(c, &name)?
-                .ok_or_else(|| StoreError::Invalid("the role vanished".into()))?;
-            Ok((created, row))
-        })
-        .await?;
+    let (created, row) = state.store.put_role(name, perms, now).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -457,12 +413,7 @@ async fn delete_role(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_global(Permission::UsersAdmin)?;
-    if state
-        .db
-        .store
-        .exec(move |c| sa::delete_role(c, &name))
-        .await?
-    {
+    if state.store.delete_role(name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)
@@ -502,18 +453,8 @@ async fn list_tokens(
 ) -> Result<Json<Vec<TokenRow>>, ApiError> {
     let rows = match list_owner(&caller, q.user_id)? {
         Some(None) => Vec::new(),
-        Some(Some(uid)) => {
-            state
-                .db
-                .read(move |r| r.run(|c| sa::list_tokens(c, Some(uid))))
-                .await?
-        }
-        None => {
-            state
-                .db
-                .read(|r| r.run(|c| sa::list_tokens(c, None)))
-                .await?
-        }
+        Some(Some(uid)) => state.store.tokens(Some(uid)).await?,
+        None => state.store.tokens(None).await?,
     };
     Ok(Json(rows))
 }
@@ -610,40 +551,18 @@ async fn create_token(
     let hash = credential::hash(&secret);
     let n = name.clone();
     let created = state
-        .db
         .store
-        .exec(move |c| {
-            if let Some(uid) = owner {
-                match sa::user(c, uid)? {
-                    None => return Err(StoreError::Invalid(format!("no user with id {uid}"))),
-                    Some(u) if u.disabled => {
-                        return Err(StoreError::Invalid(format!(
-                            "user {} is disabled",
-                            u.username
-                        )))
-                    }
-                    Some(_) => {}
-                }
-            }
-            // A token making a token passes on its own limit when none is asked for.
-            let perms = match (requested, calling_token) {
-                (Some(p), _) => Some(p),
-                (None, Some(t)) => sa::token(c, t)?.and_then(|t| t.permissions),
-                (None, None) => None,
-            };
-            // A token never outlives the token that made it.
-            let parent_expiry = match calling_token {
-                Some(t) => sa::token(c, t)?.and_then(|t| t.expires_ms),
-                None => None,
-            };
-            let expires = match (expires, parent_expiry) {
-                (Some(e), Some(p)) => Some(e.min(p)),
-                (None, Some(p)) => Some(p),
-                (e, None) => e,
-            };
-            let id = sa::create_token(c, &n, owner, perms.as_deref(), expires, &hash, now)?;
-            Ok((id, perms, expires))
-        })
+        .create_token(
+            NewToken {
+                name: n,
+                owner,
+                permissions: requested,
+                expires_ms: expires,
+                parent: calling_token,
+                hash,
+            },
+            now,
+        )
         .await?;
     let (id, permissions, expires) = created;
     caller.note(format!(
@@ -673,21 +592,12 @@ async fn revoke_token(
     caller: Caller,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    let token = state.db.read(move |r| r.run(|c| sa::token(c, id))).await?;
+    let token = state.store.token(id).await?;
     let visible = token.as_ref().is_some_and(|t| {
         is_admin(&caller) || (t.user_id.is_some() && t.user_id == caller.principal.user_id)
     });
-    if !visible {
-        if token.is_some() {
-            caller.deny();
-        }
-        return Err(ApiError::NotFound);
-    }
-    state
-        .db
-        .store
-        .exec(move |c| sa::revoke_token(c, id))
-        .await?;
+    require_access(&caller, Access::of_owned(token.is_some(), visible))?;
+    state.store.revoke_token(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -707,10 +617,7 @@ async fn list_sessions(
         Some(Some(uid)) => Some(uid),
         None => None,
     };
-    let rows = state
-        .db
-        .read(move |r| r.run(|c| sa::list_sessions(c, filter)))
-        .await?;
+    let rows = state.store.sessions(filter).await?;
     let now = now_ms();
     let idle = state.settings.session_idle_ms;
     Ok(Json(
@@ -729,24 +636,12 @@ async fn end_session(
     caller: Caller,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    let session = state
-        .db
-        .read(move |r| r.run(|c| sa::session(c, id)))
-        .await?;
+    let session = state.store.session(id).await?;
     let visible = session
         .as_ref()
         .is_some_and(|s| is_admin(&caller) || caller.principal.user_id == Some(s.user_id));
-    if !visible {
-        if session.is_some() {
-            caller.deny();
-        }
-        return Err(ApiError::NotFound);
-    }
-    state
-        .db
-        .store
-        .exec(move |c| sa::delete_session(c, id))
-        .await?;
+    require_access(&caller, Access::of_owned(session.is_some(), visible))?;
+    state.store.delete_session(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -788,10 +683,7 @@ async fn list_audit(
         since_ms: q.since_ms,
     };
     let before = q.cursor;
-    let items = state
-        .db
-        .read(move |r| r.run(|c| sa::list_audit(c, &filter, before, limit)))
-        .await?;
+    let items = state.store.audit_page(filter, before, limit).await?;
     let next_cursor = if items.len() == limit {
         items.last().map(|a| a.id)
     } else {

@@ -15,14 +15,11 @@ mod alert_request;
 #[cfg(test)]
 mod alert_tests;
 pub mod alerting;
-pub mod api_alerts;
-pub mod api_hosts;
-pub mod auth;
 mod codec;
 mod error;
 mod exec;
 mod outbox;
-mod reader;
+pub mod query;
 pub mod receivers;
 mod retention;
 mod rollup;
@@ -43,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::StoreError;
-pub use reader::{EventRow, GapRow, HostRow, Reader, RollupRow, SeriesRow, Tier};
+pub use query::reader::{EventRow, GapRow, HostRow, Reader, RollupRow, SeriesRow, Tier};
 
 use writer::WriteRequest;
 
@@ -172,6 +169,8 @@ pub struct StoreStats {
 pub struct Store {
     tx: mpsc::Sender<WriteRequest>,
     counters: Arc<Counters>,
+    /// Read-only connections for `Store::read` (see `query::pool`).
+    reads: Arc<query::pool::ReadPool>,
 }
 
 impl Store {
@@ -189,7 +188,15 @@ impl Store {
                 path: cfg.path.clone(),
                 source,
             })?;
-        Ok((Store { tx, counters }, handle))
+        let reads = Arc::new(query::pool::ReadPool::new(cfg.path.clone()));
+        Ok((
+            Store {
+                tx,
+                counters,
+                reads,
+            },
+            handle,
+        ))
     }
 
     async fn call<T>(
