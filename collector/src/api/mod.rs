@@ -8,21 +8,25 @@
 
 pub mod auth;
 pub mod error;
+pub mod login;
 pub mod paging;
 pub mod scope;
 pub mod server;
-pub mod session;
 
 pub mod alerts;
+pub mod audit_log;
 pub mod events;
 pub mod federation;
 pub mod hosts;
 pub mod metrics_api;
 pub mod receivers;
+pub mod roles;
 pub mod rules;
 pub mod server_state;
 pub mod servers;
+pub mod sessions;
 pub mod silences;
+pub mod tokens;
 pub mod users;
 
 use std::sync::Arc;
@@ -81,7 +85,7 @@ pub struct Inner {
     pub commands: CommandRouter,
     pub metrics: Arc<CollectorMetrics>,
     pub settings: ApiSettings,
-    pub limiter: session::LoginLimiter,
+    pub limiter: login::LoginLimiter,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -155,7 +159,7 @@ pub(crate) async fn json_errors(resp: axum::response::Response) -> axum::respons
 pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi as _;
     let v1 = OpenApiRouter::new()
-        .merge(session::routes())
+        .merge(login::routes())
         .merge(hosts::routes())
         .merge(servers::routes())
         .merge(events::routes())
@@ -164,7 +168,11 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(silences::routes())
         .merge(rules::routes())
         .merge(receivers::routes())
-        .merge(users::routes());
+        .merge(users::routes())
+        .merge(roles::routes())
+        .merge(tokens::routes())
+        .merge(sessions::routes())
+        .merge(audit_log::routes());
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::audit))
