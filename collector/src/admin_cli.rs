@@ -394,6 +394,44 @@ pub fn token(cmd: TokenCmd) -> ExitCode {
     finish(run_token(cmd))
 }
 
+/// The token table of `token list`.
+fn print_tokens(tokens: &[tokens::TokenRow], users: &[users::UserRow], now: i64) {
+    println!(
+        "{:<6} {:<24} {:<16} {:<9} {:<21} {:<21} PERMISSIONS",
+        "ID", "NAME", "USER", "STATE", "EXPIRES", "LAST USED"
+    );
+    for t in tokens {
+        let owner = match t.user_id {
+            None => "-".to_owned(),
+            Some(uid) => users
+                .iter()
+                .find(|u| u.id == uid)
+                .map_or_else(|| format!("#{uid}"), |u| u.username.clone()),
+        };
+        let state = if t.revoked {
+            "revoked"
+        } else if t.expires_ms.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "active"
+        };
+        println!(
+            "{:<6} {:<24} {:<16} {:<9} {:<21} {:<21} {}",
+            t.id,
+            t.name,
+            owner,
+            state,
+            t.expires_ms.map_or_else(|| "never".to_owned(), utc),
+            t.last_used_ms.map_or_else(|| "never".to_owned(), utc),
+            match (&t.permissions, t.user_id) {
+                (Some(p), _) => perms_text(p),
+                (None, Some(_)) => "(the owner's)".to_owned(),
+                (None, None) => "(all)".to_owned(),
+            }
+        );
+    }
+}
+
 fn run_token(cmd: TokenCmd) -> Result<(), Failure> {
     let db = cmd.db.path()?;
     let now = now_ms();
@@ -445,40 +483,7 @@ fn run_token(cmd: TokenCmd) -> Result<(), Failure> {
             let (tokens, users) = with_db(&db, |c| {
                 Ok((tokens::list_tokens(c, None)?, users::list_users(c)?))
             })?;
-            println!(
-                "{:<6} {:<24} {:<16} {:<9} {:<21} {:<21} PERMISSIONS",
-                "ID", "NAME", "USER", "STATE", "EXPIRES", "LAST USED"
-            );
-            for t in tokens {
-                let owner = match t.user_id {
-                    None => "-".to_owned(),
-                    Some(uid) => users
-                        .iter()
-                        .find(|u| u.id == uid)
-                        .map_or_else(|| format!("#{uid}"), |u| u.username.clone()),
-                };
-                let state = if t.revoked {
-                    "revoked"
-                } else if t.expires_ms.is_some_and(|e| e <= now) {
-                    "expired"
-                } else {
-                    "active"
-                };
-                println!(
-                    "{:<6} {:<24} {:<16} {:<9} {:<21} {:<21} {}",
-                    t.id,
-                    t.name,
-                    owner,
-                    state,
-                    t.expires_ms.map_or_else(|| "never".to_owned(), utc),
-                    t.last_used_ms.map_or_else(|| "never".to_owned(), utc),
-                    match (&t.permissions, t.user_id) {
-                        (Some(p), _) => perms_text(p),
-                        (None, Some(_)) => "(the owner's)".to_owned(),
-                        (None, None) => "(all)".to_owned(),
-                    }
-                );
-            }
+            print_tokens(&tokens, &users, now);
         }
     }
     Ok(())

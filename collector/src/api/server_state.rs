@@ -85,6 +85,37 @@ fn flag(v: f64) -> Option<bool> {
     (!v.is_nan()).then_some(v != 0.0)
 }
 
+/// Puts one latest sample of a server's series (other than its state) into its view.
+fn record_sample(view: &mut ServerView, name: &str, labels: &Labels, v: f64) {
+    match name {
+        "mcpwatch_server_up" => view.up = flag(v),
+        "mcpwatch_server_healthy" => view.healthy = flag(v),
+        "mcpwatch_server_restarts_total" => view.restarts = count(v),
+        "mcpwatch_server_uptime_seconds" => view.uptime_seconds = Some(v),
+        "mcpwatch_server_last_exit_code" => view.last_exit_code = v.is_finite().then_some(v as i64),
+        "mcpwatch_server_oom_killed" => view.oom_killed = flag(v),
+        "mcpwatch_server_memory_bytes" => view.memory_bytes = Some(v),
+        "mcpwatch_server_cpu_seconds_total" => view.cpu_seconds_total = Some(v),
+        "mcpwatch_server_crashloop_attempt" => view.crashloop_attempt = count(v),
+        "mcpwatch_server_gave_up" => view.gave_up = flag(v),
+        "mcpwatch_server_probe_up" => view.probe_up = flag(v),
+        "mcpwatch_server_probes_total" => view.probes_total = count(v),
+        "mcpwatch_server_tools" => view.tools = count(v),
+        "mcpwatch_server_tool_drift" => view.drift = flag(v),
+        "mcpwatch_server_probe_latency_seconds" => {
+            if let Some(stage) = labels.get("stage") {
+                view.probe_latency_seconds.insert(stage.clone(), v);
+            }
+        }
+        "mcpwatch_server_probe_failures_total" => {
+            if let (Some(kind), Some(n)) = (labels.get("kind"), count(v)) {
+                view.probe_failures.insert(kind.clone(), n);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Builds the per-server views from the samples and events read.
 pub(super) fn assemble_servers(d: ServerRows) -> Vec<ServerView> {
     let mut views: BTreeMap<String, ServerView> = d
@@ -114,43 +145,15 @@ pub(super) fn assemble_servers(d: ServerRows) -> Vec<ServerView> {
             continue;
         };
         view.last_sample_ms = Some(view.last_sample_ms.map_or(ts, |t| t.max(ts)));
-        let name = s.name.as_str();
-        match name {
-            "mcpwatch_server_up" => view.up = flag(v),
-            "mcpwatch_server_healthy" => view.healthy = flag(v),
-            "mcpwatch_server_restarts_total" => view.restarts = count(v),
-            "mcpwatch_server_uptime_seconds" => view.uptime_seconds = Some(v),
-            "mcpwatch_server_last_exit_code" => {
-                view.last_exit_code = v.is_finite().then_some(v as i64)
-            }
-            "mcpwatch_server_oom_killed" => view.oom_killed = flag(v),
-            "mcpwatch_server_memory_bytes" => view.memory_bytes = Some(v),
-            "mcpwatch_server_cpu_seconds_total" => view.cpu_seconds_total = Some(v),
-            "mcpwatch_server_crashloop_attempt" => view.crashloop_attempt = count(v),
-            "mcpwatch_server_gave_up" => view.gave_up = flag(v),
-            "mcpwatch_server_probe_up" => view.probe_up = flag(v),
-            "mcpwatch_server_probes_total" => view.probes_total = count(v),
-            "mcpwatch_server_tools" => view.tools = count(v),
-            "mcpwatch_server_tool_drift" => view.drift = flag(v),
-            "mcpwatch_server_probe_latency_seconds" => {
-                if let Some(stage) = labels.get("stage") {
-                    view.probe_latency_seconds.insert(stage.clone(), v);
+        if s.name == "mcpwatch_server_state" {
+            if let Some(st) = labels.get("state").filter(|_| v == 1.0) {
+                let newer = metric_state.get(server).is_none_or(|(t, _)| ts > *t);
+                if newer {
+                    metric_state.insert(server.clone(), (ts, st.clone()));
                 }
             }
-            "mcpwatch_server_probe_failures_total" => {
-                if let (Some(kind), Some(n)) = (labels.get("kind"), count(v)) {
-                    view.probe_failures.insert(kind.clone(), n);
-                }
-            }
-            "mcpwatch_server_state" if v == 1.0 => {
-                if let Some(st) = labels.get("state") {
-                    let newer = metric_state.get(server).is_none_or(|(t, _)| ts > *t);
-                    if newer {
-                        metric_state.insert(server.clone(), (ts, st.clone()));
-                    }
-                }
-            }
-            _ => {}
+        } else {
+            record_sample(view, &s.name, &labels, v);
         }
     }
     for (name, view) in views.iter_mut() {

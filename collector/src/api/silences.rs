@@ -214,6 +214,34 @@ pub struct SilenceRequest {
     pub comment: String,
 }
 
+/// When a requested silence starts and ends (400 when it would be over already, end
+/// before it starts or last more than 366 days).
+fn silence_window(req: &SilenceRequest, now: i64) -> Result<(i64, i64), ApiError> {
+    let starts = req.starts_ms.unwrap_or(now);
+    let ends = match (req.ends_ms, req.duration.as_deref()) {
+        (Some(e), None) => e,
+        (None, Some(d)) => {
+            let d: mcpwatch_common::config::Duration = d
+                .parse()
+                .map_err(|m| ApiError::bad(format!("duration: {m}")))?;
+            starts.saturating_add(d.as_millis_i64())
+        }
+        _ => return Err(ApiError::bad("give exactly one of ends_ms and duration")),
+    };
+    if ends <= now {
+        return Err(ApiError::bad(
+            "the silence would already be over (ends_ms is in the past)",
+        ));
+    }
+    if ends <= starts {
+        return Err(ApiError::bad("the silence must end after it starts"));
+    }
+    if ends.saturating_sub(starts) > MAX_SILENCE_MS {
+        return Err(ApiError::bad("a silence lasts at most 366 days"));
+    }
+    Ok((starts, ends))
+}
+
 /// Creates a silence under the caller's identity.
 #[utoipa::path(post, path = "/silences", request_body = SilenceRequest,
     responses((status = 201, body = SilenceView), (status = 400, body = ErrorBody),
@@ -254,28 +282,7 @@ async fn create_silence(
             "comment: at most {MAX_COMMENT} characters"
         )));
     }
-    let starts = req.starts_ms.unwrap_or(now);
-    let ends = match (req.ends_ms, req.duration.as_deref()) {
-        (Some(e), None) => e,
-        (None, Some(d)) => {
-            let d: mcpwatch_common::config::Duration = d
-                .parse()
-                .map_err(|m| ApiError::bad(format!("duration: {m}")))?;
-            starts.saturating_add(d.as_millis_i64())
-        }
-        _ => return Err(ApiError::bad("give exactly one of ends_ms and duration")),
-    };
-    if ends <= now {
-        return Err(ApiError::bad(
-            "the silence would already be over (ends_ms is in the past)",
-        ));
-    }
-    if ends <= starts {
-        return Err(ApiError::bad("the silence must end after it starts"));
-    }
-    if ends.saturating_sub(starts) > MAX_SILENCE_MS {
-        return Err(ApiError::bad("a silence lasts at most 366 days"));
-    }
+    let (starts, ends) = silence_window(&req, now)?;
     // Scope: an unscoped grant may silence anything; a scoped one only its own hosts.
     let p = caller.principal.clone();
     if !p.has_global(Permission::SilencesWrite) {
