@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::ApiState;
-use crate::alert::Labels;
 use crate::auth::credential::{self, Kind};
 use crate::auth::{grants, Permission, Principal};
 use crate::now_ms;
@@ -81,18 +80,6 @@ impl Caller {
             self.deny();
             Err(ApiError::Forbidden(p.to_string()))
         }
-    }
-
-    /// Whether `p` covers the host with these labels (`host` label included).
-    pub fn can_for_host(&self, p: Permission, host_labels: &Labels) -> bool {
-        self.principal.has_for_host(p, host_labels)
-    }
-
-    /// `p` on that host, or a 404 as if it did not exist (objects out of scope are
-    /// invisible) — audited as a denial.
-    pub fn require_for_host(&self, p: Permission, host_labels: &Labels) -> Result<(), ApiError> {
-        let allowed = self.can_for_host(p, host_labels);
-        super::scope::require_access(self, super::scope::Access::of(p, allowed, false))
     }
 
     /// Marks the request as denied (audited).

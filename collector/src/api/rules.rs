@@ -2,7 +2,7 @@
 //! applied live, and dry runs. Rules are fleet-wide: changing them needs an unscoped
 //! `rules:write`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -16,7 +16,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::ApiState;
 use crate::alert::dry_run::{dry_run, DryRun};
-use crate::alert::{RawRule, Rule, Series, SeriesSource};
+use crate::alert::{MemorySource, RawRule, Rule, Series};
 use crate::auth::Permission;
 use crate::now_ms;
 use crate::store::alerting::{validate_api_rule, DryRunReply, RuleDeleted, DRY_RUN_LIMIT};
@@ -269,7 +269,7 @@ async fn dry_run_rule(
         .store
         .recent_samples(metrics, now.saturating_sub(span), now)
         .await?;
-    let src = StoredSamples::from_rows(rows);
+    let src = memory_source(rows);
     // Evaluating a day of samples is CPU work: off the async runtime.
     let d = tokio::task::spawn_blocking(move || dry_run(rule, opts, &src, now, DRY_RUN_LIMIT))
         .await
@@ -277,38 +277,17 @@ async fn dry_run_rule(
     Ok(Json(dry_run_view(d, "store")))
 }
 
-/// Recent samples read from the store, as a source for a dry run of the alert engine.
-#[derive(Debug, Default)]
-struct StoredSamples {
-    by_metric: HashMap<String, Vec<Series>>,
-}
-
-impl StoredSamples {
-    fn from_rows(rows: Vec<RecentSeries>) -> StoredSamples {
-        let mut out = StoredSamples::default();
-        for r in rows {
-            out.by_metric.entry(r.metric).or_default().push(Series {
+/// The stored samples read for a dry run, as a source for the alert engine.
+fn memory_source(rows: Vec<RecentSeries>) -> MemorySource {
+    let mut out = MemorySource::new();
+    for r in rows {
+        out.push_series(
+            &r.metric,
+            Series {
                 labels: r.labels,
                 samples: r.samples,
-            });
-        }
-        out
+            },
+        );
     }
-}
-
-impl SeriesSource for StoredSamples {
-    fn series(&self, metric: &str, since_ms: i64) -> Vec<Series> {
-        let Some(list) = self.by_metric.get(metric) else {
-            return Vec::new();
-        };
-        list.iter()
-            .filter_map(|s| {
-                let from = s.samples.partition_point(|x| x.0 < since_ms);
-                (from < s.samples.len()).then(|| Series {
-                    labels: s.labels.clone(),
-                    samples: s.samples[from..].to_vec(),
-                })
-            })
-            .collect()
-    }
+    out
 }

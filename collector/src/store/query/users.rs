@@ -152,39 +152,33 @@ pub fn existing_user_id(c: &Connection, username: &str) -> Result<i64, StoreErro
     user_id(c, username)?.ok_or_else(|| StoreError::Invalid(format!("no user {username:?}")))
 }
 
-pub fn login_row(c: &Connection, username: &str) -> Result<Option<LoginRow>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT id, password_hash, disabled, failed_logins, locked_until_ms
-         FROM users WHERE username = ?1",
-    )?
-    .query_row([username], |r| {
-        Ok(LoginRow {
-            id: r.get(0)?,
-            password_hash: r.get(1)?,
-            disabled: r.get(2)?,
-            failed_logins: r.get(3)?,
-            locked_until_ms: r.get(4)?,
-        })
+const LOGIN_COLS: &str = "id, password_hash, disabled, failed_logins, locked_until_ms";
+
+fn login_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoginRow> {
+    Ok(LoginRow {
+        id: r.get(0)?,
+        password_hash: r.get(1)?,
+        disabled: r.get(2)?,
+        failed_logins: r.get(3)?,
+        locked_until_ms: r.get(4)?,
     })
+}
+
+pub fn login_row(c: &Connection, username: &str) -> Result<Option<LoginRow>, StoreError> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT {LOGIN_COLS} FROM users WHERE username = ?1"
+    ))?
+    .query_row([username], login_from_row)
     .optional()?)
 }
 
 /// [`login_row`] by user id (for a password change that must check the current one).
 pub fn login_row_by_id(c: &Connection, user_id: i64) -> Result<Option<LoginRow>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT id, password_hash, disabled, failed_logins, locked_until_ms
-         FROM users WHERE id = ?1",
-    )?
-    .query_row([user_id], |r| {
-        Ok(LoginRow {
-            id: r.get(0)?,
-            password_hash: r.get(1)?,
-            disabled: r.get(2)?,
-            failed_logins: r.get(3)?,
-            locked_until_ms: r.get(4)?,
-        })
-    })
-    .optional()?)
+    Ok(
+        c.prepare_cached(&format!("SELECT {LOGIN_COLS} FROM users WHERE id = ?1"))?
+            .query_row([user_id], login_from_row)
+            .optional()?,
+    )
 }
 
 /// Counts a login attempt before its password is checked; at `lock_after` consecutive
