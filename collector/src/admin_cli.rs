@@ -13,7 +13,7 @@ use mcpwatch_collector::auth::{password, Permission};
 use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin::with_db;
-use mcpwatch_collector::store::auth as sa;
+use mcpwatch_collector::store::query::{tokens, users};
 use mcpwatch_collector::store::StoreError;
 use mcpwatch_common::config::{ConfigError, Duration, EXIT_CONFIG};
 
@@ -263,19 +263,19 @@ fn run_user(cmd: UserCmd) -> Result<(), Failure> {
             hosts,
             password,
         } => {
-            sa::check_name("username", &name)?;
+            users::check_name("username", &name)?;
             let h = hash(&password.read(&name)?)?;
             let id = with_db(&db, |c| {
-                let id = sa::create_user(c, &name, &h, now)?;
+                let id = users::create_user(c, &name, &h, now)?;
                 for role in &roles {
-                    sa::bind(c, id, role, &hosts, now)?;
+                    users::bind(c, id, role, &hosts, now)?;
                 }
                 Ok(id)
             })?;
             println!("user {name} created (id {id}) in {}", db.display());
         }
         UserAction::List => {
-            let users = with_db(&db, sa::list_users)?;
+            let users = with_db(&db, users::list_users)?;
             println!(
                 "{:<6} {:<24} {:<9} {:<21} BINDINGS",
                 "ID", "USERNAME", "STATE", "CREATED"
@@ -313,20 +313,20 @@ fn run_user(cmd: UserCmd) -> Result<(), Failure> {
         UserAction::Passwd { name, password } => {
             let h = hash(&password.read(&name)?)?;
             with_db(&db, |c| {
-                let id = sa::existing_user_id(c, &name)?;
-                sa::set_password(c, id, &h, now, None)
+                let id = users::existing_user_id(c, &name)?;
+                users::set_password(c, id, &h, now, None)
             })?;
             println!("password of {name} changed; its sessions ended");
         }
         UserAction::Disable { name } => {
             with_db(&db, |c| {
-                sa::set_disabled(c, sa::existing_user_id(c, &name)?, true)
+                users::set_disabled(c, users::existing_user_id(c, &name)?, true)
             })?;
             println!("user {name} disabled; its sessions ended");
         }
         UserAction::Enable { name } => {
             with_db(&db, |c| {
-                sa::set_disabled(c, sa::existing_user_id(c, &name)?, false)
+                users::set_disabled(c, users::existing_user_id(c, &name)?, false)
             })?;
             println!("user {name} enabled");
         }
@@ -344,7 +344,7 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
     match cmd.action {
         RoleAction::List => {
             println!("{:<24} {:<8} PERMISSIONS", "NAME", "BUILTIN");
-            for r in with_db(&db, sa::list_roles)? {
+            for r in with_db(&db, users::list_roles)? {
                 println!(
                     "{:<24} {:<8} {}",
                     r.name,
@@ -355,19 +355,19 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
         }
         RoleAction::Add { name, permissions } => {
             let perms = parse_permissions(&permissions)?;
-            let created = with_db(&db, |c| sa::put_role(c, &name, &perms, now))?;
+            let created = with_db(&db, |c| users::put_role(c, &name, &perms, now))?;
             let what = if created { "created" } else { "replaced" };
             println!("role {name} {what}: {}", perms_text(&perms));
         }
         RoleAction::Delete { name } => {
-            if !with_db(&db, |c| sa::delete_role(c, &name))? {
+            if !with_db(&db, |c| users::delete_role(c, &name))? {
                 return Err(Failure::Usage(format!("no role {name:?}")));
             }
             println!("role {name} deleted");
         }
         RoleAction::Bind { user, role, hosts } => {
             let b = with_db(&db, |c| {
-                sa::bind(c, sa::existing_user_id(c, &user)?, &role, &hosts, now)
+                users::bind(c, users::existing_user_id(c, &user)?, &role, &hosts, now)
             })?;
             let scope = if b.host_selector.is_empty() {
                 "every host".to_owned()
@@ -378,7 +378,7 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
         }
         RoleAction::Unbind { user, role, hosts } => {
             if !with_db(&db, |c| {
-                sa::unbind_role(c, sa::existing_user_id(c, &user)?, &role, &hosts)
+                users::unbind_role(c, users::existing_user_id(c, &user)?, &role, &hosts)
             })? {
                 return Err(Failure::Usage(format!(
                     "{user} has no binding of {role} for {hosts:?}"
@@ -392,6 +392,44 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
 
 pub fn token(cmd: TokenCmd) -> ExitCode {
     finish(run_token(cmd))
+}
+
+/// The token table of `token list`.
+fn print_tokens(tokens: &[tokens::TokenRow], users: &[users::UserRow], now: i64) {
+    println!(
+        "{:<6} {:<24} {:<16} {:<9} {:<21} {:<21} PERMISSIONS",
+        "ID", "NAME", "USER", "STATE", "EXPIRES", "LAST USED"
+    );
+    for t in tokens {
+        let owner = match t.user_id {
+            None => "-".to_owned(),
+            Some(uid) => users
+                .iter()
+                .find(|u| u.id == uid)
+                .map_or_else(|| format!("#{uid}"), |u| u.username.clone()),
+        };
+        let state = if t.revoked {
+            "revoked"
+        } else if t.expires_ms.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "active"
+        };
+        println!(
+            "{:<6} {:<24} {:<16} {:<9} {:<21} {:<21} {}",
+            t.id,
+            t.name,
+            owner,
+            state,
+            t.expires_ms.map_or_else(|| "never".to_owned(), utc),
+            t.last_used_ms.map_or_else(|| "never".to_owned(), utc),
+            match (&t.permissions, t.user_id) {
+                (Some(p), _) => perms_text(p),
+                (None, Some(_)) => "(the owner's)".to_owned(),
+                (None, None) => "(all)".to_owned(),
+            }
+        );
+    }
 }
 
 fn run_token(cmd: TokenCmd) -> Result<(), Failure> {
@@ -427,57 +465,25 @@ fn run_token(cmd: TokenCmd) -> Result<(), Failure> {
             let h = credential::hash(&secret);
             let id = with_db(&db, |c| {
                 let owner = match &user {
-                    Some(u) => Some(sa::existing_user_id(c, u)?),
+                    Some(u) => Some(users::existing_user_id(c, u)?),
                     None => None,
                 };
-                sa::create_token(c, &name, owner, perms.as_deref(), expires_ms, &h, now)
+                tokens::create_token(c, &name, owner, perms.as_deref(), expires_ms, &h, now)
             })?;
             eprintln!("token {id} {name:?} created; it is shown only this once:");
             println!("{}", credential::format(Kind::Token, id, &secret));
         }
         TokenAction::Revoke { id } => {
-            if !with_db(&db, |c| sa::revoke_token(c, id))? {
+            if !with_db(&db, |c| tokens::revoke_token(c, id))? {
                 return Err(Failure::Usage(format!("no token with id {id}")));
             }
             println!("token {id} revoked");
         }
         TokenAction::List => {
-            let (tokens, users) =
-                with_db(&db, |c| Ok((sa::list_tokens(c, None)?, sa::list_users(c)?)))?;
-            println!(
-                "{:<6} {:<24} {:<16} {:<9} {:<21} {:<21} PERMISSIONS",
-                "ID", "NAME", "USER", "STATE", "EXPIRES", "LAST USED"
-            );
-            for t in tokens {
-                let owner = match t.user_id {
-                    None => "-".to_owned(),
-                    Some(uid) => users
-                        .iter()
-                        .find(|u| u.id == uid)
-                        .map_or_else(|| format!("#{uid}"), |u| u.username.clone()),
-                };
-                let state = if t.revoked {
-                    "revoked"
-                } else if t.expires_ms.is_some_and(|e| e <= now) {
-                    "expired"
-                } else {
-                    "active"
-                };
-                println!(
-                    "{:<6} {:<24} {:<16} {:<9} {:<21} {:<21} {}",
-                    t.id,
-                    t.name,
-                    owner,
-                    state,
-                    t.expires_ms.map_or_else(|| "never".to_owned(), utc),
-                    t.last_used_ms.map_or_else(|| "never".to_owned(), utc),
-                    match (&t.permissions, t.user_id) {
-                        (Some(p), _) => perms_text(p),
-                        (None, Some(_)) => "(the owner's)".to_owned(),
-                        (None, None) => "(all)".to_owned(),
-                    }
-                );
-            }
+            let (tokens, users) = with_db(&db, |c| {
+                Ok((tokens::list_tokens(c, None)?, users::list_users(c)?))
+            })?;
+            print_tokens(&tokens, &users, now);
         }
     }
     Ok(())

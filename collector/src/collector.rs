@@ -77,10 +77,7 @@ fn spawn_session_cleanup(
                 _ = every.tick() => {}
             }
             let now = crate::now_ms();
-            match store
-                .exec(move |c| crate::store::auth::cleanup_sessions(c, now, idle_ms))
-                .await
-            {
+            match store.cleanup_sessions(now, idle_ms).await {
                 Ok(n) if n > 0 => tracing::debug!(sessions = n, "expired sessions removed"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "session cleanup failed"),
@@ -186,7 +183,7 @@ fn http_app(
     ready: &Arc<Readiness>,
 ) -> axum::Router {
     let api_state = ApiState(Arc::new(api::Inner {
-        db: api::db::Db::new(store.clone(), config.db_path.clone()),
+        store: store.clone(),
         alerting: api.alerting,
         commands: api.router,
         metrics: metrics.clone(),

@@ -128,7 +128,7 @@ pub fn admin_token(db: &std::path::Path, name: &str, user: Option<i64>) -> Strin
     let secret = credential::secret().expect("secret");
     let hash = credential::hash(&secret);
     let id = mcpwatch_collector::store::admin::with_db(db, |c| {
-        mcpwatch_collector::store::auth::create_token(
+        mcpwatch_collector::store::query::tokens::create_token(
             c,
             name,
             user,

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use mcpwatch_collector::auth::credential::{self, Kind};
 use mcpwatch_collector::auth::password;
-use mcpwatch_collector::store::{admin, auth as store_auth};
+use mcpwatch_collector::store::admin;
+use mcpwatch_collector::store::query::{tokens, users};
 use mcpwatch_tests::client;
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::receivers::{
@@ -266,7 +267,7 @@ fn admin_api(c: &CollectorProc, name: &str) -> Api {
     let secret = credential::secret().expect("secret");
     let hash = credential::hash(&secret);
     let id = admin::with_db(&c.db, |conn| {
-        store_auth::create_token(conn, name, None, None, None, &hash, wall_ms())
+        tokens::create_token(conn, name, None, None, None, &hash, wall_ms())
     })
     .expect("create token");
     Api {
@@ -279,8 +280,8 @@ fn admin_api(c: &CollectorProc, name: &str) -> Api {
 fn user_api(c: &CollectorProc, name: &str, role: &str, selector: &str) -> Api {
     let hash = password::hash(PASSWORD).expect("hash");
     admin::with_db(&c.db, |conn| {
-        let uid = store_auth::create_user(conn, name, &hash, wall_ms())?;
-        store_auth::bind(conn, uid, role, selector, wall_ms())?;
+        let uid = users::create_user(conn, name, &hash, wall_ms())?;
+        users::bind(conn, uid, role, selector, wall_ms())?;
         Ok(())
     })
     .expect("create user");

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
-use mcpwatch_collector::store::{admin, auth as sa};
+use mcpwatch_collector::store::admin;
+use mcpwatch_collector::store::query::users;
 use mcpwatch_common::wire::{Batch, CommandResult, Event, Frame, RejectReason, Sample, SeriesKey};
 use mcpwatch_tests::api::{admin_token, request, Api, Resp};
 use mcpwatch_tests::client::{self, Conn};
@@ -90,8 +91,8 @@ impl Fleet {
     fn user(&self, name: &str, role: &str, selector: &str) -> Api {
         let hash = password::hash("correct horse battery staple").expect("hash");
         let uid = admin::with_db(&self.c.db, |c| {
-            let uid = sa::create_user(c, name, &hash, now_ms())?;
-            sa::bind(c, uid, role, selector, now_ms())?;
+            let uid = users::create_user(c, name, &hash, now_ms())?;
+            users::bind(c, uid, role, selector, now_ms())?;
             Ok(uid)
         })
         .expect("create user");
@@ -400,7 +401,7 @@ fn api_hosts_list_detail_labels_scoping_and_events() {
     // servers only on team a's staging hosts, so he may not mark a host staging.
     use mcpwatch_collector::auth::Permission;
     admin::with_db(&f.c.db, |c| {
-        sa::put_role(
+        users::put_role(
             c,
             "labeler",
             &[Permission::HostsRead, Permission::HostsWrite],
@@ -410,8 +411,8 @@ fn api_hosts_list_detail_labels_scoping_and_events() {
     .expect("role");
     let dave = f.user("dave", "labeler", r#"{team="a"}"#);
     admin::with_db(&f.c.db, |c| {
-        let id = sa::existing_user_id(c, "dave")?;
-        sa::bind(c, id, "operator", r#"{team="a", tier="staging"}"#, now_ms())
+        let id = users::existing_user_id(c, "dave")?;
+        users::bind(c, id, "operator", r#"{team="a", tier="staging"}"#, now_ms())
     })
     .expect("bind");
     let r = dave.send(

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use mcpwatch_collector::auth::credential::{self, Kind};
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
-use mcpwatch_collector::store::{admin, auth as sa, StoreError};
+use mcpwatch_collector::store::query::{tokens, users};
+use mcpwatch_collector::store::{admin, StoreError};
 use mcpwatch_tests::api::{admin_token, request, Resp};
 use mcpwatch_tests::client;
 use mcpwatch_tests::process::CollectorProc;
@@ -508,12 +509,12 @@ impl Ctx {
     fn user(&self, disabled: bool, bound: bool) -> (i64, Option<i64>) {
         let name = self.fresh("target");
         db_write(&self.db, |c| {
-            let id = sa::create_user(c, &name, &self.pw_hash, now_ms())?;
+            let id = users::create_user(c, &name, &self.pw_hash, now_ms())?;
             if disabled {
-                sa::set_disabled(c, id, true)?;
+                users::set_disabled(c, id, true)?;
             }
             let binding = if bound {
-                Some(sa::bind(c, id, "viewer", "", now_ms())?.id)
+                Some(users::bind(c, id, "viewer", "", now_ms())?.id)
             } else {
                 None
             };
@@ -762,7 +763,7 @@ fn session_in(db: &Path, user: i64, created_ms: i64, expires_ms: i64) -> (i64, S
     let secret = credential::secret().expect("secret");
     let hash = credential::hash(&secret);
     let id = db_write(db, |c| {
-        sa::create_session(c, user, &hash, created_ms, expires_ms, "127.0.0.1")
+        tokens::create_session(c, user, &hash, created_ms, expires_ms, "127.0.0.1")
     });
     (id, credential::format(Kind::Session, id, &secret))
 }
@@ -933,8 +934,8 @@ fn api_permission_matrix_every_route_every_principal() {
             ("scoped", "admin", r#"{team="a"}"#),
             ("owner", "viewer", ""),
         ] {
-            let id = sa::create_user(conn, name, &pw_hash, now_ms())?;
-            sa::bind(conn, id, role, selector, now_ms())?;
+            let id = users::create_user(conn, name, &pw_hash, now_ms())?;
+            users::bind(conn, id, role, selector, now_ms())?;
             ids.push(id);
         }
         Ok(ids)

@@ -47,6 +47,14 @@ impl MemorySource {
         series.samples.insert(at, (ts_ms, value));
     }
 
+    /// Adds a whole series of `metric` (samples sorted by time; its labels not yet present).
+    pub fn push_series(&mut self, metric: &str, series: Series) {
+        self.metrics
+            .entry(metric.to_owned())
+            .or_default()
+            .push(series);
+    }
+
     /// Drops samples older than `before_ms`, keeping memory bounded.
     pub fn prune(&mut self, before_ms: i64) {
         for list in self.metrics.values_mut() {

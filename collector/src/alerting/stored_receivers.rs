@@ -78,6 +78,21 @@ pub fn load(path: &Path) -> Result<Vec<StoredReceiver>, StoreError> {
     Ok(out)
 }
 
+impl super::Alerting {
+    /// Every receiver stored through the API, by name (on a read connection).
+    pub async fn stored_receivers(&self) -> Result<Vec<StoredReceiver>, StoreError> {
+        self.store().read(list).await
+    }
+
+    /// One receiver stored through the API.
+    pub async fn stored_receiver(
+        &self,
+        name: String,
+    ) -> Result<Option<StoredReceiver>, StoreError> {
+        self.store().read(move |c| get(c, &name)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -5,7 +5,7 @@
 //! `alerts:read` for the host in its `host` label (matched against that host's labels plus
 //! `host`); alerts without a host need an unscoped grant. Objects out of scope answer 404.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -17,12 +17,12 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::paging::{Page, PageQuery};
+use super::scope::{all_host_labels, covers_object, require_access, Access, HostLabels};
 use super::ApiState;
 use crate::alert::policy::AlertRecord;
-use crate::alert::Labels;
-use crate::auth::{Permission, Principal};
+use crate::auth::Permission;
 use crate::now_ms;
-use crate::store::api_alerts as sa;
+use crate::store::query::alerts::HistoryFilter;
 
 /// Longest acknowledgement or silence comment (characters).
 pub(super) const MAX_COMMENT: usize = 1024;
@@ -33,52 +33,6 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(alert_history))
         .routes(routes!(get_alert))
         .routes(routes!(ack_alert))
-}
-
-// ---- scope ------------------------------------------------------------------------------
-
-pub(super) fn host_only(host: &str) -> Labels {
-    [("host".to_owned(), host.to_owned())].into_iter().collect()
-}
-
-/// Whether `p` covers an object with `labels`: through the host in its `host` label (that
-/// host's labels from `hosts`, or just `host` for a host never seen); an object without a
-/// host needs an unscoped grant.
-pub(super) fn covers(
-    principal: &Principal,
-    p: Permission,
-    hosts: &HashMap<String, Labels>,
-    labels: &Labels,
-) -> bool {
-    if principal.has_global(p) {
-        return true;
-    }
-    match labels.get("host") {
-        Some(h) => match hosts.get(h) {
-            Some(hl) => principal.has_for_host(p, hl),
-            None => principal.has_for_host(p, &host_only(h)),
-        },
-        None => false,
-    }
-}
-
-/// Checks `act` on an object the caller may or may not see: visible but not allowed is a
-/// 403, invisible is a 404 (as if it did not exist); both are audited as denials.
-pub(super) fn require_on(
-    caller: &Caller,
-    act: Permission,
-    allowed: bool,
-    visible: bool,
-) -> Result<(), ApiError> {
-    if allowed {
-        return Ok(());
-    }
-    caller.deny();
-    if visible {
-        Err(ApiError::Forbidden(act.to_string()))
-    } else {
-        Err(ApiError::NotFound)
-    }
 }
 
 // ---- alerts -----------------------------------------------------------------------------
@@ -170,18 +124,15 @@ async fn list_alerts(
     }
     .limit(state.settings.max_page)?;
     let principal = caller.principal.clone();
+    let hosts = all_host_labels(&state).await?;
+    let only_host = q.host;
     let page = state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let hosts = sa::host_labels(c)?;
-                sa::active_alerts(c, q.cursor, q.rule.as_deref(), limit, |rec| {
-                    q.host
-                        .as_ref()
-                        .is_none_or(|h| rec.labels.get("host") == Some(h))
-                        && covers(&principal, Permission::AlertsRead, &hosts, &rec.labels)
-                })
-            })
+        .store
+        .active_alerts_page(q.cursor, q.rule, limit, move |rec: &AlertRecord| {
+            only_host
+                .as_ref()
+                .is_none_or(|h| rec.labels.get("host") == Some(h))
+                && covers_object(&principal, Permission::AlertsRead, &hosts, &rec.labels)
         })
         .await?;
     Ok(Json(Page {
@@ -194,22 +145,13 @@ async fn list_alerts(
 async fn read_alert(
     state: &ApiState,
     fingerprint: String,
-) -> Result<Option<(AlertRecord, HashMap<String, Labels>)>, ApiError> {
-    state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let Some(rec) = sa::alert(c, &fingerprint)? else {
-                    return Ok(None);
-                };
-                let mut hosts = HashMap::new();
-                if let Some(h) = rec.labels.get("host") {
-                    hosts.insert(h.clone(), sa::labels_of_host(c, h)?);
-                }
-                Ok(Some((rec, hosts)))
-            })
-        })
-        .await
+) -> Result<Option<(AlertRecord, HostLabels)>, ApiError> {
+    let Some(rec) = state.store.alert::<AlertRecord>(fingerprint).await? else {
+        return Ok(None);
+    };
+    let named: Vec<String> = rec.labels.get("host").cloned().into_iter().collect();
+    let hosts = state.store.labels_of_hosts(named).await?;
+    Ok(Some((rec, hosts)))
 }
 
 /// One alert (active or resolved) by fingerprint.
@@ -227,13 +169,13 @@ async fn get_alert(
     let Some((rec, hosts)) = read_alert(&state, fingerprint).await? else {
         return Err(ApiError::NotFound);
     };
-    let visible = covers(
+    let visible = covers_object(
         &caller.principal,
         Permission::AlertsRead,
         &hosts,
         &rec.labels,
     );
-    require_on(&caller, Permission::AlertsRead, visible, false)?;
+    require_access(&caller, Access::of(Permission::AlertsRead, visible, false))?;
     Ok(Json(AlertView::from(&rec)))
 }
 
@@ -272,9 +214,9 @@ async fn ack_alert(
         return Err(ApiError::NotFound);
     };
     let p = &caller.principal;
-    let allowed = covers(p, Permission::AlertsAck, &hosts, &rec.labels);
-    let visible = covers(p, Permission::AlertsRead, &hosts, &rec.labels);
-    require_on(&caller, Permission::AlertsAck, allowed, visible)?;
+    let allowed = covers_object(p, Permission::AlertsAck, &hosts, &rec.labels);
+    let visible = covers_object(p, Permission::AlertsRead, &hosts, &rec.labels);
+    require_access(&caller, Access::of(Permission::AlertsAck, allowed, visible))?;
     if !rec.is_active() {
         return Err(ApiError::NotFound);
     }
@@ -342,7 +284,7 @@ async fn alert_history(
         cursor: q.cursor,
     }
     .limit(state.settings.max_page)?;
-    let filter = sa::HistoryFilter {
+    let filter = HistoryFilter {
         rule: q.rule,
         fingerprint: q.fingerprint,
         since_ms: q.since_ms,
@@ -350,15 +292,11 @@ async fn alert_history(
     };
     let principal = caller.principal.clone();
     let cursor = q.cursor;
+    let hosts = all_host_labels(&state).await?;
     let page = state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let hosts = sa::host_labels(c)?;
-                sa::alert_history(c, &filter, cursor, limit, |labels| {
-                    covers(&principal, Permission::AlertsRead, &hosts, labels)
-                })
-            })
+        .store
+        .alert_history(filter, cursor, limit, move |labels| {
+            covers_object(&principal, Permission::AlertsRead, &hosts, labels)
         })
         .await?;
     Ok(Json(Page {

@@ -14,11 +14,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::ApiState;
-use crate::alert::Labels;
 use crate::auth::credential::{self, Kind};
 use crate::auth::{grants, Permission, Principal};
 use crate::now_ms;
-use crate::store::auth as sa;
+use crate::store::query::audit::AuditEntry;
+use crate::store::query::tokens::{Bearer, BearerKind, BearerRow};
 
 /// The peer address of the connection, put in each request's extensions by the server.
 #[derive(Debug, Clone, Copy)]
@@ -82,22 +82,6 @@ impl Caller {
         }
     }
 
-    /// Whether `p` covers the host with these labels (`host` label included).
-    pub fn can_for_host(&self, p: Permission, host_labels: &Labels) -> bool {
-        self.principal.has_for_host(p, host_labels)
-    }
-
-    /// `p` on that host, or a 404 as if it did not exist (objects out of scope are
-    /// invisible) — audited as a denial.
-    pub fn require_for_host(&self, p: Permission, host_labels: &Labels) -> Result<(), ApiError> {
-        if self.can_for_host(p, host_labels) {
-            Ok(())
-        } else {
-            self.deny();
-            Err(ApiError::NotFound)
-        }
-    }
-
     /// Marks the request as denied (audited).
     pub fn deny(&self) {
         self.slot.with(|i| i.denied = true);
@@ -145,6 +129,41 @@ impl FromRequestParts<ApiState> for Caller {
     }
 }
 
+/// The principal a valid bearer credential acts as, and when it was last used; `None` for
+/// a disabled user.
+fn principal_of(b: Bearer) -> Option<(Principal, i64)> {
+    let (user_id, subset, token_id, session_id, name, last) = match b.credential {
+        BearerRow::Token(t) => {
+            let last = t.last_used_ms.unwrap_or(0);
+            (t.user_id, t.permissions, Some(t.id), None, t.name, last)
+        }
+        BearerRow::Session(s) => {
+            let last = s.last_seen_ms;
+            (Some(s.user_id), None, None, Some(s.id), String::new(), last)
+        }
+    };
+    let (actor, bindings) = match b.owner {
+        Some((u, _)) if u.disabled => return None,
+        Some((u, grants_of_user)) => (format!("user:{}", u.username), grants_of_user),
+        // A token without a user (quickstart's, or one made by the admin CLI for
+        // automation) holds every permission, narrowed by its own subset.
+        None => (
+            format!("token:{name}"),
+            vec![(Permission::ALL.to_vec(), String::new())],
+        ),
+    };
+    Some((
+        Principal {
+            actor,
+            user_id,
+            token_id,
+            session_id,
+            grants: grants(&bindings, subset.as_deref()),
+        },
+        last,
+    ))
+}
+
 /// Checks a presented credential. Every failure is the same 401, whatever the reason.
 pub async fn authenticate(state: &ApiState, text: &str) -> Result<Principal, ApiError> {
     let Some((kind, id, secret)) = credential::parse(text) else {
@@ -153,67 +172,26 @@ pub async fn authenticate(state: &ApiState, text: &str) -> Result<Principal, Api
     let presented = credential::hash(secret);
     let now = now_ms();
     let idle_ms = state.settings.session_idle_ms;
+    let bearer_kind = match kind {
+        Kind::Token => BearerKind::Token,
+        Kind::Session => BearerKind::Session,
+    };
+    // Only a live credential whose hash matches is valid; its user is read with it.
+    let accept = move |row: &BearerRow| match row {
+        BearerRow::Token(t) => {
+            let live = !t.revoked && t.expires_ms.is_none_or(|e| now < e);
+            credential::constant_time_eq(&t.hash, &presented) && live
+        }
+        BearerRow::Session(s) => {
+            let live = now < s.expires_ms && now.saturating_sub(s.last_seen_ms) < idle_ms;
+            credential::constant_time_eq(&s.hash, &presented) && live
+        }
+    };
     let found = state
-        .db
-        .read(move |r| {
-            r.run(
-                |c| -> Result<Option<(Principal, i64)>, crate::store::StoreError> {
-                    let (user_id, subset, token_id, session_id, name, last) = match kind {
-                        Kind::Token => {
-                            let Some(t) = sa::token(c, id)? else {
-                                return Ok(None);
-                            };
-                            let live = !t.revoked && t.expires_ms.is_none_or(|e| now < e);
-                            if !credential::constant_time_eq(&t.hash, &presented) || !live {
-                                return Ok(None);
-                            }
-                            let last = t.last_used_ms.unwrap_or(0);
-                            (t.user_id, t.permissions, Some(t.id), None, t.name, last)
-                        }
-                        Kind::Session => {
-                            let Some(s) = sa::session(c, id)? else {
-                                return Ok(None);
-                            };
-                            let live =
-                                now < s.expires_ms && now.saturating_sub(s.last_seen_ms) < idle_ms;
-                            if !credential::constant_time_eq(&s.hash, &presented) || !live {
-                                return Ok(None);
-                            }
-                            let last = s.last_seen_ms;
-                            (Some(s.user_id), None, None, Some(s.id), String::new(), last)
-                        }
-                    };
-                    let (actor, bindings) = match user_id {
-                        Some(uid) => {
-                            let Some(u) = sa::user(c, uid)? else {
-                                return Ok(None);
-                            };
-                            if u.disabled {
-                                return Ok(None);
-                            }
-                            (format!("user:{}", u.username), sa::grants_of(c, uid)?)
-                        }
-                        // A token without a user (quickstart's, or one made by the admin CLI for
-                        // automation) holds every permission, narrowed by its own subset.
-                        None => (
-                            format!("token:{name}"),
-                            vec![(Permission::ALL.to_vec(), String::new())],
-                        ),
-                    };
-                    Ok(Some((
-                        Principal {
-                            actor,
-                            user_id,
-                            token_id,
-                            session_id,
-                            grants: grants(&bindings, subset.as_deref()),
-                        },
-                        last,
-                    )))
-                },
-            )
-        })
-        .await?;
+        .store
+        .bearer(bearer_kind, id, accept)
+        .await?
+        .and_then(principal_of);
     let (principal, last) = found.ok_or(ApiError::Unauthenticated)?;
     // Bookkeeping off the request path: last use of a token, idle clock of a session —
     // written at most every quarter of the idle timeout (and minute), not on every request.
@@ -221,16 +199,16 @@ pub async fn authenticate(state: &ApiState, text: &str) -> Result<Principal, Api
     if now.saturating_sub(last) < every {
         return Ok(principal);
     }
-    let store = state.db.store.clone();
+    let store = state.store.clone();
     match (principal.token_id, principal.session_id) {
         (Some(t), _) => {
             tokio::spawn(async move {
-                let _ = store.exec(move |c| sa::token_used(c, t, now)).await;
+                let _ = store.token_used(t, now).await;
             });
         }
         (_, Some(s)) => {
             tokio::spawn(async move {
-                let _ = store.exec(move |c| sa::touch_session(c, s, now)).await;
+                let _ = store.touch_session(s, now).await;
             });
         }
         _ => {}
@@ -291,7 +269,7 @@ async fn record(
     let mutating = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     let info = slot.with(std::mem::take);
     if mutating || info.denied || status == 401 || status == 403 {
-        let entry = sa::AuditEntry {
+        let entry = AuditEntry {
             at_ms: now_ms(),
             actor: info.actor.unwrap_or_else(|| "anonymous".into()),
             token_id: info.token_id,
@@ -302,12 +280,7 @@ async fn record(
             result: status,
             detail: info.detail,
         };
-        if let Err(e) = state
-            .db
-            .store
-            .exec(move |c| sa::insert_audit(c, &entry))
-            .await
-        {
+        if let Err(e) = state.store.insert_audit(entry).await {
             tracing::error!(error = %e, "writing an audit record failed");
             state.metrics.audit_failed();
         }

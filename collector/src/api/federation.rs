@@ -16,11 +16,12 @@ use axum::routing::get;
 use axum::Router;
 
 use super::error;
+use super::error::ApiError;
 use super::metrics_api::output_labels;
 use super::ApiState;
 use crate::auth::credential::constant_time_eq;
 use crate::notify::Secret;
-use crate::store::api_hosts::{self as q, SeriesRecord};
+use crate::store::query::series::SeriesRecord;
 
 /// A series' newest sample must be at most this old to be exported.
 pub const FRESH_MS: i64 = 5 * 60_000;
@@ -71,24 +72,8 @@ async fn federate(State(state): State<ApiState>, headers: HeaderMap) -> Response
     }
     let now = crate::now_ms();
     let read = state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let latest = q::latest_samples(
-                    c,
-                    None,
-                    now.saturating_sub(FRESH_MS),
-                    now.saturating_add(FUTURE_MS),
-                    |_| true,
-                )?;
-                let series = if latest.is_empty() {
-                    Vec::new()
-                } else {
-                    q::all_series(c)?
-                };
-                Ok((series, latest))
-            })
-        })
+        .store
+        .fresh_series(now.saturating_sub(FRESH_MS), now.saturating_add(FUTURE_MS))
         .await;
     match read {
         Ok((series, latest)) => (
@@ -96,7 +81,7 @@ async fn federate(State(state): State<ApiState>, headers: HeaderMap) -> Response
             render(&series, &latest),
         )
             .into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 

@@ -13,14 +13,14 @@ use utoipa_axum::routes;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::hosts::{authorized_host, series_labels, visible_host_ids};
 use super::paging::{Page, PageQuery};
+use super::scope::{authorized_host, visible_host_ids};
+use super::server_state::series_labels;
 use super::ApiState;
 use crate::alert::route::{matches_all, parse_matchers};
 use crate::alert::{Labels, Matcher};
 use crate::auth::Permission;
-use crate::store::api_hosts::{self as q, RangeSpec, RangeTier, SeriesRecord, StepAgg, TierFloors};
-use crate::store::StoreError;
+use crate::store::query::series::{RangeSpec, RangeTier, SeriesRecord, StepAgg, TierFloors};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -164,14 +164,9 @@ async fn list_series(
     let after = query.cursor.unwrap_or(0);
     let name = query.name;
     let mut rows = state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                q::series_scan(c, hosts.as_deref(), name.as_deref(), after, limit, |s| {
-                    matchers.is_empty()
-                        || matches_all(&matchers, &output_labels(&s.agent_id, &s.labels))
-                })
-            })
+        .store
+        .series_page(hosts, name, after, limit, move |s| {
+            matchers.is_empty() || matches_all(&matchers, &output_labels(&s.agent_id, &s.labels))
         })
         .await?;
     let next_cursor = if rows.len() > limit {
@@ -327,36 +322,31 @@ async fn query_range(
     let (start_ms, end_ms, step_ms) = (query.start_ms, query.end_ms, query.step_ms);
     let name = query.name.clone();
     let total_cap = max_points.saturating_mul(TOTAL_POINTS_FACTOR);
-    let (tier, series, mut data) = state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let series: Vec<SeriesRecord> = q::host_series(c, host_id, &name, false)?
-                    .into_iter()
-                    .filter(|s| matches_all(&matchers, &output_labels(&s.agent_id, &s.labels)))
-                    .collect();
-                if series.len().saturating_mul(steps) > total_cap {
-                    return Err(StoreError::Invalid(format!(
-                        "{} series × {steps} points exceed the limit of {total_cap}: narrow \
-                         match, raise step_ms or shorten the range",
-                        series.len()
-                    )));
-                }
-                let ids: Vec<i64> = series.iter().map(|s| s.id).collect();
-                let floors = q::tier_floors(c, host_id, &ids)?;
-                let tier = choose_tier(start_ms, end_ms, floors);
-                let spec = RangeSpec {
-                    host_id,
-                    start_ms,
-                    end_ms,
-                    step_ms,
-                    tier,
-                };
-                let data = q::range(c, &spec, &ids)?;
-                Ok((tier, series, data))
-            })
-        })
-        .await?;
+    let series: Vec<SeriesRecord> = state
+        .store
+        .host_series(host_id, name, false)
+        .await?
+        .into_iter()
+        .filter(|s| matches_all(&matchers, &output_labels(&s.agent_id, &s.labels)))
+        .collect();
+    if series.len().saturating_mul(steps) > total_cap {
+        return Err(ApiError::BadRequest(format!(
+            "{} series × {steps} points exceed the limit of {total_cap}: narrow \
+             match, raise step_ms or shorten the range",
+            series.len()
+        )));
+    }
+    let ids: Vec<i64> = series.iter().map(|s| s.id).collect();
+    let floors = state.store.tier_floors(host_id, ids.clone()).await?;
+    let tier = choose_tier(start_ms, end_ms, floors);
+    let spec = RangeSpec {
+        host_id,
+        start_ms,
+        end_ms,
+        step_ms,
+        tier,
+    };
+    let mut data = state.store.series_range(spec, ids).await?;
     let series = series
         .into_iter()
         .map(|s| {

@@ -8,19 +8,26 @@
 
 pub mod auth;
 pub mod connection;
-pub mod db;
 pub mod error;
+pub mod login;
 pub mod paging;
+pub mod scope;
 pub mod server;
-pub mod session;
 
 pub mod alerts;
+pub mod audit_log;
+pub mod events;
 pub mod federation;
 pub mod hosts;
 pub mod metrics_api;
 pub mod receivers;
+pub mod roles;
 pub mod rules;
+pub mod server_state;
+pub mod servers;
+pub mod sessions;
 pub mod silences;
+pub mod tokens;
 pub mod users;
 
 use std::sync::Arc;
@@ -35,7 +42,6 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::command::CommandRouter;
 use crate::metrics::CollectorMetrics;
-use db::Db;
 
 /// API behaviour settings (validated from `[api]`).
 #[derive(Debug, Clone)]
@@ -76,13 +82,13 @@ impl ApiSettings {
 }
 
 pub struct Inner {
-    pub db: Db,
+    pub store: crate::store::Store,
     /// The alerting runtime's requests (rules, receivers, silences, acknowledgements).
     pub alerting: crate::alerting::Alerting,
     pub commands: CommandRouter,
     pub metrics: Arc<CollectorMetrics>,
     pub settings: ApiSettings,
-    pub limiter: session::LoginLimiter,
+    pub limiter: login::LoginLimiter,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -156,14 +162,20 @@ pub(crate) async fn json_errors(resp: axum::response::Response) -> axum::respons
 pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi as _;
     let v1 = OpenApiRouter::new()
-        .merge(session::routes())
+        .merge(login::routes())
         .merge(hosts::routes())
+        .merge(servers::routes())
+        .merge(events::routes())
         .merge(metrics_api::routes())
         .merge(alerts::routes())
         .merge(silences::routes())
         .merge(rules::routes())
         .merge(receivers::routes())
-        .merge(users::routes());
+        .merge(users::routes())
+        .merge(roles::routes())
+        .merge(tokens::routes())
+        .merge(sessions::routes())
+        .merge(audit_log::routes());
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::audit))

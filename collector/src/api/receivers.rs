@@ -20,7 +20,7 @@ use super::auth::Caller;
 use super::error::{self, ApiError, ErrorBody};
 use super::ApiState;
 use crate::alerting::dispatcher::Dispatcher;
-use crate::alerting::stored_receivers::{self, StoredReceiver};
+use crate::alerting::stored_receivers::StoredReceiver;
 use crate::alerting::{ReceiverDeleted, ReceiverPut};
 use crate::auth::Permission;
 use crate::notify::{self, ApiSecrets, Notification, Receiver, ReceiverConfigRaw, SecretRef};
@@ -177,10 +177,7 @@ async fn read_api_receiver(
     state: &ApiState,
     name: String,
 ) -> Result<Option<StoredReceiver>, ApiError> {
-    state
-        .db
-        .read(move |r| r.run(|c| stored_receivers::get(c, &name)))
-        .await
+    Ok(state.alerting.stored_receiver(name).await?)
 }
 
 /// Every receiver: the configured ones, then those defined through the API.
@@ -195,7 +192,7 @@ async fn list_receivers(
 ) -> Result<Json<Vec<ReceiverView>>, ApiError> {
     caller.require_global(Permission::ReceiversWrite)?;
     let set = receiver_configs(receivers)?;
-    let stored = state.db.read(|r| r.run(stored_receivers::list)).await?;
+    let stored = state.alerting.stored_receivers().await?;
     let mut out: Vec<ReceiverView> = set.list.iter().map(|r| config_view(&set, r)).collect();
     out.extend(
         stored

@@ -16,11 +16,12 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::ApiState;
 use crate::alert::dry_run::{dry_run, DryRun};
-use crate::alert::{RawRule, Rule};
+use crate::alert::{MemorySource, RawRule, Rule, Series};
 use crate::alerting::{validate_api_rule, DryRunReply, RuleDeleted, DRY_RUN_LIMIT};
 use crate::auth::Permission;
 use crate::now_ms;
-use crate::store::api_alerts as sa;
+use crate::store::query::rules::RuleRow;
+use crate::store::query::series::RecentSeries;
 
 /// Longest look-back a dry run may read from the stored samples.
 const MAX_DRY_RUN_SPAN_MS: i64 = 86_400_000;
@@ -47,7 +48,7 @@ pub struct RuleView {
     pub updated_ms: i64,
 }
 
-fn rule_view(r: sa::RuleRow) -> RuleView {
+fn rule_view(r: RuleRow) -> RuleView {
     let enabled = r.definition.get("enabled").and_then(Value::as_bool) != Some(false);
     RuleView {
         name: r.name,
@@ -68,12 +69,12 @@ async fn list_rules(
     caller: Caller,
 ) -> Result<Json<Vec<RuleView>>, ApiError> {
     caller.require(Permission::AlertsRead)?;
-    let rows = state.db.read(|r| r.run(sa::rules)).await?;
+    let rows = state.store.rules().await?;
     Ok(Json(rows.into_iter().map(rule_view).collect()))
 }
 
-async fn read_rule(state: &ApiState, name: String) -> Result<Option<sa::RuleRow>, ApiError> {
-    state.db.read(move |r| r.run(|c| sa::rule(c, &name))).await
+async fn read_rule(state: &ApiState, name: String) -> Result<Option<RuleRow>, ApiError> {
+    Ok(state.store.rule(name).await?)
 }
 
 /// One rule.
@@ -260,18 +261,33 @@ async fn dry_run_rule(
             "a dry run over stored samples looks back at most 1d (window or absent_for plus grace)",
         ));
     }
-    let d = state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let mut metrics = vec![rule.selector.metric.as_str()];
-                if let Some(d) = &rule.divide_by {
-                    metrics.push(d.metric.as_str());
-                }
-                let src = sa::recent_samples(c, &metrics, now.saturating_sub(span), now)?;
-                Ok(dry_run(rule.clone(), opts, &src, now, DRY_RUN_LIMIT))
-            })
-        })
+    let mut metrics = vec![rule.selector.metric.clone()];
+    if let Some(d) = &rule.divide_by {
+        metrics.push(d.metric.clone());
+    }
+    let rows = state
+        .store
+        .recent_samples(metrics, now.saturating_sub(span), now)
         .await?;
+    let src = memory_source(rows);
+    // Evaluating a day of samples is CPU work: off the async runtime.
+    let d = tokio::task::spawn_blocking(move || dry_run(rule, opts, &src, now, DRY_RUN_LIMIT))
+        .await
+        .map_err(|e| ApiError::Internal(format!("dry run failed: {e}")))?;
     Ok(Json(dry_run_view(d, "store")))
+}
+
+/// The stored samples read for a dry run, as a source for the alert engine.
+fn memory_source(rows: Vec<RecentSeries>) -> MemorySource {
+    let mut out = MemorySource::new();
+    for r in rows {
+        out.push_series(
+            &r.metric,
+            Series {
+                labels: r.labels,
+                samples: r.samples,
+            },
+        );
+    }
+    out
 }

@@ -4,8 +4,6 @@
 //! team can silence (and see silences of) only its own hosts. Objects out of scope answer
 //! 404.
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -14,16 +12,17 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::alerts::{host_only, require_on, MAX_COMMENT};
+use super::alerts::MAX_COMMENT;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::paging::{Page, PageQuery};
+use super::scope::{all_host_labels, covers_named, require_access, Access, HostLabels};
 use super::ApiState;
 use crate::alert::route::{parse_matchers, SilenceSpec};
 use crate::alert::{Labels, MatchOp};
 use crate::auth::{Permission, Principal};
 use crate::now_ms;
-use crate::store::api_alerts as sa;
+use crate::store::query::silences::SilenceRow;
 
 /// Longest silence matcher text (bytes).
 const MAX_MATCHERS: usize = 4096;
@@ -53,14 +52,13 @@ fn silence_hosts(matchers: &str) -> Vec<String> {
 fn covers_silence(
     principal: &Principal,
     p: Permission,
-    hosts: &HashMap<String, Labels>,
+    hosts: &HostLabels,
     matchers: &str,
 ) -> bool {
     principal.has_global(p)
-        || silence_hosts(matchers).iter().any(|h| match hosts.get(h) {
-            Some(hl) => principal.has_for_host(p, hl),
-            None => principal.has_for_host(p, &host_only(h)),
-        })
+        || silence_hosts(matchers)
+            .iter()
+            .any(|h| covers_named(principal, p, hosts, h))
 }
 
 /// A silence: alerts matching every matcher are not announced between start and end.
@@ -79,7 +77,7 @@ pub struct SilenceView {
     pub state: String,
 }
 
-fn silence_view(s: sa::SilenceRow, now: i64) -> SilenceView {
+fn silence_view(s: SilenceRow, now: i64) -> SilenceView {
     let state = if now < s.starts_ms {
         "pending"
     } else if now < s.ends_ms {
@@ -142,15 +140,11 @@ async fn list_silences(
     let principal = caller.principal.clone();
     let now = now_ms();
     let cursor = q.cursor;
+    let hosts = all_host_labels(&state).await?;
     let page = state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let hosts = sa::host_labels(c)?;
-                sa::silences(c, all, now, cursor, limit, |s| {
-                    covers_silence(&principal, Permission::AlertsRead, &hosts, &s.matchers)
-                })
-            })
+        .store
+        .silences(all, now, cursor, limit, move |s| {
+            covers_silence(&principal, Permission::AlertsRead, &hosts, &s.matchers)
         })
         .await?;
     Ok(Json(Page {
@@ -167,23 +161,15 @@ async fn list_silences(
 async fn read_silence(
     state: &ApiState,
     id: i64,
-) -> Result<Option<(sa::SilenceRow, HashMap<String, Labels>)>, ApiError> {
-    state
-        .db
-        .read(move |r| {
-            r.run(|c| {
-                let Some(s) = sa::silence(c, id)? else {
-                    return Ok(None);
-                };
-                let mut hosts = HashMap::new();
-                for h in silence_hosts(&s.matchers) {
-                    let l = sa::labels_of_host(c, &h)?;
-                    hosts.insert(h, l);
-                }
-                Ok(Some((s, hosts)))
-            })
-        })
-        .await
+) -> Result<Option<(SilenceRow, HostLabels)>, ApiError> {
+    let Some(s) = state.store.silence(id).await? else {
+        return Ok(None);
+    };
+    let hosts = state
+        .store
+        .labels_of_hosts(silence_hosts(&s.matchers))
+        .await?;
+    Ok(Some((s, hosts)))
 }
 
 /// One silence.
@@ -207,7 +193,7 @@ async fn get_silence(
         &hosts,
         &s.matchers,
     );
-    require_on(&caller, Permission::AlertsRead, visible, false)?;
+    require_access(&caller, Access::of(Permission::AlertsRead, visible, false))?;
     Ok(Json(silence_view(s, now_ms())))
 }
 
@@ -226,6 +212,34 @@ pub struct SilenceRequest {
     pub duration: Option<String>,
     /// Why (required, at most 1024 characters).
     pub comment: String,
+}
+
+/// When a requested silence starts and ends (400 when it would be over already, end
+/// before it starts or last more than 366 days).
+fn silence_window(req: &SilenceRequest, now: i64) -> Result<(i64, i64), ApiError> {
+    let starts = req.starts_ms.unwrap_or(now);
+    let ends = match (req.ends_ms, req.duration.as_deref()) {
+        (Some(e), None) => e,
+        (None, Some(d)) => {
+            let d: mcpwatch_common::config::Duration = d
+                .parse()
+                .map_err(|m| ApiError::bad(format!("duration: {m}")))?;
+            starts.saturating_add(d.as_millis_i64())
+        }
+        _ => return Err(ApiError::bad("give exactly one of ends_ms and duration")),
+    };
+    if ends <= now {
+        return Err(ApiError::bad(
+            "the silence would already be over (ends_ms is in the past)",
+        ));
+    }
+    if ends <= starts {
+        return Err(ApiError::bad("the silence must end after it starts"));
+    }
+    if ends.saturating_sub(starts) > MAX_SILENCE_MS {
+        return Err(ApiError::bad("a silence lasts at most 366 days"));
+    }
+    Ok((starts, ends))
 }
 
 /// Creates a silence under the caller's identity.
@@ -268,46 +282,12 @@ async fn create_silence(
             "comment: at most {MAX_COMMENT} characters"
         )));
     }
-    let starts = req.starts_ms.unwrap_or(now);
-    let ends = match (req.ends_ms, req.duration.as_deref()) {
-        (Some(e), None) => e,
-        (None, Some(d)) => {
-            let d: mcpwatch_common::config::Duration = d
-                .parse()
-                .map_err(|m| ApiError::bad(format!("duration: {m}")))?;
-            starts.saturating_add(d.as_millis_i64())
-        }
-        _ => return Err(ApiError::bad("give exactly one of ends_ms and duration")),
-    };
-    if ends <= now {
-        return Err(ApiError::bad(
-            "the silence would already be over (ends_ms is in the past)",
-        ));
-    }
-    if ends <= starts {
-        return Err(ApiError::bad("the silence must end after it starts"));
-    }
-    if ends.saturating_sub(starts) > MAX_SILENCE_MS {
-        return Err(ApiError::bad("a silence lasts at most 366 days"));
-    }
+    let (starts, ends) = silence_window(&req, now)?;
     // Scope: an unscoped grant may silence anything; a scoped one only its own hosts.
     let p = caller.principal.clone();
     if !p.has_global(Permission::SilencesWrite) {
         let named = silence_hosts(&matchers_text);
-        let names = named.clone();
-        let hosts = state
-            .db
-            .read(move |r| {
-                r.run(|c| {
-                    let mut m = HashMap::new();
-                    for h in names {
-                        let l = sa::labels_of_host(c, &h)?;
-                        m.insert(h, l);
-                    }
-                    Ok(m)
-                })
-            })
-            .await?;
+        let hosts = state.store.labels_of_hosts(named.clone()).await?;
         if !covers_silence(&p, Permission::SilencesWrite, &hosts, &matchers_text) {
             caller.deny();
             return Err(ApiError::Forbidden(if named.is_empty() {
@@ -355,7 +335,10 @@ async fn expire_silence(
     let p = &caller.principal;
     let allowed = covers_silence(p, Permission::SilencesWrite, &hosts, &s.matchers);
     let visible = covers_silence(p, Permission::AlertsRead, &hosts, &s.matchers);
-    require_on(&caller, Permission::SilencesWrite, allowed, visible)?;
+    require_access(
+        &caller,
+        Access::of(Permission::SilencesWrite, allowed, visible),
+    )?;
     if !state.alerting.expire_silence(id, now_ms()).await? {
         return Err(ApiError::Conflict(format!(
             "silence {id} has already ended"

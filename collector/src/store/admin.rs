@@ -43,7 +43,7 @@ pub fn with_db<T>(
 /// secret itself is never stored. Returns the token id.
 pub fn insert_token_hash(db: &Path, name: &str, hash: &str) -> Result<i64, StoreError> {
     with_db(db, |c| {
-        super::auth::create_token(
+        super::query::tokens::create_token(
             c,
             name,
             None,

@@ -42,6 +42,9 @@ pub enum StoreError {
     /// A value could not be (de)serialized as JSON for storage.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A read task ended without an answer (it panicked).
+    #[error("read task failed: {0}")]
+    ReadFailed(String),
     /// The database was written by a newer build.
     #[error("database schema version {found} is newer than this build supports ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },

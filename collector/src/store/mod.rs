@@ -20,9 +20,6 @@
 //! [`IngestOutcome::Duplicate`] and acknowledged without being written again.
 
 pub mod admin;
-pub mod api_alerts;
-pub mod api_hosts;
-pub mod auth;
 mod batch;
 mod codec;
 mod connections;
@@ -30,7 +27,7 @@ mod error;
 mod exec;
 mod group;
 pub mod hook;
-mod reader;
+pub mod query;
 mod reply;
 mod request;
 mod retention;
@@ -52,7 +49,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::StoreError;
 pub use hook::{NoHook, WriterHook};
-pub use reader::{EventRow, GapRow, HostRow, Reader, RollupRow, SeriesRow, Tier};
+pub use query::reader::{EventRow, GapRow, HostRow, Reader, RollupRow, SeriesRow, Tier};
 pub use writer::open_connection;
 
 use request::{Registration, WriteRequest};
@@ -176,6 +173,8 @@ pub struct StoreStats {
 pub struct Store {
     tx: mpsc::Sender<WriteRequest>,
     counters: Arc<Counters>,
+    /// Read-only connections for `Store::read` (see `query::pool`).
+    reads: Arc<query::pool::ReadPool>,
 }
 
 impl Store {
@@ -202,7 +201,15 @@ impl Store {
                 path: cfg.path.clone(),
                 source,
             })?;
-        Ok((Store { tx, counters }, handle))
+        let reads = Arc::new(query::pool::ReadPool::new(cfg.path.clone()));
+        Ok((
+            Store {
+                tx,
+                counters,
+                reads,
+            },
+            handle,
+        ))
     }
 
     async fn call<T>(

@@ -73,7 +73,7 @@ pub(crate) fn step(
         }
     }
     if let Some(cut) = cutoff(cfg.retention_audit) {
-        out.events += super::auth::prune_audit(&tx, cut, DELETE_LIMIT)? as u64;
+        out.events += super::query::audit::prune_audit(&tx, cut, DELETE_LIMIT)? as u64;
     }
     prune_rollups(
         &tx,

@@ -1,14 +1,19 @@
-//! Read-only queries on their own connections, for the HTTP API, the alert engine and tests.
+//! A read-only connection: the read pool's unit (see `pool`), and in tests a way to look at
+//! what the writer stored (the typed row queries below exist only for tests).
 //!
-//! A [`Reader`] is one SQLite connection (`Send`, not `Sync`): open one per worker or per
-//! request and call it from blocking context (`spawn_blocking`). WAL mode lets it read a
-//! consistent snapshot while the writer commits. `query_only` enforces that it never writes.
+//! A [`Reader`] is one SQLite connection (`Send`, not `Sync`), used from blocking context
+//! (`spawn_blocking`). WAL mode lets it read a consistent snapshot while the writer commits.
+//! `query_only` enforces that it never writes.
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+#[cfg(test)]
+use rusqlite::{params, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 
-use super::{codec, schema, StoreError};
+#[cfg(test)]
+use crate::store::codec;
+use crate::store::{schema, StoreError};
 
 /// One row of `hosts`, with its last committed seq.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +78,7 @@ pub enum Tier {
     Hour,
 }
 
+#[cfg(test)]
 impl Tier {
     fn table(self) -> &'static str {
         match self {
@@ -82,11 +88,13 @@ impl Tier {
     }
 }
 
+#[cfg(test)]
 fn u64_col(v: i64) -> u64 {
     // Stored from u64 values clamped to i64::MAX, so never negative in practice.
     u64::try_from(v).unwrap_or(0)
 }
 
+#[cfg(test)]
 fn nan_if_null(v: Option<f64>) -> f64 {
     v.unwrap_or(f64::NAN)
 }
@@ -115,14 +123,18 @@ impl Reader {
         Ok(Reader { conn })
     }
 
-    /// Runs a store query function (e.g. from `store::auth`) on this read connection.
-    pub fn run<T>(
+    /// Runs a query function on this read connection.
+    pub(crate) fn run<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         f(&self.conn)
     }
+}
 
+/// Typed row queries, for tests only (the store's own tests check what the writer stored).
+#[cfg(test)]
+impl Reader {
     pub fn hosts(&self) -> Result<Vec<HostRow>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT h.id, h.agent_id, h.hostname, h.agent_version, h.boot_id, h.first_seen_ms,

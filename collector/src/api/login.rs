@@ -23,7 +23,6 @@ use super::ApiState;
 use crate::auth::credential::{self, Kind};
 use crate::auth::password;
 use crate::now_ms;
-use crate::store::auth as sa;
 
 /// Per-source-address login attempts within the current minute.
 #[derive(Debug, Default)]
@@ -102,10 +101,7 @@ async fn login(
     };
     let now = now_ms();
     let name = req.username.clone();
-    let row = state
-        .db
-        .read(move |r| r.run(|c| sa::login_row(c, &name)))
-        .await?;
+    let row = state.store.login_row(name).await?;
     let s = &state.settings;
     let (after, lock) = (s.lockout_after, s.lockout_ms);
     // Every attempt on an existing, unlocked account is counted before the password is
@@ -113,14 +109,7 @@ async fn login(
     // disabled and locked accounts take the same path (a write, then a hash) so timing does
     // not tell them apart.
     let target = row.as_ref().filter(|r| !r.disabled).map(|r| r.id);
-    let reserved = state
-        .db
-        .store
-        .exec(move |c| match target {
-            Some(id) => sa::reserve_login(c, id, now, after, lock),
-            None => Ok(false),
-        })
-        .await?;
+    let reserved = state.store.reserve_login(target, now, after, lock).await?;
     let hash = match (&row, reserved) {
         (Some(r), true) => r.password_hash.clone(),
         _ => password::dummy_hash().to_owned(),
@@ -138,12 +127,8 @@ async fn login(
     let src = source.map(|i| i.to_string()).unwrap_or_default();
     let uid = row.id;
     let id = state
-        .db
         .store
-        .exec(move |c| {
-            sa::login_succeeded(c, uid)?;
-            sa::create_session(c, uid, &hash, now, expires, &src)
-        })
+        .start_session(uid, hash, now, expires, src)
         .await?;
     if let Some(Extension(slot)) = &slot {
         slot.set_actor(format!("user:{}", req.username), Some(id));
@@ -163,11 +148,7 @@ async fn login(
     responses((status = 204), (status = 401, body = ErrorBody)), tag = "sessions")]
 async fn logout(State(state): State<ApiState>, caller: Caller) -> Result<StatusCode, ApiError> {
     if let Some(id) = caller.principal.session_id {
-        state
-            .db
-            .store
-            .exec(move |c| sa::delete_session(c, id))
-            .await?;
+        state.store.delete_session(id).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }

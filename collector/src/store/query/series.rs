@@ -1,6 +1,6 @@
-//! Read queries (and the label write) for the HTTP API's hosts, servers, events, series,
-//! `query_range` and `/federate` routes. Each takes a `&Connection`: reads run on a `Reader`
-//! via `Reader::run`, the label write on the writer via `Store::exec`.
+//! Series and their samples as the API reads them: series lists, the latest value of each
+//! series, and ranges over raw samples or the rollup tiers (for `query_range`, the servers
+//! view and `/federate`).
 //!
 //! Samples live in one compressed BLOB per batch (see `codec`), so "the latest value of a
 //! series" and "a series over a time range" both mean decoding the blobs of the right rows:
@@ -10,125 +10,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
-use super::rollup::{self, HOUR_MS, MINUTE_MS};
-use super::{codec, StoreError};
-
-/// One host row as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostRecord {
-    pub id: i64,
-    pub agent_id: String,
-    pub hostname: String,
-    pub agent_version: String,
-    pub first_seen_ms: i64,
-    pub last_seen_ms: i64,
-    pub online: bool,
-    pub revoked: bool,
-    /// JSON object of operator-assigned labels.
-    pub labels: String,
-    pub last_seq: i64,
-}
-
-const HOST_COLS: &str = "h.id, h.agent_id, h.hostname, h.agent_version, h.first_seen_ms,
-    h.last_seen_ms, h.online, h.revoked, h.labels, coalesce(s.last_seq, 0)";
-
-fn host_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRecord> {
-    Ok(HostRecord {
-        id: r.get(0)?,
-        agent_id: r.get(1)?,
-        hostname: r.get(2)?,
-        agent_version: r.get(3)?,
-        first_seen_ms: r.get(4)?,
-        last_seen_ms: r.get(5)?,
-        online: r.get(6)?,
-        revoked: r.get(7)?,
-        labels: r.get(8)?,
-        last_seq: r.get(9)?,
-    })
-}
-
-fn sql_limit(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// Rows fetched per round while a filtered list fills a page.
-const SCAN_CHUNK: usize = 512;
-
-/// Hosts with `id > after`, in id order, keeping those `keep` accepts, until `limit + 1` are
-/// found (the extra one tells the caller another page exists) or the table ends.
-pub fn hosts_scan(
-    c: &Connection,
-    after: i64,
-    limit: usize,
-    mut keep: impl FnMut(&HostRecord) -> bool,
-) -> Result<Vec<HostRecord>, StoreError> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {HOST_COLS} FROM hosts h LEFT JOIN agent_seq s ON s.host_id = h.id
-         WHERE h.id > ?1 ORDER BY h.id LIMIT ?2"
-    ))?;
-    let mut out = Vec::new();
-    let mut cursor = after;
-    loop {
-        let rows: Vec<HostRecord> = stmt
-            .query_map(params![cursor, sql_limit(SCAN_CHUNK)], host_from_row)?
-            .collect::<Result<_, _>>()?;
-        let full = rows.len() == SCAN_CHUNK;
-        for h in rows {
-            cursor = h.id;
-            if keep(&h) {
-                out.push(h);
-                if out.len() > limit {
-                    return Ok(out);
-                }
-            }
-        }
-        if !full {
-            return Ok(out);
-        }
-    }
-}
-
-/// The host of an agent id, if it ever registered.
-pub fn host(c: &Connection, agent_id: &str) -> Result<Option<HostRecord>, StoreError> {
-    Ok(c.prepare_cached(&format!(
-        "SELECT {HOST_COLS} FROM hosts h LEFT JOIN agent_seq s ON s.host_id = h.id
-         WHERE h.agent_id = ?1"
-    ))?
-    .query_row([agent_id], host_from_row)
-    .optional()?)
-}
-
-/// `(id, agent_id, labels JSON)` of every host, for scoping fleet-wide queries.
-pub fn host_scopes(c: &Connection) -> Result<Vec<(i64, String, String)>, StoreError> {
-    Ok(
-        c.prepare_cached("SELECT id, agent_id, labels FROM hosts ORDER BY id")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?,
-    )
-}
-
-/// Replaces a host's operator labels (a JSON object). Returns whether the host exists.
-pub fn set_labels(c: &Connection, agent_id: &str, labels_json: &str) -> Result<bool, StoreError> {
-    Ok(
-        c.prepare_cached("UPDATE hosts SET labels = ?2 WHERE agent_id = ?1")?
-            .execute(params![agent_id, labels_json])?
-            > 0,
-    )
-}
-
-/// `host_id IN (...)` for a list of ids read from the database (integers, so safe to
-/// inline), or no condition when `hosts` is `None`.
-fn host_condition(column: &str, hosts: Option<&[i64]>) -> String {
-    match hosts {
-        None => "1".to_owned(),
-        Some(ids) => {
-            let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-            format!("{column} IN ({})", list.join(","))
-        }
-    }
-}
+use super::hosts::{host_condition, sql_limit, SCAN_CHUNK};
+use crate::store::rollup::{self, HOUR_MS, MINUTE_MS};
+use crate::store::{codec, Store, StoreError};
 
 /// One series with the agent it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +39,7 @@ fn series_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SeriesRecord> {
 
 /// Series with `id > after` in id order, of the given hosts (`None`: all) and metric name
 /// (`None`: any), keeping those `keep` accepts, until `limit + 1` are found.
-pub fn series_scan(
+fn series_scan(
     c: &Connection,
     hosts: Option<&[i64]>,
     name: Option<&str>,
@@ -197,7 +83,7 @@ pub fn series_scan(
 }
 
 /// Series of one host whose name is `name`, or starts with `prefix` when `prefix` is true.
-pub fn host_series(
+pub(super) fn host_series(
     c: &Connection,
     host_id: i64,
     name: &str,
@@ -220,7 +106,7 @@ pub fn host_series(
 }
 
 /// Every series of the fleet with the agent it belongs to.
-pub fn all_series(c: &Connection) -> Result<Vec<SeriesRecord>, StoreError> {
+fn all_series(c: &Connection) -> Result<Vec<SeriesRecord>, StoreError> {
     Ok(c.prepare_cached(
         "SELECT s.id, s.host_id, h.agent_id, s.name, s.labels FROM series s
          JOIN hosts h ON h.id = s.host_id ORDER BY s.name, h.agent_id, s.labels",
@@ -229,122 +115,8 @@ pub fn all_series(c: &Connection) -> Result<Vec<SeriesRecord>, StoreError> {
     .collect::<Result<_, _>>()?)
 }
 
-/// One stored event with its agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRecord {
-    pub id: i64,
-    pub agent_id: String,
-    pub ts_ms: i64,
-    pub kind: String,
-    pub server: Option<String>,
-    /// JSON object.
-    pub detail: String,
-}
-
-fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
-    Ok(EventRecord {
-        id: r.get(0)?,
-        agent_id: r.get(1)?,
-        ts_ms: r.get(2)?,
-        kind: r.get(3)?,
-        server: r.get(4)?,
-        detail: r.get(5)?,
-    })
-}
-
-/// Which events a page lists.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    /// Hosts to include (`None`: all).
-    pub hosts: Option<Vec<i64>>,
-    pub server: Option<String>,
-    pub kind: Option<String>,
-    /// Events at or after this time only.
-    pub since_ms: Option<i64>,
-    /// Ids below this only (the cursor: pages go from the newest to the oldest).
-    pub before_id: Option<i64>,
-}
-
-/// Up to `limit` events matching `f`, newest first (by id, i.e. arrival order).
-pub fn events_page(
-    c: &Connection,
-    f: &EventFilter,
-    limit: usize,
-) -> Result<Vec<EventRecord>, StoreError> {
-    if f.hosts.as_deref().is_some_and(<[i64]>::is_empty) {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT e.id, h.agent_id, e.ts_ms, e.kind, e.server, e.detail FROM events e
-         JOIN hosts h ON h.id = e.host_id
-         WHERE {} AND (?1 IS NULL OR e.server = ?1) AND (?2 IS NULL OR e.kind = ?2)
-           AND (?3 IS NULL OR e.ts_ms >= ?3) AND (?4 IS NULL OR e.id < ?4)
-         ORDER BY e.id DESC LIMIT ?5",
-        host_condition("e.host_id", f.hosts.as_deref())
-    );
-    Ok(c.prepare(&sql)?
-        .query_map(
-            params![f.server, f.kind, f.since_ms, f.before_id, sql_limit(limit)],
-            event_from_row,
-        )?
-        .collect::<Result<_, _>>()?)
-}
-
-/// The newest `limit` events of one server of a host, newest first.
-pub fn server_events(
-    c: &Connection,
-    host_id: i64,
-    server: &str,
-    limit: usize,
-) -> Result<Vec<EventRecord>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT e.id, h.agent_id, e.ts_ms, e.kind, e.server, e.detail FROM events e
-         JOIN hosts h ON h.id = e.host_id
-         WHERE e.host_id = ?1 AND e.server = ?2 ORDER BY e.ts_ms DESC, e.id DESC LIMIT ?3",
-    )?
-    .query_map(params![host_id, server, sql_limit(limit)], event_from_row)?
-    .collect::<Result<_, _>>()?)
-}
-
-/// The newest event of a server whose kind is one of `kinds`: `(ts_ms, kind)`.
-pub fn latest_event_of_kinds(
-    c: &Connection,
-    host_id: i64,
-    server: &str,
-    kinds: &[&str],
-) -> Result<Option<(i64, String)>, StoreError> {
-    if kinds.is_empty() {
-        return Ok(None);
-    }
-    let marks: Vec<String> = (0..kinds.len()).map(|i| format!("?{}", i + 3)).collect();
-    let sql = format!(
-        "SELECT ts_ms, kind FROM events WHERE host_id = ?1 AND server = ?2 AND kind IN ({})
-         ORDER BY ts_ms DESC, id DESC LIMIT 1",
-        marks.join(",")
-    );
-    let mut values: Vec<rusqlite::types::Value> = vec![host_id.into(), server.to_owned().into()];
-    values.extend(
-        kinds
-            .iter()
-            .map(|k| rusqlite::types::Value::from((*k).to_owned())),
-    );
-    Ok(c.prepare_cached(&sql)?
-        .query_row(params_from_iter(values), |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?)
-}
-
-/// Names of the servers that reported events on a host (agent-wide events excluded).
-pub fn event_servers(c: &Connection, host_id: i64) -> Result<Vec<String>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT DISTINCT server FROM events
-         WHERE host_id = ?1 AND server IS NOT NULL AND server != '' ORDER BY server",
-    )?
-    .query_map([host_id], |r| r.get(0))?
-    .collect::<Result<_, _>>()?)
-}
-
 /// The newest sample time stored raw for a host.
-pub fn newest_raw_ts(c: &Connection, host_id: i64) -> Result<Option<i64>, StoreError> {
+pub(super) fn newest_raw_ts(c: &Connection, host_id: i64) -> Result<Option<i64>, StoreError> {
     Ok(
         c.prepare_cached("SELECT max(ts_max) FROM raw WHERE host_id = ?1")?
             .query_row([host_id], |r| r.get(0))?,
@@ -361,7 +133,7 @@ fn corrupt(row: i64, e: impl std::fmt::Display) -> StoreError {
 /// The newest sample `(ts_ms, value)` of each series `want` accepts, among samples with
 /// `since_ms <= ts <= until_ms`, of one host or (`None`) all hosts. Equal timestamps keep
 /// the later-ingested value.
-pub fn latest_samples(
+pub(super) fn latest_samples(
     c: &Connection,
     host_id: Option<i64>,
     since_ms: i64,
@@ -445,7 +217,7 @@ pub struct TierFloors {
 const OLDEST_ROWS: i64 = 16;
 
 /// The oldest data of the host's raw rows and of the series' rollup buckets.
-pub fn tier_floors(c: &Connection, host_id: i64, series: &[i64]) -> Result<TierFloors, StoreError> {
+fn tier_floors(c: &Connection, host_id: i64, series: &[i64]) -> Result<TierFloors, StoreError> {
     let (raw_oldest, raw_complete): (Option<i64>, Option<i64>) = c
         .prepare_cached(
             "SELECT min(ts_min), min(ts_max) FROM
@@ -527,7 +299,7 @@ pub type RangeResult = HashMap<i64, BTreeMap<i64, StepAgg>>;
 /// Only finite values are aggregated (as in the rollups). On the rollup tiers a bucket
 /// counts when its start lies in the range or it overlaps the range's start; raw rows not
 /// yet folded into the rollups are added from the raw table.
-pub fn range(c: &Connection, spec: &RangeSpec, series: &[i64]) -> Result<RangeResult, StoreError> {
+fn range(c: &Connection, spec: &RangeSpec, series: &[i64]) -> Result<RangeResult, StoreError> {
     if spec.step_ms <= 0 || spec.end_ms < spec.start_ms {
         return Err(StoreError::Invalid(
             "range needs step > 0 and start <= end".into(),
@@ -603,14 +375,180 @@ pub fn range(c: &Connection, spec: &RangeSpec, series: &[i64]) -> Result<RangeRe
     Ok(out)
 }
 
+impl Store {
+    /// Series with `id > after` (of `hosts`, or every host; of one metric `name` or all), in
+    /// id order, that `keep` accepts: up to `limit + 1`.
+    pub async fn series_page(
+        &self,
+        hosts: Option<Vec<i64>>,
+        name: Option<String>,
+        after: i64,
+        limit: usize,
+        keep: impl FnMut(&SeriesRecord) -> bool + Send + 'static,
+    ) -> Result<Vec<SeriesRecord>, StoreError> {
+        self.read(move |c| series_scan(c, hosts.as_deref(), name.as_deref(), after, limit, keep))
+            .await
+    }
+
+    /// The series of one host named `name` (or, with `prefix`, starting with it).
+    pub async fn host_series(
+        &self,
+        host_id: i64,
+        name: String,
+        prefix: bool,
+    ) -> Result<Vec<SeriesRecord>, StoreError> {
+        self.read(move |c| host_series(c, host_id, &name, prefix))
+            .await
+    }
+
+    /// How far back each tier holds data for these series of the host.
+    pub async fn tier_floors(
+        &self,
+        host_id: i64,
+        series: Vec<i64>,
+    ) -> Result<TierFloors, StoreError> {
+        self.read(move |c| tier_floors(c, host_id, &series)).await
+    }
+
+    /// The series over `spec`'s range, aggregated per step.
+    pub async fn series_range(
+        &self,
+        spec: RangeSpec,
+        series: Vec<i64>,
+    ) -> Result<RangeResult, StoreError> {
+        self.read(move |c| range(c, &spec, &series)).await
+    }
+
+    /// Every series of every host with its latest sample between `since_ms` and
+    /// `until_ms` (no series at all when no series has one), for `/federate`.
+    pub async fn fresh_series(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<(Vec<SeriesRecord>, HashMap<i64, (i64, f64)>), StoreError> {
+        self.read(move |c| {
+            let latest = latest_samples(c, None, since_ms, until_ms, |_| true)?;
+            let series = if latest.is_empty() {
+                Vec::new()
+            } else {
+                all_series(c)?
+            };
+            Ok((series, latest))
+        })
+        .await
+    }
+}
+
+/// One series' recent raw samples, for a dry run.
+#[derive(Debug, Clone)]
+pub struct RecentSeries {
+    pub metric: String,
+    /// The series labels plus `host` (its agent id).
+    pub labels: BTreeMap<String, String>,
+    /// `(ts_ms, value)` by time, one per millisecond.
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// The raw samples of `metrics` (every host) from `since_ms` to `until_ms` + 1 min: what a
+/// dry run evaluates when the writer's window does not hold those metrics. Series carry
+/// their labels plus `host`, as in the window.
+fn recent_samples(
+    c: &Connection,
+    metrics: &[String],
+    since_ms: i64,
+    until_ms: i64,
+) -> Result<Vec<RecentSeries>, StoreError> {
+    let mut names: HashMap<i64, (String, BTreeMap<String, String>)> = HashMap::new();
+    {
+        let mut stmt = c.prepare_cached(
+            "SELECT s.id, s.name, s.labels, h.agent_id FROM series s
+             JOIN hosts h ON h.id = s.host_id WHERE s.name = ?1",
+        )?;
+        for m in metrics {
+            let rows = stmt.query_map([m], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (id, name, text, host) = row?;
+                let Some(pairs) = mcpwatch_common::wire::SeriesKey::parse_labels_text(&text) else {
+                    continue;
+                };
+                let mut labels: BTreeMap<String, String> = pairs.into_iter().collect();
+                labels.insert("host".into(), host);
+                names.insert(id, (name, labels));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    let until = until_ms.saturating_add(60_000);
+    let mut samples: HashMap<i64, Vec<(i64, f64)>> = HashMap::new();
+    let mut stmt =
+        c.prepare_cached("SELECT data FROM raw WHERE ts_max >= ?1 AND ts_min <= ?2 ORDER BY id")?;
+    let blobs = stmt.query_map(params![since_ms, until], |r| r.get::<_, Vec<u8>>(0))?;
+    for blob in blobs {
+        let Ok(rows) = codec::decode(&blob?) else {
+            continue;
+        };
+        for (id, ts, v) in rows {
+            if (since_ms..=until).contains(&ts) && names.contains_key(&id) {
+                samples.entry(id).or_default().push((ts, v));
+            }
+        }
+    }
+    for (id, mut list) in samples {
+        let Some((name, labels)) = names.remove(&id) else {
+            continue;
+        };
+        list.sort_by_key(|x| x.0);
+        // One sample per series and millisecond, the last written winning (as the window).
+        let mut dedup: Vec<(i64, f64)> = Vec::with_capacity(list.len());
+        for (ts, v) in list {
+            match dedup.last_mut() {
+                Some(last) if last.0 == ts => last.1 = v,
+                _ => dedup.push((ts, v)),
+            }
+        }
+        out.push(RecentSeries {
+            metric: name,
+            labels,
+            samples: dedup,
+        });
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// The raw samples of `metrics` (every host) from `since_ms` to `until_ms` + 1 min.
+    pub async fn recent_samples(
+        &self,
+        metrics: Vec<String>,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<RecentSeries>, StoreError> {
+        self.read(move |c| recent_samples(c, &metrics, since_ms, until_ms))
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
     use mcpwatch_common::wire::{Event, Sample, SeriesDef, SeriesKey};
 
-    use super::super::{IngestBatch, Reader, Store, StoreConfig};
     use super::*;
+    use crate::store::query::events::{
+        event_servers, events_page, latest_event_of_kinds, EventFilter,
+    };
+    use crate::store::{IngestBatch, Reader, Store, StoreConfig};
 
     const T0: i64 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS;
 

@@ -1,13 +1,13 @@
-//! Users, roles, role bindings, API tokens, sessions and the audit log in SQLite. Every
-//! function takes a connection, so the same SQL serves the API (through the writer thread's
-//! `Store::exec`, or a `Reader` for lookups) and the admin CLI (its own connection).
-//! Secrets never reach this layer: only argon2id hashes of passwords and SHA-256 of tokens.
+//! Users, roles and role bindings in SQLite. Every function takes a connection, so the same
+//! SQL serves the API (through the typed `Store` methods below: reads on the read pool,
+//! writes on the writer thread's `Store::exec`) and the admin CLI (its own connection).
+//! Secrets never reach this layer: only argon2id hashes of passwords.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::StoreError;
 use crate::auth::Permission;
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BindingRow {
@@ -46,53 +46,11 @@ pub struct RoleRow {
     pub builtin: bool,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct TokenRow {
-    pub id: i64,
-    pub name: String,
-    pub user_id: Option<i64>,
-    /// `None` = everything the owner may do.
-    #[schema(value_type = Option<Vec<String>>)]
-    pub permissions: Option<Vec<Permission>>,
-    pub created_ms: i64,
-    pub expires_ms: Option<i64>,
-    pub revoked: bool,
-    pub last_used_ms: Option<i64>,
-    #[serde(skip)]
-    pub hash: String,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct SessionRow {
-    pub id: i64,
-    pub user_id: i64,
-    pub created_ms: i64,
-    pub last_seen_ms: i64,
-    pub expires_ms: i64,
-    pub source: String,
-    #[serde(skip)]
-    pub hash: String,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct AuditRow {
-    pub id: i64,
-    pub at_ms: i64,
-    pub actor: String,
-    pub token_id: Option<i64>,
-    pub session_id: Option<i64>,
-    pub source: String,
-    pub action: String,
-    pub object: String,
-    pub result: i64,
-    pub detail: String,
-}
-
-fn perms_json(p: &[Permission]) -> Result<String, StoreError> {
+pub(super) fn perms_json(p: &[Permission]) -> Result<String, StoreError> {
     Ok(serde_json::to_string(p)?)
 }
 
-fn perms_parse(text: &str) -> Vec<Permission> {
+pub(super) fn perms_parse(text: &str) -> Vec<Permission> {
     // Unknown names (from a newer build) grant nothing.
     serde_json::from_str::<Vec<String>>(text)
         .unwrap_or_default()
@@ -194,39 +152,33 @@ pub fn existing_user_id(c: &Connection, username: &str) -> Result<i64, StoreErro
     user_id(c, username)?.ok_or_else(|| StoreError::Invalid(format!("no user {username:?}")))
 }
 
-pub fn login_row(c: &Connection, username: &str) -> Result<Option<LoginRow>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT id, password_hash, disabled, failed_logins, locked_until_ms
-         FROM users WHERE username = ?1",
-    )?
-    .query_row([username], |r| {
-        Ok(LoginRow {
-            id: r.get(0)?,
-            password_hash: r.get(1)?,
-            disabled: r.get(2)?,
-            failed_logins: r.get(3)?,
-            locked_until_ms: r.get(4)?,
-        })
+const LOGIN_COLS: &str = "id, password_hash, disabled, failed_logins, locked_until_ms";
+
+fn login_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoginRow> {
+    Ok(LoginRow {
+        id: r.get(0)?,
+        password_hash: r.get(1)?,
+        disabled: r.get(2)?,
+        failed_logins: r.get(3)?,
+        locked_until_ms: r.get(4)?,
     })
+}
+
+pub fn login_row(c: &Connection, username: &str) -> Result<Option<LoginRow>, StoreError> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT {LOGIN_COLS} FROM users WHERE username = ?1"
+    ))?
+    .query_row([username], login_from_row)
     .optional()?)
 }
 
 /// [`login_row`] by user id (for a password change that must check the current one).
 pub fn login_row_by_id(c: &Connection, user_id: i64) -> Result<Option<LoginRow>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT id, password_hash, disabled, failed_logins, locked_until_ms
-         FROM users WHERE id = ?1",
-    )?
-    .query_row([user_id], |r| {
-        Ok(LoginRow {
-            id: r.get(0)?,
-            password_hash: r.get(1)?,
-            disabled: r.get(2)?,
-            failed_logins: r.get(3)?,
-            locked_until_ms: r.get(4)?,
-        })
-    })
-    .optional()?)
+    Ok(
+        c.prepare_cached(&format!("SELECT {LOGIN_COLS} FROM users WHERE id = ?1"))?
+            .query_row([user_id], login_from_row)
+            .optional()?,
+    )
 }
 
 /// Counts a login attempt before its password is checked; at `lock_after` consecutive
@@ -484,245 +436,169 @@ pub fn grants_of(
     .collect::<Result<_, _>>()?)
 }
 
-// ---- tokens ----
+impl Store {
+    pub async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        self.read(list_users).await
+    }
 
-pub fn create_token(
-    c: &Connection,
-    name: &str,
-    user_id: Option<i64>,
-    perms: Option<&[Permission]>,
-    expires_ms: Option<i64>,
-    hash: &str,
-    now_ms: i64,
-) -> Result<i64, StoreError> {
-    let perms = perms.map(perms_json).transpose()?;
-    Ok(c.prepare_cached(
-        "INSERT INTO api_tokens (name, hash, created_ms, expires_ms, user_id, permissions)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-    )?
-    .query_row(
-        params![name, hash, now_ms, expires_ms, user_id, perms],
-        |r| r.get(0),
-    )?)
-}
+    pub async fn user(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
+        self.read(move |c| user(c, id)).await
+    }
 
-fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
-    Ok(TokenRow {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        user_id: r.get(2)?,
-        permissions: r.get::<_, Option<String>>(3)?.map(|t| perms_parse(&t)),
-        created_ms: r.get(4)?,
-        expires_ms: r.get(5)?,
-        revoked: r.get(6)?,
-        last_used_ms: r.get(7)?,
-        hash: r.get(8)?,
-    })
-}
+    /// Creates a user bound to `roles` on `host_selector`; the user as stored.
+    pub async fn create_user_with_roles(
+        &self,
+        username: String,
+        password_hash: String,
+        roles: Vec<String>,
+        host_selector: String,
+        now_ms: i64,
+    ) -> Result<UserRow, StoreError> {
+        self.exec(move |c| {
+            let id = create_user(c, &username, &password_hash, now_ms)?;
+            for role in &roles {
+                bind(c, id, role, &host_selector, now_ms)?;
+            }
+            user(c, id)?.ok_or_else(|| StoreError::Invalid("the new user vanished".into()))
+        })
+        .await
+    }
 
-const TOKEN_COLS: &str =
-    "id, name, user_id, permissions, created_ms, expires_ms, revoked, last_used_ms, hash";
+    pub async fn login_row(&self, username: String) -> Result<Option<LoginRow>, StoreError> {
+        self.read(move |c| login_row(c, &username)).await
+    }
 
-pub fn token(c: &Connection, id: i64) -> Result<Option<TokenRow>, StoreError> {
-    Ok(c.prepare_cached(&format!(
-        "SELECT {TOKEN_COLS} FROM api_tokens WHERE id = ?1"
-    ))?
-    .query_row([id], token_from_row)
-    .optional()?)
-}
+    pub async fn login_row_by_id(&self, user_id: i64) -> Result<Option<LoginRow>, StoreError> {
+        self.read(move |c| login_row_by_id(c, user_id)).await
+    }
 
-/// Every token, or those of one user.
-pub fn list_tokens(c: &Connection, user_id: Option<i64>) -> Result<Vec<TokenRow>, StoreError> {
-    Ok(c.prepare_cached(&format!(
-        "SELECT {TOKEN_COLS} FROM api_tokens WHERE ?1 IS NULL OR user_id = ?1 ORDER BY id"
-    ))?
-    .query_map([user_id], token_from_row)?
-    .collect::<Result<_, _>>()?)
-}
+    /// Counts a login attempt on `user_id` before its password is checked (see
+    /// `reserve_login`); `false` (and nothing written) for `None` or a locked account.
+    pub async fn reserve_login(
+        &self,
+        user_id: Option<i64>,
+        now_ms: i64,
+        lockout_after: i64,
+        lockout_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.exec(move |c| match user_id {
+            Some(id) => reserve_login(c, id, now_ms, lockout_after, lockout_ms),
+            None => Ok(false),
+        })
+        .await
+    }
 
-pub fn revoke_token(c: &Connection, id: i64) -> Result<bool, StoreError> {
-    Ok(
-        c.prepare_cached("UPDATE api_tokens SET revoked = 1 WHERE id = ?1")?
-            .execute([id])?
-            > 0,
-    )
-}
+    pub async fn login_failed(
+        &self,
+        user_id: i64,
+        now_ms: i64,
+        lockout_after: i64,
+        lockout_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.exec(move |c| login_failed(c, user_id, now_ms, lockout_after, lockout_ms))
+            .await
+    }
 
-pub fn token_used(c: &Connection, id: i64, now_ms: i64) -> Result<(), StoreError> {
-    c.prepare_cached("UPDATE api_tokens SET last_used_ms = ?2 WHERE id = ?1")?
-        .execute(params![id, now_ms])?;
-    Ok(())
-}
+    /// Clears the failed-login count and creates a session; its id.
+    pub async fn start_session(
+        &self,
+        user_id: i64,
+        hash: String,
+        now_ms: i64,
+        expires_ms: i64,
+        source: String,
+    ) -> Result<i64, StoreError> {
+        self.exec(move |c| {
+            login_succeeded(c, user_id)?;
+            super::tokens::create_session(c, user_id, &hash, now_ms, expires_ms, &source)
+        })
+        .await
+    }
 
-// ---- sessions ----
+    /// Sets a password, ending the user's sessions but `keep_session`; whether the user exists.
+    pub async fn set_password(
+        &self,
+        user_id: i64,
+        hash: String,
+        now_ms: i64,
+        keep_session: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.exec(move |c| set_password(c, user_id, &hash, now_ms, keep_session))
+            .await
+    }
 
-pub fn create_session(
-    c: &Connection,
-    user_id: i64,
-    hash: &str,
-    now_ms: i64,
-    expires_ms: i64,
-    source: &str,
-) -> Result<i64, StoreError> {
-    Ok(c.prepare_cached(
-        "INSERT INTO sessions (user_id, hash, created_ms, last_seen_ms, expires_ms, source)
-         VALUES (?1, ?2, ?3, ?3, ?4, ?5) RETURNING id",
-    )?
-    .query_row(params![user_id, hash, now_ms, expires_ms, source], |r| {
-        r.get(0)
-    })?)
-}
+    /// Disables or enables a user; the user as it is now, `None` if there is none.
+    pub async fn set_disabled(
+        &self,
+        user_id: i64,
+        disabled: bool,
+    ) -> Result<Option<UserRow>, StoreError> {
+        self.exec(move |c| {
+            if !set_disabled(c, user_id, disabled)? {
+                return Ok(None);
+            }
+            user(c, user_id)
+        })
+        .await
+    }
 
-const SESSION_COLS: &str = "id, user_id, created_ms, last_seen_ms, expires_ms, source, hash";
+    pub async fn roles(&self) -> Result<Vec<RoleRow>, StoreError> {
+        self.read(list_roles).await
+    }
 
-fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
-    Ok(SessionRow {
-        id: r.get(0)?,
-        user_id: r.get(1)?,
-        created_ms: r.get(2)?,
-        last_seen_ms: r.get(3)?,
-        expires_ms: r.get(4)?,
-        source: r.get(5)?,
-        hash: r.get(6)?,
-    })
-}
+    /// Creates or replaces a custom role: whether it was created, and the role as stored.
+    pub async fn put_role(
+        &self,
+        name: String,
+        permissions: Vec<Permission>,
+        now_ms: i64,
+    ) -> Result<(bool, RoleRow), StoreError> {
+        self.exec(move |c| {
+            let created = put_role(c, &name, &permissions, now_ms)?;
+            let row =
+                role(c, &name)?.ok_or_else(|| StoreError::Invalid("the role vanished".into()))?;
+            Ok((created, row))
+        })
+        .await
+    }
 
-pub fn session(c: &Connection, id: i64) -> Result<Option<SessionRow>, StoreError> {
-    Ok(c.prepare_cached(&format!(
-        "SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"
-    ))?
-    .query_row([id], session_from_row)
-    .optional()?)
-}
+    /// Deletes a custom role nobody is bound to; whether it existed.
+    pub async fn delete_role(&self, name: String) -> Result<bool, StoreError> {
+        self.exec(move |c| delete_role(c, &name)).await
+    }
 
-pub fn list_sessions(c: &Connection, user_id: Option<i64>) -> Result<Vec<SessionRow>, StoreError> {
-    Ok(c.prepare_cached(&format!(
-        "SELECT {SESSION_COLS} FROM sessions WHERE ?1 IS NULL OR user_id = ?1 ORDER BY id"
-    ))?
-    .query_map([user_id], session_from_row)?
-    .collect::<Result<_, _>>()?)
-}
+    /// Binds an existing user to a role on a host selector; `None` if there is no such user.
+    pub async fn bind(
+        &self,
+        user_id: i64,
+        role: String,
+        host_selector: String,
+        now_ms: i64,
+    ) -> Result<Option<BindingRow>, StoreError> {
+        self.exec(move |c| {
+            if user(c, user_id)?.is_none() {
+                return Ok(None);
+            }
+            bind(c, user_id, &role, &host_selector, now_ms).map(Some)
+        })
+        .await
+    }
 
-pub fn touch_session(c: &Connection, id: i64, now_ms: i64) -> Result<(), StoreError> {
-    c.prepare_cached("UPDATE sessions SET last_seen_ms = max(last_seen_ms, ?2) WHERE id = ?1")?
-        .execute(params![id, now_ms])?;
-    Ok(())
-}
-
-pub fn delete_session(c: &Connection, id: i64) -> Result<bool, StoreError> {
-    Ok(c.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
-        .execute([id])?
-        > 0)
-}
-
-/// Deletes sessions past their absolute expiry or idle for longer than `idle_ms`.
-pub fn cleanup_sessions(c: &Connection, now_ms: i64, idle_ms: i64) -> Result<usize, StoreError> {
-    Ok(
-        c.prepare_cached("DELETE FROM sessions WHERE expires_ms <= ?1 OR last_seen_ms <= ?1 - ?2")?
-            .execute(params![now_ms, idle_ms])?,
-    )
-}
-
-// ---- audit ----
-
-#[derive(Debug, Clone)]
-pub struct AuditEntry {
-    pub at_ms: i64,
-    pub actor: String,
-    pub token_id: Option<i64>,
-    pub session_id: Option<i64>,
-    pub source: String,
-    pub action: String,
-    pub object: String,
-    pub result: u16,
-    pub detail: String,
-}
-
-pub fn insert_audit(c: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "INSERT INTO audit_log (at_ms, actor, token_id, session_id, source, action, object,
-             result, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        e.at_ms,
-        e.actor,
-        e.token_id,
-        e.session_id,
-        e.source,
-        e.action,
-        e.object,
-        e.result,
-        e.detail
-    ])?;
-    Ok(())
-}
-
-/// Which audit rows to list (every field optional).
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    /// Exact actor, e.g. `user:alice`.
-    pub actor: Option<String>,
-    /// Exact action, e.g. `POST /api/v1/users`.
-    pub action: Option<String>,
-    /// Rows at or after this time.
-    pub since_ms: Option<i64>,
-}
-
-/// Newest first, rows with id below `before` (cursor) that pass `filter`, at most `limit`.
-pub fn list_audit(
-    c: &Connection,
-    filter: &AuditFilter,
-    before: Option<i64>,
-    limit: usize,
-) -> Result<Vec<AuditRow>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT id, at_ms, actor, token_id, session_id, source, action, object, result, detail
-         FROM audit_log
-         WHERE (?1 IS NULL OR id < ?1) AND (?3 IS NULL OR actor = ?3)
-           AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR at_ms >= ?5)
-         ORDER BY id DESC LIMIT ?2",
-    )?
-    .query_map(
-        params![
-            before,
-            i64::try_from(limit).unwrap_or(i64::MAX),
-            filter.actor,
-            filter.action,
-            filter.since_ms
-        ],
-        |r| {
-            Ok(AuditRow {
-                id: r.get(0)?,
-                at_ms: r.get(1)?,
-                actor: r.get(2)?,
-                token_id: r.get(3)?,
-                session_id: r.get(4)?,
-                source: r.get(5)?,
-                action: r.get(6)?,
-                object: r.get(7)?,
-                result: r.get(8)?,
-                detail: r.get(9)?,
-            })
-        },
-    )?
-    .collect::<Result<_, _>>()?)
-}
-
-/// Deletes audit rows older than `before_ms` (retention), at most `limit`.
-pub fn prune_audit(c: &Connection, before_ms: i64, limit: i64) -> Result<usize, StoreError> {
-    Ok(c.prepare_cached(
-        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at_ms < ?1 LIMIT ?2)",
-    )?
-    .execute(params![before_ms, limit])?)
+    /// Removes one of a user's bindings; whether it existed.
+    pub async fn unbind(&self, user_id: i64, binding_id: i64) -> Result<bool, StoreError> {
+        self.exec(move |c| unbind(c, user_id, binding_id)).await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::query::audit::*;
+    use crate::store::query::tokens::*;
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let c = super::super::admin::open(&dir.path().join("t.db")).unwrap();
+        let c = crate::store::admin::open(&dir.path().join("t.db")).unwrap();
         (dir, c)
     }
 

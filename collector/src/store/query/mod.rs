@@ -1,0 +1,20 @@
+//! Typed queries, named by what they read: every read the API makes (and the few small
+//! writes it makes through `Store::exec`) is a `Store` method defined here, so callers never
+//! see a connection or SQL. Reads run on the pooled read-only connections of `pool`.
+//!
+//! The `&Connection` functions in `users` and `tokens` are public for the admin CLI, which
+//! works on its own connection while the collector is stopped. Nothing here depends on the
+//! API, the alert engine or the permission model beyond stored permission names.
+
+pub mod alerts;
+pub mod audit;
+pub mod events;
+pub mod hosts;
+pub(crate) mod pool;
+pub(crate) mod reader;
+pub mod rules;
+pub mod series;
+pub mod servers;
+pub mod silences;
+pub mod tokens;
+pub mod users;
