@@ -10,6 +10,7 @@ pub mod route;
 pub mod rule;
 pub mod selector;
 pub mod source;
+mod state_machine;
 pub mod template;
 pub mod window;
 
@@ -18,8 +19,7 @@ mod tests;
 
 pub use builtin::{builtin_rules_raw, BUILTIN_RULES_TOML};
 pub use engine::{
-    fingerprint, AlertState, Engine, EngineOptions, EngineState, Phase, SeriesState, StateDelta,
-    Transition,
+    AlertState, Engine, EngineOptions, EngineState, Phase, SeriesState, StateDelta, Transition,
 };
 pub use rule::{
     load_rules, merge_rules, parse_rules, validate_rules, Comparator, Level, LevelThreshold,
@@ -27,4 +27,5 @@ pub use rule::{
 };
 pub use selector::{Labels, MatchOp, Matcher, Selector};
 pub use source::{MemorySource, Series, SeriesSource};
+pub use state_machine::fingerprint;
 pub use window::WindowFn;
