@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use mcpwatch_collector::auth::credential::{self, Kind};
-use mcpwatch_collector::auth::{password, Permission};
+use mcpwatch_collector::auth::{password, permission_names, Permission, Scope};
 use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin::with_db;
@@ -245,8 +245,8 @@ fn utc(ms: i64) -> String {
     mcpwatch_collector::notify::rfc3339_ms(ms)
 }
 
-fn perms_text(p: &[Permission]) -> String {
-    p.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(",")
+fn perms_text(names: &[String]) -> String {
+    names.join(",")
 }
 
 pub fn user(cmd: UserCmd) -> ExitCode {
@@ -265,6 +265,7 @@ fn run_user(cmd: UserCmd) -> Result<(), Failure> {
         } => {
             users::check_name("username", &name)?;
             let h = hash(&password.read(&name)?)?;
+            let hosts = Scope::normalize(&hosts).map_err(Failure::Usage)?;
             let id = with_db(&db, |c| {
                 let id = users::create_user(c, &name, &h, now)?;
                 for role in &roles {
@@ -355,9 +356,14 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
         }
         RoleAction::Add { name, permissions } => {
             let perms = parse_permissions(&permissions)?;
-            let created = with_db(&db, |c| users::put_role(c, &name, &perms, now))?;
+            let created = with_db(&db, |c| {
+                users::put_role(c, &name, &permission_names(&perms), now)
+            })?;
             let what = if created { "created" } else { "replaced" };
-            println!("role {name} {what}: {}", perms_text(&perms));
+            println!(
+                "role {name} {what}: {}",
+                perms_text(&permission_names(&perms))
+            );
         }
         RoleAction::Delete { name } => {
             if !with_db(&db, |c| users::delete_role(c, &name))? {
@@ -366,6 +372,7 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
             println!("role {name} deleted");
         }
         RoleAction::Bind { user, role, hosts } => {
+            let hosts = Scope::normalize(&hosts).map_err(Failure::Usage)?;
             let b = with_db(&db, |c| {
                 users::bind(c, users::existing_user_id(c, &user)?, &role, &hosts, now)
             })?;
@@ -468,7 +475,8 @@ fn run_token(cmd: TokenCmd) -> Result<(), Failure> {
                     Some(u) => Some(users::existing_user_id(c, u)?),
                     None => None,
                 };
-                tokens::create_token(c, &name, owner, perms.as_deref(), expires_ms, &h, now)
+                let names = perms.as_deref().map(permission_names);
+                tokens::create_token(c, &name, owner, names.as_deref(), expires_ms, &h, now)
             })?;
             eprintln!("token {id} {name:?} created; it is shown only this once:");
             println!("{}", credential::format(Kind::Token, id, &secret));

@@ -399,12 +399,12 @@ fn api_hosts_list_detail_labels_scoping_and_events() {
 
     // Relabelling cannot widen the caller's reach: dave labels team a's hosts but controls
     // servers only on team a's staging hosts, so he may not mark a host staging.
-    use mcpwatch_collector::auth::Permission;
+    use mcpwatch_collector::auth::{permission_names, Permission};
     admin::with_db(&f.c.db, |c| {
         users::put_role(
             c,
             "labeler",
-            &[Permission::HostsRead, Permission::HostsWrite],
+            &permission_names(&[Permission::HostsRead, Permission::HostsWrite]),
             now_ms(),
         )
     })

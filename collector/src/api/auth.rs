@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::ApiState;
 use crate::auth::credential::{self, Kind};
-use crate::auth::{grants, Permission, Principal};
+use crate::auth::{grants, permission_names, Permission, Principal};
 use crate::now_ms;
 use crate::store::query::audit::AuditEntry;
 use crate::store::query::tokens::{Bearer, BearerKind, BearerRow};
@@ -149,7 +149,7 @@ fn principal_of(b: Bearer) -> Option<(Principal, i64)> {
         // automation) holds every permission, narrowed by its own subset.
         None => (
             format!("token:{name}"),
-            vec![(Permission::ALL.to_vec(), String::new())],
+            vec![(permission_names(&Permission::ALL), String::new())],
         ),
     };
     Some((

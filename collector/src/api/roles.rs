@@ -10,9 +10,9 @@ use utoipa_axum::routes;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::users::{check_selector, load_user, parse_permissions};
+use super::users::{load_user, normalized_selector, parse_permissions};
 use super::ApiState;
-use crate::auth::Permission;
+use crate::auth::{permission_names, Permission};
 use crate::now_ms;
 use crate::store::query::users::{BindingRow, RoleRow};
 
@@ -63,12 +63,12 @@ async fn add_binding(
     Json(req): Json<BindRequest>,
 ) -> Result<(StatusCode, Json<BindingRow>), ApiError> {
     caller.require_global(Permission::UsersAdmin)?;
-    check_selector(&req.host_selector)?;
+    let host_selector = normalized_selector(&req.host_selector)?;
     caller.note(format!("role {} hosts {:?}", req.role, req.host_selector));
     let now = now_ms();
     let row = state
         .store
-        .bind(id, req.role, req.host_selector, now)
+        .bind(id, req.role, host_selector, now)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok((StatusCode::CREATED, Json(row)))
@@ -138,7 +138,10 @@ async fn put_role(
             .join(",")
     ));
     let now = now_ms();
-    let (created, row) = state.store.put_role(name, perms, now).await?;
+    let (created, row) = state
+        .store
+        .put_role(name, permission_names(&perms), now)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {

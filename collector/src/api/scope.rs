@@ -193,7 +193,10 @@ mod tests {
             token_id: None,
             session_id: None,
             grants: crate::auth::grants(
-                &[(vec![Permission::HostsRead], r#"{team!="b"}"#.into())],
+                &[(
+                    vec![Permission::HostsRead.to_string()],
+                    r#"{team!="b"}"#.into(),
+                )],
                 None,
             ),
         };

@@ -15,7 +15,7 @@ use super::scope::{require_access, Access};
 use super::users::{is_admin, parse_permissions};
 use super::ApiState;
 use crate::auth::credential::{self, Kind};
-use crate::auth::Permission;
+use crate::auth::{from_names, permission_names, Permission};
 use crate::now_ms;
 use crate::store::query::tokens::{NewToken, TokenRow};
 
@@ -167,7 +167,7 @@ async fn create_token(
             NewToken {
                 name: n,
                 owner,
-                permissions: requested,
+                permissions: requested.as_deref().map(permission_names),
                 expires_ms: expires,
                 parent: calling_token,
                 hash,
@@ -186,7 +186,7 @@ async fn create_token(
             id,
             name,
             user_id: owner,
-            permissions,
+            permissions: permissions.as_deref().map(from_names),
             created_ms: now,
             expires_ms: expires,
             token: credential::format(Kind::Token, id, &secret),

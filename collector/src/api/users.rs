@@ -59,10 +59,9 @@ pub(super) fn parse_permissions(names: &[String]) -> Result<Vec<Permission>, Api
     Ok(out)
 }
 
-pub(super) fn check_selector(selector: &str) -> Result<(), ApiError> {
-    Scope::parse(selector)
-        .map(|_| ())
-        .map_err(|e| ApiError::bad(format!("host_selector: {e}")))
+/// A binding's host selector checked and in its stored form (trimmed, `""` for every host).
+pub(super) fn normalized_selector(selector: &str) -> Result<String, ApiError> {
+    Scope::normalize(selector).map_err(ApiError::bad)
 }
 
 pub(super) async fn load_user(state: &ApiState, id: i64) -> Result<UserRow, ApiError> {
@@ -116,7 +115,7 @@ async fn create_user(
     caller.require_global(Permission::UsersAdmin)?;
     check_name("username", &req.username)?;
     password::check_policy(&req.username, &req.password).map_err(ApiError::BadRequest)?;
-    check_selector(&req.host_selector)?;
+    let host_selector = normalized_selector(&req.host_selector)?;
     if req.roles.len() > ROLES_MAX {
         return Err(ApiError::bad(format!("at most {ROLES_MAX} roles")));
     }
@@ -124,10 +123,7 @@ async fn create_user(
     let hash = hash_password(req.password).await?;
     let now = now_ms();
     let CreateUser {
-        username,
-        roles,
-        host_selector,
-        ..
+        username, roles, ..
     } = req;
     let user = state
         .store

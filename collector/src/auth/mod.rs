@@ -5,4 +5,6 @@ pub mod credential;
 pub mod password;
 pub mod permission;
 
-pub use permission::{builtin_roles, grants, Grant, Permission, Principal, Scope};
+pub use permission::{
+    builtin_roles, from_names, grants, permission_names, Grant, Permission, Principal, Scope,
+};

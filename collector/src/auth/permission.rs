@@ -128,6 +128,16 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The selector as it is stored: checked, trimmed, `""` for every host.
+    pub fn normalize(selector: &str) -> Result<String, String> {
+        Ok(
+            match Scope::parse(selector).map_err(|e| format!("host selector: {e}"))? {
+                Scope::AllHosts => String::new(),
+                Scope::Hosts { selector, .. } => selector,
+            },
+        )
+    }
+
     /// `""` = every host; otherwise `{label="value", ...}`.
     pub fn parse(selector: &str) -> Result<Scope, String> {
         let t = selector.trim();
@@ -193,17 +203,32 @@ impl Principal {
     }
 }
 
-/// Grants from role bindings `(role permissions, host selector)`, narrowed to a token's
-/// permission subset when there is one. Global permissions survive only unscoped.
-pub fn grants(bindings: &[(Vec<Permission>, String)], subset: Option<&[Permission]>) -> Vec<Grant> {
+/// Permission names as the store keeps them: each once, in this module's order.
+pub fn permission_names(perms: &[Permission]) -> Vec<String> {
+    let mut perms = perms.to_vec();
+    perms.sort();
+    perms.dedup();
+    perms.iter().map(|p| p.as_str().to_owned()).collect()
+}
+
+/// The permissions stored names stand for. Unknown names (from a newer build) stand for
+/// nothing: they grant nothing and show nothing.
+pub fn from_names(names: &[String]) -> Vec<Permission> {
+    names.iter().filter_map(|n| n.parse().ok()).collect()
+}
+
+/// Grants from role bindings `(role permission names, host selector)` as stored, narrowed to
+/// a token's permission subset when there is one. Global permissions survive only unscoped.
+pub fn grants(bindings: &[(Vec<String>, String)], subset: Option<&[String]>) -> Vec<Grant> {
+    let subset = subset.map(from_names);
     let mut out = Vec::new();
-    for (perms, selector) in bindings {
+    for (names, selector) in bindings {
         let Ok(scope) = Scope::parse(selector) else {
             // A binding whose selector no longer parses grants nothing (fail closed).
             continue;
         };
-        for &p in perms {
-            if subset.is_some_and(|s| !s.contains(&p)) {
+        for p in from_names(names) {
+            if subset.as_ref().is_some_and(|s| !s.contains(&p)) {
                 continue;
             }
             if p.is_global() && !matches!(scope, Scope::AllHosts) {
@@ -243,8 +268,8 @@ mod tests {
 
     #[test]
     fn auth_scoped_grants_cover_only_their_hosts() {
-        let operator = builtin_roles()[1].1.clone();
-        let admin = builtin_roles()[0].1.clone();
+        let operator = permission_names(&builtin_roles()[1].1);
+        let admin = permission_names(&builtin_roles()[0].1);
         let p = Principal {
             actor: "user:team-a".into(),
             user_id: Some(1),
@@ -268,8 +293,8 @@ mod tests {
         );
         assert!(!p.has_global(Permission::HostsRead));
         let t = grants(
-            &[(builtin_roles()[0].1.clone(), String::new())],
-            Some(&[Permission::HostsRead]),
+            &[(permission_names(&builtin_roles()[0].1), String::new())],
+            Some(&permission_names(&[Permission::HostsRead])),
         );
         assert_eq!(t.len(), 1, "a token keeps only its subset");
     }

@@ -6,7 +6,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::users::{grants_of, perms_json, perms_parse, user, UserRow};
-use crate::auth::Permission;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -16,7 +15,7 @@ pub struct TokenRow {
     pub user_id: Option<i64>,
     /// `None` = everything the owner may do.
     #[schema(value_type = Option<Vec<String>>)]
-    pub permissions: Option<Vec<Permission>>,
+    pub permissions: Option<Vec<String>>,
     pub created_ms: i64,
     pub expires_ms: Option<i64>,
     pub revoked: bool,
@@ -43,7 +42,7 @@ pub fn create_token(
     c: &Connection,
     name: &str,
     user_id: Option<i64>,
-    perms: Option<&[Permission]>,
+    perms: Option<&[String]>,
     expires_ms: Option<i64>,
     hash: &str,
     now_ms: i64,
@@ -201,7 +200,7 @@ impl BearerRow {
 }
 
 /// A user's grants: `(permissions of the role, host selector)` per binding.
-pub type Grants = Vec<(Vec<Permission>, String)>;
+pub type Grants = Vec<(Vec<String>, String)>;
 
 /// A bearer credential with its user and that user's grants.
 #[derive(Debug, Clone)]
@@ -217,7 +216,7 @@ pub struct NewToken {
     /// The user it acts for (must exist and be enabled).
     pub owner: Option<i64>,
     /// Its permission subset (`None`: everything its owner may do).
-    pub permissions: Option<Vec<Permission>>,
+    pub permissions: Option<Vec<String>>,
     pub expires_ms: Option<i64>,
     /// The token that asks for it: its subset is passed on when none is asked for, and the
     /// new token never outlives it.
@@ -267,7 +266,7 @@ impl Store {
         &self,
         new: NewToken,
         now_ms: i64,
-    ) -> Result<(i64, Option<Vec<Permission>>, Option<i64>), StoreError> {
+    ) -> Result<(i64, Option<Vec<String>>, Option<i64>), StoreError> {
         self.exec(move |c| {
             if let Some(uid) = new.owner {
                 match user(c, uid)? {

@@ -6,7 +6,6 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::auth::Permission;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -41,22 +40,19 @@ pub struct LoginRow {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RoleRow {
     pub name: String,
-    #[schema(value_type = Vec<String>)]
-    pub permissions: Vec<Permission>,
+    /// Permission names as stored (`hosts:read`, ...); `auth` gives them meaning.
+    pub permissions: Vec<String>,
     pub builtin: bool,
 }
 
-pub(super) fn perms_json(p: &[Permission]) -> Result<String, StoreError> {
+/// Permission names as stored: a JSON list. The store keeps names; which names exist and
+/// what they allow is the `auth` layer's business.
+pub(super) fn perms_json(p: &[String]) -> Result<String, StoreError> {
     Ok(serde_json::to_string(p)?)
 }
 
-pub(super) fn perms_parse(text: &str) -> Vec<Permission> {
-    // Unknown names (from a newer build) grant nothing.
-    serde_json::from_str::<Vec<String>>(text)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect()
+pub(super) fn perms_parse(text: &str) -> Vec<String> {
+    serde_json::from_str::<Vec<String>>(text).unwrap_or_default()
 }
 
 // ---- users ----
@@ -278,7 +274,7 @@ pub fn list_roles(c: &Connection) -> Result<Vec<RoleRow>, StoreError> {
 pub fn put_role(
     c: &Connection,
     name: &str,
-    perms: &[Permission],
+    perms: &[String],
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     check_name("role name", name)?;
@@ -287,9 +283,11 @@ pub fn put_role(
             "a role needs at least one permission".into(),
         ));
     }
+    // The caller normalises (`auth::permission_names`: known names in a canonical order);
+    // each is stored once whatever it passes.
     let mut perms = perms.to_vec();
-    perms.sort();
-    perms.dedup();
+    let mut seen = std::collections::HashSet::new();
+    perms.retain(|p| seen.insert(p.clone()));
     let builtin: Option<bool> = c
         .prepare_cached("SELECT builtin FROM roles WHERE name = ?1")?
         .query_row([name], |r| r.get(0))
@@ -345,7 +343,8 @@ pub fn delete_role(c: &Connection, name: &str) -> Result<bool, StoreError> {
 }
 
 /// Binds `role` to the user for the hosts `selector` matches (empty: every host). The
-/// selector is checked and stored trimmed; binding twice returns the existing binding.
+/// selector comes checked and normalised by the caller (`auth::Scope::normalize`); binding
+/// twice returns the existing binding.
 pub fn bind(
     c: &Connection,
     user_id: i64,
@@ -353,12 +352,6 @@ pub fn bind(
     selector: &str,
     now_ms: i64,
 ) -> Result<BindingRow, StoreError> {
-    let selector = match crate::auth::Scope::parse(selector)
-        .map_err(|e| StoreError::Invalid(format!("host selector: {e}")))?
-    {
-        crate::auth::Scope::AllHosts => String::new(),
-        crate::auth::Scope::Hosts { selector, .. } => selector,
-    };
     let known: bool = c
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM roles WHERE name = ?1)")?
         .query_row([role], |r| r.get(0))?;
@@ -381,7 +374,7 @@ pub fn bind(
     Ok(BindingRow {
         id,
         role: role.to_owned(),
-        host_selector: selector,
+        host_selector: selector.to_owned(),
     })
 }
 
@@ -422,10 +415,7 @@ pub fn bindings_of(c: &Connection, user_id: i64) -> Result<Vec<BindingRow>, Stor
 }
 
 /// (permissions of the role, host selector) for each of the user's bindings.
-pub fn grants_of(
-    c: &Connection,
-    user_id: i64,
-) -> Result<Vec<(Vec<Permission>, String)>, StoreError> {
+pub fn grants_of(c: &Connection, user_id: i64) -> Result<Vec<(Vec<String>, String)>, StoreError> {
     Ok(c.prepare_cached(
         "SELECT r.permissions, b.host_selector FROM role_bindings b
          JOIN roles r ON r.name = b.role WHERE b.user_id = ?1",
@@ -550,7 +540,7 @@ impl Store {
     pub async fn put_role(
         &self,
         name: String,
-        permissions: Vec<Permission>,
+        permissions: Vec<String>,
         now_ms: i64,
     ) -> Result<(bool, RoleRow), StoreError> {
         self.exec(move |c| {
@@ -593,6 +583,18 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `bind` as its callers use it: the selector normalised by `auth` first.
+    fn bind(
+        c: &Connection,
+        user_id: i64,
+        role: &str,
+        selector: &str,
+        now_ms: i64,
+    ) -> Result<BindingRow, StoreError> {
+        let selector = crate::auth::Scope::normalize(selector).map_err(StoreError::Invalid)?;
+        super::bind(c, user_id, role, &selector, now_ms)
+    }
     use crate::store::query::audit::*;
     use crate::store::query::tokens::*;
 
@@ -640,24 +642,19 @@ mod tests {
         assert_eq!(user(&c, id).unwrap().unwrap().bindings.len(), 1);
         assert!(user(&c, 999).unwrap().is_none());
         // Custom roles: created, replaced, refused while bound; built-ins fixed.
-        assert!(put_role(&c, "team", &[Permission::HostsRead], 1).unwrap());
-        assert!(!put_role(
-            &c,
-            "team",
-            &[Permission::AlertsRead, Permission::AlertsRead],
-            1
-        )
-        .unwrap());
+        let name = |p: &str| p.to_owned();
+        assert!(put_role(&c, "team", &[name("hosts:read")], 1).unwrap());
+        assert!(!put_role(&c, "team", &[name("alerts:read"), name("alerts:read")], 1).unwrap());
         assert_eq!(
             role(&c, "team").unwrap().unwrap().permissions,
-            [Permission::AlertsRead]
+            ["alerts:read"]
         );
         assert!(matches!(
             put_role(&c, "team", &[], 1),
             Err(StoreError::Invalid(_))
         ));
         assert!(matches!(
-            put_role(&c, "viewer", &[Permission::HostsRead], 1),
+            put_role(&c, "viewer", &[name("hosts:read")], 1),
             Err(StoreError::Conflict(_))
         ));
         bind(&c, id, "team", "", 1).unwrap();
