@@ -1176,3 +1176,106 @@ fn session_ids_are_never_reused() {
         "two actors share session id {first} in the audit log"
     );
 }
+
+/// Adds `carol` (viewer) with ALICE_PW; logs her in: (session token, user id).
+fn carol(c: &CollectorProc) -> (String, i64) {
+    let db = c.db.display().to_string();
+    cli_ok(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--role",
+            "viewer",
+            "--password-stdin",
+            "--db",
+            &db,
+        ],
+        Some(ALICE_PW),
+    );
+    let api = Api(c.http);
+    let token = api.login("carol", ALICE_PW).expect("login");
+    let id = api.get("/api/v1/me", &token).1["user_id"]
+        .as_i64()
+        .expect("user id");
+    (token, id)
+}
+
+/// Guessing the current password through `PUT /users/{id}/password` is limited per address
+/// like login: attempts beyond `login_attempts_per_minute` get 429 (before, every guess got
+/// its answer).
+#[test]
+fn password_change_guesses_are_rate_limited_like_login() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = collector(
+        tmp.path(),
+        "login_attempts_per_minute = 5\nlockout_after = 100",
+    );
+    let (token, id) = carol(&c); // attempt 1: the login
+    let api = Api(c.http);
+    let path = format!("/api/v1/users/{id}/password");
+    let guess = |n: u32| {
+        api.send(
+            "PUT",
+            &path,
+            Some(&token),
+            json!({"password": ALICE_PW2, "current_password": format!("wrong-guess-{n}")}),
+        )
+        .0
+    };
+    let statuses: Vec<u16> = (0..6).map(guess).collect();
+    assert_eq!(statuses[..4], [400, 400, 400, 400], "{statuses:?}");
+    assert_eq!(statuses[4..], [429, 429], "{statuses:?}");
+}
+
+/// 24 wrong current passwords at once, then the right one: every guess is counted before its
+/// hash is checked, so the account locks and the right password is refused too.
+#[test]
+fn parallel_password_change_guesses_lock_the_account() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = collector(tmp.path(), "login_attempts_per_minute = 1000000");
+    let (token, id) = carol(&c);
+    let addr = c.http;
+    let guesses: Vec<_> = (0..24)
+        .map(|i| {
+            let token = token.clone();
+            std::thread::spawn(move || loop {
+                let body = json!({"password": ALICE_PW2,
+                                  "current_password": format!("wrong-password-{i:02}")});
+                // 503: every password check is busy and this guess was not made; retry it.
+                match Api(addr)
+                    .send(
+                        "PUT",
+                        &format!("/api/v1/users/{id}/password"),
+                        Some(&token),
+                        body,
+                    )
+                    .0
+                {
+                    503 => continue,
+                    s => break s,
+                }
+            })
+        })
+        .collect();
+    for g in guesses {
+        assert_eq!(g.join().unwrap(), 400);
+    }
+    let right = Api(addr).send(
+        "PUT",
+        &format!("/api/v1/users/{id}/password"),
+        Some(&token),
+        json!({"password": ALICE_PW2, "current_password": ALICE_PW}),
+    );
+    assert_eq!(right.0, 400, "locked: {:?}", right.1);
+    let (failed, locked_until): (i64, i64) = ro(&c.db)
+        .query_row(
+            "SELECT failed_logins, locked_until_ms FROM users WHERE username = 'carol'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(failed >= 5, "{failed} attempts counted");
+    assert!(locked_until > now_ms(), "{locked_until}");
+    assert_eq!(Api(addr).login("carol", ALICE_PW), Err(401), "locked");
+}

@@ -16,13 +16,70 @@ use utoipa_axum::routes;
 
 use super::auth::{AuditSlot, Caller, ClientAddr};
 
-/// Password verifications running at once (each holds ~19 MiB for tens of milliseconds).
-static VERIFY_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 use super::error::{ApiError, ErrorBody};
 use super::ApiState;
 use crate::auth::credential::{self, Kind};
 use crate::auth::password;
 use crate::now_ms;
+use crate::store::query::users::LoginRow;
+
+/// Argon2 runs at once, for every route that checks or sets a password (each holds ~19 MiB
+/// for tens of milliseconds).
+static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Checks `password` for the account `row` the way every route that takes a password does:
+/// the per-address rate limit (429), at most four argon2 runs at once (503 beyond), and the
+/// attempt counted against the account *before* the hash is checked, so parallel guesses
+/// cannot slip past the lockout. Unknown, disabled and locked accounts take the same path
+/// (a write, then a hash) and never match. The caller resets the count on success.
+pub(super) async fn verify_guarded(
+    state: &ApiState,
+    source: Option<IpAddr>,
+    row: Option<&LoginRow>,
+    password: String,
+) -> Result<bool, ApiError> {
+    if let Some(ip) = source {
+        if !state.limiter.allow(ip, state.settings.login_per_minute) {
+            return Err(ApiError::TooManyRequests);
+        }
+    }
+    if password.len() > password::MAX_LEN * 4 {
+        return Ok(false);
+    }
+    let Ok(_permit) = ARGON2_SLOTS.try_acquire() else {
+        return Err(ApiError::Unavailable(
+            "too many password checks in progress; retry".into(),
+        ));
+    };
+    let s = &state.settings;
+    let target = row.filter(|r| !r.disabled).map(|r| r.id);
+    let reserved = state
+        .store
+        .reserve_login(target, now_ms(), s.lockout_after, s.lockout_ms)
+        .await?;
+    let hash = match (row, reserved) {
+        (Some(r), true) => r.password_hash.clone(),
+        _ => password::dummy_hash().to_owned(),
+    };
+    let ok = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+        .await
+        .unwrap_or(false);
+    Ok(reserved && ok)
+}
+
+/// An argon2id hash of a new password, computed off the async runtime and within the same
+/// bound on concurrent argon2 runs as checks (waiting for a slot: only authorised callers
+/// get here).
+pub(super) async fn hash_password(pw: String) -> Result<String, ApiError> {
+    let _permit = ARGON2_SLOTS
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+    tokio::task::spawn_blocking(move || password::hash(&pw))
+        .await
+        .map_err(|e| ApiError::Internal(format!("hash task failed: {e}")))?
+        .map_err(ApiError::Internal)
+}
 
 /// Per-source-address login attempts within the current minute.
 #[derive(Debug, Default)]
@@ -80,12 +137,7 @@ async fn login(
     Json(req): Json<LoginRequest>,
 ) -> Result<(StatusCode, Json<LoginResponse>), ApiError> {
     let source = addr.map(|Extension(a)| a.0.ip());
-    if let Some(ip) = source {
-        if !state.limiter.allow(ip, state.settings.login_per_minute) {
-            return Err(ApiError::TooManyRequests);
-        }
-    }
-    if req.username.len() > 256 || req.password.len() > password::MAX_LEN * 4 {
+    if req.username.len() > 256 {
         return Err(ApiError::Unauthenticated);
     }
     if let Some(Extension(slot)) = &slot {
@@ -93,34 +145,13 @@ async fn login(
         let tried: String = req.username.chars().take(64).collect();
         slot.set_actor(format!("login:{tried}"), None);
     }
-    // Argon2 costs ~19 MiB and tens of ms: bound how many run at once.
-    let Ok(_permit) = VERIFY_SLOTS.try_acquire() else {
-        return Err(ApiError::Unavailable(
-            "too many logins in progress; retry".into(),
-        ));
-    };
     let now = now_ms();
-    let name = req.username.clone();
-    let row = state.store.login_row(name).await?;
-    let s = &state.settings;
-    let (after, lock) = (s.lockout_after, s.lockout_ms);
-    // Every attempt on an existing, unlocked account is counted before the password is
-    // checked, so parallel guesses cannot slip past the lockout; a success resets it. Unknown,
-    // disabled and locked accounts take the same path (a write, then a hash) so timing does
-    // not tell them apart.
-    let target = row.as_ref().filter(|r| !r.disabled).map(|r| r.id);
-    let reserved = state.store.reserve_login(target, now, after, lock).await?;
-    let hash = match (&row, reserved) {
-        (Some(r), true) => r.password_hash.clone(),
-        _ => password::dummy_hash().to_owned(),
-    };
-    let pw = req.password.clone();
-    let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
-        .await
-        .unwrap_or(false);
-    let Some(row) = row.filter(|_| reserved && ok) else {
+    let row = state.store.login_row(req.username.clone()).await?;
+    let ok = verify_guarded(&state, source, row.as_ref(), req.password.clone()).await?;
+    let Some(row) = row.filter(|_| ok) else {
         return Err(ApiError::Unauthenticated);
     };
+    let s = &state.settings;
     let secret = credential::secret().map_err(|e| ApiError::Internal(e.to_string()))?;
     let hash = credential::hash(&secret);
     let expires = now.saturating_add(s.session_absolute_ms);

@@ -8,13 +8,14 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::Caller;
+use super::auth::{Caller, ClientAddr};
 use super::error::{ApiError, ErrorBody};
+use super::login::{hash_password, verify_guarded};
 use super::ApiState;
 use crate::auth::{password, Permission, Scope};
 use crate::now_ms;
@@ -33,20 +34,6 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 }
 
 // ---- helpers ----
-
-/// An argon2id hash computed off the async runtime (it takes tens of milliseconds).
-pub(super) async fn hash_password(pw: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || password::hash(&pw))
-        .await
-        .map_err(|e| ApiError::Internal(format!("hash task failed: {e}")))?
-        .map_err(ApiError::Internal)
-}
-
-pub(super) async fn verify_password(pw: String, phc: String) -> bool {
-    tokio::task::spawn_blocking(move || password::verify(&pw, &phc))
-        .await
-        .unwrap_or(false)
-}
 
 /// Permission names to permissions (400 naming the unknown one), sorted, without repeats.
 pub(super) fn parse_permissions(names: &[String]) -> Result<Vec<Permission>, ApiError> {
@@ -160,11 +147,15 @@ pub struct PasswordChange {
 #[utoipa::path(put, path = "/users/{id}/password", request_body = PasswordChange,
     params(("id" = i64, Path, description = "User id")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), tag = "users")]
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Too many password attempts from this address"),
+              (status = 503, body = ErrorBody, description = "Too many password checks at once; retry")),
+    tag = "users")]
 async fn change_password(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<i64>,
+    addr: Option<Extension<ClientAddr>>,
     Json(req): Json<PasswordChange>,
 ) -> Result<StatusCode, ApiError> {
     let admin = is_admin(&caller);
@@ -186,14 +177,10 @@ async fn change_password(
             .login_row_by_id(id)
             .await?
             .ok_or(ApiError::NotFound)?;
-        let locked = row.locked_until_ms > now;
-        let plausible = current.len() <= password::MAX_LEN * 4;
-        if locked || !plausible || !verify_password(current, row.password_hash).await {
-            // Guessing through this endpoint counts like guessing at login.
-            if !locked {
-                let (after, lock) = (state.settings.lockout_after, state.settings.lockout_ms);
-                state.store.login_failed(id, now, after, lock).await?;
-            }
+        // Guessing through this endpoint is throttled and counted exactly like guessing at
+        // login (rate limit, bounded argon2, the attempt counted before the check).
+        let source = addr.map(|Extension(a)| a.0.ip());
+        if !verify_guarded(&state, source, Some(&row), current).await? {
             caller.deny();
             caller.note("current password wrong");
             return Err(ApiError::bad("current_password is wrong"));

@@ -198,23 +198,6 @@ pub fn reserve_login(
     Ok(n > 0)
 }
 
-/// Counts a failed login; at `lock_after` failures the account locks for `lock_ms`.
-pub fn login_failed(
-    c: &Connection,
-    user_id: i64,
-    now_ms: i64,
-    lock_after: i64,
-    lock_ms: i64,
-) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "UPDATE users SET failed_logins = failed_logins + 1,
-             locked_until_ms = CASE WHEN failed_logins + 1 >= ?3 THEN ?2 + ?4 ELSE locked_until_ms END
-         WHERE id = ?1",
-    )?
-    .execute(params![user_id, now_ms, lock_after, lock_ms])?;
-    Ok(())
-}
-
 pub fn login_succeeded(c: &Connection, user_id: i64) -> Result<(), StoreError> {
     c.prepare_cached("UPDATE users SET failed_logins = 0, locked_until_ms = 0 WHERE id = ?1")?
         .execute([user_id])?;
@@ -476,17 +459,6 @@ impl Store {
             None => Ok(false),
         })
         .await
-    }
-
-    pub async fn login_failed(
-        &self,
-        user_id: i64,
-        now_ms: i64,
-        lockout_after: i64,
-        lockout_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.exec(move |c| login_failed(c, user_id, now_ms, lockout_after, lockout_ms))
-            .await
     }
 
     /// Clears the failed-login count and creates a session; its id.
