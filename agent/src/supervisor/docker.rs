@@ -121,6 +121,11 @@ fn local_socket() -> String {
         .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned())
 }
 
+/// The short form of a container id, as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// `mcpwatch-<agent_id>-<server>`, with characters Docker refuses in names replaced by `-`.
 pub fn container_name(agent_id: &str, server: &str) -> String {
     format!("mcpwatch-{agent_id}-{server}")

@@ -10,38 +10,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use mcpwatch_common::config::{self as cfg, ByteSize, ConfigError, Duration};
+use mcpwatch_common::secret::Secret;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 /// Bumped whenever the way a spec is turned into a container changes, so every managed
 /// container is recreated with the new template instead of silently keeping the old one.
 const HASH_VERSION: &str = "mcpwatch-container-v1";
-
-/// A string whose value must never be printed: `Debug` shows `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The value, for the one place that needs it (the container's environment).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
 
 /// One `[[mcp_server]]` table as written.
 #[derive(Debug, Deserialize)]
@@ -121,7 +96,7 @@ impl<'de> Deserialize<'de> for RawEnvValue {
                 Ok(RawEnvValue::Literal(Secret::new(v)))
             }
             fn visit_string<E: de::Error>(self, v: String) -> Result<RawEnvValue, E> {
-                Ok(RawEnvValue::Literal(Secret(v)))
+                Ok(RawEnvValue::Literal(Secret::new(v)))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEnvValue, A::Error> {
                 let mut file = None;
@@ -455,7 +430,7 @@ fn validate_one(path: &Path, i: usize, r: RawMcpServer) -> Result<McpServerSpec,
                         text.pop();
                     }
                 }
-                Secret(text)
+                Secret::new(text)
             }
         };
         // Never echo the value: it may be a secret.
