@@ -27,11 +27,13 @@
 //! supervisor's own tasks report to the actor), `docker_watcher`, `operation` and
 //! `transitions` (the actor's inputs and their effect on one server), `reconcile` and
 //! `restart_tracker` (pure decisions), `docker` (the Docker API), `spec` (configuration),
+//! `container_template` (how a spec becomes a container: labels, name, body, config hash),
 //! `container_stats` (per-container metrics).
 
 mod actor;
 mod command;
 pub mod container_stats;
+pub mod container_template;
 pub mod docker;
 mod docker_watcher;
 mod event;

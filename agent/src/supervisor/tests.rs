@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::docker::{connect_local, ContainerInfo, DockerApi, LABEL_AGENT};
+use super::container_template::LABEL_AGENT;
+use super::docker::{connect_local, ContainerInfo, DockerApi};
 use super::spec::{validate_servers, McpServerSpec, RawMcpServer};
 use super::*;
 use mcpwatch_common::time::now_ms;
