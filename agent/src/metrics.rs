@@ -84,6 +84,7 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
+    // Over 80 lines on purpose: the registration list of every agent metric, one entry each.
     pub fn new() -> AgentMetrics {
         let uplink_errors = Family::<KindLabel, Counter>::default();
         // Create every kind up front so each series exists at 0 and rate() works from the

@@ -138,6 +138,8 @@ impl Uplink {
             .unwrap_or(0)
     }
 
+    // Over 80 lines on purpose: connect, handshake and the send/ack loop share the connection
+    // and the in-flight window; one linear function keeps that state in one scope.
     async fn session(
         &self,
         drain: &CancellationToken,

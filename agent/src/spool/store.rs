@@ -83,6 +83,8 @@ pub struct Spool {
 impl Spool {
     /// Opens (creating `dir` if needed) and indexes the spool. Fails only when `dir` cannot be
     /// created or listed; any file content is accepted and corruption is counted.
+    // Over 80 lines on purpose: the recovery scan (watermark, segments, corrupt files, next
+    // seq) is one ordered procedure whose steps feed each other.
     pub fn open(cfg: SpoolConfig) -> Result<Spool, SpoolError> {
         let max_bytes = cfg.max_bytes.max(MIN_SEGMENT_BYTES);
         let segment_bytes = cfg.segment_bytes.clamp(MIN_SEGMENT_BYTES, max_bytes);

@@ -30,6 +30,8 @@ pub(super) fn retry_backoff(min: Duration, max: Duration) -> ExponentialBackoff 
 /// Keeps the event stream connected: negotiate the API version, subscribe, forward events;
 /// on any failure report `Lost`, back off and start over. Each success reports `Connected`,
 /// which makes the supervisor list and reconcile.
+// Over 80 lines on purpose: one reconnect loop (negotiate, subscribe, settle, forward),
+// every step of which can end in the same `Lost` and backoff.
 pub(super) async fn watch_events(
     api: DockerApi,
     tx: mpsc::Sender<Internal>,

@@ -32,132 +32,196 @@ pub(super) fn apply_op_done(
     done: OpDone,
     now: Instant,
 ) -> Relist {
-    let mut relist = Relist::Later;
     s.busy = false;
     s.version += 1;
-    match done.action {
-        Action::Remove { id } => match done.removed {
-            Some(Ok(())) => {
-                s.retry_attempt = 0;
-                if s.container.as_ref().is_some_and(|c| c.id == id) {
-                    s.container = None;
-                }
-                out.emit(
-                    &s.name,
-                    kind::REMOVED,
-                    format!(
-                        "container {} removed: server no longer configured",
-                        short_id(&id)
-                    ),
-                );
+    let OpDone {
+        action,
+        epoch,
+        removed,
+        created,
+        run,
+        ..
+    } = done;
+    match action {
+        Action::Remove { id } => {
+            if let Some(removed) = removed {
+                after_remove(s, out, &id, removed, now);
             }
-            Some(Err(e)) => op_failed(s, out, "remove", &e, now),
-            None => {}
-        },
+        }
         Action::Create | Action::Recreate { .. } => {
-            if let (Action::Recreate { old }, Some(removed)) = (&done.action, done.removed) {
-                match removed {
-                    Ok(()) => {
-                        if s.container.as_ref().is_some_and(|c| &c.id == old) {
-                            s.container = None;
-                        }
-                        out.emit(
-                            &s.name,
-                            kind::REMOVED,
-                            format!("container {} removed: configuration changed", short_id(old)),
-                        );
-                    }
-                    Err(e) => {
-                        op_failed(s, out, "remove", &e, now);
-                        return relist;
-                    }
+            if let (Action::Recreate { old }, Some(removed)) = (&action, removed) {
+                if !after_replaced_removed(s, out, old, removed, now) {
+                    return Relist::Later;
                 }
             }
-            match done.created {
-                Some(Ok(id)) => {
-                    s.retry_attempt = 0;
-                    out.emit(
-                        &s.name,
-                        kind::CREATED,
-                        format!("container {} created", short_id(&id)),
-                    );
-                    s.container = Some(Observed {
-                        id,
-                        hash: Some(s.hash.clone()),
-                        running: false,
-                        never_started: true,
-                        started_at_ms: None,
-                        oom_pending: false,
-                    });
-                }
-                Some(Err(DockerError::Conflict(m))) => {
-                    // The name is taken. If by one of ours, the listing adopts it; if by
-                    // a container we do not manage, it is left alone and we look again.
-                    out.emit(
-                        &s.name,
-                        kind::ERROR,
-                        format!("create: container name in use: {m}"),
-                    );
-                    s.retry_at = Some(after(now, CONFLICT_RETRY));
-                    relist = Relist::Now;
-                }
-                Some(Err(e)) if e.is_unreachable() => op_failed(s, out, "create", &e, now),
-                Some(Err(e)) => {
-                    out.emit(&s.name, kind::ERROR, format!("create failed: {e}"));
-                    s.resolve(Some(Want::Running), &Err(format!("create failed: {e}")));
-                    s.restart_requested = false;
-                    let d = s.tracker.on_start_failed(now);
-                    apply_decision(s, out, d, now);
-                }
-                None => {}
+            if let Some(created) = created {
+                return after_create(s, out, created, now);
             }
         }
         Action::Start { reason, .. } => {
-            if let Some(run) = done.run {
-                after_start(s, out, run, reason, done.epoch, now);
+            if let Some(run) = run {
+                after_start(s, out, run, reason, epoch, now);
             }
         }
         Action::Restart { .. } => {
-            if let Some(run) = done.run {
+            if let Some(run) = run {
                 if run.is_err() {
                     s.expect_exit = false;
                 }
-                after_start(s, out, run, StartReason::Command, done.epoch, now);
+                after_start(s, out, run, StartReason::Command, epoch, now);
             }
         }
-        Action::Stop { id, reason } => match done.run {
-            Some(Ok(())) | Some(Err(DockerError::NotFound(_))) => {
-                s.retry_attempt = 0;
-                if let Some(c) = s.container.as_mut().filter(|c| c.id == id) {
-                    if s.epoch == done.epoch {
-                        c.running = false;
-                        s.expect_exit = false;
-                    }
-                }
-                let why = match reason {
-                    StopReason::Command => Some("by command"),
-                    StopReason::GaveUp => Some("restart budget exhausted"),
-                    StopReason::Unhealthy => None,
-                };
-                if let Some(why) = why {
-                    out.emit(
-                        &s.name,
-                        kind::STOPPED,
-                        format!("container {} stopped {why}", short_id(&id)),
-                    );
-                }
-                let name = s.name.clone();
-                s.resolve(Some(Want::Stopped), &Ok(format!("server {name} stopped")));
+        Action::Stop { id, reason } => {
+            if let Some(run) = run {
+                after_stop(s, out, &id, reason, run, epoch, now);
             }
-            Some(Err(e)) => {
-                s.expect_exit = false;
-                s.resolve(Some(Want::Stopped), &Err(format!("stop failed: {e}")));
-                op_failed(s, out, "stop", &e, now);
-            }
-            None => {}
-        },
+        }
     }
-    relist
+    Relist::Later
+}
+
+/// The result of removing the container of a server that left the configuration.
+fn after_remove(
+    s: &mut Server,
+    out: &mut EventBuffer,
+    id: &str,
+    removed: Result<(), DockerError>,
+    now: Instant,
+) {
+    match removed {
+        Ok(()) => {
+            s.retry_attempt = 0;
+            if s.container.as_ref().is_some_and(|c| c.id == id) {
+                s.container = None;
+            }
+            out.emit(
+                &s.name,
+                kind::REMOVED,
+                format!(
+                    "container {} removed: server no longer configured",
+                    short_id(id)
+                ),
+            );
+        }
+        Err(e) => op_failed(s, out, "remove", &e, now),
+    }
+}
+
+/// The result of removing the old container of a recreate; false when the create must not
+/// follow.
+fn after_replaced_removed(
+    s: &mut Server,
+    out: &mut EventBuffer,
+    old: &str,
+    removed: Result<(), DockerError>,
+    now: Instant,
+) -> bool {
+    match removed {
+        Ok(()) => {
+            if s.container.as_ref().is_some_and(|c| c.id == old) {
+                s.container = None;
+            }
+            out.emit(
+                &s.name,
+                kind::REMOVED,
+                format!("container {} removed: configuration changed", short_id(old)),
+            );
+            true
+        }
+        Err(e) => {
+            op_failed(s, out, "remove", &e, now);
+            false
+        }
+    }
+}
+
+/// The result of a create call.
+fn after_create(
+    s: &mut Server,
+    out: &mut EventBuffer,
+    created: Result<String, DockerError>,
+    now: Instant,
+) -> Relist {
+    match created {
+        Ok(id) => {
+            s.retry_attempt = 0;
+            out.emit(
+                &s.name,
+                kind::CREATED,
+                format!("container {} created", short_id(&id)),
+            );
+            s.container = Some(Observed {
+                id,
+                hash: Some(s.hash.clone()),
+                running: false,
+                never_started: true,
+                started_at_ms: None,
+                oom_pending: false,
+            });
+        }
+        Err(DockerError::Conflict(m)) => {
+            // The name is taken. If by one of ours, the listing adopts it; if by
+            // a container we do not manage, it is left alone and we look again.
+            out.emit(
+                &s.name,
+                kind::ERROR,
+                format!("create: container name in use: {m}"),
+            );
+            s.retry_at = Some(after(now, CONFLICT_RETRY));
+            return Relist::Now;
+        }
+        Err(e) if e.is_unreachable() => op_failed(s, out, "create", &e, now),
+        Err(e) => {
+            out.emit(&s.name, kind::ERROR, format!("create failed: {e}"));
+            s.resolve(Some(Want::Running), &Err(format!("create failed: {e}")));
+            s.restart_requested = false;
+            let d = s.tracker.on_start_failed(now);
+            apply_decision(s, out, d, now);
+        }
+    }
+    Relist::Later
+}
+
+/// The result of a stop call.
+fn after_stop(
+    s: &mut Server,
+    out: &mut EventBuffer,
+    id: &str,
+    reason: StopReason,
+    run: Result<(), DockerError>,
+    epoch: u64,
+    now: Instant,
+) {
+    match run {
+        Ok(()) | Err(DockerError::NotFound(_)) => {
+            s.retry_attempt = 0;
+            if let Some(c) = s.container.as_mut().filter(|c| c.id == id) {
+                if s.epoch == epoch {
+                    c.running = false;
+                    s.expect_exit = false;
+                }
+            }
+            let why = match reason {
+                StopReason::Command => Some("by command"),
+                StopReason::GaveUp => Some("restart budget exhausted"),
+                StopReason::Unhealthy => None,
+            };
+            if let Some(why) = why {
+                out.emit(
+                    &s.name,
+                    kind::STOPPED,
+                    format!("container {} stopped {why}", short_id(id)),
+                );
+            }
+            let name = s.name.clone();
+            s.resolve(Some(Want::Stopped), &Ok(format!("server {name} stopped")));
+        }
+        Err(e) => {
+            s.expect_exit = false;
+            s.resolve(Some(Want::Stopped), &Err(format!("stop failed: {e}")));
+            op_failed(s, out, "stop", &e, now);
+        }
+    }
 }
 
 /// The result of a start (or restart) call.

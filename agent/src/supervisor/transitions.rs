@@ -202,52 +202,57 @@ pub(super) fn apply_found(
             }
         }
         (Some(info), false) => {
-            // Adopt: after an agent restart, or a container that replaced ours.
-            s.container = Some(Observed::from_info(&info));
-            s.epoch += 1;
-            s.version += 1;
-            let hash_ok = info.config_hash.as_deref() == Some(s.hash.as_str());
-            let note = if hash_ok {
-                ""
-            } else {
-                "; configuration changed, will be recreated"
-            };
-            let id = short_id(&info.id).to_owned();
-            if info.running {
-                let up_ms = info
-                    .started_at_ms
-                    .map_or(0, |t| now_ms().saturating_sub(t).max(0));
-                let since = now
-                    .checked_sub(Duration::from_millis(up_ms.unsigned_abs()))
-                    .unwrap_or(now);
-                s.tracker.on_running(since);
-                s.unhealthy = false;
-                s.probe_failures = 0;
-                out.emit(
-                    &s.name,
-                    kind::ADOPTED,
-                    format!(
-                        "running container {id} adopted, up {} s{note}",
-                        up_ms / 1000
-                    ),
-                );
-            } else if info.never_started {
-                out.emit(
-                    &s.name,
-                    kind::ADOPTED,
-                    format!("created container {id} adopted{note}"),
-                );
-            } else {
-                out.emit(
-                    &s.name,
-                    kind::ADOPTED,
-                    format!("{} container {id} adopted{note}", info.status),
-                );
-                if hash_ok {
-                    observe_exit(s, out, info.exit_code, info.oom_killed, now);
-                }
-            }
+            adopt(s, out, &info, now);
             true
+        }
+    }
+}
+
+/// Takes over a container the listing found: after an agent restart, or one that replaced
+/// ours.
+fn adopt(s: &mut Server, out: &mut EventBuffer, info: &ContainerInfo, now: Instant) {
+    s.container = Some(Observed::from_info(info));
+    s.epoch += 1;
+    s.version += 1;
+    let hash_ok = info.config_hash.as_deref() == Some(s.hash.as_str());
+    let note = if hash_ok {
+        ""
+    } else {
+        "; configuration changed, will be recreated"
+    };
+    let id = short_id(&info.id).to_owned();
+    if info.running {
+        let up_ms = info
+            .started_at_ms
+            .map_or(0, |t| now_ms().saturating_sub(t).max(0));
+        let since = now
+            .checked_sub(Duration::from_millis(up_ms.unsigned_abs()))
+            .unwrap_or(now);
+        s.tracker.on_running(since);
+        s.unhealthy = false;
+        s.probe_failures = 0;
+        out.emit(
+            &s.name,
+            kind::ADOPTED,
+            format!(
+                "running container {id} adopted, up {} s{note}",
+                up_ms / 1000
+            ),
+        );
+    } else if info.never_started {
+        out.emit(
+            &s.name,
+            kind::ADOPTED,
+            format!("created container {id} adopted{note}"),
+        );
+    } else {
+        out.emit(
+            &s.name,
+            kind::ADOPTED,
+            format!("{} container {id} adopted{note}", info.status),
+        );
+        if hash_ok {
+            observe_exit(s, out, info.exit_code, info.oom_killed, now);
         }
     }
 }
