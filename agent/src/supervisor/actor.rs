@@ -67,7 +67,7 @@ impl Supervisor {
             shutdown.clone(),
         ));
         let now = Instant::now();
-        let task = Task {
+        let actor = Actor {
             api,
             servers: specs
                 .into_iter()
@@ -85,13 +85,13 @@ impl Supervisor {
             next_listing: now,
             opts,
         };
-        tokio::spawn(task.run(req_rx, int_rx, shutdown));
+        tokio::spawn(actor.run(req_rx, int_rx, shutdown));
         SupervisorHandle::new(req_tx, status_rx)
     }
 }
 
-/// The supervisor task's state. Only [`Task::run`] touches it.
-pub(super) struct Task {
+/// The supervisor task's state. Only [`Actor::run`] touches it.
+struct Actor {
     api: DockerApi,
     opts: SupervisorOptions,
     servers: BTreeMap<String, Server>,
@@ -110,7 +110,7 @@ pub(super) struct Task {
     next_listing: Instant,
 }
 
-impl Task {
+impl Actor {
     async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,

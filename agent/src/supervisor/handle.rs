@@ -64,9 +64,7 @@ impl SupervisorHandle {
     ) -> SupervisorHandle {
         SupervisorHandle { tx, status }
     }
-}
 
-impl SupervisorHandle {
     /// Runs an operator command; the answer comes once its effect is visible (container
     /// started or stopped), or as an error (unknown server, Docker unreachable or failing).
     pub async fn command(&self, action: SupervisorCommand) -> Result<String, String> {

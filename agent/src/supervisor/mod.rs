@@ -20,7 +20,6 @@
 //! a pending delay, and counts as a restart, but keeps the crash-loop state and budget (a
 //! server that gave up is reset as by `start`). Known limit: "stopped by command" lives in
 //! memory, so an agent restart starts such a server again according to its policy.
-
 //!
 //! Files: `actor` (the task and [`Supervisor`], which starts it), `handle` (what callers hold),
 //! `command`, `event`, `status` (what goes in and out), `internal_message` (what the

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::EventsOptions;
 use futures::StreamExt;
+use mcpwatch_common::time::now_ms;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,6 @@ use super::container_template::LABEL_AGENT;
 use super::docker::{connect_local, ContainerInfo, DockerApi};
 use super::spec::{validate_servers, McpServerSpec, RawMcpServer};
 use super::*;
-use mcpwatch_common::time::now_ms;
 
 const IMAGE: &str = "mcpwatch-supervisor-test:latest";
 /// Label of containers a test creates by hand (foreign ones), for the cleanup.
