@@ -18,8 +18,8 @@
 //! - Seqs never go backwards: on open `next_seq = max(highest seq found, acked watermark) + 1`.
 //! - Segment bytes on disk stay within `max_bytes`. When an append would exceed it, whole
 //!   segments are deleted oldest first (never the one being written); unacked records lost that
-//!   way are counted and described by an [`Event::Gap`] record appended before the caller's
-//!   batch. Drops are therefore segment-grained: `segment_bytes` is clamped to
+//!   way are counted and described by an [`Event::Gap`](mcpwatch_common::wire::Event::Gap)
+//!   record appended before the caller's batch. Drops are therefore segment-grained: `segment_bytes` is clamped to
 //!   `[MIN_SEGMENT_BYTES, max_bytes]` and callers should pass about `max_bytes / 16`
 //!   ([`SpoolConfig::new`]). The bound is exceeded only by a single record (plus its gap
 //!   marker) that alone is larger than `max_bytes`: it is still written, in its own segment.

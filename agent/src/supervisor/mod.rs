@@ -39,7 +39,7 @@ mod event;
 mod handle;
 mod internal_message;
 mod operation;
-pub mod reconcile;
+mod reconcile;
 pub mod restart_tracker;
 pub mod spec;
 mod status;

@@ -1,8 +1,8 @@
 //! `[[mcp_server]]` configuration: the raw TOML shape (serde, `deny_unknown_fields`, documented
-//! defaults) and its validation into [`McpServerSpec`], plus the config hash that decides when
-//! a container must be recreated.
+//! defaults) and its validation into [`McpServerSpec`].
 //!
-//! Environment values may be secrets, so they live in [`Secret`], whose `Debug` never shows
+//! Environment values may be secrets, so they live in
+//! [`Secret`](mcpwatch_common::secret::Secret), whose `Debug` never shows
 //! the value; neither the raw nor the validated types can leak one through `{:?}` or a log.
 //!
 //! Files: `raw` (the TOML shape), `server_spec` (the validated types), `validate` (raw →

@@ -71,7 +71,8 @@ pub struct ProbeSpec {
     pub failure_threshold: u32,
 }
 
-/// A validated `[[mcp_server]]`. Built only by [`validate_servers`]; there is no `Default`.
+/// A validated `[[mcp_server]]`. Built only by
+/// [`validate_servers`](super::validate_servers); there is no `Default`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct McpServerSpec {
     pub name: String,
