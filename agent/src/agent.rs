@@ -1,22 +1,25 @@
 //! `agent::run`: wires the sampler, the spool writer, the uplink and the HTTP endpoint into
 //! one cancellation tree, and drains them in order on shutdown.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Instant;
 
+use mcpwatch_common::backoff::{BackoffError, ExponentialBackoff};
+use mcpwatch_common::time::now_ms;
 use mcpwatch_common::tls::{self, Reloadable};
 use mcpwatch_common::{systemd, wire::SeriesKey};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
 use crate::http::{self, Health};
+use crate::mcp_servers::{self, AgentCommand, McpServersContext};
 use crate::metrics::AgentMetrics;
 use crate::sampler::Sampler;
-use crate::spool::{Spool, SpoolBatch, SpoolConfig, SpoolError};
-use crate::supervision::{self, SupervisionContext};
-use crate::uplink::{self, AgentCommand, Uplink};
+use crate::spool::{Spool, SpoolBatch, SpoolConfig, SpoolError, SpoolHandle};
+use crate::supervisor::McpServerSpec;
+use crate::uplink::Uplink;
 
 /// Batches waiting between the sampler and the spool writer. At 1 Hz this is minutes of
 /// slack; when it is full the sampler drops (and counts) rather than blocking.
@@ -28,18 +31,13 @@ pub enum AgentError {
     Spool(#[from] SpoolError),
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("uplink backoff: {0}")]
+    Backoff(#[from] BackoffError),
     #[error("bind metrics listener {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn read_trimmed(path: &str) -> String {
@@ -50,6 +48,8 @@ fn read_trimmed(path: &str) -> String {
 
 /// Runs the agent until `shutdown` is cancelled, then flushes the spool and gives the uplink
 /// up to `shutdown_grace` to hand over what is still un-acked (the spool keeps the rest).
+// Over 80 lines on purpose: the whole start-up and shutdown order in one place, read top to
+// bottom; split up, the order of the drain would be spread over several functions.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let metrics = Arc::new(AgentMetrics::new());
     let health = Arc::new(Health::default());
@@ -66,7 +66,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         segment_bytes: (config.spool_max_bytes / 16).clamp(64 << 10, 8 << 20),
         fsync: config.spool_fsync,
     };
-    let spool = Arc::new(Mutex::new(
+    let spool = SpoolHandle::new(
         tokio::task::spawn_blocking(move || Spool::open(spool_cfg))
             .await
             .map_err(|e| SpoolError::Io {
@@ -74,14 +74,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 path: config.spool_dir.clone(),
                 source: std::io::Error::other(e.to_string()),
             })??,
-    ));
-    publish_spool_stats(&metrics, &uplink::lock(&spool));
+    );
+    publish_spool_stats(&metrics, &spool.lock());
+    // Reconnects of a fleet spread over [d/2, d] and never wait longer than the cap.
+    let reconnect = ExponentialBackoff::new(config.backoff_min.get(), config.backoff_max.get())?
+        .with_jitter(0.5, 1.0)?;
 
     let tracker = TaskTracker::new();
     let http_stop = CancellationToken::new();
     let drain = CancellationToken::new();
     let stop = CancellationToken::new();
-    let appended = Arc::new(Notify::new());
     let (tx, rx) = mpsc::channel::<SpoolBatch>(SPOOL_QUEUE);
     let (commands_tx, commands_rx) = mpsc::channel::<AgentCommand>(32);
     let (reload_tx, reload_rx) = mpsc::channel::<()>(1);
@@ -95,18 +97,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         http_stop.clone(),
     ));
     let writer = {
-        let (spool, metrics, appended) = (spool.clone(), metrics.clone(), appended.clone());
+        let (spool, metrics) = (spool.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || spool_writer(rx, &spool, &metrics, &appended))
+            .spawn(move || spool_writer(rx, &spool, &metrics))
             .map_err(|e| SpoolError::Io {
                 op: "open",
                 path: config.spool_dir.clone(),
                 source: e,
             })?
     };
-    tracker.spawn(supervision::run(
-        SupervisionContext {
+    tracker.spawn(mcp_servers::run(
+        McpServersContext {
             agent_id: config.agent_id.clone(),
             state_dir: config.state_dir.clone(),
             interval: config.interval.get(),
@@ -135,10 +137,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         max_frame_len: config.max_frame_len,
         max_in_flight: config.max_in_flight,
         connect_timeout: config.connect_timeout.get(),
-        backoff_min: config.backoff_min.get(),
-        backoff_max: config.backoff_max.get(),
+        reconnect,
         spool: spool.clone(),
-        appended,
         metrics: metrics.clone(),
         commands: Some(commands_tx),
     };
@@ -169,7 +169,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         .await
         .is_err()
     {
-        let pending = uplink::lock(&spool).stats().records_pending;
+        let pending = spool.lock().stats().records_pending;
         tracing::warn!(
             pending,
             "grace period over; un-acked batches stay in the spool"
@@ -179,12 +179,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tracker.wait().await;
     http_stop.cancel();
     let _ = http_task.await;
-    let stats = uplink::lock(&spool).stats();
+    let stats = spool.lock().stats();
     tracing::info!(
         samples_collected = metrics.samples_collected_total.get(),
         samples_dropped = metrics.dropped_samples_total.get(),
         pending_records = stats.records_pending,
-        last_acked_seq = uplink::lock(&spool).last_acked(),
+        last_acked_seq = spool.lock().last_acked(),
         "agent stopped"
     );
     Ok(())
@@ -208,14 +208,9 @@ fn publish_spool_stats(metrics: &AgentMetrics, spool: &Spool) {
 
 /// The one owner of spool appends: takes batches off the queue, appends (fsync), wakes the
 /// uplink. Ends when the sampler's sender is dropped and the queue is empty.
-fn spool_writer(
-    mut rx: mpsc::Receiver<SpoolBatch>,
-    spool: &Mutex<Spool>,
-    metrics: &AgentMetrics,
-    appended: &Notify,
-) {
+fn spool_writer(mut rx: mpsc::Receiver<SpoolBatch>, handle: &SpoolHandle, metrics: &AgentMetrics) {
     while let Some(mut batch) = rx.blocking_recv() {
-        let mut spool = uplink::lock(spool);
+        let mut spool = handle.lock();
         if let Some(event) = spool.take_corruption_event() {
             batch.events.push(event);
         }
@@ -226,7 +221,7 @@ fn spool_writer(
         }
         publish_spool_stats(metrics, &spool);
         drop(spool);
-        appended.notify_one();
+        handle.notify_appended();
     }
 }
 
@@ -262,31 +257,12 @@ async fn sample_loop(
             metrics.spool_bytes.get() as f64,
         ));
         let n = values.len() as u64;
-        let batch = batch_of(values, ts_ms);
+        let batch = SpoolBatch::at(ts_ms, values);
         metrics.samples_collected_total.inc_by(n);
         if tx.try_send(batch).is_err() {
             metrics.dropped_samples_total.inc_by(n);
             tracing::warn!(samples = n, "spool queue full; samples dropped");
         }
-    }
-}
-
-/// One spool batch from one sampling cycle: every value shares the cycle's timestamp.
-pub fn batch_of(values: Vec<(SeriesKey, f64)>, ts_ms: i64) -> SpoolBatch {
-    let mut series = Vec::with_capacity(values.len());
-    let mut samples = Vec::with_capacity(values.len());
-    for (i, (key, value)) in values.into_iter().enumerate() {
-        series.push(key);
-        samples.push(mcpwatch_common::wire::Sample {
-            series: i as u32,
-            ts_ms,
-            value,
-        });
-    }
-    SpoolBatch {
-        series,
-        samples,
-        events: Vec::new(),
     }
 }
 
@@ -296,7 +272,7 @@ pub fn batch_of(values: Vec<(SeriesKey, f64)>, ts_ms: i64) -> SpoolBatch {
 async fn reload(
     path: std::path::PathBuf,
     tls: Arc<Reloadable<rustls::ClientConfig>>,
-    servers: mpsc::Sender<Vec<crate::supervisor::spec::McpServerSpec>>,
+    servers: mpsc::Sender<Vec<McpServerSpec>>,
     requests_tx: mpsc::Sender<()>,
     mut requests: mpsc::Receiver<()>,
     shutdown: CancellationToken,

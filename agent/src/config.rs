@@ -122,6 +122,7 @@ impl AgentConfig {
         Self::validate(path, raw)
     }
 
+    // Over 80 lines on purpose: one check per key, in file order, each a few lines.
     pub fn validate(path: &Path, raw: RawAgentConfig) -> Result<AgentConfig, ConfigError> {
         let bad = |key: &str, msg: String| ConfigError::invalid(path, key, msg);
         let resolve = |p: PathBuf| cfg::resolve_path(path, p);

@@ -4,12 +4,11 @@
 pub mod agent;
 pub mod config;
 pub mod http;
+pub mod mcp_servers;
 pub mod metrics;
 pub mod probe;
-pub mod prober;
 pub mod sampler;
 pub mod spool;
-pub mod supervision;
 pub mod supervisor;
 pub mod uplink;
 

@@ -3,25 +3,27 @@
 //! them (after its durable commit). Reconnects with exponential backoff and jitter.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
+use mcpwatch_common::backoff::ExponentialBackoff;
 use mcpwatch_common::tls::Reloadable;
 use mcpwatch_common::wire::{
-    self, Batch, Command, CommandAction, CommandResult, Frame, FrameCodec, Hello, Sample,
-    SeriesDef, SeriesKey, PROTOCOL_VERSION,
+    self, Batch, Command, CommandResult, Frame, FrameCodec, Hello, Sample, SeriesDef, SeriesKey,
+    PROTOCOL_VERSION,
 };
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use crate::mcp_servers::AgentCommand;
 use crate::metrics::{AgentMetrics, UplinkErrorKind};
-use crate::spool::{Spool, SpoolError, SpoolRecord};
+use crate::spool::{SpoolError, SpoolHandle, SpoolRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -76,22 +78,13 @@ pub struct Uplink {
     pub max_frame_len: usize,
     pub max_in_flight: usize,
     pub connect_timeout: std::time::Duration,
-    pub backoff_min: std::time::Duration,
-    pub backoff_max: std::time::Duration,
-    pub spool: Arc<Mutex<Spool>>,
-    /// Signalled by the producer after each append.
-    pub appended: Arc<Notify>,
+    /// Delay before reconnect attempt n (jittered).
+    pub reconnect: ExponentialBackoff,
+    /// The spool this uplink replays; its writer signals each append through it.
+    pub spool: SpoolHandle,
     pub metrics: Arc<AgentMetrics>,
     /// Where operator commands go; `None` when this agent supervises nothing.
     pub commands: Option<mpsc::Sender<AgentCommand>>,
-}
-
-/// An operator command handed to the agent's dispatcher; the answer goes back upstream as a
-/// `CommandResult` on the session that carried the command.
-#[derive(Debug)]
-pub struct AgentCommand {
-    pub action: CommandAction,
-    pub reply: oneshot::Sender<Result<String, String>>,
 }
 
 /// Longest a command may take at the agent (a container restart included) before the
@@ -128,7 +121,7 @@ impl Uplink {
             if drain.is_cancelled() && self.pending().await == 0 {
                 return;
             }
-            let delay = backoff(self.backoff_min, self.backoff_max, attempt);
+            let delay = self.reconnect.delay(attempt);
             attempt = attempt.saturating_add(1);
             self.metrics.reconnects_total.inc();
             tokio::select! {
@@ -140,11 +133,13 @@ impl Uplink {
 
     async fn pending(&self) -> u64 {
         let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || lock(&spool).stats().records_pending)
+        tokio::task::spawn_blocking(move || spool.lock().stats().records_pending)
             .await
             .unwrap_or(0)
     }
 
+    // Over 80 lines on purpose: connect, handshake and the send/ack loop share the connection
+    // and the in-flight window; one linear function keeps that state in one scope.
     async fn session(
         &self,
         drain: &CancellationToken,
@@ -167,7 +162,7 @@ impl Uplink {
                 .map_err(UplinkError::Tls)?;
         let mut framed = Framed::new(stream, FrameCodec::new(self.max_frame_len));
 
-        let last_acked = lock(&self.spool).last_acked();
+        let last_acked = self.spool.lock().last_acked();
         framed
             .send(Frame::Hello(Hello {
                 protocol_version: PROTOCOL_VERSION,
@@ -265,7 +260,7 @@ impl Uplink {
                 Some(result) = results_rx.recv() => {
                     framed.send(Frame::CommandResult(result)).await?;
                 }
-                _ = self.appended.notified(), if window_open => {}
+                _ = self.spool.appended(), if window_open => {}
                 _ = drain.cancelled(), if !drain.is_cancelled() => {}
             }
         }
@@ -276,7 +271,7 @@ impl Uplink {
         // Leave room for the frame header and the interned series definitions.
         let max_bytes = self.max_frame_len / 2;
         let records = tokio::task::spawn_blocking(move || {
-            lock(&spool).read_from(from, max_records, max_bytes)
+            spool.lock().read_from(from, max_records, max_bytes)
         })
         .await
         .map_err(|e| UplinkError::Protocol(format!("spool reader task failed: {e}")))??;
@@ -285,7 +280,7 @@ impl Uplink {
 
     async fn ack(&self, seq: u64) -> Result<(), UplinkError> {
         let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || lock(&spool).ack(seq))
+        tokio::task::spawn_blocking(move || spool.lock().ack(seq))
             .await
             .map_err(|e| UplinkError::Protocol(format!("spool ack task failed: {e}")))??;
         Ok(())
@@ -332,12 +327,6 @@ async fn dispatch(
         .await;
 }
 
-/// Locks the spool; a poisoned lock means a panic while holding it, after which the spool's
-/// on-disk state is still the source of truth, so carry on with it.
-pub fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
-    spool.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Per-connection series interning: each key is sent in full once per connection.
 #[derive(Default)]
 struct Interner {
@@ -382,17 +371,6 @@ impl Interner {
     }
 }
 
-/// Exponential backoff with jitter: a random delay in [d/2, d], d = min · 2^attempt ≤ max.
-pub fn backoff(
-    min: std::time::Duration,
-    max: std::time::Duration,
-    attempt: u32,
-) -> std::time::Duration {
-    let d = min.saturating_mul(1u32 << attempt.min(20)).min(max);
-    let half = d / 2;
-    half + half.mul_f64(fastrand::f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +380,11 @@ mod tests {
     #[test]
     fn backoff_grows_to_the_cap_with_jitter() {
         let (min, max) = (Duration::from_millis(100), Duration::from_secs(30));
+        // The uplink's reconnect backoff as `agent::run` builds it.
+        let reconnect = ExponentialBackoff::new(min, max)
+            .and_then(|b| b.with_jitter(0.5, 1.0))
+            .expect("valid backoff");
+        let backoff = |_min, _max, attempt| reconnect.delay(attempt);
         for attempt in 0..40 {
             let d = backoff(min, max, attempt);
             let ceiling = min.saturating_mul(1 << attempt.min(20)).min(max);

@@ -439,7 +439,10 @@ async fn collector_commands_restart_stop_start_and_approve_drift() {
     let servers = http_server(
         "web",
         &["--change-tools-after", "3"],
-        "[mcp_server.probe]\ninterval = \"1s\"\ntimeout = \"900ms\"\n",
+        // A short restart backoff, so that a wrong restart after `stop` would come inside
+        // the watch window below.
+        "[mcp_server.probe]\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
+         [mcp_server.backoff]\ninitial = \"1s\"\nmax = \"1s\"\n",
     );
     let agent = tokio::task::spawn_blocking({
         let (pki_dir, dir, ingest, id) = (
@@ -514,12 +517,16 @@ async fn collector_commands_restart_stop_start_and_approve_drift() {
     let r = send(CommandAction::StopServer { server: web() }).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(inspect(&container, "{{.State.Running}}"), "false");
-    tokio::time::sleep(Duration::from_secs(2)).await; // a window in which a wrong restart would show
-    assert_eq!(
-        inspect(&container, "{{.State.Running}}"),
-        "false",
-        "restarted after stop"
-    );
+    // Watch past the 1 s backoff: a wrong restart would show within this window.
+    let window_end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < window_end {
+        assert_eq!(
+            inspect(&container, "{{.State.Running}}"),
+            "false",
+            "restarted after stop"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Start: up again.
     let r = send(CommandAction::StartServer { server: web() }).await;
     assert!(r.ok, "{r:?}");

@@ -3,6 +3,7 @@
 //! latency, classified failures and a fingerprint of every tool. Never panics; every run
 //! cleans up after itself.
 
+pub mod scheduler;
 mod session;
 mod stdio;
 pub mod tools;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use mcpwatch_common::wire::Event;
 
+use super::batch::SpoolBatch;
 use super::record::{self, Item, Scanner, HEADER_LEN};
-use super::SpoolBatch;
 
 pub(super) const SEGMENT_SUFFIX: &str = ".seg";
 /// 20 digits (u64::MAX has 20) + ".seg".
@@ -238,4 +238,16 @@ pub(super) fn read_record(file: &File, meta: &RecordMeta) -> Result<SpoolBatch, 
         return Err("checksum mismatch".into());
     }
     decode(payload).ok_or_else(|| "payload does not decode".into())
+}
+
+/// One batch describing `gaps` in seq order; `None` when there are none.
+pub(super) fn gap_batch(gaps: impl Iterator<Item = GapInfo>) -> Option<SpoolBatch> {
+    let mut gaps: Vec<GapInfo> = gaps.collect();
+    if gaps.is_empty() {
+        return None;
+    }
+    gaps.sort_by_key(|g| g.first_seq);
+    Some(SpoolBatch::of_events(
+        gaps.into_iter().map(GapInfo::event).collect(),
+    ))
 }

@@ -7,10 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    HostConfig, Mount, MountType, RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
-};
+use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, EventMessage};
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
     RemoveContainerOptions, RestartContainerOptions, StartContainerOptions, StatsOptions,
@@ -20,12 +17,10 @@ use bollard::Docker;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use super::spec::{McpServerSpec, Transport};
-
-pub const LABEL_MANAGED: &str = "mcpwatch.managed";
-pub const LABEL_SERVER: &str = "mcpwatch.server";
-pub const LABEL_AGENT: &str = "mcpwatch.agent";
-pub const LABEL_HASH: &str = "mcpwatch.config-hash";
+use super::container_template::{
+    container_name, create_body, LABEL_AGENT, LABEL_HASH, LABEL_MANAGED, LABEL_SERVER,
+};
+use super::spec::McpServerSpec;
 
 /// Deadline for short calls (inspect, create, start, remove, list). Generous because a
 /// loaded daemon can take seconds, but bounded so a hung daemon never wedges the supervisor.
@@ -121,18 +116,9 @@ fn local_socket() -> String {
         .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned())
 }
 
-/// `mcpwatch-<agent_id>-<server>`, with characters Docker refuses in names replaced by `-`.
-pub fn container_name(agent_id: &str, server: &str) -> String {
-    format!("mcpwatch-{agent_id}-{server}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
+/// The short form of a container id, as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// What the supervisor needs to know about one managed container.
@@ -458,72 +444,6 @@ impl DockerApi {
     }
 }
 
-/// The container template for `spec`: our labels, hardening, limits, and Docker's own
-/// restart policy off (the supervisor restarts, with backoff and a budget).
-pub fn create_body(agent_id: &str, spec: &McpServerSpec) -> ContainerCreateBody {
-    let mut labels: HashMap<String, String> = spec
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    labels.insert(LABEL_MANAGED.into(), "true".into());
-    labels.insert(LABEL_SERVER.into(), spec.name.clone());
-    labels.insert(LABEL_AGENT.into(), agent_id.into());
-    labels.insert(LABEL_HASH.into(), spec.config_hash());
-    let stdio = matches!(spec.transport, Transport::Stdio);
-    let mounts: Vec<Mount> = spec
-        .mounts
-        .iter()
-        .map(|m| Mount {
-            source: Some(m.source.to_string_lossy().into_owned()),
-            target: Some(m.target.clone()),
-            typ: Some(MountType::BIND),
-            read_only: Some(m.read_only),
-            ..Default::default()
-        })
-        .collect();
-    let host_config = HostConfig {
-        network_mode: Some(spec.network.clone()),
-        readonly_rootfs: Some(spec.read_only),
-        security_opt: spec
-            .no_new_privileges
-            .then(|| vec!["no-new-privileges:true".to_owned()]),
-        cap_drop: Some(spec.cap_drop.clone()),
-        nano_cpus: spec.limits.nano_cpus,
-        memory: spec.limits.memory_bytes,
-        // No swap beyond the memory cap, so an OOM is an OOM and not a slow crawl.
-        memory_swap: spec.limits.memory_bytes,
-        pids_limit: spec.limits.pids,
-        mounts: (!mounts.is_empty()).then_some(mounts),
-        restart_policy: Some(DockerRestartPolicy {
-            name: Some(RestartPolicyNameEnum::NO),
-            maximum_retry_count: None,
-        }),
-        init: Some(false),
-        ..Default::default()
-    };
-    ContainerCreateBody {
-        image: Some(spec.image.clone()),
-        entrypoint: spec.command.clone(),
-        cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
-        env: Some(
-            spec.env
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.expose()))
-                .collect(),
-        ),
-        labels: Some(labels),
-        // A stdio server reads requests from stdin and exits on EOF: keep stdin open with
-        // nothing attached so it stays up; probes use their own short-lived containers.
-        open_stdin: Some(stdio),
-        stdin_once: Some(false),
-        attach_stdin: Some(false),
-        tty: Some(false),
-        host_config: Some(host_config),
-        ..Default::default()
-    }
-}
-
 /// Milliseconds since the epoch of an RFC 3339 timestamp as Docker writes them
 /// (`2024-05-07T21:09:36.123456789Z`, or with a `±hh:mm` offset). `None` for anything else
 /// and for instants before 1970 (Docker's "never" is year 1).
@@ -595,7 +515,6 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::spec::{validate_servers, RawMcpServer};
 
     #[test]
     fn rfc3339() {
@@ -619,62 +538,5 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn names_are_sanitised() {
-        assert_eq!(
-            container_name("host-1.example.com", "files"),
-            "mcpwatch-host-1.example.com-files"
-        );
-        assert_eq!(container_name("a b/c", "x"), "mcpwatch-a-b-c-x");
-    }
-
-    #[test]
-    fn template_carries_labels_hardening_and_no_docker_restart() {
-        #[derive(serde::Deserialize)]
-        struct Doc {
-            mcp_server: Vec<RawMcpServer>,
-        }
-        let doc: Doc = mcpwatch_common::config::parse(
-            std::path::Path::new("/x.toml"),
-            r#"
-[[mcp_server]]
-name = "git"
-image = "example/git:1"
-transport = "stdio"
-command = ["/srv"]
-env = { TOKEN = "abc" }
-limits = { cpus = 0.5, memory = "64MiB", pids = 32 }
-labels = { team = "x" }
-"#,
-        )
-        .unwrap();
-        let spec = validate_servers(std::path::Path::new("/x.toml"), doc.mcp_server)
-            .unwrap()
-            .remove(0);
-        let b = create_body("agent-1", &spec);
-        let labels = b.labels.as_ref().unwrap();
-        assert_eq!(labels[LABEL_MANAGED], "true");
-        assert_eq!(labels[LABEL_SERVER], "git");
-        assert_eq!(labels[LABEL_AGENT], "agent-1");
-        assert_eq!(labels[LABEL_HASH], spec.config_hash());
-        assert_eq!(labels["team"], "x");
-        assert_eq!(b.open_stdin, Some(true));
-        assert_eq!(b.entrypoint, Some(vec!["/srv".to_string()]));
-        assert_eq!(b.cmd, None);
-        assert_eq!(b.env, Some(vec!["TOKEN=abc".to_string()]));
-        let h = b.host_config.unwrap();
-        assert_eq!(h.network_mode.as_deref(), Some("none"));
-        assert_eq!(h.readonly_rootfs, Some(true));
-        assert_eq!(h.security_opt, Some(vec!["no-new-privileges:true".into()]));
-        assert_eq!(h.cap_drop, Some(vec!["ALL".into()]));
-        assert_eq!(h.nano_cpus, Some(500_000_000));
-        assert_eq!(h.memory, Some(64 << 20));
-        assert_eq!(h.pids_limit, Some(32));
-        assert_eq!(
-            h.restart_policy.unwrap().name,
-            Some(RestartPolicyNameEnum::NO)
-        );
     }
 }

@@ -9,12 +9,13 @@
 //! by the next look rather than by bookkeeping of what was meant to happen.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::backoff::RestartTracker;
 use super::docker::ContainerInfo;
+use super::restart_tracker::RestartTracker;
 use super::spec::McpServerSpec;
 
 /// A reply to an operator command, sent once its effect is visible.
@@ -309,6 +310,13 @@ pub(super) fn match_listing(
         }
     }
     listing
+}
+
+/// `now + d`, saturating far in the future instead of panicking on overflow.
+pub(super) fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use bollard::query_parameters::EventsOptions;
 use futures::StreamExt;
+use mcpwatch_common::time::now_ms;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::docker::{connect_local, ContainerInfo, DockerApi, LABEL_AGENT};
+use super::container_template::LABEL_AGENT;
+use super::docker::{connect_local, ContainerInfo, DockerApi};
 use super::spec::{validate_servers, McpServerSpec, RawMcpServer};
 use super::*;
 
@@ -414,16 +416,16 @@ async fn docker_start_creates_hardened_running_containers() {
                 .find(|(k, _)| k.name == name && k.labels[0].1 == server)
                 .map(|(_, v)| *v)
         };
-        assert_eq!(value(stats::SERVER_UP), Some(1.0));
+        assert_eq!(value(container_stats::SERVER_UP), Some(1.0));
         assert!(
-            value(stats::SERVER_MEMORY_BYTES).is_some_and(|m| m > 0.0),
+            value(container_stats::SERVER_MEMORY_BYTES).is_some_and(|m| m > 0.0),
             "{samples:?}"
         );
         assert!(
-            value(stats::SERVER_CPU_SECONDS_TOTAL).is_some(),
+            value(container_stats::SERVER_CPU_SECONDS_TOTAL).is_some(),
             "{samples:?}"
         );
-        assert!(value(stats::SERVER_UPTIME_SECONDS).is_some_and(|u| u >= 0.0));
+        assert!(value(container_stats::SERVER_UPTIME_SECONDS).is_some_and(|u| u >= 0.0));
     }
     assert!(
         h.api.inspect(&io.id).await.unwrap().running,

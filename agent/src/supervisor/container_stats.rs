@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use mcpwatch_common::wire::SeriesKey;
 
 use super::docker::DockerApi;
-use super::{ServerPhase, ServerStatus};
+use super::status::{ServerPhase, ServerStatus};
 use crate::sampler::MetricKind;
 
 pub const SERVER_UP: &str = "mcpwatch_server_up";

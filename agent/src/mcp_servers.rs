@@ -1,32 +1,38 @@
-//! MCP server supervision inside the agent: starts the supervisor and the prober when servers
-//! are configured (or first appear on reload), forwards their events to the spool, samples
-//! container and probe figures every interval (to the spool and /metrics), and executes
-//! operator commands and reloads. One task owns all of it.
+//! The agent's MCP servers: starts the container supervisor and the probe scheduler when
+//! servers are configured (or first appear on reload), forwards their events to the spool,
+//! samples container and probe figures every interval (to the spool and /metrics), and
+//! executes operator commands ([`AgentCommand`], from the uplink) and reloads. One task owns
+//! all of it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcpwatch_common::time::now_ms;
 use mcpwatch_common::wire::{CommandAction, Event};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{batch_of, now_ms};
 use crate::metrics::AgentMetrics;
-use crate::prober::Prober;
+use crate::probe::scheduler::ProbeScheduler;
 use crate::spool::SpoolBatch;
-use crate::supervisor::docker::DockerApi;
-use crate::supervisor::spec::McpServerSpec;
-use crate::supervisor::stats::ContainerStats;
 use crate::supervisor::{
-    ServerEvent, Supervisor, SupervisorCommand, SupervisorHandle, SupervisorOptions,
+    ContainerStats, DockerApi, McpServerSpec, ServerEvent, Supervisor, SupervisorCommand,
+    SupervisorHandle, SupervisorOptions,
 };
-use crate::uplink::AgentCommand;
 
 /// Events waiting for the spool; bursts (a reconcile of many servers) fit comfortably.
 const EVENT_QUEUE: usize = 1024;
 
+/// An operator command handed to the agent's dispatcher by the uplink; the answer goes back
+/// upstream as a `CommandResult` on the session that carried the command.
+#[derive(Debug)]
+pub struct AgentCommand {
+    pub action: CommandAction,
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
 /// What `run` needs from the agent.
-pub struct SupervisionContext {
+pub struct McpServersContext {
     pub agent_id: String,
     pub state_dir: std::path::PathBuf,
     pub interval: Duration,
@@ -36,14 +42,14 @@ pub struct SupervisionContext {
 
 struct Active {
     supervisor: SupervisorHandle,
-    prober: Prober,
+    probes: ProbeScheduler,
     stats: ContainerStats,
 }
 
 /// Runs until `shutdown`. `commands` come from the uplink, `reloads` carry the server list
 /// of a re-read config (SIGHUP or the Reload command).
 pub async fn run(
-    ctx: SupervisionContext,
+    ctx: McpServersContext,
     initial: Vec<McpServerSpec>,
     mut commands: mpsc::Receiver<AgentCommand>,
     mut reloads: mpsc::Receiver<Vec<McpServerSpec>>,
@@ -69,7 +75,7 @@ pub async fn run(
             Some(specs) = reloads.recv() => match active.as_mut() {
                 Some(a) => {
                     a.supervisor.reload(specs.clone()).await;
-                    a.prober.apply(&specs);
+                    a.probes.apply(&specs);
                 }
                 None if !specs.is_empty() => {
                     active = Some(start(&ctx, specs, &events_tx, &shutdown));
@@ -79,14 +85,14 @@ pub async fn run(
         }
     }
     // Containers keep running: the next agent adopts them. The forwarder ends once every
-    // event sender (ours, the supervisor's, the prober's) is gone.
+    // event sender (ours, the supervisor's, the probe scheduler's) is gone.
     drop(active);
     drop(events_tx);
     let _ = forwarder.await;
 }
 
 fn start(
-    ctx: &SupervisionContext,
+    ctx: &McpServersContext,
     specs: Vec<McpServerSpec>,
     events: &mpsc::Sender<ServerEvent>,
     shutdown: &CancellationToken,
@@ -100,34 +106,34 @@ fn start(
         events.clone(),
         shutdown.child_token(),
     );
-    let mut prober = Prober::new(
+    let mut probes = ProbeScheduler::new(
         api.clone(),
         supervisor.clone(),
         events.clone(),
         ctx.state_dir.clone(),
         shutdown.child_token(),
     );
-    prober.apply(&specs);
+    probes.apply(&specs);
     Active {
         supervisor,
-        prober,
+        probes,
         stats: ContainerStats::new(api),
     }
 }
 
 /// Container and probe figures: to /metrics, and as one batch to the spool.
-async fn sample(ctx: &SupervisionContext, a: &mut Active) {
+async fn sample(ctx: &McpServersContext, a: &mut Active) {
     let ts_ms = now_ms();
     let status = a.supervisor.snapshot();
     let mut values = a.stats.sample(&status, ts_ms).await;
-    values.extend(a.prober.samples());
+    values.extend(a.probes.samples());
     ctx.metrics.set_server_samples(&values);
     let n = values.len() as u64;
     if n == 0 {
         return;
     }
     ctx.metrics.samples_collected_total.inc_by(n);
-    if ctx.spool.try_send(batch_of(values, ts_ms)).is_err() {
+    if ctx.spool.try_send(SpoolBatch::at(ts_ms, values)).is_err() {
         ctx.metrics.dropped_samples_total.inc_by(n);
         tracing::warn!(samples = n, "spool queue full; server samples dropped");
     }
@@ -156,9 +162,9 @@ fn handle(cmd: AgentCommand, active: Option<&Active>, reload_requests: &mpsc::Se
             });
         }
         (None, CommandAction::ApproveDrift { server }) => {
-            let prober = a.prober.approver();
+            let approver = a.probes.approver();
             tokio::spawn(async move {
-                let _ = reply.send(prober.approve(&server).await);
+                let _ = reply.send(approver.approve(&server).await);
             });
         }
         (None, other) => {
@@ -167,7 +173,7 @@ fn handle(cmd: AgentCommand, active: Option<&Active>, reload_requests: &mpsc::Se
     }
 }
 
-/// Supervisor and prober events to the spool, a batch per burst. Waits for queue space
+/// Supervisor and probe scheduler events to the spool, a batch per burst. Waits for queue space
 /// rather than dropping: events are rare and each one matters.
 async fn forward_events(mut rx: mpsc::Receiver<ServerEvent>, spool: mpsc::Sender<SpoolBatch>) {
     while let Some(first) = rx.recv().await {
@@ -175,12 +181,7 @@ async fn forward_events(mut rx: mpsc::Receiver<ServerEvent>, spool: mpsc::Sender
         while let Ok(more) = rx.try_recv() {
             events.push(more.into());
         }
-        let batch = SpoolBatch {
-            series: Vec::new(),
-            samples: Vec::new(),
-            events,
-        };
-        if spool.send(batch).await.is_err() {
+        if spool.send(SpoolBatch::of_events(events)).await.is_err() {
             return;
         }
     }

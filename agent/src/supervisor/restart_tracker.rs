@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use mcpwatch_common::backoff::ExponentialBackoff;
 use tokio::time::Instant;
 
 use super::spec::{McpServerSpec, RestartPolicy};
@@ -29,8 +30,9 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 pub struct RestartTracker {
     policy: RestartPolicy,
-    initial: Duration,
-    max: Duration,
+    /// `None` only for a hand-built spec outside `0 < initial <= max` (validation refuses
+    /// those); it then restarts without delay.
+    delays: Option<ExponentialBackoff>,
     reset_after: Duration,
     max_restarts: u32,
     window: Duration,
@@ -47,8 +49,8 @@ impl RestartTracker {
     pub fn new(spec: &McpServerSpec) -> Self {
         RestartTracker {
             policy: spec.restart,
-            initial: spec.backoff.initial.get(),
-            max: spec.backoff.max.get(),
+            delays: ExponentialBackoff::new(spec.backoff.initial.get(), spec.backoff.max.get())
+                .ok(),
             reset_after: spec.backoff.reset_after.get(),
             max_restarts: spec.budget.max_restarts,
             window: spec.budget.window.get(),
@@ -99,10 +101,8 @@ impl RestartTracker {
 
     /// The delay the next restart would wait.
     pub fn next_delay(&self) -> Duration {
-        // 2^attempt saturates long before u32 overflows: clamp the shift.
-        self.initial
-            .saturating_mul(1u32 << self.attempt.min(31))
-            .min(self.max)
+        self.delays
+            .map_or(Duration::ZERO, |delays| delays.delay(self.attempt))
     }
 
     pub fn gave_up(&self) -> bool {

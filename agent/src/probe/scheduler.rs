@@ -8,17 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mcpwatch_common::time::now_ms;
 use mcpwatch_common::wire::SeriesKey;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::probe::{self, ProbeReport, ProbeTarget, ToolDrift, ToolSurface};
 use crate::sampler::MetricKind;
-use crate::supervisor::docker::DockerApi;
-use crate::supervisor::spec::{McpServerSpec, Transport};
-use crate::supervisor::{ServerEvent, ServerPhase, SupervisorHandle};
+use crate::supervisor::{
+    DockerApi, McpServerSpec, ServerEvent, ServerPhase, SupervisorHandle, Transport,
+};
 
-/// Event kinds the prober emits (the supervisor's are in `supervisor::kind`).
+/// Event kinds the probe scheduler emits (the supervisor's are in `supervisor::kind`).
 pub mod kind {
     pub const PROBE_OK: &str = "probe_ok";
     pub const PROBE_FAILED: &str = "probe_failed";
@@ -27,7 +28,7 @@ pub mod kind {
     pub const DRIFT_APPROVED: &str = "drift_approved";
 }
 
-/// HELP and TYPE of the series [`Prober::samples`] produces, for the agent's /metrics.
+/// HELP and TYPE of the series [`ProbeScheduler::samples`] produces, for the agent's /metrics.
 pub fn series_help() -> &'static [(&'static str, &'static str, MetricKind)] {
     use MetricKind::{Counter, Gauge};
     &[
@@ -64,7 +65,7 @@ pub fn series_help() -> &'static [(&'static str, &'static str, MetricKind)] {
     ]
 }
 
-/// What the prober knows about one server, for metrics and approval.
+/// What the probe scheduler knows about one server, for metrics and approval.
 #[derive(Debug, Default)]
 struct State {
     last: Option<ProbeReport>,
@@ -84,7 +85,7 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
 }
 
 /// The set of probe tasks; owned by the agent's supervision loop.
-pub struct Prober {
+pub struct ProbeScheduler {
     docker: DockerApi,
     supervisor: SupervisorHandle,
     events: mpsc::Sender<ServerEvent>,
@@ -94,15 +95,15 @@ pub struct Prober {
     shutdown: CancellationToken,
 }
 
-impl Prober {
+impl ProbeScheduler {
     pub fn new(
         docker: DockerApi,
         supervisor: SupervisorHandle,
         events: mpsc::Sender<ServerEvent>,
         state_dir: PathBuf,
         shutdown: CancellationToken,
-    ) -> Prober {
-        Prober {
+    ) -> ProbeScheduler {
+        ProbeScheduler {
             docker,
             supervisor,
             events,
@@ -274,7 +275,7 @@ impl Approver {
 
 async fn emit(events: &mpsc::Sender<ServerEvent>, server: &str, kind: &str, detail: String) {
     let event = ServerEvent {
-        ts_ms: crate::agent::now_ms(),
+        ts_ms: now_ms(),
         server: server.to_owned(),
         kind: kind.to_owned(),
         detail,

@@ -1,0 +1,31 @@
+//! Why a spool operation failed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool: cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("spool: cannot encode batch: {0}")]
+    Encode(#[source] postcard::Error),
+    #[error("spool: encoded batch of {bytes} bytes is empty or above the {max}-byte record limit")]
+    RecordSize { bytes: usize, max: u32 },
+    #[error("spool: sequence numbers exhausted")]
+    SeqExhausted,
+}
+
+pub(super) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SpoolError + 'a {
+    move |source| SpoolError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,553 @@
+//! `Spool`: the segment files, the watermark and the counters of one spool directory (the
+//! guarantees are in the module documentation of `spool`).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use mcpwatch_common::wire::Event;
+
+use super::batch::{SpoolBatch, SpoolRecord};
+use super::config::{SpoolConfig, MIN_SEGMENT_BYTES};
+use super::error::{io_err, SpoolError};
+use super::record::{self, HEADER_LEN, MAX_PAYLOAD_LEN};
+use super::segment::{
+    gap_batch, parse_segment_name, read_record, scan_segment, segment_name, GapAcc, GapInfo,
+    RecordMeta, Segment,
+};
+use super::watermark;
+
+const CORRUPT_SUFFIX: &str = ".corrupt";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Bytes of segment files (the quantity bounded by `max_bytes`).
+    pub bytes_on_disk: u64,
+    pub segments: u64,
+    /// Unacknowledged records still stored (minus those found unreadable by `read_from`).
+    pub records_pending: u64,
+    pub dropped_samples_total: u64,
+    pub dropped_records_total: u64,
+    pub corrupt_records_total: u64,
+    pub corrupt_bytes_total: u64,
+}
+
+/// The segment being appended to in this process. Kept apart from the closed ones so the
+/// "never delete the segment being written" rule is structural.
+#[derive(Debug)]
+struct Active {
+    seg: Segment,
+    file: File,
+}
+
+/// Corruption counters; atomics because `read_from` (taking `&self`) also finds corruption.
+#[derive(Debug, Default)]
+struct Corruption {
+    records: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Corruption {
+    fn add(&self, records: u64, bytes: u64) {
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    pub(super) max_bytes: u64,
+    pub(super) segment_bytes: u64,
+    fsync: bool,
+    /// Closed segments, oldest first; all of them may be deleted by an overflow.
+    pub(super) closed: VecDeque<Segment>,
+    active: Option<Active>,
+    last_acked: u64,
+    next_seq: u64,
+    /// Gap descriptions not yet written because the append that produced them failed.
+    pending_gaps: Vec<GapInfo>,
+    dropped_samples_total: u64,
+    dropped_records_total: u64,
+    corruption: Corruption,
+    /// Corruption totals already handed out by `take_corruption_event`.
+    reported: (u64, u64),
+    /// Seqs `read_from` found unreadable, so each is counted once however often it is read.
+    unreadable: Mutex<BTreeSet<u64>>,
+}
+
+impl Spool {
+    /// Opens (creating `dir` if needed) and indexes the spool. Fails only when `dir` cannot be
+    /// created or listed; any file content is accepted and corruption is counted.
+    // Over 80 lines on purpose: the recovery scan (watermark, segments, corrupt files, next
+    // seq) is one ordered procedure whose steps feed each other.
+    pub fn open(cfg: SpoolConfig) -> Result<Spool, SpoolError> {
+        let max_bytes = cfg.max_bytes.max(MIN_SEGMENT_BYTES);
+        let segment_bytes = cfg.segment_bytes.clamp(MIN_SEGMENT_BYTES, max_bytes);
+        let dir = cfg.dir;
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let corruption = Corruption::default();
+        let (last_acked, damage) = watermark::read(&dir);
+        if let Some((records, bytes)) = damage {
+            corruption.add(records, bytes);
+        }
+        // A leftover temp file is an interrupted watermark update; the old watermark stands.
+        let _ = fs::remove_file(dir.join(watermark::WATERMARK_TMP));
+
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("list directory", &dir))? {
+            let entry = entry.map_err(io_err("list directory", &dir))?;
+            if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
+                names.push((first, entry.path()));
+            }
+        }
+        names.sort();
+
+        let mut closed = VecDeque::new();
+        let mut max_seq = 0u64;
+        let mut changed_dir = false;
+        for (_, path) in names {
+            let scanned = match scan_segment(&path, max_seq) {
+                Ok(s) => s,
+                Err(e) => {
+                    let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    corruption.add(1, bytes);
+                    let mut aside = path.clone().into_os_string();
+                    aside.push(CORRUPT_SUFFIX);
+                    let moved = fs::rename(&path, &aside);
+                    tracing::warn!(path = %path.display(), error = %e, moved_aside = moved.is_ok(),
+                        "spool: unreadable segment skipped");
+                    changed_dir = true;
+                    continue;
+                }
+            };
+            corruption.add(scanned.corrupt_records, scanned.corrupt_bytes);
+            if scanned.corrupt_records > 0 {
+                tracing::warn!(path = %path.display(), records = scanned.corrupt_records,
+                    bytes = scanned.corrupt_bytes, "spool: skipped corrupt data in segment");
+            }
+            max_seq = max_seq.max(scanned.max_seq);
+            let seg = Segment {
+                path,
+                size: scanned.size,
+                records: scanned.records,
+            };
+            // No valid record (an empty file from a crash right after creation, or garbage),
+            // or everything in it acknowledged before a crash interrupted the deletion.
+            if seg.last_seq().is_none_or(|last| last <= last_acked) {
+                if let Err(e) = fs::remove_file(&seg.path) {
+                    tracing::warn!(path = %seg.path.display(), error = %e,
+                        "spool: cannot remove dead segment");
+                }
+                changed_dir = true;
+                continue;
+            }
+            closed.push_back(seg);
+        }
+
+        let spool = Spool {
+            dir,
+            max_bytes,
+            segment_bytes,
+            fsync: cfg.fsync,
+            closed,
+            active: None,
+            last_acked,
+            next_seq: max_seq.max(last_acked).saturating_add(1),
+            pending_gaps: Vec::new(),
+            dropped_samples_total: 0,
+            dropped_records_total: 0,
+            corruption,
+            reported: (0, 0),
+            unreadable: Mutex::new(BTreeSet::new()),
+        };
+        if changed_dir {
+            // Only makes the clean-up durable; a crash would just redo it, so not fatal.
+            if let Err(e) = spool.sync_dir() {
+                tracing::warn!(error = %e, "spool: cannot fsync directory after clean-up");
+            }
+        }
+        Ok(spool)
+    }
+
+    /// Stores `batch` durably and returns its seq. May first drop the oldest segments and
+    /// store a gap record (taking the seq before the returned one) to stay within `max_bytes`.
+    pub fn append(&mut self, batch: SpoolBatch) -> Result<u64, SpoolError> {
+        let payload = postcard::to_stdvec(&batch).map_err(SpoolError::Encode)?;
+        let len = record::payload_len(&payload).ok_or(SpoolError::RecordSize {
+            bytes: payload.len(),
+            max: MAX_PAYLOAD_LEN,
+        })?;
+        self.make_room(HEADER_LEN + u64::from(len))?;
+        if let Some(gap) = self.pending_gap_batch() {
+            self.write_batch(&gap)?;
+            self.pending_gaps.clear();
+        }
+        self.write_record(len, &payload, &batch)
+    }
+
+    /// Acknowledges every seq `<= seq`: persists the watermark, then deletes segments that
+    /// hold only acknowledged records. An ack at or beyond `next_seq` (the collector has seen
+    /// seqs this spool no longer knows, e.g. after the spool was wiped) moves `next_seq` past
+    /// it so new batches are not discarded as replays. The watermark stays recorded even when
+    /// deleting a segment fails; the deletion is retried on the next ack.
+    pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if seq <= self.last_acked {
+            return Ok(());
+        }
+        watermark::write(&self.dir, seq, self.fsync)?;
+        self.sync_dir()?;
+        self.last_acked = seq;
+        if seq >= self.next_seq {
+            self.next_seq = seq.saturating_add(1);
+        }
+        self.unreadable
+            .get_mut()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .retain(|&s| s > seq);
+
+        let mut removed = false;
+        let mut result = Ok(());
+        while let Some(seg) = self.closed.pop_front() {
+            if seg.last_seq().is_some_and(|last| last > seq) {
+                self.closed.push_front(seg);
+                break;
+            }
+            if let Err(e) = remove_if_exists(&seg.path) {
+                self.closed.push_front(seg);
+                result = Err(e);
+                break;
+            }
+            removed = true;
+        }
+        if result.is_ok() {
+            if let Some(active) = self.active.take() {
+                if active.seg.last_seq().is_some_and(|last| last <= seq) {
+                    drop(active.file);
+                    match remove_if_exists(&active.seg.path) {
+                        Ok(()) => removed = true,
+                        Err(e) => {
+                            self.closed.push_back(active.seg);
+                            result = Err(e);
+                        }
+                    }
+                } else {
+                    self.active = Some(active);
+                }
+            }
+        }
+        if removed {
+            self.sync_dir()?;
+        }
+        result
+    }
+
+    /// Unacknowledged records with seq `>= seq`, in order: at most `max_records`, and no more
+    /// payload bytes than `max_bytes` except that the first record is always returned (a big
+    /// record must not stall replay). Records that cannot be read back are skipped and
+    /// counted once each.
+    pub fn read_from(
+        &self,
+        seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SpoolRecord>, SpoolError> {
+        let start = seq.max(self.last_acked.saturating_add(1));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for seg in self.segments() {
+            if seg.last_seq().is_none_or(|last| last < start) {
+                continue;
+            }
+            let first = seg.records.partition_point(|r| r.seq < start);
+            let mut file: Option<File> = None;
+            for meta in seg.records.get(first..).unwrap_or_default() {
+                let len = meta.len as usize;
+                if out.len() >= max_records
+                    || (!out.is_empty() && bytes.saturating_add(len) > max_bytes)
+                {
+                    return Ok(out);
+                }
+                if self.is_unreadable(meta.seq) {
+                    continue;
+                }
+                if file.is_none() {
+                    match File::open(&seg.path) {
+                        Ok(f) => file = Some(f),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            self.mark_unreadable(meta, &seg.path, "segment file vanished");
+                            continue;
+                        }
+                        Err(e) => return Err(io_err("open", &seg.path)(e)),
+                    }
+                }
+                let Some(f) = file.as_ref() else { continue };
+                match read_record(f, meta) {
+                    Ok(batch) => {
+                        bytes = bytes.saturating_add(len);
+                        out.push(SpoolRecord {
+                            seq: meta.seq,
+                            batch,
+                        });
+                    }
+                    Err(why) => self.mark_unreadable(meta, &seg.path, &why),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn last_acked(&self) -> u64 {
+        self.last_acked
+    }
+
+    /// The seq the next stored record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        let mut stats = SpoolStats {
+            dropped_samples_total: self.dropped_samples_total,
+            dropped_records_total: self.dropped_records_total,
+            corrupt_records_total: self.corruption.records.load(Ordering::Relaxed),
+            corrupt_bytes_total: self.corruption.bytes.load(Ordering::Relaxed),
+            ..SpoolStats::default()
+        };
+        for seg in self.segments() {
+            stats.bytes_on_disk += seg.size;
+            stats.segments += 1;
+            let acked = seg.records.partition_point(|r| r.seq <= self.last_acked);
+            stats.records_pending += (seg.records.len() - acked) as u64;
+        }
+        let unreadable = self
+            .unreadable
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .len() as u64;
+        stats.records_pending = stats.records_pending.saturating_sub(unreadable);
+        stats
+    }
+
+    /// Corruption found since the previous call, as the event the agent forwards upstream.
+    pub fn take_corruption_event(&mut self) -> Option<Event> {
+        let total = (
+            self.corruption.records.load(Ordering::Relaxed),
+            self.corruption.bytes.load(Ordering::Relaxed),
+        );
+        if total == self.reported {
+            return None;
+        }
+        let event = Event::SpoolCorruption {
+            records: total.0 - self.reported.0,
+            bytes: total.1 - self.reported.1,
+        };
+        self.reported = total;
+        Some(event)
+    }
+
+    pub(super) fn segments(&self) -> impl Iterator<Item = &Segment> {
+        self.closed
+            .iter()
+            .chain(self.active.as_ref().map(|a| &a.seg))
+    }
+
+    fn bytes_on_disk(&self) -> u64 {
+        self.segments().map(|s| s.size).sum()
+    }
+
+    /// Rotates and drops oldest segments until `record_bytes` plus the gap record it implies
+    /// fit under `max_bytes`, or nothing but the segment being written is left.
+    fn make_room(&mut self, record_bytes: u64) -> Result<(), SpoolError> {
+        let mut range: Option<GapAcc> = None;
+        let mut carried: Vec<GapInfo> = Vec::new();
+        let mut removed = false;
+        let result = loop {
+            let gap_bytes = self.gap_record_bytes(&carried, range);
+            let needed = record_bytes.saturating_add(gap_bytes);
+            if self.active.as_ref().is_some_and(|a| {
+                a.seg.size > 0 && a.seg.size.saturating_add(needed) > self.segment_bytes
+            }) {
+                self.close_active();
+            }
+            if self.bytes_on_disk().saturating_add(needed) <= self.max_bytes {
+                break Ok(());
+            }
+            let Some(seg) = self.closed.pop_front() else {
+                break Ok(());
+            };
+            if let Err(e) = remove_if_exists(&seg.path) {
+                self.closed.push_front(seg);
+                break Err(e);
+            }
+            removed = true;
+            let mut dropped = 0u64;
+            for r in seg.records.iter().filter(|r| r.seq > self.last_acked) {
+                dropped += 1;
+                self.dropped_records_total += 1;
+                self.dropped_samples_total += r.samples;
+                GapAcc::add(&mut range, r);
+                carried.extend_from_slice(&r.gaps);
+            }
+            tracing::warn!(path = %seg.path.display(), unacked_records = dropped,
+                "spool: full, dropped oldest segment");
+        };
+        self.pending_gaps.extend(carried);
+        self.pending_gaps.extend(range.map(GapAcc::info));
+        if removed {
+            self.sync_dir()?;
+        }
+        result
+    }
+
+    fn pending_gap_batch(&self) -> Option<SpoolBatch> {
+        gap_batch(self.pending_gaps.iter().copied())
+    }
+
+    /// Exact on-disk size of the gap record the current drops would produce (0 if none).
+    fn gap_record_bytes(&self, carried: &[GapInfo], range: Option<GapAcc>) -> u64 {
+        let gaps = self
+            .pending_gaps
+            .iter()
+            .chain(carried)
+            .copied()
+            .chain(range.map(GapAcc::info));
+        match gap_batch(gaps) {
+            // A few dozen bytes per event; the fallback only matters if encoding failed,
+            // which for plain integers it cannot.
+            Some(b) => postcard::to_stdvec(&b).map_or(1024, |p| p.len() as u64) + HEADER_LEN,
+            None => 0,
+        }
+    }
+
+    fn write_batch(&mut self, batch: &SpoolBatch) -> Result<u64, SpoolError> {
+        let payload = postcard::to_stdvec(batch).map_err(SpoolError::Encode)?;
+        let len = record::payload_len(&payload).ok_or(SpoolError::RecordSize {
+            bytes: payload.len(),
+            max: MAX_PAYLOAD_LEN,
+        })?;
+        self.write_record(len, &payload, batch)
+    }
+
+    /// Writes one record under `next_seq` into the active segment (creating it if needed).
+    /// On failure the seq is not consumed and the segment is truncated back.
+    fn write_record(
+        &mut self,
+        len: u32,
+        payload: &[u8],
+        batch: &SpoolBatch,
+    ) -> Result<u64, SpoolError> {
+        let seq = self.next_seq;
+        let after = seq.checked_add(1).ok_or(SpoolError::SeqExhausted)?;
+        let mut active = match self.active.take() {
+            Some(a) => a,
+            None => self.create_segment(seq)?,
+        };
+        let offset = active.seg.size;
+        let bytes = record::encode(seq, len, payload);
+        let written = active.file.write_all(&bytes).and_then(|()| {
+            if self.fsync {
+                active.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        match written {
+            Ok(()) => {
+                active.seg.size = offset + bytes.len() as u64;
+                active
+                    .seg
+                    .records
+                    .push(RecordMeta::new(seq, offset, len, batch));
+                self.active = Some(active);
+                self.next_seq = after;
+                Ok(seq)
+            }
+            Err(e) => {
+                // Never leave a partial record for a later append to follow; if truncating
+                // fails too, stop writing to this file and account for its worst-case size.
+                let truncated = active.file.set_len(offset).is_ok();
+                let path = active.seg.path.clone();
+                if active.seg.records.is_empty() {
+                    drop(active.file);
+                    let _ = fs::remove_file(&active.seg.path);
+                } else if truncated {
+                    self.active = Some(active);
+                } else {
+                    active.seg.size = offset + bytes.len() as u64;
+                    self.closed.push_back(active.seg);
+                }
+                Err(io_err("write", &path)(e))
+            }
+        }
+    }
+
+    fn create_segment(&self, first_seq: u64) -> Result<Active, SpoolError> {
+        let path = self.dir.join(segment_name(first_seq));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("create segment", &path))?;
+        if let Err(e) = self.sync_dir() {
+            // Leaving the file would make the retry's create_new fail forever.
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(Active {
+            seg: Segment {
+                path,
+                size: 0,
+                records: Vec::new(),
+            },
+            file,
+        })
+    }
+
+    fn close_active(&mut self) {
+        if let Some(active) = self.active.take() {
+            self.closed.push_back(active.seg);
+        }
+    }
+
+    fn sync_dir(&self) -> Result<(), SpoolError> {
+        if self.fsync {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("fsync directory", &self.dir))?;
+        }
+        Ok(())
+    }
+
+    fn is_unreadable(&self, seq: u64) -> bool {
+        self.unreadable
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains(&seq)
+    }
+
+    fn mark_unreadable(&self, meta: &RecordMeta, path: &Path, why: &str) {
+        let fresh = self
+            .unreadable
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(meta.seq);
+        if fresh {
+            self.corruption.add(1, meta.total_len());
+            tracing::warn!(path = %path.display(), seq = meta.seq, reason = why,
+                "spool: record unreadable, skipped");
+        }
+    }
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), SpoolError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
+        _ => Ok(()),
+    }
+}

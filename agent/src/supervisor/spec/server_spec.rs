@@ -1,0 +1,96 @@
+//! A validated `[[mcp_server]]` ([`McpServerSpec`]) and its parts: what the supervisor,
+//! the probe scheduler and the container template work from.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use mcpwatch_common::config::Duration;
+use mcpwatch_common::secret::Secret;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Restart after every exit.
+    Always,
+    /// Restart after a non-zero exit code, an OOM kill or an unhealthy verdict.
+    OnFailure,
+    /// Never restart; an exited server stays exited until a `start` command.
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+/// How the probe reaches the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    Http { url: String },
+    Stdio,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackoffSpec {
+    pub initial: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetSpec {
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Docker `NanoCpus` (cpus × 10⁹).
+    pub nano_cpus: Option<i64>,
+    pub memory_bytes: Option<i64>,
+    pub pids: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+}
+
+/// A validated `[[mcp_server]]`. Built only by
+/// [`validate_servers`](super::validate_servers); there is no `Default`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpServerSpec {
+    pub name: String,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub args: Vec<String>,
+    /// Sorted by name; values resolved (files read) and redacted in `Debug`.
+    pub env: Vec<(String, Secret)>,
+    pub transport: Transport,
+    pub restart: RestartPolicy,
+    pub backoff: BackoffSpec,
+    pub budget: BudgetSpec,
+    pub limits: Limits,
+    pub network: String,
+    pub read_only: bool,
+    pub no_new_privileges: bool,
+    pub cap_drop: Vec<String>,
+    pub mounts: Vec<MountSpec>,
+    pub labels: BTreeMap<String, String>,
+    pub probe: ProbeSpec,
+}
