@@ -186,6 +186,8 @@ impl CollectorConfig {
         Self::validate(path, raw)
     }
 
+    // Over 80 lines on purpose: one check per key of the small sections, in file order; the
+    // larger sections have their own functions below.
     pub fn validate(path: &Path, raw: RawCollectorConfig) -> Result<CollectorConfig, ConfigError> {
         let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
         let resolve = |p: PathBuf| cfg::resolve_path(path, p);
@@ -235,116 +237,9 @@ impl CollectorConfig {
             alerting.api_secrets.destinations = crate::notify::Destinations::only(allow)
                 .map_err(|e| bad("api.receiver_url_allow", &e))?;
         }
-        let h = &raw.http;
-        let http_tls = match (&h.tls_cert, &h.tls_key) {
-            (Some(c), Some(k)) => {
-                let (c, k) = (resolve(c.clone()), resolve(k.clone()));
-                tls::load_certs(&c).map_err(|e| bad("http.tls_cert", &e.to_string()))?;
-                tls::load_key(&k).map_err(|e| bad("http.tls_key", &e.to_string()))?;
-                let min_version = match h.tls_min_version.as_deref() {
-                    None | Some("1.3") => tls::MinTlsVersion::Tls13,
-                    Some("1.2") => tls::MinTlsVersion::Tls12,
-                    Some(_) => {
-                        return Err(bad("http.tls_min_version", "must be \"1.2\" or \"1.3\""))
-                    }
-                };
-                Some(HttpTls {
-                    cert: c,
-                    key: k,
-                    min_version,
-                })
-            }
-            (None, None) => None,
-            _ => return Err(bad("http.tls_cert", "tls_cert and tls_key go together")),
-        };
-        let d = ServerLimits::defaults();
-        let http_limits = ServerLimits {
-            max_connections: h.max_connections.unwrap_or(d.max_connections),
-            max_connections_per_address: h
-                .max_connections_per_address
-                .unwrap_or(d.max_connections_per_address),
-            first_byte_timeout: h
-                .first_byte_timeout
-                .map_or(d.first_byte_timeout, |x| x.get()),
-            idle_timeout: h.idle_timeout.map_or(d.idle_timeout, |x| x.get()),
-            header_read_timeout: h
-                .header_read_timeout
-                .map_or(d.header_read_timeout, |x| x.get()),
-            request_timeout: h.request_timeout.map_or(d.request_timeout, |x| x.get()),
-            body_limit: h.max_body_size.map_or(d.body_limit, |b| b.0 as usize),
-        };
-        if http_limits.max_connections == 0 || http_limits.body_limit < 1024 {
-            return Err(bad(
-                "http",
-                "max_connections must be positive and max_body_size at least 1KiB",
-            ));
-        }
-        if http_limits.max_connections_per_address == 0 {
-            return Err(bad(
-                "http.max_connections_per_address",
-                "must be at least 1",
-            ));
-        }
-        if http_limits.first_byte_timeout.is_zero() || http_limits.idle_timeout.is_zero() {
-            return Err(bad(
-                "http.first_byte_timeout",
-                "first_byte_timeout and idle_timeout must be positive",
-            ));
-        }
-        let a = &raw.api;
-        let dflt = ApiSettings::defaults();
-        let federation_token = match &a.federation_token {
-            Some(s) => Some(
-                s.load(
-                    "api",
-                    "federation_token",
-                    path.parent().unwrap_or(Path::new(".")),
-                )
-                .map_err(|e| bad("api.federation_token", &e.to_string()))?,
-            ),
-            None => None,
-        };
-        let api = ApiSettings {
-            session_idle_ms: a
-                .session_idle_timeout
-                .map_or(dflt.session_idle_ms, |d| d.as_millis_i64()),
-            session_absolute_ms: a
-                .session_max_age
-                .map_or(dflt.session_absolute_ms, |d| d.as_millis_i64()),
-            lockout_after: a.lockout_after.map_or(dflt.lockout_after, i64::from),
-            lockout_ms: a
-                .lockout_duration
-                .map_or(dflt.lockout_ms, |d| d.as_millis_i64()),
-            login_per_minute: a.login_attempts_per_minute.unwrap_or(dflt.login_per_minute),
-            max_page: a.max_page_size.unwrap_or(dflt.max_page),
-            max_points: a.max_points.unwrap_or(dflt.max_points),
-            command_timeout: a.command_timeout.map_or(dflt.command_timeout, |d| d.get()),
-            federation_token,
-        };
-        if api.session_idle_ms <= 0 || api.session_absolute_ms < api.session_idle_ms {
-            return Err(bad(
-                "api.session_idle_timeout",
-                "must be positive and at most session_max_age",
-            ));
-        }
-        if api.lockout_after == 0 || api.max_page == 0 || api.max_points < 2 {
-            return Err(bad(
-                "api",
-                "lockout_after, max_page_size must be positive and max_points at least 2",
-            ));
-        }
-        let audit_retention = a
-            .audit_retention
-            .unwrap_or(Duration::from_secs(400 * 86_400));
-        if audit_retention.get().as_secs() < 86_400 {
-            return Err(bad("api.audit_retention", "must be at least 1d"));
-        }
-        if api.command_timeout >= http_limits.request_timeout {
-            return Err(bad(
-                "api.command_timeout",
-                "must be shorter than http.request_timeout",
-            ));
-        }
+        let http_tls = http_tls(path, &raw.http)?;
+        let http_limits = http_limits(path, &raw.http)?;
+        let (api, audit_retention) = api_settings(path, &raw.api, http_limits.request_timeout)?;
         let listen = raw
             .http
             .listen
@@ -391,4 +286,134 @@ impl CollectorConfig {
             shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(10)),
         })
     }
+}
+
+/// `[http] tls_cert`, `tls_key`, `tls_min_version`: the files checked now, so a bad one fails
+/// check-config rather than the first connection.
+fn http_tls(path: &Path, h: &RawHttp) -> Result<Option<HttpTls>, ConfigError> {
+    let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+    let resolve = |p: PathBuf| cfg::resolve_path(path, p);
+    let http_tls = match (&h.tls_cert, &h.tls_key) {
+        (Some(c), Some(k)) => {
+            let (c, k) = (resolve(c.clone()), resolve(k.clone()));
+            tls::load_certs(&c).map_err(|e| bad("http.tls_cert", &e.to_string()))?;
+            tls::load_key(&k).map_err(|e| bad("http.tls_key", &e.to_string()))?;
+            let min_version = match h.tls_min_version.as_deref() {
+                None | Some("1.3") => tls::MinTlsVersion::Tls13,
+                Some("1.2") => tls::MinTlsVersion::Tls12,
+                Some(_) => return Err(bad("http.tls_min_version", "must be \"1.2\" or \"1.3\"")),
+            };
+            Some(HttpTls {
+                cert: c,
+                key: k,
+                min_version,
+            })
+        }
+        (None, None) => None,
+        _ => return Err(bad("http.tls_cert", "tls_cert and tls_key go together")),
+    };
+    Ok(http_tls)
+}
+
+/// The HTTP endpoint's connection and request limits (`[http]`).
+fn http_limits(path: &Path, h: &RawHttp) -> Result<ServerLimits, ConfigError> {
+    let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+    let d = ServerLimits::defaults();
+    let http_limits = ServerLimits {
+        max_connections: h.max_connections.unwrap_or(d.max_connections),
+        max_connections_per_address: h
+            .max_connections_per_address
+            .unwrap_or(d.max_connections_per_address),
+        first_byte_timeout: h
+            .first_byte_timeout
+            .map_or(d.first_byte_timeout, |x| x.get()),
+        idle_timeout: h.idle_timeout.map_or(d.idle_timeout, |x| x.get()),
+        header_read_timeout: h
+            .header_read_timeout
+            .map_or(d.header_read_timeout, |x| x.get()),
+        request_timeout: h.request_timeout.map_or(d.request_timeout, |x| x.get()),
+        body_limit: h.max_body_size.map_or(d.body_limit, |b| b.0 as usize),
+    };
+    if http_limits.max_connections == 0 || http_limits.body_limit < 1024 {
+        return Err(bad(
+            "http",
+            "max_connections must be positive and max_body_size at least 1KiB",
+        ));
+    }
+    if http_limits.max_connections_per_address == 0 {
+        return Err(bad(
+            "http.max_connections_per_address",
+            "must be at least 1",
+        ));
+    }
+    if http_limits.first_byte_timeout.is_zero() || http_limits.idle_timeout.is_zero() {
+        return Err(bad(
+            "http.first_byte_timeout",
+            "first_byte_timeout and idle_timeout must be positive",
+        ));
+    }
+    Ok(http_limits)
+}
+
+/// `[api]`: sessions, lockout, paging, command timeout, the scrape token, audit retention.
+fn api_settings(
+    path: &Path,
+    a: &RawApi,
+    request_timeout: std::time::Duration,
+) -> Result<(ApiSettings, Duration), ConfigError> {
+    let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+    let dflt = ApiSettings::defaults();
+    let federation_token = match &a.federation_token {
+        Some(s) => Some(
+            s.load(
+                "api",
+                "federation_token",
+                path.parent().unwrap_or(Path::new(".")),
+            )
+            .map_err(|e| bad("api.federation_token", &e.to_string()))?,
+        ),
+        None => None,
+    };
+    let api = ApiSettings {
+        session_idle_ms: a
+            .session_idle_timeout
+            .map_or(dflt.session_idle_ms, |d| d.as_millis_i64()),
+        session_absolute_ms: a
+            .session_max_age
+            .map_or(dflt.session_absolute_ms, |d| d.as_millis_i64()),
+        lockout_after: a.lockout_after.map_or(dflt.lockout_after, i64::from),
+        lockout_ms: a
+            .lockout_duration
+            .map_or(dflt.lockout_ms, |d| d.as_millis_i64()),
+        login_per_minute: a.login_attempts_per_minute.unwrap_or(dflt.login_per_minute),
+        max_page: a.max_page_size.unwrap_or(dflt.max_page),
+        max_points: a.max_points.unwrap_or(dflt.max_points),
+        command_timeout: a.command_timeout.map_or(dflt.command_timeout, |d| d.get()),
+        federation_token,
+    };
+    if api.session_idle_ms <= 0 || api.session_absolute_ms < api.session_idle_ms {
+        return Err(bad(
+            "api.session_idle_timeout",
+            "must be positive and at most session_max_age",
+        ));
+    }
+    if api.lockout_after == 0 || api.max_page == 0 || api.max_points < 2 {
+        return Err(bad(
+            "api",
+            "lockout_after, max_page_size must be positive and max_points at least 2",
+        ));
+    }
+    let audit_retention = a
+        .audit_retention
+        .unwrap_or(Duration::from_secs(400 * 86_400));
+    if audit_retention.get().as_secs() < 86_400 {
+        return Err(bad("api.audit_retention", "must be at least 1d"));
+    }
+    if api.command_timeout >= request_timeout {
+        return Err(bad(
+            "api.command_timeout",
+            "must be shorter than http.request_timeout",
+        ));
+    }
+    Ok((api, audit_retention))
 }

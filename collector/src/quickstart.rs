@@ -45,6 +45,8 @@ fn write(path: &Path, text: &str) -> Result<(), QuickstartError> {
 
 /// Creates DIR with PKI, configs and admin token (keeping what an earlier run made), prints
 /// the URLs, and runs collector + agent until `shutdown`.
+// Over 80 lines on purpose: the quickstart is one script (PKI, configs, token, collector,
+// agent, banner, wait), read top to bottom.
 pub async fn run(
     opts: QuickstartOptions,
     shutdown: CancellationToken,

@@ -294,9 +294,13 @@ impl RuleError {
 }
 
 impl Rule {
+    // Over 80 lines on purpose: one check per key, in the order of the table, each naming its
+    // key; the involved checks are the helpers below.
     pub fn validate(raw: RawRule) -> Result<Rule, RuleError> {
         let name = raw.name.clone();
         let err = |key: &str, msg: String| RuleError::new(&name, key, msg);
+        // Before any field moves out of `raw`.
+        let absence_conflict = absence_conflict(&raw);
         if name.is_empty()
             || !name
                 .chars()
@@ -318,34 +322,9 @@ impl Rule {
             .map(Selector::parse)
             .transpose()
             .map_err(|m| err("divide_by", m))?;
-        let severity = match raw.severity.as_deref().unwrap_or("medium") {
-            "critical" => Severity::Critical,
-            "high" => Severity::High,
-            "medium" => Severity::Medium,
-            "low" => Severity::Low,
-            other => {
-                return Err(err(
-                    "severity",
-                    format!("unknown severity {other:?} (critical, high, medium, low)"),
-                ))
-            }
-        };
+        let severity = severity_of(raw.severity.as_deref()).map_err(|m| err("severity", m))?;
         let labels = raw.labels.unwrap_or_default();
-        for k in labels.keys() {
-            let ok = k
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ok {
-                return Err(err("labels", format!("invalid label name {k:?}")));
-            }
-            // These identify the alert and its host (the API's access scope): a rule must
-            // not be able to file one host's alert under another.
-            if ["host", "alertname", "severity", "level", "flapping"].contains(&k.as_str()) {
-                return Err(err("labels", format!("label {k:?} is reserved")));
-            }
-        }
+        check_label_names(&labels).map_err(|m| err("labels", m))?;
         let keep_firing_for_ms = raw.keep_firing_for.map_or(0, Duration::as_millis_i64);
         let mut rule = Rule {
             name: name.clone(),
@@ -366,18 +345,7 @@ impl Rule {
         };
 
         if let Some(absent) = raw.absent_for {
-            let conflicts = [
-                ("warning", raw.warning.is_some()),
-                ("critical", raw.critical.is_some()),
-                ("warning_clear", raw.warning_clear.is_some()),
-                ("critical_clear", raw.critical_clear.is_some()),
-                ("op", raw.op.is_some()),
-                ("function", raw.function.is_some()),
-                ("window", raw.window.is_some()),
-                ("divide_by", raw.divide_by.is_some()),
-                ("for", raw.for_.is_some()),
-            ];
-            if let Some((key, _)) = conflicts.iter().find(|(_, set)| *set) {
+            if let Some(key) = absence_conflict {
                 return Err(err(
                     key,
                     "cannot be combined with `absent_for` (an absence rule fires on missing data)"
@@ -413,45 +381,8 @@ impl Rule {
         rule.for_ms = raw.for_.map_or(0, Duration::as_millis_i64);
 
         let dir = rule.comparator.direction();
-        let level = |key: &str,
-                     clear_key: &str,
-                     fire: Option<f64>,
-                     clear: Option<f64>|
-         -> Result<Option<LevelThreshold>, RuleError> {
-            let Some(fire) = fire else {
-                if clear.is_some() {
-                    return Err(err(clear_key, format!("set without `{key}`")));
-                }
-                return Ok(None);
-            };
-            if !fire.is_finite() {
-                return Err(err(key, "must be a finite number".into()));
-            }
-            let clear = match clear {
-                None => fire,
-                Some(c) if !c.is_finite() => {
-                    return Err(err(clear_key, "must be a finite number".into()))
-                }
-                Some(_) if dir == 0 => {
-                    return Err(err(
-                        clear_key,
-                        format!("no hysteresis with `{op_text}`: remove the clear threshold"),
-                    ))
-                }
-                Some(c) if (dir > 0 && c > fire) || (dir < 0 && c < fire) => {
-                    let side = if dir > 0 {
-                        "at or below"
-                    } else {
-                        "at or above"
-                    };
-                    return Err(err(
-                        clear_key,
-                        format!("{c} is on the wrong side: with `{op_text}` it must be {side} {key} = {fire}"),
-                    ));
-                }
-                Some(c) => c,
-            };
-            Ok(Some(LevelThreshold { fire, clear }))
+        let level = |key: &'static str, clear_key: &'static str, fire, clear| {
+            level_threshold(key, clear_key, fire, clear, dir, op_text).map_err(|(k, m)| err(k, m))
         };
         rule.thresholds = Thresholds {
             warning: level("warning", "warning_clear", raw.warning, raw.warning_clear)?,
@@ -462,30 +393,7 @@ impl Rule {
                 raw.critical_clear,
             )?,
         };
-        match rule.thresholds {
-            Thresholds {
-                warning: None,
-                critical: None,
-            } => {
-                return Err(err(
-                    "critical",
-                    "no threshold: set `warning` and/or `critical` (or `absent_for`)".into(),
-                ))
-            }
-            Thresholds {
-                warning: Some(w),
-                critical: Some(c),
-            } if (dir > 0 && w.fire > c.fire) || (dir < 0 && w.fire < c.fire) => {
-                return Err(err(
-                    "warning",
-                    format!(
-                        "warning = {} is beyond critical = {} for `{op_text}`",
-                        w.fire, c.fire
-                    ),
-                ))
-            }
-            _ => {}
-        }
+        check_threshold_order(&rule.thresholds, dir, op_text).map_err(|(k, m)| err(k, m))?;
         Ok(rule)
     }
 }
@@ -499,6 +407,129 @@ impl fmt::Display for Rule {
 /// Parses a rules file; `path` is for error messages only.
 pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<RawRule>, ConfigError> {
     config::parse::<RawRulesFile>(path, text).map(|f| f.rule)
+}
+
+/// `severity`: critical, high, medium (default) or low.
+fn severity_of(text: Option<&str>) -> Result<Severity, String> {
+    match text.unwrap_or("medium") {
+        "critical" => Ok(Severity::Critical),
+        "high" => Ok(Severity::High),
+        "medium" => Ok(Severity::Medium),
+        "low" => Ok(Severity::Low),
+        other => Err(format!(
+            "unknown severity {other:?} (critical, high, medium, low)"
+        )),
+    }
+}
+
+/// Rule label names: Prometheus-style, and none of the names that identify an alert.
+fn check_label_names(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    for k in labels.keys() {
+        let ok = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(format!("invalid label name {k:?}"));
+        }
+        // These identify the alert and its host (the API's access scope): a rule must not be
+        // able to file one host's alert under another.
+        if ["host", "alertname", "severity", "level", "flapping"].contains(&k.as_str()) {
+            return Err(format!("label {k:?} is reserved"));
+        }
+    }
+    Ok(())
+}
+
+/// The first key set beside `absent_for` that an absence rule cannot use.
+fn absence_conflict(raw: &RawRule) -> Option<&'static str> {
+    let conflicts = [
+        ("warning", raw.warning.is_some()),
+        ("critical", raw.critical.is_some()),
+        ("warning_clear", raw.warning_clear.is_some()),
+        ("critical_clear", raw.critical_clear.is_some()),
+        ("op", raw.op.is_some()),
+        ("function", raw.function.is_some()),
+        ("window", raw.window.is_some()),
+        ("divide_by", raw.divide_by.is_some()),
+        ("for", raw.for_.is_some()),
+    ];
+    conflicts.iter().find(|(_, set)| *set).map(|(key, _)| *key)
+}
+
+/// One level's fire threshold and its clear threshold (hysteresis), checked against the
+/// comparator's direction `dir` (`op_text` for messages). Errors name the key at fault.
+fn level_threshold(
+    key: &'static str,
+    clear_key: &'static str,
+    fire: Option<f64>,
+    clear: Option<f64>,
+    dir: i8,
+    op_text: &str,
+) -> Result<Option<LevelThreshold>, (&'static str, String)> {
+    let Some(fire) = fire else {
+        if clear.is_some() {
+            return Err((clear_key, format!("set without `{key}`")));
+        }
+        return Ok(None);
+    };
+    if !fire.is_finite() {
+        return Err((key, "must be a finite number".into()));
+    }
+    let clear = match clear {
+        None => fire,
+        Some(c) if !c.is_finite() => return Err((clear_key, "must be a finite number".into())),
+        Some(_) if dir == 0 => {
+            return Err((
+                clear_key,
+                format!("no hysteresis with `{op_text}`: remove the clear threshold"),
+            ))
+        }
+        Some(c) if (dir > 0 && c > fire) || (dir < 0 && c < fire) => {
+            let side = if dir > 0 {
+                "at or below"
+            } else {
+                "at or above"
+            };
+            return Err((
+                clear_key,
+                format!(
+                    "{c} is on the wrong side: with `{op_text}` it must be {side} {key} = {fire}"
+                ),
+            ));
+        }
+        Some(c) => c,
+    };
+    Ok(Some(LevelThreshold { fire, clear }))
+}
+
+/// At least one level, and warning not beyond critical in the comparator's direction.
+fn check_threshold_order(
+    thresholds: &Thresholds,
+    dir: i8,
+    op_text: &str,
+) -> Result<(), (&'static str, String)> {
+    match thresholds {
+        Thresholds {
+            warning: None,
+            critical: None,
+        } => Err((
+            "critical",
+            "no threshold: set `warning` and/or `critical` (or `absent_for`)".into(),
+        )),
+        Thresholds {
+            warning: Some(w),
+            critical: Some(c),
+        } if (dir > 0 && w.fire > c.fire) || (dir < 0 && w.fire < c.fire) => Err((
+            "warning",
+            format!(
+                "warning = {} is beyond critical = {} for `{op_text}`",
+                w.fire, c.fire
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Validates user rules, overlaid on the built-in rules when `with_builtins` (a user rule

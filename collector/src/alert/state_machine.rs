@@ -142,6 +142,8 @@ fn desired_level(rule: &Rule, value: Option<f64>, st: &SeriesState) -> Option<Le
 }
 
 #[allow(clippy::too_many_arguments)]
+// Over 80 lines on purpose: the whole transition table of one series in one place, so
+// every transition can be read against every other.
 fn step(
     rule: &Rule,
     opts: &EngineOptions,

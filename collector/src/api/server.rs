@@ -70,6 +70,8 @@ pub fn with_limits(app: Router, limits: &ServerLimits) -> Router {
 }
 
 /// Serves `app` until `shutdown`, then lets open requests finish.
+// Over 80 lines on purpose: the accept loop and the per-connection admission (address cap,
+// global cap, first byte or TLS handshake) read as one sequence.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
