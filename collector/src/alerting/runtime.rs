@@ -307,8 +307,11 @@ impl WriterHook for Hook {
         lock(&self.0).declare(series, host, name, labels);
     }
 
-    fn observe(&mut self, series: i64, ts_ms: i64, value: f64, now_ms: i64) {
-        lock(&self.0).observe(series, ts_ms, value, now_ms);
+    fn observe(&mut self, samples: &[(i64, i64, f64)], now_ms: i64) {
+        let mut rt = lock(&self.0);
+        for &(series, ts_ms, value) in samples {
+            rt.observe(series, ts_ms, value, now_ms);
+        }
     }
 
     fn before_commit(&mut self, tx: &Connection, now_ms: i64) -> Result<(), StoreError> {

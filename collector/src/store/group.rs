@@ -154,9 +154,7 @@ impl<'w> Group<'w> {
             self.hook
                 .declare(*id, &staged.agent_id, &def.key.name, &def.key.labels);
         }
-        for &(id, ts, v) in &staged.rows {
-            self.hook.observe(id, ts, v, self.now_ms);
-        }
+        self.hook.observe(&staged.rows, self.now_ms);
         if staged.outcome == IngestOutcome::Committed {
             self.touched_hosts.push(batch.host_id);
             if staged.samples > 0 {

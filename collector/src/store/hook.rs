@@ -19,8 +19,9 @@ pub trait WriterHook: Send {
     /// An agent declared series `series` (database id) of host `host` (its agent id).
     fn declare(&mut self, series: i64, host: &str, name: &str, labels: &[(String, String)]);
 
-    /// A sample written by the open group.
-    fn observe(&mut self, series: i64, ts_ms: i64, value: f64, now_ms: i64);
+    /// The samples one batch of the open group wrote, as `(series, ts_ms, value)`: one call
+    /// per batch, because this sits on the per-sample path.
+    fn observe(&mut self, samples: &[(i64, i64, f64)], now_ms: i64);
 
     /// The group's requests have run; writes made on `tx` commit with them. An error
     /// rolls back the whole group (then `rolled_back` follows).
@@ -46,7 +47,7 @@ pub struct NoHook;
 
 impl WriterHook for NoHook {
     fn declare(&mut self, _: i64, _: &str, _: &str, _: &[(String, String)]) {}
-    fn observe(&mut self, _: i64, _: i64, _: f64, _: i64) {}
+    fn observe(&mut self, _: &[(i64, i64, f64)], _: i64) {}
     fn before_commit(&mut self, _: &Connection, _: i64) -> Result<(), StoreError> {
         Ok(())
     }
