@@ -39,6 +39,12 @@ fn main() -> ExitCode {
 
 async fn run(opts: Options) -> i32 {
     if let Some(after) = opts.switches.crash_after {
+        if after.is_zero() {
+            // Crash on start means before serving anything: racing a zero-delay timer against
+            // the first request made `initialize` succeed now and then.
+            eprintln!("mcp-fixture: crashing as asked (--crash-after 0)");
+            std::process::exit(CRASH_EXIT_CODE);
+        }
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             eprintln!("mcp-fixture: crashing as asked (--crash-after)");
