@@ -789,6 +789,19 @@ fn api_hosts_servers_control_and_revocation() {
         .admin
         .send("POST", "/api/v1/hosts/web-1/servers/fs/explode", &json!({}));
     assert_eq!(r.status, 400, "{}", r.body);
+    // The agent's config reload travels the same way.
+    let r = f
+        .admin
+        .send("POST", "/api/v1/hosts/web-1/reload", &json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .expect("message")
+            .contains("Reload"),
+        "{}",
+        r.body
+    );
 
     // Scoped operator: own team's host yes, other team's 404; viewer 403.
     let bob = f.user("bob", "operator", r#"{team="a"}"#);

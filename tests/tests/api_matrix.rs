@@ -124,6 +124,12 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
         Need::HostPerm("servers:control"),
         503,
     ),
+    (
+        "POST",
+        "/api/v1/hosts/{agent_id}/reload",
+        Need::HostPerm("servers:control"),
+        503,
+    ),
     ("GET", "/api/v1/events", Need::Perm("hosts:read"), 200),
     // metrics
     ("GET", "/api/v1/series", Need::Perm("metrics:read"), 200),
@@ -173,12 +179,13 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
         Need::HostPerm("silences:write"),
         204,
     ),
-    // rules: read with alerts:read, changed fleet-wide with rules:write
-    ("GET", "/api/v1/rules", Need::Perm("alerts:read"), 200),
+    // rules: read with fleet-wide alerts:read (selectors name every team's hosts), changed
+    // fleet-wide with rules:write
+    ("GET", "/api/v1/rules", Need::Global("alerts:read"), 200),
     (
         "GET",
         "/api/v1/rules/{name}",
-        Need::Perm("alerts:read"),
+        Need::Global("alerts:read"),
         200,
     ),
     (
@@ -618,6 +625,9 @@ impl Ctx {
             }
             ("POST", "/api/v1/hosts/{agent_id}/servers/{server}/{action}") => {
                 Req::at(format!("{api}/hosts/{HOST_B}/servers/fixture/restart"))
+            }
+            ("POST", "/api/v1/hosts/{agent_id}/reload") => {
+                Req::at(format!("{api}/hosts/{HOST_B}/reload"))
             }
             ("GET", "/api/v1/query_range") => {
                 let end = now_ms();

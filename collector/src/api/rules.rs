@@ -59,7 +59,8 @@ fn rule_view(r: RuleRow) -> RuleView {
     }
 }
 
-/// The rules in effect, with their origin.
+/// The rules in effect, with their origin. Fleet-wide `alerts:read` only: a rule's selectors
+/// and thresholds describe every team's hosts, so a host-scoped grant does not reach them.
 #[utoipa::path(get, path = "/rules",
     responses((status = 200, body = Vec<RuleView>), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody)),
@@ -68,7 +69,7 @@ async fn list_rules(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Json<Vec<RuleView>>, ApiError> {
-    caller.require(Permission::AlertsRead)?;
+    caller.require_global(Permission::AlertsRead)?;
     let rows = state.store.rules().await?;
     Ok(Json(rows.into_iter().map(rule_view).collect()))
 }
@@ -77,7 +78,7 @@ async fn read_rule(state: &ApiState, name: String) -> Result<Option<RuleRow>, Ap
     Ok(state.store.rule(name).await?)
 }
 
-/// One rule.
+/// One rule (fleet-wide `alerts:read`, as the list).
 #[utoipa::path(get, path = "/rules/{name}",
     params(("name" = String, Path, description = "The rule's name")),
     responses((status = 200, body = RuleView), (status = 401, body = ErrorBody),
@@ -88,7 +89,7 @@ async fn get_rule(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<RuleView>, ApiError> {
-    caller.require(Permission::AlertsRead)?;
+    caller.require_global(Permission::AlertsRead)?;
     read_rule(&state, name)
         .await?
         .map(|r| Json(rule_view(r)))

@@ -1,5 +1,6 @@
-//! The supervised MCP servers of a host: their state, health and newest events, and server
-//! control (restart / stop / start / approve drift) through the agent's command channel.
+//! The supervised MCP servers of a host: their state, health and newest events, server
+//! control (restart / stop / start / approve drift) and the agent's config reload, through
+//! the agent's command channel.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -19,12 +20,14 @@ use super::server_state::{
 use super::ApiState;
 use crate::auth::Permission;
 use crate::command::CommandError;
+use crate::store::query::hosts::HostRecord;
 use crate::store::query::servers::ServersQuery;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_servers))
         .routes(routes!(control_server))
+        .routes(routes!(reload_agent))
 }
 
 /// The host's supervised MCP servers: state, health, restarts, probe latency per stage,
@@ -108,6 +111,41 @@ async fn control_server(
         .await
         .map_err(IntoResponse::into_response)?;
     caller.note(format!("{action} {server}"));
+    send_to_agent(&state, &caller, &host, command).await
+}
+
+/// Makes the host's agent re-read its configuration file, as SIGHUP does (TLS files, the MCP
+/// server list), and returns its answer. Same permission and answers as server control.
+#[utoipa::path(post, path = "/hosts/{agent_id}/reload",
+    params(("agent_id" = String, Path, description = "The agent's id")),
+    responses((status = 200, body = CommandReply), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 504, body = ErrorBody)),
+    tag = "hosts")]
+async fn reload_agent(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(agent_id): Path<String>,
+) -> Result<Json<CommandReply>, Response> {
+    caller
+        .require(Permission::ServersControl)
+        .map_err(IntoResponse::into_response)?;
+    let host = authorized_host(&state, &caller, Permission::ServersControl, &agent_id)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    caller.note("reload");
+    send_to_agent(&state, &caller, &host, CommandAction::Reload).await
+}
+
+/// Sends one command down the host's agent stream and maps the outcome: the agent's answer,
+/// 409 for a revoked host, 503 offline or disconnected, 504 after the command timeout.
+async fn send_to_agent(
+    state: &ApiState,
+    caller: &Caller,
+    host: &HostRecord,
+    command: CommandAction,
+) -> Result<Json<CommandReply>, Response> {
     if host.revoked {
         return Err(ApiError::Conflict("the agent's identity is revoked".into()).into_response());
     }
