@@ -577,6 +577,18 @@ fn api_alerts_silences_and_host_scopes() {
 
     let ids =
         |v: Value| -> Vec<i64> { items(&v).iter().filter_map(|s| s["id"].as_i64()).collect() };
+    // Matchers that contradict each other are refused: `{host=A, host=B}` once let a scoped
+    // caller file a silence that the other team then saw (it named a host of each).
+    for contradictory in [
+        format!("{{host=\"{HOST_A}\", host=\"{HOST_B}\"}}"),
+        format!("{{host=\"{HOST_A}\", host!=\"{HOST_A}\"}}"),
+    ] {
+        for caller in [&alice, &admin] {
+            let r = caller.post("/silences", &body(&contradictory));
+            assert_eq!(r.status, 400, "{contradictory}: {}", r.body);
+            assert!(r.message().contains("contradict"), "{}", r.body);
+        }
+    }
     assert_eq!(ids(expect(alice.get("/silences"), 200)), vec![sa_id]);
     assert_eq!(ids(expect(admin.get("/silences"), 200)), vec![sb_id, sa_id]);
     expect(alice.get(&format!("/silences/{sb_id}")), 404);
@@ -622,6 +634,25 @@ fn api_alerts_silences_and_host_scopes() {
         rows.iter().any(|r| r.0 == "user:alice" && r.1 == 201),
         "{rows:?}"
     );
+
+    // One already stored (made before this check) is visible only to whoever covers every
+    // host it names: alice (team A only) does not see it.
+    let legacy: i64 = mcpwatch_collector::store::admin::with_db(&c.db, |conn| {
+        conn.execute(
+            "INSERT INTO silences (matchers, starts_ms, ends_ms, author, comment, created_ms)
+             VALUES (?1, ?2, ?3, 'token:t', 'legacy', ?2)",
+            rusqlite::params![
+                format!("{{host=\"{HOST_A}\", host=\"{HOST_B}\"}}"),
+                wall_ms(),
+                wall_ms() + 3_600_000
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    })
+    .expect("legacy silence");
+    expect(alice.get(&format!("/silences/{legacy}")), 404);
+    expect(admin.get(&format!("/silences/{legacy}")), 200);
+    assert!(!ids(expect(alice.get("/silences"), 200)).contains(&legacy));
 }
 
 #[test]

@@ -19,6 +19,7 @@ use super::paging::{Page, PageQuery};
 use super::scope::{all_host_labels, covers_named, require_access, Access, HostLabels};
 use super::ApiState;
 use crate::alert::route::{parse_matchers, SilenceSpec};
+use crate::alert::selector::satisfiable;
 use crate::alert::{Labels, MatchOp};
 use crate::auth::{Permission, Principal};
 use crate::now_ms;
@@ -47,18 +48,19 @@ fn silence_hosts(matchers: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Whether `p` covers a silence: unscoped, or for a host one of its `host="..."` matchers
-/// names (such a silence can only ever mute that host's alerts).
+/// Whether `p` covers a silence: unscoped, or every host its `host="..."` matchers name is
+/// in scope (such a silence can only ever mute those hosts' alerts). Every, not any: a
+/// silence naming another team's host too (as a stored contradictory one could) is not the
+/// caller's to see or change.
 fn covers_silence(
     principal: &Principal,
     p: Permission,
     hosts: &HostLabels,
     matchers: &str,
 ) -> bool {
+    let named = silence_hosts(matchers);
     principal.has_global(p)
-        || silence_hosts(matchers)
-            .iter()
-            .any(|h| covers_named(principal, p, hosts, h))
+        || (!named.is_empty() && named.iter().all(|h| covers_named(principal, p, hosts, h)))
 }
 
 /// A silence: alerts matching every matcher are not announced between start and end.
@@ -266,6 +268,11 @@ async fn create_silence(
     if matchers.is_empty() {
         return Err(ApiError::bad(
             "matchers: a silence needs at least one matcher",
+        ));
+    }
+    if !satisfiable(&matchers) {
+        return Err(ApiError::bad(
+            "matchers: they contradict each other (a label pinned by = fails another of its matchers), so the silence could never match",
         ));
     }
     if matchers.iter().all(|m| m.matches(&Labels::new())) {
