@@ -208,6 +208,10 @@ fn http_app(
         )
         .merge(api_router),
         &config.http_limits,
+        api::refusal_audit::RefusalAudit {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        },
     )
 }
 

@@ -111,6 +111,38 @@ fn api_hostile_requests_get_clear_errors_and_the_server_keeps_serving() {
     let r = request(c.http, "POST", "/api/v1/sessions", None, Some(&big)).unwrap();
     assert_eq!(r.status, 413, "{r:?}");
     assert_eq!(r.code(), "payload_too_large");
+    // Refused before routing, and still audited: with the sizes, never the body.
+    let long_uri = format!("/api/v1/hosts?x={}", "a".repeat(9000));
+    let r = request(c.http, "GET", &long_uri, Some(&token), None).unwrap();
+    assert_eq!(r.status, 414, "{r:?}");
+    assert_eq!(r.code(), "uri_too_long");
+    let refused: Vec<(i64, String)> = {
+        let db = rusqlite::Connection::open_with_flags(
+            &c.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut stmt = db
+            .prepare(
+                "SELECT result, detail FROM audit_log
+                 WHERE action LIKE '%refused before routing%' ORDER BY id",
+            )
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows
+    };
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert_eq!(refused[0].0, 413);
+    assert!(
+        refused[0].1.contains("content-length 1048576"),
+        "{refused:?}"
+    );
+    assert_eq!(refused[1].0, 414);
+    assert!(refused[1].1.contains("uri 9016 bytes"), "{refused:?}");
 
     let r = request(
         c.http,

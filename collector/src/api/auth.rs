@@ -238,8 +238,8 @@ pub async fn audit(State(state): State<ApiState>, mut req: Request, next: Next) 
     // The handler and its audit row run in a task of their own: a client that disconnects
     // (or the request timeout) drops this future, not the work, so no change goes unrecorded.
     let task = tokio::spawn(async move {
-        let resp = next.run(req).await;
-        record(
+        let mut resp = next.run(req).await;
+        let recorded = record(
             &state,
             &slot,
             &method,
@@ -249,6 +249,10 @@ pub async fn audit(State(state): State<ApiState>, mut req: Request, next: Next) 
             resp.status().as_u16(),
         )
         .await;
+        if recorded {
+            // The outer refusal audit must not write a second row for this request.
+            resp.extensions_mut().insert(super::refusal_audit::Audited);
+        }
         resp
     });
     match task.await {
@@ -265,7 +269,7 @@ async fn record(
     object: String,
     source: String,
     status: u16,
-) {
+) -> bool {
     let mutating = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     let info = slot.with(std::mem::take);
     if mutating || info.denied || status == 401 || status == 403 {
@@ -284,5 +288,7 @@ async fn record(
             tracing::error!(error = %e, "writing an audit record failed");
             state.metrics.audit_failed();
         }
+        return true;
     }
+    false
 }

@@ -11,6 +11,7 @@ pub mod connection;
 pub mod error;
 pub mod login;
 pub mod paging;
+pub mod refusal_audit;
 pub mod scope;
 pub mod server;
 

@@ -21,6 +21,7 @@ use tower::ServiceExt;
 
 use super::auth::ClientAddr;
 use super::connection::{Activity, AddressSlots, Tracked};
+use super::refusal_audit::RefusalAudit;
 use crate::metrics::CollectorMetrics;
 
 /// Limits of the HTTP endpoint (validated from `[http]`).
@@ -56,8 +57,9 @@ impl ServerLimits {
     }
 }
 
-/// Applies the body limit and request timeout to `app`.
-pub fn with_limits(app: Router, limits: &ServerLimits) -> Router {
+/// Applies the body limit and request timeout to `app`, and audits what they (and the URI
+/// limit) refuse before routing.
+pub fn with_limits(app: Router, limits: &ServerLimits, refusals: RefusalAudit) -> Router {
     app.layer(axum::extract::DefaultBodyLimit::max(limits.body_limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             limits.body_limit,
@@ -67,6 +69,10 @@ pub fn with_limits(app: Router, limits: &ServerLimits) -> Router {
             limits.request_timeout,
         ))
         .layer(axum::middleware::map_response(super::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            refusals,
+            super::refusal_audit::audit_refusals,
+        ))
 }
 
 /// Serves `app` until `shutdown`, then lets open requests finish.
