@@ -37,6 +37,22 @@ pub struct ReceiverInfoLabel {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabel {
+    pub to: String,
+}
+
+/// The alert engine's figures, updated by the writer and exposed on `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertMetrics {
+    /// Alert transitions by the state entered (pending, firing, resolved, flapping...).
+    pub transitions: Family<TransitionLabel, Counter>,
+    /// Alerts currently firing or flapping.
+    pub active: Gauge,
+    /// Evaluations (per commit or tick) that failed and were rolled back.
+    pub evaluation_failures: Counter,
+}
+
 /// Every metric the collector exposes; handles are shared atomics, cheap to clone.
 #[derive(Debug)]
 pub struct CollectorMetrics {
@@ -60,7 +76,7 @@ pub struct CollectorMetrics {
     /// HTTP connections the server turned away or closed, by reason.
     pub http_connections_closed: Family<ReasonLabel, Counter>,
     /// The alert engine's figures (updated by the store writer).
-    pub alerts: crate::alerting::AlertMetrics,
+    pub alerts: AlertMetrics,
     pub notify_info: Family<ReceiverInfoLabel, Gauge>,
     /// Alert notifications delivered, per receiver.
     pub notify_sent: Family<ReceiverLabel, Counter>,

@@ -5,15 +5,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Hex SHA-256 of a token: what the database keeps.
-pub fn hash(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Writes a new admin token (every permission, no user) to `path` (mode 0600) and records
 /// the hash of its secret in the database.
 pub fn write_admin_token(path: &Path, db: &Path) -> std::io::Result<()> {

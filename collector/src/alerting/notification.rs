@@ -7,9 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use rusqlite::{params, Connection};
 use tokio::sync::Notify;
 
@@ -19,6 +16,8 @@ use crate::alert::policy::{plan, AlertRecord, AlertStatus, Outgoing};
 use crate::alert::route::{inhibited, Silence, SilenceSpec, Target};
 use crate::alert::Labels;
 use crate::store::StoreError;
+// The alert engine's Prometheus types live with the collector's other metrics.
+pub use crate::metrics::{AlertMetrics, TransitionLabel};
 
 /// Metric through which the dispatcher's failures reach the rules (built-in
 /// `notification_receiver_failing`).
@@ -33,22 +32,6 @@ pub struct ReceiverShared {
     pub queued: AtomicI64,
     /// Failed send attempts, fed back to the rules as [`FAILED_METRIC`].
     pub failed: AtomicU64,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct TransitionLabel {
-    pub to: String,
-}
-
-/// The alert engine's figures, updated by the writer and exposed on `/metrics`.
-#[derive(Debug, Clone, Default)]
-pub struct AlertMetrics {
-    /// Alert transitions by the state entered (pending, firing, resolved, flapping...).
-    pub transitions: Family<TransitionLabel, Counter>,
-    /// Alerts currently firing or flapping.
-    pub active: Gauge,
-    /// Evaluations (per commit or tick) that failed and were rolled back.
-    pub evaluation_failures: Counter,
 }
 
 /// Receiver name → shared state, and the alert engine's metrics. The receivers are the
