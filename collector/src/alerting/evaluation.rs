@@ -243,7 +243,7 @@ impl Runtime {
             return Ok(());
         }
         let window = &mut self.window;
-        each_series(c, |id, name, labels, host| {
+        each_series(c, None, |id, name, labels, host| {
             window.declare(id, host, name, labels)
         })
     }

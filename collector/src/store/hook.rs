@@ -59,23 +59,33 @@ impl WriterHook for NoHook {
     fn tick_failed(&mut self, _: &Connection, _: i64) {}
 }
 
-/// Every stored series as (id, name, label pairs, host agent id); series whose labels do
-/// not parse are skipped.
+/// Every stored series (or only those named `name`) as (id, name, label pairs, host agent
+/// id); series whose labels do not parse are skipped. The one reader of series with their
+/// host: the alerting runtime's warm-up and the API's dry runs both use it.
 pub fn each_series(
     c: &Connection,
+    name: Option<&str>,
     mut f: impl FnMut(i64, &str, &[(String, String)], &str),
 ) -> Result<(), StoreError> {
-    let mut stmt = c.prepare(
-        "SELECT s.id, s.name, s.labels, h.agent_id FROM series s JOIN hosts h ON h.id = s.host_id",
-    )?;
-    let rows = stmt.query_map([], |r| {
+    const ALL: &str =
+        "SELECT s.id, s.name, s.labels, h.agent_id FROM series s JOIN hosts h ON h.id = s.host_id";
+    // A separate statement per case, so the named one can use the index on `name`.
+    let mut stmt = match name {
+        None => c.prepare_cached(ALL)?,
+        Some(_) => c.prepare_cached(&format!("{ALL} WHERE s.name = ?1"))?,
+    };
+    let map = |r: &rusqlite::Row<'_>| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
             r.get::<_, String>(3)?,
         ))
-    })?;
+    };
+    let rows = match name {
+        None => stmt.query_map([], map)?,
+        Some(n) => stmt.query_map([n], map)?,
+    };
     for row in rows {
         let (id, name, labels, host) = row?;
         if let Some(pairs) = mcpwatch_common::wire::SeriesKey::parse_labels_text(&labels) {

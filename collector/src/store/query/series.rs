@@ -459,30 +459,12 @@ fn recent_samples(
     until_ms: i64,
 ) -> Result<Vec<RecentSeries>, StoreError> {
     let mut names: HashMap<i64, (String, BTreeMap<String, String>)> = HashMap::new();
-    {
-        let mut stmt = c.prepare_cached(
-            "SELECT s.id, s.name, s.labels, h.agent_id FROM series s
-             JOIN hosts h ON h.id = s.host_id WHERE s.name = ?1",
-        )?;
-        for m in metrics {
-            let rows = stmt.query_map([m], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?;
-            for row in rows {
-                let (id, name, text, host) = row?;
-                let Some(pairs) = mcpwatch_common::wire::SeriesKey::parse_labels_text(&text) else {
-                    continue;
-                };
-                let mut labels: BTreeMap<String, String> = pairs.into_iter().collect();
-                labels.insert("host".into(), host);
-                names.insert(id, (name, labels));
-            }
-        }
+    for m in metrics {
+        crate::store::hook::each_series(c, Some(m), |id, name, pairs, host| {
+            let mut labels: BTreeMap<String, String> = pairs.iter().cloned().collect();
+            labels.insert("host".into(), host.to_owned());
+            names.insert(id, (name.to_owned(), labels));
+        })?;
     }
     let mut out = Vec::new();
     if names.is_empty() {
