@@ -17,7 +17,7 @@ use crate::config::CollectorConfig;
 use crate::http::{self, Readiness};
 use crate::ingest::{self, IngestSettings};
 use crate::metrics::CollectorMetrics;
-use crate::notify::{Destinations, NotifyConfigError, Receiver};
+use crate::notify::{ApiSecrets, Destinations, NotifyConfigError, Receiver, SecretKey};
 use crate::store::{Store, StoreConfig, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,8 @@ pub enum CollectorError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Receiver(#[from] NotifyConfigError),
+    #[error("{0}")]
+    SecretKey(#[from] crate::notify::SecretKeyError),
     #[error("api tls: {0}")]
     ApiTls(String),
     #[error("bind {what} listener {addr}: {source}")]
@@ -93,6 +95,7 @@ fn spawn_session_cleanup(
 /// configuration now defines too is the configured one (the store drops the API copy).
 fn load_api_receivers(
     config: &CollectorConfig,
+    secrets: &ApiSecrets,
     receivers: &mut Vec<Receiver>,
 ) -> Result<Vec<String>, CollectorError> {
     let stored = crate::alerting::stored_receivers::load(&config.db_path)?;
@@ -107,7 +110,7 @@ fn load_api_receivers(
                 receiver: s.name.clone(),
                 reason,
             })
-            .and_then(|raw| config.alerting.api_secrets.build(raw));
+            .and_then(|raw| secrets.build_stored(raw, &s.secrets));
         match built {
             Ok(r) => receivers.push(r),
             Err(e) => {
@@ -135,6 +138,8 @@ struct Opened {
     /// API receivers that could not be built (see `load_api_receivers`).
     skipped: Vec<String>,
     outbox: Arc<OutboxShared>,
+    /// What API receivers' secrets need (the sealing key, allowed destinations).
+    api_secrets: ApiSecrets,
 }
 
 /// Builds every receiver and opens the store with the alerting runtime.
@@ -149,7 +154,11 @@ fn open_alerting(
         .iter()
         .map(|raw| Receiver::from_raw(raw.clone(), base_dir, &Destinations::Any))
         .collect::<Result<Vec<_>, _>>()?;
-    let skipped = load_api_receivers(config, &mut receivers)?;
+    let api_secrets = ApiSecrets {
+        key: Arc::new(SecretKey::load_or_create(&config.secret_key_path())?),
+        destinations: config.alerting.api_destinations.clone(),
+    };
+    let skipped = load_api_receivers(config, &api_secrets, &mut receivers)?;
     let outbox =
         OutboxShared::with_metrics(receivers.iter().map(Receiver::name), metrics.alerts.clone());
     let (alerting, writer) = Alerting::open(
@@ -163,12 +172,14 @@ fn open_alerting(
         receivers,
         skipped,
         outbox,
+        api_secrets,
     })
 }
 
 /// What the API serves beside the store.
 struct ApiParts {
     alerting: Alerting,
+    api_secrets: ApiSecrets,
     dispatcher: dispatcher::Dispatcher,
     router: CommandRouter,
 }
@@ -196,7 +207,7 @@ fn http_app(
     let api_router = api_router.layer(axum::Extension(Arc::new(api::receivers::ReceiverConfigs {
         list: config.alerting.receivers.clone(),
         base_dir: base_dir.to_path_buf(),
-        api_secrets: Some(config.alerting.api_secrets.clone()),
+        api_secrets: Some(api.api_secrets),
         dispatcher: Some(api.dispatcher),
     })));
     api::server::with_limits(
@@ -270,6 +281,7 @@ pub async fn run_with_router(
         receivers,
         skipped,
         outbox,
+        api_secrets,
     } = open_alerting(&config, &base_dir, &metrics)?;
     let store = alerting.store().clone();
 
@@ -292,6 +304,7 @@ pub async fn run_with_router(
 
     let api = ApiParts {
         alerting,
+        api_secrets,
         dispatcher,
         router: router.clone(),
     };

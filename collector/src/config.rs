@@ -186,6 +186,15 @@ impl CollectorConfig {
         Self::validate(path, raw)
     }
 
+    /// The key sealing API receivers' secrets: `[alerting] secret_key_file`, else
+    /// `receiver-secrets.key` beside the database.
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.alerting
+            .secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.db_path.with_file_name("receiver-secrets.key"))
+    }
+
     // Over 80 lines on purpose: one check per key of the small sections, in file order; the
     // larger sections have their own functions below.
     pub fn validate(path: &Path, raw: RawCollectorConfig) -> Result<CollectorConfig, ConfigError> {
@@ -234,7 +243,7 @@ impl CollectorConfig {
         let mut alerting =
             AlertingConfig::validate(path, raw.alerting, raw.receiver, raw.route, raw.inhibit)?;
         if let Some(allow) = &raw.api.receiver_url_allow {
-            alerting.api_secrets.destinations = crate::notify::Destinations::only(allow)
+            alerting.api_destinations = crate::notify::Destinations::only(allow)
                 .map_err(|e| bad("api.receiver_url_allow", &e))?;
         }
         let http_tls = http_tls(path, &raw.http)?;

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::runtime::Runtime;
 use crate::alert::{EngineOptions, RawRule, Rule};
-use crate::notify::ReceiverConfigRaw;
+use crate::notify::{ReceiverConfigRaw, SealedSecret};
 use crate::store::StoreError;
 
 /// What [`super::Alerting::put_receiver`] did.
@@ -268,13 +268,14 @@ impl Runtime {
         }
     }
 
-    /// Stores an API receiver (creating it, or replacing its definition) and routes to it
-    /// from now on; its queued rows stay for the new definition. Configured receivers are
-    /// not touched. The definition holds secrets only as references.
+    /// Stores an API receiver (creating it, or replacing its definition and sealed
+    /// secrets) and routes to it from now on; its queued rows stay for the new definition.
+    /// Configured receivers are not touched. The definition holds no secret value.
     pub(super) fn put_receiver(
         &mut self,
         c: &Connection,
         raw: &ReceiverConfigRaw,
+        secrets: &[SealedSecret],
         create_only: bool,
         now_ms: i64,
     ) -> Result<ReceiverPut, StoreError> {
@@ -301,6 +302,15 @@ impl Runtime {
                  updated_ms = excluded.updated_ms",
         )?
         .execute(params![name, definition, now_ms])?;
+        c.prepare_cached("DELETE FROM receiver_secrets WHERE receiver = ?1")?
+            .execute([name])?;
+        for s in secrets {
+            c.prepare_cached(
+                "INSERT INTO receiver_secrets (receiver, field, destination, sealed)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![name, s.field, s.destination, s.sealed])?;
+        }
         let queued: i64 = c
             .prepare_cached("SELECT count(*) FROM outbox WHERE receiver = ?1")?
             .query_row([name], |r| r.get(0))?;

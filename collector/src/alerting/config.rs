@@ -26,7 +26,7 @@ use serde::Deserialize;
 use super::AlertingSetup;
 use crate::alert::route::{parse_matchers, GroupBy, InhibitRule, Route, RouteOpts, Routing};
 use crate::alert::{merge_rules, parse_rules, EngineOptions, RawRule, Rule};
-use crate::notify::{ApiSecrets, Receiver, ReceiverConfigRaw};
+use crate::notify::{Destinations, Receiver, ReceiverConfigRaw};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,11 +63,11 @@ pub struct RawAlerting {
     pub retry_max: Option<Duration>,
     /// Notifications not delivered within this go to the dead-letter list. Default 24h.
     pub max_age: Option<Duration>,
-    /// Where receivers defined through the API read their secret files: `{ file = ... }`
-    /// references are relative to this directory and must stay inside it (their `{ env =
-    /// ... }` references must name `MCPWATCH_SECRET_*` variables). Put only secrets meant
-    /// for API-defined receivers here. Relative to collector.toml. Default "secrets".
-    pub api_secret_dir: Option<PathBuf>,
+    /// The key that seals the secrets of receivers defined through the API (64 hex
+    /// digits; created 0600 at first start when missing; refused when group- or
+    /// world-readable). Back it up with the database: without it those secrets are lost.
+    /// Relative to collector.toml. Default `receiver-secrets.key` beside the database.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,8 +106,10 @@ pub struct AlertingConfig {
     pub setup: AlertingSetup,
     pub receivers: Vec<ReceiverConfigRaw>,
     pub retry: RetryPolicy,
-    /// Where receivers defined through the API may read secrets (`api_secret_dir`).
-    pub api_secrets: ApiSecrets,
+    /// Where receivers defined through the API may send (`[api] receiver_url_allow`).
+    pub api_destinations: Destinations,
+    /// `secret_key_file` as given (resolved); `None`: beside the database.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl AlertingConfig {
@@ -172,15 +174,9 @@ impl AlertingConfig {
             },
             receivers,
             retry,
-            api_secrets: ApiSecrets {
-                dir: cfg::resolve_path(
-                    path,
-                    raw.api_secret_dir
-                        .unwrap_or_else(|| PathBuf::from("secrets")),
-                ),
-                // `[api] receiver_url_allow` replaces this when set (see config.rs).
-                destinations: crate::notify::Destinations::Public,
-            },
+            // `[api] receiver_url_allow` replaces this when set (see config.rs).
+            api_destinations: Destinations::Public,
+            secret_key_file: raw.secret_key_file.map(|f| cfg::resolve_path(path, f)),
         })
     }
 }
@@ -206,6 +202,20 @@ fn check_receivers(
             return Err(bad(
                 "receiver.name",
                 &format!("receiver {:?} is defined twice", r.name()),
+            ));
+        }
+        if let Some((field, _)) = r
+            .secret_refs()
+            .into_iter()
+            .find(|(_, s)| !s.is_config_reference())
+        {
+            return Err(bad(
+                "receiver",
+                &format!(
+                    "receiver {:?}: {field}: a secret in the configuration file is \
+                     {{ file = \"...\" }} or {{ env = \"...\" }}, never the value",
+                    r.name()
+                ),
             ));
         }
         Receiver::from_raw(r.clone(), base, &crate::notify::Destinations::Any)

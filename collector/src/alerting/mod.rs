@@ -52,7 +52,7 @@ pub use outbox::{OutboxBatch, OutboxItem, OutboxOutcome};
 use crate::alert::policy::AlertRecord;
 use crate::alert::route::{InhibitRule, Routing, SilenceSpec};
 use crate::alert::{EngineOptions, RawRule, Rule};
-use crate::notify::ReceiverConfigRaw;
+use crate::notify::{ReceiverConfigRaw, SealedSecret};
 use crate::store::{Store, StoreConfig, StoreError, WriterHook};
 use runtime::{lock, Hook, Runtime};
 
@@ -235,16 +235,18 @@ impl Alerting {
     }
 
     /// Stores a receiver defined through the API (`create_only`: only if none of that name
-    /// is stored) and routes to it from now on. The caller validates the definition
-    /// (secrets resolvable) and starts its dispatcher worker once this returns
+    /// is stored) with its sealed secrets, and routes to it from now on. The caller
+    /// validates the definition (`ApiSecrets::prepare`) and starts its dispatcher worker
+    /// once this returns
     /// [`ReceiverPut::Created`] or [`ReceiverPut::Replaced`].
     pub async fn put_receiver(
         &self,
         raw: ReceiverConfigRaw,
+        secrets: Vec<SealedSecret>,
         create_only: bool,
         now_ms: i64,
     ) -> Result<ReceiverPut, StoreError> {
-        self.call(move |rt, c| rt.put_receiver(c, &raw, create_only, now_ms))
+        self.call(move |rt, c| rt.put_receiver(c, &raw, &secrets, create_only, now_ms))
             .await
     }
 

@@ -1,5 +1,6 @@
 //! Receivers defined through the API, as stored in `receivers` (a `ReceiverConfigRaw` as
-//! JSON: secrets only as file/env references). Changes go through the writer
+//! JSON, each secret as `{"stored": true}`) and `receiver_secrets` (those secrets, sealed;
+//! see `notify::api_secrets`). Changes go through the writer
 //! ([`super::Alerting::put_receiver`], [`super::Alerting::delete_receiver`]), which also
 //! routes to them; this module reads them: on read connections for the API, and once
 //! before the store opens so the collector can build their senders alongside the
@@ -9,7 +10,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::notify::ReceiverConfigRaw;
+use crate::notify::{ReceiverConfigRaw, SealedSecret};
 use crate::store::StoreError;
 
 /// One stored receiver definition.
@@ -20,10 +21,12 @@ pub struct StoredReceiver {
     pub definition: String,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Its secrets, sealed.
+    pub secrets: Vec<SealedSecret>,
 }
 
 impl StoredReceiver {
-    /// The definition, parsed. Errors never contain a secret (there is none stored).
+    /// The definition, parsed. Errors never contain a secret (the definition holds none).
     pub fn raw(&self) -> Result<ReceiverConfigRaw, String> {
         serde_json::from_str::<ReceiverConfigRaw>(&self.definition)
             .map_err(|e| format!("unreadable stored definition: {e}"))
@@ -46,7 +49,24 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredReceiver> {
         definition: r.get(1)?,
         created_ms: r.get(2)?,
         updated_ms: r.get(3)?,
+        secrets: Vec::new(),
     })
+}
+
+/// The sealed secrets of receiver `name`, by field.
+pub fn secrets(c: &Connection, name: &str) -> Result<Vec<SealedSecret>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT field, destination, sealed FROM receiver_secrets WHERE receiver = ?1
+         ORDER BY field",
+    )?;
+    let rows = stmt.query_map([name], |r| {
+        Ok(SealedSecret {
+            field: r.get(0)?,
+            destination: r.get(1)?,
+            sealed: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Every receiver defined through the API, by name.
@@ -54,17 +74,24 @@ pub fn list(c: &Connection) -> Result<Vec<StoredReceiver>, StoreError> {
     let mut stmt = c.prepare_cached(
         "SELECT name, definition, created_ms, updated_ms FROM receivers ORDER BY name",
     )?;
-    let rows = stmt.query_map([], row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut out = stmt.query_map([], row)?.collect::<Result<Vec<_>, _>>()?;
+    for s in &mut out {
+        s.secrets = secrets(c, &s.name)?;
+    }
+    Ok(out)
 }
 
 /// One receiver defined through the API.
 pub fn get(c: &Connection, name: &str) -> Result<Option<StoredReceiver>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT name, definition, created_ms, updated_ms FROM receivers WHERE name = ?1",
-    )?
-    .query_row([name], row)
-    .optional()?)
+    let found = c
+        .prepare_cached(
+            "SELECT name, definition, created_ms, updated_ms FROM receivers WHERE name = ?1",
+        )?
+        .query_row([name], row)
+        .optional()?;
+    let Some(mut s) = found else { return Ok(None) };
+    s.secrets = secrets(c, name)?;
+    Ok(Some(s))
 }
 
 /// The stored API receivers of the database at `path`, read before the store opens (the
@@ -107,7 +134,7 @@ mod tests {
     use crate::alert::route::GroupBy;
     use crate::alert::{parse_rules, validate_rules};
     use crate::notify::webhook::WebhookConfigRaw;
-    use crate::notify::{ReceiverConfigRaw, SecretRef};
+    use crate::notify::{ReceiverConfigRaw, SealedSecret, SecretRef};
     use crate::store::{IngestBatch, IngestOutcome, StoreConfig};
 
     const RULES: &str = r#"
@@ -144,7 +171,7 @@ critical = 0.5
         ReceiverConfigRaw::Webhook(WebhookConfigRaw {
             name: name.into(),
             url: url.into(),
-            secret: SecretRef::file("hmac"),
+            secret: SecretRef::stored(),
             timeout_secs: None,
         })
     }
@@ -195,7 +222,14 @@ critical = 0.5
         let path = dir.path().join("r.db");
         let (store, thread) = open(&path, setup(true), &["r"]);
         let now = mcpwatch_common::time::now_ms();
-        let put = |raw, create_only| store.put_receiver(raw, create_only, now);
+        let sealed = |byte: u8| {
+            vec![SealedSecret {
+                field: "secret".into(),
+                destination: "http://a".into(),
+                sealed: vec![byte; 40],
+            }]
+        };
+        let put = |raw, create_only| store.put_receiver(raw, sealed(1), create_only, now);
         assert_eq!(
             put(hook("api", "http://a/"), true).await.expect("put"),
             ReceiverPut::Created
@@ -209,15 +243,19 @@ critical = 0.5
             ReceiverPut::FromConfig
         );
         assert_eq!(
-            put(hook("api", "http://b/"), false).await.expect("put"),
+            store
+                .put_receiver(hook("api", "http://b/"), sealed(2), false, now)
+                .await
+                .expect("put"),
             ReceiverPut::Replaced
         );
         let stored = load(&path).expect("read receivers");
         assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].secrets, sealed(2), "the secrets replaced with the definition");
         match stored[0].raw().expect("definition") {
             ReceiverConfigRaw::Webhook(w) => {
                 assert_eq!(w.url, "http://b/");
-                assert_eq!(w.secret, SecretRef::file("hmac"));
+                assert_eq!(w.secret, SecretRef::stored());
             }
             other => panic!("stored {other:?}"),
         }
@@ -235,6 +273,11 @@ critical = 0.5
         let del = store.delete_receiver("api", now).await.expect("delete");
         assert_eq!(del, ReceiverDeleted::Deleted { dead_lettered: 1 });
         assert_eq!(rows("api"), 0);
+        assert_eq!(
+            count(&path, "SELECT count(*) FROM receiver_secrets WHERE receiver = 'api'"),
+            0,
+            "its secrets deleted with it"
+        );
         assert_eq!(
             count(&path, &format!(
                 "SELECT count(*) FROM dead_letters WHERE receiver = 'api' AND reason = '{RECEIVER_DELETED}'"

@@ -1,5 +1,6 @@
 //! Alert receivers over the API: the configured ones read-only, others created, changed
-//! and deleted through the API and applied live; secrets as references only; test-sends.
+//! and deleted through the API and applied live; their secrets sealed in the collector's
+//! secret store and never shown; test-sends.
 //! Receivers are fleet-wide: changing them needs an unscoped `receivers:write`.
 
 use std::collections::BTreeMap;
@@ -42,8 +43,9 @@ pub struct ReceiverConfigs {
     pub list: Vec<ReceiverConfigRaw>,
     /// The config file's directory: their secret files are resolved against it.
     pub base_dir: PathBuf,
-    /// Where receivers defined through the API may read secrets. `None` (with
-    /// `dispatcher`): receivers cannot be changed through the API (503).
+    /// What receivers defined through the API need (the key sealing their secrets, where
+    /// they may send). `None` (with `dispatcher`): receivers cannot be changed through the
+    /// API (503).
     pub api_secrets: Option<ApiSecrets>,
     /// The notification workers, which follow receiver changes.
     pub dispatcher: Option<Dispatcher>,
@@ -79,8 +81,9 @@ pub struct ReceiverView {
     /// `email`, `slack`, `pagerduty`, `discord` or `webhook`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// The non-secret settings; each secret as `{"file": PATH}` or `{"env": VAR}`, never
-    /// its value.
+    /// The non-secret settings; each secret as where it is read from (`{"file": PATH}` or
+    /// `{"env": VAR}` in the configuration, `{"stored": true}` for the API's), never its
+    /// value.
     #[schema(value_type = Object)]
     pub settings: Value,
     /// `config` (the configuration file; read-only here) or `api` (defined through this
@@ -95,9 +98,10 @@ pub struct ReceiverView {
 
 /// Where a secret is read from (never the secret itself).
 fn secret_ref(s: &SecretRef) -> Value {
-    match (&s.file, &s.env) {
-        (Some(f), None) => json!({ "file": f }),
-        (None, Some(e)) => json!({ "env": e }),
+    match (&s.file, &s.env, s.stored) {
+        (Some(f), None, false) => json!({ "file": f }),
+        (None, Some(e), false) => json!({ "env": e }),
+        (None, None, true) => json!({ "stored": true }),
         _ => json!("redacted"),
     }
 }
@@ -247,8 +251,8 @@ fn check_receiver_name(name: &str) -> Result<(), ApiError> {
 
 /// A receiver definition from a JSON body: an object in the form of a `[[receiver]]`
 /// table, with `type`. Its `name`, when given, must be `name` (the path's). Each secret
-/// must be a reference (`{"file": PATH}` or `{"env": VAR}`): a value is refused without
-/// being repeated in the answer.
+/// is an object (`{"value": SECRET}` or `{"stored": true}`); anything else is refused
+/// without being repeated in the answer.
 fn parse_receiver_body(mut body: Value, name: Option<&str>) -> Result<ReceiverConfigRaw, ApiError> {
     let Some(obj) = body.as_object_mut() else {
         return Err(ApiError::bad("the receiver must be a JSON object"));
@@ -279,8 +283,8 @@ fn parse_receiver_body(mut body: Value, name: Option<&str>) -> Result<ReceiverCo
             None | Some(Value::Null) | Some(Value::Object(_)) => {}
             Some(_) => {
                 return Err(ApiError::bad(format!(
-                    "{field}: a secret is given as {{\"file\": PATH}} (relative to the \
-                     collector's api_secret_dir) or {{\"env\": VAR}}, never as a value"
+                    "{field}: a secret is given as {{\"value\": SECRET}} (sealed in the \
+                     collector's secret store) or {{\"stored\": true}} (keep the stored one)"
                 )))
             }
         }
@@ -300,18 +304,24 @@ async fn store_receiver(
     if set.list.iter().any(|r| r.name() == name) {
         return Err(from_config_conflict(&name));
     }
-    // Reads secret files and builds an HTTP client: blocking work. The reason of a
-    // failure names the field and reference, never a secret.
-    let to_build = raw.clone();
-    let receiver = tokio::task::spawn_blocking(move || secrets.build(to_build))
+    // The secrets kept with `{"stored": true}` are those stored now; the prepared set is
+    // consistent on its own (each sealed for the definition stored with it).
+    let stored = read_api_receiver(state, name.clone())
+        .await?
+        .map(|s| s.secrets)
+        .unwrap_or_default();
+    // Seals or opens secrets and builds an HTTP client: blocking work. The reason of a
+    // failure names the field and destination, never a secret.
+    let prepared = tokio::task::spawn_blocking(move || secrets.prepare(raw, &stored))
         .await
         .map_err(|e| ApiError::Internal(format!("receiver setup task failed: {e}")))?
         .map_err(|e| ApiError::bad(e.to_string()))?;
+    let receiver = prepared.receiver;
     let status = {
         let _changes = dispatcher.lock_changes().await;
         let status = match state
             .alerting
-            .put_receiver(raw, create_only, now_ms())
+            .put_receiver(prepared.definition, prepared.secrets, create_only, now_ms())
             .await?
         {
             ReceiverPut::FromConfig => return Err(from_config_conflict(&name)),
@@ -337,13 +347,14 @@ async fn store_receiver(
 }
 
 /// Creates a receiver, in effect at once: alerts routed to it are sent through it (it
-/// joins the default route when `[alerting] default_receivers` is unset). Its secrets are
-/// references only — `{"file": PATH}` inside the collector's `api_secret_dir` or
-/// `{"env": "MCPWATCH_SECRET_..."}` — and must resolve (400 with the reason otherwise).
+/// joins the default route when `[alerting] default_receivers` is unset). Each secret is
+/// given as `{"value": SECRET}`: the collector seals it into its secret store, bound to the
+/// destination of this definition, and never shows it again. Files and environment
+/// variables are the configuration file's (400).
 #[utoipa::path(post, path = "/receivers",
     request_body(content = Object, description = "A receiver definition with `type` and `name`, as a `[[receiver]]` table"),
     responses((status = 201, body = ReceiverView, description = "Created and in effect"),
-              (status = 400, body = ErrorBody, description = "Invalid definition, a secret given as a value, or a secret reference that does not resolve"),
+              (status = 400, body = ErrorBody, description = "Invalid definition, or a secret not given as `{\"value\": ...}`"),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "A receiver of that name exists (configured or defined through the API)"),
               (status = 503, body = ErrorBody)),
@@ -363,7 +374,10 @@ async fn create_receiver(
 
 /// Creates or replaces a receiver defined through the API, in effect at once (queued
 /// notifications go out with the new definition; a send in progress finishes first).
-/// Validated as for POST. Configured receivers cannot be changed here (409).
+/// Validated as for POST; `{"stored": true}` keeps a stored secret, only while the
+/// definition still sends to the destination it was given for (scheme, host and port of
+/// the URL; SMTP server and TLS mode), else 400. Configured receivers cannot be changed
+/// here (409).
 #[utoipa::path(put, path = "/receivers/{name}",
     params(("name" = String, Path, description = "The receiver's name")),
     request_body(content = Object, description = "A receiver definition with `type`, as a `[[receiver]]` table; `name` may be left out"),
@@ -508,11 +522,11 @@ async fn test_receiver(
                         receiver: stored.name.clone(),
                         reason,
                     })?;
-                    secrets.build(raw)
+                    secrets.build_stored(raw, &stored.secrets)
                 })
             }
         };
-    // Reads secret files and builds an HTTP client: blocking work.
+    // Reads secret files or opens sealed secrets, and builds an HTTP client: blocking work.
     let built = tokio::task::spawn_blocking(build)
         .await
         .map_err(|e| ApiError::Internal(format!("receiver setup task failed: {e}")))?;

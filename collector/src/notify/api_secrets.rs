@@ -1,153 +1,331 @@
-//! Where receivers defined through the API may read their secrets: files inside one
-//! directory (`[alerting] api_secret_dir`) and `MCPWATCH_SECRET_*` environment variables.
-//! Receivers in the configuration file are trusted with any file or variable; the API is
-//! not (see [`ApiSecrets`]).
+//! The secrets of receivers defined through the API: given once as `{"value": ...}`, sealed
+//! with the collector's [`SecretKey`] and kept in the database apart from the definition
+//! (`receiver_secrets`), never shown again; `{"stored": true}` keeps the stored one. The
+//! API may not read files or environment variables: those belong to the configuration
+//! file, and a reference to them would let a `receivers:write` holder send, say, the SMTP
+//! password of a configured receiver to a server of their choosing. A stored secret is
+//! bound to the destination it was given for (see [`destination`]): a definition that
+//! sends elsewhere must be given the secret again.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use super::{NotifyConfigError, Receiver, ReceiverConfigRaw};
+use super::secret_key::{Binding, SecretKey};
+use super::{NotifyConfigError, Receiver, ReceiverConfigRaw, SecretRef};
 
-/// Where receivers defined through the API may read their secrets from. Unlike the
-/// configuration file, the API is not trusted with the collector's file system or
-/// environment: a reference to any file or variable would let a `receivers:write` holder
-/// send, say, the CA key or the admin token to a server of their choosing (as a PagerDuty
-/// routing key, an SMTP password...). So their secret files must lie inside `dir`, and
-/// their variables must start with [`API_SECRET_ENV_PREFIX`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What receivers defined through the API need: the key that seals their secrets, and
+/// where they may send (`[api] receiver_url_allow`; default public addresses).
+#[derive(Debug, Clone)]
 pub struct ApiSecrets {
-    /// `[alerting] api_secret_dir`: file references are relative to it and stay inside it.
-    pub dir: std::path::PathBuf,
-    /// Where API receivers may send (`[api] receiver_url_allow`; default public addresses).
+    pub key: Arc<SecretKey>,
     pub destinations: super::Destinations,
 }
 
-/// Environment variables an API-defined receiver may read start with this.
-pub const API_SECRET_ENV_PREFIX: &str = "MCPWATCH_SECRET_";
+/// One sealed secret of a receiver, as stored in `receiver_secrets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    /// The definition's field (`secret`, `routing_key`, `password`, `webhook_url`).
+    pub field: String,
+    /// Where the definition sent when the secret was given ([`destination`]).
+    pub destination: String,
+    /// Nonce, ciphertext and tag ([`SecretKey::seal`]).
+    pub sealed: Vec<u8>,
+}
+
+/// An API receiver ready to store and start.
+#[derive(Debug)]
+pub struct PreparedReceiver {
+    /// The definition to store: every secret as `{"stored": true}`.
+    pub definition: ReceiverConfigRaw,
+    /// Its secrets, sealed.
+    pub secrets: Vec<SealedSecret>,
+    /// The receiver, built with the secrets' values.
+    pub receiver: Receiver,
+}
+
+/// Where a receiver's secrets go: the origin (scheme, host, port) of a webhook or PagerDuty
+/// URL; the SMTP server and TLS mode of an email receiver (its password is sent there);
+/// for Slack and Discord the secret is the URL itself, so it cannot be sent elsewhere.
+pub fn destination(raw: &ReceiverConfigRaw) -> String {
+    use super::email::TlsMode;
+    fn origin(url: &str) -> String {
+        match reqwest::Url::parse(url) {
+            Ok(u) if u.origin().is_tuple() => u.origin().ascii_serialization(),
+            // Not an http(s) URL: building the receiver refuses it; bind to the text.
+            _ => url.to_owned(),
+        }
+    }
+    match raw {
+        ReceiverConfigRaw::Email(c) => {
+            let scheme = match c.tls_mode() {
+                TlsMode::Starttls => "smtp+starttls",
+                TlsMode::Tls => "smtps",
+                TlsMode::None => "smtp",
+            };
+            format!(
+                "{scheme}://{}:{}",
+                c.host.to_ascii_lowercase(),
+                c.port_or_default()
+            )
+        }
+        ReceiverConfigRaw::Slack(_) => "the Slack webhook URL itself".to_owned(),
+        ReceiverConfigRaw::Discord(_) => "the Discord webhook URL itself".to_owned(),
+        ReceiverConfigRaw::PagerDuty(c) => {
+            origin(c.url.as_deref().unwrap_or(super::pagerduty::DEFAULT_URL))
+        }
+        ReceiverConfigRaw::Webhook(c) => origin(&c.url),
+    }
+}
+
+fn refused(name: &str, field: &str) -> NotifyConfigError {
+    NotifyConfigError::new(
+        name,
+        format!(
+            "{field}: a receiver defined through the API takes its secret as {{\"value\": \
+             SECRET}} (sealed in the collector's secret store, never shown again) or \
+             {{\"stored\": true}} to keep the one stored; files and environment variables \
+             belong to the configuration file"
+        ),
+    )
+}
+
+fn rebind(name: &str, field: &str, was: &str, now: &str) -> NotifyConfigError {
+    NotifyConfigError::new(
+        name,
+        format!(
+            "{field}: the stored secret was given for {was} and this definition sends to \
+             {now}; give the secret again as {{\"value\": SECRET}}"
+        ),
+    )
+}
 
 impl ApiSecrets {
-    /// Checks that every secret of `raw` is one the API may use (see [`ApiSecrets`]).
-    /// Errors name the field and the reference, never a value.
-    pub fn check(&self, raw: &ReceiverConfigRaw) -> Result<(), NotifyConfigError> {
-        let name = raw.name();
-        for (field, r) in raw.secret_refs() {
-            match (&r.file, &r.env) {
-                (Some(file), None) => self.check_file(name, field, file)?,
-                (None, Some(var))
-                    if !var.starts_with(API_SECRET_ENV_PREFIX)
-                        || var.len() == API_SECRET_ENV_PREFIX.len() =>
-                {
-                    return Err(NotifyConfigError::new(
-                        name,
-                        format!(
-                            "{field}: receivers defined through the API may only read \
-                             environment variables named {API_SECRET_ENV_PREFIX}*"
-                        ),
-                    ));
+    /// Validates a definition from an API request, given the secrets stored for that name
+    /// (none for a new receiver): each secret is a new value (sealed now) or `stored`
+    /// (kept, only when the definition still sends where it did). Errors name fields and
+    /// destinations, never a secret.
+    pub fn prepare(
+        &self,
+        raw: ReceiverConfigRaw,
+        stored: &[SealedSecret],
+    ) -> Result<PreparedReceiver, NotifyConfigError> {
+        let name = raw.name().to_owned();
+        let dest = destination(&raw);
+        let mut definition = raw.clone();
+        let mut with_values = raw;
+        let mut secrets = Vec::new();
+        let pairs = definition
+            .secret_refs_mut()
+            .into_iter()
+            .zip(with_values.secret_refs_mut());
+        for ((field, kept), (_, used)) in pairs {
+            let binding = Binding {
+                receiver: &name,
+                field,
+                destination: &dest,
+            };
+            let reference = kept.file.is_some() || kept.env.is_some();
+            match (reference, &kept.value, kept.stored) {
+                (false, Some(value), false) => {
+                    let sealed = self.key.seal(binding, value).map_err(|e| {
+                        NotifyConfigError::new(&name, format!("{field}: {e}"))
+                    })?;
+                    secrets.push(SealedSecret {
+                        field: field.to_owned(),
+                        destination: dest.clone(),
+                        sealed,
+                    });
                 }
-                // `SecretRef::load` explains what is wrong.
-                _ => {}
+                (false, None, true) => {
+                    let old = self.open(binding, stored)?;
+                    *used = SecretRef::value(old.1);
+                    secrets.push(old.0.clone());
+                }
+                _ => return Err(refused(&name, field)),
             }
+            *kept = SecretRef::stored();
         }
-        Ok(())
+        let receiver = Receiver::from_raw(with_values, Path::new(""), &self.destinations)?;
+        Ok(PreparedReceiver {
+            definition,
+            secrets,
+            receiver,
+        })
     }
 
-    fn check_file(&self, name: &str, field: &str, file: &str) -> Result<(), NotifyConfigError> {
-        use std::path::Component;
-        let outside = || {
+    /// Builds a stored API receiver (at startup, for a test-send) from its stored definition
+    /// and sealed secrets. A definition changed behind the collector's back to send
+    /// elsewhere no longer opens its secrets.
+    pub fn build_stored(
+        &self,
+        mut raw: ReceiverConfigRaw,
+        stored: &[SealedSecret],
+    ) -> Result<Receiver, NotifyConfigError> {
+        let name = raw.name().to_owned();
+        let dest = destination(&raw);
+        for (field, r) in raw.secret_refs_mut() {
+            if !r.stored || r.value.is_some() || r.file.is_some() || r.env.is_some() {
+                return Err(NotifyConfigError::new(
+                    &name,
+                    format!(
+                        "{field}: the stored definition does not keep this secret in the \
+                         collector's secret store (defined before secrets were sealed?); \
+                         give it again with PUT as {{\"value\": SECRET}}"
+                    ),
+                ));
+            }
+            let binding = Binding {
+                receiver: &name,
+                field,
+                destination: &dest,
+            };
+            *r = SecretRef::value(self.open(binding, stored)?.1);
+        }
+        Receiver::from_raw(raw, Path::new(""), &self.destinations)
+    }
+
+    /// The stored secret for `binding`'s field, opened, if it was given for the same
+    /// destination.
+    fn open<'s>(
+        &self,
+        binding: Binding<'_>,
+        stored: &'s [SealedSecret],
+    ) -> Result<(&'s SealedSecret, super::Secret), NotifyConfigError> {
+        let name = binding.receiver;
+        let field = binding.field;
+        let old = stored.iter().find(|s| s.field == field).ok_or_else(|| {
             NotifyConfigError::new(
                 name,
-                format!(
-                    "{field}: receivers defined through the API may only read secret files \
-                     inside {} (a relative path without '..')",
-                    self.dir.display()
-                ),
+                format!("{field}: no secret is stored; give it as {{\"value\": SECRET}}"),
             )
-        };
-        let rel = Path::new(file);
-        let plain = rel
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-        if !plain || !rel.components().any(|c| matches!(c, Component::Normal(_))) {
-            return Err(outside());
+        })?;
+        if old.destination != binding.destination {
+            return Err(rebind(name, field, &old.destination, binding.destination));
         }
-        // Symbolic links must not lead out either. A missing file is reported by `load`.
-        let (Ok(dir), Ok(target)) = (self.dir.canonicalize(), self.dir.join(rel).canonicalize())
-        else {
-            return Ok(());
-        };
-        if !target.starts_with(&dir) {
-            return Err(outside());
-        }
-        Ok(())
-    }
-
-    /// Validates an API-defined receiver: its secret references must be allowed here
-    /// and resolve (files relative to [`ApiSecrets::dir`]).
-    pub fn build(&self, raw: ReceiverConfigRaw) -> Result<Receiver, NotifyConfigError> {
-        self.check(&raw)?;
-        Receiver::from_raw(raw, &self.dir, &self.destinations)
+        let value = self
+            .key
+            .open(binding, &old.sealed)
+            .map_err(|e| NotifyConfigError::new(name, format!("{field}: {e}")))?;
+        Ok((old, value))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::pagerduty::PagerDutyConfigRaw;
     use crate::notify::webhook::WebhookConfigRaw;
-    use crate::notify::SecretRef;
+    use crate::notify::Secret;
 
-    fn hook(secret: SecretRef) -> ReceiverConfigRaw {
+    fn hook(url: &str, secret: SecretRef) -> ReceiverConfigRaw {
         ReceiverConfigRaw::Webhook(WebhookConfigRaw {
             name: "h".into(),
-            url: "http://192.0.2.1:9/x".into(),
+            url: url.into(),
             secret,
             timeout_secs: None,
         })
     }
 
-    #[test]
-    fn notify_api_secrets_confined_to_their_dir_and_prefix() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("secrets");
-        std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
-        std::fs::write(dir.join("k"), "key\n").expect("write");
-        std::fs::write(dir.join("sub/k"), "key\n").expect("write");
-        std::fs::write(tmp.path().join("outside"), "ca key\n").expect("write");
-        let api = ApiSecrets {
-            dir: dir.clone(),
+    fn api(dir: &Path) -> ApiSecrets {
+        ApiSecrets {
+            key: Arc::new(SecretKey::load_or_create(&dir.join("key")).expect("key")),
             destinations: crate::notify::Destinations::only(&["192.0.2.0/24".into()])
                 .expect("valid"),
-        };
-        for ok in ["k", "sub/k", "./k"] {
-            api.build(hook(SecretRef::file(ok)))
-                .unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        let outside = tmp.path().join("outside").display().to_string();
-        for bad in ["../outside", "sub/../../outside", outside.as_str(), "", "."] {
-            let e = api.build(hook(SecretRef::file(bad))).expect_err(bad);
-            assert!(e.reason.contains("inside"), "{bad}: {e}");
-        }
-        #[cfg(unix)]
-        {
-            std::os::unix::fs::symlink(tmp.path().join("outside"), dir.join("link"))
-                .expect("symlink");
+    }
+
+    #[test]
+    fn notify_api_secrets_sealed_kept_and_bound_to_their_destination() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let api = api(tmp.path());
+        let value = SecretRef::value(Secret::new("hmac-value-91"));
+        let first = api
+            .prepare(hook("http://192.0.2.1:9/a", value.clone()), &[])
+            .expect("prepare");
+        assert_eq!(first.secrets.len(), 1);
+        assert_eq!(first.secrets[0].destination, "http://192.0.2.1:9");
+        let stored_json = serde_json::to_string(&first.definition).expect("json");
+        assert!(stored_json.contains(r#""secret":{"stored":true}"#), "{stored_json}");
+        assert!(!stored_json.contains("hmac-value-91"));
+
+        // Kept on the same origin (another path); rebuilt from what is stored.
+        let kept = api
+            .prepare(
+                hook("http://192.0.2.1:9/b", SecretRef::stored()),
+                &first.secrets,
+            )
+            .expect("kept");
+        assert_eq!(kept.secrets, first.secrets);
+        api.build_stored(kept.definition.clone(), &kept.secrets)
+            .expect("rebuilt");
+
+        // Another host, scheme or port: the secret must be given again.
+        for elsewhere in [
+            "http://192.0.2.7:9/a",
+            "https://192.0.2.1:9/a",
+            "http://192.0.2.1:10/a",
+        ] {
             let e = api
-                .build(hook(SecretRef::file("link")))
-                .expect_err("a link out of the directory");
-            assert!(e.reason.contains("inside"), "{e}");
+                .prepare(hook(elsewhere, SecretRef::stored()), &first.secrets)
+                .expect_err(elsewhere);
+            assert!(e.reason.contains("give the secret again"), "{e}");
+            // A definition edited behind the collector's back does not open it either.
+            let mut moved = first.definition.clone();
+            if let ReceiverConfigRaw::Webhook(w) = &mut moved {
+                w.url = elsewhere.into();
+            }
+            let mut forged = first.secrets.clone();
+            forged[0].destination = destination(&moved);
+            assert!(api.build_stored(moved, &forged).is_err(), "{elsewhere}");
         }
-        // A missing file is reported by name, like in the configuration.
-        let e = api
-            .build(hook(SecretRef::file("gone")))
-            .expect_err("missing");
-        assert!(e.reason.contains("cannot read secret file"), "{e}");
-        for var in ["HOME", "PATH", API_SECRET_ENV_PREFIX] {
-            let e = api.build(hook(SecretRef::env(var))).expect_err(var);
-            assert!(e.reason.contains(API_SECRET_ENV_PREFIX), "{var}: {e}");
+        api.prepare(
+            hook("http://192.0.2.7:9/a", value.clone()),
+            &first.secrets,
+        )
+        .expect("a new value for a new destination");
+
+        // Files, variables, nothing, or a stored secret that is not there: refused.
+        for bad in [
+            SecretRef::file("smtp-password"),
+            SecretRef::env("HOME"),
+            SecretRef::default(),
+        ] {
+            let e = api
+                .prepare(hook("http://192.0.2.1:9/a", bad.clone()), &[])
+                .expect_err("refused");
+            assert!(e.reason.contains("configuration file"), "{bad:?}: {e}");
         }
         let e = api
-            .build(hook(SecretRef::env("MCPWATCH_SECRET_TEST_UNSET_1")))
-            .expect_err("unset");
-        assert!(e.reason.contains("not set"), "{e}");
-        assert!(!format!("{e}").contains("ca key"));
+            .prepare(hook("http://192.0.2.1:9/a", SecretRef::stored()), &[])
+            .expect_err("nothing stored");
+        assert!(e.reason.contains("no secret is stored"), "{e}");
+        // A definition stored before secrets were sealed must be given again.
+        let e = api
+            .build_stored(hook("http://192.0.2.1:9/a", SecretRef::file("k")), &[])
+            .expect_err("old definition");
+        assert!(e.reason.contains("PUT"), "{e}");
+    }
+
+    #[test]
+    fn notify_api_secrets_destination_of_each_kind() {
+        let pd = ReceiverConfigRaw::PagerDuty(PagerDutyConfigRaw {
+            name: "p".into(),
+            routing_key: SecretRef::stored(),
+            url: None,
+            source: None,
+            timeout_secs: None,
+        });
+        assert_eq!(destination(&pd), "https://events.pagerduty.com");
+        let mail: ReceiverConfigRaw = serde_json::from_value(serde_json::json!({
+            "type": "email", "name": "m", "host": "SMTP.example.com", "tls": "tls",
+            "username": "u", "password": {"stored": true}, "from": "a@example.com",
+            "to": ["b@example.com"]
+        }))
+        .expect("email");
+        assert_eq!(destination(&mail), "smtps://smtp.example.com:465");
+        assert_eq!(
+            destination(&hook("file:///etc/x", SecretRef::stored())),
+            "file:///etc/x"
+        );
     }
 }

@@ -52,6 +52,22 @@ pub struct EmailConfigRaw {
     pub timeout_secs: Option<u64>,
 }
 
+impl EmailConfigRaw {
+    /// `tls`, or its default.
+    pub fn tls_mode(&self) -> TlsMode {
+        self.tls.unwrap_or(TlsMode::Starttls)
+    }
+
+    /// `port`, or the default for the TLS mode.
+    pub fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(match self.tls_mode() {
+            TlsMode::Starttls => 587,
+            TlsMode::Tls => 465,
+            TlsMode::None => 25,
+        })
+    }
+}
+
 pub struct EmailReceiver {
     name: String,
     from: Mailbox,
@@ -75,6 +91,8 @@ impl EmailReceiver {
         base_dir: &Path,
         destinations: &Destinations,
     ) -> Result<Self, NotifyConfigError> {
+        let mode = raw.tls_mode();
+        let port = raw.port_or_default();
         let name = raw.name;
         let err = |reason: String| NotifyConfigError::new(&name, reason);
         if raw.host.trim().is_empty() {
@@ -95,12 +113,6 @@ impl EmailReceiver {
                     .map_err(|e| err(format!("to {t:?} is not a mailbox: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mode = raw.tls.unwrap_or(TlsMode::Starttls);
-        let port = raw.port.unwrap_or(match mode {
-            TlsMode::Starttls => 587,
-            TlsMode::Tls => 465,
-            TlsMode::None => 25,
-        });
         // lettre resolves the host itself: checked here, when the receiver is built.
         destinations
             .check_host(&raw.host, port)

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod api_secrets;
+pub mod secret_key;
 pub mod destination;
 pub mod discord;
 pub mod email;
@@ -37,7 +38,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use api_secrets::{ApiSecrets, API_SECRET_ENV_PREFIX};
+pub use api_secrets::{ApiSecrets, PreparedReceiver, SealedSecret};
+pub use secret_key::{SecretKey, SecretKeyError};
 pub use destination::Destinations;
 pub use secret::{Secret, SecretRef};
 
@@ -205,6 +207,19 @@ impl ReceiverConfigRaw {
             "pagerduty" => &["routing_key"],
             "webhook" => &["secret"],
             _ => &[],
+        }
+    }
+
+    /// The secret references it holds, with their field names, to change.
+    pub fn secret_refs_mut(&mut self) -> Vec<(&'static str, &mut SecretRef)> {
+        match self {
+            ReceiverConfigRaw::Email(c) => {
+                c.password.iter_mut().map(|s| ("password", s)).collect()
+            }
+            ReceiverConfigRaw::Slack(c) => vec![("webhook_url", &mut c.webhook_url)],
+            ReceiverConfigRaw::PagerDuty(c) => vec![("routing_key", &mut c.routing_key)],
+            ReceiverConfigRaw::Discord(c) => vec![("webhook_url", &mut c.webhook_url)],
+            ReceiverConfigRaw::Webhook(c) => vec![("secret", &mut c.secret)],
         }
     }
 

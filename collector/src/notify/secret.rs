@@ -1,5 +1,7 @@
 //! Secrets for receivers: referenced in config as `{ file = "path" }` or `{ env = "VAR" }`,
 //! loaded once at validation, and held in a [`Secret`] whose `Debug` never shows the value.
+//! Receivers defined through the API give theirs as `{"value": ...}` (sealed into the
+//! collector's secret store, see `api_secrets`) and keep it with `{"stored": true}`.
 
 use std::path::Path;
 
@@ -7,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::NotifyConfigError;
 
-/// Where a secret comes from. Exactly one of `file` and `env`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a secret comes from. Exactly one of `file`, `env` (configuration file), `value` and
+/// `stored` (API).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     /// A file holding the secret (trailing newline ignored); relative to the config file.
@@ -17,21 +20,53 @@ pub struct SecretRef {
     /// An environment variable holding the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
+    /// The secret itself, as an API request gives it. Never serialized: what is stored
+    /// and shown says `stored` instead.
+    #[serde(default, skip_serializing)]
+    pub value: Option<Secret>,
+    /// The secret is in the collector's secret store, sealed for this receiver and field.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stored: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl SecretRef {
     pub fn file(path: impl Into<String>) -> SecretRef {
         SecretRef {
             file: Some(path.into()),
-            env: None,
+            ..SecretRef::default()
         }
     }
 
     pub fn env(var: impl Into<String>) -> SecretRef {
         SecretRef {
-            file: None,
             env: Some(var.into()),
+            ..SecretRef::default()
         }
+    }
+
+    /// A secret given as its value (API requests).
+    pub fn value(value: Secret) -> SecretRef {
+        SecretRef {
+            value: Some(value),
+            ..SecretRef::default()
+        }
+    }
+
+    /// A secret kept in the collector's secret store.
+    pub fn stored() -> SecretRef {
+        SecretRef {
+            stored: true,
+            ..SecretRef::default()
+        }
+    }
+
+    /// Whether this is a reference the configuration file may hold (a file or a variable).
+    pub fn is_config_reference(&self) -> bool {
+        self.value.is_none() && !self.stored
     }
 
     /// Loads the secret. Errors name the file or variable, never the value.
@@ -41,8 +76,8 @@ impl SecretRef {
         field: &str,
         base_dir: &Path,
     ) -> Result<Secret, NotifyConfigError> {
-        let value = match (&self.file, &self.env) {
-            (Some(file), None) => {
+        let value = match (&self.file, &self.env, &self.value, self.stored) {
+            (Some(file), None, None, false) => {
                 let path = base_dir.join(file);
                 let text = std::fs::read_to_string(&path).map_err(|e| {
                     NotifyConfigError::new(
@@ -52,12 +87,22 @@ impl SecretRef {
                 })?;
                 text.trim_end_matches(['\n', '\r']).to_owned()
             }
-            (None, Some(var)) => std::env::var(var).map_err(|_| {
+            (None, Some(var), None, false) => std::env::var(var).map_err(|_| {
                 NotifyConfigError::new(
                     receiver,
                     format!("{field}: environment variable {var} is not set (or not UTF-8)"),
                 )
             })?,
+            (None, None, Some(value), false) => value.expose().to_owned(),
+            (None, None, None, true) => {
+                return Err(NotifyConfigError::new(
+                    receiver,
+                    format!(
+                        "{field}: the secret is in the collector's secret store and was not \
+                         opened"
+                    ),
+                ))
+            }
             _ => {
                 return Err(NotifyConfigError::new(
                     receiver,
@@ -93,6 +138,7 @@ mod tests {
         let both = SecretRef {
             file: Some("k".into()),
             env: Some("X".into()),
+            ..SecretRef::default()
         };
         assert!(both.load("r", "key", dir.path()).is_err());
         let err = SecretRef::env("MCPWATCH_TEST_UNSET_VAR_1")

@@ -292,6 +292,18 @@ const MIGRATIONS: &[&str] = &[
         coalesce((SELECT max(id) FROM sessions), 0),
         coalesce((SELECT max(session_id) FROM audit_log), 0)));
     "#,
+    // v7: the secrets of receivers defined through the API, sealed (nonce, ciphertext and
+    // tag, under a key kept outside the database) and bound to the receiver, the field and
+    // the destination they were given for. Never read back through the API.
+    r#"
+    CREATE TABLE receiver_secrets (
+        receiver    TEXT NOT NULL REFERENCES receivers(name) ON DELETE CASCADE,
+        field       TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        sealed      BLOB NOT NULL,
+        PRIMARY KEY (receiver, field)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Settings for the single write connection. synchronous=FULL because an ack promises the
