@@ -38,8 +38,6 @@ const HOST_A: &str = "host-a";
 const HOST_B: &str = "host-b";
 const PASSWORD: &str = "Matrix-correct-horse-42";
 const HMAC_KEY: &str = "api-matrix-hmac-secret";
-/// The HMAC key file of receivers defined through the API, in `api_secret_dir`.
-const API_SECRET_FILE: &str = "api-hook-hmac";
 /// The webhook receiver of the configuration.
 const RECEIVER: &str = "hook";
 /// The configured rule (fires on `test_value > 0.5`).
@@ -548,14 +546,14 @@ impl Ctx {
         v["id"].as_i64().expect("silence id")
     }
 
-    /// A webhook receiver definition for the API, to the capture server, its HMAC key a
-    /// file in the collector's `api_secret_dir`.
+    /// A webhook receiver definition for the API, to the capture server, its HMAC key
+    /// given as a value (sealed by the collector).
     fn api_receiver(&self, name: &str) -> Value {
         json!({
             "type": "webhook",
             "name": name,
             "url": self.hook_url,
-            "secret": {"file": API_SECRET_FILE},
+            "secret": {"value": HMAC_KEY},
         })
     }
 
@@ -849,13 +847,6 @@ fn api_permission_matrix_every_route_every_principal() {
     std::fs::create_dir_all(&dir).expect("mkdir collector dir");
     std::fs::write(dir.join("rules.toml"), test_high_rules("10m")).expect("write rules");
     std::fs::write(dir.join("hmac"), format!("{HMAC_KEY}\n")).expect("hmac key");
-    // `[alerting] api_secret_dir` is `secrets` beside collector.toml by default.
-    std::fs::create_dir_all(dir.join("secrets")).expect("mkdir secrets");
-    std::fs::write(
-        dir.join("secrets").join(API_SECRET_FILE),
-        format!("{HMAC_KEY}\n"),
-    )
-    .expect("api hmac key");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,9 +3,10 @@
 //! for webhooks. A receiver created through the API gets alerts at once; after a PUT the
 //! next alert goes to its new URL; after a DELETE its queued notifications are in the
 //! dead-letter list and nothing more is sent through it; it survives a restart (one whose
-//! secret file vanished is skipped, not fatal, until fixed). Secrets are references only:
-//! a value, a reference outside the secrets directory or one that does not resolve is a
-//! 400, configured receivers are read-only (409), and no secret reaches the database.
+//! definition was changed behind the collector's back to send elsewhere is skipped, not
+//! fatal, until fixed). Secrets are given as values and sealed: a reference to a file or
+//! variable is a 400, a kept secret does not follow a definition to another destination,
+//! configured receivers are read-only (409), and no secret value reaches the database.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,11 +25,12 @@ use tokio::runtime::Runtime;
 const HOST: &str = "recv-host-1";
 /// The configured receiver's HMAC key (next to collector.toml).
 const CFG_KEY: &str = "configured-receiver-hmac-key-0001";
-/// The API receivers' HMAC key, in `secrets/hook-hmac`.
+/// The API receivers' HMAC key, given as a value.
 const API_KEY: &str = "api-receiver-hmac-key-7f3a9c21e4";
-/// The key of `secrets/fragile`, removed before a restart.
+/// The key of `fragile`, whose definition is moved to another host behind the collector's
+/// back.
 const FRAGILE_KEY: &str = "fragile-receiver-hmac-key-55d0";
-/// A secret sent as a value: refused, never stored.
+/// A secret sent as a bare string: refused, never stored.
 const PLAIN: &str = "plaintext-secret-value-b81c27";
 
 /// `[api]` letting API receivers reach the loopback capture servers, and `[alerting]` with
@@ -86,9 +88,8 @@ impl Rig {
         std::fs::create_dir_all(dir.join("secrets")).expect("mkdir secrets");
         std::fs::write(dir.join("rules.toml"), test_high_rules("10m")).expect("write rules");
         std::fs::write(dir.join("cfg-hmac"), format!("{CFG_KEY}\n")).expect("cfg key");
-        std::fs::write(dir.join("secrets/hook-hmac"), format!("{API_KEY}\n")).expect("api key");
-        std::fs::write(dir.join("secrets/fragile"), format!("{FRAGILE_KEY}\n"))
-            .expect("fragile key");
+        // Where API receivers read secret files before they were sealed: no longer theirs.
+        std::fs::write(dir.join("secrets/hook-hmac"), format!("{CFG_KEY}\n")).expect("old key");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -223,33 +224,39 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         resp.body
     );
     expect(resp, 400);
-    let resp = api.send(
-        "POST",
-        r,
-        &named(hook(&a.url("/a"), json!({"value": PLAIN})), "bad"),
-    );
-    assert!(
-        !resp.body.contains(PLAIN),
-        "a secret value echoed: {}",
-        resp.body
-    );
-    expect(resp, 400);
-    let resp = api.send(
-        "POST",
-        r,
-        &named(hook(&a.url("/a"), json!({"file": "missing-key"})), "bad"),
-    );
-    assert_eq!(resp.status, 400, "{}", resp.body);
-    assert!(message(&resp).contains("missing-key"), "{}", resp.body);
-    for outside in [json!({"file": "../cfg-hmac"}), json!({"env": "HOME"})] {
+    // The configuration's secret files and the environment are not the API's: a
+    // `receivers:write` holder cannot ship a configured receiver's secret elsewhere.
+    for reference in [
+        json!({"file": "cfg-hmac"}),
+        json!({"file": "hook-hmac"}),
+        json!({"file": "../cfg-hmac"}),
+        json!({"env": "HOME"}),
+        json!({"env": "MCPWATCH_SECRET_X"}),
+        json!({}),
+        json!({"stored": true}),
+        json!({"value": PLAIN, "stored": true}),
+    ] {
         let resp = api.send(
             "POST",
             r,
-            &named(hook(&a.url("/a"), outside.clone()), "bad"),
+            &named(hook(&a.url("/a"), reference.clone()), "bad"),
         );
-        assert_eq!(resp.status, 400, "{outside}: {}", resp.body);
+        assert_eq!(resp.status, 400, "{reference}: {}", resp.body);
         assert!(!resp.body.contains(CFG_KEY), "{}", resp.body);
+        assert!(!resp.body.contains(PLAIN), "{}", resp.body);
     }
+    let resp = api.send(
+        "POST",
+        r,
+        &json!({"type": "pagerduty", "name": "bad", "url": a.url("/pd"),
+                "routing_key": {"file": "cfg-hmac"}}),
+    );
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert!(
+        message(&resp).contains("configuration file"),
+        "{}",
+        resp.body
+    );
     expect(api.send("POST", r, &json!({"type": "webhook"})), 400);
     expect(
         api.send("POST", r, &named(json!({"type": "carrier-pigeon"}), "bad")),
@@ -259,14 +266,15 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         api.send(
             "PUT",
             &format!("{r}/other"),
-            &named(hook(&a.url("/a"), json!({"file": "hook-hmac"})), "bad"),
+            &named(hook(&a.url("/a"), json!({"value": API_KEY})), "bad"),
         ),
         400,
     );
     expect(api.get(&format!("{r}/bad")), 404);
 
     // ---- configured receivers are read-only -------------------------------------------
-    let ok_secret = json!({"file": "hook-hmac"});
+    let ok_secret = json!({"value": API_KEY});
+    let kept = json!({"stored": true});
     let resp = api.send(
         "PUT",
         &format!("{r}/cfg"),
@@ -297,7 +305,8 @@ fn api_receivers_crud_live_durable_and_secret_free() {
     );
     assert_eq!(created["origin"], "api");
     assert_eq!(created["active"], true);
-    assert_eq!(created["settings"]["secret"], ok_secret);
+    assert_eq!(created["settings"]["secret"], kept, "never shown again");
+    assert!(!created.to_string().contains(API_KEY));
     expect(
         api.send(
             "POST",
@@ -342,6 +351,27 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         .expect("the configured receiver got it too");
     signed_with(&req, CFG_KEY);
 
+    // ---- update: the kept secret stays with its destination -------------------------
+    expect(
+        api.send(
+            "PUT",
+            &format!("{r}/apihook"),
+            &hook(&a.url("/a2"), kept.clone()),
+        ),
+        200,
+    );
+    // B is another port: the secret given for A must be given again.
+    let resp = api.send(
+        "PUT",
+        &format!("{r}/apihook"),
+        &hook(&b.url("/b"), kept.clone()),
+    );
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert!(
+        message(&resp).contains("give the secret again"),
+        "{}",
+        resp.body
+    );
     // ---- update: the next alert goes to the new URL -----------------------------------
     let put = expect(
         api.send(
@@ -415,7 +445,7 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         "info series of a deleted receiver"
     );
 
-    // ---- durable: kept across a restart; one whose secret vanished is skipped -------
+    // ---- durable: kept across a restart; one moved elsewhere behind our back is skipped
     expect(
         api.send(
             "POST",
@@ -428,13 +458,24 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         api.send(
             "PUT",
             &format!("{r}/fragile"),
-            &hook(&keep.url("/fragile"), json!({"file": "fragile"})),
+            &hook(&keep.url("/fragile"), json!({"value": FRAGILE_KEY})),
         ),
         201,
     );
     drop(agent);
     assert!(c.stop().success(), "clean stop");
-    std::fs::remove_file(rig.dir.join("secrets/fragile")).expect("remove fragile key");
+    // Someone with write access to the database (not to the key) points `fragile` at
+    // their own server: its secret no longer opens.
+    let rw = Connection::open(&c.db).expect("open db");
+    let moved = rw
+        .execute(
+            "UPDATE receivers SET definition = replace(definition, ?1, ?2)
+             WHERE name = 'fragile'",
+            [keep.url(""), b.url("")],
+        )
+        .expect("edit definition");
+    assert_eq!(moved, 1);
+    drop(rw);
     c.restart();
     assert!(
         c.logs().contains("cannot be loaded"),
@@ -463,7 +504,7 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         api.send(
             "PUT",
             &format!("{r}/fragile"),
-            &hook(&keep.url("/fragile"), ok_secret.clone()),
+            &hook(&keep.url("/fragile"), json!({"value": FRAGILE_KEY})),
         ),
         200,
     );
@@ -493,7 +534,17 @@ fn api_receivers_crud_live_durable_and_secret_free() {
             |r| r.get(0),
         )
         .expect("stored definition");
-    assert!(stored.contains(r#""file":"hook-hmac""#), "{stored}");
+    assert!(stored.contains(r#""secret":{"stored":true}"#), "{stored}");
+    // The sealing key lives beside the database, readable by its owner only.
+    let key = c.db.with_file_name("receiver-secrets.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key)
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "key file mode");
+    }
     drop(agent);
     assert!(c.stop().success(), "clean stop");
     let mut bytes = Vec::new();
@@ -536,7 +587,7 @@ fn api_receivers_destinations_restricted_and_answers_not_echoed() {
     let token = admin_token(&c.db, "t", None);
     let api = Api::new(c.http, Some(&token));
     let r = "/api/v1/receivers";
-    let key = json!({"file": "hook-hmac"});
+    let key = json!({"value": API_KEY});
     for url in [
         "http://127.0.0.1:9/x",
         "http://[::1]:9/x",

@@ -423,7 +423,7 @@ fn load_baseline(dir: &Path, server: &str) -> Option<ToolSurface> {
     };
     let mut tools = BTreeMap::new();
     for (name, h) in hex {
-        tools.insert(name, from_hex(&h)?);
+        tools.insert(name, mcpwatch_common::hex::decode_array(&h)?);
     }
     Some(ToolSurface { tools })
 }
@@ -433,7 +433,7 @@ fn save_baseline(dir: &Path, server: &str, surface: &ToolSurface) -> std::io::Re
     let hex: BTreeMap<&str, String> = surface
         .tools
         .iter()
-        .map(|(n, h)| (n.as_str(), h.iter().map(|b| format!("{b:02x}")).collect()))
+        .map(|(n, h)| (n.as_str(), mcpwatch_common::hex::encode(h)))
         .collect();
     let text = serde_json::to_string_pretty(&hex).map_err(std::io::Error::other)?;
     let path = baseline_path(dir, server);
@@ -441,17 +441,6 @@ fn save_baseline(dir: &Path, server: &str, surface: &ToolSurface) -> std::io::Re
     std::fs::write(&tmp, text)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(tmp, path)
-}
-
-fn from_hex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

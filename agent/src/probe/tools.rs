@@ -2,7 +2,6 @@
 //! description and input schema, and the diff between two surfaces (the drift event's body).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use ring::digest;
 use serde_json::Value;
@@ -21,7 +20,7 @@ pub struct ToolFingerprint {
 impl ToolFingerprint {
     /// Lower-case hex of the digest, for logs and events.
     pub fn sha256_hex(&self) -> String {
-        hex(&self.sha256)
+        mcpwatch_common::hex::encode(&self.sha256)
     }
 }
 
@@ -101,15 +100,6 @@ pub fn canonical_json(v: &Value, out: &mut String) {
 fn json_string(s: &str, out: &mut String) {
     // Serializing a Value::String cannot fail; its escaping is deterministic.
     out.push_str(&Value::String(s.to_owned()).to_string());
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// A server's tools by name. If a server lists one name twice, the later entry wins, so a

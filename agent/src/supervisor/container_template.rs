@@ -147,7 +147,7 @@ impl McpServerSpec {
                 .flat_map(|(k, v)| [k.as_str(), v.as_str()].into_iter()),
         );
         let digest = h.0.finish();
-        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        mcpwatch_common::hex::encode(digest.as_ref())
     }
 }
 

@@ -351,10 +351,5 @@ pub fn fingerprint(rule: &str, labels: &Labels) -> String {
         field(v);
     }
     let digest = ctx.finish();
-    digest
-        .as_ref()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    mcpwatch_common::hex::encode(&digest.as_ref()[..16])
 }

@@ -251,7 +251,11 @@ critical = 0.5
         );
         let stored = load(&path).expect("read receivers");
         assert_eq!(stored.len(), 1);
-        assert_eq!(stored[0].secrets, sealed(2), "the secrets replaced with the definition");
+        assert_eq!(
+            stored[0].secrets,
+            sealed(2),
+            "the secrets replaced with the definition"
+        );
         match stored[0].raw().expect("definition") {
             ReceiverConfigRaw::Webhook(w) => {
                 assert_eq!(w.url, "http://b/");
@@ -274,7 +278,10 @@ critical = 0.5
         assert_eq!(del, ReceiverDeleted::Deleted { dead_lettered: 1 });
         assert_eq!(rows("api"), 0);
         assert_eq!(
-            count(&path, "SELECT count(*) FROM receiver_secrets WHERE receiver = 'api'"),
+            count(
+                &path,
+                "SELECT count(*) FROM receiver_secrets WHERE receiver = 'api'"
+            ),
             0,
             "its secrets deleted with it"
         );

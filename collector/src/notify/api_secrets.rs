@@ -127,9 +127,10 @@ impl ApiSecrets {
             let reference = kept.file.is_some() || kept.env.is_some();
             match (reference, &kept.value, kept.stored) {
                 (false, Some(value), false) => {
-                    let sealed = self.key.seal(binding, value).map_err(|e| {
-                        NotifyConfigError::new(&name, format!("{field}: {e}"))
-                    })?;
+                    let sealed = self
+                        .key
+                        .seal(binding, value)
+                        .map_err(|e| NotifyConfigError::new(&name, format!("{field}: {e}")))?;
                     secrets.push(SealedSecret {
                         field: field.to_owned(),
                         destination: dest.clone(),
@@ -245,7 +246,10 @@ mod tests {
         assert_eq!(first.secrets.len(), 1);
         assert_eq!(first.secrets[0].destination, "http://192.0.2.1:9");
         let stored_json = serde_json::to_string(&first.definition).expect("json");
-        assert!(stored_json.contains(r#""secret":{"stored":true}"#), "{stored_json}");
+        assert!(
+            stored_json.contains(r#""secret":{"stored":true}"#),
+            "{stored_json}"
+        );
         assert!(!stored_json.contains("hmac-value-91"));
 
         // Kept on the same origin (another path); rebuilt from what is stored.
@@ -278,11 +282,8 @@ mod tests {
             forged[0].destination = destination(&moved);
             assert!(api.build_stored(moved, &forged).is_err(), "{elsewhere}");
         }
-        api.prepare(
-            hook("http://192.0.2.7:9/a", value.clone()),
-            &first.secrets,
-        )
-        .expect("a new value for a new destination");
+        api.prepare(hook("http://192.0.2.7:9/a", value.clone()), &first.secrets)
+            .expect("a new value for a new destination");
 
         // Files, variables, nothing, or a stored secret that is not there: refused.
         for bad in [

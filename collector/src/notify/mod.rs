@@ -21,13 +21,13 @@
 //! ```
 
 pub mod api_secrets;
-pub mod secret_key;
 pub mod destination;
 pub mod discord;
 pub mod email;
 pub mod http;
 pub mod pagerduty;
 pub mod secret;
+pub mod secret_key;
 pub mod slack;
 pub mod webhook;
 
@@ -39,9 +39,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use api_secrets::{ApiSecrets, PreparedReceiver, SealedSecret};
-pub use secret_key::{SecretKey, SecretKeyError};
 pub use destination::Destinations;
 pub use secret::{Secret, SecretRef};
+pub use secret_key::{SecretKey, SecretKeyError};
 
 /// The state an alert is in when a notification about it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,9 +213,7 @@ impl ReceiverConfigRaw {
     /// The secret references it holds, with their field names, to change.
     pub fn secret_refs_mut(&mut self) -> Vec<(&'static str, &mut SecretRef)> {
         match self {
-            ReceiverConfigRaw::Email(c) => {
-                c.password.iter_mut().map(|s| ("password", s)).collect()
-            }
+            ReceiverConfigRaw::Email(c) => c.password.iter_mut().map(|s| ("password", s)).collect(),
             ReceiverConfigRaw::Slack(c) => vec![("webhook_url", &mut c.webhook_url)],
             ReceiverConfigRaw::PagerDuty(c) => vec![("routing_key", &mut c.routing_key)],
             ReceiverConfigRaw::Discord(c) => vec![("webhook_url", &mut c.webhook_url)],

@@ -91,10 +91,9 @@ impl SecretKey {
             return Err(file_err("not a regular file".into()));
         }
         let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
-        let bytes = decode_hex(text.trim_end_matches(['\n', '\r']))
-            .filter(|b| b.len() == KEY_LEN)
-            .ok_or_else(|| file_err(format!("must hold {} hexadecimal digits", KEY_LEN * 2)))?;
-        // A 32-byte key is what AES-256-GCM takes: cannot fail.
+        let bytes =
+            mcpwatch_common::hex::decode_array::<KEY_LEN>(text.trim_end_matches(['\n', '\r']))
+                .ok_or_else(|| file_err(format!("must hold {} hexadecimal digits", KEY_LEN * 2)))?;
         let unbound = UnboundKey::new(&AES_256_GCM, &bytes)
             .map_err(|_| file_err("not an AES-256 key".into()))?;
         Ok(SecretKey {
@@ -150,7 +149,7 @@ fn create(path: &Path) -> Result<(), SecretKeyError> {
     SystemRandom::new()
         .fill(&mut key)
         .map_err(|_| SecretKeyError::Random)?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = mcpwatch_common::hex::encode(&key);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -168,16 +167,6 @@ fn create(path: &Path) -> Result<(), SecretKeyError> {
         .map_err(|e| file_err(format!("cannot write: {e}")))?;
     tracing::info!(path = %path.display(), "created the key that seals API receivers' secrets");
     Ok(())
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -124,12 +124,7 @@ impl WebhookReceiver {
 pub fn sign(key: &[u8], body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
     let tag = ring::hmac::sign(&key, body);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
-    for b in tag.as_ref() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("sha256={}", mcpwatch_common::hex::encode(tag.as_ref()))
 }
 
 /// Rejects anything but an absolute http(s) URL. The URL itself is not echoed (it may hold a
