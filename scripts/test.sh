@@ -34,11 +34,15 @@ if ! docker version >/dev/null 2>&1; then
   docker version >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 /tmp/mcpwatch-dockerd.log; exit 1; }
 fi
 
-# The OpenAPI 3.1 validator the API tests run the document through, in target/pyvenv.
+# The OpenAPI 3.1 validator the API tests run the document through, and schemathesis, which
+# tests the running API against it, in target/pyvenv.
 venv=target/pyvenv
-if ! "$venv/bin/python" -c 'import openapi_spec_validator' >/dev/null 2>&1; then
-  /usr/bin/python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check openapi-spec-validator
+schemathesis_version=4.32.5
+if ! "$venv/bin/python" -c 'import openapi_spec_validator' >/dev/null 2>&1 \
+  || [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
+  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+    openapi-spec-validator "schemathesis==$schemathesis_version"
 fi
 
 cargo fmt --all -- --check

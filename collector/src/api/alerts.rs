@@ -205,7 +205,7 @@ async fn ack_alert(
 ) -> Result<Json<AlertView>, ApiError> {
     caller.require(Permission::AlertsAck)?;
     if req.comment.chars().count() > MAX_COMMENT {
-        return Err(ApiError::bad(format!(
+        return Err(ApiError::unprocessable(format!(
             "comment: at most {MAX_COMMENT} characters"
         )));
     }

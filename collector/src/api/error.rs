@@ -18,6 +18,11 @@ pub enum ApiError {
     NotFound,
     #[error("{0}")]
     BadRequest(String),
+    /// The request fits the document, but its content is refused (a matcher or selector
+    /// that does not parse or can never match, a regex that does not compile, a rule the
+    /// engine cannot run...): 422, so 400 always means "does not fit the document".
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     Conflict(String),
     #[error("too many attempts; try again later")]
@@ -49,6 +54,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -63,6 +69,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unprocessable(_) => "invalid",
             ApiError::Conflict(_) => "conflict",
             ApiError::TooManyRequests => "too_many_requests",
             ApiError::Unavailable(_) => "unavailable",
@@ -74,12 +81,16 @@ impl ApiError {
     pub fn bad(msg: impl Into<String>) -> ApiError {
         ApiError::BadRequest(msg.into())
     }
+
+    pub fn unprocessable(msg: impl Into<String>) -> ApiError {
+        ApiError::Unprocessable(msg.into())
+    }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::Invalid(m) => ApiError::BadRequest(m),
+            StoreError::Invalid(m) => ApiError::Unprocessable(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             StoreError::Closed | StoreError::Aborted(_) => {
                 ApiError::Unavailable("the store is busy or shutting down; retry".into())

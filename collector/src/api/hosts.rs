@@ -181,7 +181,7 @@ async fn put_labels(
     Json(body): Json<LabelsBody>,
 ) -> Result<Json<HostView>, ApiError> {
     caller.require(Permission::HostsWrite)?;
-    validate_labels(&body.labels).map_err(ApiError::BadRequest)?;
+    validate_labels(&body.labels).map_err(ApiError::Unprocessable)?;
     let json =
         serde_json::to_string(&body.labels).map_err(|e| ApiError::Internal(e.to_string()))?;
     let principal = caller.principal.clone();

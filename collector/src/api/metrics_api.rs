@@ -53,14 +53,14 @@ pub(crate) fn output_labels(agent_id: &str, labels_text: &str) -> Labels {
 fn parse_match(text: Option<&str>) -> Result<Vec<Matcher>, ApiError> {
     match text.map(str::trim).filter(|t| !t.is_empty()) {
         None => Ok(Vec::new()),
-        Some(t) if t.len() > MAX_MATCH => Err(ApiError::bad("match is too long")),
-        Some(t) => parse_matchers(t).map_err(|e| ApiError::bad(format!("match: {e}"))),
+        Some(t) if t.len() > MAX_MATCH => Err(ApiError::unprocessable("match is too long")),
+        Some(t) => parse_matchers(t).map_err(|e| ApiError::unprocessable(format!("match: {e}"))),
     }
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
     if name.is_empty() || name.len() > MAX_NAME {
-        return Err(ApiError::bad("name must be 1 to 256 characters"));
+        return Err(ApiError::unprocessable("name must be 1 to 256 characters"));
     }
     Ok(())
 }
@@ -208,7 +208,8 @@ pub struct RangeQuery {
     /// server's `max_points`.
     pub step_ms: i64,
     /// `avg` (default), `min`, `max`, `sum` or `count` of the samples in each step.
-    pub agg: Option<String>,
+    #[param(inline)]
+    pub agg: Option<Agg>,
 }
 
 /// One series over the range.
@@ -235,8 +236,10 @@ pub struct RangeResponse {
     pub series: Vec<RangeSeries>,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Agg {
+/// How the samples of one step are combined.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Agg {
     Avg,
     Min,
     Max,
@@ -245,17 +248,6 @@ enum Agg {
 }
 
 impl Agg {
-    fn parse(s: Option<&str>) -> Result<Agg, ApiError> {
-        Ok(match s.unwrap_or("avg") {
-            "avg" => Agg::Avg,
-            "min" => Agg::Min,
-            "max" => Agg::Max,
-            "sum" => Agg::Sum,
-            "count" => Agg::Count,
-            _ => return Err(ApiError::bad("agg must be avg, min, max, sum or count")),
-        })
-    }
-
     fn as_str(self) -> &'static str {
         match self {
             Agg::Avg => "avg",
@@ -313,9 +305,9 @@ async fn query_range(
     caller.require(Permission::MetricsRead)?;
     let max_points = state.settings.max_points;
     let steps = range_steps(query.start_ms, query.end_ms, query.step_ms, max_points)
-        .map_err(ApiError::BadRequest)?;
+        .map_err(ApiError::Unprocessable)?;
     check_name(&query.name)?;
-    let agg = Agg::parse(query.agg.as_deref())?;
+    let agg = query.agg.unwrap_or(Agg::Avg);
     let matchers = parse_match(query.matchers.as_deref())?;
     let host = authorized_host(&state, &caller, Permission::MetricsRead, &query.host).await?;
     let (host_id, agent_id) = (host.id, host.agent_id.clone());
@@ -330,7 +322,7 @@ async fn query_range(
         .filter(|s| matches_all(&matchers, &output_labels(&s.agent_id, &s.labels)))
         .collect();
     if series.len().saturating_mul(steps) > total_cap {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Unprocessable(format!(
             "{} series × {steps} points exceed the limit of {total_cap}: narrow \
              match, raise step_ms or shorten the range",
             series.len()

@@ -8,6 +8,8 @@
 
 pub mod auth;
 pub mod connection;
+pub mod contract;
+pub mod json_body;
 pub mod error;
 pub mod login;
 pub mod paging;
@@ -137,6 +139,14 @@ pub(crate) async fn json_errors(resp: axum::response::Response) -> axum::respons
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
+    // axum answers a JSON body of the wrong shape with 422; the API keeps 422 for requests
+    // that fit the document but whose content is refused, so a body that does not fit it
+    // is a 400 like any other malformed request.
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
@@ -180,8 +190,9 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::audit))
+        .layer(middleware::from_fn(json_body::integral_numbers))
         .split_for_parts();
-    let doc_json = Arc::new(doc.clone());
+    let doc_json = Arc::new(contract::complete(&doc, state.settings.max_page));
     let router = router
         .route(
             "/api/v1/openapi.json",

@@ -243,7 +243,7 @@ fn check_receiver_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad(format!(
+        Err(ApiError::unprocessable(format!(
             "name: 1 to {RECEIVER_NAME_MAX} characters of A-Z, a-z, 0-9, '.', '_' and '-'"
         )))
     }
@@ -263,12 +263,12 @@ fn parse_receiver_body(mut body: Value, name: Option<&str>) -> Result<ReceiverCo
         }
         (Some(name), Some(Value::String(n))) if n == name => {}
         (Some(name), Some(_)) => {
-            return Err(ApiError::bad(format!(
+            return Err(ApiError::unprocessable(format!(
                 "name: the body's name must be the path's ({name:?})"
             )))
         }
         (None, Some(Value::String(_))) => {}
-        (None, _) => return Err(ApiError::bad("name: required (a string)")),
+        (None, _) => return Err(ApiError::unprocessable("name: required (a string)")),
     }
     if let Some(Value::String(n)) = obj.get("name") {
         check_receiver_name(n)?;
@@ -276,20 +276,26 @@ fn parse_receiver_body(mut body: Value, name: Option<&str>) -> Result<ReceiverCo
     const KINDS: &[&str] = &["email", "slack", "pagerduty", "discord", "webhook"];
     let kind = match obj.get("type") {
         Some(Value::String(k)) if KINDS.contains(&k.as_str()) => k.clone(),
-        _ => return Err(ApiError::bad(format!("type: one of {}", KINDS.join(", ")))),
+        _ => {
+            return Err(ApiError::unprocessable(format!(
+                "type: one of {}",
+                KINDS.join(", ")
+            )))
+        }
     };
     for field in ReceiverConfigRaw::secret_fields(&kind) {
         match obj.get(*field) {
             None | Some(Value::Null) | Some(Value::Object(_)) => {}
             Some(_) => {
-                return Err(ApiError::bad(format!(
+                return Err(ApiError::unprocessable(format!(
                     "{field}: a secret is given as {{\"value\": SECRET}} (sealed in the \
                      collector's secret store) or {{\"stored\": true}} (keep the stored one)"
                 )))
             }
         }
     }
-    serde_json::from_value(body).map_err(|e| ApiError::bad(format!("invalid receiver: {e}")))
+    serde_json::from_value(body)
+        .map_err(|e| ApiError::unprocessable(format!("invalid receiver: {e}")))
 }
 
 /// Validates, stores and starts an API receiver.
@@ -315,7 +321,7 @@ async fn store_receiver(
     let prepared = tokio::task::spawn_blocking(move || secrets.prepare(raw, &stored))
         .await
         .map_err(|e| ApiError::Internal(format!("receiver setup task failed: {e}")))?
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let receiver = prepared.receiver;
     let status = {
         let _changes = dispatcher.lock_changes().await;

@@ -109,7 +109,7 @@ fn parse_rule_body(mut body: Value, name: Option<&str>) -> Result<RawRule, ApiEr
             }
             Some(Value::String(n)) if n == name => {}
             Some(_) => {
-                return Err(ApiError::bad(format!(
+                return Err(ApiError::unprocessable(format!(
                     "name: the body's name must be the path's ({name:?})"
                 )))
             }
@@ -117,7 +117,7 @@ fn parse_rule_body(mut body: Value, name: Option<&str>) -> Result<RawRule, ApiEr
     } else if !obj.contains_key("name") {
         obj.insert("name".into(), Value::String("dry_run".into()));
     }
-    serde_json::from_value(body).map_err(|e| ApiError::bad(format!("invalid rule: {e}")))
+    serde_json::from_value(body).map_err(|e| ApiError::unprocessable(format!("invalid rule: {e}")))
 }
 
 /// Creates or replaces a rule (origin `api`) and applies it at once. It replaces a
@@ -139,7 +139,7 @@ async fn put_rule(
     caller.require_global(Permission::RulesWrite)?;
     caller.note(format!("rule {name}"));
     let raw = parse_rule_body(body, Some(&name))?;
-    validate_api_rule(&raw).map_err(|e| ApiError::bad(e.to_string()))?;
+    validate_api_rule(&raw).map_err(|e| ApiError::unprocessable(e.to_string()))?;
     state.alerting.put_rule(raw, now_ms()).await?;
     read_rule(&state, name)
         .await?
@@ -246,7 +246,7 @@ async fn dry_run_rule(
 ) -> Result<Json<DryRunView>, ApiError> {
     caller.require_global(Permission::RulesWrite)?;
     let raw = parse_rule_body(body, None)?;
-    let rule = Rule::validate(raw).map_err(|e| ApiError::bad(e.to_string()))?;
+    let rule = Rule::validate(raw).map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let now = now_ms();
     let opts = match state.alerting.dry_run_rule(rule.clone(), now).await? {
         DryRunReply::Done(d) => return Ok(Json(dry_run_view(d, "window"))),
@@ -258,7 +258,7 @@ async fn dry_run_rule(
         .max(rule.absent_for_ms.unwrap_or(0))
         .saturating_add(opts.grace_ms);
     if span > MAX_DRY_RUN_SPAN_MS {
-        return Err(ApiError::bad(
+        return Err(ApiError::unprocessable(
             "a dry run over stored samples looks back at most 1d (window or absent_for plus grace)",
         ));
     }

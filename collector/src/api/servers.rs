@@ -68,14 +68,34 @@ pub struct CommandReply {
 
 const MAX_SERVER_NAME: usize = 128;
 
-fn action_of(action: &str, server: String) -> Option<CommandAction> {
-    Some(match action {
-        "restart" => CommandAction::RestartServer { server },
-        "stop" => CommandAction::StopServer { server },
-        "start" => CommandAction::StartServer { server },
-        "approve-drift" => CommandAction::ApproveDrift { server },
-        _ => return None,
-    })
+/// What can be done to one MCP server (the last path segment).
+#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerAction {
+    Restart,
+    Stop,
+    Start,
+    ApproveDrift,
+}
+
+impl ServerAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            ServerAction::Restart => "restart",
+            ServerAction::Stop => "stop",
+            ServerAction::Start => "start",
+            ServerAction::ApproveDrift => "approve-drift",
+        }
+    }
+}
+
+fn action_of(action: ServerAction, server: String) -> CommandAction {
+    match action {
+        ServerAction::Restart => CommandAction::RestartServer { server },
+        ServerAction::Stop => CommandAction::StopServer { server },
+        ServerAction::Start => CommandAction::StartServer { server },
+        ServerAction::ApproveDrift => CommandAction::ApproveDrift { server },
+    }
 }
 
 /// Sends restart / stop / start / approve-drift for one MCP server to the host's agent and
@@ -83,8 +103,9 @@ fn action_of(action: &str, server: String) -> Option<CommandAction> {
 /// it does not answer within the command timeout.
 #[utoipa::path(post, path = "/hosts/{agent_id}/servers/{server}/{action}",
     params(("agent_id" = String, Path, description = "The agent's id"),
-           ("server" = String, Path, description = "The MCP server's name"),
-           ("action" = String, Path, description = "restart, stop, start or approve-drift")),
+           ("server" = String, Path, description = "The MCP server's name",
+            max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"),
+           ("action" = inline(ServerAction), Path, description = "What to do")),
     responses((status = 200, body = CommandReply), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -93,24 +114,19 @@ fn action_of(action: &str, server: String) -> Option<CommandAction> {
 async fn control_server(
     State(state): State<ApiState>,
     caller: Caller,
-    Path((agent_id, server, action)): Path<(String, String, String)>,
+    Path((agent_id, server, action)): Path<(String, String, ServerAction)>,
 ) -> Result<Json<CommandReply>, Response> {
     caller
         .require(Permission::ServersControl)
         .map_err(IntoResponse::into_response)?;
-    let Some(command) = action_of(&action, server.clone()) else {
-        return Err(
-            ApiError::bad("action must be one of restart, stop, start, approve-drift")
-                .into_response(),
-        );
-    };
+    let command = action_of(action, server.clone());
     if server.is_empty() || server.len() > MAX_SERVER_NAME || server.chars().any(char::is_control) {
         return Err(ApiError::bad("invalid server name").into_response());
     }
     let host = authorized_host(&state, &caller, Permission::ServersControl, &agent_id)
         .await
         .map_err(IntoResponse::into_response)?;
-    caller.note(format!("{action} {server}"));
+    caller.note(format!("{} {server}", action.as_str()));
     send_to_agent(&state, &caller, &host, command).await
 }
 

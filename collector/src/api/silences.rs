@@ -225,21 +225,27 @@ fn silence_window(req: &SilenceRequest, now: i64) -> Result<(i64, i64), ApiError
         (None, Some(d)) => {
             let d: mcpwatch_common::config::Duration = d
                 .parse()
-                .map_err(|m| ApiError::bad(format!("duration: {m}")))?;
+                .map_err(|m| ApiError::unprocessable(format!("duration: {m}")))?;
             starts.saturating_add(d.as_millis_i64())
         }
-        _ => return Err(ApiError::bad("give exactly one of ends_ms and duration")),
+        _ => {
+            return Err(ApiError::unprocessable(
+                "give exactly one of ends_ms and duration",
+            ))
+        }
     };
     if ends <= now {
-        return Err(ApiError::bad(
+        return Err(ApiError::unprocessable(
             "the silence would already be over (ends_ms is in the past)",
         ));
     }
     if ends <= starts {
-        return Err(ApiError::bad("the silence must end after it starts"));
+        return Err(ApiError::unprocessable(
+            "the silence must end after it starts",
+        ));
     }
     if ends.saturating_sub(starts) > MAX_SILENCE_MS {
-        return Err(ApiError::bad("a silence lasts at most 366 days"));
+        return Err(ApiError::unprocessable("a silence lasts at most 366 days"));
     }
     Ok((starts, ends))
 }
@@ -259,33 +265,35 @@ async fn create_silence(
     let now = now_ms();
     let matchers_text = req.matchers.trim().to_owned();
     if matchers_text.len() > MAX_MATCHERS {
-        return Err(ApiError::bad(format!(
+        return Err(ApiError::unprocessable(format!(
             "matchers: at most {MAX_MATCHERS} bytes"
         )));
     }
-    let matchers =
-        parse_matchers(&matchers_text).map_err(|m| ApiError::bad(format!("matchers: {m}")))?;
+    let matchers = parse_matchers(&matchers_text)
+        .map_err(|m| ApiError::unprocessable(format!("matchers: {m}")))?;
     if matchers.is_empty() {
-        return Err(ApiError::bad(
+        return Err(ApiError::unprocessable(
             "matchers: a silence needs at least one matcher",
         ));
     }
     if !satisfiable(&matchers) {
-        return Err(ApiError::bad(
+        return Err(ApiError::unprocessable(
             "matchers: they contradict each other (a label pinned by = fails another of its matchers), so the silence could never match",
         ));
     }
     if matchers.iter().all(|m| m.matches(&Labels::new())) {
-        return Err(ApiError::bad(
+        return Err(ApiError::unprocessable(
             "matchers: at least one matcher must not match an empty label set (a silence must not mute every alert)",
         ));
     }
     let comment = req.comment.trim().to_owned();
     if comment.is_empty() {
-        return Err(ApiError::bad("comment: say why the alerts are silenced"));
+        return Err(ApiError::unprocessable(
+            "comment: say why the alerts are silenced",
+        ));
     }
     if comment.chars().count() > MAX_COMMENT {
-        return Err(ApiError::bad(format!(
+        return Err(ApiError::unprocessable(format!(
             "comment: at most {MAX_COMMENT} characters"
         )));
     }

@@ -101,18 +101,20 @@ pub struct CreatedToken {
 
 fn token_expiry(req: &CreateToken, now: i64) -> Result<Option<i64>, ApiError> {
     match (&req.expires_in, req.expires_ms) {
-        (Some(_), Some(_)) => Err(ApiError::bad("give expires_in or expires_ms, not both")),
+        (Some(_), Some(_)) => Err(ApiError::unprocessable(
+            "give expires_in or expires_ms, not both",
+        )),
         (Some(text), None) => {
             let d: mcpwatch_common::config::Duration = text
                 .parse()
-                .map_err(|e| ApiError::bad(format!("expires_in: {e}")))?;
+                .map_err(|e| ApiError::unprocessable(format!("expires_in: {e}")))?;
             let ms = d.as_millis_i64();
             if ms <= 0 {
-                return Err(ApiError::bad("expires_in must be positive"));
+                return Err(ApiError::unprocessable("expires_in must be positive"));
             }
             Ok(Some(now.saturating_add(ms)))
         }
-        (None, Some(at)) if at <= now => Err(ApiError::bad("expires_ms is in the past")),
+        (None, Some(at)) if at <= now => Err(ApiError::unprocessable("expires_ms is in the past")),
         (None, at) => Ok(at),
     }
 }
@@ -132,7 +134,7 @@ async fn create_token(
         || name.chars().count() > TOKEN_NAME_MAX
         || name.chars().any(char::is_control)
     {
-        return Err(ApiError::bad(format!(
+        return Err(ApiError::unprocessable(format!(
             "name must be 1 to {TOKEN_NAME_MAX} printable characters"
         )));
     }

@@ -39,7 +39,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 pub(super) fn parse_permissions(names: &[String]) -> Result<Vec<Permission>, ApiError> {
     let mut out = names
         .iter()
-        .map(|n| n.parse::<Permission>().map_err(ApiError::BadRequest))
+        .map(|n| n.parse::<Permission>().map_err(ApiError::Unprocessable))
         .collect::<Result<Vec<_>, _>>()?;
     out.sort();
     out.dedup();
@@ -48,7 +48,7 @@ pub(super) fn parse_permissions(names: &[String]) -> Result<Vec<Permission>, Api
 
 /// A binding's host selector checked and in its stored form (trimmed, `""` for every host).
 pub(super) fn normalized_selector(selector: &str) -> Result<String, ApiError> {
-    Scope::normalize(selector).map_err(ApiError::bad)
+    Scope::normalize(selector).map_err(ApiError::unprocessable)
 }
 
 pub(super) async fn load_user(state: &ApiState, id: i64) -> Result<UserRow, ApiError> {
@@ -101,10 +101,12 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<UserRow>), ApiError> {
     caller.require_global(Permission::UsersAdmin)?;
     check_name("username", &req.username)?;
-    password::check_policy(&req.username, &req.password).map_err(ApiError::BadRequest)?;
+    password::check_policy(&req.username, &req.password).map_err(ApiError::Unprocessable)?;
     let host_selector = normalized_selector(&req.host_selector)?;
     if req.roles.len() > ROLES_MAX {
-        return Err(ApiError::bad(format!("at most {ROLES_MAX} roles")));
+        return Err(ApiError::unprocessable(format!(
+            "at most {ROLES_MAX} roles"
+        )));
     }
     caller.note(format!("username {}", req.username));
     let hash = hash_password(req.password).await?;
@@ -164,11 +166,11 @@ async fn change_password(
         caller.require_global(Permission::UsersAdmin)?;
     }
     let user = load_user(&state, id).await?;
-    password::check_policy(&user.username, &req.password).map_err(ApiError::BadRequest)?;
+    password::check_policy(&user.username, &req.password).map_err(ApiError::Unprocessable)?;
     let now = now_ms();
     if !admin || req.current_password.is_some() {
         let Some(current) = req.current_password else {
-            return Err(ApiError::bad(
+            return Err(ApiError::unprocessable(
                 "current_password is required to change your own password",
             ));
         };
@@ -183,7 +185,7 @@ async fn change_password(
         if !verify_guarded(&state, source, Some(&row), current).await? {
             caller.deny();
             caller.note("current password wrong");
-            return Err(ApiError::bad("current_password is wrong"));
+            return Err(ApiError::unprocessable("current_password is wrong"));
         }
     }
     let hash = hash_password(req.password).await?;
