@@ -5,7 +5,7 @@
 //! dead-letter list and nothing more is sent through it; it survives a restart (one whose
 //! definition was changed behind the collector's back to send elsewhere is skipped, not
 //! fatal, until fixed). Secrets are given as values and sealed: a reference to a file or
-//! variable is a 400, a kept secret does not follow a definition to another destination,
+//! variable is a 422, a kept secret does not follow a definition to another destination,
 //! configured receivers are read-only (409), and no secret value reaches the database.
 
 use std::net::SocketAddr;
@@ -223,7 +223,7 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         "a secret value echoed: {}",
         resp.body
     );
-    expect(resp, 400);
+    expect(resp, 422);
     // The configuration's secret files and the environment are not the API's: a
     // `receivers:write` holder cannot ship a configured receiver's secret elsewhere.
     for reference in [
@@ -241,7 +241,7 @@ fn api_receivers_crud_live_durable_and_secret_free() {
             r,
             &named(hook(&a.url("/a"), reference.clone()), "bad"),
         );
-        assert_eq!(resp.status, 400, "{reference}: {}", resp.body);
+        assert_eq!(resp.status, 422, "{reference}: {}", resp.body);
         assert!(!resp.body.contains(CFG_KEY), "{}", resp.body);
         assert!(!resp.body.contains(PLAIN), "{}", resp.body);
     }
@@ -251,16 +251,16 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         &json!({"type": "pagerduty", "name": "bad", "url": a.url("/pd"),
                 "routing_key": {"file": "cfg-hmac"}}),
     );
-    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert_eq!(resp.status, 422, "{}", resp.body);
     assert!(
         message(&resp).contains("configuration file"),
         "{}",
         resp.body
     );
-    expect(api.send("POST", r, &json!({"type": "webhook"})), 400);
+    expect(api.send("POST", r, &json!({"type": "webhook"})), 422);
     expect(
         api.send("POST", r, &named(json!({"type": "carrier-pigeon"}), "bad")),
-        400,
+        422,
     );
     expect(
         api.send(
@@ -268,7 +268,7 @@ fn api_receivers_crud_live_durable_and_secret_free() {
             &format!("{r}/other"),
             &named(hook(&a.url("/a"), json!({"value": API_KEY})), "bad"),
         ),
-        400,
+        422,
     );
     expect(api.get(&format!("{r}/bad")), 404);
 
@@ -366,7 +366,7 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         &format!("{r}/apihook"),
         &hook(&b.url("/b"), kept.clone()),
     );
-    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert_eq!(resp.status, 422, "{}", resp.body);
     assert!(
         message(&resp).contains("give the secret again"),
         "{}",
@@ -526,7 +526,7 @@ fn api_receivers_crud_live_durable_and_secret_free() {
             ),
         )
     };
-    assert!(audited(201) >= 2 && audited(400) >= 1 && audited(409) >= 1);
+    assert!(audited(201) >= 2 && audited(422) >= 1 && audited(409) >= 1);
     let stored: String = db(&c.db)
         .query_row(
             "SELECT definition FROM receivers WHERE name = 'keeper'",
@@ -605,7 +605,7 @@ fn api_receivers_destinations_restricted_and_answers_not_echoed() {
             assert!(message(&sent).contains("localhost"), "{}", sent.body);
             expect(request_delete(&api, &format!("{r}/inside")), 200);
         } else {
-            assert_eq!(resp.status, 400, "{url}: {}", resp.body);
+            assert_eq!(resp.status, 422, "{url}: {}", resp.body);
             assert!(
                 message(&resp).contains("receiver_url_allow"),
                 "{}",

@@ -71,7 +71,10 @@ mod tests {
     fn api_json_integral_floats_become_integers() {
         let mut v = json!({"a": 870.0, "b": [-5299.0, 0.5, 3], "c": {"d": 1e300, "e": -0.0}});
         assert!(normalize(&mut v));
-        assert_eq!(v, json!({"a": 870, "b": [-5299, 0.5, 3], "c": {"d": 1e300, "e": 0}}));
+        assert_eq!(
+            v,
+            json!({"a": 870, "b": [-5299, 0.5, 3], "c": {"d": 1e300, "e": 0}})
+        );
         assert!(v["a"].is_i64() && v["b"][0].is_i64());
         let mut plain = json!({"a": 1, "b": "x", "c": 0.25});
         assert!(!normalize(&mut plain), "nothing to rewrite");

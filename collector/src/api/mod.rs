@@ -9,8 +9,8 @@
 pub mod auth;
 pub mod connection;
 pub mod contract;
-pub mod json_body;
 pub mod error;
+pub mod json_body;
 pub mod login;
 pub mod paging;
 pub mod refusal_audit;
