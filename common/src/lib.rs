@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod certs;
 pub mod config;
 pub mod exposition;
+pub mod hex;
 pub mod logging;
 pub mod secret;
 pub mod shutdown;

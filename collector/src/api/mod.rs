@@ -12,6 +12,7 @@ pub mod error;
 pub mod login;
 pub mod paging;
 pub mod refusal_audit;
+pub mod request_id;
 pub mod scope;
 pub mod server;
 

@@ -26,7 +26,7 @@ pub fn secret() -> std::io::Result<String> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| std::io::Error::other("OS random source failed"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(mcpwatch_common::hex::encode(&bytes))
 }
 
 /// The string handed to the user once.
@@ -51,11 +51,9 @@ pub fn parse(text: &str) -> Option<(Kind, i64, &str)> {
 
 /// Hex SHA-256 of a secret: what the database stores.
 pub fn hash(secret: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, secret.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    mcpwatch_common::hex::encode(
+        ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref(),
+    )
 }
 
 /// Equality that takes the same time wherever the inputs differ.
