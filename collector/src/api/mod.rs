@@ -178,10 +178,11 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(tokens::routes())
         .merge(sessions::routes())
         .merge(audit_log::routes());
-    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::audit))
         .split_for_parts();
+    request_id::document(&mut doc);
     let doc_json = Arc::new(doc.clone());
     let router = router
         .route(

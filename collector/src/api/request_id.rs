@@ -74,6 +74,39 @@ pub fn of(req: &Request) -> Option<String> {
     req.extensions().get::<RequestId>().map(|r| r.0.clone())
 }
 
+/// Documents the `X-Request-Id` response header on every response of the API document
+/// (applied to the finished document: the routes are merged in after `#[openapi]`).
+pub fn document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{header::HeaderBuilder, Object, RefOr, Type};
+    let header = HeaderBuilder::new()
+        .schema(Object::with_type(Type::String))
+        .description(Some(
+            "The request's id: the client's own X-Request-Id when it is 1 to 64 characters of \
+             A-Z a-z 0-9 . _ -, else one generated. Also in the request's audit record and \
+             log lines.",
+        ))
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for op in ops.into_iter().flatten() {
+            for resp in op.responses.responses.values_mut() {
+                if let RefOr::T(r) = resp {
+                    r.headers.insert("X-Request-Id".into(), header.clone());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
