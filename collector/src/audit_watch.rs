@@ -93,6 +93,7 @@ impl Watch {
                     } else {
                         tracing::debug!(rows, head_id = checkpoint.id, "audit chain verified");
                     }
+                    self.metrics.audit_chain_verified_id.set(checkpoint.id);
                     self.checkpoint = Some(checkpoint);
                     return Ok(());
                 }

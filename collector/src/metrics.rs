@@ -76,6 +76,8 @@ pub struct CollectorMetrics {
     /// 1 while every verification of the audit chain since start found it whole; 0 before
     /// the first one and once a break is found (until restart).
     pub audit_chain_ok: Gauge,
+    /// Id of the newest audit row the chain verification has accepted.
+    pub audit_chain_verified_id: Gauge,
     /// Breaks found in the audit chain (not again at or below a row already reported).
     pub audit_chain_breaks: Counter,
     /// Verifications of the audit chain that could not run (the store failed).
@@ -120,6 +122,7 @@ impl CollectorMetrics {
             sessions_closed: Family::default(),
             audit_failures: Counter::default(),
             audit_chain_ok: Gauge::default(),
+            audit_chain_verified_id: Gauge::default(),
             audit_chain_breaks: Counter::default(),
             audit_chain_verify_failures: Counter::default(),
             http_connections_closed: Family::default(),
@@ -223,6 +226,11 @@ impl CollectorMetrics {
             "1 while every verification of the audit log's hash chain found it whole; 0 before \
              the first verification and after a break was found.",
             m.audit_chain_ok.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_audit_chain_verified_id",
+            "Id of the newest audit record the hash chain verification has accepted.",
+            m.audit_chain_verified_id.clone(),
         );
         r.register(
             "mcpwatch_collector_audit_chain_breaks",
