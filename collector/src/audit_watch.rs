@@ -66,7 +66,7 @@ pub fn spawn(
 impl Watch {
     /// One pass: from the checkpoint (or everything), past up to [`BREAKS_PER_PASS`] breaks.
     async fn pass(&mut self) -> Result<(), StoreError> {
-        let full = self.checkpoint.is_none() || self.passes % FULL_EVERY == 0;
+        let full = self.checkpoint.is_none() || self.passes.is_multiple_of(FULL_EVERY);
         self.passes += 1;
         let mut from = self.checkpoint.clone();
         let mut step_full = full;
@@ -129,8 +129,11 @@ impl Watch {
         if id > self.reported_upto {
             self.reported_upto = id;
             self.metrics.audit_chain_breaks.inc();
-            tracing::error!(row = id, reason,
-                "audit log hash chain broken: a row was changed or removed outside the collector");
+            tracing::error!(
+                row = id,
+                reason,
+                "audit log hash chain broken: a row was changed or removed outside the collector"
+            );
         }
     }
 }

@@ -69,24 +69,33 @@ fn chain_metrics(c: &CollectorProc) -> (Option<f64>, Option<f64>) {
 /// Waits until the running collector has verified every row up to `id` and found them
 /// whole: tampering after that is below its checkpoint, which only a full walk re-reads.
 fn wait_verified(c: &CollectorProc, id: i64) {
-    wait_for("the chain verified up to the newest row", Duration::from_secs(30), || {
-        let verified = metric(&c.metrics(), "mcpwatch_collector_audit_chain_verified_id");
-        (chain_metrics(c) == (Some(1.0), Some(0.0)) && verified == Some(id as f64))
-            .then_some(())
-    });
+    wait_for(
+        "the chain verified up to the newest row",
+        Duration::from_secs(30),
+        || {
+            let verified = metric(&c.metrics(), "mcpwatch_collector_audit_chain_verified_id");
+            (chain_metrics(c) == (Some(1.0), Some(0.0)) && verified == Some(id as f64))
+                .then_some(())
+        },
+    );
 }
 
 /// Waits until the running collector reports a break (within a full walk: 12 passes of 1 s).
 fn wait_reported_broken(c: &CollectorProc, row: i64) {
-    wait_for("the collector to report the break", Duration::from_secs(60), || {
-        (chain_metrics(c) == (Some(0.0), Some(1.0))).then_some(())
-    });
+    wait_for(
+        "the collector to report the break",
+        Duration::from_secs(60),
+        || (chain_metrics(c) == (Some(0.0), Some(1.0))).then_some(()),
+    );
     let logs = c.logs();
     let line = logs
         .lines()
         .find(|l| l.contains("audit log hash chain broken"))
         .unwrap_or_else(|| panic!("no ERROR line about the break:\n{logs}"));
-    assert!(line.contains("ERROR") && line.contains(&format!("row={row}")), "{line}");
+    assert!(
+        line.contains("ERROR") && line.contains(&format!("row={row}")),
+        "{line}"
+    );
 }
 
 #[test]
@@ -99,14 +108,21 @@ fn audit_rows_cannot_be_deleted_and_a_removed_row_is_reported() {
     wait_verified(&c, 5);
     let out = verify_cli(&c.db);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("audit chain OK: 5 rows verified"), "{}", text(&out));
+    assert!(
+        text(&out).contains("audit chain OK: 5 rows verified"),
+        "{}",
+        text(&out)
+    );
 
     // Through SQL, while the collector runs: no delete, no update.
     let db = plain(&c.db);
     let err = db
         .execute("DELETE FROM audit_log WHERE id = 3", [])
         .unwrap_err();
-    assert!(err.to_string().contains("removed only by retention"), "{err}");
+    assert!(
+        err.to_string().contains("removed only by retention"),
+        "{err}"
+    );
     assert!(db.execute("DELETE FROM audit_log", []).is_err());
     assert!(db
         .execute("UPDATE audit_log SET actor = 'nobody'", [])
@@ -126,7 +142,10 @@ fn audit_rows_cannot_be_deleted_and_a_removed_row_is_reported() {
     let out = verify_cli(&c.db);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let said = text(&out);
-    assert!(said.contains("BROKEN at row 4") && said.contains("row 2"), "{said}");
+    assert!(
+        said.contains("BROKEN at row 4") && said.contains("row 2"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -158,16 +177,20 @@ fn audit_retention_removes_old_rows_the_rest_verifies_and_an_edit_is_reported() 
         .unwrap();
     });
     // Retention runs on the collector's first ticks and records what it removed.
-    wait_for("retention to remove the old rows", Duration::from_secs(30), || {
-        let db = plain(&c.db);
-        let left: i64 = db
-            .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
-            .ok()?;
-        let upto: i64 = db
-            .query_row("SELECT upto_id FROM audit_retention", [], |r| r.get(0))
-            .ok()?;
-        (left == 0 && upto == 5).then_some(())
-    });
+    wait_for(
+        "retention to remove the old rows",
+        Duration::from_secs(30),
+        || {
+            let db = plain(&c.db);
+            let left: i64 = db
+                .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+                .ok()?;
+            let upto: i64 = db
+                .query_row("SELECT upto_id FROM audit_retention", [], |r| r.get(0))
+                .ok()?;
+            (left == 0 && upto == 5).then_some(())
+        },
+    );
     refused_requests(&c, 3);
     let out = verify_cli(&c.db);
     assert!(out.status.success(), "{}", text(&out));
@@ -184,7 +207,11 @@ fn audit_retention_removes_old_rows_the_rest_verifies_and_an_edit_is_reported() 
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(new_ids, [6, 7, 8], "ids continue after what retention removed");
+    assert_eq!(
+        new_ids,
+        [6, 7, 8],
+        "ids continue after what retention removed"
+    );
     wait_verified(&c, 8);
 
     // An edit behind the collector's back: the row no longer matches its hash.

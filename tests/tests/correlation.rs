@@ -33,7 +33,10 @@ fn id_of(r: &Resp) -> String {
 
 /// A generated id: 32 lowercase hex digits.
 fn is_generated(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn with_id(c: &CollectorProc, method: &str, path: &str, id: &str, body: Option<&[u8]>) -> Resp {
@@ -75,7 +78,14 @@ fn every_answer_carries_a_request_id_that_the_audit_row_and_log_lines_share() {
 
     // Malformed ids are replaced, never echoed.
     let long = "x".repeat(65);
-    for bad in [long.as_str(), "two words", "semi;colon", "a/b", "tab\there", "caf\u{e9}"] {
+    for bad in [
+        long.as_str(),
+        "two words",
+        "semi;colon",
+        "a/b",
+        "tab\there",
+        "caf\u{e9}",
+    ] {
         let r = with_id(&c, "GET", "/healthz", bad, None);
         let got = id_of(&r);
         assert!(got != bad && is_generated(&got), "{bad:?} -> {got:?}");
@@ -103,7 +113,11 @@ fn every_answer_carries_a_request_id_that_the_audit_row_and_log_lines_share() {
     assert_eq!((r.status, id_of(&r).as_str()), (414, "long-uri-1"));
     for id in ["big-body-1", "long-uri-1"] {
         let rows = api.get(&format!("/api/v1/audit?request_id={id}")).json();
-        assert_eq!(rows["items"].as_array().map(Vec::len), Some(1), "{id}: {rows}");
+        assert_eq!(
+            rows["items"].as_array().map(Vec::len),
+            Some(1),
+            "{id}: {rows}"
+        );
         assert!(
             rows["items"][0]["action"]
                 .as_str()
@@ -116,7 +130,13 @@ fn every_answer_carries_a_request_id_that_the_audit_row_and_log_lines_share() {
     let login = br#"{"username": "nobody", "password": "not-the-password-1"}"#;
     let mut statuses = Vec::new();
     for i in 0..3 {
-        let r = with_id(&c, "POST", "/api/v1/sessions", &format!("login-{i}"), Some(login));
+        let r = with_id(
+            &c,
+            "POST",
+            "/api/v1/sessions",
+            &format!("login-{i}"),
+            Some(login),
+        );
         assert_eq!(id_of(&r), format!("login-{i}"));
         statuses.push(r.status);
     }

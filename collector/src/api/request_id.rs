@@ -42,7 +42,9 @@ fn generate() -> String {
 fn choose(header: Option<&HeaderValue>) -> String {
     match header {
         // Well-formed bytes are ASCII, so the conversion cannot fail.
-        Some(v) if well_formed(v.as_bytes()) => v.to_str().map_or_else(|_| generate(), str::to_owned),
+        Some(v) if well_formed(v.as_bytes()) => {
+            v.to_str().map_or_else(|_| generate(), str::to_owned)
+        }
         _ => generate(),
     }
 }
@@ -55,10 +57,7 @@ pub async fn assign(mut req: Request, next: Next) -> Response {
     let span = tracing::info_span!("http", request_id = %id);
     let method = req.method().clone();
     let started = Instant::now();
-    let mut resp = next
-        .run(req)
-        .instrument(span.clone())
-        .await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
     span.in_scope(|| {
         tracing::debug!(%method, status = resp.status().as_u16(),
             took_ms = started.elapsed().as_millis() as u64, "http request answered");

@@ -88,21 +88,25 @@ struct Removed {
 }
 
 fn removed(c: &Connection) -> Result<Option<Removed>, StoreError> {
-    Ok(c.prepare_cached("SELECT upto_id, last_hash FROM audit_retention WHERE id = 1")?
-        .query_row([], |r| {
-            Ok(Removed {
-                upto_id: r.get(0)?,
-                last_hash: r.get(1)?,
+    Ok(
+        c.prepare_cached("SELECT upto_id, last_hash FROM audit_retention WHERE id = 1")?
+            .query_row([], |r| {
+                Ok(Removed {
+                    upto_id: r.get(0)?,
+                    last_hash: r.get(1)?,
+                })
             })
-        })
-        .optional()?)
+            .optional()?,
+    )
 }
 
 /// Appends `e` as the chain's next row; returns its id. Runs on the writer (in the group
 /// transaction), so the row it links to is the newest one.
 pub(crate) fn append(c: &Connection, e: &AuditEntry) -> Result<i64, StoreError> {
     let anchor = removed(c)?.ok_or_else(|| {
-        StoreError::Invalid("the audit_retention row is missing; the audit chain has no anchor".into())
+        StoreError::Invalid(
+            "the audit_retention row is missing; the audit chain has no anchor".into(),
+        )
     })?;
     let head: Option<(i64, String)> = c
         .prepare_cached("SELECT id, row_hash FROM audit_log ORDER BY id DESC LIMIT 1")?
@@ -260,7 +264,11 @@ pub enum Verdict {
 /// when `from` is `None` or `full`; else only the rows after `from`. Either way a given
 /// `from` must still hold: its row unchanged unless retention removed it, and retention's
 /// record not moved back (what catches the newest rows being cut off).
-pub fn verify(c: &Connection, from: Option<&Checkpoint>, full: bool) -> Result<Verdict, StoreError> {
+pub fn verify(
+    c: &Connection,
+    from: Option<&Checkpoint>,
+    full: bool,
+) -> Result<Verdict, StoreError> {
     // Deferred and read-only: one snapshot for the anchor and the rows, no write lock.
     let tx = c.unchecked_transaction()?;
     let Some(anchor) = removed(&tx)? else {
@@ -332,7 +340,9 @@ fn walk(c: &Connection, start: (i64, String), anchor: &Removed) -> Result<Verdic
         };
         if prev_hash != expected {
             let before = if prev_id > anchor.upto_id {
-                format!("row {prev_id}: a row between them was removed or row {prev_id} was changed")
+                format!(
+                    "row {prev_id}: a row between them was removed or row {prev_id} was changed"
+                )
             } else if anchor.upto_id > 0 {
                 format!("the last row retention removed (id {prev_id}): rows before it were removed outside retention")
             } else {

@@ -84,16 +84,48 @@ fn audit_chain_links_every_row_and_hashes_every_column() {
     };
     let h = row_hash(&base, GENESIS);
     let variants = [
-        AuditRow { id: 9, ..base.clone() },
-        AuditRow { at_ms: 9, ..base.clone() },
-        AuditRow { actor: "b".into(), ..base.clone() },
-        AuditRow { token_id: Some(4), session_id: None, ..base.clone() },
-        AuditRow { session_id: None, ..base.clone() },
-        AuditRow { source: "sx".into(), action: "".into(), ..base.clone() },
-        AuditRow { object: "z".into(), ..base.clone() },
-        AuditRow { result: 201, ..base.clone() },
-        AuditRow { detail: "".into(), ..base.clone() },
-        AuditRow { request_id: Some(String::new()), ..base.clone() },
+        AuditRow {
+            id: 9,
+            ..base.clone()
+        },
+        AuditRow {
+            at_ms: 9,
+            ..base.clone()
+        },
+        AuditRow {
+            actor: "b".into(),
+            ..base.clone()
+        },
+        AuditRow {
+            token_id: Some(4),
+            session_id: None,
+            ..base.clone()
+        },
+        AuditRow {
+            session_id: None,
+            ..base.clone()
+        },
+        AuditRow {
+            source: "sx".into(),
+            action: "".into(),
+            ..base.clone()
+        },
+        AuditRow {
+            object: "z".into(),
+            ..base.clone()
+        },
+        AuditRow {
+            result: 201,
+            ..base.clone()
+        },
+        AuditRow {
+            detail: "".into(),
+            ..base.clone()
+        },
+        AuditRow {
+            request_id: Some(String::new()),
+            ..base.clone()
+        },
     ];
     for v in &variants {
         assert_ne!(row_hash(v, GENESIS), h, "{v:?}");
@@ -175,8 +207,11 @@ fn audit_chain_finds_a_changed_row() {
     let (_d, c) = db();
     fill(&c, 5);
     drop_triggers(&c);
-    c.execute("UPDATE audit_log SET actor = 'user:mallory' WHERE id = 3", [])
-        .unwrap();
+    c.execute(
+        "UPDATE audit_log SET actor = 'user:mallory' WHERE id = 3",
+        [],
+    )
+    .unwrap();
     let (id, reason) = broken_at(&verify(&c, None, true).unwrap());
     assert_eq!(id, 3);
     assert!(reason.contains("content does not match"), "{reason}");
@@ -212,12 +247,16 @@ fn audit_chain_finds_removed_rows_anywhere() {
     c.execute("DELETE FROM audit_log WHERE id = 3", []).unwrap();
     let (id, reason) = broken_at(&verify(&c, None, true).unwrap());
     assert_eq!(id, 4);
-    assert!(reason.contains("row 2") && reason.contains("removed"), "{reason}");
+    assert!(
+        reason.contains("row 2") && reason.contains("removed"),
+        "{reason}"
+    );
     // The oldest, without retention's record.
     let (_d, c) = db();
     fill(&c, 5);
     drop_triggers(&c);
-    c.execute("DELETE FROM audit_log WHERE id <= 2", []).unwrap();
+    c.execute("DELETE FROM audit_log WHERE id <= 2", [])
+        .unwrap();
     let (id, reason) = broken_at(&verify(&c, None, true).unwrap());
     assert_eq!(id, 3);
     assert!(reason.contains("start of the chain"), "{reason}");
@@ -243,7 +282,8 @@ fn audit_chain_checkpoint_catches_a_cut_tail_and_a_rewound_retention() {
     assert_eq!((rows, cp2.id), (2, 7));
     // The newest rows cut off: the rest is a valid chain, but the checkpoint row is gone.
     drop_triggers(&c);
-    c.execute("DELETE FROM audit_log WHERE id >= 6", []).unwrap();
+    c.execute("DELETE FROM audit_log WHERE id >= 6", [])
+        .unwrap();
     intact(&verify(&c, None, true).unwrap());
     let (id, reason) = broken_at(&verify(&c, Some(&cp2), false).unwrap());
     assert_eq!(id, 7);

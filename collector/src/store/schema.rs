@@ -21,7 +21,8 @@ enum Migration {
 /// Schema migrations; index `i` upgrades version `i` to `i + 1`.
 const MIGRATIONS: &[Migration] = &[
     // v1: hosts, series, raw sample blobs, rollups, events, gaps, meta.
-    Migration::Sql(r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE hosts (
         id            INTEGER PRIMARY KEY,
         agent_id      TEXT    NOT NULL UNIQUE,
@@ -110,10 +111,12 @@ const MIGRATIONS: &[Migration] = &[
         key   TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
-    "#),
+    "#,
+    ),
     // v2: API tokens, stored only as SHA-256 hashes (quickstart's admin token; the API's
     // users, roles and sessions build on this table).
-    Migration::Sql(r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE api_tokens (
         id         INTEGER PRIMARY KEY,
         name       TEXT    NOT NULL,
@@ -122,12 +125,14 @@ const MIGRATIONS: &[Migration] = &[
         expires_ms INTEGER,
         revoked    INTEGER NOT NULL DEFAULT 0
     );
-    "#),
+    "#,
+    ),
     // v3: alerting. Rule definitions (config now, API later), the engine's per-series state,
     // alert records and their transition history, what each receiver was told, the outbox,
     // its dead-letter list, and silences. Everything a transition causes is written in the
     // transaction that commits the data behind it.
-    Migration::Sql(r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE alert_rules (
         name       TEXT PRIMARY KEY,
         origin     TEXT    NOT NULL,
@@ -204,10 +209,12 @@ const MIGRATIONS: &[Migration] = &[
         created_ms INTEGER NOT NULL
     );
     CREATE INDEX silences_ends ON silences (ends_ms);
-    "#),
+    "#,
+    ),
     // v4: API users, roles, role bindings scoped by host selector, sessions, token owners and
     // permission subsets, and the append-only audit log.
-    Migration::Sql(r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE users (
         id                  INTEGER PRIMARY KEY,
         username            TEXT    NOT NULL UNIQUE,
@@ -266,21 +273,25 @@ const MIGRATIONS: &[Migration] = &[
     -- Nothing may rewrite history; only retention deletes old rows.
     CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
-    "#),
+    "#,
+    ),
     // v5: receivers defined through the API (a `ReceiverConfigRaw` as JSON: secrets only as
     // file/env references, never values). Configured receivers stay in the config file.
-    Migration::Sql(r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE receivers (
         name       TEXT    PRIMARY KEY,
         definition TEXT    NOT NULL,
         created_ms INTEGER NOT NULL,
         updated_ms INTEGER NOT NULL
     );
-    "#),
+    "#,
+    ),
     // v6: session ids are never reused (AUTOINCREMENT), so audit rows of two users can never
     // carry the same session id. The sequence starts above every id already handed out,
     // including ended sessions that only the audit log still names.
-    Migration::Sql(r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE sessions_v6 (
         id           INTEGER PRIMARY KEY AUTOINCREMENT,
         user_id      INTEGER NOT NULL REFERENCES users(id),
@@ -299,7 +310,8 @@ const MIGRATIONS: &[Migration] = &[
     INSERT INTO sqlite_sequence (name, seq) VALUES ('sessions', max(
         coalesce((SELECT max(id) FROM sessions), 0),
         coalesce((SELECT max(session_id) FROM audit_log), 0)));
-    "#),
+    "#,
+    ),
     // v7: the audit log becomes a hash chain that only retention may shorten (see
     // `audit_chain`): each row's request id and hashes, retention's record of what it
     // removed, and a delete trigger that admits only rows retention has recorded.
@@ -463,7 +475,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // The chain is guarded from here on, and new rows continue it.
-        assert!(conn.execute("DELETE FROM audit_log WHERE id = 1", []).is_err());
+        assert!(conn
+            .execute("DELETE FROM audit_log WHERE id = 1", [])
+            .is_err());
         assert!(conn
             .execute("UPDATE audit_log SET actor = 'x' WHERE id = 1", [])
             .is_err());
@@ -479,7 +493,10 @@ mod tests {
             detail: String::new(),
             request_id: Some("abc".into()),
         };
-        assert_eq!(super::super::query::audit::insert_audit(&conn, &entry).unwrap(), 4);
+        assert_eq!(
+            super::super::query::audit::insert_audit(&conn, &entry).unwrap(),
+            4
+        );
         assert!(matches!(
             super::super::audit_chain::verify(&conn, None, true).unwrap(),
             super::super::audit_chain::Verdict::Intact { rows: 4, .. }
