@@ -194,21 +194,36 @@ pub(crate) fn prune(
 }
 
 /// Chains the rows a database held before the chain existed (migration to v7), oldest
-/// first from [`GENESIS`]. The caller has lifted the append-only trigger for it.
+/// first from [`GENESIS`], a bounded chunk in memory at a time. The caller has lifted the
+/// append-only trigger for it.
 pub(crate) fn chain_existing(c: &Connection) -> Result<u64, StoreError> {
-    let rows: Vec<AuditRow> = c
-        .prepare(&format!("SELECT {ROW_COLUMNS} FROM audit_log ORDER BY id"))?
-        .query_map([], |r| Ok(read_row(r)?.0))?
-        .collect::<Result<_, _>>()?;
-    let mut prev = GENESIS.to_owned();
+    chain_in_chunks(c, 10_000)
+}
+
+fn chain_in_chunks(c: &Connection, chunk: i64) -> Result<u64, StoreError> {
+    let mut select = c.prepare(&format!(
+        "SELECT {ROW_COLUMNS} FROM audit_log WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
     let mut update =
         c.prepare("UPDATE audit_log SET prev_hash = ?2, row_hash = ?3 WHERE id = ?1")?;
-    for row in &rows {
-        let hash = row_hash(row, &prev);
-        update.execute(params![row.id, prev, hash])?;
-        prev = hash;
+    let mut prev = GENESIS.to_owned();
+    let mut after = i64::MIN;
+    let mut done = 0u64;
+    loop {
+        let rows: Vec<AuditRow> = select
+            .query_map(params![after, chunk], |r| Ok(read_row(r)?.0))?
+            .collect::<Result<_, _>>()?;
+        for row in &rows {
+            let hash = row_hash(row, &prev);
+            update.execute(params![row.id, prev, hash])?;
+            prev = hash;
+        }
+        done += rows.len() as u64;
+        match rows.last() {
+            Some(last) if rows.len() as i64 == chunk => after = last.id,
+            _ => return Ok(done),
+        }
     }
-    Ok(rows.len() as u64)
 }
 
 /// A row as read for verification: its columns, its `prev_hash` and `row_hash`.

@@ -322,3 +322,22 @@ fn audit_chain_resumes_past_a_break() {
     let (id, _) = broken_at(&verify(&c, Some(&resume), false).unwrap());
     assert_eq!(id, 5, "the second break is found on the next pass");
 }
+
+#[test]
+fn audit_chain_of_existing_rows_is_built_chunk_by_chunk() {
+    let (_d, c) = db();
+    fill(&c, 7);
+    let (_, before) = intact(&verify(&c, None, true).unwrap());
+    drop_triggers(&c);
+    c.execute("UPDATE audit_log SET prev_hash = '', row_hash = ''", [])
+        .unwrap();
+    assert!(matches!(
+        verify(&c, None, true).unwrap(),
+        Verdict::Broken { id: 1, .. }
+    ));
+    // Chunks of 3 over 7 rows: the chain carries across chunk boundaries.
+    assert_eq!(chain_in_chunks(&c, 3).unwrap(), 7);
+    let (rows, after) = intact(&verify(&c, None, true).unwrap());
+    assert_eq!(rows, 7);
+    assert_eq!(after, before, "the same chain as appending built");
+}
