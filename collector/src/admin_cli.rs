@@ -1,5 +1,5 @@
 //! The admin CLI on the database: `user`, `role` and `token` commands for bootstrap and
-//! break-glass. Each command opens the database file itself (found through the collector's
+//! break-glass, and `audit verify`. Each command opens the database file itself (found through the collector's
 //! config, or given with `--db`) and runs in one transaction, so it works whether or not the
 //! collector is running; a running collector sees the change on its next request.
 
@@ -12,7 +12,8 @@ use mcpwatch_collector::auth::credential::{self, Kind};
 use mcpwatch_collector::auth::{password, permission_names, Permission, Scope};
 use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
 use mcpwatch_collector::now_ms;
-use mcpwatch_collector::store::admin::with_db;
+use mcpwatch_collector::store::admin::{self, with_db};
+use mcpwatch_collector::store::audit_chain::{self, Verdict};
 use mcpwatch_collector::store::query::{tokens, users};
 use mcpwatch_collector::store::StoreError;
 use mcpwatch_common::config::{ConfigError, Duration, EXIT_CONFIG};
@@ -150,11 +151,28 @@ enum TokenAction {
     List,
 }
 
+#[derive(Debug, Args)]
+pub struct AuditCmd {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(subcommand)]
+    action: AuditAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Walk the audit log's hash chain from the oldest row retention kept; print OK and
+    /// the count, or the first broken row and why (exit status 1).
+    Verify,
+}
+
 /// Why a command failed.
 enum Failure {
     Config(ConfigError),
     Store(StoreError),
     Usage(String),
+    /// A check found a problem (exit status 1, like any failure).
+    Check(String),
 }
 
 impl From<StoreError> for Failure {
@@ -178,7 +196,7 @@ fn finish(r: Result<(), Failure>) -> ExitCode {
             eprintln!("mcpwatch-collector: {msg}");
             ExitCode::FAILURE
         }
-        Err(Failure::Usage(m)) => {
+        Err(Failure::Usage(m) | Failure::Check(m)) => {
             eprintln!("mcpwatch-collector: {m}");
             ExitCode::FAILURE
         }
@@ -493,6 +511,39 @@ fn run_token(cmd: TokenCmd) -> Result<(), Failure> {
                 Ok((tokens::list_tokens(c, None)?, users::list_users(c)?))
             })?;
             print_tokens(&tokens, &users, now);
+        }
+    }
+    Ok(())
+}
+
+pub fn audit(cmd: AuditCmd) -> ExitCode {
+    finish(run_audit(cmd))
+}
+
+fn run_audit(cmd: AuditCmd) -> Result<(), Failure> {
+    let db = cmd.db.path()?;
+    match cmd.action {
+        AuditAction::Verify => {
+            // Opening would create an empty database, which would verify as OK.
+            if !db.is_file() {
+                return Err(Failure::Usage(format!("no database at {}", db.display())));
+            }
+            // A read snapshot (no write lock): a running collector keeps writing meanwhile.
+            let conn = admin::open(&db)?;
+            match audit_chain::verify(&conn, None, true)? {
+                Verdict::Intact { rows, checkpoint } => {
+                    println!(
+                        "audit chain OK: {rows} rows verified; newest id {} hash {}; \
+                         rows up to id {} removed by retention",
+                        checkpoint.id, checkpoint.hash, checkpoint.removed_upto
+                    );
+                }
+                Verdict::Broken { id, reason, .. } => {
+                    return Err(Failure::Check(format!(
+                        "audit chain BROKEN at row {id}: {reason}"
+                    )));
+                }
+            }
         }
     }
     Ok(())

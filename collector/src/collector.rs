@@ -325,6 +325,13 @@ pub async fn run_with_router(
         background_stop.clone(),
     );
     store.spawn_ticker(&background, background_stop.clone());
+    crate::audit_watch::spawn(
+        &store,
+        metrics.clone(),
+        config.audit_verify_interval.get(),
+        &background,
+        background_stop.clone(),
+    );
     let files = config.tls.clone();
     background.spawn(tls::reload_on_sighup(
         move || tls::server_config(&files),

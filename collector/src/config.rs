@@ -140,6 +140,9 @@ pub struct RawApi {
     pub receiver_url_allow: Option<Vec<String>>,
     /// Audit records kept for. Default 400d.
     pub audit_retention: Option<Duration>,
+    /// How often the running collector verifies the audit log's hash chain (the rows added
+    /// since; every 12th time all of them). Default 5m, 1s..=1d.
+    pub audit_verify_interval: Option<Duration>,
 }
 
 /// The HTTP endpoint's TLS files and protocol floor.
@@ -178,6 +181,7 @@ pub struct CollectorConfig {
     pub http_limits: ServerLimits,
     pub api: ApiSettings,
     pub audit_retention: Duration,
+    pub audit_verify_interval: Duration,
 }
 
 impl CollectorConfig {
@@ -249,6 +253,13 @@ impl CollectorConfig {
         let http_tls = http_tls(path, &raw.http)?;
         let http_limits = http_limits(path, &raw.http)?;
         let (api, audit_retention) = api_settings(path, &raw.api, http_limits.request_timeout)?;
+        let audit_verify_interval = raw
+            .api
+            .audit_verify_interval
+            .unwrap_or(Duration::from_secs(300));
+        if !(1..=86_400).contains(&audit_verify_interval.get().as_secs()) {
+            return Err(bad("api.audit_verify_interval", "must be 1s..=1d"));
+        }
         let listen = raw
             .http
             .listen
@@ -266,6 +277,7 @@ impl CollectorConfig {
             http_limits,
             api,
             audit_retention,
+            audit_verify_interval,
             path: path.to_owned(),
             ingest_listen: i.listen,
             max_connections,

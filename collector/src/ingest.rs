@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::command::{CommandRouter, PendingCommand};
 use crate::metrics::CollectorMetrics;
@@ -209,8 +210,11 @@ impl Session {
         };
         self.metrics.agents_connected.inc();
         let commands = self.router.register(&agent_id, self.conn);
+        // Every line about this session's batches and commands names the agent.
+        let span = tracing::info_span!("agent", agent_id = %agent_id, host_id, conn = self.conn);
         let result = self
             .stream(&mut framed, &agent_id, host_id, commands, &shutdown)
+            .instrument(span)
             .await;
         self.router.unregister(&agent_id, self.conn);
         self.metrics.agents_connected.dec();
@@ -318,10 +322,15 @@ impl Session {
                             self.metrics.samples_ingested_total.inc_by(samples);
                             self.metrics.events_ingested_total.inc_by(events);
                             self.metrics.commit_latency_seconds.observe(received.elapsed().as_secs_f64());
+                            tracing::trace!(seq, samples, events, "batch committed");
                         }
-                        Ok(IngestOutcome::Duplicate) => self.metrics.batch("duplicate"),
+                        Ok(IngestOutcome::Duplicate) => {
+                            self.metrics.batch("duplicate");
+                            tracing::debug!(seq, "batch already committed; acknowledged again");
+                        }
                         Err(err) => {
                             self.metrics.batch("failed");
+                            tracing::warn!(seq, samples, error = %err, "batch not committed; ending the session");
                             return Err(err.into());
                         }
                     }
@@ -357,8 +366,10 @@ impl Session {
                 _ = shutdown.cancelled() => {
                     // Let what is already queued commit and be acked, then close.
                     while let Some((seq, _, _, _, result)) = pending.next().await {
-                        if result.is_ok() {
-                            framed.send(Frame::Ack { seq }).await?;
+                        match result {
+                            Ok(_) => framed.send(Frame::Ack { seq }).await?,
+                            Err(err) => tracing::warn!(seq, error = %err,
+                                "batch not committed at shutdown; the agent will resend it"),
                         }
                     }
                     return Ok(());
@@ -390,7 +401,9 @@ impl Session {
             events: batch.events,
             received,
         };
-        let committed = self.store.submit(request).await?;
+        let committed = self.store.submit(request).await.inspect_err(|err| {
+            tracing::warn!(seq, error = %err, "batch not queued for the store");
+        })?;
         Ok(async move { (seq, samples, events, received, committed.await) })
     }
 }

@@ -4,6 +4,7 @@
 pub mod alert;
 pub mod alerting;
 pub mod api;
+pub mod audit_watch;
 pub mod auth;
 pub mod collector;
 pub mod command;

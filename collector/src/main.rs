@@ -1,6 +1,6 @@
 //! `mcpwatch-collector`: parses the command line, loads the config, sets up logging and runs
 //! the collector library; maps errors to exit codes (64 for configuration errors). The
-//! `user`, `role` and `token` commands live in `admin_cli`.
+//! `user`, `role`, `token` and `audit` commands live in `admin_cli`.
 
 mod admin_cli;
 
@@ -61,6 +61,8 @@ enum Command {
     Role(admin_cli::RoleCmd),
     /// API tokens on the database: create, revoke, list.
     Token(admin_cli::TokenCmd),
+    /// The audit log on the database: verify its hash chain.
+    Audit(admin_cli::AuditCmd),
 }
 
 #[derive(Subcommand)]
@@ -142,6 +144,7 @@ fn main() -> ExitCode {
         Command::User(cmd) => admin_cli::user(cmd),
         Command::Role(cmd) => admin_cli::role(cmd),
         Command::Token(cmd) => admin_cli::token(cmd),
+        Command::Audit(cmd) => admin_cli::audit(cmd),
     }
 }
 

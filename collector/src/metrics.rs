@@ -73,6 +73,15 @@ pub struct CollectorMetrics {
     pub sessions_closed: Family<ReasonLabel, Counter>,
     /// Audit records that could not be written.
     pub audit_failures: Counter,
+    /// 1 while every verification of the audit chain since start found it whole; 0 before
+    /// the first one and once a break is found (until restart).
+    pub audit_chain_ok: Gauge,
+    /// Id of the newest audit row the chain verification has accepted.
+    pub audit_chain_verified_id: Gauge,
+    /// Breaks found in the audit chain (not again at or below a row already reported).
+    pub audit_chain_breaks: Counter,
+    /// Verifications of the audit chain that could not run (the store failed).
+    pub audit_chain_verify_failures: Counter,
     /// HTTP connections the server turned away or closed, by reason.
     pub http_connections_closed: Family<ReasonLabel, Counter>,
     /// The alert engine's figures (updated by the store writer).
@@ -112,6 +121,10 @@ impl CollectorMetrics {
             store_queue_depth: Gauge::default(),
             sessions_closed: Family::default(),
             audit_failures: Counter::default(),
+            audit_chain_ok: Gauge::default(),
+            audit_chain_verified_id: Gauge::default(),
+            audit_chain_breaks: Counter::default(),
+            audit_chain_verify_failures: Counter::default(),
             http_connections_closed: Family::default(),
             alerts: Default::default(),
             notify_info: Family::default(),
@@ -207,6 +220,28 @@ impl CollectorMetrics {
             "mcpwatch_collector_audit_write_failures",
             "API audit records that could not be written.",
             m.audit_failures.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_audit_chain_ok",
+            "1 while every verification of the audit log's hash chain found it whole; 0 before \
+             the first verification and after a break was found.",
+            m.audit_chain_ok.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_audit_chain_verified_id",
+            "Id of the newest audit record the hash chain verification has accepted.",
+            m.audit_chain_verified_id.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_audit_chain_breaks",
+            "Breaks found in the audit log's hash chain (a row changed or removed outside \
+             retention); breaks at or below a row already reported are not counted again.",
+            m.audit_chain_breaks.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_audit_chain_verify_failures",
+            "Verifications of the audit log's hash chain that could not run.",
+            m.audit_chain_verify_failures.clone(),
         );
         r.register(
             "mcpwatch_collector_notification_receiver_info",

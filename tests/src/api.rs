@@ -12,9 +12,21 @@ use serde_json::Value;
 pub struct Resp {
     pub status: u16,
     pub body: String,
+    /// The status line and header lines, as received.
+    pub head: String,
 }
 
 impl Resp {
+    /// The value of response header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
@@ -36,11 +48,27 @@ pub fn request(
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> std::io::Result<Resp> {
+    request_with(addr, method, path, token, &[], body)
+}
+
+/// [`request`] with extra header lines, written as given (`name: value`, no escaping: tests
+/// use it to send hostile values too).
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Resp> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
     if let Some(b) = body {
         head.push_str(&format!(
@@ -62,16 +90,15 @@ pub fn request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let raw = text
+    let (head, raw) = text
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    let chunked = text.split_once("\r\n\r\n").is_some_and(|(h, _)| {
-        h.to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-    });
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
     let body = if chunked { dechunk(&raw) } else { raw };
-    Ok(Resp { status, body })
+    Ok(Resp { status, body, head })
 }
 
 fn dechunk(mut s: &str) -> String {

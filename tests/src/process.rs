@@ -157,6 +157,12 @@ impl CollectorProc {
 
     /// Starts the process again (after a kill) and waits until `/readyz` answers 200.
     pub fn restart(&mut self) {
+        self.restart_with_env(&[]);
+    }
+
+    /// [`Self::restart`] with extra environment variables (e.g. `RUST_LOG`, which the
+    /// harness otherwise sets to `info`).
+    pub fn restart_with_env(&mut self, envs: &[(&str, &str)]) {
         assert!(self.child.is_none(), "collector already running");
         self.starts += 1;
         self.log = self.dir.join(format!("collector.{}.log", self.starts));
@@ -164,7 +170,7 @@ impl CollectorProc {
             "mcpwatch-collector",
             &self.config,
             &self.log,
-            &[],
+            envs,
             self.http,
             "/readyz",
         ));

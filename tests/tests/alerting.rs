@@ -619,6 +619,32 @@ fn alert_retry_then_deliver_and_dead_letter() {
         d.reason
     );
     assert!(!d.reason.contains(PD_KEY), "routing key in the reason");
+
+    // Dispatch log lines name the notifications (outbox ids) and the alert they carry.
+    let logs = collector.logs();
+    let fp = &d.fingerprint;
+    let line_with = |what: &str| {
+        logs.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line:\n{logs}"))
+            .to_owned()
+    };
+    for what in [
+        "notification failed; will retry",
+        "notification delivered",
+        "notification refused permanently",
+    ] {
+        let line = line_with(what);
+        assert!(
+            line.contains(&format!("fingerprints={fp}")) && line.contains("notification_ids="),
+            "{line}"
+        );
+    }
+    let line = line_with("notification moved to the dead-letter list");
+    assert!(
+        line.contains(&format!("fingerprint={fp}")) && line.contains("notification_id="),
+        "{line}"
+    );
 }
 
 #[test]

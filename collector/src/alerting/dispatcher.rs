@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::config::RetryPolicy;
 use super::{Alerting, OutboxBatch, OutboxOutcome, OutboxShared, ReceiverShared};
@@ -266,8 +267,12 @@ impl Worker {
                 continue;
             }
             // A send that started runs to its end and is settled (bounded by the receiver's
-            // timeout), so a graceful stop never causes a duplicate.
-            self.send(&name, batch, shared).await;
+            // timeout), so a graceful stop never causes a duplicate. Every line about it
+            // names the notifications (outbox ids) and the alerts (fingerprints) it carries.
+            let span = tracing::info_span!("dispatch", receiver = %name,
+                notification_ids = %join(batch.items.iter().map(|i| i.id.to_string())),
+                fingerprints = %join(batch.items.iter().map(|i| i.notification.fingerprint.clone())));
+            self.send(&name, batch, shared).instrument(span).await;
         }
     }
 
@@ -346,6 +351,15 @@ impl Worker {
     fn backoff(&self, attempt: u32) -> Duration {
         self.retry.delay(attempt.saturating_sub(1))
     }
+}
+
+/// Comma-separated, distinct, in order: the ids and fingerprints of a batch for its log span.
+fn join(items: impl Iterator<Item = String>) -> String {
+    let mut seen = std::collections::HashSet::new();
+    items
+        .filter(|i| seen.insert(i.clone()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One notification per alert: when a group holds several rows for the same alert (say

@@ -162,23 +162,26 @@ pub(super) fn dead_letter(
     reason: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
-    let n = c
+    let moved: Option<String> = c
         .prepare_cached(
             "INSERT INTO dead_letters (receiver, group_key, fingerprint, payload, created_ms,
                  failed_ms, attempts, reason)
              SELECT receiver, group_key, fingerprint, payload, created_ms, ?2, attempts,
                  ?3 || coalesce(': ' || last_error, '')
-             FROM outbox WHERE id = ?1",
+             FROM outbox WHERE id = ?1
+             RETURNING fingerprint",
         )?
-        .execute(params![id, now_ms, reason])?;
+        .query_row(params![id, now_ms, reason], |r| r.get(0))
+        .optional()?;
     c.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
         .execute([id])?;
-    if n > 0 {
+    if let Some(fingerprint) = &moved {
         tracing::warn!(
-            outbox_id = id,
+            notification_id = id,
+            fingerprint = %fingerprint,
             reason,
             "notification moved to the dead-letter list"
         );
     }
-    Ok(n > 0)
+    Ok(moved.is_some())
 }

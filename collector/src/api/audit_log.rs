@@ -31,6 +31,8 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// Only records at or after this time (ms since the Unix epoch).
     pub since_ms: Option<i64>,
+    /// Exact request id: the `X-Request-Id` the request was answered with.
+    pub request_id: Option<String>,
 }
 
 /// The audit log, newest first: every change and every refused request.
@@ -52,6 +54,7 @@ async fn list_audit(
         actor: q.actor,
         action: q.action,
         since_ms: q.since_ms,
+        request_id: q.request_id,
     };
     let before = q.cursor;
     let items = state.store.audit_page(filter, before, limit).await?;

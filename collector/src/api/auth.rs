@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::ApiState;
@@ -222,7 +223,6 @@ pub async fn authenticate(state: &ApiState, text: &str) -> Result<Principal, Api
 pub async fn audit(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     let slot = AuditSlot::default();
     req.extensions_mut().insert(slot.clone());
-    let method = req.method().clone();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -235,42 +235,54 @@ pub async fn audit(State(state): State<ApiState>, mut req: Request, next: Next) 
         .get::<ClientAddr>()
         .map(|a| a.0.ip().to_string())
         .unwrap_or_else(|| "unknown".into());
+    let request = RequestFacts {
+        method: req.method().clone(),
+        route,
+        object,
+        source,
+        request_id: super::request_id::of(&req),
+    };
     // The handler and its audit row run in a task of their own: a client that disconnects
     // (or the request timeout) drops this future, not the work, so no change goes unrecorded.
-    let task = tokio::spawn(async move {
-        let mut resp = next.run(req).await;
-        let recorded = record(
-            &state,
-            &slot,
-            &method,
-            route,
-            object,
-            source,
-            resp.status().as_u16(),
-        )
-        .await;
-        if recorded {
-            // The outer refusal audit must not write a second row for this request.
-            resp.extensions_mut().insert(super::refusal_audit::Audited);
+    // The task keeps the request's span, so its log lines carry the request id.
+    let task = tokio::spawn(
+        async move {
+            let mut resp = next.run(req).await;
+            let recorded = record(&state, &slot, request, resp.status().as_u16()).await;
+            if recorded {
+                // The outer refusal audit must not write a second row for this request.
+                resp.extensions_mut().insert(super::refusal_audit::Audited);
+            }
+            resp
         }
-        resp
-    });
+        .instrument(tracing::Span::current()),
+    );
     match task.await {
         Ok(resp) => resp,
         Err(e) => ApiError::Internal(format!("request task failed: {e}")).into_response(),
     }
 }
 
-async fn record(
-    state: &ApiState,
-    slot: &AuditSlot,
-    method: &Method,
+/// What the audit row says about the request itself.
+struct RequestFacts {
+    method: Method,
+    /// The matched route template.
     route: String,
+    /// The path, bounded.
     object: String,
     source: String,
-    status: u16,
-) -> bool {
-    let mutating = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    request_id: Option<String>,
+}
+
+async fn record(state: &ApiState, slot: &AuditSlot, request: RequestFacts, status: u16) -> bool {
+    let RequestFacts {
+        method,
+        route,
+        object,
+        source,
+        request_id,
+    } = request;
+    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let info = slot.with(std::mem::take);
     if mutating || info.denied || status == 401 || status == 403 {
         let entry = AuditEntry {
@@ -283,6 +295,7 @@ async fn record(
             object,
             result: status,
             detail: info.detail,
+            request_id,
         };
         if let Err(e) = state.store.insert_audit(entry).await {
             tracing::error!(error = %e, "writing an audit record failed");

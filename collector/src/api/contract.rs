@@ -3,12 +3,22 @@
 //! layers give (400 for a malformed parameter or body, 401, 408, 413, 414, 415, 500, 503;
 //! 422 where query or body content is validated),
 //! the bounds of integer parameters, the configured page size, and the operational routes
-//! served beside the API (`/federate`, `/metrics`, `/healthz`, `/readyz`). Per-route
-//! annotations say the rest; what they say is never replaced here.
+//! served beside the API (`/federate`, `/metrics`, `/healthz`, `/readyz`), and the
+//! `X-Request-Id` header every answer carries (`api::request_id`). Per-route annotations
+//! say the rest; what they say is never replaced here.
 
 use serde_json::{json, Map, Value};
 
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+
+fn request_id_header() -> Value {
+    json!({
+        "description": "The request's id: the client's own X-Request-Id when it is 1 to 64 \
+                        characters of A-Z a-z 0-9 . _ -, else one generated. Also in the \
+                        request's audit record and log lines.",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+    })
+}
 
 fn error_response(description: &str) -> Value {
     json!({
@@ -34,6 +44,20 @@ pub fn complete(doc: &utoipa::openapi::OpenApi, max_page: usize) -> Value {
             }
         }
         add_operational_routes(paths);
+        for item in paths.values_mut() {
+            for method in METHODS {
+                let responses = item
+                    .get_mut(method)
+                    .and_then(|op| op.get_mut("responses"))
+                    .and_then(Value::as_object_mut);
+                for response in responses.into_iter().flat_map(|r| r.values_mut()) {
+                    if let Some(r) = response.as_object_mut() {
+                        let headers = r.entry("headers").or_insert_with(|| json!({}));
+                        headers["X-Request-Id"] = request_id_header();
+                    }
+                }
+            }
+        }
     }
     if let Some(schemes) = doc
         .pointer_mut("/components/securitySchemes")
@@ -273,5 +297,11 @@ mod tests {
             );
         }
         assert!(out["components"]["securitySchemes"]["scrape_token"].is_object());
+        for p in ["/federate", "/api/v1/things/{id}"] {
+            assert!(
+                out["paths"][p]["get"]["responses"]["200"]["headers"]["X-Request-Id"].is_object(),
+                "{p}"
+            );
+        }
     }
 }

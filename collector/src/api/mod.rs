@@ -14,6 +14,7 @@ pub mod json_body;
 pub mod login;
 pub mod paging;
 pub mod refusal_audit;
+pub mod request_id;
 pub mod scope;
 pub mod server;
 

@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument;
 
 use super::auth::ClientAddr;
 use super::error;
@@ -49,6 +50,7 @@ pub async fn audit_refusals(
         .get::<ClientAddr>()
         .map(|a| a.0.ip().to_string())
         .unwrap_or_else(|| "unknown".into());
+    let request_id = super::request_id::of(&req);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -82,14 +84,19 @@ pub async fn audit_refusals(
                 "uri {uri_len} bytes; content-length {}",
                 declared.map_or("none".to_owned(), |n| n.to_string())
             ),
+            request_id,
         };
-        // In a task of its own: a client hanging up drops this future, not the row.
-        let write = tokio::spawn(async move {
-            if let Err(e) = audit.store.insert_audit(entry).await {
-                tracing::error!(error = %e, "writing an audit record failed");
-                audit.metrics.audit_failed();
+        // In a task of its own (in the request's span): a client hanging up drops this
+        // future, not the row.
+        let write = tokio::spawn(
+            async move {
+                if let Err(e) = audit.store.insert_audit(entry).await {
+                    tracing::error!(error = %e, "writing an audit record failed");
+                    audit.metrics.audit_failed();
+                }
             }
-        });
+            .instrument(tracing::Span::current()),
+        );
         let _ = write.await;
     }
     resp

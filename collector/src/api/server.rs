@@ -57,8 +57,8 @@ impl ServerLimits {
     }
 }
 
-/// Applies the body limit and request timeout to `app`, and audits what they (and the URI
-/// limit) refuse before routing.
+/// Applies the body limit and request timeout to `app`, audits what they (and the URI
+/// limit) refuse before routing, and gives every request and response its `X-Request-Id`.
 pub fn with_limits(app: Router, limits: &ServerLimits, refusals: RefusalAudit) -> Router {
     app.layer(axum::extract::DefaultBodyLimit::max(limits.body_limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
@@ -73,6 +73,8 @@ pub fn with_limits(app: Router, limits: &ServerLimits, refusals: RefusalAudit) -
             refusals,
             super::refusal_audit::audit_refusals,
         ))
+        // Outermost: every answer carries the request's id, refusals before routing too.
+        .layer(axum::middleware::from_fn(super::request_id::assign))
 }
 
 /// Serves `app` until `shutdown`, then lets open requests finish.

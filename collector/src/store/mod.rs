@@ -20,6 +20,7 @@
 //! [`IngestOutcome::Duplicate`] and acknowledged without being written again.
 
 pub mod admin;
+pub mod audit_chain;
 mod batch;
 mod codec;
 mod connections;

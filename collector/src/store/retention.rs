@@ -1,4 +1,5 @@
-//! Retention: bounded deletion of expired raw rows, rollups, events, gaps and alert history.
+//! Retention: bounded deletion of expired raw rows, rollups, events, gaps, alert history and
+//! audit rows (the oldest first, through `audit_chain::prune`, so the chain stays whole).
 //!
 //! Every delete is capped per pass so a pass never holds the writer for long; leftover work
 //! sets `more` and the next tick continues. Raw rows are deleted only once their host's
@@ -73,7 +74,9 @@ pub(crate) fn step(
         }
     }
     if let Some(cut) = cutoff(cfg.retention_audit) {
-        out.events += super::query::audit::prune_audit(&tx, cut, DELETE_LIMIT)? as u64;
+        let n = super::audit_chain::prune(&tx, cut, DELETE_LIMIT, now_ms)? as u64;
+        out.events += n;
+        out.more |= n >= DELETE_LIMIT as u64;
     }
     prune_rollups(
         &tx,

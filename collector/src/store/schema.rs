@@ -2,7 +2,8 @@
 //!
 //! Each entry of [`MIGRATIONS`] moves the schema from version `i` to `i + 1`; they run in one
 //! transaction, so opening an up-to-date database is a no-op and a crash mid-migration leaves
-//! the previous version intact. Never edit a released migration: append a new one.
+//! the previous version intact. Most are SQL; one that must compute in Rust (v7 hashes the
+//! audit rows already stored) is a function. Never edit a released migration: append one.
 
 use std::time::Duration;
 
@@ -10,10 +11,18 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::StoreError;
 
+/// One schema step.
+enum Migration {
+    Sql(&'static str),
+    /// For steps SQL alone cannot do; runs inside the migration transaction.
+    Code(fn(&Connection) -> Result<(), StoreError>),
+}
+
 /// Schema migrations; index `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // v1: hosts, series, raw sample blobs, rollups, events, gaps, meta.
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE hosts (
         id            INTEGER PRIMARY KEY,
         agent_id      TEXT    NOT NULL UNIQUE,
@@ -103,9 +112,11 @@ const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    ),
     // v2: API tokens, stored only as SHA-256 hashes (quickstart's admin token; the API's
     // users, roles and sessions build on this table).
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE api_tokens (
         id         INTEGER PRIMARY KEY,
         name       TEXT    NOT NULL,
@@ -115,11 +126,13 @@ const MIGRATIONS: &[&str] = &[
         revoked    INTEGER NOT NULL DEFAULT 0
     );
     "#,
+    ),
     // v3: alerting. Rule definitions (config now, API later), the engine's per-series state,
     // alert records and their transition history, what each receiver was told, the outbox,
     // its dead-letter list, and silences. Everything a transition causes is written in the
     // transaction that commits the data behind it.
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE alert_rules (
         name       TEXT PRIMARY KEY,
         origin     TEXT    NOT NULL,
@@ -197,9 +210,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX silences_ends ON silences (ends_ms);
     "#,
+    ),
     // v4: API users, roles, role bindings scoped by host selector, sessions, token owners and
     // permission subsets, and the append-only audit log.
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE users (
         id                  INTEGER PRIMARY KEY,
         username            TEXT    NOT NULL UNIQUE,
@@ -259,9 +274,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
     "#,
+    ),
     // v5: receivers defined through the API (a `ReceiverConfigRaw` as JSON: secrets only as
     // file/env references, never values). Configured receivers stay in the config file.
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE receivers (
         name       TEXT    PRIMARY KEY,
         definition TEXT    NOT NULL,
@@ -269,10 +286,12 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL
     );
     "#,
+    ),
     // v6: session ids are never reused (AUTOINCREMENT), so audit rows of two users can never
     // carry the same session id. The sequence starts above every id already handed out,
     // including ended sessions that only the audit log still names.
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE sessions_v6 (
         id           INTEGER PRIMARY KEY AUTOINCREMENT,
         user_id      INTEGER NOT NULL REFERENCES users(id),
@@ -292,10 +311,16 @@ const MIGRATIONS: &[&str] = &[
         coalesce((SELECT max(id) FROM sessions), 0),
         coalesce((SELECT max(session_id) FROM audit_log), 0)));
     "#,
-    // v7: the secrets of receivers defined through the API, sealed (nonce, ciphertext and
+    ),
+    // v7: the audit log becomes a hash chain that only retention may shorten (see
+    // `audit_chain`): each row's request id and hashes, retention's record of what it
+    // removed, and a delete trigger that admits only rows retention has recorded.
+    Migration::Code(audit_chain_v7),
+    // v8: the secrets of receivers defined through the API, sealed (nonce, ciphertext and
     // tag, under a key kept outside the database) and bound to the receiver, the field and
     // the destination they were given for. Never read back through the API.
-    r#"
+    Migration::Sql(
+        r#"
     CREATE TABLE receiver_secrets (
         receiver    TEXT NOT NULL REFERENCES receivers(name) ON DELETE CASCADE,
         field       TEXT NOT NULL,
@@ -304,7 +329,47 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (receiver, field)
     ) WITHOUT ROWID;
     "#,
+    ),
 ];
+
+/// v7: adds the chain's columns and retention's record, hashes the rows already stored
+/// (the append-only trigger is lifted for that, inside this transaction), then refuses
+/// deletes beyond retention's record.
+fn audit_chain_v7(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(&format!(
+        "ALTER TABLE audit_log ADD COLUMN request_id TEXT;
+         ALTER TABLE audit_log ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+         ALTER TABLE audit_log ADD COLUMN row_hash TEXT NOT NULL DEFAULT '';
+         -- Written only by retention: every audit row with id <= upto_id is removed, the
+         -- last of them hashed to last_hash (the oldest survivor's prev_hash).
+         CREATE TABLE audit_retention (
+             id         INTEGER PRIMARY KEY CHECK (id = 1),
+             upto_id    INTEGER NOT NULL,
+             last_hash  TEXT    NOT NULL,
+             cutoff_ms  INTEGER NOT NULL,
+             updated_ms INTEGER NOT NULL
+         );
+         INSERT INTO audit_retention (id, upto_id, last_hash, cutoff_ms, updated_ms)
+             VALUES (1, 0, '{genesis}', 0, 0);
+         DROP TRIGGER audit_log_append_only;",
+        genesis = super::audit_chain::GENESIS
+    ))?;
+    super::audit_chain::chain_existing(c)?;
+    c.execute_batch(
+        "CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
+         BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+         -- coalesce: without retention's row nothing is deletable (fail closed).
+         CREATE TRIGGER audit_log_delete_by_retention BEFORE DELETE ON audit_log
+         WHEN OLD.id > coalesce((SELECT upto_id FROM audit_retention WHERE id = 1), 0)
+         BEGIN SELECT RAISE(ABORT, 'audit rows are removed only by retention'); END;
+         CREATE TRIGGER audit_retention_forward BEFORE UPDATE ON audit_retention
+         WHEN NEW.upto_id < OLD.upto_id OR NEW.id != OLD.id
+         BEGIN SELECT RAISE(ABORT, 'audit retention only moves forward'); END;
+         CREATE TRIGGER audit_retention_kept BEFORE DELETE ON audit_retention
+         BEGIN SELECT RAISE(ABORT, 'audit retention record is kept'); END;",
+    )?;
+    Ok(())
+}
 
 /// Settings for the single write connection. synchronous=FULL because an ack promises the
 /// batch survives power loss; WAL so readers never block the writer.
@@ -346,8 +411,11 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     if found > supported {
         return Err(StoreError::SchemaTooNew { found, supported });
     }
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
-        tx.execute_batch(sql)?;
+    for (version, step) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        match step {
+            Migration::Sql(sql) => tx.execute_batch(sql)?,
+            Migration::Code(f) => f(&tx)?,
+        }
         tx.pragma_update(None, "user_version", version as i64 + 1)?;
         tracing::info!(version = version + 1, "store schema migrated");
     }
@@ -390,6 +458,62 @@ mod tests {
         assert!(matches!(
             migrate(&mut conn),
             Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn store_migration_v7_chains_the_audit_rows_already_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("v6.db")).unwrap();
+        configure_writer(&conn).unwrap();
+        for step in &MIGRATIONS[..6] {
+            let Migration::Sql(sql) = step else {
+                panic!("v1..v6 are SQL")
+            };
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 6).unwrap();
+        for (at, actor) in [(10, "user:a"), (20, "token:ci"), (30, "anonymous")] {
+            conn.execute(
+                "INSERT INTO audit_log (at_ms, actor, source, action, object, result)
+                 VALUES (?1, ?2, '127.0.0.1', 'POST /x', '/x', 200)",
+                rusqlite::params![at, actor],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        match super::super::audit_chain::verify(&conn, None, true).unwrap() {
+            super::super::audit_chain::Verdict::Intact { rows, checkpoint } => {
+                assert_eq!((rows, checkpoint.id), (3, 3));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The chain is guarded from here on, and new rows continue it.
+        assert!(conn
+            .execute("DELETE FROM audit_log WHERE id = 1", [])
+            .is_err());
+        assert!(conn
+            .execute("UPDATE audit_log SET actor = 'x' WHERE id = 1", [])
+            .is_err());
+        let entry = super::super::query::audit::AuditEntry {
+            at_ms: 40,
+            actor: "user:b".into(),
+            token_id: None,
+            session_id: None,
+            source: "127.0.0.1".into(),
+            action: "DELETE /x".into(),
+            object: "/x".into(),
+            result: 204,
+            detail: String::new(),
+            request_id: Some("abc".into()),
+        };
+        assert_eq!(
+            super::super::query::audit::insert_audit(&conn, &entry).unwrap(),
+            4
+        );
+        assert!(matches!(
+            super::super::audit_chain::verify(&conn, None, true).unwrap(),
+            super::super::audit_chain::Verdict::Intact { rows: 4, .. }
         ));
     }
 }

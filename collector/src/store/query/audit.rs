@@ -1,10 +1,13 @@
-//! The API audit log in SQLite: one record per change and per denial, listed newest first
-//! and pruned by retention.
+//! The API audit log in SQLite: one record per change and per denial, listed newest first.
+//! Rows form a hash chain (`store::audit_chain`): appended only on the writer, removed only
+//! by retention, verified by [`Store::verify_audit_chain`] and `mcpwatch-collector audit
+//! verify`.
 
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
-use crate::store::{Store, StoreError};
+pub use crate::store::audit_chain::{Checkpoint, Verdict};
+use crate::store::{audit_chain, Store, StoreError};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditRow {
@@ -18,9 +21,9 @@ pub struct AuditRow {
     pub object: String,
     pub result: i64,
     pub detail: String,
+    /// The request's `X-Request-Id` (absent on rows written before request ids existed).
+    pub request_id: Option<String>,
 }
-
-// ---- audit ----
 
 #[derive(Debug, Clone)]
 pub struct AuditEntry {
@@ -33,25 +36,13 @@ pub struct AuditEntry {
     pub object: String,
     pub result: u16,
     pub detail: String,
+    /// The request's `X-Request-Id`.
+    pub request_id: Option<String>,
 }
 
-pub fn insert_audit(c: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "INSERT INTO audit_log (at_ms, actor, token_id, session_id, source, action, object,
-             result, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        e.at_ms,
-        e.actor,
-        e.token_id,
-        e.session_id,
-        e.source,
-        e.action,
-        e.object,
-        e.result,
-        e.detail
-    ])?;
-    Ok(())
+/// Appends `e` to the chain; returns its id. On the writer's connection only.
+pub fn insert_audit(c: &Connection, e: &AuditEntry) -> Result<i64, StoreError> {
+    audit_chain::append(c, e)
 }
 
 /// Which audit rows to list (every field optional).
@@ -63,6 +54,8 @@ pub struct AuditFilter {
     pub action: Option<String>,
     /// Rows at or after this time.
     pub since_ms: Option<i64>,
+    /// Exact request id (`X-Request-Id`).
+    pub request_id: Option<String>,
 }
 
 /// Newest first, rows with id below `before` (cursor) that pass `filter`, at most `limit`.
@@ -73,10 +66,12 @@ pub fn list_audit(
     limit: usize,
 ) -> Result<Vec<AuditRow>, StoreError> {
     Ok(c.prepare_cached(
-        "SELECT id, at_ms, actor, token_id, session_id, source, action, object, result, detail
+        "SELECT id, at_ms, actor, token_id, session_id, source, action, object, result, detail,
+             request_id
          FROM audit_log
          WHERE (?1 IS NULL OR id < ?1) AND (?3 IS NULL OR actor = ?3)
            AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR at_ms >= ?5)
+           AND (?6 IS NULL OR request_id = ?6)
          ORDER BY id DESC LIMIT ?2",
     )?
     .query_map(
@@ -85,7 +80,8 @@ pub fn list_audit(
             i64::try_from(limit).unwrap_or(i64::MAX),
             filter.actor,
             filter.action,
-            filter.since_ms
+            filter.since_ms,
+            filter.request_id
         ],
         |r| {
             Ok(AuditRow {
@@ -99,23 +95,29 @@ pub fn list_audit(
                 object: r.get(7)?,
                 result: r.get(8)?,
                 detail: r.get(9)?,
+                request_id: r.get(10)?,
             })
         },
     )?
     .collect::<Result<_, _>>()?)
 }
 
-/// Deletes audit rows older than `before_ms` (retention), at most `limit`.
-pub fn prune_audit(c: &Connection, before_ms: i64, limit: i64) -> Result<usize, StoreError> {
-    Ok(c.prepare_cached(
-        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at_ms < ?1 LIMIT ?2)",
-    )?
-    .execute(params![before_ms, limit])?)
-}
-
 impl Store {
-    pub async fn insert_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+    /// Appends an audit record; resolves once it is committed, with its id.
+    pub async fn insert_audit(&self, entry: AuditEntry) -> Result<i64, StoreError> {
         self.exec(move |c| insert_audit(c, &entry)).await
+    }
+
+    /// Verifies the audit chain on a read connection: every surviving row when `from` is
+    /// `None` or `full`, else the rows after the checkpoint `from` (see
+    /// `audit_chain::verify`).
+    pub async fn verify_audit_chain(
+        &self,
+        from: Option<Checkpoint>,
+        full: bool,
+    ) -> Result<Verdict, StoreError> {
+        self.read(move |c| audit_chain::verify(c, from.as_ref(), full))
+            .await
     }
 
     /// Up to `limit` audit records matching `filter` with ids below `before`, newest first.

@@ -673,6 +673,7 @@ mod tests {
                     object: "/x".into(),
                     result: 200,
                     detail: String::new(),
+                    request_id: Some(format!("req-{i}")),
                 },
             )
             .unwrap();
@@ -689,11 +690,20 @@ mod tests {
             actor: Some("user:a".into()),
             action: Some("POST /x".into()),
             since_ms: Some(1001),
+            request_id: None,
         };
         let rows = list_audit(&c, &f, None, 100).unwrap();
         assert_eq!(
             rows.iter().map(|r| r.at_ms).collect::<Vec<_>>(),
             [1004, 1002]
         );
+        let by_request = AuditFilter {
+            request_id: Some("req-7".into()),
+            ..AuditFilter::default()
+        };
+        let rows = list_audit(&c, &by_request, None, 100).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].at_ms, 1007);
+        assert_eq!(rows[0].request_id.as_deref(), Some("req-7"));
     }
 }
