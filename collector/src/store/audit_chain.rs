@@ -229,19 +229,7 @@ fn chain_in_chunks(c: &Connection, chunk: i64) -> Result<u64, StoreError> {
 /// A row as read for verification: its columns, its `prev_hash` and `row_hash`.
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AuditRow, String, String)> {
     Ok((
-        AuditRow {
-            id: r.get(0)?,
-            at_ms: r.get(1)?,
-            actor: r.get(2)?,
-            token_id: r.get(3)?,
-            session_id: r.get(4)?,
-            source: r.get(5)?,
-            action: r.get(6)?,
-            object: r.get(7)?,
-            result: r.get(8)?,
-            detail: r.get(9)?,
-            request_id: r.get(10)?,
-        },
+        AuditRow::from_row(r)?,
         r.get(11)?,
         r.get(12)?,
     ))

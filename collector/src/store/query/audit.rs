@@ -58,6 +58,26 @@ pub struct AuditFilter {
     pub request_id: Option<String>,
 }
 
+impl AuditRow {
+    /// A row from `SELECT id, at_ms, actor, token_id, session_id, source, action, object,
+    /// result, detail, request_id` (further columns are the caller's).
+    pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+        Ok(AuditRow {
+            id: r.get(0)?,
+            at_ms: r.get(1)?,
+            actor: r.get(2)?,
+            token_id: r.get(3)?,
+            session_id: r.get(4)?,
+            source: r.get(5)?,
+            action: r.get(6)?,
+            object: r.get(7)?,
+            result: r.get(8)?,
+            detail: r.get(9)?,
+            request_id: r.get(10)?,
+        })
+    }
+}
+
 /// Newest first, rows with id below `before` (cursor) that pass `filter`, at most `limit`.
 pub fn list_audit(
     c: &Connection,
@@ -83,21 +103,7 @@ pub fn list_audit(
             filter.since_ms,
             filter.request_id
         ],
-        |r| {
-            Ok(AuditRow {
-                id: r.get(0)?,
-                at_ms: r.get(1)?,
-                actor: r.get(2)?,
-                token_id: r.get(3)?,
-                session_id: r.get(4)?,
-                source: r.get(5)?,
-                action: r.get(6)?,
-                object: r.get(7)?,
-                result: r.get(8)?,
-                detail: r.get(9)?,
-                request_id: r.get(10)?,
-            })
-        },
+        AuditRow::from_row,
     )?
     .collect::<Result<_, _>>()?)
 }
