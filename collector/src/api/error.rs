@@ -22,6 +22,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("too many attempts; try again later")]
     TooManyRequests,
+    /// A configured cap on what may exist at once (active silences...) is reached.
+    #[error("{0}")]
+    LimitReached(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -50,7 +53,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests | ApiError::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
             ApiError::TooManyRequests => "too_many_requests",
+            ApiError::LimitReached(_) => "limit_reached",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::GatewayTimeout(_) => "timeout",
             ApiError::Internal(_) => "internal",
@@ -81,6 +85,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(m) => ApiError::BadRequest(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::Limit(m) => ApiError::LimitReached(m),
             StoreError::Closed | StoreError::Aborted(_) => {
                 ApiError::Unavailable("the store is busy or shutting down; retry".into())
             }
