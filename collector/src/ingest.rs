@@ -361,7 +361,8 @@ impl Session {
                 _ = shutdown.cancelled() => {
                     // Let what is already queued commit and be acked, then close.
                     while let Some((seq, _, _, _, result)) = pending.next().await {
-                        if result.is_ok() {
+                        if let Ok(ingested) = &result {
+                            self.series_refused(agent_id, ingested);
                             framed.send(Frame::Ack { seq }).await?;
                         }
                     }
