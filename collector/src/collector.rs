@@ -51,6 +51,7 @@ pub fn store_config(config: &CollectorConfig) -> StoreConfig {
         retention_audit: config.audit_retention.get(),
         queue_capacity: config.queue_capacity,
         max_batch_samples: config.max_commit_samples,
+        max_series_per_agent: config.max_series_per_agent,
     }
 }
 

@@ -61,6 +61,11 @@ pub struct RawIngest {
     /// Batches per connection received but not yet committed; reading pauses beyond it.
     /// Default 256.
     pub max_in_flight: Option<usize>,
+    /// Series one agent may have in all (counted in the database, so across restarts); new
+    /// series beyond are not stored and their samples dropped, counted in
+    /// `mcpwatch_collector_series_refused_total{reason="agent_limit"}`, logged, and noted
+    /// in the host's events. Default 50000.
+    pub max_series_per_agent: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +168,7 @@ pub struct CollectorConfig {
     pub idle_timeout: Duration,
     pub max_frame_len: usize,
     pub max_in_flight: usize,
+    pub max_series_per_agent: u64,
     pub tls: TlsFiles,
     pub db_path: PathBuf,
     pub retention_raw: Duration,
@@ -222,6 +228,10 @@ impl CollectorConfig {
         let max_in_flight = i.max_in_flight.unwrap_or(256);
         if !(1..=65536).contains(&max_in_flight) {
             return Err(bad("ingest.max_in_flight", "must be 1..=65536"));
+        }
+        let max_series_per_agent = i.max_series_per_agent.unwrap_or(50_000);
+        if !(1..=10_000_000).contains(&max_series_per_agent) {
+            return Err(bad("ingest.max_series_per_agent", "must be 1..=10000000"));
         }
         let s = raw.store;
         let retention_raw = s.retention_raw.unwrap_or(Duration::from_secs(7 * 86_400));
@@ -285,6 +295,7 @@ impl CollectorConfig {
             idle_timeout: i.idle_timeout.unwrap_or(Duration::from_secs(120)),
             max_frame_len: max_frame_len as usize,
             max_in_flight,
+            max_series_per_agent,
             tls,
             db_path: resolve(
                 s.path

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::command::{CommandRouter, PendingCommand};
 use crate::metrics::CollectorMetrics;
 use crate::refusal_log::{RefusalLog, Verdict};
-use crate::store::{IngestBatch, IngestOutcome, Store, StoreError};
+use crate::store::{IngestBatch, IngestOutcome, Ingested, Store, StoreError};
 
 /// Settings of the ingest listener, from the validated config.
 #[derive(Debug, Clone)]
@@ -315,23 +315,27 @@ impl Session {
                 // Acks first: they free the window and the agent's spool.
                 biased;
                 Some(done) = pending.next(), if !pending.is_empty() => {
-                    let (seq, samples, events, received, result): (u64, u64, u64, Instant, Result<IngestOutcome, StoreError>) = done;
-                    match result {
-                        Ok(IngestOutcome::Committed) => {
-                            self.metrics.batch("committed");
-                            self.metrics.samples_ingested_total.inc_by(samples);
-                            self.metrics.events_ingested_total.inc_by(events);
-                            self.metrics.commit_latency_seconds.observe(received.elapsed().as_secs_f64());
-                            tracing::trace!(seq, samples, events, "batch committed");
-                        }
-                        Ok(IngestOutcome::Duplicate) => {
-                            self.metrics.batch("duplicate");
-                            tracing::debug!(seq, "batch already committed; acknowledged again");
-                        }
+                    let (seq, samples, events, received, result): (u64, u64, u64, Instant, Result<Ingested, StoreError>) = done;
+                    let ingested = match result {
+                        Ok(i) => i,
                         Err(err) => {
                             self.metrics.batch("failed");
                             tracing::warn!(seq, samples, error = %err, "batch not committed; ending the session");
                             return Err(err.into());
+                        }
+                    };
+                    self.series_refused(agent_id, &ingested);
+                    match ingested.outcome {
+                        IngestOutcome::Committed => {
+                            self.metrics.batch("committed");
+                            self.metrics.samples_ingested_total.inc_by(samples.saturating_sub(ingested.refused_samples));
+                            self.metrics.events_ingested_total.inc_by(events);
+                            self.metrics.commit_latency_seconds.observe(received.elapsed().as_secs_f64());
+                            tracing::trace!(seq, samples, events, "batch committed");
+                        }
+                        IngestOutcome::Duplicate => {
+                            self.metrics.batch("duplicate");
+                            tracing::debug!(seq, "batch already committed; acknowledged again");
                         }
                     }
                     framed.send(Frame::Ack { seq }).await?;
@@ -366,8 +370,11 @@ impl Session {
                 _ = shutdown.cancelled() => {
                     // Let what is already queued commit and be acked, then close.
                     while let Some((seq, _, _, _, result)) = pending.next().await {
-                        match result {
-                            Ok(_) => framed.send(Frame::Ack { seq }).await?,
+                        match &result {
+                            Ok(ingested) => {
+                                self.series_refused(agent_id, ingested);
+                                framed.send(Frame::Ack { seq }).await?;
+                            }
                             Err(err) => tracing::warn!(seq, error = %err,
                                 "batch not committed at shutdown; the agent will resend it"),
                         }
@@ -378,12 +385,35 @@ impl Session {
         }
     }
 
+    /// Counts series the store refused (the agent's series limit) and logs it, rate-limited
+    /// per address. The batch is acked all the same: the agent cannot do better by sending
+    /// it again, so the refusal is the operator's to see (metrics, this log, the host's
+    /// `series_limit` event).
+    fn series_refused(&self, agent_id: &str, ingested: &Ingested) {
+        if ingested.refused_series == 0 && ingested.refused_samples == 0 {
+            return;
+        }
+        self.metrics.series_refused(
+            "agent_limit",
+            u64::from(ingested.refused_series),
+            ingested.refused_samples,
+        );
+        if ingested.refused_series > 0 {
+            let peer = self.peer;
+            log_refusal(&self.refusals, "series_limit", peer, || {
+                tracing::warn!(%peer, agent_id, refused_series = ingested.refused_series,
+                    dropped_samples = ingested.refused_samples,
+                    "agent is at [ingest] max_series_per_agent: new series refused, their samples dropped");
+            });
+        }
+    }
+
     async fn submit(
         &self,
         host_id: i64,
         batch: Batch,
     ) -> Result<
-        impl std::future::Future<Output = (u64, u64, u64, Instant, Result<IngestOutcome, StoreError>)>,
+        impl std::future::Future<Output = (u64, u64, u64, Instant, Result<Ingested, StoreError>)>,
         SessionError,
     > {
         let received = Instant::now();

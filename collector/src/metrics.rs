@@ -51,6 +51,21 @@ pub struct AlertMetrics {
     pub active: Gauge,
     /// Evaluations (per commit or tick) that failed and were rolled back.
     pub evaluation_failures: Counter,
+    /// Silences not yet ended (active or pending), as the writer holds them compiled.
+    pub silences: Gauge,
+    /// Silences refused at creation by a cap, by reason (`limit`, `user_limit`).
+    pub silences_refused: Family<ReasonLabel, Counter>,
+}
+
+impl AlertMetrics {
+    /// Counts a silence refused by a cap (`limit` or `user_limit`).
+    pub fn silence_refused(&self, reason: &str) {
+        self.silences_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
 }
 
 /// Every metric the collector exposes; handles are shared atomics, cheap to clone.
@@ -67,6 +82,10 @@ pub struct CollectorMetrics {
     pub batches: Family<OutcomeLabel, Counter>,
     pub samples_ingested_total: Counter,
     pub events_ingested_total: Counter,
+    /// Series declarations refused (not stored), by reason (`agent_limit`).
+    pub series_refused: Family<ReasonLabel, Counter>,
+    /// Samples dropped because their series was refused, by reason (`agent_limit`).
+    pub samples_refused: Family<ReasonLabel, Counter>,
     /// Frame received → transaction committed.
     pub commit_latency_seconds: Histogram,
     pub store_queue_depth: Gauge,
@@ -116,6 +135,8 @@ impl CollectorMetrics {
             batches: Family::default(),
             samples_ingested_total: Counter::default(),
             events_ingested_total: Counter::default(),
+            series_refused: Family::default(),
+            samples_refused: Family::default(),
             // 1 ms .. ~16 s.
             commit_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             store_queue_depth: Gauge::default(),
@@ -142,6 +163,16 @@ impl CollectorMetrics {
         for outcome in ["committed", "duplicate", "failed"] {
             let _ = m.batches.get_or_create(&OutcomeLabel {
                 outcome: outcome.into(),
+            });
+        }
+        let agent_limit = ReasonLabel {
+            reason: "agent_limit".into(),
+        };
+        let _ = m.series_refused.get_or_create(&agent_limit);
+        let _ = m.samples_refused.get_or_create(&agent_limit);
+        for reason in ["limit", "user_limit"] {
+            let _ = m.alerts.silences_refused.get_or_create(&ReasonLabel {
+                reason: reason.into(),
             });
         }
         let r = &mut m.registry;
@@ -187,6 +218,17 @@ impl CollectorMetrics {
             m.events_ingested_total.clone(),
         );
         r.register(
+            "mcpwatch_collector_series_refused",
+            "Series declarations refused and not stored, by reason (agent_limit: the agent \
+             reached [ingest] max_series_per_agent).",
+            m.series_refused.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_samples_refused",
+            "Samples dropped because their series was refused, by reason (agent_limit).",
+            m.samples_refused.clone(),
+        );
+        r.register(
             "mcpwatch_collector_commit_latency_seconds",
             "Time from receiving a batch to its durable commit.",
             m.commit_latency_seconds.clone(),
@@ -215,6 +257,17 @@ impl CollectorMetrics {
             "mcpwatch_collector_alert_evaluation_failures",
             "Alert evaluations rolled back after an error.",
             m.alerts.evaluation_failures.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_silences",
+            "Silences not yet ended (active or pending).",
+            m.alerts.silences.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_silences_refused",
+            "Silences refused at creation, by reason (limit: [alerting] max_silences; \
+             user_limit: max_silences_per_user).",
+            m.alerts.silences_refused.clone(),
         );
         r.register(
             "mcpwatch_collector_audit_write_failures",
@@ -316,6 +369,15 @@ impl CollectorMetrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// Counts series declarations and samples refused for `reason`.
+    pub fn series_refused(&self, reason: &str, series: u64, samples: u64) {
+        let l = ReasonLabel {
+            reason: reason.into(),
+        };
+        self.series_refused.get_or_create(&l).inc_by(series);
+        self.samples_refused.get_or_create(&l).inc_by(samples);
     }
 
     pub fn audit_failed(&self) {

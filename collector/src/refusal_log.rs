@@ -1,5 +1,5 @@
 //! Rate limit for the log lines that anyone who can open a TCP connection can cause (refused
-//! ingest connections). The first few per reason and source address in each window are
+//! ingest connections), and that an agent over its series limit causes batch after batch. The first few per reason and source address in each window are
 //! logged in full; the rest are only counted (the refusal metrics count every one) and
 //! summed up in one summary line per key when its window ends. Without this, a flood of
 //! junk connections turned into a flood of WARN lines.

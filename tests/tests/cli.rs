@@ -45,6 +45,7 @@ fn every_example_config_parses_and_validates() {
             "collector.toml" => {
                 let c = CollectorConfig::load(&copy).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(c.max_frame_len, 1 << 20);
+                assert_eq!(c.max_series_per_agent, 50_000);
             }
             "collector-alerting.toml" => {
                 // Its secrets come from files next to it.
@@ -73,6 +74,8 @@ fn every_example_config_parses_and_validates() {
                 let c = CollectorConfig::load(&copy).unwrap_or_else(|e| panic!("{e}"));
                 let a = &c.alerting;
                 assert_eq!(a.receivers.len(), 5);
+                let limits = a.setup.silence_limits;
+                assert_eq!((limits.max, limits.per_user), (1000, 100));
                 assert_eq!(a.setup.routing.routes.len(), 2);
                 assert_eq!(a.setup.routing.default_receivers, ["ops-chat"]);
                 assert_eq!(a.setup.inhibit.len(), 3, "two built-in inhibitions + one");

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use mcpwatch_common::config::{self as cfg, ConfigError, Duration};
 use serde::Deserialize;
 
-use super::AlertingSetup;
+use super::{AlertingSetup, SilenceLimits};
 use crate::alert::route::{parse_matchers, GroupBy, InhibitRule, Route, RouteOpts, Routing};
 use crate::alert::{merge_rules, parse_rules, EngineOptions, RawRule, Rule};
 use crate::notify::{Destinations, Receiver, ReceiverConfigRaw};
@@ -68,6 +68,12 @@ pub struct RawAlerting {
     /// world-readable). Back it up with the database: without it those secrets are lost.
     /// Relative to collector.toml. Default `receiver-secrets.key` beside the database.
     pub secret_key_file: Option<PathBuf>,
+    /// Silences not yet ended (active or pending) at once; creating one more answers 429.
+    /// Default 1000.
+    pub max_silences: Option<usize>,
+    /// The same per user (all their tokens and sessions; a token without a user counts on
+    /// its own). Default 100.
+    pub max_silences_per_user: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +163,7 @@ impl AlertingConfig {
         let engine = engine_options(path, &raw)?;
         let (retry, max_age) = delivery_limits(path, &raw)?;
         check_waits_fit(path, &parsed_routes, &default_opts, max_age)?;
+        let silence_limits = silence_limits(path, &raw)?;
         Ok(AlertingConfig {
             setup: AlertingSetup {
                 rules,
@@ -171,6 +178,7 @@ impl AlertingConfig {
                 inhibit: inhibit_rules,
                 max_age_ms: max_age.as_millis_i64(),
                 default_all,
+                silence_limits,
             },
             receivers,
             retry,
@@ -287,6 +295,25 @@ fn parse_inhibits(
         });
     }
     Ok(rules)
+}
+
+/// Most silences allowed at once: `max_silences` 1..=100000, `max_silences_per_user`
+/// 1..=`max_silences`.
+fn silence_limits(path: &Path, raw: &RawAlerting) -> Result<SilenceLimits, ConfigError> {
+    let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+    let d = SilenceLimits::default();
+    let max = raw.max_silences.unwrap_or(d.max);
+    if !(1..=100_000).contains(&max) {
+        return Err(bad("alerting.max_silences", "must be 1..=100000"));
+    }
+    let per_user = raw.max_silences_per_user.unwrap_or(d.per_user.min(max));
+    if !(1..=max).contains(&per_user) {
+        return Err(bad(
+            "alerting.max_silences_per_user",
+            "must be at least 1 and at most max_silences",
+        ));
+    }
+    Ok(SilenceLimits { max, per_user })
 }
 
 /// Late-data grace and flap detection.

@@ -75,7 +75,7 @@ impl Runtime {
             self.window
                 .push_own(FAILED_METRIC, labels, now_ms, n as f64);
         }
-        self.reload_silences(c, now_ms)?;
+        self.prune_silences(now_ms);
         self.touched.clear();
         let transitions = self.engine.evaluate(&self.window, now_ms);
         self.apply(c, transitions, now_ms, true)

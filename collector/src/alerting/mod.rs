@@ -15,8 +15,9 @@
 //! - `config`: the `[alerting]`, `[[route]]`, `[[inhibit]]` and `[[receiver]]` sections;
 //! - `runtime`: the state, startup, the hook, reload after a rollback;
 //! - `evaluation`: engine driving, history and records, the `sample_window`;
-//! - `notification`: routing, silences, told log, group timing, the `outbox`, and the
-//!   state shared with the `dispatcher` (its workers send what the outbox holds);
+//! - `notification`: routing, told log, group timing, the `outbox`, and the state shared
+//!   with the `dispatcher` (its workers send what the outbox holds);
+//! - `silences`: silences compiled once and kept until they end, and their caps;
 //! - `administration`: rule and receiver changes with undo, dry runs, API rule validation;
 //!   `stored_receivers` reads the API's receiver definitions.
 //!
@@ -32,6 +33,9 @@ mod notification;
 mod outbox;
 mod runtime;
 mod sample_window;
+#[cfg(test)]
+mod silence_tests;
+mod silences;
 pub mod stored_receivers;
 #[cfg(test)]
 mod tests;
@@ -48,6 +52,7 @@ pub use notification::{
     AlertMetrics, OutboxShared, ReceiverShared, TransitionLabel, FAILED_METRIC,
 };
 pub use outbox::{OutboxBatch, OutboxItem, OutboxOutcome};
+pub use silences::SilenceLimits;
 
 use crate::alert::policy::AlertRecord;
 use crate::alert::route::{InhibitRule, Routing, SilenceSpec};
@@ -71,6 +76,8 @@ pub struct AlertingSetup {
     /// `[alerting] default_receivers` was left unset: every receiver is a default
     /// receiver, so receivers defined through the API join the default route too.
     pub default_all: bool,
+    /// Caps on silences not yet ended, overall and per user.
+    pub silence_limits: SilenceLimits,
 }
 
 impl AlertingSetup {
@@ -94,6 +101,7 @@ impl AlertingSetup {
             inhibit: Vec::new(),
             max_age_ms: 86_400_000,
             default_all: false,
+            silence_limits: SilenceLimits::default(),
         }
     }
 }
@@ -171,7 +179,9 @@ impl Alerting {
             .await
     }
 
-    /// Adds a silence; returns its id. Invalid specs are refused with the reason.
+    /// Adds a silence; returns its id. Invalid specs are refused with the reason
+    /// ([`StoreError::Invalid`]), and so is one beyond `[alerting] max_silences` or
+    /// `max_silences_per_user` ([`StoreError::Limit`]).
     pub async fn add_silence(&self, spec: SilenceSpec, now_ms: i64) -> Result<i64, StoreError> {
         self.call(move |rt, c| rt.add_silence(c, &spec, now_ms))
             .await

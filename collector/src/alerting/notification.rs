@@ -1,4 +1,5 @@
-//! Notification: routing each changed alert to its receivers, silences and inhibitions,
+//! Notification: routing each changed alert to its receivers, silences (kept in
+//! `silences`) and inhibitions,
 //! the per-receiver "told" log, group timing and the outbox rows (all in the open
 //! transaction), acknowledgements, and the state shared with the dispatcher (receiver
 //! wakeups and counters, the alert metrics).
@@ -13,7 +14,7 @@ use tokio::sync::Notify;
 use super::evaluation::save_alert;
 use super::runtime::Runtime;
 use crate::alert::policy::{plan, AlertRecord, AlertStatus, Outgoing};
-use crate::alert::route::{inhibited, Silence, SilenceSpec, Target};
+use crate::alert::route::{inhibited, Target};
 use crate::alert::Labels;
 use crate::store::StoreError;
 // The alert engine's Prometheus types live with the collector's other metrics.
@@ -147,7 +148,7 @@ impl Runtime {
 
     /// Silenced, or inhibited by another firing alert.
     pub(super) fn muted(&self, labels: &Labels, now_ms: i64) -> bool {
-        self.silences.iter().any(|s| s.mutes(labels, now_ms))
+        self.silences.mutes(labels, now_ms)
             || inhibited(
                 &self.setup.inhibit,
                 labels,
@@ -224,78 +225,6 @@ impl Runtime {
         self.active.insert(rec.fingerprint.clone(), rec.clone());
         self.reconcile(c, &rec, now_ms)?;
         Ok(true)
-    }
-
-    pub(super) fn add_silence(
-        &mut self,
-        c: &Connection,
-        spec: &SilenceSpec,
-        now_ms: i64,
-    ) -> Result<i64, StoreError> {
-        spec.compile().map_err(StoreError::Invalid)?;
-        let id: i64 = c
-            .prepare_cached(
-                "INSERT INTO silences (matchers, starts_ms, ends_ms, author, comment, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-            )?
-            .query_row(
-                params![
-                    spec.matchers,
-                    spec.starts_ms,
-                    spec.ends_ms,
-                    spec.author,
-                    spec.comment,
-                    now_ms
-                ],
-                |r| r.get(0),
-            )?;
-        self.reload_silences(c, now_ms)?;
-        Ok(id)
-    }
-
-    /// Ends a silence now; alerts it muted are announced on the next tick.
-    pub(super) fn expire_silence(
-        &mut self,
-        c: &Connection,
-        id: i64,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let n = c
-            .prepare_cached("UPDATE silences SET ends_ms = ?2 WHERE id = ?1 AND ends_ms > ?2")?
-            .execute(params![id, now_ms])?;
-        self.reload_silences(c, now_ms)?;
-        Ok(n > 0)
-    }
-
-    pub(super) fn reload_silences(
-        &mut self,
-        c: &Connection,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.silences.clear();
-        let mut stmt = c.prepare(
-            "SELECT id, matchers, starts_ms, ends_ms, author, comment FROM silences
-             WHERE ends_ms > ?1",
-        )?;
-        let rows = stmt.query_map([now_ms], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                SilenceSpec {
-                    matchers: r.get(1)?,
-                    starts_ms: r.get(2)?,
-                    ends_ms: r.get(3)?,
-                    author: r.get(4)?,
-                    comment: r.get(5)?,
-                },
-            ))
-        })?;
-        for row in rows {
-            let (id, spec) = row?;
-            if let Ok(matchers) = spec.compile() {
-                self.silences.push(Silence { id, spec, matchers });
-            }
-        }
-        Ok(())
     }
 
     pub(super) fn active_alerts(&self) -> Vec<AlertRecord> {

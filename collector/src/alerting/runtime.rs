@@ -15,9 +15,9 @@ use super::evaluation::{load_engine_state, max_span};
 use super::notification::{OutboxShared, ReceiverShared};
 use super::outbox::dead_letter;
 use super::sample_window::SampleWindow;
+use super::silences::Silences;
 use super::AlertingSetup;
 use crate::alert::policy::{AlertRecord, ToldEntry};
-use crate::alert::route::Silence;
 use crate::alert::{Engine, EngineState, RawRule, Rule};
 use crate::store::{StoreError, WriterHook};
 
@@ -31,7 +31,8 @@ pub(crate) struct Runtime {
     pub(super) active: HashMap<String, AlertRecord>,
     /// (receiver, fingerprint) → what the receiver was told.
     pub(super) told: HashMap<(String, String), ToldEntry>,
-    pub(super) silences: Vec<Silence>,
+    /// Silences not yet ended, compiled once each.
+    pub(super) silences: Silences,
     /// (receiver, group) → last delivery, for `group_interval`.
     pub(super) last_flush: HashMap<(String, String), i64>,
     pub(super) touched: BTreeSet<String>,
@@ -86,7 +87,7 @@ impl Runtime {
             window,
             active: HashMap::new(),
             told: HashMap::new(),
-            silences: Vec::new(),
+            silences: Silences::default(),
             last_flush: HashMap::new(),
             touched: BTreeSet::new(),
             woken: BTreeSet::new(),

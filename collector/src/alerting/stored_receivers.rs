@@ -206,7 +206,7 @@ critical = 0.5
             received: Instant::now(),
         };
         assert_eq!(
-            store.ingest(b).await.expect("ingest"),
+            store.ingest(b).await.expect("ingest").outcome,
             IngestOutcome::Committed
         );
     }

@@ -128,7 +128,7 @@ impl Rig {
             });
         }
         assert_eq!(
-            self.store.ingest(b).await.expect("ingest"),
+            self.store.ingest(b).await.expect("ingest").outcome,
             IngestOutcome::Committed
         );
     }

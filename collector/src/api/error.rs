@@ -27,6 +27,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("too many attempts; try again later")]
     TooManyRequests,
+    /// A configured cap on what may exist at once (active silences...) is reached.
+    #[error("{0}")]
+    LimitReached(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -56,7 +59,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests | ApiError::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => "invalid",
             ApiError::Conflict(_) => "conflict",
             ApiError::TooManyRequests => "too_many_requests",
+            ApiError::LimitReached(_) => "limit_reached",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::GatewayTimeout(_) => "timeout",
             ApiError::Internal(_) => "internal",
@@ -92,6 +96,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Invalid(m) => ApiError::Unprocessable(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::Limit(m) => ApiError::LimitReached(m),
             StoreError::Closed | StoreError::Aborted(_) => {
                 ApiError::Unavailable("the store is busy or shutting down; retry".into())
             }

@@ -26,7 +26,9 @@ pub struct EventView {
     /// Agent id of the host.
     pub host: String,
     pub ts_ms: i64,
-    /// `gap`, `spool_corruption`, or a server event kind (`started`, `exited`, `probe_failed`...).
+    /// `gap`, `spool_corruption`, `series_limit` (the agent reached `[ingest]
+    /// max_series_per_agent`; once per connection), or a server event kind (`started`,
+    /// `exited`, `probe_failed`...).
     pub kind: String,
     /// The MCP server, for server events (empty for agent-wide ones).
     pub server: Option<String>,

@@ -1,5 +1,9 @@
 //! Silences over the API: listing, reading, creating and expiring them.
 //!
+//! Caps: at most `[alerting] max_silences` silences not yet ended, and
+//! `max_silences_per_user` per user; creating one more answers 429 (checked on the writer
+//! with the insert, so parallel requests cannot overshoot).
+//!
 //! Scope: a silence belongs to the hosts its `host="..."` equality matchers name, so a
 //! team can silence (and see silences of) only its own hosts. Objects out of scope answer
 //! 404.
@@ -24,6 +28,7 @@ use crate::alert::{Labels, MatchOp};
 use crate::auth::{Permission, Principal};
 use crate::now_ms;
 use crate::store::query::silences::SilenceRow;
+use crate::store::StoreError;
 
 /// Longest silence matcher text (bytes).
 const MAX_MATCHERS: usize = 4096;
@@ -254,7 +259,8 @@ fn silence_window(req: &SilenceRequest, now: i64) -> Result<(i64, i64), ApiError
 #[utoipa::path(post, path = "/silences", request_body = SilenceRequest,
     responses((status = 201, body = SilenceView), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody, description = "No silences:write, or the silence is not limited to a host in the caller's scope")),
+              (status = 403, body = ErrorBody, description = "No silences:write, or the silence is not limited to a host in the caller's scope"),
+              (status = 429, body = ErrorBody, description = "`limit_reached`: as many silences are active or pending as `[alerting] max_silences` allows, or the caller's user has `max_silences_per_user`; expire one first")),
     tag = "silences")]
 async fn create_silence(
     State(state): State<ApiState>,
@@ -320,7 +326,14 @@ async fn create_silence(
         author: p.actor.clone(),
         comment,
     };
-    let id = state.alerting.add_silence(spec, now).await?;
+    let id = match state.alerting.add_silence(spec, now).await {
+        Ok(id) => id,
+        Err(e @ StoreError::Limit(_)) => {
+            caller.note(format!("refused: {e}"));
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     caller.note(format!("silence {id}"));
     let Some((s, _)) = read_silence(&state, id).await? else {
         return Err(ApiError::Internal(format!(

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use mcpwatch_common::wire::Event;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::connections::{ConnSeries, SeriesCacheKey, State, Undo};
+use super::connections::{ConnSeries, Local, SeriesName, State, Undo};
 use super::request::Registration;
-use super::{codec, AgentSession, IngestBatch, IngestOutcome, StoreError};
+use super::{codec, AgentSession, IngestBatch, IngestOutcome, Ingested, StoreError};
 
 /// What one successful ingest changes in memory once its savepoint is released.
 pub(crate) struct Staged {
@@ -20,8 +20,22 @@ pub(crate) struct Staged {
     /// The committed samples (database series id, ts, value), for the alert window.
     pub(crate) rows: Vec<codec::Row>,
     pub(crate) samples: usize,
-    pub(crate) defs: Vec<(u32, i64)>,
-    pub(crate) new_series: Vec<(SeriesCacheKey, i64)>,
+    pub(crate) decl: Declarations,
+    /// Samples dropped because their series was refused.
+    pub(crate) refused_samples: u64,
+    /// The batch wrote the connection's `series_limit` notice.
+    pub(crate) noticed: bool,
+}
+
+impl Staged {
+    /// What the ingest layer is told.
+    pub(crate) fn ingested(&self) -> Ingested {
+        Ingested {
+            outcome: self.outcome,
+            refused_series: self.decl.refused,
+            refused_samples: self.refused_samples,
+        }
+    }
 }
 
 pub(crate) fn register(c: &Connection, hello: &Registration) -> Result<AgentSession, StoreError> {
@@ -107,7 +121,11 @@ pub(crate) fn ingest_one(
 
     // Declarations are honoured even for a duplicate batch: later batches on this
     // connection rely on them.
-    let (defs, new_series) = resolve_declarations(c, state, b)?;
+    let decl = resolve_declarations(c, state, b)?;
+    let noticed = decl.refused > 0 && !conn_map.is_some_and(|cs| cs.limit_noticed);
+    if noticed {
+        insert_limit_notice(c, b, &decl, state.max_series_per_agent, now_ms)?;
+    }
 
     if seq <= last_seq {
         return Ok(Staged {
@@ -115,12 +133,13 @@ pub(crate) fn ingest_one(
             agent_id,
             rows: Vec::new(),
             samples: 0,
-            defs,
-            new_series,
+            decl,
+            refused_samples: 0,
+            noticed,
         });
     }
 
-    let mut rows = map_samples(b, &defs, conn_map)?;
+    let (mut rows, refused_samples) = map_samples(b, &decl.defs, conn_map)?;
     // Sorts `rows` too (by series, then time): the hook observes them in that order.
     write_raw(c, b.host_id, seq, &mut rows)?;
     for ev in &b.events {
@@ -136,65 +155,137 @@ pub(crate) fn ingest_one(
         agent_id,
         samples: rows.len(),
         rows,
-        defs,
-        new_series,
+        decl,
+        refused_samples,
+        noticed,
     })
 }
 
-/// (agent's series id, database id) per declaration, and the series the batch created or
-/// first cached.
-type Declarations = (Vec<(u32, i64)>, Vec<(SeriesCacheKey, i64)>);
+/// How a batch's series declarations were resolved.
+pub(crate) struct Declarations {
+    /// (agent's series id, what it maps to) per declaration.
+    pub(crate) defs: Vec<(u32, Local)>,
+    /// Series found or created that the host's cache did not hold.
+    pub(crate) new_series: HashMap<SeriesName, i64>,
+    /// The host's series count after the batch, when it was needed (a series to create).
+    pub(crate) count: Option<u64>,
+    /// Declarations refused: new series beyond the agent's limit.
+    pub(crate) refused: u32,
+    /// The first refused series, for the notice.
+    pub(crate) first_refused: Option<String>,
+}
 
-/// Resolves the series the batch declares to database ids.
+/// Resolves the series the batch declares to database ids. A series the host does not have
+/// yet is created while the host has fewer than `max_series_per_agent`, and refused beyond:
+/// existing series are always accepted, so lowering the limit stops only growth.
 fn resolve_declarations(
     c: &Connection,
     state: &State,
     b: &IngestBatch,
 ) -> Result<Declarations, StoreError> {
-    let mut defs = Vec::with_capacity(b.new_series.len());
-    let mut new_series: Vec<(SeriesCacheKey, i64)> = Vec::new();
+    let host = state.hosts.get(&b.host_id);
+    let mut decl = Declarations {
+        defs: Vec::with_capacity(b.new_series.len()),
+        new_series: HashMap::new(),
+        count: host.and_then(|h| h.count),
+        refused: 0,
+        first_refused: None,
+    };
     for def in &b.new_series {
-        let key: SeriesCacheKey = (b.host_id, def.key.name.clone(), def.key.labels_text());
-        let cached = state.series.get(&key).copied().or_else(|| {
-            new_series
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, id)| *id)
-        });
-        let id = match cached {
-            Some(id) => id,
-            None => {
-                let id = resolve_series(c, &key)?;
-                new_series.push((key, id));
-                id
-            }
+        let name: SeriesName = (def.key.name.clone(), def.key.labels_text());
+        let cached = host
+            .and_then(|h| h.ids.get(&name))
+            .or_else(|| decl.new_series.get(&name))
+            .copied();
+        let to = match cached {
+            Some(id) => Local::Series(id),
+            None => match find_series(c, b.host_id, &name)? {
+                Some(id) => {
+                    decl.new_series.insert(name, id);
+                    Local::Series(id)
+                }
+                None => {
+                    let count = match decl.count {
+                        Some(n) => n,
+                        None => count_series(c, b.host_id)?,
+                    };
+                    if count < state.max_series_per_agent {
+                        let id = create_series(c, b.host_id, &name)?;
+                        decl.count = Some(count + 1);
+                        decl.new_series.insert(name, id);
+                        Local::Series(id)
+                    } else {
+                        decl.count = Some(count);
+                        decl.refused = decl.refused.saturating_add(1);
+                        if decl.first_refused.is_none() {
+                            decl.first_refused = Some(format!("{}{{{}}}", name.0, name.1));
+                        }
+                        Local::Refused
+                    }
+                }
+            },
         };
-        defs.push((def.id, id));
+        decl.defs.push((def.id, to));
     }
-    Ok((defs, new_series))
+    Ok(decl)
+}
+
+/// Writes the host's `series_limit` event: once per connection, when its first series is
+/// refused, so the operator sees it in the host's events (the refusals themselves are
+/// counted in metrics).
+fn insert_limit_notice(
+    c: &Connection,
+    b: &IngestBatch,
+    decl: &Declarations,
+    limit: u64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let detail = serde_json::json!({
+        "limit": limit,
+        "series": decl.count,
+        "refused_in_batch": decl.refused,
+        "first_refused": decl.first_refused,
+        "detail": "new series beyond [ingest] max_series_per_agent are not stored; \
+                   their samples are dropped",
+    });
+    c.prepare_cached(
+        "INSERT INTO events (host_id, ts_ms, kind, server, detail)
+         VALUES (?1, ?2, 'series_limit', NULL, ?3)",
+    )?
+    .execute(params![b.host_id, now_ms, detail.to_string()])?;
+    Ok(())
 }
 
 /// Every sample as (database series id, ts, value), mapped before anything is written so
-/// an undeclared id refuses the whole batch.
+/// an undeclared id refuses the whole batch; samples of refused series are dropped and
+/// counted (the second value).
 fn map_samples(
     b: &IngestBatch,
-    defs: &[(u32, i64)],
+    defs: &[(u32, Local)],
     conn_map: Option<&ConnSeries>,
-) -> Result<Vec<codec::Row>, StoreError> {
-    let overlay: HashMap<u32, i64> = defs.iter().copied().collect();
+) -> Result<(Vec<codec::Row>, u64), StoreError> {
+    let overlay: HashMap<u32, Local> = defs.iter().copied().collect();
+    let lenient = conn_map.is_some_and(|cs| cs.lenient);
     let mut rows = Vec::with_capacity(b.samples.len());
+    let mut refused = 0u64;
     for s in &b.samples {
-        let id = overlay
+        let to = overlay
             .get(&s.series)
             .copied()
-            .or_else(|| conn_map.and_then(|cs| cs.get(s.series)))
-            .ok_or(StoreError::UnknownSeries {
-                seq: b.seq,
-                series: s.series,
-            })?;
-        rows.push((id, s.ts_ms, s.value));
+            .or_else(|| conn_map.and_then(|cs| cs.get(s.series)));
+        match to {
+            Some(Local::Series(id)) => rows.push((id, s.ts_ms, s.value)),
+            Some(Local::Refused) => refused += 1,
+            None if lenient => refused += 1,
+            None => {
+                return Err(StoreError::UnknownSeries {
+                    seq: b.seq,
+                    series: s.series,
+                })
+            }
+        }
     }
-    Ok(rows)
+    Ok((rows, refused))
 }
 
 /// Stores the batch's samples as one compact raw row (nothing for an empty batch); the
@@ -227,21 +318,28 @@ fn write_raw(
     Ok(())
 }
 
-/// Finds or creates the series row.
-fn resolve_series(c: &Connection, key: &SeriesCacheKey) -> Result<i64, StoreError> {
-    let existing: Option<i64> = c
-        .prepare_cached("SELECT id FROM series WHERE host_id = ?1 AND name = ?2 AND labels = ?3")?
-        .query_row(params![key.0, key.1, key.2], |r| r.get(0))
-        .optional()?;
-    if let Some(id) = existing {
-        return Ok(id);
-    }
-    let id = c
-        .prepare_cached(
-            "INSERT INTO series (host_id, name, labels) VALUES (?1, ?2, ?3) RETURNING id",
-        )?
-        .query_row(params![key.0, key.1, key.2], |r| r.get(0))?;
-    Ok(id)
+/// The id of the host's series `name`, if it exists.
+fn find_series(c: &Connection, host_id: i64, name: &SeriesName) -> Result<Option<i64>, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT id FROM series WHERE host_id = ?1 AND name = ?2 AND labels = ?3")?
+            .query_row(params![host_id, name.0, name.1], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+fn create_series(c: &Connection, host_id: i64, name: &SeriesName) -> Result<i64, StoreError> {
+    Ok(c.prepare_cached(
+        "INSERT INTO series (host_id, name, labels) VALUES (?1, ?2, ?3) RETURNING id",
+    )?
+    .query_row(params![host_id, name.0, name.1], |r| r.get(0))?)
+}
+
+/// The host's series rows (an index range scan: series are unique by host, name, labels).
+fn count_series(c: &Connection, host_id: i64) -> Result<u64, StoreError> {
+    let n: i64 = c
+        .prepare_cached("SELECT count(*) FROM series WHERE host_id = ?1")?
+        .query_row([host_id], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Clamps a u64 counter into SQLite's integer range.
@@ -300,21 +398,31 @@ fn insert_event(c: &Connection, host_id: i64, ev: &Event, now_ms: i64) -> Result
     Ok(())
 }
 
-/// Applies a released batch's changes to memory, logging how to undo them.
+/// Applies a released batch's changes to memory, logging how to undo the connection's.
 pub(crate) fn apply_staged(state: &mut State, undo: &mut Undo, b: &IngestBatch, staged: &Staged) {
-    for (key, id) in &staged.new_series {
-        state.series.insert(key.clone(), *id);
-        undo.series.push(key.clone());
+    let decl = &staged.decl;
+    if decl.count.is_some() || !decl.new_series.is_empty() {
+        let host = state.hosts.entry(b.host_id).or_default();
+        if decl.count.is_some() {
+            host.count = decl.count;
+        }
+        for (name, id) in &decl.new_series {
+            host.ids.insert(name.clone(), *id);
+        }
     }
-    if staged.defs.is_empty() {
+    if decl.defs.is_empty() {
         return;
     }
     let cs = state.conns.entry(b.conn).or_insert_with(|| {
         undo.conns_created.push(b.conn);
         ConnSeries::new(b.host_id)
     });
-    for &(local, id) in &staged.defs {
-        let prev = cs.set(local, Some(id));
+    if staged.noticed {
+        cs.limit_noticed = true;
+        undo.noticed.push(b.conn);
+    }
+    for &(local, to) in &decl.defs {
+        let prev = cs.set(local, Some(to));
         undo.conn_sets.push((b.conn, local, prev));
     }
 }

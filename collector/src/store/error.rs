@@ -39,6 +39,10 @@ pub enum StoreError {
     /// use).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The change would go beyond a configured limit (active silences overall or per
+    /// user); nothing of it is stored.
+    #[error("limit reached: {0}")]
+    Limit(String),
     /// A value could not be (de)serialized as JSON for storage.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, Transaction};
 
 use super::batch::{apply_staged, ingest_one, register, Staged};
-use super::connections::{ConnSeries, State, Undo};
+use super::connections::{ConnSeries, Local, State, Undo};
 use super::hook::WriterHook;
 use super::reply::{Answer, Reply, SKIPPED};
 use super::request::{Registration, WriteRequest};
-use super::{AgentSession, Counters, IngestBatch, IngestOutcome, MaintenanceReport, StoreError};
+use super::{
+    AgentSession, Counters, IngestBatch, IngestOutcome, Ingested, MaintenanceReport, StoreError,
+};
 
 /// A group slower than this end to end is logged.
 const SLOW_COMMIT: Duration = Duration::from_secs(1);
@@ -126,12 +128,7 @@ impl<'w> Group<'w> {
         self.answers.push(answer);
     }
 
-    fn ingest(
-        &mut self,
-        tx: &mut Transaction<'_>,
-        batch: IngestBatch,
-        reply: Reply<IngestOutcome>,
-    ) {
+    fn ingest(&mut self, tx: &mut Transaction<'_>, batch: IngestBatch, reply: Reply<Ingested>) {
         let state = &*self.state;
         let now_ms = self.now_ms;
         let r = match in_savepoint(tx, |c| ingest_one(c, state, &batch, now_ms)) {
@@ -148,11 +145,13 @@ impl<'w> Group<'w> {
     }
 
     /// Applies a released batch to memory and hands its series and samples to the hook.
-    fn stage(&mut self, batch: &IngestBatch, staged: Staged) -> (IngestOutcome, usize) {
+    fn stage(&mut self, batch: &IngestBatch, staged: Staged) -> (Ingested, usize) {
         apply_staged(self.state, &mut self.undo, batch, &staged);
-        for (def, (_, id)) in batch.new_series.iter().zip(&staged.defs) {
-            self.hook
-                .declare(*id, &staged.agent_id, &def.key.name, &def.key.labels);
+        for (def, (_, to)) in batch.new_series.iter().zip(&staged.decl.defs) {
+            if let Local::Series(id) = to {
+                self.hook
+                    .declare(*id, &staged.agent_id, &def.key.name, &def.key.labels);
+            }
         }
         self.hook.observe(&staged.rows, self.now_ms);
         if staged.outcome == IngestOutcome::Committed {
@@ -161,7 +160,7 @@ impl<'w> Group<'w> {
                 self.raw_rows.push((batch.host_id, staged.samples as u64));
             }
         }
-        (staged.outcome, staged.samples)
+        (staged.ingested(), staged.samples)
     }
 
     fn register(
@@ -194,6 +193,10 @@ impl<'w> Group<'w> {
         // Memory first: the connection is gone whatever the database says.
         self.state.conns.remove(&conn);
         let still_connected = self.state.conns.values().any(|c| c.host_id == host_id);
+        if !still_connected {
+            // The series cache holds connected hosts only; the count is re-read at next use.
+            self.state.hosts.remove(&host_id);
+        }
         if let Err(e) = tx.execute(
             "UPDATE hosts SET online = CASE WHEN ?3 THEN online ELSE 0 END,
                  last_seen_ms = max(last_seen_ms, ?2)
@@ -278,8 +281,6 @@ impl<'w> Group<'w> {
             counters.aborted_groups.fetch_add(1, Ordering::Relaxed);
             hook.rolled_back(conn, now_ms);
             undo.apply(state);
-            // Ids cached from the failed transaction may have been handed out again.
-            state.series.clear();
         } else {
             counters.groups.fetch_add(1, Ordering::Relaxed);
             hook.committed();
@@ -294,12 +295,15 @@ impl<'w> Group<'w> {
 /// Counts what an ingest request was finally answered.
 fn count_ingest(
     counters: &Counters,
-    r: &Result<IngestOutcome, StoreError>,
+    r: &Result<Ingested, StoreError>,
     samples: usize,
     received: Instant,
 ) {
     match r {
-        Ok(IngestOutcome::Committed) => {
+        Ok(Ingested {
+            outcome: IngestOutcome::Committed,
+            ..
+        }) => {
             counters.batches.fetch_add(1, Ordering::Relaxed);
             counters
                 .samples
@@ -309,7 +313,10 @@ fn count_ingest(
                 tracing::warn!(?latency, samples, "slow batch commit");
             }
         }
-        Ok(IngestOutcome::Duplicate) => {
+        Ok(Ingested {
+            outcome: IngestOutcome::Duplicate,
+            ..
+        }) => {
             counters.duplicates.fetch_add(1, Ordering::Relaxed);
         }
         Err(StoreError::Aborted(_)) => {}

@@ -11,8 +11,8 @@
 //! [`Reader`]; WAL mode lets them run beside the writer.
 //!
 //! Writer side: `request` (what the handle sends), `group` (one group transaction, one
-//! function per request kind), `batch` (an agent batch as SQL), `connections` (series maps
-//! and their undo log), `reply` (the one reply-or-abort rule), `exec` (closures in the
+//! function per request kind), `batch` (an agent batch as SQL, the per-agent series
+//! limit), `connections` (series maps, the per-host series cache, and their undo log), `reply` (the one reply-or-abort rule), `exec` (closures in the
 //! group), `hook` (the plug-in interface), `writer` (the thread and maintenance).
 //!
 //! Exactly-once ingest: the last committed seq per host is stored in the same transaction
@@ -77,6 +77,10 @@ pub struct StoreConfig {
     /// Group-commit cap: the writer stops gathering requests into one transaction once they
     /// hold this many samples.
     pub max_batch_samples: usize,
+    /// Series one agent (host) may have in all; new series beyond are refused (not stored,
+    /// their samples dropped, the refusal reported in [`Ingested`] and as a `series_limit`
+    /// event of the host).
+    pub max_series_per_agent: u64,
 }
 
 impl StoreConfig {
@@ -92,6 +96,7 @@ impl StoreConfig {
             retention_audit: Duration::from_secs(400 * DAY),
             queue_capacity: 1024,
             max_batch_samples: 100_000,
+            max_series_per_agent: 50_000,
         }
     }
 }
@@ -124,6 +129,19 @@ pub enum IngestOutcome {
     Committed,
     /// seq <= last committed seq for the host: nothing written, ack anyway.
     Duplicate,
+}
+
+/// What the store did with one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    pub outcome: IngestOutcome,
+    /// Series the batch declared beyond the agent's series limit: not stored. Samples of
+    /// the batch's other series are stored; the seq counts as committed, so the agent does
+    /// not send the batch again.
+    pub refused_series: u32,
+    /// Samples dropped because their series was refused (in this batch or earlier on the
+    /// connection).
+    pub refused_samples: u64,
 }
 
 /// What one maintenance pass did (see [`Store::maintain`]).
@@ -253,7 +271,7 @@ impl Store {
 
     /// Stores a batch. Resolves once the batch is committed and fsynced (ack the agent then)
     /// or known to be a duplicate.
-    pub async fn ingest(&self, batch: IngestBatch) -> Result<IngestOutcome, StoreError> {
+    pub async fn ingest(&self, batch: IngestBatch) -> Result<Ingested, StoreError> {
         self.submit(batch).await?.await
     }
 
@@ -374,11 +392,11 @@ impl Store {
 #[derive(Debug)]
 #[must_use = "the batch is only known to be durable once this resolves"]
 pub struct PendingIngest {
-    rx: oneshot::Receiver<Result<IngestOutcome, StoreError>>,
+    rx: oneshot::Receiver<Result<Ingested, StoreError>>,
 }
 
 impl std::future::Future for PendingIngest {
-    type Output = Result<IngestOutcome, StoreError>;
+    type Output = Result<Ingested, StoreError>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,

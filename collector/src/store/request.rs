@@ -2,7 +2,7 @@
 
 use super::exec::ExecFn;
 use super::reply::Reply;
-use super::{AgentSession, IngestBatch, IngestOutcome, MaintenanceReport};
+use super::{AgentSession, IngestBatch, Ingested, MaintenanceReport};
 
 /// An agent's Hello, as the store records it.
 pub(crate) struct Registration {
@@ -22,7 +22,7 @@ pub(crate) enum WriteRequest {
     },
     Ingest {
         batch: IngestBatch,
-        reply: Reply<IngestOutcome>,
+        reply: Reply<Ingested>,
     },
     Disconnected {
         host_id: i64,

@@ -8,6 +8,8 @@ use mcpwatch_common::wire::{Event, Sample, SeriesDef, SeriesKey};
 
 use super::*;
 
+mod series_limit;
+
 const T0: i64 = 1_700_000_000_000;
 
 struct Fixture {
@@ -121,11 +123,17 @@ async fn store_ingest_then_reader_returns_exact_samples() {
         sample(2, T0 + 1000, -0.0),
         sample(2, T0 + 2000, f64::NEG_INFINITY),
     ];
-    assert_eq!(f.store.ingest(b).await.unwrap(), IngestOutcome::Committed);
+    assert_eq!(
+        f.store.ingest(b).await.unwrap().outcome,
+        IngestOutcome::Committed
+    );
     // A second batch reuses the ids declared on the connection.
     let mut b = batch(1, s.host_id, 2);
     b.samples = vec![sample(0, T0 + 2000, 0.1)];
-    assert_eq!(f.store.ingest(b).await.unwrap(), IngestOutcome::Committed);
+    assert_eq!(
+        f.store.ingest(b).await.unwrap().outcome,
+        IngestOutcome::Committed
+    );
 
     let r = f.reader();
     assert_eq!(r.last_seq("a1").unwrap(), Some(2));
@@ -183,15 +191,15 @@ async fn store_duplicate_seq_is_acked_without_writing() {
         b
     };
     assert_eq!(
-        f.store.ingest(mk(5, 1)).await.unwrap(),
+        f.store.ingest(mk(5, 1)).await.unwrap().outcome,
         IngestOutcome::Committed
     );
     assert_eq!(
-        f.store.ingest(mk(5, 1)).await.unwrap(),
+        f.store.ingest(mk(5, 1)).await.unwrap().outcome,
         IngestOutcome::Duplicate
     );
     assert_eq!(
-        f.store.ingest(mk(3, 1)).await.unwrap(),
+        f.store.ingest(mk(3, 1)).await.unwrap().outcome,
         IngestOutcome::Duplicate
     );
     let r = f.reader();
@@ -202,13 +210,13 @@ async fn store_duplicate_seq_is_acked_without_writing() {
     // A duplicate's declarations still count: a replay on a new connection may start with
     // an already-committed batch that declares the series the next batch uses.
     assert_eq!(
-        f.store.ingest(mk(4, 2)).await.unwrap(),
+        f.store.ingest(mk(4, 2)).await.unwrap().outcome,
         IngestOutcome::Duplicate
     );
     let mut next = batch(2, s.host_id, 6);
     next.samples = vec![sample(0, T0 + 6, 2.0)];
     assert_eq!(
-        f.store.ingest(next).await.unwrap(),
+        f.store.ingest(next).await.unwrap().outcome,
         IngestOutcome::Committed
     );
     assert_eq!(r.count_samples("a1").unwrap(), 2);
@@ -244,10 +252,16 @@ async fn store_last_seq_and_series_survive_reopen() {
     let mut b = batch(9, s.host_id, 42);
     b.new_series = defs(&[key("m", &[("a", "b")])]);
     b.samples = vec![sample(0, T0 + 1000, 4.0)];
-    assert_eq!(store.ingest(b).await.unwrap(), IngestOutcome::Committed);
+    assert_eq!(
+        store.ingest(b).await.unwrap().outcome,
+        IngestOutcome::Committed
+    );
     let mut dup = batch(9, s.host_id, 41);
     dup.samples = vec![sample(0, T0, 3.0)];
-    assert_eq!(store.ingest(dup).await.unwrap(), IngestOutcome::Duplicate);
+    assert_eq!(
+        store.ingest(dup).await.unwrap().outcome,
+        IngestOutcome::Duplicate
+    );
     let r = Reader::open(&path).unwrap();
     assert_eq!(r.series("a1").unwrap().len(), 1);
     let id = r.series("a1").unwrap()[0].id;
@@ -293,7 +307,10 @@ async fn store_unknown_series_refuses_whole_batch() {
     let mut b = batch(1, s.host_id, 1);
     b.new_series = defs(&[key("m", &[])]);
     b.samples = vec![sample(0, T0, 1.0)];
-    assert_eq!(f.store.ingest(b).await.unwrap(), IngestOutcome::Committed);
+    assert_eq!(
+        f.store.ingest(b).await.unwrap().outcome,
+        IngestOutcome::Committed
+    );
     assert_eq!(f.store.stats().rejected_batches, 2);
 }
 
@@ -319,7 +336,7 @@ async fn store_bad_batch_in_a_group_does_not_sink_the_others() {
         if bad {
             assert!(matches!(r, Err(StoreError::UnknownSeries { .. })), "{r:?}");
         } else {
-            assert_eq!(r.unwrap(), IngestOutcome::Committed);
+            assert_eq!(r.unwrap().outcome, IngestOutcome::Committed);
         }
     }
     let r = f.reader();
@@ -360,7 +377,7 @@ async fn store_concurrent_ingests_are_group_committed() {
     }
     for t in tasks {
         for r in t.await.unwrap() {
-            assert_eq!(r.unwrap(), IngestOutcome::Committed);
+            assert_eq!(r.unwrap().outcome, IngestOutcome::Committed);
         }
     }
     let stats = f.store.stats();
@@ -396,7 +413,7 @@ async fn store_many_queued_ingests_share_transactions() {
     let results = futures::future::join_all(pending).await;
     assert!(results
         .iter()
-        .all(|r| matches!(r, Ok(IngestOutcome::Committed))));
+        .all(|r| matches!(r, Ok(i) if i.outcome == IngestOutcome::Committed)));
     let groups = f.store.stats().groups - groups_before;
     assert!(groups < 200, "{groups} transactions for 200 batches");
     assert_eq!(f.reader().count_samples("a1").unwrap(), 200);
@@ -461,8 +478,14 @@ async fn store_failed_group_answers_everyone_and_rolls_back_memory() {
         Err(StoreError::UnknownSeries { .. })
     ));
     // ...and replaying the batches (as the agent would) stores them exactly once.
-    assert_eq!(f.store.ingest(a).await.unwrap(), IngestOutcome::Committed);
-    assert_eq!(f.store.ingest(c).await.unwrap(), IngestOutcome::Committed);
+    assert_eq!(
+        f.store.ingest(a).await.unwrap().outcome,
+        IngestOutcome::Committed
+    );
+    assert_eq!(
+        f.store.ingest(c).await.unwrap().outcome,
+        IngestOutcome::Committed
+    );
     let id = series_id(&r, "h1", "m");
     assert_eq!(
         r.raw_samples(id, 0, i64::MAX).unwrap(),

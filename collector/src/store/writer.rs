@@ -81,8 +81,8 @@ impl Writer {
         let now = Instant::now();
         Ok(Writer {
             conn,
+            state: State::new(cfg.max_series_per_agent),
             cfg,
-            state: State::default(),
             maint: Maintenance {
                 rollup,
                 last_retention: now,

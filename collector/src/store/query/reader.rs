@@ -53,7 +53,8 @@ pub struct GapRow {
 pub struct EventRow {
     pub id: i64,
     pub ts_ms: i64,
-    /// `gap`, `spool_corruption`, or a server event's own kind (then `server` is set).
+    /// `gap`, `spool_corruption`, `series_limit`, or a server event's own kind (then
+    /// `server` is set).
     pub kind: String,
     pub server: Option<String>,
     /// JSON object.
