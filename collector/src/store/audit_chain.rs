@@ -228,11 +228,7 @@ fn chain_in_chunks(c: &Connection, chunk: i64) -> Result<u64, StoreError> {
 
 /// A row as read for verification: its columns, its `prev_hash` and `row_hash`.
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AuditRow, String, String)> {
-    Ok((
-        AuditRow::from_row(r)?,
-        r.get(11)?,
-        r.get(12)?,
-    ))
+    Ok((AuditRow::from_row(r)?, r.get(11)?, r.get(12)?))
 }
 
 /// Where a verification got to: the newest row it accepted (or retention's anchor when no
