@@ -219,9 +219,15 @@ impl AgentMetrics {
         self.spool_pending_records.set(stats.records_pending as i64);
         for (counter, total) in [
             (&self.dropped_samples_total, stats.dropped_samples_total),
-            (&self.spool_corrupt_records_total, stats.corrupt_records_total),
+            (
+                &self.spool_corrupt_records_total,
+                stats.corrupt_records_total,
+            ),
             (&self.spool_split_records_total, stats.split_records_total),
-            (&self.spool_oversized_records_total, stats.oversized_records_total),
+            (
+                &self.spool_oversized_records_total,
+                stats.oversized_records_total,
+            ),
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }

@@ -478,6 +478,52 @@ mod tests {
         assert!(backoff(min, max, 30) >= Duration::from_secs(15));
     }
 
+    fn wide_record(seq: u64, keys: usize) -> SpoolRecord {
+        let values = (0..keys)
+            .map(|i| (SeriesKey::new("m", &[("i", &format!("{i:040}"))]), i as f64))
+            .collect();
+        SpoolRecord {
+            seq,
+            batch: SpoolBatch::at(1, values),
+        }
+    }
+
+    #[test]
+    fn a_record_over_the_limit_comes_back_unsent_with_nothing_interned() {
+        let mut i = Interner::default();
+        let Ok(Fitted::Frame(_)) = i.fit(wide_record(1, 3), 1024) else {
+            panic!("a small record fits");
+        };
+        let (record, len) = match i.fit(wide_record(2, 200), 1024) {
+            Ok(Fitted::TooLarge(record, len)) => (record, len),
+            _ => panic!("200 keys of 50 bytes do not fit in 1 KiB"),
+        };
+        assert_eq!((record.seq, record.batch.series.len()), (2, 200));
+        assert!(len > 1024);
+        assert_eq!(i.ids.len(), 3, "the refused record's keys are forgotten");
+        let Ok(Fitted::Frame(Frame::Batch(b))) = i.fit(wide_record(3, 4), 1024) else {
+            panic!("fits");
+        };
+        assert_eq!(b.new_series.len(), 1);
+        assert_eq!(b.new_series[0].id, 3, "ids stay dense");
+    }
+
+    #[test]
+    fn a_record_whose_keys_are_interned_is_measured_exactly() {
+        let mut i = Interner::default();
+        let Ok(Fitted::Frame(_)) = i.fit(wide_record(1, 40), 1 << 20) else {
+            panic!("fits");
+        };
+        // Resent on the same connection, only ids travel: under the bound, which counts keys.
+        let again = wide_record(2, 40);
+        let exact = wire::encoded_len(&Frame::Batch(
+            Interner { ids: i.ids.clone() }.wire_batch(again.clone()),
+        ))
+        .unwrap();
+        assert!(wire_len_bound(&again.batch) > exact + 1000);
+        assert!(matches!(i.fit(again, exact), Ok(Fitted::Frame(_))));
+    }
+
     #[test]
     fn interner_sends_each_key_once_per_connection() {
         let key = |n: &str| SeriesKey::new(n, &[]);

@@ -609,7 +609,10 @@ mod tests {
             last_acked_seq: 9,
         };
         let v1 = postcard::to_stdvec(&FrameV1::Hello(hello.clone())).unwrap();
-        assert_eq!(postcard::from_bytes::<Frame>(&v1).unwrap(), Frame::Hello(hello));
+        assert_eq!(
+            postcard::from_bytes::<Frame>(&v1).unwrap(),
+            Frame::Hello(hello)
+        );
         // Version 2 carries the limit.
         let body = body_for(PROTOCOL_VERSION, welcome(2));
         assert_eq!(

@@ -44,6 +44,8 @@ mod handle;
 mod overflow;
 mod record;
 mod replace;
+#[cfg(test)]
+mod replace_tests;
 mod segment;
 mod split;
 mod store;
