@@ -116,3 +116,60 @@ fn records_over_the_collectors_frame_limit_never_block_the_uplink() {
     );
     assert_eq!(uplink_errors(&agent), 0.0);
 }
+
+/// The Welcome carries the collector's limit (protocol 2); an agent still speaking
+/// protocol 1 gets the Welcome it decodes (no limit field) and can stream as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_welcome_announces_the_limit_and_version_1_agents_are_still_served() {
+    use mcpwatch_common::wire::{Batch, Frame, Welcome, PROTOCOL_VERSION};
+    use mcpwatch_tests::client::{config, Conn};
+    use tokio::io::AsyncReadExt;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "max_frame_size = \"16KiB\"");
+    let certs = pki.agent("web-7");
+    let cfg = config(&pki.ca(), &certs.cert, &certs.key);
+
+    let mut conn = Conn::open(collector.ingest, cfg.clone()).await.unwrap();
+    match conn.handshake(Conn::hello("web-7")).await.unwrap() {
+        Frame::Welcome(Welcome {
+            protocol_version,
+            max_frame_len,
+            ..
+        }) => assert_eq!(
+            (protocol_version, max_frame_len),
+            (PROTOCOL_VERSION, 16 << 10)
+        ),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    drop(conn);
+
+    let mut conn = Conn::open(collector.ingest, cfg).await.unwrap();
+    let mut hello = Conn::hello("web-7");
+    hello.protocol_version = 1;
+    conn.send(Frame::Hello(hello)).await.unwrap();
+    // Read the answer as bytes: version 2's Welcome type cannot decode version 1's.
+    let io = conn.framed.get_mut();
+    let len = io.read_u32().await.unwrap() as usize;
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await.unwrap();
+    let ((variant, version, resume), rest) =
+        postcard::take_from_bytes::<(u32, u16, u64)>(&body).unwrap();
+    assert_eq!(
+        (variant, version, resume),
+        (1, 1, 1),
+        "Welcome, version 1, seq 1"
+    );
+    assert!(rest.is_empty(), "no field version 1 does not know");
+    // Batches and acks are the same in both versions.
+    conn.send(Frame::Batch(Batch {
+        seq: 1,
+        new_series: vec![],
+        samples: vec![],
+        events: vec![],
+    }))
+    .await
+    .unwrap();
+    assert_eq!(conn.recv().await.unwrap(), Frame::Ack { seq: 1 });
+}
