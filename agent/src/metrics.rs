@@ -212,21 +212,17 @@ impl AgentMetrics {
         self.servers.replace(samples);
     }
 
-    /// Brings the spool gauges and counters up to `stats`; each counter grows by what it has
-    /// not counted yet. Callers hold the spool lock, so two updates never race.
-    pub fn observe_spool(&self, stats: &SpoolStats) {
-        self.spool_bytes.set(stats.bytes_on_disk as i64);
-        self.spool_pending_records.set(stats.records_pending as i64);
+    /// Brings the spool figures up to `s`, under the spool lock so two updates never race.
+    pub fn observe_spool(&self, s: &SpoolStats) {
+        self.spool_bytes.set(s.bytes_on_disk as i64);
+        self.spool_pending_records.set(s.records_pending as i64);
         for (counter, total) in [
-            (&self.dropped_samples_total, stats.dropped_samples_total),
-            (
-                &self.spool_corrupt_records_total,
-                stats.corrupt_records_total,
-            ),
-            (&self.spool_split_records_total, stats.split_records_total),
+            (&self.dropped_samples_total, s.dropped_samples_total),
+            (&self.spool_corrupt_records_total, s.corrupt_records_total),
+            (&self.spool_split_records_total, s.split_records_total),
             (
                 &self.spool_oversized_records_total,
-                stats.oversized_records_total,
+                s.oversized_records_total,
             ),
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));

@@ -10,7 +10,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::batch::{SpoolBatch, SpoolRecord};
 use super::error::{io_err, SpoolError};
@@ -69,38 +69,12 @@ impl Spool {
             outcome.set_aside_samples = big.samples.len() as u64;
             outcome.set_aside_events = big.events.len() as u64;
             outcome.kept = self.keep_rejected(seq, &big);
-            let ts = big
-                .samples
-                .iter()
-                .fold(None, |acc, s| merge_ts(acc, Some((s.ts_ms, s.ts_ms))));
-            let (from_ts_ms, to_ts_ms) = ts.unwrap_or((0, 0));
-            let gap = GapInfo {
-                first_seq: seq,
-                last_seq: seq,
-                samples: outcome.set_aside_samples,
-                from_ts_ms,
-                to_ts_ms,
-            };
-            batches.push(SpoolBatch::of_events(vec![gap.event()]));
+            batches.push(SpoolBatch::of_events(vec![gap_for(seq, &big).event()]));
         }
 
         // Encode first so the room needed is known before anything is dropped.
         let first = self.next_seq;
-        let mut bytes = Vec::new();
-        let mut records = Vec::with_capacity(batches.len());
-        for (i, batch) in batches.iter().enumerate() {
-            let at = first
-                .checked_add(i as u64)
-                .filter(|s| *s < u64::MAX)
-                .ok_or(SpoolError::SeqExhausted)?;
-            let payload = postcard::to_stdvec(batch).map_err(SpoolError::Encode)?;
-            let len = record::payload_len(&payload).ok_or(SpoolError::RecordSize {
-                bytes: payload.len(),
-                max: MAX_PAYLOAD_LEN,
-            })?;
-            records.push(RecordMeta::new(at, bytes.len() as u64, len, batch));
-            bytes.extend_from_slice(&record::encode(at, len, &payload));
-        }
+        let (bytes, records) = encode_records(&batches, first)?;
         self.make_room(bytes.len() as u64)?;
         if !self.holds_pending(seq) {
             return Ok(Replaced::default());
@@ -108,19 +82,7 @@ impl Spool {
         // The replacement must be newer than every segment, and nothing may be appended to
         // the segment it would otherwise follow in the same file.
         self.close_active();
-        let name = replacement_name(first, seq);
-        let path = self.dir.join(&name);
-        // `name` ends in ".seg": the temporary name ends in TMP_SEGMENT_SUFFIX, which `open`
-        // removes.
-        let tmp = self
-            .dir
-            .join(format!("{name}{}", &TMP_SEGMENT_SUFFIX[".seg".len()..]));
-        if let Err(e) = write_synced(&tmp, &bytes, self.fsync) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
-        self.sync_dir()?;
+        let path = self.write_replacement(first, seq, &bytes)?;
 
         outcome.records = records.len();
         self.next_seq = first + records.len() as u64;
@@ -137,6 +99,30 @@ impl Spool {
             self.oversized_records_total += 1;
         }
         Ok(outcome)
+    }
+
+    /// Writes the replacement segment under its temporary name, fsyncs it and renames it
+    /// into place: the commit of a replacement.
+    fn write_replacement(
+        &self,
+        first: u64,
+        replaces: u64,
+        bytes: &[u8],
+    ) -> Result<PathBuf, SpoolError> {
+        let name = replacement_name(first, replaces);
+        let path = self.dir.join(&name);
+        // `name` ends in ".seg": the temporary name ends in TMP_SEGMENT_SUFFIX, which `open`
+        // removes.
+        let tmp = self
+            .dir
+            .join(format!("{name}{}", &TMP_SEGMENT_SUFFIX[".seg".len()..]));
+        if let Err(e) = write_synced(&tmp, bytes, self.fsync) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
+        self.sync_dir()?;
+        Ok(path)
     }
 
     /// Whether `seq` is stored, unacknowledged and not replaced yet.
@@ -191,6 +177,46 @@ impl Spool {
             }
         }
     }
+}
+
+/// The gap describing the samples of record `seq` that were set aside.
+fn gap_for(seq: u64, set_aside: &SpoolBatch) -> GapInfo {
+    let ts = set_aside
+        .samples
+        .iter()
+        .fold(None, |acc, s| merge_ts(acc, Some((s.ts_ms, s.ts_ms))));
+    let (from_ts_ms, to_ts_ms) = ts.unwrap_or((0, 0));
+    GapInfo {
+        first_seq: seq,
+        last_seq: seq,
+        samples: set_aside.samples.len() as u64,
+        from_ts_ms,
+        to_ts_ms,
+    }
+}
+
+/// `batches` as records with seqs from `first` on, back to back, and their index entries.
+fn encode_records(
+    batches: &[SpoolBatch],
+    first: u64,
+) -> Result<(Vec<u8>, Vec<RecordMeta>), SpoolError> {
+    let mut bytes = Vec::new();
+    let mut records = Vec::with_capacity(batches.len());
+    for (i, batch) in batches.iter().enumerate() {
+        // The seq after the last must exist too: `next_seq` moves past it.
+        let at = first
+            .checked_add(i as u64)
+            .filter(|s| *s < u64::MAX)
+            .ok_or(SpoolError::SeqExhausted)?;
+        let payload = postcard::to_stdvec(batch).map_err(SpoolError::Encode)?;
+        let len = record::payload_len(&payload).ok_or(SpoolError::RecordSize {
+            bytes: payload.len(),
+            max: MAX_PAYLOAD_LEN,
+        })?;
+        records.push(RecordMeta::new(at, bytes.len() as u64, len, batch));
+        bytes.extend_from_slice(&record::encode(at, len, &payload));
+    }
+    Ok((bytes, records))
 }
 
 fn write_synced(path: &Path, bytes: &[u8], fsync: bool) -> Result<(), SpoolError> {
