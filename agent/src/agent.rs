@@ -65,6 +65,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         max_bytes: config.spool_max_bytes,
         segment_bytes: (config.spool_max_bytes / 16).clamp(64 << 10, 8 << 20),
         fsync: config.spool_fsync,
+        max_frame_len: config.max_frame_len,
     };
     let spool = SpoolHandle::new(
         tokio::task::spawn_blocking(move || Spool::open(spool_cfg))
@@ -75,7 +76,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 source: std::io::Error::other(e.to_string()),
             })??,
     );
-    publish_spool_stats(&metrics, &spool.lock());
+    metrics.observe_spool(&spool.lock().stats());
     // Reconnects of a fleet spread over [d/2, d] and never wait longer than the cap.
     let reconnect = ExponentialBackoff::new(config.backoff_min.get(), config.backoff_max.get())?
         .with_jitter(0.5, 1.0)?;
@@ -190,22 +191,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     Ok(())
 }
 
-fn publish_spool_stats(metrics: &AgentMetrics, spool: &Spool) {
-    let stats = spool.stats();
-    metrics.spool_bytes.set(stats.bytes_on_disk as i64);
-    metrics
-        .spool_pending_records
-        .set(stats.records_pending as i64);
-    let seen = metrics.dropped_samples_total.get();
-    metrics
-        .dropped_samples_total
-        .inc_by(stats.dropped_samples_total.saturating_sub(seen));
-    let seen = metrics.spool_corrupt_records_total.get();
-    metrics
-        .spool_corrupt_records_total
-        .inc_by(stats.corrupt_records_total.saturating_sub(seen));
-}
-
 /// The one owner of spool appends: takes batches off the queue, appends (fsync), wakes the
 /// uplink. Ends when the sampler's sender is dropped and the queue is empty.
 fn spool_writer(mut rx: mpsc::Receiver<SpoolBatch>, handle: &SpoolHandle, metrics: &AgentMetrics) {
@@ -219,7 +204,7 @@ fn spool_writer(mut rx: mpsc::Receiver<SpoolBatch>, handle: &SpoolHandle, metric
             metrics.dropped_samples_total.inc_by(samples);
             tracing::error!(error = %err, samples, "spool append failed; batch dropped");
         }
-        publish_spool_stats(metrics, &spool);
+        metrics.observe_spool(&spool.stats());
         drop(spool);
         handle.notify_appended();
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use mcpwatch_common::config::{self as cfg, ByteSize, ConfigError, Duration, RawLog, RawTls};
 use mcpwatch_common::tls::{self, TlsFiles};
-use mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN;
+use mcpwatch_common::wire::{DEFAULT_MAX_FRAME_LEN, MIN_FRAME_LIMIT};
 use rustls::pki_types::ServerName;
 use serde::Deserialize;
 
@@ -157,7 +157,7 @@ impl AgentConfig {
             .max_frame_size
             .map(|b| b.0)
             .unwrap_or(DEFAULT_MAX_FRAME_LEN as u64);
-        if !(1024..=64 << 20).contains(&max_frame_len) {
+        if !(MIN_FRAME_LIMIT as u64..=64 << 20).contains(&max_frame_len) {
             return Err(bad(
                 "collector.max_frame_size",
                 "must be 1KiB..=64MiB".into(),

@@ -16,6 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::sampler::{series_help, MetricKind};
+use crate::spool::SpoolStats;
 
 use mcpwatch_common::exposition::openmetrics_to_prometheus_text;
 pub use mcpwatch_common::exposition::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
@@ -71,6 +72,10 @@ pub struct AgentMetrics {
     pub dropped_samples_total: Counter,
     /// Spool records skipped because they could not be read back.
     pub spool_corrupt_records_total: Counter,
+    /// Batches or records stored as several records to fit the frame limit.
+    pub spool_split_records_total: Counter,
+    /// Records (or parts) too large for the frame limit even alone: set aside, sent as gaps.
+    pub spool_oversized_records_total: Counter,
     /// Uplink connections (re)established after the first.
     pub reconnects_total: Counter,
     /// 1 while the uplink has a welcomed session, 0 otherwise.
@@ -105,6 +110,8 @@ impl AgentMetrics {
             spool_pending_records: Gauge::default(),
             dropped_samples_total: Counter::default(),
             spool_corrupt_records_total: Counter::default(),
+            spool_split_records_total: Counter::default(),
+            spool_oversized_records_total: Counter::default(),
             reconnects_total: Counter::default(),
             uplink_connected: Gauge::default(),
             batches_sent_total: Counter::default(),
@@ -138,6 +145,16 @@ impl AgentMetrics {
             "mcpwatch_agent_spool_corrupt_records",
             "Spool records skipped because they could not be read back",
             m.spool_corrupt_records_total.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_spool_records_split",
+            "Spool batches or records stored as several records to fit the frame limit",
+            m.spool_split_records_total.clone(),
+        );
+        r.register(
+            "mcpwatch_agent_spool_records_oversized",
+            "Spool records too large for the frame limit even alone, set aside and sent as gaps",
+            m.spool_oversized_records_total.clone(),
         );
         r.register(
             "mcpwatch_agent_reconnects",
@@ -193,6 +210,23 @@ impl AgentMetrics {
     /// Replaces the exposed MCP server values (containers and probes).
     pub fn set_server_samples(&self, samples: &[(SeriesKey, f64)]) {
         self.servers.replace(samples);
+    }
+
+    /// Brings the spool figures up to `s`, under the spool lock so two updates never race.
+    pub fn observe_spool(&self, s: &SpoolStats) {
+        self.spool_bytes.set(s.bytes_on_disk as i64);
+        self.spool_pending_records.set(s.records_pending as i64);
+        for (counter, total) in [
+            (&self.dropped_samples_total, s.dropped_samples_total),
+            (&self.spool_corrupt_records_total, s.corrupt_records_total),
+            (&self.spool_split_records_total, s.split_records_total),
+            (
+                &self.spool_oversized_records_total,
+                s.oversized_records_total,
+            ),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// Counts one uplink failure of this kind.
@@ -376,6 +410,8 @@ mod tests {
         ("mcpwatch_agent_spool_pending_records", "gauge"),
         ("mcpwatch_agent_dropped_samples", "counter"),
         ("mcpwatch_agent_spool_corrupt_records", "counter"),
+        ("mcpwatch_agent_spool_records_split", "counter"),
+        ("mcpwatch_agent_spool_records_oversized", "counter"),
         ("mcpwatch_agent_reconnects", "counter"),
         ("mcpwatch_agent_uplink_connected", "gauge"),
         ("mcpwatch_agent_last_ack_age_seconds", "gauge"),

@@ -1,6 +1,11 @@
 //! The durable uplink: replays the spool to the collector over mutual TLS, in seq order,
 //! with a window of un-acked batches, deleting records only once the collector has acked
 //! them (after its durable commit). Reconnects with exponential backoff and jitter.
+//!
+//! No frame leaves above the session's frame limit, the smaller of the agent's own and the
+//! collector's (sent in its Welcome): a record whose frame would exceed it is replaced in
+//! the spool by records that fit, and what is too large even alone is set aside and reported
+//! as a gap, so one record can never end every session it is resent in.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use mcpwatch_common::backoff::ExponentialBackoff;
 use mcpwatch_common::tls::Reloadable;
 use mcpwatch_common::wire::{
     self, Batch, Command, CommandResult, Frame, FrameCodec, Hello, Sample, SeriesDef, SeriesKey,
-    PROTOCOL_VERSION,
+    MIN_FRAME_LIMIT, PROTOCOL_VERSION,
 };
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
@@ -23,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mcp_servers::AgentCommand;
 use crate::metrics::{AgentMetrics, UplinkErrorKind};
-use crate::spool::{SpoolError, SpoolHandle, SpoolRecord};
+use crate::spool::{wire_len_bound, SpoolError, SpoolHandle, SpoolRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -197,6 +202,16 @@ impl Uplink {
                 welcome.protocol_version, PROTOCOL_VERSION
             )));
         }
+        // Both configs refuse limits below this; a smaller one would set every record aside.
+        if (welcome.max_frame_len as usize) < MIN_FRAME_LIMIT {
+            return Err(UplinkError::Protocol(format!(
+                "collector frame limit {} is below {MIN_FRAME_LIMIT}",
+                welcome.max_frame_len
+            )));
+        }
+        let limit = self.max_frame_len.min(welcome.max_frame_len as usize);
+        // Batches stored from now on are cut to what this collector accepts.
+        self.spool.lock().set_max_frame_len(limit);
         // The collector has committed everything below resume_from_seq: those records are
         // acknowledged even if their Ack frames were lost with the previous connection.
         if welcome.resume_from_seq > last_acked + 1 {
@@ -205,7 +220,8 @@ impl Uplink {
         *attempt = 0;
         self.metrics.uplink_connected.set(1);
         tracing::info!(agent_id = %self.agent_id, address = %self.address,
-            resume_from_seq = welcome.resume_from_seq, "connected to collector");
+            resume_from_seq = welcome.resume_from_seq, max_frame_len = limit,
+            "connected to collector");
 
         let (results_tx, mut results_rx) = mpsc::channel::<CommandResult>(32);
         let mut next = welcome.resume_from_seq.max(last_acked + 1);
@@ -214,16 +230,20 @@ impl Uplink {
         loop {
             if in_flight.len() < self.max_in_flight {
                 let records = self
-                    .read(next, self.max_in_flight - in_flight.len())
+                    .read(next, self.max_in_flight - in_flight.len(), limit)
                     .await?;
                 let mut sent = 0;
                 for record in records {
-                    next = record.seq + 1;
-                    in_flight.push_back(record.seq);
-                    framed
-                        .feed(Frame::Batch(interned.wire_batch(record)))
-                        .await?;
-                    sent += 1;
+                    let seq = record.seq;
+                    next = seq + 1;
+                    match interned.fit(record, limit)? {
+                        Fitted::Frame(frame) => {
+                            in_flight.push_back(seq);
+                            framed.feed(frame).await?;
+                            sent += 1;
+                        }
+                        Fitted::TooLarge(record, len) => self.replace(record, len, limit).await?,
+                    }
                 }
                 if sent > 0 {
                     framed.flush().await?;
@@ -266,16 +286,54 @@ impl Uplink {
         }
     }
 
-    async fn read(&self, from: u64, max_records: usize) -> Result<Vec<SpoolRecord>, UplinkError> {
+    async fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        limit: usize,
+    ) -> Result<Vec<SpoolRecord>, UplinkError> {
         let spool = self.spool.clone();
-        // Leave room for the frame header and the interned series definitions.
-        let max_bytes = self.max_frame_len / 2;
+        // A read budget only (each record is its own frame): a few frames' worth.
+        let max_bytes = limit.saturating_mul(2);
         let records = tokio::task::spawn_blocking(move || {
             spool.lock().read_from(from, max_records, max_bytes)
         })
         .await
         .map_err(|e| UplinkError::Protocol(format!("spool reader task failed: {e}")))??;
         Ok(records)
+    }
+
+    /// Replaces a record whose frame (`len` bytes) exceeds `limit` by records that fit, so
+    /// the session goes on with the next one; the new records follow at the spool's end.
+    async fn replace(
+        &self,
+        record: SpoolRecord,
+        len: usize,
+        limit: usize,
+    ) -> Result<(), UplinkError> {
+        let seq = record.seq;
+        let spool = self.spool.clone();
+        let metrics = self.metrics.clone();
+        let replaced = tokio::task::spawn_blocking(move || {
+            let mut spool = spool.lock();
+            let replaced = spool.replace_oversized(record, limit);
+            metrics.observe_spool(&spool.stats());
+            replaced
+        })
+        .await
+        .map_err(|e| UplinkError::Protocol(format!("spool replace task failed: {e}")))??;
+        if replaced.set_aside_samples + replaced.set_aside_events > 0 {
+            tracing::warn!(agent_id = %self.agent_id, seq, frame_len = len, max_frame_len = limit,
+                records = replaced.records, set_aside_samples = replaced.set_aside_samples,
+                set_aside_events = replaced.set_aside_events, kept = replaced.kept,
+                "spool record above the frame limit even when split; set aside and reported as a gap");
+        } else {
+            tracing::warn!(agent_id = %self.agent_id, seq, frame_len = len, max_frame_len = limit,
+                records = replaced.records, "spool record above the frame limit; split");
+        }
+        // The new records are beyond this read: make the session look again at once.
+        self.spool.notify_appended();
+        Ok(())
     }
 
     async fn ack(&self, seq: u64) -> Result<(), UplinkError> {
@@ -333,7 +391,34 @@ struct Interner {
     ids: HashMap<SeriesKey, u32>,
 }
 
+/// A record as one frame within the limit, or back unsent with its frame's size.
+enum Fitted {
+    Frame(Frame),
+    TooLarge(SpoolRecord, usize),
+}
+
 impl Interner {
+    /// The record's frame if it fits in `limit` bytes; otherwise the record, with nothing
+    /// interned (its keys were never declared to the collector).
+    fn fit(&mut self, record: SpoolRecord, limit: usize) -> Result<Fitted, UplinkError> {
+        // The bound holds whatever ids are interned: most records need no exact measure.
+        if wire_len_bound(&record.batch) <= limit {
+            return Ok(Fitted::Frame(Frame::Batch(self.wire_batch(record))));
+        }
+        let frame = Frame::Batch(self.wire_batch(record.clone()));
+        let len = wire::encoded_len(&frame)?;
+        if len <= limit {
+            return Ok(Fitted::Frame(frame));
+        }
+        if let Frame::Batch(batch) = &frame {
+            // Ids are handed out as `ids.len()`: dropping the newest keeps that true.
+            for def in &batch.new_series {
+                self.ids.remove(&def.key);
+            }
+        }
+        Ok(Fitted::TooLarge(record, len))
+    }
+
     fn wire_batch(&mut self, record: SpoolRecord) -> Batch {
         let mut new_series = Vec::new();
         let local: Vec<u32> = record
@@ -391,6 +476,52 @@ mod tests {
             assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
         }
         assert!(backoff(min, max, 30) >= Duration::from_secs(15));
+    }
+
+    fn wide_record(seq: u64, keys: usize) -> SpoolRecord {
+        let values = (0..keys)
+            .map(|i| (SeriesKey::new("m", &[("i", &format!("{i:040}"))]), i as f64))
+            .collect();
+        SpoolRecord {
+            seq,
+            batch: SpoolBatch::at(1, values),
+        }
+    }
+
+    #[test]
+    fn a_record_over_the_limit_comes_back_unsent_with_nothing_interned() {
+        let mut i = Interner::default();
+        let Ok(Fitted::Frame(_)) = i.fit(wide_record(1, 3), 1024) else {
+            panic!("a small record fits");
+        };
+        let (record, len) = match i.fit(wide_record(2, 200), 1024) {
+            Ok(Fitted::TooLarge(record, len)) => (record, len),
+            _ => panic!("200 keys of 50 bytes do not fit in 1 KiB"),
+        };
+        assert_eq!((record.seq, record.batch.series.len()), (2, 200));
+        assert!(len > 1024);
+        assert_eq!(i.ids.len(), 3, "the refused record's keys are forgotten");
+        let Ok(Fitted::Frame(Frame::Batch(b))) = i.fit(wide_record(3, 4), 1024) else {
+            panic!("fits");
+        };
+        assert_eq!(b.new_series.len(), 1);
+        assert_eq!(b.new_series[0].id, 3, "ids stay dense");
+    }
+
+    #[test]
+    fn a_record_whose_keys_are_interned_is_measured_exactly() {
+        let mut i = Interner::default();
+        let Ok(Fitted::Frame(_)) = i.fit(wide_record(1, 40), 1 << 20) else {
+            panic!("fits");
+        };
+        // Resent on the same connection, only ids travel: under the bound, which counts keys.
+        let again = wide_record(2, 40);
+        let exact = wire::encoded_len(&Frame::Batch(
+            Interner { ids: i.ids.clone() }.wire_batch(again.clone()),
+        ))
+        .unwrap();
+        assert!(wire_len_bound(&again.batch) > exact + 1000);
+        assert!(matches!(i.fit(again, exact), Ok(Fitted::Frame(_))));
     }
 
     #[test]

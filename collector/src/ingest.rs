@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use mcpwatch_common::tls::{self, Reloadable};
 use mcpwatch_common::wire::{
     Batch, CodecError, CommandResult, Frame, FrameCodec, Hello, Reject, RejectReason, Welcome,
-    PROTOCOL_VERSION,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -250,6 +250,10 @@ impl Session {
         };
         let mut framed = Framed::new(stream, FrameCodec::new(self.settings.max_frame_len));
         let hello = read_hello(&mut framed, timeout).await?;
+        // Answer in the agent's version when it is one this collector still serves.
+        if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.protocol_version) {
+            framed.codec_mut().speak_version(hello.protocol_version);
+        }
         if let Some((reason, message)) = check_hello(&hello, &identity) {
             reject(&mut framed, reason, message.clone()).await;
             return Err(SessionError::Refused(message));
@@ -279,8 +283,10 @@ impl Session {
             }
         };
         let welcome = Frame::Welcome(Welcome {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: hello.protocol_version,
             resume_from_seq: session.last_seq + 1,
+            // The config bounds it to 64 MiB.
+            max_frame_len: u32::try_from(self.settings.max_frame_len).unwrap_or(u32::MAX),
         });
         if let Err(err) = framed.send(welcome).await {
             // Registered but never streaming: the store must not count it as live.
@@ -440,12 +446,12 @@ impl Session {
 
 /// Why a Hello is refused, if it is.
 fn check_hello(hello: &Hello, identity: &str) -> Option<(RejectReason, String)> {
-    if hello.protocol_version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.protocol_version) {
         return Some((
             RejectReason::ProtocolVersion,
             format!(
-                "protocol version {} not supported; this collector speaks {}",
-                hello.protocol_version, PROTOCOL_VERSION
+                "protocol version {} not supported; this collector speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
+                hello.protocol_version
             ),
         ));
     }

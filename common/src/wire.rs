@@ -10,11 +10,20 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-/// Version of this protocol. Bump on any incompatible change to [`Frame`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of this protocol. Bump on any incompatible change to [`Frame`]. Version 2 added
+/// [`Welcome::max_frame_len`]; the collector still serves version-1 agents, encoding their
+/// Welcome without it ([`FrameCodec::speak_version`]).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Oldest agent protocol version the collector still serves.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// Default maximum frame size (1 MiB), see DESIGN.md.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 1024 * 1024;
+
+/// Smallest frame limit either side may be configured with (and an agent accepts in a
+/// Welcome): below it a batch of one sample with an ordinary series key may not fit.
+pub const MIN_FRAME_LIMIT: usize = 1024;
 
 /// One message on the agent ↔ collector stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +62,10 @@ pub struct Welcome {
     pub protocol_version: u16,
     /// The collector has committed every seq below this one; the agent resumes here.
     pub resume_from_seq: u64,
+    /// Largest frame body the collector accepts (its `[ingest] max_frame_size`). The agent
+    /// never sends a bigger frame: it splits spool records to fit and sets aside what cannot
+    /// fit even alone. Since protocol version 2.
+    pub max_frame_len: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,7 +244,12 @@ pub enum CodecError {
 #[derive(Debug)]
 pub struct FrameCodec {
     inner: LengthDelimitedCodec,
+    /// The protocol version frames are encoded for ([`PROTOCOL_VERSION`] unless told).
+    version: u16,
 }
+
+/// Variant index of [`Frame::Welcome`] in postcard's encoding (a varint `u32`).
+const WELCOME_VARIANT: u32 = 1;
 
 impl FrameCodec {
     pub fn new(max_frame_len: usize) -> Self {
@@ -240,8 +258,49 @@ impl FrameCodec {
                 .length_field_length(4)
                 .max_frame_length(max_frame_len)
                 .new_codec(),
+            version: PROTOCOL_VERSION,
         }
     }
+
+    /// Encodes later frames for a peer speaking `version` (the collector calls this with
+    /// the Hello's version). Only the Welcome differs: version 1 has no `max_frame_len`.
+    pub fn speak_version(&mut self, version: u16) {
+        self.version = version;
+    }
+}
+
+/// The encoded size of `frame`'s body (without the 4-byte length prefix): what the peer's
+/// frame limit is compared with.
+pub fn encoded_len(frame: &Frame) -> Result<usize, CodecError> {
+    postcard_len(frame)
+}
+
+/// The postcard-encoded size of any wire value, counted without encoding it.
+pub fn postcard_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
+    let size = postcard::ser_flavors::Size::default();
+    Ok(postcard::serialize_with_flavor::<T, _, usize>(value, size)?)
+}
+
+/// The most bytes a `Frame::Batch` can take (without the length prefix) when it carries
+/// `series` series keys, `samples` samples and events whose postcard encodings take
+/// `keys_bytes`, `sample_ts_bytes` (the timestamps' varints only) and `events_bytes`,
+/// whatever series ids the connection has interned: every key may be new (a `SeriesDef`
+/// adds its id, at most 5 bytes) and every sample's id takes at most 5 bytes.
+pub fn batch_frame_len_bound(
+    series: usize,
+    keys_bytes: usize,
+    samples: usize,
+    sample_ts_bytes: usize,
+    events_bytes: usize,
+) -> usize {
+    // Variant tag (1) + seq (at most 10) + three sequence lengths (at most 5 each).
+    const FIXED: usize = 1 + 10 + 3 * 5;
+    FIXED
+        .saturating_add(keys_bytes)
+        .saturating_add(series.saturating_mul(5))
+        .saturating_add(sample_ts_bytes)
+        .saturating_add(samples.saturating_mul(5 + 8))
+        .saturating_add(events_bytes)
 }
 
 impl Decoder for FrameCodec {
@@ -262,7 +321,13 @@ impl Encoder<Frame> for FrameCodec {
     type Error = CodecError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
-        let body = postcard::to_stdvec(&frame)?;
+        let body = match &frame {
+            // Version 1's Welcome: the same variant, without `max_frame_len`.
+            Frame::Welcome(w) if self.version < 2 => {
+                postcard::to_stdvec(&(WELCOME_VARIANT, w.protocol_version, w.resume_from_seq))?
+            }
+            _ => postcard::to_stdvec(&frame)?,
+        };
         self.inner.encode(Bytes::from(body), dst)?;
         Ok(())
     }
@@ -296,11 +361,13 @@ fn unescape(c: char, key: bool) -> Option<char> {
 }
 
 #[cfg(test)]
+mod frame_limit_tests;
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn arb_key() -> impl Strategy<Value = SeriesKey> {
+    pub(super) fn arb_key() -> impl Strategy<Value = SeriesKey> {
         (
             "[a-z_]{1,20}",
             prop::collection::vec(("[a-z]{1,8}", ".{0,12}"), 0..4),
@@ -308,7 +375,7 @@ mod tests {
             .prop_map(|(name, labels)| SeriesKey { name, labels })
     }
 
-    fn arb_event() -> impl Strategy<Value = Event> {
+    pub(super) fn arb_event() -> impl Strategy<Value = Event> {
         prop_oneof![
             (
                 any::<u64>(),
@@ -393,12 +460,15 @@ mod tests {
         ];
         prop_oneof![
             hello,
-            (any::<u16>(), any::<u64>()).prop_map(|(protocol_version, resume_from_seq)| {
-                Frame::Welcome(Welcome {
-                    protocol_version,
-                    resume_from_seq,
-                })
-            }),
+            (any::<u16>(), any::<u64>(), any::<u32>()).prop_map(
+                |(protocol_version, resume_from_seq, max_frame_len)| {
+                    Frame::Welcome(Welcome {
+                        protocol_version,
+                        resume_from_seq,
+                        max_frame_len,
+                    })
+                }
+            ),
             (".{0,20}").prop_map(|message| Frame::Reject(Reject {
                 reason: RejectReason::IdentityMismatch,
                 message

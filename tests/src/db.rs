@@ -117,6 +117,21 @@ pub fn events(db: &Path, agent_id: &str) -> Vec<EventRow> {
     .unwrap_or_default()
 }
 
+/// How many series named `name` are stored for `agent_id` (0 while the database cannot be
+/// read yet): for polling.
+pub fn series_count(db: &Path, agent_id: &str, name: &str) -> u64 {
+    let Ok(c) = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return 0;
+    };
+    c.query_row(
+        "SELECT count(*) FROM series s JOIN hosts h ON h.id = s.host_id \
+         WHERE h.agent_id = ?1 AND s.name = ?2",
+        [agent_id, name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map_or(0, |n| n as u64)
+}
+
 /// Series names stored for `agent_id`.
 pub fn series_names(db: &Path, agent_id: &str) -> Vec<String> {
     let c = open(db);

@@ -99,6 +99,7 @@ fn agent_kill9_replays_its_unacked_spool() {
         max_bytes: 256 << 20,
         segment_bytes: 1 << 20,
         fsync: false,
+        max_frame_len: mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN,
     })
     .expect("open spool copy");
     let left = spool

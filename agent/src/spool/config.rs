@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN;
+
 /// Smallest segment size accepted. Below this, per-segment file overhead and directory
 /// fsyncs dominate; it also keeps a segment able to hold several typical batches.
 pub const MIN_SEGMENT_BYTES: u64 = 4 * 1024;
@@ -20,17 +22,23 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
     /// `sync_data` after every append, fsync of the directory after creating or removing files.
     pub fsync: bool,
+    /// Largest wire frame a stored record may need: bigger batches are stored as several
+    /// records. The agent's own frame limit until a collector announces a smaller one
+    /// ([`Spool::set_max_frame_len`](super::Spool::set_max_frame_len)).
+    pub max_frame_len: usize,
 }
 
 impl SpoolConfig {
     /// The recommended shape: `segment_bytes = min(8 MiB, max_bytes / 16)` so an overflow
-    /// drops at most a sixteenth of the spool at a time, and fsync on.
+    /// drops at most a sixteenth of the spool at a time, fsync on, and records sized for the
+    /// default frame limit.
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
         SpoolConfig {
             dir: dir.into(),
             max_bytes,
             segment_bytes: (max_bytes / 16).min(MAX_DEFAULT_SEGMENT_BYTES),
             fsync: true,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
         }
     }
 }

@@ -8,6 +8,11 @@
 //! - `acked`: the acknowledged watermark, 8-byte LE seq followed by the crc32 of those 8 bytes,
 //!   replaced atomically (write `acked.tmp`, fsync, rename, fsync the directory).
 //! - `*.seg.corrupt`: segment files that could not be read at all, moved aside for a human.
+//! - `NNNN.replaces-MMMM.seg`: a replacement segment (`replace.rs`): record `MMMM`, too large
+//!   for the collector's frame limit, cut into records that fit, stored from seq `NNNN` on.
+//!   Its presence means `MMMM` is never read again.
+//! - `rejected/NNNN.rec`: what exceeded the frame limit even alone (record layout), kept for
+//!   a human up to a quarter of `max_bytes`, and reported to the collector as a gap.
 //!
 //! # Guarantees
 //! - A new process never appends to a segment left by an earlier one, so a torn tail is never
@@ -27,13 +32,22 @@
 //!   power loss can lose the tail that was already sent; the collector's `resume_from_seq`
 //!   fed to [`Spool::ack`] then moves `next_seq` past it so new batches are not taken for
 //!   replays.
+//! - No record needs a wire frame above the frame limit: `append` stores a bigger batch as
+//!   several records, and a record stored under a larger limit than the collector's is
+//!   replaced ([`Spool::replace_oversized`]). Only a sample or event that is too large alone
+//!   is set aside, counted and reported as an [`Event::Gap`](mcpwatch_common::wire::Event::Gap).
 
 mod batch;
 mod config;
 mod error;
 mod handle;
+mod overflow;
 mod record;
+mod replace;
+#[cfg(test)]
+mod replace_tests;
 mod segment;
+mod split;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -43,4 +57,6 @@ pub use batch::{SpoolBatch, SpoolRecord};
 pub use config::{SpoolConfig, DEFAULT_MAX_BYTES, MAX_DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
 pub use error::SpoolError;
 pub use handle::SpoolHandle;
+pub use replace::{Replaced, REJECTED_DIR};
+pub(crate) use split::wire_len_bound;
 pub use store::{Spool, SpoolStats};

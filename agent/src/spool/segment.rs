@@ -154,9 +154,30 @@ pub(super) fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}{SEGMENT_SUFFIX}")
 }
 
-pub(super) fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
-    if name.len() != SEGMENT_NAME_LEN || !digits.bytes().all(|b| b.is_ascii_digit()) {
+/// Between the two seqs of a replacement segment's name.
+const REPLACES: &str = ".replaces-";
+
+/// A segment written whole to replace record `replaces` (see `replace.rs`): the name says
+/// which record it supersedes, so the file's atomic rename is the only commit needed.
+pub(super) fn replacement_name(first_seq: u64, replaces: u64) -> String {
+    format!("{first_seq:020}{REPLACES}{replaces:020}{SEGMENT_SUFFIX}")
+}
+
+/// First seq of a segment file, and the record it replaces if it is a replacement.
+pub(super) fn parse_segment_name(name: &str) -> Option<(u64, Option<u64>)> {
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    let (first, replaces) = match stem.split_once(REPLACES) {
+        Some((first, replaces)) => (first, Some(parse_seq(replaces)?)),
+        None => (stem, None),
+    };
+    Some((parse_seq(first)?, replaces))
+}
+
+/// Exactly 20 digits, as the names are written.
+fn parse_seq(digits: &str) -> Option<u64> {
+    if digits.len() != SEGMENT_NAME_LEN - SEGMENT_SUFFIX.len()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     digits.parse().ok()

@@ -15,12 +15,14 @@ use super::config::{SpoolConfig, MIN_SEGMENT_BYTES};
 use super::error::{io_err, SpoolError};
 use super::record::{self, HEADER_LEN, MAX_PAYLOAD_LEN};
 use super::segment::{
-    gap_batch, parse_segment_name, read_record, scan_segment, segment_name, GapAcc, GapInfo,
-    RecordMeta, Segment,
+    parse_segment_name, read_record, scan_segment, segment_name, GapInfo, RecordMeta, Segment,
 };
+use super::split;
 use super::watermark;
 
 const CORRUPT_SUFFIX: &str = ".corrupt";
+/// A replacement segment being written (`replace.rs`), renamed into place once complete.
+pub(super) const TMP_SEGMENT_SUFFIX: &str = ".seg.tmp";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolStats {
@@ -33,13 +35,18 @@ pub struct SpoolStats {
     pub dropped_records_total: u64,
     pub corrupt_records_total: u64,
     pub corrupt_bytes_total: u64,
+    /// Batches stored, or records replaced, as several records to fit the frame limit.
+    pub split_records_total: u64,
+    /// Records (or the parts of them) that exceed the frame limit even alone: kept in
+    /// `rejected/` and reported to the collector as a gap.
+    pub oversized_records_total: u64,
 }
 
 /// The segment being appended to in this process. Kept apart from the closed ones so the
 /// "never delete the segment being written" rule is structural.
 #[derive(Debug)]
-struct Active {
-    seg: Segment,
+pub(super) struct Active {
+    pub(super) seg: Segment,
     file: File,
 }
 
@@ -60,24 +67,31 @@ impl Corruption {
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Spool {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     pub(super) max_bytes: u64,
     pub(super) segment_bytes: u64,
-    fsync: bool,
+    pub(super) fsync: bool,
+    /// Largest wire frame a record may need (see `SpoolConfig::max_frame_len`).
+    pub(super) max_frame_len: usize,
     /// Closed segments, oldest first; all of them may be deleted by an overflow.
     pub(super) closed: VecDeque<Segment>,
-    active: Option<Active>,
-    last_acked: u64,
-    next_seq: u64,
+    pub(super) active: Option<Active>,
+    pub(super) last_acked: u64,
+    pub(super) next_seq: u64,
     /// Gap descriptions not yet written because the append that produced them failed.
-    pending_gaps: Vec<GapInfo>,
-    dropped_samples_total: u64,
-    dropped_records_total: u64,
+    pub(super) pending_gaps: Vec<GapInfo>,
+    pub(super) dropped_samples_total: u64,
+    pub(super) dropped_records_total: u64,
     corruption: Corruption,
     /// Corruption totals already handed out by `take_corruption_event`.
     reported: (u64, u64),
     /// Seqs `read_from` found unreadable, so each is counted once however often it is read.
     unreadable: Mutex<BTreeSet<u64>>,
+    /// Unacknowledged records a replacement segment stands for (`replace.rs`): never read,
+    /// never counted as pending or dropped.
+    pub(super) superseded: BTreeSet<u64>,
+    pub(super) split_records_total: u64,
+    pub(super) oversized_records_total: u64,
 }
 
 impl Spool {
@@ -101,16 +115,23 @@ impl Spool {
         let mut names = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err("list directory", &dir))? {
             let entry = entry.map_err(io_err("list directory", &dir))?;
-            if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
-                names.push((first, entry.path()));
+            let name = entry.file_name();
+            let name = name.to_str().unwrap_or_default();
+            if let Some((first, replaces)) = parse_segment_name(name) {
+                names.push((first, entry.path(), replaces));
+            } else if name.ends_with(TMP_SEGMENT_SUFFIX) {
+                // A replacement that was never renamed into place: the record it was
+                // for is still here and will be replaced again.
+                let _ = fs::remove_file(entry.path());
             }
         }
         names.sort();
 
         let mut closed = VecDeque::new();
+        let mut superseded = BTreeSet::new();
         let mut max_seq = 0u64;
         let mut changed_dir = false;
-        for (_, path) in names {
+        for (_, path, replaces) in names {
             let scanned = match scan_segment(&path, max_seq) {
                 Ok(s) => s,
                 Err(e) => {
@@ -146,14 +167,23 @@ impl Spool {
                 changed_dir = true;
                 continue;
             }
+            superseded.extend(replaces);
             closed.push_back(seg);
         }
+        // Only records still stored and unacknowledged count as superseded.
+        superseded.retain(|&seq| {
+            seq > last_acked
+                && closed
+                    .iter()
+                    .any(|s: &Segment| s.records.binary_search_by_key(&seq, |r| r.seq).is_ok())
+        });
 
         let spool = Spool {
             dir,
             max_bytes,
             segment_bytes,
             fsync: cfg.fsync,
+            max_frame_len: cfg.max_frame_len,
             closed,
             active: None,
             last_acked,
@@ -164,6 +194,9 @@ impl Spool {
             corruption,
             reported: (0, 0),
             unreadable: Mutex::new(BTreeSet::new()),
+            superseded,
+            split_records_total: 0,
+            oversized_records_total: 0,
         };
         if changed_dir {
             // Only makes the clean-up durable; a crash would just redo it, so not fatal.
@@ -174,9 +207,34 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Stores `batch` durably and returns its seq. May first drop the oldest segments and
-    /// store a gap record (taking the seq before the returned one) to stay within `max_bytes`.
+    /// Stores `batch` durably and returns the seq of its last record: a batch whose wire
+    /// frame could exceed the frame limit is stored as several records, each within it (what
+    /// exceeds it even alone goes last, in its own record, set aside when it is sent). May
+    /// first drop the oldest segments and store a gap record to stay within `max_bytes`.
     pub fn append(&mut self, batch: SpoolBatch) -> Result<u64, SpoolError> {
+        let split = split::split(batch, self.max_frame_len);
+        let pieces = split.fits.len() + usize::from(split.too_large.is_some());
+        if pieces > 1 {
+            self.split_records_total += 1;
+            tracing::info!(
+                records = pieces,
+                max_frame_len = self.max_frame_len,
+                "spool: batch above the frame limit stored as several records"
+            );
+        }
+        let mut pieces = split.fits.into_iter().chain(split.too_large);
+        // `split` always yields at least one piece; an empty batch stands in otherwise.
+        let first = pieces
+            .next()
+            .unwrap_or_else(|| SpoolBatch::of_events(Vec::new()));
+        let mut last = self.append_one(first)?;
+        for piece in pieces {
+            last = self.append_one(piece)?;
+        }
+        Ok(last)
+    }
+
+    fn append_one(&mut self, batch: SpoolBatch) -> Result<u64, SpoolError> {
         let payload = postcard::to_stdvec(&batch).map_err(SpoolError::Encode)?;
         let len = record::payload_len(&payload).ok_or(SpoolError::RecordSize {
             bytes: payload.len(),
@@ -209,6 +267,7 @@ impl Spool {
             .get_mut()
             .unwrap_or_else(|poison| poison.into_inner())
             .retain(|&s| s > seq);
+        self.superseded.retain(|&s| s > seq);
 
         let mut removed = false;
         let mut result = Ok(());
@@ -272,7 +331,7 @@ impl Spool {
                 {
                     return Ok(out);
                 }
-                if self.is_unreadable(meta.seq) {
+                if self.is_unreadable(meta.seq) || self.superseded.contains(&meta.seq) {
                     continue;
                 }
                 if file.is_none() {
@@ -316,6 +375,8 @@ impl Spool {
             dropped_records_total: self.dropped_records_total,
             corrupt_records_total: self.corruption.records.load(Ordering::Relaxed),
             corrupt_bytes_total: self.corruption.bytes.load(Ordering::Relaxed),
+            split_records_total: self.split_records_total,
+            oversized_records_total: self.oversized_records_total,
             ..SpoolStats::default()
         };
         for seg in self.segments() {
@@ -329,7 +390,10 @@ impl Spool {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .len() as u64;
-        stats.records_pending = stats.records_pending.saturating_sub(unreadable);
+        stats.records_pending = stats
+            .records_pending
+            .saturating_sub(unreadable)
+            .saturating_sub(self.superseded.len() as u64);
         stats
     }
 
@@ -356,72 +420,8 @@ impl Spool {
             .chain(self.active.as_ref().map(|a| &a.seg))
     }
 
-    fn bytes_on_disk(&self) -> u64 {
+    pub(super) fn bytes_on_disk(&self) -> u64 {
         self.segments().map(|s| s.size).sum()
-    }
-
-    /// Rotates and drops oldest segments until `record_bytes` plus the gap record it implies
-    /// fit under `max_bytes`, or nothing but the segment being written is left.
-    fn make_room(&mut self, record_bytes: u64) -> Result<(), SpoolError> {
-        let mut range: Option<GapAcc> = None;
-        let mut carried: Vec<GapInfo> = Vec::new();
-        let mut removed = false;
-        let result = loop {
-            let gap_bytes = self.gap_record_bytes(&carried, range);
-            let needed = record_bytes.saturating_add(gap_bytes);
-            if self.active.as_ref().is_some_and(|a| {
-                a.seg.size > 0 && a.seg.size.saturating_add(needed) > self.segment_bytes
-            }) {
-                self.close_active();
-            }
-            if self.bytes_on_disk().saturating_add(needed) <= self.max_bytes {
-                break Ok(());
-            }
-            let Some(seg) = self.closed.pop_front() else {
-                break Ok(());
-            };
-            if let Err(e) = remove_if_exists(&seg.path) {
-                self.closed.push_front(seg);
-                break Err(e);
-            }
-            removed = true;
-            let mut dropped = 0u64;
-            for r in seg.records.iter().filter(|r| r.seq > self.last_acked) {
-                dropped += 1;
-                self.dropped_records_total += 1;
-                self.dropped_samples_total += r.samples;
-                GapAcc::add(&mut range, r);
-                carried.extend_from_slice(&r.gaps);
-            }
-            tracing::warn!(path = %seg.path.display(), unacked_records = dropped,
-                "spool: full, dropped oldest segment");
-        };
-        self.pending_gaps.extend(carried);
-        self.pending_gaps.extend(range.map(GapAcc::info));
-        if removed {
-            self.sync_dir()?;
-        }
-        result
-    }
-
-    fn pending_gap_batch(&self) -> Option<SpoolBatch> {
-        gap_batch(self.pending_gaps.iter().copied())
-    }
-
-    /// Exact on-disk size of the gap record the current drops would produce (0 if none).
-    fn gap_record_bytes(&self, carried: &[GapInfo], range: Option<GapAcc>) -> u64 {
-        let gaps = self
-            .pending_gaps
-            .iter()
-            .chain(carried)
-            .copied()
-            .chain(range.map(GapAcc::info));
-        match gap_batch(gaps) {
-            // A few dozen bytes per event; the fallback only matters if encoding failed,
-            // which for plain integers it cannot.
-            Some(b) => postcard::to_stdvec(&b).map_or(1024, |p| p.len() as u64) + HEADER_LEN,
-            None => 0,
-        }
     }
 
     fn write_batch(&mut self, batch: &SpoolBatch) -> Result<u64, SpoolError> {
@@ -509,13 +509,13 @@ impl Spool {
         })
     }
 
-    fn close_active(&mut self) {
+    pub(super) fn close_active(&mut self) {
         if let Some(active) = self.active.take() {
             self.closed.push_back(active.seg);
         }
     }
 
-    fn sync_dir(&self) -> Result<(), SpoolError> {
+    pub(super) fn sync_dir(&self) -> Result<(), SpoolError> {
         if self.fsync {
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
@@ -545,7 +545,7 @@ impl Spool {
     }
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), SpoolError> {
+pub(super) fn remove_if_exists(path: &Path) -> Result<(), SpoolError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
         _ => Ok(()),

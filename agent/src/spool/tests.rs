@@ -19,6 +19,7 @@ fn cfg(dir: &Path, max_bytes: u64, segment_bytes: u64) -> SpoolConfig {
         max_bytes,
         segment_bytes,
         fsync: false,
+        max_frame_len: mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN,
     }
 }
 
