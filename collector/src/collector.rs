@@ -95,11 +95,10 @@ fn spawn_session_cleanup(
 /// returned, and its queued notifications wait until it is fixed (PUT) or deleted. One the
 /// configuration now defines too is the configured one (the store drops the API copy).
 fn load_api_receivers(
-    config: &CollectorConfig,
+    stored: Vec<crate::alerting::stored_receivers::StoredReceiver>,
     secrets: &ApiSecrets,
     receivers: &mut Vec<Receiver>,
-) -> Result<Vec<String>, CollectorError> {
-    let stored = crate::alerting::stored_receivers::load(&config.db_path)?;
+) -> Vec<String> {
     let mut skipped = Vec::new();
     for s in stored {
         if receivers.iter().any(|r| r.name() == s.name) {
@@ -127,7 +126,7 @@ fn load_api_receivers(
             "receivers defined through the API skipped"
         );
     }
-    Ok(skipped)
+    skipped
 }
 
 /// The store with the alerting runtime plugged in, and what the dispatcher needs.
@@ -155,11 +154,16 @@ fn open_alerting(
         .iter()
         .map(|raw| Receiver::from_raw(raw.clone(), base_dir, &Destinations::Any))
         .collect::<Result<Vec<_>, _>>()?;
+    let stored = crate::alerting::stored_receivers::load(&config.db_path)?;
+    let sealed_exist = stored.iter().any(|s| !s.secrets.is_empty());
     let api_secrets = ApiSecrets {
-        key: Arc::new(SecretKey::load_or_create(&config.secret_key_path())?),
+        key: Arc::new(SecretKey::load_or_create(
+            &config.secret_key_path(),
+            !sealed_exist,
+        )?),
         destinations: config.alerting.api_destinations.clone(),
     };
-    let skipped = load_api_receivers(config, &api_secrets, &mut receivers)?;
+    let skipped = load_api_receivers(stored, &api_secrets, &mut receivers);
     let outbox =
         OutboxShared::with_metrics(receivers.iter().map(Receiver::name), metrics.alerts.clone());
     let (alerting, writer) = Alerting::open(

@@ -438,7 +438,8 @@ fn api_settings(
     let audit_retention = a
         .audit_retention
         .unwrap_or(Duration::from_secs(400 * 86_400));
-    if audit_retention.get().as_secs() < 86_400 {
+    // The chain's verifier relies on this floor (`MIN_AUDIT_RETENTION_MS`).
+    if audit_retention.as_millis_i64() < crate::store::audit_chain::MIN_AUDIT_RETENTION_MS {
         return Err(bad("api.audit_retention", "must be at least 1d"));
     }
     if api.command_timeout >= request_timeout {

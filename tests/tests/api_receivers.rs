@@ -356,11 +356,25 @@ fn api_receivers_crud_live_durable_and_secret_free() {
         api.send(
             "PUT",
             &format!("{r}/apihook"),
-            &hook(&a.url("/a2"), kept.clone()),
+            &hook(&a.url("/a"), kept.clone()),
         ),
         200,
     );
-    // B is another port: the secret given for A must be given again.
+    // Another path on the same server, or B (another port): the secret given for A must
+    // be given again.
+    for elsewhere in [a.url("/a2"), b.url("/b")] {
+        let resp = api.send(
+            "PUT",
+            &format!("{r}/apihook"),
+            &hook(&elsewhere, kept.clone()),
+        );
+        assert_eq!(resp.status, 422, "{elsewhere}: {}", resp.body);
+        assert!(
+            message(&resp).contains("give the secret again"),
+            "{}",
+            resp.body
+        );
+    }
     let resp = api.send(
         "PUT",
         &format!("{r}/apihook"),

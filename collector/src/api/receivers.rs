@@ -310,21 +310,21 @@ async fn store_receiver(
     if set.list.iter().any(|r| r.name() == name) {
         return Err(from_config_conflict(&name));
     }
-    // The secrets kept with `{"stored": true}` are those stored now; the prepared set is
-    // consistent on its own (each sealed for the definition stored with it).
-    let stored = read_api_receiver(state, name.clone())
-        .await?
-        .map(|s| s.secrets)
-        .unwrap_or_default();
-    // Seals or opens secrets and builds an HTTP client: blocking work. The reason of a
-    // failure names the field and destination, never a secret.
-    let prepared = tokio::task::spawn_blocking(move || secrets.prepare(raw, &stored))
-        .await
-        .map_err(|e| ApiError::Internal(format!("receiver setup task failed: {e}")))?
-        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    let receiver = prepared.receiver;
     let status = {
+        // Held from reading the stored secrets to storing the new set: a `{"stored": true}`
+        // overlapping a delete or a rotation cannot bring back the secret it replaced.
         let _changes = dispatcher.lock_changes().await;
+        let stored = read_api_receiver(state, name.clone())
+            .await?
+            .map(|s| s.secrets)
+            .unwrap_or_default();
+        // Seals or opens secrets and builds an HTTP client: blocking work. The reason of a
+        // failure names the field and destination, never a secret.
+        let prepared = tokio::task::spawn_blocking(move || secrets.prepare(raw, &stored))
+            .await
+            .map_err(|e| ApiError::Internal(format!("receiver setup task failed: {e}")))?
+            .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        let receiver = prepared.receiver;
         let status = match state
             .alerting
             .put_receiver(prepared.definition, prepared.secrets, create_only, now_ms())
@@ -381,9 +381,9 @@ async fn create_receiver(
 /// Creates or replaces a receiver defined through the API, in effect at once (queued
 /// notifications go out with the new definition; a send in progress finishes first).
 /// Validated as for POST; `{"stored": true}` keeps a stored secret, only while the
-/// definition still sends to the destination it was given for (scheme, host and port of
-/// the URL; SMTP server and TLS mode), else 400. Configured receivers cannot be changed
-/// here (409).
+/// definition still sends to the destination it was given for (the whole URL, path and query
+/// included; SMTP server, port and TLS mode), else 422. Configured receivers cannot be
+/// changed here (409).
 #[utoipa::path(put, path = "/receivers/{name}",
     params(("name" = String, Path, description = "The receiver's name")),
     request_body(content = Object, description = "A receiver definition with `type`, as a `[[receiver]]` table; `name` may be left out"),

@@ -43,14 +43,21 @@ pub struct PreparedReceiver {
     pub receiver: Receiver,
 }
 
-/// Where a receiver's secrets go: the origin (scheme, host, port) of a webhook or PagerDuty
-/// URL; the SMTP server and TLS mode of an email receiver (its password is sent there);
-/// for Slack and Discord the secret is the URL itself, so it cannot be sent elsewhere.
+/// Where a receiver's secrets go: the whole webhook or PagerDuty URL (scheme, host, port,
+/// path and query — a shared host can serve other tenants under other paths); the SMTP
+/// server and TLS mode of an email receiver (its password is sent there); for Slack and
+/// Discord the secret is the URL itself, so it cannot be sent elsewhere.
 pub fn destination(raw: &ReceiverConfigRaw) -> String {
     use super::email::TlsMode;
     fn origin(url: &str) -> String {
         match reqwest::Url::parse(url) {
-            Ok(u) if u.origin().is_tuple() => u.origin().ascii_serialization(),
+            Ok(mut u) if u.origin().is_tuple() => {
+                // `prepare` refuses credentials in the URL; the fragment is never sent.
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.set_fragment(None);
+                u.to_string()
+            }
             // Not an http(s) URL: building the receiver refuses it; bind to the text.
             _ => url.to_owned(),
         }
@@ -99,6 +106,27 @@ fn rebind(name: &str, field: &str, was: &str, now: &str) -> NotifyConfigError {
     )
 }
 
+/// A webhook or PagerDuty URL with `user:password@` would keep a credential in the
+/// definition, stored and shown in clear: refused (give it as the receiver's secret).
+fn refuse_url_credentials(raw: &ReceiverConfigRaw) -> Result<(), NotifyConfigError> {
+    let url = match raw {
+        ReceiverConfigRaw::Webhook(c) => Some(c.url.as_str()),
+        ReceiverConfigRaw::PagerDuty(c) => c.url.as_deref(),
+        _ => None,
+    };
+    let with_credentials = url
+        .and_then(|u| reqwest::Url::parse(u).ok())
+        .is_some_and(|u| !u.username().is_empty() || u.password().is_some());
+    if with_credentials {
+        return Err(NotifyConfigError::new(
+            raw.name(),
+            "url: credentials in the URL (user:password@) would be stored and shown in \
+             clear; a receiver defined through the API takes its credential as its secret",
+        ));
+    }
+    Ok(())
+}
+
 impl ApiSecrets {
     /// Validates a definition from an API request, given the secrets stored for that name
     /// (none for a new receiver): each secret is a new value (sealed now) or `stored`
@@ -110,6 +138,7 @@ impl ApiSecrets {
         stored: &[SealedSecret],
     ) -> Result<PreparedReceiver, NotifyConfigError> {
         let name = raw.name().to_owned();
+        refuse_url_credentials(&raw)?;
         let dest = destination(&raw);
         let mut definition = raw.clone();
         let mut with_values = raw;
@@ -229,7 +258,7 @@ mod tests {
 
     fn api(dir: &Path) -> ApiSecrets {
         ApiSecrets {
-            key: Arc::new(SecretKey::load_or_create(&dir.join("key")).expect("key")),
+            key: Arc::new(SecretKey::load_or_create(&dir.join("key"), true).expect("key")),
             destinations: crate::notify::Destinations::only(&["192.0.2.0/24".into()])
                 .expect("valid"),
         }
@@ -244,7 +273,7 @@ mod tests {
             .prepare(hook("http://192.0.2.1:9/a", value.clone()), &[])
             .expect("prepare");
         assert_eq!(first.secrets.len(), 1);
-        assert_eq!(first.secrets[0].destination, "http://192.0.2.1:9");
+        assert_eq!(first.secrets[0].destination, "http://192.0.2.1:9/a");
         let stored_json = serde_json::to_string(&first.definition).expect("json");
         assert!(
             stored_json.contains(r#""secret":{"stored":true}"#),
@@ -252,10 +281,10 @@ mod tests {
         );
         assert!(!stored_json.contains("hmac-value-91"));
 
-        // Kept on the same origin (another path); rebuilt from what is stored.
+        // Kept for the same URL (its fragment aside); rebuilt from what is stored.
         let kept = api
             .prepare(
-                hook("http://192.0.2.1:9/b", SecretRef::stored()),
+                hook("http://192.0.2.1:9/a#x", SecretRef::stored()),
                 &first.secrets,
             )
             .expect("kept");
@@ -263,8 +292,10 @@ mod tests {
         api.build_stored(kept.definition.clone(), &kept.secrets)
             .expect("rebuilt");
 
-        // Another host, scheme or port: the secret must be given again.
+        // Another host, scheme, port, path or query: the secret must be given again.
         for elsewhere in [
+            "http://192.0.2.1:9/b",
+            "http://192.0.2.1:9/a?tenant=2",
             "http://192.0.2.7:9/a",
             "https://192.0.2.1:9/a",
             "http://192.0.2.1:10/a",
@@ -297,6 +328,10 @@ mod tests {
             assert!(e.reason.contains("configuration file"), "{bad:?}: {e}");
         }
         let e = api
+            .prepare(hook("http://u:p@192.0.2.1:9/a", value.clone()), &[])
+            .expect_err("credentials in the URL");
+        assert!(e.reason.contains("user:password@"), "{e}");
+        let e = api
             .prepare(hook("http://192.0.2.1:9/a", SecretRef::stored()), &[])
             .expect_err("nothing stored");
         assert!(e.reason.contains("no secret is stored"), "{e}");
@@ -316,7 +351,7 @@ mod tests {
             source: None,
             timeout_secs: None,
         });
-        assert_eq!(destination(&pd), "https://events.pagerduty.com");
+        assert_eq!(destination(&pd), "https://events.pagerduty.com/v2/enqueue");
         let mail: ReceiverConfigRaw = serde_json::from_value(serde_json::json!({
             "type": "email", "name": "m", "host": "SMTP.example.com", "tls": "tls",
             "username": "u", "password": {"stored": true}, "from": "a@example.com",

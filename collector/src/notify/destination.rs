@@ -87,7 +87,9 @@ impl Destinations {
         let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .collect();
-        if addrs.iter().any(|a| self.allows(host, a.ip())) {
+        // Every address: the client picks one itself, so a name with one public and one
+        // internal address must not pass.
+        if !addrs.is_empty() && addrs.iter().all(|a| self.allows(host, a.ip())) {
             Ok(())
         } else {
             Err(self.refusal(host))

@@ -64,19 +64,33 @@ impl std::fmt::Debug for SecretKey {
 
 impl SecretKey {
     /// Reads the key at `path`, creating it (mode 0600, 32 random bytes) when there is
-    /// none. A key readable by group or others is refused: it unlocks every API receiver's
+    /// none and `may_create` (no sealed secret exists yet: a new key would open none of
+    /// them, and every API receiver would be skipped). A key readable by group or others,
+    /// or one reached through a symbolic link, is refused: it unlocks every API receiver's
     /// secret.
-    pub fn load_or_create(path: &Path) -> Result<SecretKey, SecretKeyError> {
+    pub fn load_or_create(path: &Path, may_create: bool) -> Result<SecretKey, SecretKeyError> {
         let file_err = |reason: String| SecretKeyError::File {
             path: path.to_path_buf(),
             reason,
         };
         match std::fs::symlink_metadata(path) {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => create(path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(file_err(
+                    "missing, but the database holds secrets sealed with it: restore the key \
+                     from your backup (or delete those receivers through the API)"
+                        .into(),
+                ))
+            }
             Err(e) => return Err(file_err(e.to_string())),
         }
-        let meta = std::fs::metadata(path).map_err(|e| file_err(e.to_string()))?;
+        let meta = std::fs::symlink_metadata(path).map_err(|e| file_err(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(file_err(
+                "not a regular file (a symbolic link is refused too)".into(),
+            ));
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -86,9 +100,6 @@ impl SecretKey {
                         .into(),
                 ));
             }
-        }
-        if !meta.is_file() {
-            return Err(file_err("not a regular file".into()));
         }
         let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
         let bytes =
@@ -185,7 +196,7 @@ mod tests {
     fn notify_secret_key_created_private_and_binds_secrets() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("k");
-        let key = SecretKey::load_or_create(&path).expect("create");
+        let key = SecretKey::load_or_create(&path, true).expect("create");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -198,7 +209,7 @@ mod tests {
             .expect("seal");
         assert!(!sealed.windows(10).any(|w| w == b"hmac-key-1"));
         // The same file gives the same key; the secret opens only under its binding.
-        let again = SecretKey::load_or_create(&path).expect("load");
+        let again = SecretKey::load_or_create(&path, true).expect("load");
         let opened = again
             .open(binding("r", "https://a.example:443"), &sealed)
             .expect("open");
@@ -217,7 +228,7 @@ mod tests {
             .is_err());
         assert!(again.open(binding("r", "x"), &[1, 2]).is_err());
         // Another key does not open it.
-        let other = SecretKey::load_or_create(&dir.path().join("k2")).expect("create");
+        let other = SecretKey::load_or_create(&dir.path().join("k2"), true).expect("create");
         assert!(other
             .open(binding("r", "https://a.example:443"), &sealed)
             .is_err());
@@ -229,14 +240,22 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("k");
-        SecretKey::load_or_create(&path).expect("create");
+        SecretKey::load_or_create(&path, true).expect("create");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-        let e = SecretKey::load_or_create(&path).expect_err("group-readable");
+        let e = SecretKey::load_or_create(&path, true).expect_err("group-readable");
         assert!(e.to_string().contains("group or others"), "{e}");
         let bad = dir.path().join("bad");
         std::fs::write(&bad, "abcd\n").expect("write");
         std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let e = SecretKey::load_or_create(&bad).expect_err("short");
+        let e = SecretKey::load_or_create(&bad, true).expect_err("short");
         assert!(e.to_string().contains("hexadecimal"), "{e}");
+        let gone = dir.path().join("gone");
+        let e = SecretKey::load_or_create(&gone, false).expect_err("sealed rows exist");
+        assert!(e.to_string().contains("restore the key"), "{e}");
+        assert!(!gone.exists(), "no new key beside sealed secrets");
+        std::os::unix::fs::symlink(&path, dir.path().join("link")).expect("symlink");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let e = SecretKey::load_or_create(&dir.path().join("link"), true).expect_err("link");
+        assert!(e.to_string().contains("regular file"), "{e}");
     }
 }

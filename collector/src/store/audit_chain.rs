@@ -85,15 +85,22 @@ pub fn row_hash(r: &AuditRow, prev_hash: &str) -> String {
 struct Removed {
     upto_id: i64,
     last_hash: String,
+    /// The cutoff retention recorded: it removed only rows older than this.
+    cutoff_ms: i64,
 }
+
+/// The shortest audit retention the configuration allows (`[api] audit_retention`): no
+/// genuine retention pass removes a row younger than this, whatever the setting was then.
+pub const MIN_AUDIT_RETENTION_MS: i64 = 86_400_000;
 
 fn removed(c: &Connection) -> Result<Option<Removed>, StoreError> {
     Ok(
-        c.prepare_cached("SELECT upto_id, last_hash FROM audit_retention WHERE id = 1")?
+        c.prepare_cached("SELECT upto_id, last_hash, cutoff_ms FROM audit_retention WHERE id = 1")?
             .query_row([], |r| {
                 Ok(Removed {
                     upto_id: r.get(0)?,
                     last_hash: r.get(1)?,
+                    cutoff_ms: r.get(2)?,
                 })
             })
             .optional()?,
@@ -273,6 +280,17 @@ pub fn verify(
     let Some(anchor) = removed(&tx)? else {
         return Ok(broken(0, "the audit_retention row is missing".into(), None));
     };
+    // Someone with write access to the file could move retention's record up to a recent
+    // row and delete everything below it; no genuine pass cuts younger than a day.
+    let newest_cut = mcpwatch_common::time::now_ms().saturating_sub(MIN_AUDIT_RETENTION_MS);
+    if anchor.cutoff_ms > newest_cut {
+        let reason = format!(
+            "retention's record claims rows up to id {} were removed with a cutoff younger \
+             than the shortest retention allowed (1d): removed outside retention",
+            anchor.upto_id
+        );
+        return Ok(broken(anchor.upto_id, reason, None));
+    }
     let mut start = (anchor.upto_id, anchor.last_hash.clone());
     if let Some(cp) = from {
         if anchor.upto_id < cp.removed_upto {

@@ -341,3 +341,31 @@ fn audit_chain_of_existing_rows_is_built_chunk_by_chunk() {
     assert_eq!(rows, 7);
     assert_eq!(after, before, "the same chain as appending built");
 }
+
+#[test]
+fn audit_chain_refuses_a_retention_record_younger_than_any_retention() {
+    // Rows written now; the attacker moves retention's record up to row 3 (hash and all,
+    // so the survivors link to it) and deletes what lies below, as retention would.
+    let (_d, c) = db();
+    let now = mcpwatch_common::time::now_ms();
+    let ids: Vec<i64> = (0..5)
+        .map(|i| append(&c, &entry(now + i)).unwrap())
+        .collect();
+    let hash: String = c
+        .query_row(
+            "SELECT row_hash FROM audit_log WHERE id = ?1",
+            [ids[2]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    c.execute(
+        "UPDATE audit_retention SET upto_id = ?1, last_hash = ?2, cutoff_ms = ?3",
+        rusqlite::params![ids[2], hash, now + 3],
+    )
+    .unwrap();
+    c.execute("DELETE FROM audit_log WHERE id <= ?1", [ids[2]])
+        .unwrap();
+    let (id, reason) = broken_at(&verify(&c, None, true).unwrap());
+    assert_eq!(id, ids[2]);
+    assert!(reason.contains("outside retention"), "{reason}");
+}
