@@ -8,8 +8,8 @@
 //! come out in another order than they went in (serde_json's map is sorted); JSON does not
 //! give key order a meaning.
 
-use rmcp::model::{JsonRpcMessage, JsonRpcRequest};
 pub use rmcp::model::{ErrorCode, ErrorData, NumberOrString, RequestId};
+use rmcp::model::{JsonRpcMessage, JsonRpcRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -169,7 +169,10 @@ mod tests {
         assert_eq!(parse("nope").err(), Some(ParseError::NotJson));
         assert_eq!(parse("{\"jsonrpc\":").err(), Some(ParseError::NotJson));
         assert_eq!(parse("[1,2]").err(), Some(ParseError::NotJsonRpc));
-        assert_eq!(parse(r#"{"jsonrpc":"2.0"}"#).err(), Some(ParseError::NotJsonRpc));
+        assert_eq!(
+            parse(r#"{"jsonrpc":"2.0"}"#).err(),
+            Some(ParseError::NotJsonRpc)
+        );
         assert_eq!(
             parse(r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#).err(),
             Some(ParseError::NotJsonRpc)
@@ -202,9 +205,15 @@ mod tests {
             Some(NumberOrString::String("tok".into()))
         );
         set_request_progress_token(&mut params, upstream_id(42));
-        assert_eq!(params.as_ref().unwrap()["_meta"]["progressToken"], json!(42));
+        assert_eq!(
+            params.as_ref().unwrap()["_meta"]["progressToken"],
+            json!(42)
+        );
         assert_eq!(tool_name(&params).as_deref(), Some("echo"));
-        assert_eq!(request_progress_token(&Some(json!({"_meta": {"progressToken": {}}}))), None);
+        assert_eq!(
+            request_progress_token(&Some(json!({"_meta": {"progressToken": {}}}))),
+            None
+        );
         assert_eq!(as_upstream_id(&upstream_id(5)), Some(5));
         assert_eq!(as_upstream_id(&NumberOrString::Number(0)), None);
         assert_eq!(as_upstream_id(&NumberOrString::Number(-3)), None);

@@ -19,5 +19,5 @@ pub mod session_mux;
 pub use call_event::{CallEvent, CallOutcome, CallSink, NoCallSink};
 pub use session_mux::{
     ClientMessage, ClientSession, MuxConfig, MuxError, MuxHandle, MuxStatsSnapshot, Route,
-    SessionMux, Upstream,
+    SessionMux, SessionSender, Upstream,
 };

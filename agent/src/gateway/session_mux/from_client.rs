@@ -38,7 +38,9 @@ impl MuxState {
             }
         };
         match message {
-            Message::Request(request) => self.on_client_request(session, request.id, request.request, now),
+            Message::Request(request) => {
+                self.on_client_request(session, request.id, request.request, now)
+            }
             Message::Notification(notification) => {
                 self.on_client_notification(session, notification.notification, now)
             }
@@ -53,7 +55,18 @@ impl MuxState {
         }
     }
 
-    fn on_client_request(&mut self, session: SessionId, id: RequestId, mut call: Call, now: Instant) {
+    fn on_client_request(
+        &mut self,
+        session: SessionId,
+        id: RequestId,
+        mut call: Call,
+        now: Instant,
+    ) {
+        if call.method == "initialize" && matches!(self.init, Init::Ready(_)) {
+            // Answered at once from the cache: it takes no in-flight slot, so no limit applies.
+            self.on_client_initialize(session, id, call, now);
+            return;
+        }
         let Some(entry) = self.sessions.get(&session) else {
             return;
         };
@@ -99,7 +112,13 @@ impl MuxState {
         self.send_upstream(&jsonrpc::request(jsonrpc::upstream_id(upstream), call));
     }
 
-    fn on_client_initialize(&mut self, session: SessionId, id: RequestId, call: Call, now: Instant) {
+    fn on_client_initialize(
+        &mut self,
+        session: SessionId,
+        id: RequestId,
+        call: Call,
+        now: Instant,
+    ) {
         let waiter = InitWaiter {
             session,
             client_id: id,
@@ -155,7 +174,8 @@ impl MuxState {
             "notifications/progress" => {
                 // Progress on a server request this session is answering; the token is the
                 // server's own, so it goes up unchanged.
-                let token = jsonrpc::param(&call.params, "progressToken").and_then(jsonrpc::id_from_json);
+                let token =
+                    jsonrpc::param(&call.params, "progressToken").and_then(jsonrpc::id_from_json);
                 let known = token.is_some_and(|token| {
                     self.server_requests.values().any(|request| {
                         request.session == session && request.progress.as_ref() == Some(&token)
@@ -171,7 +191,12 @@ impl MuxState {
         }
     }
 
-    fn on_client_answer(&mut self, session: SessionId, id: RequestId, answer: Result<Value, ErrorData>) {
+    fn on_client_answer(
+        &mut self,
+        session: SessionId,
+        id: RequestId,
+        answer: Result<Value, ErrorData>,
+    ) {
         let owned = self
             .server_requests
             .get(&id)

@@ -23,7 +23,11 @@ impl MuxState {
             Ok(message) => message,
             Err(problem) => {
                 MuxStats::add(&self.stats.upstream_malformed);
-                debug!(len = line.len(), ?problem, "upstream line is not a JSON-RPC message");
+                debug!(
+                    len = line.len(),
+                    ?problem,
+                    "upstream line is not a JSON-RPC message"
+                );
                 return;
             }
         };
@@ -42,7 +46,12 @@ impl MuxState {
         }
     }
 
-    fn on_upstream_answer(&mut self, id: RequestId, answer: Result<Value, ErrorData>, now: Instant) {
+    fn on_upstream_answer(
+        &mut self,
+        id: RequestId,
+        answer: Result<Value, ErrorData>,
+        now: Instant,
+    ) {
         let Some(upstream) = jsonrpc::as_upstream_id(&id) else {
             MuxStats::add(&self.stats.upstream_unknown);
             return;
@@ -55,7 +64,10 @@ impl MuxState {
             }
             return;
         };
-        let Waiting::Call { session, client_id, .. } = pending.waiting else {
+        let Waiting::Call {
+            session, client_id, ..
+        } = pending.waiting
+        else {
             self.on_initialize_answer(answer, now);
             return;
         };
@@ -158,7 +170,10 @@ impl MuxState {
             return;
         }
         let refusal = if self.server_requests.contains_key(&id) {
-            Some((ErrorCode::INVALID_REQUEST, "a request with this id is already open"))
+            Some((
+                ErrorCode::INVALID_REQUEST,
+                "a request with this id is already open",
+            ))
         } else if self.server_requests.len() >= self.config.max_in_flight {
             Some((jsonrpc::OVER_LIMIT, "too many server requests open"))
         } else {
@@ -168,7 +183,10 @@ impl MuxState {
         let (target, refusal) = match (refusal, target) {
             (None, Some(target)) => (target, None),
             (Some(refusal), _) => ((0, None), Some(refusal)),
-            (None, None) => ((0, None), Some((ErrorCode::INTERNAL_ERROR, "no client is connected"))),
+            (None, None) => (
+                (0, None),
+                Some((ErrorCode::INTERNAL_ERROR, "no client is connected")),
+            ),
         };
         if let Some((code, text)) = refusal {
             MuxStats::add(&self.stats.server_requests_refused);
@@ -177,7 +195,8 @@ impl MuxState {
         }
         let (session, related) = target;
         let progress = jsonrpc::request_progress_token(&call.params);
-        self.server_requests.insert(id, ServerRequest { session, progress });
+        self.server_requests
+            .insert(id, ServerRequest { session, progress });
         let route = related.map_or(Route::Standalone, Route::Related);
         let message = ClientMessage {
             line: line.to_owned(),

@@ -204,8 +204,10 @@ impl MuxHandle {
         // (lines travel on another channel) and its close after both.
         is_open.await.map_err(|_| MuxError::Closed)?;
         Ok(ClientSession {
-            id,
-            input: self.input.clone(),
+            sender: SessionSender {
+                id,
+                input: self.input.clone(),
+            },
             control: self.control.clone(),
             from_mux,
             _slot: permit,
@@ -225,24 +227,43 @@ impl MuxHandle {
 /// One client's end of the mux. Dropping it ends the session: its in-flight requests are
 /// cancelled upstream.
 pub struct ClientSession {
-    id: SessionId,
-    input: mpsc::Sender<(SessionId, String)>,
+    sender: SessionSender,
     control: mpsc::UnboundedSender<Control>,
     from_mux: mpsc::Receiver<ClientMessage>,
     _slot: OwnedSemaphorePermit,
 }
 
-impl ClientSession {
-    pub fn id(&self) -> u64 {
-        self.id
-    }
+/// The sending half of a session, for a front that sends from other tasks than the one
+/// reading (a Streamable HTTP POST while an SSE stream is open). Lines sent after the
+/// session has ended are ignored.
+#[derive(Clone)]
+pub struct SessionSender {
+    id: SessionId,
+    input: mpsc::Sender<(SessionId, String)>,
+}
 
+impl SessionSender {
     /// One JSON-RPC message from the client, as a line. Waits while the upstream is behind.
     pub async fn send(&self, line: String) -> Result<(), MuxError> {
         self.input
             .send((self.id, line))
             .await
             .map_err(|_| MuxError::Closed)
+    }
+}
+
+impl ClientSession {
+    pub fn id(&self) -> u64 {
+        self.sender.id
+    }
+
+    pub fn sender(&self) -> SessionSender {
+        self.sender.clone()
+    }
+
+    /// As [`SessionSender::send`].
+    pub async fn send(&self, line: String) -> Result<(), MuxError> {
+        self.sender.send(line).await
     }
 
     /// The next message for the client; `None` once the session has been ended by the mux
@@ -255,6 +276,6 @@ impl ClientSession {
 impl Drop for ClientSession {
     fn drop(&mut self) {
         // Fails only when the mux is gone, and then there is nothing left to clean up.
-        let _ = self.control.send(Control::Close(self.id));
+        let _ = self.control.send(Control::Close(self.sender.id));
     }
 }

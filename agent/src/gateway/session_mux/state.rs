@@ -8,8 +8,8 @@ use std::mem;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -223,14 +223,16 @@ impl MuxState {
         Some(pending)
     }
 
+    /// Adds a waiter for the initialize in flight (there must be one).
     pub fn add_init_waiter(&mut self, waiter: InitWaiter) {
+        let Init::InFlight(waiters) = &mut self.init else {
+            return;
+        };
         if let Some(entry) = self.sessions.get_mut(&waiter.session) {
             entry.init_waits += 1;
         }
         self.in_flight += 1;
-        if let Init::InFlight(waiters) = &mut self.init {
-            waiters.push(waiter);
-        }
+        waiters.push(waiter);
     }
 
     /// Takes the initialize waiters, leaving the state `Idle`.
@@ -352,7 +354,13 @@ impl MuxState {
         for waiter in self.take_init_waiters() {
             self.reply_error(waiter.session, waiter.client_id, code, text);
             let method = "initialize".to_owned();
-            self.record(method, None, CallOutcome::TransportError, waiter.started, now);
+            self.record(
+                method,
+                None,
+                CallOutcome::TransportError,
+                waiter.started,
+                now,
+            );
         }
         self.sessions.clear();
         self.server_requests.clear();

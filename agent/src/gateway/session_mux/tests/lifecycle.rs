@@ -1,0 +1,293 @@
+//! Cancellation, timeouts, limits, malformed input and the end of the upstream: every
+//! table is emptied, nothing panics, every drop is counted.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::fake_server::FakeOptions;
+use super::*;
+use crate::gateway::jsonrpc::{self, id_from_json};
+use crate::gateway::session_mux::{MuxError, Route};
+
+async fn hang(session: &ClientSession, id: Value) {
+    session.send(call(id, "hang", "")).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn ending_a_session_cancels_its_requests_upstream_and_drops_their_late_answers() {
+    let harness = Harness::default_start();
+    let leaving = harness.initialized().await;
+    let mut staying = harness.initialized().await;
+    for n in 0..3 {
+        hang(&leaving, json!(n)).await;
+    }
+    hang(&staying, json!(0)).await;
+    eventually(|| harness.log(|log| log.hanging.len() == 4)).await;
+    let hanging = harness.log(|log| log.hanging.clone());
+    drop(leaving);
+    eventually(|| harness.log(|log| log.cancelled.len() == 3)).await;
+    let cancelled = harness.log(|log| log.cancelled.clone());
+    // Whichever three the leaving session sent; never the staying session's.
+    let staying_id = hanging
+        .iter()
+        .find(|id| !cancelled.contains(id))
+        .unwrap()
+        .clone();
+    assert_eq!(harness.sink.count("tools/call", CallOutcome::Cancelled), 3);
+    eventually(|| harness.mux.stats().in_flight == 1 && harness.mux.sessions() == 1).await;
+    // The server answers all four anyway: three are late, one reaches its caller.
+    for id in &hanging {
+        let answer = json!({"jsonrpc": "2.0", "id": id, "result": {"content": []}});
+        harness.inject.send(answer.to_string()).await.unwrap();
+    }
+    let answer = next(&mut staying).await;
+    assert_eq!(
+        answer.route,
+        Route::Response(id_from_json(&json!(0)).unwrap())
+    );
+    eventually(|| harness.mux.stats().upstream_late == 3).await;
+    assert_eq!(harness.mux.stats().in_flight, 0);
+    assert!(hanging.contains(&staying_id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_cancels_only_its_own_requests_under_the_upstream_id() {
+    let harness = Harness::default_start();
+    let mut owner = harness.initialized().await;
+    let other = harness.initialized().await;
+    hang(&owner, json!("a")).await;
+    eventually(|| harness.log(|log| log.hanging.len() == 1)).await;
+    let upstream_id = harness.log(|log| log.hanging[0].clone());
+    // Another session naming the same client id, and the owner naming an unknown one.
+    let cancel = |id: Value| {
+        notification(
+            "notifications/cancelled",
+            json!({"requestId": id, "reason": "r"}),
+        )
+    };
+    other.send(cancel(json!("a"))).await.unwrap();
+    owner.send(cancel(json!("zzz"))).await.unwrap();
+    owner.send(cancel(json!("a"))).await.unwrap();
+    eventually(|| harness.log(|log| !log.cancelled.is_empty())).await;
+    harness.log(|log| assert_eq!(log.cancelled, vec![upstream_id.clone()]));
+    assert_eq!(harness.sink.count("tools/call", CallOutcome::Cancelled), 1);
+    let late = json!({"jsonrpc": "2.0", "id": upstream_id, "result": {}});
+    harness.inject.send(late.to_string()).await.unwrap();
+    eventually(|| harness.mux.stats().upstream_late == 1).await;
+    assert!(quiet(&mut owner).await, "no answer after a cancel");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_without_an_answer_times_out_and_is_cancelled_upstream() {
+    let mut config = MuxConfig::new("files");
+    config.request_timeout = Duration::from_secs(5);
+    let harness = Harness::start(config, FakeOptions::default());
+    let mut session = harness.initialized().await;
+    let started = tokio::time::Instant::now();
+    hang(&session, json!(1)).await;
+    let answer = json_of(&next(&mut session).await);
+    assert_eq!(answer["error"]["code"], json!(jsonrpc::REQUEST_TIMEOUT.0));
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    eventually(|| harness.log(|log| log.cancelled.len() == 1)).await;
+    let events = harness.sink.events();
+    let timeout = events
+        .iter()
+        .find(|event| event.outcome == CallOutcome::Timeout)
+        .unwrap();
+    assert_eq!(timeout.tool.as_deref(), Some("hang"));
+    assert!(timeout.duration >= Duration::from_secs(5));
+    assert_eq!(harness.mux.stats().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn limits_answer_with_errors() {
+    let mut config = MuxConfig::new("files");
+    config.max_sessions = 3;
+    config.max_in_flight_per_session = 2;
+    config.max_in_flight = 3;
+    config.session_queue = 8;
+    let harness = Harness::start(config, FakeOptions::default());
+    let mut a = harness.initialized().await;
+    let mut b = harness.initialized().await;
+    let c = harness.session().await;
+    assert_eq!(
+        harness.mux.open_session().await.err(),
+        Some(MuxError::TooManySessions(3))
+    );
+    drop(c);
+    let mut c = harness.session().await;
+    for n in 0..3 {
+        hang(&a, json!(n)).await;
+    }
+    let refused = json_of(&next(&mut a).await);
+    assert_eq!(
+        (refused["id"].clone(), refused["error"]["code"].clone()),
+        (json!(2), json!(jsonrpc::OVER_LIMIT.0))
+    );
+    hang(&b, json!(0)).await;
+    hang(&b, json!(1)).await;
+    let refused = json_of(&next(&mut b).await);
+    assert_eq!(
+        (refused["id"].clone(), refused["error"]["code"].clone()),
+        (json!(1), json!(jsonrpc::OVER_LIMIT.0))
+    );
+    // Over the global limit even initialize waits are refused; the cache still answers.
+    c.send(initialize(json!(5))).await.unwrap();
+    assert!(json_of(&next(&mut c).await)["result"].is_object());
+    hang(&c, json!(6)).await;
+    assert_eq!(
+        json_of(&next(&mut c).await)["error"]["code"],
+        json!(jsonrpc::OVER_LIMIT.0)
+    );
+    assert_eq!(harness.mux.stats().client_refused, 3);
+    assert_eq!(harness.log(|log| log.hanging.len()), 3);
+    // A session ending frees its share.
+    drop(a);
+    eventually(|| harness.mux.stats().in_flight == 1).await;
+    c.send(call(json!(7), "echo", "x")).await.unwrap();
+    assert!(json_of(&next(&mut c).await)["result"].is_object());
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_upstream_lines_are_counted_and_traffic_goes_on() {
+    let harness = Harness::default_start();
+    let mut session = harness.initialized().await;
+    let lines = [
+        "not json",
+        "{\"jsonrpc\":",
+        "[1,2]",
+        "{\"jsonrpc\":\"2.0\"}",
+        "{\"jsonrpc\":\"2.0\",\"id\":true,\"result\":{}}",
+        "",
+        "   ",
+    ];
+    for line in lines {
+        harness.inject.send(line.to_owned()).await.unwrap();
+    }
+    let unknown = [
+        json!({"jsonrpc": "2.0", "id": 999_999, "result": {}}),
+        json!({"jsonrpc": "2.0", "id": "x", "result": {}}),
+        json!({"jsonrpc": "2.0", "id": -1, "result": {}}),
+        json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse"}}),
+    ];
+    for line in unknown {
+        harness.inject.send(line.to_string()).await.unwrap();
+    }
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "nobody"}});
+    harness.inject.send(cancel.to_string()).await.unwrap();
+    session
+        .send(call(json!(1), "echo", "still fine"))
+        .await
+        .unwrap();
+    let answer = json_of(&next(&mut session).await);
+    assert_eq!(answer["result"]["content"][0]["text"], json!("still fine"));
+    let stats = harness.mux.stats();
+    assert_eq!(stats.upstream_malformed, 5);
+    assert_eq!(stats.upstream_unknown, 4);
+    assert_eq!(stats.upstream_unroutable, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_client_lines_are_answered_with_errors() {
+    let harness = Harness::default_start();
+    let mut session = harness.initialized().await;
+    session.send("garbage".to_owned()).await.unwrap();
+    let answer = json_of(&next(&mut session).await);
+    assert_eq!(
+        (answer["id"].clone(), answer["error"]["code"].clone()),
+        (Value::Null, json!(-32700))
+    );
+    session
+        .send(json!({"jsonrpc": "2.0", "id": {}, "method": "x"}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(&next(&mut session).await)["error"]["code"],
+        json!(-32600)
+    );
+    hang(&session, json!(1)).await;
+    hang(&session, json!(1)).await;
+    let duplicate = json_of(&next(&mut session).await);
+    assert_eq!(
+        (duplicate["id"].clone(), duplicate["error"]["code"].clone()),
+        (json!(1), json!(-32600))
+    );
+    let answer_to_nothing = json!({"jsonrpc": "2.0", "id": 4, "result": {}});
+    session.send(answer_to_nothing.to_string()).await.unwrap();
+    eventually(|| harness.mux.stats().client_unroutable == 1).await;
+    let stats = harness.mux.stats();
+    assert_eq!((stats.client_malformed, stats.client_refused), (2, 1));
+    assert_eq!(harness.log(|log| log.hanging.len()), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_end_of_the_upstream_fails_every_request_and_ends_every_session() {
+    let harness = Harness::default_start();
+    let mut session = harness.initialized().await;
+    hang(&session, json!(1)).await;
+    eventually(|| harness.log(|log| log.hanging.len() == 1)).await;
+    let Harness {
+        mux,
+        inject,
+        server,
+        sink,
+        shutdown,
+    } = harness;
+    // The fake server holds the other sender; closing it ends the upstream stream.
+    drop(inject);
+    drop(server);
+    shutdown.cancel();
+    let answer = json_of(&next(&mut session).await);
+    assert_eq!(answer["error"]["code"], json!(jsonrpc::CONNECTION_CLOSED.0));
+    assert!(session.recv().await.is_none(), "the session ends");
+    assert_eq!(sink.count("tools/call", CallOutcome::TransportError), 1);
+    assert_eq!(mux.open_session().await.err(), Some(MuxError::Closed));
+    assert_eq!(
+        session.send(call(json!(2), "echo", "")).await,
+        Err(MuxError::Closed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_disconnected_and_the_others_are_not() {
+    let mut config = MuxConfig::new("files");
+    config.max_in_flight_per_session = 2;
+    config.session_queue = 4;
+    let harness = Harness::start(config, FakeOptions::default());
+    let mut stalled = harness.initialized().await;
+    let mut reading = harness.initialized().await;
+    // The stalled client asks the server something, then reads nothing.
+    stalled.send(call(json!("s"), "sample", "")).await.unwrap();
+    eventually(|| harness.mux.stats().server_requests == 1).await;
+    let line = notification("notifications/resources/list_changed", json!({}));
+    for _ in 0..6 {
+        harness.inject.send(line.clone()).await.unwrap();
+        next(&mut reading).await;
+    }
+    eventually(|| harness.mux.stats().session_overruns == 1).await;
+    // Its queued messages are still readable, then the session ends.
+    while stalled.recv().await.is_some() {}
+    // Its open server request was answered with an error, so the server is not left waiting.
+    eventually(|| harness.log(|log| log.client_answers.len() == 1)).await;
+    harness.log(|log| assert!(log.client_answers[0]["error"].is_object()));
+    let stats = harness.mux.stats();
+    assert_eq!((stats.server_requests, stats.in_flight), (0, 0));
+    reading.send(call(json!(1), "echo", "fine")).await.unwrap();
+    assert!(json_of(&next(&mut reading).await)["result"].is_object());
+}
+
+#[tokio::test(start_paused = true)]
+async fn limits_that_cannot_work_are_refused() {
+    let (_to_server, from_server) = tokio::sync::mpsc::channel(1);
+    let (to_server, _server_input) = tokio::sync::mpsc::channel(1);
+    let mut config = MuxConfig::new("files");
+    config.session_queue = config.max_in_flight_per_session;
+    let sink: Arc<dyn CallSink> = Arc::new(RecordingSink::default());
+    let upstream = Upstream {
+        from_server,
+        to_server,
+    };
+    let refused = SessionMux::spawn(config, upstream, sink, CancellationToken::new());
+    assert!(matches!(refused, Err(MuxError::InvalidConfig(_))));
+}
