@@ -31,7 +31,10 @@ fn error_response(description: &str) -> Value {
 /// comment). `max_page` is `[api] max_page`, the largest `limit` a list takes.
 pub fn complete(doc: &utoipa::openapi::OpenApi, max_page: usize) -> Value {
     // utoipa's document types serialize to JSON without fail (string keys, no floats).
-    complete_json(serde_json::to_value(doc).unwrap_or_else(|_| json!({})), max_page)
+    complete_json(
+        serde_json::to_value(doc).unwrap_or_else(|_| json!({})),
+        max_page,
+    )
 }
 
 fn complete_json(mut doc: Value, max_page: usize) -> Value {

@@ -13,7 +13,7 @@ use crate::gateway::session_mux::Route;
 /// The id a session uses for its `n`-th call: the same set in every session (so they all
 /// collide), half integers, half strings.
 fn id_for(n: usize) -> Value {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         json!(n)
     } else {
         json!(format!("call-{n}"))
