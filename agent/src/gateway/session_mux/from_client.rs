@@ -158,6 +158,7 @@ impl MuxState {
                     .and_then(|id| self.sessions.get(&session)?.requests.get(&id).copied());
                 // Not (or no longer) in flight for this session: nothing to cancel.
                 let Some(upstream) = upstream else {
+                    MuxStats::add(&self.stats.client_unroutable);
                     return;
                 };
                 let Some(pending) = self.settle(upstream) else {

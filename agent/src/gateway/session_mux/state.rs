@@ -374,5 +374,6 @@ impl MuxState {
     pub fn update_gauges(&self) {
         MuxStats::set(&self.stats.in_flight, self.in_flight);
         MuxStats::set(&self.stats.server_requests, self.server_requests.len());
+        MuxStats::set(&self.stats.upstream_queued, self.to_upstream.len());
     }
 }

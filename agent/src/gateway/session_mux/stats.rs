@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! mux_stats {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Counters (monotonic) and gauges (`in_flight`, `server_requests`), updated by the
-        /// mux task only.
+        /// Counters (monotonic) and gauges (`in_flight`, `server_requests`, `upstream_queued`),
+        /// updated by the mux task only.
         #[derive(Debug, Default)]
         pub struct MuxStats {
             $($(#[$doc])* pub(super) $name: AtomicU64,)*
@@ -43,7 +43,9 @@ mux_stats! {
     client_malformed,
     /// Client requests refused: over a limit or a duplicate in-flight id.
     client_refused,
-    /// Client answers and progress that match no server request of their session.
+    /// Client answers and progress that match no server request of their session, and
+    /// cancels that match no request in flight of their session (also the harmless race of a
+    /// cancel crossing the answer).
     client_unroutable,
     /// Sessions ended because the client let its queue fill.
     session_overruns,
@@ -55,6 +57,8 @@ mux_stats! {
     in_flight,
     /// Gauge: server requests waiting for a client's answer.
     server_requests,
+    /// Gauge: lines waiting for the upstream to take them.
+    upstream_queued,
 }
 
 impl MuxStats {

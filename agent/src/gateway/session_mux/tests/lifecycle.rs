@@ -56,23 +56,30 @@ async fn a_client_cancels_only_its_own_requests_under_the_upstream_id() {
     let harness = Harness::default_start();
     let mut owner = harness.initialized().await;
     let other = harness.initialized().await;
+    let cancel = |id: Value| {
+        let params = json!({"requestId": id, "reason": "r"});
+        notification("notifications/cancelled", params)
+    };
     hang(&owner, json!("a")).await;
     eventually(|| harness.log(|log| log.hanging.len() == 1)).await;
-    let upstream_id = harness.log(|log| log.hanging[0].clone());
-    // Another session naming the same client id, and the owner naming an unknown one.
-    let cancel = |id: Value| {
-        notification(
-            "notifications/cancelled",
-            json!({"requestId": id, "reason": "r"}),
-        )
-    };
+    // Another session naming the same client id, and the owner naming an unknown one: no
+    // effect, the request is still answered.
     other.send(cancel(json!("a"))).await.unwrap();
     owner.send(cancel(json!("zzz"))).await.unwrap();
-    owner.send(cancel(json!("a"))).await.unwrap();
+    eventually(|| harness.mux.stats().client_unroutable == 2).await;
+    let first = harness.log(|log| log.hanging[0].clone());
+    let answer = json!({"jsonrpc": "2.0", "id": first, "result": {}});
+    harness.inject.send(answer.to_string()).await.unwrap();
+    assert_eq!(json_of(&next(&mut owner).await)["id"], json!("a"));
+    // The owner's cancel goes upstream under the upstream id; the late answer is dropped.
+    hang(&owner, json!("b")).await;
+    eventually(|| harness.log(|log| log.hanging.len() == 2)).await;
+    let second = harness.log(|log| log.hanging[1].clone());
+    owner.send(cancel(json!("b"))).await.unwrap();
     eventually(|| harness.log(|log| !log.cancelled.is_empty())).await;
-    harness.log(|log| assert_eq!(log.cancelled, vec![upstream_id.clone()]));
+    harness.log(|log| assert_eq!(log.cancelled, vec![second.clone()]));
     assert_eq!(harness.sink.count("tools/call", CallOutcome::Cancelled), 1);
-    let late = json!({"jsonrpc": "2.0", "id": upstream_id, "result": {}});
+    let late = json!({"jsonrpc": "2.0", "id": second, "result": {}});
     harness.inject.send(late.to_string()).await.unwrap();
     eventually(|| harness.mux.stats().upstream_late == 1).await;
     assert!(quiet(&mut owner).await, "no answer after a cancel");
@@ -290,4 +297,56 @@ async fn limits_that_cannot_work_are_refused() {
     };
     let refused = SessionMux::spawn(config, upstream, sink, CancellationToken::new());
     assert!(matches!(refused, Err(MuxError::InvalidConfig(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_stops_reading_holds_clients_back_but_never_its_own_output() {
+    // No fake server: the test is the upstream, and at first it reads nothing.
+    let (to_server, mut server_input) = tokio::sync::mpsc::channel(1);
+    let (inject, from_server) = tokio::sync::mpsc::channel(1);
+    let mut config = MuxConfig::new("files");
+    config.upstream_queue = 4;
+    config.max_in_flight_per_session = 1000;
+    config.max_in_flight = 1000;
+    config.session_queue = 1001;
+    let sink: Arc<dyn CallSink> = Arc::new(RecordingSink::default());
+    let upstream = Upstream {
+        from_server,
+        to_server,
+    };
+    let mux = SessionMux::spawn(config, upstream, sink, CancellationToken::new()).unwrap();
+    let mut session = mux.open_session().await.unwrap();
+    let sender = session.sender();
+    let sending = tokio::spawn(async move {
+        for n in 0..1000 {
+            sender.send(call(json!(n), "echo", "")).await.unwrap();
+        }
+    });
+    eventually(|| mux.stats().upstream_queued == 4).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !sending.is_finished(),
+        "client input waits while the upstream is behind"
+    );
+    assert_eq!(
+        mux.stats().upstream_queued,
+        4,
+        "the queue stays at its bound"
+    );
+    // What the server writes is still read and delivered.
+    let line = notification("notifications/tools/list_changed", json!({}));
+    inject.send(line).await.unwrap();
+    assert_eq!(
+        json_of(&next(&mut session).await)["method"],
+        json!("notifications/tools/list_changed")
+    );
+    // The server reads again: every request arrives, each once.
+    let mut ids = std::collections::HashSet::new();
+    while ids.len() < 1000 {
+        let line = server_input.recv().await.unwrap();
+        let request: Value = serde_json::from_str(&line).unwrap();
+        assert!(ids.insert(request["id"].to_string()), "{line}");
+    }
+    sending.await.unwrap();
+    drop(inject);
 }
