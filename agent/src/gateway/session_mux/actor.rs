@@ -109,6 +109,8 @@ async fn run(
                 }
                 Err(_) => break,
             },
+            // The transport dropped its reading side while nothing was queued for it.
+            () = to_server.closed() => break,
             () = &mut timer, if next_deadline.is_some() => state.expire(Instant::now()),
             item = input.recv(), if may_read_clients => match item {
                 Some((session, line)) => state.on_client_line(session, &line, Instant::now()),

@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::fake_server::FakeOptions;
+use tokio::sync::mpsc::{Receiver, Sender};
+
 use super::*;
 use crate::gateway::jsonrpc::{self, id_from_json};
 use crate::gateway::session_mux::{MuxError, Route};
@@ -228,32 +230,54 @@ async fn malformed_client_lines_are_answered_with_errors() {
     assert_eq!(harness.log(|log| log.hanging.len()), 1);
 }
 
+/// A mux whose upstream is the test itself: lines in through the first sender, lines out
+/// on the receiver.
+fn bare_mux(
+    config: MuxConfig,
+) -> (
+    MuxHandle,
+    Sender<String>,
+    Receiver<String>,
+    Arc<RecordingSink>,
+    CancellationToken,
+) {
+    let (to_server, server_input) = tokio::sync::mpsc::channel(1);
+    let (inject, from_server) = tokio::sync::mpsc::channel(1);
+    let sink = Arc::new(RecordingSink::default());
+    let dyn_sink: Arc<dyn CallSink> = sink.clone();
+    let upstream = Upstream {
+        from_server,
+        to_server,
+    };
+    let shutdown = CancellationToken::new();
+    let mux = SessionMux::spawn(config, upstream, dyn_sink, shutdown.clone()).unwrap();
+    (mux, inject, server_input, sink, shutdown)
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_end_of_the_upstream_fails_every_request_and_ends_every_session() {
-    let harness = Harness::default_start();
-    let mut session = harness.initialized().await;
-    hang(&session, json!(1)).await;
-    eventually(|| harness.log(|log| log.hanging.len() == 1)).await;
-    let Harness {
-        mux,
-        inject,
-        server,
-        sink,
-        shutdown,
-    } = harness;
-    // The fake server holds the other sender; closing it ends the upstream stream.
-    drop(inject);
-    drop(server);
-    shutdown.cancel();
-    let answer = json_of(&next(&mut session).await);
-    assert_eq!(answer["error"]["code"], json!(jsonrpc::CONNECTION_CLOSED.0));
-    assert!(session.recv().await.is_none(), "the session ends");
-    assert_eq!(sink.count("tools/call", CallOutcome::TransportError), 1);
-    assert_eq!(mux.open_session().await.err(), Some(MuxError::Closed));
-    assert_eq!(
-        session.send(call(json!(2), "echo", "")).await,
-        Err(MuxError::Closed)
-    );
+    for ending in ["server output ends", "transport stops reading", "shutdown"] {
+        let (mux, inject, mut server_input, sink, shutdown) = bare_mux(MuxConfig::new("files"));
+        let mut session = mux.open_session().await.unwrap();
+        session.send(call(json!(1), "hang", "")).await.unwrap();
+        server_input.recv().await.unwrap();
+        match ending {
+            "server output ends" => drop(inject),
+            "transport stops reading" => drop(server_input),
+            _ => shutdown.cancel(),
+        }
+        let answer = json_of(&next(&mut session).await);
+        assert_eq!(
+            answer["error"]["code"],
+            json!(jsonrpc::CONNECTION_CLOSED.0),
+            "{ending}"
+        );
+        assert!(session.recv().await.is_none(), "{ending}: the session ends");
+        assert_eq!(sink.count("tools/call", CallOutcome::TransportError), 1);
+        assert_eq!(mux.open_session().await.err(), Some(MuxError::Closed));
+        let line = call(json!(2), "echo", "");
+        assert_eq!(session.send(line).await, Err(MuxError::Closed), "{ending}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -302,19 +326,12 @@ async fn limits_that_cannot_work_are_refused() {
 #[tokio::test(start_paused = true)]
 async fn a_server_that_stops_reading_holds_clients_back_but_never_its_own_output() {
     // No fake server: the test is the upstream, and at first it reads nothing.
-    let (to_server, mut server_input) = tokio::sync::mpsc::channel(1);
-    let (inject, from_server) = tokio::sync::mpsc::channel(1);
     let mut config = MuxConfig::new("files");
     config.upstream_queue = 4;
     config.max_in_flight_per_session = 1000;
     config.max_in_flight = 1000;
     config.session_queue = 1001;
-    let sink: Arc<dyn CallSink> = Arc::new(RecordingSink::default());
-    let upstream = Upstream {
-        from_server,
-        to_server,
-    };
-    let mux = SessionMux::spawn(config, upstream, sink, CancellationToken::new()).unwrap();
+    let (mux, inject, mut server_input, _sink, _shutdown) = bare_mux(config);
     let mut session = mux.open_session().await.unwrap();
     let sender = session.sender();
     let sending = tokio::spawn(async move {

@@ -48,7 +48,6 @@ pub(super) struct Harness {
     pub inject: mpsc::Sender<String>,
     pub server: Arc<Mutex<ServerLog>>,
     pub sink: Arc<RecordingSink>,
-    pub shutdown: CancellationToken,
 }
 
 impl Harness {
@@ -57,19 +56,17 @@ impl Harness {
         let (inject, from_server) = mpsc::channel(64);
         let server = FakeServer::spawn(options, server_input, inject.clone());
         let sink = Arc::new(RecordingSink::default());
-        let shutdown = CancellationToken::new();
         let upstream = Upstream {
             from_server,
             to_server,
         };
         let dyn_sink: Arc<dyn CallSink> = sink.clone();
-        let mux = SessionMux::spawn(config, upstream, dyn_sink, shutdown.clone()).unwrap();
+        let mux = SessionMux::spawn(config, upstream, dyn_sink, CancellationToken::new()).unwrap();
         Harness {
             mux,
             inject,
             server,
             sink,
-            shutdown,
         }
     }
 
