@@ -169,31 +169,25 @@ impl MuxState {
             self.send_upstream(&jsonrpc::response(id, Value::Object(Default::default())));
             return;
         }
-        let refusal = if self.server_requests.contains_key(&id) {
-            Some((
+        let target = if self.server_requests.contains_key(&id) {
+            Err((
                 ErrorCode::INVALID_REQUEST,
                 "a request with this id is already open",
             ))
         } else if self.server_requests.len() >= self.config.max_in_flight {
-            Some((jsonrpc::OVER_LIMIT, "too many server requests open"))
+            Err((jsonrpc::OVER_LIMIT, "too many server requests open"))
         } else {
-            None
+            self.session_for_server_request()
+                .ok_or((ErrorCode::INTERNAL_ERROR, "no client is connected"))
         };
-        let target = self.session_for_server_request();
-        let (target, refusal) = match (refusal, target) {
-            (None, Some(target)) => (target, None),
-            (Some(refusal), _) => ((0, None), Some(refusal)),
-            (None, None) => (
-                (0, None),
-                Some((ErrorCode::INTERNAL_ERROR, "no client is connected")),
-            ),
+        let (session, related) = match target {
+            Ok(target) => target,
+            Err((code, text)) => {
+                MuxStats::add(&self.stats.server_requests_refused);
+                self.send_upstream(&jsonrpc::error(Some(id), code, text));
+                return;
+            }
         };
-        if let Some((code, text)) = refusal {
-            MuxStats::add(&self.stats.server_requests_refused);
-            self.send_upstream(&jsonrpc::error(Some(id), code, text));
-            return;
-        }
-        let (session, related) = target;
         let progress = jsonrpc::request_progress_token(&call.params);
         self.server_requests
             .insert(id, ServerRequest { session, progress });

@@ -3,6 +3,7 @@
 //! after a random 0–3 ms (so answers come back out of order), `fail` answers `isError: true`,
 //! `rpc_error` a JSON-RPC error, `hang` never, `progress` sends two progress notifications
 //! first, `sample` asks the client `sampling/createMessage` and answers with its reply.
+//! Methods starting with `hang` are never answered either; other methods answer `{}`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -118,6 +119,10 @@ async fn handle(
             });
             send(output, answer(&id, result)).await;
         }
+        return;
+    }
+    if method.starts_with("hang") {
+        log.lock().unwrap().hanging.push(id);
         return;
     }
     if method != "tools/call" {

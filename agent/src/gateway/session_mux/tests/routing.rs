@@ -348,3 +348,64 @@ async fn outcomes_and_tools_are_measured() {
         "events never carry arguments"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn server_requests_follow_the_documented_rule_when_several_sessions_are_busy() {
+    let harness = Harness::default_start();
+    let mut a = harness.initialized().await;
+    let mut b = harness.initialized().await;
+    let id = |value: &str| id_from_json(&json!(value)).unwrap();
+    let mut n = 0;
+    let mut server_request = || {
+        n += 1;
+        json!({"jsonrpc": "2.0", "id": format!("srv-{n}"), "method": "roots/list"}).to_string()
+    };
+    a.send(call(json!("a1"), "hang", "")).await.unwrap();
+    eventually(|| harness.log(|log| log.hanging.len() == 1)).await;
+    b.send(request(json!("b1"), "hang/resource", json!({})))
+        .await
+        .unwrap();
+    eventually(|| harness.log(|log| log.hanging.len() == 2)).await;
+    // A tools/call in flight wins over a newer request of another method.
+    harness.inject.send(server_request()).await.unwrap();
+    assert_eq!(next(&mut a).await.route, Route::Related(id("a1")));
+    // The newest tools/call wins.
+    b.send(call(json!("b2"), "hang", "")).await.unwrap();
+    eventually(|| harness.log(|log| log.hanging.len() == 3)).await;
+    harness.inject.send(server_request()).await.unwrap();
+    assert_eq!(next(&mut b).await.route, Route::Related(id("b2")));
+    // The server gives up on it: the client hears, the entry goes.
+    let params = json!({"requestId": "srv-2", "reason": "no longer needed"});
+    let cancel = notification("notifications/cancelled", params);
+    harness.inject.send(cancel).await.unwrap();
+    let heard = json_of(&next(&mut b).await);
+    assert_eq!(heard["params"]["requestId"], json!("srv-2"));
+    assert_eq!(harness.mux.stats().server_requests, 1);
+    // Nothing of B's in flight, only A's tools/call: A.
+    for client_id in ["b1", "b2"] {
+        let params = json!({"requestId": client_id});
+        b.send(notification("notifications/cancelled", params))
+            .await
+            .unwrap();
+    }
+    eventually(|| harness.log(|log| log.cancelled.len() == 2)).await;
+    harness.inject.send(server_request()).await.unwrap();
+    assert_eq!(next(&mut a).await.route, Route::Related(id("a1")));
+    // Nothing in flight at all: the session that last sent a request (B), unrelated.
+    a.send(notification(
+        "notifications/cancelled",
+        json!({"requestId": "a1"}),
+    ))
+    .await
+    .unwrap();
+    eventually(|| harness.mux.stats().in_flight == 0).await;
+    harness.inject.send(server_request()).await.unwrap();
+    assert_eq!(next(&mut b).await.route, Route::Standalone);
+    // Its requester gone: the oldest session left.
+    drop(b);
+    eventually(|| harness.mux.sessions() == 1).await;
+    harness.inject.send(server_request()).await.unwrap();
+    let message = next(&mut a).await;
+    assert_eq!(message.route, Route::Standalone);
+    assert_eq!(json_of(&message)["id"], json!("srv-5"));
+}
