@@ -1,11 +1,12 @@
 //! Tests of the session mux against a fake upstream server task that speaks JSON-RPC lines,
 //! on tokio's paused clock (timeouts without waiting, no timing luck). `routing` covers ids,
-//! initialize, notifications and server requests; `lifecycle` covers cancellation, timeouts,
-//! limits, malformed input and the end of the upstream.
+//! initialize and notifications, `server_requests` the server→client requests, `lifecycle`
+//! cancellation, timeouts, limits, malformed input and the end of the upstream.
 
 mod fake_server;
 mod lifecycle;
 mod routing;
+mod server_requests;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
