@@ -4,6 +4,7 @@
 //! cancellation, timeouts, limits, malformed input and the end of the upstream.
 
 mod fake_server;
+mod invariants;
 mod lifecycle;
 mod routing;
 mod server_requests;
