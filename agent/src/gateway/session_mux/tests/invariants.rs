@@ -104,7 +104,7 @@ fn check(state: &MuxState) {
 }
 
 fn client_id(n: u8) -> serde_json::Value {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         json!(n)
     } else {
         json!(format!("id-{n}"))
