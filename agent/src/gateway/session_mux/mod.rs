@@ -5,9 +5,10 @@
 //! a bounded channel and writes upstream lines to another (the stdio attach plugs in there),
 //! and each client session ([`ClientSession`], from [`MuxHandle::open_session`]) sends lines
 //! in and receives [`ClientMessage`]s out (the Streamable HTTP front plugs in there). Lines
-//! carry no trailing newline. The mux lives as long as the upstream stream: when it ends,
-//! every in-flight request fails with -32000 and every session's receiver ends; a re-attach
-//! starts a new mux and clients reconnect.
+//! carry no trailing newline. The mux lives as long as the upstream stream: when it ends (the
+//! server's output closes, the transport drops its reading side, or shutdown), every
+//! in-flight request fails with -32000 and every session's receiver ends; a re-attach starts
+//! a new mux and clients reconnect.
 //!
 //! **Ids.** Every request a client sends goes upstream under a fresh integer id from one
 //! counter, so ids from different clients never meet upstream, whatever their type or value;
@@ -15,14 +16,17 @@
 //! that is no longer waited for (cancelled, timed out, answered twice) is dropped and counted
 //! as late; one to an id never issued is counted as unknown. A client's
 //! `notifications/cancelled` is rewritten to the upstream id; one naming no request of its
-//! own session is dropped (a client can never cancel another client's request).
+//! own session is dropped (a client can never cancel another client's request). A request
+//! without an answer after `request_timeout` gets -32001 and is cancelled upstream. An id
+//! written `1.0` comes back as `1` (rmcp reads it as the integer).
 //!
 //! **Initialize.** The first client `initialize` goes upstream; initializes arriving while it
 //! is in flight wait for it; its result is cached and answers every later `initialize`
 //! (under each client's id), and the gateway then sends `notifications/initialized` upstream
 //! itself, once; clients' own `notifications/initialized` are dropped. The upstream therefore
 //! sees the first client's protocol version and capabilities. An error or timeout is given
-//! to every waiter and not cached. Requests are not held back until initialize: the server
+//! to every waiter and not cached. A cached answer takes no in-flight slot, so no limit
+//! refuses it. Requests are not held back until initialize: the server
 //! answers what it answers (the 2026-07-28 revision has no initialize at all).
 //!
 //! **Server → client.** `notifications/progress` goes to the session whose request carried
@@ -38,7 +42,8 @@
 //! server that depends on it should run with `sessions = "per_client"`. The server's request
 //! id goes to the client unchanged and the client's answer goes back unchanged, accepted
 //! only from the session it was sent to. A server request still open when its session ends
-//! is answered with an error.
+//! is answered with an error; the gateway sets no timeout of its own on server requests (the
+//! server's own, and its `notifications/cancelled`, end them).
 //!
 //! **Session end.** Each in-flight request of the session gets `notifications/cancelled`
 //! upstream (initialize excepted: MCP forbids cancelling it) and its late answer is dropped.
@@ -53,7 +58,8 @@
 //!
 //! Files: `mod.rs` (the handle and what callers see), `actor.rs` (the task), `state.rs` (the
 //! tables and the operations on them), `from_client.rs` and `from_upstream.rs` (one message
-//! each way), `stats.rs`.
+//! each way), `stats.rs`; `tests/` (a fake upstream server task on a paused clock, and a
+//! property test of random interleavings against the tables' invariants).
 
 mod actor;
 mod from_client;
