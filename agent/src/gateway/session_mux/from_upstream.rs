@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::state::{Init, MuxState, ServerRequest, Waiting};
+use super::state::{Init, MuxState, Waiting};
 use super::stats::MuxStats;
 use super::{ClientMessage, Route, SessionId};
 use crate::gateway::call_event::CallOutcome;
@@ -42,7 +42,9 @@ impl MuxState {
             Message::Notification(notification) => {
                 self.on_upstream_notification(notification.notification, line)
             }
-            Message::Request(request) => self.on_server_request(request.id, request.request, line),
+            Message::Request(request) => {
+                self.on_server_request(request.id, request.request, line, now)
+            }
         }
     }
 
@@ -163,13 +165,13 @@ impl MuxState {
         self.deliver(session, message, true);
     }
 
-    fn on_server_request(&mut self, id: RequestId, call: Call, line: &str) {
+    fn on_server_request(&mut self, id: RequestId, call: Call, line: &str, now: Instant) {
         if call.method == "ping" {
             // The server's peer is the gateway; it is alive.
             self.send_upstream(&jsonrpc::response(id, Value::Object(Default::default())));
             return;
         }
-        let target = if self.server_requests.contains_key(&id) {
+        let target = if self.server_requests.contains(&id) {
             Err((
                 ErrorCode::INVALID_REQUEST,
                 "a request with this id is already open",
@@ -189,8 +191,8 @@ impl MuxState {
             }
         };
         let progress = jsonrpc::request_progress_token(&call.params);
-        self.server_requests
-            .insert(id, ServerRequest { session, progress });
+        let deadline = now + self.config.request_timeout;
+        self.server_requests.open(id, session, progress, deadline);
         let route = related.map_or(Route::Standalone, Route::Related);
         let message = ClientMessage {
             line: line.to_owned(),

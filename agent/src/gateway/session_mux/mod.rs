@@ -42,8 +42,8 @@
 //! server that depends on it should run with `sessions = "per_client"`. The server's request
 //! id goes to the client unchanged and the client's answer goes back unchanged, accepted
 //! only from the session it was sent to. A server request still open when its session ends
-//! is answered with an error; the gateway sets no timeout of its own on server requests (the
-//! server's own, and its `notifications/cancelled`, end them).
+//! is answered with an error, and one without an answer after `request_timeout` is answered
+//! with -32001 (its client gets `notifications/cancelled`).
 //!
 //! **Session end.** Each in-flight request of the session gets `notifications/cancelled`
 //! upstream (initialize excepted: MCP forbids cancelling it) and its late answer is dropped.
@@ -57,13 +57,15 @@
 //! [`MuxStats`]; lines are never logged (they hold arguments and results).
 //!
 //! Files: `mod.rs` (the handle and what callers see), `actor.rs` (the task), `state.rs` (the
-//! tables and the operations on them), `from_client.rs` and `from_upstream.rs` (one message
-//! each way), `stats.rs`; `tests/` (a fake upstream server task on a paused clock, and a
+//! tables and the operations on them), `server_requests.rs` (the open server requests and
+//! their deadlines), `from_client.rs` and `from_upstream.rs` (one message each way),
+//! `stats.rs`; `tests/` (a fake upstream server task on a paused clock, and a
 //! property test of random interleavings against the tables' invariants).
 
 mod actor;
 mod from_client;
 mod from_upstream;
+mod server_requests;
 mod state;
 mod stats;
 #[cfg(test)]

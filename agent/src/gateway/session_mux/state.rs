@@ -13,6 +13,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::server_requests::ServerRequests;
 use super::stats::MuxStats;
 use super::{ClientMessage, MuxConfig, Route, SessionId};
 use crate::gateway::call_event::{CallEvent, CallOutcome, CallSink};
@@ -65,13 +66,6 @@ pub(super) enum Init {
     Ready(Value),
 }
 
-/// A server→client request waiting for its session's answer.
-pub(super) struct ServerRequest {
-    pub session: SessionId,
-    /// The server's progress token, if it asked for progress.
-    pub progress: Option<RequestId>,
-}
-
 pub(super) struct MuxState {
     pub config: Arc<MuxConfig>,
     pub stats: Arc<MuxStats>,
@@ -81,8 +75,8 @@ pub(super) struct MuxState {
     /// Upstream id → who waits for it.
     pub pending: HashMap<u64, Pending>,
     pub deadlines: BTreeSet<(Instant, u64)>,
-    /// The server's request id → the session it went to.
-    pub server_requests: HashMap<RequestId, ServerRequest>,
+    /// The server's requests waiting for a client's answer.
+    pub server_requests: ServerRequests,
     pub init: Init,
     /// Client requests in flight over all sessions, initialize waiters included.
     pub in_flight: usize,
@@ -102,7 +96,7 @@ impl MuxState {
             sessions: BTreeMap::new(),
             pending: HashMap::new(),
             deadlines: BTreeSet::new(),
-            server_requests: HashMap::new(),
+            server_requests: ServerRequests::default(),
             init: Init::Idle,
             in_flight: 0,
             to_upstream: VecDeque::new(),
@@ -284,13 +278,7 @@ impl MuxState {
                 self.record(method, None, CallOutcome::Cancelled, waiter.started, now);
             }
         }
-        let orphans: Vec<RequestId> = self
-            .server_requests
-            .iter()
-            .filter(|(_, request)| request.session == id)
-            .map(|(request_id, _)| request_id.clone())
-            .collect();
-        for request_id in orphans {
+        for request_id in self.server_requests.of_session(id) {
             self.server_requests.remove(&request_id);
             let text = "the client session this request went to has ended";
             let code = ErrorCode::INTERNAL_ERROR;
@@ -299,8 +287,21 @@ impl MuxState {
     }
 
     /// Fails every request whose deadline has passed: the client gets -32001, the upstream a
-    /// cancel (not for initialize, which MCP forbids cancelling).
+    /// cancel (not for initialize, which MCP forbids cancelling). A server request past its
+    /// deadline is answered with -32001 and its client told it is cancelled.
     pub fn expire(&mut self, now: Instant) {
+        for (id, request) in self.server_requests.take_expired(now) {
+            MuxStats::add(&self.stats.server_requests_timed_out);
+            let text = "the client did not answer in time";
+            self.send_upstream(&jsonrpc::error(
+                Some(id.clone()),
+                jsonrpc::REQUEST_TIMEOUT,
+                text,
+            ));
+            let line = jsonrpc::to_line(&jsonrpc::cancelled(id, "timed out"));
+            let route = Route::Standalone;
+            self.deliver(request.session, ClientMessage { line, route }, false);
+        }
         while let Some(&(deadline, upstream)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -332,7 +333,11 @@ impl MuxState {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(deadline, _)| *deadline)
+        let calls = self.deadlines.first().map(|(deadline, _)| *deadline);
+        match (calls, self.server_requests.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The upstream is gone (or the gateway stops): every waiting client gets -32000, every

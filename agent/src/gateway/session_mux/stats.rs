@@ -39,6 +39,8 @@ mux_stats! {
     upstream_unroutable,
     /// Server requests refused: no session, a duplicate id, or over the limit.
     server_requests_refused,
+    /// Server requests a client did not answer within `request_timeout`.
+    server_requests_timed_out,
     /// Client lines that are not JSON-RPC messages (answered with -32700 or -32600).
     client_malformed,
     /// Client requests refused: over a limit or a duplicate in-flight id.

@@ -1,10 +1,12 @@
 //! Server requests (sampling, elicitation, roots, ping) reach one session by the documented
 //! rule, and only that session's answer goes back.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use super::*;
-use crate::gateway::jsonrpc::id_from_json;
+use crate::gateway::jsonrpc::{self, id_from_json};
 use crate::gateway::session_mux::Route;
 
 #[tokio::test(start_paused = true)]
@@ -135,4 +137,44 @@ async fn server_requests_follow_the_documented_rule_when_several_sessions_are_bu
     let message = next(&mut a).await;
     assert_eq!(message.route, Route::Standalone);
     assert_eq!(json_of(&message)["id"], json!("srv-5"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_request_nobody_answers_times_out_on_both_sides() {
+    let mut config = MuxConfig::new("files");
+    config.request_timeout = Duration::from_secs(5);
+    let harness = Harness::start(config, super::fake_server::FakeOptions::default());
+    let mut caller = harness.initialized().await;
+    caller.send(call(json!("c1"), "sample", "")).await.unwrap();
+    let server_id = json_of(&next(&mut caller).await)["id"].clone();
+    // The caller never answers: after the timeout the server hears -32001 for its request,
+    // and the client hears that request cancelled (and its own call timed out).
+    let mut heard = Vec::new();
+    for _ in 0..2 {
+        heard.push(json_of(&next(&mut caller).await));
+    }
+    assert!(heard.iter().any(
+        |message| message["method"] == json!("notifications/cancelled")
+            && message["params"]["requestId"] == server_id
+    ));
+    assert!(heard.iter().any(|message| message["id"] == json!("c1")
+        && message["error"]["code"] == json!(jsonrpc::REQUEST_TIMEOUT.0)));
+    eventually(|| harness.log(|log| log.client_answers.len() == 1)).await;
+    harness.log(|log| {
+        assert_eq!(log.client_answers[0]["id"], server_id);
+        assert_eq!(
+            log.client_answers[0]["error"]["code"],
+            json!(jsonrpc::REQUEST_TIMEOUT.0)
+        );
+    });
+    let stats = harness.mux.stats();
+    assert_eq!(
+        (stats.server_requests, stats.server_requests_timed_out),
+        (0, 1)
+    );
+    // A late answer from the client goes nowhere.
+    let late = json!({"jsonrpc": "2.0", "id": server_id, "result": {}});
+    caller.send(late.to_string()).await.unwrap();
+    eventually(|| harness.mux.stats().client_unroutable == 1).await;
+    assert_eq!(harness.log(|log| log.client_answers.len()), 1);
 }
