@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod mcp_servers;
 pub mod metrics;
