@@ -12,7 +12,7 @@ use mcpwatch_collector::auth::credential::{self, Kind};
 use mcpwatch_collector::auth::{password, permission_names, Permission, Scope};
 use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
 use mcpwatch_collector::now_ms;
-use mcpwatch_collector::store::admin::{self, with_db};
+use mcpwatch_collector::store::admin::with_db;
 use mcpwatch_collector::store::audit_chain::{self, Verdict};
 use mcpwatch_collector::store::query::{tokens, users};
 use mcpwatch_collector::store::StoreError;
@@ -528,8 +528,27 @@ fn run_audit(cmd: AuditCmd) -> Result<(), Failure> {
             if !db.is_file() {
                 return Err(Failure::Usage(format!("no database at {}", db.display())));
             }
-            // A read snapshot (no write lock): a running collector keeps writing meanwhile.
-            let conn = admin::open(&db)?;
+            // Read-only, never migrated: verifying must not change what it verifies (a
+            // pre-chain copy would otherwise be chained afresh and pass). A read snapshot,
+            // no write lock: a running collector keeps writing meanwhile.
+            let conn = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(StoreError::from)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(StoreError::from)?;
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(StoreError::from)?;
+            if version < audit_chain::FIRST_CHAINED_SCHEMA {
+                return Err(Failure::Check(format!(
+                    "the database is at schema version {version}, before the audit chain (v{}): \
+                     nothing to verify (the collector chains existing rows when it migrates)",
+                    audit_chain::FIRST_CHAINED_SCHEMA
+                )));
+            }
             match audit_chain::verify(&conn, None, true)? {
                 Verdict::Intact { rows, checkpoint } => {
                     println!(

@@ -146,6 +146,23 @@ fn audit_rows_cannot_be_deleted_and_a_removed_row_is_reported() {
         said.contains("BROKEN at row 4") && said.contains("row 2"),
         "{said}"
     );
+
+    // Verifying never changes the file: a database marked as from before the chain is
+    // refused as it is, not migrated (and so chained afresh) first.
+    c.stop();
+    c.child = None;
+    db.pragma_update(None, "user_version", 6).unwrap();
+    let out = verify_cli(&c.db);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("before the audit chain"),
+        "{}",
+        text(&out)
+    );
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 6, "audit verify migrated the database it checked");
 }
 
 #[test]

@@ -89,6 +89,9 @@ struct Removed {
     cutoff_ms: i64,
 }
 
+/// The schema version that introduced the chain (`PRAGMA user_version`).
+pub const FIRST_CHAINED_SCHEMA: i64 = 7;
+
 /// The shortest audit retention the configuration allows (`[api] audit_retention`): no
 /// genuine retention pass removes a row younger than this, whatever the setting was then.
 pub const MIN_AUDIT_RETENTION_MS: i64 = 86_400_000;
