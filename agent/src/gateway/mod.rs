@@ -8,13 +8,16 @@
 //! - `call_event` — one event per settled request (server, method, tool, outcome, duration)
 //!   for the traffic metrics.
 //!
-//! Still to come (see ARCHITECTURE.md): the stdio attach that feeds a mux from a supervised
-//! container, the Streamable HTTP front, `per_client` sessions, the HTTP reverse proxy,
+//! - `stdio_attach` — Docker attach of a supervised stdio container feeding one mux (not
+//!   yet started by the agent).
+//!
+//! Still to come (see ARCHITECTURE.md): the Streamable HTTP front, `per_client` sessions, the HTTP reverse proxy,
 //! metrics registration, configuration.
 
 pub mod call_event;
 pub mod jsonrpc;
 pub mod session_mux;
+pub mod stdio_attach;
 
 pub use call_event::{CallEvent, CallOutcome, CallSink, NoCallSink};
 pub use session_mux::{
