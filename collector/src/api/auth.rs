@@ -217,6 +217,19 @@ pub async fn authenticate(state: &ApiState, text: &str) -> Result<Principal, Api
     Ok(principal)
 }
 
+/// What an audit row says of a request: its path, bounded (a hostile path must not bloat
+/// the audit table), and the client's address. Shared by the route audit and the refusal
+/// audit before routing.
+pub(crate) fn audit_target(req: &Request) -> (String, String) {
+    let object: String = req.uri().path().chars().take(512).collect();
+    let source = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|a| a.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    (object, source)
+}
+
 /// Audit middleware (route layer, so the matched route is known): one row for every
 /// mutating request and every denied one (401, 403, or hidden as 404), written before the
 /// response leaves.
@@ -228,13 +241,7 @@ pub async fn audit(State(state): State<ApiState>, mut req: Request, next: Next) 
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
-    // Bounded: a hostile path must not bloat the audit table.
-    let object: String = req.uri().path().chars().take(512).collect();
-    let source = req
-        .extensions()
-        .get::<ClientAddr>()
-        .map(|a| a.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let (object, source) = audit_target(&req);
     let request = RequestFacts {
         method: req.method().clone(),
         route,

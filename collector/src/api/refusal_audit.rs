@@ -11,7 +11,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use super::auth::ClientAddr;
 use super::error;
 use crate::metrics::CollectorMetrics;
 use crate::now_ms;
@@ -43,13 +42,7 @@ pub async fn audit_refusals(
 ) -> Response {
     let method = req.method().clone();
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    // Bounded like the route audit's: a hostile path must not bloat the audit table.
-    let object: String = req.uri().path().chars().take(512).collect();
-    let source = req
-        .extensions()
-        .get::<ClientAddr>()
-        .map(|a| a.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let (object, source) = super::auth::audit_target(&req);
     let request_id = super::request_id::of(&req);
     let declared = req
         .headers()
