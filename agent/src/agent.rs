@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentConfig;
+use crate::gateway::endpoint::{self, EndpointCounters};
+use crate::gateway::Backends;
 use crate::http::{self, Health};
 use crate::mcp_servers::{self, AgentCommand, McpServersContext};
 use crate::metrics::AgentMetrics;
@@ -33,6 +35,8 @@ pub enum AgentError {
     Tls(#[from] tls::TlsError),
     #[error("uplink backoff: {0}")]
     Backoff(#[from] BackoffError),
+    #[error("gateway: {0}")]
+    Gateway(#[from] crate::gateway::endpoint::EndpointError),
     #[error("bind metrics listener {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -108,6 +112,23 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
                 source: e,
             })?
     };
+    let backends = Backends::default();
+    // The gateway stops with the HTTP endpoint, after the drain: clients keep their sessions
+    // while the spool hands over.
+    let gateway = if config.gateway.enabled {
+        let (refused, closed) = (metrics.clone(), metrics.clone());
+        let counters = EndpointCounters {
+            refused: Arc::new(move |reason| refused.inc_gateway_refused(reason)),
+            connections_closed: Arc::new(move |reason| closed.inc_gateway_connection_closed(reason)),
+        };
+        let gateway =
+            endpoint::start(&config.gateway, backends.clone(), counters, http_stop.clone()).await?;
+        tracing::info!(listen = %gateway.local_addr, tls = config.gateway.tls.is_some(),
+            tokens = config.gateway.tokens.len(), "MCP gateway listening");
+        Some(gateway)
+    } else {
+        None
+    };
     tracker.spawn(mcp_servers::run(
         McpServersContext {
             agent_id: config.agent_id.clone(),
@@ -115,6 +136,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             interval: config.interval.get(),
             spool: tx.clone(),
             metrics: metrics.clone(),
+            backends,
+            mux_limits: config.gateway.mux.clone(),
         },
         config.servers.clone(),
         commands_rx,
@@ -180,6 +203,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tracker.wait().await;
     http_stop.cancel();
     let _ = http_task.await;
+    if let Some(gateway) = gateway {
+        let _ = gateway.task.await;
+    }
     let stats = spool.lock().stats();
     tracing::info!(
         samples_collected = metrics.samples_collected_total.get(),

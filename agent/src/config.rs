@@ -10,6 +10,7 @@ use mcpwatch_common::wire::{DEFAULT_MAX_FRAME_LEN, MIN_FRAME_LIMIT};
 use rustls::pki_types::ServerName;
 use serde::Deserialize;
 
+use crate::gateway::config::{GatewayConfig, RawGateway};
 use crate::supervisor::spec::{validate_servers, McpServerSpec, RawMcpServer};
 
 pub const DEFAULT_PATH: &str = "/etc/mcpwatch/agent.toml";
@@ -36,6 +37,9 @@ pub struct RawAgentConfig {
     /// Agent state kept across restarts (approved MCP tool surfaces). Default
     /// /var/lib/mcpwatch/agent.
     pub state_dir: Option<PathBuf>,
+    /// The MCP gateway (see config/agent-mcp.toml).
+    #[serde(default)]
+    pub gateway: RawGateway,
     /// MCP servers this host must run (see config/agent.toml).
     #[serde(default)]
     pub mcp_server: Vec<RawMcpServer>,
@@ -112,6 +116,7 @@ pub struct AgentConfig {
     pub log_json: bool,
     pub shutdown_grace: Duration,
     pub state_dir: PathBuf,
+    pub gateway: GatewayConfig,
     pub servers: Vec<McpServerSpec>,
 }
 
@@ -217,6 +222,7 @@ impl AgentConfig {
                 raw.state_dir
                     .unwrap_or_else(|| PathBuf::from("/var/lib/mcpwatch/agent")),
             ),
+            gateway: GatewayConfig::validate(path, raw.gateway)?,
             servers: validate_servers(path, raw.mcp_server)?,
         })
     }

@@ -12,8 +12,9 @@ use mcpwatch_common::wire::{CommandAction, Event};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway::{Backends, BridgeContext, MuxConfig, StdioBridges};
 use crate::metrics::AgentMetrics;
-use crate::probe::scheduler::ProbeScheduler;
+use crate::probe::scheduler::{Gateway, ProbeScheduler};
 use crate::spool::SpoolBatch;
 use crate::supervisor::{
     ContainerStats, DockerApi, McpServerSpec, ServerEvent, Supervisor, SupervisorCommand,
@@ -38,11 +39,16 @@ pub struct McpServersContext {
     pub interval: Duration,
     pub spool: mpsc::Sender<SpoolBatch>,
     pub metrics: Arc<AgentMetrics>,
+    /// Shared with the gateway's HTTP front.
+    pub backends: Backends,
+    /// Limits of each stdio server's mux (`[gateway]`).
+    pub mux_limits: MuxConfig,
 }
 
 struct Active {
     supervisor: SupervisorHandle,
     probes: ProbeScheduler,
+    bridges: StdioBridges,
     stats: ContainerStats,
 }
 
@@ -75,7 +81,10 @@ pub async fn run(
             Some(specs) = reloads.recv() => match active.as_mut() {
                 Some(a) => {
                     a.supervisor.reload(specs.clone()).await;
+                    a.bridges.apply(&specs);
                     a.probes.apply(&specs);
+                    let names = specs.iter().map(|s| s.name.as_str()).collect();
+                    ctx.metrics.traffic.retain_servers(&names);
                 }
                 None if !specs.is_empty() => {
                     active = Some(start(&ctx, specs, &events_tx, &shutdown));
@@ -106,8 +115,22 @@ fn start(
         events.clone(),
         shutdown.child_token(),
     );
+    let mut bridges = StdioBridges::new(
+        BridgeContext {
+            docker: api.clone(),
+            supervisor: supervisor.clone(),
+            backends: ctx.backends.clone(),
+            sink: ctx.metrics.traffic.clone(),
+            limits: ctx.mux_limits.clone(),
+        },
+        shutdown.child_token(),
+    );
+    bridges.apply(&specs);
     let mut probes = ProbeScheduler::new(
-        api.clone(),
+        Gateway {
+            backends: ctx.backends.clone(),
+            traffic: ctx.metrics.traffic.clone(),
+        },
         supervisor.clone(),
         events.clone(),
         ctx.state_dir.clone(),
@@ -117,6 +140,7 @@ fn start(
     Active {
         supervisor,
         probes,
+        bridges,
         stats: ContainerStats::new(api),
     }
 }
@@ -127,7 +151,10 @@ async fn sample(ctx: &McpServersContext, a: &mut Active) {
     let status = a.supervisor.snapshot();
     let mut values = a.stats.sample(&status, ts_ms).await;
     values.extend(a.probes.samples());
+    values.extend(ctx.backends.samples());
     ctx.metrics.set_server_samples(&values);
+    // Rendered on /metrics by the traffic collector itself (histograms), so added after.
+    values.extend(ctx.metrics.traffic.samples());
     let n = values.len() as u64;
     if n == 0 {
         return;

@@ -53,6 +53,7 @@ impl UplinkErrorKind {
 }
 
 type KindLabel = [(&'static str, &'static str); 1];
+type ReasonLabel = [(&'static str, &'static str); 1];
 
 /// Every metric the agent exposes. Handles are cheap clones of shared atomics, so tasks may
 /// clone the ones they update; everything is safe to use from any thread.
@@ -62,8 +63,15 @@ pub struct AgentMetrics {
     registry: Registry,
     host: Arc<Snapshot>,
     servers: Arc<Snapshot>,
+    /// The gateway's per-method and per-tool counters and histograms; the gateway's muxes
+    /// record into it.
+    pub traffic: Arc<crate::gateway::TrafficMetrics>,
     last_ack: Arc<LastAck>,
     uplink_errors: Family<KindLabel, Counter>,
+    /// Gateway requests refused, by reason.
+    gateway_refused: Family<ReasonLabel, Counter>,
+    /// Gateway connections closed or refused by the server, by reason.
+    gateway_connections_closed: Family<ReasonLabel, Counter>,
     /// Bytes the spool occupies on disk.
     pub spool_bytes: Gauge,
     /// Records in the spool not yet acknowledged by the collector.
@@ -103,9 +111,13 @@ impl AgentMetrics {
             servers: Arc::new(Snapshot::new(vec![
                 crate::supervisor::container_stats::series_help(),
                 crate::probe::scheduler::series_help(),
+                crate::gateway::backends::series_help(),
             ])),
+            traffic: Arc::default(),
             last_ack: Arc::new(LastAck::new()),
             uplink_errors,
+            gateway_refused: Family::default(),
+            gateway_connections_closed: Family::default(),
             spool_bytes: Gauge::default(),
             spool_pending_records: Gauge::default(),
             dropped_samples_total: Counter::default(),
@@ -196,9 +208,20 @@ impl AgentMetrics {
             "Uplink failures by kind (tls, io, protocol, rejected)",
             m.uplink_errors.clone(),
         );
+        r.register(
+            "mcpwatch_mcp_gateway_requests_refused",
+            "Gateway HTTP requests refused by reason (origin, unauthorized, unknown_session, ...)",
+            m.gateway_refused.clone(),
+        );
+        r.register(
+            "mcpwatch_mcp_gateway_connections_closed",
+            "Gateway connections closed or turned away by the server, by reason",
+            m.gateway_connections_closed.clone(),
+        );
         r.register_collector(Box::new(m.last_ack.clone()));
         r.register_collector(Box::new(m.host.clone()));
         r.register_collector(Box::new(m.servers.clone()));
+        r.register_collector(Box::new(m.traffic.clone()));
         m
     }
 
@@ -227,6 +250,18 @@ impl AgentMetrics {
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+    }
+
+    /// Counts one refused gateway request.
+    pub fn inc_gateway_refused(&self, reason: &'static str) {
+        self.gateway_refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Counts one gateway connection closed or refused by the server.
+    pub fn inc_gateway_connection_closed(&self, reason: &'static str) {
+        self.gateway_connections_closed
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Counts one uplink failure of this kind.

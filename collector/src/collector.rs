@@ -315,12 +315,13 @@ pub async fn run_with_router(
     };
     let app = http_app(&config, &base_dir, &store, api, &metrics, &ready);
     let http_tls = api_tls(&config, &background, &shutdown)?;
-    let http_task = tokio::spawn(api::server::serve(
+    let closed_metrics = metrics.clone();
+    let http_task = tokio::spawn(mcpwatch_common::http_server::serve(
         http_listener,
         app,
         config.http_limits.clone(),
         http_tls,
-        metrics.clone(),
+        Arc::new(move |reason| closed_metrics.http_connection_closed(reason)),
         http_stop.clone(),
     ));
     spawn_session_cleanup(

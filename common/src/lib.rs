@@ -1,12 +1,14 @@
 //! Shared by the mcpwatch agent and collector: the wire protocol, mutual TLS, the dev PKI,
 //! config primitives, and the small helpers both sides need exactly once (clock, backoff,
-//! secrets). Only [`wire`] defines what crosses the network between the two.
+//! secrets, the hardened HTTP server loop). Only [`wire`] defines what crosses the network
+//! between the two.
 
 pub mod backoff;
 pub mod certs;
 pub mod config;
 pub mod exposition;
 pub mod hex;
+pub mod http_server;
 pub mod logging;
 pub mod secret;
 pub mod shutdown;

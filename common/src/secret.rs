@@ -40,6 +40,15 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// Equality that takes the same time wherever the inputs differ (token checks).
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

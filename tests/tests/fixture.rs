@@ -1,17 +1,18 @@
-//! The fixture image against a real Docker engine: the agent's probe speaks MCP to it over an
-//! attached stdio container (network none) and over Streamable HTTP (network host, loopback),
-//! its switches work from flags and from the environment, and no container outlives a test.
+//! The fixture image against a real Docker engine: the agent's probe speaks MCP to it through
+//! the gateway's attach to a stdio container (network none, as the supervisor runs it) and
+//! over Streamable HTTP (network host, loopback), and its switches work from flags and from
+//! the environment.
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mcpwatch_agent::probe::{
-    run_once, Docker, FailureKind, ProbeReport, ProbeStage, ProbeTarget, PROBE_LABEL,
-};
-use mcpwatch_tests::docker::{
-    container_has_env, containers_with_label, ensure_dockerd, fixture_image, unique_name, Container,
-};
+use mcpwatch_agent::gateway::stdio_attach::attach;
+use mcpwatch_agent::gateway::{MuxConfig, NoCallSink, SessionMux};
+use mcpwatch_agent::probe::{run_once, Docker, FailureKind, ProbeReport, ProbeStage, ProbeTarget};
+use mcpwatch_tests::docker::{ensure_dockerd, fixture_image, unique_name, Container};
 use mcpwatch_tests::{free_addr, wait_for};
+use tokio_util::sync::CancellationToken;
 
 async fn docker_client() -> Docker {
     ensure_dockerd();
@@ -27,48 +28,50 @@ fn names(r: &ProbeReport) -> Vec<&str> {
     r.tools.iter().map(|t| t.name.as_str()).collect()
 }
 
-/// A stdio probe target whose container carries a unique env marker, so the test can tell
-/// its own probe containers from those of tests running in parallel.
-async fn stdio_target(args: &[&str]) -> (ProbeTarget, String) {
-    let marker = format!("MCPWATCH_TEST_MARK={}", unique_name("probe"));
-    let target = ProbeTarget::Stdio {
-        docker: docker_client().await,
-        image: fixture_image(),
-        entrypoint: None,
-        cmd: args.iter().map(|s| s.to_string()).collect(),
-        env: vec![marker.clone()],
+/// A stdio fixture container (stdin held open, network none) with the gateway attached: the
+/// probe target, and the container (removed on drop).
+async fn attached(args: &[&str]) -> (ProbeTarget, Container) {
+    let mut docker_args = vec!["-i", "--network", "none"];
+    let image = fixture_image();
+    docker_args.push(&image);
+    docker_args.extend_from_slice(args);
+    let container = Container::run("gw-probe", &docker_args);
+    let client = docker_client().await;
+    let mux = match attach(&client, &container.name, 16).await {
+        Ok(a) => SessionMux::spawn(
+            MuxConfig::new("fixture"),
+            a.upstream,
+            Arc::new(NoCallSink),
+            CancellationToken::new(),
+        )
+        .ok(),
+        // A container that is already gone cannot be attached: the gateway has no session.
+        Err(_) => None,
     };
-    (target, marker)
-}
-
-/// The probe removes its container before returning; the daemon may still be finishing an
-/// auto-remove that raced with ours, so allow it a moment.
-fn assert_probe_container_gone(marker: &str) {
-    let label = format!("{}={}", PROBE_LABEL.0, PROBE_LABEL.1);
-    wait_for("probe container removed", Duration::from_secs(10), || {
-        let mine = containers_with_label(&label)
-            .into_iter()
-            .any(|id| container_has_env(&id, marker));
-        (!mine).then_some(())
-    });
+    (ProbeTarget::Gateway { mux }, container)
 }
 
 #[tokio::test]
-async fn stdio_probe_in_docker_lists_three_tools() {
-    let (target, marker) = stdio_target(&["--transport", "stdio"]).await;
+async fn stdio_probe_through_the_gateway_lists_three_tools() {
+    let (target, _container) = attached(&["--transport", "stdio"]).await;
     let r = run_once(&target, Duration::from_secs(10)).await;
     assert!(r.ok, "{:?}", r.failure);
     assert_eq!(names(&r), ["echo", "add", "time"]);
     let l = r.stage_latency;
     assert!(l.connect.is_some() && l.initialize.is_some() && l.ping.is_some());
     assert_eq!(r.server_name.as_deref(), Some("mcpwatch-mcp-fixture"));
-    eprintln!("stdio probe latency: {l:?}");
-    assert_probe_container_gone(&marker);
+    // A second probe shares the same attached server: initialize is answered from the
+    // gateway's cache and the rest reaches the same process.
+    let again = run_once(&target, Duration::from_secs(10)).await;
+    assert!(again.ok, "{:?}", again.failure);
+    assert_eq!(names(&again), ["echo", "add", "time"]);
+    eprintln!("stdio probe latency through the gateway: {l:?}");
 }
 
 #[tokio::test]
-async fn stdio_probe_of_a_hung_server_times_out_and_removes_the_container() {
-    let (target, marker) = stdio_target(&["--transport", "stdio", "--hang-after", "0"]).await;
+async fn stdio_probe_of_a_hung_server_times_out() {
+    let (target, _container) =
+        attached(&["--transport", "stdio", "--hang-after", "0"]).await;
     let timeout = Duration::from_secs(1);
     let started = Instant::now();
     let r = run_once(&target, timeout).await;
@@ -80,52 +83,39 @@ async fn stdio_probe_of_a_hung_server_times_out_and_removes_the_container() {
         (f.stage, f.kind),
         (ProbeStage::Initialize, FailureKind::Timeout)
     );
-    // Container start plus the initialize timeout plus removal, on a 2-core machine.
     let took = started.elapsed();
-    assert!(took < timeout * 2 + Duration::from_secs(5), "{took:?}");
-    assert_probe_container_gone(&marker);
-}
-
-/// A probe whose future is dropped midway (the supervisor cancelled, say) still removes its
-/// container, from the guard's `Drop`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abandoned_stdio_probe_still_removes_its_container() {
-    // The server outlives its stdin, so only the probe's own removal can end the container.
-    let args = [
-        "--transport",
-        "stdio",
-        "--hang-after",
-        "0",
-        "--exit-on-stdin-eof=false",
-    ];
-    let (target, marker) = stdio_target(&args).await;
-    let probe = tokio::spawn(async move { run_once(&target, Duration::from_secs(60)).await });
-    let label = format!("{}={}", PROBE_LABEL.0, PROBE_LABEL.1);
-    // The test thread may block: the probe runs on the runtime's workers.
-    wait_for("probe container created", Duration::from_secs(20), || {
-        containers_with_label(&label)
-            .into_iter()
-            .any(|id| container_has_env(&id, &marker))
-            .then_some(())
-    });
-    probe.abort();
-    assert!(probe.await.is_err_and(|e| e.is_cancelled()));
-    assert_probe_container_gone(&marker);
+    assert!(took < timeout * 2 + Duration::from_secs(2), "{took:?}");
 }
 
 #[tokio::test]
 async fn stdio_server_crashing_on_start_is_a_transport_failure() {
-    let (target, marker) = stdio_target(&["--transport", "stdio", "--crash-after", "0"]).await;
+    let (target, _container) =
+        attached(&["--transport", "stdio", "--crash-after", "0"]).await;
     let r = run_once(&target, Duration::from_secs(10)).await;
     let f = r
         .failure
         .as_ref()
         .expect("a crashed server must fail the probe");
-    assert_eq!(
-        (f.stage, f.kind),
-        (ProbeStage::Initialize, FailureKind::Transport)
+    // Gone before the attach (no session) or right after it (the session ends).
+    assert!(
+        matches!(f.stage, ProbeStage::Connect | ProbeStage::Initialize),
+        "{f:?}"
     );
-    assert_probe_container_gone(&marker);
+    assert_eq!(f.kind, FailureKind::Transport, "{f:?}");
+}
+
+#[test]
+fn a_probe_without_an_attach_is_a_connect_failure() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let r = rt.block_on(run_once(
+        &ProbeTarget::Gateway { mux: None },
+        Duration::from_secs(1),
+    ));
+    let f = r.failure.expect("no attach, no probe");
+    assert_eq!((f.stage, f.kind), (ProbeStage::Connect, FailureKind::Transport));
 }
 
 #[tokio::test]

@@ -8,18 +8,37 @@
 //! - `call_event` — one event per settled request (server, method, tool, outcome, duration)
 //!   for the traffic metrics.
 //!
-//! - `stdio_attach` — Docker attach of a supervised stdio container feeding one mux (not
-//!   yet started by the agent).
+//! - `stdio_attach` — Docker attach of a supervised stdio container feeding one mux.
+//! - `stdio_bridge` — one task per stdio server keeping a mux attached to its running
+//!   container (re-attached after restarts and adoption).
+//! - `backends` — [`Backends`], the table of what serves each server now, and the gateway's
+//!   per-server figures.
+//! - `local_client` — an in-process session on a mux as a byte pipe (the probe's way in).
+//! - `traffic` — [`TrafficMetrics`], the per-method and per-tool counters and histograms.
 //!
-//! Still to come (see ARCHITECTURE.md): the Streamable HTTP front, `per_client` sessions, the HTTP reverse proxy,
-//! metrics registration, configuration.
+//! - `config` — `[gateway]`; `http_front` — the Streamable HTTP handlers and guards;
+//!   `client_sessions` — `Mcp-Session-Id` sessions and where their messages go; `endpoint`
+//!   — the listener (TLS, connection limits) that serves them.
+//!
+//! Still to come (see ARCHITECTURE.md): `per_client` sessions, the HTTP reverse proxy.
 
+pub mod backends;
 pub mod call_event;
+pub mod client_sessions;
+pub mod config;
+pub mod endpoint;
+pub mod http_front;
 pub mod jsonrpc;
+pub mod local_client;
 pub mod session_mux;
 pub mod stdio_attach;
+pub mod stdio_bridge;
+pub mod traffic;
 
+pub use backends::Backends;
 pub use call_event::{CallEvent, CallOutcome, CallSink, NoCallSink};
+pub use stdio_bridge::{BridgeContext, StdioBridges};
+pub use traffic::TrafficMetrics;
 pub use session_mux::{
     ClientMessage, ClientSession, MuxConfig, MuxError, MuxHandle, MuxStatsSnapshot, Route,
     SessionMux, SessionSender, Upstream,

@@ -1,55 +1,39 @@
 //! MCP protocol probe: one client session per run (`initialize` → `tools/list` → `ping`) against
-//! a Streamable HTTP endpoint or a stdio server in a throw-away container, with per-stage
-//! latency, classified failures and a fingerprint of every tool. Never panics; every run
-//! cleans up after itself.
+//! a Streamable HTTP endpoint or, for a stdio server, through the gateway's session on the
+//! supervised container itself, with per-stage latency, classified failures and a
+//! fingerprint of every tool. Never panics.
 
 pub mod scheduler;
 mod session;
-mod stdio;
 pub mod tools;
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use bollard::Docker;
-pub use stdio::PROBE_LABEL;
 pub use tools::{ToolDrift, ToolFingerprint, ToolSurface};
+
+use crate::gateway::{local_client, MuxHandle};
 
 /// What to probe.
 #[derive(Clone)]
 pub enum ProbeTarget {
     /// A Streamable HTTP endpoint, e.g. `http://127.0.0.1:8080/mcp`.
     Http { url: String },
-    /// A stdio server: each probe runs `image` with `cmd` and `env` (`KEY=value`) in a fresh
-    /// container (network none, removed afterwards) and talks MCP over its stdin/stdout.
-    Stdio {
-        docker: Docker,
-        image: String,
-        /// Replaces the image's entrypoint when set (`[[mcp_server]] command`).
-        entrypoint: Option<Vec<String>>,
-        cmd: Vec<String>,
-        env: Vec<String>,
-    },
+    /// A stdio server, through a client session on the gateway's mux attached to its
+    /// running container: the probe tests the instance clients use. `None` while the
+    /// gateway is not attached (a transport failure at the connect stage).
+    Gateway { mux: Option<MuxHandle> },
 }
 
 impl fmt::Debug for ProbeTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProbeTarget::Http { url } => f.debug_struct("Http").field("url", url).finish(),
-            // Env values may be secrets: only the names are shown.
-            ProbeTarget::Stdio {
-                image, cmd, env, ..
-            } => {
-                let names: Vec<&str> = env
-                    .iter()
-                    .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))
-                    .collect();
-                f.debug_struct("Stdio")
-                    .field("image", image)
-                    .field("cmd", cmd)
-                    .field("env", &names)
-                    .finish()
-            }
+            ProbeTarget::Gateway { mux } => f
+                .debug_struct("Gateway")
+                .field("attached", &mux.is_some())
+                .finish(),
         }
     }
 }
@@ -57,7 +41,7 @@ impl fmt::Debug for ProbeTarget {
 /// Where a probe failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProbeStage {
-    /// Stdio only: creating, attaching and starting the container.
+    /// Stdio only: opening a session on the gateway's attach to the container.
     Connect,
     Initialize,
     ToolsList,
@@ -109,7 +93,7 @@ pub struct ProbeFailure {
 /// Latency of each stage that completed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StageLatency {
-    /// Stdio only: container create + attach + start.
+    /// Stdio only: opening the session on the gateway's attach.
     pub connect: Option<Duration>,
     pub initialize: Option<Duration>,
     /// All pages together.
@@ -139,10 +123,6 @@ impl ProbeReport {
     }
 }
 
-/// Probes `target` once. Each stage (and, for stdio, the container start) gets `timeout`, so
-/// a run takes at most four timeouts plus cleanup (session close ≤ 1 s, container removal
-/// ≤ 5 s). For stdio, `docker` must already speak the daemon's API version
-/// (`Docker::negotiate_version`).
 /// One HTTP client for every probe: building a reqwest client per probe (rmcp's default)
 /// costs CPU and leaves allocator fragmentation behind, 20 servers every 15 s. No redirects:
 /// a probe endpoint that redirects is misconfigured, and following one could leave loopback.
@@ -165,6 +145,8 @@ fn http_client() -> Result<reqwest::Client, String> {
         .clone()
 }
 
+/// Probes `target` once. Each stage gets `timeout`, so a run takes at most three timeouts
+/// plus the session close (≤ 1 s).
 pub async fn run_once(target: &ProbeTarget, timeout: Duration) -> ProbeReport {
     let mut report = ProbeReport::default();
     match target {
@@ -186,20 +168,27 @@ pub async fn run_once(target: &ProbeTarget, timeout: Duration) -> ProbeReport {
                 });
             }
         },
-        ProbeTarget::Stdio {
-            docker,
-            image,
-            entrypoint,
-            cmd,
-            env,
-        } => {
-            let command = stdio::Command {
-                image,
-                entrypoint: entrypoint.as_deref(),
-                cmd,
-                env,
+        ProbeTarget::Gateway { mux } => {
+            let started = Instant::now();
+            let pipe = match mux {
+                Some(mux) => local_client::open_pipe(mux)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("the gateway is not attached to the server's container".to_owned()),
             };
-            stdio::run(docker, &command, timeout, &mut report).await
+            match pipe {
+                Ok(pipe) => {
+                    report.stage_latency.connect = Some(started.elapsed());
+                    session::run(pipe, timeout, &mut report).await;
+                }
+                Err(message) => {
+                    report.failure = Some(ProbeFailure {
+                        stage: ProbeStage::Connect,
+                        kind: FailureKind::Transport,
+                        message,
+                    });
+                }
+            }
         }
     }
     report.ok = report.failure.is_none();
@@ -492,21 +481,5 @@ mod tests {
         assert!(f.message.contains("tools are on fire"), "{}", f.message);
         assert_eq!(r.server_name.as_deref(), Some("scripted"));
         script.abort();
-    }
-
-    #[test]
-    fn debug_of_a_stdio_target_hides_env_values() {
-        // `connect_with_local_defaults` only builds a client; nothing is contacted.
-        let docker = Docker::connect_with_local_defaults().unwrap();
-        let t = ProbeTarget::Stdio {
-            docker,
-            image: "img".into(),
-            entrypoint: None,
-            cmd: vec![],
-            env: vec!["TOKEN=hunter2".into(), "PLAIN".into()],
-        };
-        let s = format!("{t:?}");
-        assert!(s.contains("TOKEN") && s.contains("PLAIN"), "{s}");
-        assert!(!s.contains("hunter2"), "{s}");
     }
 }

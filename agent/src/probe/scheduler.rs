@@ -13,10 +13,11 @@ use mcpwatch_common::wire::SeriesKey;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway::{Backends, TrafficMetrics};
 use crate::probe::{self, ProbeReport, ProbeTarget, ToolDrift, ToolSurface};
 use crate::sampler::MetricKind;
 use crate::supervisor::{
-    DockerApi, McpServerSpec, ServerEvent, ServerPhase, SupervisorHandle, Transport,
+    McpServerSpec, ServerEvent, ServerPhase, ServerStatus, SupervisorHandle, Transport,
 };
 
 /// Event kinds the probe scheduler emits (the supervisor's are in `supervisor::kind`).
@@ -86,7 +87,7 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
 
 /// The set of probe tasks; owned by the agent's supervision loop.
 pub struct ProbeScheduler {
-    docker: DockerApi,
+    gateway: Gateway,
     supervisor: SupervisorHandle,
     events: mpsc::Sender<ServerEvent>,
     state_dir: PathBuf,
@@ -97,14 +98,14 @@ pub struct ProbeScheduler {
 
 impl ProbeScheduler {
     pub fn new(
-        docker: DockerApi,
+        gateway: Gateway,
         supervisor: SupervisorHandle,
         events: mpsc::Sender<ServerEvent>,
         state_dir: PathBuf,
         shutdown: CancellationToken,
     ) -> ProbeScheduler {
         ProbeScheduler {
-            docker,
+            gateway,
             supervisor,
             events,
             state_dir,
@@ -138,7 +139,7 @@ impl ProbeScheduler {
                 .baseline = baseline;
             tokio::spawn(probe_loop(
                 spec.clone(),
-                self.docker.clone(),
+                self.gateway.clone(),
                 self.supervisor.clone(),
                 self.events.clone(),
                 self.shared.clone(),
@@ -212,23 +213,30 @@ impl ProbeScheduler {
     }
 }
 
-/// What a probe talks to; a stdio probe needs the Docker client, built at probe time so an
-/// agent started before dockerd still probes once it is up.
-fn target(spec: &McpServerSpec, docker: &DockerApi) -> Result<ProbeTarget, String> {
-    Ok(match &spec.transport {
+/// The gateway parts the probes use: the stdio servers' muxes, and the traffic metrics
+/// whose tool lists the probes keep current.
+#[derive(Clone)]
+pub struct Gateway {
+    pub backends: Backends,
+    pub traffic: Arc<TrafficMetrics>,
+}
+
+/// What a probe talks to: a stdio server through the gateway's session on its container.
+fn target(spec: &McpServerSpec, backends: &Backends) -> ProbeTarget {
+    match &spec.transport {
         Transport::Http { url } => ProbeTarget::Http { url: url.clone() },
-        Transport::Stdio => ProbeTarget::Stdio {
-            docker: docker.client().map_err(|e| e.to_string())?,
-            image: spec.image.clone(),
-            entrypoint: spec.command.clone(),
-            cmd: spec.args.clone(),
-            env: spec
-                .env
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.expose()))
-                .collect(),
+        Transport::Stdio => ProbeTarget::Gateway {
+            mux: backends.mux(&spec.name),
         },
-    })
+    }
+}
+
+/// Whether the server's container started less than `grace` ago.
+fn starting(status: &ServerStatus, grace: Duration) -> bool {
+    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    status
+        .started_at_ms
+        .is_some_and(|at| now_ms().saturating_sub(at) < grace_ms)
 }
 
 /// Accepts a server's current tool surface as its new approved baseline.
@@ -301,7 +309,7 @@ fn ms(d: Option<Duration>) -> String {
 
 async fn probe_loop(
     spec: McpServerSpec,
-    docker: DockerApi,
+    gateway: Gateway,
     supervisor: SupervisorHandle,
     events: mpsc::Sender<ServerEvent>,
     shared: Shared,
@@ -319,24 +327,27 @@ async fn probe_loop(
         }
         next += spec.probe.interval.get();
         // Probing a server we stopped or are backing off would only record noise.
-        let running = supervisor
+        let Some(status) = supervisor
             .snapshot()
-            .iter()
-            .any(|s| s.server == name && s.phase == ServerPhase::Running);
-        if !running {
+            .into_iter()
+            .find(|s| s.server == name && s.phase == ServerPhase::Running)
+        else {
             continue;
-        }
-        let target = match target(&spec, &docker) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(server = %name, error = %e, "cannot probe: no Docker client");
-                continue;
-            }
         };
+        let target = target(&spec, &gateway.backends);
         let report = tokio::select! {
             _ = stop.cancelled() => return,
             r = probe::run_once(&target, spec.probe.timeout.get()) => r,
         };
+        if !report.ok && starting(&status, spec.probe.startup_grace.get()) {
+            tracing::debug!(server = %name, "probe failed within the startup grace; not counted");
+            continue;
+        }
+        if report.ok {
+            gateway
+                .traffic
+                .set_tools(&name, report.tools.iter().map(|t| t.name.as_str()));
+        }
         let drift_event = record(&shared, &state_dir, &name, &report);
         match &report.failure {
             None => {

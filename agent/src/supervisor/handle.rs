@@ -109,6 +109,12 @@ impl SupervisorHandle {
         self.status.borrow().as_ref().clone()
     }
 
+    /// Every change of the published statuses, for tasks that follow a server's container
+    /// (the gateway re-attaches when it changes).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<ServerStatus>>> {
+        self.status.clone()
+    }
+
     /// Resolves when the supervisor task has ended (after shutdown).
     pub async fn stopped(&self) {
         let mut rx = self.status.clone();

@@ -191,6 +191,7 @@ mod tests {
                 interval: CfgDuration::from_secs(15),
                 timeout: CfgDuration::from_secs(5),
                 failure_threshold: 3,
+                startup_grace: CfgDuration::from_secs(10),
             },
         }
     }

@@ -3,7 +3,6 @@
 //! so revocation and logout take effect at once), and the audit middleware records every
 //! mutating request and every denied one.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
@@ -21,9 +20,7 @@ use crate::now_ms;
 use crate::store::query::audit::AuditEntry;
 use crate::store::query::tokens::{Bearer, BearerKind, BearerRow};
 
-/// The peer address of the connection, put in each request's extensions by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+pub use mcpwatch_common::http_server::ClientAddr;
 
 /// What the handler learned about the request, for the audit row.
 #[derive(Debug, Default)]

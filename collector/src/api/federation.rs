@@ -20,6 +20,7 @@ use super::error::ApiError;
 use super::metrics_api::output_labels;
 use super::ApiState;
 use crate::auth::credential::constant_time_eq;
+use mcpwatch_common::http_server::bearer_token;
 use crate::notify::Secret;
 use crate::store::query::series::SeriesRecord;
 
@@ -35,16 +36,7 @@ pub fn routes() -> Router<ApiState> {
 }
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some((scheme, presented)) = v.split_once(' ') else {
-        return false;
-    };
-    scheme.eq_ignore_ascii_case("bearer") && constant_time_eq(presented.trim(), token)
+    bearer_token(headers).is_some_and(|presented| constant_time_eq(presented, token))
 }
 
 /// The scrape-token rule of `/federate` and `/metrics`: with `[api] federation_token` set,

@@ -7,7 +7,6 @@
 //! nests them, adds the audit layer, limits and the document.
 
 pub mod auth;
-pub mod connection;
 pub mod contract;
 pub mod error;
 pub mod json_body;

@@ -56,14 +56,7 @@ pub fn hash(secret: &str) -> String {
     )
 }
 
-/// Equality that takes the same time wherever the inputs differ.
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use mcpwatch_common::secret::constant_time_eq;
 
 #[cfg(test)]
 mod tests {

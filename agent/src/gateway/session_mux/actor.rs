@@ -38,7 +38,7 @@ impl SessionMux {
         sink: Arc<dyn CallSink>,
         shutdown: CancellationToken,
     ) -> Result<MuxHandle, MuxError> {
-        config.validate()?;
+        config.check()?;
         let config = Arc::new(config);
         let stats = Arc::new(MuxStats::default());
         let (control_tx, control_rx) = mpsc::unbounded_channel();

@@ -116,7 +116,8 @@ impl MuxConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), MuxError> {
+    /// Whether the limits fit together (every mux checks them again when it starts).
+    pub fn check(&self) -> Result<(), MuxError> {
         let problem = if self.max_sessions == 0 {
             "max_sessions must be at least 1"
         } else if self.max_in_flight_per_session == 0 {

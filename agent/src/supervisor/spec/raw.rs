@@ -166,10 +166,13 @@ pub struct RawMount {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProbe {
-    /// Default 15s for http, 5m for stdio (each stdio probe starts a container).
+    /// Default 15s. A stdio server is probed through the gateway's session on its container.
     pub interval: Option<Duration>,
     /// Default 5s.
     pub timeout: Option<Duration>,
     /// Consecutive failures that make the server unhealthy. Default 3.
     pub failure_threshold: Option<u32>,
+    /// After its container starts, failed probes are not counted for this long (a server
+    /// still starting is not unhealthy). Default 10s.
+    pub startup_grace: Option<Duration>,
 }

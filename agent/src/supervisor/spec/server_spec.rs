@@ -69,6 +69,8 @@ pub struct ProbeSpec {
     pub interval: Duration,
     pub timeout: Duration,
     pub failure_threshold: u32,
+    /// Failed probes within this long of the container's start are not counted.
+    pub startup_grace: Duration,
 }
 
 /// A validated `[[mcp_server]]`. Built only by

@@ -63,7 +63,7 @@ fn validate_one(path: &Path, i: usize, r: RawMcpServer) -> Result<McpServerSpec,
     let cap_drop = cap_drop(&at, r.cap_drop)?;
     let mounts = mounts(&at, path, r.mounts)?;
     check_labels(&at, &r.labels)?;
-    let probe = probe(&at, &transport, &r.probe)?;
+    let probe = probe(&at, &r.probe)?;
     Ok(McpServerSpec {
         name: r.name,
         image: r.image,
@@ -346,16 +346,13 @@ fn check_labels(at: &KeyPrefix, labels: &BTreeMap<String, String>) -> Result<(),
     Ok(())
 }
 
-fn probe(at: &KeyPrefix, transport: &Transport, raw: &RawProbe) -> Result<ProbeSpec, ConfigError> {
+fn probe(at: &KeyPrefix, raw: &RawProbe) -> Result<ProbeSpec, ConfigError> {
     let bad = |key: &str, msg: String| at.invalid(key, msg);
-    let default_interval = match transport {
-        Transport::Http { .. } => Duration::from_secs(15),
-        Transport::Stdio => Duration::from_secs(300),
-    };
     let probe = ProbeSpec {
-        interval: raw.interval.unwrap_or(default_interval),
+        interval: raw.interval.unwrap_or(Duration::from_secs(15)),
         timeout: raw.timeout.unwrap_or(Duration::from_secs(5)),
         failure_threshold: raw.failure_threshold.unwrap_or(3),
+        startup_grace: raw.startup_grace.unwrap_or(Duration::from_secs(10)),
     };
     if probe.interval.get() < std::time::Duration::from_millis(100) {
         return Err(bad("probe.interval", "must be at least 100ms".into()));
@@ -371,6 +368,9 @@ fn probe(at: &KeyPrefix, transport: &Transport, raw: &RawProbe) -> Result<ProbeS
     }
     if probe.failure_threshold == 0 {
         return Err(bad("probe.failure_threshold", "must be at least 1".into()));
+    }
+    if probe.startup_grace.get() > std::time::Duration::from_secs(3600) {
+        return Err(bad("probe.startup_grace", "must be at most 1h".into()));
     }
     Ok(probe)
 }

@@ -1,0 +1,438 @@
+//! The gateway's Streamable HTTP front (MCP 2025-11-25 transport; the sessionless requests
+//! of 2026-07-28 too): `POST`, `GET` and `DELETE` on `/mcp/{server}`.
+//!
+//! - `POST` carries one JSON-RPC message. An `initialize` without `Mcp-Session-Id` opens a
+//!   session and returns its id in that header. Any other request without the header is
+//!   served on a one-request session (the 2026-07-28 revision has no sessions). A request is
+//!   answered with `application/json` when the answer is the first thing that comes for it,
+//!   and with an SSE stream (related messages, then the answer) when progress or a server
+//!   request comes first. Notifications and responses get 202.
+//! - `GET` opens the session's stream for messages that belong to no request
+//!   (`list_changed`, server requests while nothing is in flight); one at a time (409).
+//! - `DELETE` ends the session; its in-flight requests are cancelled upstream.
+//!
+//! Guards, in order: `Origin` (absent, loopback or listed, else 403: DNS-rebinding
+//! protection), bearer token when configured (401), body ≤ 4 MiB (413), `Content-Type`
+//! (415), `MCP-Protocol-Version` when sent (400). Unknown server 404, known but not
+//! attached 503, unknown session 404. Every refusal is counted by reason; bodies are never
+//! logged.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use futures::stream;
+use mcpwatch_common::http_server::bearer_token;
+use mcpwatch_common::secret::constant_time_eq;
+use serde::Deserialize;
+
+use super::backends::{Backends, ByteCounters};
+use super::client_sessions::{HttpSession, HttpSessions, RequestStream, RouteError};
+use super::config::{GatewayConfig, MAX_BODY};
+use super::jsonrpc::{self, ErrorCode, RequestId};
+use super::session_mux::{ClientMessage, MuxError, Route};
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// Revisions the gateway passes through; another `MCP-Protocol-Version` is refused.
+pub const KNOWN_VERSIONS: &[&str] = &[
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
+
+/// An SSE comment this often keeps a quiet stream from the connection idle timeout.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Counts a refusal by reason (the agent's metrics implement it).
+pub type RefusalCounter = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct FrontState {
+    pub backends: Backends,
+    pub sessions: HttpSessions,
+    pub config: Arc<GatewayConfig>,
+    pub refused: RefusalCounter,
+}
+
+pub fn router(state: FrontState) -> Router {
+    Router::new()
+        .route(
+            "/mcp/{server}",
+            post(post_message).get(open_stream).delete(end_session),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn refuse(state: &FrontState, reason: &'static str, status: StatusCode, text: &str) -> Response {
+    (state.refused)(reason);
+    tracing::debug!(reason, "gateway request refused");
+    (status, format!("{text}\n")).into_response()
+}
+
+/// Origin and token, before anything else is read.
+async fn guard(State(state): State<FrontState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(o, &state.config.allowed_origins));
+        if !allowed {
+            return refuse(&state, "origin", StatusCode::FORBIDDEN, "origin not allowed");
+        }
+    }
+    if !state.config.tokens.is_empty() {
+        let presented = bearer_token(headers).unwrap_or("");
+        // Every token is compared, so the time taken does not tell which one came close.
+        let ok = state
+            .config
+            .tokens
+            .iter()
+            .fold(false, |ok, t| constant_time_eq(presented, t.expose()) | ok);
+        if !ok {
+            let mut r = refuse(&state, "unauthorized", StatusCode::UNAUTHORIZED, "bearer token required");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(request).await
+}
+
+/// Loopback origins (any port, http or https) and the configured ones.
+fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    if scheme != "http" && scheme != "https" {
+        return false;
+    }
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => rest.split(':').next().unwrap_or(""),
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "::1") || allowed.iter().any(|a| *a == origin)
+}
+
+/// What a POST body is, read without its params.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    method: Option<String>,
+}
+
+enum Kind {
+    Request { id: RequestId, initialize: bool },
+    /// A notification, or a response to a server request.
+    Other,
+}
+
+fn rpc_error(status: StatusCode, id: Option<RequestId>, code: ErrorCode, text: &'static str) -> Response {
+    let line = jsonrpc::to_line(&jsonrpc::error(id, code, text));
+    (status, [(header::CONTENT_TYPE, "application/json")], line).into_response()
+}
+
+/// The body as one line (stdio framing) and what kind of message it is.
+fn classify(body: &Bytes) -> Result<(String, Kind), Response> {
+    let invalid = |text| Err(rpc_error(StatusCode::BAD_REQUEST, None, ErrorCode::INVALID_REQUEST, text));
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(rpc_error(StatusCode::BAD_REQUEST, None, ErrorCode::PARSE_ERROR, "body is not UTF-8"));
+    };
+    if text.trim_start().starts_with('[') {
+        return invalid("JSON-RPC batches are not supported by MCP");
+    }
+    let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
+        return Err(rpc_error(StatusCode::BAD_REQUEST, None, ErrorCode::PARSE_ERROR, "body is not one JSON-RPC message"));
+    };
+    // A pretty-printed body would break the newline framing upstream: re-encode it.
+    let line = if text.contains(['\n', '\r']) {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => v.to_string(),
+            Err(_) => return invalid("body is not JSON"),
+        }
+    } else {
+        text.to_owned()
+    };
+    let kind = match (envelope.method, envelope.id) {
+        (Some(method), Some(id)) => match jsonrpc::id_from_json(&id) {
+            Some(id) => Kind::Request {
+                id,
+                initialize: method == "initialize",
+            },
+            None => return invalid("a request id must be a string or an integer"),
+        },
+        (Some(_), None) | (None, Some(_)) => Kind::Other,
+        (None, None) => return invalid("neither a request, a notification nor a response"),
+    };
+    Ok((line, kind))
+}
+
+fn accepts_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream") || v.contains("*/*"))
+        || headers.get(header::ACCEPT).is_none()
+}
+
+fn session_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
+}
+
+/// A fresh 128-bit session id from the system's CSPRNG, as hex.
+fn new_session_id() -> Option<String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(mcpwatch_common::hex::encode(&bytes))
+}
+
+// Over 80 lines on purpose: the POST checks in the order the module doc lists them, then the
+// three ways a message enters a session; split, the order of the checks would be scattered.
+async fn post_message(
+    State(state): State<FrontState>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if !json {
+        return refuse(&state, "content_type", StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
+    }
+    if let Some(v) = headers.get(VERSION_HEADER) {
+        if !v.to_str().is_ok_and(|v| KNOWN_VERSIONS.contains(&v)) {
+            return refuse(&state, "protocol_version", StatusCode::BAD_REQUEST, "unsupported MCP-Protocol-Version");
+        }
+    }
+    let Some(bytes) = state.backends.bytes(&server) else {
+        return refuse(&state, "unknown_server", StatusCode::NOT_FOUND, "no such MCP server");
+    };
+    bytes.from_clients.fetch_add(body.len() as u64, Ordering::Relaxed);
+    let (line, kind) = match classify(&body) {
+        Ok(x) => x,
+        Err(r) => {
+            (state.refused)("malformed");
+            return r;
+        }
+    };
+    let sse = accepts_sse(&headers);
+    if let Some(sid) = session_id(&headers) {
+        let Some(session) = state.sessions.get(&server, sid) else {
+            return refuse(&state, "unknown_session", StatusCode::NOT_FOUND, "no such session");
+        };
+        return match kind {
+            Kind::Request { id, .. } => request(&session, id, line, sse, bytes, None).await,
+            Kind::Other => match session.send(line).await {
+                Ok(()) => StatusCode::ACCEPTED.into_response(),
+                Err(_) => refuse(&state, "unknown_session", StatusCode::NOT_FOUND, "session ended"),
+            },
+        };
+    }
+    let Kind::Request { id, initialize } = kind else {
+        return refuse(&state, "no_session", StatusCode::BAD_REQUEST, "Mcp-Session-Id required");
+    };
+    let Some(mux) = state.backends.mux(&server) else {
+        return refuse(&state, "not_attached", StatusCode::SERVICE_UNAVAILABLE, "the server is not running (starting, restarting or down)");
+    };
+    let opened = match mux.open_session().await {
+        Ok(s) => s,
+        Err(MuxError::TooManySessions(_)) => {
+            (state.refused)("too_many_sessions");
+            return rpc_error(StatusCode::SERVICE_UNAVAILABLE, Some(id), jsonrpc::OVER_LIMIT, "too many client sessions on this server");
+        }
+        Err(_) => {
+            return refuse(&state, "not_attached", StatusCode::SERVICE_UNAVAILABLE, "the server is restarting");
+        }
+    };
+    if initialize {
+        let Some(sid) = new_session_id() else {
+            return refuse(&state, "internal", StatusCode::INTERNAL_SERVER_ERROR, "no randomness for a session id");
+        };
+        let session = state.sessions.start(&server, Some(sid.clone()), opened);
+        let mut response = request(&session, id, line, sse, bytes, None).await;
+        if response.status() == StatusCode::OK {
+            if let Ok(v) = HeaderValue::from_str(&sid) {
+                response.headers_mut().insert(SESSION_HEADER, v);
+            }
+        } else {
+            state.sessions.remove(&server, &sid);
+        }
+        return response;
+    }
+    // Sessionless (2026-07-28): one request on its own session, ended once answered.
+    let session = state.sessions.start(&server, None, opened);
+    let owner = EndOnDrop(Arc::clone(&session));
+    request(&session, id, line, sse, bytes, Some(owner)).await
+}
+
+/// Ends a one-request session when dropped: after its JSON answer, or when its SSE stream
+/// has been sent (or the client went away).
+struct EndOnDrop(Arc<HttpSession>);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// Sends a request and answers with what comes back for it. `owner`, for a one-request
+/// session, lives as long as the answer.
+async fn request(
+    session: &Arc<HttpSession>,
+    id: RequestId,
+    line: String,
+    sse: bool,
+    bytes: ByteCounters,
+    owner: Option<EndOnDrop>,
+) -> Response {
+    let mut stream = match session.expect(id.clone()) {
+        Ok(s) => s,
+        Err(RouteError::DuplicateId) => {
+            return rpc_error(StatusCode::OK, Some(id), ErrorCode::INVALID_REQUEST, "a request with this id is already in flight");
+        }
+        Err(RouteError::Ended) => return (StatusCode::NOT_FOUND, "session ended\n").into_response(),
+    };
+    if session.send(line).await.is_err() {
+        session.forget(&id);
+        return (StatusCode::NOT_FOUND, "session ended\n").into_response();
+    }
+    let closed = || rpc_error(StatusCode::OK, Some(id.clone()), jsonrpc::CONNECTION_CLOSED, "the server's session ended");
+    loop {
+        let Some(first) = stream.recv().await else {
+            return closed();
+        };
+        if let Route::Response(_) = first.route {
+            bytes.to_clients.fetch_add(first.line.len() as u64, Ordering::Relaxed);
+            return ([(header::CONTENT_TYPE, "application/json")], first.line).into_response();
+        }
+        if sse {
+            return sse_response(Some(first), stream, bytes, true, owner);
+        }
+        // A client that takes no SSE cannot get related messages: they are dropped.
+        session.undeliverable.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An SSE response carrying `first` and then the stream; with `until_answer`, it ends after
+/// the answer.
+fn sse_response(
+    first: Option<ClientMessage>,
+    rx: RequestStream,
+    bytes: ByteCounters,
+    until_answer: bool,
+    owner: Option<EndOnDrop>,
+) -> Response {
+    let events = stream::unfold((first, rx, false, owner), move |(pending, mut rx, done, owner)| {
+        let bytes = bytes.clone();
+        async move {
+            if done {
+                drop(owner);
+                return None;
+            }
+            let message = match pending {
+                Some(m) => m,
+                None => rx.recv().await?,
+            };
+            let last = until_answer && matches!(message.route, Route::Response(_));
+            bytes.to_clients.fetch_add(message.line.len() as u64, Ordering::Relaxed);
+            let event = Event::default().event("message").data(message.line);
+            Some((Ok::<_, std::convert::Infallible>(event), (None, rx, last, owner)))
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}
+
+async fn open_stream(State(state): State<FrontState>, Path(server): Path<String>, headers: HeaderMap) -> Response {
+    let Some(sid) = session_id(&headers) else {
+        return refuse(&state, "no_session", StatusCode::BAD_REQUEST, "Mcp-Session-Id required");
+    };
+    let Some(session) = state.sessions.get(&server, sid) else {
+        return refuse(&state, "unknown_session", StatusCode::NOT_FOUND, "no such session");
+    };
+    if !accepts_sse(&headers) {
+        return refuse(&state, "not_acceptable", StatusCode::NOT_ACCEPTABLE, "GET serves text/event-stream only");
+    }
+    let Some(rx) = session.open_standalone() else {
+        return refuse(&state, "stream_open", StatusCode::CONFLICT, "this session already has a GET stream");
+    };
+    session.touch();
+    let Some(bytes) = state.backends.bytes(&server) else {
+        return refuse(&state, "unknown_server", StatusCode::NOT_FOUND, "no such MCP server");
+    };
+    sse_response(None, rx, bytes, false, None)
+}
+
+async fn end_session(State(state): State<FrontState>, Path(server): Path<String>, headers: HeaderMap) -> Response {
+    let Some(sid) = session_id(&headers) else {
+        return refuse(&state, "no_session", StatusCode::BAD_REQUEST, "Mcp-Session-Id required");
+    };
+    if state.sessions.remove(&server, sid) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        refuse(&state, "unknown_session", StatusCode::NOT_FOUND, "no such session")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_loopback_and_listed_only() {
+        let listed = vec!["https://ide.example.com".to_owned()];
+        for ok in [
+            "http://localhost:3000",
+            "http://127.0.0.1",
+            "https://[::1]:8443",
+            "https://ide.example.com",
+            "HTTPS://IDE.example.com/",
+        ] {
+            assert!(origin_allowed(ok, &listed), "{ok}");
+        }
+        for bad in [
+            "http://evil.example",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.evil.example",
+            "null",
+            "file://",
+            "https://ide.example.com.evil",
+        ] {
+            assert!(!origin_allowed(bad, &listed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bodies_are_classified_and_flattened() {
+        let (line, kind) = classify(&Bytes::from("{\n \"jsonrpc\": \"2.0\", \"id\": 7,\n \"method\": \"initialize\"}")).ok().unwrap();
+        assert!(!line.contains('\n'));
+        assert!(matches!(kind, Kind::Request { initialize: true, .. }));
+        let (_, kind) = classify(&Bytes::from(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)).ok().unwrap();
+        assert!(matches!(kind, Kind::Other));
+        for bad in ["[{}]", "{}", "not json", r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#] {
+            let r = classify(&Bytes::from(bad)).err().unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}
