@@ -9,6 +9,7 @@ pub mod docker;
 pub mod process;
 pub mod procfs;
 pub mod receivers;
+pub mod rig;
 pub mod sim;
 
 use std::io::Write;

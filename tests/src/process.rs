@@ -212,6 +212,8 @@ pub struct AgentProc {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub metrics_addr: SocketAddr,
+    /// The agent's MCP gateway (`[gateway] listen`), a free loopback port per agent.
+    pub gateway_addr: SocketAddr,
     pub spool: PathBuf,
     starts: u32,
 }
@@ -244,6 +246,7 @@ impl AgentProc {
         std::fs::create_dir_all(dir).expect("mkdir");
         let certs = pki.agent(name);
         let metrics_addr = free_addr();
+        let gateway_addr = free_addr();
         let config = dir.join("agent.toml");
         let spool = dir.join("spool");
         std::fs::write(
@@ -252,7 +255,8 @@ impl AgentProc {
                 "shutdown_grace = \"5s\"\nstate_dir = \"{state}\"\n[sampling]\ninterval = \"{interval}\"\n[collector]\naddress = \"{collector}\"\nserver_name = \"localhost\"\n\
                  [tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
                  [spool]\ndir = \"{spool}\"\nmax_size = \"{spool_max}\"\n[metrics]\nlisten = \"{metrics_addr}\"\n\
-                 [uplink]\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n",
+                 [uplink]\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n\
+                 [gateway]\nlisten = \"{gateway_addr}\"\n",
                 ca = pki.ca().display(),
                 cert = certs.cert.display(),
                 key = certs.key.display(),
@@ -268,6 +272,7 @@ impl AgentProc {
             dir: dir.to_owned(),
             config,
             metrics_addr,
+            gateway_addr,
             spool,
             starts: 0,
         }

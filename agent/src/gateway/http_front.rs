@@ -132,9 +132,14 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
 /// What a POST body is, read without its params.
 #[derive(Deserialize)]
 struct Envelope {
-    #[serde(default)]
+    /// `Some(Null)` for `"id": null`, which is no valid request id.
+    #[serde(default, deserialize_with = "present")]
     id: Option<serde_json::Value>,
     method: Option<String>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 enum Kind {
@@ -177,7 +182,9 @@ fn classify(body: &Bytes) -> Result<(String, Kind), Response> {
             },
             None => return invalid("a request id must be a string or an integer"),
         },
-        (Some(_), None) | (None, Some(_)) => Kind::Other,
+        (Some(_), None) => Kind::Other,
+        // A response to a server request; `"id": null` only on an error answer.
+        (None, Some(_)) => Kind::Other,
         (None, None) => return invalid("neither a request, a notification nor a response"),
     };
     Ok((line, kind))

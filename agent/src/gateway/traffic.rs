@@ -429,8 +429,11 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("# TYPE mcpwatch_mcp_tool_call_duration_seconds histogram"));
         assert!(text.contains(
-            "mcpwatch_mcp_tool_calls_total{server=\"files\",tool=\"read\",outcome=\"ok\"} 1"
+            "mcpwatch_mcp_tool_calls_total{server=\"files\",tool=\"read\",outcome=\"ok\"} 1.0"
         ));
-        assert!(text.contains("le=\"+Inf\"} 1"), "{text}");
+        assert!(
+            text.contains("le=\"+Inf\",server=\"files\",tool=\"read\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -57,7 +57,9 @@ fn defaults_apply() {
     assert_eq!(h.budget.max_restarts, 5);
     assert_eq!(h.budget.window, Duration::from_secs(600));
     assert_eq!(h.probe.interval, Duration::from_secs(15));
-    assert_eq!(g.probe.interval, Duration::from_secs(300));
+    // Stdio servers are probed through the gateway's attach, as cheaply as http ones.
+    assert_eq!(g.probe.interval, Duration::from_secs(15));
+    assert_eq!(g.probe.startup_grace, Duration::from_secs(10));
     assert_eq!(h.probe.timeout, Duration::from_secs(5));
     assert_eq!(h.probe.failure_threshold, 3);
     assert_eq!(g.network, "none");

@@ -1,0 +1,175 @@
+//! The MCP gateway end to end: the real agent supervising the fixture as a stdio container
+//! (real dockerd), MCP clients (rmcp's Streamable HTTP client, and raw HTTP for hostile
+//! requests) on the agent's gateway listener, the collector receiving the traffic series.
+
+use std::sync::Arc;
+
+use mcpwatch_tests::db;
+use mcpwatch_tests::docker::fixture_image;
+use mcpwatch_tests::rig::{Rig, LONG};
+use mcpwatch_tests::{metric, wait_for};
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
+};
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::ServiceExt;
+use serde_json::{json, Map, Value};
+
+type Client = RunningService<RoleClient, ClientConfig>;
+
+/// A stdio fixture server named `name`, probed every second.
+fn stdio_server(name: &str, fixture_args: &[&str], extra: &str) -> String {
+    let mut args = vec!["--transport", "stdio"];
+    args.extend_from_slice(fixture_args);
+    format!(
+        "\n[[mcp_server]]\nname = \"{name}\"\nimage = \"{image}\"\nargs = {args:?}\n\
+         transport = \"stdio\"\n[mcp_server.probe]\ninterval = \"1s\"\ntimeout = \"900ms\"\n{extra}\n",
+        image = fixture_image(),
+    )
+}
+
+fn url(rig: &Rig, server: &str) -> String {
+    format!("http://{}/mcp/{server}", rig.agent.gateway_addr)
+}
+
+/// Waits until the gateway is attached to `server` and a probe has listed its tools.
+fn wait_attached(rig: &Rig, server: &str) {
+    rig.wait_events(server, "probe_ok", 1);
+    wait_for("gateway attached", LONG, || {
+        (rig.agent_metric("mcpwatch_mcp_gateway_attached", server) == Some(1.0)).then_some(())
+    });
+}
+
+async fn connect(url: &str) -> Client {
+    // reqwest is built without a default TLS provider in this workspace; an Err only means
+    // one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("gateway-test", "0"),
+    )
+    .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE);
+    info.serve(StreamableHttpClientTransport::from_uri(url))
+        .await
+        .expect("client session through the gateway")
+}
+
+fn args(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn text_of(result: &rmcp::model::CallToolResult) -> String {
+    let v = serde_json::to_value(&result.content).unwrap_or_default();
+    v[0]["text"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The agent's exposition value of a traffic series with these labels, in this order.
+fn traffic(rig: &Rig, name: &str, labels: &str) -> Option<f64> {
+    metric(&rig.agent.metrics(), &format!("{name}{{{labels}}}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_client_uses_a_stdio_server_through_the_gateway_and_every_call_is_counted() {
+    let rig = Rig::start(&stdio_server("tools", &[], ""));
+    wait_attached(&rig, "tools");
+    let client = connect(&url(&rig, "tools")).await;
+    let info = client.peer_info().expect("initialize answered");
+    assert_eq!(
+        info.server_info.as_ref().map(|s| s.name.as_str()),
+        Some("mcpwatch-mcp-fixture")
+    );
+    let tools = client.list_tools(None).await.expect("tools/list");
+    let names: Vec<&str> = tools.tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["echo", "add", "time"]);
+
+    let echo = CallToolRequestParams::new("echo").with_arguments(args(json!({"text": "hi"})));
+    let ok = client.call_tool(echo).await.expect("echo answered");
+    assert_eq!(text_of(&ok), "hi");
+    assert_ne!(ok.is_error, Some(true));
+    // Missing arguments: the tool runs and reports a failure (isError).
+    let failing = client
+        .call_tool(CallToolRequestParams::new("add").with_arguments(Map::new()))
+        .await
+        .expect("add answered");
+    assert_eq!(failing.is_error, Some(true));
+    // An unknown tool: a JSON-RPC error, counted under `_other`.
+    let unknown = client.call_tool(CallToolRequestParams::new("nope")).await;
+    assert!(unknown.is_err(), "{unknown:?}");
+
+    let calls = "mcpwatch_mcp_tool_calls_total";
+    wait_for("traffic counted", LONG, || {
+        let ok = traffic(&rig, calls, r#"server="tools",tool="echo",outcome="ok""#);
+        (ok == Some(1.0)).then_some(())
+    });
+    assert_eq!(
+        traffic(&rig, calls, r#"server="tools",tool="add",outcome="tool_error""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        traffic(&rig, calls, r#"server="tools",tool="_other",outcome="jsonrpc_error""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        traffic(
+            &rig,
+            "mcpwatch_mcp_tool_call_duration_seconds_count",
+            r#"server="tools",tool="echo""#
+        ),
+        Some(1.0)
+    );
+    mcpwatch_tests::promtool_check("agent with gateway traffic", &rig.agent.metrics());
+    // The same figures reach the collector as series of this host.
+    wait_for("traffic series stored", LONG, || {
+        let names = db::series_names(&rig.collector.db, &rig.id);
+        (names.iter().any(|n| n == calls)
+            && names
+                .iter()
+                .any(|n| n == "mcpwatch_mcp_tool_call_duration_seconds_bucket"))
+        .then_some(())
+    });
+    client.cancel().await.expect("session closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sessions_interleaved_on_one_stdio_server_never_cross_answers() {
+    const SESSIONS: usize = 20;
+    const CALLS: usize = 1000;
+    let rig = Rig::start(&stdio_server("shared", &[], ""));
+    wait_attached(&rig, "shared");
+    let url = Arc::new(url(&rig, "shared"));
+    let mut tasks = Vec::new();
+    for s in 0..SESSIONS {
+        let url = Arc::clone(&url);
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&url).await;
+            for i in 0..CALLS {
+                let text = format!("session {s} call {i}");
+                let params = CallToolRequestParams::new("echo")
+                    .with_arguments(args(json!({ "text": text })));
+                let answer = client.call_tool(params).await.expect("echo answered");
+                assert_eq!(text_of(&answer), text, "an answer reached the wrong caller");
+            }
+            client.cancel().await.expect("session closed");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("session task");
+    }
+    let expected = (SESSIONS * CALLS) as f64;
+    wait_for("every call counted", LONG, || {
+        let n = traffic(
+            &rig,
+            "mcpwatch_mcp_tool_calls_total",
+            r#"server="shared",tool="echo",outcome="ok""#,
+        );
+        (n == Some(expected)).then_some(())
+    });
+    // Sampled each interval: nothing stays in flight once every client has its answers.
+    wait_for("nothing in flight", LONG, || {
+        (rig.agent_metric("mcpwatch_mcp_gateway_in_flight", "shared") == Some(0.0)).then_some(())
+    });
+}
