@@ -119,10 +119,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         let (refused, closed) = (metrics.clone(), metrics.clone());
         let counters = EndpointCounters {
             refused: Arc::new(move |reason| refused.inc_gateway_refused(reason)),
-            connections_closed: Arc::new(move |reason| closed.inc_gateway_connection_closed(reason)),
+            connections_closed: Arc::new(move |reason| {
+                closed.inc_gateway_connection_closed(reason)
+            }),
         };
-        let gateway =
-            endpoint::start(&config.gateway, backends.clone(), counters, http_stop.clone()).await?;
+        let gateway = endpoint::start(
+            &config.gateway,
+            backends.clone(),
+            counters,
+            http_stop.clone(),
+        )
+        .await?;
         tracing::info!(listen = %gateway.local_addr, tls = config.gateway.tls.is_some(),
             tokens = config.gateway.tokens.len(), "MCP gateway listening");
         Some(gateway)

@@ -254,7 +254,9 @@ impl AgentMetrics {
 
     /// Counts one refused gateway request.
     pub fn inc_gateway_refused(&self, reason: &'static str) {
-        self.gateway_refused.get_or_create(&[("reason", reason)]).inc();
+        self.gateway_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Counts one gateway connection closed or refused by the server.

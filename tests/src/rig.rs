@@ -63,6 +63,11 @@ impl Rig {
 
     /// With extra environment for the agent (DOCKER_HOST for a private daemon).
     pub fn start_with_env(servers: &str, env: &[(&str, &str)]) -> Rig {
+        Rig::start_with(servers, env, "")
+    }
+
+    /// With `gateway` (TOML lines) added to the agent's `[gateway]` table.
+    pub fn start_with(servers: &str, env: &[(&str, &str)], gateway: &str) -> Rig {
         ensure_dockerd();
         let tmp = tempfile::tempdir().unwrap();
         let pki = Pki::new(&tmp.path().join("pki"));
@@ -76,6 +81,11 @@ impl Rig {
             "500ms",
             "256MiB",
         );
+        if !gateway.is_empty() {
+            let text = std::fs::read_to_string(&agent.config).expect("agent config");
+            let text = text.replacen("[gateway]\n", &format!("[gateway]\n{gateway}\n"), 1);
+            std::fs::write(&agent.config, text).expect("agent config");
+        }
         agent.append_config(servers);
         let mut agent = agent;
         agent.env = env
@@ -138,4 +148,3 @@ impl Rig {
         )
     }
 }
-

@@ -70,8 +70,7 @@ async fn stdio_probe_through_the_gateway_lists_three_tools() {
 
 #[tokio::test]
 async fn stdio_probe_of_a_hung_server_times_out() {
-    let (target, _container) =
-        attached(&["--transport", "stdio", "--hang-after", "0"]).await;
+    let (target, _container) = attached(&["--transport", "stdio", "--hang-after", "0"]).await;
     let timeout = Duration::from_secs(1);
     let started = Instant::now();
     let r = run_once(&target, timeout).await;
@@ -89,8 +88,7 @@ async fn stdio_probe_of_a_hung_server_times_out() {
 
 #[tokio::test]
 async fn stdio_server_crashing_on_start_is_a_transport_failure() {
-    let (target, _container) =
-        attached(&["--transport", "stdio", "--crash-after", "0"]).await;
+    let (target, _container) = attached(&["--transport", "stdio", "--crash-after", "0"]).await;
     let r = run_once(&target, Duration::from_secs(10)).await;
     let f = r
         .failure
@@ -115,7 +113,10 @@ fn a_probe_without_an_attach_is_a_connect_failure() {
         Duration::from_secs(1),
     ));
     let f = r.failure.expect("no attach, no probe");
-    assert_eq!((f.stage, f.kind), (ProbeStage::Connect, FailureKind::Transport));
+    assert_eq!(
+        (f.stage, f.kind),
+        (ProbeStage::Connect, FailureKind::Transport)
+    );
 }
 
 #[tokio::test]

@@ -106,11 +106,19 @@ async fn an_mcp_client_uses_a_stdio_server_through_the_gateway_and_every_call_is
         (ok == Some(1.0)).then_some(())
     });
     assert_eq!(
-        traffic(&rig, calls, r#"server="tools",tool="add",outcome="tool_error""#),
+        traffic(
+            &rig,
+            calls,
+            r#"server="tools",tool="add",outcome="tool_error""#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        traffic(&rig, calls, r#"server="tools",tool="_other",outcome="jsonrpc_error""#),
+        traffic(
+            &rig,
+            calls,
+            r#"server="tools",tool="_other",outcome="jsonrpc_error""#
+        ),
         Some(1.0)
     );
     assert_eq!(
@@ -172,4 +180,104 @@ async fn twenty_sessions_interleaved_on_one_stdio_server_never_cross_answers() {
     wait_for("nothing in flight", LONG, || {
         (rig.agent_metric("mcpwatch_mcp_gateway_in_flight", "shared") == Some(0.0)).then_some(())
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_call_cancels_it_and_others_are_unaffected() {
+    let rig = Rig::start(&stdio_server("slow", &["--tools-variant", "b"], ""));
+    wait_attached(&rig, "slow");
+    let url = url(&rig, "slow");
+    let leaving = connect(&url).await;
+    let staying = connect(&url).await;
+    let long_call = CallToolRequestParams::new("sleep").with_arguments(args(json!({"ms": 60000})));
+    let peer = leaving.peer().clone();
+    let call = tokio::spawn(async move { peer.call_tool(long_call).await });
+    wait_for("the long call in flight", LONG, || {
+        let n = rig.agent_metric("mcpwatch_mcp_gateway_in_flight", "slow");
+        (n >= Some(1.0)).then_some(())
+    });
+    // Closing the client ends its gateway session (DELETE): the gateway cancels the call
+    // upstream with notifications/cancelled and counts it as cancelled.
+    leaving.cancel().await.expect("closed");
+    assert!(call.await.expect("task").is_err());
+    wait_for("the call counted as cancelled", LONG, || {
+        let n = traffic(
+            &rig,
+            "mcpwatch_mcp_tool_calls_total",
+            r#"server="slow",tool="sleep",outcome="cancelled""#,
+        );
+        (n == Some(1.0)).then_some(())
+    });
+    let echo =
+        CallToolRequestParams::new("echo").with_arguments(args(json!({"text": "still here"})));
+    let answer = staying
+        .call_tool(echo)
+        .await
+        .expect("other session unaffected");
+    assert_eq!(text_of(&answer), "still here");
+    // The server is not stuck in the cancelled sleep: a short one answers at once.
+    let short = CallToolRequestParams::new("sleep").with_arguments(args(json!({"ms": 1})));
+    staying.call_tool(short).await.expect("short sleep");
+    staying.cancel().await.expect("closed");
+}
+
+/// A new client can list the server's tools through the gateway.
+async fn usable(url: &str) {
+    let client = connect(url).await;
+    let tools = client.list_tools(None).await.expect("tools/list");
+    assert_eq!(tools.tools.len(), 3);
+    client.cancel().await.expect("closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_server_fails_its_probe_is_restarted_and_the_gateway_reattaches() {
+    let rig = Rig::start(&stdio_server(
+        "frozen",
+        &[],
+        "failure_threshold = 2\nstartup_grace = \"0s\"\n",
+    ));
+    wait_attached(&rig, "frozen");
+    let url = url(&rig, "frozen");
+    let before = connect(&url).await;
+    mcpwatch_tests::docker::docker(&["pause", &rig.container("frozen")]);
+    // The probe goes through the attached session, so it sees the pause.
+    let failed = rig.wait_events("frozen", "probe_failed", 2);
+    assert!(failed[0].detail.contains("kind=timeout"), "{failed:?}");
+    wait_for("restarted", LONG, || {
+        (rig.agent_metric("mcpwatch_server_restarts_total", "frozen") >= Some(1.0)).then_some(())
+    });
+    wait_for("re-attached", LONG, || {
+        let attached = rig.agent_metric("mcpwatch_mcp_gateway_attached", "frozen") == Some(1.0);
+        let attaches = rig.agent_metric("mcpwatch_mcp_gateway_attaches_total", "frozen");
+        (attached && attaches >= Some(2.0)).then_some(())
+    });
+    // The old session went with the old container: the gateway answers its id with 404 and
+    // the client opens a new session on its own (as MCP asks), on the new container.
+    let tools = before
+        .list_tools(None)
+        .await
+        .expect("the client reconnects through the gateway");
+    assert_eq!(tools.tools.len(), 3);
+    usable(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_agent_kill_9_the_container_is_adopted_and_the_gateway_reattaches() {
+    let mut rig = Rig::start(&stdio_server("kept", &[], ""));
+    wait_attached(&rig, "kept");
+    let url = url(&rig, "kept");
+    usable(&url).await;
+    let container = rig.container("kept");
+    let started =
+        mcpwatch_tests::docker::docker(&["inspect", "-f", "{{.State.StartedAt}}", &container]);
+    rig.agent.kill9();
+    rig.agent.restart();
+    wait_for("re-attached after the restart", LONG, || {
+        (rig.agent_metric("mcpwatch_mcp_gateway_attached", "kept") == Some(1.0)).then_some(())
+    });
+    usable(&url).await;
+    // Adopted, not restarted: the same container, started once.
+    let again =
+        mcpwatch_tests::docker::docker(&["inspect", "-f", "{{.State.StartedAt}}", &container]);
+    assert_eq!(started.stdout, again.stdout);
 }

@@ -152,7 +152,12 @@ impl HttpSessions {
     /// Wraps a new mux session and starts its dispatcher. With `id`, the session is listed
     /// under it; without, it is a one-request session (sessionless revisions) that ends when
     /// the returned handle's owner calls [`HttpSession::end`].
-    pub fn start(&self, server: &str, id: Option<String>, session: ClientSession) -> Arc<HttpSession> {
+    pub fn start(
+        &self,
+        server: &str,
+        id: Option<String>,
+        session: ClientSession,
+    ) -> Arc<HttpSession> {
         let http = Arc::new(HttpSession {
             server: server.to_owned(),
             sender: session.sender(),

@@ -73,7 +73,8 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     pub fn validate(path: &Path, raw: RawGateway) -> Result<GatewayConfig, ConfigError> {
-        let bad = |key: &str, msg: String| ConfigError::invalid(path, &format!("gateway.{key}"), msg);
+        let bad =
+            |key: &str, msg: String| ConfigError::invalid(path, &format!("gateway.{key}"), msg);
         let listen = raw
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9470)));
@@ -148,7 +149,8 @@ impl GatewayConfig {
             session_queue: mux.session_queue.max(mux.max_in_flight_per_session * 2),
             ..mux
         };
-        mux.check().map_err(|e| bad("max_in_flight", e.to_string()))?;
+        mux.check()
+            .map_err(|e| bad("max_in_flight", e.to_string()))?;
         if mux.max_sessions > 10_000 || mux.max_in_flight > 100_000 {
             return Err(bad(
                 "max_sessions",

@@ -92,7 +92,12 @@ async fn guard(State(state): State<FrontState>, request: Request, next: Next) ->
             .to_str()
             .is_ok_and(|o| origin_allowed(o, &state.config.allowed_origins));
         if !allowed {
-            return refuse(&state, "origin", StatusCode::FORBIDDEN, "origin not allowed");
+            return refuse(
+                &state,
+                "origin",
+                StatusCode::FORBIDDEN,
+                "origin not allowed",
+            );
         }
     }
     if !state.config.tokens.is_empty() {
@@ -104,13 +109,22 @@ async fn guard(State(state): State<FrontState>, request: Request, next: Next) ->
             .iter()
             .fold(false, |ok, t| constant_time_eq(presented, t.expose()) | ok);
         if !ok {
-            let mut r = refuse(&state, "unauthorized", StatusCode::UNAUTHORIZED, "bearer token required");
+            let mut r = refuse(
+                &state,
+                "unauthorized",
+                StatusCode::UNAUTHORIZED,
+                "bearer token required",
+            );
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
     }
-    next.run(request).await
+    let response = next.run(request).await;
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        (state.refused)("too_large");
+    }
+    response
 }
 
 /// Loopback origins (any port, http or https) and the configured ones.
@@ -126,7 +140,7 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => rest.split(':').next().unwrap_or(""),
     };
-    matches!(host, "localhost" | "127.0.0.1" | "::1") || allowed.iter().any(|a| *a == origin)
+    matches!(host, "localhost" | "127.0.0.1" | "::1") || allowed.contains(&origin)
 }
 
 /// What a POST body is, read without its params.
@@ -143,27 +157,48 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::
 }
 
 enum Kind {
-    Request { id: RequestId, initialize: bool },
+    Request {
+        id: RequestId,
+        initialize: bool,
+    },
     /// A notification, or a response to a server request.
     Other,
 }
 
-fn rpc_error(status: StatusCode, id: Option<RequestId>, code: ErrorCode, text: &'static str) -> Response {
+fn rpc_error(
+    status: StatusCode,
+    id: Option<RequestId>,
+    code: ErrorCode,
+    text: &'static str,
+) -> Response {
     let line = jsonrpc::to_line(&jsonrpc::error(id, code, text));
     (status, [(header::CONTENT_TYPE, "application/json")], line).into_response()
 }
 
+/// Why a body is not one JSON-RPC message: the JSON-RPC error code and text of the 400.
+#[derive(Debug)]
+struct BadBody(ErrorCode, &'static str);
+
+impl BadBody {
+    fn into_response(self) -> Response {
+        rpc_error(StatusCode::BAD_REQUEST, None, self.0, self.1)
+    }
+}
+
 /// The body as one line (stdio framing) and what kind of message it is.
-fn classify(body: &Bytes) -> Result<(String, Kind), Response> {
-    let invalid = |text| Err(rpc_error(StatusCode::BAD_REQUEST, None, ErrorCode::INVALID_REQUEST, text));
+fn classify(body: &Bytes) -> Result<(String, Kind), BadBody> {
+    let invalid = |text| Err(BadBody(ErrorCode::INVALID_REQUEST, text));
     let Ok(text) = std::str::from_utf8(body) else {
-        return Err(rpc_error(StatusCode::BAD_REQUEST, None, ErrorCode::PARSE_ERROR, "body is not UTF-8"));
+        return Err(BadBody(ErrorCode::PARSE_ERROR, "body is not UTF-8"));
     };
     if text.trim_start().starts_with('[') {
         return invalid("JSON-RPC batches are not supported by MCP");
     }
     let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
-        return Err(rpc_error(StatusCode::BAD_REQUEST, None, ErrorCode::PARSE_ERROR, "body is not one JSON-RPC message"));
+        return Err(BadBody(
+            ErrorCode::PARSE_ERROR,
+            "body is not one JSON-RPC message",
+        ));
     };
     // A pretty-printed body would break the newline framing upstream: re-encode it.
     let line = if text.contains(['\n', '\r']) {
@@ -222,58 +257,114 @@ async fn post_message(
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
     if !json {
-        return refuse(&state, "content_type", StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
+        return refuse(
+            &state,
+            "content_type",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
     }
     if let Some(v) = headers.get(VERSION_HEADER) {
         if !v.to_str().is_ok_and(|v| KNOWN_VERSIONS.contains(&v)) {
-            return refuse(&state, "protocol_version", StatusCode::BAD_REQUEST, "unsupported MCP-Protocol-Version");
+            return refuse(
+                &state,
+                "protocol_version",
+                StatusCode::BAD_REQUEST,
+                "unsupported MCP-Protocol-Version",
+            );
         }
     }
     let Some(bytes) = state.backends.bytes(&server) else {
-        return refuse(&state, "unknown_server", StatusCode::NOT_FOUND, "no such MCP server");
+        return refuse(
+            &state,
+            "unknown_server",
+            StatusCode::NOT_FOUND,
+            "no such MCP server",
+        );
     };
-    bytes.from_clients.fetch_add(body.len() as u64, Ordering::Relaxed);
+    bytes
+        .from_clients
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
     let (line, kind) = match classify(&body) {
         Ok(x) => x,
-        Err(r) => {
+        Err(bad) => {
             (state.refused)("malformed");
-            return r;
+            return bad.into_response();
         }
     };
     let sse = accepts_sse(&headers);
     if let Some(sid) = session_id(&headers) {
         let Some(session) = state.sessions.get(&server, sid) else {
-            return refuse(&state, "unknown_session", StatusCode::NOT_FOUND, "no such session");
+            return refuse(
+                &state,
+                "unknown_session",
+                StatusCode::NOT_FOUND,
+                "no such session",
+            );
         };
         return match kind {
             Kind::Request { id, .. } => request(&session, id, line, sse, bytes, None).await,
             Kind::Other => match session.send(line).await {
                 Ok(()) => StatusCode::ACCEPTED.into_response(),
-                Err(_) => refuse(&state, "unknown_session", StatusCode::NOT_FOUND, "session ended"),
+                Err(_) => refuse(
+                    &state,
+                    "unknown_session",
+                    StatusCode::NOT_FOUND,
+                    "session ended",
+                ),
             },
         };
     }
     let Kind::Request { id, initialize } = kind else {
-        return refuse(&state, "no_session", StatusCode::BAD_REQUEST, "Mcp-Session-Id required");
+        return refuse(
+            &state,
+            "no_session",
+            StatusCode::BAD_REQUEST,
+            "Mcp-Session-Id required",
+        );
     };
     let Some(mux) = state.backends.mux(&server) else {
-        return refuse(&state, "not_attached", StatusCode::SERVICE_UNAVAILABLE, "the server is not running (starting, restarting or down)");
+        return refuse(
+            &state,
+            "not_attached",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is not running (starting, restarting or down)",
+        );
     };
     let opened = match mux.open_session().await {
         Ok(s) => s,
         Err(MuxError::TooManySessions(_)) => {
             (state.refused)("too_many_sessions");
-            return rpc_error(StatusCode::SERVICE_UNAVAILABLE, Some(id), jsonrpc::OVER_LIMIT, "too many client sessions on this server");
+            return rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(id),
+                jsonrpc::OVER_LIMIT,
+                "too many client sessions on this server",
+            );
         }
         Err(_) => {
-            return refuse(&state, "not_attached", StatusCode::SERVICE_UNAVAILABLE, "the server is restarting");
+            return refuse(
+                &state,
+                "not_attached",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is restarting",
+            );
         }
     };
     if initialize {
         let Some(sid) = new_session_id() else {
-            return refuse(&state, "internal", StatusCode::INTERNAL_SERVER_ERROR, "no randomness for a session id");
+            return refuse(
+                &state,
+                "internal",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no randomness for a session id",
+            );
         };
         let session = state.sessions.start(&server, Some(sid.clone()), opened);
         let mut response = request(&session, id, line, sse, bytes, None).await;
@@ -315,21 +406,37 @@ async fn request(
     let mut stream = match session.expect(id.clone()) {
         Ok(s) => s,
         Err(RouteError::DuplicateId) => {
-            return rpc_error(StatusCode::OK, Some(id), ErrorCode::INVALID_REQUEST, "a request with this id is already in flight");
+            return rpc_error(
+                StatusCode::OK,
+                Some(id),
+                ErrorCode::INVALID_REQUEST,
+                "a request with this id is already in flight",
+            );
         }
-        Err(RouteError::Ended) => return (StatusCode::NOT_FOUND, "session ended\n").into_response(),
+        Err(RouteError::Ended) => {
+            return (StatusCode::NOT_FOUND, "session ended\n").into_response()
+        }
     };
     if session.send(line).await.is_err() {
         session.forget(&id);
         return (StatusCode::NOT_FOUND, "session ended\n").into_response();
     }
-    let closed = || rpc_error(StatusCode::OK, Some(id.clone()), jsonrpc::CONNECTION_CLOSED, "the server's session ended");
+    let closed = || {
+        rpc_error(
+            StatusCode::OK,
+            Some(id.clone()),
+            jsonrpc::CONNECTION_CLOSED,
+            "the server's session ended",
+        )
+    };
     loop {
         let Some(first) = stream.recv().await else {
             return closed();
         };
         if let Route::Response(_) = first.route {
-            bytes.to_clients.fetch_add(first.line.len() as u64, Ordering::Relaxed);
+            bytes
+                .to_clients
+                .fetch_add(first.line.len() as u64, Ordering::Relaxed);
             return ([(header::CONTENT_TYPE, "application/json")], first.line).into_response();
         }
         if sse {
@@ -349,56 +456,107 @@ fn sse_response(
     until_answer: bool,
     owner: Option<EndOnDrop>,
 ) -> Response {
-    let events = stream::unfold((first, rx, false, owner), move |(pending, mut rx, done, owner)| {
-        let bytes = bytes.clone();
-        async move {
-            if done {
-                drop(owner);
-                return None;
+    let events = stream::unfold(
+        (first, rx, false, owner),
+        move |(pending, mut rx, done, owner)| {
+            let bytes = bytes.clone();
+            async move {
+                if done {
+                    drop(owner);
+                    return None;
+                }
+                let message = match pending {
+                    Some(m) => m,
+                    None => rx.recv().await?,
+                };
+                let last = until_answer && matches!(message.route, Route::Response(_));
+                bytes
+                    .to_clients
+                    .fetch_add(message.line.len() as u64, Ordering::Relaxed);
+                let event = Event::default().event("message").data(message.line);
+                Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (None, rx, last, owner),
+                ))
             }
-            let message = match pending {
-                Some(m) => m,
-                None => rx.recv().await?,
-            };
-            let last = until_answer && matches!(message.route, Route::Response(_));
-            bytes.to_clients.fetch_add(message.line.len() as u64, Ordering::Relaxed);
-            let event = Event::default().event("message").data(message.line);
-            Some((Ok::<_, std::convert::Infallible>(event), (None, rx, last, owner)))
-        }
-    });
+        },
+    );
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
 }
 
-async fn open_stream(State(state): State<FrontState>, Path(server): Path<String>, headers: HeaderMap) -> Response {
+async fn open_stream(
+    State(state): State<FrontState>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let Some(sid) = session_id(&headers) else {
-        return refuse(&state, "no_session", StatusCode::BAD_REQUEST, "Mcp-Session-Id required");
+        return refuse(
+            &state,
+            "no_session",
+            StatusCode::BAD_REQUEST,
+            "Mcp-Session-Id required",
+        );
     };
     let Some(session) = state.sessions.get(&server, sid) else {
-        return refuse(&state, "unknown_session", StatusCode::NOT_FOUND, "no such session");
+        return refuse(
+            &state,
+            "unknown_session",
+            StatusCode::NOT_FOUND,
+            "no such session",
+        );
     };
     if !accepts_sse(&headers) {
-        return refuse(&state, "not_acceptable", StatusCode::NOT_ACCEPTABLE, "GET serves text/event-stream only");
+        return refuse(
+            &state,
+            "not_acceptable",
+            StatusCode::NOT_ACCEPTABLE,
+            "GET serves text/event-stream only",
+        );
     }
     let Some(rx) = session.open_standalone() else {
-        return refuse(&state, "stream_open", StatusCode::CONFLICT, "this session already has a GET stream");
+        return refuse(
+            &state,
+            "stream_open",
+            StatusCode::CONFLICT,
+            "this session already has a GET stream",
+        );
     };
     session.touch();
     let Some(bytes) = state.backends.bytes(&server) else {
-        return refuse(&state, "unknown_server", StatusCode::NOT_FOUND, "no such MCP server");
+        return refuse(
+            &state,
+            "unknown_server",
+            StatusCode::NOT_FOUND,
+            "no such MCP server",
+        );
     };
     sse_response(None, rx, bytes, false, None)
 }
 
-async fn end_session(State(state): State<FrontState>, Path(server): Path<String>, headers: HeaderMap) -> Response {
+async fn end_session(
+    State(state): State<FrontState>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let Some(sid) = session_id(&headers) else {
-        return refuse(&state, "no_session", StatusCode::BAD_REQUEST, "Mcp-Session-Id required");
+        return refuse(
+            &state,
+            "no_session",
+            StatusCode::BAD_REQUEST,
+            "Mcp-Session-Id required",
+        );
     };
     if state.sessions.remove(&server, sid) {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        refuse(&state, "unknown_session", StatusCode::NOT_FOUND, "no such session")
+        refuse(
+            &state,
+            "unknown_session",
+            StatusCode::NOT_FOUND,
+            "no such session",
+        )
     }
 }
 
@@ -432,13 +590,32 @@ mod tests {
 
     #[test]
     fn bodies_are_classified_and_flattened() {
-        let (line, kind) = classify(&Bytes::from("{\n \"jsonrpc\": \"2.0\", \"id\": 7,\n \"method\": \"initialize\"}")).ok().unwrap();
+        let (line, kind) = classify(&Bytes::from(
+            "{\n \"jsonrpc\": \"2.0\", \"id\": 7,\n \"method\": \"initialize\"}",
+        ))
+        .ok()
+        .unwrap();
         assert!(!line.contains('\n'));
-        assert!(matches!(kind, Kind::Request { initialize: true, .. }));
-        let (_, kind) = classify(&Bytes::from(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)).ok().unwrap();
+        assert!(matches!(
+            kind,
+            Kind::Request {
+                initialize: true,
+                ..
+            }
+        ));
+        let (_, kind) = classify(&Bytes::from(
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        ))
+        .ok()
+        .unwrap();
         assert!(matches!(kind, Kind::Other));
-        for bad in ["[{}]", "{}", "not json", r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#] {
-            let r = classify(&Bytes::from(bad)).err().unwrap();
+        for bad in [
+            "[{}]",
+            "{}",
+            "not json",
+            r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
+        ] {
+            let r = classify(&Bytes::from(bad)).err().unwrap().into_response();
             assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
         }
     }

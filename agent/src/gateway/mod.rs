@@ -37,9 +37,9 @@ pub mod traffic;
 
 pub use backends::Backends;
 pub use call_event::{CallEvent, CallOutcome, CallSink, NoCallSink};
-pub use stdio_bridge::{BridgeContext, StdioBridges};
-pub use traffic::TrafficMetrics;
 pub use session_mux::{
     ClientMessage, ClientSession, MuxConfig, MuxError, MuxHandle, MuxStatsSnapshot, Route,
     SessionMux, SessionSender, Upstream,
 };
+pub use stdio_bridge::{BridgeContext, StdioBridges};
+pub use traffic::TrafficMetrics;

@@ -111,11 +111,11 @@ impl Histogram {
             cumulative += n;
             let mut with_le = labels.to_vec();
             with_le.push(("le", le));
-            out.push((SeriesKey::new(&bucket, &with_le), cumulative as f64));
+            out.push((SeriesKey::new(bucket.as_str(), &with_le), cumulative as f64));
         }
-        out.push((SeriesKey::new(&format!("{name}_sum"), labels), self.sum));
+        out.push((SeriesKey::new(format!("{name}_sum"), labels), self.sum));
         out.push((
-            SeriesKey::new(&format!("{name}_count"), labels),
+            SeriesKey::new(format!("{name}_count"), labels),
             self.count as f64,
         ));
     }
@@ -178,7 +178,11 @@ impl TrafficMetrics {
                 );
             }
             for ((tool, outcome), n) in &t.tool_calls {
-                let labels = [("server", s), ("tool", tool.as_str()), ("outcome", *outcome)];
+                let labels = [
+                    ("server", s),
+                    ("tool", tool.as_str()),
+                    ("outcome", *outcome),
+                ];
                 out.push((SeriesKey::new(TOOL_CALLS, &labels), *n as f64));
             }
             for (tool, h) in &t.tool_durations {
@@ -246,7 +250,11 @@ impl Collector for TrafficMetrics {
         )?;
         for (server, t) in servers.iter() {
             for ((method, outcome), n) in &t.requests {
-                let labels = [("server", &**server), ("method", method), ("outcome", outcome)];
+                let labels = [
+                    ("server", &**server),
+                    ("method", method),
+                    ("outcome", outcome),
+                ];
                 m.encode_family(&labels)?
                     .encode_counter::<NoLabelSet, f64, f64>(&(*n as f64), None)?;
             }
@@ -359,7 +367,11 @@ mod tests {
         let requests = value(
             &s,
             REQUESTS,
-            &[("server", "files"), ("method", "tools/call"), ("outcome", "ok")],
+            &[
+                ("server", "files"),
+                ("method", "tools/call"),
+                ("outcome", "ok"),
+            ],
         );
         assert_eq!(requests, Some(1.0));
     }
@@ -369,7 +381,11 @@ mod tests {
         let m = TrafficMetrics::default();
         m.set_tools("files", ["read"]);
         for i in 0..10_000 {
-            m.record(call(Some(&format!("bogus-{i}")), CallOutcome::JsonRpcError, 1));
+            m.record(call(
+                Some(&format!("bogus-{i}")),
+                CallOutcome::JsonRpcError,
+                1,
+            ));
         }
         m.record(call(None, CallOutcome::JsonRpcError, 1));
         m.record(CallEvent {
@@ -403,7 +419,11 @@ mod tests {
         let many: Vec<String> = (0..MAX_TOOLS + 10).map(|i| format!("t{i:04}")).collect();
         m.set_tools("files", many.iter().map(String::as_str));
         m.record(call(Some("t0000"), CallOutcome::Ok, 1));
-        m.record(call(Some(&format!("t{:04}", MAX_TOOLS + 5)), CallOutcome::Ok, 1));
+        m.record(call(
+            Some(&format!("t{:04}", MAX_TOOLS + 5)),
+            CallOutcome::Ok,
+            1,
+        ));
         m.set_tools("files", ["other"]);
         m.record(call(Some("t0000"), CallOutcome::Ok, 1));
         let s = m.samples();

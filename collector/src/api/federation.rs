@@ -20,9 +20,9 @@ use super::error::ApiError;
 use super::metrics_api::output_labels;
 use super::ApiState;
 use crate::auth::credential::constant_time_eq;
-use mcpwatch_common::http_server::bearer_token;
 use crate::notify::Secret;
 use crate::store::query::series::SeriesRecord;
+use mcpwatch_common::http_server::bearer_token;
 
 /// A series' newest sample must be at most this old to be exported.
 pub const FRESH_MS: i64 = 5 * 60_000;

@@ -26,4 +26,3 @@ pub fn with_limits(app: Router, limits: &ServerLimits, refusals: RefusalAudit) -
         // Outermost: every answer carries the request's id, refusals before routing too.
         .layer(axum::middleware::from_fn(super::request_id::assign))
 }
-
