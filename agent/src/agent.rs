@@ -122,6 +122,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             connections_closed: Arc::new(move |reason| {
                 closed.inc_gateway_connection_closed(reason)
             }),
+            calls: metrics.traffic.clone(),
         };
         let gateway = endpoint::start(
             &config.gateway,

@@ -12,13 +12,14 @@ use mcpwatch_common::wire::{CommandAction, Event};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway::http_proxy::HttpBackend;
 use crate::gateway::{Backends, BridgeContext, MuxConfig, StdioBridges};
 use crate::metrics::AgentMetrics;
 use crate::probe::scheduler::{Gateway, ProbeScheduler};
 use crate::spool::SpoolBatch;
 use crate::supervisor::{
     ContainerStats, DockerApi, McpServerSpec, ServerEvent, Supervisor, SupervisorCommand,
-    SupervisorHandle, SupervisorOptions,
+    SupervisorHandle, SupervisorOptions, Transport,
 };
 
 /// Events waiting for the spool; bursts (a reconcile of many servers) fit comfortably.
@@ -80,11 +81,9 @@ pub async fn run(
             }
             Some(specs) = reloads.recv() => match active.as_mut() {
                 Some(a) => {
-                    a.supervisor.reload(specs.clone()).await;
-                    a.bridges.apply(&specs);
+                    a.supervisor.reload(managed(&specs)).await;
+                    apply_gateway(&ctx, &mut a.bridges, &specs);
                     a.probes.apply(&specs);
-                    let names = specs.iter().map(|s| s.name.as_str()).collect();
-                    ctx.metrics.traffic.retain_servers(&names);
                 }
                 None if !specs.is_empty() => {
                     active = Some(start(&ctx, specs, &events_tx, &shutdown));
@@ -111,7 +110,7 @@ fn start(
     let supervisor = Supervisor::spawn_with(
         SupervisorOptions::default(),
         api.clone(),
-        specs.clone(),
+        managed(&specs),
         events.clone(),
         shutdown.child_token(),
     );
@@ -125,7 +124,7 @@ fn start(
         },
         shutdown.child_token(),
     );
-    bridges.apply(&specs);
+    apply_gateway(ctx, &mut bridges, &specs);
     let mut probes = ProbeScheduler::new(
         Gateway {
             backends: ctx.backends.clone(),
@@ -143,6 +142,25 @@ fn start(
         bridges,
         stats: ContainerStats::new(api),
     }
+}
+
+/// The servers this agent runs (external ones are only probed and proxied).
+fn managed(specs: &[McpServerSpec]) -> Vec<McpServerSpec> {
+    specs.iter().filter(|s| !s.external).cloned().collect()
+}
+
+/// Points the gateway at every server: a bridge per stdio server, the proxy for http ones.
+fn apply_gateway(ctx: &McpServersContext, bridges: &mut StdioBridges, specs: &[McpServerSpec]) {
+    for spec in specs {
+        if let Transport::Http { url } = &spec.transport {
+            ctx.backends
+                .register_http(&spec.name, HttpBackend::new(url, &spec.headers));
+        }
+    }
+    bridges.apply(specs);
+    let names = specs.iter().map(|s| s.name.as_str()).collect();
+    ctx.backends.retain(&names);
+    ctx.metrics.traffic.retain_servers(&names);
 }
 
 /// Container and probe figures: to /metrics, and as one batch to the spool.

@@ -140,6 +140,7 @@ async fn http_fixture_on_the_host_network_answers_the_probe() {
     );
     let target = ProbeTarget::Http {
         url: format!("http://{listen}/mcp"),
+        headers: vec![],
     };
     // The server's readiness is only observable by asking it.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -1,5 +1,6 @@
 //! The gateway's table of backends: for every server the gateway serves, what serves it now
-//! (the session mux on a stdio container's attach, while attached) and its gateway figures.
+//! (the session mux on a stdio container's attach, while attached; the URL of a Streamable
+//! HTTP server) and its gateway figures.
 //! [`Backends`] is the one handle on that shared state: the stdio bridges publish and
 //! withdraw muxes, the HTTP front and the probes look them up, the sampling loop reads the
 //! figures.
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mcpwatch_common::wire::SeriesKey;
 
+use super::http_proxy::HttpBackend;
 use super::session_mux::{MuxHandle, MuxStatsSnapshot};
 use super::stdio_attach::AttachStats;
 use crate::sampler::MetricKind;
@@ -20,6 +22,8 @@ use crate::sampler::MetricKind;
 /// Per server: the live mux (if attached) and the counters of every attach so far.
 #[derive(Default)]
 struct Entry {
+    /// Set for a Streamable HTTP server: the gateway proxies to it.
+    http: Option<Arc<HttpBackend>>,
     mux: Option<MuxHandle>,
     attach: Option<Arc<AttachStats>>,
     /// Totals of ended muxes and attaches.
@@ -80,14 +84,19 @@ impl Backends {
         self.lock().get(server).and_then(|e| e.mux.clone())
     }
 
-    /// Whether the gateway knows `server` (configured as a stdio server), attached or not.
-    pub fn contains(&self, server: &str) -> bool {
-        self.lock().contains_key(server)
+    /// The proxy target of `server`, when it is a Streamable HTTP server.
+    pub fn http(&self, server: &str) -> Option<Arc<HttpBackend>> {
+        self.lock().get(server).and_then(|e| e.http.clone())
     }
 
-    /// Makes `server` known (not attached yet).
+    /// Makes stdio server `server` known (not attached yet).
     pub fn register(&self, server: &str) {
-        self.lock().entry(server.to_owned()).or_default();
+        self.lock().entry(server.to_owned()).or_default().http = None;
+    }
+
+    /// Makes `server` a proxied Streamable HTTP server (or updates where it lives).
+    pub fn register_http(&self, server: &str, backend: HttpBackend) {
+        self.lock().entry(server.to_owned()).or_default().http = Some(Arc::new(backend));
     }
 
     /// Forgets every server not in `keep`.
@@ -150,9 +159,11 @@ impl Backends {
                 labels.extend_from_slice(extra);
                 out.push((SeriesKey::new(name, &labels), v as f64));
             };
-            push(ATTACHED, &[], u64::from(e.mux.is_some()));
-            push(ATTACHES, &[], e.attaches_total);
-            push(ATTACH_FAILURES, &[], e.attach_failures_total);
+            if e.http.is_none() {
+                push(ATTACHED, &[], u64::from(e.mux.is_some()));
+                push(ATTACHES, &[], e.attaches_total);
+                push(ATTACH_FAILURES, &[], e.attach_failures_total);
+            }
             push(
                 SESSIONS,
                 &[],

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::backends::Backends;
+use super::call_event::CallSink;
 use super::client_sessions::HttpSessions;
 use super::config::{GatewayConfig, MAX_BODY};
 use super::http_front::{self, FrontState, RefusalCounter};
@@ -31,6 +32,8 @@ pub enum EndpointError {
 pub struct EndpointCounters {
     pub refused: RefusalCounter,
     pub connections_closed: ClosedCounter,
+    /// The traffic metrics, for proxied requests.
+    pub calls: Arc<dyn CallSink>,
 }
 
 /// A running gateway endpoint.
@@ -73,6 +76,7 @@ pub async fn start(
         sessions: sessions.clone(),
         config: Arc::new(config.clone()),
         refused: counters.refused,
+        sink: counters.calls,
     });
     let limits = ServerLimits {
         max_connections: config.max_connections,

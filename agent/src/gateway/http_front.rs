@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -32,11 +32,13 @@ use axum::Router;
 use futures::stream;
 use mcpwatch_common::http_server::bearer_token;
 use mcpwatch_common::secret::constant_time_eq;
-use serde::Deserialize;
 
 use super::backends::{Backends, ByteCounters};
+use super::call_event::CallSink;
 use super::client_sessions::{HttpSession, HttpSessions, RequestStream, RouteError};
 use super::config::{GatewayConfig, MAX_BODY};
+use super::http_message::{classify, rpc_error, Kind};
+use super::http_proxy::{self, ProxyContext};
 use super::jsonrpc::{self, ErrorCode, RequestId};
 use super::session_mux::{ClientMessage, MuxError, Route};
 
@@ -64,6 +66,30 @@ pub struct FrontState {
     pub sessions: HttpSessions,
     pub config: Arc<GatewayConfig>,
     pub refused: RefusalCounter,
+    /// Measures proxied requests (stdio ones are measured by their mux).
+    pub sink: Arc<dyn CallSink>,
+}
+
+/// Hands the request to the reverse proxy when `server` is a Streamable HTTP server.
+async fn proxied(
+    state: &FrontState,
+    server: &str,
+    method: Method,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Option<Response> {
+    let backend = state.backends.http(server)?;
+    let bytes = state.backends.bytes(server)?;
+    bytes
+        .from_clients
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    let ctx = ProxyContext {
+        server: server.into(),
+        sink: Arc::clone(&state.sink),
+        request_timeout: state.config.mux.request_timeout,
+        bytes,
+    };
+    Some(http_proxy::forward(ctx, &backend, method, headers, body).await)
 }
 
 pub fn router(state: FrontState) -> Router {
@@ -143,88 +169,6 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1") || allowed.contains(&origin)
 }
 
-/// What a POST body is, read without its params.
-#[derive(Deserialize)]
-struct Envelope {
-    /// `Some(Null)` for `"id": null`, which is no valid request id.
-    #[serde(default, deserialize_with = "present")]
-    id: Option<serde_json::Value>,
-    method: Option<String>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
-    serde_json::Value::deserialize(d).map(Some)
-}
-
-enum Kind {
-    Request {
-        id: RequestId,
-        initialize: bool,
-    },
-    /// A notification, or a response to a server request.
-    Other,
-}
-
-fn rpc_error(
-    status: StatusCode,
-    id: Option<RequestId>,
-    code: ErrorCode,
-    text: &'static str,
-) -> Response {
-    let line = jsonrpc::to_line(&jsonrpc::error(id, code, text));
-    (status, [(header::CONTENT_TYPE, "application/json")], line).into_response()
-}
-
-/// Why a body is not one JSON-RPC message: the JSON-RPC error code and text of the 400.
-#[derive(Debug)]
-struct BadBody(ErrorCode, &'static str);
-
-impl BadBody {
-    fn into_response(self) -> Response {
-        rpc_error(StatusCode::BAD_REQUEST, None, self.0, self.1)
-    }
-}
-
-/// The body as one line (stdio framing) and what kind of message it is.
-fn classify(body: &Bytes) -> Result<(String, Kind), BadBody> {
-    let invalid = |text| Err(BadBody(ErrorCode::INVALID_REQUEST, text));
-    let Ok(text) = std::str::from_utf8(body) else {
-        return Err(BadBody(ErrorCode::PARSE_ERROR, "body is not UTF-8"));
-    };
-    if text.trim_start().starts_with('[') {
-        return invalid("JSON-RPC batches are not supported by MCP");
-    }
-    let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
-        return Err(BadBody(
-            ErrorCode::PARSE_ERROR,
-            "body is not one JSON-RPC message",
-        ));
-    };
-    // A pretty-printed body would break the newline framing upstream: re-encode it.
-    let line = if text.contains(['\n', '\r']) {
-        match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(v) => v.to_string(),
-            Err(_) => return invalid("body is not JSON"),
-        }
-    } else {
-        text.to_owned()
-    };
-    let kind = match (envelope.method, envelope.id) {
-        (Some(method), Some(id)) => match jsonrpc::id_from_json(&id) {
-            Some(id) => Kind::Request {
-                id,
-                initialize: method == "initialize",
-            },
-            None => return invalid("a request id must be a string or an integer"),
-        },
-        (Some(_), None) => Kind::Other,
-        // A response to a server request; `"id": null` only on an error answer.
-        (None, Some(_)) => Kind::Other,
-        (None, None) => return invalid("neither a request, a notification nor a response"),
-    };
-    Ok((line, kind))
-}
-
 fn accepts_sse(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
@@ -280,6 +224,9 @@ async fn post_message(
             );
         }
     }
+    if let Some(r) = proxied(&state, &server, Method::POST, &headers, body.clone()).await {
+        return r;
+    }
     let Some(bytes) = state.backends.bytes(&server) else {
         return refuse(
             &state,
@@ -321,7 +268,7 @@ async fn post_message(
             },
         };
     }
-    let Kind::Request { id, initialize } = kind else {
+    let Kind::Request { id, method, .. } = kind else {
         return refuse(
             &state,
             "no_session",
@@ -357,7 +304,7 @@ async fn post_message(
             );
         }
     };
-    if initialize {
+    if method == "initialize" {
         let Some(sid) = new_session_id() else {
             return refuse(
                 &state,
@@ -491,6 +438,9 @@ async fn open_stream(
     Path(server): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(r) = proxied(&state, &server, Method::GET, &headers, Bytes::new()).await {
+        return r;
+    }
     let Some(sid) = session_id(&headers) else {
         return refuse(
             &state,
@@ -540,6 +490,9 @@ async fn end_session(
     Path(server): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(r) = proxied(&state, &server, Method::DELETE, &headers, Bytes::new()).await {
+        return r;
+    }
     let Some(sid) = session_id(&headers) else {
         return refuse(
             &state,
@@ -585,38 +538,6 @@ mod tests {
             "https://ide.example.com.evil",
         ] {
             assert!(!origin_allowed(bad, &listed), "{bad}");
-        }
-    }
-
-    #[test]
-    fn bodies_are_classified_and_flattened() {
-        let (line, kind) = classify(&Bytes::from(
-            "{\n \"jsonrpc\": \"2.0\", \"id\": 7,\n \"method\": \"initialize\"}",
-        ))
-        .ok()
-        .unwrap();
-        assert!(!line.contains('\n'));
-        assert!(matches!(
-            kind,
-            Kind::Request {
-                initialize: true,
-                ..
-            }
-        ));
-        let (_, kind) = classify(&Bytes::from(
-            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-        ))
-        .ok()
-        .unwrap();
-        assert!(matches!(kind, Kind::Other));
-        for bad in [
-            "[{}]",
-            "{}",
-            "not json",
-            r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
-        ] {
-            let r = classify(&Bytes::from(bad)).err().unwrap().into_response();
-            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
         }
     }
 }

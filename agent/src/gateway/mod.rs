@@ -20,7 +20,9 @@
 //!   `client_sessions` — `Mcp-Session-Id` sessions and where their messages go; `endpoint`
 //!   — the listener (TLS, connection limits) that serves them.
 //!
-//! Still to come (see ARCHITECTURE.md): `per_client` sessions, the HTTP reverse proxy.
+//! - `http_proxy` — the reverse proxy to Streamable HTTP servers, measured the same way.
+//!
+//! Still to come (see ARCHITECTURE.md): `per_client` sessions.
 
 pub mod backends;
 pub mod call_event;
@@ -28,6 +30,8 @@ pub mod client_sessions;
 pub mod config;
 pub mod endpoint;
 pub mod http_front;
+mod http_message;
+pub mod http_proxy;
 pub mod jsonrpc;
 pub mod local_client;
 pub mod session_mux;

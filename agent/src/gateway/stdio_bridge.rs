@@ -60,7 +60,7 @@ impl StdioBridges {
     }
 
     /// Starts bridges for new stdio servers and stops those of servers that left (or are no
-    /// longer stdio). A changed spec keeps its bridge: the supervisor replaces the container,
+    /// longer stdio). The caller keeps [`Backends`] to the configured servers. A changed spec keeps its bridge: the supervisor replaces the container,
     /// and the bridge follows it.
     pub fn apply(&mut self, specs: &[McpServerSpec]) {
         let stdio: HashMap<&str, &McpServerSpec> = specs
@@ -75,9 +75,6 @@ impl StdioBridges {
             }
             keep
         });
-        self.context
-            .backends
-            .retain(&stdio.keys().copied().collect());
         for name in stdio.keys() {
             if self.tasks.contains_key(*name) {
                 continue;

@@ -11,6 +11,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 pub use bollard::Docker;
+use mcpwatch_common::secret::Secret;
 pub use tools::{ToolDrift, ToolFingerprint, ToolSurface};
 
 use crate::gateway::{local_client, MuxHandle};
@@ -18,8 +19,12 @@ use crate::gateway::{local_client, MuxHandle};
 /// What to probe.
 #[derive(Clone)]
 pub enum ProbeTarget {
-    /// A Streamable HTTP endpoint, e.g. `http://127.0.0.1:8080/mcp`.
-    Http { url: String },
+    /// A Streamable HTTP endpoint, e.g. `http://127.0.0.1:8080/mcp`, with the headers the
+    /// server needs (an external server's `Authorization`).
+    Http {
+        url: String,
+        headers: Vec<(String, Secret)>,
+    },
     /// A stdio server, through a client session on the gateway's mux attached to its
     /// running container: the probe tests the instance clients use. `None` while the
     /// gateway is not attached (a transport failure at the connect stage).
@@ -29,7 +34,15 @@ pub enum ProbeTarget {
 impl fmt::Debug for ProbeTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProbeTarget::Http { url } => f.debug_struct("Http").field("url", url).finish(),
+            // Header values may be secrets: only the names are shown.
+            ProbeTarget::Http { url, headers } => f
+                .debug_struct("Http")
+                .field("url", url)
+                .field(
+                    "headers",
+                    &headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                )
+                .finish(),
             ProbeTarget::Gateway { mux } => f
                 .debug_struct("Gateway")
                 .field("attached", &mux.is_some())
@@ -150,14 +163,23 @@ fn http_client() -> Result<reqwest::Client, String> {
 pub async fn run_once(target: &ProbeTarget, timeout: Duration) -> ProbeReport {
     let mut report = ProbeReport::default();
     match target {
-        ProbeTarget::Http { url } => match http_client() {
+        ProbeTarget::Http { url, headers } => match http_client() {
             Ok(client) => {
-                let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
-                    client,
+                let mut config =
                     rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
                         url.as_str(),
-                    ),
-                );
+                    );
+                for (name, value) in headers {
+                    if let (Ok(n), Ok(mut v)) = (
+                        reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                        reqwest::header::HeaderValue::from_str(value.expose()),
+                    ) {
+                        v.set_sensitive(true);
+                        config.custom_headers.insert(n, v);
+                    }
+                }
+                let transport =
+                    rmcp::transport::StreamableHttpClientTransport::with_client(client, config);
                 session::run(transport, timeout, &mut report).await;
             }
             Err(message) => {
@@ -217,7 +239,11 @@ mod tests {
     }
 
     async fn probe(server: &HttpServer, timeout: Duration) -> ProbeReport {
-        run_once(&ProbeTarget::Http { url: server.url() }, timeout).await
+        let target = ProbeTarget::Http {
+            url: server.url(),
+            headers: vec![],
+        };
+        run_once(&target, timeout).await
     }
 
     fn names(r: &ProbeReport) -> Vec<&str> {
@@ -337,6 +363,7 @@ mod tests {
             .unwrap();
         let target = ProbeTarget::Http {
             url: format!("http://{addr}/mcp"),
+            headers: vec![],
         };
         let started = Instant::now();
         let r = run_once(&target, TIMEOUT).await;

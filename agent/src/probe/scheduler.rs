@@ -224,7 +224,10 @@ pub struct Gateway {
 /// What a probe talks to: a stdio server through the gateway's session on its container.
 fn target(spec: &McpServerSpec, backends: &Backends) -> ProbeTarget {
     match &spec.transport {
-        Transport::Http { url } => ProbeTarget::Http { url: url.clone() },
+        Transport::Http { url } => ProbeTarget::Http {
+            url: url.clone(),
+            headers: spec.headers.clone(),
+        },
         Transport::Stdio => ProbeTarget::Gateway {
             mux: backends.mux(&spec.name),
         },
@@ -326,20 +329,22 @@ async fn probe_loop(
             _ = tokio::time::sleep_until(next) => {}
         }
         next += spec.probe.interval.get();
-        // Probing a server we stopped or are backing off would only record noise.
-        let Some(status) = supervisor
+        // Probing a server we stopped or are backing off would only record noise. An external
+        // server has no container: it is always probed, and never in a startup grace.
+        let status = supervisor
             .snapshot()
             .into_iter()
-            .find(|s| s.server == name && s.phase == ServerPhase::Running)
-        else {
+            .find(|s| s.server == name && s.phase == ServerPhase::Running);
+        if status.is_none() && !spec.external {
             continue;
-        };
+        }
         let target = target(&spec, &gateway.backends);
         let report = tokio::select! {
             _ = stop.cancelled() => return,
             r = probe::run_once(&target, spec.probe.timeout.get()) => r,
         };
-        if !report.ok && starting(&status, spec.probe.startup_grace.get()) {
+        let grace = spec.probe.startup_grace.get();
+        if !report.ok && status.as_ref().is_some_and(|s| starting(s, grace)) {
             tracing::debug!(server = %name, "probe failed within the startup grace; not counted");
             continue;
         }

@@ -162,6 +162,8 @@ mod tests {
         McpServerSpec {
             name: "t".into(),
             image: "i".into(),
+            external: false,
+            headers: vec![],
             command: None,
             args: vec![],
             env: vec![],

@@ -19,8 +19,9 @@ use super::server_spec::RestartPolicy;
 pub struct RawMcpServer {
     /// Unique, DNS-label-like (`[a-z0-9-]`, 1..=63, no leading/trailing `-`).
     pub name: String,
-    /// Image reference; must be present locally or pullable by the daemon.
-    pub image: String,
+    /// Image reference; must be present locally or pullable by the daemon. Omitted, with a
+    /// `url`, the server is external: probed and proxied by the gateway, never run here.
+    pub image: Option<String>,
     /// Entrypoint override. Default: the image's entrypoint.
     pub command: Option<Vec<String>>,
     /// Arguments (the container's CMD). Default: the image's CMD.
@@ -30,8 +31,9 @@ pub struct RawMcpServer {
     /// one trailing newline stripped; relative paths resolve against the config file).
     #[serde(default)]
     pub env: BTreeMap<String, RawEnvValue>,
-    /// `"http"` (Streamable HTTP at `url`) or `"stdio"`.
-    pub transport: TransportKind,
+    /// `"http"` (Streamable HTTP at `url`) or `"stdio"`. Required with `image`; an external
+    /// server is `"http"`.
+    pub transport: Option<TransportKind>,
     /// Probe endpoint of an `http` server, e.g. `"http://127.0.0.1:8080/mcp"`. Not allowed for
     /// `stdio`.
     pub url: Option<String>,
@@ -60,6 +62,11 @@ pub struct RawMcpServer {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub probe: RawProbe,
+    /// Headers sent with every probe and proxied request of an `http` server, e.g.
+    /// `Authorization = { file = "/etc/mcpwatch/saas.token" }` (values are secrets, never
+    /// logged).
+    #[serde(default)]
+    pub headers: BTreeMap<String, RawEnvValue>,
 }
 
 /// An environment value: a literal string or `{ file = "/path" }`.

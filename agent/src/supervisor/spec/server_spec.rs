@@ -78,7 +78,13 @@ pub struct ProbeSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct McpServerSpec {
     pub name: String,
+    /// Empty for an external server.
     pub image: String,
+    /// Not run by this agent (no `image`): only probed and proxied. The supervisor never
+    /// sees such a spec.
+    pub external: bool,
+    /// Sent with every probe and proxied request (http servers); values resolved.
+    pub headers: Vec<(String, Secret)>,
     pub command: Option<Vec<String>>,
     pub args: Vec<String>,
     /// Sorted by name; values resolved (files read) and redacted in `Debug`.

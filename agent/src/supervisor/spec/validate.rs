@@ -53,20 +53,42 @@ impl KeyPrefix<'_> {
 fn validate_one(path: &Path, i: usize, r: RawMcpServer) -> Result<McpServerSpec, ConfigError> {
     let at = KeyPrefix { path, index: i };
     check_program(&at, &r)?;
+    let external = r.image.is_none();
     let env = resolve_env(&at, path, r.env)?;
-    let transport = transport(&at, r.transport, r.url)?;
+    let kind = match (r.transport, external) {
+        (Some(k), _) => k,
+        (None, true) => TransportKind::Http,
+        (None, false) => {
+            return Err(at.invalid("transport", "required: \"http\" or \"stdio\"".into()))
+        }
+    };
+    if external && kind != TransportKind::Http {
+        return Err(at.invalid(
+            "transport",
+            "an external server (no image) is reached over \"http\"".into(),
+        ));
+    }
+    let transport = transport(&at, kind, r.url)?;
+    let headers = headers(&at, path, r.headers, &transport)?;
     let restart = r.restart.unwrap_or(RestartPolicy::Always);
     let backoff = backoff(&at, &r.backoff)?;
     let budget = budget(&at, &r.budget)?;
     let limits = limits(&at, &r.limits)?;
-    let network = network(&at, &transport, r.network)?;
+    // An external server has no container and so no network of ours.
+    let network = if external {
+        String::new()
+    } else {
+        network(&at, &transport, r.network)?
+    };
     let cap_drop = cap_drop(&at, r.cap_drop)?;
     let mounts = mounts(&at, path, r.mounts)?;
     check_labels(&at, &r.labels)?;
     let probe = probe(&at, &r.probe)?;
     Ok(McpServerSpec {
         name: r.name,
-        image: r.image,
+        image: r.image.unwrap_or_default(),
+        external,
+        headers,
         command: r.command,
         args: r.args,
         env,
@@ -98,11 +120,42 @@ fn check_program(at: &KeyPrefix, r: &RawMcpServer) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if r.image.is_empty() || r.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad(
-            "image",
-            format!("{:?}: expected an image reference", r.image),
-        ));
+    match &r.image {
+        Some(image)
+            if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            return Err(bad(
+                "image",
+                format!("{image:?}: expected an image reference"),
+            ));
+        }
+        Some(_) => {}
+        None => {
+            // An external server: nothing runs here, so nothing about a container applies.
+            let container_keys = [
+                ("command", r.command.is_some()),
+                ("args", !r.args.is_empty()),
+                ("env", !r.env.is_empty()),
+                ("network", r.network.is_some()),
+                ("mounts", !r.mounts.is_empty()),
+                ("labels", !r.labels.is_empty()),
+                ("cap_drop", r.cap_drop.is_some()),
+                ("read_only", r.read_only.is_some()),
+                ("no_new_privileges", r.no_new_privileges.is_some()),
+            ];
+            if let Some((key, _)) = container_keys.iter().find(|(_, set)| *set) {
+                return Err(bad(
+                    key,
+                    "only for a server this agent runs (set image, or remove this key)".into(),
+                ));
+            }
+            if r.url.is_none() {
+                return Err(bad(
+                    "image",
+                    "required, unless url names an external server to probe and proxy".into(),
+                ));
+            }
+        }
     }
     if let Some(c) = &r.command {
         if c.is_empty() || c[0].is_empty() {
@@ -119,6 +172,70 @@ fn check_program(at: &KeyPrefix, r: &RawMcpServer) -> Result<(), ConfigError> {
         return Err(bad("args", "must not contain NUL characters".into()));
     }
     Ok(())
+}
+
+/// Headers of an http server: names and values checked, files read; values never echoed.
+fn headers(
+    at: &KeyPrefix,
+    path: &Path,
+    raw: BTreeMap<String, RawEnvValue>,
+    transport: &Transport,
+) -> Result<Vec<(String, Secret)>, ConfigError> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    if *transport == Transport::Stdio {
+        return Err(at.invalid("headers", "only for an http server".into()));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
+        let key = format!("headers.{name}");
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !valid_name {
+            return Err(at.invalid(
+                &key,
+                "expected a header name of A-Z, a-z, 0-9, '-' and '_'".into(),
+            ));
+        }
+        let value = secret_value(at, path, &key, value)?;
+        if value
+            .expose()
+            .bytes()
+            .any(|b| b.is_ascii_control() && b != b'\t')
+        {
+            return Err(at.invalid(&key, "value must not contain control characters".into()));
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// A literal or `{ file = ... }` value, the file read and one trailing newline stripped.
+fn secret_value(
+    at: &KeyPrefix,
+    path: &Path,
+    key: &str,
+    value: RawEnvValue,
+) -> Result<Secret, ConfigError> {
+    Ok(match value {
+        RawEnvValue::Literal(s) => s,
+        RawEnvValue::File(p) => {
+            let p = cfg::resolve_path(path, p);
+            let mut text = std::fs::read_to_string(&p)
+                .map_err(|e| at.invalid(key, format!("cannot read {}: {e}", p.display())))?;
+            // Secret files usually end in a newline the value does not contain.
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            Secret::new(text)
+        }
+    })
 }
 
 /// Environment values, files read; never echoes a value.
@@ -138,22 +255,7 @@ fn resolve_env(
                     .into(),
             ));
         }
-        let value = match value {
-            RawEnvValue::Literal(s) => s,
-            RawEnvValue::File(p) => {
-                let p = cfg::resolve_path(path, p);
-                let mut text = std::fs::read_to_string(&p)
-                    .map_err(|e| bad(&key, format!("cannot read {}: {e}", p.display())))?;
-                // Secret files usually end in a newline the value does not contain.
-                if text.ends_with('\n') {
-                    text.pop();
-                    if text.ends_with('\r') {
-                        text.pop();
-                    }
-                }
-                Secret::new(text)
-            }
-        };
+        let value = secret_value(at, path, &key, value)?;
         // Never echo the value: it may be a secret.
         if value.expose().contains('\0') {
             return Err(bad(&key, "value must not contain NUL characters".into()));
