@@ -12,11 +12,13 @@ use mcpwatch_common::wire::{CommandAction, Event};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway::client_pool::ClientPool;
 use crate::gateway::http_proxy::HttpBackend;
 use crate::gateway::{Backends, BridgeContext, MuxConfig, StdioBridges};
 use crate::metrics::AgentMetrics;
 use crate::probe::scheduler::{Gateway, ProbeScheduler};
 use crate::spool::SpoolBatch;
+use crate::supervisor::spec::GatewaySessions;
 use crate::supervisor::{
     ContainerStats, DockerApi, McpServerSpec, ServerEvent, Supervisor, SupervisorCommand,
     SupervisorHandle, SupervisorOptions, Transport,
@@ -47,6 +49,7 @@ pub struct McpServersContext {
 }
 
 struct Active {
+    api: DockerApi,
     supervisor: SupervisorHandle,
     probes: ProbeScheduler,
     bridges: StdioBridges,
@@ -82,7 +85,7 @@ pub async fn run(
             Some(specs) = reloads.recv() => match active.as_mut() {
                 Some(a) => {
                     a.supervisor.reload(managed(&specs)).await;
-                    apply_gateway(&ctx, &mut a.bridges, &specs);
+                    apply_gateway(&ctx, &a.api, &mut a.bridges, &specs, &shutdown);
                     a.probes.apply(&specs);
                 }
                 None if !specs.is_empty() => {
@@ -92,8 +95,16 @@ pub async fn run(
             },
         }
     }
-    // Containers keep running: the next agent adopts them. The forwarder ends once every
-    // event sender (ours, the supervisor's, the probe scheduler's) is gone.
+    // Containers keep running: the next agent adopts them. Client containers belong to
+    // sessions that end with this agent: removed now (what is missed, the next start removes).
+    if let Some(a) = &active {
+        let removal = a.api.remove_client_containers();
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), removal).await {
+            tracing::warn!(error = %e, "removing client containers at shutdown failed");
+        }
+    }
+    // The forwarder ends once every event sender (ours, the supervisor's, the probe
+    // scheduler's) is gone.
     drop(active);
     drop(events_tx);
     let _ = forwarder.await;
@@ -124,7 +135,16 @@ fn start(
         },
         shutdown.child_token(),
     );
-    apply_gateway(ctx, &mut bridges, &specs);
+    // Client containers of an earlier run (an agent killed with its sessions open) go first.
+    let orphans = api.clone();
+    tokio::spawn(async move {
+        match orphans.remove_client_containers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed client containers of an earlier run"),
+            Err(e) => tracing::warn!(error = %e, "cannot list client containers of an earlier run"),
+        }
+    });
+    apply_gateway(ctx, &api, &mut bridges, &specs, shutdown);
     let mut probes = ProbeScheduler::new(
         Gateway {
             backends: ctx.backends.clone(),
@@ -137,6 +157,7 @@ fn start(
     );
     probes.apply(&specs);
     Active {
+        api: api.clone(),
         supervisor,
         probes,
         bridges,
@@ -149,8 +170,15 @@ fn managed(specs: &[McpServerSpec]) -> Vec<McpServerSpec> {
     specs.iter().filter(|s| !s.external).cloned().collect()
 }
 
-/// Points the gateway at every server: a bridge per stdio server, the proxy for http ones.
-fn apply_gateway(ctx: &McpServersContext, bridges: &mut StdioBridges, specs: &[McpServerSpec]) {
+/// Points the gateway at every server: a bridge per stdio server (and a container pool for
+/// `per_client` ones), the proxy for http ones.
+fn apply_gateway(
+    ctx: &McpServersContext,
+    api: &DockerApi,
+    bridges: &mut StdioBridges,
+    specs: &[McpServerSpec],
+    shutdown: &CancellationToken,
+) {
     for spec in specs {
         if let Transport::Http { url } = &spec.transport {
             ctx.backends
@@ -158,6 +186,31 @@ fn apply_gateway(ctx: &McpServersContext, bridges: &mut StdioBridges, specs: &[M
         }
     }
     bridges.apply(specs);
+    for spec in specs.iter().filter(|s| s.transport == Transport::Stdio) {
+        let current = ctx.backends.pool(&spec.name);
+        let pool = match spec.gateway_sessions {
+            GatewaySessions::Shared => None,
+            // An unchanged spec keeps its pool (and the sessions on it).
+            GatewaySessions::PerClient { .. }
+                if current.as_ref().is_some_and(|p| p.spec() == spec) =>
+            {
+                current
+            }
+            GatewaySessions::PerClient {
+                max_sessions,
+                warm_pool,
+            } => Some(ClientPool::new(
+                api.clone(),
+                spec.clone(),
+                ctx.mux_limits.clone(),
+                ctx.metrics.traffic.clone(),
+                max_sessions,
+                warm_pool,
+                shutdown.child_token(),
+            )),
+        };
+        ctx.backends.set_pool(&spec.name, pool);
+    }
     let names = specs.iter().map(|s| s.name.as_str()).collect();
     ctx.backends.retain(&names);
     ctx.metrics.traffic.retain_servers(&names);

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mcpwatch_common::wire::SeriesKey;
 
+use super::client_pool::ClientPool;
 use super::http_proxy::HttpBackend;
 use super::session_mux::{MuxHandle, MuxStatsSnapshot};
 use super::stdio_attach::AttachStats;
@@ -24,6 +25,8 @@ use crate::sampler::MetricKind;
 struct Entry {
     /// Set for a Streamable HTTP server: the gateway proxies to it.
     http: Option<Arc<HttpBackend>>,
+    /// Set for a stdio server with `sessions = "per_client"`.
+    pool: Option<Arc<ClientPool>>,
     mux: Option<MuxHandle>,
     attach: Option<Arc<AttachStats>>,
     /// Totals of ended muxes and attaches.
@@ -92,6 +95,18 @@ impl Backends {
     /// Makes stdio server `server` known (not attached yet).
     pub fn register(&self, server: &str) {
         self.lock().entry(server.to_owned()).or_default().http = None;
+    }
+
+    /// The per-client container pool of `server`, if it has one.
+    pub fn pool(&self, server: &str) -> Option<Arc<ClientPool>> {
+        self.lock().get(server).and_then(|e| e.pool.clone())
+    }
+
+    /// Sets or clears the per-client pool of stdio server `server`.
+    pub fn set_pool(&self, server: &str, pool: Option<Arc<ClientPool>>) {
+        if let Some(e) = self.lock().get_mut(server) {
+            e.pool = pool;
+        }
     }
 
     /// Makes `server` a proxied Streamable HTTP server (or updates where it lives).
@@ -164,6 +179,19 @@ impl Backends {
                 push(ATTACHES, &[], e.attaches_total);
                 push(ATTACH_FAILURES, &[], e.attach_failures_total);
             }
+            if let Some(pool) = &e.pool {
+                push(CLIENT_CONTAINERS, &[], pool.in_use() as u64);
+                push(
+                    CLIENT_STARTS,
+                    &[],
+                    pool.stats.starts_total.load(Ordering::Relaxed),
+                );
+                push(
+                    CLIENT_START_FAILURES,
+                    &[],
+                    pool.stats.start_failures_total.load(Ordering::Relaxed),
+                );
+            }
             push(
                 SESSIONS,
                 &[],
@@ -234,6 +262,9 @@ const ATTACHED: &str = "mcpwatch_mcp_gateway_attached";
 const ATTACHES: &str = "mcpwatch_mcp_gateway_attaches_total";
 const ATTACH_FAILURES: &str = "mcpwatch_mcp_gateway_attach_failures_total";
 const SESSIONS: &str = "mcpwatch_mcp_gateway_sessions";
+const CLIENT_CONTAINERS: &str = "mcpwatch_mcp_gateway_client_containers";
+const CLIENT_STARTS: &str = "mcpwatch_mcp_gateway_client_container_starts_total";
+const CLIENT_START_FAILURES: &str = "mcpwatch_mcp_gateway_client_container_start_failures_total";
 const IN_FLIGHT: &str = "mcpwatch_mcp_gateway_in_flight";
 const STDERR_BYTES: &str = "mcpwatch_mcp_server_stderr_bytes_total";
 const BYTES: &str = "mcpwatch_mcp_gateway_bytes_total";
@@ -262,6 +293,21 @@ pub fn series_help() -> &'static [(&'static str, &'static str, MetricKind)] {
             SESSIONS,
             "MCP client sessions open on the server through the gateway (a running probe included).",
             Gauge,
+        ),
+        (
+            CLIENT_CONTAINERS,
+            "Per-client containers serving a client session now (sessions = per_client).",
+            Gauge,
+        ),
+        (
+            CLIENT_STARTS,
+            "Per-client containers started (for a session or the warm pool).",
+            Counter,
+        ),
+        (
+            CLIENT_START_FAILURES,
+            "Per-client containers that failed to start or attach.",
+            Counter,
         ),
         (
             IN_FLIGHT,

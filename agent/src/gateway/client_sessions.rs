@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::client_pool::Lease;
 use super::jsonrpc::RequestId;
 use super::session_mux::{ClientMessage, ClientSession, Route, SessionSender};
 
@@ -157,6 +158,7 @@ impl HttpSessions {
         server: &str,
         id: Option<String>,
         session: ClientSession,
+        lease: Option<Lease>,
     ) -> Arc<HttpSession> {
         let http = Arc::new(HttpSession {
             server: server.to_owned(),
@@ -169,7 +171,13 @@ impl HttpSessions {
         if let Some(id) = &id {
             self.lock().insert(id.clone(), Arc::clone(&http));
         }
-        tokio::spawn(dispatch(session, Arc::clone(&http), self.clone(), id));
+        tokio::spawn(dispatch(
+            session,
+            Arc::clone(&http),
+            self.clone(),
+            id,
+            lease,
+        ));
         http
     }
 
@@ -226,11 +234,14 @@ impl HttpSessions {
     }
 }
 
+/// Runs until the session ends; then `lease` (a per-client container) is dropped, which
+/// removes the container.
 async fn dispatch(
     mut session: ClientSession,
     http: Arc<HttpSession>,
     table: HttpSessions,
     id: Option<String>,
+    lease: Option<Lease>,
 ) {
     loop {
         tokio::select! {
@@ -249,5 +260,8 @@ async fn dispatch(
     let mut routes = http.routes();
     routes.pending.clear();
     routes.standalone = None;
-    // Dropping `session` here ends it in the mux, which cancels what is still in flight.
+    drop(routes);
+    // Ending the mux session first cancels what is still in flight, then the container goes.
+    drop(session);
+    drop(lease);
 }

@@ -35,12 +35,13 @@ use mcpwatch_common::secret::constant_time_eq;
 
 use super::backends::{Backends, ByteCounters};
 use super::call_event::CallSink;
+use super::client_pool::{Lease, PoolError};
 use super::client_sessions::{HttpSession, HttpSessions, RequestStream, RouteError};
 use super::config::{GatewayConfig, MAX_BODY};
 use super::http_message::{classify, rpc_error, Kind};
 use super::http_proxy::{self, ProxyContext};
 use super::jsonrpc::{self, ErrorCode, RequestId};
-use super::session_mux::{ClientMessage, MuxError, Route};
+use super::session_mux::{ClientMessage, ClientSession, MuxError, Route};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -276,33 +277,9 @@ async fn post_message(
             "Mcp-Session-Id required",
         );
     };
-    let Some(mux) = state.backends.mux(&server) else {
-        return refuse(
-            &state,
-            "not_attached",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is not running (starting, restarting or down)",
-        );
-    };
-    let opened = match mux.open_session().await {
-        Ok(s) => s,
-        Err(MuxError::TooManySessions(_)) => {
-            (state.refused)("too_many_sessions");
-            return rpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(id),
-                jsonrpc::OVER_LIMIT,
-                "too many client sessions on this server",
-            );
-        }
-        Err(_) => {
-            return refuse(
-                &state,
-                "not_attached",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is restarting",
-            );
-        }
+    let (opened, lease) = match open_upstream(&state, &server, &id, &method).await {
+        Ok(x) => x,
+        Err(refusal) => return refusal,
     };
     if method == "initialize" {
         let Some(sid) = new_session_id() else {
@@ -313,7 +290,9 @@ async fn post_message(
                 "no randomness for a session id",
             );
         };
-        let session = state.sessions.start(&server, Some(sid.clone()), opened);
+        let session = state
+            .sessions
+            .start(&server, Some(sid.clone()), opened, lease);
         let mut response = request(&session, id, line, sse, bytes, None).await;
         if response.status() == StatusCode::OK {
             if let Ok(v) = HeaderValue::from_str(&sid) {
@@ -325,9 +304,66 @@ async fn post_message(
         return response;
     }
     // Sessionless (2026-07-28): one request on its own session, ended once answered.
-    let session = state.sessions.start(&server, None, opened);
+    let session = state.sessions.start(&server, None, opened, lease);
     let owner = EndOnDrop(Arc::clone(&session));
     request(&session, id, line, sse, bytes, Some(owner)).await
+}
+
+/// A new mux session for a client of `server`: on the shared attach, or on a container of
+/// its own (`per_client`, which needs an `initialize`).
+async fn open_upstream(
+    state: &FrontState,
+    server: &str,
+    id: &RequestId,
+    method: &str,
+) -> Result<(ClientSession, Option<Lease>), Response> {
+    let too_many = || {
+        (state.refused)("too_many_sessions");
+        rpc_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(id.clone()),
+            jsonrpc::OVER_LIMIT,
+            "too many client sessions on this server",
+        )
+    };
+    if let Some(pool) = state.backends.pool(server) {
+        if method != "initialize" {
+            return Err(refuse(
+                state,
+                "no_session",
+                StatusCode::BAD_REQUEST,
+                "this server gives each client its own instance: initialize first",
+            ));
+        }
+        return match pool.open().await {
+            Ok((session, lease)) => Ok((session, Some(lease))),
+            Err(PoolError::Full(_)) => Err(too_many()),
+            Err(PoolError::Start(_)) => Err(refuse(
+                state,
+                "not_attached",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no instance of the server could be started",
+            )),
+        };
+    }
+    let Some(mux) = state.backends.mux(server) else {
+        return Err(refuse(
+            state,
+            "not_attached",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is not running (starting, restarting or down)",
+        ));
+    };
+    match mux.open_session().await {
+        Ok(s) => Ok((s, None)),
+        Err(MuxError::TooManySessions(_)) => Err(too_many()),
+        Err(_) => Err(refuse(
+            state,
+            "not_attached",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is restarting",
+        )),
+    }
 }
 
 /// Ends a one-request session when dropped: after its JSON answer, or when its SSE stream

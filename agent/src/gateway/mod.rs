@@ -22,10 +22,11 @@
 //!
 //! - `http_proxy` — the reverse proxy to Streamable HTTP servers, measured the same way.
 //!
-//! Still to come (see ARCHITECTURE.md): `per_client` sessions.
+//! - `client_pool` — per-client containers (`sessions = "per_client"`) and their warm pool.
 
 pub mod backends;
 pub mod call_event;
+pub mod client_pool;
 pub mod client_sessions;
 pub mod config;
 pub mod endpoint;

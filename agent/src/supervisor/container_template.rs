@@ -15,6 +15,9 @@ pub const LABEL_MANAGED: &str = "mcpwatch.managed";
 pub const LABEL_SERVER: &str = "mcpwatch.server";
 pub const LABEL_AGENT: &str = "mcpwatch.agent";
 pub const LABEL_HASH: &str = "mcpwatch.config-hash";
+/// `LABEL_MANAGED`'s value on a gateway client container (`sessions = "per_client"`): the
+/// supervisor lists only `"true"`, so it never adopts or removes these.
+pub const MANAGED_CLIENT: &str = "client-session";
 
 /// Bumped whenever the way a spec is turned into a container changes, so every managed
 /// container is recreated with the new template instead of silently keeping the old one.
@@ -90,7 +93,7 @@ pub fn create_body(agent_id: &str, spec: &McpServerSpec) -> ContainerCreateBody 
         ),
         labels: Some(labels),
         // A stdio server reads requests from stdin and exits on EOF: keep stdin open with
-        // nothing attached so it stays up; probes use their own short-lived containers.
+        // nothing attached so it stays up; the gateway attaches to it when it is running.
         open_stdin: Some(stdio),
         stdin_once: Some(false),
         attach_stdin: Some(false),

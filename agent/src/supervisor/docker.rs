@@ -24,7 +24,7 @@ use super::spec::McpServerSpec;
 
 /// Deadline for short calls (inspect, create, start, remove, list). Generous because a
 /// loaded daemon can take seconds, but bounded so a hung daemon never wedges the supervisor.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DockerError {
@@ -91,7 +91,7 @@ impl From<BollardError> for DockerError {
     }
 }
 
-async fn timed<T>(
+pub(super) async fn timed<T>(
     op: &'static str,
     after: Duration,
     fut: impl std::future::Future<Output = Result<T, BollardError>>,

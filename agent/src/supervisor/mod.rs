@@ -27,9 +27,11 @@
 //! `transitions` (the actor's inputs and their effect on one server), `reconcile` and
 //! `restart_tracker` (pure decisions), `docker` (the Docker API), `spec` (configuration),
 //! `container_template` (how a spec becomes a container: labels, name, body, config hash),
-//! `container_stats` (per-container metrics).
+//! `container_stats` (per-container metrics), `client_container` (the gateway's
+//! per-client containers, outside reconcile).
 
 mod actor;
+mod client_container;
 mod command;
 pub mod container_stats;
 pub mod container_template;

@@ -195,6 +195,7 @@ mod tests {
                 failure_threshold: 3,
                 startup_grace: CfgDuration::from_secs(10),
             },
+            gateway_sessions: crate::supervisor::spec::GatewaySessions::Shared,
         }
     }
 

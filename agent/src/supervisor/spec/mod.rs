@@ -16,9 +16,11 @@ mod tests;
 mod validate;
 
 pub use raw::{
-    RawBackoff, RawBudget, RawEnvValue, RawLimits, RawMcpServer, RawMount, RawProbe, TransportKind,
+    RawBackoff, RawBudget, RawEnvValue, RawLimits, RawMcpServer, RawMount, RawProbe,
+    RawServerGateway, SessionsKind, TransportKind,
 };
 pub use server_spec::{
-    BackoffSpec, BudgetSpec, Limits, McpServerSpec, MountSpec, ProbeSpec, RestartPolicy, Transport,
+    BackoffSpec, BudgetSpec, GatewaySessions, Limits, McpServerSpec, MountSpec, ProbeSpec,
+    RestartPolicy, Transport,
 };
 pub use validate::validate_servers;

@@ -62,6 +62,9 @@ pub struct RawMcpServer {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub probe: RawProbe,
+    /// How the gateway serves the server to clients (`[mcp_server.gateway]`).
+    #[serde(default)]
+    pub gateway: RawServerGateway,
     /// Headers sent with every probe and proxied request of an `http` server, e.g.
     /// `Authorization = { file = "/etc/mcpwatch/saas.token" }` (values are secrets, never
     /// logged).
@@ -122,6 +125,28 @@ impl<'de> Deserialize<'de> for RawEnvValue {
 pub enum TransportKind {
     Http,
     Stdio,
+}
+
+/// `[mcp_server.gateway]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerGateway {
+    /// `"shared"` (default): every client session shares the supervised container's one
+    /// stdio session. `"per_client"`: each client session gets its own container of the same
+    /// image (for servers that keep per-session state). stdio servers only.
+    pub sessions: Option<SessionsKind>,
+    /// `per_client`: client containers at once; more sessions are refused. Default 8.
+    pub max_sessions: Option<usize>,
+    /// `per_client`: containers started ahead of clients so a new session does not wait for
+    /// a container start. Default 0.
+    pub warm_pool: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionsKind {
+    Shared,
+    PerClient,
 }
 
 /// Crash-loop backoff, like Kubernetes: `initial` doubling to `max`; back to `initial` after

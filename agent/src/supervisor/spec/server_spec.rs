@@ -73,6 +73,18 @@ pub struct ProbeSpec {
     pub startup_grace: Duration,
 }
 
+/// How the gateway serves a server's client sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewaySessions {
+    /// All client sessions share the supervised container's session.
+    Shared,
+    /// Each client session gets its own container.
+    PerClient {
+        max_sessions: usize,
+        warm_pool: usize,
+    },
+}
+
 /// A validated `[[mcp_server]]`. Built only by
 /// [`validate_servers`](super::validate_servers); there is no `Default`.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,4 +113,5 @@ pub struct McpServerSpec {
     pub mounts: Vec<MountSpec>,
     pub labels: BTreeMap<String, String>,
     pub probe: ProbeSpec,
+    pub gateway_sessions: GatewaySessions,
 }

@@ -8,10 +8,12 @@ use mcpwatch_common::config::{self as cfg, ByteSize, ConfigError, Duration};
 use mcpwatch_common::secret::Secret;
 
 use super::raw::{
-    RawBackoff, RawBudget, RawEnvValue, RawLimits, RawMcpServer, RawMount, RawProbe, TransportKind,
+    RawBackoff, RawBudget, RawEnvValue, RawLimits, RawMcpServer, RawMount, RawProbe,
+    RawServerGateway, SessionsKind, TransportKind,
 };
 use super::server_spec::{
-    BackoffSpec, BudgetSpec, Limits, McpServerSpec, MountSpec, ProbeSpec, RestartPolicy, Transport,
+    BackoffSpec, BudgetSpec, GatewaySessions, Limits, McpServerSpec, MountSpec, ProbeSpec,
+    RestartPolicy, Transport,
 };
 
 /// Validates every `[[mcp_server]]`; `path` is the config file (for messages and relative
@@ -84,6 +86,7 @@ fn validate_one(path: &Path, i: usize, r: RawMcpServer) -> Result<McpServerSpec,
     let mounts = mounts(&at, path, r.mounts)?;
     check_labels(&at, &r.labels)?;
     let probe = probe(&at, &r.probe)?;
+    let gateway_sessions = gateway_sessions(&at, &r.gateway, &transport)?;
     Ok(McpServerSpec {
         name: r.name,
         image: r.image.unwrap_or_default(),
@@ -104,6 +107,7 @@ fn validate_one(path: &Path, i: usize, r: RawMcpServer) -> Result<McpServerSpec,
         mounts,
         labels: r.labels,
         probe,
+        gateway_sessions,
     })
 }
 
@@ -446,6 +450,44 @@ fn check_labels(at: &KeyPrefix, labels: &BTreeMap<String, String>) -> Result<(),
         }
     }
     Ok(())
+}
+
+fn gateway_sessions(
+    at: &KeyPrefix,
+    raw: &RawServerGateway,
+    transport: &Transport,
+) -> Result<GatewaySessions, ConfigError> {
+    let per_client = raw.sessions == Some(SessionsKind::PerClient);
+    if !per_client {
+        if raw.max_sessions.is_some() || raw.warm_pool.is_some() {
+            return Err(at.invalid(
+                "gateway.max_sessions",
+                "max_sessions and warm_pool apply to sessions = \"per_client\" only".into(),
+            ));
+        }
+        return Ok(GatewaySessions::Shared);
+    }
+    if *transport != Transport::Stdio {
+        return Err(at.invalid(
+            "gateway.sessions",
+            "\"per_client\" is for stdio servers (an http server has its own sessions)".into(),
+        ));
+    }
+    let max_sessions = raw.max_sessions.unwrap_or(8);
+    let warm_pool = raw.warm_pool.unwrap_or(0);
+    if !(1..=256).contains(&max_sessions) {
+        return Err(at.invalid("gateway.max_sessions", "must be 1..=256".into()));
+    }
+    if warm_pool > max_sessions {
+        return Err(at.invalid(
+            "gateway.warm_pool",
+            "must not exceed gateway.max_sessions".into(),
+        ));
+    }
+    Ok(GatewaySessions::PerClient {
+        max_sessions,
+        warm_pool,
+    })
 }
 
 fn probe(at: &KeyPrefix, raw: &RawProbe) -> Result<ProbeSpec, ConfigError> {
