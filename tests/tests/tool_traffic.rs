@@ -17,7 +17,7 @@ use mcpwatch_tests::client;
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::sim::{wall_ms, AckWait, SimAgent};
 use mcpwatch_tests::Pki;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
 const AGENT: &str = "gw-host";
@@ -332,6 +332,46 @@ fn tool_rules_fire_guard_and_resolve() {
     assert!(l["labels"].get("le").is_none(), "{l}");
     close(&l["value"], 7.5, "p95");
     let fingerprints = [a["fingerprint"].clone(), l["fingerprint"].clone()];
+
+    // The new rule keys through the rules API: a dry run summing per server (49 failures
+    // of 119 calls), a stored rule read back, and a refused one.
+    let per_server = json!({
+        "selector": "mcpwatch_mcp_tool_calls_total{outcome!~\"ok|cancelled\"}",
+        "divide_by": "mcpwatch_mcp_tool_calls_total",
+        "function": "increase",
+        "sum_by": ["server"],
+        "min_denominator": 20.0,
+        "window": "20s",
+        "warning": 0.1,
+    });
+    let r = s.api.send("POST", "/api/v1/rules/dry-run", &per_server);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let run = r.json();
+    assert_eq!(
+        (run["source"].as_str(), run["firing"].as_u64()),
+        (Some("window"), Some(1)),
+        "{run}"
+    );
+    let group = &run["series"][0];
+    assert_eq!(group["labels"]["server"], "files");
+    assert_eq!(group["labels"]["host"], AGENT);
+    assert!(group["labels"].get("tool").is_none(), "{group}");
+    close(&group["value"], 49.0 / 119.0, "per-server ratio");
+    let r = s
+        .api
+        .send("PUT", "/api/v1/rules/per_server_errors", &per_server);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["definition"]["sum_by"], json!(["server"]));
+    let bad = json!({
+        "selector": "mcpwatch_mcp_tool_call_duration_seconds_bucket",
+        "function": "quantile",
+        "quantile": 0.9,
+        "sum_by": ["le"],
+        "warning": 1.0,
+    });
+    let r = s.api.send("PUT", "/api/v1/rules/bad_quantile", &bad);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("sum_by"), "{}", r.body);
 
     // Healthy traffic from now on: 10 fast calls a second. Once the burst is out of the
     // 20 s window (plus grace), both resolve.
