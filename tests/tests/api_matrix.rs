@@ -115,6 +115,12 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
         Need::HostPerm("hosts:read"),
         200,
     ),
+    (
+        "GET",
+        "/api/v1/hosts/{agent_id}/servers/{server}/tools",
+        Need::HostPerm("hosts:read"),
+        200,
+    ),
     // The agent is offline: the allowed answer is 503 agent_offline.
     (
         "POST",
@@ -621,6 +627,9 @@ impl Ctx {
             ("GET", "/api/v1/hosts/{agent_id}/servers") => {
                 Req::at(format!("{api}/hosts/{HOST_B}/servers"))
             }
+            ("GET", "/api/v1/hosts/{agent_id}/servers/{server}/tools") => Req::at(format!(
+                "{api}/hosts/{HOST_B}/servers/fixture/tools?range=30m"
+            )),
             ("POST", "/api/v1/hosts/{agent_id}/servers/{server}/{action}") => {
                 Req::at(format!("{api}/hosts/{HOST_B}/servers/fixture/restart"))
             }

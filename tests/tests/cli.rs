@@ -96,6 +96,19 @@ fn every_example_config_parses_and_validates() {
                 let rules = mcpwatch_collector::alert::load_rules(&copy, &text)
                     .unwrap_or_else(|e| panic!("{e}"));
                 assert!(rules.iter().any(|r| r.name == "mcp_probe_slow"));
+                let p99 = rules.iter().find(|r| r.name == "mcp_tools_list_slow");
+                assert_eq!(p99.and_then(|r| r.quantile), Some(0.99));
+                let ratio = rules
+                    .iter()
+                    .find(|r| r.name == "mcp_tool_error_ratio_high")
+                    .unwrap();
+                assert_eq!(ratio.window_ms, 600_000);
+                assert_eq!(ratio.min_denominator, Some(50.0));
+                assert_eq!(
+                    ratio.thresholds.critical.unwrap().fire,
+                    0.2,
+                    "built-in kept"
+                );
             }
             other => panic!("config/{other} has no parse test: add it here"),
         }

@@ -3,7 +3,10 @@
 //! sets (e.g. `warning = 0.7`), and `enabled = false` turns one off.
 //!
 //! Memory and disk use `divide_by` (used / total, joined on identical labels) instead of a
-//! derived ratio series, so the agent and store need nothing extra.
+//! derived ratio series, so the agent and store need nothing extra. The gateway's tool rules
+//! read its counters and histogram as the agent sends them (cumulative): `increase` and
+//! `quantile` over the window, summed per host, server and tool. A `tool_error` (the tool
+//! answered `isError: true`) counts as a failure; a cancelled call does not.
 
 use std::path::Path;
 
@@ -65,6 +68,33 @@ warning = 1.0
 window = "1m"
 severity = "medium"
 summary = "Tools of MCP server {{ $labels.server }} on {{ $labels.host }} changed; approve or investigate"
+
+[[rule]]
+name = "mcp_tool_error_ratio_high"
+selector = 'mcpwatch_mcp_tool_calls_total{outcome!~"ok|cancelled"}'
+divide_by = "mcpwatch_mcp_tool_calls_total"
+function = "increase"
+sum_by = ["server", "tool"]
+min_denominator = 20.0
+window = "5m"
+op = ">"
+warning = 0.05
+critical = 0.20
+severity = "high"
+summary = "Tool {{ $labels.tool }} of MCP server {{ $labels.server }} on {{ $labels.host }} fails {{ $value }} of its calls ({{ $level }})"
+description = "Calls that ended in a tool error, a JSON-RPC error, a timeout or a transport error, over the calls of the last 5 minutes (at least 20)."
+
+[[rule]]
+name = "mcp_tool_latency_high"
+selector = "mcpwatch_mcp_tool_call_duration_seconds_bucket"
+function = "quantile"
+quantile = 0.95
+sum_by = ["server", "tool"]
+window = "5m"
+op = ">"
+warning = 5.0
+severity = "medium"
+summary = "Tool {{ $labels.tool }} of MCP server {{ $labels.server }} on {{ $labels.host }} is slow: p95 {{ $value }} s"
 
 [[rule]]
 name = "agent_dropping_samples"
@@ -139,13 +169,14 @@ pub fn builtin_rules_raw() -> Vec<RawRule> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::rule::{load_rules, validate_rules, Comparator};
+    use super::super::rule::{load_rules, validate_rules, Comparator, Level, Rule};
     use super::*;
+    use crate::alert::{Engine, EngineOptions, Labels, MemorySource};
 
     #[test]
     fn alert_builtin_rules_valid() {
         let rules = validate_rules(Vec::new(), true).expect("built-ins validate");
-        assert_eq!(rules.len(), 11);
+        assert_eq!(rules.len(), 13);
         let names: Vec<_> = rules.iter().map(|r| r.name.as_str()).collect();
         assert!(names.contains(&"host_down"));
         let fallback = rules
@@ -173,7 +204,7 @@ enabled = false
 "#,
         )
         .expect("valid");
-        assert_eq!(rules.len(), 10);
+        assert_eq!(rules.len(), 12);
         let cpu = rules
             .iter()
             .find(|r| r.name == "host_cpu_high")
@@ -182,6 +213,84 @@ enabled = false
         assert_eq!(cpu.thresholds.critical.map(|t| t.fire), Some(0.95));
         assert_eq!(cpu.comparator, Comparator::Gt);
         assert!(!rules.iter().any(|r| r.name == "mcp_tool_drift"));
+    }
+
+    /// The built-in rule `name` alone, in an engine.
+    fn engine_with(name: &str) -> Engine {
+        let rules: Vec<Rule> = validate_rules(Vec::new(), true)
+            .expect("built-ins validate")
+            .into_iter()
+            .filter(|r| r.name == name)
+            .collect();
+        assert_eq!(rules.len(), 1);
+        Engine::new(rules, EngineOptions::default())
+    }
+
+    fn tool_labels(tool: &str, extra: (&str, &str)) -> Labels {
+        [("host", "h1"), ("server", "files"), ("tool", tool), extra]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// Calls of `tool` from 0 (at 0 s) to `ok` and `failed` (at 60 s), evaluated at 60 s.
+    fn error_ratio(ok: f64, failed: f64) -> Vec<crate::alert::Transition> {
+        let mut e = engine_with("mcp_tool_error_ratio_high");
+        let mut src = MemorySource::new();
+        let m = "mcpwatch_mcp_tool_calls_total";
+        for (outcome, n) in [("ok", ok), ("tool_error", failed), ("cancelled", 5.0)] {
+            let l = tool_labels("read", ("outcome", outcome));
+            src.push(m, &l, 0, 0.0);
+            src.push(m, &l, 60_000, n);
+        }
+        e.evaluate(&src, 60_000)
+    }
+
+    #[test]
+    fn alert_builtin_tool_error_ratio_levels_and_guard() {
+        // 95 ok, 5 failing, 5 cancelled: 5/105 is under 5 %.
+        assert!(error_ratio(95.0, 5.0).is_empty());
+        // 10 failing of 110: warning; 30 of 110: critical.
+        let t = error_ratio(100.0, 10.0);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].level, Some(Level::Warning));
+        let t = error_ratio(80.0, 30.0);
+        assert_eq!(t[0].level, Some(Level::Critical));
+        // The alert is the tool's: host, server and tool, not the outcome.
+        let l = &t[0].labels;
+        assert_eq!(l["host"], "h1");
+        assert_eq!(l["server"], "files");
+        assert_eq!(l["tool"], "read");
+        assert!(!l.contains_key("outcome"));
+        assert!(t[0].annotations["summary"].contains("Tool read of MCP server files on h1"));
+        // 14 failing + 5 cancelled = 19 calls: under the 20-call floor, nothing fires.
+        assert!(error_ratio(0.0, 14.0).is_empty());
+        assert_eq!(error_ratio(0.0, 15.0)[0].level, Some(Level::Critical));
+    }
+
+    #[test]
+    fn alert_builtin_tool_latency_p95() {
+        let mut e = engine_with("mcp_tool_latency_high");
+        let mut src = MemorySource::new();
+        let m = "mcpwatch_mcp_tool_call_duration_seconds_bucket";
+        // 20 calls: 18 within 2.5 s, 2 between 5 and 10 s. p95 = rank 19 → (5, 10]: 7.5 s.
+        for (le, n) in [
+            ("1", 10.0),
+            ("2.5", 18.0),
+            ("5", 18.0),
+            ("10", 20.0),
+            ("+Inf", 20.0),
+        ] {
+            let l = tool_labels("search", ("le", le));
+            src.push(m, &l, 0, 0.0);
+            src.push(m, &l, 60_000, n);
+        }
+        let t = e.evaluate(&src, 60_000);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].value, Some(7.5));
+        assert_eq!(t[0].level, Some(Level::Warning));
+        assert!(!t[0].labels.contains_key("le"));
+        assert_eq!(t[0].labels["tool"], "search");
     }
 
     #[test]

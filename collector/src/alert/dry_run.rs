@@ -35,7 +35,7 @@ pub struct DryRunSeries {
 pub struct DryRun {
     pub rule: String,
     pub at_ms: i64,
-    /// Series the rule selected (all of them, before `limit`).
+    /// Series (groups, for an aggregating rule) the rule selected, before `limit`.
     pub evaluated: usize,
     pub firing: usize,
     pub pending: usize,

@@ -2,10 +2,14 @@
 //! clock, no async: the store feeds it samples and persists its state and transitions in one
 //! transaction, so everything here is testable with explicit timestamps.
 
+mod aggregate;
 pub mod builtin;
+pub mod counter;
 pub mod dry_run;
 pub mod engine;
+pub mod histogram;
 pub mod policy;
+mod raw_rule;
 pub mod route;
 pub mod rule;
 pub mod selector;

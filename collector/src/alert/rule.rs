@@ -1,151 +1,17 @@
-//! Alert rules: TOML `[[rule]]` tables parsed into `RawRule` (serde, `deny_unknown_fields`,
-//! every field optional so a user table can override part of a built-in rule by name), then
-//! validated into `Rule`. Errors name the rule and the key, and say why.
+//! Alert rules: `RawRule` tables (see `raw_rule.rs`) validated into `Rule`, and the merge of
+//! user rules over the built-in ones. Errors name the rule and the key, and say why.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
-use mcpwatch_common::config::{self, ConfigError, Duration};
+use mcpwatch_common::config::{ConfigError, Duration};
 use serde::{Deserialize, Serialize};
 
 use super::builtin::builtin_rules_raw;
+pub use super::raw_rule::{parse_rules, RawRule, RawRulesFile};
 use super::selector::{Labels, Selector};
 use super::window::WindowFn;
-
-/// A rules file: any number of `[[rule]]` tables. Serializable too, so rules can be stored
-/// (SQLite, API) in the same form they are written.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRulesFile {
-    #[serde(default)]
-    pub rule: Vec<RawRule>,
-}
-
-/// One `[[rule]]` as written. Defaults (applied in `Rule::validate`) are documented per field.
-/// A table whose `name` is a built-in rule's overrides only the fields it sets. Durations are
-/// written `<number><unit>` with unit ms, s, m, h or d (`"30s"`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawRule {
-    /// Required, unique: letters, digits, `_`, `-`, `.`.
-    pub name: String,
-    /// Default true. `false` disables the rule (the way to turn a built-in rule off).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    /// Required: `metric{label="v", label!="v", label=~"re", label!~"re"}`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub selector: Option<String>,
-    /// Optional second selector: the value is `f(selector) / f(divide_by)`, joined on
-    /// identical label sets (e.g. used bytes / total bytes).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub divide_by: Option<String>,
-    /// `last | avg | min | max | rate`. Default `last`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub function: Option<String>,
-    /// Window the function looks back over. Default `1m`; for `last` it is how stale the
-    /// newest sample may be.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_duration"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub window: Option<Duration>,
-    /// `> | >= | < | <= | == | !=`. Default `>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub op: Option<String>,
-    /// Warning threshold. At least one of `warning` / `critical` (or `absent_for`) is required.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warning: Option<f64>,
-    /// Critical threshold.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub critical: Option<f64>,
-    /// Hysteresis: once firing at warning, the level holds while the comparison still holds
-    /// against this value. Default = `warning`. Must be on the non-firing side.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warning_clear: Option<f64>,
-    /// Hysteresis for the critical level. Default = `critical`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub critical_clear: Option<f64>,
-    /// Pending time before firing. Default `0s` (fire at once).
-    #[serde(rename = "for")]
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_duration"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub for_: Option<Duration>,
-    /// Keep firing this long after the condition clears. Default `0s`.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_duration"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub keep_firing_for: Option<Duration>,
-    /// Absence rule: fire when a series has had no sample for this long. Excludes
-    /// thresholds, `op`, `function`, `divide_by` and `for`.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_duration"
-    )]
-    #[schema(value_type = Option<String>)]
-    pub absent_for: Option<Duration>,
-    /// `critical | high | medium | low`. Default `medium`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub severity: Option<String>,
-    /// Extra labels on the alert (override series labels of the same name).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub labels: Option<BTreeMap<String, String>>,
-    /// Annotation templates: `{{ $labels.NAME }}`, `{{ $value }}`, `{{ $level }}`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub summary: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub runbook_url: Option<String>,
-}
-
-/// `Duration` only implements `Deserialize`; write it back in the same `"30s"` form.
-fn ser_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_some(&d.to_string()),
-        None => s.serialize_none(),
-    }
-}
-
-impl RawRule {
-    /// `over`'s set fields replace `self`'s; labels merge key by key.
-    pub fn overlay(self, over: RawRule) -> RawRule {
-        let labels = match (self.labels, over.labels) {
-            (Some(mut a), Some(b)) => {
-                a.extend(b);
-                Some(a)
-            }
-            (a, b) => b.or(a),
-        };
-        RawRule {
-            name: over.name,
-            enabled: over.enabled.or(self.enabled),
-            selector: over.selector.or(self.selector),
-            divide_by: over.divide_by.or(self.divide_by),
-            function: over.function.or(self.function),
-            window: over.window.or(self.window),
-            op: over.op.or(self.op),
-            warning: over.warning.or(self.warning),
-            critical: over.critical.or(self.critical),
-            warning_clear: over.warning_clear.or(self.warning_clear),
-            critical_clear: over.critical_clear.or(self.critical_clear),
-            for_: over.for_.or(self.for_),
-            keep_firing_for: over.keep_firing_for.or(self.keep_firing_for),
-            absent_for: over.absent_for.or(self.absent_for),
-            severity: over.severity.or(self.severity),
-            labels,
-            summary: over.summary.or(self.summary),
-            description: over.description.or(self.description),
-            runbook_url: over.runbook_url.or(self.runbook_url),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -250,7 +116,14 @@ pub struct Rule {
     pub name: String,
     pub selector: Selector,
     pub divide_by: Option<Selector>,
+    /// The function applied to each series (`Increase` for quantile rules).
     pub function: WindowFn,
+    /// `Some(q)`: the series are histogram buckets and the value is their q-quantile.
+    pub quantile: Option<f64>,
+    /// `Some`: values summed per `host` + these labels (sorted, deduplicated, `host` included).
+    pub sum_by: Option<Vec<String>>,
+    /// With `divide_by`: groups whose denominator is below this are not compared.
+    pub min_denominator: Option<f64>,
     pub window_ms: i64,
     pub comparator: Comparator,
     pub thresholds: Thresholds,
@@ -331,6 +204,9 @@ impl Rule {
             selector,
             divide_by,
             function: WindowFn::Last,
+            quantile: None,
+            sum_by: None,
+            min_denominator: None,
             window_ms: 60_000,
             comparator: Comparator::Gt,
             thresholds: Thresholds::default(),
@@ -360,13 +236,13 @@ impl Rule {
             return Ok(rule);
         }
 
-        let function_text = raw.function.as_deref().unwrap_or("last");
-        rule.function = WindowFn::parse(function_text).ok_or_else(|| {
-            err(
-                "function",
-                format!("unknown function {function_text:?} (last, avg, min, max, rate)"),
-            )
-        })?;
+        let shape = Shape {
+            function: raw.function.as_deref(),
+            quantile: raw.quantile,
+            sum_by: raw.sum_by,
+            min_denominator: raw.min_denominator,
+        };
+        set_function(&mut rule, shape).map_err(|(k, m)| err(k, m))?;
         rule.window_ms = raw.window.map_or(60_000, Duration::as_millis_i64);
         if rule.window_ms <= 0 {
             return Err(err("window", "must be positive".into()));
@@ -404,11 +280,6 @@ impl fmt::Display for Rule {
     }
 }
 
-/// Parses a rules file; `path` is for error messages only.
-pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<RawRule>, ConfigError> {
-    config::parse::<RawRulesFile>(path, text).map(|f| f.rule)
-}
-
 /// `severity`: critical, high, medium (default) or low.
 fn severity_of(text: Option<&str>) -> Result<Severity, String> {
     match text.unwrap_or("medium") {
@@ -422,15 +293,18 @@ fn severity_of(text: Option<&str>) -> Result<Severity, String> {
     }
 }
 
+/// Prometheus-style label name: a letter or `_`, then letters, digits and `_`.
+fn is_label_name(k: &str) -> bool {
+    k.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Rule label names: Prometheus-style, and none of the names that identify an alert.
 fn check_label_names(labels: &BTreeMap<String, String>) -> Result<(), String> {
     for k in labels.keys() {
-        let ok = k
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
+        if !is_label_name(k) {
             return Err(format!("invalid label name {k:?}"));
         }
         // These identify the alert and its host (the API's access scope): a rule must not be
@@ -442,6 +316,101 @@ fn check_label_names(labels: &BTreeMap<String, String>) -> Result<(), String> {
     Ok(())
 }
 
+/// The keys of a `RawRule` that say what value a rule computes.
+struct Shape<'a> {
+    function: Option<&'a str>,
+    quantile: Option<f64>,
+    sum_by: Option<Vec<String>>,
+    min_denominator: Option<f64>,
+}
+
+/// `function`, `quantile`, `sum_by` and `min_denominator` into `rule` (its selector and
+/// `divide_by` already set); errors name the key at fault.
+fn set_function(rule: &mut Rule, raw: Shape<'_>) -> Result<(), (&'static str, String)> {
+    let text = raw.function.unwrap_or("last");
+    (rule.function, rule.quantile) = function_of(text, raw.quantile, &rule.selector)?;
+    if rule.quantile.is_some() && rule.divide_by.is_some() {
+        return Err((
+            "divide_by",
+            "cannot be combined with `function = \"quantile\"`".into(),
+        ));
+    }
+    rule.sum_by = match raw.sum_by {
+        None => None,
+        Some(l) => Some(sum_by_of(l, rule.quantile.is_some()).map_err(|m| ("sum_by", m))?),
+    };
+    rule.min_denominator = match (raw.min_denominator, &rule.divide_by) {
+        (None, _) => None,
+        (Some(_), None) => return Err(("min_denominator", "set without `divide_by`".into())),
+        (Some(m), Some(_)) if !m.is_finite() || m < 0.0 => {
+            return Err((
+                "min_denominator",
+                "must be a finite number, 0 or more".into(),
+            ))
+        }
+        (Some(m), Some(_)) => Some(m),
+    };
+    Ok(())
+}
+
+/// `function` (and `quantile`) as the per-series function and the quantile, if any; errors
+/// name the key at fault.
+fn function_of(
+    text: &str,
+    quantile: Option<f64>,
+    selector: &Selector,
+) -> Result<(WindowFn, Option<f64>), (&'static str, String)> {
+    if text != "quantile" {
+        if quantile.is_some() {
+            return Err(("quantile", "only with `function = \"quantile\"`".into()));
+        }
+        let f = WindowFn::parse(text).ok_or_else(|| {
+            (
+                "function",
+                format!(
+                    "unknown function {text:?} (last, avg, min, max, rate, increase, quantile)"
+                ),
+            )
+        })?;
+        return Ok((f, None));
+    }
+    let q = quantile.ok_or(("quantile", "required with `function = \"quantile\"`".into()))?;
+    if !(0.0..=1.0).contains(&q) {
+        return Err(("quantile", format!("{q} is not between 0 and 1")));
+    }
+    if !selector.metric.ends_with("_bucket") {
+        return Err((
+            "selector",
+            format!(
+                "`function = \"quantile\"` reads a histogram's `_bucket` series; `{}` is not one",
+                selector.metric
+            ),
+        ));
+    }
+    Ok((WindowFn::Increase, Some(q)))
+}
+
+/// Most labels `sum_by` may name.
+const MAX_SUM_BY: usize = 16;
+
+/// `sum_by`: valid label names (not `le` for a quantile, whose buckets are summed by it),
+/// returned sorted, deduplicated, with `host`.
+fn sum_by_of(mut labels: Vec<String>, quantile: bool) -> Result<Vec<String>, String> {
+    if labels.len() > MAX_SUM_BY {
+        return Err(format!("at most {MAX_SUM_BY} labels"));
+    }
+    if let Some(bad) = labels.iter().find(|l| !is_label_name(l)) {
+        return Err(format!("invalid label name {bad:?}"));
+    }
+    if quantile && labels.iter().any(|l| l == "le") {
+        return Err("`le` is the bucket bound a quantile sums by; leave it out".into());
+    }
+    labels.push("host".to_owned());
+    labels.sort();
+    labels.dedup();
+    Ok(labels)
+}
+
 /// The first key set beside `absent_for` that an absence rule cannot use.
 fn absence_conflict(raw: &RawRule) -> Option<&'static str> {
     let conflicts = [
@@ -451,6 +420,9 @@ fn absence_conflict(raw: &RawRule) -> Option<&'static str> {
         ("critical_clear", raw.critical_clear.is_some()),
         ("op", raw.op.is_some()),
         ("function", raw.function.is_some()),
+        ("quantile", raw.quantile.is_some()),
+        ("sum_by", raw.sum_by.is_some()),
+        ("min_denominator", raw.min_denominator.is_some()),
         ("window", raw.window.is_some()),
         ("divide_by", raw.divide_by.is_some()),
         ("for", raw.for_.is_some()),
@@ -577,142 +549,5 @@ pub fn load_rules(path: &Path, text: &str) -> Result<Vec<Rule>, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn one(toml: &str) -> Result<Rule, RuleError> {
-        let raw = parse_rules(Path::new("rules.toml"), toml).expect("parses");
-        validate_rules(raw, false).map(|mut v| v.remove(0))
-    }
-
-    fn rejected(toml: &str, key: &str, needle: &str) {
-        let e = one(toml).expect_err("must be rejected");
-        assert_eq!(e.key, key, "{e}");
-        assert!(e.message.contains(needle), "{e}");
-        assert_eq!(e.rule, "r");
-    }
-
-    #[test]
-    fn alert_rule_valid_with_defaults_and_hysteresis() {
-        let r = one(r#"[[rule]]
-name = "cpu"
-selector = 'mcpwatch_host_cpu_usage_ratio{cpu="total", host=~"web-.*"}'
-function = "avg"
-window = "5m"
-critical = 95.0
-critical_clear = 90.0
-warning = 80.0
-for = "30s"
-severity = "high"
-labels = { team = "ops" }
-summary = "CPU {{ $value }} on {{ $labels.host }}"
-"#)
-        .expect("valid");
-        assert_eq!(r.function, WindowFn::Avg);
-        assert_eq!(r.window_ms, 300_000);
-        assert_eq!(r.for_ms, 30_000);
-        assert_eq!(r.comparator, Comparator::Gt);
-        assert_eq!(
-            r.thresholds.critical,
-            Some(LevelThreshold {
-                fire: 95.0,
-                clear: 90.0
-            })
-        );
-        assert_eq!(
-            r.thresholds.warning,
-            Some(LevelThreshold {
-                fire: 80.0,
-                clear: 80.0
-            })
-        );
-        assert_eq!(r.severity, Severity::High);
-    }
-
-    #[test]
-    fn alert_invalid_rules_rejected_with_reasons() {
-        let base = "[[rule]]\nname = \"r\"\nselector = 'm'\n";
-        rejected(
-            &format!("{base}critical = 1.0\nlabels = {{ host = \"other\" }}\n"),
-            "labels",
-            "reserved",
-        );
-        rejected(
-            &format!("{base}critical = 95.0\ncritical_clear = 99.0\n"),
-            "critical_clear",
-            "wrong side",
-        );
-        rejected(
-            &format!("{base}op = \"<\"\ncritical = 5.0\ncritical_clear = 1.0\n"),
-            "critical_clear",
-            "wrong side",
-        );
-        rejected(
-            &format!("{base}op = \"==\"\ncritical = 0.0\ncritical_clear = 1.0\n"),
-            "critical_clear",
-            "no hysteresis",
-        );
-        rejected(base, "critical", "no threshold");
-        rejected(
-            &format!("{base}function = \"median\"\ncritical = 1.0\n"),
-            "function",
-            "unknown function",
-        );
-        rejected(
-            &format!("{base}op = \"=>\"\ncritical = 1.0\n"),
-            "op",
-            "unknown comparator",
-        );
-        rejected(
-            &format!("{base}severity = \"urgent\"\ncritical = 1.0\n"),
-            "severity",
-            "unknown severity",
-        );
-        rejected(
-            &format!("{base}warning = 99.0\ncritical = 95.0\n"),
-            "warning",
-            "beyond critical",
-        );
-        rejected(
-            &format!("{base}warning_clear = 1.0\ncritical = 2.0\n"),
-            "warning_clear",
-            "without",
-        );
-        rejected(
-            &format!("{base}absent_for = \"30s\"\ncritical = 1.0\n"),
-            "critical",
-            "absent_for",
-        );
-        rejected(
-            "[[rule]]\nname = \"r\"\nselector = 'm{host=~\"(\"}'\ncritical = 1.0\n",
-            "selector",
-            "invalid regex",
-        );
-        rejected(
-            "[[rule]]\nname = \"r\"\ncritical = 1.0\n",
-            "selector",
-            "missing",
-        );
-        // Unknown keys are caught by serde, with the key named.
-        let e = parse_rules(
-            Path::new("rules.toml"),
-            "[[rule]]\nname = \"r\"\ncriticall = 1.0\n",
-        )
-        .expect_err("unknown key");
-        assert!(e.to_string().contains("criticall"), "{e}");
-        // Duplicates.
-        let raw = parse_rules(
-            Path::new("rules.toml"),
-            "[[rule]]\nname = \"r\"\n[[rule]]\nname = \"r\"\n",
-        )
-        .expect("parses");
-        assert!(validate_rules(raw, false).is_err());
-        // As a config error, the dotted key names the rule.
-        let e = load_rules(
-            Path::new("rules.toml"),
-            &format!("{base}op = \"~\"\ncritical = 1.0\n"),
-        )
-        .expect_err("rejected");
-        assert!(e.to_string().contains("rule.r.op"), "{e}");
-    }
-}
+#[path = "rule_tests.rs"]
+mod tests;

@@ -1,13 +1,15 @@
-//! One evaluation step of one (rule, series): the window value, the level it asks for with
-//! hysteresis, `for` / `keep_firing_for`, absence, flap detection, and the transitions that
-//! result. Called by [`super::engine::Engine`] for each rule; pure like it.
+//! One evaluation step of one (rule, series or group of series): the value (from
+//! `aggregate.rs`), the level it asks for with hysteresis, `for` / `keep_firing_for`,
+//! absence, flap detection, and the transitions that result. Called by
+//! [`super::engine::Engine`] for each rule; pure like it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
+use super::aggregate::group_values;
 use super::engine::{AlertState, EngineOptions, Phase, SeriesState, Transition};
 use super::rule::{Level, Rule};
 use super::selector::Labels;
-use super::source::{Series, SeriesSource};
+use super::source::SeriesSource;
 use super::template::render;
 
 pub(super) fn eval_threshold(
@@ -20,34 +22,12 @@ pub(super) fn eval_threshold(
     forgotten: &mut Vec<String>,
 ) {
     let since = now.saturating_sub(rule.window_ms.saturating_add(opts.grace_ms));
-    let dens: Option<Vec<Series>> = rule.divide_by.as_ref().map(|d| {
-        source
-            .series(&d.metric, since)
-            .into_iter()
-            .filter(|s| d.matches(&s.labels))
-            .collect()
-    });
-    let den_by_labels: HashMap<&Labels, &Series> =
-        dens.iter().flatten().map(|s| (&s.labels, s)).collect();
     let mut seen = HashSet::new();
-    for s in source.series(&rule.selector.metric, since) {
-        if !rule.selector.matches(&s.labels) {
-            continue;
-        }
-        let mut value = window_value(rule, &s.samples, since);
-        if dens.is_some() {
-            let den = den_by_labels
-                .get(&s.labels)
-                .and_then(|d| window_value(rule, &d.samples, since));
-            value = match (value, den) {
-                (Some(n), Some(d)) if d != 0.0 => Some(n / d),
-                _ => None,
-            };
-        }
-        let fp = fingerprint(&rule.name, &s.labels);
+    for (labels, value) in group_values(rule, source, since) {
+        let fp = fingerprint(&rule.name, &labels);
         let st = states
             .entry(fp.clone())
-            .or_insert_with(|| SeriesState::new(s.labels.clone(), now));
+            .or_insert_with(|| SeriesState::new(labels, now));
         let desired = desired_level(rule, value, st);
         step(rule, opts, &fp, st, desired, value, now, out);
         seen.insert(fp);
@@ -105,12 +85,6 @@ pub(super) fn eval_absent(
         let desired = (silent >= absent_for).then_some(Level::Critical);
         step(rule, opts, fp, st, desired, value, now, out);
     }
-}
-
-/// The window function over samples at or after `since`.
-fn window_value(rule: &Rule, samples: &[(i64, f64)], since: i64) -> Option<f64> {
-    let from = samples.partition_point(|x| x.0 < since);
-    samples.get(from..).and_then(|s| rule.function.apply(s))
 }
 
 /// Level the value asks for. Hysteresis: a level already held (or exceeded) is kept while

@@ -1,8 +1,11 @@
-//! Window functions over the samples of one series: `last`, `avg`, `min`, `max`, `rate`.
-//! Every function returns `None` when it has nothing to say (no samples, or fewer than two
-//! for `rate`), which the engine treats as "condition not met" rather than as zero.
+//! Window functions over the samples of one series: `last`, `avg`, `min`, `max`, `rate`,
+//! `increase`. Every function returns `None` when it has nothing to say (no samples, or
+//! fewer than two for `rate` and `increase`), which the engine treats as "condition not met"
+//! rather than as zero.
 
 use serde::{Deserialize, Serialize};
+
+use super::counter::increase;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -16,6 +19,9 @@ pub enum WindowFn {
     /// No extrapolation to the window edges: the increase between the first and last sample
     /// divided by the time between them.
     Rate,
+    /// Growth of a counter between the first and last sample, resets counted as `Rate`
+    /// does (see `counter.rs`).
+    Increase,
 }
 
 impl WindowFn {
@@ -26,6 +32,7 @@ impl WindowFn {
             "min" => WindowFn::Min,
             "max" => WindowFn::Max,
             "rate" => WindowFn::Rate,
+            "increase" => WindowFn::Increase,
             _ => return None,
         })
     }
@@ -33,7 +40,7 @@ impl WindowFn {
     /// Applies the function to `samples` (sorted by timestamp, already cut to the window).
     /// NaN samples are skipped: one bad reading must not poison an average.
     pub fn apply(self, samples: &[(i64, f64)]) -> Option<f64> {
-        let mut vals = samples.iter().filter(|(_, v)| !v.is_nan());
+        let vals = samples.iter().filter(|(_, v)| !v.is_nan());
         match self {
             WindowFn::Last => samples.iter().rev().find(|(_, v)| !v.is_nan()).map(|s| s.1),
             WindowFn::Avg => {
@@ -43,18 +50,11 @@ impl WindowFn {
             WindowFn::Min => vals.map(|s| s.1).reduce(f64::min),
             WindowFn::Max => vals.map(|s| s.1).reduce(f64::max),
             WindowFn::Rate => {
-                let first = vals.next()?;
-                let mut prev = first.1;
-                let mut last_ts = first.0;
-                let mut increase = 0.0;
-                for &(ts, v) in vals {
-                    increase += if v >= prev { v - prev } else { v };
-                    prev = v;
-                    last_ts = ts;
-                }
-                let secs = last_ts.saturating_sub(first.0) as f64 / 1000.0;
-                (secs > 0.0).then(|| increase / secs)
+                let (grew, ms) = increase(samples)?;
+                let secs = ms as f64 / 1000.0;
+                (secs > 0.0).then(|| grew / secs)
             }
+            WindowFn::Increase => increase(samples).map(|(grew, _)| grew),
         }
     }
 }
@@ -72,6 +72,8 @@ mod tests {
         assert_eq!(WindowFn::Max.apply(&s), Some(3.0));
         assert_eq!(WindowFn::Avg.apply(&[]), None);
         assert_eq!(WindowFn::Rate.apply(&[(0, 5.0)]), None);
+        assert_eq!(WindowFn::Increase.apply(&[(0, 5.0)]), None);
+        assert_eq!(WindowFn::Increase.apply(&[(0, 5.0), (9, 2.0)]), Some(2.0));
     }
 
     #[test]

@@ -74,15 +74,13 @@ fn rule_span(r: &Rule, grace_ms: i64) -> i64 {
 /// pass the same validation as the rules files.
 pub fn validate_api_rule(raw: &RawRule) -> Result<Option<Rule>, crate::alert::RuleError> {
     if raw.enabled == Some(false) && raw.selector.is_none() {
-        let mut probe = raw.clone();
-        probe.selector = Some("m".into());
-        probe.critical = Some(0.0);
-        probe.absent_for = None;
-        probe.warning = None;
-        probe.warning_clear = None;
-        probe.critical_clear = None;
-        // Only the name can fail now.
-        Rule::validate(probe)?;
+        // Only the name can fail: the rest is a minimal valid rule.
+        Rule::validate(RawRule {
+            name: raw.name.clone(),
+            selector: Some("m".into()),
+            critical: Some(0.0),
+            ..RawRule::default()
+        })?;
         return Ok(None);
     }
     let rule = Rule::validate(raw.clone())?;

@@ -87,13 +87,17 @@ fn covers_start(
     }
 }
 
+/// Whether the raw samples of a host reach back to `start` complete (not cut by
+/// retention), by the floors of some of its series.
+pub(crate) fn raw_covers(start: i64, f: TierFloors) -> bool {
+    covers_start(start, f.raw_oldest, f.raw_complete, f.minute, MINUTE_MS)
+}
+
 /// The tier a range is read from: raw up to 6 h, 1 m up to 7 d, 1 h beyond, each only
 /// while its data still reaches back to the range's start.
 pub fn choose_tier(start_ms: i64, end_ms: i64, f: TierFloors) -> RangeTier {
     let span = end_ms.saturating_sub(start_ms);
-    if span <= RAW_MAX_SPAN_MS
-        && covers_start(start_ms, f.raw_oldest, f.raw_complete, f.minute, MINUTE_MS)
-    {
+    if span <= RAW_MAX_SPAN_MS && raw_covers(start_ms, f) {
         RangeTier::Raw
     } else if span <= MINUTE_MAX_SPAN_MS
         && covers_start(start_ms, f.minute, f.minute, f.hour, HOUR_MS)

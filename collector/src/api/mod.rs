@@ -31,6 +31,8 @@ pub mod servers;
 pub mod sessions;
 pub mod silences;
 pub mod tokens;
+pub mod tool_stats;
+pub mod tools;
 pub mod users;
 
 use std::sync::Arc;
@@ -176,6 +178,7 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(login::routes())
         .merge(hosts::routes())
         .merge(servers::routes())
+        .merge(tools::routes())
         .merge(events::routes())
         .merge(metrics_api::routes())
         .merge(alerts::routes())

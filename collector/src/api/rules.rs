@@ -200,7 +200,7 @@ pub struct DryRunView {
     /// `window` (the alert engine's in-memory data) or `store` (stored raw samples, for
     /// metrics no running rule reads).
     pub source: String,
-    /// Series the rule selected.
+    /// Series the rule selected (groups of series, with `sum_by` or `quantile`).
     pub evaluated: usize,
     pub firing: usize,
     pub pending: usize,

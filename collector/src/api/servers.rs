@@ -68,6 +68,15 @@ pub struct CommandReply {
 
 const MAX_SERVER_NAME: usize = 128;
 
+/// A server name in a path: 1 to 128 characters, no control character (400 otherwise, as
+/// the document's bounds say).
+pub(super) fn check_server_name(server: &str) -> Result<(), ApiError> {
+    if server.is_empty() || server.len() > MAX_SERVER_NAME || server.chars().any(char::is_control) {
+        return Err(ApiError::bad("invalid server name"));
+    }
+    Ok(())
+}
+
 /// What can be done to one MCP server (the last path segment).
 #[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -120,9 +129,7 @@ async fn control_server(
         .require(Permission::ServersControl)
         .map_err(IntoResponse::into_response)?;
     let command = action_of(action, server.clone());
-    if server.is_empty() || server.len() > MAX_SERVER_NAME || server.chars().any(char::is_control) {
-        return Err(ApiError::bad("invalid server name").into_response());
-    }
+    check_server_name(&server).map_err(IntoResponse::into_response)?;
     let host = authorized_host(&state, &caller, Permission::ServersControl, &agent_id)
         .await
         .map_err(IntoResponse::into_response)?;

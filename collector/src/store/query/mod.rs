@@ -13,6 +13,7 @@ pub mod hosts;
 pub(crate) mod pool;
 pub(crate) mod reader;
 pub mod rules;
+pub mod samples;
 pub mod series;
 pub mod servers;
 pub mod silences;
