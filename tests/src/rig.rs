@@ -63,15 +63,32 @@ impl Rig {
 
     /// With extra environment for the agent (DOCKER_HOST for a private daemon).
     pub fn start_with_env(servers: &str, env: &[(&str, &str)]) -> Rig {
-        Rig::start_with(servers, env, "")
+        Rig::start_with(servers, env, "", &[])
     }
 
-    /// With `gateway` (TOML lines) added to the agent's `[gateway]` table.
-    pub fn start_with(servers: &str, env: &[(&str, &str)], gateway: &str) -> Rig {
+    /// With `gateway` (TOML lines) added to the agent's `[gateway]` table, and `collector`
+    /// files (name, text) written to the collector's directory, a `collector.toml` among them
+    /// appended to its configuration.
+    pub fn start_with(
+        servers: &str,
+        env: &[(&str, &str)],
+        gateway: &str,
+        collector: &[(&str, &str)],
+    ) -> Rig {
         ensure_dockerd();
         let tmp = tempfile::tempdir().unwrap();
         let pki = Pki::new(&tmp.path().join("pki"));
-        let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+        let dir = tmp.path().join("c");
+        std::fs::create_dir_all(&dir).expect("collector dir");
+        let mut extra = String::new();
+        for (name, text) in collector {
+            if *name == "collector.toml" {
+                extra.push_str(text);
+            } else {
+                std::fs::write(dir.join(name), text).expect("collector file");
+            }
+        }
+        let collector = CollectorProc::start(&pki, &dir, &extra);
         let id = unique_name("sup");
         let agent = AgentProc::configure(
             &pki,

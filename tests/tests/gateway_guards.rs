@@ -124,6 +124,7 @@ async fn hostile_requests_are_refused_and_counted_and_bogus_tools_fold_into_othe
         &servers,
         &[],
         &format!("tokens = [{{ file = \"{}\" }}]", token_file.display()),
+        &[],
     );
     rig.wait_events("tools", "probe_ok", 1);
     wait_for("attached", LONG, || {
@@ -241,12 +242,14 @@ async fn hostile_requests_are_refused_and_counted_and_bogus_tools_fold_into_othe
         );
         (n == Some(BOGUS as f64)).then_some(m)
     });
+    // One series per known tool and outcome (from 0) and `_other`'s: none per made-up name.
     let m = rig.agent.metrics();
     let tool_series = m
         .lines()
         .filter(|l| l.starts_with("mcpwatch_mcp_tool_calls_total{"))
         .count();
-    assert_eq!(tool_series, 1, "{m}");
+    assert_eq!(tool_series, (3 + 1) * 6, "{m}");
+    assert!(!m.contains("bogus-"), "a made-up tool name became a label");
     let r = http
         .delete(&url)
         .headers(headers(Some(TOKEN), Some(&session)))

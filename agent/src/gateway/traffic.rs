@@ -9,6 +9,8 @@
 //! the last successful probe saw it, at most [`MAX_TOOLS`] names) or `_other`, so a hostile
 //! client sending 10,000 made-up tool names adds one series, not 10,000. Series of a tool
 //! that leaves the list keep their counts (counters never go back) but get no new calls.
+//! The call counters of every known tool (and `_other`) exist from 0 for every outcome, so
+//! an alert rule's `increase` sees a tool's first call and first failure.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +21,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use super::call_event::{CallEvent, CallSink};
+use super::call_event::{CallEvent, CallOutcome, CallSink};
 
 /// The label for a method or tool outside the known set.
 pub const OTHER: &str = "_other";
@@ -153,6 +155,16 @@ impl TrafficMetrics {
         let mut servers = self.lock();
         let entry = servers.entry(Arc::from(server)).or_default();
         entry.tools = names.into_iter().map(str::to_owned).collect();
+        // Every known tool's counters exist from 0, so a rule's `increase` over a window sees
+        // the first call too (a series appearing at 1 would give it no baseline).
+        for tool in entry.tools.iter().map(String::as_str).chain([OTHER]) {
+            for outcome in CallOutcome::ALL {
+                entry
+                    .tool_calls
+                    .entry((tool.to_owned(), outcome.as_str()))
+                    .or_insert(0);
+            }
+        }
     }
 
     /// Forgets servers no longer configured (their series stop being reported).
@@ -316,7 +328,6 @@ impl Collector for TrafficMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::CallOutcome;
 
     fn call(tool: Option<&str>, outcome: CallOutcome, ms: u64) -> CallEvent {
         CallEvent {
@@ -398,7 +409,12 @@ mod tests {
             .filter(|(k, _)| k.name == TOOL_CALLS)
             .map(|(k, _)| k.clone())
             .collect();
-        assert_eq!(tool_series.len(), 1, "{tool_series:?}");
+        // `read` and `_other`, each outcome from 0: no series per made-up name.
+        assert_eq!(
+            tool_series.len(),
+            2 * CallOutcome::ALL.len(),
+            "{tool_series:?}"
+        );
         let other = [
             ("server", "files"),
             ("tool", OTHER),

@@ -37,7 +37,7 @@ pub enum ParseError {
 pub const USAGE: &str = "\
 usage: mcp-fixture [--transport stdio|http] [--listen IP:PORT] [--crash-after SECS]
                    [--hang-after SECS] [--hang-on METHOD] [--slow-ms MS]
-                   [--tools-variant a|b] [--change-tools-after SECS] [--page-size N]
+                   [--tools-variant a|b|stateful] [--change-tools-after SECS] [--page-size N]
                    [--protocol-version VERSION] [--exit-on-stdin-eof[=true|false]]
 
 Every flag can also come from the environment: --crash-after is MCP_FIXTURE_CRASH_AFTER,
@@ -49,6 +49,7 @@ and so on (upper case, dashes as underscores); a flag wins over its variable.
   --hang-on             never answer this method (initialize, tools/list, tools/call, ping)
   --slow-ms             delay every response by MS
   --tools-variant       a: echo, add, time   b: echo (new description), add, sleep
+                        stateful: echo, remember, recall (a value kept per process)
   --change-tools-after  switch from variant a to variant b after SECS
   --page-size           answer tools/list in pages of N tools (default: one page)
   --protocol-version    advertise and answer only this MCP protocol version
@@ -144,7 +145,8 @@ impl Options {
                 s.tools_variant = match value {
                     "a" => ToolsVariant::A,
                     "b" => ToolsVariant::B,
-                    _ => return Err(format!("expected a or b, got {value:?}")),
+                    "stateful" => ToolsVariant::Stateful,
+                    _ => return Err(format!("expected a, b or stateful, got {value:?}")),
                 }
             }
             "change-tools-after" => s.change_tools_after = Some(secs(value)?),

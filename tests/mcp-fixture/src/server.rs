@@ -40,9 +40,36 @@ impl FixtureServer {
 /// The tools of `variant`, in a stable order.
 pub fn tools(variant: ToolsVariant) -> Vec<Tool> {
     let echo_description = match variant {
-        ToolsVariant::A => "Returns the given text unchanged.",
+        ToolsVariant::A | ToolsVariant::Stateful => "Returns the given text unchanged.",
         ToolsVariant::B => "Echoes the text back (variant b wording).",
     };
+    if variant == ToolsVariant::Stateful {
+        return vec![
+            tool(
+                "echo",
+                echo_description,
+                json!({
+                    "type": "object",
+                    "properties": {"text": {"type": "string"}},
+                    "required": ["text"]
+                }),
+            ),
+            tool(
+                "remember",
+                "Keeps the given value in this server process.",
+                json!({
+                    "type": "object",
+                    "properties": {"value": {"type": "string"}},
+                    "required": ["value"]
+                }),
+            ),
+            tool(
+                "recall",
+                "Returns the value this server process keeps (empty if none).",
+                json!({"type": "object", "properties": {}}),
+            ),
+        ];
+    }
     let mut list = vec![
         tool(
             "echo",
@@ -64,7 +91,7 @@ pub fn tools(variant: ToolsVariant) -> Vec<Tool> {
         ),
     ];
     list.push(match variant {
-        ToolsVariant::A => tool(
+        ToolsVariant::A | ToolsVariant::Stateful => tool(
             "time",
             "Seconds since the Unix epoch.",
             json!({"type": "object", "properties": {}}),
@@ -123,8 +150,21 @@ async fn call(variant: ToolsVariant, name: &str, args: &JsonObject) -> Result<St
             tokio::time::sleep(d).await;
             Ok(format!("slept {} ms", d.as_millis()))
         }
+        (ToolsVariant::Stateful, "remember") => {
+            let value = string_arg(args, "value")?.to_owned();
+            *remembered() = value.clone();
+            Ok(value)
+        }
+        (ToolsVariant::Stateful, "recall") => Ok(remembered().clone()),
         _ => Err(CallError::UnknownTool),
     }
+}
+
+/// The value `remember` keeps: one per process, shared by its sessions.
+fn remembered() -> std::sync::MutexGuard<'static, String> {
+    static VALUE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+    // A plain string: a panic while holding it cannot leave it unusable.
+    VALUE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum CallError {

@@ -13,6 +13,9 @@ pub enum ToolsVariant {
     A,
     /// `echo` (changed description), `add`, `sleep`: one added, one removed, one changed.
     B,
+    /// `echo`, `remember`, `recall`: a value kept per process, so a test can tell whether two
+    /// clients reach the same server process.
+    Stateful,
 }
 
 /// The misbehaviour a fixture run is asked for; the default is a well-behaved server.
