@@ -115,28 +115,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let backends = Backends::default();
     // The gateway stops with the HTTP endpoint, after the drain: clients keep their sessions
     // while the spool hands over.
-    let gateway = if config.gateway.enabled {
-        let (refused, closed) = (metrics.clone(), metrics.clone());
-        let counters = EndpointCounters {
-            refused: Arc::new(move |reason| refused.inc_gateway_refused(reason)),
-            connections_closed: Arc::new(move |reason| {
-                closed.inc_gateway_connection_closed(reason)
-            }),
-            calls: metrics.traffic.clone(),
-        };
-        let gateway = endpoint::start(
-            &config.gateway,
-            backends.clone(),
-            counters,
-            http_stop.clone(),
-        )
-        .await?;
-        tracing::info!(listen = %gateway.local_addr, tls = config.gateway.tls.is_some(),
-            tokens = config.gateway.tokens.len(), "MCP gateway listening");
-        Some(gateway)
-    } else {
-        None
-    };
+    let gateway = start_gateway(&config, &backends, &metrics, &http_stop).await?;
     tracker.spawn(mcp_servers::run(
         McpServersContext {
             agent_id: config.agent_id.clone(),
@@ -223,6 +202,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         "agent stopped"
     );
     Ok(())
+}
+
+/// Starts the MCP gateway's listener when enabled; it stops with the HTTP endpoint.
+async fn start_gateway(
+    config: &AgentConfig,
+    backends: &Backends,
+    metrics: &Arc<AgentMetrics>,
+    stop: &CancellationToken,
+) -> Result<Option<endpoint::Endpoint>, AgentError> {
+    if !config.gateway.enabled {
+        return Ok(None);
+    }
+    let (refused, closed) = (metrics.clone(), metrics.clone());
+    let counters = EndpointCounters {
+        refused: Arc::new(move |reason| refused.inc_gateway_refused(reason)),
+        connections_closed: Arc::new(move |reason| closed.inc_gateway_connection_closed(reason)),
+        calls: metrics.traffic.clone(),
+    };
+    let gateway =
+        endpoint::start(&config.gateway, backends.clone(), counters, stop.clone()).await?;
+    tracing::info!(listen = %gateway.local_addr, tls = config.gateway.tls.is_some(),
+        tokens = config.gateway.tokens.len(), "MCP gateway listening");
+    Ok(Some(gateway))
 }
 
 /// The one owner of spool appends: takes batches off the queue, appends (fsync), wakes the

@@ -41,6 +41,8 @@ fn every_example_config_parses_and_validates() {
                 assert_eq!(names, ["search", "files"]);
                 assert_eq!(c.servers[1].network, "none", "stdio default network");
                 assert_eq!(c.servers[0].probe.failure_threshold, 3);
+                assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:9470");
+                assert!(c.gateway.tokens.is_empty() && c.gateway.tls.is_none());
             }
             "collector.toml" => {
                 let c = CollectorConfig::load(&copy).unwrap_or_else(|e| panic!("{e}"));

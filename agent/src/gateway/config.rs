@@ -72,6 +72,7 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    // Over 80 lines on purpose: one check per key, in the order of the raw section.
     pub fn validate(path: &Path, raw: RawGateway) -> Result<GatewayConfig, ConfigError> {
         let bad =
             |key: &str, msg: String| ConfigError::invalid(path, &format!("gateway.{key}"), msg);

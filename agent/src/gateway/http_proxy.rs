@@ -8,6 +8,7 @@
 //! measured like a stdio one: the outcome comes from the answer, a timeout, a failed
 //! connection or the client leaving first (cancelled).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,8 +151,7 @@ pub struct ProxyContext {
     pub bytes: ByteCounters,
 }
 
-// Over 80 lines on purpose: one request's way through the proxy, send to answer, with the
-// measurement threaded through every exit.
+/// Forwards one request to `backend` and answers with what it says.
 pub async fn forward(
     ctx: ProxyContext,
     backend: &HttpBackend,
@@ -239,68 +239,86 @@ pub async fn forward(
         m.finish(CallOutcome::TransportError);
     }
     if is_json {
-        let read = tokio::time::timeout(ctx.request_timeout, read_limited(upstream)).await;
-        let Ok(Ok(bytes)) = read else {
-            if let Some(m) = meter.as_mut() {
-                m.finish(CallOutcome::TransportError);
-            }
-            return rpc_error(
-                StatusCode::BAD_GATEWAY,
-                request_id,
-                jsonrpc::CONNECTION_CLOSED,
-                "the MCP server's answer was cut off or too large",
-            );
-        };
+        return json_answer(upstream, status, response_headers, meter, request_id, &ctx).await;
+    }
+    streamed_answer(upstream, status, response_headers, meter, ctx.bytes)
+}
+
+/// A JSON answer, read whole (bounded) to learn the outcome.
+async fn json_answer(
+    upstream: reqwest::Response,
+    status: StatusCode,
+    headers: HeaderMap,
+    mut meter: Option<Meter>,
+    request_id: Option<RequestId>,
+    ctx: &ProxyContext,
+) -> Response {
+    let read = tokio::time::timeout(ctx.request_timeout, read_limited(upstream)).await;
+    let Ok(Ok(bytes)) = read else {
         if let Some(m) = meter.as_mut() {
-            m.observe(&bytes);
-            // A JSON answer that is not the answer to the request.
             m.finish(CallOutcome::TransportError);
         }
-        ctx.bytes
-            .to_clients
-            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        return (status, response_headers, bytes).into_response();
+        return rpc_error(
+            StatusCode::BAD_GATEWAY,
+            request_id,
+            jsonrpc::CONNECTION_CLOSED,
+            "the MCP server's answer was cut off or too large",
+        );
+    };
+    if let Some(m) = meter.as_mut() {
+        m.observe(&bytes);
+        // A JSON answer that is not the answer to the request.
+        m.finish(CallOutcome::TransportError);
     }
-    // Streamed (SSE, or anything else): passed through as it comes.
-    let scanner = SseScanner::default();
+    ctx.bytes
+        .to_clients
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    (status, headers, bytes).into_response()
+}
+
+/// Anything else (an SSE stream): passed through as it comes, scanned for the answer.
+fn streamed_answer(
+    upstream: reqwest::Response,
+    status: StatusCode,
+    headers: HeaderMap,
+    meter: Option<Meter>,
+    bytes: ByteCounters,
+) -> Response {
     let chunks = upstream.bytes_stream();
-    let bytes = ctx.bytes;
+    let state = (chunks, SseScanner::default(), meter, bytes);
     let body = stream::unfold(
-        (chunks, scanner, meter, bytes),
+        state,
         |(mut chunks, mut scanner, mut meter, bytes)| async move {
+            let finish = |meter: &mut Option<Meter>| {
+                if let Some(m) = meter.as_mut() {
+                    m.finish(CallOutcome::TransportError);
+                }
+            };
             match chunks.next().await {
                 Some(Ok(chunk)) => {
                     bytes
                         .to_clients
-                        .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     if let Some(m) = meter.as_mut() {
                         scanner.push(&chunk, |event| m.observe(event));
                     }
-                    Some((
-                        Ok::<_, std::io::Error>(chunk),
-                        (chunks, scanner, meter, bytes),
-                    ))
+                    let next = (chunks, scanner, meter, bytes);
+                    Some((Ok::<_, std::io::Error>(chunk), next))
                 }
                 Some(Err(e)) => {
-                    if let Some(m) = meter.as_mut() {
-                        m.finish(CallOutcome::TransportError);
-                    }
-                    Some((
-                        Err(std::io::Error::other(e)),
-                        (chunks, scanner, meter, bytes),
-                    ))
+                    finish(&mut meter);
+                    let next = (chunks, scanner, meter, bytes);
+                    Some((Err(std::io::Error::other(e)), next))
                 }
+                // The stream ended; without the answer, that is a transport error.
                 None => {
-                    // The stream ended without the answer.
-                    if let Some(m) = meter.as_mut() {
-                        m.finish(CallOutcome::TransportError);
-                    }
+                    finish(&mut meter);
                     None
                 }
             }
         },
     );
-    (status, response_headers, Body::from_stream(body)).into_response()
+    (status, headers, Body::from_stream(body)).into_response()
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, ()> {
