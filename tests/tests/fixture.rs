@@ -88,13 +88,22 @@ async fn stdio_probe_of_a_hung_server_times_out() {
 
 #[tokio::test]
 async fn stdio_server_crashing_on_start_is_a_transport_failure() {
-    let (target, _container) = attached(&["--transport", "stdio", "--crash-after", "0"]).await;
+    // Silent, then gone a second later: the attach (made while it ran) ends with it.
+    let (target, _container) = attached(&[
+        "--transport",
+        "stdio",
+        "--hang-after",
+        "0",
+        "--crash-after",
+        "1",
+    ])
+    .await;
     let r = run_once(&target, Duration::from_secs(10)).await;
     let f = r
         .failure
         .as_ref()
         .expect("a crashed server must fail the probe");
-    // Gone before the attach (no session) or right after it (the session ends).
+    // Gone before the attach (no session) or after it (the session ends).
     assert!(
         matches!(f.stage, ProbeStage::Connect | ProbeStage::Initialize),
         "{f:?}"

@@ -196,8 +196,22 @@ async fn attach_once(
     ctx.backends
         .publish(server, mux, Arc::clone(&attachment.stats));
     tracing::info!(server, container, "gateway attached to the stdio server");
+    // Docker normally ends the attach when the container stops; the supervisor's view is
+    // the safety net (an attach that raced a container's exit can stay open on a dead one).
+    let mut status = ctx.supervisor.subscribe();
+    let replaced = async {
+        loop {
+            if status.changed().await.is_err() {
+                return;
+            }
+            if running_container(ctx, server).as_deref() != Some(container) {
+                return;
+            }
+        }
+    };
     let end = tokio::select! {
         end = attachment.ended.wait() => end,
+        _ = replaced => AttachEnd::OutputClosed,
         _ = stop.cancelled() => AttachEnd::MuxGone,
     };
     ctx.backends.withdraw(server);

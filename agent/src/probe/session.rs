@@ -13,6 +13,7 @@ use rmcp::transport::IntoTransport;
 use rmcp::ServiceExt;
 
 use super::tools::fingerprint_tool;
+use crate::gateway::jsonrpc;
 use super::{FailureKind, ProbeFailure, ProbeReport, ProbeStage};
 
 /// A server that keeps returning cursors is cut off here rather than listed forever.
@@ -174,10 +175,16 @@ pub(super) fn failure(
 }
 
 /// A JSON-RPC error object is a JSON-RPC failure, unless it is the protocol's own
-/// "unsupported protocol version" code.
+/// "unsupported protocol version" code, or one of the gateway's own answers for a server
+/// that went away (-32000, "connection closed") or did not answer in time (-32001): a probe
+/// through the gateway's session meets those instead of a broken pipe or its own timeout.
 fn code_kind(code: ErrorCode) -> FailureKind {
     if code == ErrorCode::UNSUPPORTED_PROTOCOL_VERSION {
         FailureKind::ProtocolVersion
+    } else if code == jsonrpc::CONNECTION_CLOSED {
+        FailureKind::Transport
+    } else if code == jsonrpc::REQUEST_TIMEOUT {
+        FailureKind::Timeout
     } else {
         FailureKind::JsonRpc
     }
