@@ -125,6 +125,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             metrics: metrics.clone(),
             backends,
             mux_limits: config.gateway.mux.clone(),
+            run: format!("{:016x}", fastrand::u64(..)),
         },
         config.servers.clone(),
         commands_rx,
@@ -191,7 +192,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     http_stop.cancel();
     let _ = http_task.await;
     if let Some(gateway) = gateway {
-        let _ = gateway.task.await;
+        // Each of its connections gets a bounded close; this only guards the whole.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(15), gateway.task).await;
     }
     let stats = spool.lock().stats();
     tracing::info!(

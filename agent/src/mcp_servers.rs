@@ -46,6 +46,8 @@ pub struct McpServersContext {
     pub backends: Backends,
     /// Limits of each stdio server's mux (`[gateway]`).
     pub mux_limits: MuxConfig,
+    /// This run's label on per-client containers (random per agent start).
+    pub run: String,
 }
 
 struct Active {
@@ -98,7 +100,7 @@ pub async fn run(
     // Containers keep running: the next agent adopts them. Client containers belong to
     // sessions that end with this agent: removed now (what is missed, the next start removes).
     if let Some(a) = &active {
-        let removal = a.api.remove_client_containers();
+        let removal = a.api.remove_client_containers(None);
         if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(10), removal).await {
             tracing::warn!(error = %e, "removing client containers at shutdown failed");
         }
@@ -136,9 +138,9 @@ fn start(
         shutdown.child_token(),
     );
     // Client containers of an earlier run (an agent killed with its sessions open) go first.
-    let orphans = api.clone();
+    let (orphans, run) = (api.clone(), ctx.run.clone());
     tokio::spawn(async move {
-        match orphans.remove_client_containers().await {
+        match orphans.remove_client_containers(Some(&run)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed client containers of an earlier run"),
             Err(e) => tracing::warn!(error = %e, "cannot list client containers of an earlier run"),
@@ -186,6 +188,9 @@ fn apply_gateway(
         }
     }
     bridges.apply(specs);
+    for spec in specs.iter().filter(|s| s.transport != Transport::Stdio) {
+        ctx.backends.set_pool(&spec.name, None);
+    }
     for spec in specs.iter().filter(|s| s.transport == Transport::Stdio) {
         let current = ctx.backends.pool(&spec.name);
         let pool = match spec.gateway_sessions {
@@ -206,6 +211,7 @@ fn apply_gateway(
                 ctx.metrics.traffic.clone(),
                 max_sessions,
                 warm_pool,
+                ctx.run.clone(),
                 shutdown.child_token(),
             )),
         };

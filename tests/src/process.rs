@@ -43,6 +43,20 @@ fn start_ready(
     addr: SocketAddr,
     ready_path: &str,
 ) -> Child {
+    try_start_ready(binary, config, log, envs, addr, ready_path)
+        .unwrap_or_else(|early| panic!("{binary} exited early: {early}"))
+}
+
+/// As [`start_ready`], but an early exit is returned (with the process's log) instead of a
+/// panic.
+fn try_start_ready(
+    binary: &str,
+    config: &Path,
+    log: &Path,
+    envs: &[(&str, &str)],
+    addr: SocketAddr,
+    ready_path: &str,
+) -> Result<Child, String> {
     let config = config.display().to_string();
     let mut child = spawn(binary, &["run", "--config", &config], log, envs);
     wait_for(
@@ -51,12 +65,12 @@ fn start_ready(
         || {
             if let Ok(Some(status)) = child.try_wait() {
                 let log = std::fs::read_to_string(log).unwrap_or_default();
-                panic!("{binary} exited early: {status}\n{log}");
+                return Some(Err(format!("{status}\n{log}")));
             }
-            matches!(http_get(addr, ready_path), Ok((200, _))).then_some(())
+            matches!(http_get(addr, ready_path), Ok((200, _))).then_some(Ok(()))
         },
-    );
-    child
+    )?;
+    Ok(child)
 }
 
 fn kill9(child: &mut Option<Child>) {
@@ -287,14 +301,43 @@ impl AgentProc {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        self.child = Some(start_ready(
-            "mcpwatch-agent",
-            &self.config,
-            &log,
-            &env,
-            self.metrics_addr,
-            "/healthz",
-        ));
+        // A port that was free when picked can be taken by another test's process before the
+        // agent binds it: pick another and try again (the log names the listener).
+        for attempt in 0.. {
+            let started = try_start_ready(
+                "mcpwatch-agent",
+                &self.config,
+                &log,
+                &env,
+                self.metrics_addr,
+                "/healthz",
+            );
+            let early = match started {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(early) => early,
+            };
+            let in_use = early.contains("Address already in use");
+            let gateway = early.contains("bind gateway listener");
+            let metrics = early.contains("bind metrics listener");
+            if attempt >= 3 || !in_use || !(gateway || metrics) {
+                panic!("mcpwatch-agent exited early: {early}");
+            }
+            let text = std::fs::read_to_string(&self.config).expect("agent config");
+            let (old, new) = if gateway {
+                let new = free_addr();
+                let old = std::mem::replace(&mut self.gateway_addr, new);
+                (old, new)
+            } else {
+                let new = free_addr();
+                let old = std::mem::replace(&mut self.metrics_addr, new);
+                (old, new)
+            };
+            let text = text.replace(&format!("\"{old}\""), &format!("\"{new}\""));
+            std::fs::write(&self.config, text).expect("agent config");
+        }
     }
 
     pub fn metrics(&self) -> String {

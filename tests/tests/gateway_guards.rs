@@ -172,6 +172,22 @@ async fn hostile_requests_are_refused_and_counted_and_bogus_tools_fold_into_othe
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
+    // A DNS-rebinding page: same-origin to the browser, so no Origin, but a foreign Host.
+    let mut rebound = headers(Some(TOKEN), None);
+    rebound.insert("host", HeaderValue::from_static("attacker.example:9470"));
+    let r = post(&http, &url, rebound, init.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Not JSON-RPC 2.0: refused before it could pin a session waiting for an answer.
+    let old = r#"{"id":1,"method":"tools/list"}"#;
+    let r = post(&http, &url, headers(Some(TOKEN), None), old.into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
     let mut text = headers(Some(TOKEN), None);
     text.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     let r = post(&http, &url, text, init.clone()).send().await.unwrap();

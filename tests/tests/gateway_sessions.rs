@@ -125,6 +125,45 @@ async fn per_client_sessions_get_their_own_containers_and_leave_none_behind() {
     drop(c);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_while_its_container_starts_leaves_no_container() {
+    let servers = format!(
+        "\n[[mcp_server]]\nname = \"lone\"\nimage = \"{}\"\nargs = [\"--transport\", \"stdio\"]\n\
+         transport = \"stdio\"\n[mcp_server.probe]\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
+         [mcp_server.gateway]\nsessions = \"per_client\"\nmax_sessions = 4\n",
+        fixture_image()
+    );
+    let rig = Rig::start(&servers);
+    rig.wait_events("lone", "probe_ok", 1);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = format!("http://{}/mcp/lone", rig.agent.gateway_addr);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "impatient", "version": "0"}}});
+    // Each client gives up long before a container can start (no warm pool).
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(50))
+        .build()
+        .expect("client");
+    for _ in 0..5 {
+        let r = impatient
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(init.to_string())
+            .send()
+            .await;
+        assert!(r.is_err(), "answered before a container could start: {r:?}");
+    }
+    // The starts finish in the background and, with nobody to take them and no warm pool,
+    // their containers are removed.
+    wait_for("no client container left", LONG, || {
+        let left = client_containers(&rig);
+        let starts = rig.agent_metric("mcpwatch_mcp_gateway_client_container_starts_total", "lone");
+        (left.is_empty() && starts >= Some(5.0)).then_some(())
+    });
+}
+
 /// Rules file shortening the two tool rules' windows (overrides by name).
 const SHORT_WINDOWS: &str = r#"
 [[rule]]

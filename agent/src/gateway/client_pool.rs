@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::call_event::CallSink;
@@ -22,7 +22,8 @@ use super::stdio_attach;
 use crate::supervisor::{DockerApi, McpServerSpec};
 
 /// Lines waiting in each direction of a client container's attach.
-const ATTACH_QUEUE: usize = 256;
+/// Few: a line may be 4 MiB, and the mux reads as fast as it routes.
+const ATTACH_QUEUE: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -54,9 +55,18 @@ pub struct ClientPool {
     max_sessions: usize,
     slots: Arc<Semaphore>,
     warm_target: usize,
-    warm: Mutex<Vec<Ready>>,
+    warm: Mutex<Warm>,
+    /// This agent run's label on its containers: the orphan sweep at start spares them.
+    run: String,
     pub stats: PoolStats,
     shutdown: CancellationToken,
+}
+
+/// The warm pool, and the starts under way that will fill it.
+#[derive(Default)]
+struct Warm {
+    ready: Vec<Ready>,
+    starting: usize,
 }
 
 /// A client session's container; dropping it removes the container.
@@ -87,6 +97,7 @@ fn remove_later(docker: &DockerApi, id: String) {
 }
 
 impl ClientPool {
+    #[allow(clippy::too_many_arguments)] // Each is a distinct part of the pool; no natural group.
     pub fn new(
         docker: DockerApi,
         spec: McpServerSpec,
@@ -94,6 +105,7 @@ impl ClientPool {
         sink: Arc<dyn CallSink>,
         max_sessions: usize,
         warm_pool: usize,
+        run: String,
         shutdown: CancellationToken,
     ) -> Arc<ClientPool> {
         let pool = Arc::new(ClientPool {
@@ -107,7 +119,8 @@ impl ClientPool {
             max_sessions,
             slots: Arc::new(Semaphore::new(max_sessions)),
             warm_target: warm_pool,
-            warm: Mutex::new(Vec::new()),
+            warm: Mutex::default(),
+            run,
             stats: PoolStats::default(),
             shutdown,
         });
@@ -124,32 +137,64 @@ impl ClientPool {
         self.max_sessions - self.slots.available_permits()
     }
 
+    fn warm(&self) -> std::sync::MutexGuard<'_, Warm> {
+        // Plain bookkeeping; a panic mid-update leaves it usable.
+        self.warm.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A session on a container of its own.
     pub async fn open(self: &Arc<Self>) -> Result<(ClientSession, Lease), PoolError> {
         let slot = Arc::clone(&self.slots)
             .try_acquire_owned()
             .map_err(|_| PoolError::Full(self.max_sessions))?;
-        let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let warm = self.warm().ready.pop();
         let ready = match warm {
             Some(r) => r,
-            None => self.start_one().await?,
+            None => self.start_detached().await?,
         };
-        self.refill();
+        // From here on the lease owns the container: dropped on any path, it is removed.
         let lease = Lease {
             id: ready.id.clone(),
             stop: ready.stop.clone(),
             docker: self.docker.clone(),
             _slot: slot,
         };
+        self.refill();
         match ready.mux.open_session().await {
             Ok(session) => Ok((session, lease)),
-            // The container exited between start and now; the lease removes it.
             Err(MuxError::Closed | MuxError::TooManySessions(_) | MuxError::InvalidConfig(_)) => {
                 Err(PoolError::Start(
                     "the client container ended at once".into(),
                 ))
             }
         }
+    }
+
+    /// Starts a container in a task of its own, so a client that hangs up during the start
+    /// cannot leave it behind: an orphaned start goes to the warm pool or is removed.
+    async fn start_detached(self: &Arc<Self>) -> Result<Ready, PoolError> {
+        let (tx, rx) = oneshot::channel();
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            let started = pool.start_one().await;
+            if let Err(Ok(ready)) = tx.send(started) {
+                pool.keep_or_remove(ready);
+            }
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(PoolError::Start("the start task ended".into())))
+    }
+
+    /// A started container nobody waits for: into the warm pool if it has room.
+    fn keep_or_remove(&self, ready: Ready) {
+        let mut warm = self.warm();
+        if warm.ready.len() < self.warm_target && !self.shutdown.is_cancelled() {
+            warm.ready.push(ready);
+            return;
+        }
+        drop(warm);
+        ready.stop.cancel();
+        remove_later(&self.docker, ready.id);
     }
 
     async fn start_one(&self) -> Result<Ready, PoolError> {
@@ -168,7 +213,7 @@ impl ClientPool {
         let start = |e: String| PoolError::Start(e);
         let id = self
             .docker
-            .start_client_container(&self.spec)
+            .start_client_container(&self.spec, &self.run)
             .await
             .map_err(|e| start(e.to_string()))?;
         let attached = match self.docker.client() {
@@ -204,24 +249,24 @@ impl ClientPool {
         }
     }
 
-    /// Starts containers in the background until the warm pool is full again.
+    /// Starts containers in the background until the warm pool is full again, counting the
+    /// starts already under way (so a burst of sessions cannot start more than the target).
     fn refill(self: &Arc<Self>) {
         let missing = {
-            let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-            self.warm_target.saturating_sub(warm.len())
+            let mut warm = self.warm();
+            let missing = self
+                .warm_target
+                .saturating_sub(warm.ready.len() + warm.starting);
+            warm.starting += missing;
+            missing
         };
         for _ in 0..missing {
             let pool = Arc::clone(self);
             tokio::spawn(async move {
-                if let Ok(ready) = pool.start_one().await {
-                    let mut warm = pool.warm.lock().unwrap_or_else(|p| p.into_inner());
-                    if warm.len() < pool.warm_target && !pool.shutdown.is_cancelled() {
-                        warm.push(ready);
-                        return;
-                    }
-                    drop(warm);
-                    ready.stop.cancel();
-                    remove_later(&pool.docker, ready.id);
+                let started = pool.start_one().await;
+                pool.warm().starting -= 1;
+                if let Ok(ready) = started {
+                    pool.keep_or_remove(ready);
                 }
             });
         }
@@ -231,7 +276,7 @@ impl ClientPool {
 impl Drop for ClientPool {
     fn drop(&mut self) {
         let warm = std::mem::take(self.warm.get_mut().unwrap_or_else(|p| p.into_inner()));
-        for ready in warm {
+        for ready in warm.ready {
             ready.stop.cancel();
             remove_later(&self.docker, ready.id);
         }

@@ -42,6 +42,8 @@ pub struct HttpSession {
     routes: Mutex<Routes>,
     last_used: Mutex<Instant>,
     ended: CancellationToken,
+    /// Longest wait of a POST for its answer (the mux's request timeout plus a margin).
+    pub answer_timeout: Duration,
     /// Messages for this session that had no stream to go to.
     pub undeliverable: AtomicU64,
 }
@@ -74,9 +76,12 @@ impl HttpSession {
             .elapsed()
     }
 
+    /// A request whose POST is still waiting, or an open GET stream. A request whose client
+    /// went away does not keep the session alive.
     fn busy(&self) -> bool {
         let routes = self.routes();
-        !routes.pending.is_empty() || routes.standalone.as_ref().is_some_and(|s| !s.is_closed())
+        routes.pending.values().any(|s| !s.is_closed())
+            || routes.standalone.as_ref().is_some_and(|s| !s.is_closed())
     }
 
     /// Registers a request before it is sent, so its answer cannot arrive unrouted.
@@ -140,12 +145,21 @@ impl HttpSession {
 }
 
 /// The sessions of the HTTP front, by `Mcp-Session-Id`. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HttpSessions {
     table: Arc<Mutex<HashMap<String, Arc<HttpSession>>>>,
+    answer_timeout: Duration,
 }
 
 impl HttpSessions {
+    /// `request_timeout` is the mux's: a POST waits for its answer a little longer.
+    pub fn new(request_timeout: Duration) -> HttpSessions {
+        HttpSessions {
+            table: Arc::default(),
+            answer_timeout: request_timeout + Duration::from_secs(5),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<HttpSession>>> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -166,6 +180,7 @@ impl HttpSessions {
             routes: Mutex::default(),
             last_used: Mutex::new(Instant::now()),
             ended: CancellationToken::new(),
+            answer_timeout: self.answer_timeout,
             undeliverable: AtomicU64::new(0),
         });
         if let Some(id) = &id {

@@ -70,7 +70,7 @@ pub async fn start(
         )?))),
         None => None,
     };
-    let sessions = HttpSessions::default();
+    let sessions = HttpSessions::new(config.mux.request_timeout);
     let app = http_front::router(FrontState {
         backends,
         sessions: sessions.clone(),

@@ -99,7 +99,7 @@ pub fn router(state: FrontState) -> Router {
             "/mcp/{server}",
             post(post_message).get(open_stream).delete(end_session),
         )
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -114,6 +114,14 @@ fn refuse(state: &FrontState, reason: &'static str, status: StatusCode, text: &s
 /// Origin and token, before anything else is read.
 async fn guard(State(state): State<FrontState>, request: Request, next: Next) -> Response {
     let headers = request.headers();
+    // On loopback, a request naming another host is a DNS-rebinding page (its same-origin
+    // GET carries no Origin); off loopback a token is required anyway.
+    if state.config.listen.ip().is_loopback() {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !host.is_some_and(host_is_loopback) {
+            return refuse(&state, "host", StatusCode::FORBIDDEN, "host not allowed");
+        }
+    }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = origin
             .to_str()
@@ -128,13 +136,12 @@ async fn guard(State(state): State<FrontState>, request: Request, next: Next) ->
         }
     }
     if !state.config.tokens.is_empty() {
-        let presented = bearer_token(headers).unwrap_or("");
-        // Every token is compared, so the time taken does not tell which one came close.
-        let ok = state
-            .config
-            .tokens
-            .iter()
-            .fold(false, |ok, t| constant_time_eq(presented, t.expose()) | ok);
+        // Digests are compared, every one of them, so the time taken tells neither a token's
+        // length nor which one came close.
+        let presented = digest(bearer_token(headers).unwrap_or(""));
+        let ok = state.config.tokens.iter().fold(false, |ok, t| {
+            constant_time_eq(&presented, &digest(t.expose())) | ok
+        });
         if !ok {
             let mut r = refuse(
                 &state,
@@ -148,10 +155,34 @@ async fn guard(State(state): State<FrontState>, request: Request, next: Next) ->
         }
     }
     let response = next.run(request).await;
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        (state.refused)("too_large");
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => (state.refused)("too_large"),
+        StatusCode::METHOD_NOT_ALLOWED => (state.refused)("method"),
+        // The fallback: no such route (unknown servers are counted by their handlers).
+        StatusCode::NOT_FOUND if response.headers().get(header::CONTENT_TYPE).is_none() => {
+            (state.refused)("no_route")
+        }
+        _ => {}
     }
     response
+}
+
+fn digest(token: &str) -> String {
+    mcpwatch_common::hex::encode(
+        ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+    )
+}
+
+/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port.
+fn host_is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "::1"
+    )
 }
 
 /// Loopback origins (any port, http or https) and the configured ones.
@@ -412,9 +443,22 @@ async fn request(
             "the server's session ended",
         )
     };
+    // The mux answers every request within its timeout; this bound only guards against a
+    // message that never comes (it would pin the POST and its session).
+    let deadline = tokio::time::Instant::now() + session.answer_timeout;
     loop {
-        let Some(first) = stream.recv().await else {
-            return closed();
+        let first = match tokio::time::timeout_at(deadline, stream.recv()).await {
+            Ok(Some(first)) => first,
+            Ok(None) => return closed(),
+            Err(_) => {
+                session.forget(&id);
+                return rpc_error(
+                    StatusCode::OK,
+                    Some(id),
+                    jsonrpc::REQUEST_TIMEOUT,
+                    "no answer in time",
+                );
+            }
         };
         if let Route::Response(_) = first.route {
             bytes
@@ -552,6 +596,28 @@ async fn end_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_hosts_pass_on_loopback() {
+        for ok in [
+            "127.0.0.1:9470",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:9470",
+            "127.0.0.1",
+        ] {
+            assert!(host_is_loopback(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9470",
+            "127.0.0.1.evil",
+            "[::2]:1",
+            "",
+        ] {
+            assert!(!host_is_loopback(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn origins_loopback_and_listed_only() {

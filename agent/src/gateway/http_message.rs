@@ -23,6 +23,9 @@ pub(super) fn rpc_error(
 /// What a POST body is, read without its params.
 #[derive(Deserialize)]
 struct Envelope {
+    /// Must be `"2.0"`: the mux refuses anything else, and a request it refuses without an
+    /// id could never be answered.
+    jsonrpc: Option<String>,
     /// `Some(Null)` for `"id": null`, which is no valid request id.
     #[serde(default, deserialize_with = "present")]
     id: Option<serde_json::Value>,
@@ -76,6 +79,9 @@ pub(super) fn classify(body: &Bytes) -> Result<(String, Kind), BadBody> {
             "body is not one JSON-RPC message",
         ));
     };
+    if envelope.jsonrpc.as_deref() != Some("2.0") {
+        return invalid("\"jsonrpc\": \"2.0\" is required");
+    }
     // A pretty-printed body would break the newline framing upstream: re-encode it.
     let line = if text.contains(['\n', '\r']) {
         match serde_json::from_str::<serde_json::Value>(text) {
@@ -132,6 +138,8 @@ mod tests {
         .unwrap();
         assert!(matches!(kind, Kind::Other));
         for bad in [
+            r#"{"id":1,"method":"tools/list"}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"tools/list"}"#,
             "[{}]",
             "{}",
             "not json",

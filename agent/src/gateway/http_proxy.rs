@@ -24,8 +24,9 @@ use super::call_event::{CallEvent, CallOutcome, CallSink};
 use super::http_message::{classify, rpc_error, Kind};
 use super::jsonrpc::{self, RequestId};
 
-/// Largest JSON answer read whole (an SSE stream is never held whole).
-const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// Largest JSON answer read whole, and largest SSE event scanned (an SSE stream is never
+/// held whole): the gateway's message limit.
+const MAX_ANSWER: usize = super::config::MAX_BODY;
 
 /// Headers passed from the client to the server, and back.
 const FORWARDED: &[&str] = &[
@@ -200,6 +201,8 @@ pub async fn forward(
     let upstream = match tokio::time::timeout(ctx.request_timeout, send).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
+            // Without the URL: its query could hold a credential.
+            let e = e.without_url();
             tracing::debug!(server = %ctx.server, error = %e, "gateway proxy: server unreachable");
             if let Some(m) = meter.as_mut() {
                 m.finish(CallOutcome::TransportError);

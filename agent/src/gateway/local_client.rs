@@ -11,11 +11,12 @@ use super::session_mux::{ClientSession, MuxError, MuxHandle};
 /// Longest line the probe may send; its requests are a few hundred bytes.
 const PIPE_BUFFER: usize = 64 * 1024;
 
-/// Opens a session on `mux` and returns the client's ends of a pipe carrying it.
+/// Opens a session on `mux` (on the slot reserved for the probe, so clients holding every
+/// other slot cannot fail it) and returns the client's ends of a pipe carrying it.
 pub async fn open_pipe(
     mux: &MuxHandle,
 ) -> Result<(ReadHalf<DuplexStream>, WriteHalf<DuplexStream>), MuxError> {
-    let session = mux.open_session().await?;
+    let session = mux.open_reserved_session().await?;
     let (client, ours) = tokio::io::duplex(PIPE_BUFFER);
     tokio::spawn(pump(session, ours));
     Ok(tokio::io::split(client))

@@ -27,7 +27,8 @@ use super::stdio_attach::{self, AttachEnd};
 use crate::supervisor::{DockerApi, McpServerSpec, ServerPhase, SupervisorHandle, Transport};
 
 /// Lines waiting in each direction of an attach.
-const ATTACH_QUEUE: usize = 256;
+/// Few: a line may be 4 MiB, and the mux reads as fast as it routes.
+const ATTACH_QUEUE: usize = 32;
 
 /// An attach that lasted this long was healthy: the next one starts from the shortest delay.
 const HEALTHY_ATTACH: Duration = Duration::from_secs(10);

@@ -83,6 +83,9 @@ pub enum FailureKind {
     JsonRpc,
     /// No protocol version both sides support.
     ProtocolVersion,
+    /// The gateway refused the probe's request because clients fill its in-flight limits:
+    /// the server is busy, not broken, so this never counts towards unhealthy.
+    Saturated,
 }
 
 impl FailureKind {
@@ -92,6 +95,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::JsonRpc => "jsonrpc",
             FailureKind::ProtocolVersion => "protocol_version",
+            FailureKind::Saturated => "saturated",
         }
     }
 }

@@ -50,7 +50,7 @@ pub fn series_help() -> &'static [(&'static str, &'static str, MetricKind)] {
         ),
         (
             "mcpwatch_server_probe_failures_total",
-            "Failed MCP probes by kind (transport, timeout, jsonrpc, protocol_version).",
+            "Failed MCP probes by kind (transport, timeout, jsonrpc, protocol_version, saturated).",
             Counter,
         ),
         (
@@ -189,7 +189,13 @@ impl ProbeScheduler {
                 SeriesKey::new("mcpwatch_server_probes_total", &[("server", s)]),
                 st.probes_total as f64,
             ));
-            for kind in ["transport", "timeout", "jsonrpc", "protocol_version"] {
+            for kind in [
+                "transport",
+                "timeout",
+                "jsonrpc",
+                "protocol_version",
+                "saturated",
+            ] {
                 out.push((
                     SeriesKey::new(
                         "mcpwatch_server_probe_failures_total",
@@ -380,7 +386,14 @@ async fn probe_loop(
         if let Some((kind, detail)) = drift_event {
             emit(&events, &name, kind, detail).await;
         }
-        supervisor.report_probe(&name, report.ok).await;
+        // A probe refused by a saturated gateway says nothing about the server's health.
+        let saturated = report
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.kind == probe::FailureKind::Saturated);
+        if !saturated {
+            supervisor.report_probe(&name, report.ok).await;
+        }
     }
 }
 

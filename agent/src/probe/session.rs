@@ -13,8 +13,8 @@ use rmcp::transport::IntoTransport;
 use rmcp::ServiceExt;
 
 use super::tools::fingerprint_tool;
-use crate::gateway::jsonrpc;
 use super::{FailureKind, ProbeFailure, ProbeReport, ProbeStage};
+use crate::gateway::jsonrpc;
 
 /// A server that keeps returning cursors is cut off here rather than listed forever.
 const MAX_PAGES: usize = 100;
@@ -185,6 +185,8 @@ fn code_kind(code: ErrorCode) -> FailureKind {
         FailureKind::Transport
     } else if code == jsonrpc::REQUEST_TIMEOUT {
         FailureKind::Timeout
+    } else if code == jsonrpc::OVER_LIMIT {
+        FailureKind::Saturated
     } else {
         FailureKind::JsonRpc
     }

@@ -12,15 +12,20 @@ use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions};
 use super::container_template::{
     container_name, create_body, LABEL_AGENT, LABEL_MANAGED, MANAGED_CLIENT,
 };
+
+/// The agent run that started a client container.
+pub const LABEL_RUN: &str = "mcpwatch.run";
 use super::docker::{timed, DockerApi, DockerError, CALL_TIMEOUT};
 use super::spec::McpServerSpec;
 
 impl DockerApi {
-    /// Creates and starts a client container for `spec`; returns its id. A container that
-    /// was created but did not start is removed again.
+    /// Creates and starts a client container for `spec`, labelled with this agent `run`;
+    /// returns its id. A container that was created but did not start is removed again (by
+    /// name when the create call itself failed or timed out).
     pub async fn start_client_container(
         &self,
         spec: &McpServerSpec,
+        run: &str,
     ) -> Result<String, DockerError> {
         let name = format!(
             "{}-c{:08x}",
@@ -30,9 +35,10 @@ impl DockerApi {
         let mut body = create_body(self.agent_id(), spec);
         if let Some(labels) = body.labels.as_mut() {
             labels.insert(LABEL_MANAGED.into(), MANAGED_CLIENT.into());
+            labels.insert(LABEL_RUN.into(), run.into());
         }
         let opts = CreateContainerOptions {
-            name: Some(name),
+            name: Some(name.clone()),
             ..Default::default()
         };
         let created = timed(
@@ -40,7 +46,15 @@ impl DockerApi {
             CALL_TIMEOUT,
             self.client()?.create_container(Some(opts), body),
         )
-        .await?;
+        .await;
+        let created = match created {
+            Ok(c) => c,
+            Err(e) => {
+                // A create that timed out may still have happened.
+                let _ = self.remove(&name).await;
+                return Err(e);
+            }
+        };
         if let Err(e) = self.start(&created.id).await {
             let _ = self.remove(&created.id).await;
             return Err(e);
@@ -48,9 +62,9 @@ impl DockerApi {
         Ok(created.id)
     }
 
-    /// Removes every client container of this agent (orphans of an earlier run); returns how
-    /// many.
-    pub async fn remove_client_containers(&self) -> Result<usize, DockerError> {
+    /// Removes this agent's client containers, except those of run `keep` (the orphans of
+    /// earlier runs at start, or all of them at shutdown); returns how many.
+    pub async fn remove_client_containers(&self, keep: Option<&str>) -> Result<usize, DockerError> {
         let filters = HashMap::from([(
             "label".to_owned(),
             vec![
@@ -70,7 +84,20 @@ impl DockerApi {
         )
         .await?;
         let mut removed = 0;
-        for id in list.into_iter().filter_map(|c| c.id) {
+        let of_kept_run = |c: &bollard::models::ContainerSummary| {
+            keep.is_some_and(|run| {
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_RUN))
+                    .map(String::as_str)
+                    == Some(run)
+            })
+        };
+        for id in list
+            .into_iter()
+            .filter(|c| !of_kept_run(c))
+            .filter_map(|c| c.id)
+        {
             self.remove(&id).await?;
             removed += 1;
         }

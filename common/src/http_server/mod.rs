@@ -30,6 +30,9 @@ use crate::tls::Reloadable;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// How long an open request may still take once the server shuts down.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     let value = headers
@@ -226,8 +229,10 @@ where
             }
         }
     }
-    // Closes an idle connection at once; one mid-request gets its answer first.
+    // Closes an idle connection at once; one mid-request gets its answer first, within
+    // CLOSE_GRACE (a stream that never ends, or a client that stops reading, must not hold
+    // the process at shutdown).
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
     why
 }

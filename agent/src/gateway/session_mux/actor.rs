@@ -49,6 +49,7 @@ impl SessionMux {
             control: control_tx,
             input: input_tx,
             session_slots: Arc::new(Semaphore::new(config.max_sessions)),
+            reserved_slot: Arc::new(Semaphore::new(1)),
             next_session: Arc::new(AtomicU64::new(1)),
             stats,
             config,
@@ -90,8 +91,11 @@ async fn run(
                         init_waits: 0,
                     };
                     state.sessions.insert(id, session);
-                    // The opener may have given up waiting; the session then closes by Drop.
-                    let _ = opened.send(());
+                    // An opener that gave up waiting never built its `ClientSession`, so no
+                    // Drop will close this one: close it here.
+                    if opened.send(()).is_err() {
+                        state.end_session(id, Instant::now());
+                    }
                 }
                 Some(Control::Close(id)) => state.end_session(id, Instant::now()),
                 // Every handle and session is gone: nobody is left to serve.

@@ -187,6 +187,9 @@ pub struct MuxHandle {
     control: mpsc::UnboundedSender<Control>,
     input: mpsc::Sender<(SessionId, String)>,
     session_slots: Arc<Semaphore>,
+    /// One session beyond `max_sessions`, for the agent's own probe: clients that take every
+    /// slot cannot make the probe fail and the server be restarted under everyone.
+    reserved_slot: Arc<Semaphore>,
     next_session: Arc<AtomicU64>,
     stats: Arc<MuxStats>,
     config: Arc<MuxConfig>,
@@ -199,6 +202,18 @@ impl MuxHandle {
         let permit = Arc::clone(&self.session_slots)
             .try_acquire_owned()
             .map_err(|_| MuxError::TooManySessions(self.config.max_sessions))?;
+        self.open_with(permit).await
+    }
+
+    /// A session on the slot kept for the agent's probe (one at a time).
+    pub async fn open_reserved_session(&self) -> Result<ClientSession, MuxError> {
+        let permit = Arc::clone(&self.reserved_slot)
+            .try_acquire_owned()
+            .map_err(|_| MuxError::TooManySessions(1))?;
+        self.open_with(permit).await
+    }
+
+    async fn open_with(&self, permit: OwnedSemaphorePermit) -> Result<ClientSession, MuxError> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (to_client, from_mux) = mpsc::channel(self.config.session_queue);
         let (opened, is_open) = oneshot::channel();
