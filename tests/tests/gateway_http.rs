@@ -73,10 +73,41 @@ async fn a_supervised_http_server_is_proxied_and_measured() {
         (counted(&rig, "web", "echo", "ok") == Some(1.0)).then_some(())
     });
     assert_eq!(counted(&rig, "web", "add", "tool_error"), Some(1.0));
-    let m = rig.agent.metrics();
+    // The server answers in SSE; the gateway passes the stream and its session id through.
+    let raw = reqwest::Client::new()
+        .post(&through)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("initialize through the proxy");
+    assert_eq!(raw.status(), 200);
+    let content_type = raw.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    assert!(raw.headers().contains_key("mcp-session-id"));
+    let body = raw.text().await.expect("SSE body");
+    assert!(
+        body.contains("data:") && body.contains("mcpwatch-mcp-fixture"),
+        "{body}"
+    );
     let initialize =
         r#"mcpwatch_mcp_requests_total{server="web",method="initialize",outcome="ok"}"#;
-    assert_eq!(metric(&m, initialize), Some(1.0), "{m}");
+    wait_for("both initializes counted", LONG, || {
+        (metric(&rig.agent.metrics(), initialize) == Some(2.0)).then_some(())
+    });
+    let m = rig.agent.metrics();
     mcpwatch_tests::promtool_check("agent proxying an http server", &m);
 }
 
