@@ -523,7 +523,7 @@ fn api_hosts_series_and_query_range_tiers_and_cap() {
     let r = f.admin.get("/api/v1/series?host=web-1");
     assert_eq!(r.status, 200, "{}", r.body);
     let n_web1 = r.json()["items"].as_array().expect("items").len();
-    assert_eq!(n_web1, 4 + 11 + 1);
+    assert_eq!(n_web1, 4 + 12 + 1);
     let r = f.admin.get(&format!(
         "/api/v1/series?name=mcpwatch_host_cpu_usage_ratio&match={}",
         enc(r#"{cpu="total"}"#)

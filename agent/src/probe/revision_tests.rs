@@ -130,14 +130,11 @@ async fn an_ignored_discover_is_a_handshake_timeout() {
     assert!(started.elapsed() < timeout * 4, "{:?}", started.elapsed());
 }
 
-/// A scripted stdio server as rmcp builds one narrowed to revisions before 2026-07-28: it
-/// knows `server/discover` and refuses it -32022 listing only `supported`, then serves
-/// `initialize` at the first of them. Records the methods it received.
-async fn narrowed_server(
-    pipe: DuplexStream,
-    supported: Vec<&'static str>,
-    seen: Arc<Mutex<Vec<String>>>,
-) {
+/// The methods a scripted server received, in order.
+type Seen = Arc<Mutex<Vec<String>>>;
+
+/// A scripted stdio server: `answer(method)` gives each request's `result` or `error` member.
+async fn scripted(pipe: DuplexStream, seen: Seen, answer: impl Fn(&str) -> Value) {
     let (r, mut w) = tokio::io::split(pipe);
     let mut lines = BufReader::new(r).lines();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -149,27 +146,57 @@ async fn narrowed_server(
         let Some(id) = msg.get("id").cloned() else {
             continue; // notifications
         };
-        let result = match method.as_str() {
-            "server/discover" => {
-                let error = json!({"code": -32022, "message": "Unsupported protocol version",
-                    "data": {"requested": "2026-07-28", "supported": supported}});
-                json!({"jsonrpc": "2.0", "id": id, "error": error})
-            }
-            "initialize" => json!({"jsonrpc": "2.0", "id": id, "result": {
-                "protocolVersion": supported[0], "capabilities": {"tools": {}},
-                "serverInfo": {"name": "narrowed", "version": "1"}}}),
-            "tools/list" => json!({"jsonrpc": "2.0", "id": id, "result": {"tools": []}}),
-            _ => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
-        };
-        if w.write_all(format!("{result}\n").as_bytes()).await.is_err() {
+        let mut reply = answer(&method);
+        reply["jsonrpc"] = json!("2.0");
+        reply["id"] = id;
+        if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
             break;
         }
     }
 }
 
+/// As rmcp builds a server narrowed to revisions before 2026-07-28: it knows
+/// `server/discover` and refuses it -32022 listing only `supported`, then serves `initialize`
+/// at the first of them.
+async fn narrowed_server(pipe: DuplexStream, supported: Vec<&'static str>, seen: Seen) {
+    scripted(pipe, seen, |method| match method {
+        "server/discover" => json!({"error": {"code": -32022,
+            "message": "Unsupported protocol version",
+            "data": {"requested": "2026-07-28", "supported": supported}}}),
+        "initialize" => json!({"result": {"protocolVersion": supported[0],
+            "capabilities": {"tools": {}}, "serverInfo": {"name": "narrowed", "version": "1"}}}),
+        "tools/list" => json!({"result": {"tools": []}}),
+        _ => json!({"result": {}}),
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_failed_fallback_names_both_answers() {
+    // rmcp's own message for it ("discover and legacy initialize both failed") names neither.
+    let seen = Seen::default();
+    let r = over_pipe(|pipe| {
+        scripted(pipe, seen, |method| match method {
+            "server/discover" => json!({"error": {"code": -32601, "message": "no such method"}}),
+            _ => json!({"error": {"code": -32603, "message": "initialize is on fire"}}),
+        })
+    })
+    .await;
+    let f = r.failure.expect("probe should have failed");
+    assert_eq!(
+        (f.stage, f.kind),
+        (ProbeStage::Initialize, FailureKind::JsonRpc)
+    );
+    assert!(
+        f.message.contains("initialize is on fire") && f.message.contains("no such method"),
+        "{}",
+        f.message
+    );
+}
+
 #[tokio::test]
 async fn discover_refused_for_older_revisions_only_falls_back_to_initialize() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Seen::default();
     let log = seen.clone();
     let r = over_pipe(|pipe| narrowed_server(pipe, vec!["2025-06-18"], log)).await;
     assert_eq!(r.failure, None, "{r:?}");
@@ -192,7 +219,7 @@ async fn discover_refused_for_older_revisions_only_falls_back_to_initialize() {
 #[tokio::test]
 async fn discover_refused_listing_only_unknown_newer_revisions_is_a_version_failure() {
     // Nothing to fall back to: the refusal is kept and the probe names the version problem.
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Seen::default();
     let log = seen.clone();
     let r = over_pipe(|pipe| narrowed_server(pipe, vec!["2099-01-01"], log)).await;
     let f = r.failure.expect("probe should have failed");

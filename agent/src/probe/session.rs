@@ -39,6 +39,20 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Longest failure message kept: rmcp errors can embed whole JSON-RPC messages.
 const MAX_MESSAGE: usize = 512;
 
+/// A failed handshake. rmcp's message for a failed fallback names neither answer, so both
+/// are spelled out.
+fn init_failure(e: &ClientInitializeError) -> ProbeFailure {
+    let kind = init_kind(e);
+    match e {
+        ClientInitializeError::LegacyFallbackFailed { discover, fallback } => failure(
+            ProbeStage::Initialize,
+            kind,
+            &format!("initialize: {fallback} (after server/discover: {discover})"),
+        ),
+        _ => failure(ProbeStage::Initialize, kind, e),
+    }
+}
+
 /// Runs the stages over `transport`, filling `report`. Returns when the session is closed.
 pub(super) async fn run<T, E, A>(transport: T, timeout: Duration, report: &mut ProbeReport)
 where
@@ -50,7 +64,7 @@ where
     let mut client = match tokio::time::timeout(timeout, serve).await {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => {
-            report.failure = Some(failure(ProbeStage::Initialize, init_kind(&e), &e));
+            report.failure = Some(init_failure(&e));
             return;
         }
         Err(_) => {
@@ -71,7 +85,7 @@ where
 /// The client's startup over `transport` (see the module comment). Not an `async fn`: the
 /// returned future is `Send` by its signature, so the transport type `into_transport` yields
 /// stays inside it and callers' futures need not prove that type `Send` for every lifetime
-/// (rustc cannot, for the stdio probe's transport).
+/// (rustc fails to for the probe's transports: "`Send` is not general enough").
 fn start<T, E, A>(
     transport: T,
 ) -> impl Future<Output = Result<RunningService<RoleClient, ClientConfig>, ClientInitializeError>>
@@ -233,11 +247,9 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for LegacyDiscover<T> {
         self.inner.send(item)
     }
 
-    fn receive(&mut self) -> impl Future<Output = Option<ServerJsonRpcMessage>> + Send {
-        async move {
-            let message = self.inner.receive().await?;
-            Some(self.answered(message))
-        }
+    async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
+        let message = self.inner.receive().await?;
+        Some(self.answered(message))
     }
 
     fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {

@@ -182,7 +182,10 @@ mod tests {
                 ("server_version", "1.2"),
             ],
         );
-        assert_eq!(info_series(&lock(&shared)["srv"]), [want.clone()]);
+        assert_eq!(
+            info_series(&lock(&shared)["srv"]),
+            std::slice::from_ref(&want)
+        );
 
         // A revision this agent does not know (the probe fails on it) leaves the last one.
         let unknown = ProbeReport {
