@@ -217,6 +217,15 @@ fn server_samples(now: i64) -> Vec<(SeriesKey, i64, f64)> {
         ),
         s("mcpwatch_server_tools", &[], 5.0),
         s("mcpwatch_server_tool_drift", &[], 1.0),
+        s(
+            "mcpwatch_server_info",
+            &[
+                ("protocol_version", "2026-07-28"),
+                ("server_name", "files"),
+                ("server_version", "1.0"),
+            ],
+            1.0,
+        ),
     ]
 }
 
@@ -514,7 +523,7 @@ fn api_hosts_series_and_query_range_tiers_and_cap() {
     let r = f.admin.get("/api/v1/series?host=web-1");
     assert_eq!(r.status, 200, "{}", r.body);
     let n_web1 = r.json()["items"].as_array().expect("items").len();
-    assert_eq!(n_web1, 4 + 11 + 1);
+    assert_eq!(n_web1, 4 + 12 + 1);
     let r = f.admin.get(&format!(
         "/api/v1/series?name=mcpwatch_host_cpu_usage_ratio&match={}",
         enc(r#"{cpu="total"}"#)
@@ -759,6 +768,9 @@ fn api_hosts_servers_control_and_revocation() {
         s["probe_latency_seconds"],
         json!({"initialize": 0.012, "tools_list": 0.004, "ping": 0.001})
     );
+    assert_eq!(s["protocol_version"], "2026-07-28");
+    assert_eq!(s["server_name"], "files");
+    assert_eq!(s["server_version"], "1.0");
     assert_eq!(s["events"][0]["kind"], "probe_ok");
     assert_eq!(s["events"].as_array().expect("events").len(), 3);
     // db-1 has only events for `pg`: its state comes from them.

@@ -15,10 +15,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::{Backends, TrafficMetrics};
 use crate::probe::{self, ProbeReport, ProbeTarget, ToolDrift, ToolSurface};
-use crate::sampler::MetricKind;
 use crate::supervisor::{
     McpServerSpec, ServerEvent, ServerPhase, ServerStatus, SupervisorHandle, Transport,
 };
+
+mod series;
+
+pub use series::series_help;
+use series::{server_samples, ServerInfo};
 
 /// Event kinds the probe scheduler emits (the supervisor's are in `supervisor::kind`).
 pub mod kind {
@@ -29,47 +33,11 @@ pub mod kind {
     pub const DRIFT_APPROVED: &str = "drift_approved";
 }
 
-/// HELP and TYPE of the series [`ProbeScheduler::samples`] produces, for the agent's /metrics.
-pub fn series_help() -> &'static [(&'static str, &'static str, MetricKind)] {
-    use MetricKind::{Counter, Gauge};
-    &[
-        (
-            "mcpwatch_server_probe_up",
-            "1 when the last MCP probe (initialize, tools/list, ping) succeeded.",
-            Gauge,
-        ),
-        (
-            "mcpwatch_server_probe_latency_seconds",
-            "Latency of each stage of the last successful-so-far MCP probe.",
-            Gauge,
-        ),
-        (
-            "mcpwatch_server_probes_total",
-            "MCP probes run against the server.",
-            Counter,
-        ),
-        (
-            "mcpwatch_server_probe_failures_total",
-            "Failed MCP probes by kind (transport, timeout, jsonrpc, protocol_version, saturated).",
-            Counter,
-        ),
-        (
-            "mcpwatch_server_tools",
-            "Tools the server listed in its last successful probe.",
-            Gauge,
-        ),
-        (
-            "mcpwatch_server_tool_drift",
-            "1 while the tool surface differs from the approved one.",
-            Gauge,
-        ),
-    ]
-}
-
 /// What the probe scheduler knows about one server, for metrics and approval.
 #[derive(Debug, Default)]
 struct State {
     last: Option<ProbeReport>,
+    info: Option<ServerInfo>,
     failures_by_kind: BTreeMap<&'static str, u64>,
     probes_total: u64,
     /// Approved tool surface (persisted); the first successful probe sets it.
@@ -163,57 +131,7 @@ impl ProbeScheduler {
     pub fn samples(&self) -> Vec<(SeriesKey, f64)> {
         let mut out = Vec::new();
         for (server, st) in lock(&self.shared).iter() {
-            let s = server.as_str();
-            let Some(last) = &st.last else { continue };
-            out.push((
-                SeriesKey::new("mcpwatch_server_probe_up", &[("server", s)]),
-                if last.ok { 1.0 } else { 0.0 },
-            ));
-            let stages = [
-                ("initialize", last.stage_latency.initialize),
-                ("tools_list", last.stage_latency.tools_list),
-                ("ping", last.stage_latency.ping),
-            ];
-            for (stage, latency) in stages {
-                if let Some(d) = latency {
-                    out.push((
-                        SeriesKey::new(
-                            "mcpwatch_server_probe_latency_seconds",
-                            &[("server", s), ("stage", stage)],
-                        ),
-                        d.as_secs_f64(),
-                    ));
-                }
-            }
-            out.push((
-                SeriesKey::new("mcpwatch_server_probes_total", &[("server", s)]),
-                st.probes_total as f64,
-            ));
-            for kind in [
-                "transport",
-                "timeout",
-                "jsonrpc",
-                "protocol_version",
-                "saturated",
-            ] {
-                out.push((
-                    SeriesKey::new(
-                        "mcpwatch_server_probe_failures_total",
-                        &[("server", s), ("kind", kind)],
-                    ),
-                    st.failures_by_kind.get(kind).copied().unwrap_or(0) as f64,
-                ));
-            }
-            if last.ok {
-                out.push((
-                    SeriesKey::new("mcpwatch_server_tools", &[("server", s)]),
-                    last.tools.len() as f64,
-                ));
-            }
-            out.push((
-                SeriesKey::new("mcpwatch_server_tool_drift", &[("server", s)]),
-                if st.drift.is_some() { 1.0 } else { 0.0 },
-            ));
+            server_samples(server, st, &mut out);
         }
         out
     }
@@ -368,7 +286,11 @@ async fn probe_loop(
                     report.tools.len(),
                     ms(report.stage_latency.initialize),
                     ms(report.stage_latency.tools_list),
-                    ms(report.stage_latency.ping),
+                    // A successful probe without ping: the revision has none (2026-07-28).
+                    report
+                        .stage_latency
+                        .ping
+                        .map_or_else(|| "skipped".to_owned(), |d| ms(Some(d))),
                 );
                 emit(&events, &name, kind::PROBE_OK, detail).await;
             }
@@ -407,6 +329,9 @@ fn record(
     let mut all = lock(shared);
     let st = all.entry(name.to_owned()).or_default();
     st.probes_total += 1;
+    if let Some(info) = ServerInfo::of(report) {
+        st.info = Some(info);
+    }
     if let Some(f) = &report.failure {
         *st.failures_by_kind.entry(f.kind.as_str()).or_default() += 1;
     }

@@ -1,16 +1,31 @@
-//! One MCP client session over any rmcp transport: `initialize` → `tools/list` (every page) →
-//! `ping`, each stage under the same timeout, timed, and its failure classified.
+//! One MCP client session over any rmcp transport: the handshake → `tools/list` (every page)
+//! → `ping`, each stage under the same timeout, timed, and its failure classified.
+//!
+//! The revision is negotiated per server with rmcp's `Auto` client startup: `server/discover`
+//! at 2026-07-28 first, then, when the server answers it as a server that predates it (any
+//! JSON-RPC error other than a modern rejection; over HTTP also a 4xx), `initialize` at
+//! 2025-11-25 on the same connection. The stage named `initialize` (`ProbeStage::Initialize`,
+//! label `stage="initialize"`) is that whole handshake: its latency is the discover round
+//! trip for a 2026-07-28 server, discover plus `initialize` for an older one. 2026-07-28 has
+//! no `ping` (rmcp's server answers it -32601 there), so for that revision the ping stage is
+//! skipped: the probe succeeds with `stage_latency.ping` left `None`.
+//!
+//! rmcp's `Auto` startup waits 10 s for an ignored `server/discover` before falling back; the
+//! probe's stage timeout bounds the whole handshake, so a server that never answers unknown
+//! methods fails the probe when that timeout is shorter.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, Implementation,
-    PaginatedRequestParams, PingRequest, ProtocolVersion, ServerResult, Tool,
+    ClientCapabilities, ClientConfig, ClientJsonRpcMessage, ClientRequest, ErrorCode, ErrorData,
+    Implementation, PaginatedRequestParams, PingRequest, ProtocolVersion, RequestId,
+    ServerJsonRpcMessage, ServerResult, Tool,
 };
 use rmcp::service::{ClientInitializeError, RoleClient, RunningService, ServiceError};
-use rmcp::transport::IntoTransport;
-use rmcp::ServiceExt;
+use rmcp::transport::{IntoTransport, Transport};
+use rmcp::{ClientLifecycleMode, ClientServiceExt};
 
 use super::tools::fingerprint_tool;
 use super::{FailureKind, ProbeFailure, ProbeReport, ProbeStage};
@@ -25,24 +40,32 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Longest failure message kept: rmcp errors can embed whole JSON-RPC messages.
 const MAX_MESSAGE: usize = 512;
 
+/// A failed handshake. rmcp's message for a failed fallback names neither answer, so both
+/// are spelled out.
+fn init_failure(e: &ClientInitializeError) -> ProbeFailure {
+    let kind = init_kind(e);
+    match e {
+        ClientInitializeError::LegacyFallbackFailed { discover, fallback } => failure(
+            ProbeStage::Initialize,
+            kind,
+            &format!("initialize: {fallback} (after server/discover: {discover})"),
+        ),
+        _ => failure(ProbeStage::Initialize, kind, e),
+    }
+}
+
 /// Runs the stages over `transport`, filling `report`. Returns when the session is closed.
 pub(super) async fn run<T, E, A>(transport: T, timeout: Duration, report: &mut ProbeReport)
 where
     T: IntoTransport<RoleClient, E, A>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let client_info = ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("mcpwatch-agent", env!("CARGO_PKG_VERSION")),
-    )
-    // The newest revision with an `initialize` handshake: later ones dropped it and `ping`.
-    .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE);
-
     let started = Instant::now();
-    let mut client = match tokio::time::timeout(timeout, client_info.serve(transport)).await {
+    let serve = start(transport);
+    let mut client = match tokio::time::timeout(timeout, serve).await {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => {
-            report.failure = Some(failure(ProbeStage::Initialize, init_kind(&e), &e));
+            report.failure = Some(init_failure(&e));
             return;
         }
         Err(_) => {
@@ -60,28 +83,63 @@ where
     let _ = client.close_with_timeout(CLOSE_GRACE.min(timeout)).await;
 }
 
-/// Everything after `initialize`: version check, tools, ping.
+/// The client's startup over `transport` (see the module comment). Not an `async fn`: the
+/// returned future is `Send` by its signature, so the transport type `into_transport` yields
+/// stays inside it and callers' futures need not prove that type `Send` for every lifetime
+/// (rustc fails to for the probe's transports: "`Send` is not general enough").
+fn start<T, E, A>(
+    transport: T,
+) -> impl Future<Output = Result<RunningService<RoleClient, ClientConfig>, ClientInitializeError>>
+       + Send
+       + 'static
+where
+    T: IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let client_info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("mcpwatch-agent", env!("CARGO_PKG_VERSION")),
+    )
+    // What `initialize` asks for when the server turns out to predate `server/discover`.
+    .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE);
+    let lifecycle = ClientLifecycleMode::Auto {
+        // Newest first: every revision rmcp knows that negotiates through `server/discover`.
+        preferred_versions: ProtocolVersion::KNOWN_VERSIONS
+            .iter()
+            .rev()
+            .filter(|v| !v.has_initialize())
+            .cloned()
+            .collect(),
+        legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
+    };
+    client_info.serve_with_lifecycle(LegacyDiscover::new(transport.into_transport()), lifecycle)
+}
+
+/// Everything after the handshake: version check, tools, ping (before 2026-07-28).
 async fn stages(
     client: &RunningService<RoleClient, ClientConfig>,
     timeout: Duration,
     report: &mut ProbeReport,
 ) -> Result<(), ProbeFailure> {
+    // rmcp's client sets the peer's information in both startups before it returns.
+    let mut has_ping = true;
     if let Some(info) = client.peer_info() {
         report.protocol_version = Some(info.protocol_version.to_string());
         if let Some(server) = &info.server_info {
             report.server_name = Some(server.name.clone());
             report.server_version = Some(server.version.clone());
         }
-        // rmcp accepts whatever version the server answers; the probe insists on one it and
-        // this SDK both know, over the handshake it just used.
+        // rmcp accepts whatever version a server answers to `initialize`; the probe insists
+        // on one it and this SDK both know.
         let v = &info.protocol_version;
-        if !(v.has_initialize() && ProtocolVersion::KNOWN_VERSIONS.contains(v)) {
+        if !ProtocolVersion::KNOWN_VERSIONS.contains(v) {
             return Err(ProbeFailure {
                 stage: ProbeStage::Initialize,
                 kind: FailureKind::ProtocolVersion,
                 message: format!("server answered with unsupported protocol version {v}"),
             });
         }
+        has_ping = v.has_initialize();
     }
 
     let started = Instant::now();
@@ -93,6 +151,9 @@ async fn stages(
     report.stage_latency.tools_list = Some(started.elapsed());
     report.tools = tools.iter().map(fingerprint_tool).collect();
 
+    if !has_ping {
+        return Ok(());
+    }
     let started = Instant::now();
     let ping = client.send_request(ClientRequest::PingRequest(PingRequest::default()));
     match tokio::time::timeout(timeout, ping).await {
@@ -109,6 +170,99 @@ async fn stages(
     }
     report.stage_latency.ping = Some(started.elapsed());
     Ok(())
+}
+
+/// The probe's client transport: `T` with one rewrite. A server built on an SDK that knows
+/// `server/discover` but is pinned to revisions before 2026-07-28 (rmcp's own, narrowed with
+/// `supported_protocol_versions`) answers discover -32022 "unsupported protocol version" with
+/// only `initialize` revisions in `data.supported`. rmcp's `Auto` startup then gives up (it
+/// only retries discover at a listed version it prefers), although the server would answer
+/// `initialize`; this turns that one answer into -32601, which makes `Auto` fall back.
+struct LegacyDiscover<T> {
+    inner: T,
+    /// The id of the `server/discover` request not yet answered.
+    discover: Option<RequestId>,
+}
+
+impl<T> LegacyDiscover<T> {
+    fn new(inner: T) -> LegacyDiscover<T> {
+        LegacyDiscover {
+            inner,
+            discover: None,
+        }
+    }
+
+    /// `message` as the client sees it: the discover refusal rewritten, if it is one.
+    fn answered(&mut self, mut message: ServerJsonRpcMessage) -> ServerJsonRpcMessage {
+        let (Some(sent), ServerJsonRpcMessage::Error(e)) = (&self.discover, &mut message) else {
+            return message;
+        };
+        // As rmcp does, an error without an id answers the request in flight.
+        let answers_discover = match &e.id {
+            None => true,
+            Some(got) => same_id(sent, got),
+        };
+        if answers_discover {
+            self.discover = None;
+            if let Some(rewritten) = Self::rewrite(&e.error) {
+                e.error = rewritten;
+            }
+        }
+        message
+    }
+
+    /// The replacement for a discover answer, if it lists only `initialize` revisions.
+    fn rewrite(error: &ErrorData) -> Option<ErrorData> {
+        if error.code != ErrorCode::UNSUPPORTED_PROTOCOL_VERSION {
+            return None;
+        }
+        let supported = error.data.as_ref()?.get("supported")?.clone();
+        let supported: Vec<ProtocolVersion> = serde_json::from_value(supported).ok()?;
+        if supported.is_empty() || !supported.iter().all(ProtocolVersion::has_initialize) {
+            return None;
+        }
+        let listed: Vec<&str> = supported.iter().map(ProtocolVersion::as_str).collect();
+        Some(ErrorData::new(
+            ErrorCode::METHOD_NOT_FOUND,
+            format!(
+                "server/discover: the server speaks only {} (over initialize)",
+                listed.join(", ")
+            ),
+            None,
+        ))
+    }
+}
+
+impl<T: Transport<RoleClient>> Transport<RoleClient> for LegacyDiscover<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: ClientJsonRpcMessage,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        if let ClientJsonRpcMessage::Request(r) = &item {
+            if matches!(r.request, ClientRequest::DiscoverRequest(_)) {
+                self.discover = Some(r.id.clone());
+            }
+        }
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<ServerJsonRpcMessage> {
+        let message = self.inner.receive().await?;
+        Some(self.answered(message))
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
+    }
+}
+
+/// rmcp's correlation rule: a numeric id may come back as its decimal string.
+fn same_id(sent: &RequestId, got: &RequestId) -> bool {
+    sent == got
+        || matches!((sent, got), (RequestId::Number(n), RequestId::String(s))
+            if s.parse::<i64>().ok() == Some(*n))
 }
 
 /// Follows `nextCursor` to the end. Unlike rmcp's `list_all_tools`, it stops on a repeated
@@ -219,3 +373,7 @@ fn service_kind(e: &ServiceError) -> FailureKind {
         _ => FailureKind::JsonRpc,
     }
 }
+
+#[cfg(test)]
+#[path = "revision_tests.rs"]
+mod revision_tests;

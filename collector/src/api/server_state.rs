@@ -61,8 +61,16 @@ pub struct ServerView {
     pub crashloop_attempt: Option<u64>,
     pub gave_up: Option<bool>,
     pub probe_up: Option<bool>,
-    /// Latency of the last probe per stage (initialize, tools_list, ping).
+    /// Latency of the last probe per stage (initialize, tools_list, ping). `initialize` is the
+    /// handshake (`server/discover`, or `initialize` after it); 2026-07-28 has no ping.
     pub probe_latency_seconds: BTreeMap<String, f64>,
+    /// The MCP protocol revision the agent's last completed probe handshake negotiated
+    /// (e.g. `2025-11-25`, `2026-07-28`), from `mcpwatch_server_info`.
+    pub protocol_version: Option<String>,
+    /// The name the server gives itself in that handshake.
+    pub server_name: Option<String>,
+    /// The version the server gives itself in that handshake.
+    pub server_version: Option<String>,
     pub probes_total: Option<u64>,
     /// Probe failures so far per kind.
     pub probe_failures: BTreeMap<String, u64>,
@@ -133,6 +141,9 @@ pub(super) fn assemble_servers(d: ServerRows) -> Vec<ServerView> {
         .collect();
     // Newest `mcpwatch_server_state{state=S} == 1` per server.
     let mut metric_state: HashMap<String, (i64, String)> = HashMap::new();
+    // Newest `mcpwatch_server_info == 1` per server: a server that changed revision has an
+    // older info series too, within the lookback.
+    let mut newest_info: HashMap<String, i64> = HashMap::new();
     for s in &d.series {
         let Some(&(ts, v)) = d.latest.get(&s.id) else {
             continue;
@@ -151,6 +162,14 @@ pub(super) fn assemble_servers(d: ServerRows) -> Vec<ServerView> {
                 if newer {
                     metric_state.insert(server.clone(), (ts, st.clone()));
                 }
+            }
+        } else if s.name == "mcpwatch_server_info" {
+            let newer = newest_info.get(server).is_none_or(|t| ts > *t);
+            if v == 1.0 && newer {
+                newest_info.insert(server.clone(), ts);
+                view.protocol_version = labels.get("protocol_version").cloned();
+                view.server_name = labels.get("server_name").cloned();
+                view.server_version = labels.get("server_version").cloned();
             }
         } else {
             record_sample(view, &s.name, &labels, v);
@@ -230,6 +249,22 @@ mod tests {
                 s(5, "mcpwatch_server_tools", &[("server", "a")]),
                 s(6, "mcpwatch_server_tool_drift", &[("server", "a")]),
                 s(7, "mcpwatch_server_restarts_total", &[("server", "a")]),
+                s(
+                    8,
+                    "mcpwatch_server_info",
+                    &[
+                        ("server", "a"),
+                        ("protocol_version", "2026-07-28"),
+                        ("server_name", "files"),
+                        ("server_version", "2.0"),
+                    ],
+                ),
+                // The revision the server spoke before an upgrade: older, so not shown.
+                s(
+                    9,
+                    "mcpwatch_server_info",
+                    &[("server", "a"), ("protocol_version", "2025-11-25")],
+                ),
             ],
             latest: [
                 (1, (100, 1.0)),
@@ -239,6 +274,8 @@ mod tests {
                 (5, (90, 3.0)),
                 (6, (90, 0.0)),
                 (7, (100, 2.0)),
+                (8, (100, 1.0)),
+                (9, (60, 1.0)),
             ]
             .into_iter()
             .collect(),
@@ -262,9 +299,13 @@ mod tests {
         assert_eq!(a.restarts, Some(2));
         assert_eq!(a.probe_latency_seconds.get("ping"), Some(&0.25));
         assert_eq!(a.last_sample_ms, Some(100));
+        assert_eq!(a.protocol_version.as_deref(), Some("2026-07-28"));
+        assert_eq!(a.server_name.as_deref(), Some("files"));
+        assert_eq!(a.server_version.as_deref(), Some("2.0"));
         let b = &v[1];
         assert_eq!(b.state.as_deref(), Some("backing_off"));
         assert_eq!(b.state_source.as_deref(), Some("event"));
         assert_eq!(b.up, None);
+        assert_eq!(b.protocol_version, None);
     }
 }

@@ -46,13 +46,18 @@ and so on (upper case, dashes as underscores); a flag wins over its variable.
   --listen              http bind address, default 127.0.0.1:8080
   --crash-after         exit with code 3 after SECS (fractions allowed)
   --hang-after          after SECS, never answer a request again (connection stays open)
-  --hang-on             never answer this method (initialize, tools/list, tools/call, ping)
+  --hang-on             never answer this method (initialize, server/discover, tools/list,
+                        tools/call, ping)
   --slow-ms             delay every response by MS
   --tools-variant       a: echo, add, time   b: echo (new description), add, sleep
                         stateful: echo, remember, recall (a value kept per process)
   --change-tools-after  switch from variant a to variant b after SECS
   --page-size           answer tools/list in pages of N tools (default: one page)
-  --protocol-version    advertise and answer only this MCP protocol version
+  --protocol-version    speak only this MCP revision (YYYY-MM-DD). Before 2026-07-28: no
+                        server/discover (answered -32601, so clients fall back to
+                        initialize). 2026-07-28 or later: no initialize (refused -32022)
+                        and, over http, no sessions. Default: every revision rmcp knows,
+                        over both lifecycles
   --exit-on-stdin-eof   stdio: exit when stdin closes (default true)";
 
 /// Every option: its flag without dashes doubles as the key of its environment variable.
@@ -154,7 +159,7 @@ impl Options {
                 let n = usize::try_from(number(value)?).map_err(|e| e.to_string())?;
                 s.page_size = (n > 0).then_some(n);
             }
-            "protocol-version" => s.protocol_version = Some(value.to_owned()),
+            "protocol-version" => s.protocol_version = Some(revision(value)?),
             "exit-on-stdin-eof" => {
                 self.exit_on_stdin_eof = match value {
                     "true" | "1" | "yes" => true,
@@ -175,6 +180,20 @@ fn secs(value: &str) -> Result<Duration, String> {
         .ok()
         .and_then(|v| Duration::try_from_secs_f64(v).ok())
         .ok_or_else(|| format!("expected seconds (>= 0), got {value:?}"))
+}
+
+/// A revision is a date, `YYYY-MM-DD`: the fixture orders revisions by their text, as rmcp does.
+fn revision(value: &str) -> Result<String, String> {
+    let shape = value.len() == 10
+        && value.char_indices().all(|(i, c)| match i {
+            4 | 7 => c == '-',
+            _ => c.is_ascii_digit(),
+        });
+    if shape {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("expected a revision YYYY-MM-DD, got {value:?}"))
+    }
 }
 
 fn number(value: &str) -> Result<u64, String> {
@@ -257,9 +276,11 @@ mod tests {
                 ("MCP_FIXTURE_SLOW_MS", "100"),
                 ("MCP_FIXTURE_TRANSPORT", "http"),
                 ("MCP_FIXTURE_EXIT_ON_STDIN_EOF", "0"),
+                ("MCP_FIXTURE_PROTOCOL_VERSION", "2026-07-28"),
             ],
         )
         .unwrap();
+        assert_eq!(o.switches.lifecycle(), crate::Lifecycle::DiscoverOnly);
         assert_eq!(o.switches.crash_after, Some(Duration::from_secs(3)));
         assert_eq!(o.switches.slow, Duration::from_millis(5));
         assert_eq!(o.transport, Transport::Http);
@@ -277,6 +298,9 @@ mod tests {
             &["--bogus", "1"],
             &["positional"],
             &["--tools-variant", "c"],
+            &["--protocol-version", "latest"],
+            &["--protocol-version", "2026-7-28"],
+            &["--protocol-version", "2026-07-28x"],
         ] {
             assert!(
                 matches!(parse(args, &[]), Err(ParseError::Invalid(_))),

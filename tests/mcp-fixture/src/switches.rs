@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use rmcp::model::ProtocolVersion;
 use tokio::time::Instant;
 
 /// Which tool list the server offers.
@@ -35,8 +36,25 @@ pub struct Switches {
     pub change_tools_after: Option<Duration>,
     /// `tools/list` pages of this many tools; `None` is a single page.
     pub page_size: Option<usize>,
-    /// The only protocol version advertised and negotiated.
+    /// The only protocol revision advertised and negotiated; `None` is every revision rmcp
+    /// knows (2024-11-05 to 2026-07-28) over both lifecycles. See [`Lifecycle`].
     pub protocol_version: Option<String>,
+}
+
+/// Which MCP lifecycle the fixture speaks, from [`Switches::protocol_version`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// No pinned revision: `initialize` (legacy revisions) and `server/discover` with
+    /// per-request `_meta` (2026-07-28), as rmcp's default server does.
+    Both,
+    /// A revision before 2026-07-28: a server written before `server/discover` existed.
+    /// `server/discover` is answered -32601 Method not found, so clients fall back to
+    /// `initialize`.
+    InitializeOnly,
+    /// 2026-07-28 or later: `initialize` is refused (-32022 unsupported protocol version,
+    /// rmcp's answer when no supported revision has a handshake) and Streamable HTTP has no
+    /// sessions.
+    DiscoverOnly,
 }
 
 impl Switches {
@@ -45,6 +63,16 @@ impl Switches {
         match self.change_tools_after {
             Some(after) if elapsed >= after => ToolsVariant::B,
             _ => self.tools_variant,
+        }
+    }
+
+    /// The lifecycle of the pinned revision; unknown revisions are placed by date, as
+    /// rmcp's `ProtocolVersion::has_initialize` does (`YYYY-MM-DD` sorts as text).
+    pub fn lifecycle(&self) -> Lifecycle {
+        match self.protocol_version.as_deref() {
+            None => Lifecycle::Both,
+            Some(v) if v < ProtocolVersion::NO_INITIALIZE.as_str() => Lifecycle::InitializeOnly,
+            Some(_) => Lifecycle::DiscoverOnly,
         }
     }
 
@@ -119,6 +147,25 @@ mod tests {
         };
         assert!(m.hangs_at("tools/list", Duration::ZERO));
         assert!(!m.hangs_at("initialize", Duration::from_secs(999)));
+    }
+
+    #[test]
+    fn pinned_revision_picks_the_lifecycle() {
+        let pinned = |v: Option<&str>| Switches {
+            protocol_version: v.map(str::to_owned),
+            ..Switches::default()
+        };
+        assert_eq!(pinned(None).lifecycle(), Lifecycle::Both);
+        for v in ["2024-11-05", "2025-06-18", "2025-11-25"] {
+            assert_eq!(
+                pinned(Some(v)).lifecycle(),
+                Lifecycle::InitializeOnly,
+                "{v}"
+            );
+        }
+        for v in ["2026-07-28", "2099-01-01"] {
+            assert_eq!(pinned(Some(v)).lifecycle(), Lifecycle::DiscoverOnly, "{v}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
