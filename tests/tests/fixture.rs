@@ -59,6 +59,9 @@ async fn stdio_probe_through_the_gateway_lists_three_tools() {
     assert_eq!(names(&r), ["echo", "add", "time"]);
     let l = r.stage_latency;
     assert!(l.connect.is_some() && l.initialize.is_some() && l.ping.is_some());
+    // Through the shared session the probe initializes (2025-11-25), so the server stays in
+    // the revision the gateway's clients speak.
+    assert_eq!(r.protocol_version.as_deref(), Some("2025-11-25"));
     assert_eq!(r.server_name.as_deref(), Some("mcpwatch-mcp-fixture"));
     // A second probe shares the same attached server: initialize is answered from the
     // gateway's cache and the rest reaches the same process.

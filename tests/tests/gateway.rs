@@ -199,19 +199,53 @@ async fn a_client_leaving_mid_call_cancels_it_and_others_are_unaffected() {
     ));
     wait_attached(&rig, "slow");
     let url = url(&rig, "slow");
-    let leaving = connect(&url).await;
+    // The leaving client speaks raw HTTP, so its DELETE is certain to be sent.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value, session: Option<&str>| {
+        let mut r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        r.send()
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "leaving", "version": "0"}}});
+    let r = post(init, None).await.expect("initialize");
+    let session = r.headers()["mcp-session-id"]
+        .to_str()
+        .expect("session id")
+        .to_owned();
     let staying = connect(&url).await;
-    let long_call = CallToolRequestParams::new("sleep").with_arguments(args(json!({"ms": 60000})));
-    let peer = leaving.peer().clone();
-    let call = tokio::spawn(async move { peer.call_tool(long_call).await });
+    let long_call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "sleep", "arguments": {"ms": 60000}}});
+    let call = tokio::spawn(post(long_call, Some(&session)));
     wait_for("the long call in flight", LONG, || {
         let n = rig.agent_metric("mcpwatch_mcp_gateway_in_flight", "slow");
         (n >= Some(1.0)).then_some(())
     });
-    // Closing the client ends its gateway session (DELETE): the gateway cancels the call
-    // upstream with notifications/cancelled and counts it as cancelled.
-    leaving.cancel().await.expect("closed");
-    assert!(call.await.expect("task").is_err());
+    // Ending the session (DELETE) cancels the call upstream with notifications/cancelled;
+    // the waiting POST is answered "connection closed" and the call counted as cancelled.
+    let r = http
+        .delete(&url)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status(), 204);
+    let answer: serde_json::Value = call
+        .await
+        .expect("task")
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["error"]["code"], -32000, "{answer}");
     wait_for("the call counted as cancelled", LONG, || {
         let n = traffic(
             &rig,

@@ -112,6 +112,52 @@ async fn a_supervised_http_server_is_proxied_and_measured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_speaking_only_2026_07_28_is_probed_and_proxied_sessionless() {
+    use rmcp::{ClientLifecycleMode, ClientServiceExt};
+    let rig = Rig::start(&http_server(
+        "modern",
+        &["--protocol-version", "2026-07-28"],
+        "[mcp_server.probe]\ninterval = \"1s\"\ntimeout = \"900ms\"\n",
+    ));
+    let ok = rig.wait_events("modern", "probe_ok", 1);
+    assert!(ok[0].detail.contains("protocol=2026-07-28"), "{ok:?}");
+    wait_for("revision on the info series", LONG, || {
+        rig.agent
+            .metrics()
+            .lines()
+            .any(|l| {
+                l.starts_with("mcpwatch_server_info{")
+                    && l.contains(r#"server="modern""#)
+                    && l.contains(r#"protocol_version="2026-07-28""#)
+            })
+            .then_some(())
+    });
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("modern-client", "0"),
+    );
+    let url = format!("http://{}/mcp/modern", rig.agent.gateway_addr);
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    };
+    let client = info
+        .serve_with_lifecycle(StreamableHttpClientTransport::from_uri(url), lifecycle)
+        .await
+        .expect("discover through the gateway");
+    let tools = client.list_tools(None).await.expect("tools/list");
+    assert_eq!(tools.tools.len(), 3);
+    let echo = CallToolRequestParams::new("echo").with_arguments(args(json!({"text": "new"})));
+    let answer = client.call_tool(echo).await.expect("echo");
+    let content = serde_json::to_value(&answer.content).unwrap_or_default();
+    assert_eq!(content[0]["text"], "new");
+    wait_for("sessionless calls counted", LONG, || {
+        (counted(&rig, "modern", "echo", "ok") == Some(1.0)).then_some(())
+    });
+    let _ = client.cancel().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_server_is_probed_and_proxied_and_its_header_secret_stays_out_of_logs() {
     // Started by the test, not the agent: the agent only knows its URL.
     let listen = free_addr();

@@ -35,6 +35,9 @@ const FORWARDED: &[&str] = &[
     "mcp-session-id",
     "mcp-protocol-version",
     "last-event-id",
+    // 2026-07-28: the method (and tool) of every POST, checked by the server against its body.
+    "mcp-method",
+    "mcp-name",
 ];
 const RETURNED: &[&str] = &[
     "content-type",

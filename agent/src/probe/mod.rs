@@ -15,6 +15,7 @@ use mcpwatch_common::secret::Secret;
 pub use tools::{ToolDrift, ToolFingerprint, ToolSurface};
 
 use crate::gateway::{local_client, MuxHandle};
+use session::Handshake;
 
 /// What to probe.
 #[derive(Clone)]
@@ -162,6 +163,35 @@ fn http_client() -> Result<reqwest::Client, String> {
         .clone()
 }
 
+/// One probe session on the gateway's mux.
+async fn probe_gateway(
+    mux: Option<&MuxHandle>,
+    handshake: Handshake,
+    timeout: Duration,
+    report: &mut ProbeReport,
+) {
+    let started = Instant::now();
+    let pipe = match mux {
+        Some(mux) => local_client::open_pipe(mux)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("the gateway is not attached to the server's container".to_owned()),
+    };
+    match pipe {
+        Ok(pipe) => {
+            report.stage_latency.connect = Some(started.elapsed());
+            session::run_with(pipe, handshake, timeout, report).await;
+        }
+        Err(message) => {
+            report.failure = Some(ProbeFailure {
+                stage: ProbeStage::Connect,
+                kind: FailureKind::Transport,
+                message,
+            });
+        }
+    }
+}
+
 /// Probes `target` once. Each stage gets `timeout`, so a run takes at most three timeouts
 /// plus the session close (≤ 1 s).
 pub async fn run_once(target: &ProbeTarget, timeout: Duration) -> ProbeReport {
@@ -195,25 +225,15 @@ pub async fn run_once(target: &ProbeTarget, timeout: Duration) -> ProbeReport {
             }
         },
         ProbeTarget::Gateway { mux } => {
-            let started = Instant::now();
-            let pipe = match mux {
-                Some(mux) => local_client::open_pipe(mux)
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => Err("the gateway is not attached to the server's container".to_owned()),
-            };
-            match pipe {
-                Ok(pipe) => {
-                    report.stage_latency.connect = Some(started.elapsed());
-                    session::run(pipe, timeout, &mut report).await;
-                }
-                Err(message) => {
-                    report.failure = Some(ProbeFailure {
-                        stage: ProbeStage::Connect,
-                        kind: FailureKind::Transport,
-                        message,
-                    });
-                }
+            // The gateway's session is shared with clients: `initialize` keeps the server in
+            // the revision they speak; only a server that refuses it is asked to discover.
+            probe_gateway(mux.as_ref(), Handshake::Initialize, timeout, &mut report).await;
+            let refused = report.failure.as_ref().is_some_and(|f| {
+                f.stage == ProbeStage::Initialize && f.kind == FailureKind::ProtocolVersion
+            });
+            if refused {
+                report = ProbeReport::default();
+                probe_gateway(mux.as_ref(), Handshake::Discover, timeout, &mut report).await;
             }
         }
     }

@@ -54,14 +54,39 @@ fn init_failure(e: &ClientInitializeError) -> ProbeFailure {
     }
 }
 
+/// How the session is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handshake {
+    /// `server/discover`, falling back to `initialize` (see the module comment).
+    Auto,
+    /// `initialize` only: a stdio server behind the gateway's shared session, whose other
+    /// clients the first `server/discover` would commit to the sessionless revision.
+    Initialize,
+    /// `server/discover` only: a shared stdio server that refused `initialize`.
+    Discover,
+}
+
 /// Runs the stages over `transport`, filling `report`. Returns when the session is closed.
 pub(super) async fn run<T, E, A>(transport: T, timeout: Duration, report: &mut ProbeReport)
 where
     T: IntoTransport<RoleClient, E, A>,
     E: std::error::Error + Send + Sync + 'static,
 {
+    run_with(transport, Handshake::Auto, timeout, report).await
+}
+
+/// As [`run`], opening the session as `handshake` says.
+pub(super) async fn run_with<T, E, A>(
+    transport: T,
+    handshake: Handshake,
+    timeout: Duration,
+    report: &mut ProbeReport,
+) where
+    T: IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let started = Instant::now();
-    let serve = start(transport);
+    let serve = start(transport, handshake);
     let mut client = match tokio::time::timeout(timeout, serve).await {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => {
@@ -89,6 +114,7 @@ where
 /// (rustc fails to for the probe's transports: "`Send` is not general enough").
 fn start<T, E, A>(
     transport: T,
+    handshake: Handshake,
 ) -> impl Future<Output = Result<RunningService<RoleClient, ClientConfig>, ClientInitializeError>>
        + Send
        + 'static
@@ -102,15 +128,20 @@ where
     )
     // What `initialize` asks for when the server turns out to predate `server/discover`.
     .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE);
-    let lifecycle = ClientLifecycleMode::Auto {
-        // Newest first: every revision rmcp knows that negotiates through `server/discover`.
-        preferred_versions: ProtocolVersion::KNOWN_VERSIONS
-            .iter()
-            .rev()
-            .filter(|v| !v.has_initialize())
-            .cloned()
-            .collect(),
-        legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
+    // Newest first: every revision rmcp knows that negotiates through `server/discover`.
+    let preferred_versions: Vec<ProtocolVersion> = ProtocolVersion::KNOWN_VERSIONS
+        .iter()
+        .rev()
+        .filter(|v| !v.has_initialize())
+        .cloned()
+        .collect();
+    let lifecycle = match handshake {
+        Handshake::Auto => ClientLifecycleMode::Auto {
+            preferred_versions,
+            legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
+        },
+        Handshake::Initialize => ClientLifecycleMode::Initialize,
+        Handshake::Discover => ClientLifecycleMode::Discover { preferred_versions },
     };
     client_info.serve_with_lifecycle(LegacyDiscover::new(transport.into_transport()), lifecycle)
 }

@@ -205,11 +205,14 @@ impl MuxHandle {
         self.open_with(permit).await
     }
 
-    /// A session on the slot kept for the agent's probe (one at a time).
+    /// A session on the slot kept for the agent's probe (one at a time; waits a moment for
+    /// the previous probe's session to close).
     pub async fn open_reserved_session(&self) -> Result<ClientSession, MuxError> {
-        let permit = Arc::clone(&self.reserved_slot)
-            .try_acquire_owned()
-            .map_err(|_| MuxError::TooManySessions(1))?;
+        let slot = Arc::clone(&self.reserved_slot).acquire_owned();
+        let permit = tokio::time::timeout(std::time::Duration::from_secs(2), slot)
+            .await
+            .map_err(|_| MuxError::TooManySessions(1))?
+            .map_err(|_| MuxError::Closed)?;
         self.open_with(permit).await
     }
 
