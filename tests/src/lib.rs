@@ -6,6 +6,7 @@ pub mod api;
 pub mod client;
 pub mod db;
 pub mod docker;
+pub mod mcp_load;
 pub mod process;
 pub mod procfs;
 pub mod receivers;
