@@ -11,7 +11,8 @@
 //!   (`list_changed`, server requests while nothing is in flight); one at a time (409).
 //! - `DELETE` ends the session; its in-flight requests are cancelled upstream.
 //!
-//! Guards, in order: `Origin` (absent, loopback or listed, else 403: DNS-rebinding
+//! Guards (`http_guard.rs` for the first three), in order: on a loopback listener a loopback
+//! `Host` (403), `Origin` (absent, loopback or listed, else 403: DNS-rebinding
 //! protection), bearer token when configured (401), body ≤ 4 MiB (413), `Content-Type`
 //! (415), `MCP-Protocol-Version` when sent (400). Unknown server 404, known but not
 //! attached 503, unknown session 404. Every refusal is counted by reason; bodies are never
@@ -22,22 +23,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use futures::stream;
-use mcpwatch_common::http_server::bearer_token;
-use mcpwatch_common::secret::constant_time_eq;
 
 use super::backends::{Backends, ByteCounters};
 use super::call_event::CallSink;
 use super::client_pool::{Lease, PoolError};
 use super::client_sessions::{HttpSession, HttpSessions, RequestStream, RouteError};
 use super::config::{GatewayConfig, MAX_BODY};
+use super::http_guard;
 use super::http_message::{classify, rpc_error, Kind};
 use super::http_proxy::{self, ProxyContext};
 use super::jsonrpc::{self, ErrorCode, RequestId};
@@ -100,105 +100,23 @@ pub fn router(state: FrontState) -> Router {
             post(post_message).get(open_stream).delete(end_session),
         )
         .fallback(|| async { StatusCode::NOT_FOUND })
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            http_guard::guard,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
-fn refuse(state: &FrontState, reason: &'static str, status: StatusCode, text: &str) -> Response {
+pub(super) fn refuse(
+    state: &FrontState,
+    reason: &'static str,
+    status: StatusCode,
+    text: &str,
+) -> Response {
     (state.refused)(reason);
     tracing::debug!(reason, "gateway request refused");
     (status, format!("{text}\n")).into_response()
-}
-
-/// Origin and token, before anything else is read.
-async fn guard(State(state): State<FrontState>, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    // On loopback, a request naming another host is a DNS-rebinding page (its same-origin
-    // GET carries no Origin); off loopback a token is required anyway.
-    if state.config.listen.ip().is_loopback() {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !host.is_some_and(host_is_loopback) {
-            return refuse(&state, "host", StatusCode::FORBIDDEN, "host not allowed");
-        }
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|o| origin_allowed(o, &state.config.allowed_origins));
-        if !allowed {
-            return refuse(
-                &state,
-                "origin",
-                StatusCode::FORBIDDEN,
-                "origin not allowed",
-            );
-        }
-    }
-    if !state.config.tokens.is_empty() {
-        // Digests are compared, every one of them, so the time taken tells neither a token's
-        // length nor which one came close.
-        let presented = digest(bearer_token(headers).unwrap_or(""));
-        let ok = state.config.tokens.iter().fold(false, |ok, t| {
-            constant_time_eq(&presented, &digest(t.expose())) | ok
-        });
-        if !ok {
-            let mut r = refuse(
-                &state,
-                "unauthorized",
-                StatusCode::UNAUTHORIZED,
-                "bearer token required",
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
-        }
-    }
-    let response = next.run(request).await;
-    match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => (state.refused)("too_large"),
-        StatusCode::METHOD_NOT_ALLOWED => (state.refused)("method"),
-        // The fallback: no such route (unknown servers are counted by their handlers).
-        StatusCode::NOT_FOUND if response.headers().get(header::CONTENT_TYPE).is_none() => {
-            (state.refused)("no_route")
-        }
-        _ => {}
-    }
-    response
-}
-
-fn digest(token: &str) -> String {
-    mcpwatch_common::hex::encode(
-        ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
-    )
-}
-
-/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port.
-fn host_is_loopback(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    matches!(
-        name.to_ascii_lowercase().as_str(),
-        "localhost" | "127.0.0.1" | "::1"
-    )
-}
-
-/// Loopback origins (any port, http or https) and the configured ones.
-fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
-    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-    let Some((scheme, rest)) = origin.split_once("://") else {
-        return false;
-    };
-    if scheme != "http" && scheme != "https" {
-        return false;
-    }
-    let host = match rest.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => rest.split(':').next().unwrap_or(""),
-    };
-    matches!(host, "localhost" | "127.0.0.1" | "::1") || allowed.contains(&origin)
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -590,56 +508,5 @@ async fn end_session(
             StatusCode::NOT_FOUND,
             "no such session",
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_loopback_hosts_pass_on_loopback() {
-        for ok in [
-            "127.0.0.1:9470",
-            "localhost",
-            "LOCALHOST:1",
-            "[::1]:9470",
-            "127.0.0.1",
-        ] {
-            assert!(host_is_loopback(ok), "{ok}");
-        }
-        for bad in [
-            "evil.example",
-            "evil.example:9470",
-            "127.0.0.1.evil",
-            "[::2]:1",
-            "",
-        ] {
-            assert!(!host_is_loopback(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn origins_loopback_and_listed_only() {
-        let listed = vec!["https://ide.example.com".to_owned()];
-        for ok in [
-            "http://localhost:3000",
-            "http://127.0.0.1",
-            "https://[::1]:8443",
-            "https://ide.example.com",
-            "HTTPS://IDE.example.com/",
-        ] {
-            assert!(origin_allowed(ok, &listed), "{ok}");
-        }
-        for bad in [
-            "http://evil.example",
-            "http://localhost.evil.example",
-            "http://127.0.0.1.evil.example",
-            "null",
-            "file://",
-            "https://ide.example.com.evil",
-        ] {
-            assert!(!origin_allowed(bad, &listed), "{bad}");
-        }
     }
 }

@@ -16,7 +16,8 @@
 //! - `local_client` — an in-process session on a mux as a byte pipe (the probe's way in).
 //! - `traffic` — [`TrafficMetrics`], the per-method and per-tool counters and histograms.
 //!
-//! - `config` — `[gateway]`; `http_front` — the Streamable HTTP handlers and guards;
+//! - `config` — `[gateway]`; `http_front` — the Streamable HTTP handlers; `http_guard` —
+//!   Host, Origin and token checks;
 //!   `client_sessions` — `Mcp-Session-Id` sessions and where their messages go; `endpoint`
 //!   — the listener (TLS, connection limits) that serves them.
 //!
@@ -31,6 +32,7 @@ pub mod client_sessions;
 pub mod config;
 pub mod endpoint;
 pub mod http_front;
+mod http_guard;
 mod http_message;
 pub mod http_proxy;
 pub mod jsonrpc;

@@ -476,8 +476,10 @@ async fn docker_killed_container_restarts_after_the_backoff_delay() {
         };
         let ms = (start - die) / 1_000_000;
         measured.push(ms);
+        // Never early; late only by scheduling on a loaded machine (half the delay plus
+        // 0.5 s of slack): the next attempt's doubled delay would still fail.
         assert!(
-            (expect * 8 / 10..=expect * 12 / 10).contains(&ms),
+            (expect * 8 / 10..=expect * 3 / 2 + 500).contains(&ms),
             "restart {attempt}: {ms} ms after the die, configured {expect} ms"
         );
         // Same container, restarted in place.
