@@ -1,6 +1,6 @@
 //! Per-call measurement: one [`CallEvent`] for every client request the gateway settles
 //! (answered, failed, timed out, cancelled), handed to a [`CallSink`]. Events carry the method
-//! and the tool name but never arguments or results. Metric registration (issue 11, item 6)
+//! and the tool name but never arguments or results. `traffic::TrafficMetrics`
 //! implements `CallSink`; the tool-name folding into `_other` belongs there, because only it
 //! knows the server's current tool list.
 

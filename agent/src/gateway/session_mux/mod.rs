@@ -82,8 +82,7 @@ pub use stats::{MuxStats, MuxStatsSnapshot};
 
 use super::jsonrpc::RequestId;
 
-/// Limits and identity of one mux. Not yet configuration keys: the `[gateway]` section of
-/// issue 11 will map onto these.
+/// Limits and identity of one mux, from `[gateway]` (`gateway::config`).
 #[derive(Debug, Clone)]
 pub struct MuxConfig {
     /// The `[[mcp_server]]` name, carried in every call event.
