@@ -110,19 +110,8 @@ pub(super) fn group_values(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::{parse_rules, validate_rules, MemorySource};
-
-    fn rule(toml: &str) -> Rule {
-        let raw = parse_rules(std::path::Path::new("t.toml"), toml).expect("parses");
-        validate_rules(raw, false).expect("valid").remove(0)
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::alert::tests::{labels, rule};
+    use crate::alert::MemorySource;
 
     /// `calls{host,server,tool,outcome}` going from `from` to `to` over the window.
     fn calls(src: &mut MemorySource, tool: &str, outcome: &str, from: f64, to: f64) {

@@ -122,19 +122,8 @@ pub fn dry_run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::{parse_rules, validate_rules, MemorySource};
-
-    fn rule(toml: &str) -> Rule {
-        let raw = parse_rules(std::path::Path::new("t.toml"), toml).expect("parses");
-        validate_rules(raw, false).expect("valid").remove(0)
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::alert::tests::{labels, rule};
+    use crate::alert::MemorySource;
 
     #[test]
     fn alert_dry_run_reports_states_and_values() {

@@ -258,13 +258,7 @@ impl Silence {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::alert::tests::labels;
 
     fn opts(by: &[&str]) -> RouteOpts {
         RouteOpts {

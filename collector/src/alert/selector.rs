@@ -238,13 +238,7 @@ mod tests {
     }
 
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::alert::tests::labels;
 
     #[test]
     fn alert_selector_parses_all_ops_and_anchors_regex() {

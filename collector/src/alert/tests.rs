@@ -12,11 +12,18 @@ fn rules(toml: &str) -> Vec<Rule> {
     validate_rules(raw, false).expect("valid")
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
+/// A label set from pairs; shared by the alert modules' tests.
+pub(super) fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// The one rule of a `[[rule]]` TOML text, validated; shared by the alert modules' tests.
+pub(super) fn rule(toml: &str) -> super::rule::Rule {
+    let raw = super::parse_rules(std::path::Path::new("t.toml"), toml).expect("parses");
+    super::validate_rules(raw, false).expect("valid").remove(0)
 }
 
 fn notified(ts: &[Transition]) -> Vec<(AlertState, Option<Level>)> {
