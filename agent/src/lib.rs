@@ -5,6 +5,7 @@ pub mod agent;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod http_client;
 pub mod mcp_servers;
 pub mod metrics;
 pub mod probe;

@@ -109,6 +109,17 @@ pub fn static_fixture_binary() -> PathBuf {
 /// Builds (once per test process) the fixture image `FROM scratch` with the static binary as
 /// its entrypoint, and returns its tag. Test binaries run in parallel and may build it at the
 /// same time: cargo serialises the binary builds, and identical `docker build`s just retag.
+/// A bollard client for the local daemon (started if needed), at the daemon's API version.
+pub async fn bollard_client() -> bollard::Docker {
+    ensure_dockerd();
+    bollard::Docker::connect_with_local_defaults()
+        .expect("docker client")
+        // Debian's engine may speak an older API than bollard's default.
+        .negotiate_version()
+        .await
+        .expect("docker API version")
+}
+
 pub fn fixture_image() -> String {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE

@@ -9,20 +9,10 @@ use std::time::{Duration, Instant};
 
 use mcpwatch_agent::gateway::stdio_attach::attach;
 use mcpwatch_agent::gateway::{MuxConfig, NoCallSink, SessionMux};
-use mcpwatch_agent::probe::{run_once, Docker, FailureKind, ProbeReport, ProbeStage, ProbeTarget};
+use mcpwatch_agent::probe::{run_once, FailureKind, ProbeReport, ProbeStage, ProbeTarget};
 use mcpwatch_tests::docker::{ensure_dockerd, fixture_image, unique_name, Container};
 use mcpwatch_tests::{free_addr, wait_for};
 use tokio_util::sync::CancellationToken;
-
-async fn docker_client() -> Docker {
-    ensure_dockerd();
-    Docker::connect_with_local_defaults()
-        .expect("docker client")
-        // Debian's engine may speak an older API than bollard's default.
-        .negotiate_version()
-        .await
-        .expect("docker API version")
-}
 
 fn names(r: &ProbeReport) -> Vec<&str> {
     r.tools.iter().map(|t| t.name.as_str()).collect()
@@ -36,7 +26,7 @@ async fn attached(args: &[&str]) -> (ProbeTarget, Container) {
     docker_args.push(&image);
     docker_args.extend_from_slice(args);
     let container = Container::run("gw-probe", &docker_args);
-    let client = docker_client().await;
+    let client = mcpwatch_tests::docker::bollard_client().await;
     let mux = match attach(&client, &container.name, 16).await {
         Ok(a) => SessionMux::spawn(
             MuxConfig::new("fixture"),

@@ -8,22 +8,11 @@ use std::time::Duration;
 
 use mcpwatch_agent::gateway::stdio_attach::{attach, AttachEnd};
 use mcpwatch_agent::gateway::{ClientSession, MuxConfig, MuxError, NoCallSink, SessionMux};
-use mcpwatch_agent::probe::Docker;
-use mcpwatch_tests::docker::{docker, ensure_dockerd, fixture_image, Container};
+use mcpwatch_tests::docker::{docker, fixture_image, Container};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn docker_client() -> Docker {
-    ensure_dockerd();
-    Docker::connect_with_local_defaults()
-        .expect("docker client")
-        // Debian's engine may speak an older API than bollard's default.
-        .negotiate_version()
-        .await
-        .expect("docker API version")
-}
 
 async fn next(session: &mut ClientSession) -> Option<Value> {
     let msg = tokio::time::timeout(WAIT, session.recv())
@@ -45,7 +34,7 @@ async fn call(session: &mut ClientSession, id: u64, method: &str, params: Value)
 
 #[tokio::test]
 async fn stdio_container_serves_a_mux_session_and_its_stop_fails_requests() {
-    let client = docker_client().await;
+    let client = mcpwatch_tests::docker::bollard_client().await;
     let image = fixture_image();
     // `-i` without a terminal: stdin held open and unattached, tty false, as the supervisor's
     // container template does for stdio servers.

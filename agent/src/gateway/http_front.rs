@@ -71,6 +71,26 @@ pub struct FrontState {
     pub sink: Arc<dyn CallSink>,
 }
 
+/// 400 for a request that needs a session and names none.
+fn no_session(state: &FrontState) -> Response {
+    refuse(
+        state,
+        "no_session",
+        StatusCode::BAD_REQUEST,
+        "Mcp-Session-Id required",
+    )
+}
+
+/// 404 for a session id that names no live session of this server (MCP: start a new one).
+fn unknown_session(state: &FrontState) -> Response {
+    refuse(
+        state,
+        "unknown_session",
+        StatusCode::NOT_FOUND,
+        "no such session",
+    )
+}
+
 /// Hands the request to the reverse proxy when `server` is a Streamable HTTP server.
 async fn proxied(
     state: &FrontState,
@@ -219,12 +239,7 @@ async fn post_message(
         };
     }
     let Kind::Request { id, method, .. } = kind else {
-        return refuse(
-            &state,
-            "no_session",
-            StatusCode::BAD_REQUEST,
-            "Mcp-Session-Id required",
-        );
+        return no_session(&state);
     };
     let (opened, lease) = match open_upstream(&state, &server, &id, &method).await {
         Ok(x) => x,
@@ -440,20 +455,10 @@ async fn open_stream(
         return r;
     }
     let Some(sid) = session_id(&headers) else {
-        return refuse(
-            &state,
-            "no_session",
-            StatusCode::BAD_REQUEST,
-            "Mcp-Session-Id required",
-        );
+        return no_session(&state);
     };
     let Some(session) = state.sessions.get(&server, sid) else {
-        return refuse(
-            &state,
-            "unknown_session",
-            StatusCode::NOT_FOUND,
-            "no such session",
-        );
+        return unknown_session(&state);
     };
     if !accepts_sse(&headers) {
         return refuse(
@@ -492,21 +497,11 @@ async fn end_session(
         return r;
     }
     let Some(sid) = session_id(&headers) else {
-        return refuse(
-            &state,
-            "no_session",
-            StatusCode::BAD_REQUEST,
-            "Mcp-Session-Id required",
-        );
+        return no_session(&state);
     };
     if state.sessions.remove(&server, sid) {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        refuse(
-            &state,
-            "unknown_session",
-            StatusCode::NOT_FOUND,
-            "no such session",
-        )
+        unknown_session(&state)
     }
 }

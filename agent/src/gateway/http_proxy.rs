@@ -23,6 +23,7 @@ use super::backends::ByteCounters;
 use super::call_event::{CallEvent, CallOutcome, CallSink};
 use super::http_message::{classify, rpc_error, Kind};
 use super::jsonrpc::{self, RequestId};
+use crate::http_client;
 
 /// Largest JSON answer read whole, and largest SSE event scanned (an SSE stream is never
 /// held whole): the gateway's message limit.
@@ -76,24 +77,6 @@ impl HttpBackend {
             headers: out,
         }
     }
-}
-
-/// One HTTP client for every proxied request: kept-alive connections, no redirects (a server
-/// that redirects is misconfigured, and following one could leave the intended host).
-fn client() -> Result<reqwest::Client, String> {
-    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
-        std::sync::OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            // As in the probe: features unify to rustls without a default provider.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))
-        })
-        .clone()
 }
 
 /// Records one request's outcome exactly once; dropped unrecorded, it counts as cancelled
@@ -163,7 +146,7 @@ pub async fn forward(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let client = match client() {
+    let client = match http_client::get(http_client::Purpose::Proxy) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "gateway proxy has no HTTP client");

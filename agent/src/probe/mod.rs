@@ -15,6 +15,7 @@ use mcpwatch_common::secret::Secret;
 pub use tools::{ToolDrift, ToolFingerprint, ToolSurface};
 
 use crate::gateway::{local_client, MuxHandle};
+use crate::http_client;
 use session::Handshake;
 
 /// What to probe.
@@ -141,28 +142,6 @@ impl ProbeReport {
     }
 }
 
-/// One HTTP client for every probe: building a reqwest client per probe (rmcp's default)
-/// costs CPU and leaves allocator fragmentation behind, 20 servers every 15 s. No redirects:
-/// a probe endpoint that redirects is misconfigured, and following one could leave loopback.
-/// No pooled idle connections, as rmcp's default (avoids delayed-ACK stalls on reuse).
-fn http_client() -> Result<reqwest::Client, String> {
-    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
-        std::sync::OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            // reqwest's `rustls-no-provider` feature (enabled by the collector in the same
-            // workspace build; features unify) makes `build()` panic without a process-wide
-            // rustls provider. Ours is ring; an Err only means one is installed already.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))
-        })
-        .clone()
-}
-
 /// One probe session on the gateway's mux.
 async fn probe_gateway(
     mux: Option<&MuxHandle>,
@@ -197,7 +176,7 @@ async fn probe_gateway(
 pub async fn run_once(target: &ProbeTarget, timeout: Duration) -> ProbeReport {
     let mut report = ProbeReport::default();
     match target {
-        ProbeTarget::Http { url, headers } => match http_client() {
+        ProbeTarget::Http { url, headers } => match http_client::get(http_client::Purpose::Probe) {
             Ok(client) => {
                 let mut config =
                     rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
