@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::db::{self, EventRow};
 use crate::docker::{docker, ensure_dockerd, fixture_image, unique_name};
 use crate::process::{AgentProc, CollectorProc};
-use crate::{free_addr, metric, Pki};
+use crate::{free_addr, metric, wait_for, Pki};
 
 pub const LONG: Duration = Duration::from_secs(60);
 
@@ -24,6 +24,18 @@ pub fn http_server(name: &str, fixture_args: &[&str], extra: &str) -> String {
     format!(
         "\n[[mcp_server]]\nname = \"{name}\"\nimage = \"{image}\"\nargs = {args:?}\n\
          transport = \"http\"\nurl = \"http://127.0.0.1:{port}/mcp\"\nnetwork = \"host\"\n{extra}\n",
+        image = fixture_image(),
+    )
+}
+
+/// A stdio fixture server named `name`, probed every `interval` (the first probe a second
+/// after start).
+pub fn stdio_server(name: &str, fixture_args: &[&str], interval: &str, extra: &str) -> String {
+    let mut args = vec!["--transport", "stdio"];
+    args.extend_from_slice(fixture_args);
+    format!(
+        "\n[[mcp_server]]\nname = \"{name}\"\nimage = \"{image}\"\nargs = {args:?}\n\
+         transport = \"stdio\"\n[mcp_server.probe]\ninterval = \"{interval}\"\ntimeout = \"900ms\"\n{extra}\n",
         image = fixture_image(),
     )
 }
@@ -152,6 +164,14 @@ impl Rig {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until the gateway is attached to `server` and a probe has listed its tools.
+    pub fn wait_attached(&self, server: &str) {
+        self.wait_events(server, "probe_ok", 1);
+        wait_for("gateway attached", LONG, || {
+            (self.agent_metric("mcpwatch_mcp_gateway_attached", server) == Some(1.0)).then_some(())
+        });
     }
 
     pub fn container(&self, server: &str) -> String {

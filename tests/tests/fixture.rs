@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mcpwatch_agent::gateway::stdio_attach::attach;
-use mcpwatch_agent::gateway::{MuxConfig, NoCallSink, SessionMux};
+use mcpwatch_agent::gateway::{MuxConfig, NoCallSink, SessionMux, UpstreamLifecycle};
 use mcpwatch_agent::probe::{run_once, FailureKind, ProbeReport, ProbeStage, ProbeTarget};
 use mcpwatch_tests::docker::{ensure_dockerd, fixture_image, unique_name, Container};
 use mcpwatch_tests::{free_addr, wait_for};
@@ -32,6 +32,7 @@ async fn attached(args: &[&str]) -> (ProbeTarget, Container) {
             MuxConfig::new("fixture"),
             a.upstream,
             Arc::new(NoCallSink),
+            UpstreamLifecycle::default(),
             CancellationToken::new(),
         )
         .ok(),

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use mcpwatch_tests::db;
-use mcpwatch_tests::docker::fixture_image;
-use mcpwatch_tests::rig::{Rig, LONG};
+use mcpwatch_tests::rig::{self, Rig, LONG};
 use mcpwatch_tests::{metric, wait_for};
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
@@ -20,31 +19,11 @@ type Client = RunningService<RoleClient, ClientConfig>;
 
 /// A stdio fixture server named `name`, probed every second.
 fn stdio_server(name: &str, fixture_args: &[&str], extra: &str) -> String {
-    stdio_server_probed(name, fixture_args, "1s", extra)
-}
-
-/// A stdio fixture server named `name`, probed every `interval` (the first probe a second
-/// after start).
-fn stdio_server_probed(name: &str, fixture_args: &[&str], interval: &str, extra: &str) -> String {
-    let mut args = vec!["--transport", "stdio"];
-    args.extend_from_slice(fixture_args);
-    format!(
-        "\n[[mcp_server]]\nname = \"{name}\"\nimage = \"{image}\"\nargs = {args:?}\n\
-         transport = \"stdio\"\n[mcp_server.probe]\ninterval = \"{interval}\"\ntimeout = \"900ms\"\n{extra}\n",
-        image = fixture_image(),
-    )
+    rig::stdio_server(name, fixture_args, "1s", extra)
 }
 
 fn url(rig: &Rig, server: &str) -> String {
     format!("http://{}/mcp/{server}", rig.agent.gateway_addr)
-}
-
-/// Waits until the gateway is attached to `server` and a probe has listed its tools.
-fn wait_attached(rig: &Rig, server: &str) {
-    rig.wait_events(server, "probe_ok", 1);
-    wait_for("gateway attached", LONG, || {
-        (rig.agent_metric("mcpwatch_mcp_gateway_attached", server) == Some(1.0)).then_some(())
-    });
 }
 
 async fn connect(url: &str) -> Client {
@@ -81,7 +60,7 @@ fn traffic(rig: &Rig, name: &str, labels: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_client_uses_a_stdio_server_through_the_gateway_and_every_call_is_counted() {
     let rig = Rig::start(&stdio_server("tools", &[], ""));
-    wait_attached(&rig, "tools");
+    rig.wait_attached("tools");
     let client = connect(&url(&rig, "tools")).await;
     let info = client.peer_info().expect("initialize answered");
     assert_eq!(
@@ -153,7 +132,7 @@ async fn twenty_sessions_interleaved_on_one_stdio_server_never_cross_answers() {
     const SESSIONS: usize = 20;
     const CALLS: usize = 1000;
     let rig = Rig::start(&stdio_server("shared", &[], ""));
-    wait_attached(&rig, "shared");
+    rig.wait_attached("shared");
     let url = Arc::new(url(&rig, "shared"));
     let mut tasks = Vec::new();
     for s in 0..SESSIONS {
@@ -191,13 +170,13 @@ async fn twenty_sessions_interleaved_on_one_stdio_server_never_cross_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_mid_call_cancels_it_and_others_are_unaffected() {
     // One probe only (at start): afterwards every request in flight is a client's.
-    let rig = Rig::start(&stdio_server_probed(
+    let rig = Rig::start(&rig::stdio_server(
         "slow",
         &["--tools-variant", "b"],
         "5m",
         "",
     ));
-    wait_attached(&rig, "slow");
+    rig.wait_attached("slow");
     let url = url(&rig, "slow");
     // The leaving client speaks raw HTTP, so its DELETE is certain to be sent.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -282,7 +261,7 @@ async fn a_paused_server_fails_its_probe_is_restarted_and_the_gateway_reattaches
         &[],
         "failure_threshold = 2\nstartup_grace = \"0s\"\n",
     ));
-    wait_attached(&rig, "frozen");
+    rig.wait_attached("frozen");
     let url = url(&rig, "frozen");
     let before = connect(&url).await;
     mcpwatch_tests::docker::docker(&["pause", &rig.container("frozen")]);
@@ -310,7 +289,7 @@ async fn a_paused_server_fails_its_probe_is_restarted_and_the_gateway_reattaches
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_agent_kill_9_the_container_is_adopted_and_the_gateway_reattaches() {
     let mut rig = Rig::start(&stdio_server("kept", &[], ""));
-    wait_attached(&rig, "kept");
+    rig.wait_attached("kept");
     let url = url(&rig, "kept");
     usable(&url).await;
     let container = rig.container("kept");

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcpwatch_agent::gateway::stdio_attach::{attach, AttachEnd};
-use mcpwatch_agent::gateway::{ClientSession, MuxConfig, MuxError, NoCallSink, SessionMux};
+use mcpwatch_agent::gateway::{
+    ClientSession, MuxConfig, MuxError, NoCallSink, SessionMux, UpstreamLifecycle,
+};
 use mcpwatch_tests::docker::{docker, fixture_image, Container};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +59,7 @@ async fn stdio_container_serves_a_mux_session_and_its_stop_fails_requests() {
         MuxConfig::new("fixture"),
         attachment.upstream,
         Arc::new(NoCallSink),
+        UpstreamLifecycle::default(),
         CancellationToken::new(),
     )
     .expect("valid mux config");

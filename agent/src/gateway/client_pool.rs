@@ -17,7 +17,9 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::call_event::CallSink;
-use super::session_mux::{ClientSession, MuxConfig, MuxError, MuxHandle, SessionMux};
+use super::session_mux::{
+    ClientSession, MuxConfig, MuxError, MuxHandle, SessionMux, UpstreamLifecycle,
+};
 use super::stdio_attach;
 use crate::supervisor::{DockerApi, McpServerSpec};
 
@@ -52,6 +54,8 @@ pub struct ClientPool {
     spec: McpServerSpec,
     limits: MuxConfig,
     sink: Arc<dyn CallSink>,
+    /// Learned from the first container, used by every later one (same image).
+    lifecycle: UpstreamLifecycle,
     max_sessions: usize,
     slots: Arc<Semaphore>,
     warm_target: usize,
@@ -116,6 +120,7 @@ impl ClientPool {
             },
             spec,
             sink,
+            lifecycle: UpstreamLifecycle::default(),
             max_sessions,
             slots: Arc::new(Semaphore::new(max_sessions)),
             warm_target: warm_pool,
@@ -239,6 +244,7 @@ impl ClientPool {
             limits,
             attachment.upstream,
             Arc::clone(&self.sink),
+            self.lifecycle.clone(),
             stop.clone(),
         ) {
             Ok(mux) => Ok(Ready { id, mux, stop }),

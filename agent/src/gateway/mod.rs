@@ -45,8 +45,8 @@ pub mod traffic;
 pub use backends::Backends;
 pub use call_event::{CallEvent, CallOutcome, CallSink, NoCallSink};
 pub use session_mux::{
-    ClientMessage, ClientSession, MuxConfig, MuxError, MuxHandle, MuxStatsSnapshot, Route,
-    SessionMux, SessionSender, Upstream,
+    ClientMessage, ClientSession, Lifecycle, MuxConfig, MuxError, MuxHandle, MuxStatsSnapshot,
+    Route, SessionMux, SessionSender, Upstream, UpstreamLifecycle,
 };
 pub use stdio_bridge::{BridgeContext, StdioBridges};
 pub use traffic::TrafficMetrics;

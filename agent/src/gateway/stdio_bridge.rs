@@ -7,7 +7,8 @@
 //! container the same way.
 //!
 //! A re-attach to the same container (the stream broke but the server kept running) opens a
-//! new mux on a server that has seen an `initialize` already; the first client's
+//! new mux on a server that has seen an `initialize` already (the server's lifecycle, learned
+//! by the first mux, is kept for the next: `UpstreamLifecycle`); the first client's
 //! `initialize` goes upstream again, which MCP servers answer or refuse as they do; clients
 //! reconnect either way. Attaching again to the same container waits a backoff delay, so a
 //! container whose output closes at once cannot spin the loop.
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backends::Backends;
 use super::call_event::CallSink;
-use super::session_mux::{MuxConfig, SessionMux};
+use super::session_mux::{MuxConfig, SessionMux, UpstreamLifecycle};
 use super::stdio_attach::{self, AttachEnd};
 use crate::supervisor::{DockerApi, McpServerSpec, ServerPhase, SupervisorHandle, Transport};
 
@@ -116,6 +117,8 @@ async fn bridge(server: String, ctx: BridgeContext, stop: CancellationToken) {
         .expect("valid constant backoff");
     let mut attempt = 0u32;
     let mut last: Option<(String, Instant)> = None;
+    // Outlives each attach: a re-attached server is not asked `server/discover` again.
+    let lifecycle = UpstreamLifecycle::default();
     loop {
         let Some(container) = running_container(&ctx, &server) else {
             tokio::select! {
@@ -141,7 +144,7 @@ async fn bridge(server: String, ctx: BridgeContext, stop: CancellationToken) {
             }
         }
         let attached_at = Instant::now();
-        let end = attach_once(&server, &container, &ctx, &stop).await;
+        let end = attach_once(&server, &container, &ctx, &lifecycle, &stop).await;
         if stop.is_cancelled() {
             return;
         }
@@ -159,6 +162,7 @@ async fn attach_once(
     server: &str,
     container: &str,
     ctx: &BridgeContext,
+    lifecycle: &UpstreamLifecycle,
     stop: &CancellationToken,
 ) -> Option<AttachEnd> {
     let attached = match ctx.docker.client() {
@@ -184,6 +188,7 @@ async fn attach_once(
         config,
         attachment.upstream,
         Arc::clone(&ctx.sink),
+        lifecycle.clone(),
         mux_stop.clone(),
     ) {
         Ok(mux) => mux,

@@ -14,7 +14,7 @@ pub use bollard::Docker;
 use mcpwatch_common::secret::Secret;
 pub use tools::{ToolDrift, ToolFingerprint, ToolSurface};
 
-use crate::gateway::{local_client, MuxHandle};
+use crate::gateway::{local_client, Lifecycle, MuxHandle};
 use crate::http_client;
 use session::Handshake;
 
@@ -205,12 +205,18 @@ pub async fn run_once(target: &ProbeTarget, timeout: Duration) -> ProbeReport {
         },
         ProbeTarget::Gateway { mux } => {
             // The gateway's session is shared with clients: `initialize` keeps the server in
-            // the revision they speak; only a server that refuses it is asked to discover.
-            probe_gateway(mux.as_ref(), Handshake::Initialize, timeout, &mut report).await;
+            // the revision they speak; only a server that refuses it (the gateway answers
+            // for one it knows to be discover-only) is probed with `server/discover`.
+            let discover_only = mux
+                .as_ref()
+                .is_some_and(|mux| matches!(mux.lifecycle(), Lifecycle::DiscoverOnly(_)));
+            if !discover_only {
+                probe_gateway(mux.as_ref(), Handshake::Initialize, timeout, &mut report).await;
+            }
             let refused = report.failure.as_ref().is_some_and(|f| {
                 f.stage == ProbeStage::Initialize && f.kind == FailureKind::ProtocolVersion
             });
-            if refused {
+            if discover_only || refused {
                 report = ProbeReport::default();
                 probe_gateway(mux.as_ref(), Handshake::Discover, timeout, &mut report).await;
             }

@@ -59,10 +59,12 @@ fn init_failure(e: &ClientInitializeError) -> ProbeFailure {
 pub(super) enum Handshake {
     /// `server/discover`, falling back to `initialize` (see the module comment).
     Auto,
-    /// `initialize` only: a stdio server behind the gateway's shared session, whose other
-    /// clients the first `server/discover` would commit to the sessionless revision.
+    /// `initialize` only: a stdio server behind the gateway's shared session, kept in the
+    /// lifecycle its legacy clients need (the probe's inline requests would commit a
+    /// dual-revision server to 2026-07-28).
     Initialize,
-    /// `server/discover` only: a shared stdio server that refused `initialize`.
+    /// `server/discover` only: a shared stdio server that is discover-only (the gateway knows
+    /// it, or it refused `initialize`).
     Discover,
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::lifecycle::UpstreamLifecycle;
 use super::state::{MuxState, Session};
 use super::stats::MuxStats;
 use super::{Control, MuxConfig, MuxError, MuxHandle, SessionId};
@@ -36,6 +37,7 @@ impl SessionMux {
         config: MuxConfig,
         upstream: Upstream,
         sink: Arc<dyn CallSink>,
+        lifecycle: UpstreamLifecycle,
         shutdown: CancellationToken,
     ) -> Result<MuxHandle, MuxError> {
         config.check()?;
@@ -43,7 +45,12 @@ impl SessionMux {
         let stats = Arc::new(MuxStats::default());
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (input_tx, input_rx) = mpsc::channel(CLIENT_INPUT_QUEUE);
-        let state = MuxState::new(Arc::clone(&config), Arc::clone(&stats), sink);
+        let state = MuxState::new(
+            Arc::clone(&config),
+            Arc::clone(&stats),
+            sink,
+            lifecycle.clone(),
+        );
         tokio::spawn(run(state, upstream, control_rx, input_rx, shutdown));
         Ok(MuxHandle {
             control: control_tx,
@@ -53,6 +60,7 @@ impl SessionMux {
             next_session: Arc::new(AtomicU64::new(1)),
             stats,
             config,
+            lifecycle,
         })
     }
 }
@@ -72,6 +80,7 @@ async fn run(
     let idle = Duration::from_secs(86_400 * 365);
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
+    state.start(Instant::now());
     loop {
         let next_deadline = state.next_deadline();
         if let Some(deadline) = next_deadline {
@@ -103,7 +112,10 @@ async fn run(
             },
             line = from_server.recv() => match line {
                 Some(line) => state.on_upstream_line(&line, Instant::now()),
-                None => break,
+                None => {
+                    state.upstream_ended();
+                    break;
+                }
             },
             permit = to_server.reserve(), if !state.to_upstream.is_empty() => match permit {
                 Ok(permit) => {

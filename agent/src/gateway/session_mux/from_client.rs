@@ -130,21 +130,8 @@ impl MuxState {
                 self.reply(session, waiter.client_id, &answer);
                 self.record("initialize".to_owned(), None, CallOutcome::Ok, now, now);
             }
-            Init::InFlight(_) => self.add_init_waiter(waiter),
-            Init::Idle => {
-                let upstream = self.next_upstream_id();
-                self.init = Init::InFlight(Vec::new());
-                self.add_init_waiter(waiter);
-                let pending = Pending {
-                    waiting: Waiting::Initialize,
-                    method: call.method.clone(),
-                    tool: None,
-                    started: now,
-                    deadline: now + self.config.request_timeout,
-                };
-                self.track(upstream, pending);
-                self.send_upstream(&jsonrpc::request(jsonrpc::upstream_id(upstream), call));
-            }
+            Init::InFlight(_) | Init::Held(..) => self.add_init_waiter(waiter),
+            Init::Idle => self.initialize_upstream(waiter, call, now),
         }
     }
 

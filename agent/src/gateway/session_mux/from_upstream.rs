@@ -66,12 +66,12 @@ impl MuxState {
             }
             return;
         };
-        let Waiting::Call {
-            session, client_id, ..
-        } = pending.waiting
-        else {
-            self.on_initialize_answer(answer, now);
-            return;
+        let (session, client_id) = match pending.waiting {
+            Waiting::Call {
+                session, client_id, ..
+            } => (session, client_id),
+            Waiting::Initialize => return self.on_initialize_answer(answer, now),
+            Waiting::Discover => return self.on_discover_answer(Some(answer), now),
         };
         let outcome = match &answer {
             Err(_) => CallOutcome::JsonRpcError,
@@ -96,8 +96,12 @@ impl MuxState {
                 self.send_upstream(&jsonrpc::notification("notifications/initialized", None));
                 CallOutcome::Ok
             }
-            // Not cached: the next initialize asks again.
-            Err(_) => CallOutcome::JsonRpcError,
+            // Not cached: the next initialize asks again (or is refused by the gateway, when
+            // this refusal says the server is discover-only).
+            Err(error) => {
+                self.learn_from_initialize_error(error);
+                CallOutcome::JsonRpcError
+            }
         };
         for waiter in waiters {
             let message = match &answer {

@@ -20,7 +20,12 @@
 //! without an answer after `request_timeout` gets -32001 and is cancelled upstream. An id
 //! written `1.0` comes back as `1` (rmcp reads it as the integer).
 //!
-//! **Initialize.** The first client `initialize` goes upstream; initializes arriving while it
+//! **Lifecycle.** A mux on a server whose lifecycle is not known yet first sends the
+//! gateway's own `server/discover`, so a server that speaks only 2026-07-28 never sees an
+//! `initialize` (rmcp's stdio server ends its session on one); `lifecycle.rs` has the rules.
+//!
+//! **Initialize.** The first client `initialize` goes upstream (after the discover, if one is
+//! out; never to a discover-only server, where the gateway answers -32022 itself); initializes arriving while it
 //! is in flight wait for it; its result is cached and answers every later `initialize`
 //! (under each client's id), and the gateway then sends `notifications/initialized` upstream
 //! itself, once; clients' own `notifications/initialized` are dropped. The upstream therefore
@@ -57,14 +62,16 @@
 //! [`MuxStats`]; lines are never logged (they hold arguments and results).
 //!
 //! Files: `mod.rs` (the handle and what callers see), `actor.rs` (the task), `state.rs` (the
-//! tables and the operations on them), `server_requests.rs` (the open server requests and
-//! their deadlines), `from_client.rs` and `from_upstream.rs` (one message each way),
-//! `stats.rs`; `tests/` (a fake upstream server task on a paused clock, and a
-//! property test of random interleavings against the tables' invariants).
+//! tables and the operations on them), `lifecycle.rs` (initialize or discover-only),
+//! `server_requests.rs` (the open server requests and their deadlines), `from_client.rs` and
+//! `from_upstream.rs` (one message each way), `stats.rs`; `tests/` (a fake upstream server
+//! task on a paused clock, and a property test of random interleavings against the tables'
+//! invariants).
 
 mod actor;
 mod from_client;
 mod from_upstream;
+mod lifecycle;
 mod server_requests;
 mod state;
 mod stats;
@@ -78,6 +85,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub use actor::{SessionMux, Upstream};
+pub use lifecycle::{Lifecycle, UpstreamLifecycle};
 pub use stats::{MuxStats, MuxStatsSnapshot};
 
 use super::jsonrpc::RequestId;
@@ -192,9 +200,15 @@ pub struct MuxHandle {
     next_session: Arc<AtomicU64>,
     stats: Arc<MuxStats>,
     config: Arc<MuxConfig>,
+    lifecycle: UpstreamLifecycle,
 }
 
 impl MuxHandle {
+    /// What the mux knows of the server's lifecycle (`initialize` or discover-only).
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.get()
+    }
+
     /// A new client session, or `TooManySessions` at the limit, or `Closed` once the
     /// upstream has ended.
     pub async fn open_session(&self) -> Result<ClientSession, MuxError> {

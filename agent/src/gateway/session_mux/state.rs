@@ -13,11 +13,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::lifecycle::UpstreamLifecycle;
 use super::server_requests::ServerRequests;
 use super::stats::MuxStats;
 use super::{ClientMessage, MuxConfig, Route, SessionId};
 use crate::gateway::call_event::{CallEvent, CallOutcome, CallSink};
-use crate::gateway::jsonrpc::{self, ErrorCode, Message, RequestId};
+use crate::gateway::jsonrpc::{self, Call, ErrorCode, Message, RequestId};
 
 pub(super) struct Session {
     pub to_client: mpsc::Sender<ClientMessage>,
@@ -43,6 +44,8 @@ pub(super) enum Waiting {
     },
     /// The one initialize sent upstream; its waiters are in [`Init::InFlight`].
     Initialize,
+    /// The gateway's own `server/discover` (see `lifecycle.rs`).
+    Discover,
 }
 
 pub(super) struct Pending {
@@ -59,9 +62,11 @@ pub(super) struct InitWaiter {
     pub started: Instant,
 }
 
-/// The upstream's initialize: not asked yet (or failed), asked, or answered and cached.
+/// The upstream's initialize: not asked yet (or failed), held until the gateway's discover is
+/// answered (with the first client's request), asked, or answered and cached.
 pub(super) enum Init {
     Idle,
+    Held(Vec<InitWaiter>, Call),
     InFlight(Vec<InitWaiter>),
     Ready(Value),
 }
@@ -78,6 +83,10 @@ pub(super) struct MuxState {
     /// The server's requests waiting for a client's answer.
     pub server_requests: ServerRequests,
     pub init: Init,
+    /// What is known of the server's lifecycle, shared with the server's other muxes.
+    pub lifecycle: UpstreamLifecycle,
+    /// The gateway's `server/discover` is waiting for its answer.
+    pub discovering: bool,
     /// Client requests in flight over all sessions, initialize waiters included.
     pub in_flight: usize,
     /// Lines for the upstream, taken by the actor as the channel has room.
@@ -88,11 +97,18 @@ pub(super) struct MuxState {
 }
 
 impl MuxState {
-    pub fn new(config: Arc<MuxConfig>, stats: Arc<MuxStats>, sink: Arc<dyn CallSink>) -> Self {
+    pub fn new(
+        config: Arc<MuxConfig>,
+        stats: Arc<MuxStats>,
+        sink: Arc<dyn CallSink>,
+        lifecycle: UpstreamLifecycle,
+    ) -> Self {
         MuxState {
             config,
             stats,
             sink,
+            lifecycle,
+            discovering: false,
             sessions: BTreeMap::new(),
             pending: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -217,9 +233,9 @@ impl MuxState {
         Some(pending)
     }
 
-    /// Adds a waiter for the initialize in flight (there must be one).
+    /// Adds a waiter for the initialize held or in flight (there must be one).
     pub fn add_init_waiter(&mut self, waiter: InitWaiter) {
-        let Init::InFlight(waiters) = &mut self.init else {
+        let (Init::InFlight(waiters) | Init::Held(waiters, _)) = &mut self.init else {
             return;
         };
         if let Some(entry) = self.sessions.get_mut(&waiter.session) {
@@ -229,10 +245,15 @@ impl MuxState {
         waiters.push(waiter);
     }
 
-    /// Takes the initialize waiters, leaving the state `Idle`.
+    /// Takes the initialize waiters (held or in flight), leaving the state `Idle`.
     pub fn take_init_waiters(&mut self) -> Vec<InitWaiter> {
-        let Init::InFlight(waiters) = mem::replace(&mut self.init, Init::Idle) else {
-            return Vec::new();
+        let waiters = match mem::replace(&mut self.init, Init::Idle) {
+            Init::InFlight(waiters) | Init::Held(waiters, _) => waiters,
+            ready @ Init::Ready(_) => {
+                self.init = ready;
+                return Vec::new();
+            }
+            Init::Idle => return Vec::new(),
         };
         for waiter in &waiters {
             if let Some(entry) = self.sessions.get_mut(&waiter.session) {
@@ -267,7 +288,7 @@ impl MuxState {
                 self.send_upstream(&jsonrpc::cancelled(jsonrpc::upstream_id(upstream), reason));
             }
         }
-        if let Init::InFlight(waiters) = &mut self.init {
+        if let Init::InFlight(waiters) | Init::Held(waiters, _) = &mut self.init {
             let (gone, kept): (Vec<_>, Vec<_>) = mem::take(waiters)
                 .into_iter()
                 .partition(|waiter| waiter.session == id);
@@ -312,6 +333,7 @@ impl MuxState {
             };
             let text = "the server did not answer in time";
             match pending.waiting {
+                Waiting::Discover => self.on_discover_answer(None, now),
                 Waiting::Initialize => {
                     for waiter in self.take_init_waiters() {
                         let (code, method) = (jsonrpc::REQUEST_TIMEOUT, "initialize".to_owned());

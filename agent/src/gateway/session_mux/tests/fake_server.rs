@@ -18,12 +18,29 @@ pub(crate) struct FakeOptions {
     pub init_delay: Duration,
     /// The first initialize is answered with an error.
     pub init_fails_first: bool,
+    /// How `server/discover` is answered.
+    pub discover: Discover,
+}
+
+/// What the fake server does with `server/discover`.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Discover {
+    /// `{}`, as it answers every method it does not know.
+    #[default]
+    Empty,
+    /// -32601, as a server written before the method existed.
+    Unknown,
+    /// Never answers.
+    Hang,
+    /// It speaks only 2026-07-28: discover lists it, `initialize` is refused with -32022.
+    Only2026,
 }
 
 #[derive(Default)]
 pub(crate) struct ServerLog {
     pub initializes: usize,
     pub initialized: usize,
+    pub discovers: usize,
     /// Every request's id, in arrival order.
     pub request_ids: Vec<Value>,
     /// Ids of `hang` calls.
@@ -102,6 +119,28 @@ async fn handle(
     request: Request,
 ) {
     let Request { id, params } = request;
+    if method == "server/discover" {
+        log.lock().unwrap().discovers += 1;
+        let versions = json!({"supportedVersions": ["2026-07-28"]});
+        match options.discover {
+            Discover::Empty => send(output, answer(&id, json!({}))).await,
+            Discover::Unknown => {
+                let error = json!({"code": -32601, "message": "Method not found"});
+                send(output, json!({"jsonrpc": "2.0", "id": id, "error": error})).await;
+            }
+            Discover::Hang => {}
+            Discover::Only2026 => send(output, answer(&id, versions)).await,
+        }
+        return;
+    }
+    if method == "initialize" && options.discover == Discover::Only2026 {
+        log.lock().unwrap().initializes += 1;
+        let data = json!({"requested": params["protocolVersion"], "supported": ["2026-07-28"]});
+        let error =
+            json!({"code": -32022, "message": "Unsupported protocol version", "data": data});
+        send(output, json!({"jsonrpc": "2.0", "id": id, "error": error})).await;
+        return;
+    }
     if method == "initialize" {
         let first = {
             let mut log = log.lock().unwrap();

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::super::state::{Init, MuxState, Session, Waiting};
 use super::super::stats::MuxStats;
-use super::super::{ClientMessage, MuxConfig};
+use super::super::{ClientMessage, MuxConfig, UpstreamLifecycle};
 use super::RecordingSink;
 
 #[derive(Debug, Clone)]
@@ -23,7 +23,8 @@ enum Step {
     Request(u64, u8, u8, bool),
     Cancel(u64, u8),
     ClientGarbage(u64, String),
-    /// Upstream id, kind (0 result, 1 tool error, 2 JSON-RPC error).
+    /// Upstream id, kind (0 result, 1 tool error, 2 JSON-RPC error, 3 a discover result of
+    /// a discover-only server, 4 its -32022 refusal of initialize).
     Answer(u64, u8),
     Progress(u64),
     ServerRequest(u8),
@@ -45,7 +46,7 @@ fn step() -> impl Strategy<Value = Step> {
         8 => (1..6u64, 0..6u8, 0..3u8, any::<bool>()).prop_map(|(s, i, m, p)| Step::Request(s, i, m, p)),
         2 => (1..6u64, 0..6u8).prop_map(|(s, i)| Step::Cancel(s, i)),
         1 => (1..6u64, ".{0,12}").prop_map(|(s, g)| Step::ClientGarbage(s, g)),
-        8 => (0..40u64, 0..3u8).prop_map(|(u, k)| Step::Answer(u, k)),
+        8 => (0..40u64, 0..5u8).prop_map(|(u, k)| Step::Answer(u, k)),
         2 => (0..40u64).prop_map(Step::Progress),
         2 => (0..4u8).prop_map(Step::ServerRequest),
         1 => (0..4u8).prop_map(Step::ServerCancel),
@@ -65,7 +66,7 @@ fn check(state: &MuxState) {
             Waiting::Call {
                 session, client_id, ..
             } => Some((*upstream, *session, client_id)),
-            Waiting::Initialize => None,
+            Waiting::Initialize | Waiting::Discover => None,
         })
         .collect();
     for (upstream, session, client_id) in &calls {
@@ -77,7 +78,20 @@ fn check(state: &MuxState) {
     }
     let requests: usize = state.sessions.values().map(|s| s.requests.len()).sum();
     assert_eq!(requests, calls.len());
+    let discovers = state
+        .pending
+        .values()
+        .filter(|p| matches!(p.waiting, Waiting::Discover))
+        .count();
+    assert_eq!(usize::from(state.discovering), discovers);
     let waiters = match &state.init {
+        Init::Held(waiters, _) => {
+            assert!(
+                state.discovering,
+                "an initialize is held only for a discover"
+            );
+            waiters.len()
+        }
         Init::InFlight(waiters) => {
             assert!(state
                 .pending
@@ -122,10 +136,12 @@ proptest! {
         config.session_queue = 5;
         config.request_timeout = Duration::from_secs(60);
         let sink: Arc<dyn super::super::super::call_event::CallSink> = Arc::new(RecordingSink::default());
-        let mut state = MuxState::new(Arc::new(config), Arc::new(MuxStats::default()), sink);
+        let mut state = MuxState::new(Arc::new(config), Arc::new(MuxStats::default()), sink, UpstreamLifecycle::default());
+        let mut now = Instant::now();
+        // Upstream id 1 is the gateway's own `server/discover`.
+        state.start(now);
         let mut clients: Vec<(u64, mpsc::Receiver<ClientMessage>)> = Vec::new();
         let mut next_session = 1;
-        let mut now = Instant::now();
         for step in steps {
             match step {
                 Step::Open => {
@@ -154,6 +170,8 @@ proptest! {
                     let line = match kind {
                         0 => json!({"jsonrpc": "2.0", "id": upstream, "result": {"protocolVersion": "x"}}),
                         1 => json!({"jsonrpc": "2.0", "id": upstream, "result": {"isError": true}}),
+                        3 => json!({"jsonrpc": "2.0", "id": upstream, "result": {"supportedVersions": ["2026-07-28"]}}),
+                        4 => json!({"jsonrpc": "2.0", "id": upstream, "error": {"code": -32022, "message": "m", "data": {"supported": ["2026-07-28"]}}}),
                         _ => json!({"jsonrpc": "2.0", "id": upstream, "error": {"code": 1, "message": "m"}}),
                     };
                     state.on_upstream_line(&line.to_string(), now);
@@ -199,7 +217,7 @@ proptest! {
         check(&state);
         prop_assert_eq!(state.in_flight, 0);
         prop_assert!(state.server_requests.is_empty());
-        prop_assert!(state.pending.values().all(|p| matches!(p.waiting, Waiting::Initialize)));
+        prop_assert!(state.pending.values().all(|p| matches!(p.waiting, Waiting::Initialize | Waiting::Discover)));
         state.close_all(now);
         prop_assert!(state.pending.is_empty() && state.deadlines.is_empty());
     }

@@ -250,7 +250,9 @@ fn bare_mux(
         to_server,
     };
     let shutdown = CancellationToken::new();
-    let mux = SessionMux::spawn(config, upstream, dyn_sink, shutdown.clone()).unwrap();
+    // Known, so the test (the upstream) sees no `server/discover` of the gateway's own.
+    let lifecycle = UpstreamLifecycle::known(Lifecycle::Initialize);
+    let mux = SessionMux::spawn(config, upstream, dyn_sink, lifecycle, shutdown.clone()).unwrap();
     (mux, inject, server_input, sink, shutdown)
 }
 
@@ -319,7 +321,8 @@ async fn limits_that_cannot_work_are_refused() {
         from_server,
         to_server,
     };
-    let refused = SessionMux::spawn(config, upstream, sink, CancellationToken::new());
+    let lifecycle = UpstreamLifecycle::default();
+    let refused = SessionMux::spawn(config, upstream, sink, lifecycle, CancellationToken::new());
     assert!(matches!(refused, Err(MuxError::InvalidConfig(_))));
 }
 

@@ -1,8 +1,10 @@
 //! Tests of the session mux against a fake upstream server task that speaks JSON-RPC lines,
 //! on tokio's paused clock (timeouts without waiting, no timing luck). `routing` covers ids,
-//! initialize and notifications, `server_requests` the server→client requests, `lifecycle`
-//! cancellation, timeouts, limits, malformed input and the end of the upstream.
+//! initialize and notifications, `discover` the upstream's lifecycle, `server_requests` the
+//! server→client requests, `lifecycle` cancellation, timeouts, limits, malformed input and
+//! the end of the upstream.
 
+mod discover;
 mod fake_server;
 mod invariants;
 mod lifecycle;
@@ -16,7 +18,10 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientMessage, ClientSession, MuxConfig, MuxHandle, SessionMux, Upstream};
+use super::{
+    ClientMessage, ClientSession, Lifecycle, MuxConfig, MuxHandle, SessionMux, Upstream,
+    UpstreamLifecycle,
+};
 use crate::gateway::call_event::{CallEvent, CallOutcome, CallSink};
 use fake_server::{FakeOptions, FakeServer, ServerLog};
 
@@ -63,7 +68,9 @@ impl Harness {
             to_server,
         };
         let dyn_sink: Arc<dyn CallSink> = sink.clone();
-        let mux = SessionMux::spawn(config, upstream, dyn_sink, CancellationToken::new()).unwrap();
+        let lifecycle = UpstreamLifecycle::default();
+        let shutdown = CancellationToken::new();
+        let mux = SessionMux::spawn(config, upstream, dyn_sink, lifecycle, shutdown).unwrap();
         Harness {
             mux,
             inject,

@@ -64,7 +64,8 @@ async fn ids_never_cross_between_20_sessions_with_colliding_ids() {
     });
     assert_eq!(
         upstream_ids.len(),
-        SESSIONS * CALLS + 1,
+        // and the initialize and the gateway's own discover
+        SESSIONS * CALLS + 2,
         "every upstream id is unique"
     );
     assert_eq!(
@@ -127,6 +128,7 @@ async fn a_failed_initialize_reaches_every_waiter_and_is_not_cached() {
     let options = FakeOptions {
         init_delay: Duration::from_millis(100),
         init_fails_first: true,
+        ..FakeOptions::default()
     };
     let harness = Harness::start(MuxConfig::new("files"), options);
     let mut first = harness.session().await;
