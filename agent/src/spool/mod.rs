@@ -6,7 +6,7 @@
 //!   digits, holding records back to back (format in `record.rs`: `MAGIC | len | crc32 | seq |
 //!   postcard(SpoolBatch)`, integers little-endian, crc over seq + payload).
 //! - `acked`: the acknowledged watermark, 8-byte LE seq followed by the crc32 of those 8 bytes,
-//!   replaced atomically (write `acked.tmp`, fsync, rename, fsync the directory).
+//!   overwritten in place and never flushed on its own (`watermark.rs` says why).
 //! - `*.seg.corrupt`: segment files that could not be read at all, moved aside for a human.
 //! - `NNNN.replaces-MMMM.seg`: a replacement segment (`replace.rs`): record `MMMM`, too large
 //!   for the collector's frame limit, cut into records that fit, stored from seq `NNNN` on.
@@ -28,10 +28,18 @@
 //!   `[MIN_SEGMENT_BYTES, max_bytes]` and callers should pass about `max_bytes / 16`
 //!   ([`SpoolConfig::new`]). The bound is exceeded only by a single record (plus its gap
 //!   marker) that alone is larger than `max_bytes`: it is still written, in its own segment.
-//! - With `fsync`, `append` returns only after the record is on stable storage. Without it, a
-//!   power loss can lose the tail that was already sent; the collector's `resume_from_seq`
-//!   fed to [`Spool::ack`] then moves `next_seq` past it so new batches are not taken for
-//!   replays.
+//! - With `fsync`, `append` returns only after the record is on stable storage (one
+//!   `fdatasync` per record, the only flush of a normal cycle; a new segment file also flushes
+//!   the directory once). Without it, a power loss can lose the tail that was already sent;
+//!   the collector's `resume_from_seq` fed to [`Spool::ack`] then moves `next_seq` past it so
+//!   new batches are not taken for replays.
+//! - Acknowledgement is not flushed: a process crash (kill -9) loses nothing, an OS crash or
+//!   power loss can bring back an older watermark or segments whose deletion was not yet on
+//!   disk, so acknowledged records are sent again and dropped by the collector by seq. What
+//!   an OS crash can lose is therefore: without `fsync`, records not yet written back by the
+//!   kernel; with it, nothing that `append` returned for.
+//! - The segment being written stays open and is written on until full, acknowledged or not:
+//!   a cycle neither creates nor deletes a file. Reads of it go through the open handle.
 //! - No record needs a wire frame above the frame limit: `append` stores a bigger batch as
 //!   several records, and a record stored under a larger limit than the collector's is
 //!   replaced ([`Spool::replace_oversized`]). Only a sample or event that is too large alone

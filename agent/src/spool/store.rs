@@ -18,7 +18,7 @@ use super::segment::{
     parse_segment_name, read_record, scan_segment, segment_name, GapInfo, RecordMeta, Segment,
 };
 use super::split;
-use super::watermark;
+use super::watermark::{self, Watermark};
 
 const CORRUPT_SUFFIX: &str = ".corrupt";
 /// A replacement segment being written (`replace.rs`), renamed into place once complete.
@@ -68,6 +68,7 @@ impl Corruption {
 #[derive(Debug)]
 pub struct Spool {
     pub(super) dir: PathBuf,
+    watermark: Watermark,
     pub(super) max_bytes: u64,
     pub(super) segment_bytes: u64,
     pub(super) fsync: bool,
@@ -106,6 +107,7 @@ impl Spool {
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         let corruption = Corruption::default();
         let (last_acked, damage) = watermark::read(&dir);
+        let watermark = Watermark::new(&dir);
         if let Some((records, bytes)) = damage {
             corruption.add(records, bytes);
         }
@@ -180,6 +182,7 @@ impl Spool {
 
         let spool = Spool {
             dir,
+            watermark,
             max_bytes,
             segment_bytes,
             fsync: cfg.fsync,
@@ -248,17 +251,20 @@ impl Spool {
         self.write_record(len, &payload, &batch)
     }
 
-    /// Acknowledges every seq `<= seq`: persists the watermark, then deletes segments that
-    /// hold only acknowledged records. An ack at or beyond `next_seq` (the collector has seen
-    /// seqs this spool no longer knows, e.g. after the spool was wiped) moves `next_seq` past
-    /// it so new batches are not discarded as replays. The watermark stays recorded even when
-    /// deleting a segment fails; the deletion is retried on the next ack.
+    /// Acknowledges every seq `<= seq`: records the watermark (in place, not flushed: see
+    /// `watermark.rs`), then deletes closed segments that hold only acknowledged records
+    /// (without a directory flush: a deletion lost in an OS crash only brings back
+    /// acknowledged records, which are replayed and dropped by the collector). The active
+    /// segment is kept and written on until full, so a cycle does not create and delete a
+    /// file. An ack at or beyond `next_seq` (the collector has seen seqs this spool no longer
+    /// knows, e.g. after the spool was wiped) moves `next_seq` past it so new batches are not
+    /// discarded as replays. The watermark stays recorded even when deleting a segment fails;
+    /// the deletion is retried on the next ack.
     pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
         if seq <= self.last_acked {
             return Ok(());
         }
-        watermark::write(&self.dir, seq, self.fsync)?;
-        self.sync_dir()?;
+        self.watermark.write(seq)?;
         self.last_acked = seq;
         if seq >= self.next_seq {
             self.next_seq = seq.saturating_add(1);
@@ -269,7 +275,6 @@ impl Spool {
             .retain(|&s| s > seq);
         self.superseded.retain(|&s| s > seq);
 
-        let mut removed = false;
         let mut result = Ok(());
         while let Some(seg) = self.closed.pop_front() {
             if seg.last_seq().is_some_and(|last| last > seq) {
@@ -281,26 +286,6 @@ impl Spool {
                 result = Err(e);
                 break;
             }
-            removed = true;
-        }
-        if result.is_ok() {
-            if let Some(active) = self.active.take() {
-                if active.seg.last_seq().is_some_and(|last| last <= seq) {
-                    drop(active.file);
-                    match remove_if_exists(&active.seg.path) {
-                        Ok(()) => removed = true,
-                        Err(e) => {
-                            self.closed.push_back(active.seg);
-                            result = Err(e);
-                        }
-                    }
-                } else {
-                    self.active = Some(active);
-                }
-            }
-        }
-        if removed {
-            self.sync_dir()?;
         }
         result
     }
@@ -323,6 +308,8 @@ impl Spool {
                 continue;
             }
             let first = seg.records.partition_point(|r| r.seq < start);
+            // The segment being written is read through its open handle: no open per read.
+            let active = self.active.as_ref().filter(|a| a.seg.path == seg.path);
             let mut file: Option<File> = None;
             for meta in seg.records.get(first..).unwrap_or_default() {
                 let len = meta.len as usize;
@@ -334,7 +321,7 @@ impl Spool {
                 if self.is_unreadable(meta.seq) || self.superseded.contains(&meta.seq) {
                     continue;
                 }
-                if file.is_none() {
+                if file.is_none() && active.is_none() {
                     match File::open(&seg.path) {
                         Ok(f) => file = Some(f),
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -344,7 +331,9 @@ impl Spool {
                         Err(e) => return Err(io_err("open", &seg.path)(e)),
                     }
                 }
-                let Some(f) = file.as_ref() else { continue };
+                let Some(f) = active.map(|a| &a.file).or(file.as_ref()) else {
+                    continue;
+                };
                 match read_record(f, meta) {
                     Ok(batch) => {
                         bytes = bytes.saturating_add(len);
@@ -489,6 +478,7 @@ impl Spool {
     fn create_segment(&self, first_seq: u64) -> Result<Active, SpoolError> {
         let path = self.dir.join(segment_name(first_seq));
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&path)

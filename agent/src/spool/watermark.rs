@@ -1,31 +1,65 @@
 //! The acknowledged watermark file `acked`: 8-byte LE seq followed by the crc32 of those
-//! 8 bytes, replaced atomically.
+//! 8 bytes, overwritten in place on a file kept open, never flushed on its own.
+//!
+//! Why no fsync and no rename: the watermark only saves replay work. A process crash loses
+//! nothing (the write is in the page cache); an OS crash or power loss can leave an older
+//! watermark, or a torn one that reads as 0, and the spool then sends acknowledged records
+//! again, which the collector drops as duplicates by seq (its `resume_from_seq` re-acks
+//! them). Flushing it cost two of the five disk flushes of every cycle.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::Path;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use super::error::{io_err, SpoolError};
 
 const WATERMARK_FILE: &str = "acked";
+/// Left by versions that replaced the watermark by rename; removed at open.
 pub(super) const WATERMARK_TMP: &str = "acked.tmp";
 
-/// Replaces the watermark atomically (write the temporary file, fsync, rename); the caller
-/// fsyncs the directory.
-pub(super) fn write(dir: &Path, seq: u64, fsync: bool) -> Result<(), SpoolError> {
-    let tmp = dir.join(WATERMARK_TMP);
-    let path = dir.join(WATERMARK_FILE);
-    let mut buf = [0u8; 12];
-    let (seq_part, crc_part) = buf.split_at_mut(8);
-    seq_part.copy_from_slice(&seq.to_le_bytes());
-    crc_part.copy_from_slice(&crc32fast::hash(&seq.to_le_bytes()).to_le_bytes());
-    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-    f.write_all(&buf).map_err(io_err("write", &tmp))?;
-    if fsync {
-        f.sync_all().map_err(io_err("fsync", &tmp))?;
+/// The watermark file, opened at the first write and kept open.
+#[derive(Debug)]
+pub(super) struct Watermark {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl Watermark {
+    pub(super) fn new(dir: &Path) -> Watermark {
+        Watermark {
+            path: dir.join(WATERMARK_FILE),
+            file: None,
+        }
     }
-    drop(f);
-    fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))
+
+    /// Overwrites the watermark with `seq` (12 bytes at offset 0, one `pwrite`).
+    pub(super) fn write(&mut self, seq: u64) -> Result<(), SpoolError> {
+        let mut buf = [0u8; 12];
+        let (seq_part, crc_part) = buf.split_at_mut(8);
+        seq_part.copy_from_slice(&seq.to_le_bytes());
+        crc_part.copy_from_slice(&crc32fast::hash(&seq.to_le_bytes()).to_le_bytes());
+        let file = match &mut self.file {
+            Some(file) => file,
+            slot => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&self.path)
+                    .map_err(io_err("open", &self.path))?;
+                // A damaged file may be longer; the watermark is exactly 12 bytes.
+                file.set_len(12).map_err(io_err("truncate", &self.path))?;
+                slot.insert(file)
+            }
+        };
+        if let Err(e) = file.write_all_at(&buf, 0) {
+            // Reopened (and truncated) by the next write.
+            self.file = None;
+            return Err(io_err("write", &self.path)(e));
+        }
+        Ok(())
+    }
 }
 
 /// The acked watermark, 0 when absent, with the corruption to count (records, bytes) if the

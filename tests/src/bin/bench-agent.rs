@@ -22,6 +22,14 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    if !std::path::Path::new(&args.node_exporter).is_file() {
+        eprintln!(
+            "bench-agent: {} not found; install it with `apt-get install prometheus-node-exporter` \
+             (or pass --node-exporter PATH)",
+            args.node_exporter
+        );
+        std::process::exit(2);
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&tmp.path().join("pki"));
     let collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
@@ -42,10 +50,8 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (apt-get install prometheus-node-exporter)",
-                args.node_exporter
-            )
+            eprintln!("bench-agent: cannot start {}: {e}", args.node_exporter);
+            std::process::exit(2);
         });
     wait_for("node_exporter", Duration::from_secs(20), || {
         matches!(http_get(ne_addr, "/metrics"), Ok((200, _))).then_some(())
@@ -75,6 +81,9 @@ fn main() {
     let agent_rss = procfs::mem_mb(agent_pid, "VmRSS").unwrap_or(f64::NAN);
     let agent_hwm = procfs::mem_mb(agent_pid, "VmHWM").unwrap_or(f64::NAN);
     let ne_rss = procfs::mem_mb(ne.id(), "VmRSS").unwrap_or(f64::NAN);
+    let agent_anon = procfs::mem_mb(agent_pid, "RssAnon").unwrap_or(f64::NAN);
+    let agent_file = procfs::mem_mb(agent_pid, "RssFile").unwrap_or(f64::NAN);
+    let agent_threads = procfs::status_field(agent_pid, "Threads").unwrap_or(0);
     let _ = ne.kill();
     let _ = ne.wait();
     let per_cycle = agent_cpu / cycles.max(1.0);
@@ -88,6 +97,9 @@ fn main() {
             "agent_cycles": cycles,
             "agent_rss_mb": r(agent_rss),
             "agent_peak_rss_mb": r(agent_hwm),
+            "agent_rss_anon_mb": r(agent_anon),
+            "agent_rss_file_mb": r(agent_file),
+            "agent_threads": agent_threads,
             "agent_cpu_ms_per_cycle": r(per_cycle),
             "node_exporter_rss_mb": r(ne_rss),
             "node_exporter_cpu_ms_per_scrape": r(per_scrape),
