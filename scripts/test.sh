@@ -50,7 +50,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 # The MCP fixture server, static, for FROM scratch test images.
 RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release -p mcpwatch-mcp-fixture --target x86_64-unknown-linux-gnu
+  cargo build --profile fixture -p mcpwatch-mcp-fixture --target x86_64-unknown-linux-gnu
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"

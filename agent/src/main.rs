@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mcpwatch_agent::{config::DEFAULT_PATH, AgentConfig};
-use mcpwatch_common::{config::EXIT_CONFIG, logging, shutdown};
+use mcpwatch_common::shutdown::{self, RuntimeThreads};
+use mcpwatch_common::{config::EXIT_CONFIG, logging};
 
 /// mcpwatch agent: host metrics and MCP server supervision, streamed to the collector.
 #[derive(Parser)]
@@ -50,8 +51,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     logging::init(&config.log_level, config.log_json);
-    // Two workers: the agent's work is small, and a lean footprint is part of its job.
-    shutdown::run_until_signal("mcpwatch-agent", Some(2), |token| {
+    // One thread: the agent wakes once per interval and its gateway needs a fraction of a
+    // core at thousands of calls per second (BENCHMARKS.md); a work-stealing pool only added
+    // cross-thread wake-ups to every cycle. Disk flushes run on the spool writer's thread.
+    shutdown::run_until_signal("mcpwatch-agent", RuntimeThreads::Current, |token| {
         mcpwatch_agent::run(config, token)
     })
 }

@@ -76,7 +76,8 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {
+            // Without servers the timer is not even polled: no wake-up per interval.
+            _ = tick.tick(), if active.is_some() => {
                 if let Some(a) = active.as_mut() {
                     sample(&ctx, a).await;
                 }

@@ -137,10 +137,7 @@ impl Uplink {
     }
 
     async fn pending(&self) -> u64 {
-        let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || spool.lock().stats().records_pending)
-            .await
-            .unwrap_or(0)
+        self.spool.run(|spool| spool.stats().records_pending).await
     }
 
     // Over 80 lines on purpose: connect, handshake and the send/ack loop share the connection
@@ -292,14 +289,12 @@ impl Uplink {
         max_records: usize,
         limit: usize,
     ) -> Result<Vec<SpoolRecord>, UplinkError> {
-        let spool = self.spool.clone();
         // A read budget only (each record is its own frame): a few frames' worth.
         let max_bytes = limit.saturating_mul(2);
-        let records = tokio::task::spawn_blocking(move || {
-            spool.lock().read_from(from, max_records, max_bytes)
-        })
-        .await
-        .map_err(|e| UplinkError::Protocol(format!("spool reader task failed: {e}")))??;
+        let records = self
+            .spool
+            .run(move |spool| spool.read_from(from, max_records, max_bytes))
+            .await?;
         Ok(records)
     }
 
@@ -337,10 +332,7 @@ impl Uplink {
     }
 
     async fn ack(&self, seq: u64) -> Result<(), UplinkError> {
-        let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || spool.lock().ack(seq))
-            .await
-            .map_err(|e| UplinkError::Protocol(format!("spool ack task failed: {e}")))??;
+        self.spool.run(move |spool| spool.ack(seq)).await?;
         Ok(())
     }
 }

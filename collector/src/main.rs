@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
 use mcpwatch_collector::quickstart::{self, QuickstartOptions};
+use mcpwatch_common::shutdown::RuntimeThreads;
 use mcpwatch_common::{certs, config::EXIT_CONFIG, logging, shutdown};
 
 /// mcpwatch collector: receives agent streams over mutual TLS and keeps their history.
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
                 Err(err) => return config_error(err),
             };
             logging::init(&config.log_level, config.log_json);
-            shutdown::run_until_signal("mcpwatch-collector", None, |token| {
+            shutdown::run_until_signal("mcpwatch-collector", RuntimeThreads::Workers(None), |token| {
                 mcpwatch_collector::run(config, token)
             })
         }
@@ -137,7 +138,7 @@ fn main() -> ExitCode {
                 http,
                 agent_metrics,
             };
-            shutdown::run_until_signal("mcpwatch-collector", None, |token| {
+            shutdown::run_until_signal("mcpwatch-collector", RuntimeThreads::Workers(None), |token| {
                 quickstart::run(options, token)
             })
         }

@@ -29,11 +29,20 @@ pub async fn watch_signals(
     }
 }
 
+/// Which runtime a `main` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeThreads {
+    /// Everything on the main thread (blocking work still goes to tokio's blocking pool).
+    Current,
+    /// A work-stealing pool of this many workers (`None`: one per core).
+    Workers(Option<usize>),
+}
+
 /// The body of both `main`s: builds the runtime, runs `f` with a token that SIGTERM/SIGINT
 /// cancel, and maps the outcome to an exit code (1 on error, logged and printed).
 pub fn run_until_signal<F, Fut, E>(
     program: &str,
-    worker_threads: Option<usize>,
+    threads: RuntimeThreads,
     f: F,
 ) -> std::process::ExitCode
 where
@@ -41,10 +50,16 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n);
-    }
+    let mut builder = match threads {
+        RuntimeThreads::Current => tokio::runtime::Builder::new_current_thread(),
+        RuntimeThreads::Workers(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = n {
+                builder.worker_threads(n);
+            }
+            builder
+        }
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {

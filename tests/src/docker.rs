@@ -84,7 +84,8 @@ pub fn static_fixture_binary() -> PathBuf {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .args([
             "build",
-            "--release",
+            "--profile",
+            "fixture",
             "-p",
             "mcpwatch-mcp-fixture",
             "--target",
@@ -101,7 +102,7 @@ pub fn static_fixture_binary() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("x86_64-unknown-linux-gnu/release/mcp-fixture");
+    let bin = target.join("x86_64-unknown-linux-gnu/fixture/mcp-fixture");
     assert!(bin.exists(), "{} missing after the build", bin.display());
     bin
 }

@@ -80,24 +80,31 @@ fn mounts(text: &str) -> Vec<(String, String, String)> {
 
 pub(super) struct DiskSampler {
     mounts: ProcFile,
+    /// The mounts worth reporting, read again only when the kernel says the table changed
+    /// (generating it costs more than everything else the sampler reads).
+    table: Vec<(String, String, String)>,
 }
 
 impl DiskSampler {
     pub(super) fn new() -> Self {
         DiskSampler {
             mounts: ProcFile::new("/proc/self/mounts"),
+            table: Vec::new(),
         }
     }
 
     pub(super) fn sample(&mut self, out: &mut Vec<(SeriesKey, f64)>) {
-        let table = match self.mounts.read() {
-            Ok(text) => mounts(text),
-            Err(e) => {
-                tracing::debug!(error = %e, "/proc/self/mounts unreadable");
-                return;
+        if self.mounts.changed() {
+            match self.mounts.read() {
+                Ok(text) => self.table = mounts(text),
+                Err(e) => {
+                    tracing::debug!(error = %e, "/proc/self/mounts unreadable");
+                    self.table.clear();
+                    return;
+                }
             }
-        };
-        for (device, mountpoint, fstype) in table {
+        }
+        for (device, mountpoint, fstype) in &self.table {
             let Ok(stat) = rustix::fs::statvfs(mountpoint.as_str()) else {
                 // Unmounted since, or not ours to see: no series this cycle.
                 continue;

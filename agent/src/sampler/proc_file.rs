@@ -8,6 +8,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use rustix::event::{PollFd, PollFlags, Timespec};
+
 /// Files above this are cut here (`/proc/stat` on a 256-core host is about 40 KiB).
 const MAX_BYTES: usize = 1 << 20;
 
@@ -23,6 +25,26 @@ impl ProcFile {
             path: path.into(),
             file: None,
             buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Whether the kernel flags the file as changed since it was opened or last flagged
+    /// (`POLLPRI`: `/proc/self/mounts` does so when the mount table changes). `true` when the
+    /// file is not open yet or cannot be polled, so the caller reads it.
+    pub(super) fn changed(&self) -> bool {
+        let Some(file) = &self.file else {
+            return true;
+        };
+        let mut fds = [PollFd::new(file, PollFlags::PRI)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut fds, Some(&now)) {
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(PollFlags::PRI | PollFlags::ERR),
+            Err(_) => true,
         }
     }
 
@@ -52,10 +74,12 @@ impl ProcFile {
                     return Err(e);
                 }
             };
-            if read == 0 {
+            offset += read;
+            // procfs (seq_file) fills what it is given unless the content ends: a short read
+            // is the end, which saves the `pread` that would return 0.
+            if read == 0 || offset < self.buf.len() {
                 break;
             }
-            offset += read;
         }
         self.buf.truncate(offset);
         if std::str::from_utf8(&self.buf).is_err() {
@@ -104,6 +128,17 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "uptime never moved");
             std::thread::yield_now();
         }
+    }
+
+    #[test]
+    fn the_mount_table_is_flagged_only_when_it_changes() {
+        let mut mounts = ProcFile::new("/proc/self/mounts");
+        assert!(mounts.changed(), "not read yet");
+        assert!(mounts.read().unwrap().contains(" / "));
+        assert!(!mounts.changed(), "unchanged since it was opened");
+        let mut plain = ProcFile::new("/proc/uptime");
+        plain.read().unwrap();
+        assert!(!plain.changed(), "files that do not signal read as unchanged");
     }
 
     #[test]
