@@ -102,9 +102,11 @@ fn main() -> ExitCode {
                 Err(err) => return config_error(err),
             };
             logging::init(&config.log_level, config.log_json);
-            shutdown::run_until_signal("mcpwatch-collector", RuntimeThreads::Workers(None), |token| {
-                mcpwatch_collector::run(config, token)
-            })
+            shutdown::run_until_signal(
+                "mcpwatch-collector",
+                RuntimeThreads::Workers(None),
+                |token| mcpwatch_collector::run(config, token),
+            )
         }
         Command::Certs { command } => {
             let result = match command {
@@ -138,9 +140,11 @@ fn main() -> ExitCode {
                 http,
                 agent_metrics,
             };
-            shutdown::run_until_signal("mcpwatch-collector", RuntimeThreads::Workers(None), |token| {
-                quickstart::run(options, token)
-            })
+            shutdown::run_until_signal(
+                "mcpwatch-collector",
+                RuntimeThreads::Workers(None),
+                |token| quickstart::run(options, token),
+            )
         }
         Command::User(cmd) => admin_cli::user(cmd),
         Command::Role(cmd) => admin_cli::role(cmd),

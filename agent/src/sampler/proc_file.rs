@@ -41,9 +41,7 @@ impl ProcFile {
             tv_nsec: 0,
         };
         match rustix::event::poll(&mut fds, Some(&now)) {
-            Ok(_) => fds[0]
-                .revents()
-                .intersects(PollFlags::PRI | PollFlags::ERR),
+            Ok(_) => fds[0].revents().intersects(PollFlags::PRI | PollFlags::ERR),
             Err(_) => true,
         }
     }
@@ -138,7 +136,10 @@ mod tests {
         assert!(!mounts.changed(), "unchanged since it was opened");
         let mut plain = ProcFile::new("/proc/uptime");
         plain.read().unwrap();
-        assert!(!plain.changed(), "files that do not signal read as unchanged");
+        assert!(
+            !plain.changed(),
+            "files that do not signal read as unchanged"
+        );
     }
 
     #[test]
