@@ -518,10 +518,23 @@ impl Drop for SmtpServer {
 }
 
 impl SmtpServer {
+    /// Starts aiosmtpd on a free loopback port. Ready means its own `220` greeting was read:
+    /// a bare connect could reach another test's server that took the port between
+    /// `free_addr` and aiosmtpd's bind (aiosmtpd then exits, and the start is retried on
+    /// another port).
     pub fn start(dir: &Path, mode: SmtpMode) -> SmtpServer {
+        std::fs::write(dir.join("mcpwatch_reject.py"), REJECT_HANDLERS).expect("handler file");
+        for _ in 0..5 {
+            if let Some(server) = SmtpServer::try_start(dir, mode) {
+                return server;
+            }
+        }
+        panic!("aiosmtpd kept exiting at start; is python3-aiosmtpd installed?");
+    }
+
+    fn try_start(dir: &Path, mode: SmtpMode) -> Option<SmtpServer> {
         let addr = crate::free_addr();
         let maildir = dir.join("maildir");
-        std::fs::write(dir.join("mcpwatch_reject.py"), REJECT_HANDLERS).expect("handler file");
         let mut cmd = Command::new(PYTHON);
         cmd.args(["-m", "aiosmtpd", "-n", "-l", &addr.to_string(), "-c"])
             .env("PYTHONPATH", dir)
@@ -546,13 +559,14 @@ impl SmtpServer {
             maildir,
             child,
         };
-        crate::wait_for("aiosmtpd to listen", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("aiosmtpd exited early ({status}); is python3-aiosmtpd installed?");
+        let ready = crate::wait_for("aiosmtpd to greet", Duration::from_secs(20), || {
+            if let Ok(Some(_)) = server.child.try_wait() {
+                // Exited: the port was taken, most likely. Try another one.
+                return Some(false);
             }
-            std::net::TcpStream::connect(addr).ok().map(|_| ())
+            greeting(addr).then_some(true)
         });
-        server
+        ready.then_some(server)
     }
 
     /// Messages delivered to the maildir so far, parsed by Python's `email` package.
@@ -565,6 +579,19 @@ impl SmtpServer {
         paths.sort();
         paths.iter().map(|p| parse_mail(p)).collect()
     }
+}
+
+/// Whether an SMTP server that is aiosmtpd answers on `addr` (its greeting names it).
+fn greeting(addr: std::net::SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 256];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    let line = String::from_utf8_lossy(&buf[..n]);
+    line.starts_with("220 ") && line.contains("Python SMTP")
 }
 
 const PARSE_MAIL: &str = r#"

@@ -74,6 +74,11 @@ impl UpstreamLifecycle {
     }
 }
 
+/// Versions kept from a server's list, and the longest kept: revisions are short dates, and
+/// the list is echoed to every refused client, so a server cannot make it large.
+const MAX_VERSIONS: usize = 16;
+const MAX_VERSION_LEN: usize = 32;
+
 /// The supported versions a discover result or a -32022 refusal lists, when every one of
 /// them is 2026-07-28 or later (an empty list says nothing).
 fn discover_only(versions: Option<&Value>) -> Option<Vec<String>> {
@@ -81,6 +86,8 @@ fn discover_only(versions: Option<&Value>) -> Option<Vec<String>> {
         .as_array()?
         .iter()
         .filter_map(Value::as_str)
+        .filter(|v| v.len() <= MAX_VERSION_LEN)
+        .take(MAX_VERSIONS)
         .map(str::to_owned)
         .collect();
     let modern = |v: &String| v.as_str() >= FIRST_DISCOVER_ONLY_REVISION;
@@ -189,9 +196,12 @@ impl MuxState {
         supported: &[String],
         now: Instant,
     ) {
+        // Echoed as the server would, but only a version-like string (the client's own
+        // value, so at worst it gets its own bytes back; still no reason to copy a big one).
         let requested = jsonrpc::param(&call.params, "protocolVersion")
-            .cloned()
-            .unwrap_or(Value::Null);
+            .and_then(Value::as_str)
+            .filter(|v| v.len() <= MAX_VERSION_LEN)
+            .map_or(Value::Null, |v| Value::String(v.to_owned()));
         let error = unsupported_version(requested, supported);
         let message = jsonrpc::error_data(Some(waiter.client_id.clone()), error);
         self.reply(waiter.session, waiter.client_id, &message);
@@ -234,6 +244,13 @@ mod tests {
         );
         assert_eq!(only(json!(["2025-11-25", "2026-07-28"])), None);
         assert_eq!(only(json!([])), None);
+        let long = "2026-07-28".repeat(10);
+        assert_eq!(
+            only(json!([long, "2026-07-28"])),
+            Some(vec!["2026-07-28".to_owned()])
+        );
+        let many: Vec<String> = (0..100).map(|d| format!("2027-01-{d:02}")).collect();
+        assert_eq!(only(json!(many)).map(|v| v.len()), Some(MAX_VERSIONS));
         assert_eq!(only(json!("2026-07-28")), None);
         assert_eq!(discover_only(None), None);
     }
