@@ -174,6 +174,23 @@ impl Rig {
         });
     }
 
+    /// Waits until the info series of `server` carries the negotiated `revision`.
+    pub fn wait_revision(&self, server: &str, revision: &str) {
+        let server = format!(r#"server="{server}""#);
+        let revision = format!(r#"protocol_version="{revision}""#);
+        wait_for("revision on the info series", LONG, || {
+            self.agent
+                .metrics()
+                .lines()
+                .any(|l| {
+                    l.starts_with("mcpwatch_server_info{")
+                        && l.contains(&server)
+                        && l.contains(&revision)
+                })
+                .then_some(())
+        });
+    }
+
     pub fn container(&self, server: &str) -> String {
         format!("mcpwatch-{}-{server}", self.id)
     }

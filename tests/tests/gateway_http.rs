@@ -121,17 +121,7 @@ async fn a_server_speaking_only_2026_07_28_is_probed_and_proxied_sessionless() {
     ));
     let ok = rig.wait_events("modern", "probe_ok", 1);
     assert!(ok[0].detail.contains("protocol=2026-07-28"), "{ok:?}");
-    wait_for("revision on the info series", LONG, || {
-        rig.agent
-            .metrics()
-            .lines()
-            .any(|l| {
-                l.starts_with("mcpwatch_server_info{")
-                    && l.contains(r#"server="modern""#)
-                    && l.contains(r#"protocol_version="2026-07-28""#)
-            })
-            .then_some(())
-    });
+    rig.wait_revision("modern", "2026-07-28");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let info = ClientConfig::new(
         ClientCapabilities::default(),

@@ -56,21 +56,6 @@ async fn echo(client: &RunningService<RoleClient, ClientConfig>, text: &str) -> 
     content[0]["text"].as_str().unwrap_or_default().to_owned()
 }
 
-/// Waits until the info series of `server` carries `revision`.
-fn wait_revision(rig: &Rig, server: &str, revision: &str) {
-    wait_for("revision on the info series", LONG, || {
-        rig.agent
-            .metrics()
-            .lines()
-            .any(|l| {
-                l.starts_with("mcpwatch_server_info{")
-                    && l.contains(&format!(r#"server="{server}""#))
-                    && l.contains(&format!(r#"protocol_version="{revision}""#))
-            })
-            .then_some(())
-    });
-}
-
 fn echo_calls(rig: &Rig, server: &str) -> Option<f64> {
     let series =
         format!(r#"mcpwatch_mcp_tool_calls_total{{server="{server}",tool="echo",outcome="ok"}}"#);
@@ -84,7 +69,7 @@ async fn a_stdio_server_speaking_only_2026_07_28_is_probed_and_proxied_and_never
     rig.wait_attached("modern");
     let ok = rig.wait_events("modern", "probe_ok", 2);
     assert!(ok[1].detail.contains("protocol=2026-07-28"), "{ok:?}");
-    wait_revision(&rig, "modern", "2026-07-28");
+    rig.wait_revision("modern", "2026-07-28");
 
     let client = connect(&url(&rig, "modern"), modern())
         .await
@@ -124,7 +109,7 @@ async fn a_stdio_server_speaking_only_2025_11_25_is_probed_and_proxied_to_both_k
     rig.wait_attached("classic");
     let ok = rig.wait_events("classic", "probe_ok", 1);
     assert!(ok[0].detail.contains("protocol=2025-11-25"), "{ok:?}");
-    wait_revision(&rig, "classic", "2025-11-25");
+    rig.wait_revision("classic", "2025-11-25");
 
     let client = connect(&url(&rig, "classic"), legacy())
         .await

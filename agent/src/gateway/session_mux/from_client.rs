@@ -5,7 +5,7 @@
 
 use tokio::time::Instant;
 
-use super::state::{Init, InitWaiter, MuxState, Pending, Waiting};
+use super::state::{Init, InitWaiter, MuxState, Waiting};
 use super::stats::MuxStats;
 use super::{ClientMessage, Route, SessionId};
 use crate::gateway::call_event::CallOutcome;
@@ -97,19 +97,13 @@ impl MuxState {
             "tools/call" => jsonrpc::tool_name(&call.params),
             _ => None,
         };
-        let pending = Pending {
-            waiting: Waiting::Call {
-                session,
-                client_id: id,
-                progress,
-            },
-            method: call.method.clone(),
-            tool,
-            started: now,
-            deadline: now + self.config.request_timeout,
+        let waiting = Waiting::Call {
+            session,
+            client_id: id,
+            progress,
         };
-        self.track(upstream, pending);
-        self.send_upstream(&jsonrpc::request(jsonrpc::upstream_id(upstream), call));
+        let deadline = now + self.config.request_timeout;
+        self.request_upstream(upstream, waiting, call, tool, now, deadline);
     }
 
     fn on_client_initialize(

@@ -30,7 +30,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::state::{Init, InitWaiter, MuxState, Pending, Waiting};
+use super::state::{Init, InitWaiter, MuxState, Waiting};
 use crate::gateway::call_event::CallOutcome;
 use crate::gateway::jsonrpc::{self, Call, ErrorCode, ErrorData};
 
@@ -123,16 +123,9 @@ impl MuxState {
             params: Some(json!({ "_meta": meta })),
         };
         let upstream = self.next_upstream_id();
-        let pending = Pending {
-            waiting: Waiting::Discover,
-            method: call.method.clone(),
-            tool: None,
-            started: now,
-            deadline: now + DISCOVER_TIMEOUT.min(self.config.request_timeout),
-        };
-        self.track(upstream, pending);
+        let deadline = now + DISCOVER_TIMEOUT.min(self.config.request_timeout);
         self.discovering = true;
-        self.send_upstream(&jsonrpc::request(jsonrpc::upstream_id(upstream), call));
+        self.request_upstream(upstream, Waiting::Discover, call, None, now, deadline);
     }
 
     /// The gateway's `server/discover` was answered (`Some`) or timed out (`None`).
@@ -178,15 +171,8 @@ impl MuxState {
             return;
         }
         let upstream = self.next_upstream_id();
-        let pending = Pending {
-            waiting: Waiting::Initialize,
-            method: call.method.clone(),
-            tool: None,
-            started: now,
-            deadline: now + self.config.request_timeout,
-        };
-        self.track(upstream, pending);
-        self.send_upstream(&jsonrpc::request(jsonrpc::upstream_id(upstream), call));
+        let deadline = now + self.config.request_timeout;
+        self.request_upstream(upstream, Waiting::Initialize, call, None, now, deadline);
     }
 
     fn refuse_initialize(

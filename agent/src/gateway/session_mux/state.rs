@@ -201,6 +201,28 @@ impl MuxState {
         });
     }
 
+    /// Sends `call` upstream under id `upstream` (from [`Self::next_upstream_id`]) and waits
+    /// for its answer until `deadline`.
+    pub fn request_upstream(
+        &mut self,
+        upstream: u64,
+        waiting: Waiting,
+        call: Call,
+        tool: Option<String>,
+        now: Instant,
+        deadline: Instant,
+    ) {
+        let pending = Pending {
+            waiting,
+            method: call.method.clone(),
+            tool,
+            started: now,
+            deadline,
+        };
+        self.track(upstream, pending);
+        self.send_upstream(&jsonrpc::request(jsonrpc::upstream_id(upstream), call));
+    }
+
     /// Starts waiting for the answer to upstream request `upstream`.
     pub fn track(&mut self, upstream: u64, pending: Pending) {
         if let Waiting::Call {

@@ -7,34 +7,17 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::fake_server::{Discover, FakeOptions, FakeServer};
+use super::fake_server::{Discover, FakeOptions};
 use super::*;
 
 /// A mux on a fake server that answers `server/discover` as `discover` says, sharing
 /// `lifecycle` (as the muxes of one server do).
 fn start(discover: Discover, lifecycle: &UpstreamLifecycle) -> Harness {
-    let (to_server, server_input) = mpsc::channel(64);
-    let (inject, from_server) = mpsc::channel(64);
     let options = FakeOptions {
         discover,
         ..FakeOptions::default()
     };
-    let server = FakeServer::spawn(options, server_input, inject.clone());
-    let sink = Arc::new(RecordingSink::default());
-    let upstream = Upstream {
-        from_server,
-        to_server,
-    };
-    let dyn_sink: Arc<dyn CallSink> = sink.clone();
-    let config = MuxConfig::new("files");
-    let shutdown = CancellationToken::new();
-    let mux = SessionMux::spawn(config, upstream, dyn_sink, lifecycle.clone(), shutdown);
-    Harness {
-        mux: mux.unwrap(),
-        inject,
-        server,
-        sink,
-    }
+    Harness::start_with(MuxConfig::new("files"), options, lifecycle)
 }
 
 /// A `tools/call` as a 2026-07-28 client sends it: no session, the revision in `_meta`.

@@ -59,6 +59,15 @@ pub(super) struct Harness {
 
 impl Harness {
     pub fn start(config: MuxConfig, options: FakeOptions) -> Harness {
+        Harness::start_with(config, options, &UpstreamLifecycle::default())
+    }
+
+    /// As [`Harness::start`], sharing `lifecycle` (as the muxes of one server do).
+    pub fn start_with(
+        config: MuxConfig,
+        options: FakeOptions,
+        lifecycle: &UpstreamLifecycle,
+    ) -> Harness {
         let (to_server, server_input) = mpsc::channel(64);
         let (inject, from_server) = mpsc::channel(64);
         let server = FakeServer::spawn(options, server_input, inject.clone());
@@ -68,8 +77,8 @@ impl Harness {
             to_server,
         };
         let dyn_sink: Arc<dyn CallSink> = sink.clone();
-        let lifecycle = UpstreamLifecycle::default();
         let shutdown = CancellationToken::new();
+        let lifecycle = lifecycle.clone();
         let mux = SessionMux::spawn(config, upstream, dyn_sink, lifecycle, shutdown).unwrap();
         Harness {
             mux,
