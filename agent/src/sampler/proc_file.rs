@@ -16,7 +16,8 @@ const MAX_BYTES: usize = 1 << 20;
 pub(super) struct ProcFile {
     path: PathBuf,
     file: Option<File>,
-    buf: Vec<u8>,
+    /// The last content read; its allocation is reused by the next read.
+    text: String,
 }
 
 impl ProcFile {
@@ -24,7 +25,7 @@ impl ProcFile {
         ProcFile {
             path: path.into(),
             file: None,
-            buf: Vec::with_capacity(4096),
+            text: String::with_capacity(4096),
         }
     }
 
@@ -52,40 +53,38 @@ impl ProcFile {
             Some(file) => file,
             slot => slot.insert(File::open(&self.path)?),
         };
-        self.buf.clear();
+        let mut buf = std::mem::take(&mut self.text).into_bytes();
+        buf.clear();
         let mut offset = 0usize;
         loop {
-            if self.buf.len() == offset {
-                let grow = self.buf.capacity().max(4096).min(MAX_BYTES - offset);
+            if buf.len() == offset {
+                let grow = buf.capacity().max(4096).min(MAX_BYTES - offset);
                 if grow == 0 {
                     break;
                 }
-                self.buf.resize(offset + grow, 0);
+                buf.resize(offset + grow, 0);
             }
-            let read = match file.read_at(&mut self.buf[offset..], offset as u64) {
+            let read = match file.read_at(&mut buf[offset..], offset as u64) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Opened again next time (the file may have been replaced).
                     self.file = None;
-                    self.buf.clear();
                     return Err(e);
                 }
             };
             offset += read;
             // procfs (seq_file) fills what it is given unless the content ends: a short read
             // is the end, which saves the `pread` that would return 0.
-            if read == 0 || offset < self.buf.len() {
+            if read == 0 || offset < buf.len() {
                 break;
             }
         }
-        self.buf.truncate(offset);
-        if std::str::from_utf8(&self.buf).is_err() {
-            let text = String::from_utf8_lossy(&self.buf).into_owned();
-            self.buf = text.into_bytes();
-        }
-        // Valid UTF-8 now: checked above, or rebuilt from a lossy conversion.
-        std::str::from_utf8(&self.buf).map_err(io::Error::other)
+        buf.truncate(offset);
+        // Validated once; the conversion keeps the allocation (bad bytes are replaced).
+        self.text = String::from_utf8(buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok(&self.text)
     }
 }
 
