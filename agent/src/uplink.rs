@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mcp_servers::AgentCommand;
 use crate::metrics::{AgentMetrics, UplinkErrorKind};
-use crate::spool::{wire_len_bound, SpoolError, SpoolHandle, SpoolRecord};
+use crate::spool::{stored_wire_len_bound, SpoolError, SpoolHandle, StoredRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -288,7 +288,7 @@ impl Uplink {
         from: u64,
         max_records: usize,
         limit: usize,
-    ) -> Result<Vec<SpoolRecord>, UplinkError> {
+    ) -> Result<Vec<StoredRecord>, UplinkError> {
         // A read budget only (each record is its own frame): a few frames' worth.
         let max_bytes = limit.saturating_mul(2);
         let records = self
@@ -302,7 +302,7 @@ impl Uplink {
     /// the session goes on with the next one; the new records follow at the spool's end.
     async fn replace(
         &self,
-        record: SpoolRecord,
+        record: StoredRecord,
         len: usize,
         limit: usize,
     ) -> Result<(), UplinkError> {
@@ -377,74 +377,83 @@ async fn dispatch(
         .await;
 }
 
-/// Per-connection series interning: each key is sent in full once per connection.
+/// Per-connection series interning: each key is sent in full once per connection. Keys are
+/// held as their encoded bytes, looked up straight from the record's payload: a key costs one
+/// allocation here, once, and none per cycle.
 #[derive(Default)]
 struct Interner {
-    ids: HashMap<SeriesKey, u32>,
+    ids: HashMap<Box<[u8]>, u32>,
 }
 
 /// A record as one frame within the limit, or back unsent with its frame's size.
 enum Fitted {
     Frame(Frame),
-    TooLarge(SpoolRecord, usize),
+    TooLarge(StoredRecord, usize),
 }
 
 impl Interner {
     /// The record's frame if it fits in `limit` bytes; otherwise the record, with nothing
     /// interned (its keys were never declared to the collector).
-    fn fit(&mut self, record: SpoolRecord, limit: usize) -> Result<Fitted, UplinkError> {
+    fn fit(&mut self, record: StoredRecord, limit: usize) -> Result<Fitted, UplinkError> {
         // The bound holds whatever ids are interned: most records need no exact measure.
-        if wire_len_bound(&record.batch) <= limit {
-            return Ok(Fitted::Frame(Frame::Batch(self.wire_batch(record))));
+        if stored_wire_len_bound(&record) <= limit {
+            let (batch, _) = self.wire_batch(&record)?;
+            return Ok(Fitted::Frame(Frame::Batch(batch)));
         }
-        let frame = Frame::Batch(self.wire_batch(record.clone()));
+        let (batch, new) = self.wire_batch(&record)?;
+        let frame = Frame::Batch(batch);
         let len = wire::encoded_len(&frame)?;
         if len <= limit {
             return Ok(Fitted::Frame(frame));
         }
-        if let Frame::Batch(batch) = &frame {
-            // Ids are handed out as `ids.len()`: dropping the newest keeps that true.
-            for def in &batch.new_series {
-                self.ids.remove(&def.key);
-            }
+        // Ids are handed out as `ids.len()`: dropping the newest keeps that true.
+        for key in record
+            .series()
+            .enumerate()
+            .filter_map(|(i, k)| new.contains(&i).then_some(k))
+        {
+            self.ids.remove(key);
         }
         Ok(Fitted::TooLarge(record, len))
     }
 
-    fn wire_batch(&mut self, record: SpoolRecord) -> Batch {
+    /// The record as a wire batch, and the table positions of the keys it declares.
+    fn wire_batch(&mut self, record: &StoredRecord) -> Result<(Batch, Vec<usize>), UplinkError> {
         let mut new_series = Vec::new();
-        let local: Vec<u32> = record
-            .batch
-            .series
-            .into_iter()
-            .map(|key| {
-                let next = self.ids.len() as u32;
-                *self.ids.entry(key).or_insert_with_key(|key| {
-                    new_series.push(SeriesDef {
-                        id: next,
-                        key: key.clone(),
-                    });
-                    next
-                })
-            })
-            .collect();
+        let mut new = Vec::new();
+        let mut local = Vec::with_capacity(record.series().len());
+        for (i, key) in record.series().enumerate() {
+            let id = match self.ids.get(key) {
+                Some(id) => *id,
+                None => {
+                    let id = self.ids.len() as u32;
+                    let decoded = postcard::from_bytes::<SeriesKey>(key)
+                        .map_err(|_| SpoolError::Undecodable { seq: record.seq })?;
+                    new_series.push(SeriesDef { id, key: decoded });
+                    new.push(i);
+                    self.ids.insert(key.into(), id);
+                    id
+                }
+            };
+            local.push(id);
+        }
         let samples = record
-            .batch
             .samples
-            .into_iter()
+            .iter()
             .filter_map(|s| {
                 // An index outside the record's own table can only come from a corrupt
                 // record that still passed its checksum; drop that sample, keep the rest.
                 let series = *local.get(s.series as usize)?;
-                Some(Sample { series, ..s })
+                Some(Sample { series, ..*s })
             })
             .collect();
-        Batch {
+        let batch = Batch {
             seq: record.seq,
             new_series,
             samples,
-            events: record.batch.events,
-        }
+            events: record.events.clone(),
+        };
+        Ok((batch, new))
     }
 }
 
@@ -470,14 +479,11 @@ mod tests {
         assert!(backoff(min, max, 30) >= Duration::from_secs(15));
     }
 
-    fn wide_record(seq: u64, keys: usize) -> SpoolRecord {
+    fn wide_record(seq: u64, keys: usize) -> StoredRecord {
         let values = (0..keys)
             .map(|i| (SeriesKey::new("m", &[("i", &format!("{i:040}"))]), i as f64))
             .collect();
-        SpoolRecord {
-            seq,
-            batch: SpoolBatch::at(1, values),
-        }
+        StoredRecord::of(seq, &SpoolBatch::at(1, values))
     }
 
     #[test]
@@ -490,7 +496,7 @@ mod tests {
             Ok(Fitted::TooLarge(record, len)) => (record, len),
             _ => panic!("200 keys of 50 bytes do not fit in 1 KiB"),
         };
-        assert_eq!((record.seq, record.batch.series.len()), (2, 200));
+        assert_eq!((record.seq, record.series().len()), (2, 200));
         assert!(len > 1024);
         assert_eq!(i.ids.len(), 3, "the refused record's keys are forgotten");
         let Ok(Fitted::Frame(Frame::Batch(b))) = i.fit(wide_record(3, 4), 1024) else {
@@ -508,41 +514,43 @@ mod tests {
         };
         // Resent on the same connection, only ids travel: under the bound, which counts keys.
         let again = wide_record(2, 40);
-        let exact = wire::encoded_len(&Frame::Batch(
-            Interner { ids: i.ids.clone() }.wire_batch(again.clone()),
-        ))
-        .unwrap();
-        assert!(wire_len_bound(&again.batch) > exact + 1000);
+        let (batch, new) = Interner { ids: i.ids.clone() }.wire_batch(&again).unwrap();
+        assert!(new.is_empty());
+        let exact = wire::encoded_len(&Frame::Batch(batch)).unwrap();
+        assert!(stored_wire_len_bound(&again) > exact + 1000);
         assert!(matches!(i.fit(again, exact), Ok(Fitted::Frame(_))));
     }
 
     #[test]
     fn interner_sends_each_key_once_per_connection() {
         let key = |n: &str| SeriesKey::new(n, &[]);
-        let rec = |seq, names: &[&str]| SpoolRecord {
-            seq,
-            batch: SpoolBatch {
-                series: names.iter().map(|n| key(n)).collect(),
-                samples: (0..names.len() as u32)
-                    .map(|i| Sample {
-                        series: i,
-                        ts_ms: 1,
-                        value: i as f64,
-                    })
-                    .chain([Sample {
-                        series: 99,
-                        ts_ms: 1,
-                        value: 0.0,
-                    }])
-                    .collect(),
-                events: vec![],
-            },
+        let rec = |seq, names: &[&str]| {
+            StoredRecord::of(
+                seq,
+                &SpoolBatch {
+                    series: names.iter().map(|n| key(n)).collect(),
+                    samples: (0..names.len() as u32)
+                        .map(|i| Sample {
+                            series: i,
+                            ts_ms: 1,
+                            value: i as f64,
+                        })
+                        .chain([Sample {
+                            series: 99,
+                            ts_ms: 1,
+                            value: 0.0,
+                        }])
+                        .collect(),
+                    events: vec![],
+                },
+            )
         };
         let mut i = Interner::default();
-        let a = i.wire_batch(rec(1, &["a", "b"]));
+        let (a, _) = i.wire_batch(&rec(1, &["a", "b"])).unwrap();
         assert_eq!(a.new_series.len(), 2);
         assert_eq!(a.samples.len(), 2, "out-of-table sample dropped");
-        let b = i.wire_batch(rec(2, &["b", "c"]));
+        let (b, new) = i.wire_batch(&rec(2, &["b", "c"])).unwrap();
+        assert_eq!(new, vec![1], "only c is new, at table position 1");
         assert_eq!(
             b.new_series,
             vec![SeriesDef {

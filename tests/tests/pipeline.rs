@@ -114,7 +114,7 @@ fn agent_kill9_replays_its_unacked_spool() {
     let stored = db::batches(&collector.db, "web-1");
     db::assert_no_duplicates(&stored);
     for record in &left {
-        let n = record.batch.samples.len() as u64;
+        let n = record.samples.len() as u64;
         assert!(
             stored.contains(&(record.seq, n)),
             "spooled seq {} ({n} samples) missing after replay",

@@ -15,6 +15,10 @@ pub enum SpoolError {
     Encode(#[source] postcard::Error),
     #[error("spool: encoded batch of {bytes} bytes is empty or above the {max}-byte record limit")]
     RecordSize { bytes: usize, max: u32 },
+    /// A record validated when read back did not decode in full: `StoredRecord::parse` and
+    /// postcard disagree, which the spool's tests rule out.
+    #[error("spool: record {seq} validated but does not decode")]
+    Undecodable { seq: u64 },
     #[error("spool: sequence numbers exhausted")]
     SeqExhausted,
 }

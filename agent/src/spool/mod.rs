@@ -57,6 +57,7 @@ mod replace_tests;
 mod segment;
 mod split;
 mod store;
+mod stored;
 #[cfg(test)]
 mod tests;
 mod watermark;
@@ -66,5 +67,6 @@ pub use config::{SpoolConfig, DEFAULT_MAX_BYTES, MAX_DEFAULT_SEGMENT_BYTES, MIN_
 pub use error::SpoolError;
 pub use handle::SpoolHandle;
 pub use replace::{Replaced, REJECTED_DIR};
-pub(crate) use split::wire_len_bound;
+pub(crate) use split::stored_wire_len_bound;
 pub use store::{Spool, SpoolStats};
+pub use stored::StoredRecord;

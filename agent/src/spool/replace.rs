@@ -12,12 +12,13 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::batch::{SpoolBatch, SpoolRecord};
+use super::batch::SpoolBatch;
 use super::error::{io_err, SpoolError};
 use super::record::{self, MAX_PAYLOAD_LEN};
 use super::segment::{merge_ts, replacement_name, GapInfo, RecordMeta, Segment};
 use super::split;
 use super::store::{Spool, TMP_SEGMENT_SUFFIX};
+use super::stored::StoredRecord;
 
 /// Where records that exceed the frame limit even alone are kept for a human.
 pub const REJECTED_DIR: &str = "rejected";
@@ -54,14 +55,18 @@ impl Spool {
     /// reported as dropped, not replaced.
     pub fn replace_oversized(
         &mut self,
-        record: SpoolRecord,
+        record: StoredRecord,
         max_frame_len: usize,
     ) -> Result<Replaced, SpoolError> {
         let seq = record.seq;
         if !self.holds_pending(seq) {
             return Ok(Replaced::default());
         }
-        let split = split::split(record.batch, max_frame_len);
+        let batch = record
+            .decode()
+            .ok_or(SpoolError::Undecodable { seq })?
+            .batch;
+        let split = split::split(batch, max_frame_len);
         let mut batches = split.fits;
         let fitting = batches.len();
         let mut outcome = Replaced::default();

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use mcpwatch_common::wire::{Event, Sample, SeriesKey, DEFAULT_MAX_FRAME_LEN};
 
-use super::split::wire_len_bound;
-use super::{Spool, SpoolBatch, SpoolConfig, SpoolRecord, REJECTED_DIR};
+use super::split::{stored_wire_len_bound, wire_len_bound};
+use super::{Spool, SpoolBatch, SpoolConfig, StoredRecord, REJECTED_DIR};
 
 const LIMIT: usize = 16 * 1024;
 
@@ -41,17 +41,21 @@ fn huge_key(ts: i64) -> SpoolBatch {
     SpoolBatch::at(ts, vec![(key, 1.0)])
 }
 
-fn read_all(s: &Spool) -> Vec<SpoolRecord> {
+fn read_all(s: &Spool) -> Vec<StoredRecord> {
     s.read_from(0, usize::MAX, usize::MAX).unwrap()
 }
 
 /// Every (series name + labels, ts, value) the records hold, sorted.
-fn samples(records: &[SpoolRecord]) -> Vec<(SeriesKey, i64, u64)> {
+fn samples(records: &[StoredRecord]) -> Vec<(SeriesKey, i64, u64)> {
     let mut out: Vec<_> = records
         .iter()
+        .map(|r| r.decode().expect("decodes"))
         .flat_map(|r| {
-            r.batch.samples.iter().map(|s: &Sample| {
-                let key = r.batch.series[s.series as usize].clone();
+            let SpoolBatch {
+                series, samples, ..
+            } = r.batch;
+            samples.into_iter().map(move |s: Sample| {
+                let key = series[s.series as usize].clone();
                 (key, s.ts_ms, s.value.to_bits())
             })
         })
@@ -60,10 +64,10 @@ fn samples(records: &[SpoolRecord]) -> Vec<(SeriesKey, i64, u64)> {
     out
 }
 
-fn gaps(records: &[SpoolRecord]) -> Vec<(u64, u64, u64)> {
+fn gaps(records: &[StoredRecord]) -> Vec<(u64, u64, u64)> {
     records
         .iter()
-        .flat_map(|r| &r.batch.events)
+        .flat_map(|r| &r.events)
         .filter_map(|e| match *e {
             Event::Gap {
                 first_seq,
@@ -86,8 +90,8 @@ fn a_batch_above_the_frame_limit_is_stored_as_records_within_it() {
     let records = read_all(&s);
     assert!(records.len() >= 5, "{} records", records.len());
     assert_eq!(records.last().unwrap().seq, last);
-    assert!(records.iter().all(|r| wire_len_bound(&r.batch) <= LIMIT));
-    let whole = [SpoolRecord { seq: 0, batch }];
+    assert!(records.iter().all(|r| stored_wire_len_bound(r) <= LIMIT));
+    let whole = [StoredRecord::of(0, &batch)];
     assert_eq!(samples(&records), samples(&whole));
     assert_eq!(s.stats().split_records_total, 1);
     // A later collector with a bigger limit changes what is stored next.
@@ -112,7 +116,7 @@ fn an_oversized_record_is_replaced_once_and_survives_reopen() {
     assert_eq!(replaced.set_aside_samples, 0);
     let records = read_all(&s);
     assert!(records.iter().all(|r| r.seq != big), "never read again");
-    assert!(records.iter().all(|r| wire_len_bound(&r.batch) <= LIMIT));
+    assert!(records.iter().all(|r| stored_wire_len_bound(r) <= LIMIT));
     assert!(records.last().unwrap().seq > after, "replacements follow");
     assert_eq!(samples(&records), before, "nothing lost or doubled");
     assert_eq!(s.stats().records_pending, records.len() as u64);

@@ -11,6 +11,7 @@ use mcpwatch_common::wire::Event;
 
 use super::batch::SpoolBatch;
 use super::record::{self, Item, Scanner, HEADER_LEN};
+use super::stored::StoredRecord;
 
 pub(super) const SEGMENT_SUFFIX: &str = ".seg";
 /// 20 digits (u64::MAX has 20) + ".seg".
@@ -246,19 +247,20 @@ pub(super) fn decode(payload: &[u8]) -> Option<SpoolBatch> {
 }
 
 /// Reads back and verifies one indexed record.
-pub(super) fn read_record(file: &File, meta: &RecordMeta) -> Result<SpoolBatch, String> {
+pub(super) fn read_record(file: &File, meta: &RecordMeta) -> Result<StoredRecord, String> {
     let mut buf = vec![0u8; meta.total_len() as usize];
     file.read_exact_at(&mut buf, meta.offset)
         .map_err(|e| format!("read failed: {e}"))?;
     let header = record::parse_header(&buf).ok_or("bad header")?;
-    let payload = buf.get(HEADER_LEN as usize..).unwrap_or_default();
     if header.seq != meta.seq || header.len != meta.len {
         return Err("header does not match the index".into());
     }
-    if record::checksum(header.seq, payload) != header.crc {
+    // The payload keeps the buffer (its keys are read in place): the header moves out.
+    buf.drain(..HEADER_LEN as usize);
+    if record::checksum(header.seq, &buf) != header.crc {
         return Err("checksum mismatch".into());
     }
-    decode(payload).ok_or_else(|| "payload does not decode".into())
+    StoredRecord::parse(header.seq, buf).ok_or_else(|| "payload does not decode".into())
 }
 
 /// One batch describing `gaps` in seq order; `None` when there are none.

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use mcpwatch_common::wire::{self, Event, Sample, SeriesKey};
 
 use super::batch::SpoolBatch;
+use super::stored::StoredRecord;
 
 /// The pieces of one batch.
 #[derive(Debug, Default, PartialEq)]
@@ -24,6 +25,20 @@ pub(crate) fn wire_len_bound(batch: &SpoolBatch) -> usize {
     let ts: usize = batch.samples.iter().map(|s| encoded(&s.ts_ms)).sum();
     let events: usize = batch.events.iter().map(encoded).sum();
     wire::batch_frame_len_bound(batch.series.len(), keys, batch.samples.len(), ts, events)
+}
+
+/// [`wire_len_bound`] of a record read back: a key's encoded size is its stored bytes.
+pub(crate) fn stored_wire_len_bound(record: &StoredRecord) -> usize {
+    let keys: usize = record.series().map(<[u8]>::len).sum();
+    let ts: usize = record.samples.iter().map(|s| encoded(&s.ts_ms)).sum();
+    let events: usize = record.events.iter().map(encoded).sum();
+    wire::batch_frame_len_bound(
+        record.series().len(),
+        keys,
+        record.samples.len(),
+        ts,
+        events,
+    )
 }
 
 /// Splits `batch` into pieces whose [`wire_len_bound`] is at most `max` (a batch that fits

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use mcpwatch_common::wire::Event;
 
-use super::batch::{SpoolBatch, SpoolRecord};
+use super::batch::SpoolBatch;
 use super::config::{SpoolConfig, MIN_SEGMENT_BYTES};
 use super::error::{io_err, SpoolError};
 use super::record::{self, HEADER_LEN, MAX_PAYLOAD_LEN};
@@ -18,6 +18,7 @@ use super::segment::{
     parse_segment_name, read_record, scan_segment, segment_name, GapInfo, RecordMeta, Segment,
 };
 use super::split;
+use super::stored::StoredRecord;
 use super::watermark::{self, Watermark};
 
 const CORRUPT_SUFFIX: &str = ".corrupt";
@@ -299,7 +300,7 @@ impl Spool {
         seq: u64,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Vec<SpoolRecord>, SpoolError> {
+    ) -> Result<Vec<StoredRecord>, SpoolError> {
         let start = seq.max(self.last_acked.saturating_add(1));
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -335,12 +336,9 @@ impl Spool {
                     continue;
                 };
                 match read_record(f, meta) {
-                    Ok(batch) => {
+                    Ok(record) => {
                         bytes = bytes.saturating_add(len);
-                        out.push(SpoolRecord {
-                            seq: meta.seq,
-                            batch,
-                        });
+                        out.push(record);
                     }
                     Err(why) => self.mark_unreadable(meta, &seg.path, &why),
                 }

@@ -51,7 +51,16 @@ fn batch(n: usize, ts0: i64) -> SpoolBatch {
 }
 
 fn read_all(s: &Spool) -> Vec<SpoolRecord> {
-    s.read_from(0, usize::MAX, usize::MAX).unwrap()
+    read(s, 0, usize::MAX, usize::MAX)
+}
+
+/// `read_from`, each record decoded in full.
+fn read(s: &Spool, from: u64, max_records: usize, max_bytes: usize) -> Vec<SpoolRecord> {
+    let records = s.read_from(from, max_records, max_bytes).unwrap();
+    records
+        .iter()
+        .map(|r| r.decode().expect("decodes"))
+        .collect()
 }
 
 fn seqs(records: &[SpoolRecord]) -> Vec<u64> {
@@ -125,14 +134,11 @@ fn append_read_ack_round_trip() {
     for (r, b) in all.iter().zip(&batches) {
         assert_eq!(&r.batch, b);
     }
-    assert_eq!(
-        seqs(&s.read_from(4, 10, usize::MAX).unwrap()),
-        vec![4, 5, 6]
-    );
-    assert_eq!(seqs(&s.read_from(2, 2, usize::MAX).unwrap()), vec![2, 3]);
+    assert_eq!(seqs(&read(&s, 4, 10, usize::MAX)), vec![4, 5, 6]);
+    assert_eq!(seqs(&read(&s, 2, 2, usize::MAX)), vec![2, 3]);
     // A byte budget smaller than one record still yields that record.
-    assert_eq!(seqs(&s.read_from(2, 10, 1).unwrap()), vec![2]);
-    assert!(s.read_from(2, 0, usize::MAX).unwrap().is_empty());
+    assert_eq!(seqs(&read(&s, 2, 10, 1)), vec![2]);
+    assert!(read(&s, 2, 0, usize::MAX).is_empty());
 
     s.ack(3).unwrap();
     assert_eq!(s.last_acked(), 3);
@@ -559,7 +565,7 @@ fn first_overflow_gap_has_the_exact_range() {
     }
     // The gap record is stored just before the batch whose append triggered the drop.
     let gap_seq = s.next_seq() - 2;
-    let gap = s.read_from(gap_seq, 1, usize::MAX).unwrap();
+    let gap = read(&s, gap_seq, 1, usize::MAX);
     assert_eq!(gap[0].seq, gap_seq);
     assert_eq!(
         gap[0].batch,
@@ -786,7 +792,7 @@ proptest! {
                     let mut paged = Vec::new();
                     let mut from = 0;
                     loop {
-                        let part = s.read_from(from, usize::from(page), 700).unwrap();
+                        let part = read(&s, from, usize::from(page), 700);
                         let Some(last) = part.last() else { break };
                         from = last.seq + 1;
                         paged.extend(part);
