@@ -1,7 +1,7 @@
 //! Tests of the agent's metrics: exposition formats, the snapshots, promtool.
 
 use super::*;
-use crate::sampler::{NETWORK_RECEIVE_BYTES_TOTAL, PROCESSES};
+use crate::sampler::{MEMORY_USED_BYTES, NETWORK_RECEIVE_BYTES_TOTAL, PROCESSES};
 
 fn host_sample() -> Vec<(SeriesKey, f64)> {
     series_help()
@@ -101,6 +101,22 @@ fn metrics_host_snapshot_is_replaced_not_merged() {
     m.set_host_samples(&[]);
     let text = m.encode();
     assert!(!text.contains("mcpwatch_host_processes"), "{text}");
+}
+
+#[test]
+fn metrics_snapshot_with_the_same_series_takes_the_new_values() {
+    let m = AgentMetrics::new();
+    let key = |m: &str| SeriesKey::new(MEMORY_USED_BYTES, &[("kind", m)]);
+    m.set_host_samples(&[(key("used"), 1.0), (key("total"), 2.0)]);
+    m.set_host_samples(&[(key("used"), 3.0), (key("total"), 4.0)]);
+    let text = m.encode();
+    assert!(text.contains("{kind=\"used\"} 3.0\n"), "{text}");
+    assert!(text.contains("{kind=\"total\"} 4.0\n"), "{text}");
+    // Same length, one key changed: that key replaces the old one.
+    m.set_host_samples(&[(key("used"), 5.0), (key("free"), 6.0)]);
+    let text = m.encode();
+    assert!(text.contains("{kind=\"free\"} 6.0\n"), "{text}");
+    assert!(!text.contains("kind=\"total\""), "{text}");
 }
 
 #[test]

@@ -10,6 +10,11 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+use postcard::ser_flavors::Size;
+use serde::Serialize;
+
+use super::error::SpoolError;
+
 /// "MWSP" in ASCII, readable in a hex dump of a segment.
 const MAGIC_BYTES: [u8; 4] = *b"MWSP";
 /// magic + len + crc + seq.
@@ -44,14 +49,54 @@ pub(crate) fn payload_len(payload: &[u8]) -> Option<u32> {
         .filter(|len| (1..=MAX_PAYLOAD_LEN).contains(len))
 }
 
-/// The full record bytes; `len` must come from [`payload_len`] of the same payload.
+/// The full record bytes; `len` must come from [`payload_len`] of the same payload (tests
+/// build records from chosen payload bytes with it; the spool itself uses [`seal`]).
+#[cfg(test)]
 pub(crate) fn encode(seq: u64, len: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN as usize + payload.len());
-    out.extend_from_slice(&MAGIC_BYTES);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&checksum(seq, payload).to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&header(seq, len, payload));
     out.extend_from_slice(payload);
+    out
+}
+
+/// One whole record, header included, ready to be written.
+pub(crate) struct Sealed {
+    pub seq: u64,
+    pub len: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// `value` encoded as one whole record under `seq`. The payload is serialized once into a
+/// buffer sized by a counting pass, behind room left for the header: a batch of thousands
+/// of keys is neither copied nor over-allocated by doubling.
+pub(crate) fn seal<T: Serialize>(seq: u64, value: &T) -> Result<Sealed, SpoolError> {
+    let size = postcard::serialize_with_flavor::<T, _, usize>(value, Size::default())
+        .map_err(SpoolError::Encode)?;
+    let mut bytes = Vec::with_capacity((HEADER_LEN as usize).saturating_add(size));
+    bytes.resize(HEADER_LEN as usize, 0);
+    let mut bytes = postcard::to_extend(value, bytes).map_err(SpoolError::Encode)?;
+    let (head, payload) = bytes.split_at_mut(HEADER_LEN as usize);
+    let len = payload_len(payload).ok_or(SpoolError::RecordSize {
+        bytes: payload.len(),
+        max: MAX_PAYLOAD_LEN,
+    })?;
+    head.copy_from_slice(&header(seq, len, payload));
+    Ok(Sealed { seq, len, bytes })
+}
+
+fn header(seq: u64, len: u32, payload: &[u8]) -> [u8; HEADER_LEN as usize] {
+    let mut out = [0u8; HEADER_LEN as usize];
+    let fields = [
+        &MAGIC_BYTES[..],
+        &len.to_le_bytes(),
+        &checksum(seq, payload).to_le_bytes(),
+        &seq.to_le_bytes(),
+    ];
+    let mut at = 0;
+    for field in fields {
+        out[at..at + field.len()].copy_from_slice(field);
+        at += field.len();
+    }
     out
 }
 

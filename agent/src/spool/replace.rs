@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::batch::SpoolBatch;
 use super::error::{io_err, SpoolError};
-use super::record::{self, MAX_PAYLOAD_LEN};
+use super::record;
 use super::segment::{merge_ts, replacement_name, GapInfo, RecordMeta, Segment};
 use super::split;
 use super::store::{Spool, TMP_SEGMENT_SUFFIX};
@@ -145,12 +145,7 @@ impl Spool {
     fn keep_rejected(&self, seq: u64, batch: &SpoolBatch) -> bool {
         let dir = self.dir.join(REJECTED_DIR);
         let kept = (|| {
-            let payload = postcard::to_stdvec(batch).map_err(SpoolError::Encode)?;
-            let len = record::payload_len(&payload).ok_or(SpoolError::RecordSize {
-                bytes: payload.len(),
-                max: MAX_PAYLOAD_LEN,
-            })?;
-            let bytes = record::encode(seq, len, &payload);
+            let bytes = record::seal(seq, batch)?.bytes;
             fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
             let held: u64 = fs::read_dir(&dir)
                 .map_err(io_err("list directory", &dir))?
@@ -213,13 +208,9 @@ fn encode_records(
             .checked_add(i as u64)
             .filter(|s| *s < u64::MAX)
             .ok_or(SpoolError::SeqExhausted)?;
-        let payload = postcard::to_stdvec(batch).map_err(SpoolError::Encode)?;
-        let len = record::payload_len(&payload).ok_or(SpoolError::RecordSize {
-            bytes: payload.len(),
-            max: MAX_PAYLOAD_LEN,
-        })?;
-        records.push(RecordMeta::new(at, bytes.len() as u64, len, batch));
-        bytes.extend_from_slice(&record::encode(at, len, &payload));
+        let sealed = record::seal(at, batch)?;
+        records.push(RecordMeta::new(at, bytes.len() as u64, sealed.len, batch));
+        bytes.extend_from_slice(&sealed.bytes);
     }
     Ok((bytes, records))
 }

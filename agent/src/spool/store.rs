@@ -13,7 +13,7 @@ use mcpwatch_common::wire::Event;
 use super::batch::SpoolBatch;
 use super::config::{SpoolConfig, MIN_SEGMENT_BYTES};
 use super::error::{io_err, SpoolError};
-use super::record::{self, HEADER_LEN, MAX_PAYLOAD_LEN};
+use super::record::{self, Sealed, HEADER_LEN};
 use super::segment::{
     parse_segment_name, read_record, scan_segment, segment_name, GapInfo, RecordMeta, Segment,
 };
@@ -239,17 +239,14 @@ impl Spool {
     }
 
     fn append_one(&mut self, batch: SpoolBatch) -> Result<u64, SpoolError> {
-        let payload = postcard::to_stdvec(&batch).map_err(SpoolError::Encode)?;
-        let len = record::payload_len(&payload).ok_or(SpoolError::RecordSize {
-            bytes: payload.len(),
-            max: MAX_PAYLOAD_LEN,
-        })?;
-        self.make_room(HEADER_LEN + u64::from(len))?;
+        // Sealed under the seq it should get; `write_record` re-seals it if a gap goes first.
+        let sealed = record::seal(self.next_seq, &batch)?;
+        self.make_room(HEADER_LEN + u64::from(sealed.len))?;
         if let Some(gap) = self.pending_gap_batch() {
             self.write_batch(&gap)?;
             self.pending_gaps.clear();
         }
-        self.write_record(len, &payload, &batch)
+        self.write_record(sealed, &batch)
     }
 
     /// Acknowledges every seq `<= seq`: records the watermark (in place, not flushed: see
@@ -412,30 +409,25 @@ impl Spool {
     }
 
     fn write_batch(&mut self, batch: &SpoolBatch) -> Result<u64, SpoolError> {
-        let payload = postcard::to_stdvec(batch).map_err(SpoolError::Encode)?;
-        let len = record::payload_len(&payload).ok_or(SpoolError::RecordSize {
-            bytes: payload.len(),
-            max: MAX_PAYLOAD_LEN,
-        })?;
-        self.write_record(len, &payload, batch)
+        let sealed = record::seal(self.next_seq, batch)?;
+        self.write_record(sealed, batch)
     }
 
-    /// Writes one record under `next_seq` into the active segment (creating it if needed).
-    /// On failure the seq is not consumed and the segment is truncated back.
-    fn write_record(
-        &mut self,
-        len: u32,
-        payload: &[u8],
-        batch: &SpoolBatch,
-    ) -> Result<u64, SpoolError> {
+    /// Writes `batch` (sealed) as one record under `next_seq` into the active segment
+    /// (creating it if needed). On failure the seq is not consumed and the segment is
+    /// truncated back.
+    fn write_record(&mut self, sealed: Sealed, batch: &SpoolBatch) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
+        let Sealed { len, bytes, .. } = match sealed.seq == seq {
+            true => sealed,
+            false => record::seal(seq, batch)?,
+        };
         let after = seq.checked_add(1).ok_or(SpoolError::SeqExhausted)?;
         let mut active = match self.active.take() {
             Some(a) => a,
             None => self.create_segment(seq)?,
         };
         let offset = active.seg.size;
-        let bytes = record::encode(seq, len, payload);
         let written = active.file.write_all(&bytes).and_then(|()| {
             if self.fsync {
                 active.file.sync_data()

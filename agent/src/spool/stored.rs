@@ -156,6 +156,22 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_record_is_the_header_then_the_postcard_payload() {
+        use crate::spool::record;
+        let b = batch(&[("a", &[("k", "v")]), ("b", &[])], 1);
+        let payload = postcard::to_stdvec(&b).expect("encodes");
+        let sealed = record::seal(9, &b).expect("seals");
+        let len = record::payload_len(&payload).expect("fits");
+        assert_eq!((sealed.seq, sealed.len), (9, len));
+        assert_eq!(sealed.bytes, record::encode(9, len, &payload));
+        assert_eq!(
+            sealed.bytes.capacity(),
+            sealed.bytes.len(),
+            "sized by the counting pass"
+        );
+    }
+
+    #[test]
     fn refuses_what_decode_refuses() {
         let b = batch(&[("a", &[("k", "v")]), ("b", &[])], 1);
         let payload = postcard::to_stdvec(&b).expect("encodes");
