@@ -10,6 +10,8 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
+# The agent ships as a static musl binary; ring's C code needs musl-gcc.
+command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
 # A real SMTP server for the email receiver tests (Debian's python, not a pyenv shim).
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need_apt+=(python3-aiosmtpd)
 # A virtualenv (for the OpenAPI validator, which Debian does not package).
@@ -45,15 +47,24 @@ if ! "$venv/bin/python" -c 'import openapi_spec_validator' >/dev/null 2>&1 \
     openapi-spec-validator "schemathesis==$schemathesis_version"
 fi
 
+musl=x86_64-unknown-linux-musl
+rustup target list --installed | grep -qx "$musl" || rustup target add "$musl"
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 # The MCP fixture server, static, for FROM scratch test images.
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --profile fixture -p mcpwatch-mcp-fixture --target x86_64-unknown-linux-gnu
+# The agent as shipped (static musl), debug profile: the end-to-end tests below run it too.
+cargo build -p mcpwatch-agent --bins --target "$musl"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
+# The same end-to-end suites (uplink over mutual TLS, spool replay, Docker supervision, the
+# gateway) against the static musl agent: counted in the total as a second run.
+MCPWATCH_AGENT_BIN="$PWD/target/$musl/debug/mcpwatch-agent" \
+  cargo test -p mcpwatch-tests --test pipeline --test gateway --test supervision 2>&1 | tee -a "$log"
 # One closing line for the whole run: cargo prints one summary per test binary, and the last
 # of those is a doc-test binary with nothing in it.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }

@@ -25,8 +25,21 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
-/// Path of a workspace binary, next to the test executable's target dir.
+/// Names the agent binary to run instead of the one beside the test executable: the static
+/// musl build the project ships (`scripts/build-release.sh`; `scripts/test.sh` runs the
+/// end-to-end tests against its debug build too, and the benchmarks measure it).
+pub const AGENT_BIN_ENV: &str = "MCPWATCH_AGENT_BIN";
+
+/// Path of a workspace binary, next to the test executable's target dir (the agent's may be
+/// overridden by [`AGENT_BIN_ENV`]).
 pub fn bin(name: &str) -> PathBuf {
+    if name == "mcpwatch-agent" {
+        if let Some(path) = std::env::var_os(AGENT_BIN_ENV) {
+            let path = PathBuf::from(path);
+            assert!(path.exists(), "{AGENT_BIN_ENV}={} is missing", path.display());
+            return path;
+        }
+    }
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/test-hash → target/debug/name
     let dir = exe
