@@ -407,12 +407,9 @@ impl Interner {
             return Ok(Fitted::Frame(frame));
         }
         // Ids are handed out as `ids.len()`: dropping the newest keeps that true.
-        for key in record
-            .series()
-            .enumerate()
-            .filter_map(|(i, k)| new.contains(&i).then_some(k))
-        {
-            self.ids.remove(key);
+        let keys: Vec<&[u8]> = record.series().collect();
+        for key in new.iter().filter_map(|&i| keys.get(i)) {
+            self.ids.remove(*key);
         }
         Ok(Fitted::TooLarge(record, len))
     }

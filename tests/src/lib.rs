@@ -36,7 +36,11 @@ pub fn bin(name: &str) -> PathBuf {
     if name == "mcpwatch-agent" {
         if let Some(path) = std::env::var_os(AGENT_BIN_ENV) {
             let path = PathBuf::from(path);
-            assert!(path.exists(), "{AGENT_BIN_ENV}={} is missing", path.display());
+            assert!(
+                path.exists(),
+                "{AGENT_BIN_ENV}={} is missing",
+                path.display()
+            );
             return path;
         }
     }

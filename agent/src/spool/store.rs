@@ -418,9 +418,10 @@ impl Spool {
     /// truncated back.
     fn write_record(&mut self, sealed: Sealed, batch: &SpoolBatch) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
-        let Sealed { len, bytes, .. } = match sealed.seq == seq {
-            true => sealed,
-            false => record::seal(seq, batch)?,
+        let Sealed { len, bytes, .. } = if sealed.seq == seq {
+            sealed
+        } else {
+            record::seal(seq, batch)?
         };
         let after = seq.checked_add(1).ok_or(SpoolError::SeqExhausted)?;
         let mut active = match self.active.take() {
