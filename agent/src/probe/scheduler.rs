@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mcpwatch_common::backoff::ExponentialBackoff;
 use mcpwatch_common::time::now_ms;
 use mcpwatch_common::wire::SeriesKey;
 use tokio::sync::mpsc;
@@ -264,13 +265,20 @@ async fn probe_loop(
     stop: CancellationToken,
 ) {
     let name = spec.name.clone();
+    let interval = spec.probe.interval.get();
+    // Until the server is first seen running (its container may take seconds to start), look
+    // again soon, backing off to the interval, so a long interval does not delay the first
+    // health report by a whole interval.
+    let first_wait = ExponentialBackoff::new(Duration::from_secs(1).min(interval), interval).ok();
+    // Looks so far at a server not yet seen running; `None` once it has been.
+    let mut not_yet_running = Some(0u32);
     let mut next = first;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
-        next += spec.probe.interval.get();
+        next += interval;
         // Probing a server we stopped or are backing off would only record noise. An external
         // server has no container: it is always probed, and never in a startup grace.
         let status = supervisor
@@ -278,8 +286,14 @@ async fn probe_loop(
             .into_iter()
             .find(|s| s.server == name && s.phase == ServerPhase::Running);
         if status.is_none() && !spec.external {
+            if let (Some(wait), Some(looks)) = (&first_wait, not_yet_running.as_mut()) {
+                next = tokio::time::Instant::now() + wait.delay(*looks);
+                *looks = looks.saturating_add(1);
+            }
             continue;
         }
+        // Seen running: from now on a stopped server waits a whole interval.
+        not_yet_running = None;
         let target = target(&spec, &gateway.backends);
         let report = tokio::select! {
             _ = stop.cancelled() => return,
