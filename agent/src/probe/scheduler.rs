@@ -246,11 +246,16 @@ fn ms(d: Option<Duration>) -> String {
 /// reports health quickly, and [`PROBE_SPACING`] after the previous server's (wrapping
 /// within the interval), so later probes stay spread out too.
 fn first_probe_delay(position: usize, interval: Duration) -> Duration {
-    let soon = Duration::from_secs(1).min(interval);
+    let soon = first_look(interval);
     let spread = PROBE_SPACING.as_nanos().saturating_mul(position as u128);
     let phase = spread % interval.as_nanos().max(1);
     // Below the interval, which is a Duration: fits in u64 nanoseconds.
     soon + Duration::from_nanos(u64::try_from(phase).unwrap_or(0))
+}
+
+/// How soon a server is first looked at (and looked at again while not yet running).
+fn first_look(interval: Duration) -> Duration {
+    Duration::from_secs(1).min(interval)
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; each is a distinct resource of the task
@@ -269,7 +274,7 @@ async fn probe_loop(
     // Until the server is first seen running (its container may take seconds to start), look
     // again soon, backing off to the interval, so a long interval does not delay the first
     // health report by a whole interval.
-    let first_wait = ExponentialBackoff::new(Duration::from_secs(1).min(interval), interval).ok();
+    let first_wait = ExponentialBackoff::new(first_look(interval), interval).ok();
     // Looks so far at a server not yet seen running; `None` once it has been.
     let mut not_yet_running = Some(0u32);
     let mut next = first;

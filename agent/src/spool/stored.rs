@@ -72,11 +72,6 @@ impl StoredRecord {
             .map(|r| self.payload.get(r.clone()).unwrap_or_default())
     }
 
-    /// The payload's size: what the record takes in the spool.
-    pub fn payload_len(&self) -> usize {
-        self.payload.len()
-    }
-
     /// The whole batch, keys rebuilt; `None` only if `parse` and postcard ever disagreed.
     pub fn decode(&self) -> Option<SpoolRecord> {
         segment::decode(&self.payload).map(|batch: SpoolBatch| SpoolRecord {
