@@ -1,5 +1,6 @@
 //! Request correlation on a real collector: every HTTP answer carries `X-Request-Id` — the
 //! client's when well formed, else a generated one, refusals before routing included — and
+//! the security headers (strict CSP, nosniff, no referrer, never framed), and
 //! the same id is in the request's audit row and log lines; ingest log lines about a batch
 //! name the agent and the batch's seq.
 
@@ -39,6 +40,25 @@ fn is_generated(id: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// The headers `api/security_headers.rs` puts on every answer.
+fn assert_security_headers(r: &Resp) {
+    let csp = r
+        .header("content-security-policy")
+        .unwrap_or_else(|| panic!("no CSP on {r:?}"));
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+    ] {
+        assert_eq!(r.header(name).as_deref(), Some(value), "{name} on {r:?}");
+    }
+}
+
 fn with_id(c: &CollectorProc, method: &str, path: &str, id: &str, body: Option<&[u8]>) -> Resp {
     request_with(c.http, method, path, None, &[("X-Request-Id", id)], body).unwrap()
 }
@@ -57,13 +77,16 @@ fn every_answer_carries_a_request_id_that_the_audit_row_and_log_lines_share() {
     let api = Api::new(c.http, Some(&token));
 
     // No id sent: one is generated, a new one per request.
-    let a = id_of(&request(c.http, "GET", "/healthz", None, None).unwrap());
+    let healthz = request(c.http, "GET", "/healthz", None, None).unwrap();
+    assert_security_headers(&healthz);
+    let a = id_of(&healthz);
     let b = id_of(&request(c.http, "GET", "/metrics", None, None).unwrap());
     assert!(is_generated(&a) && is_generated(&b) && a != b, "{a} {b}");
 
     // A well-formed id is echoed, stored in the audit row and named in the log lines.
     let r = with_id(&c, "GET", "/api/v1/hosts", "client-42.a_B", None);
     assert_eq!((r.status, id_of(&r).as_str()), (401, "client-42.a_B"));
+    assert_security_headers(&r);
     let rows = api.get("/api/v1/audit?request_id=client-42.a_B").json();
     let rows = rows["items"].as_array().expect("items").clone();
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -108,9 +131,11 @@ fn every_answer_carries_a_request_id_that_the_audit_row_and_log_lines_share() {
     let big = vec![b'a'; 128 * 1024];
     let r = with_id(&c, "POST", "/api/v1/sessions", "big-body-1", Some(&big));
     assert_eq!((r.status, id_of(&r).as_str()), (413, "big-body-1"));
+    assert_security_headers(&r);
     let long_uri = format!("/api/v1/hosts?x={}", "a".repeat(9000));
     let r = with_id(&c, "GET", &long_uri, "long-uri-1", None);
     assert_eq!((r.status, id_of(&r).as_str()), (414, "long-uri-1"));
+    assert_security_headers(&r);
     for id in ["big-body-1", "long-uri-1"] {
         let rows = api.get(&format!("/api/v1/audit?request_id={id}")).json();
         assert_eq!(
@@ -127,6 +152,7 @@ fn every_answer_carries_a_request_id_that_the_audit_row_and_log_lines_share() {
     }
     let r = with_id(&c, "GET", "/no/such/route", "lost-1", None);
     assert_eq!((r.status, id_of(&r).as_str()), (404, "lost-1"));
+    assert_security_headers(&r);
     let login = br#"{"username": "nobody", "password": "not-the-password-1"}"#;
     let mut statuses = Vec::new();
     for i in 0..3 {

@@ -15,6 +15,7 @@ pub mod paging;
 pub mod refusal_audit;
 pub mod request_id;
 pub mod scope;
+pub mod security_headers;
 pub mod server;
 
 pub mod alerts;

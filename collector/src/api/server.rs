@@ -8,7 +8,8 @@ pub use mcpwatch_common::http_server::ServerLimits;
 use super::refusal_audit::RefusalAudit;
 
 /// Applies the body limit and request timeout to `app`, audits what they (and the URI
-/// limit) refuse before routing, and gives every request and response its `X-Request-Id`.
+/// limit) refuse before routing, and gives every request and response its `X-Request-Id`
+/// and the security headers (`security_headers.rs`).
 pub fn with_limits(app: Router, limits: &ServerLimits, refusals: RefusalAudit) -> Router {
     app.layer(axum::extract::DefaultBodyLimit::max(limits.body_limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
@@ -23,6 +24,7 @@ pub fn with_limits(app: Router, limits: &ServerLimits, refusals: RefusalAudit) -
             refusals,
             super::refusal_audit::audit_refusals,
         ))
+        .layer(axum::middleware::map_response(super::security_headers::add))
         // Outermost: every answer carries the request's id, refusals before routing too.
         .layer(axum::middleware::from_fn(super::request_id::assign))
 }
