@@ -720,6 +720,21 @@ fn users_roles_tokens_sessions_and_audit() {
     assert!(page2["items"][0]["id"].as_i64().unwrap() < ids1[2]);
     let future = audit_rows(&api, &admin, &format!("&since_ms={}", now_ms() + 60_000));
     assert!(future.is_empty());
+    let past = audit_rows(&api, &admin, "&until_ms=1");
+    assert!(past.is_empty());
+    let before_now = audit_rows(&api, &admin, &format!("&until_ms={}", now_ms() + 1));
+    assert!(!before_now.is_empty());
+    // Object and result filters: the refused binding above, found by what it touched.
+    let object = format!("/api/v1/users/{alice_id}/bindings");
+    let refused = audit_rows(&api, &admin, &format!("&result=403&object={object}"));
+    assert!(!refused.is_empty());
+    assert!(
+        refused
+            .iter()
+            .all(|r| r["result"] == 403 && r["object"] == object.as_str()),
+        "{refused:?}"
+    );
+    assert!(audit_rows(&api, &admin, &format!("&result=418&object={object}")).is_empty());
     assert_eq!(api.get("/api/v1/audit?limit=100000", &admin).0, 400);
     // The audit log cannot be rewritten, even by the database owner.
     let rw = Connection::open(&c.db).unwrap();

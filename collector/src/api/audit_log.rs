@@ -31,8 +31,14 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// Only records at or after this time (ms since the Unix epoch).
     pub since_ms: Option<i64>,
+    /// Only records before this time (ms since the Unix epoch).
+    pub until_ms: Option<i64>,
     /// Exact request id: the `X-Request-Id` the request was answered with.
     pub request_id: Option<String>,
+    /// Exact object, e.g. `/api/v1/users/3`.
+    pub object: Option<String>,
+    /// Exact result: the HTTP status the request was answered with, e.g. 403.
+    pub result: Option<u16>,
 }
 
 /// The audit log, newest first: every change and every refused request.
@@ -54,7 +60,10 @@ async fn list_audit(
         actor: q.actor,
         action: q.action,
         since_ms: q.since_ms,
+        until_ms: q.until_ms,
         request_id: q.request_id,
+        object: q.object,
+        result: q.result,
     };
     let before = q.cursor;
     let items = state.store.audit_page(filter, before, limit).await?;

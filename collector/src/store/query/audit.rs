@@ -54,8 +54,14 @@ pub struct AuditFilter {
     pub action: Option<String>,
     /// Rows at or after this time.
     pub since_ms: Option<i64>,
+    /// Rows before this time.
+    pub until_ms: Option<i64>,
     /// Exact request id (`X-Request-Id`).
     pub request_id: Option<String>,
+    /// Exact object, e.g. `/api/v1/users/3`.
+    pub object: Option<String>,
+    /// Exact result (HTTP status), e.g. 403.
+    pub result: Option<u16>,
 }
 
 impl AuditRow {
@@ -91,7 +97,8 @@ pub fn list_audit(
          FROM audit_log
          WHERE (?1 IS NULL OR id < ?1) AND (?3 IS NULL OR actor = ?3)
            AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR at_ms >= ?5)
-           AND (?6 IS NULL OR request_id = ?6)
+           AND (?6 IS NULL OR request_id = ?6) AND (?7 IS NULL OR at_ms < ?7)
+           AND (?8 IS NULL OR object = ?8) AND (?9 IS NULL OR result = ?9)
          ORDER BY id DESC LIMIT ?2",
     )?
     .query_map(
@@ -101,7 +108,10 @@ pub fn list_audit(
             filter.actor,
             filter.action,
             filter.since_ms,
-            filter.request_id
+            filter.request_id,
+            filter.until_ms,
+            filter.object,
+            filter.result
         ],
         AuditRow::from_row,
     )?

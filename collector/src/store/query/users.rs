@@ -670,8 +670,8 @@ mod tests {
                     session_id: None,
                     source: "127.0.0.1".into(),
                     action: if i < 5 { "POST /x" } else { "DELETE /x" }.into(),
-                    object: "/x".into(),
-                    result: 200,
+                    object: if i == 9 { "/x/9" } else { "/x" }.into(),
+                    result: if i >= 8 { 403 } else { 200 },
                     detail: String::new(),
                     request_id: Some(format!("req-{i}")),
                 },
@@ -690,7 +690,7 @@ mod tests {
             actor: Some("user:a".into()),
             action: Some("POST /x".into()),
             since_ms: Some(1001),
-            request_id: None,
+            ..AuditFilter::default()
         };
         let rows = list_audit(&c, &f, None, 100).unwrap();
         assert_eq!(
@@ -705,5 +705,28 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].at_ms, 1007);
         assert_eq!(rows[0].request_id.as_deref(), Some("req-7"));
+        // A time range is [since, until); object and result match exactly.
+        let window = AuditFilter {
+            since_ms: Some(1003),
+            until_ms: Some(1006),
+            ..AuditFilter::default()
+        };
+        let rows = list_audit(&c, &window, None, 100).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.at_ms).collect::<Vec<_>>(),
+            [1005, 1004, 1003]
+        );
+        let refused = AuditFilter {
+            object: Some("/x/9".into()),
+            result: Some(403),
+            ..AuditFilter::default()
+        };
+        let rows = list_audit(&c, &refused, None, 100).unwrap();
+        assert_eq!(rows.iter().map(|r| r.at_ms).collect::<Vec<_>>(), [1009]);
+        let other_result = AuditFilter {
+            result: Some(404),
+            ..refused
+        };
+        assert!(list_audit(&c, &other_result, None, 100).unwrap().is_empty());
     }
 }
