@@ -38,7 +38,7 @@ pub struct AuditQuery {
     /// Exact object, e.g. `/api/v1/users/3`.
     pub object: Option<String>,
     /// Exact result: the HTTP status the request was answered with, e.g. 403.
-    pub result: Option<u16>,
+    pub result: Option<i64>,
 }
 
 /// The audit log, newest first: every change and every refused request.

@@ -61,7 +61,7 @@ pub struct AuditFilter {
     /// Exact object, e.g. `/api/v1/users/3`.
     pub object: Option<String>,
     /// Exact result (HTTP status), e.g. 403.
-    pub result: Option<u16>,
+    pub result: Option<i64>,
 }
 
 impl AuditRow {
