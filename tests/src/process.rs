@@ -148,25 +148,44 @@ pub struct CollectorProc {
 
 impl CollectorProc {
     /// Writes a config (extra TOML lines go into `[ingest]`) and starts the collector.
+    /// A free port can be taken by another test between `free_addr` and the collector's
+    /// bind: that start is retried on fresh ports (the config is written again).
     pub fn start(pki: &Pki, dir: &Path, ingest_extra: &str) -> CollectorProc {
-        let CollectorFiles {
-            config,
-            ingest,
-            http,
-            db,
-        } = CollectorFiles::write(pki, dir, ingest_extra);
-        let mut c = CollectorProc {
-            child: None,
-            dir: dir.to_owned(),
-            config,
-            ingest,
-            http,
-            db,
-            log: dir.join("collector.log"),
-            starts: 0,
-        };
-        c.restart();
-        c
+        for _ in 0..5 {
+            let CollectorFiles {
+                config,
+                ingest,
+                http,
+                db,
+            } = CollectorFiles::write(pki, dir, ingest_extra);
+            let mut c = CollectorProc {
+                child: None,
+                dir: dir.to_owned(),
+                config,
+                ingest,
+                http,
+                db,
+                log: dir.join("collector.log"),
+                starts: 1,
+            };
+            c.log = dir.join("collector.1.log");
+            match try_start_ready(
+                "mcpwatch-collector",
+                &c.config,
+                &c.log,
+                &[],
+                c.http,
+                "/readyz",
+            ) {
+                Ok(child) => {
+                    c.child = Some(child);
+                    return c;
+                }
+                Err(early) if early.contains("Address already in use") => continue,
+                Err(early) => panic!("mcpwatch-collector exited early: {early}"),
+            }
+        }
+        panic!("mcpwatch-collector: no free ports after 5 tries");
     }
 
     /// Starts the process again (after a kill) and waits until `/readyz` answers 200.
