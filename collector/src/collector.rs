@@ -184,6 +184,9 @@ fn open_alerting(
 /// What the API serves beside the store.
 struct ApiParts {
     alerting: Alerting,
+    feed: crate::feed::Feed,
+    /// Cancelled when the HTTP endpoint drains.
+    http_stop: CancellationToken,
     api_secrets: ApiSecrets,
     dispatcher: dispatcher::Dispatcher,
     router: CommandRouter,
@@ -205,6 +208,9 @@ fn http_app(
         metrics: metrics.clone(),
         settings: config.api.clone(),
         limiter: Default::default(),
+        feed: api.feed,
+        stream_slots: Arc::new(tokio::sync::Semaphore::new(config.api.stream_max_clients)),
+        streams_stop: api.http_stop,
     }));
     let (api_router, _doc) = api::build(api_state);
     // The receivers as configured, for listing (secrets as references only) and test-sends,
@@ -215,14 +221,18 @@ fn http_app(
         api_secrets: Some(api.api_secrets),
         dispatcher: Some(api.dispatcher),
     })));
+    let mut app = http::router(
+        metrics.clone(),
+        ready.clone(),
+        store.clone(),
+        config.api.federation_token.clone(),
+    )
+    .merge(api_router);
+    if config.console {
+        app = app.merge(crate::console::router());
+    }
     api::server::with_limits(
-        http::router(
-            metrics.clone(),
-            ready.clone(),
-            store.clone(),
-            config.api.federation_token.clone(),
-        )
-        .merge(api_router),
+        app,
         &config.http_limits,
         api::refusal_audit::RefusalAudit {
             store: store.clone(),
@@ -307,8 +317,18 @@ pub async fn run_with_router(
     );
     dispatcher.set_skipped(skipped);
 
+    let feed = crate::feed::Feed::new();
+    background.spawn(crate::feed::run(
+        store.clone(),
+        feed.clone(),
+        metrics.clone(),
+        config.api.stream_poll,
+        background_stop.clone(),
+    ));
     let api = ApiParts {
         alerting,
+        feed,
+        http_stop: http_stop.clone(),
         api_secrets,
         dispatcher,
         router: router.clone(),

@@ -92,6 +92,8 @@ pub struct RawStore {
 pub struct RawHttp {
     /// `/api/v1`, `/federate`, `/metrics`, `/healthz`, `/readyz`. Default 127.0.0.1:9465.
     pub listen: Option<SocketAddr>,
+    /// Serve the web console at `/`. Default true.
+    pub console: Option<bool>,
     /// Serve HTTPS with this certificate chain and key (PEM), re-read on SIGHUP. Default:
     /// plain HTTP.
     pub tls_cert: Option<PathBuf>,
@@ -148,6 +150,14 @@ pub struct RawApi {
     /// How often the running collector verifies the audit log's hash chain (the rows added
     /// since; every 12th time all of them). Default 5m, 1s..=1d.
     pub audit_verify_interval: Option<Duration>,
+    /// Live streams (`GET /api/v1/stream`, the console's updates) open at once. Default 256.
+    pub stream_max_clients: Option<usize>,
+    /// How often the live feed reads committed changes. Default 500ms, 50ms..=10s.
+    pub stream_poll_interval: Option<Duration>,
+    /// An idle live stream's heartbeat, when it also re-checks its credential. Default 15s
+    /// (or half of http.idle_timeout when that is shorter), 1s..=60s, below
+    /// http.idle_timeout.
+    pub stream_heartbeat: Option<Duration>,
 }
 
 /// The HTTP endpoint's TLS files and protocol floor.
@@ -185,6 +195,8 @@ pub struct CollectorConfig {
     /// Set when the HTTP endpoint serves TLS.
     pub http_tls: Option<HttpTls>,
     pub http_limits: ServerLimits,
+    /// Serve the web console at `/`.
+    pub console: bool,
     pub api: ApiSettings,
     pub audit_retention: Duration,
     pub audit_verify_interval: Duration,
@@ -262,7 +274,18 @@ impl CollectorConfig {
         }
         let http_tls = http_tls(path, &raw.http)?;
         let http_limits = http_limits(path, &raw.http)?;
-        let (api, audit_retention) = api_settings(path, &raw.api, http_limits.request_timeout)?;
+        let (mut api, audit_retention) = api_settings(path, &raw.api, http_limits.request_timeout)?;
+        api.cookie_secure = http_tls.is_some();
+        if raw.api.stream_heartbeat.is_none() {
+            // The default must stay below a shortened idle timeout too.
+            api.stream_heartbeat = api.stream_heartbeat.min(http_limits.idle_timeout / 2);
+        }
+        if api.stream_heartbeat >= http_limits.idle_timeout {
+            return Err(bad(
+                "api.stream_heartbeat",
+                "must be shorter than http.idle_timeout (an idle stream would be cut)",
+            ));
+        }
         let audit_verify_interval = raw
             .api
             .audit_verify_interval
@@ -285,6 +308,7 @@ impl CollectorConfig {
             alerting,
             http_tls,
             http_limits,
+            console: raw.http.console.unwrap_or(true),
             api,
             audit_retention,
             audit_verify_interval,
@@ -422,7 +446,22 @@ fn api_settings(
         max_points: a.max_points.unwrap_or(dflt.max_points),
         command_timeout: a.command_timeout.map_or(dflt.command_timeout, |d| d.get()),
         federation_token,
+        cookie_secure: false,
+        stream_max_clients: a.stream_max_clients.unwrap_or(dflt.stream_max_clients),
+        stream_poll: a.stream_poll_interval.map_or(dflt.stream_poll, |d| d.get()),
+        stream_heartbeat: a
+            .stream_heartbeat
+            .map_or(dflt.stream_heartbeat, |d| d.get()),
     };
+    if api.stream_max_clients == 0 {
+        return Err(bad("api.stream_max_clients", "must be positive"));
+    }
+    if !(50..=10_000).contains(&api.stream_poll.as_millis()) {
+        return Err(bad("api.stream_poll_interval", "must be 50ms..=10s"));
+    }
+    if !(1_000..=60_000).contains(&api.stream_heartbeat.as_millis()) {
+        return Err(bad("api.stream_heartbeat", "must be 1s..=60s"));
+    }
     if api.session_idle_ms <= 0 || api.session_absolute_ms < api.session_idle_ms {
         return Err(bad(
             "api.session_idle_timeout",

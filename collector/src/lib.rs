@@ -9,6 +9,8 @@ pub mod auth;
 pub mod collector;
 pub mod command;
 pub mod config;
+pub mod console;
+pub mod feed;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

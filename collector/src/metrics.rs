@@ -92,6 +92,14 @@ pub struct CollectorMetrics {
     pub sessions_closed: Family<ReasonLabel, Counter>,
     /// Audit records that could not be written.
     pub audit_failures: Counter,
+    /// Cookie-authenticated mutations refused for a missing or wrong CSRF token.
+    pub csrf_refusals: Counter,
+    /// Live streams open now, refused over the limit, and reset after falling behind.
+    pub stream_clients: Gauge,
+    pub stream_refused: Counter,
+    pub stream_resets: Counter,
+    /// Reads of the live feed that failed.
+    pub feed_failures: Counter,
     /// 1 while every verification of the audit chain since start found it whole; 0 before
     /// the first one and once a break is found (until restart).
     pub audit_chain_ok: Gauge,
@@ -142,6 +150,11 @@ impl CollectorMetrics {
             store_queue_depth: Gauge::default(),
             sessions_closed: Family::default(),
             audit_failures: Counter::default(),
+            csrf_refusals: Counter::default(),
+            stream_clients: Gauge::default(),
+            stream_refused: Counter::default(),
+            stream_resets: Counter::default(),
+            feed_failures: Counter::default(),
             audit_chain_ok: Gauge::default(),
             audit_chain_verified_id: Gauge::default(),
             audit_chain_breaks: Counter::default(),
@@ -275,6 +288,33 @@ impl CollectorMetrics {
             m.audit_failures.clone(),
         );
         r.register(
+            "mcpwatch_collector_csrf_refusals",
+            "Cookie-authenticated (console) mutations refused: missing or wrong X-CSRF-Token, \
+             or marked cross-site by the browser.",
+            m.csrf_refusals.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_stream_clients",
+            "Live streams (GET /api/v1/stream) open now.",
+            m.stream_clients.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_stream_refused",
+            "Live streams refused at [api] stream_max_clients.",
+            m.stream_refused.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_stream_resets",
+            "Live streams told to reload everything: resumed from an unknown point or fell \
+             behind the feed's buffer.",
+            m.stream_resets.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_feed_read_failures",
+            "Reads of committed changes by the live feed that failed (retried next poll).",
+            m.feed_failures.clone(),
+        );
+        r.register(
             "mcpwatch_collector_audit_chain_ok",
             "1 while every verification of the audit log's hash chain found it whole; 0 before \
              the first verification and after a break was found.",
@@ -382,6 +422,10 @@ impl CollectorMetrics {
 
     pub fn audit_failed(&self) {
         self.audit_failures.inc();
+    }
+
+    pub fn csrf_refused(&self) {
+        self.csrf_refusals.inc();
     }
 
     /// Registers a receiver so its series exist (at zero) before its first send.

@@ -82,8 +82,7 @@ pub fn request_with(
         // The server may answer (413) and close before reading a large body.
         let _ = s.write_all(b);
     }
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    let buf = read_response(&mut s);
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text
         .split_whitespace()
@@ -99,6 +98,25 @@ pub fn request_with(
         .contains("transfer-encoding: chunked");
     let body = if chunked { dechunk(&raw) } else { raw };
     Ok(Resp { status, body, head })
+}
+
+/// Reads an answer to its end, except a live stream (`text/event-stream`), which never
+/// ends: of that only the head is read (`sse.rs` reads streams).
+fn read_response(s: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return buf,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if head.contains("content-type: text/event-stream") {
+                return buf;
+            }
+        }
+    }
 }
 
 fn dechunk(mut s: &str) -> String {

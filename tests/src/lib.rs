@@ -12,6 +12,7 @@ pub mod procfs;
 pub mod receivers;
 pub mod rig;
 pub mod sim;
+pub mod sse;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

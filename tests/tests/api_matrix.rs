@@ -312,6 +312,8 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
     ("DELETE", "/api/v1/tokens/{id}", Need::OtherUsers, 204),
     // audit
     ("GET", "/api/v1/audit", Need::Global("audit:read"), 200),
+    // the live stream (only its head is read)
+    ("GET", "/api/v1/stream", Need::Perm("hosts:read"), 200),
 ];
 
 // ---- the principals --------------------------------------------------------------------------
@@ -601,7 +603,8 @@ impl Ctx {
             | ("GET", "/api/v1/users")
             | ("GET", "/api/v1/roles")
             | ("GET", "/api/v1/tokens")
-            | ("GET", "/api/v1/audit") => Req::at(template),
+            | ("GET", "/api/v1/audit")
+            | ("GET", "/api/v1/stream") => Req::at(template),
             ("DELETE", "/api/v1/sessions/{id}") => {
                 let (id, _) = self.session(self.owner);
                 Req::at(format!("{api}/sessions/{id}"))

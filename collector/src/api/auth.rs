@@ -1,6 +1,7 @@
-//! Who is calling: the `Caller` extractor turns `Authorization: Bearer <credential>` into a
-//! `Principal` (API token or login session, checked against the database on every request,
-//! so revocation and logout take effect at once), and the audit middleware records every
+//! Who is calling: the `Caller` extractor turns `Authorization: Bearer <credential>` (or a
+//! browser's session cookie, with its CSRF check: `browser_session.rs`) into a `Principal`
+//! (API token or login session, checked against the database on every request, so
+//! revocation and logout take effect at once), and the audit middleware records every
 //! mutating request and every denied one.
 
 use std::sync::{Arc, Mutex};
@@ -12,10 +13,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
+use super::browser_session::{self, CsrfRefusal};
 use super::error::ApiError;
 use super::ApiState;
 use crate::auth::credential::{self, Kind};
 use crate::auth::{grants, permission_names, Permission, Principal};
+use crate::notify::Secret;
 use crate::now_ms;
 use crate::store::query::audit::AuditEntry;
 use crate::store::query::tokens::{Bearer, BearerKind, BearerRow};
@@ -57,6 +60,11 @@ impl AuditSlot {
 pub struct Caller {
     pub principal: Principal,
     slot: AuditSlot,
+    /// The credential as presented, for a long-lived request (the live stream) that checks
+    /// it again later. Redacted in `Debug`.
+    credential: Secret,
+    /// The credential came in the browser's session cookie (not `Authorization`).
+    pub via_cookie: bool,
 }
 
 impl Caller {
@@ -78,6 +86,17 @@ impl Caller {
             self.deny();
             Err(ApiError::Forbidden(p.to_string()))
         }
+    }
+
+    /// The credential this request presented (checked again by long-lived requests).
+    pub fn credential(&self) -> &Secret {
+        &self.credential
+    }
+
+    /// The CSRF token of the caller's browser session (cookie callers only).
+    pub fn csrf_token(&self) -> Option<String> {
+        let (_, _, secret) = credential::parse(self.credential.expose())?;
+        self.via_cookie.then(|| credential::csrf_token(secret))
     }
 
     /// Marks the request as denied (audited).
@@ -114,16 +133,43 @@ impl FromRequestParts<ApiState> for Caller {
             .get::<AuditSlot>()
             .cloned()
             .unwrap_or_default();
-        let Some(text) = bearer(parts) else {
-            return Err(ApiError::Unauthenticated);
+        let (text, via_cookie) = match bearer(parts) {
+            Some(t) => (t, false),
+            None => {
+                let secure = state.settings.cookie_secure;
+                let cookie = browser_session::session_cookie(&parts.headers, secure);
+                (cookie.ok_or(ApiError::Unauthenticated)?, true)
+            }
         };
+        // Only login sessions travel in cookies: an API token there is refused, so a token
+        // never gains the browser's ambient authority.
+        let parsed = credential::parse(text);
+        if via_cookie && !matches!(parsed, Some((Kind::Session, _, _))) {
+            return Err(ApiError::Unauthenticated);
+        }
         let principal = authenticate(state, text).await?;
         slot.with(|i| {
             i.actor = Some(principal.actor.clone());
             i.token_id = principal.token_id;
             i.session_id = principal.session_id;
         });
-        Ok(Caller { principal, slot })
+        if let (true, Some((_, _, secret))) = (via_cookie, parsed) {
+            // Checked after authentication, so the refusal's audit row names the session.
+            if let Err(refusal) = browser_session::check_csrf(parts, secret) {
+                slot.with(|i| i.denied = true);
+                state.metrics.csrf_refused();
+                return Err(ApiError::Csrf(match refusal {
+                    CsrfRefusal::Token => "missing or wrong X-CSRF-Token for this session",
+                    CsrfRefusal::CrossSite => "cross-site request refused",
+                }));
+            }
+        }
+        Ok(Caller {
+            principal,
+            slot,
+            credential: Secret::new(text),
+            via_cookie,
+        })
     }
 }
 
@@ -164,6 +210,20 @@ fn principal_of(b: Bearer) -> Option<(Principal, i64)> {
 
 /// Checks a presented credential. Every failure is the same 401, whatever the reason.
 pub async fn authenticate(state: &ApiState, text: &str) -> Result<Principal, ApiError> {
+    check_credential(state, text, true).await
+}
+
+/// Checks a credential again for a long-lived request (the live stream's heartbeat) without
+/// counting as use: an open console tab must not keep an idle session alive forever.
+pub async fn recheck(state: &ApiState, text: &str) -> Result<Principal, ApiError> {
+    check_credential(state, text, false).await
+}
+
+async fn check_credential(
+    state: &ApiState,
+    text: &str,
+    touch: bool,
+) -> Result<Principal, ApiError> {
     let Some((kind, id, secret)) = credential::parse(text) else {
         return Err(ApiError::Unauthenticated);
     };
@@ -194,7 +254,7 @@ pub async fn authenticate(state: &ApiState, text: &str) -> Result<Principal, Api
     // Bookkeeping off the request path: last use of a token, idle clock of a session —
     // written at most every quarter of the idle timeout (and minute), not on every request.
     let every = (idle_ms / 4).clamp(1, 60_000);
-    if now.saturating_sub(last) < every {
+    if !touch || now.saturating_sub(last) < every {
         return Ok(principal);
     }
     let store = state.store.clone();

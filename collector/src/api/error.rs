@@ -14,6 +14,10 @@ pub enum ApiError {
     Unauthenticated,
     #[error("permission {0} required")]
     Forbidden(String),
+    /// A cookie-authenticated mutation without the session's CSRF token, or one the
+    /// browser marks as coming from another site.
+    #[error("{0}")]
+    Csrf(&'static str),
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -54,7 +58,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::Csrf(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -70,6 +74,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::Csrf(_) => "csrf",
             ApiError::NotFound => "not_found",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unprocessable(_) => "invalid",

@@ -8,13 +8,15 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{AuditSlot, Caller, ClientAddr};
+use super::browser_session;
 
 use super::error::{ApiError, ErrorBody};
 use super::ApiState;
@@ -116,29 +118,50 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
+    /// Answer with browser cookies (the web console) instead of a bearer credential in the
+    /// body. Only a page of this origin may ask (`Sec-Fetch-Site: same-origin`).
+    #[serde(default)]
+    pub cookie: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LoginResponse {
-    /// Bearer credential for later requests; shown only here.
-    pub token: String,
+    /// Bearer credential for later requests; shown only here. Absent for a cookie login,
+    /// whose credential only the `HttpOnly` cookie holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// For a cookie login: the token every mutating request repeats in `X-CSRF-Token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
     pub expires_ms: i64,
     pub idle_timeout_ms: i64,
 }
 
 /// Opens a session.
 #[utoipa::path(post, path = "/sessions", request_body = LoginRequest, security(()),
-    responses((status = 201, body = LoginResponse), (status = 401, body = ErrorBody),
+    responses((status = 201, body = LoginResponse,
+               headers(("set-cookie" = String, description = "With `cookie: true`: the HttpOnly \
+               session cookie and the CSRF cookie"))),
+              (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody, description = "`cookie: true` from anything but a \
+               same-origin page (code `csrf`)"),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)), tag = "sessions")]
 async fn login(
     State(state): State<ApiState>,
     addr: Option<Extension<ClientAddr>>,
     slot: Option<Extension<AuditSlot>>,
+    headers: HeaderMap,
     Json(req): Json<LoginRequest>,
-) -> Result<(StatusCode, Json<LoginResponse>), ApiError> {
+) -> Result<Response, ApiError> {
     let source = addr.map(|Extension(a)| a.0.ip());
     if req.username.len() > 256 {
         return Err(ApiError::Unauthenticated);
+    }
+    if req.cookie && !browser_session::same_origin_browser(&headers) {
+        // Login CSRF: another site must not sign a visitor's browser into its account.
+        return Err(ApiError::Csrf(
+            "cookie sessions are opened only by the console's own page (Sec-Fetch-Site: same-origin)",
+        ));
     }
     if let Some(Extension(slot)) = &slot {
         // Attempts are audited under the name tried (bounded), successes under the user.
@@ -164,24 +187,44 @@ async fn login(
     if let Some(Extension(slot)) = &slot {
         slot.set_actor(format!("user:{}", req.username), Some(id));
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(LoginResponse {
-            token: credential::format(Kind::Session, id, &secret),
-            expires_ms: expires,
-            idle_timeout_ms: s.session_idle_ms,
-        }),
-    ))
+    let token = credential::format(Kind::Session, id, &secret);
+    let mut body = LoginResponse {
+        token: None,
+        csrf_token: None,
+        expires_ms: expires,
+        idle_timeout_ms: s.session_idle_ms,
+    };
+    if !req.cookie {
+        body.token = Some(token);
+        return Ok((StatusCode::CREATED, Json(body)).into_response());
+    }
+    let csrf = credential::csrf_token(&secret);
+    let max_age_s = s.session_absolute_ms / 1000;
+    let cookies = browser_session::set_cookies(&token, &csrf, max_age_s, s.cookie_secure);
+    body.csrf_token = Some(csrf);
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    for c in cookies {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    Ok(resp)
 }
 
-/// Ends the caller's own session (or does nothing for an API token).
+/// Ends the caller's own session (or does nothing for an API token); a browser's session
+/// cookies are cleared.
 #[utoipa::path(delete, path = "/sessions/current",
-    responses((status = 204), (status = 401, body = ErrorBody)), tag = "sessions")]
-async fn logout(State(state): State<ApiState>, caller: Caller) -> Result<StatusCode, ApiError> {
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    tag = "sessions")]
+async fn logout(State(state): State<ApiState>, caller: Caller) -> Result<Response, ApiError> {
     if let Some(id) = caller.principal.session_id {
         state.store.delete_session(id).await?;
     }
-    Ok(StatusCode::NO_CONTENT)
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if caller.via_cookie {
+        for c in browser_session::clear_cookies(state.settings.cookie_secure) {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+    }
+    Ok(resp)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -192,6 +235,9 @@ pub struct Me {
     pub session_id: Option<i64>,
     /// `permission` or `permission@{selector}` for host-scoped grants.
     pub grants: Vec<String>,
+    /// For a browser (cookie) session: its CSRF token, so a reloaded console recovers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
 }
 
 /// Who the caller is and what it may do.
@@ -204,6 +250,7 @@ async fn whoami(caller: Caller) -> Json<Me> {
         user_id: p.user_id,
         token_id: p.token_id,
         session_id: p.session_id,
+        csrf_token: caller.csrf_token(),
         grants: p
             .grants
             .iter()

@@ -7,6 +7,7 @@
 //! nests them, adds the audit layer, limits and the document.
 
 pub mod auth;
+pub mod browser_session;
 pub mod contract;
 pub mod error;
 pub mod json_body;
@@ -31,6 +32,7 @@ pub mod server_state;
 pub mod servers;
 pub mod sessions;
 pub mod silences;
+pub mod stream;
 pub mod tokens;
 pub mod tool_stats;
 pub mod tools;
@@ -69,6 +71,14 @@ pub struct ApiSettings {
     pub command_timeout: std::time::Duration,
     /// Bearer token required by `/federate`, when set (redacted in `Debug`).
     pub federation_token: Option<crate::notify::Secret>,
+    /// The API is served over TLS: browser session cookies are `Secure` and `__Host-` named.
+    pub cookie_secure: bool,
+    /// Live streams (`/api/v1/stream`) open at once; more are answered 503.
+    pub stream_max_clients: usize,
+    /// How often the live feed looks for committed changes.
+    pub stream_poll: std::time::Duration,
+    /// How often an idle live stream sends a heartbeat and re-checks its credential.
+    pub stream_heartbeat: std::time::Duration,
 }
 
 impl ApiSettings {
@@ -83,6 +93,10 @@ impl ApiSettings {
             max_points: 11_000,
             command_timeout: std::time::Duration::from_secs(10),
             federation_token: None,
+            cookie_secure: false,
+            stream_max_clients: 256,
+            stream_poll: std::time::Duration::from_millis(500),
+            stream_heartbeat: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -95,6 +109,12 @@ pub struct Inner {
     pub metrics: Arc<CollectorMetrics>,
     pub settings: ApiSettings,
     pub limiter: login::LoginLimiter,
+    /// Committed changes for live streams.
+    pub feed: crate::feed::Feed,
+    /// One permit per open live stream (`settings.stream_max_clients`).
+    pub stream_slots: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when the HTTP endpoint starts draining: live streams end at once.
+    pub streams_stop: tokio_util::sync::CancellationToken,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -190,7 +210,8 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(roles::routes())
         .merge(tokens::routes())
         .merge(sessions::routes())
-        .merge(audit_log::routes());
+        .merge(audit_log::routes())
+        .merge(stream::routes());
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::audit))

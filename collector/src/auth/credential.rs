@@ -56,6 +56,16 @@ pub fn hash(secret: &str) -> String {
     )
 }
 
+/// The CSRF token of a browser session: hex SHA-256 of a fixed label and the session's
+/// secret. Derived, not stored: only the holder of the (HttpOnly) session cookie's secret
+/// can know it, so a token planted by another site never matches.
+pub fn csrf_token(secret: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"mcpwatch-csrf\0");
+    ctx.update(secret.as_bytes());
+    mcpwatch_common::hex::encode(ctx.finish().as_ref())
+}
+
 pub use mcpwatch_common::secret::constant_time_eq;
 
 #[cfg(test)]
@@ -86,5 +96,10 @@ mod tests {
         assert!(constant_time_eq(&hash(&s), &hash(&s)));
         assert!(!constant_time_eq(&hash(&s), &hash("other")));
         assert!(!constant_time_eq("a", "ab"));
+        let csrf = csrf_token(&s);
+        assert_eq!(csrf.len(), 64);
+        assert_eq!(csrf, csrf_token(&s));
+        assert_ne!(csrf, hash(&s), "the CSRF token is not the stored hash");
+        assert_ne!(csrf, csrf_token(&secret().unwrap()));
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod changes;
 pub mod events;
 pub mod hosts;
 pub(crate) mod pool;

@@ -1,0 +1,55 @@
+// Sign-in: username and password open a cookie session (the credential stays in an
+// HttpOnly cookie; the page only keeps the CSRF token).
+
+import { useState } from "preact/hooks";
+import { api, ApiError, setCsrf } from "../api";
+
+interface LoginResponse {
+  csrf_token?: string;
+}
+
+export function Login(props: { expired: boolean; onSignedIn: () => void }) {
+  const [username, setUsername] = useState("");
+  const [password, setPassword] = useState("");
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  const submit = async (e: Event) => {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      const r = await api<LoginResponse>("POST", "/sessions", { username, password, cookie: true });
+      setCsrf(r.csrf_token ?? null);
+      setPassword("");
+      props.onSignedIn();
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) setError("Wrong user name or password.");
+      else if (err instanceof ApiError && err.status === 429) setError("Too many attempts. Wait a minute and try again.");
+      else setError(err instanceof Error ? err.message : "Sign-in failed.");
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  return (
+    <main class="login">
+      <h1>mcpwatch</h1>
+      {props.expired && <p class="notice" role="status">Your session expired. Sign in again.</p>}
+      <form onSubmit={submit}>
+        <label>
+          User name
+          <input name="username" autocomplete="username" required value={username}
+            onInput={(e) => setUsername(e.currentTarget.value)} />
+        </label>
+        <label>
+          Password
+          <input name="password" type="password" autocomplete="current-password" required value={password}
+            onInput={(e) => setPassword(e.currentTarget.value)} />
+        </label>
+        {error && <p class="error" role="alert">{error}</p>}
+        <button class="primary" type="submit" disabled={busy}>Sign in</button>
+      </form>
+    </main>
+  );
+}

@@ -1,0 +1,49 @@
+// The signed-in frame: navigation (only pages the caller may use), who is signed in, and
+// the current page.
+
+import type { Me } from "../api";
+import type { Grants } from "../perm";
+import { href, useRoute } from "../router";
+import { Fleet } from "../pages/Fleet";
+import { Audit } from "../pages/Audit";
+
+interface Page {
+  id: string;
+  title: string;
+  visible: (g: Grants) => boolean;
+}
+
+const PAGES: Page[] = [
+  { id: "fleet", title: "Fleet", visible: (g) => g.can("hosts:read") },
+  { id: "audit", title: "Audit log", visible: (g) => g.canEverywhere("audit:read") },
+];
+
+export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) {
+  const route = useRoute();
+  const pages = PAGES.filter((p) => p.visible(props.grants));
+  const wanted = route.path[0] ?? "fleet";
+  const page = pages.find((p) => p.id === wanted) ?? pages[0];
+  return (
+    <div class="shell">
+      <nav class="nav" aria-label="Main">
+        <div class="brand">mcpwatch</div>
+        <ul>
+          {pages.map((p) => (
+            <li key={p.id}>
+              <a href={href(p.id)} aria-current={p.id === page?.id ? "page" : undefined}>{p.title}</a>
+            </li>
+          ))}
+        </ul>
+        <div class="who">
+          <div>Signed in as <strong>{props.me.actor.replace(/^user:/, "")}</strong></div>
+          <button type="button" onClick={props.onSignOut}>Sign out</button>
+        </div>
+      </nav>
+      <main>
+        {page?.id === "fleet" && <Fleet grants={props.grants} />}
+        {page?.id === "audit" && <Audit />}
+        {!page && <p>Your account may not view anything here. Ask an administrator for a role.</p>}
+      </main>
+    </div>
+  );
+}
