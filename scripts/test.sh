@@ -14,6 +14,8 @@ command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
 # A real SMTP server for the email receiver tests (Debian's python, not a pyenv shim).
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need_apt+=(python3-aiosmtpd)
+# The web console's browser tests drive Debian's Chromium (fonts for readable screenshots).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium fonts-dejavu-core)
 # A virtualenv (for the OpenAPI validator, which Debian does not package).
 /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
@@ -46,6 +48,25 @@ if ! "$venv/bin/python" -c 'import openapi_spec_validator' >/dev/null 2>&1 \
   "$venv/bin/python" -m pip install -q --disable-pip-version-check \
     openapi-spec-validator "schemathesis==$schemathesis_version"
 fi
+
+# The web console: its npm packages from the committed lockfile (Vite, Preact, uPlot,
+# TypeScript, playwright-core, axe-core), a type check, and a fresh build compared with the
+# committed console/dist that the collector embeds.
+(cd console && npm ci --no-audit --no-fund --loglevel=error && npm run --silent typecheck)
+rm -rf target/console-dist
+(cd console && CONSOLE_OUT="$PWD/../target/console-dist" npm run --silent build >/dev/null)
+if ! diff -r console/dist target/console-dist >/dev/null; then
+  diff -r console/dist target/console-dist | head -20
+  echo "console/dist is stale: run (cd console && npm run build) and commit it"
+  exit 1
+fi
+# The first page's budget: JS + CSS referenced by index.html, gzipped, at most 120 KB.
+first_page=0
+for asset in $(grep -oE '/assets/[^"]+\.(js|css)' console/dist/index.html); do
+  first_page=$((first_page + $(stat -c %s "console/dist$asset.gz")))
+done
+echo "console first page: $first_page bytes of JS + CSS gzipped (budget 122880)"
+((first_page <= 122880)) || { echo "console first page over its 120 KB budget"; exit 1; }
 
 musl=x86_64-unknown-linux-musl
 rustup target list --installed | grep -qx "$musl" || rustup target add "$musl"

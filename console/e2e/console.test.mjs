@@ -1,0 +1,143 @@
+// The console in Chromium against a collector with two agents (host-a in team a, host-b in
+// team b), users `admin` and `viewer` (viewer of team a). Run by tests/tests/console.rs.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { closeControl, control, launch, look, signIn, URL_BASE, watch } from "./harness.mjs";
+
+let browser;
+before(async () => {
+  browser = await launch();
+});
+after(async () => {
+  await browser?.close();
+  closeControl();
+});
+
+async function freshPage() {
+  await browser.clearCookies();
+  const page = await browser.newPage();
+  const problems = watch(page);
+  await page.goto(URL_BASE);
+  return { page, problems };
+}
+
+test("sign-in refuses a wrong password, then opens the fleet", async () => {
+  const { page, problems } = await freshPage();
+  await look(page, "login", assert);
+  await signIn(page, "admin", "not the password at all");
+  await page.getByRole("alert").filter({ hasText: "Wrong user name or password." }).waitFor();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.locator('tr[data-host="host-a"]').waitFor();
+  await page.locator('tr[data-host="host-b"]').waitFor();
+  assert.equal(await page.getByRole("link", { name: "Audit log" }).count(), 1);
+  const cookies = await browser.cookies();
+  const session = cookies.find((c) => c.name === "mcpwatch_session");
+  assert.ok(session?.httpOnly, "the session cookie is HttpOnly");
+  assert.equal(session.sameSite, "Strict");
+  await look(page, "fleet", assert);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("fleet filters and sorts", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.locator('tr[data-host="host-b"]').waitFor();
+  await page.getByPlaceholder("Filter: text or label=value").fill("team=a");
+  await page.locator('tr[data-host="host-b"]').waitFor({ state: "detached" });
+  assert.equal(await page.locator("tbody tr").count(), 1);
+  await page.getByPlaceholder("Filter: text or label=value").fill("");
+  await page.getByRole("button", { name: "Host" }).click();
+  const order = await page.locator("tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.host));
+  assert.deepEqual(order, ["host-b", "host-a"], "a second click sorts descending");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("a host going offline turns red live, without a reload", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  const row = page.locator('tr[data-host="host-b"]');
+  await row.and(page.locator('[data-online="true"]')).waitFor();
+  await page.waitForFunction(() => document.documentElement.dataset.live === "open");
+  // A marker a reload would lose.
+  await page.evaluate(() => {
+    window.__notReloaded = true;
+  });
+  let navigations = 0;
+  page.on("framenavigated", (f) => {
+    if (f === page.mainFrame()) navigations++;
+  });
+  await control("stop-agent host-b");
+  const stopped = Date.now();
+  await row.and(page.locator('[data-online="false"]')).waitFor({ timeout: 3000 });
+  const took = Date.now() - stopped;
+  assert.ok(took <= 3000, `offline shown after ${took} ms`);
+  assert.equal(await row.locator(".state.offline").count(), 1);
+  assert.equal(await page.evaluate(() => window.__notReloaded), true);
+  assert.equal(navigations, 0);
+  await look(page, "fleet-offline", assert);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("the audit log filters by actor and result", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.getByRole("link", { name: "Audit log" }).click();
+  await page.locator("tr[data-audit-id]").first().waitFor();
+  await page.getByLabel("Actor, e.g. user:alice").fill("login:admin");
+  await page.getByLabel("Result, e.g. 403").fill("401");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll("tr[data-audit-id]")].every((r) => r.children[1].textContent === "login:admin"),
+  );
+  const results = await page.locator("tr[data-audit-id] td:nth-child(5)").allTextContents();
+  assert.ok(results.length >= 1 && results.every((r) => r === "401"), results.join(","));
+  await look(page, "audit", assert);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("a cookie-authenticated mutation without the CSRF token is refused", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.locator('tr[data-host="host-a"]').waitFor();
+  const answer = await page.evaluate(async () => {
+    const r = await fetch("/api/v1/tokens", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ name: "forged" }),
+    });
+    return { status: r.status, body: await r.json() };
+  });
+  assert.equal(answer.status, 403);
+  assert.equal(answer.body.error.code, "csrf");
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("a team viewer sees only their hosts and no actions; forced requests are refused", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "viewer", process.env.VIEWER_PASSWORD);
+  await page.locator('tr[data-host="host-a"]').waitFor();
+  assert.equal(await page.locator('tr[data-host="host-b"]').count(), 0);
+  assert.equal(await page.getByRole("link", { name: "Audit log" }).count(), 0, "no admin pages");
+  const forced = await page.evaluate(async () => {
+    const csrf = document.cookie.match(/mcpwatch_csrf=([0-9a-f]+)/)?.[1] ?? "";
+    const restart = await fetch("/api/v1/hosts/host-a/servers/web/restart", {
+      method: "POST",
+      headers: { "x-csrf-token": csrf },
+    });
+    const other = await fetch("/api/v1/hosts/host-b");
+    return [restart.status, other.status];
+  });
+  assert.deepEqual(forced, [403, 404]);
+  await look(page, "fleet-viewer", assert);
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("button", { name: "Sign in" }).waitFor();
+  assert.equal((await browser.cookies()).filter((c) => c.name.includes("mcpwatch_session")).length, 0);
+  assert.deepEqual(problems, []);
+  await page.close();
+});

@@ -1,0 +1,194 @@
+//! The web console in a real Chromium (Debian `chromium`, driven by npm `playwright-core`
+//! from `console/e2e/`) against a real collector with two real agents: sign-in, the fleet
+//! updating live when an agent stops, the audit log, a team-scoped viewer who sees only
+//! their hosts and whose forced requests are refused and audited, CSRF, CSP and
+//! accessibility (axe-core) on every page, screenshots in light and dark under
+//! `target/console-screenshots`. A second collector with a 3 s idle timeout covers session
+//! expiry. The browser side asks this side to stop an agent over a line protocol on its
+//! stdout/stdin (`@control stop-agent NAME` → `@ok`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mcpwatch_collector::auth::password;
+use mcpwatch_collector::now_ms;
+use mcpwatch_collector::store::admin;
+use mcpwatch_collector::store::query::users;
+use mcpwatch_tests::api::{admin_token, Api};
+use mcpwatch_tests::process::{AgentProc, CollectorProc};
+use mcpwatch_tests::{wait_for, Pki};
+use serde_json::json;
+
+const ADMIN_PASSWORD: &str = "console admin password 1";
+const VIEWER_PASSWORD: &str = "console viewer password 1";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn user(db: &Path, name: &str, pw: &str, role: &str, selector: &str) {
+    let hash = password::hash(pw).expect("hash");
+    admin::with_db(db, |c| {
+        let uid = users::create_user(c, name, &hash, now_ms())?;
+        users::bind(c, uid, role, selector, now_ms())?;
+        Ok(())
+    })
+    .expect("create user");
+}
+
+/// Runs one e2e file under node's test runner with `env`, answering its control requests
+/// with `control`; panics with node's output when a test fails.
+fn run_browser(file: &str, env: &[(&str, String)], mut control: impl FnMut(&str) -> bool) {
+    let console = repo().join("console");
+    assert!(
+        console.join("node_modules/playwright-core").exists(),
+        "console/node_modules is missing: run scripts/test.sh (it runs npm ci)"
+    );
+    let shots = repo().join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let mut node = Command::new("node")
+        // The file runs in this process (not under `--test`, which would run it in a child
+        // whose stdin and stdout the control protocol cannot reach).
+        .arg("--test-reporter=spec")
+        .arg(format!("e2e/{file}"))
+        .current_dir(&console)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("SCREENSHOT_DIR", &shots)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node (Node 20 is on every machine this runs on)");
+    let mut stdin = node.stdin.take().expect("stdin");
+    let stdout = BufReader::new(node.stdout.take().expect("stdout"));
+    let mut stderr = node.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut output = String::new();
+    for line in stdout.lines() {
+        let Ok(line) = line else { break };
+        if let Some(request) = line.trim().strip_prefix("@control ") {
+            let ok = control(request);
+            let _ = writeln!(stdin, "{}", if ok { "@ok" } else { "@failed" });
+            let _ = stdin.flush();
+        }
+        output.push_str(&line);
+        output.push('\n');
+    }
+    let status = node.wait().expect("wait node");
+    let errors = err_reader.join().unwrap_or_default();
+    assert!(
+        status.success(),
+        "browser tests failed:\n{output}\n{errors}"
+    );
+    let summary = |l: &str| l.trim_start_matches(['ℹ', '#', ' ']).trim().to_owned();
+    assert!(
+        output.lines().any(|l| summary(l) == "fail 0")
+            && !output.lines().any(|l| summary(l) == "pass 0"),
+        "{output}"
+    );
+}
+
+#[test]
+fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let c = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    let token = admin_token(&c.db, "e2e-admin", None);
+    let admin_api = Api::new(c.http, Some(&token));
+    let mut agents = vec![
+        AgentProc::start(
+            &pki,
+            &tmp.path().join("a"),
+            "host-a",
+            c.ingest,
+            "1s",
+            "16MiB",
+        ),
+        AgentProc::start(
+            &pki,
+            &tmp.path().join("b"),
+            "host-b",
+            c.ingest,
+            "1s",
+            "16MiB",
+        ),
+    ];
+    for (host, team) in [("host-a", "a"), ("host-b", "b")] {
+        wait_for("the agent registers", Duration::from_secs(30), || {
+            let r = admin_api.get(&format!("/api/v1/hosts/{host}"));
+            (r.status == 200).then_some(())
+        });
+        let r = admin_api.send(
+            "PUT",
+            &format!("/api/v1/hosts/{host}/labels"),
+            &json!({"labels": {"team": team}}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
+    user(&c.db, "viewer", VIEWER_PASSWORD, "viewer", "{team=\"a\"}");
+
+    run_browser(
+        "console.test.mjs",
+        &[
+            ("CONSOLE_URL", format!("http://{}/", c.http)),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("VIEWER_PASSWORD", VIEWER_PASSWORD.into()),
+        ],
+        |request| match request.split_once(' ') {
+            Some(("stop-agent", name)) => match agents.iter_mut().find(|a| a.name == name) {
+                Some(a) => {
+                    a.stop();
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        },
+    );
+
+    // What the viewer forced through the browser was refused and audited under their name.
+    let r = admin_api.get("/api/v1/audit?actor=user:viewer&result=403");
+    let refused = r.json()["items"].as_array().cloned().unwrap_or_default();
+    assert!(
+        refused
+            .iter()
+            .any(|a| a["object"] == "/api/v1/hosts/host-a/servers/web/restart"),
+        "{}",
+        r.body
+    );
+    let r = admin_api.get("/api/v1/audit?actor=user:viewer&result=404");
+    assert!(r.body.contains("/api/v1/hosts/host-b"), "{}", r.body);
+    let r = admin_api.get("/api/v1/audit?actor=user:admin&result=403");
+    assert!(
+        r.body.contains("\"POST /api/v1/tokens\""),
+        "the CSRF refusal: {}",
+        r.body
+    );
+}
+
+#[test]
+fn console_in_chromium_session_expiry() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let c = CollectorProc::start(
+        &pki,
+        &tmp.path().join("c"),
+        "[api]\nsession_idle_timeout = \"3s\"\nstream_heartbeat = \"1s\"\n",
+    );
+    user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
+    run_browser(
+        "expiry.test.mjs",
+        &[
+            ("CONSOLE_URL", format!("http://{}/", c.http)),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+        ],
+        |_| false,
+    );
+}
