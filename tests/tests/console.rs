@@ -101,7 +101,7 @@ fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
     let c = CollectorProc::start(&pki, &tmp.path().join("c"), "");
     let token = admin_token(&c.db, "e2e-admin", None);
     let admin_api = Api::new(c.http, Some(&token));
-    let mut agents = vec![
+    let mut agents = [
         AgentProc::start(
             &pki,
             &tmp.path().join("a"),
