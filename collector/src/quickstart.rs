@@ -1,5 +1,6 @@
 //! `mcpwatch-collector quickstart`: a dev PKI, a collector and one local agent in one process
-//! on an embedded SQLite under DIR, with every URL printed. For a first look, not production.
+//! on an embedded SQLite under DIR, with every URL printed, an admin API token and the web
+//! console's `admin` user (password in a 0600 file). For a first look, not production.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use mcpwatch_common::certs;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CollectorConfig;
+use crate::token::AdminPassword;
 
 pub struct QuickstartOptions {
     pub dir: PathBuf,
@@ -102,10 +104,30 @@ pub async fn run(
             },
         )?;
     }
+    let password_path = dir.join("admin.password");
+    let admin_password =
+        crate::token::write_admin_password(&password_path, &dir.join("collector.db")).map_err(
+            |source| QuickstartError::Io {
+                path: password_path.clone(),
+                source,
+            },
+        )?;
     let collector = CollectorConfig::load(&collector_toml)?;
     let agent = AgentConfig::load(&agent_toml)?;
 
     println!("mcpwatch quickstart in {}", dir.display());
+    println!("  console                   http://{}/", opts.http);
+    println!("  console user              {}", crate::token::ADMIN_USER);
+    match admin_password {
+        AdminPassword::Created | AdminPassword::Kept => {
+            println!("  console password file     {}", password_path.display());
+        }
+        AdminPassword::FileMissing => println!(
+            "  console password          {} is gone; set a new one with: mcpwatch-collector user passwd admin --db {}",
+            password_path.display(),
+            dir.join("collector.db").display()
+        ),
+    }
     println!("  collector ingest (mTLS)   {}", opts.ingest);
     println!("  collector metrics         http://{}/metrics", opts.http);
     println!(

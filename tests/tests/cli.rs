@@ -264,6 +264,35 @@ fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
         0o600
     );
     assert!(std::fs::read_to_string(&token).unwrap().trim().len() >= 32);
+    // The console: its URL, user and a 0600 password file that signs in.
+    let password_file = dir.join("admin.password");
+    for line in [
+        format!("console                   http://{http}/"),
+        "console user              admin".to_owned(),
+        format!("console password file     {}", password_file.display()),
+    ] {
+        assert!(printed.contains(&line), "{line} not printed:\n{printed}");
+    }
+    assert_eq!(
+        std::fs::metadata(&password_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    let body = serde_json::json!({"username": "admin", "password": password.trim()}).to_string();
+    let login = mcpwatch_tests::api::request(
+        http,
+        "POST",
+        "/api/v1/sessions",
+        None,
+        Some(body.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(login.status, 201, "{}", login.body);
+    assert_eq!(http_get(http, "/").unwrap().0, 200, "the console page");
     signal(&child, "INT");
     let status = child.wait().unwrap();
     assert!(status.success(), "quickstart exit: {status}");
