@@ -55,6 +55,45 @@ test("fleet filters and sorts", async () => {
   await page.close();
 });
 
+test("a host's charts draw and the range picks the storage tier", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.getByRole("link", { name: "host-a" }).click();
+  await page.getByRole("heading", { name: "host-a" }).waitFor();
+  const canvas = page.locator('[data-chart="CPU busy"] canvas');
+  await canvas.waitFor();
+  // Pixels in the first series' colour: the line itself, not the grid.
+  const plotted = () => {
+    const c = document.querySelector('[data-chart="CPU busy"] canvas');
+    if (!c) return 0;
+    const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
+    const probe = document.createElement("span");
+    probe.style.color = getComputedStyle(document.documentElement).getPropertyValue("--chart-1");
+    document.body.append(probe);
+    const [r, g, b] = getComputedStyle(probe).color.match(/\d+/g).map(Number);
+    probe.remove();
+    let n = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      if (data[i + 3] > 128 && Math.abs(data[i] - r) + Math.abs(data[i + 1] - g) + Math.abs(data[i + 2] - b) < 60) n++;
+    }
+    return n;
+  };
+  await page.waitForFunction(() => performance.getEntriesByName("mcpwatch:chart-drawn").length > 0);
+  const tierOf = (range) =>
+    Promise.all([
+      page.waitForResponse((r) => r.url().includes("/api/v1/query_range") && r.url().includes("cpu_usage")),
+      page.getByRole("button", { name: range, exact: true }).click(),
+    ]).then(async ([r]) => (await r.json()).tier);
+  assert.equal(await tierOf("15m"), "raw");
+  await canvas.waitFor();
+  await page.waitForFunction(`(${plotted})() >= 20`, null, { timeout: 5000 });
+  await look(page, "host", assert);
+  assert.equal(await tierOf("1d"), "1m");
+  await page.locator('[data-tier="1m"]').waitFor();
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("a host going offline turns red live, without a reload", async () => {
   const { page, problems } = await freshPage();
   await signIn(page, "admin", process.env.ADMIN_PASSWORD);

@@ -17,6 +17,7 @@ use super::paging::{Page, PageQuery};
 use super::scope::{authorized_host, visible_host_ids};
 use super::server_state::series_labels;
 use super::ApiState;
+use crate::alert::counter::CounterIncrease;
 use crate::alert::route::{matches_all, parse_matchers};
 use crate::alert::{Labels, Matcher};
 use crate::auth::Permission;
@@ -211,7 +212,9 @@ pub struct RangeQuery {
     /// Width of each point's bucket in ms; `(end - start) / step + 1` may not exceed the
     /// server's `max_points`.
     pub step_ms: i64,
-    /// `avg` (default), `min`, `max`, `sum` or `count` of the samples in each step.
+    /// `avg` (default), `min`, `max`, `sum` or `count` of the samples in each step, or
+    /// `rate`: a counter's (`_total`) growth per second between the ends of consecutive
+    /// steps, a drop counted as a reset (as Prometheus's `rate`).
     #[param(inline)]
     pub agg: Option<Agg>,
 }
@@ -249,6 +252,7 @@ pub enum Agg {
     Max,
     Sum,
     Count,
+    Rate,
 }
 
 impl Agg {
@@ -259,6 +263,7 @@ impl Agg {
             Agg::Max => "max",
             Agg::Sum => "sum",
             Agg::Count => "count",
+            Agg::Rate => "rate",
         }
     }
 
@@ -269,6 +274,8 @@ impl Agg {
             Agg::Max => a.max,
             Agg::Sum => a.sum,
             Agg::Count => a.count as f64,
+            // Across steps, not within one: see `rate_points`.
+            Agg::Rate => f64::NAN,
         };
         v.is_finite().then_some(v)
     }
@@ -350,10 +357,16 @@ async fn query_range(
             RangeSeries {
                 labels: output_labels(&agent_id, &s.labels),
                 name: s.name,
-                points: buckets
-                    .iter()
-                    .map(|(k, a)| (start_ms + k * step_ms, agg.value(a)))
-                    .collect(),
+                points: match agg {
+                    Agg::Rate => rate_points(
+                        buckets.iter().map(|(k, a)| (start_ms + k * step_ms, a)),
+                        step_ms,
+                    ),
+                    _ => buckets
+                        .iter()
+                        .map(|(k, a)| (start_ms + k * step_ms, agg.value(a)))
+                        .collect(),
+                },
             }
         })
         .collect();
@@ -367,9 +380,67 @@ async fn query_range(
     }))
 }
 
+/// A counter's rate per second for each step after the first with data: the growth from
+/// the previous step's end to this one's (each step's largest value stands for its end, as
+/// a counter only grows between resets), over the time between them. Resets count as in
+/// Prometheus (`CounterIncrease`, the one counter arithmetic).
+fn rate_points<'a>(
+    steps: impl Iterator<Item = (i64, &'a StepAgg)>,
+    step_ms: i64,
+) -> Vec<(i64, Option<f64>)> {
+    let mut counter = CounterIncrease::new(false);
+    let mut out = Vec::new();
+    let mut prev: Option<i64> = None;
+    for (t, a) in steps {
+        if a.count == 0 || !a.max.is_finite() {
+            continue;
+        }
+        let before = counter.increase;
+        // The step's end, so the time between two steps is a whole number of steps.
+        counter.push(t + step_ms, a.max, true);
+        if let Some(p) = prev {
+            let seconds = (t - p) as f64 / 1000.0;
+            out.push((
+                t,
+                (seconds > 0.0).then(|| (counter.increase - before) / seconds),
+            ));
+        }
+        prev = Some(t);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_metrics_rate_is_growth_per_second_between_steps_with_resets() {
+        let agg = |v: f64| StepAgg {
+            min: v,
+            max: v,
+            sum: v,
+            count: 1,
+        };
+        // 10 s steps: 100 → 150 (+5/s), gap of one step, → 250 (+100 over 20 s = 5/s),
+        // reset to 30 (+30 over 10 s = 3/s).
+        let steps = [
+            (0, agg(100.0)),
+            (10_000, agg(150.0)),
+            (30_000, agg(250.0)),
+            (40_000, agg(30.0)),
+        ];
+        let points = rate_points(steps.iter().map(|(t, a)| (*t, a)), 10_000);
+        assert_eq!(
+            points,
+            vec![
+                (10_000, Some(5.0)),
+                (30_000, Some(5.0)),
+                (40_000, Some(3.0))
+            ]
+        );
+        assert!(rate_points(std::iter::empty(), 10_000).is_empty());
+    }
 
     const NOW: i64 = 1_700_000_000_000;
 

@@ -4,6 +4,7 @@
 import { useMemo, useState } from "preact/hooks";
 import { get, type Host, type Page } from "../api";
 import { ago } from "../format";
+import { href } from "../router";
 import type { Grants } from "../perm";
 import { useLive } from "../useLive";
 
@@ -125,7 +126,7 @@ export function Fleet(props: { grants: Grants }) {
                 </span>
               </td>
               <td>
-                {r.agent_id}
+                <a href={href("hosts", r.agent_id)}>{r.agent_id}</a>
                 {r.hostname !== r.agent_id && <span class="muted"> ({r.hostname})</span>}
               </td>
               <td>

@@ -6,6 +6,7 @@ import type { Grants } from "../perm";
 import { href, useRoute } from "../router";
 import { Fleet } from "../pages/Fleet";
 import { Audit } from "../pages/Audit";
+import { Host } from "../pages/Host";
 
 interface Page {
   id: string;
@@ -22,7 +23,9 @@ export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) 
   const route = useRoute();
   const pages = PAGES.filter((p) => p.visible(props.grants));
   const wanted = route.path[0] ?? "fleet";
-  const page = pages.find((p) => p.id === wanted) ?? pages[0];
+  // A host's page lives under the fleet.
+  const hostId = wanted === "hosts" && props.grants.can("hosts:read") ? route.path[1] : undefined;
+  const page = hostId ? pages.find((p) => p.id === "fleet") : (pages.find((p) => p.id === wanted) ?? pages[0]);
   return (
     <div class="shell">
       <nav class="nav" aria-label="Main">
@@ -40,7 +43,8 @@ export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) 
         </div>
       </nav>
       <main>
-        {page?.id === "fleet" && <Fleet grants={props.grants} />}
+        {hostId && <Host id={hostId} />}
+        {!hostId && page?.id === "fleet" && <Fleet grants={props.grants} />}
         {page?.id === "audit" && <Audit />}
         {!page && <p>Your account may not view anything here. Ask an administrator for a role.</p>}
       </main>
