@@ -653,6 +653,34 @@ fn api_alerts_silences_and_host_scopes() {
     expect(alice.get(&format!("/silences/{legacy}")), 404);
     expect(admin.get(&format!("/silences/{legacy}")), 200);
     assert!(!ids(expect(alice.get("/silences"), 200)).contains(&legacy));
+
+    // `silenced_by`: the silences muting an alert now, among those the caller may see.
+    let muting = expect(
+        alice.post(
+            "/silences",
+            &body(&format!("{{host=\"{HOST_A}\", i=\"1\"}}")),
+        ),
+        201,
+    )["id"]
+        .as_i64()
+        .expect("id");
+    let global = expect(
+        admin.post("/silences", &body(r#"{alertname="test_high"}"#)),
+        201,
+    )["id"]
+        .as_i64()
+        .expect("id");
+    let muted_by =
+        |api: &Api, fp: &str| expect(api.get(&format!("/alerts/{fp}")), 200)["silenced_by"].clone();
+    assert_eq!(muted_by(&alice, &fp_a), json!([muting]));
+    assert_eq!(muted_by(&admin, &fp_a), json!([muting, global]));
+    assert_eq!(muted_by(&admin, &fp_b), json!([global]));
+    let listed = items(&expect(alice.get("/alerts"), 200));
+    let a1 = listed
+        .iter()
+        .find(|x| x["fingerprint"] == fp_a.as_str())
+        .expect("alert a");
+    assert_eq!(a1["silenced_by"], json!([muting]));
 }
 
 #[test]

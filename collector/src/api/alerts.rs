@@ -18,8 +18,11 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::paging::{Page, PageQuery};
 use super::scope::{all_host_labels, covers_object, require_access, Access, HostLabels};
+use super::silences::muting_now;
 use super::ApiState;
 use crate::alert::policy::AlertRecord;
+use crate::alert::route::matches_all;
+use crate::alert::Matcher;
 use crate::auth::Permission;
 use crate::now_ms;
 use crate::store::query::alerts::HistoryFilter;
@@ -68,6 +71,21 @@ pub struct AlertView {
     pub updated_ms: i64,
     pub resolved_ms: Option<i64>,
     pub ack: Option<AckView>,
+    /// Ids of the silences muting this alert now (those the caller may see), ascending.
+    pub silenced_by: Vec<i64>,
+}
+
+impl AlertView {
+    /// Fills `silenced_by` from the silences muting now.
+    fn muted_by(mut self, silences: &[(i64, Vec<Matcher>)]) -> AlertView {
+        self.silenced_by = silences
+            .iter()
+            .filter(|(_, m)| matches_all(m, &self.labels))
+            .map(|(id, _)| *id)
+            .collect();
+        self.silenced_by.sort_unstable();
+        self
+    }
 }
 
 impl From<&AlertRecord> for AlertView {
@@ -90,6 +108,7 @@ impl From<&AlertRecord> for AlertView {
                 comment: a.comment.clone(),
                 level: a.level.map(|l| l.as_str().to_owned()),
             }),
+            silenced_by: Vec::new(),
         }
     }
 }
@@ -125,6 +144,7 @@ async fn list_alerts(
     .limit(state.settings.max_page)?;
     let principal = caller.principal.clone();
     let hosts = all_host_labels(&state).await?;
+    let hosts_for_silences = hosts.clone();
     let only_host = q.host;
     let page = state
         .store
@@ -135,8 +155,13 @@ async fn list_alerts(
                 && covers_object(&principal, Permission::AlertsRead, &hosts, &rec.labels)
         })
         .await?;
+    let silences = muting_now(&state, &caller.principal, &hosts_for_silences).await?;
     Ok(Json(Page {
-        items: page.items.iter().map(AlertView::from).collect(),
+        items: page
+            .items
+            .iter()
+            .map(|a| AlertView::from(a).muted_by(&silences))
+            .collect(),
         next_cursor: page.next,
     }))
 }
@@ -176,7 +201,9 @@ async fn get_alert(
         &rec.labels,
     );
     require_access(&caller, Access::of(Permission::AlertsRead, visible, false))?;
-    Ok(Json(AlertView::from(&rec)))
+    let all_hosts = all_host_labels(&state).await?;
+    let silences = muting_now(&state, &caller.principal, &all_hosts).await?;
+    Ok(Json(AlertView::from(&rec).muted_by(&silences)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -24,7 +24,7 @@ use super::scope::{all_host_labels, covers_named, require_access, Access, HostLa
 use super::ApiState;
 use crate::alert::route::{parse_matchers, SilenceSpec};
 use crate::alert::selector::satisfiable;
-use crate::alert::{Labels, MatchOp};
+use crate::alert::{Labels, MatchOp, Matcher};
 use crate::auth::{Permission, Principal};
 use crate::now_ms;
 use crate::store::query::silences::SilenceRow;
@@ -67,6 +67,32 @@ fn covers_silence(
     principal.has_global(p)
         || (!named.is_empty() && named.iter().all(|h| covers_named(principal, p, hosts, h)))
 }
+
+/// The silences muting alerts now (started, not ended) that the caller may see, with their
+/// matchers parsed: an alert's `silenced_by` names only silences the caller could list.
+pub(super) async fn muting_now(
+    state: &ApiState,
+    principal: &Principal,
+    hosts: &HostLabels,
+) -> Result<Vec<(i64, Vec<Matcher>)>, ApiError> {
+    let now = now_ms();
+    let (principal, hosts) = (principal.clone(), hosts.clone());
+    let page = state
+        .store
+        .silences(false, now, None, MUTING_SCAN, move |s| {
+            s.starts_ms <= now
+                && covers_silence(&principal, Permission::AlertsRead, &hosts, &s.matchers)
+        })
+        .await?;
+    Ok(page
+        .items
+        .into_iter()
+        .filter_map(|s| Some((s.id, parse_matchers(&s.matchers).ok()?)))
+        .collect())
+}
+
+/// Silences read for `silenced_by` at most: well above `[alerting] max_silences`'s default.
+const MUTING_SCAN: usize = 100_000;
 
 /// A silence: alerts matching every matcher are not announced between start and end.
 #[derive(Debug, Serialize, ToSchema)]
