@@ -133,6 +133,22 @@ fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
     }
     user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
     user(&c.db, "viewer", VIEWER_PASSWORD, "viewer", "{team=\"a\"}");
+    // A rule that fires on every host, for the alert page.
+    let r = admin_api.send(
+        "PUT",
+        "/api/v1/rules/console_uptime",
+        &json!({"selector": "mcpwatch_host_uptime_seconds", "critical": 1.0,
+                "summary": "the host is up"}),
+    );
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    wait_for(
+        "console_uptime fires on host-a",
+        Duration::from_secs(30),
+        || {
+            let r = admin_api.get("/api/v1/alerts?rule=console_uptime&host=host-a");
+            (r.json()["items"].as_array().is_some_and(|a| !a.is_empty())).then_some(())
+        },
+    );
 
     run_browser(
         "console.test.mjs",

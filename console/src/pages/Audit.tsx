@@ -97,10 +97,10 @@ export function Audit() {
               <td>{timestamp(r.at_ms)}</td>
               <td>{r.actor}</td>
               <td>{r.action}</td>
-              <td>{r.object}</td>
+              <td class="wrap">{r.object}</td>
               <td class={r.result >= 400 ? "error" : ""}>{r.result}</td>
               <td>{r.source}</td>
-              <td>{r.detail}</td>
+              <td class="wrap">{r.detail}</td>
             </tr>
           ))}
         </tbody>

@@ -5,6 +5,7 @@ import type { Me } from "../api";
 import type { Grants } from "../perm";
 import { href, useRoute } from "../router";
 import { Fleet } from "../pages/Fleet";
+import { Alerts } from "../pages/Alerts";
 import { Audit } from "../pages/Audit";
 import { Host } from "../pages/Host";
 
@@ -16,6 +17,7 @@ interface Page {
 
 const PAGES: Page[] = [
   { id: "fleet", title: "Fleet", visible: (g) => g.can("hosts:read") },
+  { id: "alerts", title: "Alerts", visible: (g) => g.can("alerts:read") },
   { id: "audit", title: "Audit log", visible: (g) => g.canEverywhere("audit:read") },
 ];
 
@@ -45,6 +47,7 @@ export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) 
       <main>
         {hostId && <Host id={hostId} />}
         {!hostId && page?.id === "fleet" && <Fleet grants={props.grants} />}
+        {!hostId && page?.id === "alerts" && <Alerts grants={props.grants} />}
         {page?.id === "audit" && <Audit />}
         {!page && <p>Your account may not view anything here. Ask an administrator for a role.</p>}
       </main>

@@ -1,0 +1,21 @@
+// A modal dialog on the native <dialog> element: focus is trapped and Escape closes it,
+// with no script of ours.
+
+import type { ComponentChildren } from "preact";
+import { useEffect, useRef } from "preact/hooks";
+
+export function Dialog(props: { title: string; open: boolean; onClose: () => void; children: ComponentChildren }) {
+  const ref = useRef<HTMLDialogElement>(null);
+  useEffect(() => {
+    const d = ref.current;
+    if (!d) return;
+    if (props.open && !d.open) d.showModal();
+    if (!props.open && d.open) d.close();
+  }, [props.open]);
+  return (
+    <dialog ref={ref} aria-label={props.title} onClose={props.onClose} class="dialog">
+      <h2>{props.title}</h2>
+      {props.open && props.children}
+    </dialog>
+  );
+}
