@@ -1,6 +1,7 @@
 // The signed-in frame: navigation (only pages the caller may use), who is signed in, and
 // the current page.
 
+import { useEffect, useState } from "preact/hooks";
 import type { Me } from "../api";
 import type { Grants } from "../perm";
 import { href, useRoute } from "../router";
@@ -21,13 +22,21 @@ const PAGES: Page[] = [
   { id: "audit", title: "Audit log", visible: (g) => g.canEverywhere("audit:read") },
 ];
 
+type BenchModule = typeof import("../pages/ChartBench");
+
 export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) {
   const route = useRoute();
+  // The chart benchmark (`#/_bench/chart`): not in the navigation, loaded only when asked.
+  const [bench, setBench] = useState<BenchModule | null>(null);
+  const benching = route.path[0] === "_bench" && route.path[1] === "chart";
+  useEffect(() => {
+    if (benching && !bench) void import("../pages/ChartBench").then(setBench);
+  }, [benching]);
   const pages = PAGES.filter((p) => p.visible(props.grants));
   const wanted = route.path[0] ?? "fleet";
   // A host's page lives under the fleet.
   const hostId = wanted === "hosts" && props.grants.can("hosts:read") ? route.path[1] : undefined;
-  const page = hostId ? pages.find((p) => p.id === "fleet") : (pages.find((p) => p.id === wanted) ?? pages[0]);
+  const page = benching ? undefined : hostId ? pages.find((p) => p.id === "fleet") : (pages.find((p) => p.id === wanted) ?? pages[0]);
   return (
     <div class="shell">
       <nav class="nav" aria-label="Main">
@@ -45,11 +54,12 @@ export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) 
         </div>
       </nav>
       <main>
+        {benching && bench && <bench.ChartBench query={route.query} />}
         {hostId && <Host id={hostId} />}
         {!hostId && page?.id === "fleet" && <Fleet grants={props.grants} />}
         {!hostId && page?.id === "alerts" && <Alerts grants={props.grants} />}
         {page?.id === "audit" && <Audit />}
-        {!page && <p>Your account may not view anything here. Ask an administrator for a role.</p>}
+        {!page && !benching && <p>Your account may not view anything here. Ask an administrator for a role.</p>}
       </main>
     </div>
   );

@@ -1,0 +1,182 @@
+//! bench-console: the web console's budgets (issue 13) on the real collector with Debian's
+//! Chromium: Fleet's first render with 1,000 hosts, the JS + CSS the first page transfers,
+//! a 30-day chart at 1-minute resolution (43,200 points × 4 series) drawn by the real chart
+//! code, and the collector's memory with 200 live streams open (raw HTTP/1.1 connections
+//! reading `/api/v1/stream` as EventSource does; a 2-core machine cannot run 200 browser
+//! tabs) while changes flow to all of them. Prints one JSON object as its last line.
+//!
+//! Run: `./scripts/test.sh` once (chromium, console/node_modules), then
+//! `cargo build --release --workspace --bins && target/release/bench-console`
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use mcpwatch_collector::auth::password;
+use mcpwatch_collector::now_ms;
+use mcpwatch_collector::store::admin;
+use mcpwatch_collector::store::query::users;
+use mcpwatch_tests::api::{admin_token, Api};
+use mcpwatch_tests::process::CollectorProc;
+use mcpwatch_tests::sse::EventStream;
+use mcpwatch_tests::{metric, procfs, wait_for, Pki};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+struct Args {
+    /// Hosts in the fleet.
+    #[arg(long, default_value_t = 1000)]
+    hosts: usize,
+    /// Live streams held open.
+    #[arg(long, default_value_t = 200)]
+    streams: usize,
+    /// Browser measurements per figure (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+const PASSWORD: &str = "bench console password";
+
+fn main() {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let mut c = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    // Room for every stream from one address.
+    c.stop();
+    c.child = None;
+    let text = std::fs::read_to_string(&c.config).expect("config");
+    let limits = format!(
+        "[http]\nmax_connections = {n}\nmax_connections_per_address = {n}\n",
+        n = args.streams + 64
+    );
+    let mut text = text.replacen("[http]\n", &limits, 1);
+    text.push_str(&format!(
+        "[api]\nstream_max_clients = {}\n",
+        args.streams + 8
+    ));
+    std::fs::write(&c.config, text).expect("config");
+    c.restart();
+    seed_hosts(&c.db, args.hosts);
+    let hash = password::hash(PASSWORD).expect("hash");
+    admin::with_db(&c.db, |conn| {
+        let uid = users::create_user(conn, "admin", &hash, now_ms())?;
+        users::bind(conn, uid, "admin", "", now_ms())
+    })
+    .expect("admin user");
+
+    let browser = run_browser(&c, args.runs);
+    let streams = hold_streams(&c, args.streams, args.hosts);
+    let mut result = json!({ "hosts": args.hosts });
+    for part in [browser, streams] {
+        if let (Value::Object(out), Value::Object(part)) = (&mut result, part) {
+            out.extend(part);
+        }
+    }
+    println!("{result}");
+}
+
+/// Hosts as the collector stores them (what Fleet lists), in three teams.
+fn seed_hosts(db: &Path, n: usize) {
+    let now = now_ms();
+    admin::with_db(db, |conn| {
+        let mut st = conn.prepare(
+            "INSERT INTO hosts (agent_id, hostname, agent_version, boot_id, first_seen_ms,
+                 last_seen_ms, online, revoked, labels)
+             VALUES (?1, ?1, '0.1.0', 'bench', ?2, ?2, ?3, 0, ?4)",
+        )?;
+        for i in 0..n {
+            let team = ["a", "b", "c"][i % 3];
+            let labels = json!({"team": team, "env": "prod"}).to_string();
+            st.execute(rusqlite::params![
+                format!("host-{i:04}"),
+                now,
+                i % 10 != 0,
+                labels
+            ])?;
+        }
+        Ok(())
+    })
+    .expect("seed hosts");
+}
+
+fn run_browser(c: &CollectorProc, runs: usize) -> Value {
+    let console = Path::new(env!("CARGO_MANIFEST_DIR")).join("../console");
+    let mut node = Command::new("node")
+        .arg("e2e/bench.mjs")
+        .current_dir(&console)
+        .env("CONSOLE_URL", format!("http://{}/", c.http))
+        .env("ADMIN_PASSWORD", PASSWORD)
+        .env("RUNS", runs.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node (run scripts/test.sh once for console/node_modules)");
+    let out = BufReader::new(node.stdout.take().expect("stdout"));
+    let mut result = Value::Null;
+    for line in out.lines().map_while(Result::ok) {
+        if let Some(json) = line.strip_prefix("@result ") {
+            result = serde_json::from_str(json).expect("bench result");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    assert!(node.wait().expect("node").success(), "browser bench failed");
+    result
+}
+
+/// Opens `n` live streams, then relabels hosts so changes reach every stream, and reports
+/// the collector's RSS before, with the streams idle, and after the changes flowed.
+fn hold_streams(c: &CollectorProc, n: usize, hosts: usize) -> Value {
+    let pid = c.child.as_ref().expect("running").id();
+    let token = admin_token(&c.db, "bench", None);
+    let api = Api::new(c.http, Some(&token));
+    let rss = || procfs::mem_mb(pid, "VmRSS").expect("VmRSS");
+    let before = rss();
+    let auth = format!("Bearer {token}");
+    let mut streams: Vec<EventStream> = (0..n)
+        .map(|_| {
+            let s = EventStream::open(c.http, "/api/v1/stream", &[("Authorization", &auth)])
+                .expect("open stream");
+            assert_eq!(s.status, 200, "{}", s.head);
+            s
+        })
+        .collect();
+    wait_for("every stream counted", Duration::from_secs(30), || {
+        metric(&c.metrics(), "mcpwatch_collector_stream_clients")
+            .filter(|open| *open >= n as f64)
+            .map(|_| ())
+    });
+    let idle = rss();
+    let changes = 50.min(hosts);
+    for i in 0..changes {
+        let r = api.send(
+            "PUT",
+            &format!("/api/v1/hosts/host-{i:04}/labels"),
+            &json!({"labels": {"team": "z", "env": "bench"}}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // Every stream sees every change (the admin sees all hosts).
+    for s in &mut streams {
+        let mut seen = 0;
+        while seen < changes {
+            let e = s
+                .find(Duration::from_secs(30), |e| e.event == "host")
+                .expect("host change on every stream");
+            assert!(e.data.contains("host-"), "{e:?}");
+            seen += 1;
+        }
+    }
+    let after = rss();
+    json!({
+        "streams": n,
+        "stream_changes_delivered": n * changes,
+        "collector_rss_mb_before_streams": before,
+        "collector_rss_mb_streams_idle": idle,
+        "collector_rss_mb_after_changes": after,
+        "collector_rss_mb_extra": after.max(idle) - before,
+    })
+}
