@@ -168,6 +168,47 @@ test("the audit log filters by actor and result", async () => {
   await page.close();
 });
 
+test("an administrator manages users, roles and tokens", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.getByRole("link", { name: "Users" }).click();
+  await page.getByRole("button", { name: "New user" }).click();
+  await page.getByLabel("User name").fill("carol");
+  await page.getByLabel("Password (at least 12 characters)").fill("a long enough secret 1");
+  await page.getByRole("dialog").locator('select[name="role"]').selectOption("operator");
+  await page.getByLabel("Hosts (selector; empty for every host)").fill('{team="a"}');
+  await page.getByRole("button", { name: "Create", exact: true }).click();
+  const carol = page.locator('tr[data-user="carol"]');
+  await carol.waitFor();
+  assert.match(await carol.textContent(), /operator on \{team="a"\}/);
+  await look(page, "users", assert);
+  await carol.getByRole("button", { name: "Disable" }).click();
+  await carol.and(page.locator('[data-disabled="true"]')).waitFor();
+  await carol.getByRole("button", { name: "Enable" }).click();
+  await carol.and(page.locator('[data-disabled="false"]')).waitFor();
+  await carol.getByRole("button", { name: "Reset password" }).click();
+  await page.getByLabel("New password").fill("a newer long secret 2");
+  await page.getByRole("button", { name: "Set password", exact: true }).click();
+  await page.getByRole("dialog").waitFor({ state: "hidden" });
+
+  await page.getByRole("link", { name: "Tokens and sessions" }).click();
+  await page.getByRole("button", { name: "New token" }).click();
+  await page.getByLabel("Name", { exact: true }).fill("console-made");
+  await page.getByRole("button", { name: "Create", exact: true }).click();
+  const shown = await page.getByLabel("Token", { exact: true }).inputValue();
+  assert.match(shown, /^mcpw_\d+_[0-9a-f]{64}$/);
+  await look(page, "token-created", assert);
+  await page.getByRole("button", { name: "Done" }).click();
+  const row = page.locator('tr[data-token="console-made"]');
+  await row.waitFor();
+  assert.ok(!(await page.content()).includes(shown), "the token is shown only once");
+  await row.getByRole("button", { name: "Revoke" }).click();
+  await row.getByText("revoked").waitFor();
+  await look(page, "access", assert);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("a cookie-authenticated mutation without the CSRF token is refused", async () => {
   const { page, problems } = await freshPage();
   await signIn(page, "admin", process.env.ADMIN_PASSWORD);
@@ -192,6 +233,8 @@ test("a team viewer sees only their hosts and no actions; forced requests are re
   await page.locator('tr[data-host="host-a"]').waitFor();
   assert.equal(await page.locator('tr[data-host="host-b"]').count(), 0);
   assert.equal(await page.getByRole("link", { name: "Audit log" }).count(), 0, "no admin pages");
+  assert.equal(await page.getByRole("link", { name: "Users" }).count(), 0, "no admin pages");
+  assert.equal(await page.getByRole("button", { name: "Ack" }).count(), 0, "no actions");
   const forced = await page.evaluate(async () => {
     const csrf = document.cookie.match(/mcpwatch_csrf=([0-9a-f]+)/)?.[1] ?? "";
     const restart = await fetch("/api/v1/hosts/host-a/servers/web/restart", {

@@ -140,11 +140,11 @@ export function Alerts(props: { grants: Grants }) {
       </table>
       {data.data && data.data.silences.length === 0 && <p class="muted">No silences.</p>}
 
-      <Dialog title="Acknowledge alert" open={acking !== null} onClose={() => setAcking(null)}>
+      <Dialog error={error} title="Acknowledge alert" open={acking !== null} onClose={() => setAcking(null)}>
         {acking && <AckForm alert={acking} onCancel={() => setAcking(null)}
           onSubmit={(comment) => act(() => api("POST", `/alerts/${encodeURIComponent(acking.fingerprint)}/ack`, { comment }))} />}
       </Dialog>
-      <Dialog title="Silence alerts" open={silencing !== null} onClose={() => setSilencing(null)}>
+      <Dialog error={error} title="Silence alerts" open={silencing !== null} onClose={() => setSilencing(null)}>
         {silencing && <SilenceForm alert={silencing} onCancel={() => setSilencing(null)}
           onSubmit={(body) => act(() => api("POST", "/silences", body))} />}
       </Dialog>

@@ -4,7 +4,14 @@
 import type { ComponentChildren } from "preact";
 import { useEffect, useRef } from "preact/hooks";
 
-export function Dialog(props: { title: string; open: boolean; onClose: () => void; children: ComponentChildren }) {
+export function Dialog(props: {
+  title: string;
+  open: boolean;
+  onClose: () => void;
+  /** Why the last submit was refused, shown inside the dialog (the page behind is inert). */
+  error?: string | null;
+  children: ComponentChildren;
+}) {
   const ref = useRef<HTMLDialogElement>(null);
   useEffect(() => {
     const d = ref.current;
@@ -15,6 +22,7 @@ export function Dialog(props: { title: string; open: boolean; onClose: () => voi
   return (
     <dialog ref={ref} aria-label={props.title} onClose={props.onClose} class="dialog">
       <h2>{props.title}</h2>
+      {props.open && props.error && <p class="error" role="alert">{props.error}</p>}
       {props.open && props.children}
     </dialog>
   );

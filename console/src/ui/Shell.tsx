@@ -6,9 +6,11 @@ import type { Me } from "../api";
 import type { Grants } from "../perm";
 import { href, useRoute } from "../router";
 import { Fleet } from "../pages/Fleet";
+import { Access } from "../pages/Access";
 import { Alerts } from "../pages/Alerts";
 import { Audit } from "../pages/Audit";
 import { Host } from "../pages/Host";
+import { Users } from "../pages/Users";
 
 interface Page {
   id: string;
@@ -19,6 +21,8 @@ interface Page {
 const PAGES: Page[] = [
   { id: "fleet", title: "Fleet", visible: (g) => g.can("hosts:read") },
   { id: "alerts", title: "Alerts", visible: (g) => g.can("alerts:read") },
+  { id: "users", title: "Users", visible: (g) => g.canEverywhere("users:admin") },
+  { id: "access", title: "Tokens and sessions", visible: () => true },
   { id: "audit", title: "Audit log", visible: (g) => g.canEverywhere("audit:read") },
 ];
 
@@ -58,6 +62,8 @@ export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) 
         {hostId && <Host id={hostId} />}
         {!hostId && page?.id === "fleet" && <Fleet grants={props.grants} />}
         {!hostId && page?.id === "alerts" && <Alerts grants={props.grants} />}
+        {page?.id === "users" && <Users />}
+        {page?.id === "access" && <Access mySession={props.me.session_id} admin={props.grants.canEverywhere("users:admin")} />}
         {page?.id === "audit" && <Audit />}
         {!page && !benching && <p>Your account may not view anything here. Ask an administrator for a role.</p>}
       </main>
