@@ -168,6 +168,34 @@ test("the audit log filters by actor and result", async () => {
   await page.close();
 });
 
+test("a rule is edited with a dry run before saving", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.getByRole("link", { name: "Rules" }).click();
+  const row = page.locator('tr[data-rule="console_uptime"]');
+  await row.getByRole("button", { name: "Edit" }).click();
+  const definition = page.getByLabel("Definition (a rules file's [[rule]] table, as JSON)");
+  const original = JSON.parse(await definition.inputValue());
+  assert.equal(original.selector, "mcpwatch_host_uptime_seconds");
+  await definition.fill(JSON.stringify({ ...original, critical: 1e15 }));
+  await page.getByRole("button", { name: "Preview" }).click();
+  await page.getByText(/Would fire on 0 of [1-9]\d* series now/).waitFor();
+  await definition.fill(JSON.stringify({ ...original, summary: "edited in the console" }));
+  await page.getByRole("button", { name: "Preview" }).click();
+  await page.getByText(/Would fire on [1-9]\d* of [1-9]\d* series now/).waitFor();
+  await look(page, "rule-editor", assert);
+  await definition.fill("{ not json");
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByText(/^Not JSON:/).waitFor();
+  await definition.fill(JSON.stringify({ ...original, summary: "edited in the console" }));
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByText("Rule console_uptime saved and in effect.").waitFor();
+  await row.getByText("api").waitFor();
+  await look(page, "rules", assert);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("an administrator manages users, roles and tokens", async () => {
   const { page, problems } = await freshPage();
   await signIn(page, "admin", process.env.ADMIN_PASSWORD);

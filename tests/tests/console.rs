@@ -98,7 +98,13 @@ fn run_browser(file: &str, env: &[(&str, String)], mut control: impl FnMut(&str)
 fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&tmp.path().join("pki"));
-    let c = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    // Every test signs in again from 127.0.0.1: more than the default 10 logins a minute
+    // one address may try.
+    let c = CollectorProc::start(
+        &pki,
+        &tmp.path().join("c"),
+        "[api]\nlogin_attempts_per_minute = 200\n",
+    );
     let token = admin_token(&c.db, "e2e-admin", None);
     let admin_api = Api::new(c.http, Some(&token));
     let mut agents = [
