@@ -196,6 +196,23 @@ test("a rule is edited with a dry run before saving", async () => {
   await page.close();
 });
 
+test("a receiver sends a test notification; secrets show only as references", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.getByRole("link", { name: "Receivers" }).click();
+  const row = page.locator('tr[data-receiver="hook"]');
+  await row.waitFor();
+  const text = await row.textContent();
+  assert.match(text, /"file":"hmac"/);
+  assert.match(text, /webhook/, "the receiver's type");
+  assert.ok(!text.includes("console-test-secret"), "the secret itself is never shown");
+  await row.getByRole("button", { name: "Send test" }).click();
+  await page.getByText("Test notification sent through hook.").waitFor();
+  await look(page, "receivers", assert);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("an administrator manages users, roles and tokens", async () => {
   const { page, problems } = await freshPage();
   await signIn(page, "admin", process.env.ADMIN_PASSWORD);

@@ -18,6 +18,7 @@ use mcpwatch_collector::store::admin;
 use mcpwatch_collector::store::query::users;
 use mcpwatch_tests::api::{admin_token, Api};
 use mcpwatch_tests::process::{AgentProc, CollectorProc};
+use mcpwatch_tests::receivers::{HttpCapture, Reply};
 use mcpwatch_tests::{wait_for, Pki};
 use serde_json::json;
 
@@ -100,10 +101,24 @@ fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
     let pki = Pki::new(&tmp.path().join("pki"));
     // Every test signs in again from 127.0.0.1: more than the default 10 logins a minute
     // one address may try.
+    // A webhook receiver on loopback for the receivers page's test send (its HMAC secret in
+    // a file beside the config).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut hook = rt.block_on(HttpCapture::start(Reply::status(200)));
+    std::fs::create_dir_all(tmp.path().join("c")).expect("mkdir");
+    std::fs::write(tmp.path().join("c/hmac"), "console-test-secret\n").expect("hmac");
     let c = CollectorProc::start(
         &pki,
         &tmp.path().join("c"),
-        "[api]\nlogin_attempts_per_minute = 200\n",
+        &format!(
+            "[api]\nlogin_attempts_per_minute = 200\n[[receiver]]\ntype = \"webhook\"\n\
+             name = \"hook\"\nurl = \"{}\"\nsecret = {{ file = \"hmac\" }}\n",
+            hook.url("/hook")
+        ),
     );
     let token = admin_token(&c.db, "e2e-admin", None);
     let admin_api = Api::new(c.http, Some(&token));
@@ -193,6 +208,18 @@ fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
         "the CSRF refusal: {}",
         r.body
     );
+    // The receivers page's test notification reached the webhook (among the real alerts'
+    // notifications: the test one is in group `mcpwatch-test`).
+    let test_sent = rt.block_on(async {
+        for _ in 0..200 {
+            let sent = hook.next().await;
+            if String::from_utf8_lossy(&sent.body).contains("\"group_key\":\"mcpwatch-test\"") {
+                return Some(sent);
+            }
+        }
+        None
+    });
+    assert_eq!(test_sent.expect("the test notification").path, "/hook");
 }
 
 #[test]

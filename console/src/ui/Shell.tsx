@@ -10,6 +10,7 @@ import { Access } from "../pages/Access";
 import { Alerts } from "../pages/Alerts";
 import { Audit } from "../pages/Audit";
 import { Host } from "../pages/Host";
+import { Receivers } from "../pages/Receivers";
 import { Rules } from "../pages/Rules";
 import { Users } from "../pages/Users";
 
@@ -23,6 +24,7 @@ const PAGES: Page[] = [
   { id: "fleet", title: "Fleet", visible: (g) => g.can("hosts:read") },
   { id: "alerts", title: "Alerts", visible: (g) => g.can("alerts:read") },
   { id: "rules", title: "Rules", visible: (g) => g.canEverywhere("alerts:read") },
+  { id: "receivers", title: "Receivers", visible: (g) => g.canEverywhere("receivers:write") },
   { id: "users", title: "Users", visible: (g) => g.canEverywhere("users:admin") },
   { id: "access", title: "Tokens and sessions", visible: () => true },
   { id: "audit", title: "Audit log", visible: (g) => g.canEverywhere("audit:read") },
@@ -65,6 +67,7 @@ export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) 
         {!hostId && page?.id === "fleet" && <Fleet grants={props.grants} />}
         {!hostId && page?.id === "alerts" && <Alerts grants={props.grants} />}
         {page?.id === "rules" && <Rules grants={props.grants} />}
+        {page?.id === "receivers" && <Receivers />}
         {page?.id === "users" && <Users />}
         {page?.id === "access" && <Access mySession={props.me.session_id} admin={props.grants.canEverywhere("users:admin")} />}
         {page?.id === "audit" && <Audit />}
