@@ -210,6 +210,7 @@ fn http_app(
         limiter: Default::default(),
         feed: api.feed,
         stream_slots: Arc::new(tokio::sync::Semaphore::new(config.api.stream_max_clients)),
+        stream_holders: Default::default(),
         streams_stop: api.http_stop,
     }));
     let (api_router, _doc) = api::build(api_state);

@@ -152,6 +152,12 @@ pub struct RawApi {
     pub audit_verify_interval: Option<Duration>,
     /// Live streams (`GET /api/v1/stream`, the console's updates) open at once. Default 256.
     pub stream_max_clients: Option<usize>,
+    /// Live streams one user (or one API token without a user) may hold open. Default 16.
+    pub stream_max_per_user: Option<usize>,
+    /// Mark browser session cookies `Secure` (and `__Host-` prefixed). Default: true when
+    /// `[http] tls_cert` is set; set it to true when a TLS-terminating proxy serves the
+    /// console over HTTPS.
+    pub cookie_secure: Option<bool>,
     /// How often the live feed reads committed changes. Default 500ms, 50ms..=10s.
     pub stream_poll_interval: Option<Duration>,
     /// An idle live stream's heartbeat, when it also re-checks its credential. Default 15s
@@ -275,7 +281,7 @@ impl CollectorConfig {
         let http_tls = http_tls(path, &raw.http)?;
         let http_limits = http_limits(path, &raw.http)?;
         let (mut api, audit_retention) = api_settings(path, &raw.api, http_limits.request_timeout)?;
-        api.cookie_secure = http_tls.is_some();
+        api.cookie_secure = raw.api.cookie_secure.unwrap_or(http_tls.is_some());
         if raw.api.stream_heartbeat.is_none() {
             // The default must stay below a shortened idle timeout too.
             api.stream_heartbeat = api.stream_heartbeat.min(http_limits.idle_timeout / 2);
@@ -448,13 +454,17 @@ fn api_settings(
         federation_token,
         cookie_secure: false,
         stream_max_clients: a.stream_max_clients.unwrap_or(dflt.stream_max_clients),
+        stream_max_per_user: a.stream_max_per_user.unwrap_or(dflt.stream_max_per_user),
         stream_poll: a.stream_poll_interval.map_or(dflt.stream_poll, |d| d.get()),
         stream_heartbeat: a
             .stream_heartbeat
             .map_or(dflt.stream_heartbeat, |d| d.get()),
     };
-    if api.stream_max_clients == 0 {
-        return Err(bad("api.stream_max_clients", "must be positive"));
+    if api.stream_max_clients == 0 || api.stream_max_per_user == 0 {
+        return Err(bad(
+            "api.stream_max_clients",
+            "stream_max_clients and stream_max_per_user must be positive",
+        ));
     }
     if !(50..=10_000).contains(&api.stream_poll.as_millis()) {
         return Err(bad("api.stream_poll_interval", "must be 50ms..=10s"));

@@ -297,11 +297,16 @@ fn topic(action: &str) -> Option<(&'static str, ChangeScope)> {
     if matches!(method, "GET" | "HEAD" | "OPTIONS") {
         return None;
     }
+    // Requests that change nothing a list shows.
+    if route == "/api/v1/rules/dry-run" || route.ends_with("/test") {
+        return None;
+    }
     let resource = route.strip_prefix("/api/v1/")?.split('/').next()?;
     Some(match resource {
         "alerts" => ("alerts", ChangeScope::Any(Permission::AlertsRead)),
         "silences" => ("silences", ChangeScope::Any(Permission::AlertsRead)),
-        "rules" => ("rules", ChangeScope::Any(Permission::AlertsRead)),
+        // The rules list needs alerts:read on every host.
+        "rules" => ("rules", ChangeScope::Global(Permission::AlertsRead)),
         "receivers" => ("receivers", ChangeScope::Global(Permission::ReceiversWrite)),
         "users" | "roles" | "bindings" | "tokens" => {
             ("admin", ChangeScope::Global(Permission::UsersAdmin))
@@ -436,6 +441,12 @@ mod tests {
             ChangeScope::Global(Permission::UsersAdmin)
         );
         assert!(topic("GET /api/v1/silences").is_none());
+        assert!(topic("POST /api/v1/rules/dry-run").is_none());
+        assert!(topic("POST /api/v1/receivers/{name}/test").is_none());
+        assert_eq!(
+            topic("PUT /api/v1/rules/{name}").unwrap().1,
+            ChangeScope::Global(Permission::AlertsRead)
+        );
         assert!(topic("POST /api/v1/sessions").is_none());
         assert!(topic("garbage").is_none());
     }

@@ -20,12 +20,6 @@ export function setCsrf(token: string | null): void {
   csrfToken = token;
 }
 
-/** The CSRF cookie, for a page reloaded before /me answered. */
-function csrfFromCookie(): string | null {
-  const m = document.cookie.match(/(?:^|;\s*)(?:__Host-)?mcpwatch_csrf=([0-9a-f]{64})/);
-  return m ? m[1] : null;
-}
-
 /** Called whenever the collector answers 401: the session ended. */
 export function onUnauthenticated(f: () => void): () => void {
   unauthenticated.add(f);
@@ -40,7 +34,8 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
   const headers: Record<string, string> = { accept: "application/json" };
   if (body !== undefined) headers["content-type"] = "application/json";
   if (method !== "GET") {
-    const token = csrfToken ?? csrfFromCookie();
+    // From the sign-in answer or /me only: a cookie of that name could have been planted.
+    const token = csrfToken;
     if (token) headers["x-csrf-token"] = token;
   }
   const response = await fetch(`/api/v1${path}`, {

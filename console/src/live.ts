@@ -61,14 +61,39 @@ function open(): void {
   });
 }
 
+let failures = 0;
+let nextTry = 0;
+
+/** Reopens a stream the browser gave up on (an HTTP error: 401, 503...) or that went
+ * silent past two heartbeats, first asking whether the session still holds (a 401 there
+ * signs the page out instead of retrying forever), with exponential backoff and jitter so
+ * many tabs do not retry in lockstep. */
+async function revive(): Promise<void> {
+  const closed = !source || source.readyState === EventSource.CLOSED;
+  if (!closed && Date.now() - lastBeat <= 45_000) {
+    failures = 0;
+    return;
+  }
+  if (Date.now() < nextTry) return;
+  failures++;
+  const delay = Math.min(300_000, 5_000 * 2 ** Math.min(failures - 1, 6));
+  nextTry = Date.now() + delay / 2 + Math.random() * (delay / 2);
+  const check = await fetch("/api/v1/me", { credentials: "same-origin" }).catch(() => null);
+  if (check?.status === 401) {
+    stop();
+    sessionEnded();
+    return;
+  }
+  if (check?.ok) open();
+}
+
 /** Opens the stream (after sign-in). */
 export function start(): void {
+  failures = 0;
+  nextTry = 0;
   open();
   window.clearInterval(watchdog);
-  watchdog = window.setInterval(() => {
-    // Closed after an HTTP error, or silent past two heartbeats: reopen.
-    if (!source || source.readyState === EventSource.CLOSED || Date.now() - lastBeat > 45_000) open();
-  }, 5_000);
+  watchdog = window.setInterval(() => void revive(), 5_000);
 }
 
 /** Closes the stream (sign-out, session ended). */

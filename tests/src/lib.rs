@@ -19,9 +19,22 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that was free a moment ago, below the kernel's ephemeral
+/// range (32768..=60999 on Linux): a port from that range can be taken, between this call
+/// and the test's bind, as the source port of any outgoing connection on the machine (an
+/// agent's uplink, a browser's fetch), which then holds it for as long as it lives.
 pub fn free_addr() -> SocketAddr {
-    // Binding port 0 and closing leaves a small reuse race; tests on one machine accept it.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Spread parallel test processes over the range, then walk it.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 12_000) * 7;
+    for _ in 0..12_000 {
+        let port = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed) * 7919) % 12_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().expect("local addr");
+        }
+    }
+    // Everything below the ephemeral range is taken: let the kernel choose.
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr")
 }

@@ -236,7 +236,7 @@ fn console_cookie_sessions_need_the_csrf_token_and_a_same_origin_page() {
     assert_eq!(me.json()["csrf_token"], csrf.as_str());
 
     // A mutation with the cookie: refused without the token, with a wrong one, or marked
-    // cross-site; each refusal audited under the session's user.
+    // cross-site; each refusal audited.
     let token_body = json!({"name": "from-console"}).to_string();
     let wrong = "0".repeat(64);
     for headers in [
@@ -252,8 +252,12 @@ fn console_cookie_sessions_need_the_csrf_token_and_a_same_origin_page() {
         assert_eq!(r.status, 403, "{headers:?}: {}", r.body);
         assert_eq!(r.code(), "csrf");
     }
+    // The cross-site one is refused before the credential is even checked (so it cannot
+    // keep the session alive): audited, but anonymously.
     let refused = con.audit("actor=user:alice&result=403&action=POST%20/api/v1/tokens");
-    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    let cross = con.audit("actor=anonymous&result=403&action=POST%20/api/v1/tokens");
+    assert_eq!(cross.len(), 1, "{cross:?}");
     assert!(con
         .c
         .metrics()
@@ -406,24 +410,31 @@ fn console_stream_is_scoped_resumable_and_ends_with_the_session() {
 }
 
 #[test]
-fn console_streams_are_capped() {
-    let con = Console::start("[api]\nstream_max_clients = 2\n");
-    let auth = format!("Bearer {}", con.admin_token);
-    let open = || {
+fn console_streams_are_capped_per_user_and_in_all() {
+    let con = Console::start("[api]\nstream_max_clients = 3\nstream_max_per_user = 2\n");
+    let open = |token: &str| {
+        let auth = format!("Bearer {token}");
         EventStream::open(con.c.http, "/api/v1/stream", &[("Authorization", &auth)]).expect("open")
     };
-    let (a, b) = (open(), open());
+    let (a, b) = (open(&con.admin_token), open(&con.admin_token));
     assert_eq!((a.status, b.status), (200, 200));
-    let over = open();
+    // One holder may not take every place.
+    let third = open(&con.admin_token);
+    assert_eq!(third.status, 429, "{}", third.head);
+    let other = admin_token(&con.c.db, "other", None);
+    let c = open(&other);
+    assert_eq!(c.status, 200, "{}", c.head);
+    let last = admin_token(&con.c.db, "last", None);
+    let over = open(&last);
     assert_eq!(over.status, 503, "{}", over.head);
     assert!(con
         .c
         .metrics()
-        .contains("mcpwatch_collector_stream_refused_total 1"));
-    // A closed stream frees its place once the server notices (at its next write).
+        .contains("mcpwatch_collector_stream_refused_total 2"));
+    // A closed stream frees its places once the server notices (at its next write).
     drop(a);
     wait_for("a freed stream slot", Duration::from_secs(30), || {
-        let s = open();
+        let s = open(&con.admin_token);
         (s.status == 200).then_some(s)
     });
 }

@@ -147,6 +147,12 @@ impl FromRequestParts<ApiState> for Caller {
         if via_cookie && !matches!(parsed, Some((Kind::Session, _, _))) {
             return Err(ApiError::Unauthenticated);
         }
+        // Before the credential is checked (and its session's idle clock moved).
+        if via_cookie && browser_session::check_site(parts).is_err() {
+            slot.with(|i| i.denied = true);
+            state.metrics.csrf_refused();
+            return Err(ApiError::Csrf("cross-site request refused"));
+        }
         let principal = authenticate(state, text).await?;
         slot.with(|i| {
             i.actor = Some(principal.actor.clone());

@@ -68,15 +68,9 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// anything else needs the CSRF header to equal the token derived from `secret`, and must
 /// not be marked cross-site by the browser (`Sec-Fetch-Site`).
 pub fn check_csrf(parts: &Parts, secret: &str) -> Result<(), CsrfRefusal> {
+    check_site(parts)?;
     if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
-    }
-    let site = parts
-        .headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok());
-    if matches!(site, Some("cross-site" | "same-site")) {
-        return Err(CsrfRefusal::CrossSite);
     }
     let presented = parts
         .headers
@@ -88,6 +82,21 @@ pub fn check_csrf(parts: &Parts, secret: &str) -> Result<(), CsrfRefusal> {
     } else {
         Err(CsrfRefusal::Token)
     }
+}
+
+/// Refuses a cookie-authenticated request of any method that the browser marks as coming
+/// from another site, sibling subdomains included (`SameSite=Strict` still sends the cookie
+/// to those): the console only ever makes same-origin requests, and a cross-site read
+/// would otherwise keep the session from idling out.
+pub fn check_site(parts: &Parts) -> Result<(), CsrfRefusal> {
+    let site = parts
+        .headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok());
+    if matches!(site, Some("cross-site" | "same-site")) {
+        return Err(CsrfRefusal::CrossSite);
+    }
+    Ok(())
 }
 
 /// Whether a login request may be answered with cookies: only a page of this origin asks
@@ -187,6 +196,12 @@ mod tests {
         assert_eq!(
             check_csrf(&parts(Method::POST, &cross), &secret),
             Err(CsrfRefusal::CrossSite)
+        );
+        let sibling = [("sec-fetch-site", "same-site")];
+        assert_eq!(
+            check_csrf(&parts(Method::GET, &sibling), &secret),
+            Err(CsrfRefusal::CrossSite),
+            "reads from a sibling subdomain are refused too"
         );
     }
 

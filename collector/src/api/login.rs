@@ -113,7 +113,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(whoami))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub username: String,
@@ -124,7 +124,17 @@ pub struct LoginRequest {
     pub cookie: bool,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// Never printed with its password.
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LoginResponse {
     /// Bearer credential for later requests; shown only here. Absent for a cookie login,
     /// whose credential only the `HttpOnly` cookie holds.
@@ -227,7 +237,7 @@ async fn logout(State(state): State<ApiState>, caller: Caller) -> Result<Respons
     Ok(resp)
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Me {
     pub actor: String,
     pub user_id: Option<i64>,

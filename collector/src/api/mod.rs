@@ -75,6 +75,8 @@ pub struct ApiSettings {
     pub cookie_secure: bool,
     /// Live streams (`/api/v1/stream`) open at once; more are answered 503.
     pub stream_max_clients: usize,
+    /// Live streams one user (or user-less token) may hold; more are answered 429.
+    pub stream_max_per_user: usize,
     /// How often the live feed looks for committed changes.
     pub stream_poll: std::time::Duration,
     /// How often an idle live stream sends a heartbeat and re-checks its credential.
@@ -95,6 +97,7 @@ impl ApiSettings {
             federation_token: None,
             cookie_secure: false,
             stream_max_clients: 256,
+            stream_max_per_user: 16,
             stream_poll: std::time::Duration::from_millis(500),
             stream_heartbeat: std::time::Duration::from_secs(15),
         }
@@ -113,6 +116,8 @@ pub struct Inner {
     pub feed: crate::feed::Feed,
     /// One permit per open live stream (`settings.stream_max_clients`).
     pub stream_slots: Arc<tokio::sync::Semaphore>,
+    /// Open live streams per holder (`settings.stream_max_per_user`).
+    pub stream_holders: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Cancelled when the HTTP endpoint starts draining: live streams end at once.
     pub streams_stop: tokio_util::sync::CancellationToken,
 }

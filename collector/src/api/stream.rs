@@ -53,6 +53,7 @@ pub struct StreamQuery {
         (status = 200, content_type = "text/event-stream", body = String,
          description = "Server-sent events; ids are `<process>-<seq>`"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "the caller holds stream_max_per_user streams"),
         (status = 503, body = ErrorBody, description = "stream_max_clients streams are open")),
     tag = "stream")]
 async fn stream(
@@ -62,6 +63,32 @@ async fn stream(
     Query(q): Query<StreamQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::HostsRead)?;
+    // One user (or user-less token) may not take every place: a leaked read-only token
+    // must not lock every console out.
+    let holder = match (caller.principal.user_id, caller.principal.token_id) {
+        (Some(user), _) => format!("user:{user}"),
+        (None, Some(token)) => format!("token:{token}"),
+        (None, None) => caller.principal.actor.clone(),
+    };
+    {
+        let mut holders = state
+            .stream_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let held = holders.entry(holder.clone()).or_insert(0);
+        if *held >= state.settings.stream_max_per_user {
+            state.metrics.stream_refused.inc();
+            caller.note("live stream refused: stream_max_per_user");
+            return Err(ApiError::LimitReached(
+                "too many live streams open for this user; close one".into(),
+            ));
+        }
+        *held += 1;
+    }
+    let holding = Holding {
+        state: state.clone(),
+        holder,
+    };
     let Ok(permit) = state.stream_slots.clone().try_acquire_owned() else {
         state.metrics.stream_refused.inc();
         return Err(ApiError::Unavailable(
@@ -92,14 +119,20 @@ async fn stream(
         } else {
             Step::Hello
         },
+        failed_checks: 0,
         stop: state.streams_stop.clone(),
         _slot: Slot {
             _permit: permit,
+            _holding: holding,
             state,
         },
     };
     Ok(Sse::new(events(open)).into_response())
 }
+
+/// Heartbeats in a row whose credential check failed (the store busy) before the stream
+/// ends.
+const MAX_FAILED_CHECKS: u32 = 3;
 
 /// What the stream sends next, besides changes.
 enum Step {
@@ -121,6 +154,8 @@ struct Open {
     live: tokio::sync::broadcast::Receiver<Arc<Change>>,
     heartbeat: tokio::time::Interval,
     step: Step,
+    /// Heartbeat credential checks in a row that could not be made.
+    failed_checks: u32,
     stop: tokio_util::sync::CancellationToken,
     _slot: Slot,
 }
@@ -128,7 +163,30 @@ struct Open {
 /// Holds the stream's place under `stream_max_clients` and its count in the gauge.
 struct Slot {
     _permit: OwnedSemaphorePermit,
+    _holding: Holding,
     state: ApiState,
+}
+
+/// One of a holder's places under `stream_max_per_user`, given back when dropped.
+struct Holding {
+    state: ApiState,
+    holder: String,
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let mut holders = self
+            .state
+            .stream_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = holders.get_mut(&self.holder) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                holders.remove(&self.holder);
+            }
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -185,6 +243,7 @@ async fn next_event(open: &mut Open) -> Option<Event> {
             _ = open.heartbeat.tick() => {
                 return Some(match recheck(&open.state, open.credential.expose()).await {
                     Ok(principal) => {
+                        open.failed_checks = 0;
                         open.principal = principal;
                         named("heartbeat")
                     }
@@ -192,8 +251,17 @@ async fn next_event(open: &mut Open) -> Option<Event> {
                         open.step = Step::Ended;
                         named("session_ended")
                     }
-                    // The store is busy: keep the stream and the grants it had.
-                    Err(_) => named("heartbeat"),
+                    // The store is busy: keep the stream and its grants, but not for long
+                    // (fail closed: a revoked credential must not stream on unchecked).
+                    Err(_) => {
+                        open.failed_checks += 1;
+                        if open.failed_checks >= MAX_FAILED_CHECKS {
+                            open.step = Step::Ended;
+                            named("session_ended")
+                        } else {
+                            named("heartbeat")
+                        }
+                    }
                 });
             }
         }
