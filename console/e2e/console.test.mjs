@@ -119,6 +119,8 @@ test("an alert is acknowledged and silenced in place, and the silence expired", 
   await silence.getByRole("button", { name: "Expire" }).click();
   await silence.waitFor({ state: "detached" });
   await row.and(page.locator('[data-muted="false"]')).waitFor();
+  const history = page.getByRole("table", { name: "Alert history" });
+  await history.locator("tr[data-transition]").filter({ hasText: "console_uptime" }).filter({ hasText: "firing" }).first().waitFor();
   assert.deepEqual(problems, []);
   await page.close();
 });

@@ -1,5 +1,6 @@
 // Alerts: what fires now (severity, age, labels, acknowledgement, silences muting it) with
-// Ack and Silence in place, and the silences with Expire. Updated live.
+// Ack and Silence in place, the silences with Expire, and the latest state changes. Updated
+// live.
 
 import { useState } from "preact/hooks";
 import { api, get, type Page } from "../api";
@@ -45,14 +46,25 @@ export function matchersFor(labels: Record<string, string>): string {
   return `{${pairs.map(([k, v]) => `${k}=${quote(v)}`).join(", ")}}`;
 }
 
-async function loadAlerts(): Promise<{ alerts: Alert[]; silences: Silence[] }> {
-  const [alerts, silences] = await Promise.all([
+interface Transition {
+  id: number;
+  at_ms: number;
+  rule: string;
+  labels: Record<string, string>;
+  from: string;
+  to: string;
+  level: string | null;
+}
+
+async function loadAlerts(): Promise<{ alerts: Alert[]; silences: Silence[]; history: Transition[] }> {
+  const [alerts, silences, history] = await Promise.all([
     get<Page<Alert>>("/alerts?limit=1000"),
     get<Page<Silence>>("/silences?limit=1000"),
+    get<Page<Transition>>("/alerts/history?limit=50"),
   ]);
   const rank = (a: Alert) => SEVERITY_ORDER.indexOf(a.severity);
   alerts.items.sort((a, b) => rank(a) - rank(b) || a.started_ms - b.started_ms);
-  return { alerts: alerts.items, silences: silences.items };
+  return { alerts: alerts.items, silences: silences.items, history: history.items };
 }
 
 export function Alerts(props: { grants: Grants }) {
@@ -139,6 +151,26 @@ export function Alerts(props: { grants: Grants }) {
         </tbody>
       </table>
       {data.data && data.data.silences.length === 0 && <p class="muted">No silences.</p>}
+
+      <h2>History</h2>
+      <table class="grid" aria-label="Alert history">
+        <thead><tr><th>Time</th><th>Alert</th><th>Labels</th><th>Change</th></tr></thead>
+        <tbody>
+          {data.data?.history.map((h) => (
+            <tr key={h.id} data-transition={h.id}>
+              <td>{timestamp(h.at_ms)}</td>
+              <td>{h.labels.alertname ?? h.rule}</td>
+              <td class="wrap">
+                {Object.entries(h.labels).filter(([k]) => !NOISE.has(k)).map(([k, v]) => (
+                  <span class="label" key={k}>{k}={v}</span>
+                ))}
+              </td>
+              <td>{h.from} → {h.to}{h.level && ` (${h.level})`}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {data.data && data.data.history.length === 0 && <p class="muted">No changes yet.</p>}
 
       <Dialog error={error} title="Acknowledge alert" open={acking !== null} onClose={() => setAcking(null)}>
         {acking && <AckForm alert={acking} onCancel={() => setAcking(null)}
