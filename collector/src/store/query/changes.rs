@@ -5,7 +5,7 @@
 
 use rusqlite::{params, Connection};
 
-use super::events::EventRecord;
+use super::events::{event_from_row, EventRecord};
 use super::hosts::sql_limit;
 use crate::store::{Store, StoreError};
 
@@ -67,16 +67,7 @@ fn changes(c: &Connection, after: Cursors, limit: usize) -> Result<Changes, Stor
             "SELECT e.id, h.agent_id, e.ts_ms, e.kind, e.server, e.detail FROM events e
              JOIN hosts h ON h.id = e.host_id WHERE e.id > ?1 ORDER BY e.id LIMIT ?2",
         )?
-        .query_map(params![after.event, sql_limit(limit)], |r| {
-            Ok(EventRecord {
-                id: r.get(0)?,
-                agent_id: r.get(1)?,
-                ts_ms: r.get(2)?,
-                kind: r.get(3)?,
-                server: r.get(4)?,
-                detail: r.get(5)?,
-            })
-        })?
+        .query_map(params![after.event, sql_limit(limit)], event_from_row)?
         .collect::<Result<_, _>>()?;
     let alerts = tx
         .prepare_cached(

@@ -18,7 +18,7 @@ pub struct EventRecord {
     pub detail: String,
 }
 
-fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
+pub(super) fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRecord> {
     Ok(EventRecord {
         id: r.get(0)?,
         agent_id: r.get(1)?,
