@@ -1,22 +1,15 @@
 // The console in Chromium against a collector with two agents (host-a in team a, host-b in
 // team b), users `admin` and `viewer` (viewer of team a). Run by tests/tests/console.rs.
 
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { closeControl, control, launch, look, signIn, URL_BASE, watch } from "./harness.mjs";
+import { browserForTests, control, look, signIn, URL_BASE, watch } from "./harness.mjs";
 
-let browser;
-before(async () => {
-  browser = await launch();
-});
-after(async () => {
-  await browser?.close();
-  closeControl();
-});
+const ctx = browserForTests();
 
 async function freshPage() {
-  await browser.clearCookies();
-  const page = await browser.newPage();
+  await ctx.browser.clearCookies();
+  const page = await ctx.browser.newPage();
   const problems = watch(page);
   await page.goto(URL_BASE);
   return { page, problems };
@@ -31,7 +24,7 @@ test("sign-in refuses a wrong password, then opens the fleet", async () => {
   await page.locator('tr[data-host="host-a"]').waitFor();
   await page.locator('tr[data-host="host-b"]').waitFor();
   assert.equal(await page.getByRole("link", { name: "Audit log" }).count(), 1);
-  const cookies = await browser.cookies();
+  const cookies = await ctx.browser.cookies();
   const session = cookies.find((c) => c.name === "mcpwatch_session");
   assert.ok(session?.httpOnly, "the session cookie is HttpOnly");
   assert.equal(session.sameSite, "Strict");
@@ -295,7 +288,7 @@ test("a team viewer sees only their hosts and no actions; forced requests are re
   await look(page, "fleet-viewer", assert);
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByRole("button", { name: "Sign in" }).waitFor();
-  assert.equal((await browser.cookies()).filter((c) => c.name.includes("mcpwatch_session")).length, 0);
+  assert.equal((await ctx.browser.cookies()).filter((c) => c.name.includes("mcpwatch_session")).length, 0);
   assert.deepEqual(problems, []);
   await page.close();
 });

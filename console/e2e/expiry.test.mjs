@@ -2,21 +2,14 @@
 // notice (the live stream's credential check ends it) and say so on the sign-in page.
 // Run by tests/tests/console.rs.
 
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { closeControl, launch, look, signIn, URL_BASE, watch } from "./harness.mjs";
+import { browserForTests, look, signIn, URL_BASE, watch } from "./harness.mjs";
 
-let browser;
-before(async () => {
-  browser = await launch();
-});
-after(async () => {
-  await browser?.close();
-  closeControl();
-});
+const ctx = browserForTests();
 
 test("an idle session expires and the console says so", async () => {
-  const page = await browser.newPage();
+  const page = await ctx.browser.newPage();
   const problems = watch(page);
   await page.goto(URL_BASE);
   await signIn(page, "admin", process.env.ADMIN_PASSWORD);

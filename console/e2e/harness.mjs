@@ -3,6 +3,7 @@
 // checks, screenshots in light and dark, and the control line protocol with the Rust side
 // (`@control ...` on stdout, `@ok` on stdin).
 
+import { after, before } from "node:test";
 import { chromium } from "playwright-core";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -100,4 +101,18 @@ export async function signIn(page, username, password) {
   await page.getByLabel("User name").fill(username);
   await page.getByLabel("Password").fill(password);
   await page.getByRole("button", { name: "Sign in" }).click();
+}
+
+/** One browser for a test file: launched before its tests, closed after them (with the
+ * control channel, so the runner can exit). `ctx.browser` is the browser. */
+export function browserForTests() {
+  const ctx = { browser: null };
+  before(async () => {
+    ctx.browser = await launch();
+  });
+  after(async () => {
+    await ctx.browser?.close();
+    closeControl();
+  });
+  return ctx;
 }

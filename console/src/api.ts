@@ -66,6 +66,11 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
 
 export const get = <T>(path: string) => api<T>("GET", path);
 
+/** What to show for a failed request (the API's message, never internals). */
+export function message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
 export interface Me {
   actor: string;
   user_id: number | null;

@@ -2,6 +2,7 @@
 // per burst of changes).
 
 import { useEffect, useRef, useState } from "preact/hooks";
+import { message } from "./api";
 import { subscribe, type Topic } from "./live";
 
 export interface Loaded<T> {
@@ -26,7 +27,7 @@ export function useLive<T>(topics: Topic[], load: () => Promise<T>, deps: unknow
       },
       (e: unknown) => {
         if (mine !== generation.current) return;
-        setError(e instanceof Error ? e.message : String(e));
+        setError(message(e));
       },
     );
   };

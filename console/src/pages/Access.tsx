@@ -5,6 +5,7 @@ import { useState } from "preact/hooks";
 import { api, get } from "../api";
 import { timestamp } from "../format";
 import { Dialog } from "../ui/Dialog";
+import { useAction } from "../useAction";
 import { useLive } from "../useLive";
 
 interface Token {
@@ -43,17 +44,10 @@ export function Access(props: { mySession: number | null; admin: boolean }) {
   const who = (id: number | null) => (id === null ? "–" : (data.data?.names.get(id) ?? String(id)));
   const [creating, setCreating] = useState(false);
   const [created, setCreated] = useState<string | null>(null);
-  const [error, setError] = useState<string | null>(null);
 
-  const act = async (f: () => Promise<unknown>) => {
-    setError(null);
-    try {
-      await f();
-      data.reload();
-    } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
-    }
-  };
+  const { error, act } = useAction(() => {
+    data.reload();
+  });
 
   return (
     <section>

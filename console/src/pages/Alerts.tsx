@@ -7,6 +7,7 @@ import { api, get, type Page } from "../api";
 import { ago, timestamp } from "../format";
 import type { Grants } from "../perm";
 import { Dialog } from "../ui/Dialog";
+import { useAction } from "../useAction";
 import { useLive } from "../useLive";
 
 interface Alert {
@@ -73,19 +74,12 @@ export function Alerts(props: { grants: Grants }) {
   const canSilence = props.grants.can("silences:write");
   const [acking, setAcking] = useState<Alert | null>(null);
   const [silencing, setSilencing] = useState<Alert | null>(null);
-  const [error, setError] = useState<string | null>(null);
 
-  const act = async (f: () => Promise<unknown>) => {
-    setError(null);
-    try {
-      await f();
-      setAcking(null);
-      setSilencing(null);
-      data.reload();
-    } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
-    }
-  };
+  const { error, act } = useAction(() => {
+    setAcking(null);
+    setSilencing(null);
+    data.reload();
+  });
 
   return (
     <section>

@@ -2,7 +2,7 @@
 // object, result and time range, paged.
 
 import { useEffect, useState } from "preact/hooks";
-import { get, type Page } from "../api";
+import { get, type Page, message } from "../api";
 import { timestamp } from "../format";
 
 interface AuditRow {
@@ -55,7 +55,7 @@ export function Audit() {
       setNext(typeof page.next_cursor === "number" ? page.next_cursor : null);
       setError(null);
     } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
+      setError(message(e));
     }
     setLoaded(true);
   };

@@ -2,7 +2,7 @@
 // HttpOnly cookie; the page only keeps the CSRF token).
 
 import { useState } from "preact/hooks";
-import { api, ApiError, setCsrf } from "../api";
+import { api, ApiError, message, setCsrf } from "../api";
 
 interface LoginResponse {
   csrf_token?: string;
@@ -26,7 +26,7 @@ export function Login(props: { expired: boolean; onSignedIn: () => void }) {
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) setError("Wrong user name or password.");
       else if (err instanceof ApiError && err.status === 429) setError("Too many attempts. Wait a minute and try again.");
-      else setError(err instanceof Error ? err.message : "Sign-in failed.");
+      else setError(err instanceof Error ? message(err) : "Sign-in failed.");
     } finally {
       setBusy(false);
     }

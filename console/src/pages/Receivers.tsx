@@ -3,7 +3,7 @@
 // environment variable, or "stored"), and a button that sends a test notification now.
 
 import { useState } from "preact/hooks";
-import { api, get } from "../api";
+import { api, get, message } from "../api";
 import { useLive } from "../useLive";
 
 interface Receiver {
@@ -27,7 +27,7 @@ export function Receivers() {
       await api("POST", `/receivers/${encodeURIComponent(name)}/test`);
       setResult({ name, ok: true, text: `Test notification sent through ${name}.` });
     } catch (e) {
-      setResult({ name, ok: false, text: `${name}: ${e instanceof Error ? e.message : String(e)}` });
+      setResult({ name, ok: false, text: `${name}: ${message(e)}` });
     } finally {
       setSending(null);
     }

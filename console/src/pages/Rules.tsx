@@ -3,7 +3,7 @@
 // showing what would fire before saving. Editing needs `rules:write` on every host.
 
 import { useState } from "preact/hooks";
-import { api, get } from "../api";
+import { api, get, message } from "../api";
 import { timestamp } from "../format";
 import type { Grants } from "../perm";
 import { useLive } from "../useLive";
@@ -55,7 +55,7 @@ export function Rules(props: { grants: Grants }) {
       if (v && typeof v === "object" && !Array.isArray(v)) return v;
       setError("The definition must be a JSON object.");
     } catch (e) {
-      setError(`Not JSON: ${e instanceof Error ? e.message : String(e)}`);
+      setError(`Not JSON: ${message(e)}`);
     }
     return null;
   };
@@ -67,7 +67,7 @@ export function Rules(props: { grants: Grants }) {
     try {
       setPreview(await api<DryRun>("POST", "/rules/dry-run", { ...body, name: editing.name }));
     } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
+      setError(message(e));
     }
   };
 
@@ -81,7 +81,7 @@ export function Rules(props: { grants: Grants }) {
       setEditing(null);
       rules.reload();
     } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
+      setError(message(e));
     }
   };
 

@@ -5,6 +5,7 @@ import { useState } from "preact/hooks";
 import { api, get } from "../api";
 import { timestamp } from "../format";
 import { Dialog } from "../ui/Dialog";
+import { useAction } from "../useAction";
 import { useLive } from "../useLive";
 
 interface Binding {
@@ -38,19 +39,12 @@ type Editing = { kind: "create" } | { kind: "password"; user: User } | { kind: "
 export function Users() {
   const data = useLive(["admin"], load);
   const [editing, setEditing] = useState<Editing>(null);
-  const [error, setError] = useState<string | null>(null);
   const roles = data.data?.roles ?? [];
 
-  const act = async (f: () => Promise<unknown>) => {
-    setError(null);
-    try {
-      await f();
-      setEditing(null);
-      data.reload();
-    } catch (e) {
-      setError(e instanceof Error ? e.message : String(e));
-    }
-  };
+  const { error, act } = useAction(() => {
+    setEditing(null);
+    data.reload();
+  });
 
   return (
     <section>
