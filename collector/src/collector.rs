@@ -185,6 +185,7 @@ fn open_alerting(
 struct ApiParts {
     alerting: Alerting,
     feed: crate::feed::Feed,
+    fleet: crate::fleet::Fleet,
     /// Cancelled when the HTTP endpoint drains.
     http_stop: CancellationToken,
     api_secrets: ApiSecrets,
@@ -209,6 +210,7 @@ fn http_app(
         settings: config.api.clone(),
         limiter: Default::default(),
         feed: api.feed,
+        fleet: api.fleet,
         stream_slots: Arc::new(tokio::sync::Semaphore::new(config.api.stream_max_clients)),
         stream_holders: Default::default(),
         streams_stop: api.http_stop,
@@ -326,9 +328,18 @@ pub async fn run_with_router(
         config.api.stream_poll,
         background_stop.clone(),
     ));
+    let fleet = crate::fleet::Fleet::new();
+    background.spawn(crate::fleet::run(
+        store.clone(),
+        fleet.clone(),
+        metrics.clone(),
+        config.api.stream_poll,
+        background_stop.clone(),
+    ));
     let api = ApiParts {
         alerting,
         feed,
+        fleet,
         http_stop: http_stop.clone(),
         api_secrets,
         dispatcher,

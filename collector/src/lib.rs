@@ -11,6 +11,7 @@ pub mod command;
 pub mod config;
 pub mod console;
 pub mod feed;
+pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -100,6 +100,8 @@ pub struct CollectorMetrics {
     pub stream_resets: Counter,
     /// Reads of the live feed that failed.
     pub feed_failures: Counter,
+    /// Failed reads of the fleet summary, and raw rows it could not decode.
+    pub fleet_failures: Counter,
     /// 1 while every verification of the audit chain since start found it whole; 0 before
     /// the first one and once a break is found (until restart).
     pub audit_chain_ok: Gauge,
@@ -155,6 +157,7 @@ impl CollectorMetrics {
             stream_refused: Counter::default(),
             stream_resets: Counter::default(),
             feed_failures: Counter::default(),
+            fleet_failures: Counter::default(),
             audit_chain_ok: Gauge::default(),
             audit_chain_verified_id: Gauge::default(),
             audit_chain_breaks: Counter::default(),
@@ -313,6 +316,12 @@ impl CollectorMetrics {
             "mcpwatch_collector_feed_read_failures",
             "Reads of committed changes by the live feed that failed (retried next poll).",
             m.feed_failures.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_fleet_read_failures",
+            "Reads by the fleet summary (GET /api/v1/fleet) that failed (retried next poll), \
+             and raw rows it could not decode (skipped).",
+            m.fleet_failures.clone(),
         );
         r.register(
             "mcpwatch_collector_audit_chain_ok",

@@ -87,6 +87,8 @@ export interface Host {
   revoked: boolean;
   last_seen_ms: number;
   labels: Record<string, string>;
+  /** Host-scoped permissions the caller holds on this host. */
+  permissions: string[];
 }
 
 export interface Page<T> {

@@ -12,9 +12,11 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::paging::{Page, PageQuery};
-use super::scope::{authorized_host, covers, load_host, operator_labels, require_access, Access};
+use super::scope::{
+    authorized_host, covers, host_permissions, load_host, operator_labels, require_access, Access,
+};
 use super::ApiState;
-use crate::auth::Permission;
+use crate::auth::{Permission, Principal};
 use crate::store::query::hosts::{HostRecord, Relabel};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
@@ -43,11 +45,16 @@ pub struct HostView {
     pub revoked: bool,
     /// The last batch seq committed for this agent.
     pub last_seq: i64,
+    /// The host-scoped permissions the caller holds on this host (`hosts:read`,
+    /// `servers:control`, ...), for showing only what it may do.
+    pub permissions: Vec<String>,
 }
 
-fn host_view(h: HostRecord) -> HostView {
+pub(super) fn host_view(h: HostRecord, principal: &Principal) -> HostView {
     let labels = operator_labels(&h.labels).unwrap_or_default();
+    let permissions = host_permissions(principal, &h.agent_id, &h.labels);
     HostView {
+        permissions,
         agent_id: h.agent_id,
         hostname: h.hostname,
         online: h.online,
@@ -89,7 +96,10 @@ async fn list_hosts(
         None
     };
     Ok(Json(Page {
-        items: rows.into_iter().map(host_view).collect(),
+        items: rows
+            .into_iter()
+            .map(|h| host_view(h, &caller.principal))
+            .collect(),
         next_cursor,
     }))
 }
@@ -106,7 +116,7 @@ async fn get_host(
     Path(agent_id): Path<String>,
 ) -> Result<Json<HostView>, ApiError> {
     let host = authorized_host(&state, &caller, Permission::HostsRead, &agent_id).await?;
-    Ok(Json(host_view(host)))
+    Ok(Json(host_view(host, &caller.principal)))
 }
 
 /// The new operator labels of a host (replacing all of them).
@@ -220,7 +230,7 @@ async fn put_labels(
         }
         Relabel::Done(host) => {
             caller.note(format!("labels = {json}"));
-            Ok(Json(host_view(host)))
+            Ok(Json(host_view(host, &caller.principal)))
         }
     }
 }
@@ -245,7 +255,10 @@ async fn set_revoked(
         // The session is refused at its next batch (ingest checks `revoked` per batch).
         caller.note("live session ends at its next batch");
     }
-    Ok(Json(host_view(load_host(&state, &agent_id).await?)))
+    Ok(Json(host_view(
+        load_host(&state, &agent_id).await?,
+        &caller.principal,
+    )))
 }
 
 /// Revokes the agent's identity: new connections are refused, and its open session is

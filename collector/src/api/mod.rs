@@ -23,8 +23,10 @@ pub mod alerts;
 pub mod audit_log;
 pub mod events;
 pub mod federation;
+pub mod fleet;
 pub mod hosts;
 pub mod metrics_api;
+pub mod pending_alerts;
 pub mod receivers;
 pub mod roles;
 pub mod rules;
@@ -114,6 +116,8 @@ pub struct Inner {
     pub limiter: login::LoginLimiter,
     /// Committed changes for live streams.
     pub feed: crate::feed::Feed,
+    /// Per-host sparklines and server counts for `GET /fleet`.
+    pub fleet: crate::fleet::Fleet,
     /// One permit per open live stream (`settings.stream_max_clients`).
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Open live streams per holder (`settings.stream_max_per_user`).
@@ -203,11 +207,13 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .merge(login::routes())
         .merge(hosts::routes())
+        .merge(fleet::routes())
         .merge(servers::routes())
         .merge(tools::routes())
         .merge(events::routes())
         .merge(metrics_api::routes())
         .merge(alerts::routes())
+        .merge(pending_alerts::routes())
         .merge(silences::routes())
         .merge(rules::routes())
         .merge(receivers::routes())

@@ -92,6 +92,16 @@ pub(crate) fn covers(principal: &Principal, p: Permission, agent_id: &str, label
     }
 }
 
+/// The host-scoped permissions the principal holds on the host, by name: what the console
+/// shows enabled for it (the routes still check each request).
+pub(crate) fn host_permissions(principal: &Principal, agent_id: &str, labels: &str) -> Vec<String> {
+    Permission::ALL
+        .into_iter()
+        .filter(|p| !p.is_global() && covers(principal, *p, agent_id, labels))
+        .map(|p| p.as_str().to_owned())
+        .collect()
+}
+
 /// Stored labels (JSON) of hosts by agent id, as the store returns them; `None` for a
 /// host the collector never saw.
 pub(crate) type HostLabels = HashMap<String, Option<String>>;

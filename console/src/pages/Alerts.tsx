@@ -1,6 +1,6 @@
 // Alerts: what fires now (severity, age, labels, acknowledgement, silences muting it) with
-// Ack and Silence in place, the silences with Expire, and the latest state changes. Updated
-// live.
+// Ack and Silence in place, what is pending, the silences with Expire, and the latest state
+// changes. Updated live.
 
 import { useState } from "preact/hooks";
 import { api, get, type Page } from "../api";
@@ -47,6 +47,15 @@ export function matchersFor(labels: Record<string, string>): string {
   return `{${pairs.map(([k, v]) => `${k}=${quote(v)}`).join(", ")}}`;
 }
 
+interface Pending {
+  rule: string;
+  fingerprint: string;
+  labels: Record<string, string>;
+  level: string | null;
+  since_ms: number;
+  value: number | null;
+}
+
 interface Transition {
   id: number;
   at_ms: number;
@@ -57,15 +66,16 @@ interface Transition {
   level: string | null;
 }
 
-async function loadAlerts(): Promise<{ alerts: Alert[]; silences: Silence[]; history: Transition[] }> {
-  const [alerts, silences, history] = await Promise.all([
+async function loadAlerts(): Promise<{ alerts: Alert[]; pending: Pending[]; silences: Silence[]; history: Transition[] }> {
+  const [alerts, pending, silences, history] = await Promise.all([
     get<Page<Alert>>("/alerts?limit=1000"),
+    get<Pending[]>("/alerts/pending"),
     get<Page<Silence>>("/silences?limit=1000"),
     get<Page<Transition>>("/alerts/history?limit=50"),
   ]);
   const rank = (a: Alert) => SEVERITY_ORDER.indexOf(a.severity);
   alerts.items.sort((a, b) => rank(a) - rank(b) || a.started_ms - b.started_ms);
-  return { alerts: alerts.items, silences: silences.items, history: history.items };
+  return { alerts: alerts.items, pending, silences: silences.items, history: history.items };
 }
 
 export function Alerts(props: { grants: Grants }) {
@@ -123,6 +133,31 @@ export function Alerts(props: { grants: Grants }) {
         </tbody>
       </table>
       {data.data && data.data.alerts.length === 0 && <p class="muted">Nothing fires.</p>}
+
+      {data.data && data.data.pending.length > 0 && (
+        <>
+          <h2>Pending</h2>
+          <p class="muted">The condition holds; each fires once it has held for its rule's <code>for</code>.</p>
+          <table class="grid" aria-label="Pending alerts">
+            <thead><tr><th>Level</th><th>Alert</th><th>Labels</th><th>Holding since</th><th>Value</th></tr></thead>
+            <tbody>
+              {data.data.pending.map((p) => (
+                <tr key={p.fingerprint} data-pending={p.rule}>
+                  <td>{p.level ?? "–"}</td>
+                  <td>{p.rule}</td>
+                  <td class="wrap">
+                    {Object.entries(p.labels).filter(([k]) => !NOISE.has(k)).map(([k, v]) => (
+                      <span class="label" key={k}>{k}={v}</span>
+                    ))}
+                  </td>
+                  <td title={timestamp(p.since_ms)}>{ago(p.since_ms)}</td>
+                  <td>{p.value ?? "–"}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </>
+      )}
 
       <h2>Silences</h2>
       <table class="grid" aria-label="Silences">

@@ -1,47 +1,44 @@
-// Fleet: every host the caller may see, online state, labels, last contact and firing
-// alerts; filter by text or label, sort by any column; updated live.
+// Fleet: every host the caller may see (one `GET /fleet`), online state, labels, last
+// contact, MCP servers by state, CPU / memory / disk sparklines and firing alerts; filter by
+// text or label, sort by any column; updated live.
 
-import { useMemo, useState } from "preact/hooks";
-import { get, type Host, type Page } from "../api";
+import { useEffect, useMemo, useState } from "preact/hooks";
+import { get, type Host } from "../api";
 import { ago } from "../format";
 import { href } from "../router";
 import type { Grants } from "../perm";
+import { Sparkline } from "../ui/Sparkline";
 import { useLive } from "../useLive";
 
-interface Alert {
-  labels: Record<string, string>;
-  status: string;
+export interface ServerCounts {
+  total: number;
+  running: number;
+  unhealthy: number;
+  crash_looping: number;
+  gave_up: number;
+  other: number;
+  drift: number;
 }
 
 interface Row extends Host {
-  firing: number;
+  servers: ServerCounts | null;
+  firing: number | null;
+  cpu: (number | null)[];
+  memory: (number | null)[];
+  disk: (number | null)[];
 }
 
-type SortKey = "agent_id" | "online" | "last_seen_ms" | "firing";
-
-async function all<T>(path: string): Promise<T[]> {
-  const out: T[] = [];
-  let cursor: string | number | null | undefined = undefined;
-  do {
-    const sep = path.includes("?") ? "&" : "?";
-    const page: Page<T> = await get<Page<T>>(`${path}${sep}limit=1000${cursor ? `&cursor=${cursor}` : ""}`);
-    out.push(...page.items);
-    cursor = page.next_cursor;
-  } while (cursor);
-  return out;
+interface FleetView {
+  complete: boolean;
+  hosts: Row[];
 }
 
-async function loadFleet(canAlerts: boolean): Promise<Row[]> {
-  const [hosts, alerts] = await Promise.all([
-    all<Host>("/hosts"),
-    canAlerts ? all<Alert>("/alerts") : Promise.resolve([] as Alert[]),
-  ]);
-  const firing = new Map<string, number>();
-  for (const a of alerts) {
-    const h = a.labels.host;
-    if (h && a.status !== "resolved") firing.set(h, (firing.get(h) ?? 0) + 1);
-  }
-  return hosts.map((h) => ({ ...h, firing: firing.get(h.agent_id) ?? 0 }));
+type SortKey = "agent_id" | "online" | "last_seen_ms" | "firing" | "problems";
+
+/** Servers needing attention: everything but running (and drift). */
+function problems(r: Row): number {
+  const s = r.servers;
+  return s ? s.unhealthy + s.crash_looping + s.gave_up + s.drift : 0;
 }
 
 function matches(row: Row, filter: string): boolean {
@@ -65,7 +62,13 @@ function matches(row: Row, filter: string): boolean {
 
 export function Fleet(props: { grants: Grants }) {
   const canAlerts = props.grants.can("alerts:read");
-  const fleet = useLive(["host", "alert", "alerts"], () => loadFleet(canAlerts));
+  const canMetrics = props.grants.can("metrics:read");
+  const fleet = useLive(["host", "alert", "alerts", "event"], async () => (await get<FleetView>("/fleet")).hosts);
+  // Sparklines move every minute; events move server counts in between.
+  useEffect(() => {
+    const timer = window.setInterval(fleet.reload, 30_000);
+    return () => window.clearInterval(timer);
+  }, []);
   const [filter, setFilter] = useState("");
   const [sort, setSort] = useState<{ key: SortKey; up: boolean }>({ key: "agent_id", up: true });
 
@@ -73,8 +76,8 @@ export function Fleet(props: { grants: Grants }) {
     const list = (fleet.data ?? []).filter((r) => matches(r, filter));
     const dir = sort.up ? 1 : -1;
     return list.sort((a, b) => {
-      const x = a[sort.key];
-      const y = b[sort.key];
+      const x = sort.key === "problems" ? problems(a) : (a[sort.key] ?? -1);
+      const y = sort.key === "problems" ? problems(b) : (b[sort.key] ?? -1);
       const c = typeof x === "string" ? x.localeCompare(y as string) : Number(x) - Number(y);
       return c * dir || a.agent_id.localeCompare(b.agent_id);
     });
@@ -114,6 +117,10 @@ export function Fleet(props: { grants: Grants }) {
             {header("agent_id", "Host")}
             <th>Labels</th>
             {header("last_seen_ms", "Last seen")}
+            {header("problems", "MCP servers")}
+            {canMetrics && <th>CPU</th>}
+            {canMetrics && <th>Memory</th>}
+            {canMetrics && <th>Disk</th>}
             {canAlerts && header("firing", "Firing alerts")}
           </tr>
         </thead>
@@ -135,12 +142,37 @@ export function Fleet(props: { grants: Grants }) {
                 ))}
               </td>
               <td title={new Date(r.last_seen_ms).toISOString()}>{ago(r.last_seen_ms)}</td>
-              {canAlerts && <td class={r.firing ? "count-bad" : ""}>{r.firing}</td>}
+              <td><Servers counts={r.servers} /></td>
+              {canMetrics && <td>{r.cpu.length > 0 && <Sparkline values={r.cpu} label="CPU busy" />}</td>}
+              {canMetrics && <td>{r.memory.length > 0 && <Sparkline values={r.memory} label="Memory used" />}</td>}
+              {canMetrics && <td>{r.disk.length > 0 && <Sparkline values={r.disk} label="Fullest disk" />}</td>}
+              {canAlerts && <td class={r.firing ? "count-bad" : ""}>{r.firing ?? ""}</td>}
             </tr>
           ))}
         </tbody>
       </table>
       {fleet.data && rows.length === 0 && <p class="muted">No hosts match.</p>}
     </section>
+  );
+}
+
+/** A host's servers as badges: how many run, and every state needing attention. */
+export function Servers(props: { counts: ServerCounts | null }) {
+  const c = props.counts;
+  if (!c) return <span class="muted">none</span>;
+  const bad: [number, string, string][] = [
+    [c.unhealthy, "unhealthy", "bad"],
+    [c.crash_looping, "crash-looping", "bad"],
+    [c.gave_up, "gave up", "bad"],
+    [c.drift, "drift", "warn"],
+    [c.other, "stopped", ""],
+  ];
+  return (
+    <span data-servers={`${c.running}/${c.total}`}>
+      <span class="badge ok" title="Running and healthy">{c.running}/{c.total} running</span>
+      {bad.filter(([n]) => n > 0).map(([n, name, cls]) => (
+        <span key={name} class={`badge ${cls}`}>{n} {name}</span>
+      ))}
+    </span>
   );
 }

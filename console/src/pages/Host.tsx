@@ -1,14 +1,14 @@
-// One host: its state and labels, and charts of its metrics over a chosen range (15 m to
-// 30 d; the collector picks raw samples, 1-minute or 1-hour rollups by range). Charts load
-// lazily with uPlot; cursors are synced across them.
+// One host: its state and labels, its MCP servers (each linking to its own page), and
+// charts of its metrics over a chosen range (15 m to 30 d; the collector picks raw samples,
+// 1-minute or 1-hour rollups by range). Charts load lazily with uPlot; cursors are synced.
 
 import { useEffect, useState } from "preact/hooks";
 import { get, type Host as HostView } from "../api";
+import { loadPanels, type Panel } from "../chart/query";
 import { ago } from "../format";
 import { href } from "../router";
 import { useLive } from "../useLive";
-import type { ChartData } from "../chart/Chart";
-import type { Unit } from "../chart/units";
+import { stateOf, type ServerView } from "./servers";
 
 const RANGES: [string, number][] = [
   ["15m", 15 * 60_000],
@@ -18,33 +18,6 @@ const RANGES: [string, number][] = [
   ["7d", 7 * 86_400_000],
   ["30d", 30 * 86_400_000],
 ];
-
-/** Steps an operator recognises, from the 1 s sampling interval up to a day. */
-const STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400].map((s) => s * 1000);
-
-/** About 720 points per chart whatever the range. */
-export function stepFor(rangeMs: number): number {
-  return STEPS.find((s) => rangeMs / s <= 720) ?? STEPS[STEPS.length - 1];
-}
-
-interface RangeSeries {
-  name: string;
-  labels: Record<string, string>;
-  points: [number, number | null][];
-}
-
-interface RangeResponse {
-  tier: string;
-  start_ms: number;
-  step_ms: number;
-  series: RangeSeries[];
-}
-
-interface Panel {
-  title: string;
-  unit: Unit;
-  queries: { name: string; match?: string; agg?: string; label: (s: RangeSeries) => string }[];
-}
 
 const PANELS: Panel[] = [
   {
@@ -84,50 +57,6 @@ const PANELS: Panel[] = [
   },
 ];
 
-interface Drawn {
-  title: string;
-  unit: Unit;
-  data: ChartData;
-  tier: string;
-}
-
-async function loadPanels(host: string, rangeMs: number): Promise<Drawn[]> {
-  const step = stepFor(rangeMs);
-  const end = Math.floor(Date.now() / step) * step;
-  const start = end - rangeMs;
-  const times: number[] = [];
-  for (let t = start; t <= end; t += step) times.push(t / 1000);
-  return Promise.all(
-    PANELS.map(async (panel) => {
-      const answers = await Promise.all(
-        panel.queries.map(async (q) => {
-          const p = new URLSearchParams({
-            host,
-            name: q.name,
-            start_ms: String(start),
-            end_ms: String(end),
-            step_ms: String(step),
-          });
-          if (q.match) p.set("match", q.match);
-          if (q.agg) p.set("agg", q.agg);
-          return { q, r: await get<RangeResponse>(`/query_range?${p}`) };
-        }),
-      );
-      const series = answers.flatMap(({ q, r }) =>
-        r.series.map((s) => {
-          const values: (number | null)[] = new Array(times.length).fill(null);
-          for (const [t, v] of s.points) {
-            const i = Math.round((t - start) / step);
-            if (i >= 0 && i < values.length) values[i] = v;
-          }
-          return { label: q.label(s), values };
-        }),
-      );
-      return { title: panel.title, unit: panel.unit, data: { times, series }, tier: answers[0]?.r.tier ?? "" };
-    }),
-  );
-}
-
 type ChartModule = typeof import("../chart/Chart");
 
 export function Host(props: { id: string }) {
@@ -135,7 +64,8 @@ export function Host(props: { id: string }) {
   const [chart, setChart] = useState<ChartModule | null>(null);
   const rangeMs = RANGES.find(([n]) => n === range)?.[1] ?? 3_600_000;
   const host = useLive(["host"], () => get<HostView>(`/hosts/${encodeURIComponent(props.id)}`), [props.id]);
-  const panels = useLive([], () => loadPanels(props.id, rangeMs), [props.id, rangeMs]);
+  const panels = useLive([], () => loadPanels(props.id, PANELS, rangeMs), [props.id, rangeMs]);
+  const servers = useLive(["event"], () => get<ServerView[]>(`/hosts/${encodeURIComponent(props.id)}/servers`), [props.id]);
 
   useEffect(() => {
     void import("../chart/Chart").then(setChart);
@@ -161,6 +91,36 @@ export function Host(props: { id: string }) {
           {Object.entries(h.labels).map(([k, v]) => <span class="label" key={k}>{k}={v}</span>)}
         </p>
       )}
+      <h2>MCP servers</h2>
+      {servers.error && <p class="error" role="alert">{servers.error}</p>}
+      {servers.data && servers.data.length === 0 && <p class="muted">This host supervises no MCP server.</p>}
+      {servers.data && servers.data.length > 0 && (
+        <table class="grid" aria-label="MCP servers">
+          <thead>
+            <tr><th>Server</th><th>State</th><th>Restarts</th><th>Tools</th><th>Probe</th><th>Last event</th></tr>
+          </thead>
+          <tbody>
+            {servers.data.map((s) => {
+              const [state, tone] = stateOf(s);
+              const last = s.events[0];
+              return (
+                <tr key={s.name} data-server={s.name}>
+                  <td><a href={href("hosts", props.id, "servers", s.name)}>{s.name}</a></td>
+                  <td>
+                    <span class={`badge ${tone}`}>{state}</span>
+                    {s.drift && <span class="badge warn">drift</span>}
+                  </td>
+                  <td>{s.restarts ?? "–"}</td>
+                  <td>{s.tools ?? "–"}</td>
+                  <td>{s.probe_up === null ? "–" : s.probe_up ? "answers" : "fails"}</td>
+                  <td>{last ? `${last.kind} ${ago(last.ts_ms)}` : "–"}</td>
+                </tr>
+              );
+            })}
+          </tbody>
+        </table>
+      )}
+      <h2>Host metrics</h2>
       <div class="toolbar" role="group" aria-label="Time range">
         {RANGES.map(([name]) => (
           <button type="button" key={name} aria-pressed={range === name} class={range === name ? "primary" : ""}

@@ -10,7 +10,9 @@ import { Access } from "../pages/Access";
 import { Alerts } from "../pages/Alerts";
 import { Audit } from "../pages/Audit";
 import { Host } from "../pages/Host";
+import { Server } from "../pages/Server";
 import { Receivers } from "../pages/Receivers";
+import { Roles } from "../pages/Roles";
 import { Rules } from "../pages/Rules";
 import { Users } from "../pages/Users";
 
@@ -26,6 +28,7 @@ const PAGES: Page[] = [
   { id: "rules", title: "Rules", visible: (g) => g.canEverywhere("alerts:read") },
   { id: "receivers", title: "Receivers", visible: (g) => g.canEverywhere("receivers:write") },
   { id: "users", title: "Users", visible: (g) => g.canEverywhere("users:admin") },
+  { id: "roles", title: "Roles", visible: (g) => g.canEverywhere("users:admin") },
   { id: "access", title: "Tokens and sessions", visible: () => true },
   { id: "audit", title: "Audit log", visible: (g) => g.canEverywhere("audit:read") },
 ];
@@ -44,6 +47,8 @@ export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) 
   const wanted = route.path[0] ?? "fleet";
   // A host's page lives under the fleet.
   const hostId = wanted === "hosts" && props.grants.can("hosts:read") ? route.path[1] : undefined;
+  // And a server's page under its host.
+  const serverName = hostId && route.path[2] === "servers" ? route.path[3] : undefined;
   const page = benching ? undefined : hostId ? pages.find((p) => p.id === "fleet") : (pages.find((p) => p.id === wanted) ?? pages[0]);
   return (
     <div class="shell">
@@ -63,12 +68,14 @@ export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) 
       </nav>
       <main>
         {benching && bench && <bench.ChartBench query={route.query} />}
-        {hostId && <Host id={hostId} />}
+        {hostId && serverName && <Server host={hostId} name={serverName} />}
+        {hostId && !serverName && <Host id={hostId} />}
         {!hostId && page?.id === "fleet" && <Fleet grants={props.grants} />}
         {!hostId && page?.id === "alerts" && <Alerts grants={props.grants} />}
         {page?.id === "rules" && <Rules grants={props.grants} />}
         {page?.id === "receivers" && <Receivers />}
         {page?.id === "users" && <Users />}
+        {page?.id === "roles" && <Roles />}
         {page?.id === "access" && <Access mySession={props.me.session_id} admin={props.grants.canEverywhere("users:admin")} />}
         {page?.id === "audit" && <Audit />}
         {!page && !benching && <p>Your account may not view anything here. Ask an administrator for a role.</p>}

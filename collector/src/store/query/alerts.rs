@@ -243,3 +243,25 @@ impl Store {
             .await
     }
 }
+
+/// How many pending series one read returns at most.
+pub const PENDING_MAX: usize = 10_000;
+
+impl Store {
+    /// The alert engine's persisted state of series that are pending (their condition holds,
+    /// `for` has not yet passed), as `(rule, fingerprint, state JSON)`, at most
+    /// [`PENDING_MAX`], oldest rule first.
+    pub async fn pending_states(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT rule, fingerprint, state FROM alert_state
+                 WHERE json_extract(state, '$.phase') = 'pending' ORDER BY rule, fingerprint LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([super::hosts::sql_limit(PENDING_MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}

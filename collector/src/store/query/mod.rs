@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod audit;
 pub mod changes;
 pub mod events;
+pub mod fleet;
 pub mod hosts;
 pub(crate) mod pool;
 pub(crate) mod reader;

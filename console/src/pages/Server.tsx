@@ -1,0 +1,246 @@
+// One MCP server of a host: its state and restart history, the MCP handshake it answered,
+// probe latency per stage (chart), per-tool calls / error ratio / latency from the gateway,
+// tool drift as a diff with Approve, Restart / Stop / Start, and its events. Updated live.
+
+import { useEffect, useState } from "preact/hooks";
+import { api, get, type Host, type Page } from "../api";
+import { format } from "../chart/units";
+import { loadPanels, type Panel } from "../chart/query";
+import { ago, duration, timestamp } from "../format";
+import { href } from "../router";
+import { Dialog } from "../ui/Dialog";
+import { useAction } from "../useAction";
+import { useLive } from "../useLive";
+import { detailText, type Event } from "./events";
+import { driftOf, stateOf, type ServerView } from "./servers";
+
+interface ToolView {
+  tool: string;
+  calls: number;
+  errors: number;
+  error_ratio: number | null;
+  p50: number | null;
+  p95: number | null;
+  p99: number | null;
+  last_error_at: number | null;
+}
+
+interface ToolsView {
+  tools: ToolView[];
+  truncated: boolean;
+}
+
+interface CommandReply {
+  ok: boolean;
+  message: string;
+}
+
+const TOOL_RANGES = ["15m", "1h", "6h"];
+
+function quote(v: string): string {
+  return `"${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
+}
+
+function latencyPanel(server: string): Panel {
+  return {
+    title: "Probe latency per stage",
+    unit: "seconds",
+    queries: [
+      {
+        name: "mcpwatch_server_probe_latency_seconds",
+        match: `{server=${quote(server)}}`,
+        label: (s) => s.labels.stage ?? "probe",
+      },
+    ],
+  };
+}
+
+type ChartModule = typeof import("../chart/Chart");
+
+export function Server(props: { host: string; name: string }) {
+  const base = `/hosts/${encodeURIComponent(props.host)}`;
+  const path = `${base}/servers/${encodeURIComponent(props.name)}`;
+  const [toolRange, setToolRange] = useState("1h");
+  const [chart, setChart] = useState<ChartModule | null>(null);
+  const [reply, setReply] = useState<string | null>(null);
+  const [confirmStop, setConfirmStop] = useState(false);
+  const host = useLive(["host"], () => get<Host>(base), [props.host]);
+  const servers = useLive(["event"], () => get<ServerView[]>(`${base}/servers`), [props.host]);
+  const tools = useLive([], () => get<ToolsView>(`${path}/tools?range=${toolRange}`), [path, toolRange]);
+  const events = useLive(
+    ["event"],
+    () => get<Page<Event>>(`/events?host=${encodeURIComponent(props.host)}&server=${encodeURIComponent(props.name)}&limit=50`),
+    [path],
+  );
+  const latency = useLive([], () => loadPanels(props.host, [latencyPanel(props.name)], 3_600_000), [path]);
+  const { error, act } = useAction(() => {
+    setConfirmStop(false);
+    servers.reload();
+  });
+
+  useEffect(() => {
+    void import("../chart/Chart").then(setChart);
+  }, []);
+  useEffect(() => {
+    // Figures from samples change without events.
+    const timer = window.setInterval(() => {
+      servers.reload();
+      tools.reload();
+      latency.reload();
+    }, 15_000);
+    return () => window.clearInterval(timer);
+  }, [path, toolRange]);
+
+  const control = (action: string) =>
+    act(async () => {
+      setReply(null);
+      const r = await api<CommandReply>("POST", `${path}/${action}`);
+      if (!r.ok) throw new Error(r.message);
+      setReply(r.message);
+    });
+
+  const s = servers.data?.find((x) => x.name === props.name);
+  const canControl = host.data?.permissions.includes("servers:control") ?? false;
+  const [state, tone] = s ? stateOf(s) : ["unknown", ""];
+  const driftEvent = (events.data?.items ?? []).find((e) => e.kind === "tool_drift");
+  const drift = s?.drift && driftEvent ? driftOf(driftEvent.detail) : null;
+
+  return (
+    <section>
+      <p>
+        <a href={href("fleet")}>Fleet</a> / <a href={href("hosts", props.host)}>{props.host}</a> / {props.name}
+      </p>
+      <h1>{props.name}</h1>
+      {servers.error && <p class="error" role="alert">{servers.error}</p>}
+      {servers.data && !s && <p class="muted">This host reports no MCP server of that name.</p>}
+      {s && (
+        <>
+          <div class="toolbar">
+            <span class={`badge ${tone}`} data-state={s.state ?? ""}>{state}</span>
+            {s.drift && <span class="badge warn">tools drifted</span>}
+            {canControl && (
+              <span class="actions" role="group" aria-label="Server control">
+                <button type="button" onClick={() => control("restart")}>Restart</button>
+                <button type="button" onClick={() => setConfirmStop(true)}>Stop</button>
+                <button type="button" onClick={() => control("start")}>Start</button>
+              </span>
+            )}
+            {reply && <span class="muted" role="status">{reply}</span>}
+            {error && !confirmStop && <span class="error" role="alert">{error}</span>}
+          </div>
+          <dl class="facts">
+            <Fact name="Up" value={yesNo(s.up)} />
+            <Fact name="Healthy" value={yesNo(s.healthy)} />
+            <Fact name="Restarts" value={s.restarts ?? "–"} />
+            <Fact name="Uptime" value={s.uptime_seconds === null ? "–" : duration(s.uptime_seconds)} />
+            <Fact name="Last exit code" value={s.last_exit_code ?? "–"} />
+            <Fact name="Killed for memory" value={yesNo(s.oom_killed)} />
+            <Fact name="Memory" value={s.memory_bytes === null ? "–" : format("bytes", s.memory_bytes)} />
+            <Fact name="MCP revision" value={s.protocol_version ?? "–"} />
+            <Fact name="Server says it is" value={s.server_name ? `${s.server_name} ${s.server_version ?? ""}` : "–"} />
+            <Fact name="Tools listed" value={s.tools ?? "–"} />
+            <Fact name="Probes" value={s.probes_total ?? "–"} />
+            <Fact name="Probe failures" value={Object.entries(s.probe_failures).map(([k, n]) => `${k} ${n}`).join(", ") || "none"} />
+          </dl>
+        </>
+      )}
+
+      {s?.drift && (
+        <>
+          <h2>Tool drift</h2>
+          <p class="muted">
+            The tools this server lists changed since they were last approved
+            {driftEvent ? ` (noticed ${ago(driftEvent.ts_ms)})` : ""}. A model sees the new descriptions; approve them only
+            once you know why they changed.
+          </p>
+          {drift && (
+            <ul class="diff" aria-label="Tool drift">
+              {drift.added.map((t) => <li key={`+${t}`} class="added">+ {t} (new tool)</li>)}
+              {drift.removed.map((t) => <li key={`-${t}`} class="removed">− {t} (gone)</li>)}
+              {drift.changed.map((t) => <li key={`~${t}`} class="changed">~ {t} (description or input schema changed)</li>)}
+            </ul>
+          )}
+          {canControl && (
+            <button type="button" class="primary" onClick={() => control("approve-drift")}>Approve the new tools</button>
+          )}
+        </>
+      )}
+
+      <h2>Probe latency</h2>
+      {latency.error && <p class="error" role="alert">{latency.error}</p>}
+      <div class="charts">
+        {chart && latency.data?.map((p) => <chart.Chart key={p.title} title={`${p.title} (last hour)`} unit={p.unit} data={p.data} />)}
+      </div>
+
+      <h2>Tools</h2>
+      <div class="toolbar" role="group" aria-label="Tool figures range">
+        {TOOL_RANGES.map((r) => (
+          <button type="button" key={r} aria-pressed={toolRange === r} class={toolRange === r ? "primary" : ""} onClick={() => setToolRange(r)}>
+            {r}
+          </button>
+        ))}
+        <span class="muted">Calls through this host's gateway.</span>
+      </div>
+      {tools.error && <p class="error" role="alert">{tools.error}</p>}
+      {tools.data && tools.data.tools.length === 0 && <p class="muted">No tool calls in this range.</p>}
+      {tools.data && tools.data.tools.length > 0 && (
+        <table class="grid" aria-label="Tools">
+          <thead>
+            <tr><th>Tool</th><th>Calls</th><th>Errors</th><th>Error ratio</th><th>p50</th><th>p95</th><th>p99</th><th>Last error</th></tr>
+          </thead>
+          <tbody>
+            {tools.data.tools.map((t) => (
+              <tr key={t.tool} data-tool={t.tool}>
+                <td>{t.tool}</td>
+                <td>{Math.round(t.calls)}</td>
+                <td class={t.errors > 0 ? "count-bad" : ""}>{Math.round(t.errors)}</td>
+                <td>{t.error_ratio === null ? "–" : format("percent", t.error_ratio)}</td>
+                <td>{seconds(t.p50)}</td>
+                <td>{seconds(t.p95)}</td>
+                <td>{seconds(t.p99)}</td>
+                <td>{t.last_error_at ? ago(t.last_error_at) : "–"}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+
+      <h2>Events</h2>
+      {events.error && <p class="error" role="alert">{events.error}</p>}
+      <ol class="timeline" aria-label="Server events">
+        {(events.data?.items ?? []).map((e) => (
+          <li key={e.id} data-kind={e.kind}>
+            <span class="muted" title={timestamp(e.ts_ms)}>{ago(e.ts_ms)}</span> <strong>{e.kind}</strong>{" "}
+            <code>{detailText(e.detail)}</code>
+          </li>
+        ))}
+      </ol>
+      {events.data && events.data.items.length === 0 && <p class="muted">No events.</p>}
+
+      <Dialog title={`Stop ${props.name}?`} open={confirmStop} onClose={() => setConfirmStop(false)} error={error}>
+        <p>The server stays stopped, without restarts, until someone starts it again.</p>
+        <div class="actions">
+          <button type="button" class="primary" onClick={() => control("stop")}>Stop</button>
+          <button type="button" onClick={() => setConfirmStop(false)}>Cancel</button>
+        </div>
+      </Dialog>
+    </section>
+  );
+}
+
+function Fact(props: { name: string; value: string | number }) {
+  return (
+    <div>
+      <dt>{props.name}</dt>
+      <dd>{props.value}</dd>
+    </div>
+  );
+}
+
+function yesNo(v: boolean | null): string {
+  return v === null ? "–" : v ? "yes" : "no";
+}
+
+function seconds(v: number | null): string {
+  return v === null ? "–" : format("seconds", v);
+}
