@@ -5,7 +5,8 @@
 //! accessibility (axe-core) on every page, screenshots in light and dark under
 //! `target/console-screenshots`. A second collector with a 3 s idle timeout covers session
 //! expiry. The browser side asks this side to stop an agent over a line protocol on its
-//! stdout/stdin (`@control stop-agent NAME` → `@ok`).
+//! stdout/stdin (`@control stop-agent NAME` → `@ok`). A third collector has one agent
+//! supervising the fixture MCP server in Docker, for the MCP server page.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -17,8 +18,11 @@ use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin;
 use mcpwatch_collector::store::query::users;
 use mcpwatch_tests::api::{admin_token, Api};
+use mcpwatch_tests::docker::{ensure_dockerd, unique_name};
+use mcpwatch_tests::mcp_load::HttpSession;
 use mcpwatch_tests::process::{AgentProc, CollectorProc};
 use mcpwatch_tests::receivers::{HttpCapture, Reply};
+use mcpwatch_tests::rig::{stdio_server, Cleanup};
 use mcpwatch_tests::{wait_for, Pki};
 use serde_json::json;
 
@@ -240,4 +244,99 @@ fn console_in_chromium_session_expiry() {
         ],
         |_| false,
     );
+}
+
+#[test]
+fn console_in_chromium_mcp_server_page_with_docker() {
+    ensure_dockerd();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let c = CollectorProc::start(
+        &pki,
+        &tmp.path().join("c"),
+        "[api]\nlogin_attempts_per_minute = 200\n",
+    );
+    let token = admin_token(&c.db, "e2e-admin", None);
+    let admin_api = Api::new(c.http, Some(&token));
+    user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
+    let id = unique_name("console");
+    let _cleanup = Cleanup(id.clone());
+    let mut agent = AgentProc::configure(&pki, &tmp.path().join("a"), &id, c.ingest, "1s", "64MiB");
+    // A stdio server: the gateway bridges it, so the calls below get plain JSON answers.
+    agent.append_config(&stdio_server(
+        "web",
+        &["--change-tools-after", "3"],
+        "1s",
+        "[mcp_server.backoff]\ninitial = \"1s\"\nmax = \"1s\"\n",
+    ));
+    agent.restart();
+    let events = |kind: &str| {
+        admin_api
+            .get(&format!("/api/v1/events?host={id}&server=web&kind={kind}"))
+            .json()["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    wait_for("the drift is flagged", Duration::from_secs(60), || {
+        (events("tool_drift") > 0).then_some(())
+    });
+    // Five calls through the gateway, for the tools table.
+    let gateway = agent.gateway_addr;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut s = HttpSession::open(gateway, "/mcp/web")
+            .await
+            .expect("gateway session");
+        for i in 0..5 {
+            assert!(
+                s.echo(i + 1, "console").await,
+                "echo {i} through the gateway"
+            );
+        }
+        s.close().await;
+    });
+    wait_for(
+        "the calls reach the collector",
+        Duration::from_secs(30),
+        || {
+            let r = admin_api.get(&format!("/api/v1/hosts/{id}/servers/web/tools?range=15m"));
+            (r.json()["tools"]
+                .as_array()?
+                .iter()
+                .any(|t| t["tool"] == "echo" && t["calls"].as_f64() >= Some(5.0)))
+            .then_some(())
+        },
+    );
+    // A rule that holds on the host for an hour before it fires: pending all along.
+    let r = admin_api.send(
+        "PUT",
+        "/api/v1/rules/console_pending",
+        &json!({"selector": "mcpwatch_host_uptime_seconds", "critical": 1.0, "for": "1h"}),
+    );
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
+
+    run_browser(
+        "server.test.mjs",
+        &[
+            ("CONSOLE_URL", format!("http://{}/", c.http)),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("HOST_ID", id.clone()),
+        ],
+        |_| false,
+    );
+    // What the buttons did, as the audit log has it.
+    let r = admin_api.get("/api/v1/audit?actor=user:admin&result=200");
+    for action in ["approve-drift", "restart", "stop", "start"] {
+        assert!(
+            r.body
+                .contains(&format!("/api/v1/hosts/{id}/servers/web/{action}")),
+            "{action}: {}",
+            r.body
+        );
+    }
+    assert!(events("drift_approved") > 0);
+    agent.stop();
 }

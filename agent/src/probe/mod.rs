@@ -3,6 +3,7 @@
 //! supervised container itself, with per-stage latency, classified failures and a
 //! fingerprint of every tool. Never panics.
 
+mod baseline;
 pub mod scheduler;
 mod session;
 pub mod tools;

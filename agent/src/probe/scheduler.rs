@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::{Backends, TrafficMetrics};
+use crate::probe::baseline::{describe, drift_detail, load_baseline, save_baseline};
 use crate::probe::{self, ProbeReport, ProbeTarget, ToolDrift, ToolSurface};
 use crate::supervisor::{
     McpServerSpec, ServerEvent, ServerPhase, ServerStatus, SupervisorHandle, Transport,
@@ -228,15 +229,6 @@ async fn emit(events: &mpsc::Sender<ServerEvent>, server: &str, kind: &str, deta
     }
 }
 
-fn describe(d: &ToolDrift) -> String {
-    format!(
-        "added=[{}] removed=[{}] changed=[{}]",
-        d.added.join(","),
-        d.removed.join(","),
-        d.changed.join(",")
-    )
-}
-
 fn ms(d: Option<Duration>) -> String {
     d.map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0))
         .unwrap_or_else(|| "-".into())
@@ -389,7 +381,7 @@ fn record(
                     st.drift = None;
                 } else if st.drift.as_ref() != Some(&drift) {
                     // A new or different drift: announce it once; it stays flagged.
-                    event = Some((kind::TOOL_DRIFT, describe(&drift)));
+                    event = Some((kind::TOOL_DRIFT, drift_detail(&drift)));
                     st.drift = Some(drift);
                 }
             }
@@ -399,65 +391,9 @@ fn record(
     event
 }
 
-fn baseline_path(dir: &Path, server: &str) -> PathBuf {
-    dir.join(format!("tools-{server}.json"))
-}
-
-fn load_baseline(dir: &Path, server: &str) -> Option<ToolSurface> {
-    let text = std::fs::read_to_string(baseline_path(dir, server)).ok()?;
-    let hex: BTreeMap<String, String> = match serde_json::from_str(&text) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(server, error = %e, "unreadable tool baseline; the next probe sets a new one");
-            return None;
-        }
-    };
-    let mut tools = BTreeMap::new();
-    for (name, h) in hex {
-        tools.insert(name, mcpwatch_common::hex::decode_array(&h)?);
-    }
-    Some(ToolSurface { tools })
-}
-
-fn save_baseline(dir: &Path, server: &str, surface: &ToolSurface) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let hex: BTreeMap<&str, String> = surface
-        .tools
-        .iter()
-        .map(|(n, h)| (n.as_str(), mcpwatch_common::hex::encode(h)))
-        .collect();
-    let text = serde_json::to_string_pretty(&hex).map_err(std::io::Error::other)?;
-    let path = baseline_path(dir, server);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::tools::fingerprint;
-
-    fn surface(tools: &[(&str, &str)]) -> ToolSurface {
-        let fps: Vec<_> = tools
-            .iter()
-            .map(|(n, d)| fingerprint(n, Some(d), &serde_json::json!({"type": "object"})))
-            .collect();
-        ToolSurface::new(&fps)
-    }
-
-    #[test]
-    fn baseline_round_trips_through_disk_and_garbage_is_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = surface(&[("echo", "Echo"), ("add", "Add")]);
-        save_baseline(dir.path(), "srv", &s).unwrap();
-        assert_eq!(load_baseline(dir.path(), "srv"), Some(s));
-        std::fs::write(baseline_path(dir.path(), "bad"), "{not json").unwrap();
-        assert_eq!(load_baseline(dir.path(), "bad"), None);
-        std::fs::write(baseline_path(dir.path(), "short"), r#"{"a":"abc"}"#).unwrap();
-        assert_eq!(load_baseline(dir.path(), "short"), None);
-    }
 
     #[test]
     fn first_probes_are_spread_and_wrap_within_the_interval() {

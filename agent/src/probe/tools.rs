@@ -1,5 +1,6 @@
 //! Tool surface tracking: a SHA-256 per tool over a canonical encoding of its name,
-//! description and input schema, and the diff between two surfaces (the drift event's body).
+//! description and input schema, the text a model reads of each tool (bounded, kept to show
+//! what changed), and the diff between two surfaces (the drift event's body).
 
 use std::collections::BTreeMap;
 
@@ -9,12 +10,33 @@ use serde_json::Value;
 /// SHA-256 digest bytes.
 pub type Sha256 = [u8; 32];
 
+/// Longest description kept per tool (characters beyond are cut, marked with `…`).
+const MAX_DESCRIPTION_CHARS: usize = 2048;
+/// Longest canonical input schema kept per tool.
+const MAX_SCHEMA_CHARS: usize = 4096;
+
+/// What a model reads of a tool: its description and input schema (canonical JSON), cut to
+/// a bound so a drift event stays small whatever a server lists.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ToolText {
+    pub description: Option<String>,
+    pub input_schema: String,
+}
+
+fn cut(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 /// One tool as the probe saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolFingerprint {
     pub name: String,
     /// Over name, description and input schema; see [`fingerprint`].
     pub sha256: Sha256,
+    pub text: ToolText,
 }
 
 impl ToolFingerprint {
@@ -48,6 +70,10 @@ pub fn fingerprint(name: &str, description: Option<&str>, input_schema: &Value) 
     ToolFingerprint {
         name: name.to_owned(),
         sha256,
+        text: ToolText {
+            description: description.map(|d| cut(d, MAX_DESCRIPTION_CHARS)),
+            input_schema: cut(&schema, MAX_SCHEMA_CHARS),
+        },
     }
 }
 
@@ -107,12 +133,18 @@ fn json_string(s: &str, out: &mut String) {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolSurface {
     pub tools: BTreeMap<String, Sha256>,
+    /// Each tool's text (missing for baselines an older agent saved, which kept hashes only).
+    pub texts: BTreeMap<String, ToolText>,
 }
 
 impl ToolSurface {
     pub fn new(tools: &[ToolFingerprint]) -> ToolSurface {
         ToolSurface {
             tools: tools.iter().map(|t| (t.name.clone(), t.sha256)).collect(),
+            texts: tools
+                .iter()
+                .map(|t| (t.name.clone(), t.text.clone()))
+                .collect(),
         }
     }
 
@@ -123,29 +155,49 @@ impl ToolSurface {
     /// What changed going from `self` (the approved surface) to `newer` (the one just seen).
     pub fn diff(&self, newer: &ToolSurface) -> ToolDrift {
         let mut drift = ToolDrift::default();
+        let change = |tool: &String| ToolChange {
+            tool: tool.clone(),
+            before: self.texts.get(tool).cloned(),
+            after: newer.texts.get(tool).cloned(),
+        };
         for (name, hash) in &newer.tools {
             match self.tools.get(name) {
-                None => drift.added.push(name.clone()),
-                Some(old) if old != hash => drift.changed.push(name.clone()),
+                None => {
+                    drift.added.push(name.clone());
+                    drift.changes.push(change(name));
+                }
+                Some(old) if old != hash => {
+                    drift.changed.push(name.clone());
+                    drift.changes.push(change(name));
+                }
                 Some(_) => {}
             }
         }
-        drift.removed = self
-            .tools
-            .keys()
-            .filter(|name| !newer.tools.contains_key(*name))
-            .cloned()
-            .collect();
+        for name in self.tools.keys().filter(|n| !newer.tools.contains_key(*n)) {
+            drift.removed.push(name.clone());
+            drift.changes.push(change(name));
+        }
         drift
     }
 }
 
-/// Names (sorted) of tools added, removed and changed between two surfaces.
+/// One tool's text before (the approved surface) and after (the one just seen); `None`
+/// where the tool did not exist, or the baseline kept no text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ToolChange {
+    pub tool: String,
+    pub before: Option<ToolText>,
+    pub after: Option<ToolText>,
+}
+
+/// Names (sorted) of tools added, removed and changed between two surfaces, and the text
+/// of each, before and after.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolDrift {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub changed: Vec<String>,
+    pub changes: Vec<ToolChange>,
 }
 
 impl ToolDrift {
@@ -210,6 +262,16 @@ mod tests {
     }
 
     #[test]
+    fn text_is_kept_and_cut_at_its_bound() {
+        let long = "é".repeat(MAX_DESCRIPTION_CHARS + 5);
+        let f = fingerprint("t", Some(&long), &json!({"b": 1, "a": 2}));
+        let d = f.text.description.expect("description");
+        assert_eq!(d.chars().count(), MAX_DESCRIPTION_CHARS + 1);
+        assert!(d.ends_with('…'));
+        assert_eq!(f.text.input_schema, r#"{"a":2,"b":1}"#);
+    }
+
+    #[test]
     fn known_digest_pins_the_encoding() {
         // Changing the encoding would raise drift on every server after an agent upgrade,
         // so the exact bytes are pinned here.
@@ -246,6 +308,25 @@ mod tests {
         assert_eq!(d.added, ["sleep"]);
         assert_eq!(d.removed, ["time"]);
         assert_eq!(d.changed, ["echo"]);
+        let echo = d
+            .changes
+            .iter()
+            .find(|c| c.tool == "echo")
+            .expect("echo's change");
+        assert_eq!(
+            echo.before.as_ref().and_then(|t| t.description.as_deref()),
+            Some("v1")
+        );
+        assert_eq!(
+            echo.after.as_ref().and_then(|t| t.description.as_deref()),
+            Some("v2")
+        );
+        let time = d
+            .changes
+            .iter()
+            .find(|c| c.tool == "time")
+            .expect("time's change");
+        assert!(time.before.is_some() && time.after.is_none());
         assert!(!d.is_empty());
         assert!(old.diff(&old).is_empty());
         let back = new.diff(&old);

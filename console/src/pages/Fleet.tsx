@@ -121,7 +121,7 @@ export function Fleet(props: { grants: Grants }) {
             {canMetrics && <th>CPU</th>}
             {canMetrics && <th>Memory</th>}
             {canMetrics && <th>Disk</th>}
-            {canAlerts && header("firing", "Firing alerts")}
+            {canAlerts && header("firing", "Firing")}
           </tr>
         </thead>
         <tbody>

@@ -12,6 +12,7 @@ import { Dialog } from "../ui/Dialog";
 import { useAction } from "../useAction";
 import { useLive } from "../useLive";
 import { detailText, type Event } from "./events";
+import { DriftView } from "./DriftView";
 import { driftOf, stateOf, type ServerView } from "./servers";
 
 interface ToolView {
@@ -140,7 +141,7 @@ export function Server(props: { host: string; name: string }) {
             <Fact name="Server says it is" value={s.server_name ? `${s.server_name} ${s.server_version ?? ""}` : "–"} />
             <Fact name="Tools listed" value={s.tools ?? "–"} />
             <Fact name="Probes" value={s.probes_total ?? "–"} />
-            <Fact name="Probe failures" value={Object.entries(s.probe_failures).map(([k, n]) => `${k} ${n}`).join(", ") || "none"} />
+            <Fact name="Probe failures" value={Object.entries(s.probe_failures).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "none"} />
           </dl>
         </>
       )}
@@ -153,13 +154,7 @@ export function Server(props: { host: string; name: string }) {
             {driftEvent ? ` (noticed ${ago(driftEvent.ts_ms)})` : ""}. A model sees the new descriptions; approve them only
             once you know why they changed.
           </p>
-          {drift && (
-            <ul class="diff" aria-label="Tool drift">
-              {drift.added.map((t) => <li key={`+${t}`} class="added">+ {t} (new tool)</li>)}
-              {drift.removed.map((t) => <li key={`-${t}`} class="removed">− {t} (gone)</li>)}
-              {drift.changed.map((t) => <li key={`~${t}`} class="changed">~ {t} (description or input schema changed)</li>)}
-            </ul>
-          )}
+          {drift && <DriftView drift={drift} />}
           {canControl && (
             <button type="button" class="primary" onClick={() => control("approve-drift")}>Approve the new tools</button>
           )}

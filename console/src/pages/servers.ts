@@ -1,7 +1,7 @@
 // The MCP servers of a host as the API reports them (`GET /hosts/{id}/servers`), and how
 // a server's state reads in the console.
 
-import type { Event } from "./events";
+import { detailOf, type Event } from "./events";
 
 export interface ServerView {
   name: string;
@@ -37,13 +37,36 @@ export function stateOf(s: ServerView): [string, string] {
   return [s.state ?? "unknown", ""];
 }
 
-/** A tool drift event's detail (`added=[a,b] removed=[] changed=[c]`) as lists. */
-export function driftOf(detail: unknown): { added: string[]; removed: string[]; changed: string[] } | null {
-  if (typeof detail !== "string") return null;
+export interface ToolText {
+  description: string | null;
+  input_schema: string;
+}
+
+export interface ToolChange {
+  tool: string;
+  before: ToolText | null;
+  after: ToolText | null;
+}
+
+export interface Drift {
+  added: string[];
+  removed: string[];
+  changed: string[];
+  changes: ToolChange[];
+}
+
+/** A tool drift event's detail: the agent's JSON object, or the one-line form older agents
+ * sent (`added=[a,b] removed=[] changed=[c]`, names only). */
+export function driftOf(raw: unknown): Drift | null {
+  const detail = detailOf(raw);
+  if (detail && typeof detail === "object" && "changes" in detail) {
+    const d = detail as Partial<Drift>;
+    return { added: d.added ?? [], removed: d.removed ?? [], changed: d.changed ?? [], changes: d.changes ?? [] };
+  }
+  if (typeof detail !== "string" || !/added=\[/.test(detail)) return null;
   const list = (key: string) => {
     const m = new RegExp(`${key}=\\[([^\\]]*)\\]`).exec(detail);
     return m && m[1] ? m[1].split(",").filter(Boolean) : [];
   };
-  if (!/added=\[/.test(detail)) return null;
-  return { added: list("added"), removed: list("removed"), changed: list("changed") };
+  return { added: list("added"), removed: list("removed"), changed: list("changed"), changes: [] };
 }

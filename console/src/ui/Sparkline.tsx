@@ -3,7 +3,7 @@
 
 export function Sparkline(props: { values: (number | null)[]; label: string }) {
   const { values } = props;
-  const w = 72;
+  const w = 56;
   const h = 18;
   const step = values.length > 1 ? w / (values.length - 1) : w;
   const segments: string[] = [];

@@ -1,0 +1,120 @@
+// An MCP server's page in Chromium against a collector and one real agent supervising the
+// fixture MCP server `web` in Docker; its tools drifted (the fixture changes them after
+// 3 s) and the test side called `echo` through the gateway. Also the fleet's server badges
+// and sparklines, a pending alert, and the roles page. Run by tests/tests/console.rs.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { browserForTests, look, signIn, URL_BASE, watch } from "./harness.mjs";
+
+const ctx = browserForTests();
+const HOST = process.env.HOST_ID;
+
+async function signedIn() {
+  await ctx.browser.clearCookies();
+  const page = await ctx.browser.newPage();
+  const problems = watch(page);
+  await page.goto(URL_BASE);
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  return { page, problems };
+}
+
+test("the fleet shows the host's servers by state and its sparklines", async () => {
+  const { page, problems } = await signedIn();
+  const row = page.locator(`tr[data-host="${HOST}"]`);
+  await row.waitFor();
+  // One server, running, with drifted tools.
+  await row.locator('[data-servers="1/1"]').waitFor({ timeout: 20_000 });
+  await row.getByText("1 drift").waitFor();
+  // The CPU sparkline has a value for the current minutes.
+  await row.locator(".spark-value").first().waitFor();
+  const cpu = await row.locator(".spark-value").first().getAttribute("data-value");
+  assert.ok(cpu !== "" && Number(cpu) >= 0 && Number(cpu) <= 1, `cpu ${cpu}`);
+  assert.ok((await row.locator(".spark svg polyline, .spark svg circle").count()) >= 1);
+  await look(page, "fleet-servers", assert);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("the server page shows the drift as a diff, tools, latency and events; approve clears it", async () => {
+  const { page, problems } = await signedIn();
+  await page.getByRole("link", { name: HOST }).click();
+  await page.getByRole("table", { name: "MCP servers" }).getByRole("link", { name: "web" }).click();
+  await page.getByRole("heading", { name: "web", exact: true }).waitFor();
+  // The drift: echo's description before and after, sleep new, time gone.
+  const echo = page.locator('[data-tool-change="echo"]');
+  await page.getByRole("heading", { name: "Tool drift" }).waitFor({ timeout: 20_000 });
+  await echo.waitFor({ timeout: 20_000 });
+  assert.ok((await echo.locator(".removed").count()) >= 1 && (await echo.locator(".added").count()) >= 1);
+  await page.locator('[data-tool-change="sleep"]').getByText("new tool").waitFor();
+  await page.locator('[data-tool-change="time"]').getByText("gone").waitFor();
+  // Per-tool figures from the gateway: the echo calls the test side made.
+  const tool = page.locator('tr[data-tool="echo"]');
+  await tool.waitFor({ timeout: 20_000 });
+  assert.ok(Number(await tool.locator("td").nth(1).textContent()) >= 5);
+  // Probe latency per stage, drawn.
+  await page.locator('[data-chart^="Probe latency per stage"] canvas').waitFor();
+  await look(page, "server-drift", assert);
+
+  await page.getByRole("button", { name: "Approve the new tools" }).click();
+  await page.getByRole("heading", { name: "Tool drift" }).waitFor({ state: "detached", timeout: 20_000 });
+  await page.locator('li[data-kind="drift_approved"]').waitFor({ timeout: 20_000 });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("restart, stop and start from the server page; events appear live", async () => {
+  const { page, problems } = await signedIn();
+  await page.goto(`${URL_BASE}#/hosts/${HOST}/servers/web`);
+  await page.getByRole("heading", { name: "web", exact: true }).waitFor();
+  const restarts = await page.locator('li[data-kind="restarted"]').count();
+  await page.getByRole("button", { name: "Restart" }).click();
+  await page.getByRole("status").filter({ hasText: "web" }).waitFor({ timeout: 30_000 });
+  // The restart's event arrives through the live stream, without a reload.
+  await page.waitForFunction((n) => document.querySelectorAll('li[data-kind="restarted"]').length > n, restarts, {
+    timeout: 20_000,
+  });
+
+  await page.getByRole("button", { name: "Stop", exact: true }).click();
+  const dialog = page.getByRole("dialog", { name: "Stop web?" });
+  await dialog.getByRole("button", { name: "Stop", exact: true }).click();
+  await page.locator('[data-state="stopped"]').waitFor({ timeout: 20_000 });
+  await page.getByRole("button", { name: "Start", exact: true }).click();
+  await page.locator('[data-state="running"]').waitFor({ timeout: 30_000 });
+  await look(page, "server", assert);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("pending alerts are listed apart from firing ones", async () => {
+  const { page, problems } = await signedIn();
+  await page.getByRole("link", { name: "Alerts" }).click();
+  await page.locator('tr[data-pending="console_pending"]').first().waitFor({ timeout: 20_000 });
+  assert.equal(await page.getByRole("table", { name: "Firing alerts" }).locator('tr[data-rule="console_pending"]').count(), 0);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("a custom role is created, edited and deleted", async () => {
+  const { page, problems } = await signedIn();
+  await page.getByRole("link", { name: "Roles" }).click();
+  await page.locator('tr[data-role="viewer"]').waitFor();
+  await page.getByRole("button", { name: "New role" }).click();
+  const dialog = page.getByRole("dialog", { name: "New role" });
+  await dialog.getByLabel("Name").fill("drift-approver");
+  await dialog.getByRole("checkbox", { name: /^hosts:read/ }).check();
+  await dialog.getByRole("checkbox", { name: /^servers:control/ }).check();
+  await dialog.getByRole("button", { name: "Save" }).click();
+  const row = page.locator('tr[data-role="drift-approver"]');
+  await row.getByText("servers:control").waitFor();
+  await look(page, "roles", assert);
+  await row.getByRole("button", { name: "Edit" }).click();
+  const edit = page.getByRole("dialog", { name: "Role drift-approver" });
+  await edit.getByRole("checkbox", { name: /^metrics:read/ }).check();
+  await edit.getByRole("button", { name: "Save" }).click();
+  await row.getByText("metrics:read").waitFor();
+  await row.getByRole("button", { name: "Delete" }).click();
+  await row.waitFor({ state: "detached" });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
