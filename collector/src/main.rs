@@ -55,6 +55,13 @@ enum Command {
         /// Agent /metrics listen address.
         #[arg(long, default_value = "127.0.0.1:9464")]
         agent_metrics: SocketAddr,
+        /// The agent's MCP gateway listen address (used when the demo server runs).
+        #[arg(long, default_value = "127.0.0.1:9466")]
+        gateway: SocketAddr,
+        /// Image of the demo MCP server the local agent supervises when Docker answers and
+        /// the image exists (`scripts/demo-image.sh` builds it).
+        #[arg(long, default_value = "mcpwatch-demo:latest")]
+        demo_image: String,
     },
     /// API users on the database: add, list, passwd, disable, enable.
     User(admin_cli::UserCmd),
@@ -132,6 +139,8 @@ fn main() -> ExitCode {
             ingest,
             http,
             agent_metrics,
+            gateway,
+            demo_image,
         } => {
             logging::init("info", false);
             let options = QuickstartOptions {
@@ -139,6 +148,8 @@ fn main() -> ExitCode {
                 ingest,
                 http,
                 agent_metrics,
+                gateway,
+                demo_image,
             };
             shutdown::run_until_signal(
                 "mcpwatch-collector",

@@ -1,6 +1,8 @@
 //! `mcpwatch-collector quickstart`: a dev PKI, a collector and one local agent in one process
 //! on an embedded SQLite under DIR, with every URL printed, an admin API token and the web
-//! console's `admin` user (password in a 0600 file). For a first look, not production.
+//! console's `admin` user (password in a 0600 file). When Docker answers and the demo image
+//! exists (`scripts/demo-image.sh`), the agent supervises a demo MCP server behind its
+//! gateway; otherwise one line says how to get it. For a first look, not production.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ pub struct QuickstartOptions {
     pub ingest: SocketAddr,
     pub http: SocketAddr,
     pub agent_metrics: SocketAddr,
+    pub gateway: SocketAddr,
+    pub demo_image: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,55 @@ pub enum QuickstartError {
 }
 
 const AGENT_NAME: &str = "local";
+/// How long the quickstart waits for Docker to answer before going on without the demo.
+const DOCKER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether the demo MCP server can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demo {
+    Ready,
+    NoImage,
+    NoDocker,
+}
+
+/// Asks the local Docker daemon for the demo image.
+pub async fn demo_status(image: &str) -> Demo {
+    let Ok(docker) = mcpwatch_agent::supervisor::connect_local() else {
+        return Demo::NoDocker;
+    };
+    let docker = match tokio::time::timeout(DOCKER_WAIT, docker.negotiate_version()).await {
+        Ok(Ok(d)) => d,
+        _ => return Demo::NoDocker,
+    };
+    match tokio::time::timeout(DOCKER_WAIT, docker.inspect_image(image)).await {
+        Ok(Ok(_)) => Demo::Ready,
+        Ok(Err(_)) => Demo::NoImage,
+        Err(_) => Demo::NoDocker,
+    }
+}
+
+/// The agent config's part for the demo server (empty without it).
+fn demo_config(demo: Demo, image: &str, gateway: SocketAddr) -> String {
+    if demo != Demo::Ready {
+        return String::new();
+    }
+    format!(
+        "\n[gateway]\nlisten = \"{gateway}\"\n\n\
+         [[mcp_server]]\nname = \"demo\"\nimage = {image:?}\nargs = [\"--transport\", \"stdio\"]\n\
+         transport = \"stdio\"\n"
+    )
+}
+
+/// The banner's line about MCP servers.
+pub fn demo_line(demo: Demo, image: &str, gateway: SocketAddr) -> String {
+    match demo {
+        Demo::Ready => format!("  demo MCP server           http://{gateway}/mcp/demo (image {image})"),
+        Demo::NoImage => format!(
+            "  demo MCP server           none: image {image} is missing; build it with scripts/demo-image.sh and start again"
+        ),
+        Demo::NoDocker => "  demo MCP server           none: Docker does not answer; start dockerd and run scripts/demo-image.sh".to_owned(),
+    }
+}
 
 fn write(path: &Path, text: &str) -> Result<(), QuickstartError> {
     std::fs::write(path, text).map_err(|source| QuickstartError::Io {
@@ -82,6 +135,7 @@ pub async fn run(
             http = opts.http,
         ),
     )?;
+    let demo = demo_status(&opts.demo_image).await;
     let agent_toml = dir.join("agent.toml");
     write(
         &agent_toml,
@@ -90,9 +144,10 @@ pub async fn run(
              [collector]\naddress = \"{ingest}\"\nserver_name = \"localhost\"\n\n\
              [tls]\nca = \"pki/ca.crt\"\ncert = \"pki/agent-{AGENT_NAME}.crt\"\nkey = \"pki/agent-{AGENT_NAME}.key\"\n\n\
              [spool]\ndir = \"spool\"\n\n\
-             [metrics]\nlisten = \"{metrics}\"\n",
+             [metrics]\nlisten = \"{metrics}\"\n{demo}",
             ingest = opts.ingest,
             metrics = opts.agent_metrics,
+            demo = demo_config(demo, &opts.demo_image, opts.gateway),
         ),
     )?;
     let token_path = dir.join("admin.token");
@@ -146,6 +201,7 @@ pub async fn run(
         "  database                  {}",
         collector.db_path.display()
     );
+    println!("{}", demo_line(demo, &opts.demo_image, opts.gateway));
     println!("  admin token               {}", token_path.display());
     println!(
         "  configs                   {} {}",
@@ -167,4 +223,24 @@ pub async fn run(
     agent_result?;
     collector_result?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_demo_one_line_says_how_to_get_it_and_the_agent_gets_no_server() {
+        let gw: SocketAddr = "127.0.0.1:9466".parse().expect("address");
+        let no_image = demo_line(Demo::NoImage, "mcpwatch-demo:latest", gw);
+        assert!(
+            no_image.contains("mcpwatch-demo:latest is missing")
+                && no_image.contains("scripts/demo-image.sh")
+        );
+        assert!(demo_line(Demo::NoDocker, "x", gw).contains("Docker does not answer"));
+        assert_eq!(demo_config(Demo::NoImage, "x", gw), "");
+        let ready = demo_config(Demo::Ready, "mcpwatch-demo:latest", gw);
+        assert!(ready.contains("[[mcp_server]]") && ready.contains("listen = \"127.0.0.1:9466\""));
+        assert!(ready.contains("image = \"mcpwatch-demo:latest\""));
+    }
 }

@@ -231,8 +231,11 @@ fn certs_commands_create_a_working_pki() {
 fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("qs");
-    let (ingest, http, agent) = (free_addr(), free_addr(), free_addr());
+    let (ingest, http, agent, gateway) = (free_addr(), free_addr(), free_addr(), free_addr());
     let out = tmp.path().join("stdout");
+    // The demo MCP server runs from the fixture image (what scripts/demo-image.sh builds).
+    let image = mcpwatch_tests::docker::fixture_image();
+    let _cleanup = mcpwatch_tests::rig::Cleanup("local".into());
     let mut child = Command::new(bin("mcpwatch-collector"))
         .arg("quickstart")
         .arg("--dir")
@@ -240,6 +243,8 @@ fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
         .args(["--ingest", &ingest.to_string()])
         .args(["--http", &http.to_string()])
         .args(["--agent-metrics", &agent.to_string()])
+        .args(["--gateway", &gateway.to_string()])
+        .args(["--demo-image", &image])
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(Stdio::null())
         .spawn()
@@ -250,8 +255,16 @@ fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
     });
     assert_eq!(http_get(http, "/readyz").unwrap().0, 200);
     assert_eq!(http_get(agent, "/healthz").unwrap().0, 200);
+    // The demo server is supervised and answers the agent's MCP probe.
+    wait_for("the demo server is probed", Duration::from_secs(60), || {
+        db::events(&db_path, "local")
+            .into_iter()
+            .any(|e| e.server == "demo" && e.kind == "probe_ok")
+            .then_some(())
+    });
     let printed = std::fs::read_to_string(&out).unwrap();
     for url in [
+        format!("demo MCP server           http://{gateway}/mcp/demo"),
         format!("http://{http}/metrics"),
         format!("http://{agent}/metrics"),
         ingest.to_string(),
