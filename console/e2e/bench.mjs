@@ -1,6 +1,7 @@
 // The console's budgets in Chromium, run by `bench-console` (tests/src/bin): Fleet's first
 // render with the collector's hosts (navigation start → the `mcpwatch:fleet-rendered`
-// mark, on a reload with a signed-in session), the JS + CSS the first page transfers, and
+// mark, on a reload with a signed-in session), the JS + CSS the first page transfers, the
+// bytes `/api/v1/fleet` transfers (gzipped), and
 // a synthetic chart (`#/_bench/chart`) drawn by the real chart code. Prints one line
 // `@result {json}`.
 
@@ -15,10 +16,13 @@ await page.locator("tr[data-host]").first().waitFor();
 
 const fleet = [];
 let transferred = 0;
+let fleetApiBytes = 0;
 for (let i = 0; i < runs; i++) {
   const sizes = [];
   const onResponse = (r) => {
-    if (/\.(js|css)$/.test(new URL(r.url()).pathname)) sizes.push(r.request().sizes().then((s) => s.responseBodySize + s.responseHeadersSize));
+    const path = new URL(r.url()).pathname;
+    if (/\.(js|css)$/.test(path)) sizes.push(r.request().sizes().then((s) => s.responseBodySize + s.responseHeadersSize));
+    if (path === "/api/v1/fleet") void r.request().sizes().then((s) => (fleetApiBytes = s.responseBodySize));
   };
   page.on("response", onResponse);
   // A fresh cache each time: what a first visit costs.
@@ -53,6 +57,7 @@ console.log(
     fleet_render_ms_median: Math.round(median(fleet)),
     fleet_render_ms_max: Math.round(Math.max(...fleet)),
     first_page_js_css_bytes: transferred,
+    fleet_api_transferred_bytes: fleetApiBytes,
     chart_points: 43_200 * 4,
     chart_draw_ms_median: Math.round(median(chart)),
     chart_draw_ms_max: Math.round(Math.max(...chart)),

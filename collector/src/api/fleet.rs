@@ -21,7 +21,9 @@ use crate::fleet::{ServerCounts, SPARK_MINUTES};
 use crate::now_ms;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
-    OpenApiRouter::new().routes(routes!(fleet))
+    OpenApiRouter::new()
+        .routes(routes!(fleet))
+        .layer(super::gzip())
 }
 
 /// One host of the fleet.

@@ -27,6 +27,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_series))
         .routes(routes!(query_range))
+        .layer(super::gzip())
 }
 
 const MINUTE_MS: i64 = 60_000;

@@ -158,6 +158,13 @@ impl Modify for BearerAuth {
 )]
 struct ApiDoc;
 
+/// gzip for the large read-only answers (`/fleet`, `/query_range`) when the client accepts
+/// it. Only routes answering metric data use it: no secret is ever in a compressed body, so
+/// compression cannot leak one through its size (BREACH).
+pub(crate) fn gzip() -> tower_http::compression::CompressionLayer {
+    tower_http::compression::CompressionLayer::new()
+}
+
 /// Rejections produced outside handlers (malformed JSON, bad query strings, a body over the
 /// limit, a timeout) come as plain text from axum and tower-http; give them the API's JSON
 /// error shape so clients parse one format.
