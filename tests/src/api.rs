@@ -83,20 +83,24 @@ pub fn request_with(
         let _ = s.write_all(b);
     }
     let buf = read_response(&mut s);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
+    // Split and de-chunk as bytes: a gzipped body is not UTF-8.
+    let (head, raw) = match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => (
+            String::from_utf8_lossy(&buf[..end]).into_owned(),
+            &buf[end + 4..],
+        ),
+        None => (String::new(), &[][..]),
+    };
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let (head, raw) = text
-        .split_once("\r\n\r\n")
-        .map(|(h, b)| (h.to_owned(), b.to_owned()))
-        .unwrap_or_default();
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(&raw) } else { raw };
+    let body = if chunked { dechunk(raw) } else { raw.to_vec() };
+    let body = String::from_utf8_lossy(&body).into_owned();
     Ok(Resp { status, body, head })
 }
 
@@ -119,17 +123,19 @@ fn read_response(s: &mut std::net::TcpStream) -> Vec<u8> {
     }
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = s.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&s[..eol]);
         let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
             break;
         };
+        let rest = &s[eol + 2..];
         if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..n]);
+        s = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
 }

@@ -3,7 +3,8 @@
 //! drift), CPU / memory / disk sparklines with their per-minute values, firing alerts per
 //! host, the caller's permissions per host, scoping (a team viewer sees only its hosts; a
 //! role without `metrics:read` gets no sparklines, without `alerts:read` no firing count),
-//! pending alerts by scope, and the summary warmed again after a collector restart.
+//! pending alerts by scope, the answer gzipped for a client that accepts it, and the summary
+//! warmed again after a collector restart.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin;
 use mcpwatch_collector::store::query::users;
 use mcpwatch_common::wire::SeriesKey;
-use mcpwatch_tests::api::{admin_token, Api};
+use mcpwatch_tests::api::{admin_token, request_with, Api};
 use mcpwatch_tests::client;
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::sim::{AckWait, SimAgent};
@@ -297,6 +298,23 @@ fn api_fleet_counts_servers_sparklines_firing_pending_and_scope() {
     assert_eq!(w["servers"]["total"], 4);
     assert_eq!(narrow.get("/api/v1/alerts/pending").status, 403);
     assert_eq!(Api::new(c.http, None).get("/api/v1/fleet").status, 401);
+    // A browser's request gets the answer gzipped.
+    let r = request_with(
+        c.http,
+        "GET",
+        "/api/v1/fleet",
+        Some(&admin_token(&c.db, "gzip-check", None)),
+        &[("Accept-Encoding", "gzip")],
+        None,
+    )
+    .expect("request");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-encoding").as_deref(),
+        Some("gzip"),
+        "{}",
+        r.head
+    );
 
     // After a restart the summary is warmed from the store: counts and sparklines are back
     // before any agent sends again.
