@@ -85,6 +85,7 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
     ("DELETE", "/api/v1/sessions/{id}", Need::OtherUsers, 204),
     // hosts
     ("GET", "/api/v1/hosts", Need::Perm("hosts:read"), 200),
+    ("GET", "/api/v1/fleet", Need::Perm("hosts:read"), 200),
     (
         "GET",
         "/api/v1/hosts/{agent_id}",
@@ -148,6 +149,12 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
     (
         "GET",
         "/api/v1/alerts/history",
+        Need::Perm("alerts:read"),
+        200,
+    ),
+    (
+        "GET",
+        "/api/v1/alerts/pending",
         Need::Perm("alerts:read"),
         200,
     ),
@@ -593,10 +600,12 @@ impl Ctx {
             ("GET", "/api/v1/me")
             | ("GET", "/api/v1/sessions")
             | ("GET", "/api/v1/hosts")
+            | ("GET", "/api/v1/fleet")
             | ("GET", "/api/v1/events")
             | ("GET", "/api/v1/series")
             | ("GET", "/api/v1/alerts")
             | ("GET", "/api/v1/alerts/history")
+            | ("GET", "/api/v1/alerts/pending")
             | ("GET", "/api/v1/silences")
             | ("GET", "/api/v1/rules")
             | ("GET", "/api/v1/receivers")
