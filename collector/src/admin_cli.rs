@@ -14,7 +14,7 @@ use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin::with_db;
 use mcpwatch_collector::store::audit_chain::{self, Verdict};
-use mcpwatch_collector::store::query::{tokens, users};
+use mcpwatch_collector::store::query::{roles, tokens, users};
 use mcpwatch_collector::store::StoreError;
 use mcpwatch_common::config::{ConfigError, Duration, EXIT_CONFIG};
 
@@ -288,7 +288,7 @@ fn run_user(cmd: UserCmd) -> Result<(), Failure> {
             let id = with_db(&db, |c| {
                 let id = users::create_user(c, &name, &h, now)?;
                 for role in &roles {
-                    users::bind(c, id, role, &hosts, now)?;
+                    roles::bind(c, id, role, &hosts, now)?;
                 }
                 Ok(id)
             })?;
@@ -364,7 +364,7 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
     match cmd.action {
         RoleAction::List => {
             println!("{:<24} {:<8} PERMISSIONS", "NAME", "BUILTIN");
-            for r in with_db(&db, users::list_roles)? {
+            for r in with_db(&db, roles::list_roles)? {
                 println!(
                     "{:<24} {:<8} {}",
                     r.name,
@@ -376,7 +376,7 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
         RoleAction::Add { name, permissions } => {
             let perms = parse_permissions(&permissions)?;
             let created = with_db(&db, |c| {
-                users::put_role(c, &name, &permission_names(&perms), now)
+                roles::put_role(c, &name, &permission_names(&perms), now)
             })?;
             let what = if created { "created" } else { "replaced" };
             println!(
@@ -385,7 +385,7 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
             );
         }
         RoleAction::Delete { name } => {
-            if !with_db(&db, |c| users::delete_role(c, &name))? {
+            if !with_db(&db, |c| roles::delete_role(c, &name))? {
                 return Err(Failure::Usage(format!("no role {name:?}")));
             }
             println!("role {name} deleted");
@@ -393,7 +393,7 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
         RoleAction::Bind { user, role, hosts } => {
             let hosts = Scope::normalize(&hosts).map_err(Failure::Usage)?;
             let b = with_db(&db, |c| {
-                users::bind(c, users::existing_user_id(c, &user)?, &role, &hosts, now)
+                roles::bind(c, users::existing_user_id(c, &user)?, &role, &hosts, now)
             })?;
             let scope = if b.host_selector.is_empty() {
                 "every host".to_owned()
@@ -404,7 +404,7 @@ fn run_role(cmd: RoleCmd) -> Result<(), Failure> {
         }
         RoleAction::Unbind { user, role, hosts } => {
             if !with_db(&db, |c| {
-                users::unbind_role(c, users::existing_user_id(c, &user)?, &role, &hosts)
+                roles::unbind_role(c, users::existing_user_id(c, &user)?, &role, &hosts)
             })? {
                 return Err(Failure::Usage(format!(
                     "{user} has no binding of {role} for {hosts:?}"

@@ -44,7 +44,7 @@ pub enum AdminPassword {
 pub fn write_admin_password(path: &Path, db: &Path) -> std::io::Result<AdminPassword> {
     use crate::auth::{credential, password};
     use crate::store::admin::with_db;
-    use crate::store::query::users;
+    use crate::store::query::{roles, users};
     let io = |e: crate::store::StoreError| std::io::Error::other(e.to_string());
     if with_db(db, |c| users::user_id(c, ADMIN_USER))
         .map_err(io)?
@@ -76,7 +76,7 @@ pub fn write_admin_password(path: &Path, db: &Path) -> std::io::Result<AdminPass
     let now = crate::now_ms();
     let created = with_db(db, |c| {
         let id = users::create_user(c, ADMIN_USER, &hash, now)?;
-        users::bind(c, id, "admin", "", now)
+        roles::bind(c, id, "admin", "", now)
     });
     if let Err(e) = created {
         let _ = std::fs::remove_file(path);

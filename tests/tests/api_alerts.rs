@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mcpwatch_collector::auth::credential::{self, Kind};
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::store::admin;
-use mcpwatch_collector::store::query::{tokens, users};
+use mcpwatch_collector::store::query::{roles, tokens, users};
 use mcpwatch_tests::client;
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::receivers::{
@@ -281,7 +281,7 @@ fn user_api(c: &CollectorProc, name: &str, role: &str, selector: &str) -> Api {
     let hash = password::hash(PASSWORD).expect("hash");
     admin::with_db(&c.db, |conn| {
         let uid = users::create_user(conn, name, &hash, wall_ms())?;
-        users::bind(conn, uid, role, selector, wall_ms())?;
+        roles::bind(conn, uid, role, selector, wall_ms())?;
         Ok(())
     })
     .expect("create user");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin;
-use mcpwatch_collector::store::query::users;
+use mcpwatch_collector::store::query::{roles, users};
 use mcpwatch_tests::api::{admin_token, request_with, Api, Resp};
 use mcpwatch_tests::client;
 use mcpwatch_tests::process::CollectorProc;
@@ -57,7 +57,7 @@ impl Console {
         let hash = password::hash(PASSWORD).expect("hash");
         admin::with_db(&self.c.db, |c| {
             let uid = users::create_user(c, name, &hash, now_ms())?;
-            users::bind(c, uid, role, selector, now_ms())?;
+            roles::bind(c, uid, role, selector, now_ms())?;
             Ok(())
         })
         .expect("create user");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin;
-use mcpwatch_collector::store::query::users;
+use mcpwatch_collector::store::query::{roles, users};
 use mcpwatch_common::wire::SeriesKey;
 use mcpwatch_tests::api::{admin_token, request_with, Api};
 use mcpwatch_tests::client;
@@ -121,7 +121,7 @@ fn user(c: &CollectorProc, name: &str, role: &str, selector: &str) -> Api {
     let hash = password::hash("correct horse battery staple").expect("hash");
     let uid = admin::with_db(&c.db, |conn| {
         let uid = users::create_user(conn, name, &hash, now_ms())?;
-        users::bind(conn, uid, role, selector, now_ms())?;
+        roles::bind(conn, uid, role, selector, now_ms())?;
         Ok(uid)
     })
     .expect("create user");

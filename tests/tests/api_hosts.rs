@@ -16,7 +16,7 @@ use std::time::Duration;
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin;
-use mcpwatch_collector::store::query::users;
+use mcpwatch_collector::store::query::{roles, users};
 use mcpwatch_common::wire::{Batch, CommandResult, Event, Frame, RejectReason, Sample, SeriesKey};
 use mcpwatch_tests::api::{admin_token, request, Api, Resp};
 use mcpwatch_tests::client::{self, Conn};
@@ -92,7 +92,7 @@ impl Fleet {
         let hash = password::hash("correct horse battery staple").expect("hash");
         let uid = admin::with_db(&self.c.db, |c| {
             let uid = users::create_user(c, name, &hash, now_ms())?;
-            users::bind(c, uid, role, selector, now_ms())?;
+            roles::bind(c, uid, role, selector, now_ms())?;
             Ok(uid)
         })
         .expect("create user");
@@ -410,7 +410,7 @@ fn api_hosts_list_detail_labels_scoping_and_events() {
     // servers only on team a's staging hosts, so he may not mark a host staging.
     use mcpwatch_collector::auth::{permission_names, Permission};
     admin::with_db(&f.c.db, |c| {
-        users::put_role(
+        roles::put_role(
             c,
             "labeler",
             &permission_names(&[Permission::HostsRead, Permission::HostsWrite]),
@@ -421,7 +421,7 @@ fn api_hosts_list_detail_labels_scoping_and_events() {
     let dave = f.user("dave", "labeler", r#"{team="a"}"#);
     admin::with_db(&f.c.db, |c| {
         let id = users::existing_user_id(c, "dave")?;
-        users::bind(c, id, "operator", r#"{team="a", tier="staging"}"#, now_ms())
+        roles::bind(c, id, "operator", r#"{team="a", tier="staging"}"#, now_ms())
     })
     .expect("bind");
     let r = dave.send(

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use mcpwatch_collector::auth::credential::{self, Kind};
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
-use mcpwatch_collector::store::query::{tokens, users};
+use mcpwatch_collector::store::query::{roles, tokens, users};
 use mcpwatch_collector::store::{admin, StoreError};
 use mcpwatch_tests::api::{admin_token, request, Resp};
 use mcpwatch_tests::client;
@@ -534,7 +534,7 @@ impl Ctx {
                 users::set_disabled(c, id, true)?;
             }
             let binding = if bound {
-                Some(users::bind(c, id, "viewer", "", now_ms())?.id)
+                Some(roles::bind(c, id, "viewer", "", now_ms())?.id)
             } else {
                 None
             };
@@ -962,7 +962,7 @@ fn api_permission_matrix_every_route_every_principal() {
             ("owner", "viewer", ""),
         ] {
             let id = users::create_user(conn, name, &pw_hash, now_ms())?;
-            users::bind(conn, id, role, selector, now_ms())?;
+            roles::bind(conn, id, role, selector, now_ms())?;
             ids.push(id);
         }
         Ok(ids)

@@ -16,7 +16,7 @@ use std::time::Duration;
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin;
-use mcpwatch_collector::store::query::users;
+use mcpwatch_collector::store::query::{roles, users};
 use mcpwatch_tests::api::{admin_token, Api};
 use mcpwatch_tests::docker::{ensure_dockerd, unique_name};
 use mcpwatch_tests::mcp_load::HttpSession;
@@ -37,7 +37,7 @@ fn user(db: &Path, name: &str, pw: &str, role: &str, selector: &str) {
     let hash = password::hash(pw).expect("hash");
     admin::with_db(db, |c| {
         let uid = users::create_user(c, name, &hash, now_ms())?;
-        users::bind(c, uid, role, selector, now_ms())?;
+        roles::bind(c, uid, role, selector, now_ms())?;
         Ok(())
     })
     .expect("create user");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mcpwatch_collector::config::CollectorConfig;
 use mcpwatch_collector::store::admin;
-use mcpwatch_collector::store::query::users;
+use mcpwatch_collector::store::query::{roles, users};
 use mcpwatch_common::wire::SeriesKey;
 use mcpwatch_tests::api::{admin_token, Api, Resp};
 use mcpwatch_tests::process::{AgentProc, CollectorFiles, CollectorProc};
@@ -187,7 +187,7 @@ fn limits_out_of_range_caps_are_refused_naming_their_key() {
 fn user_token(c: &CollectorProc, name: &str, role: &str) -> Api {
     let uid = admin::with_db(&c.db, |conn| {
         let uid = users::create_user(conn, name, "unused-hash", wall_ms())?;
-        users::bind(conn, uid, role, "", wall_ms())?;
+        roles::bind(conn, uid, role, "", wall_ms())?;
         Ok(uid)
     })
     .expect("create user");

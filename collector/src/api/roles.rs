@@ -14,7 +14,7 @@ use super::users::{load_user, normalized_selector, parse_permissions};
 use super::ApiState;
 use crate::auth::{permission_names, Permission};
 use crate::now_ms;
-use crate::store::query::users::{BindingRow, RoleRow};
+use crate::store::query::roles::{BindingRow, RoleRow};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()

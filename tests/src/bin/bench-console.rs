@@ -19,7 +19,7 @@ use clap::Parser;
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin;
-use mcpwatch_collector::store::query::users;
+use mcpwatch_collector::store::query::{roles, users};
 use mcpwatch_common::wire::SeriesKey;
 use mcpwatch_tests::api::{admin_token, Api};
 use mcpwatch_tests::process::CollectorProc;
@@ -67,7 +67,7 @@ fn main() {
     let hash = password::hash(PASSWORD).expect("hash");
     admin::with_db(&c.db, |conn| {
         let uid = users::create_user(conn, "admin", &hash, now_ms())?;
-        users::bind(conn, uid, "admin", "", now_ms())
+        roles::bind(conn, uid, "admin", "", now_ms())
     })
     .expect("admin user");
 

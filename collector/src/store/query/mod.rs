@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod hosts;
 pub(crate) mod pool;
 pub(crate) mod reader;
+pub mod roles;
 pub mod rules;
 pub mod samples;
 pub mod series;

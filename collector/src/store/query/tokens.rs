@@ -5,7 +5,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::users::{grants_of, perms_json, perms_parse, user, UserRow};
+use super::roles::{grants_of, perms_json, perms_parse};
+use super::users::{user, UserRow};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
