@@ -10,6 +10,7 @@ pub mod collector;
 pub mod command;
 pub mod config;
 pub mod console;
+pub mod demo_server;
 pub mod feed;
 pub mod fleet;
 pub mod http;

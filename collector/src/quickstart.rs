@@ -1,8 +1,9 @@
 //! `mcpwatch-collector quickstart`: a dev PKI, a collector and one local agent in one process
 //! on an embedded SQLite under DIR, with every URL printed, an admin API token and the web
-//! console's `admin` user (password in a 0600 file). When Docker answers and the demo image
-//! exists (`scripts/demo-image.sh`), the agent supervises a demo MCP server behind its
-//! gateway; otherwise one line says how to get it. For a first look, not production.
+//! console's `admin` user (password in a 0600 file). When Docker answers, the agent also
+//! supervises a demo MCP server behind its gateway (`demo_server`: the image is built from
+//! the project's fixture when missing); otherwise one line says why not. For a first look,
+//! not production.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,9 @@ use mcpwatch_agent::AgentConfig;
 use mcpwatch_common::certs;
 use tokio_util::sync::CancellationToken;
 
+use crate::command::CommandRouter;
 use crate::config::CollectorConfig;
+use crate::demo_server::{self, Demo, DemoBuild};
 use crate::token::AdminPassword;
 
 pub struct QuickstartOptions {
@@ -41,56 +44,15 @@ pub enum QuickstartError {
 }
 
 const AGENT_NAME: &str = "local";
-/// How long the quickstart waits for Docker to answer before going on without the demo.
-const DOCKER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Whether the demo MCP server can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Demo {
-    Ready,
-    NoImage,
-    NoDocker,
-}
-
-/// Asks the local Docker daemon for the demo image.
-pub async fn demo_status(image: &str) -> Demo {
-    let Ok(docker) = mcpwatch_agent::supervisor::connect_local() else {
-        return Demo::NoDocker;
-    };
-    let docker = match tokio::time::timeout(DOCKER_WAIT, docker.negotiate_version()).await {
-        Ok(Ok(d)) => d,
-        _ => return Demo::NoDocker,
-    };
-    match tokio::time::timeout(DOCKER_WAIT, docker.inspect_image(image)).await {
-        Ok(Ok(_)) => Demo::Ready,
-        Ok(Err(_)) => Demo::NoImage,
-        Err(_) => Demo::NoDocker,
-    }
-}
-
-/// The agent config's part for the demo server (empty without it).
+/// The agent config's gateway, and the demo server when its image is there.
 fn demo_config(demo: Demo, image: &str, gateway: SocketAddr) -> String {
-    if demo != Demo::Ready {
-        return String::new();
+    let mut text = demo_server::gateway_config(gateway);
+    if demo == Demo::Ready {
+        text.push_str(&demo_server::server_config(image));
     }
-    format!(
-        "\n[gateway]\nlisten = \"{gateway}\"\n\n\
-         [[mcp_server]]\nname = \"demo\"\nimage = {image:?}\nargs = [\"--transport\", \"stdio\"]\n\
-         transport = \"stdio\"\n"
-    )
+    text
 }
-
-/// The banner's line about MCP servers.
-pub fn demo_line(demo: Demo, image: &str, gateway: SocketAddr) -> String {
-    match demo {
-        Demo::Ready => format!("  demo MCP server           http://{gateway}/mcp/demo (image {image})"),
-        Demo::NoImage => format!(
-            "  demo MCP server           none: image {image} is missing; build it with scripts/demo-image.sh and start again"
-        ),
-        Demo::NoDocker => "  demo MCP server           none: Docker does not answer; start dockerd and run scripts/demo-image.sh".to_owned(),
-    }
-}
-
 fn write(path: &Path, text: &str) -> Result<(), QuickstartError> {
     std::fs::write(path, text).map_err(|source| QuickstartError::Io {
         path: path.to_owned(),
@@ -135,7 +97,11 @@ pub async fn run(
             http = opts.http,
         ),
     )?;
-    let demo = demo_status(&opts.demo_image).await;
+    let demo = demo_server::status(&opts.demo_image).await;
+    let build_script = (demo == Demo::NoImage)
+        .then(demo_server::build_script)
+        .flatten();
+    let build_log = dir.join("demo-image.log");
     let agent_toml = dir.join("agent.toml");
     write(
         &agent_toml,
@@ -201,7 +167,15 @@ pub async fn run(
         "  database                  {}",
         collector.db_path.display()
     );
-    println!("{}", demo_line(demo, &opts.demo_image, opts.gateway));
+    println!(
+        "{}",
+        demo_server::banner_line(
+            demo,
+            &opts.demo_image,
+            opts.gateway,
+            build_script.as_ref().map(|_| build_log.as_path())
+        )
+    );
     println!("  admin token               {}", token_path.display());
     println!(
         "  configs                   {} {}",
@@ -210,7 +184,23 @@ pub async fn run(
     );
     println!("Press Ctrl-C to stop.");
 
-    let collector_task = tokio::spawn(crate::run(collector, shutdown.clone()));
+    let router = CommandRouter::new();
+    let collector_task = tokio::spawn(crate::run_with_router(
+        collector,
+        shutdown.clone(),
+        router.clone(),
+    ));
+    if let Some(script) = build_script {
+        let build = DemoBuild {
+            script,
+            image: opts.demo_image.clone(),
+            log: build_log,
+            agent_toml: agent_toml.clone(),
+            agent_id: AGENT_NAME.to_owned(),
+            gateway: opts.gateway,
+        };
+        tokio::spawn(demo_server::build_and_add(build, router, shutdown.clone()));
+    }
     // Let the collector bind first so the agent's first connect succeeds; a failure here
     // surfaces below, and the agent would retry with backoff anyway.
     tokio::task::yield_now().await;
@@ -223,24 +213,4 @@ pub async fn run(
     agent_result?;
     collector_result?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn without_the_demo_one_line_says_how_to_get_it_and_the_agent_gets_no_server() {
-        let gw: SocketAddr = "127.0.0.1:9466".parse().expect("address");
-        let no_image = demo_line(Demo::NoImage, "mcpwatch-demo:latest", gw);
-        assert!(
-            no_image.contains("mcpwatch-demo:latest is missing")
-                && no_image.contains("scripts/demo-image.sh")
-        );
-        assert!(demo_line(Demo::NoDocker, "x", gw).contains("Docker does not answer"));
-        assert_eq!(demo_config(Demo::NoImage, "x", gw), "");
-        let ready = demo_config(Demo::Ready, "mcpwatch-demo:latest", gw);
-        assert!(ready.contains("[[mcp_server]]") && ready.contains("listen = \"127.0.0.1:9466\""));
-        assert!(ready.contains("image = \"mcpwatch-demo:latest\""));
-    }
 }

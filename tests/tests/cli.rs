@@ -227,49 +227,78 @@ fn certs_commands_create_a_working_pki() {
     assert_eq!(mcpwatch_common::tls::identity_of_pem(&pem).unwrap(), "db-7");
 }
 
-#[test]
-fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("qs");
-    let (ingest, http, agent, gateway) = (free_addr(), free_addr(), free_addr(), free_addr());
-    let out = tmp.path().join("stdout");
-    // The demo MCP server runs from the fixture image (what scripts/demo-image.sh builds).
-    let image = mcpwatch_tests::docker::fixture_image();
-    let _cleanup = mcpwatch_tests::rig::Cleanup("local".into());
-    let mut child = Command::new(bin("mcpwatch-collector"))
+/// Runs the quickstart in `dir` with the demo image `image`; its stdout goes to `out`.
+fn quickstart(
+    dir: &Path,
+    out: &Path,
+    addrs: [std::net::SocketAddr; 4],
+    image: &str,
+) -> std::process::Child {
+    let [ingest, http, agent, gateway] = addrs;
+    Command::new(bin("mcpwatch-collector"))
         .arg("quickstart")
         .arg("--dir")
-        .arg(&dir)
+        .arg(dir)
         .args(["--ingest", &ingest.to_string()])
         .args(["--http", &http.to_string()])
         .args(["--agent-metrics", &agent.to_string()])
         .args(["--gateway", &gateway.to_string()])
-        .args(["--demo-image", &image])
-        .stdout(std::fs::File::create(&out).unwrap())
+        .args(["--demo-image", image])
+        .stdout(std::fs::File::create(out).unwrap())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits until the demo server's `probe_ok` events number more than `after`.
+fn wait_demo_probed(db_path: &Path, after: usize) -> usize {
+    wait_for(
+        "the demo server is probed",
+        Duration::from_secs(600),
+        || {
+            let n = db::events(db_path, "local")
+                .into_iter()
+                .filter(|e| e.server == "demo" && e.kind == "probe_ok")
+                .count();
+            (n > after).then_some(n)
+        },
+    )
+}
+
+#[test]
+fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
+    mcpwatch_tests::docker::ensure_dockerd();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qs");
+    let addrs = [free_addr(), free_addr(), free_addr(), free_addr()];
+    let [ingest, http, agent, gateway] = addrs;
+    let out = tmp.path().join("stdout");
+    // A demo image of this run's own: missing at first, so the quickstart builds it with
+    // scripts/demo-image.sh (from the fixture build the test script already made).
+    let image = format!(
+        "{}:test",
+        mcpwatch_tests::docker::unique_name("mcpwatch-demo")
+    );
+    let _cleanup = mcpwatch_tests::rig::Cleanup("local".into());
+    let _image = RemoveImage(image.clone());
+    let mut child = quickstart(&dir, &out, addrs, &image);
     let db_path = dir.join("collector.db");
     wait_for("quickstart samples stored", Duration::from_secs(60), || {
         db::try_sample_count(&db_path, "local").filter(|n| *n > 0)
     });
     assert_eq!(http_get(http, "/readyz").unwrap().0, 200);
     assert_eq!(http_get(agent, "/healthz").unwrap().0, 200);
-    // The demo server is supervised and answers the agent's MCP probe.
-    wait_for("the demo server is probed", Duration::from_secs(60), || {
-        db::events(&db_path, "local")
-            .into_iter()
-            .any(|e| e.server == "demo" && e.kind == "probe_ok")
-            .then_some(())
-    });
+    // The image is built in the background and the server added to the running agent.
+    let probed = wait_demo_probed(&db_path, 0);
     let printed = std::fs::read_to_string(&out).unwrap();
-    for url in [
-        format!("demo MCP server           http://{gateway}/mcp/demo"),
+    for line in [
+        format!("demo MCP server           building image {image} with scripts/demo-image.sh"),
+        format!("demo MCP server           ready: http://{gateway}/mcp/demo"),
         format!("http://{http}/metrics"),
         format!("http://{agent}/metrics"),
         ingest.to_string(),
     ] {
-        assert!(printed.contains(&url), "{url} not printed:\n{printed}");
+        assert!(printed.contains(&line), "{line} not printed:\n{printed}");
     }
     let token = dir.join("admin.token");
     assert_eq!(
@@ -309,6 +338,25 @@ fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
     signal(&child, "INT");
     let status = child.wait().unwrap();
     assert!(status.success(), "quickstart exit: {status}");
+
+    // Again in the same directory: the image is there now, so the demo runs from the start.
+    let out = tmp.path().join("stdout.2");
+    let mut child = quickstart(&dir, &out, addrs, &image);
+    wait_demo_probed(&db_path, probed);
+    let printed = std::fs::read_to_string(&out).unwrap();
+    let ready = format!("demo MCP server           http://{gateway}/mcp/demo (image {image})");
+    assert!(printed.contains(&ready), "{ready} not printed:\n{printed}");
+    signal(&child, "INT");
+    assert!(child.wait().unwrap().success());
+}
+
+/// Removes a test's Docker image when the test ends, however it ends.
+struct RemoveImage(String);
+
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        mcpwatch_tests::docker::docker(&["rmi", "-f", &self.0]);
+    }
 }
 
 #[test]
