@@ -10,12 +10,12 @@ import { browserForTests, look, signIn, URL_BASE, watch } from "./harness.mjs";
 const ctx = browserForTests();
 const HOST = process.env.HOST_ID;
 
-async function signedIn() {
+async function signedIn(user = "admin", password = process.env.ADMIN_PASSWORD) {
   await ctx.browser.clearCookies();
   const page = await ctx.browser.newPage();
   const problems = watch(page);
   await page.goto(URL_BASE);
-  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await signIn(page, user, password);
   return { page, problems };
 }
 
@@ -32,6 +32,19 @@ test("the fleet shows the host's servers by state and its sparklines", async () 
   assert.ok(cpu !== "" && Number(cpu) >= 0 && Number(cpu) <= 1, `cpu ${cpu}`);
   assert.ok((await row.locator(".spark svg polyline, .spark svg circle").count()) >= 1);
   await look(page, "fleet-servers", assert);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("a viewer sees the server and its drift but no control buttons", async () => {
+  const { page, problems } = await signedIn("viewer", process.env.VIEWER_PASSWORD);
+  await page.locator(`tr[data-host="${HOST}"]`).waitFor();
+  await page.goto(`${URL_BASE}#/hosts/${HOST}/servers/web`);
+  await page.getByRole("heading", { name: "web", exact: true }).waitFor();
+  await page.locator('[data-tool-change="echo"]').waitFor({ timeout: 20_000 });
+  for (const name of ["Restart", "Stop", "Start", "Approve the new tools"]) {
+    assert.equal(await page.getByRole("button", { name, exact: true }).count(), 0, `${name} hidden`);
+  }
   assert.deepEqual(problems, []);
   await page.close();
 });

@@ -259,6 +259,7 @@ fn console_in_chromium_mcp_server_page_with_docker() {
     let token = admin_token(&c.db, "e2e-admin", None);
     let admin_api = Api::new(c.http, Some(&token));
     user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
+    user(&c.db, "viewer", VIEWER_PASSWORD, "viewer", "");
     let id = unique_name("console");
     let _cleanup = Cleanup(id.clone());
     let mut agent = AgentProc::configure(&pki, &tmp.path().join("a"), &id, c.ingest, "1s", "64MiB");
@@ -323,6 +324,7 @@ fn console_in_chromium_mcp_server_page_with_docker() {
         &[
             ("CONSOLE_URL", format!("http://{}/", c.http)),
             ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("VIEWER_PASSWORD", VIEWER_PASSWORD.into()),
             ("HOST_ID", id.clone()),
         ],
         |_| false,
