@@ -25,6 +25,9 @@ const MINUTE_MS: i64 = 60_000;
 const SERVER_STALE_MS: i64 = 10 * 60_000;
 /// How far back the server states are read after a start.
 const WARM_RAW_MS: i64 = 2 * 60_000;
+/// Samples further ahead of the collector's clock are ignored: a wrong agent clock must not
+/// hold a sparkline slot or a server's state forever.
+const FUTURE_MS: i64 = 60_000;
 /// Raw rows read per poll; a full read polls again at once.
 const READ_ROWS: usize = 2000;
 
@@ -91,7 +94,8 @@ struct Spark {
 
 impl Spark {
     fn add(&mut self, ts_ms: i64, v: f64) {
-        let minute = ts_ms - ts_ms.rem_euclid(MINUTE_MS);
+        // Saturating: a hostile agent's timestamp near i64::MIN must not overflow.
+        let minute = ts_ms.saturating_sub(ts_ms.rem_euclid(MINUTE_MS));
         if !v.is_finite() || minute <= self.warmed_through {
             return;
         }
@@ -112,7 +116,7 @@ impl Spark {
     }
 
     fn values(&self, now_ms: i64, max: bool) -> Vec<Option<f64>> {
-        let last = now_ms - now_ms.rem_euclid(MINUTE_MS);
+        let last = now_ms.saturating_sub(now_ms.rem_euclid(MINUTE_MS));
         (0..SPARK_MINUTES as i64)
             .rev()
             .map(|back| {
@@ -241,7 +245,7 @@ impl HostTrack {
         let newest = self.servers.values().map(|s| s.last_ms).max().unwrap_or(0);
         let mut c = ServerCounts::default();
         for s in self.servers.values() {
-            if s.last_ms < newest - SERVER_STALE_MS {
+            if s.last_ms < newest.saturating_sub(SERVER_STALE_MS) {
                 continue;
             }
             c.total += 1;
@@ -286,8 +290,12 @@ impl Summary {
         }
     }
 
-    fn apply(&mut self, samples: &[(i64, i64, f64)]) {
+    fn apply(&mut self, samples: &[(i64, i64, f64)], now_ms: i64) {
+        let latest = now_ms.saturating_add(FUTURE_MS);
         for &(id, ts, v) in samples {
+            if ts > latest {
+                continue;
+            }
             if let Some((host, figure)) = self.series.get(&id) {
                 if let Some(track) = self.hosts.get_mut(host) {
                     track.apply(figure, ts, v);
@@ -408,7 +416,7 @@ async fn warm(store: &Store, fleet: &Fleet, now_ms: i64) -> Result<i64, crate::s
             );
             (ts, !total)
         });
-        summary.apply(&rows);
+        summary.apply(&rows, now_ms);
         for track in summary.hosts.values_mut() {
             for spark in [&mut track.cpu, &mut track.memory, &mut track.disk] {
                 spark.warmed_through = spark.minutes.back().map_or(i64::MIN, |m| m.0);
@@ -421,7 +429,7 @@ async fn warm(store: &Store, fleet: &Fleet, now_ms: i64) -> Result<i64, crate::s
         let read = store
             .samples_after(cursor, now_ms - WARM_RAW_MS, READ_ROWS)
             .await?;
-        fleet.lock().apply(&read.samples);
+        fleet.lock().apply(&read.samples, crate::now_ms());
         cursor = read.last_raw_id;
         if !read.full || cursor >= start {
             break;
@@ -443,6 +451,136 @@ async fn step(
         .await?;
     fleet.lock().follow(list);
     let read = store.samples_after(cursor, i64::MIN, READ_ROWS).await?;
-    fleet.lock().apply(&read.samples);
+    fleet.lock().apply(&read.samples, crate::now_ms());
     Ok((read.last_raw_id, read.unreadable, read.full))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(id: i64, name: &str, labels: &[(&str, &str)]) -> TrackedSeries {
+        TrackedSeries {
+            id,
+            agent_id: "h".into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sparklines_hold_per_minute_means_and_survive_hostile_values() {
+        let mut s = Spark::default();
+        let now = 1_800_000_000_000;
+        s.add(now, 0.2);
+        s.add(now + 1, 0.4);
+        s.add(now - 120_000, 0.9);
+        s.add(i64::MIN, 1.0);
+        s.add(i64::MAX, 1.0);
+        s.add(now, f64::NAN);
+        s.add(now, f64::INFINITY);
+        let v = s.values(now, false);
+        assert_eq!(v.len(), SPARK_MINUTES);
+        let last = v[SPARK_MINUTES - 1].expect("this minute");
+        assert!((last - 0.3).abs() < 1e-9, "{v:?}");
+        assert_eq!(v[SPARK_MINUTES - 3], Some(0.9));
+        assert!(s.minutes.len() <= SPARK_MINUTES);
+        // The ring keeps the newest 30 minutes.
+        let mut full = Spark::default();
+        for m in 0..40 {
+            full.add(now - m * MINUTE_MS, 0.5);
+        }
+        assert_eq!(full.minutes.len(), SPARK_MINUTES);
+    }
+
+    #[test]
+    fn servers_are_counted_once_by_state_and_stale_ones_dropped() {
+        let mut summary = Summary::default();
+        let mut list = Vec::new();
+        let mut id = 0;
+        let mut add = |name: &str, labels: &[(&str, &str)]| {
+            id += 1;
+            list.push(series(id, name, labels));
+            id
+        };
+        let run_a = add(SERVER_STATE, &[("server", "a"), ("state", "running")]);
+        let healthy_a = add(SERVER_HEALTHY, &[("server", "a")]);
+        let run_b = add(SERVER_STATE, &[("server", "b"), ("state", "running")]);
+        let gave_b = add(SERVER_GAVE_UP, &[("server", "b")]);
+        let back_c = add(SERVER_STATE, &[("server", "c"), ("state", "backing_off")]);
+        let drift_c = add(SERVER_DRIFT, &[("server", "c")]);
+        let run_old = add(SERVER_STATE, &[("server", "old"), ("state", "running")]);
+        let ignored = add(SERVER_STATE, &[("state", "running")]);
+        summary.follow(list);
+        assert!(
+            !summary.series.contains_key(&ignored),
+            "no server label: not followed"
+        );
+        let now = 1_800_000_000_000;
+        summary.apply(
+            &[
+                (run_a, now, 1.0),
+                (healthy_a, now, 0.0),
+                (run_b, now, 1.0),
+                (gave_b, now, 1.0),
+                (back_c, now, 1.0),
+                (drift_c, now, 1.0),
+                (run_old, now - SERVER_STALE_MS - 1, 1.0),
+                // From a clock far ahead: ignored, so it cannot pin a state.
+                (back_c, now + 3_600_000, 0.0),
+                (run_a, i64::MAX, 0.0),
+            ],
+            now,
+        );
+        let c = summary.hosts.get("h").expect("host").counts();
+        assert_eq!(
+            c,
+            ServerCounts {
+                total: 3,
+                running: 0,
+                unhealthy: 1,
+                crash_looping: 1,
+                gave_up: 1,
+                other: 0,
+                drift: 1
+            }
+        );
+    }
+
+    #[test]
+    fn memory_and_disk_are_ratios_of_their_totals() {
+        let mut summary = Summary::default();
+        summary.follow(vec![
+            series(1, MEMORY_USED, &[]),
+            series(2, MEMORY_TOTAL, &[]),
+            series(3, DISK_USED, &[("mountpoint", "/")]),
+            series(4, DISK_TOTAL, &[("mountpoint", "/")]),
+            series(5, DISK_USED, &[("mountpoint", "/data")]),
+            series(6, DISK_TOTAL, &[("mountpoint", "/data")]),
+        ]);
+        let now = 1_800_000_000_000;
+        summary.apply(
+            &[
+                (1, now, 1.0), // before any total: no ratio
+                (2, now, 4.0),
+                (1, now, 1.0),
+                (4, now, 0.0), // a zero total gives no ratio
+                (3, now, 5.0),
+                (6, now, 10.0),
+                (5, now, 9.0),
+            ],
+            now,
+        );
+        let f = Fleet {
+            summary: Arc::new(Mutex::new(summary)),
+        }
+        .figures(["h"], now);
+        let h = &f["h"];
+        assert_eq!(h.memory[SPARK_MINUTES - 1], Some(0.25));
+        assert_eq!(h.disk[SPARK_MINUTES - 1], Some(0.9));
+        assert_eq!(h.cpu[SPARK_MINUTES - 1], None);
+    }
 }

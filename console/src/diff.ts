@@ -1,8 +1,11 @@
 // A line diff (longest common subsequence) for showing how a tool's description or input
-// schema changed. Texts are bounded by the agent (2 KiB / 4 KiB), so the quadratic table
-// stays small.
+// schema changed. The agent bounds the texts (2,048 / 4,096 characters), but the collector
+// stores event details as sent, so a table beyond MAX_CELLS falls back to "all removed,
+// all added" rather than hang the page.
 
 export type DiffLine = { op: " " | "-" | "+"; text: string };
+
+const MAX_CELLS = 250_000;
 
 export function lineDiff(before: string, after: string): DiffLine[] {
   // An absent text (a new or removed tool) has no lines, not one empty line.
@@ -10,6 +13,9 @@ export function lineDiff(before: string, after: string): DiffLine[] {
   const b = after === "" ? [] : after.split("\n");
   const n = a.length;
   const m = b.length;
+  if ((n + 1) * (m + 1) > MAX_CELLS) {
+    return [...a.map((text) => ({ op: "-" as const, text })), ...b.map((text) => ({ op: "+" as const, text }))];
+  }
   // common[i][j]: length of the longest common subsequence of a[i..] and b[j..].
   const common: number[][] = Array.from({ length: n + 1 }, () => new Array<number>(m + 1).fill(0));
   for (let i = n - 1; i >= 0; i--) {
