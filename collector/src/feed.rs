@@ -184,9 +184,8 @@ pub async fn run(
                 tracing::warn!(error = %e, "live feed: reading its starting point failed");
             }
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(poll) => {}
+        if !crate::polling::pause(poll, &stop).await {
+            return;
         }
     };
     let mut hosts: Option<HashMap<String, HostState>> = None;
@@ -208,12 +207,8 @@ pub async fn run(
                 false
             }
         };
-        if more {
-            continue;
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(poll) => {}
+        if !crate::polling::next(more, poll, &stop).await {
+            return;
         }
     }
 }

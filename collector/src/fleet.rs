@@ -368,9 +368,8 @@ pub async fn run(
                 tracing::warn!(error = %e, "fleet summary: warming up failed");
             }
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(poll) => {}
+        if !crate::polling::pause(poll, &stop).await {
+            return;
         }
     };
     loop {
@@ -386,12 +385,8 @@ pub async fn run(
                 false
             }
         };
-        if more {
-            continue;
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(poll) => {}
+        if !crate::polling::next(more, poll, &stop).await {
+            return;
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
+pub mod polling;
 pub mod quickstart;
 pub mod refusal_log;
 pub mod store;
