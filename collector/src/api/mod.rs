@@ -158,11 +158,26 @@ impl Modify for BearerAuth {
 )]
 struct ApiDoc;
 
+/// Which answers `gzip` compresses: what tower-http would by default (not tiny, not already
+/// compressed, not event streams), and successful ones only, since a refusal is small and
+/// `json_errors` reads the plain-text ones.
+type Compressible = tower_http::compression::predicate::And<
+    tower_http::compression::DefaultPredicate,
+    fn(StatusCode, axum::http::Version, &axum::http::HeaderMap, &axum::http::Extensions) -> bool,
+>;
+
 /// gzip for the large read-only answers (`/fleet`, `/query_range`) when the client accepts
 /// it. Only routes answering metric data use it: no secret is ever in a compressed body, so
 /// compression cannot leak one through its size (BREACH).
-pub(crate) fn gzip() -> tower_http::compression::CompressionLayer {
-    tower_http::compression::CompressionLayer::new()
+pub(crate) fn gzip() -> tower_http::compression::CompressionLayer<Compressible> {
+    use tower_http::compression::{CompressionLayer, DefaultPredicate, Predicate as _};
+    let only_success: fn(
+        StatusCode,
+        axum::http::Version,
+        &axum::http::HeaderMap,
+        &axum::http::Extensions,
+    ) -> bool = |status, _, _, _| status.is_success();
+    CompressionLayer::new().compress_when(DefaultPredicate::new().and(only_success))
 }
 
 /// Rejections produced outside handlers (malformed JSON, bad query strings, a body over the
