@@ -76,14 +76,12 @@ pub fn server_config(image: &str) -> String {
     )
 }
 
-/// `scripts/demo-image.sh` of the source checkout this binary runs from, if it is one.
+/// `scripts/demo-image.sh` of the source tree this binary was built from, if it is still
+/// there. Never a script found relative to the working directory: running the quickstart
+/// inside some other checkout must not execute that checkout's code.
 pub fn build_script() -> Option<PathBuf> {
-    [
-        PathBuf::from("scripts/demo-image.sh"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/demo-image.sh"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
+    Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/demo-image.sh"))
+        .filter(|p| p.is_file())
 }
 
 /// The banner's line about the demo server.

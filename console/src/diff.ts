@@ -42,8 +42,13 @@ export function lineDiff(before: string, after: string): DiffLine[] {
   return out;
 }
 
+/** Longest schema re-indented: indentation grows with nesting, so a hostile schema is
+ * shown as sent beyond this. */
+const MAX_PRETTY = 16_384;
+
 /** Canonical JSON re-indented so a schema diff reads line by line. */
 export function prettyJson(text: string): string {
+  if (text.length > MAX_PRETTY) return text;
   try {
     return JSON.stringify(JSON.parse(text), null, 2);
   } catch {

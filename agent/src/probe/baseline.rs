@@ -12,6 +12,9 @@ use super::tools::{Sha256, ToolDrift, ToolSurface, ToolText};
 
 /// Tools whose text a drift event carries at most (their names are all listed).
 const MAX_CHANGES_SHOWN: usize = 32;
+/// Largest drift detail sent: well inside the wire's frame limit (1 MiB by default), since
+/// the text bounds are in characters and escaping can multiply bytes.
+const MAX_DETAIL_BYTES: usize = 256 * 1024;
 
 /// The file's current form. Agents before it wrote a plain `{name: sha256 hex}` map, which
 /// is still read (with no text: a drift against it shows only the new text).
@@ -40,7 +43,11 @@ pub(super) fn load_baseline(dir: &Path, server: &str) -> Option<ToolSurface> {
     let mut surface = ToolSurface::default();
     if let Ok(file) = serde_json::from_str::<BaselineFile>(&text) {
         for (name, t) in file.tools {
-            surface.tools.insert(name.clone(), decode(&t.sha256)?);
+            let Some(hash) = decode(&t.sha256) else {
+                tracing::warn!(server, tool = %name, "tool baseline has an unreadable hash; the next probe sets a new one");
+                return None;
+            };
+            surface.tools.insert(name.clone(), hash);
             surface.texts.insert(name, t.text);
         }
         return Some(surface);
@@ -99,15 +106,37 @@ pub(super) fn describe(d: &ToolDrift) -> String {
 
 /// The drift event's detail: a JSON object with the one-line summary, the name lists and
 /// each tool's text before and after (the first 32 tools).
+/// Over [`MAX_DETAIL_BYTES`], the texts go first, then the name lists (the summary counts).
 pub(super) fn drift_detail(d: &ToolDrift) -> String {
     let shown = &d.changes[..d.changes.len().min(MAX_CHANGES_SHOWN)];
-    serde_json::json!({
+    let full = serde_json::json!({
         "summary": describe(d),
         "added": d.added,
         "removed": d.removed,
         "changed": d.changed,
         "changes": shown,
         "changes_truncated": d.changes.len() > shown.len(),
+    })
+    .to_string();
+    if full.len() <= MAX_DETAIL_BYTES {
+        return full;
+    }
+    let names = serde_json::json!({
+        "summary": format!("added={} removed={} changed={}", d.added.len(), d.removed.len(), d.changed.len()),
+        "added": d.added,
+        "removed": d.removed,
+        "changed": d.changed,
+        "changes": [],
+        "changes_truncated": true,
+    })
+    .to_string();
+    if names.len() <= MAX_DETAIL_BYTES {
+        return names;
+    }
+    serde_json::json!({
+        "summary": format!("added={} removed={} changed={}", d.added.len(), d.removed.len(), d.changed.len()),
+        "added": [], "removed": [], "changed": [], "changes": [],
+        "changes_truncated": true,
     })
     .to_string()
 }
@@ -194,5 +223,16 @@ mod tests {
         );
         assert_eq!(detail["changes_truncated"], true);
         assert_eq!(detail["added"].as_array().unwrap().len(), 40);
+        // Texts that would pass the frame limit go; the names stay.
+        let wide: Vec<(String, String)> = (0..32)
+            .map(|i| (format!("w{i}"), "\u{1F600}".repeat(2048)))
+            .collect();
+        let refs: Vec<(&str, &str)> = wide.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let text = drift_detail(&ToolSurface::default().diff(&surface(&refs)));
+        assert!(text.len() <= MAX_DETAIL_BYTES, "{}", text.len());
+        let detail: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(detail["changes"].as_array().unwrap().len(), 0);
+        assert_eq!(detail["added"].as_array().unwrap().len(), 32);
+        assert_eq!(detail["changes_truncated"], true);
     }
 }

@@ -43,6 +43,11 @@ export function Roles() {
   const save = (e: Event) => {
     e.preventDefault();
     if (!editing) return;
+    // PUT creates or replaces: a new role must not silently replace an existing one.
+    if (editing.isNew && roles.data?.some((r) => r.name === editing.name)) {
+      void act(() => Promise.reject(new Error(`A role named ${editing.name} exists; edit it instead.`)));
+      return;
+    }
     const body = { permissions: PERMISSIONS.map(([p]) => p).filter((p) => editing.permissions.has(p)) };
     void act(() => api("PUT", `/roles/${encodeURIComponent(editing.name)}`, body));
   };

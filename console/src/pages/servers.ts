@@ -48,6 +48,9 @@ export interface ToolChange {
   after: ToolText | null;
 }
 
+/** Tools shown with their text (the agent sends at most 32). */
+const MAX_CHANGES = 32;
+
 export interface Drift {
   added: string[];
   removed: string[];
@@ -60,8 +63,20 @@ export interface Drift {
 export function driftOf(raw: unknown): Drift | null {
   const detail = detailOf(raw);
   if (detail && typeof detail === "object" && "changes" in detail) {
-    const d = detail as Partial<Drift>;
-    return { added: d.added ?? [], removed: d.removed ?? [], changed: d.changed ?? [], changes: d.changes ?? [] };
+    // The detail is what an agent sent: keep only what has the documented shape.
+    const d = detail as Record<string, unknown>;
+    const names = (v: unknown) => (Array.isArray(v) ? v.filter((x): x is string => typeof x === "string") : []);
+    const text = (v: unknown): ToolText | null => {
+      if (!v || typeof v !== "object") return null;
+      const t = v as Record<string, unknown>;
+      if (typeof t.input_schema !== "string") return null;
+      return { description: typeof t.description === "string" ? t.description : null, input_schema: t.input_schema };
+    };
+    const changes = (Array.isArray(d.changes) ? d.changes : [])
+      .filter((c): c is Record<string, unknown> => !!c && typeof c === "object" && typeof (c as Record<string, unknown>).tool === "string")
+      .slice(0, MAX_CHANGES)
+      .map((c) => ({ tool: c.tool as string, before: text(c.before), after: text(c.after) }));
+    return { added: names(d.added), removed: names(d.removed), changed: names(d.changed), changes };
   }
   if (typeof detail !== "string" || !/added=\[/.test(detail)) return null;
   const list = (key: string) => {
