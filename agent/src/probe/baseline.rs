@@ -109,36 +109,35 @@ pub(super) fn describe(d: &ToolDrift) -> String {
 /// Over [`MAX_DETAIL_BYTES`], the texts go first, then the name lists (the summary counts).
 pub(super) fn drift_detail(d: &ToolDrift) -> String {
     let shown = &d.changes[..d.changes.len().min(MAX_CHANGES_SHOWN)];
-    let full = serde_json::json!({
-        "summary": describe(d),
-        "added": d.added,
-        "removed": d.removed,
-        "changed": d.changed,
-        "changes": shown,
-        "changes_truncated": d.changes.len() > shown.len(),
-    })
-    .to_string();
-    if full.len() <= MAX_DETAIL_BYTES {
-        return full;
+    let counts = format!(
+        "added={} removed={} changed={}",
+        d.added.len(),
+        d.removed.len(),
+        d.changed.len()
+    );
+    let none: &[String] = &[];
+    let forms = [
+        (describe(d), true, shown),
+        (counts.clone(), true, &[][..]),
+        (counts, false, &[][..]),
+    ];
+    let mut text = String::new();
+    for (summary, names, changes) in forms {
+        let list = |l: &[String]| if names { l.to_vec() } else { none.to_vec() };
+        text = serde_json::json!({
+            "summary": summary,
+            "added": list(&d.added),
+            "removed": list(&d.removed),
+            "changed": list(&d.changed),
+            "changes": changes,
+            "changes_truncated": changes.len() < d.changes.len(),
+        })
+        .to_string();
+        if text.len() <= MAX_DETAIL_BYTES {
+            break;
+        }
     }
-    let names = serde_json::json!({
-        "summary": format!("added={} removed={} changed={}", d.added.len(), d.removed.len(), d.changed.len()),
-        "added": d.added,
-        "removed": d.removed,
-        "changed": d.changed,
-        "changes": [],
-        "changes_truncated": true,
-    })
-    .to_string();
-    if names.len() <= MAX_DETAIL_BYTES {
-        return names;
-    }
-    serde_json::json!({
-        "summary": format!("added={} removed={} changed={}", d.added.len(), d.removed.len(), d.changed.len()),
-        "added": [], "removed": [], "changed": [], "changes": [],
-        "changes_truncated": true,
-    })
-    .to_string()
+    text
 }
 
 #[cfg(test)]
