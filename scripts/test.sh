@@ -83,11 +83,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 # The same end-to-end suites (uplink over mutual TLS, spool replay, Docker supervision)
-# against the static musl agent: counted in the total as a second run. (The gateway suite
-# is not yet here: one of its 20-session runs against the musl debug build once saw a
-# connection closed mid-request; see ARCHITECTURE.md, known limits.)
+# against the static musl agent: counted in the total as a second run.
 MCPWATCH_AGENT_BIN="$PWD/target/$musl/debug/mcpwatch-agent" \
-  cargo test -p mcpwatch-tests --test pipeline --test supervision 2>&1 | tee -a "$log"
+  cargo test -p mcpwatch-tests --test pipeline --test supervision --test gateway 2>&1 | tee -a "$log"
 # One closing line for the whole run: cargo prints one summary per test binary, and the last
 # of those is a doc-test binary with nothing in it.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }

@@ -27,6 +27,12 @@ fn url(rig: &Rig, server: &str) -> String {
 }
 
 async fn connect(url: &str) -> Client {
+    try_connect(url)
+        .await
+        .expect("client session through the gateway")
+}
+
+async fn try_connect(url: &str) -> Result<Client, String> {
     // reqwest is built without a default TLS provider in this workspace; an Err only means
     // one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -37,7 +43,7 @@ async fn connect(url: &str) -> Client {
     .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE);
     info.serve(StreamableHttpClientTransport::from_uri(url))
         .await
-        .expect("client session through the gateway")
+        .map_err(|e| format!("{e:?}"))
 }
 
 fn args(v: Value) -> Map<String, Value> {
@@ -138,7 +144,7 @@ async fn twenty_sessions_interleaved_on_one_stdio_server_never_cross_answers() {
     for s in 0..SESSIONS {
         let url = Arc::clone(&url);
         tasks.push(tokio::spawn(async move {
-            let client = connect(&url).await;
+            let client = try_connect(&url).await?;
             for i in 0..CALLS {
                 let text = format!("session {s} call {i}");
                 let params = CallToolRequestParams::new("echo")
@@ -147,10 +153,27 @@ async fn twenty_sessions_interleaved_on_one_stdio_server_never_cross_answers() {
                 assert_eq!(text_of(&answer), text, "an answer reached the wrong caller");
             }
             client.cancel().await.expect("session closed");
+            Ok::<(), String>(())
         }));
     }
     for t in tasks {
-        t.await.expect("session task");
+        if let Err(e) = t.await.expect("session task") {
+            // Why the gateway said no is in its refusal counts and its log.
+            let refused: Vec<String> = rig
+                .agent
+                .metrics()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("mcpwatch_mcp_gateway_requests_refused")
+                        || l.starts_with("mcpwatch_mcp_gateway_connections_closed")
+                })
+                .map(str::to_owned)
+                .collect();
+            panic!(
+                "a session could not start: {e}\nrefusals: {refused:#?}\nagent log:\n{}",
+                rig.agent.logs()
+            );
+        }
     }
     let expected = (SESSIONS * CALLS) as f64;
     wait_for("every call counted", LONG, || {

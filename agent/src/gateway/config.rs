@@ -45,7 +45,9 @@ pub struct RawGateway {
     pub request_timeout: Option<Duration>,
     /// A client session with no request for this long is ended. Default 10m.
     pub session_idle_timeout: Option<Duration>,
-    /// Connections open at once, and per client address. Defaults 256 and 64.
+    /// Connections open at once, and per client address. Defaults 256, and 64 per address
+    /// off loopback; on a loopback listener every local client shares one address, so
+    /// there the per-address default is the global one.
     pub max_connections: Option<usize>,
     pub max_connections_per_address: Option<usize>,
 }
@@ -178,7 +180,39 @@ impl GatewayConfig {
                 .map(Duration::get)
                 .unwrap_or(std::time::Duration::from_secs(600)),
             max_connections,
-            max_connections_per_address: raw.max_connections_per_address.unwrap_or(64),
+            // Twenty local MCP clients hold up to three connections each (a GET stream, a
+            // POST being answered, one being opened), all from 127.0.0.1.
+            max_connections_per_address: raw.max_connections_per_address.unwrap_or(
+                if listen.ip().is_loopback() {
+                    max_connections
+                } else {
+                    64
+                },
+            ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_limit_defaults_to_the_global_one_on_loopback_only() {
+        let path = Path::new("/etc/mcpwatch/agent.toml");
+        let loopback = GatewayConfig::validate(path, RawGateway::default()).unwrap();
+        assert_eq!(loopback.max_connections_per_address, 256);
+        let raw = RawGateway {
+            max_connections: Some(100),
+            ..RawGateway::default()
+        };
+        let loopback = GatewayConfig::validate(path, raw).unwrap();
+        assert_eq!(loopback.max_connections_per_address, 100);
+        let raw = RawGateway {
+            max_connections_per_address: Some(8),
+            ..RawGateway::default()
+        };
+        let set = GatewayConfig::validate(path, raw).unwrap();
+        assert_eq!(set.max_connections_per_address, 8);
     }
 }
