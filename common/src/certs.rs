@@ -28,6 +28,10 @@ pub enum CertError {
     InvalidName(String),
     #[error("{0} already exists; refusing to overwrite a CA (remove it first)")]
     Exists(PathBuf),
+    #[error("{path}: {message}")]
+    Mismatch { path: PathBuf, message: String },
+    #[error("the OS random source failed")]
+    Random,
 }
 
 /// Paths of one certificate and its key.
@@ -178,7 +182,7 @@ pub fn issue_agent_valid(
     Ok(paths)
 }
 
-fn dn(cn: &str) -> DistinguishedName {
+pub(crate) fn dn(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
     dn.push(DnType::OrganizationName, "mcpwatch");
@@ -210,6 +214,7 @@ fn issue(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![usage];
     params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(crate::csr::random_serial()?);
     params.not_before = not_before;
     params.not_after = not_after;
     let cert = params.signed_by(&key, issuer)?;

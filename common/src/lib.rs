@@ -4,8 +4,10 @@
 //! between the two.
 
 pub mod backoff;
+pub mod cert_info;
 pub mod certs;
 pub mod config;
+pub mod csr;
 pub mod exposition;
 pub mod hex;
 pub mod http_server;
