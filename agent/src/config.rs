@@ -132,6 +132,9 @@ impl AgentConfig {
         let bad = |key: &str, msg: String| ConfigError::invalid(path, key, msg);
         let resolve = |p: PathBuf| cfg::resolve_path(path, p);
         let tls = raw.tls.resolve(path);
+        if !tls.crl.is_empty() {
+            return Err(bad("tls.crl", "only the collector checks CRLs".into()));
+        }
         let (log_level, log_json) = raw.log.resolve();
         tls::client_config(&tls).map_err(|e| bad("tls", e.to_string()))?;
         let cert = tls::load_certs(&tls.cert).map_err(|e| bad("tls.cert", e.to_string()))?;

@@ -3,6 +3,8 @@
 
 pub mod agent;
 pub mod config;
+pub mod enroll;
+pub mod enroll_cli;
 pub mod gateway;
 pub mod http;
 pub mod http_client;

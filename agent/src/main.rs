@@ -31,6 +31,40 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Get this agent's certificate from the collector with a bootstrap token: the key is
+    /// made here, and the certificate and CA bundle are written where [tls] points. Does
+    /// nothing when a valid certificate is there already (unless --force).
+    Enroll {
+        /// Configuration file ([tls] says where the files go).
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// The collector's API, https://HOST:PORT.
+        #[arg(long)]
+        collector: String,
+        /// The bootstrap token (mcpe_...).
+        #[arg(
+            long,
+            conflicts_with = "token_file",
+            required_unless_present = "token_file"
+        )]
+        token: Option<String>,
+        /// A file holding the bootstrap token (keeps it out of `ps`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// SHA-256 fingerprint of the collector's CA (SHA256:AB:CD:...).
+        #[arg(long, conflicts_with = "ca", required_unless_present = "ca")]
+        ca_fingerprint: Option<String>,
+        /// Or the CA bundle to verify the collector with.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The identity to ask for. Default: agent_id from the configuration, else the
+        /// host name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace a valid certificate that is already there.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +72,28 @@ fn main() -> ExitCode {
     let (path, run) = match cli.command {
         Command::Run { config } => (config, true),
         Command::CheckConfig { config } => (config, false),
+        Command::Enroll {
+            config,
+            collector,
+            token,
+            token_file,
+            ca_fingerprint,
+            ca,
+            name,
+            force,
+        } => {
+            let args = mcpwatch_agent::enroll_cli::Args {
+                config,
+                collector,
+                token,
+                token_file,
+                ca_fingerprint,
+                ca,
+                name,
+                force,
+            };
+            return mcpwatch_agent::enroll_cli::run(args);
+        }
     };
     let config = match AgentConfig::load(&path) {
         Ok(c) => c,

@@ -167,7 +167,7 @@ enum AuditAction {
 }
 
 /// Why a command failed.
-enum Failure {
+pub(crate) enum Failure {
     Config(ConfigError),
     Store(StoreError),
     Usage(String),
@@ -181,7 +181,7 @@ impl From<StoreError> for Failure {
     }
 }
 
-fn finish(r: Result<(), Failure>) -> ExitCode {
+pub(crate) fn finish(r: Result<(), Failure>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
@@ -204,7 +204,7 @@ fn finish(r: Result<(), Failure>) -> ExitCode {
 }
 
 impl DbArgs {
-    fn path(&self) -> Result<PathBuf, Failure> {
+    pub(crate) fn path(&self) -> Result<PathBuf, Failure> {
         if let Some(db) = &self.db {
             return Ok(db.clone());
         }

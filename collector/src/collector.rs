@@ -191,6 +191,7 @@ struct ApiParts {
     api_secrets: ApiSecrets,
     dispatcher: dispatcher::Dispatcher,
     router: CommandRouter,
+    pki: crate::pki::Pki,
 }
 
 /// The HTTP application (API, `/metrics`, health) with its limits.
@@ -211,6 +212,7 @@ fn http_app(
         limiter: Default::default(),
         feed: api.feed,
         fleet: api.fleet,
+        pki: api.pki,
         stream_slots: Arc::new(tokio::sync::Semaphore::new(config.api.stream_max_clients)),
         stream_holders: Default::default(),
         streams_stop: api.http_stop,
@@ -285,7 +287,11 @@ pub async fn run_with_router(
     router: CommandRouter,
 ) -> Result<(), CollectorError> {
     let metrics = CollectorMetrics::new();
-    let tls = Arc::new(Reloadable::new(tls::server_config(&config.tls)?));
+    let pki = crate::pki::Pki::new(&config.enroll, metrics.clone());
+    let tls = Arc::new(Reloadable::new(tls::server_config(
+        &config.tls,
+        pki.revoked(),
+    )?));
     let ingest_listener = bind("ingest", config.ingest_listen).await?;
     let http_listener = bind("http", config.http_listen).await?;
     let base_dir = config
@@ -302,6 +308,7 @@ pub async fn run_with_router(
         api_secrets,
     } = open_alerting(&config, &base_dir, &metrics)?;
     let store = alerting.store().clone();
+    pki.load(&store, &config.tls).await?;
 
     let ready = Arc::new(Readiness::default());
     let sessions = TaskTracker::new();
@@ -344,6 +351,7 @@ pub async fn run_with_router(
         api_secrets,
         dispatcher,
         router: router.clone(),
+        pki: pki.clone(),
     };
     let app = http_app(&config, &base_dir, &store, api, &metrics, &ready);
     let http_tls = api_tls(&config, &background, &shutdown)?;
@@ -371,11 +379,19 @@ pub async fn run_with_router(
         background_stop.clone(),
     );
     let files = config.tls.clone();
+    let revoked = pki.revoked().clone();
     background.spawn(tls::reload_on_sighup(
-        move || tls::server_config(&files),
+        move || tls::server_config(&files, &revoked),
         tls.clone(),
         shutdown.clone(),
     ));
+    pki.spawn_tls_watch(
+        config.tls.clone(),
+        tls.clone(),
+        &background,
+        background_stop.clone(),
+    );
+    pki.spawn_poll(store.clone(), &background, background_stop.clone());
     systemd::spawn_watchdog(&background, shutdown.clone());
     let settings = IngestSettings {
         max_connections: config.max_connections,
@@ -391,6 +407,7 @@ pub async fn run_with_router(
         router,
         metrics.clone(),
         settings,
+        pki.clone(),
         sessions.clone(),
         shutdown.clone(),
     ));

@@ -16,6 +16,60 @@ use crate::notify::{ReceiverConfigRaw, SecretRef};
 
 pub const DEFAULT_PATH: &str = "/etc/mcpwatch/collector.toml";
 
+/// `[enroll]`: the collector signs agents' certificates (enrollment with a bootstrap token,
+/// renewal over the mTLS session) only when it holds the CA key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnroll {
+    /// The CA's private key (PEM). Unset: no enrollment, no renewal.
+    pub ca_key: Option<PathBuf>,
+    /// The CA certificate the key belongs to. Default: `[tls] ca`.
+    pub ca_cert: Option<PathBuf>,
+    /// Lifetime of the certificates it issues (1m..=825d). Default 30d; agents renew after
+    /// two thirds of it.
+    pub lifetime: Option<Duration>,
+}
+
+/// Validated `[enroll]`.
+#[derive(Debug, Clone)]
+pub struct EnrollConfig {
+    /// Loaded once; `None` when `ca_key` is unset.
+    pub signer: Option<std::sync::Arc<mcpwatch_common::csr::Signer>>,
+    pub lifetime: std::time::Duration,
+}
+
+impl EnrollConfig {
+    fn validate(path: &Path, raw: RawEnroll, tls: &TlsFiles) -> Result<EnrollConfig, ConfigError> {
+        let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+        let lifetime = raw
+            .lifetime
+            .unwrap_or(Duration::from_secs(30 * 86_400))
+            .get();
+        if !(std::time::Duration::from_secs(60)..=std::time::Duration::from_secs(825 * 86_400))
+            .contains(&lifetime)
+        {
+            return Err(bad("enroll.lifetime", "must be 1m..=825d"));
+        }
+        let signer = match raw.ca_key {
+            None if raw.ca_cert.is_some() => {
+                return Err(bad("enroll.ca_cert", "needs enroll.ca_key"));
+            }
+            None => None,
+            Some(key) => {
+                let key = cfg::resolve_path(path, key);
+                let cert = raw
+                    .ca_cert
+                    .map(|c| cfg::resolve_path(path, c))
+                    .unwrap_or_else(|| tls.ca.clone());
+                let signer = mcpwatch_common::csr::Signer::load(&cert, &key)
+                    .map_err(|e| bad("enroll.ca_key", &e.to_string()))?;
+                Some(std::sync::Arc::new(signer))
+            }
+        };
+        Ok(EnrollConfig { signer, lifetime })
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCollectorConfig {
@@ -29,6 +83,9 @@ pub struct RawCollectorConfig {
     pub api: RawApi,
     #[serde(default)]
     pub log: RawLog,
+    /// Agent enrollment and certificate renewal (see [`RawEnroll`]).
+    #[serde(default)]
+    pub enroll: RawEnroll,
     /// How long SIGTERM may take to commit queued batches. Default 10s.
     pub shutdown_grace: Option<Duration>,
     /// Rule files, grouping and timing of notifications (see `alerting::config`).
@@ -186,6 +243,7 @@ pub struct CollectorConfig {
     pub max_in_flight: usize,
     pub max_series_per_agent: u64,
     pub tls: TlsFiles,
+    pub enroll: EnrollConfig,
     pub db_path: PathBuf,
     pub retention_raw: Duration,
     pub retention_1m: Duration,
@@ -230,7 +288,8 @@ impl CollectorConfig {
         let resolve = |p: PathBuf| cfg::resolve_path(path, p);
         let tls = raw.tls.resolve(path);
         let (log_level, log_json) = raw.log.resolve();
-        tls::server_config(&tls).map_err(|e| bad("tls", &e.to_string()))?;
+        tls::server_config(&tls, &Default::default()).map_err(|e| bad("tls", &e.to_string()))?;
+        let enroll = EnrollConfig::validate(path, raw.enroll, &tls)?;
         let i = raw.ingest;
         let max_frame_len = i
             .max_frame_size
@@ -327,6 +386,7 @@ impl CollectorConfig {
             max_in_flight,
             max_series_per_agent,
             tls,
+            enroll,
             db_path: resolve(
                 s.path
                     .unwrap_or_else(|| PathBuf::from("/var/lib/mcpwatch/collector.db")),

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
+use mcpwatch_common::cert_info;
 use mcpwatch_common::tls::{self, Reloadable};
 use mcpwatch_common::wire::{
     Batch, CodecError, CommandResult, Frame, FrameCodec, Hello, Reject, RejectReason, Welcome,
@@ -81,6 +82,7 @@ pub async fn serve(
     router: CommandRouter,
     metrics: Arc<CollectorMetrics>,
     settings: IngestSettings,
+    pki: crate::pki::Pki,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -122,6 +124,7 @@ pub async fn serve(
             metrics: metrics.clone(),
             settings: settings.clone(),
             refusals: refusals.clone(),
+            pki: pki.clone(),
         };
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
@@ -142,6 +145,7 @@ struct Session {
     metrics: Arc<CollectorMetrics>,
     settings: IngestSettings,
     refusals: Arc<RefusalLog>,
+    pki: crate::pki::Pki,
 }
 
 /// Refusals logged in full per reason and source address each minute; the rest are counted
@@ -198,7 +202,7 @@ async fn reject(framed: &mut Stream, reason: RejectReason, message: String) {
 impl Session {
     async fn run(&self, tcp: TcpStream, shutdown: CancellationToken) {
         let peer = self.peer;
-        let (mut framed, agent_id, host_id) = match self.handshake(tcp).await {
+        let (mut framed, agent_id, host_id, serial) = match self.handshake(tcp).await {
             Ok(ok) => ok,
             Err(err) => {
                 self.metrics.handshake_failure(err.reason());
@@ -213,7 +217,14 @@ impl Session {
         // Every line about this session's batches and commands names the agent.
         let span = tracing::info_span!("agent", agent_id = %agent_id, host_id, conn = self.conn);
         let result = self
-            .stream(&mut framed, &agent_id, host_id, commands, &shutdown)
+            .stream(
+                &mut framed,
+                &agent_id,
+                host_id,
+                &serial,
+                commands,
+                &shutdown,
+            )
             .instrument(span)
             .await;
         self.router.unregister(&agent_id, self.conn);
@@ -233,20 +244,24 @@ impl Session {
         }
     }
 
-    /// TLS, identity, Hello → Welcome. Returns the framed stream, agent id and host id.
-    async fn handshake(&self, tcp: TcpStream) -> Result<(Stream, String, i64), SessionError> {
+    /// TLS, identity, Hello → Welcome. Returns the framed stream, agent id, host id and the
+    /// certificate's serial.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(Stream, String, i64, String), SessionError> {
         let timeout = self.settings.handshake_timeout;
         let stream = tokio::time::timeout(timeout, self.acceptor.accept(tcp))
             .await
             .map_err(|_| SessionError::Timeout("tls handshake"))?
             .map_err(SessionError::Handshake)?;
-        let identity = {
+        let (identity, certificate) = {
             let (_, conn) = stream.get_ref();
             let cert = conn
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .ok_or(tls::TlsError::NoIdentity)?;
-            tls::identity_of(cert)?
+            (tls::identity_of(cert)?, cert_info::inspect(cert.as_ref())?)
         };
         let mut framed = Framed::new(stream, FrameCodec::new(self.settings.max_frame_len));
         let hello = read_hello(&mut framed, timeout).await?;
@@ -297,8 +312,10 @@ impl Session {
         }
         tracing::info!(peer = %self.peer, agent_id = %identity, host_id = session.host_id,
             resume_from_seq = session.last_seq + 1, agent_last_acked = hello.last_acked_seq,
-            "agent connected");
-        Ok((framed, identity, session.host_id))
+            serial = %certificate.serial, "agent connected");
+        let serial = certificate.serial.clone();
+        self.pki.note_seen(&self.store, certificate).await;
+        Ok((framed, identity, session.host_id, serial))
     }
 
     /// Batches in, acks out in order, each after its commit. Reading pauses while
@@ -308,10 +325,14 @@ impl Session {
         framed: &mut Stream,
         agent_id: &str,
         host_id: i64,
+        serial: &str,
         mut commands: tokio::sync::mpsc::Receiver<PendingCommand>,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
         let mut pending = FuturesOrdered::new();
+        // A revocation ends the session at once; one made since the handshake counts too.
+        let mut revocations = self.pki.revoked().subscribe();
+        revocations.mark_changed();
         // Commands sent and not yet answered; dropped with the session, which tells each
         // waiting caller the agent went away.
         let mut awaiting: HashMap<u64, oneshot::Sender<CommandResult>> = HashMap::new();
@@ -366,6 +387,11 @@ impl Session {
                         other => {
                             return Err(SessionError::Protocol(format!("unexpected {} from agent", frame_name(&other))));
                         }
+                    }
+                }
+                Ok(()) = revocations.changed() => {
+                    if self.pki.revoked().contains(serial) {
+                        return Err(SessionError::Refused(format!("certificate {serial} revoked")));
                     }
                 }
                 Some(cmd) = commands.recv() => {

@@ -3,6 +3,7 @@
 //! `user`, `role`, `token` and `audit` commands live in `admin_cli`.
 
 mod admin_cli;
+mod pki_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ enum Command {
     Role(admin_cli::RoleCmd),
     /// API tokens on the database: create, revoke, list.
     Token(admin_cli::TokenCmd),
+    /// Bootstrap tokens for agent enrollment on the database: create, list, revoke.
+    EnrollToken(pki_cli::EnrollTokenCmd),
     /// The audit log on the database: verify its hash chain.
     Audit(admin_cli::AuditCmd),
 }
@@ -92,6 +95,8 @@ enum CertsCommand {
         #[arg(long)]
         name: String,
     },
+    /// Revoke an agent certificate by serial, on the database (live within a second).
+    Revoke(pki_cli::RevokeArgs),
 }
 
 fn main() -> ExitCode {
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
         }
         Command::Certs { command } => {
             let result = match command {
+                CertsCommand::Revoke(args) => return pki_cli::revoke(args),
                 CertsCommand::Init { dir, names } => certs::init(&dir, &names).map(|()| {
                     println!("CA and collector certificate written to {}", dir.display());
                 }),
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
         Command::User(cmd) => admin_cli::user(cmd),
         Command::Role(cmd) => admin_cli::role(cmd),
         Command::Token(cmd) => admin_cli::token(cmd),
+        Command::EnrollToken(cmd) => pki_cli::enroll_token(cmd),
         Command::Audit(cmd) => admin_cli::audit(cmd),
     }
 }

@@ -37,6 +37,14 @@ pub struct ReceiverInfoLabel {
     pub kind: String,
 }
 
+/// One certificate: `role` is `collector`, `ca` or `agent`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    pub role: String,
+    pub identity: String,
+    pub serial: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabel {
     pub to: String,
@@ -102,6 +110,10 @@ pub struct CollectorMetrics {
     pub feed_failures: Counter,
     /// Failed reads of the fleet summary, and raw rows it could not decode.
     pub fleet_failures: Counter,
+    /// notAfter of the collector's certificate, its CAs and every agent's current one.
+    pub certificate_expiry: Family<CertificateLabel, Gauge>,
+    /// Enrollments and renewals refused, by reason; revocations picked up by the poll.
+    pub pki_refusals: Family<ReasonLabel, Counter>,
     /// 1 while every verification of the audit chain since start found it whole; 0 before
     /// the first one and once a break is found (until restart).
     pub audit_chain_ok: Gauge,
@@ -158,6 +170,8 @@ impl CollectorMetrics {
             stream_resets: Counter::default(),
             feed_failures: Counter::default(),
             fleet_failures: Counter::default(),
+            certificate_expiry: Family::default(),
+            pki_refusals: Family::default(),
             audit_chain_ok: Gauge::default(),
             audit_chain_verified_id: Gauge::default(),
             audit_chain_breaks: Counter::default(),
@@ -192,6 +206,16 @@ impl CollectorMetrics {
             });
         }
         let r = &mut m.registry;
+        r.register(
+            "mcpwatch_tls_certificate_expiry_timestamp_seconds",
+            "notAfter of a certificate (Unix seconds): the collector's, its CAs', every agent's current one.",
+            m.certificate_expiry.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_pki_refusals",
+            "Enrollments and certificate renewals refused, by reason.",
+            m.pki_refusals.clone(),
+        );
         r.register(
             "mcpwatch_collector_connections_active",
             "Agent connections currently open (TLS or not yet).",

@@ -69,7 +69,8 @@ pub fn serial_of_bytes(bytes: &[u8]) -> String {
 /// canonical form; `None` if it is not hex or longer than the 20 bytes RFC 5280 allows.
 pub fn canonical_serial(text: &str) -> Option<String> {
     let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
-    let ok = !digits.is_empty() && digits.len() <= 42 && digits.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok =
+        !digits.is_empty() && digits.len() <= 42 && digits.bytes().all(|b| b.is_ascii_hexdigit());
     ok.then(|| canonical(&digits))
 }
 
@@ -86,11 +87,7 @@ fn canonical(hex: &str) -> String {
 /// (the form `openssl x509 -fingerprint -sha256` prints, with its prefix shortened).
 pub fn fingerprint(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let hex: Vec<String> = digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect();
+    let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
     format!("SHA256:{}", hex.join(":"))
 }
 
@@ -131,7 +128,10 @@ mod tests {
     fn fingerprints_round_trip_in_every_spelling() {
         let der = b"not really a certificate";
         let fp = fingerprint(der);
-        assert!(fp.starts_with("SHA256:") && fp.len() == 7 + 32 * 3 - 1, "{fp}");
+        assert!(
+            fp.starts_with("SHA256:") && fp.len() == 7 + 32 * 3 - 1,
+            "{fp}"
+        );
         let pin = parse_fingerprint(&fp).unwrap();
         assert!(fingerprint_matches(der, &pin));
         let plain = fp[7..].replace(':', "").to_ascii_lowercase();

@@ -114,6 +114,9 @@ pub struct RawTls {
     pub cert: PathBuf,
     /// This endpoint's private key.
     pub key: PathBuf,
+    /// Collector only: CRL files (PEM) client certificates are checked against. Default none.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
 }
 
 impl RawTls {
@@ -122,6 +125,11 @@ impl RawTls {
             ca: resolve_path(config_path, self.ca),
             cert: resolve_path(config_path, self.cert),
             key: resolve_path(config_path, self.key),
+            crl: self
+                .crl
+                .into_iter()
+                .map(|p| resolve_path(config_path, p))
+                .collect(),
         }
     }
 }

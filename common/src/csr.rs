@@ -22,6 +22,7 @@ pub struct KeyAndRequest {
     /// PKCS#8 PEM; write it 0600 and nowhere else.
     pub key_pem: String,
     pub csr_der: Vec<u8>,
+    pub csr_pem: String,
 }
 
 /// Makes an ECDSA P-256 key and a CSR with `identity` as its only DNS name.
@@ -34,11 +35,12 @@ pub fn request(identity: &str) -> Result<KeyAndRequest, CertError> {
     Ok(KeyAndRequest {
         key_pem: key.serialize_pem(),
         csr_der: csr.der().to_vec(),
+        csr_pem: csr.pem()?,
     })
 }
 
 /// Why a CSR was not signed. The texts are for the requester: they say what to change.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CsrError {
     #[error("the certificate request cannot be read or its signature is wrong: {0}")]
     Invalid(String),
@@ -90,12 +92,11 @@ impl Signer {
             path: ca_cert.to_owned(),
             message: "no certificate in the file".into(),
         })?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(&first).map_err(|e| {
-            CertError::Mismatch {
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(&first).map_err(|e| CertError::Mismatch {
                 path: ca_cert.to_owned(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
             return Err(CertError::Mismatch {
                 path: ca_key.to_owned(),
@@ -118,20 +119,22 @@ impl Signer {
     }
 
     /// Signs `csr_der` for its one DNS name if `allowed` says yes: a client certificate
-    /// valid from five minutes ago (clock skew) for `lifetime`.
+    /// valid from five minutes before `now_s` (Unix seconds; clock skew) for `lifetime`.
     pub fn sign(
         &self,
         csr_der: &[u8],
         allowed: impl FnOnce(&str) -> bool,
         lifetime: std::time::Duration,
-        now: OffsetDateTime,
+        now_s: i64,
     ) -> Result<Issued, CsrError> {
+        let now = OffsetDateTime::from_unix_timestamp(now_s)
+            .map_err(|e| CsrError::Signing(e.to_string()))?;
         let (name, csr) = parse(csr_der)?;
         if !allowed(&name) {
             return Err(CsrError::NotAllowed(name));
         }
-        let lifetime = time::Duration::try_from(lifetime)
-            .map_err(|e| CsrError::Signing(e.to_string()))?;
+        let lifetime =
+            time::Duration::try_from(lifetime).map_err(|e| CsrError::Signing(e.to_string()))?;
         let params = agent_params(&name, now - time::Duration::minutes(5), now + lifetime)
             .map_err(|e| CsrError::Signing(e.to_string()))?;
         let policy = CertificateSigningRequestParams {
@@ -232,16 +235,20 @@ mod tests {
     fn a_request_for_one_name_is_signed_for_that_name_only() {
         let (_dir, signer) = signer();
         let req = request("web-1").unwrap();
-        let now = OffsetDateTime::now_utc();
-        let issued = signer.sign(&req.csr_der, |n| n == "web-1", DAY, now).unwrap();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let issued = signer
+            .sign(&req.csr_der, |n| n == "web-1", DAY, now)
+            .unwrap();
         assert_eq!(issued.info.identity, "web-1");
         assert!(!issued.info.is_ca);
-        assert_eq!(issued.info.not_after_s, (now + time::Duration::days(1)).unix_timestamp());
+        assert_eq!(issued.info.not_after_s, now + 86_400);
         assert_eq!(issued.info.serial.len(), 32, "{}", issued.info.serial);
         let again = signer.sign(&req.csr_der, |_| true, DAY, now).unwrap();
         assert_ne!(issued.info.serial, again.info.serial, "serials are random");
         assert_eq!(
-            signer.sign(&req.csr_der, |n| n == "web-2", DAY, now).unwrap_err(),
+            signer
+                .sign(&req.csr_der, |n| n == "web-2", DAY, now)
+                .unwrap_err(),
             CsrError::NotAllowed("web-1".into())
         );
     }
@@ -249,7 +256,7 @@ mod tests {
     #[test]
     fn requests_for_more_than_the_policy_gives_are_refused() {
         let (_dir, signer) = signer();
-        let now = OffsetDateTime::now_utc();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
         let two = CertificateParams::new(vec!["web-1".to_owned(), "evil".to_owned()]).unwrap();
         assert_eq!(
             signer.sign(&csr_with(two), |_| true, DAY, now).unwrap_err(),

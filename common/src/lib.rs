@@ -12,6 +12,7 @@ pub mod exposition;
 pub mod hex;
 pub mod http_server;
 pub mod logging;
+pub mod revocation;
 pub mod secret;
 pub mod shutdown;
 pub mod systemd;

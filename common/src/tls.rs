@@ -8,11 +8,13 @@ use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::revocation::{RevocationVerifier, RevokedSerials};
 
 /// The three files a TLS endpoint needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +25,9 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// This endpoint's private key.
     pub key: PathBuf,
+    /// Certificate revocation lists (PEM) the server checks client certificates against;
+    /// only the collector's ingest listener has any.
+    pub crl: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +82,43 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-/// Server side: TLS 1.3 only, a client certificate signed by `files.ca` is required.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+/// The CRLs of `paths`, every one of each PEM file.
+fn crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let found = CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|e| file_err(path, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_err(path, e))?;
+        if found.is_empty() {
+            return Err(file_err(path, "no CRL found"));
+        }
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// Server side: TLS 1.3 only, a client certificate signed by `files.ca` is required, and
+/// refused when its serial is in `revoked` or it is listed in one of `files.crl`.
+///
+/// CRLs are checked for the client's own certificate only, and a certificate from a CA no
+/// CRL speaks for is let in: a CRL is for an external PKI, where the bundle may hold more
+/// CAs than the CRLs cover. An out-of-date CRL is still used (refusing every agent because
+/// a CRL was not refreshed would take the fleet down).
+pub fn server_config(
+    files: &TlsFiles,
+    revoked: &RevokedSerials,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider.clone()).build()?;
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider.clone());
+    if !files.crl.is_empty() {
+        builder = builder
+            .with_crls(crls(&files.crl)?)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let verifier = Arc::new(RevocationVerifier::new(builder.build()?, revoked.clone()));
     let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

@@ -24,6 +24,7 @@ pub fn config(ca: &Path, cert: &Path, key: &Path) -> Arc<ClientConfig> {
         ca: ca.to_owned(),
         cert: cert.to_owned(),
         key: key.to_owned(),
+        crl: Vec::new(),
     })
     .expect("client config")
 }

@@ -48,6 +48,17 @@ impl AuditSlot {
         });
     }
 
+    /// Adds a line to the audit row's detail (never a secret).
+    pub fn note(&self, detail: impl Into<String>) {
+        let d = detail.into();
+        self.with(|i| {
+            if !i.detail.is_empty() {
+                i.detail.push_str("; ");
+            }
+            i.detail.push_str(&d);
+        });
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut AuditInfo) -> T) -> T {
         // A poisoned slot only loses audit detail; keep going with what is there.
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -106,13 +117,7 @@ impl Caller {
 
     /// Adds a line to the audit row's detail (never a secret).
     pub fn note(&self, detail: impl Into<String>) {
-        let d = detail.into();
-        self.slot.with(|i| {
-            if !i.detail.is_empty() {
-                i.detail.push_str("; ");
-            }
-            i.detail.push_str(&d);
-        });
+        self.slot.note(detail);
     }
 }
 
@@ -239,6 +244,7 @@ async fn check_credential(
     let bearer_kind = match kind {
         Kind::Token => BearerKind::Token,
         Kind::Session => BearerKind::Session,
+        Kind::Enroll => return Err(ApiError::Unauthenticated),
     };
     // Only a live credential whose hash matches is valid; its user is read with it.
     let accept = move |row: &BearerRow| match row {

@@ -21,6 +21,8 @@ pub mod server;
 
 pub mod alerts;
 pub mod audit_log;
+pub mod certificates;
+pub mod enrollment;
 pub mod events;
 pub mod federation;
 pub mod fleet;
@@ -118,6 +120,8 @@ pub struct Inner {
     pub feed: crate::feed::Feed,
     /// Per-host sparklines and server counts for `GET /fleet`.
     pub fleet: crate::fleet::Fleet,
+    /// The signer and the live revocations (enrollment, certificates of a host).
+    pub pki: crate::pki::Pki,
     /// One permit per open live stream (`settings.stream_max_clients`).
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Open live streams per holder (`settings.stream_max_per_user`).
@@ -229,6 +233,8 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .merge(login::routes())
         .merge(hosts::routes())
+        .merge(enrollment::routes())
+        .merge(certificates::routes())
         .merge(fleet::routes())
         .merge(servers::routes())
         .merge(tools::routes())

@@ -1,7 +1,8 @@
 //! Bearer credentials: `mcpw_<id>_<secret>` for API tokens and `mcps_<id>_<secret>` for
-//! login sessions. The secret is 256 bits from the OS; the database keeps only its SHA-256,
-//! found by id and compared in constant time, so neither a database reader nor a timing
-//! attacker learns a usable credential.
+//! login sessions; `mcpe_<id>_<secret>` for enrollment tokens (never accepted as a bearer).
+//! The secret is 256 bits from the OS; the database keeps only its SHA-256, found by id and
+//! compared in constant time, so neither a database reader nor a timing attacker learns a
+//! usable credential.
 
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -9,6 +10,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub enum Kind {
     Token,
     Session,
+    /// A bootstrap token for agent enrollment: never a bearer credential.
+    Enroll,
 }
 
 impl Kind {
@@ -16,6 +19,7 @@ impl Kind {
         match self {
             Kind::Token => "mcpw_",
             Kind::Session => "mcps_",
+            Kind::Enroll => "mcpe_",
         }
     }
 }
@@ -40,6 +44,8 @@ pub fn parse(text: &str) -> Option<(Kind, i64, &str)> {
         (Kind::Token, r)
     } else if let Some(r) = text.strip_prefix(Kind::Session.prefix()) {
         (Kind::Session, r)
+    } else if let Some(r) = text.strip_prefix(Kind::Enroll.prefix()) {
+        (Kind::Enroll, r)
     } else {
         return None;
     };

@@ -16,6 +16,9 @@ pub enum Permission {
     /// Host labels and agent revocation.
     #[serde(rename = "hosts:write")]
     HostsWrite,
+    /// Bootstrap tokens for agent enrollment, for hosts that land in the grant's scope.
+    #[serde(rename = "hosts:enroll")]
+    HostsEnroll,
     #[serde(rename = "metrics:read")]
     MetricsRead,
     #[serde(rename = "alerts:read")]
@@ -37,9 +40,10 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 12] = [
         Permission::HostsRead,
         Permission::HostsWrite,
+        Permission::HostsEnroll,
         Permission::MetricsRead,
         Permission::AlertsRead,
         Permission::AlertsAck,
@@ -55,6 +59,7 @@ impl Permission {
         match self {
             Permission::HostsRead => "hosts:read",
             Permission::HostsWrite => "hosts:write",
+            Permission::HostsEnroll => "hosts:enroll",
             Permission::MetricsRead => "metrics:read",
             Permission::AlertsRead => "alerts:read",
             Permission::AlertsAck => "alerts:ack",

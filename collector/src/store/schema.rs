@@ -330,6 +330,41 @@ const MIGRATIONS: &[Migration] = &[
     ) WITHOUT ROWID;
     "#,
     ),
+    // v9: the fleet's PKI. Bootstrap tokens for enrollment (only SHA-256 hashes), and every
+    // agent certificate the collector issued or saw at a handshake, by canonical serial,
+    // with its revocation (refused at the handshake from then on).
+    Migration::Sql(
+        r#"
+    CREATE TABLE enroll_tokens (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        hash        TEXT    NOT NULL UNIQUE,
+        description TEXT    NOT NULL DEFAULT '',
+        name        TEXT,
+        labels      TEXT    NOT NULL DEFAULT '{}',
+        max_uses    INTEGER NOT NULL,
+        used        INTEGER NOT NULL DEFAULT 0,
+        created_ms  INTEGER NOT NULL,
+        created_by  TEXT    NOT NULL,
+        expires_ms  INTEGER NOT NULL,
+        revoked_ms  INTEGER,
+        last_used_ms INTEGER
+    );
+    CREATE TABLE certificates (
+        serial        TEXT    PRIMARY KEY,
+        identity      TEXT    NOT NULL,
+        not_before_ms INTEGER NOT NULL,
+        not_after_ms  INTEGER NOT NULL,
+        source        TEXT    NOT NULL,
+        token_id      INTEGER,
+        recorded_ms   INTEGER NOT NULL,
+        last_seen_ms  INTEGER,
+        revoked_ms    INTEGER,
+        revoked_by    TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX certificates_identity ON certificates (identity, not_after_ms);
+    CREATE INDEX certificates_revoked ON certificates (revoked_ms) WHERE revoked_ms IS NOT NULL;
+    "#,
+    ),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored

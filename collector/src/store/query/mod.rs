@@ -8,7 +8,9 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod certificates;
 pub mod changes;
+pub mod enroll_tokens;
 pub mod events;
 pub mod fleet;
 pub mod hosts;

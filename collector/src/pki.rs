@@ -1,0 +1,304 @@
+//! The collector's side of the fleet PKI at run time: the signer (when `[enroll] ca_key` is
+//! set), the live set of revoked serials the ingest verifier refuses, the poll that picks up
+//! revocations made by the CLI on the database, the watch that rebuilds the ingest TLS
+//! config when a CRL file changes, and the certificate expiry gauges.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcpwatch_common::cert_info;
+use mcpwatch_common::csr::Signer;
+use mcpwatch_common::revocation::RevokedSerials;
+use mcpwatch_common::tls::{self, Reloadable, TlsFiles};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::EnrollConfig;
+use crate::metrics::{CertificateLabel, CollectorMetrics};
+use crate::store::Store;
+
+/// How often the database is asked for revocations made outside this process, and CRL
+/// files for changes: the longest a CLI revocation or a new CRL waits.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Shared by ingest and the API.
+#[derive(Clone)]
+pub struct Pki {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    signer: Option<Arc<Signer>>,
+    lifetime: Duration,
+    revoked: RevokedSerials,
+    metrics: Arc<CollectorMetrics>,
+    /// The agent series of the expiry gauge now set: identity → (serial, notAfter s).
+    agents: Mutex<HashMap<String, (String, i64)>>,
+}
+
+impl Pki {
+    pub fn new(config: &EnrollConfig, metrics: Arc<CollectorMetrics>) -> Pki {
+        Pki {
+            inner: Arc::new(Inner {
+                signer: config.signer.clone(),
+                lifetime: config.lifetime,
+                revoked: RevokedSerials::default(),
+                metrics,
+                agents: Mutex::default(),
+            }),
+        }
+    }
+
+    /// `None` when this collector does not sign (no `[enroll] ca_key`).
+    pub fn signer(&self) -> Option<&Signer> {
+        self.inner.signer.as_deref()
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        self.inner.lifetime
+    }
+
+    pub fn revoked(&self) -> &RevokedSerials {
+        &self.inner.revoked
+    }
+
+    pub fn metrics(&self) -> &CollectorMetrics {
+        &self.inner.metrics
+    }
+
+    /// Revoked serials and agent certificates from the database, this collector's own
+    /// certificates from its files. Run before the ingest listener accepts.
+    pub async fn load(
+        &self,
+        store: &Store,
+        files: &TlsFiles,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.revoked.extend(store.revoked_serials().await?);
+        self.set_own(files);
+        self.refresh_agents(store).await;
+        Ok(())
+    }
+
+    /// The expiry of the collector's certificate and of every CA in its bundle.
+    pub fn set_own(&self, files: &TlsFiles) {
+        let gauge = &self.inner.metrics.certificate_expiry;
+        for (role, path) in [("collector", &files.cert), ("ca", &files.ca)] {
+            let Ok(pem) = std::fs::read(path) else {
+                continue;
+            };
+            let Ok(certs) = cert_info::inspect_pem(&pem) else {
+                continue;
+            };
+            // The collector's file may carry its chain: only the first is its own.
+            let take = if role == "collector" { 1 } else { certs.len() };
+            for c in certs.into_iter().take(take) {
+                gauge
+                    .get_or_create(&CertificateLabel {
+                        role: role.into(),
+                        identity: c.identity,
+                        serial: c.serial,
+                    })
+                    .set(c.not_after_s);
+            }
+        }
+    }
+
+    /// Brings the agent series of the expiry gauge to the database's current certificates
+    /// (one per identity), removing superseded and revoked ones.
+    pub async fn refresh_agents(&self, store: &Store) {
+        let rows = match store.current_certificates().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading agent certificates failed");
+                return;
+            }
+        };
+        let gauge = &self.inner.metrics.certificate_expiry;
+        let label = |identity: &str, serial: &str| CertificateLabel {
+            role: "agent".into(),
+            identity: identity.into(),
+            serial: serial.into(),
+        };
+        let mut agents = self.inner.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let now: HashMap<String, (String, i64)> = rows
+            .into_iter()
+            .map(|r| (r.identity, (r.serial, r.not_after_ms / 1000)))
+            .collect();
+        for (identity, (serial, _)) in agents.iter() {
+            if now.get(identity).map(|(s, _)| s) != Some(serial) {
+                gauge.remove(&label(identity, serial));
+            }
+        }
+        for (identity, (serial, not_after)) in &now {
+            gauge
+                .get_or_create(&label(identity, serial))
+                .set(*not_after);
+        }
+        *agents = now;
+    }
+
+    /// Records a handshake with `info`, and updates the expiry gauge when the identity now
+    /// uses another certificate. A failure is logged and counted; the session goes on.
+    pub async fn note_seen(&self, store: &Store, info: cert_info::CertInfo) {
+        let known = {
+            let agents = self.inner.agents.lock().unwrap_or_else(|p| p.into_inner());
+            agents.get(&info.identity).map(|(s, _)| s == &info.serial) == Some(true)
+        };
+        if let Err(e) = store.certificate_seen(info, crate::now_ms()).await {
+            self.refused("record_seen");
+            tracing::warn!(error = %e, "recording an agent certificate failed");
+            return;
+        }
+        if !known {
+            self.refresh_agents(store).await;
+        }
+    }
+
+    /// Picks up revocations written to the database by others (the CLI) every [`POLL`].
+    pub fn spawn_poll(&self, store: Store, tracker: &TaskTracker, stop: CancellationToken) {
+        let pki = self.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                match store.revoked_serials().await {
+                    Ok(serials) => {
+                        let before = pki.revoked().len();
+                        pki.revoked().extend(serials);
+                        if pki.revoked().len() != before {
+                            tracing::info!(
+                                revoked = pki.revoked().len(),
+                                "certificate revocations picked up"
+                            );
+                            pki.refresh_agents(&store).await;
+                        }
+                    }
+                    Err(e) => {
+                        pki.refused("revocation_poll");
+                        tracing::warn!(error = %e, "reading revoked serials failed");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Rebuilds the ingest TLS config whenever one of its files (CA, certificate, key,
+    /// CRLs) changes; SIGHUP does the same at once. A rebuild that fails keeps the old
+    /// config and logs why.
+    pub fn spawn_tls_watch(
+        &self,
+        files: TlsFiles,
+        target: Arc<Reloadable<rustls::ServerConfig>>,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let pki = self.clone();
+        let paths: Vec<_> = [&files.ca, &files.cert, &files.key]
+            .into_iter()
+            .chain(files.crl.iter())
+            .cloned()
+            .collect();
+        let stamp = move || -> Vec<Option<(std::time::SystemTime, u64)>> {
+            paths
+                .iter()
+                .map(|p| {
+                    std::fs::metadata(p)
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len())))
+                })
+                .collect()
+        };
+        tracker.spawn(async move {
+            let mut seen = stamp();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                let now = stamp();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match tls::server_config(&files, pki.revoked()) {
+                    Ok(config) => {
+                        target.set(config);
+                        pki.set_own(&files);
+                        tracing::info!("ingest TLS files changed; new connections use them");
+                    }
+                    Err(e) => {
+                        pki.refused("tls_reload");
+                        tracing::error!(error = %e, "ingest TLS files changed but cannot be used; keeping the old ones");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Counts one refusal (or failure) by reason.
+    pub fn refused(&self, reason: &str) {
+        self.inner
+            .metrics
+            .pki_refusals
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+}
+
+/// Whether a token's name rule lets it enroll `name`: no rule = any name; otherwise the exact
+/// name, or a pattern where each `*` stands for any run of characters (`web-*`,
+/// `*.prod.example.com`).
+pub fn name_allowed(rule: Option<&str>, name: &str) -> bool {
+    let Some(rule) = rule else { return true };
+    let mut parts = rule.split('*');
+    // `split` always yields a first part.
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_allowed;
+
+    #[test]
+    fn name_rules_pin_a_name_or_match_a_pattern() {
+        assert!(name_allowed(None, "anything"));
+        assert!(name_allowed(Some("web-1"), "web-1"));
+        assert!(!name_allowed(Some("web-1"), "web-12"));
+        assert!(name_allowed(Some("web-*"), "web-12"));
+        assert!(!name_allowed(Some("web-*"), "db-1"));
+        assert!(name_allowed(
+            Some("*.prod.example.com"),
+            "a.prod.example.com"
+        ));
+        assert!(!name_allowed(
+            Some("*.prod.example.com"),
+            "a.dev.example.com"
+        ));
+        assert!(name_allowed(Some("node-*-pool-*"), "node-3-pool-b"));
+        assert!(!name_allowed(Some("node-*-pool-*"), "node-3-poo"));
+        assert!(
+            !name_allowed(Some("a*a"), "a"),
+            "the two ends may not overlap"
+        );
+        assert!(name_allowed(Some("*"), "x"));
+    }
+}
