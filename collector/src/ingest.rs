@@ -332,7 +332,11 @@ impl Session {
         let mut pending = FuturesOrdered::new();
         // A revocation ends the session at once; one made since the handshake counts too.
         let mut revocations = self.pki.revoked().subscribe();
-        revocations.mark_changed();
+        if self.pki.revoked().contains(serial) {
+            return Err(SessionError::Refused(format!(
+                "certificate {serial} revoked"
+            )));
+        }
         // Commands sent and not yet answered; dropped with the session, which tells each
         // waiting caller the agent went away.
         let mut awaiting: HashMap<u64, oneshot::Sender<CommandResult>> = HashMap::new();
@@ -341,6 +345,12 @@ impl Session {
             tokio::select! {
                 // Acks first: they free the window and the agent's spool.
                 biased;
+                // A revoked certificate's session ends before anything else it sent counts.
+                Ok(()) = revocations.changed() => {
+                    if self.pki.revoked().contains(serial) {
+                        return Err(SessionError::Refused(format!("certificate {serial} revoked")));
+                    }
+                }
                 Some(done) = pending.next(), if !pending.is_empty() => {
                     let (seq, samples, events, received, result): (u64, u64, u64, Instant, Result<Ingested, StoreError>) = done;
                     let ingested = match result {
@@ -387,11 +397,6 @@ impl Session {
                         other => {
                             return Err(SessionError::Protocol(format!("unexpected {} from agent", frame_name(&other))));
                         }
-                    }
-                }
-                Ok(()) = revocations.changed() => {
-                    if self.pki.revoked().contains(serial) {
-                        return Err(SessionError::Refused(format!("certificate {serial} revoked")));
                     }
                 }
                 Some(cmd) = commands.recv() => {

@@ -119,10 +119,14 @@ pub fn server_config(
             .allow_unknown_revocation_status();
     }
     let verifier = Arc::new(RevocationVerifier::new(builder.build()?, revoked.clone()));
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)?;
+    // No resumption: a resumed session skips the client certificate's verification, so a
+    // revoked (or CRL-listed) certificate would get back in on its old session.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
