@@ -18,6 +18,7 @@ use crate::gateway::Backends;
 use crate::http::{self, Health};
 use crate::mcp_servers::{self, AgentCommand, McpServersContext};
 use crate::metrics::AgentMetrics;
+use crate::sampler::certificates::{CertificateSampler, PeerCertificate};
 use crate::sampler::Sampler;
 use crate::spool::{Spool, SpoolBatch, SpoolConfig, SpoolError, SpoolHandle};
 use crate::supervisor::McpServerSpec;
@@ -133,9 +134,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         reload_tx.clone(),
         shutdown.clone(),
     ));
+    let peer_certificate = PeerCertificate::default();
+    let certificates = CertificateSampler::new(
+        config.tls.cert.clone(),
+        config.tls.ca.clone(),
+        peer_certificate.clone(),
+    );
     tracker.spawn(sample_loop(
         config.interval.get(),
         tx,
+        certificates,
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -153,6 +161,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         spool: spool.clone(),
         metrics: metrics.clone(),
         commands: Some(commands_tx),
+        peer_certificate,
     };
     tracker.spawn(uplink.run(drain.clone(), stop.clone()));
     tracker.spawn(reload(
@@ -251,6 +260,7 @@ fn spool_writer(mut rx: mpsc::Receiver<SpoolBatch>, handle: &SpoolHandle, metric
 async fn sample_loop(
     interval: std::time::Duration,
     tx: mpsc::Sender<SpoolBatch>,
+    mut certificates: CertificateSampler,
     metrics: Arc<AgentMetrics>,
     shutdown: CancellationToken,
 ) {
@@ -265,6 +275,7 @@ async fn sample_loop(
         let started = Instant::now();
         let ts_ms = now_ms();
         let mut values = sampler.sample();
+        certificates.sample(&mut values);
         metrics
             .sample_duration_seconds
             .observe(started.elapsed().as_secs_f64());

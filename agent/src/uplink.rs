@@ -90,6 +90,8 @@ pub struct Uplink {
     pub metrics: Arc<AgentMetrics>,
     /// Where operator commands go; `None` when this agent supervises nothing.
     pub commands: Option<mpsc::Sender<AgentCommand>>,
+    /// The collector's certificate at the last handshake, for its expiry sample.
+    pub peer_certificate: crate::sampler::certificates::PeerCertificate,
 }
 
 /// Longest a command may take at the agent (a container restart included) before the
@@ -162,6 +164,19 @@ impl Uplink {
                 .await
                 .map_err(|_| UplinkError::Timeout("tls handshake"))?
                 .map_err(UplinkError::Tls)?;
+        if let Some(cert) = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+        {
+            if let Ok(info) = mcpwatch_common::cert_info::inspect(cert.as_ref()) {
+                *self
+                    .peer_certificate
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(info);
+            }
+        }
         let mut framed = Framed::new(stream, FrameCodec::new(self.max_frame_len));
 
         let last_acked = self.spool.lock().last_acked();

@@ -27,7 +27,7 @@ struct Enrolling {
 impl Enrolling {
     fn start(pki: &Pki, dir: &Path) -> Enrolling {
         let p = pki.dir.display();
-        let extra = format!("\n[enroll]\nca_key = \"{p}/ca.key\"\nlifetime = \"30d\"\n");
+        let extra = format!("\n[enroll]\nca_key = \"{p}/ca.key\"\nlifetime = \"2d\"\n");
         let mut c = CollectorProc::start(pki, dir, &extra);
         c.stop();
         c.child = None;
@@ -206,7 +206,7 @@ fn an_agent_enrolls_with_a_pinned_ca_and_streams_and_tokens_are_refused_as_they_
     assert_eq!(info.identity, "web-1");
     let days = (info.not_after_s - info.not_before_s) / 86_400;
     assert_eq!(
-        days, 30,
+        days, 2,
         "the configured lifetime (plus the 5 minutes of skew)"
     );
     // Enrolling again is a no-op while the certificate is valid.
@@ -240,6 +240,19 @@ fn an_agent_enrolls_with_a_pinned_ca_and_streams_and_tokens_are_refused_as_they_
         Some(info.not_after_s as f64),
         "{text}"
     );
+
+    // The agent reports its certificate's expiry; two days left pages.
+    let alert = wait_for("tls_certificate_expiring firing", LONG, || {
+        let (_, alerts) = e.api("GET", "/api/v1/alerts", None);
+        alerts["items"]
+            .as_array()?
+            .iter()
+            .find(|a| a["rule"] == "tls_certificate_expiring" && a["labels"]["role"] == "agent")
+            .cloned()
+    });
+    assert_eq!(alert["labels"]["host"], "web-1", "{alert}");
+    assert_eq!(alert["labels"]["serial"], info.serial.as_str(), "{alert}");
+    assert_eq!(alert["level"], "critical", "{alert}");
 
     // The single-use token is spent.
     let (code, out) = enroll(&a, &e.url(), &token, &pin, &["--force"]);

@@ -10,6 +10,7 @@
 //! Series names and help texts live in [`series_help`], so the Prometheus endpoint and the
 //! wire agree on one list.
 
+pub mod certificates;
 mod cpu;
 mod disk;
 mod memory;
@@ -106,6 +107,12 @@ pub fn series_help() -> &'static [(&'static str, &'static str, MetricKind)] {
         (
             PROCESSES,
             "Number of processes on the host (numeric entries in /proc).",
+            Gauge,
+        ),
+        (
+            certificates::CERTIFICATE_EXPIRY,
+            "notAfter (Unix seconds) of the agent's certificate (role=agent), its CAs (role=ca) \
+             and the collector's, as presented at the last handshake (role=collector).",
             Gauge,
         ),
     ]

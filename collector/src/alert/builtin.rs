@@ -97,6 +97,18 @@ severity = "medium"
 summary = "Tool {{ $labels.tool }} of MCP server {{ $labels.server }} on {{ $labels.host }} is slow: p95 {{ $value }} s"
 
 [[rule]]
+name = "tls_certificate_expiring"
+selector = "mcpwatch_tls_certificate_expiry_timestamp_seconds"
+function = "time_until"
+window = "10m"
+op = "<"
+warning = 1209600.0
+critical = 259200.0
+severity = "high"
+summary = "The {{ $labels.role }} certificate {{ $labels.identity }} seen by {{ $labels.host }} expires in {{ $value }} s ({{ $level }})"
+description = "Certificate serial {{ $labels.serial }}: warning 14 days, critical 3 days before its notAfter. Agents renew theirs after two thirds of its lifetime; one still expiring did not renew."
+
+[[rule]]
 name = "agent_dropping_samples"
 selector = "mcpwatch_agent_dropped_samples_total"
 function = "rate"
@@ -176,7 +188,7 @@ mod tests {
     #[test]
     fn alert_builtin_rules_valid() {
         let rules = validate_rules(Vec::new(), true).expect("built-ins validate");
-        assert_eq!(rules.len(), 13);
+        assert_eq!(rules.len(), 14);
         let names: Vec<_> = rules.iter().map(|r| r.name.as_str()).collect();
         assert!(names.contains(&"host_down"));
         let fallback = rules
@@ -204,7 +216,7 @@ enabled = false
 "#,
         )
         .expect("valid");
-        assert_eq!(rules.len(), 12);
+        assert_eq!(rules.len(), 13);
         let cpu = rules
             .iter()
             .find(|r| r.name == "host_cpu_high")
@@ -266,6 +278,38 @@ enabled = false
         // 14 failing + 5 cancelled = 19 calls: under the 20-call floor, nothing fires.
         assert!(error_ratio(0.0, 14.0).is_empty());
         assert_eq!(error_ratio(0.0, 15.0)[0].level, Some(Level::Critical));
+    }
+
+    /// The certificate rule's level for a certificate expiring `days` after the sample.
+    fn certificate_level(days: f64) -> Option<Level> {
+        let mut e = engine_with("tls_certificate_expiring");
+        let mut src = MemorySource::new();
+        let now_ms = 1_800_000_000_000;
+        let l: Labels = [
+            ("host", "h1"),
+            ("role", "agent"),
+            ("identity", "h1"),
+            ("serial", "ab"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let not_after = now_ms as f64 / 1000.0 + days * 86_400.0;
+        src.push(
+            "mcpwatch_tls_certificate_expiry_timestamp_seconds",
+            &l,
+            now_ms,
+            not_after,
+        );
+        e.evaluate(&src, now_ms).first().and_then(|t| t.level)
+    }
+
+    #[test]
+    fn alert_builtin_certificate_expiring_warns_at_14_days_and_pages_at_3() {
+        assert_eq!(certificate_level(30.0), None);
+        assert_eq!(certificate_level(13.0), Some(Level::Warning));
+        assert_eq!(certificate_level(2.0), Some(Level::Critical));
+        assert_eq!(certificate_level(-1.0), Some(Level::Critical), "expired");
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub struct RawRule {
     /// identical label sets (e.g. used bytes / total bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub divide_by: Option<String>,
-    /// `last | avg | min | max | rate | increase | quantile`. Default `last`. `increase` is
+    /// `last | avg | min | max | rate | increase | time_until | quantile`. Default `last`.
+    /// `time_until` reads a series holding a Unix time (a certificate's notAfter) as the
+    /// seconds left from its last sample. `increase` is
     /// a counter's growth over the window (a drop is a reset to zero, as in Prometheus; no
     /// extrapolation); `rate` is that per second. `quantile` reads a histogram: `selector`
     /// names its `_bucket` series, each bucket's increase over the window is taken, and the

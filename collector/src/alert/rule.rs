@@ -368,7 +368,7 @@ fn function_of(
             (
                 "function",
                 format!(
-                    "unknown function {text:?} (last, avg, min, max, rate, increase, quantile)"
+                    "unknown function {text:?} (last, avg, min, max, rate, increase, time_until, quantile)"
                 ),
             )
         })?;

@@ -1,5 +1,5 @@
 //! Window functions over the samples of one series: `last`, `avg`, `min`, `max`, `rate`,
-//! `increase`. Every function returns `None` when it has nothing to say (no samples, or
+//! `increase`, `time_until`. Every function returns `None` when it has nothing to say (no samples, or
 //! fewer than two for `rate` and `increase`), which the engine treats as "condition not met"
 //! rather than as zero.
 
@@ -22,6 +22,11 @@ pub enum WindowFn {
     /// Growth of a counter between the first and last sample, resets counted as `Rate`
     /// does (see `counter.rs`).
     Increase,
+    /// For a series whose value is a Unix time in seconds (a certificate's notAfter): the
+    /// seconds from the last sample's own timestamp to that time. Measured against the
+    /// sample's time, not the evaluator's clock, so the answer does not depend on when the
+    /// rule runs.
+    TimeUntil,
 }
 
 impl WindowFn {
@@ -33,6 +38,7 @@ impl WindowFn {
             "max" => WindowFn::Max,
             "rate" => WindowFn::Rate,
             "increase" => WindowFn::Increase,
+            "time_until" => WindowFn::TimeUntil,
             _ => return None,
         })
     }
@@ -55,6 +61,11 @@ impl WindowFn {
                 (secs > 0.0).then(|| grew / secs)
             }
             WindowFn::Increase => increase(samples).map(|(grew, _)| grew),
+            WindowFn::TimeUntil => samples
+                .iter()
+                .rev()
+                .find(|(_, v)| !v.is_nan())
+                .map(|(ts_ms, v)| v - *ts_ms as f64 / 1000.0),
         }
     }
 }
@@ -74,6 +85,10 @@ mod tests {
         assert_eq!(WindowFn::Rate.apply(&[(0, 5.0)]), None);
         assert_eq!(WindowFn::Increase.apply(&[(0, 5.0)]), None);
         assert_eq!(WindowFn::Increase.apply(&[(0, 5.0), (9, 2.0)]), Some(2.0));
+        // Expires at t = 1000 s; last seen at 400 s: 600 s left.
+        let expiry = [(100_000, 1000.0), (400_000, 1000.0)];
+        assert_eq!(WindowFn::TimeUntil.apply(&expiry), Some(600.0));
+        assert_eq!(WindowFn::TimeUntil.apply(&[]), None);
     }
 
     #[test]
