@@ -162,6 +162,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         metrics: metrics.clone(),
         commands: Some(commands_tx),
         peer_certificate,
+        files: config.tls.clone(),
     };
     tracker.spawn(uplink.run(drain.clone(), stop.clone()));
     tracker.spawn(reload(

@@ -11,6 +11,7 @@ pub mod http_client;
 pub mod mcp_servers;
 pub mod metrics;
 pub mod probe;
+pub mod renewal;
 pub mod sampler;
 pub mod spool;
 pub mod supervisor;

@@ -95,6 +95,14 @@ fn main() -> ExitCode {
             return mcpwatch_agent::enroll_cli::run(args);
         }
     };
+    if run {
+        // A renewal a crash interrupted is finished before the files are read.
+        if let Ok(raw) =
+            mcpwatch_common::config::load::<mcpwatch_agent::config::RawAgentConfig>(&path)
+        {
+            mcpwatch_agent::renewal::recover(&raw.tls.resolve(&path));
+        }
+    }
     let config = match AgentConfig::load(&path) {
         Ok(c) => c,
         Err(err) => {

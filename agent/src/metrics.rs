@@ -68,6 +68,8 @@ pub struct AgentMetrics {
     pub traffic: Arc<crate::gateway::TrafficMetrics>,
     last_ack: Arc<LastAck>,
     uplink_errors: Family<KindLabel, Counter>,
+    /// Certificate renewals by outcome: renewed, refused (by the collector), failed (here).
+    renewals: Family<KindLabel, Counter>,
     /// Gateway requests refused, by reason.
     gateway_refused: Family<ReasonLabel, Counter>,
     /// Gateway connections closed or refused by the server, by reason.
@@ -105,7 +107,12 @@ impl AgentMetrics {
         for kind in UplinkErrorKind::ALL {
             let _ = uplink_errors.get_or_create(&[("kind", kind.as_str())]);
         }
+        let renewals = Family::<KindLabel, Counter>::default();
+        for kind in ["renewed", "refused", "failed"] {
+            let _ = renewals.get_or_create(&[("kind", kind)]);
+        }
         let mut m = AgentMetrics {
+            renewals,
             registry: Registry::default(),
             host: Arc::new(Snapshot::new(vec![series_help()])),
             servers: Arc::new(Snapshot::new(vec![
@@ -204,6 +211,11 @@ impl AgentMetrics {
             m.sample_duration_seconds.clone(),
         );
         r.register(
+            "mcpwatch_agent_certificate_renewals",
+            "Certificate renewals over the uplink by outcome (renewed, refused, failed)",
+            m.renewals.clone(),
+        );
+        r.register(
             "mcpwatch_agent_uplink_errors",
             "Uplink failures by kind (tls, io, protocol, rejected)",
             m.uplink_errors.clone(),
@@ -267,6 +279,11 @@ impl AgentMetrics {
     }
 
     /// Counts one uplink failure of this kind.
+    /// Counts a renewal outcome: `renewed`, `refused` or `failed`.
+    pub fn inc_renewal(&self, kind: &'static str) {
+        self.renewals.get_or_create(&[("kind", kind)]).inc();
+    }
+
     pub fn inc_uplink_error(&self, kind: UplinkErrorKind) {
         self.uplink_errors
             .get_or_create(&[("kind", kind.as_str())])

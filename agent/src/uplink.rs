@@ -15,8 +15,8 @@ use futures::{SinkExt, StreamExt};
 use mcpwatch_common::backoff::ExponentialBackoff;
 use mcpwatch_common::tls::Reloadable;
 use mcpwatch_common::wire::{
-    self, Batch, Command, CommandResult, Frame, FrameCodec, Hello, Sample, SeriesDef, SeriesKey,
-    MIN_FRAME_LIMIT, PROTOCOL_VERSION,
+    self, Batch, Command, CommandResult, Frame, FrameCodec, Hello, RenewRequest, RenewResult,
+    Sample, SeriesDef, SeriesKey, MIN_FRAME_LIMIT, PROTOCOL_VERSION,
 };
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mcp_servers::AgentCommand;
 use crate::metrics::{AgentMetrics, UplinkErrorKind};
+use crate::renewal;
 use crate::spool::{stored_wire_len_bound, SpoolError, SpoolHandle, StoredRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,8 @@ pub struct Uplink {
     pub commands: Option<mpsc::Sender<AgentCommand>>,
     /// The collector's certificate at the last handshake, for its expiry sample.
     pub peer_certificate: crate::sampler::certificates::PeerCertificate,
+    /// This agent's TLS files: renewal replaces the key and certificate there.
+    pub files: mcpwatch_common::tls::TlsFiles,
 }
 
 /// Longest a command may take at the agent (a container restart included) before the
@@ -102,6 +105,8 @@ const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120)
 enum SessionEnd {
     Stopped,
     Drained,
+    /// A renewed certificate is in place: connect again at once with it.
+    Renewed,
 }
 
 impl Uplink {
@@ -118,6 +123,8 @@ impl Uplink {
             self.metrics.uplink_connected.set(0);
             match result {
                 Ok(SessionEnd::Stopped) | Ok(SessionEnd::Drained) => return,
+                // Not a failure: no backoff, the spool replays what was not acked yet.
+                Ok(SessionEnd::Renewed) => continue,
                 Err(err) => {
                     self.metrics.inc_uplink_error(err.kind());
                     tracing::warn!(agent_id = %self.agent_id, address = %self.address,
@@ -235,6 +242,14 @@ impl Uplink {
             resume_from_seq = welcome.resume_from_seq, max_frame_len = limit,
             "connected to collector");
 
+        // Renewal: due at two thirds of the certificate's lifetime; the new key waits here
+        // for the collector's answer.
+        let due = renewal::current(&self.files)
+            .map(|c| renewal::due_in(&c, mcpwatch_common::time::now_ms() / 1000))
+            .unwrap_or(renewal::RETRY);
+        let renew_timer = tokio::time::sleep(due);
+        tokio::pin!(renew_timer);
+        let mut renew_key: Option<String> = None;
         let (results_tx, mut results_rx) = mpsc::channel::<CommandResult>(32);
         let mut next = welcome.resume_from_seq.max(last_acked + 1);
         let mut in_flight: VecDeque<u64> = VecDeque::new();
@@ -285,15 +300,70 @@ impl Uplink {
                         // and acks must keep flowing meanwhile.
                         tokio::spawn(dispatch(cmd, self.commands.clone(), results_tx.clone()));
                     }
+                    Some(Ok(Frame::RenewResult(r))) => {
+                        if self.renewed(r, renew_key.take()) {
+                            return Ok(SessionEnd::Renewed);
+                        }
+                    }
                     Some(Ok(other)) => {
                         return Err(UplinkError::Protocol(format!("unexpected frame {other:?}")));
                     }
                 },
+                _ = &mut renew_timer => {
+                    // A later answer for an older key fails its key check and is retried.
+                    renew_timer.as_mut().reset(tokio::time::Instant::now() + renewal::RETRY);
+                    match renewal::request(&self.agent_id) {
+                        Ok(r) => {
+                            tracing::info!(agent_id = %self.agent_id, "certificate due for renewal; asking the collector");
+                            renew_key = Some(r.key_pem);
+                            framed.send(Frame::RenewRequest(RenewRequest { csr_der: r.csr_der })).await?;
+                        }
+                        Err(e) => {
+                            self.metrics.inc_renewal("failed");
+                            tracing::warn!(error = %e, "cannot make a renewal request");
+                        }
+                    }
+                }
                 Some(result) = results_rx.recv() => {
                     framed.send(Frame::CommandResult(result)).await?;
                 }
                 _ = self.spool.appended(), if window_open => {}
                 _ = drain.cancelled(), if !drain.is_cancelled() => {}
+            }
+        }
+    }
+
+    /// Installs a renewed certificate; `true` when the session should reconnect with it.
+    fn renewed(&self, r: RenewResult, key: Option<String>) -> bool {
+        let outcome = match (r.ok, key) {
+            (false, _) => {
+                self.metrics.inc_renewal("refused");
+                tracing::warn!(agent_id = %self.agent_id, reason = %r.message, "the collector refused to renew the certificate; trying again later");
+                return false;
+            }
+            (true, None) => Err("an answer nobody asked for".to_owned()),
+            (true, Some(key)) => {
+                renewal::install(&self.files, &self.agent_id, &key, &r.certificate_pem).and_then(
+                    |info| {
+                        let config = mcpwatch_common::tls::client_config(&self.files)
+                            .map_err(|e| e.to_string())?;
+                        self.tls.set(config);
+                        Ok(info)
+                    },
+                )
+            }
+        };
+        match outcome {
+            Ok(info) => {
+                self.metrics.inc_renewal("renewed");
+                tracing::info!(agent_id = %self.agent_id, serial = %info.serial,
+                    not_after_s = info.not_after_s, "certificate renewed; reconnecting with it");
+                true
+            }
+            Err(e) => {
+                self.metrics.inc_renewal("failed");
+                tracing::warn!(agent_id = %self.agent_id, error = %e, "installing the renewed certificate failed; trying again later");
+                false
             }
         }
     }
@@ -470,107 +540,5 @@ impl Interner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spool::SpoolBatch;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let (min, max) = (Duration::from_millis(100), Duration::from_secs(30));
-        // The uplink's reconnect backoff as `agent::run` builds it.
-        let reconnect = ExponentialBackoff::new(min, max)
-            .and_then(|b| b.with_jitter(0.5, 1.0))
-            .expect("valid backoff");
-        let backoff = |_min, _max, attempt| reconnect.delay(attempt);
-        for attempt in 0..40 {
-            let d = backoff(min, max, attempt);
-            let ceiling = min.saturating_mul(1 << attempt.min(20)).min(max);
-            assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
-        }
-        assert!(backoff(min, max, 30) >= Duration::from_secs(15));
-    }
-
-    fn wide_record(seq: u64, keys: usize) -> StoredRecord {
-        let values = (0..keys)
-            .map(|i| (SeriesKey::new("m", &[("i", &format!("{i:040}"))]), i as f64))
-            .collect();
-        StoredRecord::of(seq, &SpoolBatch::at(1, values))
-    }
-
-    #[test]
-    fn a_record_over_the_limit_comes_back_unsent_with_nothing_interned() {
-        let mut i = Interner::default();
-        let Ok(Fitted::Frame(_)) = i.fit(wide_record(1, 3), 1024) else {
-            panic!("a small record fits");
-        };
-        let (record, len) = match i.fit(wide_record(2, 200), 1024) {
-            Ok(Fitted::TooLarge(record, len)) => (record, len),
-            _ => panic!("200 keys of 50 bytes do not fit in 1 KiB"),
-        };
-        assert_eq!((record.seq, record.series().len()), (2, 200));
-        assert!(len > 1024);
-        assert_eq!(i.ids.len(), 3, "the refused record's keys are forgotten");
-        let Ok(Fitted::Frame(Frame::Batch(b))) = i.fit(wide_record(3, 4), 1024) else {
-            panic!("fits");
-        };
-        assert_eq!(b.new_series.len(), 1);
-        assert_eq!(b.new_series[0].id, 3, "ids stay dense");
-    }
-
-    #[test]
-    fn a_record_whose_keys_are_interned_is_measured_exactly() {
-        let mut i = Interner::default();
-        let Ok(Fitted::Frame(_)) = i.fit(wide_record(1, 40), 1 << 20) else {
-            panic!("fits");
-        };
-        // Resent on the same connection, only ids travel: under the bound, which counts keys.
-        let again = wide_record(2, 40);
-        let (batch, new) = Interner { ids: i.ids.clone() }.wire_batch(&again).unwrap();
-        assert!(new.is_empty());
-        let exact = wire::encoded_len(&Frame::Batch(batch)).unwrap();
-        assert!(stored_wire_len_bound(&again) > exact + 1000);
-        assert!(matches!(i.fit(again, exact), Ok(Fitted::Frame(_))));
-    }
-
-    #[test]
-    fn interner_sends_each_key_once_per_connection() {
-        let key = |n: &str| SeriesKey::new(n, &[]);
-        let rec = |seq, names: &[&str]| {
-            StoredRecord::of(
-                seq,
-                &SpoolBatch {
-                    series: names.iter().map(|n| key(n)).collect(),
-                    samples: (0..names.len() as u32)
-                        .map(|i| Sample {
-                            series: i,
-                            ts_ms: 1,
-                            value: i as f64,
-                        })
-                        .chain([Sample {
-                            series: 99,
-                            ts_ms: 1,
-                            value: 0.0,
-                        }])
-                        .collect(),
-                    events: vec![],
-                },
-            )
-        };
-        let mut i = Interner::default();
-        let (a, _) = i.wire_batch(&rec(1, &["a", "b"])).unwrap();
-        assert_eq!(a.new_series.len(), 2);
-        assert_eq!(a.samples.len(), 2, "out-of-table sample dropped");
-        let (b, new) = i.wire_batch(&rec(2, &["b", "c"])).unwrap();
-        assert_eq!(new, vec![1], "only c is new, at table position 1");
-        assert_eq!(
-            b.new_series,
-            vec![SeriesDef {
-                id: 2,
-                key: key("c")
-            }]
-        );
-        assert_eq!(b.samples[0].series, 1);
-        assert_eq!(b.samples[1].series, 2);
-    }
-}
+#[path = "uplink_tests.rs"]
+mod tests;

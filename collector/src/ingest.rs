@@ -394,6 +394,10 @@ impl Session {
                                 None => tracing::warn!(agent_id, command_id = r.id, "result for a command not awaited"),
                             }
                         }
+                        Frame::RenewRequest(r) => {
+                            let result = self.pki.renew(&self.store, agent_id, &r.csr_der).await;
+                            framed.send(Frame::RenewResult(result)).await?;
+                        }
                         other => {
                             return Err(SessionError::Protocol(format!("unexpected {} from agent", frame_name(&other))));
                         }
@@ -507,5 +511,7 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Ack { .. } => "Ack",
         Frame::Command(_) => "Command",
         Frame::CommandResult(_) => "CommandResult",
+        Frame::RenewRequest(_) => "RenewRequest",
+        Frame::RenewResult(_) => "RenewResult",
     }
 }

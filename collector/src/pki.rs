@@ -11,6 +11,7 @@ use mcpwatch_common::cert_info;
 use mcpwatch_common::csr::Signer;
 use mcpwatch_common::revocation::RevokedSerials;
 use mcpwatch_common::tls::{self, Reloadable, TlsFiles};
+use mcpwatch_common::wire::RenewResult;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -236,6 +237,45 @@ impl Pki {
                 }
             }
         });
+    }
+
+    /// Signs a renewal CSR for `identity`, the identity the session's certificate proves,
+    /// and records it. The answer says why not when it is refused.
+    pub async fn renew(&self, store: &Store, identity: &str, csr_der: &[u8]) -> RenewResult {
+        let refuse = |reason: &str, message: String| {
+            self.refused(reason);
+            tracing::warn!(agent_id = identity, reason, %message, "certificate renewal refused");
+            RenewResult {
+                ok: false,
+                certificate_pem: String::new(),
+                message,
+            }
+        };
+        let Some(signer) = self.signer() else {
+            return refuse(
+                "renew_unsupported",
+                "this collector does not sign certificates ([enroll] ca_key unset)".into(),
+            );
+        };
+        let now = crate::now_ms();
+        let issued = match signer.sign(csr_der, |n| n == identity, self.lifetime(), now / 1000) {
+            Ok(i) => i,
+            Err(e) => return refuse("renew_csr", e.to_string()),
+        };
+        if let Err(e) = store.certificate_renewed(issued.info.clone(), now).await {
+            return refuse(
+                "renew_store",
+                format!("the certificate could not be recorded: {e}"),
+            );
+        }
+        self.refresh_agents(store).await;
+        tracing::info!(agent_id = identity, serial = %issued.info.serial,
+            not_after_s = issued.info.not_after_s, "certificate renewed");
+        RenewResult {
+            ok: true,
+            certificate_pem: issued.pem,
+            message: String::new(),
+        }
     }
 
     /// Counts one refusal (or failure) by reason.

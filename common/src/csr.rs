@@ -119,7 +119,7 @@ impl Signer {
     }
 
     /// Signs `csr_der` for its one DNS name if `allowed` says yes: a client certificate
-    /// valid from five minutes before `now_s` (Unix seconds; clock skew) for `lifetime`.
+    /// valid from a little before `now_s` (Unix seconds; clock skew) for `lifetime`.
     pub fn sign(
         &self,
         csr_der: &[u8],
@@ -135,7 +135,10 @@ impl Signer {
         }
         let lifetime =
             time::Duration::try_from(lifetime).map_err(|e| CsrError::Signing(e.to_string()))?;
-        let params = agent_params(&name, now - time::Duration::minutes(5), now + lifetime)
+        // Backdated for clock skew: five minutes, or a tenth of a short lifetime (a long
+        // backdate would bring a short-lived certificate's renewal time into the past).
+        let skew: time::Duration = (lifetime / 10_i32).min(time::Duration::minutes(5));
+        let params = agent_params(&name, now - skew, now + lifetime)
             .map_err(|e| CsrError::Signing(e.to_string()))?;
         let policy = CertificateSigningRequestParams {
             params,
@@ -150,6 +153,15 @@ impl Signer {
             info,
         })
     }
+}
+
+/// Whether the first certificate of `cert_pem` carries the public key of `key_pem`.
+pub fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
+    let (Some(der), Ok(key)) = (cert_info_first(cert_pem), KeyPair::from_pem(key_pem)) else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(&der)
+        .is_ok_and(|(_, c)| c.public_key().raw == key.subject_public_key_info().as_slice())
 }
 
 fn cert_info_first(pem: &str) -> Option<Vec<u8>> {
@@ -243,6 +255,11 @@ mod tests {
         assert!(!issued.info.is_ca);
         assert_eq!(issued.info.not_after_s, now + 86_400);
         assert_eq!(issued.info.serial.len(), 32, "{}", issued.info.serial);
+        assert!(key_matches(&issued.pem, &req.key_pem));
+        assert!(!key_matches(
+            &issued.pem,
+            &request("web-1").unwrap().key_pem
+        ));
         let again = signer.sign(&req.csr_der, |_| true, DAY, now).unwrap();
         assert_ne!(issued.info.serial, again.info.serial, "serials are random");
         assert_eq!(

@@ -10,10 +10,15 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
+mod renewal;
+
+pub use renewal::{RenewRequest, RenewResult};
+
 /// Version of this protocol. Bump on any incompatible change to [`Frame`]. Version 2 added
 /// [`Welcome::max_frame_len`]; the collector still serves version-1 agents, encoding their
-/// Welcome without it ([`FrameCodec::speak_version`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Welcome without it ([`FrameCodec::speak_version`]). Version 3 added certificate renewal
+/// ([`Frame::RenewRequest`], [`Frame::RenewResult`]), which only version-3 agents send.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Oldest agent protocol version the collector still serves.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
@@ -42,6 +47,10 @@ pub enum Frame {
     Command(Command),
     /// Agent → collector: the outcome of a [`Command`].
     CommandResult(CommandResult),
+    /// Agent → collector: renew my certificate (since version 3).
+    RenewRequest(RenewRequest),
+    /// Collector → agent: the renewed certificate, or why not (since version 3).
+    RenewResult(RenewResult),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -478,6 +487,15 @@ mod tests {
             (any::<u64>(), action).prop_map(|(id, action)| Frame::Command(Command { id, action })),
             (any::<u64>(), any::<bool>(), ".{0,20}").prop_map(|(id, ok, message)| {
                 Frame::CommandResult(CommandResult { id, ok, message })
+            }),
+            proptest::collection::vec(any::<u8>(), 0..64)
+                .prop_map(|csr_der| Frame::RenewRequest(RenewRequest { csr_der })),
+            (any::<bool>(), ".{0,20}", ".{0,20}").prop_map(|(ok, certificate_pem, message)| {
+                Frame::RenewResult(RenewResult {
+                    ok,
+                    certificate_pem,
+                    message,
+                })
             }),
         ]
     }

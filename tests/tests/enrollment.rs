@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mcpwatch_common::cert_info;
 use mcpwatch_tests::api::admin_token;
-use mcpwatch_tests::process::{AgentProc, CollectorProc};
+use mcpwatch_tests::process::{final_counts, AgentProc, CollectorProc};
 use mcpwatch_tests::{bin, wait_for, Pki};
 use serde_json::{json, Value};
 
@@ -25,9 +25,10 @@ struct Enrolling {
 }
 
 impl Enrolling {
-    fn start(pki: &Pki, dir: &Path) -> Enrolling {
+    /// Certificates it issues live `lifetime` (e.g. `2d`).
+    fn start(pki: &Pki, dir: &Path, lifetime: &str) -> Enrolling {
         let p = pki.dir.display();
-        let extra = format!("\n[enroll]\nca_key = \"{p}/ca.key\"\nlifetime = \"2d\"\n");
+        let extra = format!("\n[enroll]\nca_key = \"{p}/ca.key\"\nlifetime = \"{lifetime}\"\n");
         let mut c = CollectorProc::start(pki, dir, &extra);
         c.stop();
         c.child = None;
@@ -173,7 +174,7 @@ fn enroll(
 fn an_agent_enrolls_with_a_pinned_ca_and_streams_and_tokens_are_refused_as_they_should() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));
-    let e = Enrolling::start(&pki, &tmp.path().join("c"));
+    let e = Enrolling::start(&pki, &tmp.path().join("c"), "2d");
     let fp = fingerprint(&pki.ca());
     let pin = ["--ca-fingerprint", fp.as_str()];
     let token = e.token(&["--name", "web-1", "--labels", "team=a"]);
@@ -336,5 +337,57 @@ fn an_agent_enrolls_with_a_pinned_ca_and_streams_and_tokens_are_refused_as_they_
     assert!(
         !text.contains(&token[5..]),
         "a token secret reached the audit log"
+    );
+}
+
+#[test]
+fn an_agent_renews_over_its_session_at_two_thirds_of_the_lifetime_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    // Two minutes: renewal is due 80 s after issue.
+    let e = Enrolling::start(&pki, &tmp.path().join("c"), "2m");
+    let fp = fingerprint(&pki.ca());
+    let token = e.token(&["--name", "web-1"]);
+    let mut a = unenrolled_agent(&pki, &tmp.path().join("a"), "web-1", &e.c);
+    let (code, out) = enroll(&a, &e.url(), &token, &["--ca-fingerprint", &fp], &[]);
+    assert_eq!(code, 0, "{out}");
+    let first = cert_info::inspect_pem(&std::fs::read(tmp.path().join("a/tls/agent.crt")).unwrap())
+        .unwrap()
+        .remove(0);
+    a.restart();
+    // The renewed certificate is in use once a handshake has been made with it.
+    let renewed = wait_for(
+        "a handshake with the renewed certificate",
+        Duration::from_secs(150),
+        || {
+            let (_, certs) = e.api("GET", "/api/v1/hosts/web-1/certificates", None);
+            certs
+                .as_array()?
+                .iter()
+                .find(|c| c["source"] == "renew" && c["last_seen_ms"].as_i64().is_some())
+                .cloned()
+        },
+    );
+    assert_ne!(renewed["serial"], first.serial.as_str());
+    let on_disk =
+        cert_info::inspect_pem(&std::fs::read(tmp.path().join("a/tls/agent.crt")).unwrap())
+            .unwrap()
+            .remove(0);
+    assert_eq!(renewed["serial"], on_disk.serial.as_str());
+    assert_eq!(
+        a.metric("mcpwatch_agent_certificate_renewals_total{kind=\"renewed\"}"),
+        1.0
+    );
+    // Nothing lost, nothing stored twice, across the reconnect.
+    a.wait_acked_more(5.0);
+    assert!(a.stop().success());
+    let (collected, dropped, pending) = final_counts(&a.logs());
+    assert_eq!((dropped, pending), (0, 0));
+    let batches = mcpwatch_tests::db::batches(&e.c.db, "web-1");
+    mcpwatch_tests::db::assert_no_duplicates(&batches);
+    assert!(mcpwatch_tests::db::gaps(&e.c.db, "web-1").is_empty());
+    assert_eq!(
+        mcpwatch_tests::db::sample_count(&e.c.db, "web-1"),
+        collected
     );
 }
