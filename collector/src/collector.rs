@@ -210,6 +210,7 @@ fn http_app(
         metrics: metrics.clone(),
         settings: config.api.clone(),
         limiter: Default::default(),
+        enroll_limiter: Default::default(),
         feed: api.feed,
         fleet: api.fleet,
         pki: api.pki,

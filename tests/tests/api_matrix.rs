@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use mcpwatch_collector::auth::credential::{self, Kind};
 use mcpwatch_collector::auth::password;
 use mcpwatch_collector::now_ms;
-use mcpwatch_collector::store::query::{roles, tokens, users};
+use mcpwatch_collector::store::query::{certificates, roles, tokens, users};
 use mcpwatch_collector::store::{admin, StoreError};
 use mcpwatch_tests::api::{admin_token, request, Resp};
 use mcpwatch_tests::client;
@@ -68,6 +68,8 @@ enum Need {
     Global(&'static str),
     /// Another user's token or session: `users:admin` unscoped, else 404 (invisible).
     OtherUsers,
+    /// Public data, no credential looked at: every caller gets the allowed answer.
+    Open,
 }
 
 /// `(method, path template as in the OpenAPI document, requirement, status when allowed)`.
@@ -134,6 +136,39 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
         "/api/v1/hosts/{agent_id}/reload",
         Need::HostPerm("servers:control"),
         503,
+    ),
+    (
+        "GET",
+        "/api/v1/hosts/{agent_id}/certificates",
+        Need::HostPerm("hosts:read"),
+        200,
+    ),
+    (
+        "POST",
+        "/api/v1/hosts/{agent_id}/certificates/{serial}/revoke",
+        Need::HostPerm("hosts:write"),
+        200,
+    ),
+    // enrollment: the agent's route checks its bootstrap token, never a bearer
+    ("POST", "/api/v1/enroll", Need::Public, 201),
+    ("GET", "/api/v1/enroll/ca", Need::Open, 200),
+    (
+        "GET",
+        "/api/v1/enroll-tokens",
+        Need::Perm("hosts:enroll"),
+        200,
+    ),
+    (
+        "POST",
+        "/api/v1/enroll-tokens",
+        Need::HostCreate("hosts:enroll"),
+        201,
+    ),
+    (
+        "POST",
+        "/api/v1/enroll-tokens/{id}/revoke",
+        Need::HostPerm("hosts:enroll"),
+        204,
     ),
     ("GET", "/api/v1/events", Need::Perm("hosts:read"), 200),
     // metrics
@@ -362,6 +397,7 @@ const OPERATOR: &[&str] = &[
 const ALL: &[&str] = &[
     "hosts:read",
     "hosts:write",
+    "hosts:enroll",
     "metrics:read",
     "alerts:read",
     "alerts:ack",
@@ -417,6 +453,9 @@ impl Who {
 
 /// The status `who` must get on a route needing `need` that answers `ok` when allowed.
 fn expected(need: Need, ok: u16, who: Who) -> u16 {
+    if let Need::Open = need {
+        return ok;
+    }
     if !who.live() {
         return 401;
     }
@@ -432,6 +471,7 @@ fn expected(need: Need, ok: u16, who: Who) -> u16 {
         Need::HostCreate(_) | Need::Global(_) => 403,
         Need::OtherUsers if who.holds_everywhere("users:admin") => ok,
         Need::OtherUsers => 404,
+        Need::Open => ok,
     }
 }
 
@@ -613,7 +653,43 @@ impl Ctx {
             | ("GET", "/api/v1/roles")
             | ("GET", "/api/v1/tokens")
             | ("GET", "/api/v1/audit")
+            | ("GET", "/api/v1/enroll/ca")
+            | ("GET", "/api/v1/enroll-tokens")
             | ("GET", "/api/v1/stream") => Req::at(template),
+            ("GET", "/api/v1/hosts/{agent_id}/certificates") => {
+                Req::at(format!("{api}/hosts/{HOST_B}/certificates"))
+            }
+            ("POST", "/api/v1/hosts/{agent_id}/certificates/{serial}/revoke") => {
+                let serial = format!("ab{:04x}", self.counter.get() + 1);
+                let _ = self.fresh("serial");
+                let info = mcpwatch_common::cert_info::CertInfo {
+                    identity: HOST_B.into(),
+                    serial: serial.clone(),
+                    not_before_s: 0,
+                    not_after_s: 4_000_000_000,
+                    is_ca: false,
+                };
+                db_write(&self.db, |c| {
+                    certificates::record_issued(c, &info, "enroll", None, now_ms())
+                });
+                Req::at(format!("{api}/hosts/{HOST_B}/certificates/{serial}/revoke"))
+            }
+            ("POST", "/api/v1/enroll") => Req::at(template).body(json!({
+                "token": format!("mcpe_999999_{}", "0".repeat(64)),
+                "csr_pem": mcpwatch_common::csr::request("matrix").expect("csr").csr_pem,
+            })),
+            ("POST", "/api/v1/enroll-tokens") => Req::at(template).body(json!({
+                "name": HOST_B,
+                "labels": {"team": "b"},
+            })),
+            ("POST", "/api/v1/enroll-tokens/{id}/revoke") => {
+                let t = self.admin(
+                    "POST",
+                    "/api/v1/enroll-tokens",
+                    Some(json!({"name": HOST_B, "labels": {"team": "b"}})),
+                );
+                Req::at(format!("{api}/enroll-tokens/{}/revoke", t["id"]))
+            }
             ("DELETE", "/api/v1/sessions/{id}") => {
                 let (id, _) = self.session(self.owner);
                 Req::at(format!("{api}/sessions/{id}"))
@@ -885,11 +961,13 @@ fn api_permission_matrix_every_route_every_principal() {
         &format!(
             "[api]\nlogin_attempts_per_minute = 10000\ncommand_timeout = \"2s\"\n\
              receiver_url_allow = [\"127.0.0.0/8\"]\n\
+             [enroll]\nca_key = \"{ca_key}\"\n\
              [alerting]\n{fast}\
              [[receiver]]\ntype = \"webhook\"\nname = \"{RECEIVER}\"\nurl = \"{}\"\n\
              secret = {{ file = \"hmac\" }}\n",
             hook.url("/hook"),
-            fast = fast_alerting("4h")
+            fast = fast_alerting("4h"),
+            ca_key = pki.dir.join("ca.key").display(),
         ),
     );
     let admin_tok = admin_token(&c.db, "matrix-admin", None);

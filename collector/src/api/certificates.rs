@@ -17,8 +17,8 @@ use crate::store::query::certificates::{CertificateRow, Revocation};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
-        .routes(routes!(list))
-        .routes(routes!(revoke))
+        .routes(routes!(list_certificates))
+        .routes(routes!(revoke_certificate))
 }
 
 /// The host's certificates, newest expiry first.
@@ -27,7 +27,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
     responses((status = 200, body = Vec<CertificateRow>), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     tag = "hosts")]
-async fn list(
+async fn list_certificates(
     State(state): State<ApiState>,
     caller: Caller,
     Path(agent_id): Path<String>,
@@ -44,7 +44,7 @@ async fn list(
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody)),
     tag = "hosts")]
-async fn revoke(
+async fn revoke_certificate(
     State(state): State<ApiState>,
     caller: Caller,
     Path((agent_id, serial)): Path<(String, String)>,

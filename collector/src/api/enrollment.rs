@@ -31,9 +31,9 @@ const ENROLL_PER_MINUTE: u32 = 30;
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(enroll))
-        .routes(routes!(ca_bundle))
-        .routes(routes!(list_tokens, create_token))
-        .routes(routes!(revoke_token))
+        .routes(routes!(enroll_ca))
+        .routes(routes!(list_enroll_tokens, create_enroll_token))
+        .routes(routes!(revoke_enroll_token))
 }
 
 /// The labels a token's hosts are matched against for the caller's scope: its labels, and
@@ -63,7 +63,7 @@ fn may_manage(caller: &Caller, row_name: Option<&str>, labels: &BTreeMap<String,
 #[utoipa::path(get, path = "/enroll-tokens",
     responses((status = 200, body = Vec<EnrollTokenRow>), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody)), tag = "enrollment")]
-async fn list_tokens(
+async fn list_enroll_tokens(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Json<Vec<EnrollTokenRow>>, ApiError> {
@@ -107,7 +107,7 @@ pub struct CreatedEnrollToken {
     responses((status = 201, body = CreatedEnrollToken), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     tag = "enrollment")]
-async fn create_token(
+async fn create_enroll_token(
     State(state): State<ApiState>,
     caller: Caller,
     Json(req): Json<CreateEnrollToken>,
@@ -150,7 +150,7 @@ async fn create_token(
 #[utoipa::path(post, path = "/enroll-tokens/{id}/revoke", params(("id" = i64, Path,)),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody)), tag = "enrollment")]
-async fn revoke_token(
+async fn revoke_enroll_token(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<i64>,
@@ -178,7 +178,7 @@ pub struct CaBundle {
 /// sends its token. Public: 404 when this collector does not enroll.
 #[utoipa::path(get, path = "/enroll/ca", security(()),
     responses((status = 200, body = CaBundle), (status = 404, body = ErrorBody)), tag = "enrollment")]
-async fn ca_bundle(State(state): State<ApiState>) -> Result<Json<CaBundle>, ApiError> {
+async fn enroll_ca(State(state): State<ApiState>) -> Result<Json<CaBundle>, ApiError> {
     let signer = state.pki.signer().ok_or(ApiError::NotFound)?;
     Ok(Json(CaBundle {
         ca_pem: signer.ca_pem().to_owned(),
@@ -225,7 +225,7 @@ async fn enroll(
         }
     };
     if let Some(Extension(ClientAddr(a))) = &addr {
-        if !state.limiter.allow(a.ip(), ENROLL_PER_MINUTE) {
+        if !state.enroll_limiter.allow(a.ip(), ENROLL_PER_MINUTE) {
             pki.refused("rate");
             return Err(ApiError::TooManyRequests);
         }

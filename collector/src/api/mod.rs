@@ -116,6 +116,8 @@ pub struct Inner {
     pub metrics: Arc<CollectorMetrics>,
     pub settings: ApiSettings,
     pub limiter: login::LoginLimiter,
+    /// Enrollment attempts per address (kept apart from logins: neither uses up the other).
+    pub enroll_limiter: login::LoginLimiter,
     /// Committed changes for live streams.
     pub feed: crate::feed::Feed,
     /// Per-host sparklines and server counts for `GET /fleet`.

@@ -365,6 +365,13 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX certificates_revoked ON certificates (revoked_ms) WHERE revoked_ms IS NOT NULL;
     "#,
     ),
+    // v10: the built-in admin role holds every permission, `hosts:enroll` (v9) included.
+    Migration::Sql(
+        r#"
+    UPDATE roles SET permissions = '["hosts:read","hosts:write","hosts:enroll","metrics:read","alerts:read","alerts:ack","silences:write","rules:write","receivers:write","servers:control","users:admin","audit:read"]'
+    WHERE name = 'admin' AND builtin = 1;
+    "#,
+    ),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored
@@ -494,6 +501,31 @@ mod tests {
             migrate(&mut conn),
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn store_builtin_admin_role_holds_every_permission_after_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("roles.db")).unwrap();
+        migrate(&mut conn).unwrap();
+        let stored: String = conn
+            .query_row(
+                "SELECT permissions FROM roles WHERE name = 'admin'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut stored: Vec<String> = serde_json::from_str(&stored).unwrap();
+        stored.sort();
+        let mut all: Vec<String> = crate::auth::Permission::ALL
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        all.sort();
+        assert_eq!(
+            stored, all,
+            "a new permission needs a migration granting it to admin"
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRow> {
 }
 
 /// Records a certificate the collector just issued.
-pub(crate) fn record_issued(
+pub fn record_issued(
     c: &Connection,
     info: &CertInfo,
     source: &str,
