@@ -18,7 +18,8 @@ interface Role {
 /** Every permission, with what it allows. */
 const PERMISSIONS: [string, string][] = [
   ["hosts:read", "see hosts, their MCP servers and events"],
-  ["hosts:write", "change host labels, revoke agents"],
+  ["hosts:write", "change host labels, revoke agents and their certificates"],
+  ["hosts:enroll", "create bootstrap tokens that enroll agents into the scope"],
   ["metrics:read", "read metrics and charts"],
   ["alerts:read", "see alerts and silences"],
   ["alerts:ack", "acknowledge alerts"],
