@@ -12,6 +12,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 # The agent ships as a static musl binary; ring's C code needs musl-gcc.
 command -v musl-gcc >/dev/null 2>&1 || need_apt+=(musl-tools)
+# Kubernetes manifests are rendered offline (no API server can run here).
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 # A real SMTP server for the email receiver tests (Debian's python, not a pyenv shim).
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need_apt+=(python3-aiosmtpd)
 # The web console's browser tests drive Debian's Chromium (fonts for readable screenshots).
@@ -42,11 +44,11 @@ fi
 # tests the running API against it, in target/pyvenv.
 venv=target/pyvenv
 schemathesis_version=4.32.5
-if ! "$venv/bin/python" -c 'import openapi_spec_validator' >/dev/null 2>&1 \
+if ! "$venv/bin/python" -c 'import openapi_spec_validator, kubernetes_validate' >/dev/null 2>&1 \
   || [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
   [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    openapi-spec-validator "schemathesis==$schemathesis_version"
+    openapi-spec-validator "schemathesis==$schemathesis_version" "kubernetes-validate==1.37.0"
 fi
 
 # The web console: its npm packages from the committed lockfile (Vite, Preact, uPlot,
@@ -77,8 +79,10 @@ cargo build --workspace --bins
 # The MCP fixture server, static, for FROM scratch test images.
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --profile fixture -p mcpwatch-mcp-fixture --target x86_64-unknown-linux-gnu
-# The agent as shipped (static musl), debug profile: the end-to-end tests below run it too.
-cargo build -p mcpwatch-agent --bins --target "$musl"
+# The agent and collector as shipped (static musl), debug profile, and their FROM scratch
+# container images (mcpwatch-agent:test, mcpwatch-collector:test) for the image tests; the
+# end-to-end tests below run the static agent too.
+./scripts/build-images.sh --debug --tag test
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
