@@ -114,7 +114,10 @@ impl AgentMetrics {
         let mut m = AgentMetrics {
             renewals,
             registry: Registry::default(),
-            host: Arc::new(Snapshot::new(vec![series_help()])),
+            host: Arc::new(Snapshot::new(vec![
+                series_help(),
+                crate::sampler::certificates::series_help(),
+            ])),
             servers: Arc::new(Snapshot::new(vec![
                 crate::supervisor::container_stats::series_help(),
                 crate::probe::scheduler::series_help(),

@@ -12,6 +12,16 @@ use mcpwatch_common::wire::SeriesKey;
 
 pub const CERTIFICATE_EXPIRY: &str = "mcpwatch_tls_certificate_expiry_timestamp_seconds";
 
+/// The family this sampler emits, for the agent's `/metrics`.
+pub fn series_help() -> &'static [(&'static str, &'static str, super::MetricKind)] {
+    &[(
+        CERTIFICATE_EXPIRY,
+        "notAfter (Unix seconds) of the agent's certificate (role=agent), its CAs (role=ca) \
+         and the collector's, as presented at the last handshake (role=collector).",
+        super::MetricKind::Gauge,
+    )]
+}
+
 /// The collector's certificate as the uplink last saw it.
 pub type PeerCertificate = Arc<Mutex<Option<CertInfo>>>;
 

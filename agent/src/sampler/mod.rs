@@ -109,12 +109,6 @@ pub fn series_help() -> &'static [(&'static str, &'static str, MetricKind)] {
             "Number of processes on the host (numeric entries in /proc).",
             Gauge,
         ),
-        (
-            certificates::CERTIFICATE_EXPIRY,
-            "notAfter (Unix seconds) of the agent's certificate (role=agent), its CAs (role=ca) \
-             and the collector's, as presented at the last handshake (role=collector).",
-            Gauge,
-        ),
     ]
 }
 
