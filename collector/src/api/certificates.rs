@@ -50,8 +50,8 @@ async fn revoke_certificate(
     Path((agent_id, serial)): Path<(String, String)>,
 ) -> Result<Json<CertificateRow>, ApiError> {
     let host = authorized_host(&state, &caller, Permission::HostsWrite, &agent_id).await?;
-    let serial = mcpwatch_common::cert_info::canonical_serial(&serial)
-        .ok_or_else(|| ApiError::bad("serial: hex digits, at most 20 bytes"))?;
+    // What is not a serial names no certificate.
+    let serial = mcpwatch_common::cert_info::canonical_serial(&serial).ok_or(ApiError::NotFound)?;
     let outcome = state
         .store
         .revoke_certificate(

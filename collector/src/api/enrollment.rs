@@ -149,7 +149,8 @@ async fn create_enroll_token(
 /// Revokes a bootstrap token; enrollments already made keep their certificates.
 #[utoipa::path(post, path = "/enroll-tokens/{id}/revoke", params(("id" = i64, Path,)),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody)), tag = "enrollment")]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    tag = "enrollment")]
 async fn revoke_enroll_token(
     State(state): State<ApiState>,
     caller: Caller,
