@@ -216,22 +216,7 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> EnrollError {
 
 /// Temp file, fsync, rename: a crash leaves the old file or the new one.
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), EnrollError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    }
-    let tmp = path.with_extension("enroll-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| file_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| file_err(&tmp, e))?;
-    f.sync_all().map_err(|e| file_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+    mcpwatch_common::durable_file::write(path, bytes, mode).map_err(|e| file_err(path, e))
 }
 
 /// Accepts any server certificate (still checking the handshake signature): used only to

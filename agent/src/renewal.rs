@@ -97,28 +97,15 @@ pub fn recover(files: &TlsFiles) {
 }
 
 fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
+    mcpwatch_common::durable_file::write_synced(path, bytes, mode)
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), String> {
     std::fs::rename(from, to).map_err(|e| format!("{}: {e}", to.display()))?;
-    if let Some(dir) = to.parent() {
-        // The rename is durable once the directory is.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    // The rename is durable once the directory is; a failed directory flush still leaves
+    // the rename done, so it is not an error of the install.
+    let _ = mcpwatch_common::durable_file::sync_dir(to);
     Ok(())
 }
 

@@ -192,6 +192,7 @@ struct ApiParts {
     dispatcher: dispatcher::Dispatcher,
     router: CommandRouter,
     pki: crate::pki::Pki,
+    backups: crate::backup::Backups,
 }
 
 /// The HTTP application (API, `/metrics`, health) with its limits.
@@ -214,6 +215,7 @@ fn http_app(
         feed: api.feed,
         fleet: api.fleet,
         pki: api.pki,
+        backups: api.backups,
         stream_slots: Arc::new(tokio::sync::Semaphore::new(config.api.stream_max_clients)),
         stream_holders: Default::default(),
         streams_stop: api.http_stop,
@@ -287,6 +289,9 @@ pub async fn run_with_router(
     shutdown: CancellationToken,
     router: CommandRouter,
 ) -> Result<(), CollectorError> {
+    // Held until return: `restore` refuses to swap the file under a running collector, and
+    // a second collector on the same file is refused here.
+    let _db_lock = crate::store::lock::DbLock::acquire(&config.db_path, "collector")?;
     let metrics = CollectorMetrics::new();
     let pki = crate::pki::Pki::new(&config.enroll, metrics.clone());
     let tls = Arc::new(Reloadable::new(tls::server_config(
@@ -310,6 +315,12 @@ pub async fn run_with_router(
     } = open_alerting(&config, &base_dir, &metrics)?;
     let store = alerting.store().clone();
     pki.load(&store, &config.tls).await?;
+    let backups = crate::backup::Backups::new(
+        config.db_path.clone(),
+        config.backup.clone(),
+        metrics.clone(),
+        outbox.own_series.clone(),
+    );
 
     let ready = Arc::new(Readiness::default());
     let sessions = TaskTracker::new();
@@ -353,6 +364,7 @@ pub async fn run_with_router(
         dispatcher,
         router: router.clone(),
         pki: pki.clone(),
+        backups: backups.clone(),
     };
     let app = http_app(&config, &base_dir, &store, api, &metrics, &ready);
     let http_tls = api_tls(&config, &background, &shutdown)?;
@@ -372,6 +384,7 @@ pub async fn run_with_router(
         background_stop.clone(),
     );
     store.spawn_ticker(&background, background_stop.clone());
+    backups.spawn_schedule(&background, background_stop.clone());
     crate::audit_watch::spawn(
         &store,
         metrics.clone(),

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::alerting::config::{AlertingConfig, RawAlerting, RawInhibit, RawRoute};
 use crate::api::server::ServerLimits;
+use crate::backup::{BackupConfig, RawBackup};
 use crate::api::ApiSettings;
 use crate::notify::{ReceiverConfigRaw, SecretRef};
 
@@ -86,6 +87,9 @@ pub struct RawCollectorConfig {
     /// Agent enrollment and certificate renewal (see [`RawEnroll`]).
     #[serde(default)]
     pub enroll: RawEnroll,
+    /// Scheduled and on-demand backups of the database (see [`RawBackup`]).
+    #[serde(default)]
+    pub backup: RawBackup,
     /// How long SIGTERM may take to commit queued batches. Default 10s.
     pub shutdown_grace: Option<Duration>,
     /// Rule files, grouping and timing of notifications (see `alerting::config`).
@@ -244,6 +248,8 @@ pub struct CollectorConfig {
     pub max_series_per_agent: u64,
     pub tls: TlsFiles,
     pub enroll: EnrollConfig,
+    /// `None`: no `[backup] dir`, so no schedule and no API backups.
+    pub backup: Option<BackupConfig>,
     pub db_path: PathBuf,
     pub retention_raw: Duration,
     pub retention_1m: Duration,
@@ -290,6 +296,7 @@ impl CollectorConfig {
         let (log_level, log_json) = raw.log.resolve();
         tls::server_config(&tls, &Default::default()).map_err(|e| bad("tls", &e.to_string()))?;
         let enroll = EnrollConfig::validate(path, raw.enroll, &tls)?;
+        let backup = BackupConfig::validate(path, raw.backup)?;
         let i = raw.ingest;
         let max_frame_len = i
             .max_frame_size
@@ -387,6 +394,7 @@ impl CollectorConfig {
             max_series_per_agent,
             tls,
             enroll,
+            backup,
             db_path: resolve(
                 s.path
                     .unwrap_or_else(|| PathBuf::from("/var/lib/mcpwatch/collector.db")),

@@ -142,6 +142,8 @@ pub struct CollectorMetrics {
     /// Receivers defined through the API that could not be loaded at startup (a secret
     /// reference no longer resolves...) and do not run until changed or deleted.
     pub receivers_skipped: Gauge,
+    /// Backups and the heartbeat.
+    pub durability: crate::durability_metrics::DurabilityMetrics,
 }
 
 impl CollectorMetrics {
@@ -189,6 +191,7 @@ impl CollectorMetrics {
                 Histogram::new(exponential_buckets(0.001, 4.0, 13))
             }),
             receivers_skipped: Gauge::default(),
+            durability: Default::default(),
         };
         for outcome in ["committed", "duplicate", "failed"] {
             let _ = m.batches.get_or_create(&OutcomeLabel {
@@ -206,6 +209,7 @@ impl CollectorMetrics {
             });
         }
         let r = &mut m.registry;
+        m.durability.register(r);
         r.register(
             "mcpwatch_tls_certificate_expiry_timestamp_seconds",
             "notAfter of a certificate (Unix seconds): the collector's, its CAs', every agent's current one.",

@@ -4,9 +4,7 @@
 //! Layout of a PKI directory: `ca.crt`, `ca.key`, `collector.crt`, `collector.key`,
 //! `agent-NAME.crt`, `agent-NAME.key`. The agent's identity is the certificate's DNS SAN.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -79,24 +77,10 @@ pub fn validate_name(name: &str) -> Result<(), CertError> {
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
-    let io = |source| CertError::Io {
+    crate::durable_file::write(path, contents.as_bytes(), mode).map_err(|source| CertError::Io {
         path: path.to_owned(),
         source,
-    };
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent).map_err(io)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 fn read(path: &Path) -> Result<String, CertError> {

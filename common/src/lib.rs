@@ -8,6 +8,7 @@ pub mod cert_info;
 pub mod certs;
 pub mod config;
 pub mod csr;
+pub mod durable_file;
 pub mod exposition;
 pub mod hex;
 pub mod http_server;

@@ -10,6 +10,22 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// `ms` as a compact, sortable UTC stamp for file names: `20261205T104528.123Z`.
+pub fn compact_utc(ms: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -19,5 +35,11 @@ mod tests {
         let a = now_ms();
         assert!(a > 1_704_067_200_000, "{a}");
         assert!(now_ms() >= a);
+    }
+
+    #[test]
+    fn compact_utc_stamps_sort_as_time() {
+        assert_eq!(compact_utc(0), "19700101T000000.000Z");
+        assert_eq!(compact_utc(1_780_000_000_123), "20260528T202640.123Z");
     }
 }

@@ -109,6 +109,16 @@ summary = "The {{ $labels.role }} certificate {{ $labels.identity }} seen by {{ 
 description = "Certificate serial {{ $labels.serial }}: warning 14 days, critical 3 days before its notAfter. Agents renew theirs after two thirds of its lifetime; one still expiring did not renew."
 
 [[rule]]
+name = "backup_failing"
+selector = "mcpwatch_collector_backup_failing"
+op = "=="
+warning = 1.0
+window = "1m"
+severity = "high"
+summary = "Backups of the collector's database are failing"
+description = "The last backup attempt failed (snapshot, integrity check or write); see mcpwatch_collector_backup_failures_total and the collector's log. It resolves when a backup succeeds."
+
+[[rule]]
 name = "agent_dropping_samples"
 selector = "mcpwatch_agent_dropped_samples_total"
 function = "rate"
@@ -310,6 +320,20 @@ enabled = false
         assert_eq!(certificate_level(13.0), Some(Level::Warning));
         assert_eq!(certificate_level(2.0), Some(Level::Critical));
         assert_eq!(certificate_level(-1.0), Some(Level::Critical), "expired");
+    }
+
+    #[test]
+    fn alert_builtin_backup_failing_fires_on_the_collector_series() {
+        let mut e = engine_with("backup_failing");
+        let mut src = MemorySource::new();
+        let none = Labels::new();
+        src.push("mcpwatch_collector_backup_failing", &none, 1_000, 0.0);
+        assert!(e.evaluate(&src, 1_000).is_empty());
+        src.push("mcpwatch_collector_backup_failing", &none, 2_000, 1.0);
+        let t = e.evaluate(&src, 2_000);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].labels["alertname"], "backup_failing");
+        assert!(t[0].annotations["summary"].contains("Backups"));
     }
 
     #[test]

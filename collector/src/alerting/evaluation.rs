@@ -75,6 +75,9 @@ impl Runtime {
             self.window
                 .push_own(FAILED_METRIC, labels, now_ms, n as f64);
         }
+        for (name, labels, value) in self.shared.own_series.current() {
+            self.window.push_own(&name, labels, now_ms, value);
+        }
         self.prune_silences(now_ms);
         self.touched.clear();
         let transitions = self.engine.evaluate(&self.window, now_ms);

@@ -35,6 +35,7 @@ mod runtime;
 mod sample_window;
 #[cfg(test)]
 mod silence_tests;
+mod own_series;
 mod silences;
 pub mod stored_receivers;
 #[cfg(test)]
@@ -52,6 +53,7 @@ pub use notification::{
     AlertMetrics, OutboxShared, ReceiverShared, TransitionLabel, FAILED_METRIC,
 };
 pub use outbox::{OutboxBatch, OutboxItem, OutboxOutcome};
+pub use own_series::OwnSeries;
 pub use silences::SilenceLimits;
 
 use crate::alert::policy::AlertRecord;

@@ -42,6 +42,8 @@ pub struct ReceiverShared {
 pub struct OutboxShared {
     receivers: RwLock<BTreeMap<String, Arc<ReceiverShared>>>,
     pub alert_metrics: AlertMetrics,
+    /// The collector's own series (backups, remote write), read by every tick.
+    pub own_series: super::OwnSeries,
 }
 
 impl OutboxShared {
@@ -62,6 +64,7 @@ impl OutboxShared {
                     .collect(),
             ),
             alert_metrics,
+            own_series: super::OwnSeries::default(),
         })
     }
 

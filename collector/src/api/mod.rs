@@ -21,6 +21,7 @@ pub mod server;
 
 pub mod alerts;
 pub mod audit_log;
+pub mod backups;
 pub mod certificates;
 pub mod enrollment;
 pub mod events;
@@ -124,6 +125,8 @@ pub struct Inner {
     pub fleet: crate::fleet::Fleet,
     /// The signer and the live revocations (enrollment, certificates of a host).
     pub pki: crate::pki::Pki,
+    /// On-demand backups and the list of backup files.
+    pub backups: crate::backup::Backups,
     /// One permit per open live stream (`settings.stream_max_clients`).
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Open live streams per holder (`settings.stream_max_per_user`).
@@ -252,6 +255,7 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(tokens::routes())
         .merge(sessions::routes())
         .merge(audit_log::routes())
+        .merge(backups::routes())
         .merge(stream::routes());
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)

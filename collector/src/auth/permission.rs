@@ -37,10 +37,13 @@ pub enum Permission {
     UsersAdmin,
     #[serde(rename = "audit:read")]
     AuditRead,
+    /// Taking backups of the whole database (every host's data, hashes, sealed secrets).
+    #[serde(rename = "admin:backup")]
+    AdminBackup,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 13] = [
         Permission::HostsRead,
         Permission::HostsWrite,
         Permission::HostsEnroll,
@@ -53,6 +56,7 @@ impl Permission {
         Permission::ServersControl,
         Permission::UsersAdmin,
         Permission::AuditRead,
+        Permission::AdminBackup,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +73,7 @@ impl Permission {
             Permission::ServersControl => "servers:control",
             Permission::UsersAdmin => "users:admin",
             Permission::AuditRead => "audit:read",
+            Permission::AdminBackup => "admin:backup",
         }
     }
 
@@ -81,6 +86,7 @@ impl Permission {
                 | Permission::ReceiversWrite
                 | Permission::UsersAdmin
                 | Permission::AuditRead
+                | Permission::AdminBackup
         )
     }
 }

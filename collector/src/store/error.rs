@@ -52,4 +52,17 @@ pub enum StoreError {
     /// The database was written by a newer build.
     #[error("database schema version {found} is newer than this build supports ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
+    /// A backup file (or a restore source) is unusable: unreadable, not an mcpwatch
+    /// database, failed its integrity check, or already present.
+    #[error("backup {path}: {reason}")]
+    BadBackup {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// Another process holds the database (a running collector, or a restore).
+    #[error("{db} is in use by {holder}; stop it first")]
+    Locked {
+        db: std::path::PathBuf,
+        holder: String,
+    },
 }

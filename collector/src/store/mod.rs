@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod audit_chain;
+pub mod backup;
 mod batch;
 mod codec;
 mod connections;
@@ -28,9 +29,11 @@ mod error;
 mod exec;
 mod group;
 pub mod hook;
+pub mod lock;
 pub mod query;
 mod reply;
 mod request;
+pub mod restore;
 mod retention;
 mod rollup;
 mod schema;

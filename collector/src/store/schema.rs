@@ -372,6 +372,13 @@ const MIGRATIONS: &[Migration] = &[
     WHERE name = 'admin' AND builtin = 1;
     "#,
     ),
+    // v11: the built-in admin role holds `admin:backup`.
+    Migration::Sql(
+        r#"
+    UPDATE roles SET permissions = '["hosts:read","hosts:write","hosts:enroll","metrics:read","alerts:read","alerts:ack","silences:write","rules:write","receivers:write","servers:control","users:admin","audit:read","admin:backup"]'
+    WHERE name = 'admin' AND builtin = 1;
+    "#,
+    ),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored
@@ -445,15 +452,26 @@ pub(crate) fn configure_reader(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The schema version this build writes (and the newest it can open).
+pub(crate) fn version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
 /// Brings the schema to the latest version. Idempotent.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Brings the schema to version `target` (tests build old databases with it).
+pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let supported = MIGRATIONS.len() as i64;
     if found > supported {
         return Err(StoreError::SchemaTooNew { found, supported });
     }
-    for (version, step) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+    let steps = MIGRATIONS.iter().take(target).enumerate();
+    for (version, step) in steps.skip(found.max(0) as usize) {
         match step {
             Migration::Sql(sql) => tx.execute_batch(sql)?,
             Migration::Code(f) => f(&tx)?,

@@ -1,0 +1,326 @@
+//! Backups of the collector's database while it runs: `[backup]` (raw and validated), the
+//! [`Backups`] handle that takes one at a time (scheduled, or on demand through
+//! `POST /api/v1/backups`), keeps the newest `keep` files, and reports on `/metrics` and
+//! to the alert rules (`mcpwatch_collector_backup_failing`, read by the built-in rule
+//! `backup_failing`). The snapshot itself is the store's (`store::backup`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpwatch_common::config::{self as cfg, ConfigError, Duration as CfgDuration};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::alerting::OwnSeries;
+use crate::metrics::CollectorMetrics;
+use crate::store::backup::{self, Snapshot};
+use crate::store::StoreError;
+
+/// The series the rules read: 1 while backups fail, 0 once one succeeds.
+pub const FAILING_METRIC: &str = "mcpwatch_collector_backup_failing";
+/// Backup files are named `mcpwatch-<UTC time>.db`; nothing else in `dir` is touched.
+const PREFIX: &str = "mcpwatch-";
+const SUFFIX: &str = ".db";
+
+/// `[backup]`: where backups go and how often they are taken.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    /// Directory for backup files (created 0700 if missing). Required by the schedule and
+    /// by `POST /api/v1/backups`. Put it on another disk than the database.
+    pub dir: Option<PathBuf>,
+    /// Time between scheduled backups, 1m..=7d; "0s" takes none (API and CLI only).
+    /// Default 24h.
+    pub interval: Option<CfgDuration>,
+    /// Newest backups kept in `dir` (1..=1000); older ones are deleted after each
+    /// success. Default 7.
+    pub keep: Option<usize>,
+}
+
+/// Validated `[backup]`; `None` in the collector's config when `dir` is unset.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    pub dir: PathBuf,
+    /// Zero: no schedule.
+    pub interval: Duration,
+    pub keep: usize,
+}
+
+impl BackupConfig {
+    pub fn validate(path: &Path, raw: RawBackup) -> Result<Option<BackupConfig>, ConfigError> {
+        let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+        let Some(dir) = raw.dir else {
+            if raw.interval.is_some() || raw.keep.is_some() {
+                return Err(bad("backup.dir", "required when [backup] is set"));
+            }
+            return Ok(None);
+        };
+        let interval = raw
+            .interval
+            .map_or(Duration::from_secs(86_400), CfgDuration::get);
+        if !interval.is_zero()
+            && !(Duration::from_secs(60)..=Duration::from_secs(7 * 86_400)).contains(&interval)
+        {
+            return Err(bad("backup.interval", "must be 0s or 1m..=7d"));
+        }
+        let keep = raw.keep.unwrap_or(7);
+        if !(1..=1000).contains(&keep) {
+            return Err(bad("backup.keep", "must be 1..=1000"));
+        }
+        Ok(Some(BackupConfig {
+            dir: cfg::resolve_path(path, dir),
+            interval,
+            keep,
+        }))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("no [backup] dir is configured")]
+    NotConfigured,
+    #[error("a backup is already running")]
+    Busy,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("backup task failed: {0}")]
+    Task(String),
+}
+
+struct Inner {
+    db: PathBuf,
+    config: Option<BackupConfig>,
+    metrics: Arc<CollectorMetrics>,
+    own: OwnSeries,
+    running: tokio::sync::Mutex<()>,
+}
+
+/// Takes backups one at a time; cheap to clone.
+#[derive(Clone)]
+pub struct Backups(Arc<Inner>);
+
+/// The file name of a backup taken at `now_ms` (UTC, sortable, millisecond precision so
+/// two on-demand backups in one second do not collide).
+pub fn file_name(now_ms: i64) -> String {
+    format!(
+        "{PREFIX}{}{SUFFIX}",
+        mcpwatch_common::time::compact_utc(now_ms)
+    )
+}
+
+impl Backups {
+    pub fn new(
+        db: PathBuf,
+        config: Option<BackupConfig>,
+        metrics: Arc<CollectorMetrics>,
+        own: OwnSeries,
+    ) -> Backups {
+        if config.is_some() {
+            own.set(FAILING_METRIC, &[], 0.0);
+        }
+        Backups(Arc::new(Inner {
+            db,
+            config,
+            metrics,
+            own,
+            running: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Takes one backup now into `[backup] dir`, then deletes the oldest beyond `keep`.
+    pub async fn run_once(&self) -> Result<Snapshot, BackupError> {
+        let config = self.0.config.clone().ok_or(BackupError::NotConfigured)?;
+        let _one = self.0.running.try_lock().map_err(|_| BackupError::Busy)?;
+        let db = self.0.db.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            create_private_dir(&config.dir)?;
+            let dest = config.dir.join(file_name(crate::now_ms()));
+            let snap = backup::snapshot(&db, &dest)?;
+            prune(&config.dir, config.keep);
+            Ok::<_, BackupError>(snap)
+        })
+        .await
+        .map_err(|e| BackupError::Task(e.to_string()))
+        .and_then(|r| r);
+        self.record(&result);
+        result
+    }
+
+    fn record(&self, result: &Result<Snapshot, BackupError>) {
+        let m = &self.0.metrics.durability;
+        match result {
+            Ok(snap) => {
+                m.backup_last_success.set(crate::now_ms() / 1000);
+                m.backup_duration_ms.set(snap.duration.as_millis() as i64);
+                m.backup_size.set(snap.bytes as i64);
+                self.0.own.set(FAILING_METRIC, &[], 0.0);
+                tracing::info!(path = %snap.path.display(), bytes = snap.bytes,
+                    duration_ms = snap.duration.as_millis() as u64, "backup written");
+            }
+            Err(BackupError::Busy) => {}
+            Err(e) => {
+                m.backup_failures.inc();
+                self.0.own.set(FAILING_METRIC, &[], 1.0);
+                tracing::error!(error = %e, "backup failed");
+            }
+        }
+    }
+
+    /// The backup files in `[backup] dir`, newest first.
+    pub async fn list(&self) -> Result<Vec<BackupEntry>, BackupError> {
+        let dir = self
+            .0
+            .config
+            .as_ref()
+            .map(|c| c.dir.clone())
+            .ok_or(BackupError::NotConfigured)?;
+        tokio::task::spawn_blocking(move || list_dir(&dir))
+            .await
+            .map_err(|e| BackupError::Task(e.to_string()))?
+    }
+
+    /// Runs the schedule until `stop`; the first backup comes one interval after start.
+    pub fn spawn_schedule(&self, tracker: &TaskTracker, stop: CancellationToken) {
+        let Some(interval) = self.0.config.as_ref().map(|c| c.interval) else {
+            return;
+        };
+        if interval.is_zero() {
+            return;
+        }
+        let this = self.clone();
+        tracker.spawn(async move {
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let _ = this.run_once().await;
+            }
+        });
+    }
+}
+
+/// A backup file in `[backup] dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupEntry {
+    pub name: String,
+    pub bytes: u64,
+    pub modified_ms: i64,
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<BackupEntry>, BackupError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        // No backup taken yet: the directory is created by the first one.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(BackupError::Store(StoreError::Io {
+                path: dir.to_owned(),
+                source,
+            }))
+        }
+    };
+    let mut out: Vec<BackupEntry> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            if !(name.starts_with(PREFIX) && name.ends_with(SUFFIX)) {
+                return None;
+            }
+            let meta = e.metadata().ok()?;
+            let modified_ms = meta
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            Some(BackupEntry {
+                name,
+                bytes: meta.len(),
+                modified_ms,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.name.cmp(&a.name));
+    Ok(out)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Deletes backup files beyond the newest `keep` (by name, which sorts by time).
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for name in names.into_iter().take(excess) {
+        let path = dir.join(&name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "old backup deleted"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete old backup"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_names_sort_by_time_and_prune_keeps_the_newest() {
+        assert_eq!(file_name(0), "mcpwatch-19700101T000000.000Z.db");
+        assert!(file_name(1_700_000_000_001) < file_name(1_700_000_000_002));
+        let dir = tempfile::tempdir().unwrap();
+        for ms in [3, 1, 2, 5, 4] {
+            std::fs::write(dir.path().join(file_name(ms)), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        prune(dir.path(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![file_name(4), file_name(5), "notes.txt".to_owned()]);
+    }
+
+    #[test]
+    fn backup_config_needs_a_dir_and_checks_bounds() {
+        let p = Path::new("/etc/mcpwatch/collector.toml");
+        assert!(BackupConfig::validate(p, RawBackup::default()).unwrap().is_none());
+        let raw = |interval: &str, keep| RawBackup {
+            dir: Some("backups".into()),
+            interval: Some(interval.parse().unwrap()),
+            keep: Some(keep),
+        };
+        let ok = BackupConfig::validate(p, raw("6h", 3)).unwrap().unwrap();
+        assert_eq!(ok.dir, Path::new("/etc/mcpwatch/backups"));
+        assert_eq!((ok.interval, ok.keep), (Duration::from_secs(21_600), 3));
+        assert!(BackupConfig::validate(p, raw("0s", 3)).unwrap().is_some());
+        assert!(BackupConfig::validate(p, raw("10s", 3)).is_err());
+        assert!(BackupConfig::validate(p, raw("6h", 0)).is_err());
+        let no_dir = RawBackup {
+            keep: Some(3),
+            ..RawBackup::default()
+        };
+        assert!(BackupConfig::validate(p, no_dir).is_err());
+    }
+}
