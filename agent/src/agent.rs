@@ -71,6 +71,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         segment_bytes: (config.spool_max_bytes / 16).clamp(64 << 10, 8 << 20),
         fsync: config.spool_fsync,
         max_frame_len: config.max_frame_len,
+        keep_acked: config.spool_keep_acked,
     };
     let spool = SpoolHandle::new(
         tokio::task::spawn_blocking(move || Spool::open(spool_cfg))

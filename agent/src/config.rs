@@ -72,6 +72,10 @@ pub struct RawSpool {
     pub max_size: Option<ByteSize>,
     /// fsync every appended batch. Default true.
     pub fsync: Option<bool>,
+    /// Acknowledged batches are kept this long (within `max_size`, deleted first when room
+    /// is needed) so a collector restored from a backup gets them again. "0s" deletes them
+    /// once acknowledged. Default 24h, the collector's default backup interval.
+    pub keep_acked: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +111,7 @@ pub struct AgentConfig {
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub spool_fsync: bool,
+    pub spool_keep_acked: std::time::Duration,
     pub metrics_listen: SocketAddr,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -207,6 +212,10 @@ impl AgentConfig {
             ),
             spool_max_bytes,
             spool_fsync: raw.spool.fsync.unwrap_or(true),
+            spool_keep_acked: raw
+                .spool
+                .keep_acked
+                .map_or(crate::spool::DEFAULT_KEEP_ACKED, |d| d.get()),
             metrics_listen: raw
                 .metrics
                 .listen

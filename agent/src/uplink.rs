@@ -233,8 +233,17 @@ impl Uplink {
         self.spool.lock().set_max_frame_len(limit);
         // The collector has committed everything below resume_from_seq: those records are
         // acknowledged even if their Ack frames were lost with the previous connection.
+        let mut last_acked = last_acked;
         if welcome.resume_from_seq > last_acked + 1 {
             self.ack(welcome.resume_from_seq - 1).await?;
+        } else if welcome.resume_from_seq <= last_acked {
+            // It lacks batches it once acknowledged: its database was restored from a
+            // backup. What the spool still keeps of them is sent again.
+            let from = welcome.resume_from_seq;
+            let reopened = self.spool.run(move |spool| spool.rewind(from)).await?;
+            last_acked = from.saturating_sub(1);
+            tracing::warn!(agent_id = %self.agent_id, resume_from_seq = from, reopened,
+                "collector lacks acknowledged batches (restored from a backup?); replaying what the spool keeps");
         }
         *attempt = 0;
         self.metrics.uplink_connected.set(1);

@@ -191,7 +191,8 @@ impl Backups {
         }
         let this = self.clone();
         tracker.spawn(async move {
-            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            let mut every =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -275,7 +276,9 @@ fn prune(dir: &Path, keep: usize) {
         let path = dir.join(&name);
         match std::fs::remove_file(&path) {
             Ok(()) => tracing::info!(path = %path.display(), "old backup deleted"),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete old backup"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete old backup")
+            }
         }
     }
 }
@@ -299,13 +302,18 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, vec![file_name(4), file_name(5), "notes.txt".to_owned()]);
+        assert_eq!(
+            left,
+            vec![file_name(4), file_name(5), "notes.txt".to_owned()]
+        );
     }
 
     #[test]
     fn backup_config_needs_a_dir_and_checks_bounds() {
         let p = Path::new("/etc/mcpwatch/collector.toml");
-        assert!(BackupConfig::validate(p, RawBackup::default()).unwrap().is_none());
+        assert!(BackupConfig::validate(p, RawBackup::default())
+            .unwrap()
+            .is_none());
         let raw = |interval: &str, keep| RawBackup {
             dir: Some("backups".into()),
             interval: Some(interval.parse().unwrap()),

@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use crate::alerting::config::{AlertingConfig, RawAlerting, RawInhibit, RawRoute};
 use crate::api::server::ServerLimits;
-use crate::backup::{BackupConfig, RawBackup};
 use crate::api::ApiSettings;
+use crate::backup::{BackupConfig, RawBackup};
 use crate::notify::{ReceiverConfigRaw, SecretRef};
 
 pub const DEFAULT_PATH: &str = "/etc/mcpwatch/collector.toml";

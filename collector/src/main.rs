@@ -1,8 +1,10 @@
 //! `mcpwatch-collector`: parses the command line, loads the config, sets up logging and runs
 //! the collector library; maps errors to exit codes (64 for configuration errors). The
-//! `user`, `role`, `token` and `audit` commands live in `admin_cli`.
+//! `user`, `role`, `token` and `audit` commands live in `admin_cli`, `backup` and `restore`
+//! in `backup_cli`.
 
 mod admin_cli;
+mod backup_cli;
 mod pki_cli;
 
 use std::net::SocketAddr;
@@ -74,6 +76,10 @@ enum Command {
     EnrollToken(pki_cli::EnrollTokenCmd),
     /// The audit log on the database: verify its hash chain.
     Audit(admin_cli::AuditCmd),
+    /// Back up the database while the collector runs: a verified, 0600 copy in FILE.
+    Backup(backup_cli::BackupArgs),
+    /// Put a backup in place of the database (the collector must be stopped).
+    Restore(backup_cli::RestoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -168,6 +174,8 @@ fn main() -> ExitCode {
         Command::Token(cmd) => admin_cli::token(cmd),
         Command::EnrollToken(cmd) => pki_cli::enroll_token(cmd),
         Command::Audit(cmd) => admin_cli::audit(cmd),
+        Command::Backup(args) => backup_cli::backup(args),
+        Command::Restore(args) => backup_cli::restore(args),
     }
 }
 

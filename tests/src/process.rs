@@ -218,6 +218,29 @@ impl CollectorProc {
         stop(&mut self.child)
     }
 
+    /// Moves this (stopped) collector's config to `dir`, its database path to
+    /// `dir/collector.db` (not copied), same ports: a replacement machine for a restore.
+    pub fn relocate(&mut self, dir: &Path) {
+        assert!(self.child.is_none(), "stop the collector first");
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let db = dir.join("collector.db");
+        let text = std::fs::read_to_string(&self.config).expect("collector config");
+        let text = text.replace(
+            &format!("path = \"{}\"", self.db.display()),
+            &format!("path = \"{}\"", db.display()),
+        );
+        assert!(
+            text.contains(&db.display().to_string()),
+            "db path not in config"
+        );
+        let config = dir.join("collector.toml");
+        std::fs::write(&config, text).expect("write config");
+        self.dir = dir.to_owned();
+        self.config = config;
+        self.db = db;
+        self.starts = 0;
+    }
+
     pub fn metrics(&self) -> String {
         http_get(self.http, "/metrics")
             .map(|r| r.1)

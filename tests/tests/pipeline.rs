@@ -100,6 +100,7 @@ fn agent_kill9_replays_its_unacked_spool() {
         segment_bytes: 1 << 20,
         fsync: false,
         max_frame_len: mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN,
+        keep_acked: std::time::Duration::ZERO,
     })
     .expect("open spool copy");
     let left = spool

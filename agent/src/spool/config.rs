@@ -26,7 +26,14 @@ pub struct SpoolConfig {
     /// records. The agent's own frame limit until a collector announces a smaller one
     /// ([`Spool::set_max_frame_len`](super::Spool::set_max_frame_len)).
     pub max_frame_len: usize,
+    /// Acknowledged records are kept this long (by their newest sample's time) so that a
+    /// collector restored from a backup can be sent them again (`Spool::rewind`); they are
+    /// the first to go when the spool needs room. Zero deletes them once acknowledged.
+    pub keep_acked: std::time::Duration,
 }
+
+/// Default of [`SpoolConfig::keep_acked`]: the default backup interval of the collector.
+pub const DEFAULT_KEEP_ACKED: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 impl SpoolConfig {
     /// The recommended shape: `segment_bytes = min(8 MiB, max_bytes / 16)` so an overflow
@@ -39,6 +46,7 @@ impl SpoolConfig {
             segment_bytes: (max_bytes / 16).min(MAX_DEFAULT_SEGMENT_BYTES),
             fsync: true,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            keep_acked: DEFAULT_KEEP_ACKED,
         }
     }
 }

@@ -54,6 +54,8 @@ mod record;
 mod replace;
 #[cfg(test)]
 mod replace_tests;
+#[cfg(test)]
+mod retention_tests;
 mod segment;
 mod split;
 mod store;
@@ -63,7 +65,10 @@ mod tests;
 mod watermark;
 
 pub use batch::{SpoolBatch, SpoolRecord};
-pub use config::{SpoolConfig, DEFAULT_MAX_BYTES, MAX_DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
+pub use config::{
+    SpoolConfig, DEFAULT_KEEP_ACKED, DEFAULT_MAX_BYTES, MAX_DEFAULT_SEGMENT_BYTES,
+    MIN_SEGMENT_BYTES,
+};
 pub use error::SpoolError;
 pub use handle::SpoolHandle;
 pub use replace::{Replaced, REJECTED_DIR};

@@ -45,8 +45,13 @@ impl Spool {
                 GapAcc::add(&mut range, r);
                 carried.extend_from_slice(&r.gaps);
             }
-            tracing::warn!(path = %seg.path.display(), unacked_records = dropped,
-                "spool: full, dropped oldest segment");
+            if dropped > 0 {
+                tracing::warn!(path = %seg.path.display(), unacked_records = dropped,
+                    "spool: full, dropped oldest segment");
+            } else {
+                tracing::debug!(path = %seg.path.display(),
+                    "spool: full, dropped the oldest acknowledged segment");
+            }
         };
         self.pending_gaps.extend(carried);
         self.pending_gaps.extend(range.map(GapAcc::info));

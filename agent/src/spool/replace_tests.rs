@@ -19,6 +19,7 @@ fn cfg(dir: &Path, max_frame_len: usize) -> SpoolConfig {
         segment_bytes: 1 << 20,
         fsync: true,
         max_frame_len,
+        keep_acked: std::time::Duration::ZERO,
     }
 }
 

@@ -149,6 +149,20 @@ impl Segment {
     pub(super) fn last_seq(&self) -> Option<u64> {
         self.records.last().map(|r| r.seq)
     }
+
+    /// Whether this segment is still within the retention of acknowledged records: its
+    /// newest sample is at or after `keep_from_ms`. A segment without samples (events and
+    /// gap markers only) is not kept for their sake.
+    pub(super) fn retained(&self, keep_from_ms: Option<i64>) -> bool {
+        let Some(from) = keep_from_ms else {
+            return false;
+        };
+        self.records
+            .iter()
+            .filter_map(|r| r.ts.map(|(_, max)| max))
+            .max()
+            .is_some_and(|newest| newest >= from)
+    }
 }
 
 pub(super) fn segment_name(first_seq: u64) -> String {

@@ -72,6 +72,8 @@ pub struct Spool {
     watermark: Watermark,
     pub(super) max_bytes: u64,
     pub(super) segment_bytes: u64,
+    /// [`SpoolConfig::keep_acked`] in ms.
+    keep_acked_ms: i64,
     pub(super) fsync: bool,
     /// Largest wire frame a record may need (see `SpoolConfig::max_frame_len`).
     pub(super) max_frame_len: usize,
@@ -105,6 +107,7 @@ impl Spool {
         let max_bytes = cfg.max_bytes.max(MIN_SEGMENT_BYTES);
         let segment_bytes = cfg.segment_bytes.clamp(MIN_SEGMENT_BYTES, max_bytes);
         let dir = cfg.dir;
+        let keep_acked_ms = i64::try_from(cfg.keep_acked.as_millis()).unwrap_or(i64::MAX);
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         let corruption = Corruption::default();
         let (last_acked, damage) = watermark::read(&dir);
@@ -162,7 +165,9 @@ impl Spool {
             };
             // No valid record (an empty file from a crash right after creation, or garbage),
             // or everything in it acknowledged before a crash interrupted the deletion.
-            if seg.last_seq().is_none_or(|last| last <= last_acked) {
+            if seg.last_seq().is_none_or(|last| last <= last_acked)
+                && !seg.retained(keep_from(keep_acked_ms))
+            {
                 if let Err(e) = fs::remove_file(&seg.path) {
                     tracing::warn!(path = %seg.path.display(), error = %e,
                         "spool: cannot remove dead segment");
@@ -173,12 +178,12 @@ impl Spool {
             superseded.extend(replaces);
             closed.push_back(seg);
         }
-        // Only records still stored and unacknowledged count as superseded.
+        // Only records still stored count as superseded (an acknowledged one too: a rewind
+        // may read it again).
         superseded.retain(|&seq| {
-            seq > last_acked
-                && closed
-                    .iter()
-                    .any(|s: &Segment| s.records.binary_search_by_key(&seq, |r| r.seq).is_ok())
+            closed
+                .iter()
+                .any(|s: &Segment| s.records.binary_search_by_key(&seq, |r| r.seq).is_ok())
         });
 
         let spool = Spool {
@@ -187,6 +192,7 @@ impl Spool {
             max_bytes,
             segment_bytes,
             fsync: cfg.fsync,
+            keep_acked_ms,
             max_frame_len: cfg.max_frame_len,
             closed,
             active: None,
@@ -267,15 +273,10 @@ impl Spool {
         if seq >= self.next_seq {
             self.next_seq = seq.saturating_add(1);
         }
-        self.unreadable
-            .get_mut()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .retain(|&s| s > seq);
-        self.superseded.retain(|&s| s > seq);
-
         let mut result = Ok(());
+        let keep = keep_from(self.keep_acked_ms);
         while let Some(seg) = self.closed.pop_front() {
-            if seg.last_seq().is_some_and(|last| last > seq) {
+            if seg.last_seq().is_some_and(|last| last > seq) || seg.retained(keep) {
                 self.closed.push_front(seg);
                 break;
             }
@@ -285,7 +286,37 @@ impl Spool {
                 break;
             }
         }
+        // What a rewind could still read keeps its marks; the rest are forgotten.
+        let floor = self.oldest_seq().unwrap_or(self.next_seq);
+        self.unreadable
+            .get_mut()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .retain(|&s| s >= floor);
+        self.superseded.retain(|&s| s >= floor);
         result
+    }
+
+    /// The collector holds only the batches below `seq` although this spool had later ones
+    /// acknowledged: its database was restored from a backup (or replaced). The records
+    /// from `seq` on that are still stored become unacknowledged again, so they are sent
+    /// again; what was already deleted is gone (the collector sees the jump in seqs).
+    /// Returns how many acknowledged seqs were reopened (0 when `seq` is past the
+    /// watermark).
+    pub fn rewind(&mut self, seq: u64) -> Result<u64, SpoolError> {
+        let to = seq.saturating_sub(1);
+        if to >= self.last_acked {
+            return Ok(0);
+        }
+        self.watermark.write(to)?;
+        let reopened = self.last_acked - to;
+        self.last_acked = to;
+        Ok(reopened)
+    }
+
+    /// Seq of the oldest record stored.
+    fn oldest_seq(&self) -> Option<u64> {
+        self.segments()
+            .find_map(|s| s.records.first().map(|r| r.seq))
     }
 
     /// Unacknowledged records with seq `>= seq`, in order: at most `max_records`, and no more
@@ -524,6 +555,12 @@ impl Spool {
                 "spool: record unreadable, skipped");
         }
     }
+}
+
+/// The oldest sample time an acknowledged segment must reach to be kept (`None`: keep
+/// nothing).
+fn keep_from(keep_acked_ms: i64) -> Option<i64> {
+    (keep_acked_ms > 0).then(|| mcpwatch_common::time::now_ms().saturating_sub(keep_acked_ms))
 }
 
 pub(super) fn remove_if_exists(path: &Path) -> Result<(), SpoolError> {

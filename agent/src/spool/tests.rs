@@ -20,6 +20,7 @@ fn cfg(dir: &Path, max_bytes: u64, segment_bytes: u64) -> SpoolConfig {
         segment_bytes,
         fsync: false,
         max_frame_len: mcpwatch_common::wire::DEFAULT_MAX_FRAME_LEN,
+        keep_acked: std::time::Duration::ZERO,
     }
 }
 

@@ -31,11 +31,11 @@ pub mod dispatcher;
 mod evaluation;
 mod notification;
 mod outbox;
+mod own_series;
 mod runtime;
 mod sample_window;
 #[cfg(test)]
 mod silence_tests;
-mod own_series;
 mod silences;
 pub mod stored_receivers;
 #[cfg(test)]

@@ -43,7 +43,10 @@ fn bad(path: &Path, reason: impl Into<String>) -> StoreError {
 pub fn snapshot(db: &Path, dest: &Path) -> Result<Snapshot, StoreError> {
     let started = Instant::now();
     if dest.exists() {
-        return Err(bad(dest, "already exists; a backup never overwrites another"));
+        return Err(bad(
+            dest,
+            "already exists; a backup never overwrites another",
+        ));
     }
     let source = Connection::open_with_flags(
         db,
@@ -164,7 +167,13 @@ mod tests {
         assert!(err.to_string().contains("already exists"), "{err}");
         let leftovers = std::fs::read_dir(dir.path())
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp-")
+            })
             .count();
         assert_eq!(leftovers, 0);
     }

@@ -171,7 +171,8 @@ mod tests {
         backup::snapshot(&db, &backup_file).unwrap();
         // The live database moves on after the backup (its WAL holds the newer pages).
         let live = Connection::open(&db).unwrap();
-        live.execute("UPDATE agent_seq SET last_seq = 99", []).unwrap();
+        live.execute("UPDATE agent_seq SET last_seq = 99", [])
+            .unwrap();
 
         let held = DbLock::acquire(&db, "collector").unwrap();
         let err = restore(&backup_file, &db, "cli:root", 1_000).unwrap_err();
@@ -187,16 +188,21 @@ mod tests {
         let old_seq: i64 = old
             .query_row("SELECT last_seq FROM agent_seq", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(old_seq, 99, "the moved-aside database kept its WAL's commits");
+        assert_eq!(
+            old_seq, 99,
+            "the moved-aside database kept its WAL's commits"
+        );
         let now = Connection::open(&db).unwrap();
         let seq: i64 = now
             .query_row("SELECT last_seq FROM agent_seq", [], |r| r.get(0))
             .unwrap();
         assert_eq!(seq, 10);
         let action: String = now
-            .query_row("SELECT action FROM audit_log ORDER BY id DESC LIMIT 1", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT action FROM audit_log ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(action, "store.restore");
     }
