@@ -299,6 +299,7 @@ pub async fn run_with_router(
         pki.revoked(),
     )?));
     let ingest_listener = bind("ingest", config.ingest_listen).await?;
+    let ingest_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let http_listener = bind("http", config.http_listen).await?;
     let base_dir = config
         .path
@@ -315,11 +316,12 @@ pub async fn run_with_router(
     } = open_alerting(&config, &base_dir, &metrics)?;
     let store = alerting.store().clone();
     pki.load(&store, &config.tls).await?;
+    let own_series = outbox.own_series.clone();
     let backups = crate::backup::Backups::new(
         config.db_path.clone(),
         config.backup.clone(),
         metrics.clone(),
-        outbox.own_series.clone(),
+        own_series.clone(),
     );
 
     let ready = Arc::new(Readiness::default());
@@ -338,6 +340,7 @@ pub async fn run_with_router(
         background_stop.clone(),
     );
     dispatcher.set_skipped(skipped);
+    let dispatcher_health = dispatcher.clone();
 
     let feed = crate::feed::Feed::new();
     background.spawn(crate::feed::run(
@@ -414,7 +417,7 @@ pub async fn run_with_router(
         max_frame_len: config.max_frame_len,
         max_in_flight: config.max_in_flight,
     };
-    let accept = tokio::spawn(ingest::serve(
+    let serving = ingest::serve(
         ingest_listener,
         tls,
         store.clone(),
@@ -424,7 +427,35 @@ pub async fn run_with_router(
         pki.clone(),
         sessions.clone(),
         shutdown.clone(),
-    ));
+    );
+    let up = ingest_up.clone();
+    let accept = tokio::spawn(async move {
+        let ended = serving.await;
+        up.store(false, std::sync::atomic::Ordering::Relaxed);
+        ended
+    });
+    crate::remote_write::spawn(
+        &config.remote_write,
+        &store,
+        &metrics,
+        &own_series,
+        &background,
+        &background_stop,
+    )?;
+    if let Some(beat) = config.heartbeat.clone() {
+        let health = crate::heartbeat::Health {
+            ingest_up,
+            store: store.clone(),
+            dispatcher: Some(dispatcher_health),
+        };
+        crate::heartbeat::spawn(
+            beat,
+            health,
+            metrics.clone(),
+            &background,
+            background_stop.clone(),
+        )?;
+    }
     ready.set(true);
     systemd::ready();
     tracing::info!(ingest = %config.ingest_listen, http = %config.http_listen,

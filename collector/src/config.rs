@@ -13,7 +13,9 @@ use crate::alerting::config::{AlertingConfig, RawAlerting, RawInhibit, RawRoute}
 use crate::api::server::ServerLimits;
 use crate::api::ApiSettings;
 use crate::backup::{BackupConfig, RawBackup};
+use crate::heartbeat::{HeartbeatConfig, RawHeartbeat};
 use crate::notify::{ReceiverConfigRaw, SecretRef};
+use crate::remote_write::{Endpoint, RawRemoteWrite};
 
 pub const DEFAULT_PATH: &str = "/etc/mcpwatch/collector.toml";
 
@@ -90,6 +92,12 @@ pub struct RawCollectorConfig {
     /// Scheduled and on-demand backups of the database (see [`RawBackup`]).
     #[serde(default)]
     pub backup: RawBackup,
+    /// The dead-man's switch (see [`RawHeartbeat`]).
+    #[serde(default)]
+    pub heartbeat: RawHeartbeat,
+    /// Prometheus remote-write endpoints (see [`RawRemoteWrite`]).
+    #[serde(default)]
+    pub remote_write: Vec<RawRemoteWrite>,
     /// How long SIGTERM may take to commit queued batches. Default 10s.
     pub shutdown_grace: Option<Duration>,
     /// Rule files, grouping and timing of notifications (see `alerting::config`).
@@ -250,6 +258,9 @@ pub struct CollectorConfig {
     pub enroll: EnrollConfig,
     /// `None`: no `[backup] dir`, so no schedule and no API backups.
     pub backup: Option<BackupConfig>,
+    /// `None`: no `[heartbeat] url`.
+    pub heartbeat: Option<HeartbeatConfig>,
+    pub remote_write: Vec<Endpoint>,
     pub db_path: PathBuf,
     pub retention_raw: Duration,
     pub retention_1m: Duration,
@@ -297,6 +308,8 @@ impl CollectorConfig {
         tls::server_config(&tls, &Default::default()).map_err(|e| bad("tls", &e.to_string()))?;
         let enroll = EnrollConfig::validate(path, raw.enroll, &tls)?;
         let backup = BackupConfig::validate(path, raw.backup)?;
+        let heartbeat = HeartbeatConfig::validate(path, raw.heartbeat)?;
+        let remote_write = Endpoint::validate_all(path, raw.remote_write)?;
         let i = raw.ingest;
         let max_frame_len = i
             .max_frame_size
@@ -395,6 +408,8 @@ impl CollectorConfig {
             tls,
             enroll,
             backup,
+            heartbeat,
+            remote_write,
             db_path: resolve(
                 s.path
                     .unwrap_or_else(|| PathBuf::from("/var/lib/mcpwatch/collector.db")),

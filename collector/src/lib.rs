@@ -16,6 +16,7 @@ pub mod durability_metrics;
 pub mod enroll_token;
 pub mod feed;
 pub mod fleet;
+pub mod heartbeat;
 pub mod host_labels;
 pub mod http;
 pub mod ingest;
@@ -25,6 +26,7 @@ pub mod pki;
 pub mod polling;
 pub mod quickstart;
 pub mod refusal_log;
+pub mod remote_write;
 pub mod store;
 pub mod token;
 

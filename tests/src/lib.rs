@@ -13,6 +13,7 @@ pub mod receivers;
 pub mod rig;
 pub mod sim;
 pub mod sse;
+pub mod tsdb;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

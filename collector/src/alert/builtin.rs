@@ -119,6 +119,18 @@ summary = "Backups of the collector's database are failing"
 description = "The last backup attempt failed (snapshot, integrity check or write); see mcpwatch_collector_backup_failures_total and the collector's log. It resolves when a backup succeeds."
 
 [[rule]]
+name = "remote_write_lagging"
+selector = "mcpwatch_collector_remote_write_lag_seconds"
+function = "min"
+window = "2m"
+op = ">"
+warning = 60.0
+critical = 300.0
+severity = "high"
+summary = "Remote write to {{ $labels.endpoint }} is {{ $value }} s behind ({{ $level }})"
+description = "The oldest batch not yet delivered has been waiting this long for two minutes: the receiver is down, refusing with 5xx/429, or slower than ingest. Nothing is lost while the raw samples are kept ([store] retention_raw)."
+
+[[rule]]
 name = "agent_dropping_samples"
 selector = "mcpwatch_agent_dropped_samples_total"
 function = "rate"
@@ -198,7 +210,7 @@ mod tests {
     #[test]
     fn alert_builtin_rules_valid() {
         let rules = validate_rules(Vec::new(), true).expect("built-ins validate");
-        assert_eq!(rules.len(), 14);
+        assert_eq!(rules.len(), 16);
         let names: Vec<_> = rules.iter().map(|r| r.name.as_str()).collect();
         assert!(names.contains(&"host_down"));
         let fallback = rules
@@ -226,7 +238,7 @@ enabled = false
 "#,
         )
         .expect("valid");
-        assert_eq!(rules.len(), 13);
+        assert_eq!(rules.len(), 15);
         let cpu = rules
             .iter()
             .find(|r| r.name == "host_cpu_high")

@@ -117,6 +117,12 @@ impl Dispatcher {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// Every worker is running: one that ended on its own (a panic) means notifications
+    /// to its receiver stopped, which the heartbeat must not hide.
+    pub fn healthy(&self) -> bool {
+        self.workers().values().all(|r| !r.task.is_finished())
+    }
+
     /// Records the API receivers that could not be loaded at startup (counted until they
     /// are changed or deleted).
     pub fn set_skipped(&self, names: impl IntoIterator<Item = String>) {

@@ -22,6 +22,7 @@ use super::ApiState;
 use crate::auth::credential::constant_time_eq;
 use crate::notify::Secret;
 use crate::store::query::series::SeriesRecord;
+use mcpwatch_common::exposition::{valid_label_name, valid_metric_name};
 use mcpwatch_common::http_server::bearer_token;
 
 /// A series' newest sample must be at most this old to be exported.
@@ -75,25 +76,6 @@ async fn federate(State(state): State<ApiState>, headers: HeaderMap) -> Response
             .into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
-}
-
-/// `[a-zA-Z_:][a-zA-Z0-9_:]*`
-pub fn valid_metric_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-/// `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with the reserved `__`.
-pub fn valid_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    !name.starts_with("__")
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A label value in the text format: backslash, double quote and newline escaped.

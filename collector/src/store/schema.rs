@@ -379,6 +379,17 @@ const MIGRATIONS: &[Migration] = &[
     WHERE name = 'admin' AND builtin = 1;
     "#,
     ),
+    // v12: how far each remote-write endpoint has delivered (a raw row id), advanced only
+    // after the endpoint accepted everything up to it.
+    Migration::Sql(
+        r#"
+    CREATE TABLE remote_write_cursors (
+        endpoint   TEXT    PRIMARY KEY,
+        raw_id     INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    "#,
+    ),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored

@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod hosts;
 pub(crate) mod pool;
 pub(crate) mod reader;
+pub mod remote_write;
 pub mod roles;
 pub mod rules;
 pub mod samples;

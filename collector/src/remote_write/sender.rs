@@ -1,0 +1,411 @@
+//! One task per endpoint: read committed batches after the endpoint's cursor, turn them
+//! into remote-write requests (one per shard: the batch's series split across at most
+//! `max_shards` requests sent at once), send each until it is accepted or refused for
+//! good, and only then advance the cursor in the database. A collector restart or a
+//! receiver outage therefore loses nothing, and a crash resends at most the batch that was
+//! in flight.
+//!
+//! Retries: transport errors, 5xx and 429 wait the backoff (a 429's or 503's Retry-After
+//! when longer) and try again, forever (the cursor waits; the lag grows and pages through
+//! `remote_write_lagging`). Any other answer is final: its samples are dropped, counted
+//! with the status as the reason, and logged with an excerpt of the body.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::config::Endpoint;
+use super::encode::{self, TimeSeries};
+use super::relabel::passes_all;
+use super::series::{self, Refused};
+use crate::alerting::OwnSeries;
+use crate::metrics::CollectorMetrics;
+use crate::store::query::remote_write::RawBatch;
+use crate::store::{Store, StoreError};
+
+/// The series rules read for `remote_write_lagging`.
+pub const LAG_METRIC: &str = "mcpwatch_collector_remote_write_lag_seconds";
+/// How often an idle sender looks for new batches.
+const POLL: Duration = Duration::from_millis(200);
+/// Host labels may change (relabel): cached series labels are dropped this often.
+const LABEL_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Longest a Retry-After is honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+/// Samples per shard below which another shard is not worth a request.
+const MIN_SHARD_SAMPLES: usize = 1000;
+/// How much of a refusing answer's body is logged.
+const BODY_EXCERPT: usize = 300;
+
+/// The labels of a series as this endpoint sends them; `None`: not sent (relabel or refused).
+type Cached = Option<Arc<Vec<(String, String)>>>;
+
+pub struct Sender {
+    endpoint: Endpoint,
+    store: Store,
+    client: reqwest::Client,
+    metrics: Arc<CollectorMetrics>,
+    own: OwnSeries,
+    labels: HashMap<i64, Cached>,
+    labels_since: Instant,
+}
+
+/// Batches read but not yet sent.
+#[derive(Default)]
+struct Pending {
+    batches: Vec<RawBatch>,
+    samples: usize,
+    /// Raw row id read up to (batches and unreadable rows).
+    last_id: i64,
+    since: Option<Instant>,
+}
+
+/// The task was asked to stop.
+struct Stopped;
+
+impl Sender {
+    pub fn new(
+        endpoint: Endpoint,
+        store: Store,
+        client: reqwest::Client,
+        metrics: Arc<CollectorMetrics>,
+        own: OwnSeries,
+    ) -> Sender {
+        Sender {
+            endpoint,
+            store,
+            client,
+            metrics,
+            own,
+            labels: HashMap::new(),
+            labels_since: Instant::now(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    /// Waits `d`; `Err(Stopped)` when `stop` came first.
+    async fn wait(d: Duration, stop: &CancellationToken) -> Result<(), Stopped> {
+        if crate::polling::pause(d, stop).await {
+            Ok(())
+        } else {
+            Err(Stopped)
+        }
+    }
+
+    /// Retries a store call until it answers (the store may be busy for a moment).
+    async fn retry_store<T, F, Fut>(
+        &self,
+        what: &str,
+        stop: &CancellationToken,
+        mut f: F,
+    ) -> Result<T, Stopped>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    self.metrics.durability.remote_write_store_errors.inc();
+                    tracing::warn!(endpoint = %self.name(), error = %e, what, "remote write: store failed; retrying");
+                    Self::wait(Duration::from_secs(1), stop).await?;
+                }
+            }
+        }
+    }
+
+    pub async fn run(mut self, stop: CancellationToken) {
+        let _ = self.run_until_stopped(&stop).await;
+    }
+
+    async fn run_until_stopped(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
+        let name = self.name().to_owned();
+        let store = self.store.clone();
+        let stored = {
+            let n = name.clone();
+            self.retry_store("cursor", stop, || store.remote_write_cursor(n.clone()))
+                .await?
+        };
+        let mut cursor = match stored {
+            Some(c) => c,
+            None => {
+                // A new endpoint starts with what is committed from now on: receivers refuse
+                // samples far older than their head, so history is not backfilled.
+                let newest = self
+                    .retry_store("newest", stop, || store.newest_raw_id())
+                    .await?;
+                let n = name.clone();
+                self.retry_store("cursor", stop, || {
+                    store.set_remote_write_cursor(n.clone(), newest, crate::now_ms())
+                })
+                .await?;
+                newest
+            }
+        };
+        tracing::info!(endpoint = %name, cursor, "remote write started");
+        let mut pending = Pending {
+            last_id: cursor,
+            ..Pending::default()
+        };
+        loop {
+            let room = self
+                .endpoint
+                .max_samples_per_send
+                .saturating_sub(pending.samples);
+            let mut more = false;
+            if room > 0 {
+                let from = pending.last_id;
+                let read = self
+                    .retry_store("read", stop, || store.batches_after(from, room))
+                    .await?;
+                more = read.full;
+                if !read.unreadable.is_empty() {
+                    self.metrics.durability.remote_write_dropped(
+                        &name,
+                        "unreadable",
+                        read.unreadable.len() as u64,
+                    );
+                }
+                let last = read
+                    .batches
+                    .iter()
+                    .map(|b| b.id)
+                    .chain(read.unreadable.iter().copied())
+                    .max();
+                if let Some(last) = last {
+                    pending.last_id = pending.last_id.max(last);
+                    pending.since.get_or_insert_with(Instant::now);
+                }
+                for b in read.batches {
+                    pending.samples += b.samples.len();
+                    pending.batches.push(b);
+                }
+            }
+            let full = pending.samples >= self.endpoint.max_samples_per_send || more;
+            let old = pending
+                .since
+                .is_some_and(|s| s.elapsed() >= self.endpoint.batch_send_deadline);
+            if pending.last_id > cursor && (full || old) {
+                self.send(&pending.batches, stop).await?;
+                cursor = pending.last_id;
+                let n = name.clone();
+                self.retry_store("cursor", stop, || {
+                    store.set_remote_write_cursor(n.clone(), cursor, crate::now_ms())
+                })
+                .await?;
+                pending = Pending {
+                    last_id: cursor,
+                    ..Pending::default()
+                };
+                self.set_lag(None);
+                continue;
+            }
+            self.set_lag(pending.batches.first().map(|b| b.ts_max));
+            if !more {
+                let wait = match pending.since {
+                    Some(s) => POLL.min(
+                        self.endpoint
+                            .batch_send_deadline
+                            .saturating_sub(s.elapsed()),
+                    ),
+                    None => POLL,
+                };
+                Self::wait(wait.max(Duration::from_millis(1)), stop).await?;
+            }
+        }
+    }
+
+    /// Lag: how old the newest sample of the oldest unsent batch is (0 when none waits).
+    fn set_lag(&self, oldest_unsent_ts: Option<i64>) {
+        let lag =
+            oldest_unsent_ts.map_or(0.0, |ts| ((crate::now_ms() - ts).max(0) as f64) / 1000.0);
+        self.metrics.durability.remote_write_lag(self.name(), lag);
+        self.own.set(LAG_METRIC, &[("endpoint", self.name())], lag);
+    }
+
+    /// The labels of every series in `batches`, fetched for those not cached.
+    async fn resolve(
+        &mut self,
+        batches: &[RawBatch],
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        if self.labels_since.elapsed() >= LABEL_CACHE_TTL {
+            self.labels.clear();
+            self.labels_since = Instant::now();
+        }
+        let mut missing: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.samples.iter().map(|s| s.0))
+            .filter(|id| !self.labels.contains_key(id))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let metas = self
+            .retry_store("series", stop, || store.series_meta(missing.clone()))
+            .await?;
+        for id in &missing {
+            self.labels.insert(*id, None);
+        }
+        for meta in metas {
+            let labels = match series::labels(&meta) {
+                Ok(l) if passes_all(&self.endpoint.relabel, &l) => Some(Arc::new(l)),
+                Ok(_) => None,
+                Err(Refused::InvalidName) | Err(Refused::Unreadable) => {
+                    tracing::debug!(endpoint = %self.name(), series = meta.id, name = %meta.name,
+                        "remote write: series not sent (name or labels Prometheus refuses)");
+                    None
+                }
+            };
+            self.labels.insert(meta.id, labels);
+        }
+        Ok(())
+    }
+
+    /// Sends `batches`, returning once every shard was accepted or refused for good.
+    async fn send(
+        &mut self,
+        batches: &[RawBatch],
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        self.resolve(batches, stop).await?;
+        // Per series, in the order series appear; samples in time order (a replayed batch
+        // can be older than one committed before it).
+        let mut by_series: BTreeMap<i64, Vec<(i64, f64)>> = BTreeMap::new();
+        let mut skipped = 0u64;
+        for b in batches {
+            for &(id, ts, v) in &b.samples {
+                match self.labels.get(&id) {
+                    Some(Some(_)) => by_series.entry(id).or_default().push((ts, v)),
+                    _ => skipped += 1,
+                }
+            }
+        }
+        if skipped > 0 {
+            self.metrics
+                .durability
+                .remote_write_dropped(self.name(), "not_sent", skipped);
+        }
+        let total: usize = by_series.values().map(Vec::len).sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let shards = self
+            .endpoint
+            .max_shards
+            .min(total.div_ceil(MIN_SHARD_SAMPLES))
+            .min(by_series.len())
+            .max(1);
+        self.metrics
+            .durability
+            .remote_write_shards(self.name(), shards);
+        let mut parts: Vec<Vec<TimeSeries>> = vec![Vec::new(); shards];
+        for (i, (id, mut samples)) in by_series.into_iter().enumerate() {
+            samples.sort_by_key(|s| s.0);
+            let labels = self
+                .labels
+                .get(&id)
+                .cloned()
+                .flatten()
+                .map(|l| (*l).clone())
+                .unwrap_or_default();
+            parts[i % shards].push(TimeSeries { labels, samples });
+        }
+        let oldest = batches.first().map(|b| b.ts_max);
+        let sends = parts.into_iter().map(|part| {
+            let n: usize = part.iter().map(|s| s.samples.len()).sum();
+            self.send_part(part, n, oldest, stop)
+        });
+        let results = futures::future::join_all(sends).await;
+        if results.iter().any(Result::is_err) {
+            return Err(Stopped);
+        }
+        Ok(())
+    }
+
+    /// One request, retried until accepted or refused for good.
+    async fn send_part(
+        &self,
+        part: Vec<TimeSeries>,
+        samples: usize,
+        oldest: Option<i64>,
+        stop: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        let m = &self.metrics.durability;
+        let name = self.name();
+        let body = match encode::body(&part) {
+            Ok(b) => bytes::Bytes::from(b),
+            Err(e) => {
+                // Snappy refuses only inputs beyond its 4 GiB bound; a request never nears it.
+                tracing::error!(endpoint = %name, error = %e, "remote write: cannot compress");
+                m.remote_write_dropped(name, "encode", samples as u64);
+                return Ok(());
+            }
+        };
+        let mut attempt = 0u32;
+        loop {
+            let mut request = self
+                .client
+                .post(self.endpoint.url.expose())
+                .header(reqwest::header::CONTENT_TYPE, encode::CONTENT_TYPE)
+                .header(reqwest::header::CONTENT_ENCODING, encode::CONTENT_ENCODING)
+                .header(encode::VERSION_HEADER, encode::VERSION)
+                .body(body.clone());
+            for (k, v) in &self.endpoint.headers {
+                request = request.header(k.clone(), v.expose());
+            }
+            let retry_after = match request.send().await {
+                Ok(r) if r.status().is_success() => {
+                    m.remote_write_sent(name, samples as u64);
+                    return Ok(());
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let after = crate::notify::http::retry_after_header(r.headers());
+                    let text = r.text().await.unwrap_or_default();
+                    let excerpt: String = text.chars().take(BODY_EXCERPT).collect();
+                    m.remote_write_failed(name, samples as u64);
+                    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    {
+                        tracing::warn!(endpoint = %name, status = status.as_u16(), body = %excerpt.trim(),
+                            attempt, "remote write: request failed; retrying");
+                        after
+                    } else {
+                        tracing::error!(endpoint = %name, status = status.as_u16(), body = %excerpt.trim(),
+                            samples, "remote write: request refused; its samples are dropped");
+                        m.remote_write_dropped(
+                            name,
+                            &format!("http_{}", status.as_u16()),
+                            samples as u64,
+                        );
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    m.remote_write_failed(name, samples as u64);
+                    // Without the URL: it may hold credentials.
+                    tracing::warn!(endpoint = %name, error = %e.without_url(), attempt,
+                        "remote write: request failed; retrying");
+                    None
+                }
+            };
+            m.remote_write_retried(name, samples as u64);
+            self.set_lag(oldest);
+            let delay = self
+                .endpoint
+                .backoff
+                .delay(attempt)
+                .max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
+            attempt = attempt.saturating_add(1);
+            Self::wait(delay, stop).await?;
+        }
+    }
+}
