@@ -8,6 +8,8 @@ need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # bench-alert runs Prometheus + Alertmanager beside mcpwatch.
 command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+# Remote write is tested into Prometheus's receiver and into VictoriaMetrics.
+command -v victoria-metrics >/dev/null 2>&1 || need_apt+=(victoria-metrics)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 # The agent ships as a static musl binary; ring's C code needs musl-gcc.
@@ -30,6 +32,8 @@ if ((${#need_apt[@]})); then
   systemctl stop prometheus 2>/dev/null || pkill -x prometheus 2>/dev/null || true
   systemctl stop prometheus-alertmanager 2>/dev/null \
     || pkill -f '^/usr/bin/prometheus-alertmanager' 2>/dev/null || true
+  # And VictoriaMetrics on 0.0.0.0:8428.
+  systemctl stop victoria-metrics 2>/dev/null || pkill -x victoria-metrics 2>/dev/null || true
 fi
 
 # A Docker engine for the supervision tests: no bridge, no iptables, loopback only.

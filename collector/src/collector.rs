@@ -340,7 +340,8 @@ pub async fn run_with_router(
         background_stop.clone(),
     );
     dispatcher.set_skipped(skipped);
-    let dispatcher_health = dispatcher.clone();
+    // Only while a heartbeat runs: a held handle keeps the store (and so the writer) alive.
+    let dispatcher_health = config.heartbeat.is_some().then(|| dispatcher.clone());
 
     let feed = crate::feed::Feed::new();
     background.spawn(crate::feed::run(
@@ -446,7 +447,7 @@ pub async fn run_with_router(
         let health = crate::heartbeat::Health {
             ingest_up,
             store: store.clone(),
-            dispatcher: Some(dispatcher_health),
+            dispatcher: dispatcher_health,
         };
         crate::heartbeat::spawn(
             beat,

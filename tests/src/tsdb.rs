@@ -123,10 +123,11 @@ impl Tsdb {
         format!("http://{}/api/v1/write", self.addr)
     }
 
-    /// Kills the process (its data stay).
+    /// Stops the process as an operator would (SIGTERM: it flushes what it accepted; a
+    /// kill -9 would lose its last unflushed seconds, which no sender can help).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            crate::process::signal(&c, "TERM");
             let _ = c.wait();
         }
     }
@@ -140,9 +141,10 @@ impl Tsdb {
     }
 
     fn get(&self, path: &str) -> String {
-        let (status, body) = http_get(self.addr, path).expect("GET");
-        assert_eq!(status, 200, "{path}: {body}");
-        body
+        // Chunked answers: the API client de-chunks.
+        let r = crate::api::request(self.addr, "GET", path, None, None).expect("GET");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r.body
     }
 
     /// A range selector at an instant query answers every raw sample in the range.
@@ -197,7 +199,10 @@ impl Tsdb {
 
 impl Drop for Tsdb {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
