@@ -354,6 +354,9 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
     ("DELETE", "/api/v1/tokens/{id}", Need::OtherUsers, 204),
     // audit
     ("GET", "/api/v1/audit", Need::Global("audit:read"), 200),
+    // backups of the whole database
+    ("GET", "/api/v1/backups", Need::Global("admin:backup"), 200),
+    ("POST", "/api/v1/backups", Need::Global("admin:backup"), 201),
     // the live stream (only its head is read)
     ("GET", "/api/v1/stream", Need::Perm("hosts:read"), 200),
 ];
@@ -407,6 +410,7 @@ const ALL: &[&str] = &[
     "servers:control",
     "users:admin",
     "audit:read",
+    "admin:backup",
 ];
 
 impl Who {
@@ -653,6 +657,8 @@ impl Ctx {
             | ("GET", "/api/v1/roles")
             | ("GET", "/api/v1/tokens")
             | ("GET", "/api/v1/audit")
+            | ("GET", "/api/v1/backups")
+            | ("POST", "/api/v1/backups")
             | ("GET", "/api/v1/enroll/ca")
             | ("GET", "/api/v1/enroll-tokens")
             | ("GET", "/api/v1/stream") => Req::at(template),
@@ -962,6 +968,7 @@ fn api_permission_matrix_every_route_every_principal() {
             "[api]\nlogin_attempts_per_minute = 10000\ncommand_timeout = \"2s\"\n\
              receiver_url_allow = [\"127.0.0.0/8\"]\n\
              [enroll]\nca_key = \"{ca_key}\"\n\
+             [backup]\ndir = \"backups\"\ninterval = \"0s\"\nkeep = 2\n\
              [alerting]\n{fast}\
              [[receiver]]\ntype = \"webhook\"\nname = \"{RECEIVER}\"\nurl = \"{}\"\n\
              secret = {{ file = \"hmac\" }}\n",

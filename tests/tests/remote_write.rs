@@ -23,11 +23,21 @@ fn queue() -> &'static str {
 }
 
 fn endpoint(name: &str, url: &str, extra: &str) -> String {
-    format!("\n[[remote_write]]\nname = \"{name}\"\nurl = \"{url}\"\n{}{extra}", queue())
+    format!(
+        "\n[[remote_write]]\nname = \"{name}\"\nurl = \"{url}\"\n{}{extra}",
+        queue()
+    )
 }
 
 fn agent(pki: &Pki, dir: &Path, name: &str, collector: &CollectorProc) -> AgentProc {
-    AgentProc::start(pki, &dir.join(name), name, collector.ingest, "200ms", "64MiB")
+    AgentProc::start(
+        pki,
+        &dir.join(name),
+        name,
+        collector.ingest,
+        "200ms",
+        "64MiB",
+    )
 }
 
 fn query_i64(db: &Path, sql: &str, p: &str) -> Option<i64> {
@@ -45,7 +55,12 @@ fn cursor(db: &Path, endpoint: &str) -> Option<i64> {
 }
 
 fn newest_raw(db: &Path) -> i64 {
-    query_i64(db, "SELECT COALESCE(MAX(id), 0) FROM raw WHERE ?1 = ?1", "x").unwrap_or(0)
+    query_i64(
+        db,
+        "SELECT COALESCE(MAX(id), 0) FROM raw WHERE ?1 = ?1",
+        "x",
+    )
+    .unwrap_or(0)
 }
 
 /// Waits until `endpoint` has delivered every committed batch.
@@ -137,9 +152,8 @@ fn assert_same(what: &str, got: &Dump, want: &Dump, rel: f64) {
         match got.get(labels) {
             None => problems.push(format!("missing series {labels:?} ({} samples)", w.len())),
             Some(g) => {
-                let differs = |(a, b): &(&(i64, f64), &(i64, f64))| {
-                    a.0 != b.0 || !same_value(a.1, b.1, rel)
-                };
+                let differs =
+                    |(a, b): &(&(i64, f64), &(i64, f64))| a.0 != b.0 || !same_value(a.1, b.1, rel);
                 let first = g.iter().zip(w).find(differs);
                 if g.len() != w.len() || first.is_some() {
                     problems.push(format!(
@@ -160,7 +174,12 @@ fn assert_same(what: &str, got: &Dump, want: &Dump, rel: f64) {
         "{what}: {} problems over {} series / {total} samples:\n{}",
         problems.len(),
         want.len(),
-        problems.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+        problems
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     println!("{what}: {} series, {total} samples, identical", want.len());
 }
@@ -172,7 +191,9 @@ fn wait_same(what: &str, tsdb: &Tsdb, regex: &str, want: &Dump, rel: f64) {
     loop {
         let got = tsdb.dump(regex);
         let complete = got.len() == want.len()
-            && want.iter().all(|(l, w)| got.get(l).is_some_and(|g| g.len() == w.len()));
+            && want
+                .iter()
+                .all(|(l, w)| got.get(l).is_some_and(|g| g.len() == w.len()));
         if complete || std::time::Instant::now() > deadline {
             assert_same(what, &got, want, rel);
             return;
@@ -192,7 +213,10 @@ fn remote_write_delivers_every_sample_to_prometheus_and_victoriametrics() {
     let prom = Tsdb::prometheus(&tmp.path().join("prometheus"));
     let vm = Tsdb::victoria(&tmp.path().join("vm"));
     let mut collector = CollectorProc::start(&pki, &tmp.path().join("c"), "");
-    let admin = Api::new(collector.http, Some(&admin_token(&collector.db, "rw", None)));
+    let admin = Api::new(
+        collector.http,
+        Some(&admin_token(&collector.db, "rw", None)),
+    );
     let mut agents = vec![
         agent(&pki, tmp.path(), "node-1", &collector),
         agent(&pki, tmp.path(), "node-2", &collector),
@@ -220,9 +244,7 @@ fn remote_write_delivers_every_sample_to_prometheus_and_victoriametrics() {
     text.push_str(&endpoint("vm", &vm.write_url(), ""));
     std::fs::write(&collector.config, text).unwrap();
     collector.restart();
-    let start = |name: &str| {
-        wait_for("cursor created", LONG, || cursor(&collector.db, name))
-    };
+    let start = |name: &str| wait_for("cursor created", LONG, || cursor(&collector.db, name));
     let (prom_from, vm_from) = (start("prom"), start("vm"));
     for a in &agents {
         a.wait_acked_more(10.0);
@@ -249,7 +271,10 @@ fn remote_write_delivers_every_sample_to_prometheus_and_victoriametrics() {
     let not_agent = |l: &BTreeMap<String, String>| !l["__name__"].starts_with("mcpwatch_agent_");
     let want_prom = expected(&collector.db, prom_from, not_agent);
     let want_vm = expected(&collector.db, vm_from, |_| true);
-    assert!(want_vm.len() > want_prom.len(), "relabel left the agent series out");
+    assert!(
+        want_vm.len() > want_prom.len(),
+        "relabel left the agent series out"
+    );
     assert!(
         want_vm
             .keys()
@@ -288,12 +313,18 @@ fn remote_write_drops_a_refused_batch_and_rides_out_a_two_minute_outage() {
         "mcpwatch_collector_remote_write_samples_dropped_total{endpoint=\"vm\",reason=\"http_400\"}",
     );
     let refused: usize = proxy.refused().iter().flatten().map(|s| s.1.len()).sum();
-    assert_eq!(dropped as usize, refused, "dropped samples counted with the reason");
+    assert_eq!(
+        dropped as usize, refused,
+        "dropped samples counted with the reason"
+    );
 
     // The receiver is down for two minutes: the lag grows, nothing is lost.
     vm.stop();
     let lag = |c: &CollectorProc| {
-        collector_metric(c, "mcpwatch_collector_remote_write_lag_seconds{endpoint=\"vm\"}")
+        collector_metric(
+            c,
+            "mcpwatch_collector_remote_write_lag_seconds{endpoint=\"vm\"}",
+        )
     };
     wait_for("two minutes of outage", Duration::from_secs(200), || {
         (lag(&collector) >= 120.0).then_some(())
@@ -304,7 +335,9 @@ fn remote_write_drops_a_refused_batch_and_rides_out_a_two_minute_outage() {
     );
     assert!(retried > 0.0);
     vm.restart();
-    wait_for("lag back to zero", LONG, || (lag(&collector) == 0.0).then_some(()));
+    wait_for("lag back to zero", LONG, || {
+        (lag(&collector) == 0.0).then_some(())
+    });
     assert!(a.stop().success());
     wait_delivered(&collector.db, "vm");
     collector.stop();
@@ -321,7 +354,13 @@ fn remote_write_drops_a_refused_batch_and_rides_out_a_two_minute_outage() {
         samples.retain(|(ts, _)| !refused_keys.contains(&(labels.clone(), *ts)));
     }
     want.retain(|_, s| !s.is_empty());
-    wait_same("victoriametrics after outage", &vm, ".+", &want, VM_PRECISION);
+    wait_same(
+        "victoriametrics after outage",
+        &vm,
+        ".+",
+        &want,
+        VM_PRECISION,
+    );
 }
 
 #[test]
@@ -351,7 +390,13 @@ fn remote_write_collector_kill9_ten_times_loses_nothing_and_resends_at_most_a_ba
     collector.child = None;
 
     let want = expected(&collector.db, from, |_| true);
-    wait_same("victoriametrics after 10 crashes", &vm, ".+", &want, VM_PRECISION);
+    wait_same(
+        "victoriametrics after 10 crashes",
+        &vm,
+        ".+",
+        &want,
+        VM_PRECISION,
+    );
     let mut seen: HashSet<(BTreeMap<String, String>, i64)> = HashSet::new();
     let mut resent = 0usize;
     for (labels, samples) in proxy.accepted().into_iter().flatten() {
@@ -362,5 +407,8 @@ fn remote_write_collector_kill9_ten_times_loses_nothing_and_resends_at_most_a_ba
         }
     }
     println!("samples resent after 10 kills: {resent}");
-    assert!(resent <= 10 * 500, "at most one batch (500 samples) resent per kill: {resent}");
+    assert!(
+        resent <= 10 * 500,
+        "at most one batch (500 samples) resent per kill: {resent}"
+    );
 }

@@ -29,6 +29,7 @@ const PERMISSIONS: [string, string][] = [
   ["receivers:write", "change receivers (fleet-wide)"],
   ["users:admin", "manage users, roles and tokens (fleet-wide)"],
   ["audit:read", "read the audit log (fleet-wide)"],
+  ["admin:backup", "take and list backups of the whole database (fleet-wide)"],
 ];
 
 type Editing = { name: string; permissions: Set<string>; isNew: boolean } | null;
