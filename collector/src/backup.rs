@@ -153,7 +153,7 @@ impl Backups {
         match result {
             Ok(snap) => {
                 m.backup_last_success.set(crate::now_ms() / 1000);
-                m.backup_duration_ms.set(snap.duration.as_millis() as i64);
+                m.backup_duration_seconds.set(snap.duration.as_secs_f64());
                 m.backup_size.set(snap.bytes as i64);
                 self.0.own.set(FAILING_METRIC, &[], 0.0);
                 tracing::info!(path = %snap.path.display(), bytes = snap.bytes,

@@ -25,8 +25,8 @@ pub struct EndpointReasonLabel {
 pub struct DurabilityMetrics {
     /// Unix seconds of the last backup that was written and verified; 0 before one.
     pub backup_last_success: Gauge,
-    /// How long the last successful backup took (snapshot, verification, rename), in ms.
-    pub backup_duration_ms: Gauge,
+    /// How long the last successful backup took (snapshot, verification, rename).
+    pub backup_duration_seconds: Gauge<f64, AtomicU64>,
     /// Size of the last successful backup, bytes.
     pub backup_size: Gauge,
     /// Backups that failed (snapshot, verification or write).
@@ -111,9 +111,9 @@ impl DurabilityMetrics {
             self.backup_last_success.clone(),
         );
         r.register(
-            "mcpwatch_collector_backup_duration_milliseconds",
+            "mcpwatch_collector_backup_duration_seconds",
             "Duration of the last successful backup: snapshot, integrity check and rename.",
-            self.backup_duration_ms.clone(),
+            self.backup_duration_seconds.clone(),
         );
         r.register(
             "mcpwatch_collector_backup_size_bytes",

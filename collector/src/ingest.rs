@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
-use mcpwatch_common::cert_info;
+use mcpwatch_common::cert_info::{self, CertInfo};
 use mcpwatch_common::tls::{self, Reloadable};
 use mcpwatch_common::wire::{
     Batch, CodecError, CommandResult, Frame, FrameCodec, Hello, Reject, RejectReason, Welcome,
@@ -202,7 +202,7 @@ async fn reject(framed: &mut Stream, reason: RejectReason, message: String) {
 impl Session {
     async fn run(&self, tcp: TcpStream, shutdown: CancellationToken) {
         let peer = self.peer;
-        let (mut framed, agent_id, host_id, serial) = match self.handshake(tcp).await {
+        let (mut framed, agent_id, host_id, certificate) = match self.handshake(tcp).await {
             Ok(ok) => ok,
             Err(err) => {
                 self.metrics.handshake_failure(err.reason());
@@ -221,7 +221,7 @@ impl Session {
                 &mut framed,
                 &agent_id,
                 host_id,
-                &serial,
+                &certificate,
                 commands,
                 &shutdown,
             )
@@ -245,11 +245,11 @@ impl Session {
     }
 
     /// TLS, identity, Hello → Welcome. Returns the framed stream, agent id, host id and the
-    /// certificate's serial.
+    /// client certificate.
     async fn handshake(
         &self,
         tcp: TcpStream,
-    ) -> Result<(Stream, String, i64, String), SessionError> {
+    ) -> Result<(Stream, String, i64, CertInfo), SessionError> {
         let timeout = self.settings.handshake_timeout;
         let stream = tokio::time::timeout(timeout, self.acceptor.accept(tcp))
             .await
@@ -313,9 +313,8 @@ impl Session {
         tracing::info!(peer = %self.peer, agent_id = %identity, host_id = session.host_id,
             resume_from_seq = session.last_seq + 1, agent_last_acked = hello.last_acked_seq,
             serial = %certificate.serial, "agent connected");
-        let serial = certificate.serial.clone();
-        self.pki.note_seen(&self.store, certificate).await;
-        Ok((framed, identity, session.host_id, serial))
+        self.pki.note_seen(&self.store, certificate.clone()).await;
+        Ok((framed, identity, session.host_id, certificate))
     }
 
     /// Batches in, acks out in order, each after its commit. Reading pauses while
@@ -325,10 +324,11 @@ impl Session {
         framed: &mut Stream,
         agent_id: &str,
         host_id: i64,
-        serial: &str,
+        certificate: &CertInfo,
         mut commands: tokio::sync::mpsc::Receiver<PendingCommand>,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionError> {
+        let serial = certificate.serial.as_str();
         let mut pending = FuturesOrdered::new();
         // A revocation ends the session at once; one made since the handshake counts too.
         let mut revocations = self.pki.revoked().subscribe();
@@ -395,7 +395,7 @@ impl Session {
                             }
                         }
                         Frame::RenewRequest(r) => {
-                            let result = self.pki.renew(&self.store, agent_id, &r.csr_der).await;
+                            let result = self.pki.renew(&self.store, certificate, &r.csr_der).await;
                             framed.send(Frame::RenewResult(result)).await?;
                         }
                         other => {

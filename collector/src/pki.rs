@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcpwatch_common::cert_info;
+use mcpwatch_common::cert_info::{self, CertInfo};
 use mcpwatch_common::csr::Signer;
 use mcpwatch_common::revocation::RevokedSerials;
 use mcpwatch_common::tls::{self, Reloadable, TlsFiles};
@@ -239,9 +239,13 @@ impl Pki {
         });
     }
 
-    /// Signs a renewal CSR for `identity`, the identity the session's certificate proves,
-    /// and records it. The answer says why not when it is refused.
-    pub async fn renew(&self, store: &Store, identity: &str, csr_der: &[u8]) -> RenewResult {
+    /// Signs a renewal CSR for the identity the session's `current` certificate proves, and
+    /// records it. Refused for a certificate revoked meanwhile, a revoked host, and before
+    /// half of the current certificate's lifetime (agents renew at two thirds): a stolen key
+    /// cannot mint itself a fresh serial the moment it connects, nor a flood of rows. The
+    /// answer says why not when it is refused.
+    pub async fn renew(&self, store: &Store, current: &CertInfo, csr_der: &[u8]) -> RenewResult {
+        let identity = current.identity.as_str();
         let refuse = |reason: &str, message: String| {
             self.refused(reason);
             tracing::warn!(agent_id = identity, reason, %message, "certificate renewal refused");
@@ -258,14 +262,42 @@ impl Pki {
             );
         };
         let now = crate::now_ms();
+        if self.revoked().contains(&current.serial) {
+            return refuse(
+                "renew_revoked",
+                "the session's certificate is revoked".into(),
+            );
+        }
+        let half_life = current.not_before_s + (current.not_after_s - current.not_before_s) / 2;
+        if now / 1000 < half_life {
+            return refuse(
+                "renew_early",
+                format!("renewal opens at half the certificate's lifetime (Unix {half_life})"),
+            );
+        }
+        match store.host(identity).await {
+            Ok(Some(h)) if h.revoked => {
+                return refuse("renew_revoked", "the host is revoked".into());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(agent_id = identity, error = %e, "renewal: host lookup failed");
+                return refuse(
+                    "renew_store",
+                    "the collector could not check the host; retry later".into(),
+                );
+            }
+        }
         let issued = match signer.sign(csr_der, |n| n == identity, self.lifetime(), now / 1000) {
             Ok(i) => i,
             Err(e) => return refuse("renew_csr", e.to_string()),
         };
         if let Err(e) = store.certificate_renewed(issued.info.clone(), now).await {
+            // The agent gets no store internals; the log has them.
+            tracing::error!(agent_id = identity, error = %e, "renewal: recording the certificate failed");
             return refuse(
                 "renew_store",
-                format!("the certificate could not be recorded: {e}"),
+                "the certificate could not be recorded; retry later".into(),
             );
         }
         self.refresh_agents(store).await;

@@ -86,7 +86,18 @@ impl Signer {
                 source,
             })
         };
-        let ca_pem = read(ca_cert)?;
+        let text = read(ca_cert)?;
+        // This text is served to anyone (GET /enroll/ca): a file holding the key too (a
+        // combined key + certificate PEM) must never get that far.
+        if text.contains("PRIVATE KEY") {
+            return Err(CertError::Mismatch {
+                path: ca_cert.to_owned(),
+                message: "the CA certificate file holds a private key; point ca_cert at a \
+                          file with certificates only"
+                    .into(),
+            });
+        }
+        let ca_pem = certificate_blocks(&text);
         let key = KeyPair::from_pem(&read(ca_key)?)?;
         let first = cert_info_first(&ca_pem).ok_or_else(|| CertError::Mismatch {
             path: ca_cert.to_owned(),
@@ -162,6 +173,25 @@ pub fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
     };
     x509_parser::parse_x509_certificate(&der)
         .is_ok_and(|(_, c)| c.public_key().raw == key.subject_public_key_info().as_slice())
+}
+
+/// Only the `CERTIFICATE` blocks of a PEM text, as written (comments and other blocks
+/// dropped).
+fn certificate_blocks(pem: &str) -> String {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = String::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        let end = start + len + END.len();
+        out.push_str(&rest[start..end]);
+        out.push('\n');
+        rest = &rest[end..];
+    }
+    out
 }
 
 fn cert_info_first(pem: &str) -> Option<Vec<u8>> {
@@ -313,5 +343,28 @@ mod tests {
         assert!(err.to_string().contains("does not belong"), "{err}");
         let err = Signer::load(&collector.cert, &collector.key).unwrap_err();
         assert!(err.to_string().contains("not a CA"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_holding_its_key_is_refused_and_only_certificates_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::certs::init(dir.path(), &[]).unwrap();
+        let ca = crate::certs::ca_paths(dir.path());
+        let cert = std::fs::read_to_string(&ca.cert).unwrap();
+        let key = std::fs::read_to_string(&ca.key).unwrap();
+        let combined = dir.path().join("combined.pem");
+        std::fs::write(&combined, format!("{key}{cert}")).unwrap();
+        let err = Signer::load(&combined, &combined).unwrap_err();
+        assert!(err.to_string().contains("holds a private key"), "{err}");
+        // Comments and text around the blocks are not served.
+        let commented = dir.path().join("commented.pem");
+        std::fs::write(
+            &commented,
+            format!("# our CA, ops@example\n{cert}trailing\n"),
+        )
+        .unwrap();
+        let s = Signer::load(&commented, &ca.key).unwrap();
+        assert!(s.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(!s.ca_pem().contains("ops@example") && !s.ca_pem().contains("trailing"));
     }
 }

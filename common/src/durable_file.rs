@@ -65,16 +65,15 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     sync_dir(path)
 }
 
-/// Writes `bytes` to `path` (created with `mode`, truncated if present) and fsyncs it, with
-/// no rename: for the first half of a two-file install that renames later (see the agent's
-/// certificate renewal).
+/// Writes `bytes` to a new `path` (an old one, or a symlink there, is removed first, so
+/// the file always gets `mode`) and fsyncs it, with no rename: for the first half of a
+/// two-file install that renames later (see the agent's certificate renewal).
 pub fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = create_new(path, mode)?;
     f.write_all(bytes)?;
     f.sync_all()
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod client;
 pub mod db;
 pub mod docker;
+pub mod ingest_load;
 pub mod mcp_load;
 pub mod process;
 pub mod procfs;

@@ -118,6 +118,11 @@ impl Tsdb {
         }
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The remote-write URL.
     pub fn write_url(&self) -> String {
         format!("http://{}/api/v1/write", self.addr)

@@ -127,6 +127,16 @@ async fn create_enroll_token(
         caller.note("the token's hosts would fall outside the caller's scope");
         return Err(ApiError::Forbidden(Permission::HostsEnroll.to_string()));
     }
+    // A token for a host that exists re-enrolls that host: the caller must cover it as it
+    // is now, or a team could mint itself a certificate for another team's host.
+    if let Some(name) = req.name.as_deref().filter(|n| !n.contains('*')) {
+        if let Some(host) = state.store.host(name).await? {
+            if let Err(denied) = super::scope::authorize(&caller, Permission::HostsEnroll, &host) {
+                caller.note("the host exists outside the caller's scope");
+                return Err(denied);
+            }
+        }
+    }
     let now = now_ms();
     let minted = enroll_token::mint(
         TokenRequest {
@@ -311,7 +321,7 @@ fn refusal_answer(r: &EnrollRefusal) -> (&'static str, ApiError) {
         EnrollRefusal::NameTaken(n) => (
             "name_taken",
             ApiError::Conflict(format!(
-                "{n:?} holds a valid certificate: re-enrolling it needs a token for exactly that name"
+                "{n:?} is a known host: re-enrolling it needs a token for exactly that name"
             )),
         ),
         EnrollRefusal::Csr(e @ mcpwatch_common::csr::CsrError::NotAllowed(_)) => {

@@ -1,19 +1,21 @@
 //! bench-ingest: N simulated agents stream batches over real mutual TLS into the real
 //! collector binary (durable acks, synchronous=FULL), beside a raw SQLite insert of the same
-//! samples in the same run. Prints one JSON object as its last line.
+//! samples in the same run. With `--remote-write`, the collector also forwards everything to
+//! a local VictoriaMetrics through `[[remote_write]]`, and the forwarding rate, lag and drain
+//! time are reported. Prints one JSON object as its last line.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/bench-ingest`
+//! (`--remote-write` needs Debian's `victoria-metrics`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use futures::SinkExt;
-use mcpwatch_common::wire::{Batch, Frame, Sample, SeriesDef, SeriesKey};
-use mcpwatch_tests::client::{config, Conn};
+use mcpwatch_common::wire::Sample;
+use mcpwatch_tests::ingest_load::{self, Load, Totals};
 use mcpwatch_tests::process::CollectorProc;
-use mcpwatch_tests::{procfs, Pki};
+use mcpwatch_tests::tsdb::Tsdb;
+use mcpwatch_tests::{metric, procfs, Pki};
 
 #[derive(Parser)]
 struct Args {
@@ -33,101 +35,15 @@ struct Args {
     /// Measured seconds.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Forward everything to a local VictoriaMetrics through remote write.
+    #[arg(long)]
+    remote_write: bool,
 }
 
-/// Realistic host-metric values: counters that climb, gauges that wander, ratios in 0..1.
-fn value(series: u32, step: u64) -> f64 {
-    match series % 4 {
-        0 => (1_000_000 + step * (series as u64 * 1_337 % 9_000)) as f64,
-        1 => ((step * 7 + series as u64) % 100) as f64 / 100.0 + 0.003 * series as f64,
-        2 => (8_589_934_592u64 - (step * 4096 + series as u64 * 65536) % 1_000_000_000) as f64,
-        _ => ((step + series as u64) % 17) as f64,
-    }
-}
-
-struct Totals {
-    samples: AtomicU64,
-    latencies_us: std::sync::Mutex<Vec<u64>>,
-}
-
-async fn agent(
-    i: usize,
-    args: Arc<Args>,
-    addr: std::net::SocketAddr,
-    cfg: Arc<rustls::ClientConfig>,
-    totals: Arc<Totals>,
-    stop: Instant,
-) -> Result<(), mcpwatch_tests::client::AnyError> {
-    let id = format!("bench-{i}");
-    let mut conn = Conn::open(addr, cfg).await?;
-    let resume = match conn.handshake(Conn::hello(&id)).await? {
-        Frame::Welcome(w) => w.resume_from_seq,
-        other => return Err(format!("{id}: {other:?}").into()),
-    };
-    let mut seq = resume;
-    let mut step: u64 = 0;
-    let base_ts = 1_700_000_000_000i64 + i as i64;
-    let mut declared = false;
-    let mut in_flight: std::collections::VecDeque<(u64, Instant, u64)> = Default::default();
-    loop {
-        while in_flight.len() < args.window && Instant::now() < stop {
-            let new_series = if declared {
-                Vec::new()
-            } else {
-                declared = true;
-                (0..args.series)
-                    .map(|s| SeriesDef {
-                        id: s,
-                        key: SeriesKey::new(
-                            format!("mcpwatch_bench_metric_{}", s % 20),
-                            &[("index", &s.to_string())],
-                        ),
-                    })
-                    .collect()
-            };
-            let mut samples = Vec::with_capacity((args.series * args.steps) as usize);
-            for _ in 0..args.steps {
-                let ts_ms = base_ts + step as i64 * 1000;
-                for s in 0..args.series {
-                    samples.push(Sample {
-                        series: s,
-                        ts_ms,
-                        value: value(s, step),
-                    });
-                }
-                step += 1;
-            }
-            let n = samples.len() as u64;
-            conn.framed
-                .feed(Frame::Batch(Batch {
-                    seq,
-                    new_series,
-                    samples,
-                    events: vec![],
-                }))
-                .await?;
-            in_flight.push_back((seq, Instant::now(), n));
-            seq += 1;
-        }
-        conn.framed.flush().await?;
-        if in_flight.is_empty() {
-            return Ok(());
-        }
-        match conn.recv().await? {
-            Frame::Ack { seq: acked } => {
-                while in_flight.front().is_some_and(|f| f.0 <= acked) {
-                    let (_, sent, n) = in_flight.pop_front().expect("checked non-empty");
-                    totals.samples.fetch_add(n, Ordering::Relaxed);
-                    totals
-                        .latencies_us
-                        .lock()
-                        .expect("not poisoned: no panics while held")
-                        .push(sent.elapsed().as_micros() as u64);
-                }
-            }
-            other => return Err(format!("{id}: unexpected {other:?}").into()),
-        }
-    }
+/// Remote-write figures sampled from the collector's /metrics while the load runs.
+#[derive(Default)]
+struct Forwarding {
+    max_lag_s: f64,
 }
 
 /// Same samples as plain rows, key (ts, series), 2000 rows per transaction, WAL + FULL.
@@ -155,8 +71,12 @@ fn sqlite_ceiling(dir: &std::path::Path, args: &Args, samples: u64) -> f64 {
                 let ts = 1_700_000_000_000i64 + ((step0 + k) * 1000) as i64;
                 for s in 0..args.series {
                     let series = agent * args.series as u64 + s as u64;
-                    st.execute(rusqlite::params![ts, series as i64, value(s, step0 + k)])
-                        .expect("insert");
+                    st.execute(rusqlite::params![
+                        ts,
+                        series as i64,
+                        ingest_load::value(s, step0 + k)
+                    ])
+                    .expect("insert");
                     rows += 1;
                     tx_rows += 1;
                     if tx_rows == 2000 {
@@ -197,7 +117,7 @@ fn sqlite_blob_ceiling(dir: &std::path::Path, args: &Args, samples: u64) -> f64 
                     rows.push(Sample {
                         series: s,
                         ts_ms,
-                        value: value(s, step0 + k),
+                        value: ingest_load::value(s, step0 + k),
                     });
                 }
             }
@@ -218,70 +138,106 @@ fn sqlite_blob_ceiling(dir: &std::path::Path, args: &Args, samples: u64) -> f64 
 }
 
 fn main() {
-    let args = Arc::new(Args::parse());
+    let args = Args::parse();
     let tmp = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&tmp.path().join("pki"));
-    let mut collector = CollectorProc::start(&pki, &tmp.path().join("c"), "max_connections = 4096");
+    let vm = args
+        .remote_write
+        .then(|| Tsdb::victoria(&tmp.path().join("vm")));
+    let mut extra = "max_connections = 4096\n".to_owned();
+    if let Some(vm) = &vm {
+        extra.push_str(&format!(
+            "[[remote_write]]\nname = \"vm\"\nurl = \"{}\"\n[remote_write.queue]\n\
+             batch_send_deadline = \"1s\"\n",
+            vm.write_url()
+        ));
+    }
+    let mut collector = CollectorProc::start(&pki, &tmp.path().join("c"), &extra);
     let pid = collector.child.as_ref().expect("running").id();
-    let configs: Vec<_> = (0..args.agents)
-        .map(|i| {
-            let p = pki.agent(&format!("bench-{i}"));
-            config(&pki.ca(), &p.cert, &p.key)
-        })
-        .collect();
-
+    let vm_pid = vm.as_ref().and_then(Tsdb::pid);
+    // With remote write the samples must be recent (receivers refuse old ones): from a
+    // minute ago, 1 ms apart per series.
+    let (base_ts, step_ms) = if vm.is_some() {
+        (mcpwatch_common::time::now_ms() - 60_000, 1)
+    } else {
+        (1_700_000_000_000, 1000)
+    };
+    let load = Load {
+        agents: args.agents,
+        series: args.series,
+        steps: args.steps,
+        window: args.window,
+        base_ts,
+        step_ms,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let totals = Arc::new(Totals {
-        samples: AtomicU64::new(0),
-        latencies_us: Default::default(),
-    });
+    let totals = Arc::new(Totals::default());
     let cpu_before = procfs::cpu_ms(pid).unwrap_or(0.0);
+    let vm_cpu_before = vm_pid.and_then(procfs::cpu_ms).unwrap_or(0.0);
     let started = Instant::now();
     let stop = started + Duration::from_secs(args.seconds);
-    runtime.block_on(async {
-        let tasks: Vec<_> = configs
-            .into_iter()
-            .enumerate()
-            .map(|(i, cfg)| {
-                tokio::spawn(agent(
-                    i,
-                    args.clone(),
-                    collector.ingest,
-                    cfg,
-                    totals.clone(),
-                    stop,
-                ))
-            })
-            .collect();
-        for t in tasks {
-            match t.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("agent failed: {e}"),
-                Err(e) => eprintln!("agent task failed: {e}"),
+    let forwarding = Arc::new(std::sync::Mutex::new(Forwarding::default()));
+    let watcher = vm.as_ref().map(|_| {
+        let (http, forwarding) = (collector.http, forwarding.clone());
+        std::thread::spawn(move || {
+            while Instant::now() < stop {
+                let m = mcpwatch_tests::http_get(http, "/metrics")
+                    .map(|r| r.1)
+                    .unwrap_or_default();
+                if let Some(lag) = metric(
+                    &m,
+                    "mcpwatch_collector_remote_write_lag_seconds{endpoint=\"vm\"}",
+                ) {
+                    let mut f = forwarding.lock().expect("not poisoned");
+                    f.max_lag_s = f.max_lag_s.max(lag);
+                }
+                std::thread::sleep(Duration::from_millis(250));
             }
-        }
+        })
     });
+    ingest_load::run(&runtime, &pki, collector.ingest, load, totals.clone(), stop);
     let elapsed = started.elapsed().as_secs_f64();
-    let collector_cpu_s = (procfs::cpu_ms(pid).unwrap_or(0.0) - cpu_before) / 1000.0;
-    let rss = procfs::mem_mb(pid, "VmHWM").unwrap_or(f64::NAN);
-    let samples = totals.samples.load(Ordering::Relaxed);
-    let samples_per_s = samples as f64 / elapsed;
-    let mut lat = totals
-        .latencies_us
-        .lock()
-        .expect("not poisoned: agents are done")
-        .clone();
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
+    let cpu_at_stop = procfs::cpu_ms(pid).unwrap_or(0.0);
+    if let Some(w) = watcher {
+        w.join().expect("watcher");
+    }
+    let samples = totals.samples.load(std::sync::atomic::Ordering::Relaxed);
+    let sent = |c: &CollectorProc| {
+        metric(
+            &c.metrics(),
+            "mcpwatch_collector_remote_write_samples_sent_total{endpoint=\"vm\"}",
+        )
+        .unwrap_or(0.0) as u64
     };
+    let mut remote = serde_json::Value::Null;
+    if vm.is_some() {
+        let sent_at_stop = sent(&collector);
+        let drain_started = Instant::now();
+        while sent(&collector) < samples && drain_started.elapsed() < Duration::from_secs(300) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let drain_s = drain_started.elapsed().as_secs_f64();
+        let forwarded = sent(&collector);
+        assert_eq!(forwarded, samples, "every acknowledged sample forwarded");
+        let vm_cpu = (vm_pid.and_then(procfs::cpu_ms).unwrap_or(0.0) - vm_cpu_before) / 1000.0;
+        let collector_cpu = (procfs::cpu_ms(pid).unwrap_or(0.0) - cpu_before) / 1000.0;
+        remote = serde_json::json!({
+            "collector_cpu_s_per_s_until_drained": (collector_cpu / (elapsed + drain_s) * 100.0).round() / 100.0,
+            "forwarded_during_load_per_s": (sent_at_stop as f64 / elapsed).round(),
+            "forwarded_per_s_until_drained": (forwarded as f64 / (elapsed + drain_s)).round(),
+            "drain_seconds_after_load": (drain_s * 10.0).round() / 10.0,
+            "max_lag_seconds_during_load": forwarding.lock().expect("not poisoned").max_lag_s,
+            "victoriametrics_cpu_s_per_s": (vm_cpu / (elapsed + drain_s) * 100.0).round() / 100.0,
+        });
+    }
+    let collector_cpu_s = (cpu_at_stop - cpu_before) / 1000.0;
+    let rss = procfs::mem_mb(pid, "VmHWM").unwrap_or(f64::NAN);
+    let samples_per_s = samples as f64 / elapsed;
+    let pct = |p: f64| totals.latency_ms(p, started, Instant::now());
     assert!(collector.stop().success(), "collector exit");
     let db_bytes: u64 = ["collector.db", "collector.db-wal"]
         .iter()
@@ -311,6 +267,7 @@ fn main() {
             "bytes_per_sample": (db_bytes as f64 / samples.max(1) as f64 * 100.0).round() / 100.0,
             "collector_rss_mb": (rss * 10.0).round() / 10.0,
             "collector_cpu_s_per_s": (collector_cpu_s / elapsed * 100.0).round() / 100.0,
+            "remote_write": remote,
         })
     );
 }

@@ -185,14 +185,18 @@ where
         return Ok(Err(EnrollRefusal::HostRevoked));
     }
     let exact = token.name.as_deref() == Some(name.as_str());
-    if !exact && certificates::has_valid(c, &name, now)? {
+    // A host that exists is re-enrolled only by a token naming exactly it: a pattern or
+    // any-name token (a fleet's shared DaemonSet token) never claims a known identity, live,
+    // revoked or expired, with its history.
+    if !exact && (labels_json.is_some() || certificates::has_valid(c, &name, now)?) {
         return Ok(Err(EnrollRefusal::NameTaken(name)));
     }
-    // The token's labels over the host's own: the token says where the host belongs.
-    let mut labels: BTreeMap<String, String> = labels_json
-        .and_then(|j| serde_json::from_str(&j).ok())
-        .unwrap_or_default();
-    labels.extend(token.labels.clone());
+    // A new host gets the token's labels; a known one keeps its own (moving a host between
+    // teams is `PUT /hosts/{id}/labels`, with its own scope checks).
+    let labels: BTreeMap<String, String> = match labels_json {
+        Some(j) => serde_json::from_str(&j).unwrap_or_default(),
+        None => token.labels.clone(),
+    };
     let labels = serde_json::to_string(&labels).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let host_id: i64 = c
         .prepare_cached(
