@@ -22,6 +22,8 @@ pub struct Load {
     /// First sample time (ms) and the spacing of steps (ms).
     pub base_ts: i64,
     pub step_ms: i64,
+    /// Offered samples/s per agent at most (`None`: as fast as the acks allow).
+    pub samples_per_s_per_agent: Option<f64>,
 }
 
 /// Realistic host-metric values: counters that climb, gauges that wander, ratios in 0..1.
@@ -89,8 +91,19 @@ async fn agent(
     let base_ts = load.base_ts + i as i64;
     let mut declared = false;
     let mut in_flight: std::collections::VecDeque<(u64, Instant, u64)> = Default::default();
+    let began = Instant::now();
+    let mut offered = 0u64;
     loop {
         while in_flight.len() < load.window && Instant::now() < stop {
+            if let Some(rate) = load.samples_per_s_per_agent {
+                // Paced: the next batch goes when the offered samples allow it.
+                let due = began + std::time::Duration::from_secs_f64(offered as f64 / rate);
+                if due > Instant::now() && in_flight.is_empty() {
+                    tokio::time::sleep_until(due.into()).await;
+                } else if due > Instant::now() {
+                    break;
+                }
+            }
             let new_series = if declared {
                 Vec::new()
             } else {
@@ -118,6 +131,7 @@ async fn agent(
                 step += 1;
             }
             let n = samples.len() as u64;
+            offered += n;
             conn.framed
                 .feed(Frame::Batch(Batch {
                     seq,

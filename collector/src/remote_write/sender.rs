@@ -186,6 +186,9 @@ impl Sender {
                     pending.batches.push(b);
                 }
             }
+            // Before sending: the oldest batch read and not yet delivered (0 when none waits).
+            // Only an empty read resets it, so a backlog shows while it drains.
+            self.set_lag(pending.batches.first().map(|b| b.ts_max));
             let full = pending.samples >= self.endpoint.max_samples_per_send || more;
             let old = pending
                 .since
@@ -202,10 +205,8 @@ impl Sender {
                     last_id: cursor,
                     ..Pending::default()
                 };
-                self.set_lag(None);
                 continue;
             }
-            self.set_lag(pending.batches.first().map(|b| b.ts_max));
             if !more {
                 let wait = match pending.since {
                     Some(s) => POLL.min(

@@ -54,6 +54,7 @@ fn main() {
         // half, inside raw retention (7 days), so retention deletes nothing.
         base_ts: mcpwatch_common::time::now_ms() - 86_400_000,
         step_ms: 1000,
+        samples_per_s_per_agent: None,
     };
     let target = (args.gb * 1e9) as u64;
     // The load runs until the backup is done (`stop` is pushed by setting a far deadline

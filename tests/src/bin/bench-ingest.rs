@@ -38,12 +38,36 @@ struct Args {
     /// Forward everything to a local VictoriaMetrics through remote write.
     #[arg(long)]
     remote_write: bool,
+    /// Cap the offered load at this many samples/s in all (default: as fast as acked).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
-/// Remote-write figures sampled from the collector's /metrics while the load runs.
-#[derive(Default)]
-struct Forwarding {
-    max_lag_s: f64,
+/// Samples acknowledged to the agents and forwarded by remote write, sampled together:
+/// (when, acknowledged, forwarded).
+type Progress = Vec<(Instant, u64, u64)>;
+
+/// How long samples acknowledged at each point of the load waited until they were
+/// forwarded: the first later point where the forwarded count reached that acknowledged
+/// count, minus the point's time. Returns (p50, p99, max) seconds.
+fn delivery_delays(progress: &Progress, load_end: Instant) -> (f64, f64, f64) {
+    let mut delays: Vec<f64> = progress
+        .iter()
+        .filter(|p| p.0 <= load_end)
+        .filter_map(|&(t, acked, _)| {
+            progress
+                .iter()
+                .find(|q| q.0 >= t && q.2 >= acked)
+                .map(|q| (q.0 - t).as_secs_f64())
+        })
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let q = |f: f64| {
+        delays
+            .get(((delays.len() as f64 * f) as usize).min(delays.len().saturating_sub(1)))
+            .map_or(f64::NAN, |d| (d * 100.0).round() / 100.0)
+    };
+    (q(0.5), q(0.99), q(1.0))
 }
 
 /// Same samples as plain rows, key (ts, series), 2000 rows per transaction, WAL + FULL.
@@ -169,6 +193,7 @@ fn main() {
         window: args.window,
         base_ts,
         step_ms,
+        samples_per_s_per_agent: args.rate.map(|r| r / args.agents as f64),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -180,31 +205,37 @@ fn main() {
     let vm_cpu_before = vm_pid.and_then(procfs::cpu_ms).unwrap_or(0.0);
     let started = Instant::now();
     let stop = started + Duration::from_secs(args.seconds);
-    let forwarding = Arc::new(std::sync::Mutex::new(Forwarding::default()));
+    let progress = Arc::new(std::sync::Mutex::new(Progress::new()));
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let watcher = vm.as_ref().map(|_| {
-        let (http, forwarding) = (collector.http, forwarding.clone());
+        let (http, progress, totals, watching) = (
+            collector.http,
+            progress.clone(),
+            totals.clone(),
+            watching.clone(),
+        );
         std::thread::spawn(move || {
-            while Instant::now() < stop {
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let acked = totals.samples.load(std::sync::atomic::Ordering::Relaxed);
                 let m = mcpwatch_tests::http_get(http, "/metrics")
                     .map(|r| r.1)
                     .unwrap_or_default();
-                if let Some(lag) = metric(
+                let sent = metric(
                     &m,
-                    "mcpwatch_collector_remote_write_lag_seconds{endpoint=\"vm\"}",
-                ) {
-                    let mut f = forwarding.lock().expect("not poisoned");
-                    f.max_lag_s = f.max_lag_s.max(lag);
-                }
-                std::thread::sleep(Duration::from_millis(250));
+                    "mcpwatch_collector_remote_write_samples_sent_total{endpoint=\"vm\"}",
+                )
+                .unwrap_or(0.0) as u64;
+                progress
+                    .lock()
+                    .expect("not poisoned")
+                    .push((Instant::now(), acked, sent));
+                std::thread::sleep(Duration::from_millis(100));
             }
         })
     });
     ingest_load::run(&runtime, &pki, collector.ingest, load, totals.clone(), stop);
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_at_stop = procfs::cpu_ms(pid).unwrap_or(0.0);
-    if let Some(w) = watcher {
-        w.join().expect("watcher");
-    }
     let samples = totals.samples.load(std::sync::atomic::Ordering::Relaxed);
     let sent = |c: &CollectorProc| {
         metric(
@@ -221,6 +252,13 @@ fn main() {
             std::thread::sleep(Duration::from_millis(100));
         }
         let drain_s = drain_started.elapsed().as_secs_f64();
+        // One more point after everything arrived, then the delays.
+        std::thread::sleep(Duration::from_millis(200));
+        watching.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(w) = watcher {
+            w.join().expect("watcher");
+        }
+        let (d50, d99, dmax) = delivery_delays(&progress.lock().expect("not poisoned"), stop);
         let forwarded = sent(&collector);
         assert_eq!(forwarded, samples, "every acknowledged sample forwarded");
         let vm_cpu = (vm_pid.and_then(procfs::cpu_ms).unwrap_or(0.0) - vm_cpu_before) / 1000.0;
@@ -230,7 +268,9 @@ fn main() {
             "forwarded_during_load_per_s": (sent_at_stop as f64 / elapsed).round(),
             "forwarded_per_s_until_drained": (forwarded as f64 / (elapsed + drain_s)).round(),
             "drain_seconds_after_load": (drain_s * 10.0).round() / 10.0,
-            "max_lag_seconds_during_load": forwarding.lock().expect("not poisoned").max_lag_s,
+            "delivery_delay_seconds_p50": d50,
+            "delivery_delay_seconds_p99": d99,
+            "delivery_delay_seconds_max": dmax,
             "victoriametrics_cpu_s_per_s": (vm_cpu / (elapsed + drain_s) * 100.0).round() / 100.0,
         });
     }
