@@ -95,7 +95,7 @@ pub async fn post_json(
 }
 
 /// At most `limit` bytes of the body, as (lossy) text; whatever cannot be read is left out.
-async fn read_limited(mut resp: reqwest::Response, limit: usize) -> String {
+pub(crate) async fn read_limited(mut resp: reqwest::Response, limit: usize) -> String {
     let mut buf: Vec<u8> = Vec::new();
     while buf.len() < limit {
         match resp.chunk().await {

@@ -371,7 +371,9 @@ impl Sender {
                 Ok(r) => {
                     let status = r.status();
                     let after = crate::notify::http::retry_after_header(r.headers());
-                    let text = r.text().await.unwrap_or_default();
+                    // Bounded: a hostile or broken receiver cannot make the collector buffer
+                    // an endless answer.
+                    let text = crate::notify::http::read_limited(r, 4 * BODY_EXCERPT).await;
                     let excerpt: String = text.chars().take(BODY_EXCERPT).collect();
                     m.remote_write_failed(name, samples as u64);
                     if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
