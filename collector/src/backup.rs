@@ -94,7 +94,7 @@ struct Inner {
     config: Option<BackupConfig>,
     metrics: Arc<CollectorMetrics>,
     own: OwnSeries,
-    running: tokio::sync::Mutex<()>,
+    running: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Takes backups one at a time; cheap to clone.
@@ -125,27 +125,43 @@ impl Backups {
             config,
             metrics,
             own,
-            running: tokio::sync::Mutex::new(()),
+            running: Arc::new(tokio::sync::Mutex::new(())),
         }))
     }
 
     /// Takes one backup now into `[backup] dir`, then deletes the oldest beyond `keep`.
+    ///
+    /// The backup runs in a task of its own holding the one-at-a-time guard: a caller that
+    /// goes away (an API request timing out on a large database) does not cancel it, free
+    /// the guard while the copy goes on, or skip its metrics.
     pub async fn run_once(&self) -> Result<Snapshot, BackupError> {
         let config = self.0.config.clone().ok_or(BackupError::NotConfigured)?;
-        let _one = self.0.running.try_lock().map_err(|_| BackupError::Busy)?;
-        let db = self.0.db.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            create_private_dir(&config.dir)?;
-            let dest = config.dir.join(file_name(crate::now_ms()));
-            let snap = backup::snapshot(&db, &dest)?;
-            prune(&config.dir, config.keep);
-            Ok::<_, BackupError>(snap)
-        })
-        .await
-        .map_err(|e| BackupError::Task(e.to_string()))
-        .and_then(|r| r);
-        self.record(&result);
-        result
+        let guard = self
+            .0
+            .running
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| BackupError::Busy)?;
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let _one = guard;
+            let db = this.0.db.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                create_private_dir(&config.dir)?;
+                let dest = config.dir.join(file_name(crate::now_ms()));
+                let snap = backup::snapshot(&db, &dest)?;
+                prune(&config.dir, config.keep);
+                Ok::<_, BackupError>(snap)
+            })
+            .await
+            .map_err(|e| BackupError::Task(e.to_string()))
+            .and_then(|r| r);
+            this.record(&result);
+            result
+        });
+        task.await
+            .map_err(|e| BackupError::Task(e.to_string()))
+            .and_then(|r| r)
     }
 
     fn record(&self, result: &Result<Snapshot, BackupError>) {

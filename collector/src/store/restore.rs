@@ -127,6 +127,18 @@ fn move_aside(db: &Path, now_ms: i64) -> Result<Option<PathBuf>, StoreError> {
         }
         return Ok(None);
     }
+    // Fold the WAL into the database first (no collector holds it: the lock says so), so a
+    // crash between the renames below cannot part the database from committed pages.
+    {
+        let live = Connection::open(db)?;
+        let busy: i64 = live.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(StoreError::Locked {
+                db: db.to_owned(),
+                holder: "another process reading or writing it".into(),
+            });
+        }
+    }
     let aside = with_suffix(db, &format!(".before-restore-{now_ms}"));
     // The WAL first: once the database has moved, a WAL left behind would be applied to
     // the restored file by the next opener.
