@@ -285,19 +285,51 @@ fn remote_write_delivers_every_sample_to_prometheus_and_victoriametrics() {
     wait_same("victoriametrics", &vm, ".+", &want_vm, VM_PRECISION);
 }
 
-#[test]
-fn remote_write_drops_a_refused_batch_and_rides_out_a_two_minute_outage() {
+/// One agent streaming into a collector whose endpoint `vm` goes through a recording
+/// proxy to VictoriaMetrics; `from` is the endpoint's first cursor.
+struct Proxied {
+    // Fields drop in order: processes before the directory they live in.
+    a: AgentProc,
+    collector: CollectorProc,
+    proxy: Proxy,
+    vm: Tsdb,
+    from: i64,
+    tmp: tempfile::TempDir,
+}
+
+fn proxied() -> Proxied {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));
-    let mut vm = Tsdb::victoria(&tmp.path().join("vm"));
+    let vm = Tsdb::victoria(&tmp.path().join("vm"));
     let proxy = Proxy::start(vm.addr);
-    let mut collector = CollectorProc::start(
+    let collector = CollectorProc::start(
         &pki,
         &tmp.path().join("c"),
         &endpoint("vm", &proxy.write_url(), ""),
     );
     let from = wait_for("cursor created", LONG, || cursor(&collector.db, "vm"));
-    let mut a = agent(&pki, tmp.path(), "node-1", &collector);
+    let a = agent(&pki, tmp.path(), "node-1", &collector);
+    Proxied {
+        a,
+        collector,
+        proxy,
+        vm,
+        from,
+        tmp,
+    }
+}
+
+#[test]
+fn remote_write_drops_a_refused_batch_and_rides_out_a_two_minute_outage() {
+    let Proxied {
+        mut a,
+        mut collector,
+        proxy,
+        mut vm,
+        from,
+        tmp: _tmp,
+        ..
+    } = proxied();
 
     // One batch refused for good (400): dropped with the reason, the next ones flow.
     proxy.refuse_nth(3);
@@ -365,17 +397,15 @@ fn remote_write_drops_a_refused_batch_and_rides_out_a_two_minute_outage() {
 
 #[test]
 fn remote_write_collector_kill9_ten_times_loses_nothing_and_resends_at_most_a_batch_each() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&tmp.path().join("pki"));
-    let vm = Tsdb::victoria(&tmp.path().join("vm"));
-    let proxy = Proxy::start(vm.addr);
-    let mut collector = CollectorProc::start(
-        &pki,
-        &tmp.path().join("c"),
-        &endpoint("vm", &proxy.write_url(), ""),
-    );
-    let from = wait_for("cursor created", LONG, || cursor(&collector.db, "vm"));
-    let mut a = agent(&pki, tmp.path(), "node-1", &collector);
+    let Proxied {
+        mut a,
+        mut collector,
+        proxy,
+        vm,
+        from,
+        tmp: _tmp,
+        ..
+    } = proxied();
     for _ in 0..10 {
         let seen = proxy.accepted().len();
         wait_for("requests flowing", LONG, || {
