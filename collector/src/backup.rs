@@ -95,6 +95,9 @@ struct Inner {
     metrics: Arc<CollectorMetrics>,
     own: OwnSeries,
     running: Arc<tokio::sync::Mutex<()>>,
+    /// Cancelled when the collector stops: a backup in progress is interrupted rather
+    /// than waited for.
+    stop: CancellationToken,
 }
 
 /// Takes backups one at a time; cheap to clone.
@@ -116,6 +119,7 @@ impl Backups {
         config: Option<BackupConfig>,
         metrics: Arc<CollectorMetrics>,
         own: OwnSeries,
+        stop: CancellationToken,
     ) -> Backups {
         if config.is_some() {
             own.set(FAILING_METRIC, &[], 0.0);
@@ -126,6 +130,7 @@ impl Backups {
             metrics,
             own,
             running: Arc::new(tokio::sync::Mutex::new(())),
+            stop,
         }))
     }
 
@@ -146,10 +151,22 @@ impl Backups {
         let task = tokio::spawn(async move {
             let _one = guard;
             let db = this.0.db.clone();
+            let stop = this.0.stop.clone();
+            let runtime = tokio::runtime::Handle::current();
             let result = tokio::task::spawn_blocking(move || {
                 create_private_dir(&config.dir)?;
                 let dest = config.dir.join(file_name(crate::now_ms()));
-                let snap = backup::snapshot(&db, &dest)?;
+                let mut watcher = None;
+                let snap = backup::snapshot_interruptible(&db, &dest, |handle| {
+                    watcher = Some(runtime.spawn(async move {
+                        stop.cancelled().await;
+                        handle.interrupt();
+                    }));
+                });
+                if let Some(w) = watcher {
+                    w.abort();
+                }
+                let snap = snap?;
                 prune(&config.dir, config.keep);
                 Ok::<_, BackupError>(snap)
             })
@@ -229,6 +246,31 @@ pub struct BackupEntry {
     pub modified_ms: i64,
 }
 
+/// Whether `name` is one of ours: `mcpwatch-YYYYMMDDTHHMMSS.mmmZ.db` exactly, so listing
+/// and pruning never touch another file, whatever else shares the directory.
+fn is_backup_name(name: &str) -> bool {
+    let Some(stamp) = name
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.strip_suffix(SUFFIX))
+    else {
+        return false;
+    };
+    let bytes = stamp.as_bytes();
+    bytes.len() == 19
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 => *b == b'T',
+            15 => *b == b'.',
+            18 => *b == b'Z',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+/// Whether `name` is the temp file of a backup of ours (`<backup name>.tmp-<pid>`).
+fn is_backup_temp(name: &str) -> bool {
+    name.split_once(".tmp-")
+        .is_some_and(|(backup, pid)| is_backup_name(backup) && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn list_dir(dir: &Path) -> Result<Vec<BackupEntry>, BackupError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -245,7 +287,7 @@ fn list_dir(dir: &Path) -> Result<Vec<BackupEntry>, BackupError> {
         .filter_map(|e| {
             let e = e.ok()?;
             let name = e.file_name().into_string().ok()?;
-            if !(name.starts_with(PREFIX) && name.ends_with(SUFFIX)) {
+            if !is_backup_name(&name) {
                 return None;
             }
             let meta = e.metadata().ok()?;
@@ -265,27 +307,63 @@ fn list_dir(dir: &Path) -> Result<Vec<BackupEntry>, BackupError> {
     Ok(out)
 }
 
+/// Creates `dir` 0700 if missing, and refuses one others may write to: they could replace
+/// or plant backups there between two runs (a restore trusts what it is given).
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |source| StoreError::Io {
+        path: dir.to_owned(),
+        source,
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| StoreError::Io {
-            path: dir.to_owned(),
-            source,
-        })
+        .map_err(io)?;
+    let mode = std::fs::metadata(dir).map_err(io)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(StoreError::Invalid(format!(
+            "backup dir {} is writable by group or others (mode {:o}); make it 0700",
+            dir.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(())
 }
 
-/// Deletes backup files beyond the newest `keep` (by name, which sorts by time).
+/// Temp files older than this are left by a collector killed mid-backup: a live one is
+/// written continuously.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// Deletes backup files beyond the newest `keep` (by name, which sorts by time), and temp
+/// files a killed backup left behind.
 fn prune(dir: &Path, keep: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
-        .collect();
+    let mut names = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if is_backup_name(&name) {
+            names.push(name);
+        } else if is_backup_temp(&name) {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP);
+            if stale {
+                let path = dir.join(&name);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "stale backup temp file deleted"),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete stale backup temp file"),
+                }
+            }
+        }
+    }
     names.sort();
     let excess = names.len().saturating_sub(keep);
     for name in names.into_iter().take(excess) {
@@ -312,6 +390,20 @@ mod tests {
             std::fs::write(dir.path().join(file_name(ms)), b"x").unwrap();
         }
         std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        // Near misses of the name are somebody else's files.
+        std::fs::write(dir.path().join("mcpwatch-important.db"), b"mine").unwrap();
+        // A temp file a killed backup left two hours ago goes; a fresh one (a backup
+        // running now) stays.
+        let stale = dir.path().join(format!("{}.tmp-42", file_name(0)));
+        let fresh = dir.path().join(format!("{}.tmp-43", file_name(1)));
+        std::fs::write(&stale, b"x").unwrap();
+        std::fs::write(&fresh, b"x").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+            .unwrap();
         prune(dir.path(), 2);
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -320,8 +412,29 @@ mod tests {
         left.sort();
         assert_eq!(
             left,
-            vec![file_name(4), file_name(5), "notes.txt".to_owned()]
+            vec![
+                format!("{}.tmp-43", file_name(1)),
+                file_name(4),
+                file_name(5),
+                "mcpwatch-important.db".to_owned(),
+                "notes.txt".to_owned()
+            ]
         );
+        assert!(is_backup_name(&file_name(1_700_000_000_000)));
+        assert!(!is_backup_name("mcpwatch-2026.db"));
+    }
+
+    #[test]
+    fn backup_dir_is_created_private_and_refused_when_others_may_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("a").join("backups");
+        create_private_dir(&made).unwrap();
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = create_private_dir(&made).unwrap_err();
+        assert!(err.to_string().contains("writable by group or others"), "{err}");
     }
 
     #[test]

@@ -322,6 +322,7 @@ pub async fn run_with_router(
         config.backup.clone(),
         metrics.clone(),
         own_series.clone(),
+        shutdown.clone(),
     );
 
     let ready = Arc::new(Readiness::default());

@@ -105,8 +105,10 @@ pub struct Health {
 }
 
 impl Health {
-    /// `Err(part)` names the first part found unhealthy.
-    pub async fn check(&self, within: Duration) -> Result<(), &'static str> {
+    /// `Err(part)` names the first part found unhealthy. `aborts_seen` is the writer's
+    /// count of rolled-back groups at the last check: a writer that answers but whose
+    /// commits fail (disk full, I/O errors) is not healthy either.
+    pub async fn check(&self, within: Duration, aborts_seen: &mut u64) -> Result<(), &'static str> {
         if !self.ingest_up.load(Ordering::Relaxed) {
             return Err("ingest");
         }
@@ -114,6 +116,10 @@ impl Health {
         match tokio::time::timeout(within, self.store.flush()).await {
             Ok(Ok(())) => {}
             _ => return Err("writer"),
+        }
+        let aborts = self.store.stats().aborted_groups;
+        if aborts > std::mem::replace(aborts_seen, aborts) {
+            return Err("writer commits");
         }
         if self.dispatcher.as_ref().is_some_and(|d| !d.healthy()) {
             return Err("dispatcher");
@@ -133,6 +139,7 @@ pub fn spawn(
     let client = crate::notify::http::client("heartbeat", config.timeout, &Destinations::Any)?;
     tracker.spawn(async move {
         let m = &metrics.durability;
+        let mut aborts_seen = health.store.stats().aborted_groups;
         let mut every = tokio::time::interval(config.interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -140,15 +147,23 @@ pub fn spawn(
                 _ = stop.cancelled() => return,
                 _ = every.tick() => {}
             }
-            if let Err(part) = health.check(config.timeout).await {
+            // Neither the check nor the request holds up a stopping collector.
+            let checked = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = health.check(config.timeout, &mut aborts_seen) => c,
+            };
+            if let Err(part) = checked {
                 m.heartbeat_withheld.inc();
                 tracing::warn!(unhealthy = part, "heartbeat withheld");
                 continue;
             }
-            let sent = client
+            let request = client
                 .request(config.method.clone(), config.url.expose())
-                .send()
-                .await;
+                .send();
+            let sent = tokio::select! {
+                _ = stop.cancelled() => return,
+                sent = request => sent,
+            };
             match sent {
                 Ok(r) if r.status().is_success() => {
                     m.heartbeat_sent.inc();
@@ -267,6 +282,21 @@ mod tests {
         release.send(()).unwrap();
         wedge.await.unwrap().unwrap();
         until("pings again", || pinged() > after).await;
+
+        // A group whose commit fails (here an SQLite error inside it) withholds the next
+        // ping: the writer answers, but what it is given is lost.
+        let w = withheld();
+        let failed = store
+            .exec(|c| {
+                c.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                Ok(())
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(store.stats().aborted_groups, 1);
+        until("withheld for a failed commit", || withheld() > w).await;
+        let resumed_from = pinged();
+        until("pings again after it", || pinged() > resumed_from).await;
 
         // Ingest stopped: withheld too.
         ingest_up.store(false, Ordering::Relaxed);

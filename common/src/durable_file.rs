@@ -35,6 +35,16 @@ pub fn commit(tmp: &Path, path: &Path) -> io::Result<()> {
     sync_dir(path)
 }
 
+/// Like [`commit`] but never replaces: installs `tmp` as `path` only if nothing is there
+/// (a hard link fails on an existing name, atomically, where a check before a rename would
+/// race), then removes `tmp`. Fails with `AlreadyExists` otherwise, leaving `tmp` in place.
+pub fn commit_new(tmp: &Path, path: &Path) -> io::Result<()> {
+    File::open(tmp)?.sync_all()?;
+    fs::hard_link(tmp, path)?;
+    fs::remove_file(tmp)?;
+    sync_dir(path)
+}
+
 /// Flushes the directory holding `path` (a rename or unlink in it is durable after this).
 pub fn sync_dir(path: &Path) -> io::Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -113,5 +123,15 @@ mod tests {
         fs::write(&tmp, b"data").unwrap();
         commit(&tmp, &path).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"data");
+        fs::write(&tmp, b"other").unwrap();
+        assert_eq!(
+            commit_new(&tmp, &path).unwrap_err().kind(),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"data", "never replaced");
+        let fresh = dir.path().join("y");
+        commit_new(&tmp, &fresh).unwrap();
+        assert_eq!(fs::read(&fresh).unwrap(), b"other");
+        assert!(!tmp.exists());
     }
 }

@@ -301,7 +301,9 @@ impl Spool {
     /// from `seq` on that are still stored become unacknowledged again, so they are sent
     /// again; what was already deleted is gone (the collector sees the jump in seqs).
     /// Returns how many acknowledged seqs were reopened (0 when `seq` is past the
-    /// watermark).
+    /// watermark). The lowered watermark is not flushed, like every watermark write: after
+    /// an OS crash the higher one may come back, and the collector's resume point, still
+    /// behind it, asks for this rewind again at the next connection.
     pub fn rewind(&mut self, seq: u64) -> Result<u64, SpoolError> {
         let to = seq.saturating_sub(1);
         if to >= self.last_acked {

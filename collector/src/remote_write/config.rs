@@ -30,8 +30,10 @@ pub struct RawRemoteWrite {
     /// Names the endpoint in metrics, logs and its cursor (1..=64 of a-z, 0-9, '-', '_').
     /// Renaming it starts a new cursor (from the newest data).
     pub name: String,
-    /// The receiver's remote-write URL, e.g. http://vm:8428/api/v1/write.
-    pub url: String,
+    /// The receiver's remote-write URL, e.g. "http://vm:8428/api/v1/write", or, when it
+    /// holds a credential (a token in the query, `user:pass@`), a secret reference:
+    /// `{ file = ... }` or `{ env = ... }`.
+    pub url: RawUrl,
     /// Extra request headers; values are secrets: `{ file = ... }`, `{ env = ... }` or
     /// `{ value = ... }`. E.g. `Authorization`, `X-Scope-OrgID`.
     #[serde(default)]
@@ -43,6 +45,17 @@ pub struct RawRemoteWrite {
     /// Which series this endpoint receives (all when empty).
     #[serde(default)]
     pub write_relabel: Vec<RawRelabel>,
+}
+
+/// A URL written inline or kept as a secret.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a URL string, or { file = \"...\" } or { env = \"...\" } holding one"
+)]
+pub enum RawUrl {
+    Inline(String),
+    Secret(SecretRef),
 }
 
 /// `[remote_write.queue]`.
@@ -111,12 +124,23 @@ impl Endpoint {
         if !valid_name(&raw.name) {
             return Err(bad("name", "must be 1 to 64 of a-z, 0-9, '-', '_'"));
         }
-        match reqwest::Url::parse(&raw.url) {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let url = match raw.url {
+            RawUrl::Inline(url) => Secret::new(url),
+            RawUrl::Secret(reference) => {
+                if !reference.is_config_reference() {
+                    return Err(bad("url", "must be a URL, { file = ... } or { env = ... }"));
+                }
+                reference
+                    .load(&raw.name, "url", base)
+                    .map_err(|e| bad("url", &e.to_string()))?
+            }
+        };
+        match reqwest::Url::parse(url.expose()) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
             // The URL may hold credentials: not repeated in the error.
             _ => return Err(bad("url", "must be an http:// or https:// URL")),
         }
-        let base = path.parent().unwrap_or(Path::new("."));
         let mut headers = Vec::new();
         for (name, value) in raw.headers {
             let header = reqwest::header::HeaderName::from_bytes(name.as_bytes())
@@ -180,7 +204,7 @@ impl Endpoint {
             .collect::<Result<_, _>>()?;
         Ok(Endpoint {
             name: raw.name,
-            url: Secret::new(raw.url),
+            url,
             headers,
             timeout,
             max_samples_per_send,
@@ -189,5 +213,66 @@ impl Endpoint {
             max_shards,
             relabel,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct File {
+        remote_write: Vec<RawRemoteWrite>,
+    }
+
+    fn endpoints(dir: &Path, toml_text: &str) -> Result<Vec<Endpoint>, String> {
+        let raw: File = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        Endpoint::validate_all(&dir.join("collector.toml"), raw.remote_write)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn remote_write_url_is_inline_or_a_secret_file_and_never_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let inline = endpoints(
+            dir.path(),
+            "[[remote_write]]\nname = \"vm\"\nurl = \"http://127.0.0.1:8428/api/v1/write\"\n",
+        )
+        .unwrap();
+        assert_eq!(inline[0].url.expose(), "http://127.0.0.1:8428/api/v1/write");
+
+        std::fs::write(
+            dir.path().join("rw-url"),
+            "https://127.0.0.1:9/write?token=s3cret\n",
+        )
+        .unwrap();
+        let from_file = endpoints(
+            dir.path(),
+            "[[remote_write]]\nname = \"mimir\"\nurl = { file = \"rw-url\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            from_file[0].url.expose(),
+            "https://127.0.0.1:9/write?token=s3cret"
+        );
+        assert!(!format!("{:?}", from_file[0]).contains("s3cret"));
+
+        // A value in the file itself is what `{ file }` exists to avoid.
+        let err = endpoints(
+            dir.path(),
+            "[[remote_write]]\nname = \"x\"\nurl = { value = \"http://127.0.0.1/\" }\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("remote_write[0].url"), "{err}");
+        std::fs::write(dir.path().join("bad-url"), "ftp://s3cret@host/\n").unwrap();
+        let err = endpoints(
+            dir.path(),
+            "[[remote_write]]\nname = \"x\"\nurl = { file = \"bad-url\" }\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("must be an http"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = endpoints(dir.path(), "[[remote_write]]\nname = \"x\"\nurl = 7\n").unwrap_err();
+        assert!(err.contains("a URL string"), "{err}");
     }
 }

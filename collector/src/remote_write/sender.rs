@@ -108,7 +108,11 @@ impl Sender {
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
         loop {
-            match f().await {
+            let answer = tokio::select! {
+                _ = stop.cancelled() => return Err(Stopped),
+                answer = f() => answer,
+            };
+            match answer {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     self.metrics.durability.remote_write_store_errors.inc();
@@ -188,7 +192,7 @@ impl Sender {
             }
             // Before sending: the oldest batch read and not yet delivered (0 when none waits).
             // Only an empty read resets it, so a backlog shows while it drains.
-            self.set_lag(pending.batches.first().map(|b| b.ts_max));
+            self.set_lag(pending.batches.first().map(|b| b.committed_ms));
             let full = pending.samples >= self.endpoint.max_samples_per_send || more;
             let old = pending
                 .since
@@ -221,7 +225,8 @@ impl Sender {
         }
     }
 
-    /// Lag: how old the newest sample of the oldest unsent batch is (0 when none waits).
+    /// Lag: how long ago the oldest unsent batch was stored (0 when none waits). From
+    /// arrival, not sample time: a replayed spool is old data, not a slow endpoint.
     fn set_lag(&self, oldest_unsent_ts: Option<i64>) {
         let lag =
             oldest_unsent_ts.map_or(0.0, |ts| ((crate::now_ms() - ts).max(0) as f64) / 1000.0);
@@ -320,7 +325,7 @@ impl Sender {
                 .unwrap_or_default();
             parts[i % shards].push(TimeSeries { labels, samples });
         }
-        let oldest = batches.first().map(|b| b.ts_max);
+        let oldest = batches.first().map(|b| b.committed_ms);
         let sends = parts.into_iter().map(|part| {
             let n: usize = part.iter().map(|s| s.samples.len()).sum();
             self.send_part(part, n, oldest, stop)
@@ -361,9 +366,19 @@ impl Sender {
                 .header(encode::VERSION_HEADER, encode::VERSION)
                 .body(body.clone());
             for (k, v) in &self.endpoint.headers {
-                request = request.header(k.clone(), v.expose());
+                // Validated at load; sensitive keeps it out of any Debug of the request.
+                if let Ok(mut value) = reqwest::header::HeaderValue::from_str(v.expose()) {
+                    value.set_sensitive(true);
+                    request = request.header(k.clone(), value);
+                }
             }
-            let retry_after = match request.send().await {
+            // A request in flight does not hold up a stopping collector: its batch is not
+            // acknowledged, so the cursor stays and it is sent again after the restart.
+            let sent = tokio::select! {
+                _ = stop.cancelled() => return Err(Stopped),
+                sent = request.send() => sent,
+            };
+            let retry_after = match sent {
                 Ok(r) if r.status().is_success() => {
                     m.remote_write_sent(name, samples as u64);
                     return Ok(());
@@ -373,16 +388,19 @@ impl Sender {
                     let after = crate::notify::http::retry_after_header(r.headers());
                     // Bounded: a hostile or broken receiver cannot make the collector buffer
                     // an endless answer.
-                    let text = crate::notify::http::read_limited(r, 4 * BODY_EXCERPT).await;
+                    let text = tokio::select! {
+                        _ = stop.cancelled() => return Err(Stopped),
+                        text = crate::notify::http::read_limited(r, 4 * BODY_EXCERPT) => text,
+                    };
                     let excerpt: String = text.chars().take(BODY_EXCERPT).collect();
                     m.remote_write_failed(name, samples as u64);
                     if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
                     {
-                        tracing::warn!(endpoint = %name, status = status.as_u16(), body = %excerpt.trim(),
+                        tracing::warn!(endpoint = %name, status = status.as_u16(), body = ?excerpt.trim(),
                             attempt, "remote write: request failed; retrying");
                         after
                     } else {
-                        tracing::error!(endpoint = %name, status = status.as_u16(), body = %excerpt.trim(),
+                        tracing::error!(endpoint = %name, status = status.as_u16(), body = ?excerpt.trim(),
                             samples, "remote write: request refused; its samples are dropped");
                         m.remote_write_dropped(
                             name,

@@ -1,27 +1,59 @@
 //! Administrative writes that happen outside the collector process (quickstart, the admin
-//! CLI): they open their own connection, bring the schema up to date and write directly.
+//! CLI): they open their own connection, bring the schema up to date and write directly,
+//! holding the database's administrative lock shared so a restore never runs under them.
 
 use std::path::Path;
 
 use rusqlite::Connection;
 
+use super::lock::DbLock;
 use super::{schema, StoreError};
 
-/// Opens (creating and migrating if needed) the database for an administrative command.
-/// Waits up to 10 s for a running collector's writer to let go of the lock.
-pub fn open(db: &Path) -> Result<Connection, StoreError> {
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
+/// A connection for one administrative command, with the lock that keeps a restore out
+/// until it is dropped.
+#[derive(Debug)]
+pub struct AdminDb {
+    conn: Connection,
+    _lock: DbLock,
+}
+
+impl std::ops::Deref for AdminDb {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
     }
+}
+
+impl std::ops::DerefMut for AdminDb {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+/// Opens (creating and migrating if needed) the database for an administrative command.
+/// Fails at once while a restore runs; waits up to 10 s for a running collector's writer to
+/// let go of SQLite's lock.
+pub fn open(db: &Path) -> Result<AdminDb, StoreError> {
+    let lock = DbLock::acquire_admin_shared(db)?;
+    let created = !db.exists();
+    let directory = super::lock::owner_reference(db);
     let mut conn = Connection::open(db)?;
     // Before anything else: even the journal-mode pragma may wait for the collector.
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     schema::configure_writer(&conn)?;
     schema::migrate(&mut conn)?;
-    Ok(conn)
+    if created {
+        // A first command run as root (quickstart under sudo) leaves the files to the
+        // directory's owner, the collector's user.
+        for suffix in ["", "-wal", "-shm"] {
+            let path = super::lock::beside(db, suffix);
+            if let Ok(file) = std::fs::File::open(&path) {
+                super::lock::adopt_owner(&file, &directory)
+                    .map_err(|source| StoreError::Io { path, source })?;
+            }
+        }
+    }
+    Ok(AdminDb { conn, _lock: lock })
 }
 
 /// Runs `f` in one transaction on a freshly opened database connection.

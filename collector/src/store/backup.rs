@@ -41,6 +41,16 @@ fn bad(path: &Path, reason: impl Into<String>) -> StoreError {
 /// installs it atomically with mode 0600. `dest` must not exist: a backup never overwrites
 /// one taken earlier.
 pub fn snapshot(db: &Path, dest: &Path) -> Result<Snapshot, StoreError> {
+    snapshot_interruptible(db, dest, |_| {})
+}
+
+/// [`snapshot`], handing `on_start` the handle that aborts the copy (a collector stopping
+/// does not wait for a long backup; the partial temp file is removed).
+pub fn snapshot_interruptible(
+    db: &Path,
+    dest: &Path,
+    on_start: impl FnOnce(rusqlite::InterruptHandle),
+) -> Result<Snapshot, StoreError> {
     let started = Instant::now();
     if dest.exists() {
         return Err(bad(
@@ -55,6 +65,7 @@ pub fn snapshot(db: &Path, dest: &Path) -> Result<Snapshot, StoreError> {
     // The writer's checkpoint never blocks this reader (PASSIVE), but an admin command's
     // write lock can delay the start of the read transaction for a moment.
     source.busy_timeout(Duration::from_secs(10))?;
+    on_start(source.get_interrupt_handle());
     let tmp = durable_file::temp_path(dest);
     // 0600 from creation: the file holds password hashes, token hashes and sealed secrets.
     drop(durable_file::create_new(&tmp, 0o600).map_err(io(&tmp))?);
@@ -65,7 +76,13 @@ pub fn snapshot(db: &Path, dest: &Path) -> Result<Snapshot, StoreError> {
         source.execute("VACUUM INTO ?1", [target])?;
         drop(source);
         let schema_version = verify(&tmp)?;
-        durable_file::commit(&tmp, dest).map_err(io(dest))?;
+        durable_file::commit_new(&tmp, dest).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                bad(dest, "already exists; a backup never overwrites another")
+            } else {
+                io(dest)(e)
+            }
+        })?;
         let bytes = std::fs::metadata(dest).map_err(io(dest))?.len();
         Ok(Snapshot {
             path: dest.to_owned(),
@@ -88,6 +105,8 @@ pub fn verify(path: &Path) -> Result<i64, StoreError> {
         return Err(bad(path, "no such file"));
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    // Functions in the file's own views or triggers never run with side effects here.
+    conn.execute_batch("PRAGMA trusted_schema = OFF")?;
     let problems: Vec<String> = {
         let mut stmt = conn
             .prepare("PRAGMA integrity_check(20)")
@@ -119,6 +138,18 @@ pub fn verify(path: &Path) -> Result<i64, StoreError> {
     )?;
     if version < 1 || !has_hosts {
         return Err(bad(path, "not an mcpwatch collector database"));
+    }
+    let differences = schema::differences(&conn, version)?;
+    if !differences.is_empty() {
+        let shown: Vec<&str> = differences.iter().take(5).map(String::as_str).collect();
+        return Err(bad(
+            path,
+            format!(
+                "its schema is not mcpwatch's at version {version} ({}{})",
+                shown.join(", "),
+                if differences.len() > shown.len() { ", ..." } else { "" }
+            ),
+        ));
     }
     Ok(version)
 }
@@ -202,5 +233,20 @@ mod tests {
             Err(StoreError::SchemaTooNew { .. })
         ));
         assert!(verify(&dir.path().join("missing.db")).is_err());
+        // A trigger of its own (here one that would erase the audit log on every insert)
+        // keeps a file out.
+        let tampered = dir.path().join("tampered.db");
+        make_db(&tampered);
+        Connection::open(&tampered)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER wipe AFTER INSERT ON audit_log BEGIN DELETE FROM audit_log; END;",
+            )
+            .unwrap();
+        let err = verify(&tampered).unwrap_err();
+        assert!(
+            err.to_string().contains("unexpected trigger \"wipe\""),
+            "{err}"
+        );
     }
 }

@@ -141,7 +141,7 @@ pub(crate) fn ingest_one(
 
     let (mut rows, refused_samples) = map_samples(b, &decl.defs, conn_map)?;
     // Sorts `rows` too (by series, then time): the hook observes them in that order.
-    write_raw(c, b.host_id, seq, &mut rows)?;
+    write_raw(c, b.host_id, seq, &mut rows, now_ms)?;
     for ev in &b.events {
         insert_event(c, b.host_id, ev, now_ms)?;
     }
@@ -295,6 +295,7 @@ fn write_raw(
     host_id: i64,
     seq: i64,
     rows: &mut [codec::Row],
+    committed_ms: i64,
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -304,8 +305,8 @@ fn write_raw(
     let mut blob = Vec::new();
     codec::encode(rows, &mut blob);
     c.prepare_cached(
-        "INSERT INTO raw (host_id, seq, ts_min, ts_max, n, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO raw (host_id, seq, ts_min, ts_max, n, data, committed_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         host_id,
@@ -313,7 +314,8 @@ fn write_raw(
         ts_min,
         ts_max,
         rows.len() as i64,
-        blob
+        blob,
+        committed_ms
     ])?;
     Ok(())
 }

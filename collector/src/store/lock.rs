@@ -1,12 +1,20 @@
-//! The database's process lock: an exclusive advisory lock (`flock`) on `<db>.lock`, held by
-//! a running collector for its whole life and by `restore` while it swaps the file. SQLite's
-//! own locks cannot say "a collector runs here" (between transactions it holds none), and a
-//! restore under a live collector would hand it a file whose WAL belongs to another.
-//! The kernel drops the lock when the process dies, so a crash never leaves it stale; the
-//! file's content (who holds it) is only for the error message.
+//! The database's process locks, advisory (`flock`) on files beside it:
+//! - `<db>.lock`, exclusive: held by a running collector for its whole life and by
+//!   `restore` while it swaps the file. SQLite's own locks cannot say "a collector runs
+//!   here" (between transactions it holds none), and a restore under a live collector would
+//!   hand it a file whose WAL belongs to another.
+//! - `<db>.admin.lock`: shared by every administrative command (the admin CLI, quickstart),
+//!   which may run beside a collector, and exclusive for `restore`, so no command writes
+//!   into the file being moved aside or creates a fresh one (with a WAL) under the restore.
+//!
+//! The kernel drops a lock when its process dies, so a crash never leaves one stale; the
+//! file's content (who holds it) is only for the error message. Lock files are opened
+//! without following symlinks, 0600, and re-checked after locking: a file unlinked and
+//! recreated by someone else in between would be a second, separate lock.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
@@ -19,30 +27,80 @@ pub struct DbLock {
 
 /// Where the lock of database `db` lives.
 pub fn lock_path(db: &Path) -> PathBuf {
+    beside(db, ".lock")
+}
+
+/// Where the administrative commands' lock of database `db` lives.
+pub fn admin_lock_path(db: &Path) -> PathBuf {
+    beside(db, ".admin.lock")
+}
+
+pub(super) fn beside(db: &Path, suffix: &str) -> PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
+    name.push(suffix);
     db.with_file_name(name)
+}
+
+/// Whether a lock is taken alone or beside others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Exclusive,
+    Shared,
 }
 
 impl DbLock {
     /// Takes the lock of `db` for `holder` (e.g. "collector"), or says who has it.
     pub fn acquire(db: &Path, holder: &str) -> Result<DbLock, StoreError> {
-        let path = lock_path(db);
-        let io = |source| StoreError::Io {
-            path: path.clone(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
+        let lock = take(db, &lock_path(db), Mode::Exclusive)?;
+        let mut file = lock._file;
+        let who = format!("{holder} (pid {})\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(who.as_bytes()))
+            .map_err(|source| StoreError::Io {
+                path: lock_path(db),
+                source,
+            })?;
+        Ok(DbLock { _file: file })
+    }
+
+    /// Takes the administrative lock of `db` exclusively (restore), or says it is in use.
+    pub fn acquire_admin_exclusive(db: &Path) -> Result<DbLock, StoreError> {
+        take(db, &admin_lock_path(db), Mode::Exclusive)
+    }
+
+    /// Takes the administrative lock of `db` shared (one administrative command), or says
+    /// a restore holds it.
+    pub fn acquire_admin_shared(db: &Path) -> Result<DbLock, StoreError> {
+        take(db, &admin_lock_path(db), Mode::Shared)
+    }
+}
+
+fn take(db: &Path, path: &Path, mode: Mode) -> Result<DbLock, StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    // Twice at most: once more only if the file was replaced between open and lock.
+    for _ in 0..2 {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
             .map_err(io)?;
-        match file.try_lock() {
+        adopt_owner(&file, &owner_reference(db)).map_err(io)?;
+        let locked = match mode {
+            Mode::Exclusive => file.try_lock(),
+            Mode::Shared => file.try_lock_shared(),
+        };
+        match locked {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let mut who = String::new();
@@ -50,7 +108,12 @@ impl DbLock {
                 let who = who.trim();
                 return Err(StoreError::Locked {
                     db: db.to_owned(),
-                    holder: if who.is_empty() {
+                    holder: if path == admin_lock_path(db) {
+                        match mode {
+                            Mode::Exclusive => "an administrative command".to_owned(),
+                            Mode::Shared => "a restore".to_owned(),
+                        }
+                    } else if who.is_empty() {
                         "another process".to_owned()
                     } else {
                         who.chars().take(100).collect()
@@ -59,18 +122,49 @@ impl DbLock {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        let who = format!("{holder} (pid {})\n", std::process::id());
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(who.as_bytes()))
-            .map_err(io)?;
-        Ok(DbLock { _file: file })
+        let held = file.metadata().map_err(io)?;
+        match std::fs::symlink_metadata(path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                return Ok(DbLock { _file: file })
+            }
+            // Replaced or removed under us: this lock guards nothing; take the new file's.
+            _ => continue,
+        }
     }
+    Err(StoreError::Locked {
+        db: db.to_owned(),
+        holder: format!("a process replacing {}", path.display()),
+    })
+}
+
+/// What a file created beside database `db` takes its owner from: the database, or its
+/// directory when there is no database yet. A restore or an admin command run as root must
+/// not leave files the collector's own user cannot open.
+pub(super) fn owner_reference(db: &Path) -> PathBuf {
+    if db.exists() {
+        return db.to_owned();
+    }
+    db.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned()
+}
+
+/// Gives `file` the owner and group of `reference` if they differ. Only root can change an
+/// owner, and only a process of another user (root) can create a file that needs it.
+pub(super) fn adopt_owner(file: &File, reference: &Path) -> std::io::Result<()> {
+    let owner = std::fs::metadata(reference)?;
+    let mine = file.metadata()?;
+    if (mine.uid(), mine.gid()) == (owner.uid(), owner.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn db_lock_is_exclusive_names_its_holder_and_is_released_on_drop() {
@@ -86,5 +180,43 @@ mod tests {
         drop(held);
         let _again = DbLock::acquire(&db, "restore").unwrap();
         assert!(lock_path(&db).ends_with("c.db.lock"));
+        let mode = std::fs::metadata(lock_path(&db))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn db_admin_lock_is_shared_by_commands_and_exclusive_for_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        let one = DbLock::acquire_admin_shared(&db).unwrap();
+        let two = DbLock::acquire_admin_shared(&db).unwrap();
+        let err = DbLock::acquire_admin_exclusive(&db).unwrap_err();
+        assert!(
+            err.to_string().contains("an administrative command"),
+            "{err}"
+        );
+        drop((one, two));
+        let restore = DbLock::acquire_admin_exclusive(&db).unwrap();
+        let err = DbLock::acquire_admin_shared(&db).unwrap_err();
+        assert!(err.to_string().contains("a restore"), "{err}");
+        drop(restore);
+        // The collector's lock is another file: a command runs beside a collector.
+        let _collector = DbLock::acquire(&db, "collector").unwrap();
+        let _command = DbLock::acquire_admin_shared(&db).unwrap();
+    }
+
+    #[test]
+    fn db_lock_refuses_a_symlinked_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        let elsewhere = dir.path().join("victim");
+        std::fs::write(&elsewhere, b"keep me").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, lock_path(&db)).unwrap();
+        let err = DbLock::acquire(&db, "collector").unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep me");
     }
 }

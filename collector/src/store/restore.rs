@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use mcpwatch_common::durable_file;
 use rusqlite::{params, Connection};
 
-use super::lock::DbLock;
+use super::lock::{self, DbLock};
 use super::query::audit::{insert_audit, AuditEntry};
 use super::{backup, schema, StoreError};
 
@@ -47,7 +47,10 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// Restores `from` into `db` at `now_ms`, by `actor` (for the audit record).
 pub fn restore(from: &Path, db: &Path, actor: &str, now_ms: i64) -> Result<Restored, StoreError> {
     let _lock = DbLock::acquire(db, "restore")?;
-    let schema_from = backup::verify(from)?;
+    let _commands = DbLock::acquire_admin_exclusive(db)?;
+    // Checked before anything is created, for a clear message; checked again on the copy,
+    // which is what gets installed (the file at `from` could change in between).
+    backup::verify(from)?;
     let tmp = durable_file::temp_path(db);
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
@@ -57,8 +60,10 @@ pub fn restore(from: &Path, db: &Path, actor: &str, now_ms: i64) -> Result<Resto
         {
             let mut src = std::fs::File::open(from).map_err(io(from))?;
             let mut dst = durable_file::create_new(&tmp, 0o600).map_err(io(&tmp))?;
+            lock::adopt_owner(&dst, &lock::owner_reference(db)).map_err(io(&tmp))?;
             std::io::copy(&mut src, &mut dst).map_err(io(&tmp))?;
         }
+        let schema_from = backup::verify(&tmp)?;
         let sessions_ended = prepare(&tmp, schema_from, actor, now_ms)?;
         let schema_to = backup::verify(&tmp)?;
         let agents = resume_points(&tmp)?;
@@ -82,7 +87,9 @@ pub fn restore(from: &Path, db: &Path, actor: &str, now_ms: i64) -> Result<Resto
 /// so the copy stays one file until it is renamed into place.
 fn prepare(tmp: &Path, schema_from: i64, actor: &str, now_ms: i64) -> Result<usize, StoreError> {
     let mut conn = Connection::open(tmp)?;
-    conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA foreign_keys = ON;")?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = DELETE; PRAGMA foreign_keys = ON; PRAGMA trusted_schema = OFF;",
+    )?;
     schema::migrate(&mut conn)?;
     let tx = conn.transaction()?;
     let ended = tx.execute("DELETE FROM sessions", [])?;
@@ -190,6 +197,15 @@ mod tests {
         let err = restore(&backup_file, &db, "cli:root", 1_000).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
         drop(held);
+        // An admin command in progress (it could be writing into the file about to move
+        // aside) keeps a restore out too.
+        let command = crate::store::admin::open(&db).unwrap();
+        let err = restore(&backup_file, &db, "cli:root", 1_000).unwrap_err();
+        assert!(
+            err.to_string().contains("an administrative command"),
+            "{err}"
+        );
+        drop(command);
 
         let done = restore(&backup_file, &db, "cli:root", 1_000).unwrap();
         assert_eq!(done.agents, vec![("web-1".to_owned(), 10)]);

@@ -390,6 +390,9 @@ const MIGRATIONS: &[Migration] = &[
     );
     "#,
     ),
+    // v13: when each raw row was stored, so remote write's lag counts from arrival: an
+    // agent replaying an hour of spool is not an endpoint an hour behind. 0 for older rows.
+    Migration::Sql("ALTER TABLE raw ADD COLUMN committed_ms INTEGER NOT NULL DEFAULT 0;"),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored
@@ -475,6 +478,10 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// Brings the schema to version `target` (tests build old databases with it).
 pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), StoreError> {
+    apply(conn, target, true)
+}
+
+fn apply(conn: &mut Connection, target: usize, log: bool) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let supported = MIGRATIONS.len() as i64;
@@ -488,10 +495,38 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: usize) -> Result<(), Sto
             Migration::Code(f) => f(&tx)?,
         }
         tx.pragma_update(None, "user_version", version as i64 + 1)?;
-        tracing::info!(version = version + 1, "store schema migrated");
+        if log {
+            tracing::info!(version = version + 1, "store schema migrated");
+        }
     }
     tx.commit()?;
     Ok(())
+}
+
+type SchemaObject = (String, String, String, Option<String>);
+
+fn schema_objects(conn: &Connection) -> Result<std::collections::BTreeSet<SchemaObject>, StoreError> {
+    let mut stmt = conn.prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// How the schema of `conn` (claiming `version`) differs from the one this build's
+/// migrations make at that version: one line per object missing or extra. A file from
+/// elsewhere (a backup) may carry triggers or views of its own that would run inside the
+/// collector on its next write; only an exact match is let in.
+pub(crate) fn differences(conn: &Connection, version: i64) -> Result<Vec<String>, StoreError> {
+    let mut reference = Connection::open_in_memory()?;
+    apply(&mut reference, usize::try_from(version).unwrap_or(0), false)?;
+    let want = schema_objects(&reference)?;
+    let have = schema_objects(conn)?;
+    let describe = |(kind, name, _, _): &SchemaObject| format!("{kind} {name:?}");
+    let mut out: Vec<String> = have
+        .difference(&want)
+        .map(|o| format!("unexpected {}", describe(o)))
+        .collect();
+    out.extend(want.difference(&have).map(|o| format!("missing or altered {}", describe(o))));
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub struct RawBatch {
     pub id: i64,
     /// Newest sample time in it (ms).
     pub ts_max: i64,
+    /// When it was stored (ms); the newest sample time for rows stored before schema v13.
+    pub committed_ms: i64,
     /// `(series, ts_ms, value)` in stored order.
     pub samples: Vec<(i64, i64, f64)>,
 }
@@ -49,7 +51,7 @@ fn batches_after(
     max_samples: usize,
 ) -> Result<BatchesAfter, StoreError> {
     let mut stmt =
-        c.prepare_cached("SELECT id, ts_max, n, data FROM raw WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        c.prepare_cached("SELECT id, ts_max, n, data, committed_ms FROM raw WHERE id > ?1 ORDER BY id LIMIT ?2")?;
     let mut rows = stmt.query(params![after, sql_limit(MAX_ROWS)])?;
     let mut out = BatchesAfter::default();
     let mut samples = 0usize;
@@ -65,9 +67,11 @@ fn batches_after(
         let id: i64 = r.get(0)?;
         let ts_max: i64 = r.get(1)?;
         let blob: Vec<u8> = r.get(3)?;
+        let committed_ms: i64 = r.get(4)?;
         let mut batch = RawBatch {
             id,
             ts_max,
+            committed_ms: if committed_ms > 0 { committed_ms } else { ts_max },
             samples: Vec::with_capacity(n),
         };
         match codec::decode_each(&blob, |s, t, v| batch.samples.push((s, t, v))) {
