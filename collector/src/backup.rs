@@ -256,19 +256,20 @@ fn is_backup_name(name: &str) -> bool {
         return false;
     };
     let bytes = stamp.as_bytes();
-    bytes.len() == 19
+    bytes.len() == 20
         && bytes.iter().enumerate().all(|(i, b)| match i {
             8 => *b == b'T',
             15 => *b == b'.',
-            18 => *b == b'Z',
+            19 => *b == b'Z',
             _ => b.is_ascii_digit(),
         })
 }
 
 /// Whether `name` is the temp file of a backup of ours (`<backup name>.tmp-<pid>`).
 fn is_backup_temp(name: &str) -> bool {
-    name.split_once(".tmp-")
-        .is_some_and(|(backup, pid)| is_backup_name(backup) && pid.bytes().all(|b| b.is_ascii_digit()))
+    name.split_once(".tmp-").is_some_and(|(backup, pid)| {
+        is_backup_name(backup) && pid.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<BackupEntry>, BackupError> {
@@ -358,8 +359,12 @@ fn prune(dir: &Path, keep: usize) {
             if stale {
                 let path = dir.join(&name);
                 match std::fs::remove_file(&path) {
-                    Ok(()) => tracing::info!(path = %path.display(), "stale backup temp file deleted"),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete stale backup temp file"),
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "stale backup temp file deleted")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot delete stale backup temp file")
+                    }
                 }
             }
         }
@@ -434,7 +439,10 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
         std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = create_private_dir(&made).unwrap_err();
-        assert!(err.to_string().contains("writable by group or others"), "{err}");
+        assert!(
+            err.to_string().contains("writable by group or others"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 
 use super::*;
 
-fn db() -> (tempfile::TempDir, Connection) {
+fn db() -> (tempfile::TempDir, crate::store::admin::AdminDb) {
     let dir = tempfile::tempdir().unwrap();
     let c = crate::store::admin::open(&dir.path().join("a.db")).unwrap();
     (dir, c)

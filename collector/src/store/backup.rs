@@ -147,7 +147,11 @@ pub fn verify(path: &Path) -> Result<i64, StoreError> {
             format!(
                 "its schema is not mcpwatch's at version {version} ({}{})",
                 shown.join(", "),
-                if differences.len() > shown.len() { ", ..." } else { "" }
+                if differences.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
             ),
         ));
     }

@@ -505,7 +505,9 @@ fn apply(conn: &mut Connection, target: usize, log: bool) -> Result<(), StoreErr
 
 type SchemaObject = (String, String, String, Option<String>);
 
-fn schema_objects(conn: &Connection) -> Result<std::collections::BTreeSet<SchemaObject>, StoreError> {
+fn schema_objects(
+    conn: &Connection,
+) -> Result<std::collections::BTreeSet<SchemaObject>, StoreError> {
     let mut stmt = conn.prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -525,7 +527,10 @@ pub(crate) fn differences(conn: &Connection, version: i64) -> Result<Vec<String>
         .difference(&want)
         .map(|o| format!("unexpected {}", describe(o)))
         .collect();
-    out.extend(want.difference(&have).map(|o| format!("missing or altered {}", describe(o))));
+    out.extend(
+        want.difference(&have)
+            .map(|o| format!("missing or altered {}", describe(o))),
+    );
     Ok(out)
 }
 

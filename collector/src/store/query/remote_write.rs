@@ -50,8 +50,9 @@ fn batches_after(
     after: i64,
     max_samples: usize,
 ) -> Result<BatchesAfter, StoreError> {
-    let mut stmt =
-        c.prepare_cached("SELECT id, ts_max, n, data, committed_ms FROM raw WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+    let mut stmt = c.prepare_cached(
+        "SELECT id, ts_max, n, data, committed_ms FROM raw WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
     let mut rows = stmt.query(params![after, sql_limit(MAX_ROWS)])?;
     let mut out = BatchesAfter::default();
     let mut samples = 0usize;
@@ -71,7 +72,11 @@ fn batches_after(
         let mut batch = RawBatch {
             id,
             ts_max,
-            committed_ms: if committed_ms > 0 { committed_ms } else { ts_max },
+            committed_ms: if committed_ms > 0 {
+                committed_ms
+            } else {
+                ts_max
+            },
             samples: Vec::with_capacity(n),
         };
         match codec::decode_each(&blob, |s, t, v| batch.samples.push((s, t, v))) {

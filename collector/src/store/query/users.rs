@@ -327,7 +327,7 @@ mod tests {
     use crate::store::query::roles::*;
     use crate::store::query::tokens::*;
 
-    fn db() -> (tempfile::TempDir, Connection) {
+    fn db() -> (tempfile::TempDir, crate::store::admin::AdminDb) {
         let dir = tempfile::tempdir().unwrap();
         let c = crate::store::admin::open(&dir.path().join("t.db")).unwrap();
         (dir, c)
