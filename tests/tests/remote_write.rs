@@ -420,13 +420,13 @@ fn remote_write_collector_kill9_ten_times_loses_nothing_and_resends_at_most_a_ba
     collector.child = None;
 
     let want = expected(&collector.db, from, |_| true);
-    wait_same(
-        "victoriametrics after 10 crashes",
-        &vm,
-        ".+",
-        &want,
-        VM_PRECISION,
+    // Said on failure: whether the receiver holds rows at or below the start cursor.
+    let first_raw = query_i64(&collector.db, "SELECT MIN(id) FROM raw WHERE ?1 = ?1", "x");
+    let what = format!(
+        "victoriametrics after 10 crashes (start cursor {from}, raw ids {first_raw:?}..={})",
+        newest_raw(&collector.db)
     );
+    wait_same(&what, &vm, ".+", &want, VM_PRECISION);
     let mut seen: HashSet<(BTreeMap<String, String>, i64)> = HashSet::new();
     let mut resent = 0usize;
     for (labels, samples) in proxy.accepted().into_iter().flatten() {
