@@ -9,12 +9,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use mcpwatch_collector::auth::credential::{self, Kind};
-use mcpwatch_collector::auth::{password, permission_names, Permission, Scope};
+use mcpwatch_collector::auth::password::{self, PasswordPolicy};
+use mcpwatch_collector::auth::{permission_names, Permission, Scope};
 use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
 use mcpwatch_collector::now_ms;
 use mcpwatch_collector::store::admin::with_db;
 use mcpwatch_collector::store::audit_chain::{self, Verdict};
-use mcpwatch_collector::store::query::{roles, tokens, users};
+use mcpwatch_collector::store::query::{audit, mfa, roles, tokens, users};
 use mcpwatch_collector::store::StoreError;
 use mcpwatch_common::config::{ConfigError, Duration, EXIT_CONFIG};
 
@@ -76,6 +77,8 @@ enum UserAction {
     Disable { name: String },
     /// Enable a disabled user.
     Enable { name: String },
+    /// Remove a user's second factor (a lost device) and end its sessions; audited.
+    MfaReset { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -205,22 +208,28 @@ pub(crate) fn finish(r: Result<(), Failure>) -> ExitCode {
 
 impl DbArgs {
     pub(crate) fn path(&self) -> Result<PathBuf, Failure> {
+        self.resolve().map(|(db, _)| db)
+    }
+
+    /// The database and the password policy: the config's `[auth]`, or the defaults when
+    /// the database is given with `--db`.
+    fn resolve(&self) -> Result<(PathBuf, PasswordPolicy), Failure> {
         if let Some(db) = &self.db {
-            return Ok(db.clone());
+            return Ok((db.clone(), PasswordPolicy::default()));
         }
         let config = self
             .config
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
         CollectorConfig::load(&config)
-            .map(|c| c.db_path)
+            .map(|c| (c.db_path, c.api.auth.password))
             .map_err(Failure::Config)
     }
 }
 
 impl PasswordArgs {
-    /// The password, checked against the policy for `username`.
-    fn read(&self, username: &str) -> Result<String, Failure> {
+    /// The password, checked against `policy` for `username`.
+    fn read(&self, username: &str, policy: &PasswordPolicy) -> Result<String, Failure> {
         let text = match (&self.password_file, self.password_stdin) {
             (Some(f), _) => std::fs::read_to_string(f)
                 .map_err(|e| Failure::Usage(format!("reading {}: {e}", f.display())))?,
@@ -239,7 +248,7 @@ impl PasswordArgs {
             }
         };
         let pw = text.lines().next().unwrap_or_default().to_owned();
-        password::check_policy(username, &pw).map_err(Failure::Usage)?;
+        policy.check(username, &pw).map_err(Failure::Usage)?;
         Ok(pw)
     }
 }
@@ -273,7 +282,7 @@ pub fn user(cmd: UserCmd) -> ExitCode {
 
 // Over 80 lines on purpose: one match arm per `user` subcommand.
 fn run_user(cmd: UserCmd) -> Result<(), Failure> {
-    let db = cmd.db.path()?;
+    let (db, policy) = cmd.db.resolve()?;
     let now = now_ms();
     match cmd.action {
         UserAction::Add {
@@ -283,7 +292,7 @@ fn run_user(cmd: UserCmd) -> Result<(), Failure> {
             password,
         } => {
             users::check_name("username", &name)?;
-            let h = hash(&password.read(&name)?)?;
+            let h = hash(&password.read(&name, &policy)?)?;
             let hosts = Scope::normalize(&hosts).map_err(Failure::Usage)?;
             let id = with_db(&db, |c| {
                 let id = users::create_user(c, &name, &h, now)?;
@@ -331,7 +340,7 @@ fn run_user(cmd: UserCmd) -> Result<(), Failure> {
             }
         }
         UserAction::Passwd { name, password } => {
-            let h = hash(&password.read(&name)?)?;
+            let h = hash(&password.read(&name, &policy)?)?;
             with_db(&db, |c| {
                 let id = users::existing_user_id(c, &name)?;
                 users::set_password(c, id, &h, now, None)
@@ -349,6 +358,28 @@ fn run_user(cmd: UserCmd) -> Result<(), Failure> {
                 users::set_disabled(c, users::existing_user_id(c, &name)?, false)
             })?;
             println!("user {name} enabled");
+        }
+        UserAction::MfaReset { name } => {
+            with_db(&db, |c| {
+                let id = users::existing_user_id(c, &name)?;
+                mfa::reset(c, id)?;
+                audit::insert_audit(
+                    c,
+                    &audit::AuditEntry {
+                        at_ms: now,
+                        actor: "cli".to_owned(),
+                        token_id: None,
+                        session_id: None,
+                        source: "cli".to_owned(),
+                        action: "user.mfa_reset".to_owned(),
+                        object: format!("user:{name}"),
+                        result: 200,
+                        detail: format!("second factor of {name} reset"),
+                        request_id: None,
+                    },
+                )
+            })?;
+            println!("second factor of {name} removed; its sessions ended");
         }
     }
     Ok(())

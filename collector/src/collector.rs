@@ -155,7 +155,9 @@ fn open_alerting(
         .map(|raw| Receiver::from_raw(raw.clone(), base_dir, &Destinations::Any))
         .collect::<Result<Vec<_>, _>>()?;
     let stored = crate::alerting::stored_receivers::load(&config.db_path)?;
-    let sealed_exist = stored.iter().any(|s| !s.secrets.is_empty());
+    // Sealed with the same key: a missing key file is then an error, not a fresh key.
+    let sealed_exist = stored.iter().any(|s| !s.secrets.is_empty())
+        || crate::store::query::mfa::any_sealed_in(&config.db_path)?;
     let api_secrets = ApiSecrets {
         key: Arc::new(SecretKey::load_or_create(
             &config.secret_key_path(),
@@ -216,6 +218,7 @@ fn http_app(
         fleet: api.fleet,
         pki: api.pki,
         backups: api.backups,
+        secret_key: api.api_secrets.key.clone(),
         stream_slots: Arc::new(tokio::sync::Semaphore::new(config.api.stream_max_clients)),
         stream_holders: Default::default(),
         streams_stop: api.http_stop,

@@ -84,6 +84,9 @@ pub struct RawCollectorConfig {
     pub http: RawHttp,
     #[serde(default)]
     pub api: RawApi,
+    /// The password policy and second factors (see [`crate::auth::settings::RawAuth`]).
+    #[serde(default)]
+    pub auth: crate::auth::settings::RawAuth,
     #[serde(default)]
     pub log: RawLog,
     /// Agent enrollment and certificate renewal (see [`RawEnroll`]).
@@ -361,6 +364,7 @@ impl CollectorConfig {
         let http_limits = http_limits(path, &raw.http)?;
         let (mut api, audit_retention) = api_settings(path, &raw.api, http_limits.request_timeout)?;
         api.cookie_secure = raw.api.cookie_secure.unwrap_or(http_tls.is_some());
+        api.auth = crate::auth::settings::AuthSettings::validate(path, &raw.auth)?;
         if raw.api.stream_heartbeat.is_none() {
             // The default must stay below a shortened idle timeout too.
             api.stream_heartbeat = api.stream_heartbeat.min(http_limits.idle_timeout / 2);

@@ -60,7 +60,9 @@ pub fn write_admin_password(path: &Path, db: &Path) -> std::io::Result<AdminPass
     // digits) is drawn again.
     let secret = loop {
         let candidate = credential::secret()?[..24].to_owned();
-        if password::check_policy(ADMIN_USER, &candidate).is_ok() {
+        if password::PasswordPolicy::default()
+            .check(ADMIN_USER, &candidate)
+            .is_ok() {
             break candidate;
         }
     };

@@ -77,6 +77,8 @@ export interface Me {
   session_id: number | null;
   grants: string[];
   csrf_token?: string;
+  /** What the session must do first: `password_expired` or `mfa_enrollment_required`. */
+  restriction?: string;
 }
 
 export interface Host {

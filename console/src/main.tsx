@@ -7,6 +7,7 @@ import { api, ApiError, get, onUnauthenticated, setCsrf, type Me } from "./api";
 import * as live from "./live";
 import { Grants } from "./perm";
 import { Login } from "./pages/Login";
+import { Security } from "./pages/Security";
 import { Shell } from "./ui/Shell";
 
 type Session = { me: Me; grants: Grants } | "signed-out" | "expired" | "loading";
@@ -19,7 +20,8 @@ function App() {
       const me = await get<Me>("/me");
       setCsrf(me.csrf_token ?? null);
       setSession({ me, grants: new Grants(me) });
-      live.start();
+      // A held session may not open the live stream.
+      if (!me.restriction) live.start();
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) setSession("signed-out");
       else setSession("signed-out");
@@ -49,7 +51,16 @@ function App() {
   if (session === "signed-out" || session === "expired") {
     return <Login expired={session === "expired"} onSignedIn={load} />;
   }
-  return <Shell me={session.me} grants={session.grants} onSignOut={signOut} />;
+  if (session.me.restriction) {
+    // Held by the policy: only the way out is shown (the server refuses everything else).
+    return (
+      <main class="restricted">
+        <Security me={session.me} onChanged={load} />
+        <button type="button" onClick={signOut}>Sign out</button>
+      </main>
+    );
+  }
+  return <Shell me={session.me} grants={session.grants} onSignOut={signOut} onAccountChanged={load} />;
 }
 
 const root = document.getElementById("app");

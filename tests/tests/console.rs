@@ -247,6 +247,37 @@ fn console_in_chromium_session_expiry() {
 }
 
 #[test]
+fn console_in_chromium_two_factor_enrollment_and_sign_in() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let c = CollectorProc::start(
+        &pki,
+        &tmp.path().join("c"),
+        "[auth]\nrequire_mfa = \"admins\"\n",
+    );
+    user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
+    run_browser(
+        "mfa.test.mjs",
+        &[
+            ("CONSOLE_URL", format!("http://{}/", c.http)),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+        ],
+        |_| false,
+    );
+    // The enrolment and both sign-ins are in the audit log, the secret nowhere in it.
+    let conn = rusqlite::Connection::open(&c.db).expect("db");
+    let notes: Vec<String> = conn
+        .prepare("SELECT detail FROM audit_log ORDER BY id")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert!(notes.iter().any(|d| d.contains("TOTP second factor enabled")), "{notes:?}");
+    assert!(notes.iter().any(|d| d.contains("second factor wrong")), "{notes:?}");
+}
+
+#[test]
 fn console_in_chromium_mcp_server_page_with_docker() {
     ensure_dockerd();
     let tmp = tempfile::tempdir().expect("tempdir");

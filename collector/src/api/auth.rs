@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, OriginalUri, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, Method};
 use axum::middleware::Next;
@@ -17,6 +17,8 @@ use super::browser_session::{self, CsrfRefusal};
 use super::error::ApiError;
 use super::ApiState;
 use crate::auth::credential::{self, Kind};
+use crate::auth::restriction::{Account, Restriction};
+use crate::auth::settings::AuthSettings;
 use crate::auth::{grants, permission_names, Permission, Principal};
 use crate::notify::Secret;
 use crate::now_ms;
@@ -164,6 +166,17 @@ impl FromRequestParts<ApiState> for Caller {
             i.token_id = principal.token_id;
             i.session_id = principal.session_id;
         });
+        if let (Some(r), Some(uid)) = (principal.restriction, principal.user_id) {
+            // The full path: a nested router sees only its own part in `uri`.
+            let path = parts
+                .extensions
+                .get::<OriginalUri>()
+                .map_or_else(|| parts.uri.path().to_owned(), |u| u.0.path().to_owned());
+            if !r.allows(&parts.method, &path, uid) {
+                slot.with(|i| i.denied = true);
+                return Err(ApiError::Restricted(r));
+            }
+        }
         if let (true, Some((_, _, secret))) = (via_cookie, parsed) {
             // Checked after authentication, so the refusal's audit row names the session.
             if let Err(refusal) = browser_session::check_csrf(parts, secret) {
@@ -186,20 +199,26 @@ impl FromRequestParts<ApiState> for Caller {
 
 /// The principal a valid bearer credential acts as, and when it was last used; `None` for
 /// a disabled user.
-fn principal_of(b: Bearer) -> Option<(Principal, i64)> {
-    let (user_id, subset, token_id, session_id, name, last) = match b.credential {
+fn principal_of(b: Bearer, auth: &AuthSettings, now_ms: i64) -> Option<(Principal, i64)> {
+    // A session's second factor; `None` for a token (restrictions bind sessions only).
+    let (user_id, subset, token_id, session_id, name, last, session_mfa) = match b.credential {
         BearerRow::Token(t) => {
             let last = t.last_used_ms.unwrap_or(0);
-            (t.user_id, t.permissions, Some(t.id), None, t.name, last)
+            (t.user_id, t.permissions, Some(t.id), None, t.name, last, None)
         }
         BearerRow::Session(s) => {
             let last = s.last_seen_ms;
-            (Some(s.user_id), None, None, Some(s.id), String::new(), last)
+            let mfa = Some(s.mfa_ms);
+            (Some(s.user_id), None, None, Some(s.id), String::new(), last, mfa)
         }
     };
+    let mut account = None;
     let (actor, bindings) = match b.owner {
         Some((u, _)) if u.disabled => return None,
-        Some((u, grants_of_user)) => (format!("user:{}", u.username), grants_of_user),
+        Some((u, grants_of_user)) => {
+            account = Some((u.id, u.password_changed_ms));
+            (format!("user:{}", u.username), grants_of_user)
+        }
         // A token without a user (quickstart's, or one made by the admin CLI for
         // automation) holds every permission, narrowed by its own subset.
         None => (
@@ -207,13 +226,27 @@ fn principal_of(b: Bearer) -> Option<(Principal, i64)> {
             vec![(permission_names(&Permission::ALL), String::new())],
         ),
     };
+    let grants = grants(&bindings, subset.as_deref());
+    let restriction = match (account, session_mfa) {
+        (Some((user_id, password_changed_ms)), Some(session_mfa_ms)) => {
+            let account = Account {
+                user_id,
+                password_changed_ms,
+                session_mfa_ms,
+                grants: &grants,
+            };
+            Restriction::of(auth, &account, now_ms)
+        }
+        _ => None,
+    };
     Some((
         Principal {
             actor,
             user_id,
             token_id,
             session_id,
-            grants: grants(&bindings, subset.as_deref()),
+            grants,
+            restriction,
         },
         last,
     ))
@@ -261,7 +294,7 @@ async fn check_credential(
         .store
         .bearer(bearer_kind, id, accept)
         .await?
-        .and_then(principal_of);
+        .and_then(|b| principal_of(b, &state.settings.auth, now));
     let (principal, last) = found.ok_or(ApiError::Unauthenticated)?;
     // Bookkeeping off the request path: last use of a token, idle clock of a session —
     // written at most every quarter of the idle timeout (and minute), not on every request.

@@ -18,6 +18,12 @@ pub enum ApiError {
     /// browser marks as coming from another site.
     #[error("{0}")]
     Csrf(&'static str),
+    /// A login session that must change its password or enrol a second factor first.
+    #[error("{}", .0.message())]
+    Restricted(crate::auth::restriction::Restriction),
+    /// The password was right, but the account signs in with a second factor too.
+    #[error("this account signs in with a second factor: send `totp` with a code from its authenticator app, or a recovery code")]
+    SecondFactorRequired,
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -57,8 +63,10 @@ pub struct ErrorDetail {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::Csrf(_) => StatusCode::FORBIDDEN,
+            ApiError::Unauthenticated | ApiError::SecondFactorRequired => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::Csrf(_) | ApiError::Restricted(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -75,6 +83,8 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Csrf(_) => "csrf",
+            ApiError::Restricted(r) => r.code(),
+            ApiError::SecondFactorRequired => "mfa_required",
             ApiError::NotFound => "not_found",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unprocessable(_) => "invalid",

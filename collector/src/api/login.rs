@@ -83,6 +83,21 @@ pub(super) async fn hash_password(pw: String) -> Result<String, ApiError> {
         .map_err(ApiError::Internal)
 }
 
+/// Whether `password` is one of `hashes` (a user's latest passwords), checked off the
+/// runtime within the bound on concurrent argon2 runs.
+pub(super) async fn reused(password: String, hashes: Vec<String>) -> Result<bool, ApiError> {
+    if hashes.is_empty() {
+        return Ok(false);
+    }
+    let _permit = ARGON2_SLOTS
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+    tokio::task::spawn_blocking(move || hashes.iter().any(|h| password::verify(&password, h)))
+        .await
+        .map_err(|e| ApiError::Internal(format!("hash task failed: {e}")))
+}
+
 /// Per-source-address login attempts within the current minute.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
@@ -118,6 +133,10 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
+    /// The second factor, for an account that has one: a code from its authenticator app
+    /// or one of its recovery codes. Without it such an account gets 401 `mfa_required`.
+    #[serde(default)]
+    pub totp: Option<String>,
     /// Answer with browser cookies (the web console) instead of a bearer credential in the
     /// body. Only a page of this origin may ask (`Sec-Fetch-Site: same-origin`).
     #[serde(default)]
@@ -130,6 +149,7 @@ impl std::fmt::Debug for LoginRequest {
         f.debug_struct("LoginRequest")
             .field("username", &self.username)
             .field("cookie", &self.cookie)
+            .field("totp", &self.totp.as_ref().map(|_| "<given>"))
             .finish_non_exhaustive()
     }
 }
@@ -184,6 +204,18 @@ async fn login(
     let Some(row) = row.filter(|_| ok) else {
         return Err(ApiError::Unauthenticated);
     };
+    let mfa_ms = match super::mfa::second_factor(&state, row.id, req.totp.as_deref()).await {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(Extension(slot)) = &slot {
+                slot.note(match e {
+                    ApiError::SecondFactorRequired => "second factor missing",
+                    _ => "second factor wrong or already used",
+                });
+            }
+            return Err(e);
+        }
+    };
     let s = &state.settings;
     let secret = credential::secret().map_err(|e| ApiError::Internal(e.to_string()))?;
     let hash = credential::hash(&secret);
@@ -192,7 +224,7 @@ async fn login(
     let uid = row.id;
     let id = state
         .store
-        .start_session(uid, hash, now, expires, src)
+        .start_session(uid, hash, now, expires, src, mfa_ms)
         .await?;
     if let Some(Extension(slot)) = &slot {
         slot.set_actor(format!("user:{}", req.username), Some(id));
@@ -248,6 +280,10 @@ pub struct Me {
     /// For a browser (cookie) session: its CSRF token, so a reloaded console recovers it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub csrf_token: Option<String>,
+    /// What this session must do before anything else: `password_expired` or
+    /// `mfa_enrollment_required`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restriction: Option<String>,
 }
 
 /// Who the caller is and what it may do.
@@ -261,6 +297,7 @@ async fn whoami(caller: Caller) -> Json<Me> {
         token_id: p.token_id,
         session_id: p.session_id,
         csrf_token: caller.csrf_token(),
+        restriction: p.restriction.map(|r| r.code().to_owned()),
         grants: p
             .grants
             .iter()

@@ -29,6 +29,7 @@ pub mod federation;
 pub mod fleet;
 pub mod hosts;
 pub mod metrics_api;
+pub mod mfa;
 pub mod pending_alerts;
 pub mod receivers;
 pub mod roles;
@@ -86,6 +87,8 @@ pub struct ApiSettings {
     pub stream_poll: std::time::Duration,
     /// How often an idle live stream sends a heartbeat and re-checks its credential.
     pub stream_heartbeat: std::time::Duration,
+    /// `[auth]`: the password policy and who needs a second factor.
+    pub auth: crate::auth::settings::AuthSettings,
 }
 
 impl ApiSettings {
@@ -105,6 +108,7 @@ impl ApiSettings {
             stream_max_per_user: 16,
             stream_poll: std::time::Duration::from_millis(500),
             stream_heartbeat: std::time::Duration::from_secs(15),
+            auth: crate::auth::settings::AuthSettings::default(),
         }
     }
 }
@@ -127,6 +131,8 @@ pub struct Inner {
     pub pki: crate::pki::Pki,
     /// On-demand backups and the list of backup files.
     pub backups: crate::backup::Backups,
+    /// Seals the second factors of local accounts (the receivers' secrets key).
+    pub secret_key: Arc<crate::notify::SecretKey>,
     /// One permit per open live stream (`settings.stream_max_clients`).
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Open live streams per holder (`settings.stream_max_per_user`).
@@ -251,6 +257,7 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(rules::routes())
         .merge(receivers::routes())
         .merge(users::routes())
+        .merge(mfa::routes())
         .merge(roles::routes())
         .merge(tokens::routes())
         .merge(sessions::routes())

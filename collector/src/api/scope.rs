@@ -202,6 +202,7 @@ mod tests {
             user_id: Some(1),
             token_id: None,
             session_id: None,
+            restriction: None,
             grants: crate::auth::grants(
                 &[(
                     vec![Permission::HostsRead.to_string()],

@@ -15,9 +15,9 @@ use utoipa_axum::routes;
 
 use super::auth::{Caller, ClientAddr};
 use super::error::{ApiError, ErrorBody};
-use super::login::{hash_password, verify_guarded};
+use super::login::{hash_password, reused, verify_guarded};
 use super::ApiState;
-use crate::auth::{password, Permission, Scope};
+use crate::auth::{Permission, Scope};
 use crate::now_ms;
 use crate::store::query::users::{check_name, UserRow};
 
@@ -101,7 +101,10 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<UserRow>), ApiError> {
     caller.require_global(Permission::UsersAdmin)?;
     check_name("username", &req.username)?;
-    password::check_policy(&req.username, &req.password).map_err(ApiError::Unprocessable)?;
+    let policy = &state.settings.auth.password;
+    policy
+        .check(&req.username, &req.password)
+        .map_err(ApiError::Unprocessable)?;
     let host_selector = normalized_selector(&req.host_selector)?;
     if req.roles.len() > ROLES_MAX {
         return Err(ApiError::unprocessable(format!(
@@ -166,7 +169,10 @@ async fn change_password(
         caller.require_global(Permission::UsersAdmin)?;
     }
     let user = load_user(&state, id).await?;
-    password::check_policy(&user.username, &req.password).map_err(ApiError::Unprocessable)?;
+    let policy = &state.settings.auth.password;
+    policy
+        .check(&user.username, &req.password)
+        .map_err(ApiError::Unprocessable)?;
     let now = now_ms();
     if !admin || req.current_password.is_some() {
         let Some(current) = req.current_password else {
@@ -186,6 +192,15 @@ async fn change_password(
             caller.deny();
             caller.note("current password wrong");
             return Err(ApiError::unprocessable("current_password is wrong"));
+        }
+    }
+    if policy.history > 0 {
+        let recent = state.store.recent_password_hashes(id, policy.history).await?;
+        if reused(req.password.clone(), recent).await? {
+            return Err(ApiError::Unprocessable(format!(
+                "password must differ from the last {} passwords of this account",
+                policy.history
+            )));
         }
     }
     let hash = hash_password(req.password).await?;

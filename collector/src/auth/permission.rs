@@ -188,6 +188,8 @@ pub struct Principal {
     pub token_id: Option<i64>,
     pub session_id: Option<i64>,
     pub grants: Vec<Grant>,
+    /// A login session that must first change its password or enrol a second factor.
+    pub restriction: Option<super::restriction::Restriction>,
 }
 
 impl Principal {
@@ -286,6 +288,7 @@ mod tests {
             user_id: Some(1),
             token_id: None,
             session_id: None,
+            restriction: None,
             grants: grants(
                 &[
                     (operator, r#"{team="a"}"#.into()),

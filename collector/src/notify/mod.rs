@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use api_secrets::{ApiSecrets, PreparedReceiver, SealedSecret};
 pub use destination::Destinations;
 pub use secret::{Secret, SecretRef};
-pub use secret_key::{SecretKey, SecretKeyError};
+pub use secret_key::{Binding, SecretKey, SecretKeyError};
 
 /// The state an alert is in when a notification about it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

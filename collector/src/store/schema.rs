@@ -393,6 +393,32 @@ const MIGRATIONS: &[Migration] = &[
     // v13: when each raw row was stored, so remote write's lag counts from arrival: an
     // agent replaying an hour of spool is not an endpoint an hour behind. 0 for older rows.
     Migration::Sql("ALTER TABLE raw ADD COLUMN committed_ms INTEGER NOT NULL DEFAULT 0;"),
+    // v14: sign-in for local accounts: the passwords a user had (no reuse), a second factor
+    // (TOTP, its secret sealed with the secrets key; the last time step accepted, so a code
+    // is good once), one-time recovery codes (hashed), and whether a session passed it.
+    Migration::Sql(
+        r#"
+    CREATE TABLE password_history (
+        id            INTEGER PRIMARY KEY,
+        user_id       INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        password_hash TEXT    NOT NULL,
+        replaced_ms   INTEGER NOT NULL
+    );
+    CREATE INDEX password_history_user ON password_history (user_id, id);
+    ALTER TABLE users ADD COLUMN totp_secret BLOB;
+    ALTER TABLE users ADD COLUMN totp_pending BLOB;
+    ALTER TABLE users ADD COLUMN totp_enabled_ms INTEGER;
+    ALTER TABLE users ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE recovery_codes (
+        id        INTEGER PRIMARY KEY,
+        user_id   INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        code_hash TEXT    NOT NULL,
+        used_ms   INTEGER
+    );
+    CREATE INDEX recovery_codes_user ON recovery_codes (user_id);
+    ALTER TABLE sessions ADD COLUMN mfa_ms INTEGER;
+    "#,
+    ),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored

@@ -14,6 +14,7 @@ import { Server } from "../pages/Server";
 import { Receivers } from "../pages/Receivers";
 import { Roles } from "../pages/Roles";
 import { Rules } from "../pages/Rules";
+import { Security } from "../pages/Security";
 import { Users } from "../pages/Users";
 
 interface Page {
@@ -30,12 +31,13 @@ const PAGES: Page[] = [
   { id: "users", title: "Users", visible: (g) => g.canEverywhere("users:admin") },
   { id: "roles", title: "Roles", visible: (g) => g.canEverywhere("users:admin") },
   { id: "access", title: "Tokens and sessions", visible: () => true },
+  { id: "security", title: "Account security", visible: () => true },
   { id: "audit", title: "Audit log", visible: (g) => g.canEverywhere("audit:read") },
 ];
 
 type BenchModule = typeof import("../pages/ChartBench");
 
-export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) {
+export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void; onAccountChanged: () => void }) {
   const route = useRoute();
   // The chart benchmark (`#/_bench/chart`): not in the navigation, loaded only when asked.
   const [bench, setBench] = useState<BenchModule | null>(null);
@@ -78,6 +80,7 @@ export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void }) 
         {page?.id === "roles" && <Roles />}
         {page?.id === "access" && <Access mySession={props.me.session_id} admin={props.grants.canEverywhere("users:admin")} />}
         {page?.id === "audit" && <Audit />}
+        {page?.id === "security" && <Security me={props.me} onChanged={props.onAccountChanged} />}
         {!page && !benching && <p>Your account may not view anything here. Ask an administrator for a role.</p>}
       </main>
     </div>

@@ -14,6 +14,7 @@ pub mod enroll_tokens;
 pub mod events;
 pub mod fleet;
 pub mod hosts;
+pub mod mfa;
 pub(crate) mod pool;
 pub(crate) mod reader;
 pub mod remote_write;

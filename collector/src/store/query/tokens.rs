@@ -35,6 +35,8 @@ pub struct SessionRow {
     pub source: String,
     #[serde(skip)]
     pub hash: String,
+    /// When it passed a second factor (absent: signed in with a password alone).
+    pub mfa_ms: Option<i64>,
 }
 
 // ---- tokens ----
@@ -116,17 +118,19 @@ pub fn create_session(
     now_ms: i64,
     expires_ms: i64,
     source: &str,
+    mfa_ms: Option<i64>,
 ) -> Result<i64, StoreError> {
     Ok(c.prepare_cached(
-        "INSERT INTO sessions (user_id, hash, created_ms, last_seen_ms, expires_ms, source)
-         VALUES (?1, ?2, ?3, ?3, ?4, ?5) RETURNING id",
+        "INSERT INTO sessions (user_id, hash, created_ms, last_seen_ms, expires_ms, source, mfa_ms)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6) RETURNING id",
     )?
-    .query_row(params![user_id, hash, now_ms, expires_ms, source], |r| {
+    .query_row(params![user_id, hash, now_ms, expires_ms, source, mfa_ms], |r| {
         r.get(0)
     })?)
 }
 
-const SESSION_COLS: &str = "id, user_id, created_ms, last_seen_ms, expires_ms, source, hash";
+const SESSION_COLS: &str =
+    "id, user_id, created_ms, last_seen_ms, expires_ms, source, hash, mfa_ms";
 
 fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
     Ok(SessionRow {
@@ -137,6 +141,7 @@ fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
         expires_ms: r.get(4)?,
         source: r.get(5)?,
         hash: r.get(6)?,
+        mfa_ms: r.get(7)?,
     })
 }
 

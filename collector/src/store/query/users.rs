@@ -18,6 +18,8 @@ pub struct UserRow {
     pub locked_until_ms: i64,
     pub created_ms: i64,
     pub password_changed_ms: i64,
+    /// Signs in with a second factor (TOTP).
+    pub mfa_enabled: bool,
     pub bindings: Vec<BindingRow>,
 }
 
@@ -72,7 +74,8 @@ pub fn create_user(
     .query_row(params![username, hash, now_ms], |r| r.get(0))?)
 }
 
-const USER_COLS: &str = "id, username, disabled, locked_until_ms, created_ms, password_changed_ms";
+const USER_COLS: &str = "id, username, disabled, locked_until_ms, created_ms, password_changed_ms,
+     totp_enabled_ms IS NOT NULL";
 
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
@@ -82,6 +85,7 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
         locked_until_ms: r.get(3)?,
         created_ms: r.get(4)?,
         password_changed_ms: r.get(5)?,
+        mfa_enabled: r.get(6)?,
         bindings: Vec::new(),
     })
 }
@@ -189,6 +193,18 @@ pub fn set_password(
     now_ms: i64,
     keep_session: Option<i64>,
 ) -> Result<bool, StoreError> {
+    // The password being replaced joins the history (the newest 24 are kept: the most a
+    // policy may check).
+    c.prepare_cached(
+        "INSERT INTO password_history (user_id, password_hash, replaced_ms)
+         SELECT id, password_hash, ?2 FROM users WHERE id = ?1",
+    )?
+    .execute(params![user_id, now_ms])?;
+    c.prepare_cached(
+        "DELETE FROM password_history WHERE user_id = ?1 AND id NOT IN
+             (SELECT id FROM password_history WHERE user_id = ?1 ORDER BY id DESC LIMIT 24)",
+    )?
+    .execute([user_id])?;
     let n = c
         .prepare_cached(
             "UPDATE users SET password_hash = ?2, password_changed_ms = ?3, failed_logins = 0,
@@ -198,6 +214,23 @@ pub fn set_password(
     c.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND id IS NOT ?2")?
         .execute(params![user_id, keep_session])?;
     Ok(n > 0)
+}
+
+/// The hashes of the user's latest `n` passwords, the current one first.
+pub fn recent_password_hashes(
+    c: &Connection,
+    user_id: i64,
+    n: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT password_hash FROM (
+             SELECT password_hash, 1 AS k, 0 AS id FROM users WHERE id = ?1
+             UNION ALL
+             SELECT password_hash, 0, id FROM password_history WHERE user_id = ?1)
+         ORDER BY k DESC, id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![user_id, super::hosts::sql_limit(n)], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Disables (or re-enables) a user; disabling ends their sessions at once.
@@ -272,12 +305,23 @@ impl Store {
         now_ms: i64,
         expires_ms: i64,
         source: String,
+        mfa_ms: Option<i64>,
     ) -> Result<i64, StoreError> {
         self.exec(move |c| {
             login_succeeded(c, user_id)?;
-            super::tokens::create_session(c, user_id, &hash, now_ms, expires_ms, &source)
+            super::tokens::create_session(c, user_id, &hash, now_ms, expires_ms, &source, mfa_ms)
         })
         .await
+    }
+
+    /// The hashes of the user's latest `n` passwords, the current one first.
+    pub async fn recent_password_hashes(
+        &self,
+        user_id: i64,
+        n: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(move |c| recent_password_hashes(c, user_id, n))
+            .await
     }
 
     /// Sets a password, ending the user's sessions but `keep_session`; whether the user exists.
@@ -400,8 +444,8 @@ mod tests {
     fn auth_store_password_change_keeps_only_the_named_session() {
         let (_d, c) = db();
         let id = create_user(&c, "bob", "h1", 1).unwrap();
-        let keep = create_session(&c, id, "s1", 1, 100, "").unwrap();
-        let other = create_session(&c, id, "s2", 1, 100, "").unwrap();
+        let keep = create_session(&c, id, "s1", 1, 100, "", None).unwrap();
+        let other = create_session(&c, id, "s2", 1, 100, "", None).unwrap();
         assert!(set_password(&c, id, "h2", 5, Some(keep)).unwrap());
         assert!(session(&c, keep).unwrap().is_some());
         assert!(session(&c, other).unwrap().is_none());

@@ -1,0 +1,256 @@
+//! Second factors of local accounts: a user enrols TOTP for itself (`/me/mfa/totp`, then
+//! `/confirm` with a first code, which returns ten recovery codes once), login checks the
+//! factor ([`second_factor`]), and an admin resets a user's (`DELETE /users/{id}/mfa`).
+//! The secret is sealed with the collector's secrets key, bound to the user; codes are good
+//! once (the step is accepted by a single `UPDATE`); recovery codes are stored as SHA-256
+//! hashes of 60 random bits each.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::{Caller, ClientAddr};
+use super::error::{ApiError, ErrorBody};
+use super::users::load_user;
+use super::ApiState;
+use crate::auth::restriction::needs_mfa;
+use crate::auth::{credential, totp, Permission};
+use crate::notify::{Binding, Secret};
+use crate::now_ms;
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(enroll))
+        .routes(routes!(confirm))
+        .routes(routes!(reset))
+}
+
+/// What a user's sealed secret is bound to: it opens for that user only (a receiver name
+/// cannot hold ':', so no receiver's secret collides with it).
+fn owner(user_id: i64) -> String {
+    format!("user:{user_id}")
+}
+
+fn binding(owner: &str) -> Binding<'_> {
+    Binding {
+        receiver: owner,
+        field: "totp",
+        destination: "",
+    }
+}
+
+fn seal(state: &ApiState, user_id: i64, secret: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let text = Secret::new(totp::to_base32(secret));
+    state
+        .secret_key
+        .seal(binding(&owner(user_id)), &text)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn open(state: &ApiState, user_id: i64, sealed: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let text = state
+        .secret_key
+        .open(binding(&owner(user_id)), sealed)
+        .map_err(|e| ApiError::Internal(format!("second factor of user {user_id}: {e}")))?;
+    totp::from_base32(text.expose())
+        .ok_or_else(|| ApiError::Internal(format!("second factor of user {user_id} is damaged")))
+}
+
+fn now_s() -> u64 {
+    u64::try_from(now_ms() / 1000).unwrap_or(0)
+}
+
+/// Checks the second factor of `user_id` at login, after its password matched: `Ok(None)`
+/// when the account has none, `Ok(Some(now))` when `code` (a TOTP code, or a recovery code)
+/// passed, `SecondFactorRequired` when none was sent, `Unauthenticated` when it is wrong or
+/// already used. The attempt was counted toward the lockout before the password check, and
+/// only a full success resets that count, so guessing codes locks the account as guessing
+/// passwords does.
+pub(super) async fn second_factor(
+    state: &ApiState,
+    user_id: i64,
+    code: Option<&str>,
+) -> Result<Option<i64>, ApiError> {
+    let row = state.store.totp(user_id).await?.unwrap_or_default();
+    let (Some(sealed), Some(_)) = (row.secret, row.enabled_ms) else {
+        return Ok(None);
+    };
+    let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
+        return Err(ApiError::SecondFactorRequired);
+    };
+    if code.len() > 64 {
+        return Err(ApiError::Unauthenticated);
+    }
+    let now = now_ms();
+    let passed = if totp::looks_like_totp(code) {
+        let secret = open(state, user_id, &sealed)?;
+        match totp::matching_step(&secret, code, now_s()) {
+            Some(step) => state.store.accept_totp_step(user_id, step).await?,
+            None => false,
+        }
+    } else {
+        let hash = credential::hash(&totp::normalize_recovery(code));
+        state.store.use_recovery_code(user_id, hash, now).await?
+    };
+    if passed {
+        Ok(Some(now))
+    } else {
+        Err(ApiError::Unauthenticated)
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MfaStatus {
+    /// A second factor is active: login needs a code.
+    pub enabled: bool,
+    /// An enrollment waits for its first code.
+    pub pending: bool,
+    /// Recovery codes not used yet.
+    pub recovery_codes_left: i64,
+    /// The policy (`[auth] require_mfa`) requires one of this account.
+    pub required: bool,
+}
+
+fn own_user(caller: &Caller) -> Result<i64, ApiError> {
+    // API tokens without a user have no account to protect.
+    caller
+        .principal
+        .user_id
+        .filter(|_| caller.principal.session_id.is_some())
+        .ok_or_else(|| ApiError::Forbidden("a signed-in user (a login session)".into()))
+}
+
+/// The caller's second factor.
+#[utoipa::path(get, path = "/me/mfa", responses((status = 200, body = MfaStatus),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), tag = "sessions")]
+async fn status(State(state): State<ApiState>, caller: Caller) -> Result<Json<MfaStatus>, ApiError> {
+    let id = own_user(&caller)?;
+    let row = state.store.totp(id).await?.unwrap_or_default();
+    Ok(Json(MfaStatus {
+        enabled: row.enabled_ms.is_some(),
+        pending: row.pending.is_some(),
+        recovery_codes_left: row.recovery_left,
+        required: needs_mfa(state.settings.auth.require_mfa, &caller.principal.grants),
+    }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TotpEnrollment {
+    /// The secret in base32, to type into an app by hand.
+    pub secret: String,
+    /// `otpauth://totp/...`, what the QR code holds.
+    pub otpauth_uri: String,
+    /// The URI as a QR code (an SVG document).
+    pub qr_svg: String,
+}
+
+/// Starts enrolling TOTP: a new secret, shown once; it becomes active only when a code from
+/// it is confirmed. Refused while a factor is active (an admin resets it first).
+#[utoipa::path(post, path = "/me/mfa/totp", responses((status = 201, body = TotpEnrollment),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
+    tag = "sessions")]
+async fn enroll(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<(StatusCode, Json<TotpEnrollment>), ApiError> {
+    let id = own_user(&caller)?;
+    let user = load_user(&state, id).await?;
+    let row = state.store.totp(id).await?.unwrap_or_default();
+    if row.enabled_ms.is_some() {
+        return Err(ApiError::Conflict(
+            "a second factor is already active; an admin can reset it".into(),
+        ));
+    }
+    let secret = totp::new_secret().map_err(ApiError::Internal)?;
+    let e = totp::enrollment(&secret, &user.username).map_err(ApiError::Internal)?;
+    state.store.set_totp_pending(id, seal(&state, id, &secret)?).await?;
+    caller.note("TOTP enrollment started");
+    Ok((
+        StatusCode::CREATED,
+        Json(TotpEnrollment {
+            secret: e.secret_base32,
+            otpauth_uri: e.uri,
+            qr_svg: e.qr_svg,
+        }),
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpConfirm {
+    /// A current code from the authenticator app.
+    pub code: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RecoveryCodes {
+    /// Ten one-time codes for when the app is lost; shown only here.
+    pub recovery_codes: Vec<String>,
+}
+
+/// Activates the enrolled TOTP with a first code from it; answers the recovery codes. The
+/// calling session counts as having passed the factor.
+#[utoipa::path(post, path = "/me/mfa/totp/confirm", request_body = TotpConfirm,
+    responses((status = 200, body = RecoveryCodes), (status = 401, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+    (status = 429, body = ErrorBody)), tag = "sessions")]
+async fn confirm(
+    State(state): State<ApiState>,
+    caller: Caller,
+    addr: Option<Extension<ClientAddr>>,
+    Json(req): Json<TotpConfirm>,
+) -> Result<Json<RecoveryCodes>, ApiError> {
+    let id = own_user(&caller)?;
+    if let Some(Extension(a)) = addr {
+        // Guesses here are throttled like logins (one code space, 10^6).
+        if !state.limiter.allow(a.0.ip(), state.settings.login_per_minute) {
+            return Err(ApiError::TooManyRequests);
+        }
+    }
+    let row = state.store.totp(id).await?.unwrap_or_default();
+    let Some(sealed) = row.pending else {
+        return Err(ApiError::Conflict("no TOTP enrollment is waiting; start one".into()));
+    };
+    let secret = open(&state, id, &sealed)?;
+    let Some(step) = totp::matching_step(&secret, &req.code, now_s()) else {
+        caller.deny();
+        caller.note("TOTP confirmation code wrong");
+        return Err(ApiError::unprocessable("the code does not match; check the app's clock"));
+    };
+    let codes = totp::recovery_codes().map_err(ApiError::Internal)?;
+    let hashes = codes.iter().map(|c| credential::hash(c)).collect();
+    let confirmed = state
+        .store
+        .confirm_totp(id, sealed, step, hashes, caller.principal.session_id, now_ms())
+        .await?;
+    if !confirmed {
+        return Err(ApiError::Conflict("the enrollment changed meanwhile; start again".into()));
+    }
+    caller.note("TOTP second factor enabled");
+    Ok(Json(RecoveryCodes {
+        recovery_codes: codes,
+    }))
+}
+
+/// Removes a user's second factor and ends their sessions (a lost or stolen device). They
+/// enrol again after signing in (at once, when the policy requires one).
+#[utoipa::path(delete, path = "/users/{id}/mfa", params(("id" = i64, Path, description = "User id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    (status = 404, body = ErrorBody)), tag = "users")]
+async fn reset(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_global(Permission::UsersAdmin)?;
+    let user = load_user(&state, id).await?;
+    if !state.store.reset_mfa(id).await? {
+        return Err(ApiError::NotFound);
+    }
+    caller.note(format!("second factor of {} reset", user.username));
+    Ok(StatusCode::NO_CONTENT)
+}
