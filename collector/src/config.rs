@@ -546,6 +546,8 @@ fn api_settings(
         stream_heartbeat: a
             .stream_heartbeat
             .map_or(dflt.stream_heartbeat, |d| d.get()),
+        // Validated from `[auth]` by the caller.
+        auth: dflt.auth.clone(),
     };
     if api.stream_max_clients == 0 || api.stream_max_per_user == 0 {
         return Err(bad(

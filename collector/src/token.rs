@@ -62,7 +62,8 @@ pub fn write_admin_password(path: &Path, db: &Path) -> std::io::Result<AdminPass
         let candidate = credential::secret()?[..24].to_owned();
         if password::PasswordPolicy::default()
             .check(ADMIN_USER, &candidate)
-            .is_ok() {
+            .is_ok()
+        {
             break candidate;
         }
     };

@@ -70,6 +70,9 @@ enum Need {
     OtherUsers,
     /// Public data, no credential looked at: every caller gets the allowed answer.
     Open,
+    /// The caller's own account, through a login session only (its second factor): 403 for
+    /// an API token, even one of a user.
+    OwnSession,
 }
 
 /// `(method, path template as in the OpenAPI document, requirement, status when allowed)`.
@@ -85,6 +88,16 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
     ("GET", "/api/v1/me", Need::Authenticated, 200),
     ("GET", "/api/v1/sessions", Need::Authenticated, 200),
     ("DELETE", "/api/v1/sessions/{id}", Need::OtherUsers, 204),
+    // second factors; the enrollment row runs first, so the confirmation finds one waiting
+    ("GET", "/api/v1/me/mfa", Need::OwnSession, 200),
+    ("POST", "/api/v1/me/mfa/totp", Need::OwnSession, 201),
+    ("POST", "/api/v1/me/mfa/totp/confirm", Need::OwnSession, 422),
+    (
+        "DELETE",
+        "/api/v1/users/{id}/mfa",
+        Need::Global("users:admin"),
+        204,
+    ),
     // hosts
     ("GET", "/api/v1/hosts", Need::Perm("hosts:read"), 200),
     ("GET", "/api/v1/fleet", Need::Perm("hosts:read"), 200),
@@ -427,6 +440,11 @@ impl Who {
         }
     }
 
+    /// Whether the credential is a live login session.
+    fn session(self) -> bool {
+        matches!(self, Who::Viewer | Who::Operator | Who::Admin | Who::Scoped)
+    }
+
     /// Whether the credential authenticates at all.
     fn live(self) -> bool {
         !matches!(
@@ -475,6 +493,8 @@ fn expected(need: Need, ok: u16, who: Who) -> u16 {
         Need::HostCreate(_) | Need::Global(_) => 403,
         Need::OtherUsers if who.holds_everywhere("users:admin") => ok,
         Need::OtherUsers => 404,
+        Need::OwnSession if who.session() => ok,
+        Need::OwnSession => 403,
         Need::Open => ok,
     }
 }
@@ -642,6 +662,8 @@ impl Ctx {
                 r
             }
             ("GET", "/api/v1/me")
+            | ("GET", "/api/v1/me/mfa")
+            | ("POST", "/api/v1/me/mfa/totp")
             | ("GET", "/api/v1/sessions")
             | ("GET", "/api/v1/hosts")
             | ("GET", "/api/v1/fleet")
@@ -801,6 +823,14 @@ impl Ctx {
                 Req::at(format!("{api}/users/{id}/password"))
                     .body(json!({"password": "Another-fresh-pass-77"}))
             }
+            // Not digits: never a code, whatever the clock.
+            ("POST", "/api/v1/me/mfa/totp/confirm") => {
+                Req::at(template).body(json!({"code": "abcdef"}))
+            }
+            ("DELETE", "/api/v1/users/{id}/mfa") => {
+                let (id, _) = self.user(false, false);
+                Req::at(format!("{api}/users/{id}/mfa"))
+            }
             ("POST", "/api/v1/users/{id}/disable") => {
                 let (id, _) = self.user(false, true);
                 Req::at(format!("{api}/users/{id}/disable"))
@@ -874,7 +904,7 @@ fn session_in(db: &Path, user: i64, created_ms: i64, expires_ms: i64) -> (i64, S
     let secret = credential::secret().expect("secret");
     let hash = credential::hash(&secret);
     let id = db_write(db, |c| {
-        tokens::create_session(c, user, &hash, created_ms, expires_ms, "127.0.0.1")
+        tokens::create_session(c, user, &hash, created_ms, expires_ms, "127.0.0.1", None)
     });
     (id, credential::format(Kind::Session, id, &secret))
 }

@@ -273,8 +273,16 @@ fn console_in_chromium_two_factor_enrollment_and_sign_in() {
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows");
-    assert!(notes.iter().any(|d| d.contains("TOTP second factor enabled")), "{notes:?}");
-    assert!(notes.iter().any(|d| d.contains("second factor wrong")), "{notes:?}");
+    assert!(
+        notes
+            .iter()
+            .any(|d| d.contains("TOTP second factor enabled")),
+        "{notes:?}"
+    );
+    assert!(
+        notes.iter().any(|d| d.contains("second factor wrong")),
+        "{notes:?}"
+    );
 }
 
 #[test]

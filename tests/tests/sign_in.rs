@@ -59,16 +59,27 @@ fn enroll(s: &Api) -> (Vec<u8>, Vec<String>) {
     let e = s.send("POST", "/api/v1/me/mfa/totp", &json!({}));
     assert_eq!(e.status, 201, "{}", e.body);
     let v = e.json();
-    assert!(v["otpauth_uri"].as_str().unwrap().starts_with("otpauth://totp/mcpwatch:"));
+    assert!(v["otpauth_uri"]
+        .as_str()
+        .unwrap()
+        .starts_with("otpauth://totp/mcpwatch:"));
     assert!(v["qr_svg"].as_str().unwrap().starts_with("<svg"));
     let secret = totp::from_base32(v["secret"].as_str().unwrap()).unwrap();
     // A wrong first code activates nothing.
-    let wrong = s.send("POST", "/api/v1/me/mfa/totp/confirm", &json!({"code": "000000"}));
+    let wrong = s.send(
+        "POST",
+        "/api/v1/me/mfa/totp/confirm",
+        &json!({"code": "000000"}),
+    );
     if totp::code_at(&secret, now_s()).unwrap() != "000000" {
         assert_eq!(wrong.status, 422, "{}", wrong.body);
     }
     let code = totp::code_at(&secret, now_s()).unwrap();
-    let c = s.send("POST", "/api/v1/me/mfa/totp/confirm", &json!({"code": code}));
+    let c = s.send(
+        "POST",
+        "/api/v1/me/mfa/totp/confirm",
+        &json!({"code": code}),
+    );
     assert_eq!(c.status, 200, "{}", c.body);
     let codes: Vec<String> = c.json()["recovery_codes"]
         .as_array()
@@ -106,7 +117,11 @@ fn sign_in_password_policy_refuses_short_common_and_reused_passwords() {
     ] {
         let r = create("carol", pw);
         assert_eq!(r.status, 422, "{pw}: {}", r.body);
-        assert!(r.json()["error"]["message"].as_str().unwrap().contains(why), "{pw}: {}", r.body);
+        assert!(
+            r.json()["error"]["message"].as_str().unwrap().contains(why),
+            "{pw}: {}",
+            r.body
+        );
     }
     let pws = [
         "Tundra-kettle-fig-42",
@@ -165,7 +180,12 @@ fn sign_in_an_expired_password_must_be_changed_before_anything_else() {
     assert_eq!(me.status, 200);
     assert_eq!(me.json()["restriction"], "password_expired");
     let hosts = dave.get("/api/v1/hosts");
-    assert_eq!((hosts.status, hosts.code().as_str()), (403, "password_expired"), "{}", hosts.body);
+    assert_eq!(
+        (hosts.status, hosts.code().as_str()),
+        (403, "password_expired"),
+        "{}",
+        hosts.body
+    );
     let r = dave.send(
         "PUT",
         &format!("/api/v1/users/{id}/password"),
@@ -187,20 +207,37 @@ fn sign_in_totp_codes_and_recovery_codes_work_once_and_guesses_lock_the_account(
 
     // The admin must enrol before anything else; the enrolling session is then free.
     let root = session(&api, "root", ADMIN_PW, None);
-    assert_eq!(root.get("/api/v1/me").json()["restriction"], "mfa_enrollment_required");
+    assert_eq!(
+        root.get("/api/v1/me").json()["restriction"],
+        "mfa_enrollment_required"
+    );
     let users = root.get("/api/v1/users");
-    assert_eq!((users.status, users.code().as_str()), (403, "mfa_enrollment_required"));
+    assert_eq!(
+        (users.status, users.code().as_str()),
+        (403, "mfa_enrollment_required")
+    );
     let tokens = root.send("POST", "/api/v1/tokens", &json!({"name": "ci"}));
-    assert_eq!(tokens.status, 403, "no token from a session without its second factor");
+    assert_eq!(
+        tokens.status, 403,
+        "no token from a session without its second factor"
+    );
     let status = root.get("/api/v1/me/mfa").json();
-    assert_eq!((status["required"].as_bool(), status["enabled"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (status["required"].as_bool(), status["enabled"].as_bool()),
+        (Some(true), Some(false))
+    );
     let (root_secret, root_codes) = enroll(&root);
     assert_eq!(root.get("/api/v1/users").status, 200);
     assert_eq!(root.get("/api/v1/me/mfa").json()["recovery_codes_left"], 10);
 
     // Login now needs the code; each code (time step) works once.
     let r = login(&api, "root", ADMIN_PW, None);
-    assert_eq!((r.status, r.code().as_str()), (401, "mfa_required"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (401, "mfa_required"),
+        "{}",
+        r.body
+    );
     let next = totp::code_at(&root_secret, now_s() + 30).unwrap();
     let fresh = session(&api, "root", ADMIN_PW, Some(&next));
     assert!(fresh.get("/api/v1/me").json().get("restriction").is_none());
@@ -208,12 +245,19 @@ fn sign_in_totp_codes_and_recovery_codes_work_once_and_guesses_lock_the_account(
     assert_eq!(replay.status, 401, "a code is good once: {}", replay.body);
     let older = totp::code_at(&root_secret, now_s()).unwrap();
     if older != next {
-        assert_eq!(login(&api, "root", ADMIN_PW, Some(&older)).status, 401, "steps only move forward");
+        assert_eq!(
+            login(&api, "root", ADMIN_PW, Some(&older)).status,
+            401,
+            "steps only move forward"
+        );
     }
     // A recovery code, typed loosely, works once.
     let loose = root_codes[0].to_uppercase().replace('-', " ");
     assert_eq!(login(&api, "root", ADMIN_PW, Some(&loose)).status, 201);
-    assert_eq!(login(&api, "root", ADMIN_PW, Some(&root_codes[0])).status, 401);
+    assert_eq!(
+        login(&api, "root", ADMIN_PW, Some(&root_codes[0])).status,
+        401
+    );
     assert_eq!(fresh.get("/api/v1/me/mfa").json()["recovery_codes_left"], 9);
 
     // bob (a viewer: not required) enrols anyway; guessing his codes locks him out like
@@ -223,9 +267,18 @@ fn sign_in_totp_codes_and_recovery_codes_work_once_and_guesses_lock_the_account(
     let good = totp::code_at(&bob_secret, now_s()).unwrap();
     let bad = if good == "123456" { "654321" } else { "123456" };
     for i in 0..5 {
-        assert_eq!(login(&api, "bob", BOB_PW, Some(bad)).status, 401, "guess {i}");
+        assert_eq!(
+            login(&api, "bob", BOB_PW, Some(bad)).status,
+            401,
+            "guess {i}"
+        );
     }
-    let locked = login(&api, "bob", BOB_PW, Some(&totp::code_at(&bob_secret, now_s() + 30).unwrap()));
+    let locked = login(
+        &api,
+        "bob",
+        BOB_PW,
+        Some(&totp::code_at(&bob_secret, now_s() + 30).unwrap()),
+    );
     assert_eq!(locked.status, 401, "locked even with the right code");
 
     // The admin resets bob's factor: audited, his sessions end.
@@ -234,14 +287,23 @@ fn sign_in_totp_codes_and_recovery_codes_work_once_and_guesses_lock_the_account(
     assert_eq!(bob.get("/api/v1/me").status, 401);
     let rows = audit_actions(&fresh);
     assert!(
-        rows.iter().any(|r| r["action"].as_str().is_some_and(|a| a.ends_with("/users/{id}/mfa"))
+        rows.iter().any(|r| r["action"]
+            .as_str()
+            .is_some_and(|a| a.ends_with("/users/{id}/mfa"))
             && r["result"] == 204
-            && r["detail"].as_str().is_some_and(|d| d.contains("second factor of bob reset"))),
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("second factor of bob reset"))),
         "{rows:#?}"
     );
     assert!(
-        rows.iter().any(|r| r["detail"].as_str().is_some_and(|d| d.contains("second factor wrong"))),
+        rows.iter().any(|r| r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("second factor wrong"))),
         "wrong codes are audited"
     );
-    assert_eq!(fresh.get(&format!("/api/v1/users/{bob_id}")).json()["mfa_enabled"], false);
+    assert_eq!(
+        fresh.get(&format!("/api/v1/users/{bob_id}")).json()["mfa_enabled"],
+        false
+    );
 }

@@ -204,12 +204,28 @@ fn principal_of(b: Bearer, auth: &AuthSettings, now_ms: i64) -> Option<(Principa
     let (user_id, subset, token_id, session_id, name, last, session_mfa) = match b.credential {
         BearerRow::Token(t) => {
             let last = t.last_used_ms.unwrap_or(0);
-            (t.user_id, t.permissions, Some(t.id), None, t.name, last, None)
+            (
+                t.user_id,
+                t.permissions,
+                Some(t.id),
+                None,
+                t.name,
+                last,
+                None,
+            )
         }
         BearerRow::Session(s) => {
             let last = s.last_seen_ms;
             let mfa = Some(s.mfa_ms);
-            (Some(s.user_id), None, None, Some(s.id), String::new(), last, mfa)
+            (
+                Some(s.user_id),
+                None,
+                None,
+                Some(s.id),
+                String::new(),
+                last,
+                mfa,
+            )
         }
     };
     let mut account = None;

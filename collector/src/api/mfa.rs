@@ -127,7 +127,10 @@ fn own_user(caller: &Caller) -> Result<i64, ApiError> {
 /// The caller's second factor.
 #[utoipa::path(get, path = "/me/mfa", responses((status = 200, body = MfaStatus),
     (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), tag = "sessions")]
-async fn status(State(state): State<ApiState>, caller: Caller) -> Result<Json<MfaStatus>, ApiError> {
+async fn status(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<MfaStatus>, ApiError> {
     let id = own_user(&caller)?;
     let row = state.store.totp(id).await?.unwrap_or_default();
     Ok(Json(MfaStatus {
@@ -167,7 +170,10 @@ async fn enroll(
     }
     let secret = totp::new_secret().map_err(ApiError::Internal)?;
     let e = totp::enrollment(&secret, &user.username).map_err(ApiError::Internal)?;
-    state.store.set_totp_pending(id, seal(&state, id, &secret)?).await?;
+    state
+        .store
+        .set_totp_pending(id, seal(&state, id, &secret)?)
+        .await?;
     caller.note("TOTP enrollment started");
     Ok((
         StatusCode::CREATED,
@@ -207,28 +213,44 @@ async fn confirm(
     let id = own_user(&caller)?;
     if let Some(Extension(a)) = addr {
         // Guesses here are throttled like logins (one code space, 10^6).
-        if !state.limiter.allow(a.0.ip(), state.settings.login_per_minute) {
+        if !state
+            .limiter
+            .allow(a.0.ip(), state.settings.login_per_minute)
+        {
             return Err(ApiError::TooManyRequests);
         }
     }
     let row = state.store.totp(id).await?.unwrap_or_default();
     let Some(sealed) = row.pending else {
-        return Err(ApiError::Conflict("no TOTP enrollment is waiting; start one".into()));
+        return Err(ApiError::Conflict(
+            "no TOTP enrollment is waiting; start one".into(),
+        ));
     };
     let secret = open(&state, id, &sealed)?;
     let Some(step) = totp::matching_step(&secret, &req.code, now_s()) else {
         caller.deny();
         caller.note("TOTP confirmation code wrong");
-        return Err(ApiError::unprocessable("the code does not match; check the app's clock"));
+        return Err(ApiError::unprocessable(
+            "the code does not match; check the app's clock",
+        ));
     };
     let codes = totp::recovery_codes().map_err(ApiError::Internal)?;
     let hashes = codes.iter().map(|c| credential::hash(c)).collect();
     let confirmed = state
         .store
-        .confirm_totp(id, sealed, step, hashes, caller.principal.session_id, now_ms())
+        .confirm_totp(
+            id,
+            sealed,
+            step,
+            hashes,
+            caller.principal.session_id,
+            now_ms(),
+        )
         .await?;
     if !confirmed {
-        return Err(ApiError::Conflict("the enrollment changed meanwhile; start again".into()));
+        return Err(ApiError::Conflict(
+            "the enrollment changed meanwhile; start again".into(),
+        ));
     }
     caller.note("TOTP second factor enabled");
     Ok(Json(RecoveryCodes {

@@ -195,7 +195,10 @@ async fn change_password(
         }
     }
     if policy.history > 0 {
-        let recent = state.store.recent_password_hashes(id, policy.history).await?;
+        let recent = state
+            .store
+            .recent_password_hashes(id, policy.history)
+            .await?;
         if reused(req.password.clone(), recent).await? {
             return Err(ApiError::Unprocessable(format!(
                 "password must differ from the last {} passwords of this account",

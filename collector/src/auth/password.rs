@@ -154,12 +154,22 @@ mod tests {
 
     #[test]
     fn auth_password_common_ones_are_refused_with_digits_and_case_around_them() {
-        for weak in ["qwerty123456", "1qaz2wsx3edc", "Password2024!", "!!Dragon123456", "iloveyou12345"] {
+        for weak in [
+            "qwerty123456",
+            "1qaz2wsx3edc",
+            "Password2024!",
+            "!!Dragon123456",
+            "iloveyou12345",
+        ] {
             assert!(is_common(weak), "{weak}");
             let err = PasswordPolicy::default().check("alice", weak).unwrap_err();
             assert!(err.contains("most common"), "{weak}: {err}");
         }
-        for fine in ["correct horse battery", "tundra-kettle-fig-42", "Monkey business tree"] {
+        for fine in [
+            "correct horse battery",
+            "tundra-kettle-fig-42",
+            "Monkey business tree",
+        ] {
             assert!(!is_common(fine), "{fine}");
         }
         let lenient = PasswordPolicy {

@@ -69,7 +69,10 @@ impl Restriction {
                 Restriction::MfaEnrollment => {
                     (method == Method::GET && path == "/api/v1/me/mfa")
                         || (method == Method::POST
-                            && matches!(path, "/api/v1/me/mfa/totp" | "/api/v1/me/mfa/totp/confirm"))
+                            && matches!(
+                                path,
+                                "/api/v1/me/mfa/totp" | "/api/v1/me/mfa/totp/confirm"
+                            ))
                 }
             }
     }
@@ -80,7 +83,9 @@ pub fn needs_mfa(requirement: MfaRequirement, grants: &[Grant]) -> bool {
     match requirement {
         MfaRequirement::None => false,
         MfaRequirement::All => true,
-        MfaRequirement::Admins => grants.iter().any(|g| g.permission == Permission::UsersAdmin),
+        MfaRequirement::Admins => grants
+            .iter()
+            .any(|g| g.permission == Permission::UsersAdmin),
     }
 }
 
@@ -117,7 +122,10 @@ mod tests {
             Some(Restriction::MfaEnrollment)
         );
         assert_eq!(Restriction::of(&settings, &account(&viewer, None), 1), None);
-        assert_eq!(Restriction::of(&settings, &account(&admin, Some(1)), 1), None);
+        assert_eq!(
+            Restriction::of(&settings, &account(&admin, Some(1)), 1),
+            None
+        );
         settings.password.max_age_ms = Some(1_000);
         assert_eq!(
             Restriction::of(&settings, &account(&viewer, None), 1_000),

@@ -174,7 +174,11 @@ mod tests {
         let secret = new_secret().unwrap();
         assert_eq!(secret.len(), 20);
         let e = enrollment(&secret, "alice").unwrap();
-        assert!(e.uri.starts_with("otpauth://totp/mcpwatch:alice?"), "{}", e.uri);
+        assert!(
+            e.uri.starts_with("otpauth://totp/mcpwatch:alice?"),
+            "{}",
+            e.uri
+        );
         assert!(e.uri.contains(&format!("secret={}", e.secret_base32)));
         assert!(e.qr_svg.starts_with("<svg") && e.qr_svg.contains("<path d=\"M"));
         assert_eq!(e.secret_base32.len(), 32);

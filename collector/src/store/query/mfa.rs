@@ -208,7 +208,10 @@ mod tests {
         assert!(confirm(&c, id, &[1, 2], 5, &codes, None, 10).unwrap());
         let row = totp(&c, id).unwrap().unwrap();
         assert_eq!(row.secret.as_deref(), Some(&[1u8, 2][..]));
-        assert_eq!((row.pending, row.enabled_ms, row.last_step), (None, Some(10), 5));
+        assert_eq!(
+            (row.pending, row.enabled_ms, row.last_step),
+            (None, Some(10), 5)
+        );
         assert_eq!(row.recovery_left, 2);
         // The confirming step and earlier ones are spent; a later one passes once.
         assert!(!accept_step(&c, id, 5).unwrap());

@@ -124,9 +124,10 @@ pub fn create_session(
         "INSERT INTO sessions (user_id, hash, created_ms, last_seen_ms, expires_ms, source, mfa_ms)
          VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6) RETURNING id",
     )?
-    .query_row(params![user_id, hash, now_ms, expires_ms, source, mfa_ms], |r| {
-        r.get(0)
-    })?)
+    .query_row(
+        params![user_id, hash, now_ms, expires_ms, source, mfa_ms],
+        |r| r.get(0),
+    )?)
 }
 
 const SESSION_COLS: &str =
