@@ -23,10 +23,10 @@ use crate::now_ms;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
-        .routes(routes!(status))
-        .routes(routes!(enroll))
-        .routes(routes!(confirm))
-        .routes(routes!(reset))
+        .routes(routes!(mfa_status))
+        .routes(routes!(totp_enroll))
+        .routes(routes!(totp_confirm))
+        .routes(routes!(mfa_reset))
 }
 
 /// What a user's sealed secret is bound to: it opens for that user only (a receiver name
@@ -127,7 +127,7 @@ fn own_user(caller: &Caller) -> Result<i64, ApiError> {
 /// The caller's second factor.
 #[utoipa::path(get, path = "/me/mfa", responses((status = 200, body = MfaStatus),
     (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), tag = "sessions")]
-async fn status(
+async fn mfa_status(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Json<MfaStatus>, ApiError> {
@@ -156,7 +156,7 @@ pub struct TotpEnrollment {
 #[utoipa::path(post, path = "/me/mfa/totp", responses((status = 201, body = TotpEnrollment),
     (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
     tag = "sessions")]
-async fn enroll(
+async fn totp_enroll(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<(StatusCode, Json<TotpEnrollment>), ApiError> {
@@ -204,7 +204,7 @@ pub struct RecoveryCodes {
     responses((status = 200, body = RecoveryCodes), (status = 401, body = ErrorBody),
     (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
     (status = 429, body = ErrorBody)), tag = "sessions")]
-async fn confirm(
+async fn totp_confirm(
     State(state): State<ApiState>,
     caller: Caller,
     addr: Option<Extension<ClientAddr>>,
@@ -263,7 +263,7 @@ async fn confirm(
 #[utoipa::path(delete, path = "/users/{id}/mfa", params(("id" = i64, Path, description = "User id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     (status = 404, body = ErrorBody)), tag = "users")]
-async fn reset(
+async fn mfa_reset(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<i64>,
