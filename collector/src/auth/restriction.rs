@@ -5,7 +5,6 @@
 
 use axum::http::Method;
 
-use super::password::PasswordPolicy;
 use super::settings::{AuthSettings, MfaRequirement};
 use super::{Grant, Permission};
 
@@ -52,7 +51,10 @@ impl Restriction {
         if needs_mfa(settings.require_mfa, account.grants) && account.session_mfa_ms.is_none() {
             return Some(Restriction::MfaEnrollment);
         }
-        expired(&settings.password, account, now_ms).then_some(Restriction::PasswordExpired)
+        settings
+            .password
+            .expired(account.password_changed_ms, now_ms)
+            .then_some(Restriction::PasswordExpired)
     }
 
     /// Whether a restricted session may still make this request: see who it is, sign out,
@@ -87,10 +89,6 @@ pub fn needs_mfa(requirement: MfaRequirement, grants: &[Grant]) -> bool {
             .iter()
             .any(|g| g.permission == Permission::UsersAdmin),
     }
-}
-
-fn expired(policy: &PasswordPolicy, account: &Account<'_>, now_ms: i64) -> bool {
-    policy.expired(account.password_changed_ms, now_ms)
 }
 
 #[cfg(test)]
