@@ -144,9 +144,9 @@ fn same_value(a: f64, b: f64, rel: f64) -> bool {
     a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= rel * a.abs().max(b.abs())
 }
 
-/// Compares two dumps: timestamps exactly, values within `rel` (0: exactly; NaN equals
-/// NaN); the first differences in the message.
-fn assert_same(what: &str, got: &Dump, want: &Dump, rel: f64) {
+/// The differences between two dumps: timestamps exactly, values within `rel` (0: exactly;
+/// NaN equals NaN).
+fn problems(got: &Dump, want: &Dump, rel: f64) -> Vec<String> {
     let mut problems = Vec::new();
     for (labels, w) in want {
         match got.get(labels) {
@@ -168,6 +168,12 @@ fn assert_same(what: &str, got: &Dump, want: &Dump, rel: f64) {
     for labels in got.keys().filter(|l| !want.contains_key(*l)) {
         problems.push(format!("unexpected series {labels:?}"));
     }
+    problems
+}
+
+/// Asserts two dumps are the same; the first differences in the message.
+fn assert_same(what: &str, got: &Dump, want: &Dump, rel: f64) {
+    let problems = problems(got, want, rel);
     let total: usize = want.values().map(Vec::len).sum();
     assert!(
         problems.is_empty(),
@@ -184,9 +190,9 @@ fn assert_same(what: &str, got: &Dump, want: &Dump, rel: f64) {
     println!("{what}: {} series, {total} samples, identical", want.len());
 }
 
-/// Polls the receiver until it holds exactly `want` (it may make fresh data searchable a
-/// moment after accepting it).
-fn wait_same(what: &str, tsdb: &Tsdb, regex: &str, want: &Dump, rel: f64) {
+/// Polls the receiver until it holds as many samples per series as `want` (it may make
+/// fresh data searchable a moment after accepting it), or 30 s pass; what it holds then.
+fn settle(tsdb: &Tsdb, regex: &str, want: &Dump) -> Dump {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let got = tsdb.dump(regex);
@@ -195,11 +201,78 @@ fn wait_same(what: &str, tsdb: &Tsdb, regex: &str, want: &Dump, rel: f64) {
                 .iter()
                 .all(|(l, w)| got.get(l).is_some_and(|g| g.len() == w.len()));
         if complete || std::time::Instant::now() > deadline {
-            assert_same(what, &got, want, rel);
-            return;
+            return got;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Waits until the receiver holds exactly `want`.
+fn wait_same(what: &str, tsdb: &Tsdb, regex: &str, want: &Dump, rel: f64) {
+    assert_same(what, &settle(tsdb, regex, want), want, rel);
+}
+
+/// For a failed comparison: one differing series' timestamps on each side only, how often
+/// the proxy passed each, and the stored raw rows around them.
+fn explain(got: &Dump, want: &Dump, proxy: &Proxy, db: &Path) -> String {
+    let Some((labels, w)) = want.iter().find(|(l, w)| {
+        got.get(*l)
+            .map(|g| g.iter().map(|s| s.0).ne(w.iter().map(|s| s.0)))
+            != Some(false)
+    }) else {
+        return String::new();
+    };
+    let g = got.get(labels).cloned().unwrap_or_default();
+    let got_ts: HashSet<i64> = g.iter().map(|s| s.0).collect();
+    let want_ts: HashSet<i64> = w.iter().map(|s| s.0).collect();
+    let mut only_got: Vec<i64> = got_ts.difference(&want_ts).copied().collect();
+    let mut only_want: Vec<i64> = want_ts.difference(&got_ts).copied().collect();
+    only_got.sort_unstable();
+    only_want.sort_unstable();
+    let mut sent: BTreeMap<i64, usize> = BTreeMap::new();
+    for (l, samples) in proxy.accepted().into_iter().flatten() {
+        if &l == labels {
+            for (ts, _) in samples {
+                *sent.entry(ts).or_default() += 1;
+            }
+        }
+    }
+    let passed = |ts: &[i64]| {
+        ts.iter()
+            .map(|t| format!("{t}x{}", sent.get(t).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let rows =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| {
+                let mut st = c.prepare(
+                    "SELECT id, host_id, seq, ts_min, ts_max, n, committed_ms FROM raw ORDER BY id",
+                )?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok(format!(
+                            "{}:h{}:s{}:{}..{}:n{}:c{}",
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, i64>(5)?,
+                            r.get::<_, i64>(6)?
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows.join(" "))
+            })
+            .unwrap_or_else(|e| format!("raw rows unreadable: {e}"));
+    format!(
+        "\n{labels:?}: only at the receiver [{}]; only in the database [{}]; \
+         proxy passed {} distinct timestamps; raw rows {rows}",
+        passed(&only_got),
+        passed(&only_want),
+        sent.len()
+    )
 }
 
 fn collector_metric(c: &CollectorProc, name: &str) -> f64 {
@@ -426,7 +499,9 @@ fn remote_write_collector_kill9_ten_times_loses_nothing_and_resends_at_most_a_ba
         "victoriametrics after 10 crashes (start cursor {from}, raw ids {first_raw:?}..={})",
         newest_raw(&collector.db)
     );
-    wait_same(&what, &vm, ".+", &want, VM_PRECISION);
+    let got = settle(&vm, ".+", &want);
+    let why = explain(&got, &want, &proxy, &collector.db);
+    assert_same(&format!("{what}{why}"), &got, &want, VM_PRECISION);
     let mut seen: HashSet<(BTreeMap<String, String>, i64)> = HashSet::new();
     let mut resent = 0usize;
     for (labels, samples) in proxy.accepted().into_iter().flatten() {
