@@ -13,9 +13,9 @@ use mcpwatch_collector::auth::password::{self, PasswordPolicy};
 use mcpwatch_collector::auth::{permission_names, Permission, Scope};
 use mcpwatch_collector::config::{CollectorConfig, DEFAULT_PATH};
 use mcpwatch_collector::now_ms;
-use mcpwatch_collector::store::admin::with_db;
+use mcpwatch_collector::store::admin::{audit_cli, with_db};
 use mcpwatch_collector::store::audit_chain::{self, Verdict};
-use mcpwatch_collector::store::query::{audit, mfa, roles, tokens, users};
+use mcpwatch_collector::store::query::{mfa, roles, tokens, users};
 use mcpwatch_collector::store::StoreError;
 use mcpwatch_common::config::{ConfigError, Duration, EXIT_CONFIG};
 
@@ -343,7 +343,10 @@ fn run_user(cmd: UserCmd) -> Result<(), Failure> {
             let h = hash(&password.read(&name, &policy)?)?;
             with_db(&db, |c| {
                 let id = users::existing_user_id(c, &name)?;
-                users::set_password(c, id, &h, now, None)
+                users::set_password(c, id, &h, now, None)?;
+                let object = format!("/api/v1/users/{id}/password");
+                let detail = format!("password of {name} changed");
+                audit_cli(c, now, "PUT /api/v1/users/{id}/password", object, detail)
             })?;
             println!("password of {name} changed; its sessions ended");
         }
@@ -363,20 +366,16 @@ fn run_user(cmd: UserCmd) -> Result<(), Failure> {
             with_db(&db, |c| {
                 let id = users::existing_user_id(c, &name)?;
                 mfa::reset(c, id)?;
-                audit::insert_audit(
+                let (action, object) = (
+                    "DELETE /api/v1/users/{id}/mfa",
+                    format!("/api/v1/users/{id}/mfa"),
+                );
+                audit_cli(
                     c,
-                    &audit::AuditEntry {
-                        at_ms: now,
-                        actor: "cli".to_owned(),
-                        token_id: None,
-                        session_id: None,
-                        source: "cli".to_owned(),
-                        action: "user.mfa_reset".to_owned(),
-                        object: format!("user:{name}"),
-                        result: 200,
-                        detail: format!("second factor of {name} reset"),
-                        request_id: None,
-                    },
+                    now,
+                    action,
+                    object,
+                    format!("second factor of {name} reset"),
                 )
             })?;
             println!("second factor of {name} removed; its sessions ended");

@@ -30,6 +30,15 @@ pub enum CollectorError {
     Receiver(#[from] NotifyConfigError),
     #[error("{0}")]
     SecretKey(#[from] crate::notify::SecretKeyError),
+    #[error(
+        "secrets key {path}: it does not open the second factor of user {username}, so it is \
+         not the key the database's secrets were sealed with; restore that key file from your \
+         backup, or remove the factors with `mcpwatch-collector user mfa-reset NAME`"
+    )]
+    WrongSecretKey {
+        path: std::path::PathBuf,
+        username: String,
+    },
     #[error("api tls: {0}")]
     ApiTls(String),
     #[error("bind {what} listener {addr}: {source}")]
@@ -156,13 +165,19 @@ fn open_alerting(
         .collect::<Result<Vec<_>, _>>()?;
     let stored = crate::alerting::stored_receivers::load(&config.db_path)?;
     // Sealed with the same key: a missing key file is then an error, not a fresh key.
-    let sealed_exist = stored.iter().any(|s| !s.secrets.is_empty())
-        || crate::store::query::mfa::any_sealed_in(&config.db_path)?;
+    let factor = crate::store::query::mfa::any_sealed_in(&config.db_path)?;
+    let sealed_exist = stored.iter().any(|s| !s.secrets.is_empty()) || factor.is_some();
+    let key = SecretKey::load_or_create(&config.secret_key_path(), !sealed_exist)?;
+    if let Some((id, username, sealed)) = factor {
+        if !crate::api::mfa::key_opens(&key, id, &sealed) {
+            return Err(CollectorError::WrongSecretKey {
+                path: config.secret_key_path(),
+                username,
+            });
+        }
+    }
     let api_secrets = ApiSecrets {
-        key: Arc::new(SecretKey::load_or_create(
-            &config.secret_key_path(),
-            !sealed_exist,
-        )?),
+        key: Arc::new(key),
         destinations: config.alerting.api_destinations.clone(),
     };
     let skipped = load_api_receivers(stored, &api_secrets, &mut receivers);

@@ -38,7 +38,7 @@ export async function launch() {
 // Answers the page asks for and gets refused on purpose (the sign-in probe, a viewer's
 // forced request) are logged by Chromium as "Failed to load resource"; anything else the
 // console logs as an error fails the test.
-const EXPECTED = /^Failed to load resource: the server responded with a status of 40[134]/;
+const EXPECTED = /^Failed to load resource: the server responded with a status of (40[134]|422)/;
 
 /** Collects what must never happen on a page. */
 export function watch(page) {

@@ -44,6 +44,11 @@ test("an admin without a second factor enrols one before anything else, then sig
   // Held: no navigation, no fleet, no password form; only the way out.
   assert.equal(await page.getByRole("navigation", { name: "Main" }).count(), 0);
   assert.equal(await page.getByLabel("Current password").count(), 0);
+  // Enrolling asks for the password again: a session alone cannot bind a factor.
+  await page.getByLabel("Your password").fill("not-the-password");
+  await page.getByRole("button", { name: "Set up an authenticator app" }).click();
+  await page.getByText("current_password is wrong").waitFor();
+  await page.getByLabel("Your password").fill(process.env.ADMIN_PASSWORD);
   await page.getByRole("button", { name: "Set up an authenticator app" }).click();
   const qr = page.getByRole("img", { name: "QR code of the authenticator secret" });
   await qr.waitFor();
@@ -56,7 +61,7 @@ test("an admin without a second factor enrols one before anything else, then sig
   await page.getByText("Two-factor sign-in is on.").waitFor();
   const codes = await page.locator("ul.codes code").allTextContents();
   assert.equal(codes.length, 10);
-  for (const c of codes) assert.match(c, /^[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}$/);
+  for (const c of codes) assert.match(c, /^[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}$/);
   await accessibility(page);
   await look(page, "mfa-recovery-codes", assert);
   await page.getByRole("button", { name: "I have saved them" }).click();

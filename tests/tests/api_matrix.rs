@@ -663,7 +663,6 @@ impl Ctx {
             }
             ("GET", "/api/v1/me")
             | ("GET", "/api/v1/me/mfa")
-            | ("POST", "/api/v1/me/mfa/totp")
             | ("GET", "/api/v1/sessions")
             | ("GET", "/api/v1/hosts")
             | ("GET", "/api/v1/fleet")
@@ -822,6 +821,9 @@ impl Ctx {
                 let (id, _) = self.user(false, false);
                 Req::at(format!("{api}/users/{id}/password"))
                     .body(json!({"password": "Another-fresh-pass-77"}))
+            }
+            ("POST", "/api/v1/me/mfa/totp") => {
+                Req::at(template).body(json!({"current_password": PASSWORD}))
             }
             // Not digits: never a code, whatever the clock.
             ("POST", "/api/v1/me/mfa/totp/confirm") => {

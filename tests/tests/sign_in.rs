@@ -54,9 +54,21 @@ fn now_s() -> u64 {
     (mcpwatch_collector::now_ms() / 1000) as u64
 }
 
-/// Enrolls TOTP for the session's user: the secret, and the recovery codes.
-fn enroll(s: &Api) -> (Vec<u8>, Vec<String>) {
-    let e = s.send("POST", "/api/v1/me/mfa/totp", &json!({}));
+/// Enrolls TOTP for the session's user (whose password is `pw`): the secret, and the
+/// recovery codes.
+fn enroll(s: &Api, pw: &str) -> (Vec<u8>, Vec<String>) {
+    let start = |pw: &str| {
+        s.send(
+            "POST",
+            "/api/v1/me/mfa/totp",
+            &json!({"current_password": pw}),
+        )
+    };
+    // A session alone (a stolen cookie) cannot bind a factor.
+    let e = start("not-the-password-1");
+    assert_eq!(e.status, 422, "{}", e.body);
+    assert!(e.body.contains("current_password is wrong"), "{}", e.body);
+    let e = start(pw);
     assert_eq!(e.status, 201, "{}", e.body);
     let v = e.json();
     assert!(v["otpauth_uri"]
@@ -151,13 +163,31 @@ fn sign_in_password_policy_refuses_short_common_and_reused_passwords() {
     assert_eq!(change(pws[2], pws[3]).status, 204);
     // Four changes back, the first one is usable again.
     assert_eq!(change(pws[3], pws[0]).status, 204);
-    // An admin's reset follows the same policy.
-    let r = admin.send(
-        "PUT",
-        &format!("/api/v1/users/{id}/password"),
-        &json!({"password": pws[3]}),
-    );
+    // An admin's reset follows the same policy, but is not compared with the user's old
+    // passwords: the answer would tell the admin what they were.
+    let reset = |pw: &str| {
+        admin.send(
+            "PUT",
+            &format!("/api/v1/users/{id}/password"),
+            &json!({"password": pw}),
+        )
+    };
+    let r = reset("Short-pw-12");
     assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(reset(pws[3]).status, 204);
+    // An admin changing its own password gives the current one like anyone.
+    let root_id = add_user(&c.db, "root", ADMIN_PW, "admin");
+    let root = session(&admin, "root", ADMIN_PW, None);
+    let own = |body: Value| root.send("PUT", &format!("/api/v1/users/{root_id}/password"), &body);
+    let r = own(json!({"password": "Glacier-lantern-oak-7"}));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("current_password is required"),
+        "{}",
+        r.body
+    );
+    let r = own(json!({"password": "Glacier-lantern-oak-7", "current_password": ADMIN_PW}));
+    assert_eq!(r.status, 204, "{}", r.body);
 }
 
 #[test]
@@ -226,20 +256,31 @@ fn sign_in_totp_codes_and_recovery_codes_work_once_and_guesses_lock_the_account(
         (status["required"].as_bool(), status["enabled"].as_bool()),
         (Some(true), Some(false))
     );
-    let (root_secret, root_codes) = enroll(&root);
+    let (root_secret, root_codes) = enroll(&root, ADMIN_PW);
     assert_eq!(root.get("/api/v1/users").status, 200);
     assert_eq!(root.get("/api/v1/me/mfa").json()["recovery_codes_left"], 10);
-
-    // Login now needs the code; each code (time step) works once.
-    let r = login(&api, "root", ADMIN_PW, None);
-    assert_eq!(
-        (r.status, r.code().as_str()),
-        (401, "mfa_required"),
-        "{}",
-        r.body
+    let again = root.send(
+        "POST",
+        "/api/v1/me/mfa/totp",
+        &json!({"current_password": ADMIN_PW}),
     );
+    assert_eq!(again.status, 409, "one factor at a time: {}", again.body);
+
+    // Login now needs the code; the password alone (the console's first step) is answered
+    // `mfa_required` and counts as no failure, however often.
+    for _ in 0..7 {
+        let r = login(&api, "root", ADMIN_PW, None);
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (401, "mfa_required"),
+            "{}",
+            r.body
+        );
+    }
+    // Each code (time step) works once; typed as apps show it ("123 456").
     let next = totp::code_at(&root_secret, now_s() + 30).unwrap();
-    let fresh = session(&api, "root", ADMIN_PW, Some(&next));
+    let spaced = format!("{} {}", &next[..3], &next[3..]);
+    let fresh = session(&api, "root", ADMIN_PW, Some(&spaced));
     assert!(fresh.get("/api/v1/me").json().get("restriction").is_none());
     let replay = login(&api, "root", ADMIN_PW, Some(&next));
     assert_eq!(replay.status, 401, "a code is good once: {}", replay.body);
@@ -260,10 +301,28 @@ fn sign_in_totp_codes_and_recovery_codes_work_once_and_guesses_lock_the_account(
     );
     assert_eq!(fresh.get("/api/v1/me/mfa").json()["recovery_codes_left"], 9);
 
-    // bob (a viewer: not required) enrols anyway; guessing his codes locks him out like
-    // guessing his password.
+    // An admin cannot strip its own factor through the API (a stolen session would).
+    let root_id = fresh.get("/api/v1/me").json()["user_id"].as_i64().unwrap();
+    let own = fresh.send(
+        "DELETE",
+        &format!("/api/v1/users/{root_id}/mfa"),
+        &json!({}),
+    );
+    assert_eq!(own.status, 422, "{}", own.body);
+    assert!(own.body.contains("user mfa-reset"), "{}", own.body);
+
+    // bob (a viewer: not required) enrols anyway, which ends his other sessions; guessing
+    // his codes locks him out like guessing his password, though each guess came with the
+    // right password.
+    let bob_elsewhere = session(&api, "bob", BOB_PW, None);
     let bob = session(&api, "bob", BOB_PW, None);
-    let (bob_secret, _) = enroll(&bob);
+    let (bob_secret, _) = enroll(&bob, BOB_PW);
+    assert_eq!(
+        bob_elsewhere.get("/api/v1/me").status,
+        401,
+        "other session ended"
+    );
+    assert_eq!(bob.get("/api/v1/me").status, 200, "the enrolling one stays");
     let good = totp::code_at(&bob_secret, now_s()).unwrap();
     let bad = if good == "123456" { "654321" } else { "123456" };
     for i in 0..5 {

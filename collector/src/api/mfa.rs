@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 
 use super::auth::{Caller, ClientAddr};
 use super::error::{ApiError, ErrorBody};
+use super::login::verify_guarded;
 use super::users::load_user;
 use super::ApiState;
 use crate::auth::restriction::needs_mfa;
@@ -60,6 +61,12 @@ fn open(state: &ApiState, user_id: i64, sealed: &[u8]) -> Result<Vec<u8>, ApiErr
         .ok_or_else(|| ApiError::Internal(format!("second factor of user {user_id} is damaged")))
 }
 
+/// Whether `key` opens `sealed`, the secret of `user_id` (checked at start-up: a wrong key
+/// file would otherwise fail every sign-in of accounts with a factor).
+pub fn key_opens(key: &crate::notify::SecretKey, user_id: i64, sealed: &[u8]) -> bool {
+    key.open(binding(&owner(user_id)), sealed).is_ok()
+}
+
 fn now_s() -> u64 {
     u64::try_from(now_ms() / 1000).unwrap_or(0)
 }
@@ -67,9 +74,10 @@ fn now_s() -> u64 {
 /// Checks the second factor of `user_id` at login, after its password matched: `Ok(None)`
 /// when the account has none, `Ok(Some(now))` when `code` (a TOTP code, or a recovery code)
 /// passed, `SecondFactorRequired` when none was sent, `Unauthenticated` when it is wrong or
-/// already used. The attempt was counted toward the lockout before the password check, and
-/// only a full success resets that count, so guessing codes locks the account as guessing
-/// passwords does.
+/// already used, or the account is locked. Codes have their own failure count, counted
+/// before the check (parallel guesses cannot slip past it) and cleared only by a full
+/// sign-in, so guessing codes locks the account as guessing passwords does, while the
+/// console's first step (the password alone, answered `mfa_required`) counts as nothing.
 pub(super) async fn second_factor(
     state: &ApiState,
     user_id: i64,
@@ -79,13 +87,23 @@ pub(super) async fn second_factor(
     let (Some(sealed), Some(_)) = (row.secret, row.enabled_ms) else {
         return Ok(None);
     };
+    let s = &state.settings;
+    state
+        .store
+        .password_verified(user_id, s.lockout_after)
+        .await?;
     let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
         return Err(ApiError::SecondFactorRequired);
     };
-    if code.len() > 64 {
+    let now = now_ms();
+    if !state
+        .store
+        .reserve_second_factor(user_id, now, s.lockout_after, s.lockout_ms)
+        .await?
+        || code.len() > 64
+    {
         return Err(ApiError::Unauthenticated);
     }
-    let now = now_ms();
     let passed = if totp::looks_like_totp(code) {
         let secret = open(state, user_id, &sealed)?;
         match totp::matching_step(&secret, code, now_s()) {
@@ -151,29 +169,67 @@ pub struct TotpEnrollment {
     pub qr_svg: String,
 }
 
-/// Starts enrolling TOTP: a new secret, shown once; it becomes active only when a code from
-/// it is confirmed. Refused while a factor is active (an admin resets it first).
-#[utoipa::path(post, path = "/me/mfa/totp", responses((status = 201, body = TotpEnrollment),
-    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpStart {
+    /// The account's password: a session alone (a stolen cookie) cannot bind a factor the
+    /// thief controls.
+    pub current_password: String,
+}
+
+/// Never printed with its password.
+impl std::fmt::Debug for TotpStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpStart(<password>)")
+    }
+}
+
+const ACTIVE: &str = "a second factor is already active; an admin can reset it";
+
+/// Starts enrolling TOTP, with the account's password: a new secret, shown once; it becomes
+/// active only when a code from it is confirmed. Refused while a factor is active (an admin
+/// resets it first). The password is checked, throttled and counted as at login.
+#[utoipa::path(post, path = "/me/mfa/totp", request_body = TotpStart,
+    responses((status = 201, body = TotpEnrollment),
+    (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+    (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
     tag = "sessions")]
 async fn totp_enroll(
     State(state): State<ApiState>,
     caller: Caller,
+    addr: Option<Extension<ClientAddr>>,
+    Json(req): Json<TotpStart>,
 ) -> Result<(StatusCode, Json<TotpEnrollment>), ApiError> {
     let id = own_user(&caller)?;
     let user = load_user(&state, id).await?;
     let row = state.store.totp(id).await?.unwrap_or_default();
     if row.enabled_ms.is_some() {
-        return Err(ApiError::Conflict(
-            "a second factor is already active; an admin can reset it".into(),
-        ));
+        return Err(ApiError::Conflict(ACTIVE.into()));
     }
-    let secret = totp::new_secret().map_err(ApiError::Internal)?;
-    let e = totp::enrollment(&secret, &user.username).map_err(ApiError::Internal)?;
+    let login = state
+        .store
+        .login_row_by_id(id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let source = addr.map(|Extension(a)| a.0.ip());
+    if !verify_guarded(&state, source, Some(&login), req.current_password).await? {
+        caller.deny();
+        caller.note("current password wrong");
+        return Err(ApiError::unprocessable("current_password is wrong"));
+    }
     state
         .store
-        .set_totp_pending(id, seal(&state, id, &secret)?)
+        .password_verified(id, state.settings.lockout_after)
         .await?;
+    let secret = totp::new_secret().map_err(ApiError::Internal)?;
+    let e = totp::enrollment(&secret, &user.username).map_err(ApiError::Internal)?;
+    if !state
+        .store
+        .set_totp_pending(id, seal(&state, id, &secret)?)
+        .await?
+    {
+        return Err(ApiError::Conflict(ACTIVE.into()));
+    }
     caller.note("TOTP enrollment started");
     Ok((
         StatusCode::CREATED,
@@ -259,10 +315,11 @@ async fn totp_confirm(
 }
 
 /// Removes a user's second factor and ends their sessions (a lost or stolen device). They
-/// enrol again after signing in (at once, when the policy requires one).
+/// enrol again after signing in (at once, when the policy requires one). Not for one's own
+/// account.
 #[utoipa::path(delete, path = "/users/{id}/mfa", params(("id" = i64, Path, description = "User id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    (status = 404, body = ErrorBody)), tag = "users")]
+    (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), tag = "users")]
 async fn mfa_reset(
     State(state): State<ApiState>,
     caller: Caller,
@@ -270,6 +327,15 @@ async fn mfa_reset(
 ) -> Result<StatusCode, ApiError> {
     caller.require_global(Permission::UsersAdmin)?;
     let user = load_user(&state, id).await?;
+    if caller.principal.user_id == Some(id) {
+        // A stolen admin session must not strip its own account's factor; another admin,
+        // or `mcpwatch-collector user mfa-reset` on the collector's host, can.
+        caller.deny();
+        return Err(ApiError::unprocessable(
+            "your own second factor is reset by another admin, or by \
+             `mcpwatch-collector user mfa-reset` on the collector's host",
+        ));
+    }
     if !state.store.reset_mfa(id).await? {
         return Err(ApiError::NotFound);
     }

@@ -6,7 +6,8 @@
 //! console even if some page rendered it as markup by mistake.
 
 use axum::http::header::{
-    CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
 };
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
@@ -33,6 +34,9 @@ fn set_missing(headers: &mut HeaderMap) {
         (&REFERRER_POLICY, "no-referrer"),
         (&X_FRAME_OPTIONS, "DENY"),
         (&CROSS_ORIGIN_OPENER_POLICY, "same-origin"),
+        // API answers carry credentials (a new token, a TOTP secret, recovery codes) and
+        // private data: no cache keeps them. The console's files set their own.
+        (&CACHE_CONTROL, "no-store"),
     ];
     for (name, value) in fixed {
         if !headers.contains_key(name) {
@@ -54,6 +58,7 @@ mod tests {
         assert_eq!(headers[&X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert_eq!(headers[&X_FRAME_OPTIONS], "DENY");
         assert_eq!(headers[&CROSS_ORIGIN_OPENER_POLICY], "same-origin");
+        assert_eq!(headers[&CACHE_CONTROL], "no-store");
         let csp = headers[&CONTENT_SECURITY_POLICY].to_str().unwrap();
         for directive in [
             "default-src 'none'",

@@ -242,6 +242,12 @@ async fn next_event(open: &mut Open) -> Option<Event> {
             },
             _ = open.heartbeat.tick() => {
                 return Some(match recheck(&open.state, open.credential.expose()).await {
+                    // A session that must first change its password or enrol a factor (its
+                    // password aged out while streaming) streams nothing more.
+                    Ok(principal) if principal.restriction.is_some() => {
+                        open.step = Step::Ended;
+                        named("session_ended")
+                    }
                     Ok(principal) => {
                         open.failed_checks = 0;
                         open.principal = principal;

@@ -61,7 +61,7 @@ pub(super) fn is_admin(caller: &Caller) -> bool {
 
 // ---- users ----
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// 1 to 64 of `a-z 0-9 . _ -`.
@@ -74,6 +74,17 @@ pub struct CreateUser {
     /// Host selector for those bindings (`{team="a"}`); empty = every host.
     #[serde(default)]
     pub host_selector: String,
+}
+
+/// Never printed with its password.
+impl std::fmt::Debug for CreateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUser")
+            .field("username", &self.username)
+            .field("roles", &self.roles)
+            .field("host_selector", &self.host_selector)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Every user with its role bindings.
@@ -138,17 +149,25 @@ async fn get_user(
     Ok(Json(load_user(&state, id).await?))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     /// The new password (checked against the policy).
     pub password: String,
-    /// Required when users change their own password without `users:admin`.
+    /// Required when users change their own password (admins too).
     pub current_password: Option<String>,
 }
 
-/// Sets a user's password: `users:admin`, or the user itself with its current password.
-/// Ends the user's other sessions.
+/// Never printed with its passwords.
+impl std::fmt::Debug for PasswordChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordChange(<passwords>)")
+    }
+}
+
+/// Sets a user's password: `users:admin` for someone else's, the current password for one's
+/// own (which must differ from the latest `[auth] password_history`). Ends the user's other
+/// sessions.
 #[utoipa::path(put, path = "/users/{id}/password", request_body = PasswordChange,
     params(("id" = i64, Path, description = "User id")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -174,7 +193,9 @@ async fn change_password(
         .check(&user.username, &req.password)
         .map_err(ApiError::Unprocessable)?;
     let now = now_ms();
-    if !admin || req.current_password.is_some() {
+    if own {
+        // Even an admin gives its current password for its own: a stolen session alone
+        // cannot take the account over.
         let Some(current) = req.current_password else {
             return Err(ApiError::unprocessable(
                 "current_password is required to change your own password",
@@ -193,17 +214,25 @@ async fn change_password(
             caller.note("current password wrong");
             return Err(ApiError::unprocessable("current_password is wrong"));
         }
-    }
-    if policy.history > 0 {
+        state
+            .store
+            .password_verified(id, state.settings.lockout_after)
+            .await?;
+        // The current password always counts as used. Not checked when an admin sets
+        // someone else's: the answer would tell the admin that user's old passwords.
         let recent = state
             .store
-            .recent_password_hashes(id, policy.history)
+            .recent_password_hashes(id, policy.history.max(1))
             .await?;
         if reused(req.password.clone(), recent).await? {
-            return Err(ApiError::Unprocessable(format!(
-                "password must differ from the last {} passwords of this account",
-                policy.history
-            )));
+            return Err(ApiError::Unprocessable(if policy.history > 1 {
+                format!(
+                    "password must differ from the last {} passwords of this account",
+                    policy.history
+                )
+            } else {
+                "password must differ from the current one".to_owned()
+            }));
         }
     }
     let hash = hash_password(req.password).await?;

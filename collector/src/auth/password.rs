@@ -23,7 +23,9 @@ fn common() -> &'static std::collections::HashSet<&'static str> {
 }
 
 /// Whether `password` is a common one, or a common one with digits and symbols around it
-/// ("Password2024!", "!!dragon123456"): compared lowercased, as attackers' lists are tried.
+/// ("Password2024!", "!!dragon123456"), or a common word padded with fewer than four other
+/// letters ("Password1ab"): compared lowercased, as attackers' rule-based guessing tries
+/// them. A passphrase holding a common word among others ("Sunshine-Granite-42") passes.
 pub fn is_common(password: &str) -> bool {
     let lower = password.to_lowercase();
     let set = common();
@@ -32,7 +34,14 @@ pub fn is_common(password: &str) -> bool {
     }
     let filler = |c: char| c.is_ascii_digit() || c.is_ascii_punctuation() || c == ' ';
     let core = lower.trim_matches(filler);
-    core.len() >= 6 && set.contains(core)
+    if core.len() >= 6 && set.contains(core) {
+        return true;
+    }
+    let letters = lower.chars().filter(|c| c.is_alphabetic()).count();
+    lower
+        .split(|c: char| !c.is_alphabetic())
+        .filter(|run| run.chars().count() >= 6 && set.contains(run))
+        .any(|run| letters - run.chars().count() < 4)
 }
 
 /// The password policy (`[auth]`): what every route that sets a password checks.
@@ -83,7 +92,7 @@ impl PasswordPolicy {
         }
         if self.refuse_common && is_common(password) {
             return Err(
-                "password is one of the most common passwords (or one with digits added); choose another"
+                "password is one of the most common passwords (or one with a few characters added); choose another"
                     .into(),
             );
         }
@@ -160,6 +169,8 @@ mod tests {
             "Password2024!",
             "!!Dragon123456",
             "iloveyou12345",
+            "Password1ab!",
+            "xy-sunshine-2024",
         ] {
             assert!(is_common(weak), "{weak}");
             let err = PasswordPolicy::default().check("alice", weak).unwrap_err();
@@ -169,6 +180,7 @@ mod tests {
             "correct horse battery",
             "tundra-kettle-fig-42",
             "Monkey business tree",
+            "Sunshine-Granite-42",
         ] {
             assert!(!is_common(fine), "{fine}");
         }

@@ -85,9 +85,12 @@ pub fn needs_mfa(requirement: MfaRequirement, grants: &[Grant]) -> bool {
     match requirement {
         MfaRequirement::None => false,
         MfaRequirement::All => true,
-        MfaRequirement::Admins => grants
-            .iter()
-            .any(|g| g.permission == Permission::UsersAdmin),
+        MfaRequirement::Admins => grants.iter().any(|g| {
+            matches!(
+                g.permission,
+                Permission::UsersAdmin | Permission::AdminBackup
+            )
+        }),
     }
 }
 

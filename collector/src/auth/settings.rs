@@ -18,13 +18,13 @@ pub struct RawAuth {
     /// Default true.
     pub refuse_common_passwords: Option<bool>,
     /// A new password must differ from this many of the user's latest ones, the current one
-    /// included (0..=24; 0 turns the check off). Default 5.
+    /// included (0..=24; 0 or 1: from the current one only). Default 5.
     pub password_history: Option<usize>,
     /// A password older than this must be changed before its account can do anything else
     /// (1d..=3650d). Default: passwords do not expire.
     pub password_max_age: Option<CfgDuration>,
     /// Which local accounts must sign in with a second factor (TOTP): "none", "admins"
-    /// (accounts holding `users:admin`) or "all". An account that must and has none can
+    /// (accounts holding `users:admin` or `admin:backup`) or "all". An account that must and has none can
     /// only enrol one after signing in. Default "none".
     pub require_mfa: Option<String>,
 }
@@ -34,7 +34,8 @@ pub struct RawAuth {
 pub enum MfaRequirement {
     #[default]
     None,
-    /// Accounts holding `users:admin` (on any scope).
+    /// Accounts holding `users:admin` or `admin:backup` (on any scope): those that can
+    /// grant themselves anything, or take every hash and sealed secret in a backup.
     Admins,
     All,
 }

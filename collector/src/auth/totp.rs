@@ -18,13 +18,20 @@ const SECRET_LEN: usize = 20;
 pub const RECOVERY_CODES: usize = 10;
 
 /// What a user needs to add the factor to an app.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Enrollment {
     /// The secret in base32, for typing in by hand.
     pub secret_base32: String,
     pub uri: String,
     /// The URI as a QR code, a standalone SVG document.
     pub qr_svg: String,
+}
+
+/// Never printed: every field holds the secret.
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Enrollment(<secret>)")
+    }
 }
 
 /// A fresh random secret.
@@ -71,12 +78,15 @@ pub fn enrollment(secret: &[u8], account: &str) -> Result<Enrollment, String> {
 /// The time step `code` is valid for at `now_s` (the current step or one either side), if
 /// any. Codes are compared whole, in constant time by the library.
 pub fn matching_step(secret: &[u8], code: &str, now_s: u64) -> Option<i64> {
-    let code = code.trim();
-    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
+    let code = digits(code)?;
     let t = totp(secret, "x").ok()?;
-    t.check(code, now_s).and_then(|s| i64::try_from(s).ok())
+    t.check(&code, now_s).and_then(|s| i64::try_from(s).ok())
+}
+
+/// A TOTP code as typed ("123 456" as apps show it) as its six digits, if it is one.
+fn digits(code: &str) -> Option<String> {
+    let bare: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    (bare.len() == 6 && bare.bytes().all(|b| b.is_ascii_digit())).then_some(bare)
 }
 
 /// The code for `at_s` (tests play the authenticator app with it).
@@ -86,21 +96,21 @@ pub fn code_at(secret: &[u8], at_s: u64) -> Result<String, String> {
 
 /// Whether `code` has the shape of a TOTP code (else it is taken for a recovery code).
 pub fn looks_like_totp(code: &str) -> bool {
-    let code = code.trim();
-    code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit())
+    digits(code).is_some()
 }
 
-/// Ten fresh recovery codes, `xxxx-xxxx-xxxx` of lowercase base32 (60 random bits each,
-/// enough that hashing them with SHA-256 alone is safe).
+/// Ten fresh recovery codes, `xxxx-xxxx-xxxx-xxxx` of lowercase base32 (80 random bits
+/// each, enough that hashing them with SHA-256 alone resists an offline search of a stolen
+/// database).
 pub fn recovery_codes() -> Result<Vec<String>, String> {
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let rng = SystemRandom::new();
     let mut out = Vec::with_capacity(RECOVERY_CODES);
     for _ in 0..RECOVERY_CODES {
-        let mut bytes = [0u8; 12];
+        let mut bytes = [0u8; 16];
         rng.fill(&mut bytes)
             .map_err(|_| "OS random source failed".to_owned())?;
-        let mut code = String::with_capacity(14);
+        let mut code = String::with_capacity(19);
         for (i, b) in bytes.iter().enumerate() {
             if i > 0 && i % 4 == 0 {
                 code.push('-');
@@ -119,7 +129,7 @@ pub fn normalize_recovery(code: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_lowercase())
         .collect();
-    let mut out = String::with_capacity(14);
+    let mut out = String::with_capacity(19);
     for (i, c) in bare.chars().enumerate() {
         if i > 0 && i % 4 == 0 {
             out.push('-');
@@ -166,6 +176,8 @@ mod tests {
         assert_eq!(matching_step(rfc, "28708", 59), None);
         assert_eq!(matching_step(rfc, "28708a", 59), None);
         assert!(looks_like_totp(" 287082 "));
+        assert!(looks_like_totp("287 082"));
+        assert_eq!(matching_step(rfc, "287 082", 59), Some(1));
         assert!(!looks_like_totp("abcd-efgh-ijkl"));
     }
 
@@ -192,7 +204,7 @@ mod tests {
         let distinct: std::collections::HashSet<_> = codes.iter().collect();
         assert_eq!(distinct.len(), RECOVERY_CODES);
         for c in &codes {
-            assert_eq!(c.len(), 14);
+            assert_eq!(c.len(), 19);
             assert_eq!(&normalize_recovery(&c.to_uppercase().replace('-', " ")), c);
         }
     }

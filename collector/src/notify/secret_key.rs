@@ -79,7 +79,8 @@ impl SecretKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(file_err(
                     "missing, but the database holds secrets sealed with it: restore the key \
-                     from your backup (or delete those receivers through the API)"
+                     from your backup (or delete those receivers through the API, and remove \
+                     second factors with `mcpwatch-collector user mfa-reset NAME`)"
                         .into(),
                 ))
             }

@@ -71,6 +71,34 @@ pub fn with_db<T>(
     Ok(out)
 }
 
+/// Audits an admin command run on the collector's host, under the same action name as the
+/// API route doing the same (`PUT /api/v1/users/{id}/password`), so one filter finds both;
+/// actor and source are `cli`.
+pub fn audit_cli(
+    c: &Connection,
+    now_ms: i64,
+    action: &str,
+    object: String,
+    detail: String,
+) -> Result<(), StoreError> {
+    crate::store::query::audit::insert_audit(
+        c,
+        &crate::store::query::audit::AuditEntry {
+            at_ms: now_ms,
+            actor: "cli".to_owned(),
+            token_id: None,
+            session_id: None,
+            source: "cli".to_owned(),
+            action: action.to_owned(),
+            object,
+            result: 200,
+            detail,
+            request_id: None,
+        },
+    )
+    .map(|_| ())
+}
+
 /// Records an API token without a user (every permission) by the hash of its secret; the
 /// secret itself is never stored. Returns the token id.
 pub fn insert_token_hash(db: &Path, name: &str, hash: &str) -> Result<i64, StoreError> {

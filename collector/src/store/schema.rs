@@ -419,6 +419,9 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE sessions ADD COLUMN mfa_ms INTEGER;
     "#,
     ),
+    // v15: wrong second-factor codes counted apart from wrong passwords, so a right
+    // password does not clear the count of code guesses.
+    Migration::Sql("ALTER TABLE users ADD COLUMN mfa_failures INTEGER NOT NULL DEFAULT 0;"),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored

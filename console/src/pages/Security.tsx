@@ -78,6 +78,7 @@ function TwoFactor(props: { onEnabled: () => void }) {
   const [status, setStatus] = useState<MfaStatus | null>(null);
   const [enrollment, setEnrollment] = useState<Enrollment | null>(null);
   const [code, setCode] = useState("");
+  const [password, setPassword] = useState("");
   const [codes, setCodes] = useState<string[] | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
@@ -93,11 +94,13 @@ function TwoFactor(props: { onEnabled: () => void }) {
     void load();
   }, []);
 
-  const start = async () => {
+  const start = async (e: Event) => {
+    e.preventDefault();
     setError(null);
     setBusy(true);
     try {
-      setEnrollment(await api<Enrollment>("POST", "/me/mfa/totp"));
+      setEnrollment(await api<Enrollment>("POST", "/me/mfa/totp", { current_password: password }));
+      setPassword("");
     } catch (err) {
       setError(message(err));
     } finally {
@@ -149,7 +152,14 @@ function TwoFactor(props: { onEnabled: () => void }) {
         </div>
       )}
       {status && !status.enabled && !enrollment && !codes && (
-        <button class="primary" type="button" disabled={busy} onClick={start}>Set up an authenticator app</button>
+        <form onSubmit={start}>
+          <label>
+            Your password
+            <input name="current-password-mfa" type="password" autocomplete="current-password" required
+              value={password} onInput={(e) => setPassword(e.currentTarget.value)} />
+          </label>
+          <button class="primary" type="submit" disabled={busy}>Set up an authenticator app</button>
+        </form>
       )}
       {enrollment && (
         <form onSubmit={confirm}>

@@ -39,18 +39,20 @@ pub fn totp(c: &Connection, user_id: i64) -> Result<Option<TotpRow>, StoreError>
     .optional()?)
 }
 
-/// Whether any account has a sealed secret (the secrets key must then not be replaced).
-pub fn any_sealed(c: &Connection) -> Result<bool, StoreError> {
+/// One account's sealed secret (active or pending), if any account has one: the secrets
+/// key must then not be replaced, and must open it.
+pub fn any_sealed(c: &Connection) -> Result<Option<(i64, String, Vec<u8>)>, StoreError> {
     Ok(c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM users
-                        WHERE totp_secret IS NOT NULL OR totp_pending IS NOT NULL)",
+        "SELECT id, username, COALESCE(totp_secret, totp_pending) FROM users
+         WHERE totp_secret IS NOT NULL OR totp_pending IS NOT NULL ORDER BY id LIMIT 1",
         [],
-        |r| r.get(0),
-    )?)
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()?)
 }
 
 /// [`any_sealed`] on the database at `path`, read before the store opens (start-up).
-pub fn any_sealed_in(path: &std::path::Path) -> Result<bool, StoreError> {
+pub fn any_sealed_in(path: &std::path::Path) -> Result<Option<(i64, String, Vec<u8>)>, StoreError> {
     let conn = crate::store::open_connection(path)?;
     any_sealed(&conn)
 }
@@ -83,8 +85,9 @@ pub fn use_recovery_code(
     Ok(n > 0)
 }
 
-/// Activates the pending secret `sealed` (only if it is still the pending one), records
-/// `step` as used, replaces the recovery codes, and marks `session` as having passed it.
+/// Activates the pending secret `sealed` (only if it is still the pending one and no factor
+/// is active), records `step` as used, replaces the recovery codes, ends the user's other
+/// sessions, and marks `session` as having passed it.
 pub fn confirm(
     c: &Connection,
     user_id: i64,
@@ -98,12 +101,16 @@ pub fn confirm(
         .prepare_cached(
             "UPDATE users SET totp_secret = totp_pending, totp_pending = NULL,
                  totp_enabled_ms = ?3, totp_last_step = ?4
-             WHERE id = ?1 AND totp_pending = ?2",
+             WHERE id = ?1 AND totp_pending = ?2 AND totp_enabled_ms IS NULL",
         )?
         .execute(params![user_id, sealed, now_ms, step])?;
     if n == 0 {
         return Ok(false);
     }
+    // Whoever else was signed in as this user (a session opened with a stolen password
+    // before the factor existed) signs in again, now with the factor.
+    c.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND id IS NOT ?2")?
+        .execute(params![user_id, session])?;
     c.prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1")?
         .execute([user_id])?;
     let mut insert =
@@ -139,12 +146,21 @@ impl Store {
         self.read(move |c| totp(c, user_id)).await
     }
 
-    /// Stores `sealed` as the user's pending secret (replacing an earlier pending one).
-    pub async fn set_totp_pending(&self, user_id: i64, sealed: Vec<u8>) -> Result<(), StoreError> {
+    /// Stores `sealed` as the user's pending secret (replacing an earlier pending one);
+    /// `false` when a factor is active (or the user is gone).
+    pub async fn set_totp_pending(
+        &self,
+        user_id: i64,
+        sealed: Vec<u8>,
+    ) -> Result<bool, StoreError> {
         self.exec(move |c| {
-            c.prepare_cached("UPDATE users SET totp_pending = ?2 WHERE id = ?1")?
+            let n = c
+                .prepare_cached(
+                    "UPDATE users SET totp_pending = ?2
+                     WHERE id = ?1 AND totp_enabled_ms IS NULL",
+                )?
                 .execute(params![user_id, sealed])?;
-            Ok(())
+            Ok(n > 0)
         })
         .await
     }
@@ -195,13 +211,16 @@ mod tests {
     #[test]
     fn mfa_confirm_accepts_each_step_once_and_recovery_codes_once() {
         let (_dir, c, id) = db();
-        assert!(!any_sealed(&c).unwrap());
+        assert!(any_sealed(&c).unwrap().is_none());
         c.execute(
             "UPDATE users SET totp_pending = x'0102' WHERE id = ?1",
             [id],
         )
         .unwrap();
-        assert!(any_sealed(&c).unwrap());
+        assert_eq!(
+            any_sealed(&c).unwrap(),
+            Some((id, "alice".to_owned(), vec![1, 2]))
+        );
         // Only the pending secret it was shown can be confirmed.
         assert!(!confirm(&c, id, &[9], 5, &[], None, 10).unwrap());
         let codes = vec!["h1".to_owned(), "h2".to_owned()];

@@ -178,10 +178,46 @@ pub fn reserve_login(
     Ok(n > 0)
 }
 
+/// A full sign-in (password, and the second factor when there is one): both counts start
+/// over.
 pub fn login_succeeded(c: &Connection, user_id: i64) -> Result<(), StoreError> {
-    c.prepare_cached("UPDATE users SET failed_logins = 0, locked_until_ms = 0 WHERE id = ?1")?
-        .execute([user_id])?;
+    c.prepare_cached(
+        "UPDATE users SET failed_logins = 0, mfa_failures = 0, locked_until_ms = 0 WHERE id = ?1",
+    )?
+    .execute([user_id])?;
     Ok(())
+}
+
+/// The password was right: its count starts over, but not the second factor's, so someone
+/// holding the password cannot reset the count of their code guesses by signing in again.
+pub fn password_verified(c: &Connection, user_id: i64, lock_after: i64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE users SET failed_logins = 0,
+             locked_until_ms = CASE WHEN mfa_failures >= ?2 THEN locked_until_ms ELSE 0 END
+         WHERE id = ?1",
+    )?
+    .execute(params![user_id, lock_after])?;
+    Ok(())
+}
+
+/// Counts a second-factor attempt before its code is checked, like [`reserve_login`], on
+/// its own count (cleared only by a full sign-in). `false` when the account is locked now.
+pub fn reserve_second_factor(
+    c: &Connection,
+    user_id: i64,
+    now_ms: i64,
+    lock_after: i64,
+    lock_ms: i64,
+) -> Result<bool, StoreError> {
+    let n = c
+        .prepare_cached(
+            "UPDATE users SET mfa_failures = mfa_failures + 1,
+                 locked_until_ms = CASE WHEN mfa_failures + 1 >= ?3 THEN ?2 + ?4
+                                        ELSE locked_until_ms END
+             WHERE id = ?1 AND locked_until_ms <= ?2",
+        )?
+        .execute(params![user_id, now_ms, lock_after, lock_ms])?;
+    Ok(n > 0)
 }
 
 /// Changes a password and ends the user's sessions, except `keep_session` (the one a user
@@ -208,7 +244,7 @@ pub fn set_password(
     let n = c
         .prepare_cached(
             "UPDATE users SET password_hash = ?2, password_changed_ms = ?3, failed_logins = 0,
-                 locked_until_ms = 0 WHERE id = ?1",
+                 mfa_failures = 0, locked_until_ms = 0 WHERE id = ?1",
         )?
         .execute(params![user_id, hash, now_ms])?;
     c.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND id IS NOT ?2")?
@@ -295,6 +331,28 @@ impl Store {
             None => Ok(false),
         })
         .await
+    }
+
+    /// Clears the password's failed count (the password was right).
+    pub async fn password_verified(
+        &self,
+        user_id: i64,
+        lockout_after: i64,
+    ) -> Result<(), StoreError> {
+        self.exec(move |c| password_verified(c, user_id, lockout_after))
+            .await
+    }
+
+    /// Counts a second-factor attempt; `false` when the account is locked.
+    pub async fn reserve_second_factor(
+        &self,
+        user_id: i64,
+        now_ms: i64,
+        lockout_after: i64,
+        lockout_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.exec(move |c| reserve_second_factor(c, user_id, now_ms, lockout_after, lockout_ms))
+            .await
     }
 
     /// Clears the failed-login count and creates a session; its id.
