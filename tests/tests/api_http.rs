@@ -480,9 +480,29 @@ fn api_silent_and_idle_connections_are_closed() {
     kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The whole answer (head, then Content-Length bytes), however the reads split it.
+    let mut answer: Vec<u8> = Vec::new();
     let mut buf = [0u8; 512];
-    let n = kept.read(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    loop {
+        let n = kept.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the answer ended");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("content-length");
+            if answer.len() >= end + 4 + length {
+                break;
+            }
+        }
+    }
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     let waited = closed_within(kept, Duration::from_secs(10));
     assert!(
         waited >= Duration::from_millis(1500),
