@@ -110,8 +110,11 @@ async fn per_client_sessions_get_their_own_containers_and_leave_none_behind() {
     // agent removes it (and the old warm one) at start.
     let c = try_connect(&url).await.expect("client before the kill");
     assert_eq!(call(&c, "recall", json!({})).await.0, "");
-    assert_eq!(client_containers(&rig).len(), 2);
-    let before_kill = client_containers(&rig);
+    // c took the warm container; its refill starts in the background.
+    let before_kill = wait_for("c's container and a new warm one", LONG, || {
+        let now = client_containers(&rig);
+        (now.len() == 2).then_some(now)
+    });
     rig.agent.kill9();
     rig.agent.restart();
     wait_for("orphans removed and a new warm container", LONG, || {
