@@ -89,7 +89,7 @@ RUSTFLAGS="-C target-feature=+crt-static" \
 ./scripts/build-images.sh --debug --tag test
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 # The same end-to-end suites (uplink over mutual TLS, spool replay, Docker supervision)
 # against the static musl agent: counted in the total as a second run.
 MCPWATCH_AGENT_BIN="$PWD/target/$musl/debug/mcpwatch-agent" \
