@@ -41,6 +41,8 @@ pub enum CollectorError {
     },
     #[error("api tls: {0}")]
     ApiTls(String),
+    #[error("oidc: {0}")]
+    Oidc(String),
     #[error("bind {what} listener {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -210,6 +212,7 @@ struct ApiParts {
     router: CommandRouter,
     pki: crate::pki::Pki,
     backups: crate::backup::Backups,
+    oidc: Option<Arc<crate::oidc::RelyingParty>>,
 }
 
 /// The HTTP application (API, `/metrics`, health) with its limits.
@@ -234,6 +237,7 @@ fn http_app(
         pki: api.pki,
         backups: api.backups,
         secret_key: api.api_secrets.key.clone(),
+        oidc: api.oidc,
         stream_slots: Arc::new(tokio::sync::Semaphore::new(config.api.stream_max_clients)),
         stream_holders: Default::default(),
         streams_stop: api.http_stop,
@@ -388,6 +392,12 @@ pub async fn run_with_router(
         router: router.clone(),
         pki: pki.clone(),
         backups: backups.clone(),
+        oidc: match config.oidc.clone() {
+            Some(settings) => Some(Arc::new(
+                crate::oidc::RelyingParty::new(settings).map_err(CollectorError::Oidc)?,
+            )),
+            None => None,
+        },
     };
     let app = http_app(&config, &base_dir, &store, api, &metrics, &ready);
     let http_tls = api_tls(&config, &background, &shutdown)?;

@@ -101,6 +101,9 @@ pub struct RawCollectorConfig {
     /// Prometheus remote-write endpoints (see [`RawRemoteWrite`]).
     #[serde(default)]
     pub remote_write: Vec<RawRemoteWrite>,
+    /// Single sign-on through an OpenID Connect provider (see [`crate::oidc::RawOidc`]).
+    #[serde(default)]
+    pub oidc: crate::oidc::RawOidc,
     /// How long SIGTERM may take to commit queued batches. Default 10s.
     pub shutdown_grace: Option<Duration>,
     /// Rule files, grouping and timing of notifications (see `alerting::config`).
@@ -264,6 +267,8 @@ pub struct CollectorConfig {
     /// `None`: no `[heartbeat] url`.
     pub heartbeat: Option<HeartbeatConfig>,
     pub remote_write: Vec<Endpoint>,
+    /// `None`: no `[oidc] issuer`, so no single sign-on.
+    pub oidc: Option<crate::oidc::OidcSettings>,
     pub db_path: PathBuf,
     pub retention_raw: Duration,
     pub retention_1m: Duration,
@@ -313,6 +318,7 @@ impl CollectorConfig {
         let backup = BackupConfig::validate(path, raw.backup)?;
         let heartbeat = HeartbeatConfig::validate(path, raw.heartbeat)?;
         let remote_write = Endpoint::validate_all(path, raw.remote_write)?;
+        let oidc = crate::oidc::OidcSettings::validate(path, raw.oidc)?;
         let i = raw.ingest;
         let max_frame_len = i
             .max_frame_size
@@ -414,6 +420,7 @@ impl CollectorConfig {
             backup,
             heartbeat,
             remote_write,
+            oidc,
             db_path: resolve(
                 s.path
                     .unwrap_or_else(|| PathBuf::from("/var/lib/mcpwatch/collector.db")),

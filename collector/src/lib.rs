@@ -22,6 +22,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
+pub mod oidc;
 pub mod pki;
 pub mod polling;
 pub mod quickstart;

@@ -125,6 +125,8 @@ pub struct CollectorMetrics {
     pub audit_chain_verify_failures: Counter,
     /// HTTP connections the server turned away or closed, by reason.
     pub http_connections_closed: Family<ReasonLabel, Counter>,
+    /// Single sign-ins refused, by reason (the code the console shows).
+    pub sso_refused: Family<ReasonLabel, Counter>,
     /// The alert engine's figures (updated by the store writer).
     pub alerts: AlertMetrics,
     pub notify_info: Family<ReceiverInfoLabel, Gauge>,
@@ -179,6 +181,7 @@ impl CollectorMetrics {
             audit_chain_breaks: Counter::default(),
             audit_chain_verify_failures: Counter::default(),
             http_connections_closed: Family::default(),
+            sso_refused: Family::default(),
             alerts: Default::default(),
             notify_info: Family::default(),
             notify_sent: Family::default(),
@@ -240,6 +243,13 @@ impl CollectorMetrics {
             "HTTP connections refused or closed by the server, by reason (address_limit, limit, \
              first_byte_timeout, header_read_timeout, idle_timeout, tls_handshake, accept_error).",
             m.http_connections_closed.clone(),
+        );
+        r.register(
+            "mcpwatch_collector_sso_refused",
+            "Single sign-ins (OpenID Connect) refused, by reason (provider_unavailable, \
+             expired_or_tampered, other_browser, provider_refused, token_refused, claims, \
+             name_taken, disabled, no_access, rate_limited, busy, misconfigured, internal).",
+            m.sso_refused.clone(),
         );
         r.register(
             "mcpwatch_collector_handshake_failures",
@@ -434,6 +444,14 @@ impl CollectorMetrics {
 
     pub fn session_closed(&self, reason: &str) {
         self.sessions_closed
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn sso_refused(&self, reason: &str) {
+        self.sso_refused
             .get_or_create(&ReasonLabel {
                 reason: reason.into(),
             })

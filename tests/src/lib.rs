@@ -8,6 +8,7 @@ pub mod db;
 pub mod docker;
 pub mod ingest_load;
 pub mod mcp_load;
+pub mod oidc_provider;
 pub mod process;
 pub mod procfs;
 pub mod receivers;

@@ -88,6 +88,10 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
     ("GET", "/api/v1/me", Need::Authenticated, 200),
     ("GET", "/api/v1/sessions", Need::Authenticated, 200),
     ("DELETE", "/api/v1/sessions/{id}", Need::OtherUsers, 204),
+    // single sign-on: not configured here, so 404 to everyone (`oidc.rs` tests it)
+    ("GET", "/api/v1/oidc", Need::Open, 404),
+    ("GET", "/api/v1/oidc/login", Need::Open, 404),
+    ("GET", "/api/v1/oidc/callback", Need::Open, 404),
     // second factors; the enrollment row runs first, so the confirmation finds one waiting
     ("GET", "/api/v1/me/mfa", Need::OwnSession, 200),
     ("POST", "/api/v1/me/mfa/totp", Need::OwnSession, 201),

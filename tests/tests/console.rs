@@ -6,7 +6,8 @@
 //! `target/console-screenshots`. A second collector with a 3 s idle timeout covers session
 //! expiry. The browser side asks this side to stop an agent over a line protocol on its
 //! stdout/stdin (`@control stop-agent NAME` → `@ok`). A third collector has one agent
-//! supervising the fixture MCP server in Docker, for the MCP server page.
+//! supervising the fixture MCP server in Docker, for the MCP server page. A fourth signs in
+//! through a real OpenID Connect provider (single sign-on, group-mapped roles and scopes).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use mcpwatch_collector::store::query::{roles, users};
 use mcpwatch_tests::api::{admin_token, Api};
 use mcpwatch_tests::docker::{ensure_dockerd, unique_name};
 use mcpwatch_tests::mcp_load::HttpSession;
+use mcpwatch_tests::oidc_provider::{connect, OidcProvider};
 use mcpwatch_tests::process::{AgentProc, CollectorProc};
 use mcpwatch_tests::receivers::{HttpCapture, Reply};
 use mcpwatch_tests::rig::{stdio_server, Cleanup};
@@ -282,6 +284,66 @@ fn console_in_chromium_two_factor_enrollment_and_sign_in() {
     assert!(
         notes.iter().any(|d| d.contains("second factor wrong")),
         "{notes:?}"
+    );
+}
+
+#[test]
+fn console_in_chromium_single_sign_on() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let mut c = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    let mut op = OidcProvider::new(&tmp.path().join("op"));
+    let users = |bob: &str| json!({"alice": {"groups": ["sre"]}, "bob": {"groups": [bob]}});
+    connect(
+        &mut c,
+        &mut op,
+        "[[oidc.group_binding]]\ngroup = \"sre\"\nrole = \"operator\"\n\
+         [[oidc.group_binding]]\ngroup = \"team-a\"\nrole = \"viewer\"\nscope = 'team=\"a\"'\n\
+         [[oidc.group_binding]]\ngroup = \"team-b\"\nrole = \"viewer\"\nscope = 'team=\"b\"'\n",
+        &users("team-b"),
+    );
+    let admin_api = Api::new(c.http, Some(&admin_token(&c.db, "e2e-admin", None)));
+    let _agents: Vec<AgentProc> = [("host-a", "a"), ("host-b", "b")]
+        .into_iter()
+        .map(|(host, team)| {
+            let a = AgentProc::start(&pki, &tmp.path().join(host), host, c.ingest, "1s", "16MiB");
+            wait_for("the agent registers", Duration::from_secs(30), || {
+                (admin_api.get(&format!("/api/v1/hosts/{host}")).status == 200).then_some(())
+            });
+            let r = admin_api.send(
+                "PUT",
+                &format!("/api/v1/hosts/{host}/labels"),
+                &json!({"labels": {"team": team}}),
+            );
+            assert_eq!(r.status, 200, "{}", r.body);
+            a
+        })
+        .collect();
+    run_browser(
+        "sso.test.mjs",
+        &[("CONSOLE_URL", format!("http://{}/", c.http))],
+        |request| match request {
+            "move-bob team-a" => {
+                op.set_users(&users("team-a"));
+                true
+            }
+            "stop-provider" => {
+                op.stop();
+                true
+            }
+            _ => false,
+        },
+    );
+    // Each sign-in is audited under the account it opened.
+    let r = admin_api.get("/api/v1/audit?actor=user:bob&limit=100");
+    let rows = r.json()["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        rows.iter()
+            .filter(|a| a["action"] == "GET /api/v1/oidc/callback" && a["result"] == 201)
+            .count(),
+        2,
+        "{}",
+        r.body
     );
 }
 

@@ -35,6 +35,9 @@ struct AuditInfo {
     session_id: Option<i64>,
     denied: bool,
     detail: String,
+    /// The outcome to record when the status says little (a redirect), which also makes
+    /// the request recorded whatever its method.
+    outcome: Option<u16>,
 }
 
 /// Shared between the audit middleware and the request's handler.
@@ -48,6 +51,12 @@ impl AuditSlot {
             i.actor = Some(actor);
             i.session_id = session_id;
         });
+    }
+
+    /// Records the request with `outcome` as its result (a sign-in answered by a redirect:
+    /// 201 opened a session, 401 refused one).
+    pub fn outcome(&self, outcome: u16) {
+        self.with(|i| i.outcome = Some(outcome));
     }
 
     /// Adds a line to the audit row's detail (never a secret).
@@ -232,7 +241,8 @@ fn principal_of(b: Bearer, auth: &AuthSettings, now_ms: i64) -> Option<(Principa
     let (actor, bindings) = match b.owner {
         Some((u, _)) if u.disabled => return None,
         Some((u, grants_of_user)) => {
-            account = Some((u.id, u.password_changed_ms));
+            // Single sign-on accounts answer to their provider for passwords and factors.
+            account = Some((u.id, u.password_changed_ms)).filter(|_| !u.sso);
             (format!("user:{}", u.username), grants_of_user)
         }
         // A token without a user (quickstart's, or one made by the admin CLI for
@@ -409,7 +419,7 @@ async fn record(state: &ApiState, slot: &AuditSlot, request: RequestFacts, statu
     } = request;
     let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let info = slot.with(std::mem::take);
-    if mutating || info.denied || status == 401 || status == 403 {
+    if mutating || info.denied || info.outcome.is_some() || status == 401 || status == 403 {
         let entry = AuditEntry {
             at_ms: now_ms(),
             actor: info.actor.unwrap_or_else(|| "anonymous".into()),
@@ -418,7 +428,7 @@ async fn record(state: &ApiState, slot: &AuditSlot, request: RequestFacts, statu
             source,
             action: format!("{method} {route}"),
             object,
-            result: status,
+            result: info.outcome.unwrap_or(status),
             detail: info.detail,
             request_id,
         };

@@ -19,6 +19,9 @@ pub const SESSION_COOKIE_TLS: &str = "__Host-mcpwatch_session";
 /// The script-readable copy of the CSRF token.
 pub const CSRF_COOKIE: &str = "mcpwatch_csrf";
 pub const CSRF_COOKIE_TLS: &str = "__Host-mcpwatch_csrf";
+/// Binds a single sign-on under way to the browser that started it (see `oidc::pending`).
+pub const OIDC_COOKIE: &str = "mcpwatch_oidc";
+pub const OIDC_COOKIE_TLS: &str = "__Host-mcpwatch_oidc";
 /// The header a cookie-authenticated mutation repeats the token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -43,6 +46,39 @@ fn session_name(secure: bool) -> &'static str {
     } else {
         SESSION_COOKIE
     }
+}
+
+fn oidc_name(secure: bool) -> &'static str {
+    if secure {
+        OIDC_COOKIE_TLS
+    } else {
+        OIDC_COOKIE
+    }
+}
+
+/// The single sign-on binding the request carries, if any.
+pub fn oidc_binding(headers: &HeaderMap, secure: bool) -> Option<&str> {
+    cookie(headers, oidc_name(secure))
+}
+
+/// Sets the binding of a sign-in that goes to the provider for at most `max_age_s`.
+/// `SameSite=Lax`: the provider's redirect back is a top-level navigation from another
+/// site, which a `Strict` cookie would not accompany.
+pub fn set_oidc_binding(value: &str, max_age_s: u64, secure: bool) -> HeaderValue {
+    let tls = if secure { "; Secure" } else { "" };
+    header_value(format!(
+        "{}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age_s}{tls}",
+        oidc_name(secure)
+    ))
+}
+
+/// Removes the binding once the callback used it.
+pub fn clear_oidc_binding(secure: bool) -> HeaderValue {
+    let tls = if secure { "; Secure" } else { "" };
+    header_value(format!(
+        "{}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{tls}",
+        oidc_name(secure)
+    ))
 }
 
 fn csrf_name(secure: bool) -> &'static str {

@@ -204,6 +204,19 @@ async fn login(
     let Some(row) = row.filter(|_| ok) else {
         return Err(ApiError::Unauthenticated);
     };
+    if row.sso
+        && !state
+            .oidc
+            .as_ref()
+            .is_some_and(|o| o.settings.password_login)
+    {
+        // Its provider decides who it is (`[oidc] password_login` lets a password an admin
+        // set count too).
+        if let Some(Extension(slot)) = &slot {
+            slot.note("password sign-in is off for single sign-on accounts");
+        }
+        return Err(ApiError::Unauthenticated);
+    }
     let mfa_ms = match super::mfa::second_factor(&state, row.id, req.totp.as_deref()).await {
         Ok(m) => m,
         Err(e) => {

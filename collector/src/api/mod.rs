@@ -30,6 +30,7 @@ pub mod fleet;
 pub mod hosts;
 pub mod metrics_api;
 pub mod mfa;
+pub mod oidc;
 pub mod pending_alerts;
 pub mod receivers;
 pub mod roles;
@@ -133,6 +134,8 @@ pub struct Inner {
     pub backups: crate::backup::Backups,
     /// Seals the second factors of local accounts (the receivers' secrets key).
     pub secret_key: Arc<crate::notify::SecretKey>,
+    /// Single sign-on (`[oidc]`), when configured.
+    pub oidc: Option<Arc<crate::oidc::RelyingParty>>,
     /// One permit per open live stream (`settings.stream_max_clients`).
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Open live streams per holder (`settings.stream_max_per_user`).
@@ -258,6 +261,7 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(receivers::routes())
         .merge(users::routes())
         .merge(mfa::routes())
+        .merge(oidc::routes())
         .merge(roles::routes())
         .merge(tokens::routes())
         .merge(sessions::routes())

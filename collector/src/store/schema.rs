@@ -422,6 +422,16 @@ const MIGRATIONS: &[Migration] = &[
     // v15: wrong second-factor codes counted apart from wrong passwords, so a right
     // password does not clear the count of code guesses.
     Migration::Sql("ALTER TABLE users ADD COLUMN mfa_failures INTEGER NOT NULL DEFAULT 0;"),
+    // v16: single sign-on: the OpenID Connect identity (issuer and subject) of an account
+    // it created, and where each role binding came from (`oidc`: recomputed from the
+    // provider's groups at every sign-in; `manual`: kept).
+    Migration::Sql(
+        r#"
+    ALTER TABLE users ADD COLUMN oidc_subject TEXT;
+    CREATE UNIQUE INDEX users_oidc_subject ON users (oidc_subject) WHERE oidc_subject IS NOT NULL;
+    ALTER TABLE role_bindings ADD COLUMN origin TEXT NOT NULL DEFAULT 'manual';
+    "#,
+    ),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored

@@ -1,12 +1,45 @@
 // Sign-in: username and password open a cookie session (the credential stays in an
 // HttpOnly cookie; the page only keeps the CSRF token). An account with a second factor is
-// asked for its code (or a recovery code) on a second step.
+// asked for its code (or a recovery code) on a second step. When the collector has single
+// sign-on, a "Sign in with ..." link leads to the identity provider (a page navigation: the
+// collector answers it with a redirect), and a refused sign-in comes back as `?sso_error=`.
 
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { api, ApiError, message, setCsrf } from "../api";
 
 interface LoginResponse {
   csrf_token?: string;
+}
+
+interface SsoInfo {
+  display_name: string;
+  login_url: string;
+}
+
+/** What a refused single sign-on means, by the code the collector sends back. */
+const SSO_ERRORS: Record<string, string> = {
+  provider_unavailable: "The identity provider cannot be reached. Try again later, or sign in with a local account.",
+  expired_or_tampered: "That sign-in expired or was altered on the way. Start it again.",
+  other_browser: "That sign-in was started in another browser or tab. Start it again here.",
+  provider_refused: "The identity provider refused the sign-in.",
+  token_refused: "The identity provider's answer could not be verified. An administrator can find why in the audit log.",
+  claims: "The identity provider did not say who you are in a form mcpwatch accepts. Ask an administrator.",
+  name_taken: "A local account already has your user name. Ask an administrator.",
+  disabled: "Your account is disabled.",
+  no_access: "None of your groups grants access to mcpwatch. Ask an administrator.",
+  rate_limited: "Too many sign-ins from this address. Wait a minute and try again.",
+  busy: "Too many sign-ins are under way. Try again in a minute.",
+};
+
+/** The `sso_error` the collector sent the browser back with, taken out of the address. */
+function takeSsoError(): string | null {
+  const params = new URLSearchParams(window.location.search);
+  const code = params.get("sso_error");
+  if (code === null) return null;
+  params.delete("sso_error");
+  const rest = params.toString();
+  window.history.replaceState(null, "", window.location.pathname + (rest ? `?${rest}` : "") + window.location.hash);
+  return SSO_ERRORS[code] ?? "Single sign-on failed.";
 }
 
 export function Login(props: { expired: boolean; onSignedIn: () => void }) {
@@ -15,8 +48,14 @@ export function Login(props: { expired: boolean; onSignedIn: () => void }) {
   // Shown once the collector answers that this account needs its second factor.
   const [needCode, setNeedCode] = useState(false);
   const [code, setCode] = useState("");
-  const [error, setError] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(takeSsoError);
   const [busy, setBusy] = useState(false);
+  const [sso, setSso] = useState<SsoInfo | null>(null);
+
+  useEffect(() => {
+    // 404 when single sign-on is not configured: no button.
+    api<SsoInfo>("GET", "/oidc").then(setSso, () => setSso(null));
+  }, []);
 
   const submit = async (e: Event) => {
     e.preventDefault();
@@ -68,6 +107,14 @@ export function Login(props: { expired: boolean; onSignedIn: () => void }) {
         {error && <p class="error" role="alert">{error}</p>}
         <button class="primary" type="submit" disabled={busy}>{needCode ? "Verify" : "Sign in"}</button>
       </form>
+      {sso && !needCode && (
+        <div class="sso">
+          <p class="or">or</p>
+          <a class="button" href={`${sso.login_url}?return_to=${encodeURIComponent(window.location.pathname)}`}>
+            Sign in with {sso.display_name}
+          </a>
+        </div>
+      )}
     </main>
   );
 }

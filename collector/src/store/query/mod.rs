@@ -15,6 +15,7 @@ pub mod events;
 pub mod fleet;
 pub mod hosts;
 pub mod mfa;
+pub mod oidc;
 pub(crate) mod pool;
 pub(crate) mod reader;
 pub mod remote_write;

@@ -14,6 +14,9 @@ pub struct BindingRow {
     pub role: String,
     /// `{label="value", ...}`; empty = every host.
     pub host_selector: String,
+    /// `manual` (made through the API or CLI), or `oidc` (from the user's groups at the
+    /// identity provider, recomputed at each sign-in).
+    pub origin: String,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -123,7 +126,8 @@ pub fn delete_role(c: &Connection, name: &str) -> Result<bool, StoreError> {
 
 /// Binds `role` to the user for the hosts `selector` matches (empty: every host). The
 /// selector comes checked and normalised by the caller (`auth::Scope::normalize`); binding
-/// twice returns the existing binding.
+/// twice returns the existing binding, now manual even if single sign-on made it (it then
+/// stays whatever the user's groups say).
 pub fn bind(
     c: &Connection,
     user_id: i64,
@@ -146,7 +150,7 @@ pub fn bind(
     let id = c
         .prepare_cached(
             "INSERT INTO role_bindings (user_id, role, host_selector, created_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (user_id, role, host_selector) DO UPDATE SET created_ms = created_ms
+             ON CONFLICT (user_id, role, host_selector) DO UPDATE SET origin = 'manual'
              RETURNING id",
         )?
         .query_row(params![user_id, role, selector, now_ms], |r| r.get(0))?;
@@ -154,6 +158,7 @@ pub fn bind(
         id,
         role: role.to_owned(),
         host_selector: selector.to_owned(),
+        origin: "manual".to_owned(),
     })
 }
 
@@ -181,13 +186,14 @@ pub fn unbind_role(
 
 pub fn bindings_of(c: &Connection, user_id: i64) -> Result<Vec<BindingRow>, StoreError> {
     Ok(c.prepare_cached(
-        "SELECT id, role, host_selector FROM role_bindings WHERE user_id = ?1 ORDER BY id",
+        "SELECT id, role, host_selector, origin FROM role_bindings WHERE user_id = ?1 ORDER BY id",
     )?
     .query_map([user_id], |r| {
         Ok(BindingRow {
             id: r.get(0)?,
             role: r.get(1)?,
             host_selector: r.get(2)?,
+            origin: r.get(3)?,
         })
     })?
     .collect::<Result<_, _>>()?)

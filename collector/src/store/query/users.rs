@@ -20,6 +20,8 @@ pub struct UserRow {
     pub password_changed_ms: i64,
     /// Signs in with a second factor (TOTP).
     pub mfa_enabled: bool,
+    /// Made by single sign-on (OpenID Connect): its provider vouches for it.
+    pub sso: bool,
     pub bindings: Vec<BindingRow>,
 }
 
@@ -31,6 +33,8 @@ pub struct LoginRow {
     pub disabled: bool,
     pub failed_logins: i64,
     pub locked_until_ms: i64,
+    /// Made by single sign-on.
+    pub sso: bool,
 }
 
 // ---- users ----
@@ -75,7 +79,7 @@ pub fn create_user(
 }
 
 const USER_COLS: &str = "id, username, disabled, locked_until_ms, created_ms, password_changed_ms,
-     totp_enabled_ms IS NOT NULL";
+     totp_enabled_ms IS NOT NULL, oidc_subject IS NOT NULL";
 
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
@@ -86,6 +90,7 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
         created_ms: r.get(4)?,
         password_changed_ms: r.get(5)?,
         mfa_enabled: r.get(6)?,
+        sso: r.get(7)?,
         bindings: Vec::new(),
     })
 }
@@ -128,7 +133,8 @@ pub fn existing_user_id(c: &Connection, username: &str) -> Result<i64, StoreErro
     user_id(c, username)?.ok_or_else(|| StoreError::Invalid(format!("no user {username:?}")))
 }
 
-const LOGIN_COLS: &str = "id, password_hash, disabled, failed_logins, locked_until_ms";
+const LOGIN_COLS: &str =
+    "id, password_hash, disabled, failed_logins, locked_until_ms, oidc_subject IS NOT NULL";
 
 fn login_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoginRow> {
     Ok(LoginRow {
@@ -137,6 +143,7 @@ fn login_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoginRow> {
         disabled: r.get(2)?,
         failed_logins: r.get(3)?,
         locked_until_ms: r.get(4)?,
+        sso: r.get(5)?,
     })
 }
 
