@@ -213,7 +213,14 @@ impl OidcSettings {
             }
             crate::store::query::users::check_name("role", &b.role)
                 .map_err(|e| bad(&key, &e.to_string()))?;
-            let selector = Scope::normalize(&b.scope).map_err(|e| bad(&key, &e))?;
+            // `team="a"` as the issue writes it, or `{team="a"}` as bindings take it.
+            let scope = b.scope.trim();
+            let braced = if scope.is_empty() || scope.starts_with('{') {
+                scope.to_owned()
+            } else {
+                format!("{{{scope}}}")
+            };
+            let selector = Scope::normalize(&braced).map_err(|e| bad(&key, &e))?;
             group_bindings.push(GroupBinding {
                 group: b.group,
                 grant: GroupGrant {
