@@ -185,13 +185,13 @@ fn oidc_sign_in_maps_groups_to_roles_and_recomputes_them_at_every_sign_in() {
     let set = admin.send(
         "PUT",
         &format!("/api/v1/users/{alice_id}/password"),
-        &json!({"password": "Alice-local-pass-77"}),
+        &json!({"password": "Glacier-lantern-oak-7"}),
     );
     assert_eq!(set.status, 204, "{}", set.body);
     let pw = Api::new(c.http, None).send(
         "POST",
         "/api/v1/sessions",
-        &json!({"username": "alice", "password": "Alice-local-pass-77"}),
+        &json!({"username": "alice", "password": "Glacier-lantern-oak-7"}),
     );
     assert_eq!(pw.status, 401, "{}", pw.body);
 
@@ -234,7 +234,7 @@ fn oidc_sign_in_maps_groups_to_roles_and_recomputes_them_at_every_sign_in() {
     );
     let refused = metric(
         &c.metrics(),
-        "mcpwatch_collector_sso_refused{reason=\"no_access\"}",
+        "mcpwatch_collector_sso_refused_total{reason=\"no_access\"}",
     );
     assert_eq!(refused, Some(1.0));
 }
@@ -342,7 +342,7 @@ fn oidc_refuses_tampered_replayed_and_forged_answers_and_audits_each() {
     assert_eq!(
         metric(
             &m,
-            "mcpwatch_collector_sso_refused{reason=\"token_refused\"}"
+            "mcpwatch_collector_sso_refused_total{reason=\"token_refused\"}"
         ),
         Some(5.0)
     );
