@@ -31,7 +31,7 @@ export async function launch() {
       "--disable-component-update",
       "--disable-sync",
       // Nothing resolves: every test URL is a loopback address, and nothing else is reached.
-      "--host-resolver-rules=MAP * ~NOTFOUND",
+      "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     ],
     viewport: { width: 1366, height: 800 },
   });
