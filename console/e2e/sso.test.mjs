@@ -23,8 +23,10 @@ async function loopbackPage() {
   return page;
 }
 
-/** Signs `user` in through the provider from the console's sign-in page. */
+/** Signs `user` in through the provider from the console's sign-in page, in a browser with
+ * no cookies (the provider would otherwise sign the previous user in again at once). */
 async function ssoSignIn(page, user) {
+  await page.context().clearCookies();
   await page.goto(URL_BASE);
   await page.getByRole("link", { name: "Sign in with Test IdP" }).click();
   await page.locator('input[name="login"]').fill(user);
