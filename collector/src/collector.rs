@@ -393,9 +393,15 @@ pub async fn run_with_router(
         pki: pki.clone(),
         backups: backups.clone(),
         oidc: match config.oidc.clone() {
-            Some(settings) => Some(Arc::new(
-                crate::oidc::RelyingParty::new(settings).map_err(CollectorError::Oidc)?,
-            )),
+            Some(settings) => Some(Arc::new({
+                if config.api.auth.require_mfa != crate::auth::settings::MfaRequirement::None {
+                    tracing::warn!(
+                        "[auth] require_mfa concerns local accounts: single sign-on sessions \
+                         count as having passed a second factor, so the provider must require one"
+                    );
+                }
+                crate::oidc::RelyingParty::new(settings).map_err(CollectorError::Oidc)?
+            })),
             None => None,
         },
     };

@@ -369,7 +369,22 @@ impl CollectorConfig {
         let http_tls = http_tls(path, &raw.http)?;
         let http_limits = http_limits(path, &raw.http)?;
         let (mut api, audit_retention) = api_settings(path, &raw.api, http_limits.request_timeout)?;
-        api.cookie_secure = raw.api.cookie_secure.unwrap_or(http_tls.is_some());
+        // Browsers reach the collector over https when single sign-on sends them back to
+        // an https URL (a proxy in front terminates TLS): cookies are then Secure and
+        // `__Host-`, so a sibling site cannot plant one.
+        let browsers_on_https = oidc
+            .as_ref()
+            .is_some_and(|o| o.redirect_url.starts_with("https://"));
+        api.cookie_secure = raw
+            .api
+            .cookie_secure
+            .unwrap_or(http_tls.is_some() || browsers_on_https);
+        if browsers_on_https && !api.cookie_secure {
+            return Err(bad(
+                "api.cookie_secure",
+                "must not be false with an https [oidc] redirect_url: browsers use https",
+            ));
+        }
         api.auth = crate::auth::settings::AuthSettings::validate(path, &raw.auth)?;
         if raw.api.stream_heartbeat.is_none() {
             // The default must stay below a shortened idle timeout too.

@@ -248,7 +248,7 @@ impl CollectorMetrics {
             "mcpwatch_collector_sso_refused",
             "Single sign-ins (OpenID Connect) refused, by reason (provider_unavailable, \
              expired_or_tampered, other_browser, provider_refused, token_refused, claims, \
-             name_taken, disabled, no_access, rate_limited, busy, misconfigured, internal).",
+             name_taken, disabled, no_access, rate_limited, cross_site, misconfigured, internal).",
             m.sso_refused.clone(),
         );
         r.register(

@@ -910,7 +910,18 @@ fn session_in(db: &Path, user: i64, created_ms: i64, expires_ms: i64) -> (i64, S
     let secret = credential::secret().expect("secret");
     let hash = credential::hash(&secret);
     let id = db_write(db, |c| {
-        tokens::create_session(c, user, &hash, created_ms, expires_ms, "127.0.0.1", None)
+        tokens::create_session(
+            c,
+            &tokens::NewSession {
+                user_id: user,
+                hash,
+                now_ms: created_ms,
+                expires_ms,
+                source: "127.0.0.1".into(),
+                mfa_ms: None,
+                sso: false,
+            },
+        )
     });
     (id, credential::format(Kind::Session, id, &secret))
 }

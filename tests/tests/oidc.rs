@@ -160,6 +160,16 @@ fn oidc_sign_in_maps_groups_to_roles_and_recomputes_them_at_every_sign_in() {
         "{sessions}"
     );
 
+    // Its tokens last no longer than one of its sessions (its groups may change meanwhile).
+    let token = alice.send("POST", "/api/v1/tokens", &json!({"name": "ci"}));
+    assert_eq!(token.status, 201, "{}", token.body);
+    let token_expires = token.json()["expires_ms"].as_i64().expect("capped");
+    assert!(
+        token_expires <= mcpwatch_collector::now_ms() + 3_600_000,
+        "{}",
+        token.body
+    );
+
     // A binding made by hand stays; the provider's groups decide the rest at each sign-in.
     let manual = admin.send(
         "POST",
@@ -198,6 +208,10 @@ fn oidc_sign_in_maps_groups_to_roles_and_recomputes_them_at_every_sign_in() {
     // No group that grants anything; a local account's name; a user the provider does not know.
     op.set_users(&json!({"carol": {"groups": ["contractors"]}, "dave": {"groups": ["staff"]}}));
     assert_eq!(sso_error(&sign_in(&c, &op, "carol")), "no_access");
+    assert!(
+        !admin.get("/api/v1/users").body.contains("\"carol\""),
+        "a refused first sign-in makes no account"
+    );
     local_user(&c.db, "dave", ROOT_PW, "viewer");
     assert_eq!(sso_error(&sign_in(&c, &op, "dave")), "name_taken");
 
@@ -254,6 +268,20 @@ fn oidc_refuses_tampered_replayed_and_forged_answers_and_audits_each() {
             .unwrap_or_else(|| panic!("{name} in {path}"))
             .to_owned()
     };
+
+    // Another site cannot start a sign-in for a visitor; a malformed callback is refused.
+    let cross = request_with(
+        c.http,
+        "GET",
+        "/api/v1/oidc/login",
+        None,
+        &[("Sec-Fetch-Site", "cross-site")],
+        None,
+    )
+    .unwrap();
+    assert_eq!(sso_error(&cross), "cross_site");
+    let doubled = deliver(c.http, "/api/v1/oidc/callback?state=a&state=b&code=c", "x");
+    assert_eq!(sso_error(&doubled), "expired_or_tampered");
 
     // A tampered state matches no sign-in under way.
     let (path, binding) = walk("alice");

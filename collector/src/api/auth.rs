@@ -225,7 +225,10 @@ fn principal_of(b: Bearer, auth: &AuthSettings, now_ms: i64) -> Option<(Principa
         }
         BearerRow::Session(s) => {
             let last = s.last_seen_ms;
-            let mfa = Some(s.mfa_ms);
+            // A session single sign-on opened answers to its provider for password and
+            // second factor: no restriction (one the same account opened with a password
+            // is held like any local one's).
+            let mfa = (!s.sso).then_some(s.mfa_ms);
             (
                 Some(s.user_id),
                 None,
@@ -241,8 +244,7 @@ fn principal_of(b: Bearer, auth: &AuthSettings, now_ms: i64) -> Option<(Principa
     let (actor, bindings) = match b.owner {
         Some((u, _)) if u.disabled => return None,
         Some((u, grants_of_user)) => {
-            // Single sign-on accounts answer to their provider for passwords and factors.
-            account = Some((u.id, u.password_changed_ms)).filter(|_| !u.sso);
+            account = Some((u.id, u.password_changed_ms));
             (format!("user:{}", u.username), grants_of_user)
         }
         // A token without a user (quickstart's, or one made by the admin CLI for

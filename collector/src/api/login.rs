@@ -23,6 +23,7 @@ use super::ApiState;
 use crate::auth::credential::{self, Kind};
 use crate::auth::password;
 use crate::now_ms;
+use crate::store::query::tokens::NewSession;
 use crate::store::query::users::LoginRow;
 
 /// Argon2 runs at once, for every route that checks or sets a password (each holds ~19 MiB
@@ -237,7 +238,15 @@ async fn login(
     let uid = row.id;
     let id = state
         .store
-        .start_session(uid, hash, now, expires, src, mfa_ms)
+        .start_session(NewSession {
+            user_id: uid,
+            hash,
+            now_ms: now,
+            expires_ms: expires,
+            source: src,
+            mfa_ms,
+            sso: false,
+        })
         .await?;
     if let Some(Extension(slot)) = &slot {
         slot.set_actor(format!("user:{}", req.username), Some(id));

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,7 @@ use crate::auth::credential::{self, Kind};
 use crate::now_ms;
 use crate::oidc::{pending, Callback, Identity, RelyingParty};
 use crate::store::query::oidc::Provisioned;
+use crate::store::query::tokens::NewSession;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -60,14 +62,17 @@ pub struct LoginQuery {
     pub return_to: Option<String>,
 }
 
-/// A path of this origin only (never `//host` or `/\host`, which browsers take for another
-/// site): an open redirect would hand the fresh session's first page to anyone.
+/// A console path of this origin only (never `//host` or `/\host`, which browsers take for
+/// another site, nor a dot segment that normalises into one, nor the API): an open redirect
+/// would hand the fresh session's first page to anyone.
 fn local_path(wanted: Option<&str>) -> String {
     match wanted {
         Some(p)
             if p.starts_with('/')
                 && !p.starts_with("//")
+                && !p.starts_with("/api/")
                 && !p.contains('\\')
+                && !p.contains("/.")
                 && p.len() <= 512
                 && p.chars().all(|c| c.is_ascii_graphic()) =>
         {
@@ -110,10 +115,22 @@ async fn sso_login(
     State(state): State<ApiState>,
     addr: Option<Extension<ClientAddr>>,
     slot: Option<Extension<AuditSlot>>,
+    headers: HeaderMap,
     Query(q): Query<LoginQuery>,
 ) -> Result<Response, ApiError> {
     let rp = provider(&state)?;
     let slot = slot.map(|Extension(s)| s);
+    // Only the console's own page (or an address typed or bookmarked) starts a sign-in:
+    // another site navigating a visitor here would sign them in behind their back.
+    let site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if site.is_some_and(|v| v != b"same-origin" && v != b"none") {
+        return Ok(refuse(
+            &state,
+            slot.as_ref(),
+            "cross_site",
+            "started from another site",
+        ));
+    }
     if let Some(Extension(a)) = addr {
         if !state
             .limiter
@@ -151,13 +168,22 @@ async fn sso_callback(
     addr: Option<Extension<ClientAddr>>,
     slot: Option<Extension<AuditSlot>>,
     headers: HeaderMap,
-    Query(callback): Query<Callback>,
+    callback: Result<Query<Callback>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let rp = provider(&state)?;
     let slot = slot.map(|Extension(s)| s);
     if let Some(s) = &slot {
         s.set_actor("oidc".into(), None);
     }
+    let Ok(Query(callback)) = callback else {
+        // Repeated or malformed parameters: no sign-in can be found from them.
+        return Ok(refuse(
+            &state,
+            slot.as_ref(),
+            "expired_or_tampered",
+            "malformed callback query",
+        ));
+    };
     let binding = browser_session::oidc_binding(&headers, state.settings.cookie_secure);
     let (identity, return_to) = match rp.finish(callback, binding).await {
         Ok(found) => found,
@@ -173,6 +199,20 @@ async fn sso_callback(
         Ok(cookies) => Ok(redirect(&return_to, cookies)),
         Err((code, reason)) => Ok(refuse(&state, slot.as_ref(), code, &reason)),
     }
+}
+
+/// The groups for an audit row: the first 20, each cut to 64 characters (a token may carry
+/// hundreds).
+fn shown_groups(groups: &[String]) -> String {
+    let mut out: Vec<String> = groups
+        .iter()
+        .take(20)
+        .map(|g| crate::oidc::printable(g, 64))
+        .collect();
+    if groups.len() > 20 {
+        out.push(format!("and {} more", groups.len() - 20));
+    }
+    out.join(", ")
 }
 
 /// Provisions the account of `identity` and opens its session: the cookies to set, or a
@@ -210,6 +250,16 @@ async fn open_session(
         Provisioned::Disabled { username } => {
             return Err(("disabled", format!("the account {username} is disabled")))
         }
+        Provisioned::NoAccess => {
+            return Err((
+                "no_access",
+                format!(
+                    "none of the groups of {} ({}) grants a role; no account made",
+                    identity.username,
+                    shown_groups(&identity.groups)
+                ),
+            ))
+        }
         Provisioned::User {
             bindings: 0,
             username,
@@ -219,7 +269,7 @@ async fn open_session(
                 "no_access",
                 format!(
                     "none of the groups of {username} ({}) grants a role",
-                    identity.groups.join(", ")
+                    shown_groups(&identity.groups)
                 ),
             ))
         }
@@ -241,7 +291,7 @@ async fn open_session(
             let mut detail = format!(
                 "single sign-on{}; groups [{}]; bindings added [{}] removed [{}]",
                 if created { " (account created)" } else { "" },
-                identity.groups.join(", "),
+                shown_groups(&identity.groups),
                 show(&added),
                 show(&removed)
             );
@@ -262,14 +312,15 @@ async fn open_session(
     // The provider vouched for the second factor: the session counts as having passed one.
     let id = state
         .store
-        .start_session(
+        .start_session(NewSession {
             user_id,
-            credential::hash(&secret),
-            now,
-            expires,
+            hash: credential::hash(&secret),
+            now_ms: now,
+            expires_ms: expires,
             source,
-            Some(now),
-        )
+            mfa_ms: Some(now),
+            sso: true,
+        })
         .await
         .map_err(|e| internal(&e))?;
     if let Some(slot) = slot {
@@ -298,6 +349,8 @@ mod tests {
         );
         for hostile in [
             "//evil.example/",
+            "/.//evil.example/",
+            "/api/v1/oidc/login",
             "/\\evil.example",
             "https://evil.example/",
             "evil",

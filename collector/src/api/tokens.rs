@@ -159,6 +159,18 @@ async fn create_token(
             return Err(ApiError::Forbidden(p.to_string()));
         }
     }
+    // A single sign-on account's rights come from its groups at its last sign-in: its
+    // tokens last no longer than one of its sessions, so leaving a group at the provider
+    // takes their rights away within `[oidc] session_lifetime` too.
+    let mut expires = expires;
+    if let (Some(uid), Some(rp)) = (owner, state.oidc.as_ref()) {
+        if state.store.user(uid).await?.is_some_and(|u| u.sso) {
+            let lifetime =
+                i64::try_from(rp.settings.session_lifetime.as_millis()).unwrap_or(i64::MAX);
+            let cap = now.saturating_add(lifetime);
+            expires = Some(expires.map_or(cap, |e| e.min(cap)));
+        }
+    }
     let calling_token = caller.principal.token_id;
     let secret = credential::secret().map_err(|e| ApiError::Internal(e.to_string()))?;
     let hash = credential::hash(&secret);

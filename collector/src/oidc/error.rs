@@ -40,7 +40,6 @@ impl OidcError {
         match self {
             OidcError::Config(_) => "misconfigured",
             OidcError::ProviderUnavailable(_) => "provider_unavailable",
-            OidcError::Pending(PendingError::Full) => "busy",
             OidcError::Pending(PendingError::OtherBrowser) => "other_browser",
             OidcError::Pending(PendingError::UnknownState) | OidcError::Malformed(_) => {
                 "expired_or_tampered"

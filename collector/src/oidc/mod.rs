@@ -12,5 +12,5 @@ mod transport;
 
 pub use error::OidcError;
 pub use identity::Identity;
-pub use relying_party::{Callback, RelyingParty};
+pub use relying_party::{printable, Callback, RelyingParty};
 pub use settings::{OidcSettings, RawOidc};

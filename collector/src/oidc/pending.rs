@@ -2,7 +2,8 @@
 //! under the `state` it sent the browser off with, until `/oidc/callback` takes it back —
 //! once. Each is bound to the browser that started it by a random value in a cookie, so a
 //! callback URL planted in another browser (login CSRF) is refused. In memory: a restart
-//! only makes sign-ins under way start again. Bounded, and entries expire.
+//! only makes sign-ins under way start again. Bounded (when full, the oldest goes: a flood
+//! of started sign-ins cannot lock everyone out of starting one), and entries expire.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,11 +13,10 @@ use ring::digest::{digest, SHA256};
 
 /// How long a browser may spend at the provider.
 pub const TTL: Duration = Duration::from_secs(600);
-/// Sign-ins under way at most (beyond: refused until some finish or expire).
+/// Sign-ins under way at most (beyond: the oldest is dropped).
 pub const MAX_PENDING: usize = 10_000;
 
-/// One sign-in under way.
-#[derive(Debug)]
+/// One sign-in under way (its secrets never printed).
 pub struct PendingLogin {
     pub nonce: String,
     pub pkce_verifier: String,
@@ -34,8 +34,14 @@ pub enum PendingError {
     UnknownState,
     #[error("the sign-in was started in another browser")]
     OtherBrowser,
-    #[error("too many sign-ins are under way; try again in a minute")]
-    Full,
+}
+
+impl std::fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLogin")
+            .field("return_to", &self.return_to)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,13 +63,19 @@ impl PendingLogins {
         pkce_verifier: String,
         return_to: String,
         now: Instant,
-    ) -> Result<(), PendingError> {
+    ) {
         let mut map = self.by_state.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_PENDING {
             map.retain(|_, p| now.duration_since(p.started) < TTL);
         }
         if map.len() >= MAX_PENDING {
-            return Err(PendingError::Full);
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, p)| p.started)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                map.remove(&k);
+            }
         }
         map.insert(
             state,
@@ -75,7 +87,6 @@ impl PendingLogins {
                 started: now,
             },
         );
-        Ok(())
     }
 
     /// Takes the sign-in under `state` back (it cannot be taken twice), if it is live and
@@ -118,7 +129,7 @@ impl PendingLogins {
 mod tests {
     use super::*;
 
-    fn add(p: &PendingLogins, state: &str, now: Instant) -> Result<(), PendingError> {
+    fn add(p: &PendingLogins, state: &str, now: Instant) {
         p.insert(
             state.into(),
             "cookie-1",
@@ -133,9 +144,9 @@ mod tests {
     fn oidc_pending_sign_ins_are_taken_once_by_their_own_browser_and_expire() {
         let p = PendingLogins::default();
         let t0 = Instant::now();
-        add(&p, "s1", t0).unwrap();
-        add(&p, "s2", t0).unwrap();
-        add(&p, "s3", t0).unwrap();
+        add(&p, "s1", t0);
+        add(&p, "s2", t0);
+        add(&p, "s3", t0);
         assert_eq!(p.take("s1", Some("cookie-1"), t0).unwrap().nonce, "n");
         assert_eq!(
             p.take("s1", Some("cookie-1"), t0).unwrap_err(),
@@ -155,7 +166,7 @@ mod tests {
             p.take("s3", None, t0).unwrap_err(),
             PendingError::OtherBrowser
         );
-        add(&p, "s4", t0).unwrap();
+        add(&p, "s4", t0);
         assert_eq!(
             p.take("s4", Some("cookie-1"), t0 + TTL).unwrap_err(),
             PendingError::UnknownState
@@ -164,14 +175,28 @@ mod tests {
     }
 
     #[test]
-    fn oidc_pending_sign_ins_are_bounded_and_expired_ones_make_room() {
+    fn oidc_pending_sign_ins_are_bounded_the_oldest_making_room() {
         let p = PendingLogins::default();
         let t0 = Instant::now();
         for i in 0..MAX_PENDING {
-            add(&p, &format!("s{i}"), t0).unwrap();
+            add(
+                &p,
+                &format!("s{i}"),
+                t0 + std::time::Duration::from_millis(i as u64),
+            );
         }
-        assert_eq!(add(&p, "more", t0), Err(PendingError::Full));
-        assert_eq!(add(&p, "later", t0 + TTL), Ok(()));
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        add(&p, "newest", t1);
+        assert_eq!(p.len(), MAX_PENDING);
+        assert!(p.take("newest", Some("cookie-1"), t1).is_ok());
+        assert_eq!(
+            p.take("s0", Some("cookie-1"), t1).unwrap_err(),
+            PendingError::UnknownState,
+            "the oldest made room"
+        );
+        assert!(p.take("s1", Some("cookie-1"), t1).is_ok());
+        // Expired ones go first.
+        add(&p, "later", t0 + TTL + std::time::Duration::from_secs(1));
         assert_eq!(p.len(), 1);
     }
 }

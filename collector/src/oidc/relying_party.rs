@@ -149,7 +149,11 @@ impl RelyingParty {
         let issuer = IssuerUrl::new(self.settings.issuer.clone())
             .map_err(|e| OidcError::Config(format!("issuer: {e}")))?;
         let http = |r| transport::send(self.http.clone(), r);
-        match CoreProviderMetadata::discover_async(issuer, &http).await {
+        match CoreProviderMetadata::discover_async(issuer, &http)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|m| endpoints_safe(&m).map(|()| m))
+        {
             Ok(metadata) => {
                 *cached = Some(Discovered {
                     metadata: metadata.clone(),
@@ -158,17 +162,14 @@ impl RelyingParty {
                 });
                 Ok(metadata)
             }
-            Err(e) => {
-                let why = e.to_string();
-                match cached.as_mut() {
-                    Some(d) => {
-                        tracing::warn!(error = %why, "OIDC discovery failed; using the copy from before");
-                        d.due = now + RETRY;
-                        Ok(d.metadata.clone())
-                    }
-                    None => Err(OidcError::ProviderUnavailable(why)),
+            Err(why) => match cached.as_mut() {
+                Some(d) => {
+                    tracing::warn!(error = %why, "OIDC discovery failed; using the copy from before");
+                    d.due = now + RETRY;
+                    Ok(d.metadata.clone())
                 }
-            }
+                None => Err(OidcError::ProviderUnavailable(why)),
+            },
         }
     }
 
@@ -206,7 +207,8 @@ impl RelyingParty {
     }
 
     /// Whether the provider answers its discovery document now: a browser is not sent to
-    /// a provider that is down (the console says so instead).
+    /// a provider that is down (the console says so instead). One request per sign-in
+    /// started, which `/oidc/login` limits per address like logins.
     async fn reachable(&self) -> Result<(), OidcError> {
         let url = format!(
             "{}/.well-known/openid-configuration",
@@ -241,16 +243,14 @@ impl RelyingParty {
             request = request.add_scope(Scope::new(s.clone()));
         }
         let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
-        self.pending
-            .insert(
-                state.secret().clone(),
-                binding,
-                nonce.secret().clone(),
-                verifier.secret().clone(),
-                return_to,
-                Instant::now(),
-            )
-            .map_err(OidcError::Pending)?;
+        self.pending.insert(
+            state.secret().clone(),
+            binding,
+            nonce.secret().clone(),
+            verifier.secret().clone(),
+            return_to,
+            Instant::now(),
+        );
         Ok(url.to_string())
     }
 
@@ -334,6 +334,25 @@ impl RelyingParty {
                 }
             })
     }
+}
+
+/// The endpoints the provider advertises take the client secret, codes and keys: held to
+/// the issuer's rule (https, or http on loopback) whatever host they name.
+fn endpoints_safe(m: &CoreProviderMetadata) -> Result<(), String> {
+    let mut urls = vec![
+        (
+            "authorization_endpoint",
+            m.authorization_endpoint().url().as_str(),
+        ),
+        ("jwks_uri", m.jwks_uri().url().as_str()),
+    ];
+    if let Some(t) = m.token_endpoint() {
+        urls.push(("token_endpoint", t.url().as_str()));
+    }
+    for (name, url) in urls {
+        super::settings::check_url(url).map_err(|e| format!("the provider's {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// At most `max` printable ASCII characters of `text` (a provider's words, for logs and

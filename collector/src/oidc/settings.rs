@@ -248,7 +248,7 @@ impl OidcSettings {
 
 /// `https://` anywhere, `http://` only to a loopback address (a test provider, or one on
 /// the same host): tokens and codes must not cross a network in the clear.
-fn check_url(text: &str) -> Result<(), String> {
+pub(super) fn check_url(text: &str) -> Result<(), String> {
     let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
     let Some(host) = url.host_str() else {
         return Err("must name a host".into());

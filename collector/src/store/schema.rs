@@ -432,6 +432,9 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE role_bindings ADD COLUMN origin TEXT NOT NULL DEFAULT 'manual';
     "#,
     ),
+    // v17: whether a session was opened through single sign-on (its provider then vouches
+    // for password and second factor; a password session of the same account does not).
+    Migration::Sql("ALTER TABLE sessions ADD COLUMN sso INTEGER NOT NULL DEFAULT 0;"),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored

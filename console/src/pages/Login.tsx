@@ -28,7 +28,7 @@ const SSO_ERRORS: Record<string, string> = {
   disabled: "Your account is disabled.",
   no_access: "None of your groups grants access to mcpwatch. Ask an administrator.",
   rate_limited: "Too many sign-ins from this address. Wait a minute and try again.",
-  busy: "Too many sign-ins are under way. Try again in a minute.",
+  cross_site: "A sign-in starts from this page only. Use the button below.",
 };
 
 /** The `sso_error` the collector sent the browser back with, taken out of the address. */

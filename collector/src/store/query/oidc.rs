@@ -38,6 +38,9 @@ pub enum Provisioned {
     },
     /// The account exists and an admin disabled it.
     Disabled { username: String },
+    /// No account yet, and the groups grant nothing: none is made (a name is not taken by
+    /// whoever the provider knows).
+    NoAccess,
     /// A local account (or another identity's) already has this username.
     NameTaken,
 }
@@ -51,6 +54,18 @@ pub fn provision(
     grants: &[GroupGrant],
     now_ms: i64,
 ) -> Result<Provisioned, StoreError> {
+    let mut known = Vec::new();
+    let mut unknown_roles = Vec::new();
+    for g in grants {
+        let exists: bool = c
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM roles WHERE name = ?1)")?
+            .query_row([&g.role], |r| r.get(0))?;
+        if exists {
+            known.push(g.clone());
+        } else {
+            unknown_roles.push(g.role.clone());
+        }
+    }
     let found: Option<(i64, String, bool)> = c
         .prepare_cached("SELECT id, username, disabled FROM users WHERE oidc_subject = ?1")?
         .query_row([subject], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -58,6 +73,7 @@ pub fn provision(
     let (id, name, created) = match found {
         Some((_, name, true)) => return Ok(Provisioned::Disabled { username: name }),
         Some((id, name, false)) => (id, name, false),
+        None if known.is_empty() => return Ok(Provisioned::NoAccess),
         None => {
             check_name("username", username)?;
             // Never adopt an existing account by name: whoever controls a username at the
@@ -89,7 +105,7 @@ pub fn provision(
         })?
         .collect::<Result<_, _>>()?;
     let mut removed = Vec::new();
-    for g in current.iter().filter(|g| !grants.contains(g)) {
+    for g in current.iter().filter(|g| !known.contains(g)) {
         c.prepare_cached(
             "DELETE FROM role_bindings
              WHERE user_id = ?1 AND role = ?2 AND host_selector = ?3 AND origin = 'oidc'",
@@ -98,15 +114,7 @@ pub fn provision(
         removed.push(g.clone());
     }
     let mut added = Vec::new();
-    let mut unknown_roles = Vec::new();
-    for g in grants.iter().filter(|g| !current.contains(g)) {
-        let known: bool = c
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM roles WHERE name = ?1)")?
-            .query_row([&g.role], |r| r.get(0))?;
-        if !known {
-            unknown_roles.push(g.role.clone());
-            continue;
-        }
+    for g in known.iter().filter(|g| !current.contains(g)) {
         // A manual binding that is the same stays manual.
         let n = c
             .prepare_cached(
@@ -207,10 +215,33 @@ mod tests {
         let none = provision(&c, sub, "alice", &[], 13).unwrap();
         assert!(matches!(none, Provisioned::User { bindings: 1, .. }));
 
+        // Groups granting nothing make no account (and take no name).
+        assert_eq!(
+            provision(
+                &c,
+                "https://idp.test\ncarol-sub",
+                "carol",
+                &[grant("nope", "")],
+                14
+            )
+            .unwrap(),
+            Provisioned::NoAccess
+        );
+        assert_eq!(
+            crate::store::query::users::user_id(&c, "carol").unwrap(),
+            None
+        );
         // A local account's name is never adopted; a disabled account stays out.
         create_user(&c, "bob", "hash", 14).unwrap();
         assert_eq!(
-            provision(&c, "https://idp.test\nbob-sub", "bob", &[], 15).unwrap(),
+            provision(
+                &c,
+                "https://idp.test\nbob-sub",
+                "bob",
+                &[grant("viewer", "")],
+                15
+            )
+            .unwrap(),
             Provisioned::NameTaken
         );
         c.execute("UPDATE users SET disabled = 1 WHERE id = ?1", [user_id])

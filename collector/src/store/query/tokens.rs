@@ -37,6 +37,8 @@ pub struct SessionRow {
     pub hash: String,
     /// When it passed a second factor (absent: signed in with a password alone).
     pub mfa_ms: Option<i64>,
+    /// Opened through single sign-on.
+    pub sso: bool,
 }
 
 // ---- tokens ----
@@ -111,27 +113,44 @@ pub fn token_used(c: &Connection, id: i64, now_ms: i64) -> Result<(), StoreError
 
 // ---- sessions ----
 
-pub fn create_session(
-    c: &Connection,
-    user_id: i64,
-    hash: &str,
-    now_ms: i64,
-    expires_ms: i64,
-    source: &str,
-    mfa_ms: Option<i64>,
-) -> Result<i64, StoreError> {
+/// A login session to open.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub user_id: i64,
+    /// SHA-256 of its secret.
+    pub hash: String,
+    pub now_ms: i64,
+    pub expires_ms: i64,
+    /// The client's address.
+    pub source: String,
+    /// When it passed a second factor (`None`: a password alone).
+    pub mfa_ms: Option<i64>,
+    /// Opened through single sign-on (the provider vouches for password and factor).
+    pub sso: bool,
+}
+
+pub fn create_session(c: &Connection, s: &NewSession) -> Result<i64, StoreError> {
     Ok(c.prepare_cached(
-        "INSERT INTO sessions (user_id, hash, created_ms, last_seen_ms, expires_ms, source, mfa_ms)
-         VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6) RETURNING id",
+        "INSERT INTO sessions (user_id, hash, created_ms, last_seen_ms, expires_ms, source, mfa_ms,
+                               sso)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7) RETURNING id",
     )?
     .query_row(
-        params![user_id, hash, now_ms, expires_ms, source, mfa_ms],
+        params![
+            s.user_id,
+            s.hash,
+            s.now_ms,
+            s.expires_ms,
+            s.source,
+            s.mfa_ms,
+            s.sso
+        ],
         |r| r.get(0),
     )?)
 }
 
 const SESSION_COLS: &str =
-    "id, user_id, created_ms, last_seen_ms, expires_ms, source, hash, mfa_ms";
+    "id, user_id, created_ms, last_seen_ms, expires_ms, source, hash, mfa_ms, sso";
 
 fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
     Ok(SessionRow {
@@ -143,6 +162,7 @@ fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
         source: r.get(5)?,
         hash: r.get(6)?,
         mfa_ms: r.get(7)?,
+        sso: r.get(8)?,
     })
 }
 

@@ -365,16 +365,11 @@ impl Store {
     /// Clears the failed-login count and creates a session; its id.
     pub async fn start_session(
         &self,
-        user_id: i64,
-        hash: String,
-        now_ms: i64,
-        expires_ms: i64,
-        source: String,
-        mfa_ms: Option<i64>,
+        session: super::tokens::NewSession,
     ) -> Result<i64, StoreError> {
         self.exec(move |c| {
-            login_succeeded(c, user_id)?;
-            super::tokens::create_session(c, user_id, &hash, now_ms, expires_ms, &source, mfa_ms)
+            login_succeeded(c, session.user_id)?;
+            super::tokens::create_session(c, &session)
         })
         .await
     }
@@ -509,8 +504,17 @@ mod tests {
     fn auth_store_password_change_keeps_only_the_named_session() {
         let (_d, c) = db();
         let id = create_user(&c, "bob", "h1", 1).unwrap();
-        let keep = create_session(&c, id, "s1", 1, 100, "", None).unwrap();
-        let other = create_session(&c, id, "s2", 1, 100, "", None).unwrap();
+        let new_session = |hash: &str| NewSession {
+            user_id: id,
+            hash: hash.into(),
+            now_ms: 1,
+            expires_ms: 100,
+            source: String::new(),
+            mfa_ms: None,
+            sso: false,
+        };
+        let keep = create_session(&c, &new_session("s1")).unwrap();
+        let other = create_session(&c, &new_session("s2")).unwrap();
         assert!(set_password(&c, id, "h2", 5, Some(keep)).unwrap());
         assert!(session(&c, keep).unwrap().is_some());
         assert!(session(&c, other).unwrap().is_none());
