@@ -666,6 +666,9 @@ impl Ctx {
                 r
             }
             ("GET", "/api/v1/me")
+            | ("GET", "/api/v1/oidc")
+            | ("GET", "/api/v1/oidc/login")
+            | ("GET", "/api/v1/oidc/callback")
             | ("GET", "/api/v1/me/mfa")
             | ("GET", "/api/v1/sessions")
             | ("GET", "/api/v1/hosts")
