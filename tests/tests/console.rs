@@ -291,7 +291,11 @@ fn console_in_chromium_two_factor_enrollment_and_sign_in() {
 fn console_in_chromium_single_sign_on() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&tmp.path().join("pki"));
-    let mut c = CollectorProc::start(&pki, &tmp.path().join("c"), "");
+    let mut c = CollectorProc::start(
+        &pki,
+        &tmp.path().join("c"),
+        "[api]\nlogin_attempts_per_minute = 200\n",
+    );
     let mut op = OidcProvider::new(&tmp.path().join("op"));
     let users = |bob: &str| json!({"alice": {"groups": ["sre"]}, "bob": {"groups": [bob]}});
     connect(

@@ -175,6 +175,21 @@ async fn sso_callback(
     if let Some(s) = &slot {
         s.set_actor("oidc".into(), None);
     }
+    if let Some(Extension(a)) = &addr {
+        // Each arrival is checked and audited: a flood of made-up callbacks is limited per
+        // address like logins (a real sign-in makes two requests: the start and this).
+        if !state
+            .limiter
+            .allow(a.0.ip(), state.settings.login_per_minute)
+        {
+            return Ok(refuse(
+                &state,
+                slot.as_ref(),
+                "rate_limited",
+                "too many callbacks from this address",
+            ));
+        }
+    }
     let Ok(Query(callback)) = callback else {
         // Repeated or malformed parameters: no sign-in can be found from them.
         return Ok(refuse(
