@@ -57,6 +57,7 @@ async fn sso_info(State(state): State<ApiState>) -> Result<Json<SsoInfo>, ApiErr
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LoginQuery {
     /// Where to land after signing in: a path of this origin. Default `/`.
     pub return_to: Option<String>,

@@ -103,6 +103,7 @@ struct Discovered {
 
 /// What the provider's callback carries (`/oidc/callback?...`).
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Callback {
     pub state: Option<String>,
     pub code: Option<String>,
