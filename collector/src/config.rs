@@ -15,6 +15,7 @@ use crate::api::ApiSettings;
 use crate::backup::{BackupConfig, RawBackup};
 use crate::heartbeat::{HeartbeatConfig, RawHeartbeat};
 use crate::notify::{ReceiverConfigRaw, SecretRef};
+use crate::oidc::settings::secure_cookies;
 use crate::remote_write::{Endpoint, RawRemoteWrite};
 
 pub const DEFAULT_PATH: &str = "/etc/mcpwatch/collector.toml";
@@ -369,22 +370,9 @@ impl CollectorConfig {
         let http_tls = http_tls(path, &raw.http)?;
         let http_limits = http_limits(path, &raw.http)?;
         let (mut api, audit_retention) = api_settings(path, &raw.api, http_limits.request_timeout)?;
-        // Browsers reach the collector over https when single sign-on sends them back to
-        // an https URL (a proxy in front terminates TLS): cookies are then Secure and
-        // `__Host-`, so a sibling site cannot plant one.
-        let browsers_on_https = oidc
-            .as_ref()
-            .is_some_and(|o| o.redirect_url.starts_with("https://"));
-        api.cookie_secure = raw
-            .api
-            .cookie_secure
-            .unwrap_or(http_tls.is_some() || browsers_on_https);
-        if browsers_on_https && !api.cookie_secure {
-            return Err(bad(
-                "api.cookie_secure",
-                "must not be false with an https [oidc] redirect_url: browsers use https",
-            ));
-        }
+        let on_tls = http_tls.is_some();
+        api.cookie_secure = secure_cookies(oidc.as_ref(), raw.api.cookie_secure, on_tls)
+            .map_err(|m| bad("api.cookie_secure", m))?;
         api.auth = crate::auth::settings::AuthSettings::validate(path, &raw.auth)?;
         if raw.api.stream_heartbeat.is_none() {
             // The default must stay below a shortened idle timeout too.

@@ -23,6 +23,7 @@ use super::ApiState;
 use crate::auth::credential::{self, Kind};
 use crate::auth::password;
 use crate::now_ms;
+use crate::store::query::login_attempts::Attempt;
 use crate::store::query::tokens::NewSession;
 use crate::store::query::users::LoginRow;
 
@@ -58,7 +59,13 @@ pub(super) async fn verify_guarded(
     let target = row.filter(|r| !r.disabled).map(|r| r.id);
     let reserved = state
         .store
-        .reserve_login(target, now_ms(), s.lockout_after, s.lockout_ms)
+        .reserve_attempt(
+            Attempt::Password,
+            target,
+            now_ms(),
+            s.lockout_after,
+            s.lockout_ms,
+        )
         .await?;
     let hash = match (row, reserved) {
         (Some(r), true) => r.password_hash.clone(),
@@ -68,6 +75,33 @@ pub(super) async fn verify_guarded(
         .await
         .unwrap_or(false);
     Ok(reserved && ok)
+}
+
+/// Checks the current password a signed-in user gives to change its own account (its
+/// password, its second factor), throttled and counted exactly like a login ([`verify_guarded`]);
+/// a right one clears the password's failed count. 422 when wrong (audited as a refusal).
+pub(super) async fn check_current_password(
+    state: &ApiState,
+    caller: &Caller,
+    source: Option<IpAddr>,
+    user_id: i64,
+    password: String,
+) -> Result<(), ApiError> {
+    let row = state
+        .store
+        .login_row_by_id(user_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if !verify_guarded(state, source, Some(&row), password).await? {
+        caller.deny();
+        caller.note("current password wrong");
+        return Err(ApiError::unprocessable("current_password is wrong"));
+    }
+    state
+        .store
+        .password_verified(user_id, state.settings.lockout_after)
+        .await?;
+    Ok(())
 }
 
 /// An argon2id hash of a new password, computed off the async runtime and within the same

@@ -14,13 +14,14 @@ use utoipa_axum::routes;
 
 use super::auth::{Caller, ClientAddr};
 use super::error::{ApiError, ErrorBody};
-use super::login::verify_guarded;
+use super::login::check_current_password;
 use super::users::load_user;
 use super::ApiState;
 use crate::auth::restriction::needs_mfa;
 use crate::auth::{credential, totp, Permission};
 use crate::notify::{Binding, Secret};
 use crate::now_ms;
+use crate::store::query::login_attempts::Attempt;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -98,7 +99,13 @@ pub(super) async fn second_factor(
     let now = now_ms();
     if !state
         .store
-        .reserve_second_factor(user_id, now, s.lockout_after, s.lockout_ms)
+        .reserve_attempt(
+            Attempt::SecondFactor,
+            Some(user_id),
+            now,
+            s.lockout_after,
+            s.lockout_ms,
+        )
         .await?
         || code.len() > 64
     {
@@ -206,21 +213,8 @@ async fn totp_enroll(
     if row.enabled_ms.is_some() {
         return Err(ApiError::Conflict(ACTIVE.into()));
     }
-    let login = state
-        .store
-        .login_row_by_id(id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
     let source = addr.map(|Extension(a)| a.0.ip());
-    if !verify_guarded(&state, source, Some(&login), req.current_password).await? {
-        caller.deny();
-        caller.note("current password wrong");
-        return Err(ApiError::unprocessable("current_password is wrong"));
-    }
-    state
-        .store
-        .password_verified(id, state.settings.lockout_after)
-        .await?;
+    check_current_password(&state, &caller, source, id, req.current_password).await?;
     let secret = totp::new_secret().map_err(ApiError::Internal)?;
     let e = totp::enrollment(&secret, &user.username).map_err(ApiError::Internal)?;
     if !state

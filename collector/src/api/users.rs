@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use super::auth::{Caller, ClientAddr};
 use super::error::{ApiError, ErrorBody};
-use super::login::{hash_password, reused, verify_guarded};
+use super::login::{check_current_password, hash_password, reused};
 use super::ApiState;
 use crate::auth::{Permission, Scope};
 use crate::now_ms;
@@ -201,23 +201,10 @@ async fn change_password(
                 "current_password is required to change your own password",
             ));
         };
-        let row = state
-            .store
-            .login_row_by_id(id)
-            .await?
-            .ok_or(ApiError::NotFound)?;
         // Guessing through this endpoint is throttled and counted exactly like guessing at
         // login (rate limit, bounded argon2, the attempt counted before the check).
         let source = addr.map(|Extension(a)| a.0.ip());
-        if !verify_guarded(&state, source, Some(&row), current).await? {
-            caller.deny();
-            caller.note("current password wrong");
-            return Err(ApiError::unprocessable("current_password is wrong"));
-        }
-        state
-            .store
-            .password_verified(id, state.settings.lockout_after)
-            .await?;
+        check_current_password(&state, &caller, source, id, current).await?;
         // The current password always counts as used. Not checked when an admin sets
         // someone else's: the answer would tell the admin that user's old passwords.
         let recent = state

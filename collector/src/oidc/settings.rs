@@ -246,6 +246,25 @@ impl OidcSettings {
     }
 }
 
+/// Whether the console's cookies are `Secure` (and `__Host-`): as `[api] cookie_secure`
+/// says, else when the collector serves TLS itself or single sign-on sends browsers back to
+/// an https URL (a proxy in front terminates TLS), so a sibling site cannot plant one. False
+/// with such a URL is refused.
+pub fn secure_cookies(
+    oidc: Option<&OidcSettings>,
+    configured: Option<bool>,
+    serves_tls: bool,
+) -> Result<bool, &'static str> {
+    let browsers_on_https = oidc.is_some_and(|o| o.redirect_url.starts_with("https://"));
+    match configured {
+        Some(false) if browsers_on_https => {
+            Err("must not be false with an https [oidc] redirect_url: browsers use https")
+        }
+        Some(v) => Ok(v),
+        None => Ok(serves_tls || browsers_on_https),
+    }
+}
+
 /// `https://` anywhere, `http://` only to a loopback address (a test provider, or one on
 /// the same host): tokens and codes must not cross a network in the clear.
 pub(super) fn check_url(text: &str) -> Result<(), String> {

@@ -14,6 +14,7 @@ pub mod enroll_tokens;
 pub mod events;
 pub mod fleet;
 pub mod hosts;
+pub mod login_attempts;
 pub mod mfa;
 pub mod oidc;
 pub(crate) mod pool;

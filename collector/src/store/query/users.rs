@@ -164,69 +164,6 @@ pub fn login_row_by_id(c: &Connection, user_id: i64) -> Result<Option<LoginRow>,
     )
 }
 
-/// Counts a login attempt before its password is checked; at `lock_after` consecutive
-/// attempts without success the account locks for `lock_ms`. `false` (nothing counted) when
-/// the account is locked now.
-pub fn reserve_login(
-    c: &Connection,
-    user_id: i64,
-    now_ms: i64,
-    lock_after: i64,
-    lock_ms: i64,
-) -> Result<bool, StoreError> {
-    let n = c
-        .prepare_cached(
-            "UPDATE users SET failed_logins = failed_logins + 1,
-                 locked_until_ms = CASE WHEN failed_logins + 1 >= ?3 THEN ?2 + ?4
-                                        ELSE locked_until_ms END
-             WHERE id = ?1 AND locked_until_ms <= ?2",
-        )?
-        .execute(params![user_id, now_ms, lock_after, lock_ms])?;
-    Ok(n > 0)
-}
-
-/// A full sign-in (password, and the second factor when there is one): both counts start
-/// over.
-pub fn login_succeeded(c: &Connection, user_id: i64) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "UPDATE users SET failed_logins = 0, mfa_failures = 0, locked_until_ms = 0 WHERE id = ?1",
-    )?
-    .execute([user_id])?;
-    Ok(())
-}
-
-/// The password was right: its count starts over, but not the second factor's, so someone
-/// holding the password cannot reset the count of their code guesses by signing in again.
-pub fn password_verified(c: &Connection, user_id: i64, lock_after: i64) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "UPDATE users SET failed_logins = 0,
-             locked_until_ms = CASE WHEN mfa_failures >= ?2 THEN locked_until_ms ELSE 0 END
-         WHERE id = ?1",
-    )?
-    .execute(params![user_id, lock_after])?;
-    Ok(())
-}
-
-/// Counts a second-factor attempt before its code is checked, like [`reserve_login`], on
-/// its own count (cleared only by a full sign-in). `false` when the account is locked now.
-pub fn reserve_second_factor(
-    c: &Connection,
-    user_id: i64,
-    now_ms: i64,
-    lock_after: i64,
-    lock_ms: i64,
-) -> Result<bool, StoreError> {
-    let n = c
-        .prepare_cached(
-            "UPDATE users SET mfa_failures = mfa_failures + 1,
-                 locked_until_ms = CASE WHEN mfa_failures + 1 >= ?3 THEN ?2 + ?4
-                                        ELSE locked_until_ms END
-             WHERE id = ?1 AND locked_until_ms <= ?2",
-        )?
-        .execute(params![user_id, now_ms, lock_after, lock_ms])?;
-    Ok(n > 0)
-}
-
 /// Changes a password and ends the user's sessions, except `keep_session` (the one a user
 /// changed its own password from). `false` if no such user.
 pub fn set_password(
@@ -324,51 +261,13 @@ impl Store {
         self.read(move |c| login_row_by_id(c, user_id)).await
     }
 
-    /// Counts a login attempt on `user_id` before its password is checked (see
-    /// `reserve_login`); `false` (and nothing written) for `None` or a locked account.
-    pub async fn reserve_login(
-        &self,
-        user_id: Option<i64>,
-        now_ms: i64,
-        lockout_after: i64,
-        lockout_ms: i64,
-    ) -> Result<bool, StoreError> {
-        self.exec(move |c| match user_id {
-            Some(id) => reserve_login(c, id, now_ms, lockout_after, lockout_ms),
-            None => Ok(false),
-        })
-        .await
-    }
-
-    /// Clears the password's failed count (the password was right).
-    pub async fn password_verified(
-        &self,
-        user_id: i64,
-        lockout_after: i64,
-    ) -> Result<(), StoreError> {
-        self.exec(move |c| password_verified(c, user_id, lockout_after))
-            .await
-    }
-
-    /// Counts a second-factor attempt; `false` when the account is locked.
-    pub async fn reserve_second_factor(
-        &self,
-        user_id: i64,
-        now_ms: i64,
-        lockout_after: i64,
-        lockout_ms: i64,
-    ) -> Result<bool, StoreError> {
-        self.exec(move |c| reserve_second_factor(c, user_id, now_ms, lockout_after, lockout_ms))
-            .await
-    }
-
     /// Clears the failed-login count and creates a session; its id.
     pub async fn start_session(
         &self,
         session: super::tokens::NewSession,
     ) -> Result<i64, StoreError> {
         self.exec(move |c| {
-            login_succeeded(c, session.user_id)?;
+            super::login_attempts::login_succeeded(c, session.user_id)?;
             super::tokens::create_session(c, &session)
         })
         .await
