@@ -192,3 +192,16 @@ pub fn admin_token(db: &std::path::Path, name: &str, user: Option<i64>) -> Strin
     .expect("create token");
     credential::format(credential::Kind::Token, id, &secret)
 }
+
+/// Creates a local user straight in the database (as `user add` does), bound to `role` on
+/// the hosts `selector` picks (empty: every host). Returns its id.
+pub fn local_user(db: &std::path::Path, name: &str, pw: &str, role: &str, selector: &str) -> i64 {
+    use mcpwatch_collector::store::query::{roles, users};
+    let hash = mcpwatch_collector::auth::password::hash(pw).expect("hash");
+    mcpwatch_collector::store::admin::with_db(db, |c| {
+        let id = users::create_user(c, name, &hash, mcpwatch_collector::now_ms())?;
+        roles::bind(c, id, role, selector, mcpwatch_collector::now_ms())?;
+        Ok(id)
+    })
+    .expect("create user")
+}

@@ -14,11 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mcpwatch_collector::auth::password;
-use mcpwatch_collector::now_ms;
-use mcpwatch_collector::store::admin;
-use mcpwatch_collector::store::query::{roles, users};
-use mcpwatch_tests::api::{admin_token, Api};
+use mcpwatch_tests::api::{admin_token, local_user, Api};
 use mcpwatch_tests::docker::{ensure_dockerd, unique_name};
 use mcpwatch_tests::mcp_load::HttpSession;
 use mcpwatch_tests::oidc_provider::{connect, OidcProvider};
@@ -33,16 +29,6 @@ const VIEWER_PASSWORD: &str = "console viewer password 1";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn user(db: &Path, name: &str, pw: &str, role: &str, selector: &str) {
-    let hash = password::hash(pw).expect("hash");
-    admin::with_db(db, |c| {
-        let uid = users::create_user(c, name, &hash, now_ms())?;
-        roles::bind(c, uid, role, selector, now_ms())?;
-        Ok(())
-    })
-    .expect("create user");
 }
 
 /// Runs one e2e file under node's test runner with `env`, answering its control requests
@@ -158,8 +144,8 @@ fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
         );
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
-    user(&c.db, "viewer", VIEWER_PASSWORD, "viewer", "{team=\"a\"}");
+    local_user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
+    local_user(&c.db, "viewer", VIEWER_PASSWORD, "viewer", "{team=\"a\"}");
     // A rule that fires on every host, for the alert page.
     let r = admin_api.send(
         "PUT",
@@ -237,7 +223,7 @@ fn console_in_chromium_session_expiry() {
         &tmp.path().join("c"),
         "[api]\nsession_idle_timeout = \"3s\"\nstream_heartbeat = \"1s\"\n",
     );
-    user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
+    local_user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
     run_browser(
         "expiry.test.mjs",
         &[
@@ -257,7 +243,7 @@ fn console_in_chromium_two_factor_enrollment_and_sign_in() {
         &tmp.path().join("c"),
         "[auth]\nrequire_mfa = \"admins\"\n",
     );
-    user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
+    local_user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
     run_browser(
         "mfa.test.mjs",
         &[
@@ -363,8 +349,8 @@ fn console_in_chromium_mcp_server_page_with_docker() {
     );
     let token = admin_token(&c.db, "e2e-admin", None);
     let admin_api = Api::new(c.http, Some(&token));
-    user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
-    user(&c.db, "viewer", VIEWER_PASSWORD, "viewer", "");
+    local_user(&c.db, "admin", ADMIN_PASSWORD, "admin", "");
+    local_user(&c.db, "viewer", VIEWER_PASSWORD, "viewer", "");
     let id = unique_name("console");
     let _cleanup = Cleanup(id.clone());
     let mut agent = AgentProc::configure(&pki, &tmp.path().join("a"), &id, c.ingest, "1s", "64MiB");

@@ -8,10 +8,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use mcpwatch_collector::auth::password;
-use mcpwatch_collector::store::admin::with_db;
-use mcpwatch_collector::store::query::{roles, users};
-use mcpwatch_tests::api::{admin_token, request_with, Api, Resp};
+use mcpwatch_tests::api::{admin_token, local_user, request_with, Api, Resp};
 use mcpwatch_tests::oidc_provider::{connect, OidcProvider, Walk};
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::{metric, Pki};
@@ -100,16 +97,6 @@ fn callback_audit(admin: &Api) -> Vec<Value> {
         .filter(|r| r["action"] == "GET /api/v1/oidc/callback")
         .cloned()
         .collect()
-}
-
-fn local_user(db: &Path, name: &str, pw: &str, role: &str) -> i64 {
-    let hash = password::hash(pw).unwrap();
-    with_db(db, |c| {
-        let id = users::create_user(c, name, &hash, mcpwatch_collector::now_ms())?;
-        roles::bind(c, id, role, "", mcpwatch_collector::now_ms())?;
-        Ok(id)
-    })
-    .unwrap()
 }
 
 #[test]
@@ -212,7 +199,7 @@ fn oidc_sign_in_maps_groups_to_roles_and_recomputes_them_at_every_sign_in() {
         !admin.get("/api/v1/users").body.contains("\"carol\""),
         "a refused first sign-in makes no account"
     );
-    local_user(&c.db, "dave", ROOT_PW, "viewer");
+    local_user(&c.db, "dave", ROOT_PW, "viewer", "");
     assert_eq!(sso_error(&sign_in(&c, &op, "dave")), "name_taken");
 
     // The provider rotates its signing key: the new key is fetched when a token names it.
@@ -225,7 +212,7 @@ fn oidc_sign_in_maps_groups_to_roles_and_recomputes_them_at_every_sign_in() {
     op.stop();
     let down = request_with(c.http, "GET", "/api/v1/oidc/login", None, &[], None).unwrap();
     assert_eq!(sso_error(&down), "provider_unavailable");
-    local_user(&c.db, "root", ROOT_PW, "admin");
+    local_user(&c.db, "root", ROOT_PW, "admin", "");
     let local = Api::new(c.http, None).send(
         "POST",
         "/api/v1/sessions",

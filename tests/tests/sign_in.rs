@@ -6,10 +6,9 @@
 
 use std::path::Path;
 
-use mcpwatch_collector::auth::{password, totp};
+use mcpwatch_collector::auth::totp;
 use mcpwatch_collector::store::admin::with_db;
-use mcpwatch_collector::store::query::{roles, users};
-use mcpwatch_tests::api::{admin_token, Api, Resp};
+use mcpwatch_tests::api::{admin_token, local_user, Api, Resp};
 use mcpwatch_tests::process::CollectorProc;
 use mcpwatch_tests::Pki;
 use serde_json::{json, Value};
@@ -23,17 +22,6 @@ fn collector(dir: &Path, auth: &str) -> CollectorProc {
     // they are about.
     let config = format!("[api]\nlogin_attempts_per_minute = 1000\n[auth]\n{auth}\n");
     CollectorProc::start(&pki, &dir.join("collector"), &config)
-}
-
-/// A user straight in the database (as `user add` does), bound to `role`.
-fn add_user(db: &Path, name: &str, pw: &str, role: &str) -> i64 {
-    let hash = password::hash(pw).unwrap();
-    with_db(db, |c| {
-        let id = users::create_user(c, name, &hash, mcpwatch_collector::now_ms())?;
-        roles::bind(c, id, role, "", mcpwatch_collector::now_ms())?;
-        Ok(id)
-    })
-    .unwrap()
 }
 
 fn login(api: &Api, user: &str, pw: &str, code: Option<&str>) -> Resp {
@@ -176,7 +164,7 @@ fn sign_in_password_policy_refuses_short_common_and_reused_passwords() {
     assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(reset(pws[3]).status, 204);
     // An admin changing its own password gives the current one like anyone.
-    let root_id = add_user(&c.db, "root", ADMIN_PW, "admin");
+    let root_id = local_user(&c.db, "root", ADMIN_PW, "admin", "");
     let root = session(&admin, "root", ADMIN_PW, None);
     let own = |body: Value| root.send("PUT", &format!("/api/v1/users/{root_id}/password"), &body);
     let r = own(json!({"password": "Glacier-lantern-oak-7"}));
@@ -194,7 +182,7 @@ fn sign_in_password_policy_refuses_short_common_and_reused_passwords() {
 fn sign_in_an_expired_password_must_be_changed_before_anything_else() {
     let tmp = tempfile::tempdir().unwrap();
     let c = collector(tmp.path(), "password_max_age = \"1d\"");
-    let id = add_user(&c.db, "dave", BOB_PW, "viewer");
+    let id = local_user(&c.db, "dave", BOB_PW, "viewer", "");
     // Set two days ago.
     with_db(&c.db, |conn| {
         conn.execute(
@@ -231,8 +219,8 @@ fn sign_in_an_expired_password_must_be_changed_before_anything_else() {
 fn sign_in_totp_codes_and_recovery_codes_work_once_and_guesses_lock_the_account() {
     let tmp = tempfile::tempdir().unwrap();
     let c = collector(tmp.path(), "require_mfa = \"admins\"");
-    add_user(&c.db, "root", ADMIN_PW, "admin");
-    let bob_id = add_user(&c.db, "bob", BOB_PW, "viewer");
+    local_user(&c.db, "root", ADMIN_PW, "admin", "");
+    let bob_id = local_user(&c.db, "bob", BOB_PW, "viewer", "");
     let api = Api::new(c.http, None);
 
     // The admin must enrol before anything else; the enrolling session is then free.

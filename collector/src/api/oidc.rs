@@ -95,6 +95,16 @@ fn redirect(location: &str, cookies: Vec<HeaderValue>) -> Response {
     resp
 }
 
+/// Whether the client's address is over the per-minute sign-in attempts (shared with
+/// password logins).
+fn over_limit(state: &ApiState, addr: Option<&Extension<ClientAddr>>) -> bool {
+    addr.is_some_and(|Extension(a)| {
+        !state
+            .limiter
+            .allow(a.0.ip(), state.settings.login_per_minute)
+    })
+}
+
 /// A refused sign-in: audited with its reason, counted, and the browser sent to the console
 /// with a code it explains.
 fn refuse(state: &ApiState, slot: Option<&AuditSlot>, code: &str, reason: &str) -> Response {
@@ -132,18 +142,9 @@ async fn sso_login(
             "started from another site",
         ));
     }
-    if let Some(Extension(a)) = addr {
-        if !state
-            .limiter
-            .allow(a.0.ip(), state.settings.login_per_minute)
-        {
-            return Ok(refuse(
-                &state,
-                slot.as_ref(),
-                "rate_limited",
-                "too many sign-ins from this address",
-            ));
-        }
+    if over_limit(&state, addr.as_ref()) {
+        let why = "too many sign-ins from this address";
+        return Ok(refuse(&state, slot.as_ref(), "rate_limited", why));
     }
     let binding = credential::secret().map_err(|e| ApiError::Internal(e.to_string()))?;
     match rp.begin(&binding, local_path(q.return_to.as_deref())).await {
@@ -176,20 +177,11 @@ async fn sso_callback(
     if let Some(s) = &slot {
         s.set_actor("oidc".into(), None);
     }
-    if let Some(Extension(a)) = &addr {
-        // Each arrival is checked and audited: a flood of made-up callbacks is limited per
-        // address like logins (a real sign-in makes two requests: the start and this).
-        if !state
-            .limiter
-            .allow(a.0.ip(), state.settings.login_per_minute)
-        {
-            return Ok(refuse(
-                &state,
-                slot.as_ref(),
-                "rate_limited",
-                "too many callbacks from this address",
-            ));
-        }
+    // Each arrival is checked and audited: a flood of made-up callbacks is limited per
+    // address like logins (a real sign-in makes two requests: the start and this).
+    if over_limit(&state, addr.as_ref()) {
+        let why = "too many callbacks from this address";
+        return Ok(refuse(&state, slot.as_ref(), "rate_limited", why));
     }
     let Ok(Query(callback)) = callback else {
         // Repeated or malformed parameters: no sign-in can be found from them.
