@@ -27,6 +27,11 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> 
         if k == "host" {
             return Err("label `host` is reserved: it is always the agent id".into());
         }
+        if ["alertname", "severity", "level", "flapping"].contains(&k.as_str()) {
+            return Err(format!(
+                "label {k:?} is reserved: host labels join the labels of the host's alerts"
+            ));
+        }
         if k.starts_with("__") {
             return Err(format!(
                 "label {k:?}: names starting with `__` are reserved"

@@ -32,6 +32,7 @@ pub(super) fn max_span(setup: &AlertingSetup) -> i64 {
 impl Runtime {
     /// A series declared by an agent (see [`SampleWindow::declare`](super::sample_window::SampleWindow::declare)).
     pub(super) fn declare(&mut self, id: i64, host: &str, name: &str, labels: &[(String, String)]) {
+        self.hosts.note(host);
         self.window.declare(id, host, name, labels);
     }
 
@@ -53,6 +54,7 @@ impl Runtime {
         if self.touched.is_empty() {
             return Ok(());
         }
+        self.hosts.learn_unknown(c)?;
         let touched = std::mem::take(&mut self.touched);
         let transitions =
             self.engine
@@ -64,6 +66,7 @@ impl Runtime {
     /// silences starting or ending, inhibitions lifting.
     pub(super) fn tick(&mut self, c: &Connection, now_ms: i64) -> Result<(), StoreError> {
         self.window.prune(now_ms);
+        self.hosts.learn_unknown(c)?;
         let failed: Vec<(String, u64)> = self
             .shared
             .read()
@@ -124,6 +127,7 @@ impl Runtime {
     ) -> Result<Vec<AlertRecord>, StoreError> {
         let mut changed: Vec<AlertRecord> = Vec::new();
         for t in transitions {
+            let t = &self.with_host_labels(t);
             self.shared
                 .alert_metrics
                 .transitions

@@ -29,6 +29,7 @@ mod administration;
 pub mod config;
 pub mod dispatcher;
 mod evaluation;
+mod host_scopes;
 mod notification;
 mod outbox;
 mod own_series;
@@ -38,6 +39,10 @@ mod sample_window;
 mod silence_tests;
 mod silences;
 pub mod stored_receivers;
+#[cfg(test)]
+mod team_tests;
+#[cfg(test)]
+mod test_rig;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +65,7 @@ use crate::alert::policy::AlertRecord;
 use crate::alert::route::{InhibitRule, Routing, SilenceSpec};
 use crate::alert::{EngineOptions, RawRule, Rule};
 use crate::notify::{ReceiverConfigRaw, SealedSecret};
+use crate::store::query::hosts::{set_labels_checked, HostRecord, Relabel};
 use crate::store::{Store, StoreConfig, StoreError, WriterHook};
 use runtime::{lock, Hook, Runtime};
 
@@ -179,6 +185,25 @@ impl Alerting {
             (fingerprint.to_owned(), by.to_owned(), comment.to_owned());
         self.call(move |rt, c| rt.acknowledge(c, &fingerprint, &by, &comment, now_ms))
             .await
+    }
+
+    /// Replaces a host's operator labels if `check` (given the host as stored) returns
+    /// `None`; the host's active alerts take the new labels in the same transaction.
+    pub async fn set_host_labels_checked<R: Send + 'static>(
+        &self,
+        agent_id: String,
+        labels_json: String,
+        check: impl FnOnce(&HostRecord) -> Option<R> + Send + 'static,
+        now_ms: i64,
+    ) -> Result<Relabel<R>, StoreError> {
+        self.call(move |rt, c| {
+            let out = set_labels_checked(c, &agent_id, &labels_json, check)?;
+            if let Relabel::Done(h) = &out {
+                rt.host_relabelled(c, &h.agent_id, &h.labels, now_ms)?;
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Adds a silence; returns its id. Invalid specs are refused with the reason

@@ -12,6 +12,7 @@ use rusqlite::{params, Connection};
 
 use super::administration::effective_rules;
 use super::evaluation::{load_engine_state, max_span};
+use super::host_scopes::HostScopes;
 use super::notification::{OutboxShared, ReceiverShared};
 use super::outbox::dead_letter;
 use super::sample_window::SampleWindow;
@@ -53,6 +54,8 @@ pub(crate) struct Runtime {
     pub(super) api_receivers: BTreeSet<String>,
     /// The receiver set before the open transaction changed it, put back on rollback.
     pub(super) receivers_undo: Option<ReceiversUndo>,
+    /// Every host's operator labels (alert labels, owner scopes).
+    pub(super) hosts: HostScopes,
 }
 
 type ReceiversUndo = (BTreeMap<String, Arc<ReceiverShared>>, BTreeSet<String>);
@@ -77,6 +80,7 @@ impl Runtime {
         tx.commit()?;
 
         let engine = restore_engine(conn, &setup, now_ms)?;
+        let hosts = HostScopes::load(conn)?;
         let mut window = SampleWindow::default();
         window.set_rules(&setup.rules, setup.engine.grace_ms);
         let setup_default = setup.routing.default_receivers.clone();
@@ -98,6 +102,7 @@ impl Runtime {
             config_all,
             api_receivers,
             receivers_undo: None,
+            hosts,
         };
         a.sync_routing();
         a.load(conn, now_ms)?;
@@ -187,6 +192,10 @@ impl Runtime {
             Err(e) => tracing::error!(error = %e, "re-reading rules after a rollback failed"),
         }
         self.window.forget_ids();
+        match HostScopes::load(c) {
+            Ok(hosts) => self.hosts = hosts,
+            Err(e) => tracing::error!(error = %e, "re-reading host labels after a rollback failed"),
+        }
         if let Err(e) = self.declare_all(c) {
             tracing::error!(error = %e, "re-reading series after a rollback failed");
         }

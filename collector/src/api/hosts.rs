@@ -173,8 +173,8 @@ async fn put_labels(
         widened.then_some(Refusal::OutOfScope)
     };
     let outcome = state
-        .store
-        .set_labels_checked(agent_id, json.clone(), check)
+        .alerting
+        .set_host_labels_checked(agent_id, json.clone(), check, crate::now_ms())
         .await?;
     match outcome {
         Relabel::Missing => Err(ApiError::NotFound),

@@ -114,3 +114,28 @@ pub fn each_recent_sample(
     }
     Ok(())
 }
+
+/// The operator labels (stored JSON) of every host, or of those named in `only`, as
+/// (agent id, labels JSON). The alerting runtime learns hosts' labels from it at start, after
+/// a rollback and when it meets a host it did not know.
+pub fn each_host_labels(
+    c: &Connection,
+    only: Option<&str>,
+    mut f: impl FnMut(&str, &str),
+) -> Result<(), StoreError> {
+    const ALL: &str = "SELECT agent_id, labels FROM hosts";
+    let mut stmt = match only {
+        None => c.prepare_cached(ALL)?,
+        Some(_) => c.prepare_cached(&format!("{ALL} WHERE agent_id = ?1"))?,
+    };
+    let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+    let rows = match only {
+        None => stmt.query_map([], map)?,
+        Some(h) => stmt.query_map([h], map)?,
+    };
+    for row in rows {
+        let (agent, labels) = row?;
+        f(&agent, &labels);
+    }
+    Ok(())
+}

@@ -108,6 +108,25 @@ fn set_labels(c: &Connection, agent_id: &str, labels_json: &str) -> Result<bool,
     )
 }
 
+/// Replaces a host's operator labels (a JSON object) if `check`, given the host as stored,
+/// returns `None`. Run on the writer (the alerting runtime's relabel), so the check sees the
+/// labels it replaces.
+pub fn set_labels_checked<R>(
+    c: &Connection,
+    agent_id: &str,
+    labels_json: &str,
+    check: impl FnOnce(&HostRecord) -> Option<R>,
+) -> Result<Relabel<R>, StoreError> {
+    let Some(current) = host(c, agent_id)? else {
+        return Ok(Relabel::Missing);
+    };
+    if let Some(refusal) = check(&current) {
+        return Ok(Relabel::Refused(refusal));
+    }
+    set_labels(c, agent_id, labels_json)?;
+    Ok(host(c, agent_id)?.map_or(Relabel::Missing, Relabel::Done))
+}
+
 /// `host_id IN (...)` for a list of ids read from the database (integers, so safe to
 /// inline), or no condition when `hosts` is `None`.
 pub(super) fn host_condition(column: &str, hosts: Option<&[i64]>) -> String {
@@ -152,27 +171,5 @@ impl Store {
     /// `(id, agent_id, labels JSON)` of every host, for scoping fleet-wide queries.
     pub async fn host_scopes(&self) -> Result<Vec<(i64, String, String)>, StoreError> {
         self.read(host_scopes).await
-    }
-
-    /// Replaces a host's operator labels (a JSON object) if `check`, given the host as
-    /// stored, returns `None`. Check and write run in one step on the writer, so the check
-    /// sees the labels it replaces.
-    pub async fn set_labels_checked<R: Send + 'static>(
-        &self,
-        agent_id: String,
-        labels_json: String,
-        check: impl FnOnce(&HostRecord) -> Option<R> + Send + 'static,
-    ) -> Result<Relabel<R>, StoreError> {
-        self.exec(move |c| {
-            let Some(current) = host(c, &agent_id)? else {
-                return Ok(Relabel::Missing);
-            };
-            if let Some(refusal) = check(&current) {
-                return Ok(Relabel::Refused(refusal));
-            }
-            set_labels(c, &agent_id, &labels_json)?;
-            Ok(host(c, &agent_id)?.map_or(Relabel::Missing, Relabel::Done))
-        })
-        .await
     }
 }

@@ -1,0 +1,228 @@
+//! What the alerting runtime knows of each host's operator labels (`team`, `env`, ...):
+//! they join the labels of every alert about the host, and they decide which hosts an owner
+//! scope (a team's rule, receiver or route) covers. Learned from the `hosts` table at start
+//! and after a rollback, for a host met for the first time, and from every relabel (which
+//! runs through the runtime, in the transaction that stores it).
+
+use std::collections::{BTreeSet, HashMap};
+
+use rusqlite::{params, Connection};
+
+use super::evaluation::save_alert;
+use super::runtime::Runtime;
+use crate::alert::policy::AlertRecord;
+use crate::alert::{Labels, Transition};
+use crate::store::hook::each_host_labels;
+use crate::store::StoreError;
+
+/// Labels that identify an alert and its host: operator labels never replace them.
+pub(crate) const ALERT_IDENTITY: [&str; 5] = ["host", "alertname", "severity", "level", "flapping"];
+
+#[derive(Debug, Default)]
+pub(crate) struct HostScopes {
+    /// Agent id → operator labels; `None` when the stored labels cannot be read (then no
+    /// owner scope covers the host and its alerts carry no operator labels: fail closed).
+    hosts: HashMap<String, Option<Labels>>,
+    /// Hosts met in a declaration whose labels are not loaded yet.
+    unknown: BTreeSet<String>,
+}
+
+fn parse(json: &str) -> Option<Labels> {
+    serde_json::from_str(json).ok()
+}
+
+impl HostScopes {
+    /// Every host's labels as stored.
+    pub(crate) fn load(c: &Connection) -> Result<HostScopes, StoreError> {
+        let mut hosts = HashMap::new();
+        each_host_labels(c, None, |agent, json| {
+            hosts.insert(agent.to_owned(), parse(json));
+        })?;
+        Ok(HostScopes {
+            hosts,
+            unknown: BTreeSet::new(),
+        })
+    }
+
+    /// A host whose series were just declared: its labels are read before the next
+    /// evaluation if they are not known.
+    pub(crate) fn note(&mut self, host: &str) {
+        if !self.hosts.contains_key(host) && !self.unknown.contains(host) {
+            self.unknown.insert(host.to_owned());
+        }
+    }
+
+    /// Reads the labels of the hosts noted since the last call.
+    pub(crate) fn learn_unknown(&mut self, c: &Connection) -> Result<(), StoreError> {
+        for host in std::mem::take(&mut self.unknown) {
+            let mut found = None;
+            each_host_labels(c, Some(&host), |_, json| found = Some(parse(json)))?;
+            // A host not stored yet has no labels; a later relabel tells us.
+            self.hosts
+                .insert(host, found.unwrap_or_else(|| Some(Labels::new())));
+        }
+        Ok(())
+    }
+
+    /// The host's labels changed (a relabel, committed with this change).
+    pub(crate) fn set(&mut self, host: &str, labels_json: &str) {
+        self.unknown.remove(host);
+        self.hosts.insert(host.to_owned(), parse(labels_json));
+    }
+
+    /// The host's operator labels, if known and readable.
+    pub(crate) fn operator(&self, host: &str) -> Option<&Labels> {
+        self.hosts.get(host).and_then(Option::as_ref)
+    }
+
+    /// What an owner scope is matched against: the operator labels plus `host`. `None` for
+    /// an alert or series without a host, or a host whose labels are unknown or unreadable.
+    pub(crate) fn scope_labels(&self, host: Option<&str>) -> Option<Labels> {
+        let host = host?;
+        let mut l = self.operator(host)?.clone();
+        l.insert("host".to_owned(), host.to_owned());
+        Some(l)
+    }
+}
+
+/// Adds a host's operator labels to an alert's labels: they replace series and rule labels
+/// of the same name (a rule cannot file a host's alert under another team), never the
+/// labels that identify the alert.
+pub(crate) fn apply_host_labels(labels: &mut Labels, operator: &Labels) {
+    for (k, v) in operator {
+        if !ALERT_IDENTITY.contains(&k.as_str()) && !k.starts_with("__") {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+impl Runtime {
+    /// The transition with its host's operator labels added.
+    pub(super) fn with_host_labels(&self, t: &Transition) -> Transition {
+        let mut t = t.clone();
+        if let Some(op) = t.labels.get("host").and_then(|h| self.hosts.operator(h)) {
+            apply_host_labels(&mut t.labels, op);
+        }
+        t
+    }
+
+    /// A host's labels changed: its active alerts take the new ones (same fingerprint, a
+    /// history row recording the change) and are routed again, so a receiver that now
+    /// covers them is told and one already told is not told twice.
+    pub(super) fn host_relabelled(
+        &mut self,
+        c: &Connection,
+        host: &str,
+        labels_json: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let old = self.hosts.operator(host).cloned().unwrap_or_default();
+        self.hosts.set(host, labels_json);
+        let new = self.hosts.operator(host).cloned().unwrap_or_default();
+        let affected: Vec<AlertRecord> = self
+            .active
+            .values()
+            .filter(|a| a.labels.get("host").map(String::as_str) == Some(host))
+            .cloned()
+            .collect();
+        for mut rec in affected {
+            let mut labels = self.base_labels(&rec).unwrap_or_else(|| {
+                // No engine state (an orphan about to resolve): drop what the old labels
+                // added.
+                let mut l = rec.labels.clone();
+                l.retain(|k, _| ALERT_IDENTITY.contains(&k.as_str()) || !old.contains_key(k));
+                l
+            });
+            apply_host_labels(&mut labels, &new);
+            if labels == rec.labels {
+                continue;
+            }
+            rec.labels = labels;
+            rec.updated_ms = now_ms;
+            record_relabel(c, &rec, now_ms)?;
+            save_alert(c, &rec)?;
+            self.active.insert(rec.fingerprint.clone(), rec.clone());
+            self.reconcile(c, &rec, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// An alert's labels before host labels: its series' labels, its rule's, `alertname`
+    /// and `severity`, as the engine gives them.
+    fn base_labels(&self, rec: &AlertRecord) -> Option<Labels> {
+        let st = self
+            .engine
+            .state()
+            .rules
+            .get(&rec.rule)?
+            .get(&rec.fingerprint)?;
+        let rule = self.setup.rules.iter().find(|r| r.name == rec.rule)?;
+        let mut labels = st.labels.clone();
+        labels.extend(rule.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        labels.insert("alertname".to_owned(), rule.name.clone());
+        labels.insert("severity".to_owned(), rule.severity.as_str().to_owned());
+        Some(labels)
+    }
+}
+
+/// The history row of a relabel: the state does not change, the labels do.
+fn record_relabel(c: &Connection, rec: &AlertRecord, now_ms: i64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO alert_history (at_ms, rule, fingerprint, labels, from_state, to_state,
+             level, value, notify) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, 0)",
+    )?
+    .execute(params![
+        now_ms,
+        rec.rule,
+        rec.fingerprint,
+        serde_json::to_string(&rec.labels)?,
+        rec.status.as_str(),
+        rec.level.map(|l| l.as_str()),
+        rec.value.filter(|v| v.is_finite()),
+    ])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn alerting_host_labels_override_rule_labels_but_not_identity() {
+        let mut l = labels(&[("alertname", "cpu"), ("host", "h1"), ("team", "rule")]);
+        apply_host_labels(
+            &mut l,
+            &labels(&[("team", "a"), ("alertname", "x"), ("env", "prod")]),
+        );
+        assert_eq!(
+            l,
+            labels(&[
+                ("alertname", "cpu"),
+                ("env", "prod"),
+                ("host", "h1"),
+                ("team", "a")
+            ])
+        );
+    }
+
+    #[test]
+    fn alerting_host_scopes_fail_closed() {
+        let mut s = HostScopes::default();
+        s.set("h1", r#"{"team":"a"}"#);
+        s.set("h2", "not json");
+        assert_eq!(
+            s.scope_labels(Some("h1")),
+            Some(labels(&[("host", "h1"), ("team", "a")]))
+        );
+        assert_eq!(s.scope_labels(Some("h2")), None);
+        assert_eq!(s.scope_labels(Some("h3")), None);
+        assert_eq!(s.scope_labels(None), None);
+    }
+}
