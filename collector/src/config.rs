@@ -16,63 +16,10 @@ use crate::backup::{BackupConfig, RawBackup};
 use crate::heartbeat::{HeartbeatConfig, RawHeartbeat};
 use crate::notify::{ReceiverConfigRaw, SecretRef};
 use crate::oidc::settings::secure_cookies;
+use crate::pki::{EnrollConfig, RawEnroll};
 use crate::remote_write::{Endpoint, RawRemoteWrite};
 
 pub const DEFAULT_PATH: &str = "/etc/mcpwatch/collector.toml";
-
-/// `[enroll]`: the collector signs agents' certificates (enrollment with a bootstrap token,
-/// renewal over the mTLS session) only when it holds the CA key.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawEnroll {
-    /// The CA's private key (PEM). Unset: no enrollment, no renewal.
-    pub ca_key: Option<PathBuf>,
-    /// The CA certificate the key belongs to. Default: `[tls] ca`.
-    pub ca_cert: Option<PathBuf>,
-    /// Lifetime of the certificates it issues (1m..=825d). Default 30d; agents renew after
-    /// two thirds of it.
-    pub lifetime: Option<Duration>,
-}
-
-/// Validated `[enroll]`.
-#[derive(Debug, Clone)]
-pub struct EnrollConfig {
-    /// Loaded once; `None` when `ca_key` is unset.
-    pub signer: Option<std::sync::Arc<mcpwatch_common::csr::Signer>>,
-    pub lifetime: std::time::Duration,
-}
-
-impl EnrollConfig {
-    fn validate(path: &Path, raw: RawEnroll, tls: &TlsFiles) -> Result<EnrollConfig, ConfigError> {
-        let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
-        let lifetime = raw
-            .lifetime
-            .unwrap_or(Duration::from_secs(30 * 86_400))
-            .get();
-        if !(std::time::Duration::from_secs(60)..=std::time::Duration::from_secs(825 * 86_400))
-            .contains(&lifetime)
-        {
-            return Err(bad("enroll.lifetime", "must be 1m..=825d"));
-        }
-        let signer = match raw.ca_key {
-            None if raw.ca_cert.is_some() => {
-                return Err(bad("enroll.ca_cert", "needs enroll.ca_key"));
-            }
-            None => None,
-            Some(key) => {
-                let key = cfg::resolve_path(path, key);
-                let cert = raw
-                    .ca_cert
-                    .map(|c| cfg::resolve_path(path, c))
-                    .unwrap_or_else(|| tls.ca.clone());
-                let signer = mcpwatch_common::csr::Signer::load(&cert, &key)
-                    .map_err(|e| bad("enroll.ca_key", &e.to_string()))?;
-                Some(std::sync::Arc::new(signer))
-            }
-        };
-        Ok(EnrollConfig { signer, lifetime })
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +66,9 @@ pub struct RawCollectorConfig {
     /// Extra inhibition rules (besides the built-in ones).
     #[serde(default)]
     pub inhibit: Vec<RawInhibit>,
+    /// Escalation policies that routes may name (`escalation = "NAME"`).
+    #[serde(default)]
+    pub escalation: Vec<crate::alerting::escalation_config::RawEscalation>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,8 +311,8 @@ impl CollectorConfig {
                 "queue_capacity and max_commit_samples must be positive",
             ));
         }
-        let mut alerting =
-            AlertingConfig::validate(path, raw.alerting, raw.receiver, raw.route, raw.inhibit)?;
+        let sections = (raw.receiver, raw.route, raw.inhibit, raw.escalation);
+        let mut alerting = AlertingConfig::validate(path, raw.alerting, sections)?;
         if let Some(allow) = &raw.api.receiver_url_allow {
             alerting.api_destinations = crate::notify::Destinations::only(allow)
                 .map_err(|e| bad("api.receiver_url_allow", &e))?;

@@ -4,18 +4,20 @@
 //! config when a CRL file changes, and the certificate expiry gauges.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcpwatch_common::cert_info::{self, CertInfo};
+use mcpwatch_common::config::{ConfigError, Duration as ConfigDuration};
 use mcpwatch_common::csr::Signer;
 use mcpwatch_common::revocation::RevokedSerials;
 use mcpwatch_common::tls::{self, Reloadable, TlsFiles};
 use mcpwatch_common::wire::RenewResult;
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::EnrollConfig;
 use crate::metrics::{CertificateLabel, CollectorMetrics};
 use crate::store::Store;
 
@@ -344,6 +346,64 @@ pub fn name_allowed(rule: Option<&str>, name: &str) -> bool {
         }
     }
     rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// `[enroll]`: the collector signs agents' certificates (enrollment with a bootstrap token,
+/// renewal over the mTLS session) only when it holds the CA key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnroll {
+    /// The CA's private key (PEM). Unset: no enrollment, no renewal.
+    pub ca_key: Option<PathBuf>,
+    /// The CA certificate the key belongs to. Default: `[tls] ca`.
+    pub ca_cert: Option<PathBuf>,
+    /// Lifetime of the certificates it issues (1m..=825d). Default 30d; agents renew after
+    /// two thirds of it.
+    pub lifetime: Option<ConfigDuration>,
+}
+
+/// Validated `[enroll]`.
+#[derive(Debug, Clone)]
+pub struct EnrollConfig {
+    /// Loaded once; `None` when `ca_key` is unset.
+    pub signer: Option<std::sync::Arc<mcpwatch_common::csr::Signer>>,
+    pub lifetime: std::time::Duration,
+}
+
+impl EnrollConfig {
+    pub(crate) fn validate(
+        path: &Path,
+        raw: RawEnroll,
+        tls: &TlsFiles,
+    ) -> Result<EnrollConfig, ConfigError> {
+        let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
+        let lifetime = raw
+            .lifetime
+            .unwrap_or(ConfigDuration::from_secs(30 * 86_400))
+            .get();
+        if !(std::time::Duration::from_secs(60)..=std::time::Duration::from_secs(825 * 86_400))
+            .contains(&lifetime)
+        {
+            return Err(bad("enroll.lifetime", "must be 1m..=825d"));
+        }
+        let signer = match raw.ca_key {
+            None if raw.ca_cert.is_some() => {
+                return Err(bad("enroll.ca_cert", "needs enroll.ca_key"));
+            }
+            None => None,
+            Some(key) => {
+                let key = mcpwatch_common::config::resolve_path(path, key);
+                let cert = raw
+                    .ca_cert
+                    .map(|c| mcpwatch_common::config::resolve_path(path, c))
+                    .unwrap_or_else(|| tls.ca.clone());
+                let signer = mcpwatch_common::csr::Signer::load(&cert, &key)
+                    .map_err(|e| bad("enroll.ca_key", &e.to_string()))?;
+                Some(std::sync::Arc::new(signer))
+            }
+        };
+        Ok(EnrollConfig { signer, lifetime })
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,19 @@ fn group_key(rule: &Rule, labels: &Labels) -> Labels {
     }
 }
 
+/// Whether the rule may read a series with these labels: always for a fleet-wide rule; for
+/// an owned one, only when the series' host is inside the owner scope (a series without a
+/// host, or of a host whose labels are unknown, is outside).
+fn readable(rule: &Rule, source: &dyn SeriesSource, labels: &Labels) -> bool {
+    match &rule.owner {
+        None => true,
+        Some(owner) => {
+            let scope = labels.get("host").and_then(|h| source.host_scope(h));
+            owner.covers(scope.as_ref())
+        }
+    }
+}
+
 /// The window function over samples at or after `since`.
 fn window_value(rule: &Rule, samples: &[(i64, f64)], since: i64) -> Option<f64> {
     let from = samples.partition_point(|x| x.0 < since);
@@ -45,7 +58,7 @@ fn sums(
 ) -> BTreeMap<Labels, Option<f64>> {
     let mut out: BTreeMap<Labels, Option<f64>> = BTreeMap::new();
     for s in source.series(&selector.metric, since) {
-        if !selector.matches(&s.labels) {
+        if !selector.matches(&s.labels) || !readable(rule, source, &s.labels) {
             continue;
         }
         let v = window_value(rule, &s.samples, since);
@@ -66,7 +79,7 @@ fn quantiles(
 ) -> BTreeMap<Labels, Option<f64>> {
     let mut buckets: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
     for s in source.series(&rule.selector.metric, since) {
-        if !rule.selector.matches(&s.labels) {
+        if !rule.selector.matches(&s.labels) || !readable(rule, source, &s.labels) {
             continue;
         }
         let slot = buckets.entry(group_key(rule, &s.labels)).or_default();

@@ -7,7 +7,9 @@ pub mod builtin;
 pub mod counter;
 pub mod dry_run;
 pub mod engine;
+pub mod escalation;
 pub mod histogram;
+pub mod owner;
 pub mod policy;
 mod raw_rule;
 pub mod route;
@@ -25,6 +27,7 @@ pub use builtin::{builtin_rules_raw, BUILTIN_RULES_TOML};
 pub use engine::{
     AlertState, Engine, EngineOptions, EngineState, Phase, SeriesState, StateDelta, Transition,
 };
+pub use owner::OwnerScope;
 pub use rule::{
     load_rules, merge_rules, parse_rules, validate_rules, Comparator, Level, LevelThreshold,
     RawRule, RawRulesFile, Rule, RuleError, Severity, Thresholds,

@@ -122,6 +122,9 @@ pub struct ToldEntry {
     pub told: Told,
     /// When the last notification about this alert was queued for this receiver.
     pub sent_ms: i64,
+    /// The escalation round it was told in (a later round tells it again).
+    #[serde(default)]
+    pub round: u32,
 }
 
 /// One notification to queue.
@@ -152,8 +155,11 @@ pub fn plan(
         Some(ToldEntry {
             told: t,
             sent_ms: now_ms,
+            round: target.round,
         })
     };
+    // Told in this escalation round already (or a later one).
+    let this_round = |t: &ToldEntry| t.round >= target.round;
     match alert.status {
         AlertStatus::Resolved => told.and_then(|_| send(Status::Resolved, None)),
         _ if muted => None,
@@ -165,16 +171,18 @@ pub fn plan(
             _ => None,
         },
         AlertStatus::Flapping => match told {
-            Some(ToldEntry {
-                told: Told::Flapping,
-                ..
-            }) => None,
+            Some(
+                t @ ToldEntry {
+                    told: Told::Flapping,
+                    ..
+                },
+            ) if this_round(&t) => None,
             _ => send(Status::Firing, entry(Told::Flapping)),
         },
         AlertStatus::Firing => {
             let want = Told::Firing(alert.level);
             match told {
-                Some(t) if t.told == want => {
+                Some(t) if t.told == want && this_round(&t) => {
                     let due = t.sent_ms.saturating_add(target.opts.repeat_interval_ms);
                     (now_ms >= due).then(|| send(Status::Firing, entry(want)))?
                 }
@@ -251,6 +259,7 @@ mod tests {
         Target {
             receiver: "r".into(),
             group_key: "g".into(),
+            round: 0,
             opts: RouteOpts {
                 group_by: GroupBy::All,
                 group_wait_ms: 0,
@@ -281,6 +290,7 @@ mod tests {
         Some(ToldEntry {
             told: t,
             sent_ms: at,
+            round: 0,
         })
     }
 
@@ -330,6 +340,21 @@ mod tests {
         let r = plan(&resolved, &target(), o.told, true, 0).expect("resolve while muted");
         assert_eq!(r.notification.status, Status::Resolved);
         assert!(r.told.is_none());
+    }
+
+    #[test]
+    fn alert_policy_a_later_escalation_round_tells_again() {
+        let a = alert(AlertStatus::Firing, Level::Warning);
+        let first = plan(&a, &target(), None, false, 0).expect("round 0");
+        assert!(plan(&a, &target(), first.told, false, 100).is_none());
+        let mut round1 = target();
+        round1.round = 1;
+        let again = plan(&a, &round1, first.told, false, 200).expect("round 1");
+        assert_eq!(again.told.unwrap().round, 1);
+        assert!(
+            plan(&a, &round1, again.told, false, 300).is_none(),
+            "once per round"
+        );
     }
 
     #[test]

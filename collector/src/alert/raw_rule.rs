@@ -120,6 +120,11 @@ pub struct RawRule {
     pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runbook_url: Option<String>,
+    /// Owner scope, a host selector as in role bindings (`{team="a"}`): the rule evaluates
+    /// only series of hosts inside it, and users whose `rules:write` covers it may change
+    /// it. Default: none (fleet-wide; only an unscoped `rules:write` changes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// `Duration` only implements `Deserialize`; write it back in the same `"30s"` form.
@@ -163,6 +168,7 @@ impl RawRule {
             summary: over.summary.or(self.summary),
             description: over.description.or(self.description),
             runbook_url: over.runbook_url.or(self.runbook_url),
+            owner: over.owner.or(self.owner),
         }
     }
 }

@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use super::escalation::EscalationPolicy;
+use super::owner::OwnerScope;
 use super::selector::{Labels, Matcher, Selector};
 
 /// Name of the built-in rule whose alerts must not be sent through the receiver they are
@@ -65,6 +69,11 @@ pub struct Route {
     pub opts: RouteOpts,
     /// Keep looking at later routes after this one matched.
     pub continue_matching: bool,
+    /// `Some`: the route only takes alerts about hosts inside this scope (a team's route).
+    pub owner: Option<OwnerScope>,
+    /// `Some`: unacknowledged alerts it takes also go to the policy's steps as they are
+    /// reached.
+    pub escalation: Option<Arc<EscalationPolicy>>,
 }
 
 /// One receiver an alert goes to, with the group it is batched in.
@@ -73,6 +82,9 @@ pub struct Target {
     pub receiver: String,
     pub group_key: String,
     pub opts: RouteOpts,
+    /// The escalation round in which the receiver was last reached (0 without a repeating
+    /// policy): a later round tells it again.
+    pub round: u32,
 }
 
 /// The routing tree (a list, first match wins unless `continue`), with a default route.
@@ -87,32 +99,42 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// The receivers for an alert with `labels`, each with its group key. An alert about a
-    /// failing receiver never goes to that receiver; when nothing else is routed, it goes to
-    /// every other receiver.
-    pub fn targets(&self, labels: &Labels) -> Vec<Target> {
+    /// The receivers for an alert with `labels` about a host with `scope` labels (see
+    /// [`OwnerScope::covers`]), unacknowledged for `elapsed_ms` (escalation steps), each
+    /// with its group key. An alert about a failing receiver never goes to that receiver;
+    /// when nothing else is routed, it goes to every other receiver.
+    pub fn targets(&self, labels: &Labels, scope: Option<&Labels>, elapsed_ms: i64) -> Vec<Target> {
         let mut out: Vec<Target> = Vec::new();
-        let add = |out: &mut Vec<Target>, receivers: &[String], opts: &RouteOpts, route: &str| {
+        let add = |out: &mut Vec<Target>,
+                   receivers: &[String],
+                   opts: &RouteOpts,
+                   route: &str,
+                   round: u32| {
             for r in receivers {
-                if !out.iter().any(|t| &t.receiver == r) {
-                    out.push(Target {
+                match out.iter_mut().find(|t| &t.receiver == r) {
+                    Some(t) => t.round = t.round.max(round),
+                    None => out.push(Target {
                         receiver: r.clone(),
                         group_key: group_key(route, &opts.group_by, labels),
                         opts: opts.clone(),
-                    });
+                        round,
+                    }),
                 }
             }
         };
         let mut matched = false;
         for (i, route) in self.routes.iter().enumerate() {
-            if matches_all(&route.matchers, labels) {
+            let inside = route.owner.as_ref().is_none_or(|o| o.covers(scope));
+            if inside && matches_all(&route.matchers, labels) {
                 matched = true;
-                add(
-                    &mut out,
-                    &route.receivers,
-                    &route.opts,
-                    &format!("route{i}"),
-                );
+                let name = format!("route{i}");
+                add(&mut out, &route.receivers, &route.opts, &name, 0);
+                if let Some(policy) = &route.escalation {
+                    for reached in policy.reached(elapsed_ms) {
+                        let step = &policy.steps[reached.step];
+                        add(&mut out, &step.receivers, &route.opts, &name, reached.round);
+                    }
+                }
                 if !route.continue_matching {
                     break;
                 }
@@ -124,6 +146,7 @@ impl Routing {
                 &self.default_receivers,
                 &self.default_opts,
                 "default",
+                0,
             );
         }
         if labels.get("alertname").map(String::as_str) == Some(RECEIVER_FAILING_RULE) {
@@ -136,7 +159,7 @@ impl Routing {
                         .filter(|r| *r != failing)
                         .cloned()
                         .collect();
-                    add(&mut out, &others, &self.default_opts, "fallback");
+                    add(&mut out, &others, &self.default_opts, "fallback", 0);
                 }
             }
         }
@@ -277,18 +300,24 @@ mod tests {
                     receivers: vec!["pager".into()],
                     opts: opts(&["alertname"]),
                     continue_matching: true,
+                    owner: None,
+                    escalation: None,
                 },
                 Route {
                     matchers: parse_matchers(r#"{host=~"web-.*"}"#).unwrap(),
                     receivers: vec!["web-team".into(), "pager".into()],
                     opts: opts(&["host"]),
                     continue_matching: false,
+                    owner: None,
+                    escalation: None,
                 },
                 Route {
                     matchers: parse_matchers("{}").unwrap(),
                     receivers: vec!["never".into()],
                     opts: opts(&[]),
                     continue_matching: false,
+                    owner: None,
+                    escalation: None,
                 },
             ],
             default_receivers: vec!["chat".into()],
@@ -300,12 +329,16 @@ mod tests {
     #[test]
     fn alert_route_first_match_continue_and_dedup() {
         let r = routing();
-        let t = r.targets(&labels(&[("severity", "critical"), ("host", "web-1")]));
+        let t = r.targets(
+            &labels(&[("severity", "critical"), ("host", "web-1")]),
+            None,
+            0,
+        );
         let names: Vec<&str> = t.iter().map(|t| t.receiver.as_str()).collect();
         assert_eq!(names, ["pager", "web-team"]);
         assert_eq!(t[0].group_key, r#"route0:{alertname=""}"#);
         assert_eq!(t[1].group_key, r#"route1:{host="web-1"}"#);
-        let t = r.targets(&labels(&[("severity", "low"), ("host", "db-1")]));
+        let t = r.targets(&labels(&[("severity", "low"), ("host", "db-1")]), None, 0);
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].receiver, "never", "the catch-all route matched first");
     }
@@ -316,7 +349,11 @@ mod tests {
         r.routes.clear();
         r.default_receivers = vec!["chat".into()];
         let l = labels(&[("alertname", RECEIVER_FAILING_RULE), ("receiver", "chat")]);
-        let names: Vec<String> = r.targets(&l).into_iter().map(|t| t.receiver).collect();
+        let names: Vec<String> = r
+            .targets(&l, None, 0)
+            .into_iter()
+            .map(|t| t.receiver)
+            .collect();
         assert_eq!(names, ["pager", "web-team"]);
     }
 

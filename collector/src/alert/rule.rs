@@ -9,6 +9,7 @@ use mcpwatch_common::config::{ConfigError, Duration};
 use serde::{Deserialize, Serialize};
 
 use super::builtin::builtin_rules_raw;
+use super::owner::OwnerScope;
 pub use super::raw_rule::{parse_rules, RawRule, RawRulesFile};
 use super::selector::{Labels, Selector};
 use super::window::WindowFn;
@@ -136,6 +137,8 @@ pub struct Rule {
     pub summary: String,
     pub description: String,
     pub runbook_url: String,
+    /// `Some`: the rule only reads series of hosts inside this scope.
+    pub owner: Option<OwnerScope>,
 }
 
 /// Why a rule was rejected: the rule, the key, the reason.
@@ -199,6 +202,8 @@ impl Rule {
         let labels = raw.labels.unwrap_or_default();
         check_label_names(&labels).map_err(|m| err("labels", m))?;
         let keep_firing_for_ms = raw.keep_firing_for.map_or(0, Duration::as_millis_i64);
+        let owner = OwnerScope::parse(raw.owner.as_deref().unwrap_or_default())
+            .map_err(|m| err("owner", m))?;
         let mut rule = Rule {
             name: name.clone(),
             selector,
@@ -218,6 +223,7 @@ impl Rule {
             summary: raw.summary.unwrap_or_default(),
             description: raw.description.unwrap_or_default(),
             runbook_url: raw.runbook_url.unwrap_or_default(),
+            owner,
         };
 
         if let Some(absent) = raw.absent_for {

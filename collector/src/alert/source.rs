@@ -17,12 +17,18 @@ pub trait SeriesSource {
     /// Matchers are applied by the engine, so a source only needs an index by metric name.
     /// A series with no sample since `since_ms` may be omitted.
     fn series(&self, metric: &str, since_ms: i64) -> Vec<Series>;
+
+    /// The scope labels of host `host` (its operator labels plus `host`), which owner
+    /// scopes are matched against; `None` when unknown (then no owned rule reads it).
+    fn host_scope(&self, host: &str) -> Option<Labels>;
 }
 
 /// In-memory source: metric name → series. Samples may be pushed in any order.
 #[derive(Debug, Default, Clone)]
 pub struct MemorySource {
     metrics: HashMap<String, Vec<Series>>,
+    /// Host → operator labels (see [`SeriesSource::host_scope`]).
+    hosts: HashMap<String, Labels>,
 }
 
 impl MemorySource {
@@ -55,6 +61,11 @@ impl MemorySource {
             .push(series);
     }
 
+    /// Sets a host's operator labels.
+    pub fn set_host_labels(&mut self, host: &str, labels: Labels) {
+        self.hosts.insert(host.to_owned(), labels);
+    }
+
     /// Drops samples older than `before_ms`, keeping memory bounded.
     pub fn prune(&mut self, before_ms: i64) {
         for list in self.metrics.values_mut() {
@@ -67,6 +78,12 @@ impl MemorySource {
 }
 
 impl SeriesSource for MemorySource {
+    fn host_scope(&self, host: &str) -> Option<Labels> {
+        let mut l = self.hosts.get(host)?.clone();
+        l.insert("host".to_owned(), host.to_owned());
+        Some(l)
+    }
+
     fn series(&self, metric: &str, since_ms: i64) -> Vec<Series> {
         let Some(list) = self.metrics.get(metric) else {
             return Vec::new();

@@ -235,7 +235,7 @@ impl Runtime {
         DryRunReply::Done(crate::alert::dry_run::dry_run(
             rule,
             self.setup.engine,
-            &self.window,
+            &super::host_scopes::ScopedWindow::new(&self.window, &self.hosts),
             now_ms,
             DRY_RUN_LIMIT,
         ))
@@ -284,6 +284,8 @@ impl Runtime {
         if self.config_all.iter().any(|n| n == name) {
             return Ok(ReceiverPut::FromConfig);
         }
+        let owner = crate::alert::OwnerScope::parse(raw.owner().unwrap_or_default())
+            .map_err(StoreError::Invalid)?;
         let definition = serde_json::to_string(raw)?;
         let exists = c
             .prepare_cached("SELECT 1 FROM receivers WHERE name = ?1")?
@@ -320,6 +322,10 @@ impl Runtime {
             .queued
             .store(queued, Ordering::Relaxed);
         self.api_receivers.insert(name.to_owned());
+        match owner {
+            Some(o) => self.api_receiver_owners.insert(name.to_owned(), Some(o)),
+            None => self.api_receiver_owners.remove(name),
+        };
         self.sync_routing();
         Ok(if exists {
             ReceiverPut::Replaced
@@ -363,6 +369,7 @@ impl Runtime {
         self.save_receivers_undo();
         self.shared.write().remove(name);
         self.api_receivers.remove(name);
+        self.api_receiver_owners.remove(name);
         self.sync_routing();
         if dead > 0 {
             tracing::warn!(receiver = %name, notifications = dead,

@@ -17,14 +17,18 @@
 //! routing_key = { env = "PD_ROUTING_KEY" }
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mcpwatch_common::config::{self as cfg, ConfigError, Duration};
 use serde::Deserialize;
 
+use super::escalation_config::{parse_escalations, RawEscalation};
 use super::{AlertingSetup, SilenceLimits};
+use crate::alert::escalation::EscalationPolicy;
 use crate::alert::route::{parse_matchers, GroupBy, InhibitRule, Route, RouteOpts, Routing};
+use crate::alert::OwnerScope;
 use crate::alert::{merge_rules, parse_rules, EngineOptions, RawRule, Rule};
 use crate::notify::{Destinations, Receiver, ReceiverConfigRaw};
 
@@ -89,6 +93,12 @@ pub struct RawRoute {
     /// Keep matching later routes. Default false.
     #[serde(rename = "continue")]
     pub continue_matching: Option<bool>,
+    /// Owner scope (`{team="a"}`): the route only takes alerts about hosts inside it.
+    /// Default: every host.
+    pub owner: Option<String>,
+    /// An `[[escalation]]` policy's name: unacknowledged alerts this route takes also go
+    /// to its steps. `receivers` may then be empty. Default none.
+    pub escalation: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,15 +129,22 @@ pub struct AlertingConfig {
 }
 
 impl AlertingConfig {
+    /// `sections`: the `[[receiver]]`, `[[route]]`, `[[inhibit]]` and `[[escalation]]`
+    /// tables.
     pub fn validate(
         path: &Path,
         raw: RawAlerting,
-        receivers: Vec<ReceiverConfigRaw>,
-        routes: Vec<RawRoute>,
-        inhibit: Vec<RawInhibit>,
+        sections: (
+            Vec<ReceiverConfigRaw>,
+            Vec<RawRoute>,
+            Vec<RawInhibit>,
+            Vec<RawEscalation>,
+        ),
     ) -> Result<AlertingConfig, ConfigError> {
+        let (receivers, routes, inhibit, escalations) = sections;
         let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
-        let names = check_receivers(path, &receivers)?;
+        let (names, receiver_owners) = check_receivers(path, &receivers)?;
+        let escalations = parse_escalations(path, escalations, &names)?;
         let known = |list: &[String], key: &str| -> Result<(), ConfigError> {
             match list.iter().find(|n| !names.contains(*n)) {
                 Some(n) => Err(bad(key, &format!("unknown receiver {n:?}"))),
@@ -152,7 +169,7 @@ impl AlertingConfig {
         let mut parsed_routes = Vec::new();
         for (i, r) in routes.into_iter().enumerate() {
             known(&r.receivers, &format!("route[{i}].receivers"))?;
-            parsed_routes.push(parse_route(path, i, r, &default_opts)?);
+            parsed_routes.push(parse_route(path, i, r, &default_opts, &escalations)?);
         }
         let inhibit_rules = parse_inhibits(path, raw.builtin_inhibit.unwrap_or(true), inhibit)?;
         let (rules, raw_rules) = load_rule_files(
@@ -179,6 +196,7 @@ impl AlertingConfig {
                 max_age_ms: max_age.as_millis_i64(),
                 default_all,
                 silence_limits,
+                receiver_owners,
             },
             receivers,
             retry,
@@ -198,11 +216,17 @@ fn ms(d: Option<Duration>, default: Duration) -> i64 {
 fn check_receivers(
     path: &Path,
     receivers: &[ReceiverConfigRaw],
-) -> Result<HashSet<String>, ConfigError> {
+) -> Result<(HashSet<String>, BTreeMap<String, OwnerScope>), ConfigError> {
     let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
     let base = path.parent().unwrap_or(Path::new("."));
     let mut names = HashSet::new();
+    let mut owners = BTreeMap::new();
     for r in receivers {
+        let owner = OwnerScope::parse(r.owner().unwrap_or_default())
+            .map_err(|m| bad("receiver.owner", &format!("receiver {:?}: {m}", r.name())))?;
+        if let Some(o) = owner {
+            owners.insert(r.name().to_owned(), o);
+        }
         if r.name().trim().is_empty() {
             return Err(bad("receiver.name", "must not be empty"));
         }
@@ -229,7 +253,7 @@ fn check_receivers(
         Receiver::from_raw(r.clone(), base, &crate::notify::Destinations::Any)
             .map_err(|e| bad("receiver", &e.to_string()))?;
     }
-    Ok(names)
+    Ok((names, owners))
 }
 
 /// `[[route]]` number `i` (its receivers already known to exist); unset timing comes from
@@ -239,15 +263,27 @@ fn parse_route(
     i: usize,
     r: RawRoute,
     default_opts: &RouteOpts,
+    escalations: &BTreeMap<String, Arc<EscalationPolicy>>,
 ) -> Result<Route, ConfigError> {
     let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
     let key = format!("route[{i}]");
-    if r.receivers.is_empty() {
+    let escalation = match &r.escalation {
+        Some(name) => Some(escalations.get(name).cloned().ok_or_else(|| {
+            bad(
+                &format!("{key}.escalation"),
+                &format!("no [[escalation]] named {name:?}"),
+            )
+        })?),
+        None => None,
+    };
+    if r.receivers.is_empty() && escalation.is_none() {
         return Err(bad(
             &format!("{key}.receivers"),
-            "needs at least one receiver",
+            "needs at least one receiver (or an escalation policy)",
         ));
     }
+    let owner = OwnerScope::parse(r.owner.as_deref().unwrap_or_default())
+        .map_err(|m| bad(&format!("{key}.owner"), &m))?;
     let matchers = parse_matchers(r.matchers.as_deref().unwrap_or("{}"))
         .map_err(|m| bad(&format!("{key}.matchers"), &m))?;
     let opts = RouteOpts {
@@ -271,6 +307,8 @@ fn parse_route(
         receivers: r.receivers,
         opts,
         continue_matching: r.continue_matching.unwrap_or(false),
+        owner,
+        escalation,
     })
 }
 

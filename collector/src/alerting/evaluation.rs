@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{params, Connection};
 
+use super::host_scopes::ScopedWindow;
 use super::notification::{TransitionLabel, FAILED_METRIC};
 use super::runtime::Runtime;
 use super::AlertingSetup;
@@ -56,9 +57,10 @@ impl Runtime {
         }
         self.hosts.learn_unknown(c)?;
         let touched = std::mem::take(&mut self.touched);
+        let source = ScopedWindow::new(&self.window, &self.hosts);
         let transitions =
             self.engine
-                .evaluate_metrics(&self.window, touched.iter().map(String::as_str), now_ms);
+                .evaluate_metrics(&source, touched.iter().map(String::as_str), now_ms);
         self.apply(c, transitions, now_ms, false)
     }
 
@@ -83,7 +85,8 @@ impl Runtime {
         }
         self.prune_silences(now_ms);
         self.touched.clear();
-        let transitions = self.engine.evaluate(&self.window, now_ms);
+        let source = ScopedWindow::new(&self.window, &self.hosts);
+        let transitions = self.engine.evaluate(&source, now_ms);
         self.apply(c, transitions, now_ms, true)
     }
 

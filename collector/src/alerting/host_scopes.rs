@@ -10,8 +10,10 @@ use rusqlite::{params, Connection};
 
 use super::evaluation::save_alert;
 use super::runtime::Runtime;
+use super::sample_window::SampleWindow;
 use crate::alert::policy::AlertRecord;
-use crate::alert::{Labels, Transition};
+use crate::alert::{Labels, OwnerScope, Series, SeriesSource, Transition};
+use crate::notify::ReceiverConfigRaw;
 use crate::store::hook::each_host_labels;
 use crate::store::StoreError;
 
@@ -85,6 +87,29 @@ impl HostScopes {
     }
 }
 
+/// The window as the engine reads it: the samples, and the hosts' labels that owned rules
+/// are scoped by.
+pub(crate) struct ScopedWindow<'a> {
+    window: &'a SampleWindow,
+    hosts: &'a HostScopes,
+}
+
+impl<'a> ScopedWindow<'a> {
+    pub(crate) fn new(window: &'a SampleWindow, hosts: &'a HostScopes) -> Self {
+        ScopedWindow { window, hosts }
+    }
+}
+
+impl SeriesSource for ScopedWindow<'_> {
+    fn series(&self, metric: &str, since_ms: i64) -> Vec<Series> {
+        self.window.series(metric, since_ms)
+    }
+
+    fn host_scope(&self, host: &str) -> Option<Labels> {
+        self.hosts.scope_labels(Some(host))
+    }
+}
+
 /// Adds a host's operator labels to an alert's labels: they replace series and rule labels
 /// of the same name (a rule cannot file a host's alert under another team), never the
 /// labels that identify the alert.
@@ -97,6 +122,20 @@ pub(crate) fn apply_host_labels(labels: &mut Labels, operator: &Labels) {
 }
 
 impl Runtime {
+    /// Whether receiver `name` may get an alert about a host with `scope` labels: a
+    /// fleet-wide receiver always, a team's only inside its owner scope, one whose stored
+    /// owner cannot be read never.
+    pub(super) fn receiver_reaches(&self, name: &str, scope: Option<&Labels>) -> bool {
+        match self.setup.receiver_owners.get(name) {
+            Some(owner) => owner.covers(scope),
+            None => match self.api_receiver_owners.get(name) {
+                Some(Some(owner)) => owner.covers(scope),
+                Some(None) => false,
+                None => true,
+            },
+        }
+    }
+
     /// The transition with its host's operator labels added.
     pub(super) fn with_host_labels(&self, t: &Transition) -> Transition {
         let mut t = t.clone();
@@ -163,6 +202,34 @@ impl Runtime {
         labels.insert("severity".to_owned(), rule.severity.as_str().to_owned());
         Some(labels)
     }
+}
+
+/// The owner scopes of the receivers defined through the API, from their stored
+/// definitions: absent = fleet-wide, `None` = unreadable (reaches nothing: fail closed).
+pub(super) fn load_api_receiver_owners(
+    c: &Connection,
+) -> Result<HashMap<String, Option<OwnerScope>>, StoreError> {
+    let mut out = HashMap::new();
+    let mut stmt = c.prepare("SELECT name, definition FROM receivers")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    for row in rows {
+        let (name, definition) = row?;
+        let owner = serde_json::from_str::<ReceiverConfigRaw>(&definition)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| OwnerScope::parse(raw.owner().unwrap_or_default()));
+        match owner {
+            Ok(Some(o)) => {
+                out.insert(name, Some(o));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(receiver = %name, error = %e,
+                    "unreadable owner scope: the receiver gets no alert until it is fixed");
+                out.insert(name, None);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The history row of a relabel: the state does not change, the labels do.

@@ -28,6 +28,7 @@
 mod administration;
 pub mod config;
 pub mod dispatcher;
+pub mod escalation_config;
 mod evaluation;
 mod host_scopes;
 mod notification;
@@ -86,6 +87,8 @@ pub struct AlertingSetup {
     pub default_all: bool,
     /// Caps on silences not yet ended, overall and per user.
     pub silence_limits: SilenceLimits,
+    /// Owner scopes of the configured receivers that have one.
+    pub receiver_owners: std::collections::BTreeMap<String, crate::alert::OwnerScope>,
 }
 
 impl AlertingSetup {
@@ -110,6 +113,7 @@ impl AlertingSetup {
             max_age_ms: 86_400_000,
             default_all: false,
             silence_limits: SilenceLimits::default(),
+            receiver_owners: Default::default(),
         }
     }
 }

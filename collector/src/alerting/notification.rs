@@ -96,7 +96,18 @@ impl Runtime {
         rec: &AlertRecord,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut targets = self.setup.routing.targets(&rec.labels);
+        let scope = self
+            .hosts
+            .scope_labels(rec.labels.get("host").map(String::as_str));
+        // The escalation clock runs from the start until an acknowledgement.
+        let until = rec.ack.as_ref().map_or(now_ms, |a| a.at_ms);
+        let elapsed = until.saturating_sub(rec.started_ms);
+        let mut targets = self
+            .setup
+            .routing
+            .targets(&rec.labels, scope.as_ref(), elapsed);
+        // A team's receiver only ever gets alerts about hosts inside its scope.
+        targets.retain(|t| self.receiver_reaches(&t.receiver, scope.as_ref()));
         if rec.status == AlertStatus::Resolved {
             // Receivers told earlier get the resolve even if routing changed since.
             for (rcv, fp) in self.told.keys() {
@@ -105,6 +116,7 @@ impl Runtime {
                         receiver: rcv.clone(),
                         group_key: "unrouted".into(),
                         opts: self.setup.routing.default_opts.clone(),
+                        round: 0,
                     });
                 }
             }

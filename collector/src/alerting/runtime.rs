@@ -12,7 +12,7 @@ use rusqlite::{params, Connection};
 
 use super::administration::effective_rules;
 use super::evaluation::{load_engine_state, max_span};
-use super::host_scopes::HostScopes;
+use super::host_scopes::{load_api_receiver_owners, HostScopes};
 use super::notification::{OutboxShared, ReceiverShared};
 use super::outbox::dead_letter;
 use super::sample_window::SampleWindow;
@@ -56,6 +56,8 @@ pub(crate) struct Runtime {
     pub(super) receivers_undo: Option<ReceiversUndo>,
     /// Every host's operator labels (alert labels, owner scopes).
     pub(super) hosts: HostScopes,
+    /// Owner scopes of API receivers (see `host_scopes::load_api_receiver_owners`).
+    pub(super) api_receiver_owners: HashMap<String, Option<crate::alert::OwnerScope>>,
 }
 
 type ReceiversUndo = (BTreeMap<String, Arc<ReceiverShared>>, BTreeSet<String>);
@@ -81,6 +83,7 @@ impl Runtime {
 
         let engine = restore_engine(conn, &setup, now_ms)?;
         let hosts = HostScopes::load(conn)?;
+        let api_receiver_owners = load_api_receiver_owners(conn)?;
         let mut window = SampleWindow::default();
         window.set_rules(&setup.rules, setup.engine.grace_ms);
         let setup_default = setup.routing.default_receivers.clone();
@@ -103,6 +106,7 @@ impl Runtime {
             api_receivers,
             receivers_undo: None,
             hosts,
+            api_receiver_owners,
         };
         a.sync_routing();
         a.load(conn, now_ms)?;
@@ -195,6 +199,12 @@ impl Runtime {
         match HostScopes::load(c) {
             Ok(hosts) => self.hosts = hosts,
             Err(e) => tracing::error!(error = %e, "re-reading host labels after a rollback failed"),
+        }
+        match load_api_receiver_owners(c) {
+            Ok(owners) => self.api_receiver_owners = owners,
+            Err(e) => {
+                tracing::error!(error = %e, "re-reading receiver owners after a rollback failed")
+            }
         }
         if let Err(e) = self.declare_all(c) {
             tracing::error!(error = %e, "re-reading series after a rollback failed");

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::alert::{Labels, Rule, Series, SeriesSource};
+use crate::alert::{Labels, Rule, Series};
 
 struct Entry {
     metric: String,
@@ -211,8 +211,10 @@ impl SampleWindow {
     }
 }
 
-impl SeriesSource for SampleWindow {
-    fn series(&self, metric: &str, since_ms: i64) -> Vec<Series> {
+impl SampleWindow {
+    /// What [`SeriesSource::series`] answers; the engine reads the window through
+    /// `host_scopes::ScopedWindow`, which adds the hosts' labels for owned rules.
+    pub(crate) fn series(&self, metric: &str, since_ms: i64) -> Vec<Series> {
         let Some(list) = self.by_metric.get(metric) else {
             return Vec::new();
         };

@@ -170,6 +170,7 @@ critical = 0.5
     fn hook(name: &str, url: &str) -> ReceiverConfigRaw {
         ReceiverConfigRaw::Webhook(WebhookConfigRaw {
             name: name.into(),
+            owner: None,
             url: url.into(),
             secret: SecretRef::stored(),
             timeout_secs: None,

@@ -13,6 +13,8 @@ fn team_routing(s: &mut super::AlertingSetup) {
         receivers: vec!["team-a".into()],
         opts: s.routing.default_opts.clone(),
         continue_matching: false,
+        owner: None,
+        escalation: None,
     });
 }
 
@@ -66,4 +68,170 @@ async fn alerting_host_labels_reach_alerts_and_a_relabel_notifies_no_one_twice()
     assert_eq!(statuses(&a), [Status::Resolved]);
     assert_eq!(statuses(&r), [Status::Resolved]);
     assert_eq!(r[0].labels.get("team").map(String::as_str), Some("b"));
+}
+
+fn owner(text: &str) -> crate::alert::OwnerScope {
+    crate::alert::OwnerScope::parse(text)
+        .expect("owner scope")
+        .expect("not empty")
+}
+
+/// Two hosts: agent-1 in team a, agent-2 in team b, both sending a high `test_value`.
+async fn two_teams(rig: &mut Rig) {
+    rig.connect_as("agent-2").await;
+    relabel(rig, "agent-2", r#"{"team":"b"}"#).await;
+    rig.send("test_value", &[("1", now(), 1.0)]).await;
+    rig.connect_as("agent-1").await;
+    relabel(rig, "agent-1", r#"{"team":"a"}"#).await;
+    rig.send("test_value", &[("1", now(), 1.0)]).await;
+}
+
+fn hosts(sent: &[crate::notify::Notification]) -> Vec<String> {
+    let mut v: Vec<String> = sent
+        .iter()
+        .filter_map(|n| n.labels.get("host").cloned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn alerting_owned_rule_reads_only_its_hosts() {
+    let rules = r#"
+[[rule]]
+name = "team_a_values"
+selector = 'test_value'
+window = "10s"
+op = ">"
+critical = 0.5
+owner = '{team="a"}'
+"#;
+    let mut rig = Rig::new(setup(&rules, |_| {})).await;
+    two_teams(&mut rig).await;
+    rig.store.tick(now()).await.expect("tick");
+    let sent = rig.drain(now()).await;
+    assert_eq!(hosts(&sent), ["agent-1"], "team b's series are never read");
+    // Moving agent-2 into team a brings its series in.
+    relabel(&rig, "agent-2", r#"{"team":"a"}"#).await;
+    rig.connect_as("agent-2").await;
+    rig.send("test_value", &[("1", now(), 1.0)]).await;
+    assert_eq!(hosts(&rig.drain(now()).await), ["agent-2"]);
+}
+
+#[tokio::test]
+async fn alerting_owned_receiver_and_route_get_only_their_hosts() {
+    let mut rig = Rig::new(setup(RULES, |s| {
+        s.routing.all_receivers = vec!["r".into(), "team-a".into(), "team-b".into()];
+        s.routing.default_receivers = vec!["r".into(), "team-a".into()];
+        s.receiver_owners
+            .insert("team-a".into(), owner(r#"{team="a"}"#));
+        // A route owned by team b matches everything (`{}`) but only takes team b's.
+        s.routing.routes.push(Route {
+            matchers: parse_matchers("{}").expect("matchers"),
+            receivers: vec!["team-b".into()],
+            opts: s.routing.default_opts.clone(),
+            continue_matching: true,
+            owner: Some(owner(r#"{team="b"}"#)),
+            escalation: None,
+        });
+    }))
+    .await;
+    two_teams(&mut rig).await;
+    // agent-1 (team a) matched no route: the default receivers, the team's own included;
+    // agent-2 (team b) took team b's route only.
+    assert_eq!(hosts(&rig.drain_for("team-a", now()).await), ["agent-1"]);
+    assert_eq!(hosts(&rig.drain_for("team-b", now()).await), ["agent-2"]);
+    assert_eq!(hosts(&rig.drain(now()).await), ["agent-1"]);
+    let mut rig = rig;
+    rig.connect_as("agent-1").await;
+    rig.send("test_value", &[("1", now(), 0.0)]).await;
+    assert_eq!(statuses(&rig.drain(now()).await), [Status::Resolved]);
+    assert_eq!(
+        statuses(&rig.drain_for("team-a", now()).await),
+        [Status::Resolved]
+    );
+    assert!(rig.drain_for("team-b", now()).await.is_empty());
+}
+
+fn escalating(s: &mut super::AlertingSetup) {
+    use crate::alert::escalation::{EscalationPolicy, EscalationStep};
+    s.routing.all_receivers = vec!["r".into(), "team-a".into()];
+    let step = |after_ms: i64, r: &str| EscalationStep {
+        after_ms,
+        receivers: vec![r.to_owned()],
+    };
+    let policy = EscalationPolicy::new("p", vec![step(0, "r"), step(2_000, "team-a")], None)
+        .expect("policy");
+    s.routing.routes.push(Route {
+        matchers: parse_matchers("{}").expect("matchers"),
+        receivers: Vec::new(),
+        opts: s.routing.default_opts.clone(),
+        continue_matching: false,
+        owner: None,
+        escalation: Some(std::sync::Arc::new(policy)),
+    });
+}
+
+#[tokio::test]
+async fn alerting_escalation_steps_told_once_each_across_restarts() {
+    let mut rig = Rig::new(setup(RULES, escalating)).await;
+    let t = now();
+    rig.send("test_value", &[("1", t, 1.0)]).await;
+    assert_eq!(statuses(&rig.drain(t + 100).await), [Status::Firing]);
+    for _ in 0..3 {
+        rig = rig.restart().await;
+        rig.store.tick(t + 1_000).await.expect("tick");
+        assert!(rig.drain(t + 1_000).await.is_empty(), "step 0 told once");
+        assert!(
+            rig.drain_for("team-a", t + 1_000).await.is_empty(),
+            "not yet"
+        );
+    }
+    rig.store.tick(t + 2_500).await.expect("tick");
+    assert_eq!(
+        statuses(&rig.drain_for("team-a", t + 2_500).await),
+        [Status::Firing]
+    );
+    for _ in 0..3 {
+        rig = rig.restart().await;
+        rig.store.tick(t + 3_000).await.expect("tick");
+        assert!(
+            rig.drain_for("team-a", t + 3_000).await.is_empty(),
+            "step 1 told once"
+        );
+        assert!(rig.drain(t + 3_000).await.is_empty());
+    }
+    // The resolve reaches every step that was told.
+    // (The drains above flushed at t + 3 s, so the groups are due again only after it.)
+    // The ticks ran ahead of the wall clock: the clearing sample and its evaluation follow
+    // them.
+    rig.send("test_value", &[("1", t + 3_500, 0.0)]).await;
+    rig.store.tick(t + 4_000).await.expect("tick");
+    assert_eq!(statuses(&rig.drain(t + 5_000).await), [Status::Resolved]);
+    assert_eq!(
+        statuses(&rig.drain_for("team-a", t + 5_000).await),
+        [Status::Resolved]
+    );
+}
+
+#[tokio::test]
+async fn alerting_escalation_stops_at_the_acknowledgement() {
+    let mut rig = Rig::new(setup(RULES, escalating)).await;
+    let t = now();
+    rig.send("test_value", &[("2", t, 1.0)]).await;
+    assert_eq!(statuses(&rig.drain(t + 100).await), [Status::Firing]);
+    let fp = rig.store.active_alerts().await.expect("active")[0]
+        .fingerprint
+        .clone();
+    assert!(rig
+        .store
+        .acknowledge(&fp, "ops", "on it", t + 500)
+        .await
+        .expect("ack"));
+    assert_eq!(statuses(&rig.drain(t + 600).await), [Status::Acknowledged]);
+    rig.store.tick(t + 10_000).await.expect("tick");
+    assert!(
+        rig.drain_for("team-a", t + 10_000).await.is_empty(),
+        "an ack stops escalation"
+    );
 }

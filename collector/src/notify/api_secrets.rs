@@ -250,6 +250,7 @@ mod tests {
     fn hook(url: &str, secret: SecretRef) -> ReceiverConfigRaw {
         ReceiverConfigRaw::Webhook(WebhookConfigRaw {
             name: "h".into(),
+            owner: None,
             url: url.into(),
             secret,
             timeout_secs: None,
@@ -346,6 +347,7 @@ mod tests {
     fn notify_api_secrets_destination_of_each_kind() {
         let pd = ReceiverConfigRaw::PagerDuty(PagerDutyConfigRaw {
             name: "p".into(),
+            owner: None,
             routing_key: SecretRef::stored(),
             url: None,
             source: None,

@@ -29,6 +29,10 @@ pub const EMBEDS_TOTAL_MAX: usize = 6000;
 #[serde(deny_unknown_fields)]
 pub struct DiscordConfigRaw {
     pub name: String,
+    /// Owner scope (`{team="a"}`): the receiver only ever gets alerts about hosts inside
+    /// it, and users whose `receivers:write` covers it may change it. Default: fleet-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The webhook URL (it embeds a token, hence a secret).
     pub webhook_url: SecretRef,
     /// Per-request timeout in seconds (default 10).

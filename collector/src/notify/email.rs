@@ -35,6 +35,10 @@ pub enum TlsMode {
 #[serde(deny_unknown_fields)]
 pub struct EmailConfigRaw {
     pub name: String,
+    /// Owner scope (`{team="a"}`): the receiver only ever gets alerts about hosts inside
+    /// it, and users whose `receivers:write` covers it may change it. Default: fleet-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// SMTP server host name (also the TLS server name).
     pub host: String,
     /// Default by `tls`: 587 (starttls), 465 (tls), 25 (none).
@@ -303,6 +307,7 @@ mod tests {
     fn raw() -> EmailConfigRaw {
         EmailConfigRaw {
             name: "mail".into(),
+            owner: None,
             host: "127.0.0.1".into(),
             port: Some(2525),
             tls: Some(TlsMode::None),

@@ -188,6 +188,17 @@ impl ReceiverConfigRaw {
         }
     }
 
+    /// The owner scope as written (`None`: fleet-wide).
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            ReceiverConfigRaw::Email(c) => c.owner.as_deref(),
+            ReceiverConfigRaw::Slack(c) => c.owner.as_deref(),
+            ReceiverConfigRaw::PagerDuty(c) => c.owner.as_deref(),
+            ReceiverConfigRaw::Discord(c) => c.owner.as_deref(),
+            ReceiverConfigRaw::Webhook(c) => c.owner.as_deref(),
+        }
+    }
+
     /// `email`, `slack`, `pagerduty`, `discord` or `webhook`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -24,6 +24,10 @@ pub const DEDUP_KEY_MAX_CHARS: usize = 255;
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyConfigRaw {
     pub name: String,
+    /// Owner scope (`{team="a"}`): the receiver only ever gets alerts about hosts inside
+    /// it, and users whose `receivers:write` covers it may change it. Default: fleet-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The integration's routing key (32 characters).
     pub routing_key: SecretRef,
     /// Events API endpoint (default `https://events.pagerduty.com/v2/enqueue`).

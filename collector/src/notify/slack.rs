@@ -33,6 +33,10 @@ const MAX_FIELDS: usize = 10;
 #[serde(deny_unknown_fields)]
 pub struct SlackConfigRaw {
     pub name: String,
+    /// Owner scope (`{team="a"}`): the receiver only ever gets alerts about hosts inside
+    /// it, and users whose `receivers:write` covers it may change it. Default: fleet-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The incoming-webhook URL (it embeds a token, hence a secret).
     pub webhook_url: SecretRef,
     /// Per-request timeout in seconds (default 10).

@@ -33,6 +33,10 @@ pub const SCHEMA_VERSION: &str = "1";
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfigRaw {
     pub name: String,
+    /// Owner scope (`{team="a"}`): the receiver only ever gets alerts about hosts inside
+    /// it, and users whose `receivers:write` covers it may change it. Default: fleet-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// `http://` or `https://` URL.
     pub url: String,
     /// The HMAC key.
