@@ -191,6 +191,17 @@ warning = 0.0
 severity = "high"
 labels = { route = "fallback" }
 summary = "Notifications to receiver {{ $labels.receiver }} are failing"
+
+[[rule]]
+name = "notification_dead_letters"
+selector = "mcpwatch_collector_notification_dead_letters"
+window = "1m"
+op = ">"
+warning = 0.0
+severity = "high"
+labels = { route = "fallback" }
+summary = "{{ $value }} notifications to receiver {{ $labels.receiver }} are in the dead-letter list"
+description = "They were given up. Fix the receiver, then retry them (POST /api/v1/notifications/dead/retry) or discard them."
 "#;
 
 /// The built-in rules as raw tables, ready to be overlaid by user rules.
@@ -210,7 +221,7 @@ mod tests {
     #[test]
     fn alert_builtin_rules_valid() {
         let rules = validate_rules(Vec::new(), true).expect("built-ins validate");
-        assert_eq!(rules.len(), 16);
+        assert_eq!(rules.len(), 17);
         let names: Vec<_> = rules.iter().map(|r| r.name.as_str()).collect();
         assert!(names.contains(&"host_down"));
         let fallback = rules
@@ -238,7 +249,7 @@ enabled = false
 "#,
         )
         .expect("valid");
-        assert_eq!(rules.len(), 15);
+        assert_eq!(rules.len(), 16);
         let cpu = rules
             .iter()
             .find(|r| r.name == "host_cpu_high")

@@ -15,6 +15,8 @@ use super::selector::{Labels, Matcher, Selector};
 /// Name of the built-in rule whose alerts must not be sent through the receiver they are
 /// about (label `receiver`).
 pub const RECEIVER_FAILING_RULE: &str = "notification_receiver_failing";
+/// The same for dead letters piling up for a receiver.
+pub const DEAD_LETTERS_RULE: &str = "notification_dead_letters";
 
 /// Parses a matcher list written as `{label="v", other=~"re"}` (an empty `{}` matches all).
 pub fn parse_matchers(text: &str) -> Result<Vec<Matcher>, String> {
@@ -149,7 +151,10 @@ impl Routing {
                 0,
             );
         }
-        if labels.get("alertname").map(String::as_str) == Some(RECEIVER_FAILING_RULE) {
+        let about_receiver = labels
+            .get("alertname")
+            .is_some_and(|a| a == RECEIVER_FAILING_RULE || a == DEAD_LETTERS_RULE);
+        if about_receiver {
             if let Some(failing) = labels.get("receiver") {
                 out.retain(|t| &t.receiver != failing);
                 if out.is_empty() {

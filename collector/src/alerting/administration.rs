@@ -47,6 +47,27 @@ pub enum RuleDeleted {
     /// The API rule is gone; `config_restored` when a configured rule of the same name
     /// applies again.
     Deleted { config_restored: bool },
+    /// The caller's check refused the rule's owner scope (nothing changed).
+    Refused,
+}
+
+/// What the caller's check of a rule's owner is given: the owner scope of the rule stored
+/// under that name (`None`: fleet-wide), when one is. Checked on the writer with the change,
+/// so an owner cannot change between the check and the write.
+pub type OwnerCheck = Box<dyn FnOnce(Option<&str>) -> bool + Send>;
+
+/// The owner scope written in a stored rule definition (`None`: fleet-wide). An unreadable
+/// definition counts as fleet-wide, which only an unscoped grant may change.
+fn stored_owner(c: &Connection, name: &str) -> Result<Option<Option<String>>, StoreError> {
+    let def: Option<String> = c
+        .prepare_cached("SELECT definition FROM alert_rules WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?;
+    Ok(def.map(|d| {
+        serde_json::from_str::<RawRule>(&d)
+            .ok()
+            .and_then(|r| r.owner)
+    }))
 }
 
 /// The answer to a dry run on the writer.
@@ -160,13 +181,21 @@ impl Runtime {
 
     /// Stores (or replaces) a rule with origin `api` and applies it at once. The rule is
     /// validated again here, so nothing invalid reaches the table.
+    /// `may_replace` is asked about the owner of a rule already stored under that name;
+    /// `false` = refused (nothing changed).
     pub(super) fn put_rule(
         &mut self,
         c: &Connection,
         raw: &RawRule,
+        may_replace: OwnerCheck,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         validate_api_rule(raw).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if let Some(owner) = stored_owner(c, &raw.name)? {
+            if !may_replace(owner.as_deref()) {
+                return Ok(false);
+            }
+        }
         c.prepare_cached(
             "INSERT INTO alert_rules (name, origin, definition, updated_ms)
              VALUES (?1, 'api', ?2, ?3)
@@ -174,7 +203,8 @@ impl Runtime {
                  updated_ms = excluded.updated_ms",
         )?
         .execute(params![raw.name, serde_json::to_string(raw)?, now_ms])?;
-        self.reload_rules(c, now_ms)
+        self.reload_rules(c, now_ms)?;
+        Ok(true)
     }
 
     /// Deletes a rule stored through the API (a configured rule of the same name applies
@@ -183,8 +213,14 @@ impl Runtime {
         &mut self,
         c: &Connection,
         name: &str,
+        may_delete: OwnerCheck,
         now_ms: i64,
     ) -> Result<RuleDeleted, StoreError> {
+        if let Some(owner) = stored_owner(c, name)? {
+            if !may_delete(owner.as_deref()) {
+                return Ok(RuleDeleted::Refused);
+            }
+        }
         let origin: Option<String> = c
             .prepare_cached("SELECT origin FROM alert_rules WHERE name = ?1")?
             .query_row([name], |r| r.get(0))
@@ -370,6 +406,7 @@ impl Runtime {
         self.shared.write().remove(name);
         self.api_receivers.remove(name);
         self.api_receiver_owners.remove(name);
+        self.dead_dirty = true;
         self.sync_routing();
         if dead > 0 {
             tracing::warn!(receiver = %name, notifications = dead,

@@ -67,6 +67,9 @@ pub struct RawAlerting {
     pub retry_max: Option<Duration>,
     /// Notifications not delivered within this go to the dead-letter list. Default 24h.
     pub max_age: Option<Duration>,
+    /// How long the delivery log (`GET /api/v1/notifications`) keeps its lines. Default 30d;
+    /// shorter than 1m counts as 1m.
+    pub delivery_log_keep: Option<Duration>,
     /// The key that seals the secrets of receivers defined through the API (64 hex
     /// digits; created 0600 at first start when missing; refused when group- or
     /// world-readable). Back it up with the database: without it those secrets are lost.
@@ -197,6 +200,8 @@ impl AlertingConfig {
                 default_all,
                 silence_limits,
                 receiver_owners,
+                delivery_log_keep_ms: ms(raw.delivery_log_keep, Duration::from_secs(30 * 86_400))
+                    .max(60_000),
             },
             receivers,
             retry,

@@ -80,6 +80,7 @@ impl Runtime {
             self.window
                 .push_own(FAILED_METRIC, labels, now_ms, n as f64);
         }
+        self.dead_letter_tick(c, now_ms)?;
         for (name, labels, value) in self.shared.own_series.current() {
             self.window.push_own(&name, labels, now_ms, value);
         }

@@ -27,6 +27,7 @@
 
 mod administration;
 pub mod config;
+pub mod dead_letters;
 pub mod dispatcher;
 pub mod escalation_config;
 mod evaluation;
@@ -52,8 +53,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 pub use administration::{
-    validate_api_rule, DryRunReply, ReceiverDeleted, ReceiverPut, RuleDeleted, DRY_RUN_LIMIT,
-    RECEIVER_DELETED,
+    validate_api_rule, DryRunReply, OwnerCheck, ReceiverDeleted, ReceiverPut, RuleDeleted,
+    DRY_RUN_LIMIT, RECEIVER_DELETED,
 };
 pub use notification::{
     AlertMetrics, OutboxShared, ReceiverShared, TransitionLabel, FAILED_METRIC,
@@ -89,6 +90,8 @@ pub struct AlertingSetup {
     pub silence_limits: SilenceLimits,
     /// Owner scopes of the configured receivers that have one.
     pub receiver_owners: std::collections::BTreeMap<String, crate::alert::OwnerScope>,
+    /// How long the delivery log keeps its lines.
+    pub delivery_log_keep_ms: i64,
 }
 
 impl AlertingSetup {
@@ -114,6 +117,7 @@ impl AlertingSetup {
             default_all: false,
             silence_limits: SilenceLimits::default(),
             receiver_owners: Default::default(),
+            delivery_log_keep_ms: 30 * 86_400_000,
         }
     }
 }
@@ -167,7 +171,7 @@ impl Alerting {
 
     /// Runs `f` on the runtime inside the writer's next group transaction; resolves once
     /// that commits (an SQLite error aborts the group, as for every `Store::exec` job).
-    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(super) async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Runtime, &Connection) -> Result<T, StoreError> + Send + 'static,
@@ -257,15 +261,28 @@ impl Alerting {
 
     /// Stores a rule definition with origin `api` (replacing any configured rule of that
     /// name) and runs it from now on. Invalid definitions are refused with the reason.
-    pub async fn put_rule(&self, raw: RawRule, now_ms: i64) -> Result<(), StoreError> {
-        self.call(move |rt, c| rt.put_rule(c, &raw, now_ms)).await
+    /// `may_replace` is asked about the owner scope of a rule already stored under the
+    /// name; `Ok(false)` when it refused (nothing changed).
+    pub async fn put_rule(
+        &self,
+        raw: RawRule,
+        may_replace: OwnerCheck,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.call(move |rt, c| rt.put_rule(c, &raw, may_replace, now_ms))
+            .await
     }
 
     /// Deletes a rule stored through the API; a configured rule of the same name applies
     /// again. Configured rules are not deleted ([`RuleDeleted::FromConfig`]).
-    pub async fn delete_rule(&self, name: &str, now_ms: i64) -> Result<RuleDeleted, StoreError> {
+    pub async fn delete_rule(
+        &self,
+        name: &str,
+        may_delete: OwnerCheck,
+        now_ms: i64,
+    ) -> Result<RuleDeleted, StoreError> {
         let name = name.to_owned();
-        self.call(move |rt, c| rt.delete_rule(c, &name, now_ms))
+        self.call(move |rt, c| rt.delete_rule(c, &name, may_delete, now_ms))
             .await
     }
 

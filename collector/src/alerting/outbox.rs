@@ -57,6 +57,7 @@ impl Runtime {
         for id in old {
             dead_letter(c, id, "expired before it could be delivered", now_ms)?;
             batch.expired += 1;
+            self.dead_dirty = true;
         }
         if batch.expired > 0 {
             if let Some(r) = self.shared.receiver(receiver) {
@@ -100,6 +101,7 @@ impl Runtime {
             drop(stmt);
             for id in bad {
                 dead_letter(c, id, "unreadable payload", now_ms)?;
+                self.dead_dirty = true;
                 if let Some(r) = self.shared.receiver(receiver) {
                     r.queued.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -126,11 +128,13 @@ impl Runtime {
         for &id in ids {
             match outcome {
                 OutboxOutcome::Delivered { .. } => {
+                    log_delivery(c, id, "delivered", None, now_ms)?;
                     gone += c
                         .prepare_cached("DELETE FROM outbox WHERE id = ?1")?
                         .execute([id])? as i64;
                 }
                 OutboxOutcome::Retry { next_ms, error } => {
+                    log_delivery(c, id, "retry", Some(error), now_ms)?;
                     c.prepare_cached(
                         "UPDATE outbox SET attempts = attempts + 1, due_ms = ?2, last_error = ?3
                          WHERE id = ?1",
@@ -141,6 +145,7 @@ impl Runtime {
                     c.prepare_cached("UPDATE outbox SET attempts = attempts + 1 WHERE id = ?1")?
                         .execute([id])?;
                     gone += i64::from(dead_letter(c, id, reason, now_ms)?);
+                    self.dead_dirty = true;
                 }
             }
         }
@@ -155,13 +160,45 @@ impl Runtime {
     }
 }
 
-/// Moves an outbox row to the dead-letter list; `false` if it was already gone.
+/// Records the outcome of an attempt at outbox row `id` in the delivery log (attempt =
+/// the row's attempts so far + 1 for a send, as they are for a row given up).
+fn log_delivery(
+    c: &Connection,
+    id: i64,
+    result: &str,
+    error: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let attempt = if result == "dead" {
+        "attempts"
+    } else {
+        "attempts + 1"
+    };
+    c.prepare_cached(&format!(
+        "INSERT INTO deliveries (at_ms, receiver, fingerprint, rule, host, status, result,
+             attempt, error)
+         SELECT ?2, receiver, fingerprint, coalesce(json_extract(payload, '$.rule'), ''),
+             json_extract(payload, '$.labels.host'),
+             coalesce(json_extract(payload, '$.status'), ''), ?3, {attempt},
+             CASE ?3 WHEN 'dead' THEN ?4 || coalesce(': ' || last_error, '') ELSE ?4 END
+         FROM outbox WHERE id = ?1 AND json_valid(payload)
+         UNION ALL
+         SELECT ?2, receiver, fingerprint, '', NULL, '', ?3, {attempt}, ?4
+         FROM outbox WHERE id = ?1 AND NOT json_valid(payload)"
+    ))?
+    .execute(params![id, now_ms, result, error])?;
+    Ok(())
+}
+
+/// Moves an outbox row to the dead-letter list (and says so in the delivery log); `false`
+/// if it was already gone.
 pub(super) fn dead_letter(
     c: &Connection,
     id: i64,
     reason: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
+    log_delivery(c, id, "dead", Some(reason), now_ms)?;
     let moved: Option<String> = c
         .prepare_cached(
             "INSERT INTO dead_letters (receiver, group_key, fingerprint, payload, created_ms,

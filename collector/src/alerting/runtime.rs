@@ -58,6 +58,12 @@ pub(crate) struct Runtime {
     pub(super) hosts: HostScopes,
     /// Owner scopes of API receivers (see `host_scopes::load_api_receiver_owners`).
     pub(super) api_receiver_owners: HashMap<String, Option<crate::alert::OwnerScope>>,
+    /// Dead letters per receiver (the built-in rule's series), counted again when
+    /// `dead_dirty`.
+    pub(super) dead_counts: BTreeMap<String, i64>,
+    pub(super) dead_dirty: bool,
+    /// When the delivery log was last pruned.
+    pub(super) deliveries_pruned_ms: i64,
 }
 
 type ReceiversUndo = (BTreeMap<String, Arc<ReceiverShared>>, BTreeSet<String>);
@@ -107,6 +113,9 @@ impl Runtime {
             receivers_undo: None,
             hosts,
             api_receiver_owners,
+            dead_counts: BTreeMap::new(),
+            dead_dirty: true,
+            deliveries_pruned_ms: 0,
         };
         a.sync_routing();
         a.load(conn, now_ms)?;
@@ -210,6 +219,7 @@ impl Runtime {
             tracing::error!(error = %e, "re-reading series after a rollback failed");
         }
         self.persisted.clear();
+        self.dead_dirty = true;
         let state = load_engine_state(c).unwrap_or_else(|e| {
             tracing::error!(error = %e, "reloading alert state after a rollback failed");
             EngineState::default()

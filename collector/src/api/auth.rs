@@ -110,6 +110,22 @@ impl Caller {
         }
     }
 
+    /// Holds `p` over objects owned by `owner` (`None`: fleet-wide, which needs an unscoped
+    /// grant); else 403, audited with the scope refused.
+    pub fn require_owner(
+        &self,
+        p: Permission,
+        owner: Option<&crate::alert::OwnerScope>,
+    ) -> Result<(), ApiError> {
+        if self.principal.covers_owner(p, owner) {
+            return Ok(());
+        }
+        self.deny();
+        let scope = owner.map_or("fleet-wide (no owner scope)", |o| o.selector());
+        self.note(format!("{p} does not cover owner scope {scope}"));
+        Err(ApiError::Forbidden(format!("{p} for owner scope {scope}")))
+    }
+
     /// The credential this request presented (checked again by long-lived requests).
     pub fn credential(&self) -> &Secret {
         &self.credential

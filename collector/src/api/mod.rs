@@ -30,8 +30,10 @@ pub mod fleet;
 pub mod hosts;
 pub mod metrics_api;
 pub mod mfa;
+pub mod notifications;
 pub mod oidc;
 pub mod pending_alerts;
+mod receiver_view;
 pub mod receivers;
 pub mod roles;
 pub mod rules;
@@ -259,6 +261,7 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(silences::routes())
         .merge(rules::routes())
         .merge(receivers::routes())
+        .merge(notifications::routes())
         .merge(users::routes())
         .merge(mfa::routes())
         .merge(oidc::routes())

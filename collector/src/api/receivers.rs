@@ -1,7 +1,10 @@
 //! Alert receivers over the API: the configured ones read-only, others created, changed
 //! and deleted through the API and applied live; their secrets sealed in the collector's
 //! secret store and never shown; test-sends.
-//! Receivers are fleet-wide: changing them needs an unscoped `receivers:write`.
+//! A receiver without an owner scope is fleet-wide: seeing and changing it needs an
+//! unscoped `receivers:write`. A team's receiver (`owner = '{team="a"}'`) is seen and changed
+//! by whoever holds `receivers:write` on a selector the owner scope is within; it only ever
+//! gets alerts about hosts inside its scope.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,19 +15,22 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Caller;
 use super::error::{self, ApiError, ErrorBody};
+use super::receiver_view::{api_view, config_view, ReceiverView};
+use super::scope::{require_access, Access};
 use super::ApiState;
+use crate::alert::OwnerScope;
 use crate::alerting::dispatcher::Dispatcher;
 use crate::alerting::stored_receivers::StoredReceiver;
 use crate::alerting::{ReceiverDeleted, ReceiverPut};
 use crate::auth::Permission;
-use crate::notify::{self, ApiSecrets, Notification, Receiver, ReceiverConfigRaw, SecretRef};
+use crate::notify::{self, ApiSecrets, Notification, Receiver, ReceiverConfigRaw};
 use crate::now_ms;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
@@ -51,7 +57,7 @@ pub struct ReceiverConfigs {
     pub dispatcher: Option<Dispatcher>,
 }
 
-type Receivers = Option<Extension<Arc<ReceiverConfigs>>>;
+pub(super) type Receivers = Option<Extension<Arc<ReceiverConfigs>>>;
 
 fn receiver_configs(ext: Receivers) -> Result<Arc<ReceiverConfigs>, ApiError> {
     ext.map(|Extension(r)| r)
@@ -74,107 +80,39 @@ fn from_config_conflict(name: &str) -> ApiError {
     ))
 }
 
-/// A receiver with its settings; secrets appear only as where they are read from.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReceiverView {
-    pub name: String,
-    /// `email`, `slack`, `pagerduty`, `discord` or `webhook`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The non-secret settings; each secret as where it is read from (`{"file": PATH}` or
-    /// `{"env": VAR}` in the configuration, `{"stored": true}` for the API's), never its
-    /// value.
-    #[schema(value_type = Object)]
-    pub settings: Value,
-    /// `config` (the configuration file; read-only here) or `api` (defined through this
-    /// API).
-    pub origin: String,
-    /// Whether notifications are being sent through it. An API receiver that could not be
-    /// loaded at startup (say, its secret file is gone) is not, until it is changed.
-    pub active: bool,
-    /// When an API receiver was last changed.
-    pub updated_ms: Option<i64>,
+/// The owner scope a receiver definition names (`None`: fleet-wide). One that does not
+/// parse counts as fleet-wide, which only unscoped grants reach.
+fn owner_of(raw: &ReceiverConfigRaw) -> Option<OwnerScope> {
+    OwnerScope::parse(raw.owner().unwrap_or_default())
+        .ok()
+        .flatten()
 }
 
-/// Where a secret is read from (never the secret itself).
-fn secret_ref(s: &SecretRef) -> Value {
-    match (&s.file, &s.env, s.stored) {
-        (Some(f), None, false) => json!({ "file": f }),
-        (None, Some(e), false) => json!({ "env": e }),
-        (None, None, true) => json!({ "stored": true }),
-        _ => json!("redacted"),
-    }
+fn stored_owner(s: &StoredReceiver) -> Option<OwnerScope> {
+    s.raw().ok().as_ref().and_then(owner_of)
 }
 
-fn receiver_settings(raw: &ReceiverConfigRaw) -> Value {
-    use crate::notify::email::TlsMode;
-    match raw {
-        ReceiverConfigRaw::Email(c) => json!({
-            "host": c.host,
-            "port": c.port,
-            "tls": c.tls.map(|t| match t {
-                TlsMode::Starttls => "starttls",
-                TlsMode::Tls => "tls",
-                TlsMode::None => "none",
-            }),
-            "username": c.username,
-            "password": c.password.as_ref().map(secret_ref),
-            "from": c.from,
-            "to": c.to,
-            "timeout_secs": c.timeout_secs,
-        }),
-        ReceiverConfigRaw::Slack(c) => json!({
-            "webhook_url": secret_ref(&c.webhook_url),
-            "timeout_secs": c.timeout_secs,
-        }),
-        ReceiverConfigRaw::PagerDuty(c) => json!({
-            "routing_key": secret_ref(&c.routing_key),
-            "url": c.url,
-            "source": c.source,
-            "timeout_secs": c.timeout_secs,
-        }),
-        ReceiverConfigRaw::Discord(c) => json!({
-            "webhook_url": secret_ref(&c.webhook_url),
-            "timeout_secs": c.timeout_secs,
-        }),
-        ReceiverConfigRaw::Webhook(c) => json!({
-            "url": c.url,
-            "secret": secret_ref(&c.secret),
-            "timeout_secs": c.timeout_secs,
-        }),
-    }
+/// Whether the caller sees and may change a receiver with this owner.
+fn may_manage(caller: &Caller, owner: Option<&OwnerScope>) -> bool {
+    caller
+        .principal
+        .covers_owner(Permission::ReceiversWrite, owner)
 }
 
-fn config_view(set: &ReceiverConfigs, raw: &ReceiverConfigRaw) -> ReceiverView {
-    ReceiverView {
-        name: raw.name().to_owned(),
-        kind: raw.kind().to_owned(),
-        settings: receiver_settings(raw),
-        origin: "config".to_owned(),
-        active: set
-            .dispatcher
-            .as_ref()
-            .is_none_or(|d| d.is_running(raw.name())),
-        updated_ms: None,
+/// The owner scope of receiver `name` (`Some(None)`: fleet-wide); `None` when no receiver
+/// has that name.
+pub(super) async fn receiver_owner(
+    state: &ApiState,
+    receivers: Receivers,
+    name: &str,
+) -> Result<Option<Option<OwnerScope>>, ApiError> {
+    let set = receiver_configs(receivers)?;
+    if let Some(raw) = set.list.iter().find(|r| r.name() == name) {
+        return Ok(Some(owner_of(raw)));
     }
-}
-
-fn api_view(set: &ReceiverConfigs, s: &StoredReceiver) -> ReceiverView {
-    let (kind, settings) = match s.raw() {
-        Ok(raw) => (raw.kind().to_owned(), receiver_settings(&raw)),
-        Err(_) => ("unknown".to_owned(), Value::Null),
-    };
-    ReceiverView {
-        name: s.name.clone(),
-        kind,
-        settings,
-        origin: "api".to_owned(),
-        active: set
-            .dispatcher
-            .as_ref()
-            .is_some_and(|d| d.is_running(&s.name)),
-        updated_ms: Some(s.updated_ms),
-    }
+    Ok(read_api_receiver(state, name.to_owned())
+        .await?
+        .map(|s| stored_owner(&s)))
 }
 
 async fn read_api_receiver(
@@ -194,14 +132,20 @@ async fn list_receivers(
     caller: Caller,
     receivers: Receivers,
 ) -> Result<Json<Vec<ReceiverView>>, ApiError> {
-    caller.require_global(Permission::ReceiversWrite)?;
+    caller.require(Permission::ReceiversWrite)?;
     let set = receiver_configs(receivers)?;
     let stored = state.alerting.stored_receivers().await?;
-    let mut out: Vec<ReceiverView> = set.list.iter().map(|r| config_view(&set, r)).collect();
+    let mut out: Vec<ReceiverView> = set
+        .list
+        .iter()
+        .filter(|r| may_manage(&caller, owner_of(r).as_ref()))
+        .map(|r| config_view(&set, r))
+        .collect();
     out.extend(
         stored
             .iter()
             .filter(|s| !set.list.iter().any(|r| r.name() == s.name))
+            .filter(|s| may_manage(&caller, stored_owner(s).as_ref()))
             .map(|s| api_view(&set, s)),
     );
     Ok(Json(out))
@@ -220,15 +164,19 @@ async fn get_receiver(
     receivers: Receivers,
     Path(name): Path<String>,
 ) -> Result<Json<ReceiverView>, ApiError> {
-    caller.require_global(Permission::ReceiversWrite)?;
+    caller.require(Permission::ReceiversWrite)?;
     let set = receiver_configs(receivers)?;
     if let Some(raw) = set.list.iter().find(|r| r.name() == name) {
+        let visible = may_manage(&caller, owner_of(raw).as_ref());
+        require_access(&caller, Access::of_owned(true, visible))?;
         return Ok(Json(config_view(&set, raw)));
     }
-    read_api_receiver(&state, name)
+    let stored = read_api_receiver(&state, name)
         .await?
-        .map(|s| Json(api_view(&set, &s)))
-        .ok_or(ApiError::NotFound)
+        .ok_or(ApiError::NotFound)?;
+    let visible = may_manage(&caller, stored_owner(&stored).as_ref());
+    require_access(&caller, Access::of_owned(true, visible))?;
+    Ok(Json(api_view(&set, &stored)))
 }
 
 /// Longest receiver name defined through the API.
@@ -273,7 +221,7 @@ fn parse_receiver_body(mut body: Value, name: Option<&str>) -> Result<ReceiverCo
     if let Some(Value::String(n)) = obj.get("name") {
         check_receiver_name(n)?;
     }
-    const KINDS: &[&str] = &["email", "slack", "pagerduty", "discord", "webhook"];
+    const KINDS: &[&str] = &["email", "slack", "pagerduty", "discord", "webhook", "teams"];
     let kind = match obj.get("type") {
         Some(Value::String(k)) if KINDS.contains(&k.as_str()) => k.clone(),
         _ => {
@@ -298,13 +246,18 @@ fn parse_receiver_body(mut body: Value, name: Option<&str>) -> Result<ReceiverCo
         .map_err(|e| ApiError::unprocessable(format!("invalid receiver: {e}")))
 }
 
-/// Validates, stores and starts an API receiver.
+/// Validates, stores and starts an API receiver: the caller's `receivers:write` must cover
+/// its new owner scope and that of the receiver it replaces.
 async fn store_receiver(
     state: &ApiState,
+    caller: &Caller,
     set: &ReceiverConfigs,
     raw: ReceiverConfigRaw,
     create_only: bool,
 ) -> Result<(StatusCode, Json<ReceiverView>), ApiError> {
+    let owner =
+        OwnerScope::parse(raw.owner().unwrap_or_default()).map_err(ApiError::unprocessable)?;
+    caller.require_owner(Permission::ReceiversWrite, owner.as_ref())?;
     let (secrets, dispatcher) = changeable(set)?;
     let name = raw.name().to_owned();
     if set.list.iter().any(|r| r.name() == name) {
@@ -314,10 +267,19 @@ async fn store_receiver(
         // Held from reading the stored secrets to storing the new set: a `{"stored": true}`
         // overlapping a delete or a rotation cannot bring back the secret it replaced.
         let _changes = dispatcher.lock_changes().await;
-        let stored = read_api_receiver(state, name.clone())
-            .await?
-            .map(|s| s.secrets)
-            .unwrap_or_default();
+        let stored = read_api_receiver(state, name.clone()).await?;
+        if let Some(s) = &stored {
+            if !may_manage(caller, stored_owner(s).as_ref()) {
+                caller.deny();
+                caller.note(
+                    "the stored receiver's owner scope is outside the caller's receivers:write",
+                );
+                return Err(ApiError::Forbidden(
+                    "receivers:write for the stored receiver's owner scope".into(),
+                ));
+            }
+        }
+        let stored = stored.map(|s| s.secrets).unwrap_or_default();
         // Seals or opens secrets and builds an HTTP client: blocking work. The reason of a
         // failure names the field and destination, never a secret.
         let prepared = tokio::task::spawn_blocking(move || secrets.prepare(raw, &stored))
@@ -371,11 +333,11 @@ async fn create_receiver(
     receivers: Receivers,
     Json(body): Json<Value>,
 ) -> Result<(StatusCode, Json<ReceiverView>), ApiError> {
-    caller.require_global(Permission::ReceiversWrite)?;
+    caller.require(Permission::ReceiversWrite)?;
     let set = receiver_configs(receivers)?;
     let raw = parse_receiver_body(body, None)?;
     caller.note(format!("receiver {}", raw.name()));
-    store_receiver(&state, &set, raw, true).await
+    store_receiver(&state, &caller, &set, raw, true).await
 }
 
 /// Creates or replaces a receiver defined through the API, in effect at once (queued
@@ -401,14 +363,14 @@ async fn put_receiver(
     Path(name): Path<String>,
     Json(body): Json<Value>,
 ) -> Result<(StatusCode, Json<ReceiverView>), ApiError> {
-    caller.require_global(Permission::ReceiversWrite)?;
+    caller.require(Permission::ReceiversWrite)?;
     caller.note(format!("receiver {name}"));
     let set = receiver_configs(receivers)?;
     if set.list.iter().any(|r| r.name() == name) {
         return Err(from_config_conflict(&name));
     }
     let raw = parse_receiver_body(body, Some(&name))?;
-    store_receiver(&state, &set, raw, false).await
+    store_receiver(&state, &caller, &set, raw, false).await
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -434,7 +396,7 @@ async fn delete_receiver(
     receivers: Receivers,
     Path(name): Path<String>,
 ) -> Result<Json<ReceiverDeletedView>, ApiError> {
-    caller.require_global(Permission::ReceiversWrite)?;
+    caller.require(Permission::ReceiversWrite)?;
     caller.note(format!("receiver {name}"));
     let set = receiver_configs(receivers)?;
     if set.list.iter().any(|r| r.name() == name) {
@@ -442,6 +404,11 @@ async fn delete_receiver(
     }
     let (_, dispatcher) = changeable(&set)?;
     let _changes = dispatcher.lock_changes().await;
+    // Under the change lock: the owner checked is the one deleted.
+    if let Some(s) = read_api_receiver(&state, name.clone()).await? {
+        let visible = may_manage(&caller, stored_owner(&s).as_ref());
+        require_access(&caller, Access::of_owned(true, visible))?;
+    }
     match state.alerting.delete_receiver(&name, now_ms()).await? {
         ReceiverDeleted::Missing => Err(ApiError::NotFound),
         ReceiverDeleted::FromConfig => Err(from_config_conflict(&name)),
@@ -508,13 +475,15 @@ async fn test_receiver(
     receivers: Receivers,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require_global(Permission::ReceiversWrite)?;
+    caller.require(Permission::ReceiversWrite)?;
     caller.note(format!("receiver {name}"));
     let set = receiver_configs(receivers)?;
     let configured = set.list.iter().find(|r| r.name() == name).cloned();
     let build: Box<dyn FnOnce() -> Result<Receiver, notify::NotifyConfigError> + Send> =
         match configured {
             Some(raw) => {
+                let visible = may_manage(&caller, owner_of(&raw).as_ref());
+                require_access(&caller, Access::of_owned(true, visible))?;
                 let base = set.base_dir.clone();
                 Box::new(move || Receiver::from_raw(raw, &base, &notify::Destinations::Any))
             }
@@ -522,6 +491,8 @@ async fn test_receiver(
                 let stored = read_api_receiver(&state, name.clone())
                     .await?
                     .ok_or(ApiError::NotFound)?;
+                let visible = may_manage(&caller, stored_owner(&stored).as_ref());
+                require_access(&caller, Access::of_owned(true, visible))?;
                 let (secrets, _) = changeable(&set)?;
                 Box::new(move || {
                     let raw = stored.raw().map_err(|reason| notify::NotifyConfigError {

@@ -1,6 +1,8 @@
 //! Alert rules over the API: the effective set with its origin, changes through the API
-//! applied live, and dry runs. Rules are fleet-wide: changing them needs an unscoped
-//! `rules:write`.
+//! applied live, and dry runs. A rule without an owner scope is fleet-wide: reading it
+//! needs an unscoped `alerts:read` (or `rules:write`), changing it an unscoped
+//! `rules:write`. A team's rule (`owner = '{team="a"}'`) is read and changed by whoever
+//! holds those permissions on a selector the owner scope is within.
 
 use std::collections::BTreeMap;
 
@@ -14,10 +16,11 @@ use utoipa_axum::routes;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::scope::{require_access, Access};
 use super::ApiState;
 use crate::alert::dry_run::{dry_run, DryRun};
-use crate::alert::{MemorySource, RawRule, Rule, Series};
-use crate::alerting::{validate_api_rule, DryRunReply, RuleDeleted, DRY_RUN_LIMIT};
+use crate::alert::{MemorySource, OwnerScope, RawRule, Rule, Series};
+use crate::alerting::{validate_api_rule, DryRunReply, OwnerCheck, RuleDeleted, DRY_RUN_LIMIT};
 use crate::auth::Permission;
 use crate::now_ms;
 use crate::store::query::rules::RuleRow;
@@ -48,6 +51,44 @@ pub struct RuleView {
     pub updated_ms: i64,
 }
 
+/// The owner scope written in a rule definition (`None`: fleet-wide). One that does not
+/// parse counts as fleet-wide, which only unscoped grants reach.
+fn owner_of(definition: &Value) -> Option<OwnerScope> {
+    definition
+        .get("owner")
+        .and_then(Value::as_str)
+        .and_then(|t| OwnerScope::parse(t).ok().flatten())
+}
+
+/// Whether the caller may read a rule with this owner.
+fn may_read(caller: &Caller, owner: Option<&OwnerScope>) -> bool {
+    caller.principal.covers_owner(Permission::AlertsRead, owner)
+        || caller.principal.covers_owner(Permission::RulesWrite, owner)
+}
+
+/// `alerts:read` or `rules:write` for some scope: enough to list (the list is filtered).
+fn require_some_read(caller: &Caller) -> Result<(), ApiError> {
+    if caller.principal.has(Permission::RulesWrite) {
+        return Ok(());
+    }
+    caller.require(Permission::AlertsRead)
+}
+
+/// The check run on the writer against the owner of a rule already stored under the name.
+fn owner_check(caller: &Caller) -> OwnerCheck {
+    let principal = caller.principal.clone();
+    Box::new(move |stored: Option<&str>| {
+        let owner = stored.and_then(|t| OwnerScope::parse(t).ok().flatten());
+        principal.covers_owner(Permission::RulesWrite, owner.as_ref())
+    })
+}
+
+fn stored_rule_refused(caller: &Caller) -> ApiError {
+    caller.deny();
+    caller.note("the stored rule's owner scope is outside the caller's rules:write");
+    ApiError::Forbidden("rules:write for the stored rule's owner scope".into())
+}
+
 fn rule_view(r: RuleRow) -> RuleView {
     let enabled = r.definition.get("enabled").and_then(Value::as_bool) != Some(false);
     RuleView {
@@ -59,8 +100,9 @@ fn rule_view(r: RuleRow) -> RuleView {
     }
 }
 
-/// The rules in effect, with their origin. Fleet-wide `alerts:read` only: a rule's selectors
-/// and thresholds describe every team's hosts, so a host-scoped grant does not reach them.
+/// The rules in effect, with their origin: every rule for an unscoped `alerts:read`; for a
+/// team's grants, the rules owned inside their selectors (a fleet-wide rule's selectors
+/// and thresholds describe every team's hosts).
 #[utoipa::path(get, path = "/rules",
     responses((status = 200, body = Vec<RuleView>), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody)),
@@ -69,16 +111,21 @@ async fn list_rules(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Json<Vec<RuleView>>, ApiError> {
-    caller.require_global(Permission::AlertsRead)?;
+    require_some_read(&caller)?;
     let rows = state.store.rules().await?;
-    Ok(Json(rows.into_iter().map(rule_view).collect()))
+    Ok(Json(
+        rows.into_iter()
+            .filter(|r| may_read(&caller, owner_of(&r.definition).as_ref()))
+            .map(rule_view)
+            .collect(),
+    ))
 }
 
 async fn read_rule(state: &ApiState, name: String) -> Result<Option<RuleRow>, ApiError> {
     Ok(state.store.rule(name).await?)
 }
 
-/// One rule (fleet-wide `alerts:read`, as the list).
+/// One rule (read as in the list; one out of the caller's sight is 404).
 #[utoipa::path(get, path = "/rules/{name}",
     params(("name" = String, Path, description = "The rule's name")),
     responses((status = 200, body = RuleView), (status = 401, body = ErrorBody),
@@ -89,11 +136,11 @@ async fn get_rule(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<RuleView>, ApiError> {
-    caller.require_global(Permission::AlertsRead)?;
-    read_rule(&state, name)
-        .await?
-        .map(|r| Json(rule_view(r)))
-        .ok_or(ApiError::NotFound)
+    require_some_read(&caller)?;
+    let row = read_rule(&state, name).await?.ok_or(ApiError::NotFound)?;
+    let visible = may_read(&caller, owner_of(&row.definition).as_ref());
+    require_access(&caller, Access::of_owned(true, visible))?;
+    Ok(Json(rule_view(row)))
 }
 
 /// A rule definition from a JSON body: an object in the form of a `[[rule]]` table; its
@@ -136,11 +183,20 @@ async fn put_rule(
     Path(name): Path<String>,
     Json(body): Json<Value>,
 ) -> Result<Json<RuleView>, ApiError> {
-    caller.require_global(Permission::RulesWrite)?;
+    caller.require(Permission::RulesWrite)?;
     caller.note(format!("rule {name}"));
     let raw = parse_rule_body(body, Some(&name))?;
     validate_api_rule(&raw).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    state.alerting.put_rule(raw, now_ms()).await?;
+    let owner = OwnerScope::parse(raw.owner.as_deref().unwrap_or_default())
+        .map_err(ApiError::unprocessable)?;
+    caller.require_owner(Permission::RulesWrite, owner.as_ref())?;
+    if !state
+        .alerting
+        .put_rule(raw, owner_check(&caller), now_ms())
+        .await?
+    {
+        return Err(stored_rule_refused(&caller));
+    }
     read_rule(&state, name)
         .await?
         .map(|r| Json(rule_view(r)))
@@ -167,10 +223,15 @@ async fn delete_rule(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<RuleDeletedView>, ApiError> {
-    caller.require_global(Permission::RulesWrite)?;
+    caller.require(Permission::RulesWrite)?;
     caller.note(format!("rule {name}"));
-    match state.alerting.delete_rule(&name, now_ms()).await? {
+    match state
+        .alerting
+        .delete_rule(&name, owner_check(&caller), now_ms())
+        .await?
+    {
         RuleDeleted::Missing => Err(ApiError::NotFound),
+        RuleDeleted::Refused => Err(stored_rule_refused(&caller)),
         RuleDeleted::FromConfig => Err(ApiError::Conflict(format!(
             "rule {name:?} comes from the configuration; switch it off with PUT {{\"enabled\": false}}"
         ))),
@@ -244,9 +305,10 @@ async fn dry_run_rule(
     caller: Caller,
     Json(body): Json<Value>,
 ) -> Result<Json<DryRunView>, ApiError> {
-    caller.require_global(Permission::RulesWrite)?;
+    caller.require(Permission::RulesWrite)?;
     let raw = parse_rule_body(body, None)?;
     let rule = Rule::validate(raw).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    caller.require_owner(Permission::RulesWrite, rule.owner.as_ref())?;
     let now = now_ms();
     let opts = match state.alerting.dry_run_rule(rule.clone(), now).await? {
         DryRunReply::Done(d) => return Ok(Json(dry_run_view(d, "window"))),
@@ -270,7 +332,15 @@ async fn dry_run_rule(
         .store
         .recent_samples(metrics, now.saturating_sub(span), now)
         .await?;
-    let src = memory_source(rows);
+    let mut src = memory_source(rows);
+    if rule.owner.is_some() {
+        // An owned rule reads only its hosts' series: the source needs their labels.
+        for (host, labels) in state.store.host_labels().await? {
+            if let Ok(l) = serde_json::from_str(&labels) {
+                src.set_host_labels(&host, l);
+            }
+        }
+    }
     // Evaluating a day of samples is CPU work: off the async runtime.
     let d = tokio::task::spawn_blocking(move || dry_run(rule, opts, &src, now, DRY_RUN_LIMIT))
         .await

@@ -97,7 +97,7 @@ pub(crate) fn covers(principal: &Principal, p: Permission, agent_id: &str, label
 pub(crate) fn host_permissions(principal: &Principal, agent_id: &str, labels: &str) -> Vec<String> {
     Permission::ALL
         .into_iter()
-        .filter(|p| !p.is_global() && covers(principal, *p, agent_id, labels))
+        .filter(|p| !p.is_global() && !p.is_ownable() && covers(principal, *p, agent_id, labels))
         .map(|p| p.as_str().to_owned())
         .collect()
 }

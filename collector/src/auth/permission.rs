@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::route::{matches_all, parse_matchers};
-use crate::alert::{Labels, Matcher};
+use crate::alert::{Labels, Matcher, OwnerScope};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Permission {
@@ -82,12 +82,15 @@ impl Permission {
     pub fn is_global(self) -> bool {
         matches!(
             self,
-            Permission::RulesWrite
-                | Permission::ReceiversWrite
-                | Permission::UsersAdmin
-                | Permission::AuditRead
-                | Permission::AdminBackup
+            Permission::UsersAdmin | Permission::AuditRead | Permission::AdminBackup
         )
+    }
+
+    /// Permissions over objects that carry an owner scope (rules, receivers): a scoped
+    /// grant gives them for objects owned inside its selector (see
+    /// [`Principal::covers_owner`]), never for fleet-wide ones, and never over hosts.
+    pub fn is_ownable(self) -> bool {
+        matches!(self, Permission::RulesWrite | Permission::ReceiversWrite)
     }
 }
 
@@ -205,9 +208,25 @@ impl Principal {
             .any(|g| g.permission == p && matches!(g.scope, Scope::AllHosts))
     }
 
+    /// Holds `p` for an object owned by `owner` (`None`: fleet-wide, which needs an
+    /// unscoped grant): some grant of `p` whose selector the owner scope is within.
+    pub fn covers_owner(&self, p: Permission, owner: Option<&OwnerScope>) -> bool {
+        self.has_global(p)
+            || owner.is_some_and(|o| {
+                self.grants.iter().any(|g| {
+                    g.permission == p
+                        && match &g.scope {
+                            Scope::AllHosts => true,
+                            Scope::Hosts { matchers, .. } => o.within(matchers),
+                        }
+                })
+            })
+    }
+
     /// Holds `p` for the host with these labels (`host` included).
     pub fn has_for_host(&self, p: Permission, host_labels: &Labels) -> bool {
         !p.is_global()
+            && !p.is_ownable()
             && self
                 .grants
                 .iter()
@@ -306,6 +325,19 @@ mod tests {
             "global permissions need an unscoped grant"
         );
         assert!(!p.has_global(Permission::HostsRead));
+        // rules:write from the scoped admin binding: team a's rules only.
+        let own = |t: &str| OwnerScope::parse(t).unwrap();
+        assert!(p.covers_owner(Permission::RulesWrite, own(r#"{team="a"}"#).as_ref()));
+        assert!(p.covers_owner(
+            Permission::RulesWrite,
+            own(r#"{team="a", env="prod"}"#).as_ref()
+        ));
+        assert!(!p.covers_owner(Permission::RulesWrite, own(r#"{team="b"}"#).as_ref()));
+        assert!(
+            !p.covers_owner(Permission::RulesWrite, None),
+            "fleet-wide needs unscoped"
+        );
+        assert!(!p.has_for_host(Permission::RulesWrite, &a));
         let t = grants(
             &[(permission_names(&builtin_roles()[0].1), String::new())],
             Some(&permission_names(&[Permission::HostsRead])),

@@ -77,6 +77,7 @@ pub fn destination(raw: &ReceiverConfigRaw) -> String {
         }
         ReceiverConfigRaw::Slack(_) => "the Slack webhook URL itself".to_owned(),
         ReceiverConfigRaw::Discord(_) => "the Discord webhook URL itself".to_owned(),
+        ReceiverConfigRaw::Teams(_) => "the Teams workflow URL itself".to_owned(),
         ReceiverConfigRaw::PagerDuty(c) => {
             origin(c.url.as_deref().unwrap_or(super::pagerduty::DEFAULT_URL))
         }

@@ -29,6 +29,7 @@ pub mod pagerduty;
 pub mod secret;
 pub mod secret_key;
 pub mod slack;
+pub mod teams;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -175,6 +176,7 @@ pub enum ReceiverConfigRaw {
     PagerDuty(pagerduty::PagerDutyConfigRaw),
     Discord(discord::DiscordConfigRaw),
     Webhook(webhook::WebhookConfigRaw),
+    Teams(teams::TeamsConfigRaw),
 }
 
 impl ReceiverConfigRaw {
@@ -185,6 +187,7 @@ impl ReceiverConfigRaw {
             ReceiverConfigRaw::PagerDuty(c) => &c.name,
             ReceiverConfigRaw::Discord(c) => &c.name,
             ReceiverConfigRaw::Webhook(c) => &c.name,
+            ReceiverConfigRaw::Teams(c) => &c.name,
         }
     }
 
@@ -196,10 +199,11 @@ impl ReceiverConfigRaw {
             ReceiverConfigRaw::PagerDuty(c) => c.owner.as_deref(),
             ReceiverConfigRaw::Discord(c) => c.owner.as_deref(),
             ReceiverConfigRaw::Webhook(c) => c.owner.as_deref(),
+            ReceiverConfigRaw::Teams(c) => c.owner.as_deref(),
         }
     }
 
-    /// `email`, `slack`, `pagerduty`, `discord` or `webhook`.
+    /// `email`, `slack`, `pagerduty`, `discord`, `webhook` or `teams`.
     pub fn kind(&self) -> &'static str {
         match self {
             ReceiverConfigRaw::Email(_) => "email",
@@ -207,6 +211,7 @@ impl ReceiverConfigRaw {
             ReceiverConfigRaw::PagerDuty(_) => "pagerduty",
             ReceiverConfigRaw::Discord(_) => "discord",
             ReceiverConfigRaw::Webhook(_) => "webhook",
+            ReceiverConfigRaw::Teams(_) => "teams",
         }
     }
 
@@ -214,7 +219,7 @@ impl ReceiverConfigRaw {
     pub fn secret_fields(kind: &str) -> &'static [&'static str] {
         match kind {
             "email" => &["password"],
-            "slack" | "discord" => &["webhook_url"],
+            "slack" | "discord" | "teams" => &["webhook_url"],
             "pagerduty" => &["routing_key"],
             "webhook" => &["secret"],
             _ => &[],
@@ -229,6 +234,7 @@ impl ReceiverConfigRaw {
             ReceiverConfigRaw::PagerDuty(c) => vec![("routing_key", &mut c.routing_key)],
             ReceiverConfigRaw::Discord(c) => vec![("webhook_url", &mut c.webhook_url)],
             ReceiverConfigRaw::Webhook(c) => vec![("secret", &mut c.secret)],
+            ReceiverConfigRaw::Teams(c) => vec![("webhook_url", &mut c.webhook_url)],
         }
     }
 
@@ -240,6 +246,7 @@ impl ReceiverConfigRaw {
             ReceiverConfigRaw::PagerDuty(c) => vec![("routing_key", &c.routing_key)],
             ReceiverConfigRaw::Discord(c) => vec![("webhook_url", &c.webhook_url)],
             ReceiverConfigRaw::Webhook(c) => vec![("secret", &c.secret)],
+            ReceiverConfigRaw::Teams(c) => vec![("webhook_url", &c.webhook_url)],
         }
     }
 }
@@ -251,6 +258,7 @@ pub enum Receiver {
     PagerDuty(pagerduty::PagerDutyReceiver),
     Discord(discord::DiscordReceiver),
     Webhook(webhook::WebhookReceiver),
+    Teams(teams::TeamsReceiver),
 }
 
 impl fmt::Debug for Receiver {
@@ -286,6 +294,9 @@ impl Receiver {
             ReceiverConfigRaw::Webhook(c) => {
                 Receiver::Webhook(webhook::WebhookReceiver::new(c, base_dir, destinations)?)
             }
+            ReceiverConfigRaw::Teams(c) => {
+                Receiver::Teams(teams::TeamsReceiver::new(c, base_dir, destinations)?)
+            }
         })
     }
 
@@ -296,10 +307,11 @@ impl Receiver {
             Receiver::PagerDuty(r) => r.name(),
             Receiver::Discord(r) => r.name(),
             Receiver::Webhook(r) => r.name(),
+            Receiver::Teams(r) => r.name(),
         }
     }
 
-    /// `email`, `slack`, `pagerduty`, `discord` or `webhook` (a metrics label).
+    /// `email`, `slack`, `pagerduty`, `discord`, `webhook` or `teams` (a metrics label).
     pub fn kind(&self) -> &'static str {
         match self {
             Receiver::Email(_) => "email",
@@ -307,6 +319,7 @@ impl Receiver {
             Receiver::PagerDuty(_) => "pagerduty",
             Receiver::Discord(_) => "discord",
             Receiver::Webhook(_) => "webhook",
+            Receiver::Teams(_) => "teams",
         }
     }
 
@@ -321,6 +334,7 @@ impl Receiver {
             Receiver::PagerDuty(r) => r.send(batch).await,
             Receiver::Discord(r) => r.send(batch).await,
             Receiver::Webhook(r) => r.send(batch).await,
+            Receiver::Teams(r) => r.send(batch).await,
         }
     }
 }

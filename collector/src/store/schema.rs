@@ -435,6 +435,19 @@ const MIGRATIONS: &[Migration] = &[
     // v17: whether a session was opened through single sign-on (its provider then vouches
     // for password and second factor; a password session of the same account does not).
     Migration::Sql("ALTER TABLE sessions ADD COLUMN sso INTEGER NOT NULL DEFAULT 0;"),
+    // v18: the delivery log (every send attempt's outcome, and requeues from the dead-letter
+    // list), and dead letters by receiver (bulk retry, counts for the built-in rule).
+    Migration::Sql(
+        r#"
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, receiver TEXT NOT NULL,
+        fingerprint TEXT NOT NULL, rule TEXT NOT NULL, host TEXT, status TEXT NOT NULL,
+        result TEXT NOT NULL, attempt INTEGER NOT NULL, error TEXT, actor TEXT
+    );
+    CREATE INDEX deliveries_at ON deliveries (at_ms);
+    CREATE INDEX dead_letters_receiver ON dead_letters (receiver);
+    "#,
+    ),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored
