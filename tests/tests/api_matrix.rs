@@ -66,6 +66,10 @@ enum Need {
     /// Fleet-wide configuration: the permission unscoped, 403 otherwise (a scoped grant of
     /// a global permission grants nothing).
     Global(&'static str),
+    /// A fleet-wide object of a kind teams may own (a rule, a receiver): the permission
+    /// unscoped; 403 without it; 404 (invisible) when it is scoped to team A, whose grants
+    /// reach only objects owned inside team A.
+    Owned(&'static str),
     /// Another user's token or session: `users:admin` unscoped, else 404 (invisible).
     OtherUsers,
     /// Public data, no credential looked at: every caller gets the allowed answer.
@@ -242,13 +246,15 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
         Need::HostPerm("silences:write"),
         204,
     ),
-    // rules: read with fleet-wide alerts:read (selectors name every team's hosts), changed
-    // fleet-wide with rules:write
-    ("GET", "/api/v1/rules", Need::Global("alerts:read"), 200),
+    // rules: a fleet-wide rule is read with fleet-wide alerts:read (its selectors name every
+    // team's hosts) and changed with fleet-wide rules:write; team A's grants list only team
+    // A's rules and are refused a fleet-wide one (403 to write it: the owner scope is in the
+    // request or the stored rule).
+    ("GET", "/api/v1/rules", Need::Perm("alerts:read"), 200),
     (
         "GET",
         "/api/v1/rules/{name}",
-        Need::Global("alerts:read"),
+        Need::Owned("alerts:read"),
         200,
     ),
     (
@@ -269,12 +275,13 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
         Need::Global("rules:write"),
         200,
     ),
-    // receivers: read and changed fleet-wide with receivers:write. Create, replace and delete
-    // act on fresh receivers defined through the API; test-send reaches the capture server.
+    // receivers: fleet-wide ones read and changed with fleet-wide receivers:write; team A's
+    // grants list only team A's. Create, replace and delete act on fresh receivers defined
+    // through the API; test-send reaches the capture server.
     (
         "GET",
         "/api/v1/receivers",
-        Need::Global("receivers:write"),
+        Need::Perm("receivers:write"),
         200,
     ),
     (
@@ -286,7 +293,7 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
     (
         "GET",
         "/api/v1/receivers/{name}",
-        Need::Global("receivers:write"),
+        Need::Owned("receivers:write"),
         200,
     ),
     (
@@ -298,13 +305,46 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
     (
         "DELETE",
         "/api/v1/receivers/{name}",
-        Need::Global("receivers:write"),
+        Need::Owned("receivers:write"),
         200,
     ),
     (
         "POST",
         "/api/v1/receivers/{name}/test",
-        Need::Global("receivers:write"),
+        Need::Owned("receivers:write"),
+        200,
+    ),
+    // notifications: the delivery log and dead letters, seen through alerts:read on the
+    // alert's host; a dead letter about team B's host is retried or discarded with
+    // alerts:ack there; a fleet-wide receiver's bulk retry needs fleet-wide receivers:write.
+    (
+        "GET",
+        "/api/v1/notifications",
+        Need::Perm("alerts:read"),
+        200,
+    ),
+    (
+        "GET",
+        "/api/v1/notifications/dead",
+        Need::Perm("alerts:read"),
+        200,
+    ),
+    (
+        "POST",
+        "/api/v1/notifications/dead/{id}/retry",
+        Need::HostPerm("alerts:ack"),
+        200,
+    ),
+    (
+        "DELETE",
+        "/api/v1/notifications/dead/{id}",
+        Need::HostPerm("alerts:ack"),
+        200,
+    ),
+    (
+        "POST",
+        "/api/v1/notifications/dead/retry",
+        Need::Owned("receivers:write"),
         200,
     ),
     // users, roles, bindings
@@ -490,9 +530,9 @@ fn expected(need: Need, ok: u16, who: Who) -> u16 {
         Need::Authenticated => ok,
         Need::Perm(p) if who.holds(p) => ok,
         Need::Perm(_) => 403,
-        Need::HostPerm(p) if !who.holds(p) => 403,
-        Need::HostPerm(p) if !who.holds_everywhere(p) => 404,
-        Need::HostPerm(_) => ok,
+        Need::HostPerm(p) | Need::Owned(p) if !who.holds(p) => 403,
+        Need::HostPerm(p) | Need::Owned(p) if !who.holds_everywhere(p) => 404,
+        Need::HostPerm(_) | Need::Owned(_) => ok,
         Need::HostCreate(p) | Need::Global(p) if who.holds_everywhere(p) => ok,
         Need::HostCreate(_) | Need::Global(_) => 403,
         Need::OtherUsers if who.holds_everywhere("users:admin") => ok,
@@ -629,6 +669,25 @@ impl Ctx {
         v["id"].as_i64().expect("silence id")
     }
 
+    /// A fresh dead letter of the configured receiver about team B's host; its id.
+    fn dead_letter_b(&self) -> i64 {
+        let fingerprint = self.fresh("dead");
+        let payload = json!({
+            "fingerprint": fingerprint, "status": "firing", "severity": "high",
+            "rule": "test_high", "summary": "permission matrix", "description": "",
+            "runbook_url": null, "labels": { "alertname": "test_high", "host": HOST_B },
+            "value": 1.0, "starts_at_ms": now_ms(), "ends_at_ms": null, "group_key": "matrix",
+        });
+        db_write(&self.db, |c| {
+            c.execute(
+                "INSERT INTO dead_letters (receiver, group_key, fingerprint, payload, created_ms,
+                     failed_ms, attempts, reason) VALUES (?1, 'matrix', ?2, ?3, ?4, ?4, 1, 'test')",
+                rusqlite::params![RECEIVER, fingerprint, payload.to_string(), now_ms()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
     /// A webhook receiver definition for the API, to the capture server, its HMAC key
     /// given as a value (sealed by the collector).
     fn api_receiver(&self, name: &str) -> Value {
@@ -681,6 +740,8 @@ impl Ctx {
             | ("GET", "/api/v1/silences")
             | ("GET", "/api/v1/rules")
             | ("GET", "/api/v1/receivers")
+            | ("GET", "/api/v1/notifications")
+            | ("GET", "/api/v1/notifications/dead")
             | ("GET", "/api/v1/users")
             | ("GET", "/api/v1/roles")
             | ("GET", "/api/v1/tokens")
@@ -811,6 +872,17 @@ impl Ctx {
                 let name = self.fresh("api-hook-delete");
                 self.admin("POST", "/api/v1/receivers", Some(self.api_receiver(&name)));
                 Req::at(format!("{api}/receivers/{name}"))
+            }
+            ("POST", "/api/v1/notifications/dead/{id}/retry") => Req::at(format!(
+                "{api}/notifications/dead/{}/retry",
+                self.dead_letter_b()
+            )),
+            ("DELETE", "/api/v1/notifications/dead/{id}") => {
+                Req::at(format!("{api}/notifications/dead/{}", self.dead_letter_b()))
+            }
+            ("POST", "/api/v1/notifications/dead/retry") => {
+                self.dead_letter_b();
+                Req::at(template).body(json!({ "receiver": RECEIVER }))
             }
             ("POST", "/api/v1/receivers/{name}/test") => {
                 Req::at(format!("{api}/receivers/{RECEIVER}/test"))
