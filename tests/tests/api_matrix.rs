@@ -314,6 +314,27 @@ const TABLE: &[(&str, &str, Need, u16)] = &[
         Need::Owned("receivers:write"),
         200,
     ),
+    // routes defined through the API: as receivers (a fleet-wide route needs fleet-wide
+    // receivers:write; team A's grants see only team A's routes).
+    ("GET", "/api/v1/routes", Need::Perm("receivers:write"), 200),
+    (
+        "GET",
+        "/api/v1/routes/{name}",
+        Need::Owned("receivers:write"),
+        200,
+    ),
+    (
+        "PUT",
+        "/api/v1/routes/{name}",
+        Need::Global("receivers:write"),
+        201,
+    ),
+    (
+        "DELETE",
+        "/api/v1/routes/{name}",
+        Need::Owned("receivers:write"),
+        204,
+    ),
     // notifications: the delivery log and dead letters, seen through alerts:read on the
     // alert's host; a dead letter about team B's host is retried or discarded with
     // alerts:ack there; a fleet-wide receiver's bulk retry needs fleet-wide receivers:write.
@@ -669,6 +690,11 @@ impl Ctx {
         v["id"].as_i64().expect("silence id")
     }
 
+    /// A fleet-wide route to the configured receiver, for rules no alert matches.
+    fn route_body(&self) -> Value {
+        json!({ "matchers": "{alertname=\"permission_matrix\"}", "receivers": [RECEIVER] })
+    }
+
     /// A fresh dead letter of the configured receiver about team B's host; its id.
     fn dead_letter_b(&self) -> i64 {
         let fingerprint = self.fresh("dead");
@@ -740,6 +766,7 @@ impl Ctx {
             | ("GET", "/api/v1/silences")
             | ("GET", "/api/v1/rules")
             | ("GET", "/api/v1/receivers")
+            | ("GET", "/api/v1/routes")
             | ("GET", "/api/v1/notifications")
             | ("GET", "/api/v1/notifications/dead")
             | ("GET", "/api/v1/users")
@@ -872,6 +899,28 @@ impl Ctx {
                 let name = self.fresh("api-hook-delete");
                 self.admin("POST", "/api/v1/receivers", Some(self.api_receiver(&name)));
                 Req::at(format!("{api}/receivers/{name}"))
+            }
+            ("GET", "/api/v1/routes/{name}") => {
+                let name = self.fresh("route");
+                self.admin(
+                    "PUT",
+                    &format!("/api/v1/routes/{name}"),
+                    Some(self.route_body()),
+                );
+                Req::at(format!("{api}/routes/{name}"))
+            }
+            ("PUT", "/api/v1/routes/{name}") => {
+                let name = self.fresh("route");
+                Req::at(format!("{api}/routes/{name}")).body(self.route_body())
+            }
+            ("DELETE", "/api/v1/routes/{name}") => {
+                let name = self.fresh("route");
+                self.admin(
+                    "PUT",
+                    &format!("/api/v1/routes/{name}"),
+                    Some(self.route_body()),
+                );
+                Req::at(format!("{api}/routes/{name}"))
             }
             ("POST", "/api/v1/notifications/dead/{id}/retry") => Req::at(format!(
                 "{api}/notifications/dead/{}/retry",

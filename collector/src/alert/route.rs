@@ -98,6 +98,10 @@ pub struct Routing {
     pub default_opts: RouteOpts,
     /// Every configured receiver, for the receiver-failing fallback.
     pub all_receivers: Vec<String>,
+    /// Routes defined through the API, after the configured ones: each adds its receivers
+    /// to the alerts it matches and never takes an alert away from the configured routing
+    /// (a team's route cannot divert the fleet's on-call).
+    pub extra: Vec<Route>,
 }
 
 impl Routing {
@@ -150,6 +154,19 @@ impl Routing {
                 "default",
                 0,
             );
+        }
+        for (i, route) in self.extra.iter().enumerate() {
+            let inside = route.owner.as_ref().is_none_or(|o| o.covers(scope));
+            if inside && matches_all(&route.matchers, labels) {
+                let name = format!("api{i}");
+                add(&mut out, &route.receivers, &route.opts, &name, 0);
+                if let Some(policy) = &route.escalation {
+                    for reached in policy.reached(elapsed_ms) {
+                        let step = &policy.steps[reached.step];
+                        add(&mut out, &step.receivers, &route.opts, &name, reached.round);
+                    }
+                }
+            }
         }
         let about_receiver = labels
             .get("alertname")
@@ -328,6 +345,7 @@ mod tests {
             default_receivers: vec!["chat".into()],
             default_opts: opts(&["..."]),
             all_receivers: vec!["pager".into(), "web-team".into(), "chat".into()],
+            extra: Vec::new(),
         }
     }
 

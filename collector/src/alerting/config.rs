@@ -83,7 +83,7 @@ pub struct RawAlerting {
     pub max_silences_per_user: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// `{label="value", other=~"re"}`; `{}` or absent matches every alert.
@@ -172,7 +172,8 @@ impl AlertingConfig {
         let mut parsed_routes = Vec::new();
         for (i, r) in routes.into_iter().enumerate() {
             known(&r.receivers, &format!("route[{i}].receivers"))?;
-            parsed_routes.push(parse_route(path, i, r, &default_opts, &escalations)?);
+            let route = parse_route(path, &format!("route[{i}]"), r, &default_opts, &escalations)?;
+            parsed_routes.push(route);
         }
         let inhibit_rules = parse_inhibits(path, raw.builtin_inhibit.unwrap_or(true), inhibit)?;
         let (rules, raw_rules) = load_rule_files(
@@ -194,6 +195,7 @@ impl AlertingConfig {
                     default_receivers,
                     default_opts,
                     all_receivers: all,
+                    extra: Vec::new(),
                 },
                 inhibit: inhibit_rules,
                 max_age_ms: max_age.as_millis_i64(),
@@ -202,6 +204,7 @@ impl AlertingConfig {
                 receiver_owners,
                 delivery_log_keep_ms: ms(raw.delivery_log_keep, Duration::from_secs(30 * 86_400))
                     .max(60_000),
+                escalations,
             },
             receivers,
             retry,
@@ -265,13 +268,12 @@ fn check_receivers(
 /// the default route.
 fn parse_route(
     path: &Path,
-    i: usize,
+    key: &str,
     r: RawRoute,
     default_opts: &RouteOpts,
     escalations: &BTreeMap<String, Arc<EscalationPolicy>>,
 ) -> Result<Route, ConfigError> {
     let bad = |key: &str, msg: &str| ConfigError::invalid(path, key, msg);
-    let key = format!("route[{i}]");
     let escalation = match &r.escalation {
         Some(name) => Some(escalations.get(name).cloned().ok_or_else(|| {
             bad(
@@ -306,7 +308,7 @@ fn parse_route(
             .repeat_interval
             .map_or(default_opts.repeat_interval_ms, Duration::as_millis_i64),
     };
-    check_timing(&opts).map_err(|m| bad(&key, &m))?;
+    check_timing(&opts).map_err(|m| bad(key, &m))?;
     Ok(Route {
         matchers,
         receivers: r.receivers,
@@ -314,6 +316,27 @@ fn parse_route(
         continue_matching: r.continue_matching.unwrap_or(false),
         owner,
         escalation,
+    })
+}
+
+/// A route defined through the API (JSON of a `[[route]]` table without `continue`: such a
+/// route always adds to the configured routing); the reason when it is refused.
+pub fn api_route(
+    raw: RawRoute,
+    default_opts: &RouteOpts,
+    escalations: &BTreeMap<String, Arc<EscalationPolicy>>,
+) -> Result<Route, String> {
+    if raw.continue_matching.is_some() {
+        return Err(
+            "continue: a route defined through the API always adds to the configured routing"
+                .into(),
+        );
+    }
+    parse_route(Path::new("<api>"), "route", raw, default_opts, escalations).map_err(|e| match e {
+        ConfigError::Invalid { key, message, .. } => {
+            format!("{}: {message}", key.trim_start_matches("route."))
+        }
+        other => other.to_string(),
     })
 }
 

@@ -26,6 +26,7 @@
 //! commits.
 
 mod administration;
+pub mod api_routes;
 pub mod config;
 pub mod dead_letters;
 pub mod dispatcher;
@@ -92,6 +93,11 @@ pub struct AlertingSetup {
     pub receiver_owners: std::collections::BTreeMap<String, crate::alert::OwnerScope>,
     /// How long the delivery log keeps its lines.
     pub delivery_log_keep_ms: i64,
+    /// The `[[escalation]]` policies by name (routes defined through the API name them too).
+    pub escalations: std::collections::BTreeMap<
+        String,
+        std::sync::Arc<crate::alert::escalation::EscalationPolicy>,
+    >,
 }
 
 impl AlertingSetup {
@@ -111,6 +117,7 @@ impl AlertingSetup {
                     repeat_interval_ms: 4 * 3_600_000,
                 },
                 all_receivers: Vec::new(),
+                extra: Vec::new(),
             },
             inhibit: Vec::new(),
             max_age_ms: 86_400_000,
@@ -118,6 +125,7 @@ impl AlertingSetup {
             silence_limits: SilenceLimits::default(),
             receiver_owners: Default::default(),
             delivery_log_keep_ms: 30 * 86_400_000,
+            escalations: Default::default(),
         }
     }
 }
@@ -128,6 +136,9 @@ impl AlertingSetup {
 pub struct Alerting {
     store: Store,
     runtime: Arc<Mutex<Runtime>>,
+    /// The configured escalation policies (fixed for the process's life).
+    escalations:
+        Arc<std::collections::BTreeMap<String, Arc<crate::alert::escalation::EscalationPolicy>>>,
 }
 
 impl std::fmt::Debug for Alerting {
@@ -154,6 +165,7 @@ impl Alerting {
         shared: Arc<OutboxShared>,
     ) -> Result<(Alerting, std::thread::JoinHandle<()>), StoreError> {
         let mut built = None;
+        let escalations = Arc::new(setup.escalations.clone());
         let (store, thread) = Store::open_with_hook(cfg, |conn| {
             let runtime = Runtime::open(conn, setup, shared, crate::now_ms())?;
             let runtime = Arc::new(Mutex::new(runtime));
@@ -161,7 +173,14 @@ impl Alerting {
             Ok(Box::new(Hook(runtime)) as Box<dyn WriterHook>)
         })?;
         let runtime = built.ok_or_else(|| StoreError::Invalid("alerting hook not built".into()))?;
-        Ok((Alerting { store, runtime }, thread))
+        Ok((
+            Alerting {
+                store,
+                runtime,
+                escalations,
+            },
+            thread,
+        ))
     }
 
     /// The plain store handle.

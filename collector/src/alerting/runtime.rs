@@ -118,6 +118,7 @@ impl Runtime {
             deliveries_pruned_ms: 0,
         };
         a.sync_routing();
+        a.load_api_routes(conn)?;
         a.load(conn, now_ms)?;
         a.declare_all(conn)?;
         let span = max_span(&a.setup);
@@ -208,6 +209,9 @@ impl Runtime {
         match HostScopes::load(c) {
             Ok(hosts) => self.hosts = hosts,
             Err(e) => tracing::error!(error = %e, "re-reading host labels after a rollback failed"),
+        }
+        if let Err(e) = self.load_api_routes(c) {
+            tracing::error!(error = %e, "re-reading routes after a rollback failed");
         }
         match load_api_receiver_owners(c) {
             Ok(owners) => self.api_receiver_owners = owners,

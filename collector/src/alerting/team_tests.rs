@@ -106,7 +106,7 @@ op = ">"
 critical = 0.5
 owner = '{team="a"}'
 "#;
-    let mut rig = Rig::new(setup(&rules, |_| {})).await;
+    let mut rig = Rig::new(setup(rules, |_| {})).await;
     two_teams(&mut rig).await;
     rig.store.tick(now()).await.expect("tick");
     let sent = rig.drain(now()).await;

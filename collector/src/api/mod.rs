@@ -19,6 +19,7 @@ pub mod scope;
 pub mod security_headers;
 pub mod server;
 
+pub mod alert_routes;
 pub mod alerts;
 pub mod audit_log;
 pub mod backups;
@@ -262,6 +263,7 @@ pub fn build(state: ApiState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(rules::routes())
         .merge(receivers::routes())
         .merge(notifications::routes())
+        .merge(alert_routes::routes())
         .merge(users::routes())
         .merge(mfa::routes())
         .merge(oidc::routes())

@@ -182,7 +182,7 @@ async fn get_receiver(
 /// Longest receiver name defined through the API.
 const RECEIVER_NAME_MAX: usize = 64;
 
-fn check_receiver_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_receiver_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= RECEIVER_NAME_MAX
         && name

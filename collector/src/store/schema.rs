@@ -436,9 +436,12 @@ const MIGRATIONS: &[Migration] = &[
     // for password and second factor; a password session of the same account does not).
     Migration::Sql("ALTER TABLE sessions ADD COLUMN sso INTEGER NOT NULL DEFAULT 0;"),
     // v18: the delivery log (every send attempt's outcome, and requeues from the dead-letter
-    // list), and dead letters by receiver (bulk retry, counts for the built-in rule).
+    // list), dead letters by receiver (bulk retry, counts for the built-in rule), and routes
+    // defined through the API.
     Migration::Sql(
         r#"
+    CREATE TABLE routes (name TEXT PRIMARY KEY, definition TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE deliveries (
         id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, receiver TEXT NOT NULL,
         fingerprint TEXT NOT NULL, rule TEXT NOT NULL, host TEXT, status TEXT NOT NULL,
