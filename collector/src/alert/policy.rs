@@ -45,6 +45,16 @@ pub struct Ack {
     pub level: Option<Level>,
 }
 
+/// Where an alert is in its escalation policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscalationStatus {
+    pub policy: String,
+    /// The last step reached (0-based); `None` before the first.
+    pub step: Option<usize>,
+    /// When the next step is reached; `None` once acknowledged or when none is left.
+    pub next_ms: Option<i64>,
+}
+
 /// An alert as the outside world sees it (one per fingerprint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertRecord {
@@ -60,6 +70,9 @@ pub struct AlertRecord {
     pub updated_ms: i64,
     pub resolved_ms: Option<i64>,
     pub ack: Option<Ack>,
+    /// Set while a route with an escalation policy takes the alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<EscalationStatus>,
 }
 
 impl AlertRecord {
@@ -100,6 +113,9 @@ impl AlertRecord {
             updated_ms: t.at_ms,
             resolved_ms: (status == AlertStatus::Resolved).then_some(t.at_ms),
             ack,
+            escalation: prev
+                .and_then(|p| p.escalation.clone())
+                .filter(|_| !reopened),
         })
     }
 
@@ -283,6 +299,7 @@ mod tests {
             updated_ms: 0,
             resolved_ms: None,
             ack: None,
+            escalation: None,
         }
     }
 

@@ -189,6 +189,31 @@ impl Routing {
     }
 }
 
+impl Routing {
+    /// The escalation policy of the first route (configured, then API) that takes an
+    /// alert with `labels` about a host with `scope` labels and names one.
+    pub fn escalation(
+        &self,
+        labels: &Labels,
+        scope: Option<&Labels>,
+    ) -> Option<&Arc<EscalationPolicy>> {
+        let takes = |r: &&Route| {
+            r.owner.as_ref().is_none_or(|o| o.covers(scope)) && matches_all(&r.matchers, labels)
+        };
+        let mut configured = Vec::new();
+        for r in self.routes.iter().filter(takes) {
+            configured.push(r);
+            if !r.continue_matching {
+                break;
+            }
+        }
+        configured
+            .into_iter()
+            .chain(self.extra.iter().filter(takes))
+            .find_map(|r| r.escalation.as_ref())
+    }
+}
+
 /// `route:{k="v",...}`, stable for the same route and group labels.
 fn group_key(route: &str, by: &GroupBy, labels: &Labels) -> String {
     let picked: BTreeMap<&str, &str> = match by {

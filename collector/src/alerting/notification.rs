@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::evaluation::save_alert;
 use super::runtime::Runtime;
-use crate::alert::policy::{plan, AlertRecord, AlertStatus, Outgoing};
+use crate::alert::policy::{plan, AlertRecord, AlertStatus, EscalationStatus, Outgoing};
 use crate::alert::route::{inhibited, Target};
 use crate::alert::Labels;
 use crate::store::StoreError;
@@ -108,6 +108,27 @@ impl Runtime {
             .targets(&rec.labels, scope.as_ref(), elapsed);
         // A team's receiver only ever gets alerts about hosts inside its scope.
         targets.retain(|t| self.receiver_reaches(&t.receiver, scope.as_ref()));
+        let status = rec.is_active().then(|| {
+            self.setup
+                .routing
+                .escalation(&rec.labels, scope.as_ref())
+                .map(|p| EscalationStatus {
+                    policy: p.name.clone(),
+                    step: p.current_step(elapsed),
+                    next_ms: if rec.ack.is_some() {
+                        None
+                    } else {
+                        p.next_at(elapsed).map(|e| rec.started_ms.saturating_add(e))
+                    },
+                })
+        });
+        if let Some(status) = status.filter(|s| *s != rec.escalation) {
+            // Shown by the API and the console: stored when it changes.
+            let mut updated = rec.clone();
+            updated.escalation = status;
+            save_alert(c, &updated)?;
+            self.active.insert(updated.fingerprint.clone(), updated);
+        }
         if rec.status == AlertStatus::Resolved {
             // Receivers told earlier get the resolve even if routing changed since.
             for (rcv, fp) in self.told.keys() {

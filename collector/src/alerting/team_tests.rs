@@ -178,6 +178,10 @@ async fn alerting_escalation_steps_told_once_each_across_restarts() {
     let t = now();
     rig.send("test_value", &[("1", t, 1.0)]).await;
     assert_eq!(statuses(&rig.drain(t + 100).await), [Status::Firing]);
+    let a = rig.store.active_alerts().await.expect("active").remove(0);
+    let e = a.escalation.expect("escalation status");
+    assert_eq!((e.policy.as_str(), e.step), ("p", Some(0)));
+    assert_eq!(e.next_ms, Some(a.started_ms + 2_000));
     for _ in 0..3 {
         rig = rig.restart().await;
         rig.store.tick(t + 1_000).await.expect("tick");
@@ -191,6 +195,15 @@ async fn alerting_escalation_steps_told_once_each_across_restarts() {
     assert_eq!(
         statuses(&rig.drain_for("team-a", t + 2_500).await),
         [Status::Firing]
+    );
+    let e = rig.store.active_alerts().await.expect("active")[0]
+        .escalation
+        .clone()
+        .expect("escalation status");
+    assert_eq!(
+        (e.step, e.next_ms),
+        (Some(1), None),
+        "the last step: nothing next"
     );
     for _ in 0..3 {
         rig = rig.restart().await;

@@ -56,7 +56,8 @@ pub struct AlertView {
     /// Stable identity of the alert (rule + series labels).
     pub fingerprint: String,
     pub rule: String,
-    /// Series labels + rule labels + `alertname` + `severity`.
+    /// Series labels + rule labels + the host's operator labels (`team`, `env`...) +
+    /// `alertname` + `severity`.
     pub labels: BTreeMap<String, String>,
     /// Rendered `summary`, `description`, `runbook_url`.
     pub annotations: BTreeMap<String, String>,
@@ -73,6 +74,18 @@ pub struct AlertView {
     pub ack: Option<AckView>,
     /// Ids of the silences muting this alert now (those the caller may see), ascending.
     pub silenced_by: Vec<i64>,
+    /// Where it is in the escalation policy of the route that takes it, if any.
+    pub escalation: Option<EscalationView>,
+}
+
+/// An active alert's escalation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EscalationView {
+    pub policy: String,
+    /// The last step reached (0-based); `None` before the first.
+    pub step: Option<usize>,
+    /// When the next step is reached; `None` once acknowledged or when none is left.
+    pub next_ms: Option<i64>,
 }
 
 impl AlertView {
@@ -109,6 +122,11 @@ impl From<&AlertRecord> for AlertView {
                 level: a.level.map(|l| l.as_str().to_owned()),
             }),
             silenced_by: Vec::new(),
+            escalation: r.escalation.as_ref().map(|e| EscalationView {
+                policy: e.policy.clone(),
+                step: e.step,
+                next_ms: e.next_ms,
+            }),
         }
     }
 }
