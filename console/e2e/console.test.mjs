@@ -118,6 +118,45 @@ test("an alert is acknowledged and silenced in place, and the silence expired", 
   await page.close();
 });
 
+test("alerts show their team and escalation; a dead letter is retried from the notifications page", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.getByRole("link", { name: "Alerts" }).click();
+  const row = page.locator('tr[data-rule="console_uptime"]').filter({ hasText: "host=host-a" });
+  await row.waitFor();
+  assert.equal(await row.locator('.label.team[data-team="a"]').count(), 1, "the team label on the row");
+  const escalation = row.locator('[data-escalation="oncall"]');
+  await escalation.waitFor();
+  assert.match(await escalation.textContent(), /escalation oncall: step 1, next step \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(in (59m|1h)/);
+
+  await page.getByRole("link", { name: "Notifications" }).click();
+  const dead = page.locator('tr[data-dead][data-receiver="refuser"]');
+  await dead.waitFor();
+  assert.match(await dead.textContent(), /console_uptime \(firing\) on host-b/);
+  assert.match(await dead.textContent(), /400/);
+  await page.locator('tr[data-delivery][data-result="dead"]').first().waitFor();
+  await look(page, "notifications", assert);
+  await dead.getByRole("button", { name: "Retry" }).click();
+  await page.getByRole("status").filter({ hasText: "queued again" }).waitFor();
+  await dead.waitFor({ state: "detached" });
+  await page.getByLabel("Receiver").fill("refuser");
+  await page.getByRole("button", { name: "Apply" }).click();
+  // The page re-reads the log every few seconds: the retry's send shows up by itself.
+  await page.locator('tr[data-delivery][data-result="delivered"]').first().waitFor({ timeout: 15000 });
+  const results = await page.locator("tr[data-delivery]").evaluateAll((rows) => rows.map((r) => r.dataset.result));
+  assert.deepEqual(results.slice(0, 3), ["delivered", "requeued", "dead"], "newest first");
+  assert.match(await page.locator('tr[data-delivery][data-result="requeued"]').textContent(), /by user:admin/);
+
+  await page.getByRole("link", { name: "Rules" }).click();
+  await page.locator('tr[data-rule="team_a_uptime"] [data-owner]').filter({ hasText: '{team="a"}' }).waitFor();
+  assert.equal(await page.locator('tr[data-rule="console_uptime"] [data-owner]').textContent(), "fleet-wide");
+  await page.getByRole("link", { name: "Receivers" }).click();
+  await page.locator('tr[data-receiver="team-a-teams"] [data-owner]').filter({ hasText: '{team="a"}' }).waitFor();
+  assert.match(await page.locator('tr[data-receiver="team-a-teams"]').textContent(), /teams/);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("a host going offline turns red live, without a reload", async () => {
   const { page, problems } = await freshPage();
   await signIn(page, "admin", process.env.ADMIN_PASSWORD);
@@ -286,6 +325,10 @@ test("a team viewer sees only their hosts and no actions; forced requests are re
   });
   assert.deepEqual(forced, [403, 404]);
   await look(page, "fleet-viewer", assert);
+  // Team a's viewer: the notifications page without team b's dead letter or any action.
+  await page.getByRole("link", { name: "Notifications" }).click();
+  await page.getByText("No dead letters.").waitFor();
+  assert.equal(await page.getByRole("button", { name: "Retry" }).count(), 0);
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByRole("button", { name: "Sign in" }).waitFor();
   assert.equal((await ctx.browser.cookies()).filter((c) => c.name.includes("mcpwatch_session")).length, 0);

@@ -8,6 +8,12 @@ export function ago(ms: number, now = Date.now()): string {
   return `${Math.floor(s / 86_400)}d ago`;
 }
 
+/** How long until `ms`: `in 45s`, `in 3m 20s`; `now` once passed. */
+export function until(ms: number, now = Date.now()): string {
+  const s = Math.round((ms - now) / 1000);
+  return s <= 0 ? "now" : `in ${duration(s)}`;
+}
+
 export function timestamp(ms: number): string {
   const d = new Date(ms);
   const pad = (n: number) => String(n).padStart(2, "0");

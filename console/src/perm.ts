@@ -7,6 +7,7 @@ import type { Me } from "./api";
 export class Grants {
   private readonly all = new Set<string>();
   private readonly some = new Set<string>();
+  private readonly selectors = new Map<string, string[]>();
 
   constructor(me: Me) {
     for (const g of me.grants) {
@@ -15,9 +16,17 @@ export class Grants {
         this.all.add(g);
         this.some.add(g);
       } else {
-        this.some.add(g.slice(0, at));
+        const p = g.slice(0, at);
+        this.some.add(p);
+        this.selectors.set(p, [...(this.selectors.get(p) ?? []), g.slice(at + 1)]);
       }
     }
+  }
+
+  /** The host selectors `permission` is held on when it is not held everywhere: the owner
+   * scopes a team's rules and receivers may carry. */
+  scopes(permission: string): string[] {
+    return this.all.has(permission) ? [] : (this.selectors.get(permission) ?? []);
   }
 
   /** Holds `permission` on some hosts or all. */

@@ -65,6 +65,10 @@ fn every_example_config_parses_and_validates() {
                         "https://discord.com/api/webhooks/1/x",
                     ),
                     ("smtp-password", "pw"),
+                    (
+                        "teams-workflow-url",
+                        "https://prod-01.westeurope.logic.azure.com/workflows/x/triggers/manual/paths/invoke",
+                    ),
                 ] {
                     std::fs::write(secrets.join(file), value).unwrap();
                 }
@@ -75,7 +79,16 @@ fn every_example_config_parses_and_validates() {
                 .unwrap();
                 let c = CollectorConfig::load(&copy).unwrap_or_else(|e| panic!("{e}"));
                 let a = &c.alerting;
-                assert_eq!(a.receivers.len(), 5);
+                assert_eq!(a.receivers.len(), 6);
+                let platform = &a.setup.routing.routes[1];
+                assert_eq!(
+                    platform.owner.as_ref().map(|o| o.selector()),
+                    Some(r#"{team="platform"}"#)
+                );
+                let policy = platform.escalation.as_ref().expect("escalation");
+                assert_eq!(policy.steps[1].after_ms, 15 * 60_000);
+                assert_eq!(policy.repeat_ms, Some(2 * 3_600_000));
+                assert!(a.setup.receiver_owners.contains_key("platform-teams"));
                 let limits = a.setup.silence_limits;
                 assert_eq!((limits.max, limits.per_user), (1000, 100));
                 assert_eq!(a.setup.routing.routes.len(), 2);

@@ -101,15 +101,31 @@ fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
         .build()
         .expect("runtime");
     let mut hook = rt.block_on(HttpCapture::start(Reply::status(200)));
+    // A receiver that refuses its first notification (a dead letter for the notifications
+    // page to retry), and an escalation policy for host-a's alerts.
+    let refuser = rt.block_on(HttpCapture::start(Reply::status(200)));
+    refuser.push(Reply::status(400).with_body("bad request"));
     std::fs::create_dir_all(tmp.path().join("c")).expect("mkdir");
     std::fs::write(tmp.path().join("c/hmac"), "console-test-secret\n").expect("hmac");
+    let webhook = |name: &str, url: String| {
+        format!(
+            "[[receiver]]\ntype = \"webhook\"\nname = \"{name}\"\nurl = \"{url}\"\n\
+             secret = {{ file = \"hmac\" }}\n"
+        )
+    };
     let c = CollectorProc::start(
         &pki,
         &tmp.path().join("c"),
         &format!(
-            "[api]\nlogin_attempts_per_minute = 200\n[[receiver]]\ntype = \"webhook\"\n\
-             name = \"hook\"\nurl = \"{}\"\nsecret = {{ file = \"hmac\" }}\n",
-            hook.url("/hook")
+            "[api]\nlogin_attempts_per_minute = 200\nreceiver_url_allow = [\"127.0.0.0/8\"]\n{}{}\
+             [[escalation]]\nname = \"oncall\"\nsteps = [{{ after = \"0s\", receivers = [\"hook\"] }}, \
+             {{ after = \"1h\", receivers = [\"refuser\"] }}]\n\
+             [[route]]\nmatchers = '{{alertname=\"console_uptime\", host=\"host-a\"}}'\nreceivers = []\n\
+             escalation = \"oncall\"\n\
+             [[route]]\nmatchers = '{{alertname=\"console_uptime\", host=\"host-b\"}}'\n\
+             receivers = [\"refuser\"]\n",
+            webhook("hook", hook.url("/hook")),
+            webhook("refuser", refuser.url("/refuser")),
         ),
     );
     let token = admin_token(&c.db, "e2e-admin", None);
@@ -159,6 +175,29 @@ fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
         Duration::from_secs(30),
         || {
             let r = admin_api.get("/api/v1/alerts?rule=console_uptime&host=host-a");
+            (r.json()["items"].as_array().is_some_and(|a| !a.is_empty())).then_some(())
+        },
+    );
+    // Team a's own rule (it never fires) and receiver, for the owner columns.
+    let r = admin_api.send(
+        "PUT",
+        "/api/v1/rules/team_a_uptime",
+        &json!({"selector": "mcpwatch_host_uptime_seconds", "critical": 1e15,
+                "owner": "{team=\"a\"}"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin_api.send(
+        "POST",
+        "/api/v1/receivers",
+        &json!({"type": "teams", "name": "team-a-teams", "owner": "{team=\"a\"}",
+                "webhook_url": {"value": hook.url("/teams")}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_for(
+        "host-b's alert dead-lettered at the refuser",
+        Duration::from_secs(30),
+        || {
+            let r = admin_api.get("/api/v1/notifications/dead?receiver=refuser");
             (r.json()["items"].as_array().is_some_and(|a| !a.is_empty())).then_some(())
         },
     );

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::histogram::{histogram_quantile, parse_le};
 use super::rule::Rule;
 use super::selector::{Labels, Selector};
-use super::source::SeriesSource;
+use super::source::{select, SeriesSource};
 
 /// The labels of the group a series belongs to: `host` and the `sum_by` labels it has; or
 /// its own labels (without `le` for a quantile rule).
@@ -33,7 +33,7 @@ fn group_key(rule: &Rule, labels: &Labels) -> Labels {
 /// Whether the rule may read a series with these labels: always for a fleet-wide rule; for
 /// an owned one, only when the series' host is inside the owner scope (a series without a
 /// host, or of a host whose labels are unknown, is outside).
-fn readable(rule: &Rule, source: &dyn SeriesSource, labels: &Labels) -> bool {
+pub(super) fn readable(rule: &Rule, source: &dyn SeriesSource, labels: &Labels) -> bool {
     match &rule.owner {
         None => true,
         Some(owner) => {
@@ -57,7 +57,7 @@ fn sums(
     since: i64,
 ) -> BTreeMap<Labels, Option<f64>> {
     let mut out: BTreeMap<Labels, Option<f64>> = BTreeMap::new();
-    for s in source.series(&selector.metric, since) {
+    for s in select(source, selector, since) {
         if !selector.matches(&s.labels) || !readable(rule, source, &s.labels) {
             continue;
         }
@@ -78,7 +78,7 @@ fn quantiles(
     since: i64,
 ) -> BTreeMap<Labels, Option<f64>> {
     let mut buckets: BTreeMap<Labels, Vec<(f64, f64)>> = BTreeMap::new();
-    for s in source.series(&rule.selector.metric, since) {
+    for s in select(source, &rule.selector, since) {
         if !rule.selector.matches(&s.labels) || !readable(rule, source, &s.labels) {
             continue;
         }

@@ -136,6 +136,9 @@ pub struct Engine {
     rules: Vec<Rule>,
     /// metric name → indices of the rules that read it (selector or divide_by).
     by_metric: HashMap<String, Vec<usize>>,
+    /// Rules whose selector picks metrics by `__name__`: evaluated when any metric their
+    /// matcher accepts is touched.
+    by_name: Vec<usize>,
     opts: EngineOptions,
     state: EngineState,
     /// (rule, fingerprint) whose persisted state may differ from the last `take_dirty`.
@@ -162,6 +165,7 @@ impl Engine {
         let mut engine = Engine {
             rules: Vec::new(),
             by_metric: HashMap::new(),
+            by_name: Vec::new(),
             dirty: BTreeSet::new(),
             opts,
             state,
@@ -182,7 +186,12 @@ impl Engine {
             keep
         });
         let mut by_metric: HashMap<String, Vec<usize>> = HashMap::new();
+        self.by_name.clear();
         for (i, r) in rules.iter().enumerate() {
+            if r.selector.name.is_some() {
+                self.by_name.push(i);
+                continue;
+            }
             by_metric
                 .entry(r.selector.metric.clone())
                 .or_default()
@@ -249,12 +258,17 @@ impl Engine {
         metrics: impl IntoIterator<Item = &'a str>,
         now_ms: i64,
     ) -> Vec<Transition> {
-        let idx: BTreeSet<usize> = metrics
-            .into_iter()
-            .filter_map(|m| self.by_metric.get(m))
-            .flatten()
-            .copied()
-            .collect();
+        let mut idx: BTreeSet<usize> = BTreeSet::new();
+        for m in metrics {
+            if let Some(rules) = self.by_metric.get(m) {
+                idx.extend(rules.iter().copied());
+            }
+            for &i in &self.by_name {
+                if self.rules.get(i).is_some_and(|r| r.selector.reads(m)) {
+                    idx.insert(i);
+                }
+            }
+        }
         let mut out = Vec::new();
         for i in idx {
             self.eval_rule(i, source, now_ms, &mut out);

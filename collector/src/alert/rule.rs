@@ -198,6 +198,12 @@ impl Rule {
             .map(Selector::parse)
             .transpose()
             .map_err(|m| err("divide_by", m))?;
+        if divide_by.is_some() && (selector.name.is_some() || divide_by.as_ref().is_some_and(|d| d.name.is_some())) {
+            return Err(err(
+                "divide_by",
+                "a ratio needs one metric on each side, not a `__name__` pattern".into(),
+            ));
+        }
         let severity = severity_of(raw.severity.as_deref()).map_err(|m| err("severity", m))?;
         let labels = raw.labels.unwrap_or_default();
         check_label_names(&labels).map_err(|m| err("labels", m))?;

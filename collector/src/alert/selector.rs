@@ -91,11 +91,32 @@ pub fn satisfiable(matchers: &[Matcher]) -> bool {
         })
 }
 
+/// The label a selector without a metric name names its metrics by, as in Prometheus.
+pub const NAME_LABEL: &str = "__name__";
+
 /// Metric name + matchers.
 #[derive(Debug, Clone)]
 pub struct Selector {
+    /// The one metric read; empty when `name` picks the metrics instead.
     pub metric: String,
     pub matchers: Vec<Matcher>,
+    /// `{__name__=~"re", ...}` (or `!~`, `!=`): every metric whose name matches. The series
+    /// then carry their metric's name as label `__name__`, so series of different metrics
+    /// with the same labels stay apart.
+    pub name: Option<Matcher>,
+}
+
+impl Matcher {
+    /// Whether a single value (not a label set) satisfies the matcher.
+    pub fn matches_value(&self, v: &str) -> bool {
+        match (self.op, &self.re) {
+            (MatchOp::Eq, _) => v == self.value,
+            (MatchOp::Ne, _) => v != self.value,
+            (MatchOp::Re, Some(re)) => re.is_match(v),
+            (MatchOp::NotRe, Some(re)) => !re.is_match(v),
+            (MatchOp::Re | MatchOp::NotRe, None) => false,
+        }
+    }
 }
 
 impl Selector {
@@ -103,13 +124,25 @@ impl Selector {
         self.matchers.iter().all(|m| m.matches(labels))
     }
 
-    /// Parses `name` or `name{l="v", l2!="v", l3=~"re", l4!~"re"}`.
+    /// Whether the selector reads metric `name`.
+    pub fn reads(&self, name: &str) -> bool {
+        match &self.name {
+            Some(m) => m.matches_value(name),
+            None => self.metric == name,
+        }
+    }
+
+    /// Parses `name`, `name{l="v", l2!="v", l3=~"re", l4!~"re"}`, or `{__name__=~"re", ...}`
+    /// (every metric whose name matches).
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let (metric, rest) = match text.find('{') {
             Some(i) => (text[..i].trim(), Some(&text[i + 1..])),
             None => (text, None),
         };
+        if metric.is_empty() && rest.is_some() {
+            return Self::parse_named(text);
+        }
         if !is_ident(metric, true) {
             return Err(format!(
                 "invalid metric name {metric:?} (letters, digits, `_`, `:`)"
@@ -163,18 +196,48 @@ impl Selector {
         Ok(Selector {
             metric: metric.to_owned(),
             matchers,
+            name: None,
         })
+    }
+
+    /// `{__name__ OP "value", ...}`: exactly one `__name__` matcher picks the metrics (`=`
+    /// is an ordinary one-metric selector).
+    fn parse_named(text: &str) -> Result<Self, String> {
+        let mut parsed = Selector::parse(&format!("m{text}"))?;
+        let mut names: Vec<Matcher> = Vec::new();
+        parsed.matchers.retain(|m| {
+            let is_name = m.label == NAME_LABEL;
+            if is_name {
+                names.push(m.clone());
+            }
+            !is_name
+        });
+        let [name] = names.as_slice() else {
+            return Err(
+                "a selector without a metric name needs exactly one `__name__` matcher".into(),
+            );
+        };
+        if name.op == MatchOp::Eq {
+            if !is_ident(&name.value, true) {
+                return Err(format!("invalid metric name {:?}", name.value));
+            }
+            parsed.metric = name.value.clone();
+            return Ok(parsed);
+        }
+        parsed.metric = String::new();
+        parsed.name = Some(name.clone());
+        Ok(parsed)
     }
 }
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.metric)?;
-        if self.matchers.is_empty() {
+        if self.matchers.is_empty() && self.name.is_none() {
             return Ok(());
         }
         f.write_str("{")?;
-        for (i, m) in self.matchers.iter().enumerate() {
+        for (i, m) in self.name.iter().chain(self.matchers.iter()).enumerate() {
             let op = match m.op {
                 MatchOp::Eq => "=",
                 MatchOp::Ne => "!=",
@@ -265,6 +328,21 @@ mod tests {
         ])));
         let again = Selector::parse(&s.to_string()).expect("display round-trips");
         assert_eq!(again.matchers.len(), 4);
+    }
+
+    #[test]
+    fn alert_selector_by_name_pattern() {
+        let s = Selector::parse(r#"{__name__=~"mcp_.+", host="h"}"#).expect("parse");
+        assert_eq!(s.metric, "");
+        assert!(s.reads("mcp_requests_total"));
+        assert!(!s.reads("host_cpu"));
+        assert_eq!(s.matchers.len(), 1, "`__name__` is not a label matcher");
+        assert_eq!(s.to_string(), r#"{__name__=~"mcp_.+", host="h"}"#);
+        let eq = Selector::parse(r#"{__name__="up", job="x"}"#).expect("parse");
+        assert_eq!((eq.metric.as_str(), eq.name.is_none()), ("up", true));
+        assert!(Selector::parse(r#"{host="h"}"#).is_err(), "no metric at all");
+        assert!(Selector::parse(r#"{__name__=~"a", __name__=~"b"}"#).is_err());
+        assert!(Selector::parse(r#"{__name__="not a name"}"#).is_err());
     }
 
     #[test]

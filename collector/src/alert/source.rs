@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::selector::Labels;
+use super::selector::{Labels, Selector, NAME_LABEL};
 
 /// One series: its labels (metric name excluded) and samples sorted by timestamp (ms).
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +21,28 @@ pub trait SeriesSource {
     /// The scope labels of host `host` (its operator labels plus `host`), which owner
     /// scopes are matched against; `None` when unknown (then no owned rule reads it).
     fn host_scope(&self, host: &str) -> Option<Labels>;
+
+    /// Every metric name the source holds (for selectors that pick metrics by `__name__`).
+    fn metrics(&self) -> Vec<String>;
+}
+
+/// The series a selector reads at or after `since_ms`: its metric's, or for a `__name__`
+/// selector those of every metric whose name matches, each labelled with its `__name__`.
+pub fn select(source: &dyn SeriesSource, selector: &Selector, since_ms: i64) -> Vec<Series> {
+    if selector.name.is_none() {
+        return source.series(&selector.metric, since_ms);
+    }
+    let mut out = Vec::new();
+    for metric in source.metrics() {
+        if !selector.reads(&metric) {
+            continue;
+        }
+        for mut s in source.series(&metric, since_ms) {
+            s.labels.insert(NAME_LABEL.to_owned(), metric.clone());
+            out.push(s);
+        }
+    }
+    out
 }
 
 /// In-memory source: metric name → series. Samples may be pushed in any order.
@@ -78,6 +100,10 @@ impl MemorySource {
 }
 
 impl SeriesSource for MemorySource {
+    fn metrics(&self) -> Vec<String> {
+        self.metrics.keys().cloned().collect()
+    }
+
     fn host_scope(&self, host: &str) -> Option<Labels> {
         let mut l = self.hosts.get(host)?.clone();
         l.insert("host".to_owned(), host.to_owned());

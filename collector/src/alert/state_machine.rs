@@ -5,11 +5,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::aggregate::group_values;
+use super::aggregate::{group_values, readable};
 use super::engine::{AlertState, EngineOptions, Phase, SeriesState, Transition};
 use super::rule::{Level, Rule};
 use super::selector::Labels;
-use super::source::SeriesSource;
+use super::source::{select, SeriesSource};
 use super::template::render;
 
 pub(super) fn eval_threshold(
@@ -63,8 +63,9 @@ pub(super) fn eval_absent(
     // Only fresh samples can introduce a series: a host first seen through old replayed
     // samples must not be declared down for the gap it is replaying.
     let since = now.saturating_sub(absent_for.saturating_add(opts.grace_ms));
-    for s in source.series(&rule.selector.metric, since) {
-        if !rule.selector.matches(&s.labels) {
+    for s in select(source, &rule.selector, since) {
+        // A team's absence rule tracks only its hosts' series (see `aggregate::readable`).
+        if !rule.selector.matches(&s.labels) || !readable(rule, source, &s.labels) {
             continue;
         }
         let Some(newest) = s.samples.iter().map(|x| x.0).max() else {

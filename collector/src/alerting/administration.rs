@@ -263,8 +263,21 @@ impl Runtime {
                 .max()
                 .is_some_and(|span| span >= need)
         };
-        let covered =
-            kept(&rule.selector.metric) && rule.divide_by.as_ref().is_none_or(|d| kept(&d.metric));
+        let covered = match &rule.selector.name {
+            // A `__name__` pattern: the window holds its metrics only when a running rule
+            // reads the same pattern for long enough.
+            Some(p) => self.setup.rules.iter().any(|r| {
+                r.selector
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| n.op == p.op && n.value == p.value)
+                    && rule_span(r, grace) >= need
+            }),
+            None => {
+                kept(&rule.selector.metric)
+                    && rule.divide_by.as_ref().is_none_or(|d| kept(&d.metric))
+            }
+        };
         if !covered {
             return DryRunReply::NotInWindow(self.setup.engine);
         }

@@ -13,6 +13,10 @@ use super::Alerting;
 use crate::alert::route::Route;
 use crate::store::StoreError;
 
+/// Routes defined through the API at most: every alert is matched against each of them on
+/// every tick, so their number is what a team could otherwise spend collector CPU with.
+pub const MAX_API_ROUTES: i64 = 500;
+
 /// A route as stored.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StoredRoute {
@@ -112,6 +116,15 @@ impl Runtime {
         if let Some(d) = &stored {
             if !may_replace(stored_owner(d).as_deref()) {
                 return Ok(RouteChange::Refused);
+            }
+        } else {
+            let n: i64 = c
+                .prepare_cached("SELECT count(*) FROM routes")?
+                .query_row([], |r| r.get(0))?;
+            if n >= MAX_API_ROUTES {
+                return Err(StoreError::Limit(format!(
+                    "at most {MAX_API_ROUTES} routes may be defined through the API"
+                )));
             }
         }
         c.prepare_cached(

@@ -108,6 +108,10 @@ impl SeriesSource for ScopedWindow<'_> {
     fn host_scope(&self, host: &str) -> Option<Labels> {
         self.hosts.scope_labels(Some(host))
     }
+
+    fn metrics(&self) -> Vec<String> {
+        self.window.metrics()
+    }
 }
 
 /// Adds a host's operator labels to an alert's labels: they replace series and rule labels

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::alert::{Labels, Rule, Series};
+use crate::alert::{Labels, MatchOp, Matcher, Rule, Series};
 
 struct Entry {
     metric: String,
@@ -76,8 +76,14 @@ pub(crate) struct SampleWindow {
     by_key: HashMap<(String, Labels), usize>,
     entries: Vec<Entry>,
     by_metric: HashMap<String, Vec<usize>>,
-    /// Metric → how long its samples are kept (ms).
+    /// Metric → how long its samples are kept (ms): those the rules name, and those a
+    /// `__name__` pattern of theirs was found to match.
     keep_ms: HashMap<String, i64>,
+    /// What the rules name, to tell whether a rule reload changed anything.
+    configured: HashMap<String, i64>,
+    /// Metric-name patterns of `__name__` selectors, with their span.
+    patterns: Vec<(Matcher, i64)>,
+    pattern_keys: Vec<(String, MatchOp, i64)>,
 }
 
 impl SampleWindow {
@@ -85,20 +91,31 @@ impl SampleWindow {
     /// else (a rule reload starts the window afresh for new metrics).
     pub(crate) fn set_rules(&mut self, rules: &[Rule], grace_ms: i64) {
         let mut keep: HashMap<String, i64> = HashMap::new();
+        let mut patterns: Vec<(Matcher, i64)> = Vec::new();
         for r in rules {
             let span = r
                 .window_ms
                 .max(r.absent_for_ms.unwrap_or(0))
                 .saturating_add(grace_ms);
-            for m in
-                std::iter::once(&r.selector.metric).chain(r.divide_by.iter().map(|d| &d.metric))
-            {
-                let e = keep.entry(m.clone()).or_default();
-                *e = (*e).max(span);
+            for sel in std::iter::once(&r.selector).chain(r.divide_by.iter()) {
+                match &sel.name {
+                    Some(m) => patterns.push((m.clone(), span)),
+                    None => {
+                        let e = keep.entry(sel.metric.clone()).or_default();
+                        *e = (*e).max(span);
+                    }
+                }
             }
         }
-        if keep != self.keep_ms {
+        let keys: Vec<(String, MatchOp, i64)> = patterns
+            .iter()
+            .map(|(m, span)| (m.value.clone(), m.op, *span))
+            .collect();
+        if keep != self.configured || keys != self.pattern_keys {
+            self.configured = keep.clone();
             self.keep_ms = keep;
+            self.patterns = patterns;
+            self.pattern_keys = keys;
             // Keep the entries of metrics still read, renumbered; ids of series not read
             // before are learned again from their next declaration (a new connection).
             let old = std::mem::take(&mut self.entries);
@@ -106,7 +123,7 @@ impl SampleWindow {
             self.by_key.clear();
             self.by_metric.clear();
             for (i, e) in old.into_iter().enumerate() {
-                if self.keep_ms.contains_key(&e.metric) {
+                if self.wanted(&e.metric) {
                     let idx = self.entries.len();
                     remap.insert(i, idx);
                     self.by_metric
@@ -122,9 +139,35 @@ impl SampleWindow {
         }
     }
 
+    /// Whether some rule reads metric `name` (learning its span when a `__name__` pattern
+    /// matches it).
+    fn wanted(&mut self, name: &str) -> bool {
+        if self.keep_ms.contains_key(name) {
+            return true;
+        }
+        let span = self
+            .patterns
+            .iter()
+            .filter(|(m, _)| m.matches_value(name))
+            .map(|(_, span)| *span)
+            .max();
+        match span {
+            Some(span) => {
+                self.keep_ms.insert(name.to_owned(), span);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every metric held.
+    pub(crate) fn metrics(&self) -> Vec<String> {
+        self.by_metric.keys().cloned().collect()
+    }
+
     /// Learns what database series `id` is (from an agent's declaration).
     pub(crate) fn declare(&mut self, id: i64, host: &str, name: &str, labels: &[(String, String)]) {
-        if self.by_id.get(id).is_some() || !self.keep_ms.contains_key(name) {
+        if self.by_id.get(id).is_some() || !self.wanted(name) {
             return;
         }
         let mut l: Labels = labels.iter().cloned().collect();
@@ -158,7 +201,7 @@ impl SampleWindow {
 
     /// Adds a sample of a series the collector produces itself.
     pub(crate) fn push_own(&mut self, name: &str, labels: Labels, ts_ms: i64, value: f64) {
-        if !self.keep_ms.contains_key(name) {
+        if !self.wanted(name) {
             return;
         }
         let idx = self.entry(name, labels);

@@ -96,11 +96,11 @@ fn hosts(sent: &[crate::notify::Notification]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn alerting_owned_rule_reads_only_its_hosts() {
+async fn alerting_owned_catch_all_rule_reads_only_its_hosts() {
     let rules = r#"
 [[rule]]
-name = "team_a_values"
-selector = 'test_value'
+name = "team_a_everything"
+selector = '{__name__=~".+"}'
 window = "10s"
 op = ">"
 critical = 0.5
@@ -108,14 +108,22 @@ owner = '{team="a"}'
 "#;
     let mut rig = Rig::new(setup(rules, |_| {})).await;
     two_teams(&mut rig).await;
+    rig.send("other_metric", &[("1", now(), 2.0)]).await;
+    rig.connect_as("agent-2").await;
+    rig.send("other_metric", &[("1", now(), 2.0)]).await;
     rig.store.tick(now()).await.expect("tick");
     let sent = rig.drain(now()).await;
-    assert_eq!(hosts(&sent), ["agent-1"], "team b's series are never read");
-    // Moving agent-2 into team a brings its series in.
+    assert_eq!(hosts(&sent), ["agent-1", "agent-1"], "team b's series are never read");
+    let mut names: Vec<&str> = sent
+        .iter()
+        .filter_map(|n| n.labels.get("__name__").map(String::as_str))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["other_metric", "test_value"], "one alert per metric");
+    // Moving agent-2 into team a brings both its series in.
     relabel(&rig, "agent-2", r#"{"team":"a"}"#).await;
-    rig.connect_as("agent-2").await;
     rig.send("test_value", &[("1", now(), 1.0)]).await;
-    assert_eq!(hosts(&rig.drain(now()).await), ["agent-2"]);
+    assert_eq!(hosts(&rig.drain(now()).await), ["agent-2", "agent-2"]);
 }
 
 #[tokio::test]
@@ -247,4 +255,25 @@ async fn alerting_escalation_stops_at_the_acknowledgement() {
         rig.drain_for("team-a", t + 10_000).await.is_empty(),
         "an ack stops escalation"
     );
+}
+
+#[tokio::test]
+async fn alerting_owned_absence_rule_tracks_only_its_hosts() {
+    let rules = r#"
+[[rule]]
+name = "team_a_silent"
+selector = 'test_value'
+absent_for = "2s"
+owner = '{team="a"}'
+"#;
+    let mut rig = Rig::new(setup(rules, |_| {})).await;
+    two_teams(&mut rig).await;
+    let t = now();
+    rig.store.tick(t + 10_000).await.expect("tick");
+    let active = rig.store.active_alerts().await.expect("active");
+    let hosts: Vec<&str> = active
+        .iter()
+        .filter_map(|a| a.labels.get("host").map(String::as_str))
+        .collect();
+    assert_eq!(hosts, ["agent-1"], "team b's silent host is not team a's to report");
 }

@@ -151,7 +151,8 @@ async fn check_receivers(
     responses((status = 200, body = StoredRoute, description = "Replaced"),
               (status = 201, body = StoredRoute, description = "Created"),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 422, body = ErrorBody)),
+              (status = 422, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "500 routes exist already")),
     tag = "routes")]
 async fn put_route(
     State(state): State<ApiState>,

@@ -28,6 +28,8 @@ use crate::store::query::series::RecentSeries;
 
 /// Longest look-back a dry run may read from the stored samples.
 const MAX_DRY_RUN_SPAN_MS: i64 = 86_400_000;
+/// Most metrics a dry run of a `__name__` selector reads from the stored samples.
+const MAX_DRY_RUN_METRICS: usize = 200;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -324,10 +326,29 @@ async fn dry_run_rule(
             "a dry run over stored samples looks back at most 1d (window or absent_for plus grace)",
         ));
     }
-    let mut metrics = vec![rule.selector.metric.clone()];
-    if let Some(d) = &rule.divide_by {
-        metrics.push(d.metric.clone());
-    }
+    let metrics = match &rule.selector.name {
+        Some(pattern) => {
+            let names: Vec<String> = state
+                .store
+                .metric_names(100_000)
+                .await?
+                .into_iter()
+                .filter(|m| pattern.matches_value(m))
+                .collect();
+            if names.len() > MAX_DRY_RUN_METRICS {
+                return Err(ApiError::unprocessable(format!(
+                    "the selector matches {} metrics; a dry run over stored samples reads at \
+                     most {MAX_DRY_RUN_METRICS}",
+                    names.len()
+                )));
+            }
+            names
+        }
+        None => std::iter::once(&rule.selector)
+            .chain(rule.divide_by.iter())
+            .map(|s| s.metric.clone())
+            .collect(),
+    };
     let rows = state
         .store
         .recent_samples(metrics, now.saturating_sub(span), now)

@@ -4,7 +4,7 @@
 
 import { useState } from "preact/hooks";
 import { api, get, type Page } from "../api";
-import { ago, timestamp } from "../format";
+import { ago, timestamp, until } from "../format";
 import type { Grants } from "../perm";
 import { Dialog } from "../ui/Dialog";
 import { useAction } from "../useAction";
@@ -21,6 +21,14 @@ interface Alert {
   started_ms: number;
   ack: { by: string; at_ms: number; comment: string } | null;
   silenced_by: number[];
+  escalation: { policy: string; step: number | null; next_ms: number | null } | null;
+}
+
+/** Where an alert is in its escalation policy, in words. */
+function escalationText(e: NonNullable<Alert["escalation"]>): string {
+  const step = e.step === null ? "not started" : `step ${e.step + 1}`;
+  const next = e.next_ms === null ? "no further step" : `next step ${timestamp(e.next_ms)} (${until(e.next_ms)})`;
+  return `escalation ${e.policy}: ${step}, ${next}`;
 }
 
 interface Silence {
@@ -107,6 +115,7 @@ export function Alerts(props: { grants: Grants }) {
               <td><span class={`severity ${a.severity}`}>{a.severity}</span></td>
               <td class="wrap">
                 <strong>{a.labels.alertname ?? a.rule}</strong>
+                {a.labels.team && <span class="label team" data-team={a.labels.team}>team {a.labels.team}</span>}
                 {a.annotations.summary && <div class="muted">{a.annotations.summary}</div>}
               </td>
               <td class="wrap">
@@ -119,6 +128,7 @@ export function Alerts(props: { grants: Grants }) {
                 {a.status}
                 {a.ack && <div class="muted">acknowledged by {a.ack.by}{a.ack.comment && `: ${a.ack.comment}`}</div>}
                 {a.silenced_by.length > 0 && <div class="muted">muted by silence {a.silenced_by.join(", ")}</div>}
+                {a.escalation && <div class="muted" data-escalation={a.escalation.policy}>{escalationText(a.escalation)}</div>}
               </td>
               {(canAck || canSilence) && (
                 <td>

@@ -1,6 +1,7 @@
-// Notification receivers (users with `receivers:write` on every host): each with its kind,
-// where it comes from and its settings (secrets appear only as references: a file, an
-// environment variable, or "stored"), and a button that sends a test notification now.
+// Notification receivers (users with `receivers:write`: on every host for all of them, on a
+// team's hosts for the team's own): each with its owner scope, kind, where it comes from and
+// its settings (secrets appear only as references: a file, an environment variable, or
+// "stored"), and a button that sends a test notification now.
 
 import { useState } from "preact/hooks";
 import { api, get, message } from "../api";
@@ -8,9 +9,11 @@ import { useLive } from "../useLive";
 
 interface Receiver {
   name: string;
-  /** `email`, `slack`, `pagerduty`, `discord` or `webhook`. */
+  /** `email`, `slack`, `pagerduty`, `discord`, `webhook` or `teams`. */
   type: string;
   origin: string;
+  /** A team's receiver gets only alerts about the team's hosts; `null`: fleet-wide. */
+  owner: string | null;
   active: boolean;
   settings: Record<string, unknown>;
 }
@@ -39,11 +42,12 @@ export function Receivers() {
       {receivers.error && <p class="error" role="alert">{receivers.error}</p>}
       {result && <p class={result.ok ? "" : "error"} role={result.ok ? "status" : "alert"}>{result.text}</p>}
       <table class="grid" aria-label="Receivers">
-        <thead><tr><th>Receiver</th><th>Kind</th><th>Origin</th><th>State</th><th>Settings</th><th>Actions</th></tr></thead>
+        <thead><tr><th>Receiver</th><th>Owner</th><th>Kind</th><th>Origin</th><th>State</th><th>Settings</th><th>Actions</th></tr></thead>
         <tbody>
           {receivers.data?.map((r) => (
             <tr key={r.name} data-receiver={r.name}>
               <td>{r.name}</td>
+              <td data-owner>{r.owner ? <code>{r.owner}</code> : "fleet-wide"}</td>
               <td>{r.type}</td>
               <td>{r.origin}</td>
               <td>{r.active ? "active" : "inactive"}</td>

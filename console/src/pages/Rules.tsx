@@ -1,6 +1,8 @@
 // Alert rules: every rule in effect (built-in, from rules files, or set through the API);
 // view one, edit its definition (a rules file's [[rule]] table, as JSON) with a dry run
-// showing what would fire before saving. Editing needs `rules:write` on every host.
+// showing what would fire before saving. A rule with an owner scope belongs to a team: it
+// reads only that team's hosts. Editing a fleet-wide rule needs `rules:write` on every host;
+// a team's, `rules:write` on the team's hosts (a team sees only its own rules).
 
 import { useState } from "preact/hooks";
 import { api, get, message } from "../api";
@@ -35,7 +37,10 @@ function describe(d: Record<string, unknown>): string {
 
 export function Rules(props: { grants: Grants }) {
   const rules = useLive(["rules"], () => get<Rule[]>("/rules"));
-  const canWrite = props.grants.canEverywhere("rules:write");
+  const canWrite = props.grants.can("rules:write");
+  // A team's new rule is owned by the team (the collector refuses a fleet-wide one).
+  const scope = props.grants.scopes("rules:write")[0];
+  const newRule = scope ? { ...NEW_RULE, owner: scope } : NEW_RULE;
   const [editing, setEditing] = useState<{ name: string; text: string; fresh: boolean } | null>(null);
   const [preview, setPreview] = useState<DryRun | null>(null);
   const [error, setError] = useState<string | null>(null);
@@ -90,7 +95,7 @@ export function Rules(props: { grants: Grants }) {
       <h1>Rules</h1>
       {canWrite && !editing && (
         <div class="toolbar">
-          <button class="primary" type="button" onClick={() => open("", NEW_RULE, true)}>New rule</button>
+          <button class="primary" type="button" onClick={() => open("", newRule, true)}>New rule</button>
         </div>
       )}
       {saved && <p role="status">Rule {saved} saved and in effect.</p>}
@@ -134,11 +139,12 @@ export function Rules(props: { grants: Grants }) {
         </form>
       )}
       <table class="grid" aria-label="Rules">
-        <thead><tr><th>Rule</th><th>Origin</th><th>State</th><th>Definition</th><th>Changed</th>{canWrite && <th>Actions</th>}</tr></thead>
+        <thead><tr><th>Rule</th><th>Owner</th><th>Origin</th><th>State</th><th>Definition</th><th>Changed</th>{canWrite && <th>Actions</th>}</tr></thead>
         <tbody>
           {rules.data?.map((r) => (
             <tr key={r.name} data-rule={r.name}>
               <td>{r.name}</td>
+              <td data-owner>{typeof r.definition.owner === "string" ? <code>{r.definition.owner}</code> : "fleet-wide"}</td>
               <td>{r.origin}</td>
               <td>{r.enabled ? "on" : "off"}</td>
               <td class="wrap"><code>{describe(r.definition)}</code></td>

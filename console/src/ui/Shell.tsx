@@ -10,6 +10,7 @@ import { Access } from "../pages/Access";
 import { Alerts } from "../pages/Alerts";
 import { Audit } from "../pages/Audit";
 import { Host } from "../pages/Host";
+import { Notifications } from "../pages/Notifications";
 import { Server } from "../pages/Server";
 import { Receivers } from "../pages/Receivers";
 import { Roles } from "../pages/Roles";
@@ -26,8 +27,9 @@ interface Page {
 const PAGES: Page[] = [
   { id: "fleet", title: "Fleet", visible: (g) => g.can("hosts:read") },
   { id: "alerts", title: "Alerts", visible: (g) => g.can("alerts:read") },
-  { id: "rules", title: "Rules", visible: (g) => g.canEverywhere("alerts:read") },
-  { id: "receivers", title: "Receivers", visible: (g) => g.canEverywhere("receivers:write") },
+  { id: "notifications", title: "Notifications", visible: (g) => g.can("alerts:read") },
+  { id: "rules", title: "Rules", visible: (g) => g.can("alerts:read") || g.can("rules:write") },
+  { id: "receivers", title: "Receivers", visible: (g) => g.can("receivers:write") },
   { id: "users", title: "Users", visible: (g) => g.canEverywhere("users:admin") },
   { id: "roles", title: "Roles", visible: (g) => g.canEverywhere("users:admin") },
   { id: "access", title: "Tokens and sessions", visible: () => true },
@@ -76,6 +78,7 @@ export function Shell(props: { me: Me; grants: Grants; onSignOut: () => void; on
         {!hostId && page?.id === "alerts" && <Alerts grants={props.grants} />}
         {page?.id === "rules" && <Rules grants={props.grants} />}
         {page?.id === "receivers" && <Receivers />}
+        {page?.id === "notifications" && <Notifications grants={props.grants} />}
         {page?.id === "users" && <Users />}
         {page?.id === "roles" && <Roles />}
         {page?.id === "access" && <Access mySession={props.me.session_id} admin={props.grants.canEverywhere("users:admin")} />}

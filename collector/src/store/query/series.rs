@@ -508,6 +508,16 @@ fn recent_samples(
 }
 
 impl Store {
+    /// Every metric name stored, at most `limit` (the dry run of a `__name__` selector).
+    pub async fn metric_names(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT DISTINCT name FROM series LIMIT ?1")?;
+            let names = stmt.query_map([limit as i64], |r| r.get(0))?;
+            Ok(names.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     /// The raw samples of `metrics` (every host) from `since_ms` to `until_ms` + 1 min.
     pub async fn recent_samples(
         &self,
