@@ -354,13 +354,19 @@ fn team_operator_owns_rule_receiver_and_route_and_sees_only_its_hosts() {
         "critical": 0.5, "owner": r#"{team="a"}"#});
     let preview = alice.expect("POST", "/rules/dry-run", Some(&catch_all), 200);
     let series = preview["series"].as_array().expect("series");
-    assert!(preview["firing"].as_u64().expect("firing") >= 2, "{preview}");
+    assert!(
+        preview["firing"].as_u64().expect("firing") >= 2,
+        "{preview}"
+    );
     assert!(
         series.iter().all(|s| s["labels"]["host"] == HOST_A),
         "only team a's series: {preview}"
     );
     let mut fleet_catch_all = catch_all.clone();
-    fleet_catch_all.as_object_mut().expect("object").remove("owner");
+    fleet_catch_all
+        .as_object_mut()
+        .expect("object")
+        .remove("owner");
     alice.expect("POST", "/rules/dry-run", Some(&fleet_catch_all), 403);
     let alerts = admin.expect("GET", "/alerts?limit=100", None, 200);
     let items = alerts["items"].as_array().expect("items");

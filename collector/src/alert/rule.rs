@@ -198,7 +198,9 @@ impl Rule {
             .map(Selector::parse)
             .transpose()
             .map_err(|m| err("divide_by", m))?;
-        if divide_by.is_some() && (selector.name.is_some() || divide_by.as_ref().is_some_and(|d| d.name.is_some())) {
+        if divide_by.is_some()
+            && (selector.name.is_some() || divide_by.as_ref().is_some_and(|d| d.name.is_some()))
+        {
             return Err(err(
                 "divide_by",
                 "a ratio needs one metric on each side, not a `__name__` pattern".into(),

@@ -340,7 +340,10 @@ mod tests {
         assert_eq!(s.to_string(), r#"{__name__=~"mcp_.+", host="h"}"#);
         let eq = Selector::parse(r#"{__name__="up", job="x"}"#).expect("parse");
         assert_eq!((eq.metric.as_str(), eq.name.is_none()), ("up", true));
-        assert!(Selector::parse(r#"{host="h"}"#).is_err(), "no metric at all");
+        assert!(
+            Selector::parse(r#"{host="h"}"#).is_err(),
+            "no metric at all"
+        );
         assert!(Selector::parse(r#"{__name__=~"a", __name__=~"b"}"#).is_err());
         assert!(Selector::parse(r#"{__name__="not a name"}"#).is_err());
     }

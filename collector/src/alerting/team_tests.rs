@@ -113,13 +113,21 @@ owner = '{team="a"}'
     rig.send("other_metric", &[("1", now(), 2.0)]).await;
     rig.store.tick(now()).await.expect("tick");
     let sent = rig.drain(now()).await;
-    assert_eq!(hosts(&sent), ["agent-1", "agent-1"], "team b's series are never read");
+    assert_eq!(
+        hosts(&sent),
+        ["agent-1", "agent-1"],
+        "team b's series are never read"
+    );
     let mut names: Vec<&str> = sent
         .iter()
         .filter_map(|n| n.labels.get("__name__").map(String::as_str))
         .collect();
     names.sort();
-    assert_eq!(names, ["other_metric", "test_value"], "one alert per metric");
+    assert_eq!(
+        names,
+        ["other_metric", "test_value"],
+        "one alert per metric"
+    );
     // Moving agent-2 into team a brings both its series in.
     relabel(&rig, "agent-2", r#"{"team":"a"}"#).await;
     rig.send("test_value", &[("1", now(), 1.0)]).await;
@@ -275,5 +283,9 @@ owner = '{team="a"}'
         .iter()
         .filter_map(|a| a.labels.get("host").map(String::as_str))
         .collect();
-    assert_eq!(hosts, ["agent-1"], "team b's silent host is not team a's to report");
+    assert_eq!(
+        hosts,
+        ["agent-1"],
+        "team b's silent host is not team a's to report"
+    );
 }
