@@ -88,36 +88,6 @@ test("a host's charts draw and the range picks the storage tier", async () => {
   await page.close();
 });
 
-test("an alert is acknowledged and silenced in place, and the silence expired", async () => {
-  const { page, problems } = await freshPage();
-  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
-  await page.getByRole("link", { name: "Alerts" }).click();
-  const row = page.locator('tr[data-rule="console_uptime"]').filter({ hasText: "host=host-a" });
-  await row.waitFor();
-  await look(page, "alerts", assert);
-  await row.getByRole("button", { name: "Ack" }).click();
-  await page.getByLabel("Comment").fill("looking into it");
-  await page.getByRole("button", { name: "Acknowledge" }).click();
-  await row.and(page.locator('[data-acked="true"]')).waitFor();
-  assert.match(await row.textContent(), /acknowledged by user:admin: looking into it/);
-  await row.getByRole("button", { name: "Silence" }).click();
-  const matchers = await page.getByLabel("Matchers").inputValue();
-  assert.match(matchers, /host="host-a"/);
-  assert.match(matchers, /alertname="console_uptime"/);
-  await page.getByLabel("Comment").fill("maintenance window");
-  await look(page, "alerts-silence-dialog", assert);
-  await page.getByRole("button", { name: "Silence", exact: true }).last().click();
-  await row.and(page.locator('[data-muted="true"]')).waitFor();
-  const silence = page.locator("tr[data-silence]").filter({ hasText: "maintenance window" });
-  await silence.getByRole("button", { name: "Expire" }).click();
-  await silence.waitFor({ state: "detached" });
-  await row.and(page.locator('[data-muted="false"]')).waitFor();
-  const history = page.getByRole("table", { name: "Alert history" });
-  await history.locator("tr[data-transition]").filter({ hasText: "console_uptime" }).filter({ hasText: "firing" }).first().waitFor();
-  assert.deepEqual(problems, []);
-  await page.close();
-});
-
 test("alerts show their team and escalation; a dead letter is retried from the notifications page", async () => {
   const { page, problems } = await freshPage();
   await signIn(page, "admin", process.env.ADMIN_PASSWORD);
@@ -153,6 +123,37 @@ test("alerts show their team and escalation; a dead letter is retried from the n
   await page.getByRole("link", { name: "Receivers" }).click();
   await page.locator('tr[data-receiver="team-a-teams"] [data-owner]').filter({ hasText: '{team="a"}' }).waitFor();
   assert.match(await page.locator('tr[data-receiver="team-a-teams"]').textContent(), /teams/);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("an alert is acknowledged and silenced in place, and the silence expired", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.getByRole("link", { name: "Alerts" }).click();
+  const row = page.locator('tr[data-rule="console_uptime"]').filter({ hasText: "host=host-a" });
+  await row.waitFor();
+  await look(page, "alerts", assert);
+  await row.getByRole("button", { name: "Ack" }).click();
+  await page.getByLabel("Comment").fill("looking into it");
+  await page.getByRole("button", { name: "Acknowledge" }).click();
+  await row.and(page.locator('[data-acked="true"]')).waitFor();
+  assert.match(await row.textContent(), /acknowledged by user:admin: looking into it/);
+  await row.locator('[data-escalation="oncall"]').filter({ hasText: "stopped by the acknowledgement" }).waitFor();
+  await row.getByRole("button", { name: "Silence" }).click();
+  const matchers = await page.getByLabel("Matchers").inputValue();
+  assert.match(matchers, /host="host-a"/);
+  assert.match(matchers, /alertname="console_uptime"/);
+  await page.getByLabel("Comment").fill("maintenance window");
+  await look(page, "alerts-silence-dialog", assert);
+  await page.getByRole("button", { name: "Silence", exact: true }).last().click();
+  await row.and(page.locator('[data-muted="true"]')).waitFor();
+  const silence = page.locator("tr[data-silence]").filter({ hasText: "maintenance window" });
+  await silence.getByRole("button", { name: "Expire" }).click();
+  await silence.waitFor({ state: "detached" });
+  await row.and(page.locator('[data-muted="false"]')).waitFor();
+  const history = page.getByRole("table", { name: "Alert history" });
+  await history.locator("tr[data-transition]").filter({ hasText: "console_uptime" }).filter({ hasText: "firing" }).first().waitFor();
   assert.deepEqual(problems, []);
   await page.close();
 });
@@ -328,6 +329,10 @@ test("a team viewer sees only their hosts and no actions; forced requests are re
   // Team a's viewer: the notifications page without team b's dead letter or any action.
   await page.getByRole("link", { name: "Notifications" }).click();
   await page.getByText("No dead letters.").waitFor();
+  await page.locator("tr[data-delivery]").first().waitFor();
+  const lines = await page.locator("tr[data-delivery]").allTextContents();
+  assert.ok(lines.every((l) => !l.includes("host-b")), `team b's deliveries are not shown: ${lines}`);
+  await look(page, "notifications-viewer", assert);
   assert.equal(await page.getByRole("button", { name: "Retry" }).count(), 0);
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByRole("button", { name: "Sign in" }).waitFor();

@@ -117,7 +117,8 @@ fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
         &pki,
         &tmp.path().join("c"),
         &format!(
-            "[api]\nlogin_attempts_per_minute = 200\nreceiver_url_allow = [\"127.0.0.0/8\"]\n{}{}\
+            "[api]\nlogin_attempts_per_minute = 200\nreceiver_url_allow = [\"127.0.0.0/8\"]\n\
+             [alerting]\ndefault_receivers = [\"hook\"]\n{}{}\
              [[escalation]]\nname = \"oncall\"\nsteps = [{{ after = \"0s\", receivers = [\"hook\"] }}, \
              {{ after = \"1h\", receivers = [\"refuser\"] }}]\n\
              [[route]]\nmatchers = '{{alertname=\"console_uptime\", host=\"host-a\"}}'\nreceivers = []\n\

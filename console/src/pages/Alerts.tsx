@@ -25,9 +25,13 @@ interface Alert {
 }
 
 /** Where an alert is in its escalation policy, in words. */
-function escalationText(e: NonNullable<Alert["escalation"]>): string {
+function escalationText(a: Alert, e: NonNullable<Alert["escalation"]>): string {
   const step = e.step === null ? "not started" : `step ${e.step + 1}`;
-  const next = e.next_ms === null ? "no further step" : `next step ${timestamp(e.next_ms)} (${until(e.next_ms)})`;
+  const next = a.ack
+    ? "stopped by the acknowledgement"
+    : e.next_ms === null
+      ? "no further step"
+      : `next step ${timestamp(e.next_ms)} (${until(e.next_ms)})`;
   return `escalation ${e.policy}: ${step}, ${next}`;
 }
 
@@ -128,7 +132,7 @@ export function Alerts(props: { grants: Grants }) {
                 {a.status}
                 {a.ack && <div class="muted">acknowledged by {a.ack.by}{a.ack.comment && `: ${a.ack.comment}`}</div>}
                 {a.silenced_by.length > 0 && <div class="muted">muted by silence {a.silenced_by.join(", ")}</div>}
-                {a.escalation && <div class="muted" data-escalation={a.escalation.policy}>{escalationText(a.escalation)}</div>}
+                {a.escalation && <div class="muted" data-escalation={a.escalation.policy}>{escalationText(a, a.escalation)}</div>}
               </td>
               {(canAck || canSilence) && (
                 <td>
@@ -204,7 +208,7 @@ export function Alerts(props: { grants: Grants }) {
                   <span class="label" key={k}>{k}={v}</span>
                 ))}
               </td>
-              <td>{h.from} → {h.to}{h.level && ` (${h.level})`}</td>
+              <td>{h.from === h.to ? "labels changed (host relabelled)" : `${h.from} → ${h.to}`}{h.level && ` (${h.level})`}</td>
             </tr>
           ))}
         </tbody>
