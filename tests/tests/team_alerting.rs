@@ -290,15 +290,15 @@ fn team_operator_owns_rule_receiver_and_route_and_sees_only_its_hosts() {
     alice.expect("POST", "/receivers", Some(&recv_fleet), 403);
     // A team route may not name a receiver the team does not manage.
     let to_all = json!({"owner": r#"{team="a"}"#, "matchers": "{}", "receivers": ["all"]});
-    alice.expect("PUT", "/routes/team-a-all", Some(&to_all), 403);
-    for action in [
-        "PUT /api/v1/rules/{name}",
-        "POST /api/v1/receivers",
-        "PUT /api/v1/routes/{name}",
+    alice.expect("PUT", "/routes/team-a-all", Some(&to_all), 422);
+    for (action, status) in [
+        ("PUT /api/v1/rules/{name}", 403),
+        ("POST /api/v1/receivers", 403),
+        ("PUT /api/v1/routes/{name}", 422),
     ] {
         let rows = audit(&c.db, action);
         assert!(
-            rows.iter().any(|r| r.0 == "user:alice" && r.1 == 403),
+            rows.iter().any(|r| r.0 == "user:alice" && r.1 == status),
             "{action}: refusals audited: {rows:?}"
         );
     }

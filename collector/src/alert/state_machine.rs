@@ -83,7 +83,10 @@ pub(super) fn eval_absent(
         };
         let silent = now.saturating_sub(seen);
         let value = Some(silent.max(0) as f64 / 1000.0);
-        let desired = (silent >= absent_for).then_some(Level::Critical);
+        // A series whose host left the rule's owner scope is no longer the rule's to report:
+        // it clears instead of turning absent.
+        let inside = readable(rule, source, &st.labels);
+        let desired = (inside && silent >= absent_for).then_some(Level::Critical);
         step(rule, opts, fp, st, desired, value, now, out);
     }
 }

@@ -105,8 +105,23 @@ pub fn validate_api_rule(raw: &RawRule) -> Result<Option<Rule>, crate::alert::Ru
         return Ok(None);
     }
     let rule = Rule::validate(raw.clone())?;
+    // The window holds every sample a rule looks back over, for every series it may read
+    // (the whole fleet's, before an owner scope filters them): an API rule looks back a
+    // day at most.
+    let span = rule.window_ms.max(rule.absent_for_ms.unwrap_or(0));
+    if span > MAX_API_RULE_SPAN_MS {
+        let key = if rule.window_ms >= rule.absent_for_ms.unwrap_or(0) { "window" } else { "absent_for" };
+        return Err(crate::alert::RuleError {
+            rule: raw.name.clone(),
+            key: key.into(),
+            message: "at most 1d for a rule set through the API".into(),
+        });
+    }
     Ok((raw.enabled != Some(false)).then_some(rule))
 }
+
+/// The longest `window` or `absent_for` of a rule set through the API.
+pub const MAX_API_RULE_SPAN_MS: i64 = 86_400_000;
 
 /// The rules stored through the API.
 fn api_rules(c: &Connection) -> Result<Vec<RawRule>, StoreError> {
@@ -128,7 +143,17 @@ fn api_rules(c: &Connection) -> Result<Vec<RawRule>, StoreError> {
 /// name (whole definitions, not field by field); disabled ones dropped. An API rule that
 /// no longer validates is skipped (logged).
 pub(super) fn effective_rules(config: &[Rule], c: &Connection) -> Result<Vec<Rule>, StoreError> {
-    let api = api_rules(c)?;
+    let mut api = api_rules(c)?;
+    // A team's rule never replaces a configured (or built-in) rule of the same name, which
+    // reads every host: one made before the configuration named that rule is left out.
+    api.retain(|a| {
+        let shadows = a.owner.is_some() && config.iter().any(|r| r.name == a.name);
+        if shadows {
+            tracing::warn!(rule = %a.name,
+                "an owned API rule has the name of a configured rule; the configured one runs");
+        }
+        !shadows
+    });
     let mut rules: Vec<Rule> = config
         .iter()
         .filter(|r| !api.iter().any(|a| a.name == r.name))

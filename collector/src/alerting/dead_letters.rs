@@ -72,6 +72,8 @@ pub enum DeadLetterChange {
     Missing,
     /// Its receiver no longer exists: it cannot be sent.
     NoReceiver(String),
+    /// Its receiver (a team's) does not reach the alert's host (any more): it is not sent.
+    NotReached(String),
     /// Done; how many.
     Done(u64),
 }
@@ -181,34 +183,87 @@ fn delivery_page(
     Ok(out)
 }
 
+/// Which dead letter a caller checked (its scope, in the API) and means: a retry or
+/// discard acts only when the row under the id is still that one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterKey {
+    pub receiver: String,
+    pub fingerprint: String,
+    pub created_ms: i64,
+}
+
+impl DeadLetter {
+    pub fn key(&self) -> DeadLetterKey {
+        DeadLetterKey {
+            receiver: self.receiver.clone(),
+            fingerprint: self.fingerprint.clone(),
+            created_ms: self.created_ms,
+        }
+    }
+}
+
+/// The dead letter under `id`: its key and its alert's host.
+fn stored_letter(
+    c: &Connection,
+    id: i64,
+) -> Result<Option<(DeadLetterKey, Option<String>)>, StoreError> {
+    Ok(c
+        .prepare_cached(
+            "SELECT receiver, fingerprint, created_ms,
+                 CASE WHEN json_valid(payload) THEN json_extract(payload, '$.labels.host') END
+             FROM dead_letters WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok((
+                DeadLetterKey {
+                    receiver: r.get(0)?,
+                    fingerprint: r.get(1)?,
+                    created_ms: r.get(2)?,
+                },
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .optional()?)
+}
+
 impl Runtime {
     /// Puts dead letters back in the outbox, due now and with a fresh `max_age` (ids in
-    /// order; those of receivers that no longer exist are left). Logged as `requeued`.
+    /// order). Left where they are: those of receivers that no longer exist, and those
+    /// whose receiver does not reach the alert's host now (a receiver of the same name made
+    /// by another team gets none of the letters of the one it replaced). With `expect`, the
+    /// one id must still be that letter. Logged as `requeued`.
     pub(super) fn requeue(
         &mut self,
         c: &Connection,
         ids: &[i64],
+        expect: Option<&DeadLetterKey>,
         actor: &str,
         now_ms: i64,
     ) -> Result<DeadLetterChange, StoreError> {
+        let single = ids.len() == 1;
         let mut done = 0u64;
         for &id in ids {
-            let receiver: Option<String> = c
-                .prepare_cached("SELECT receiver FROM dead_letters WHERE id = ?1")?
-                .query_row([id], |r| r.get(0))
-                .optional()?;
-            let Some(receiver) = receiver else {
-                if ids.len() == 1 {
+            let found = stored_letter(c, id)?.filter(|(key, _)| expect.is_none_or(|e| e == key));
+            let Some((key, host)) = found else {
+                if single {
                     return Ok(DeadLetterChange::Missing);
                 }
                 continue;
             };
+            let receiver = key.receiver;
             let Some(shared) = self.shared.receiver(&receiver) else {
-                if ids.len() == 1 {
+                if single {
                     return Ok(DeadLetterChange::NoReceiver(receiver));
                 }
                 continue;
             };
+            let scope = self.hosts.scope_labels(host.as_deref());
+            if !self.receiver_reaches(&receiver, scope.as_ref()) {
+                if single {
+                    return Ok(DeadLetterChange::NotReached(receiver));
+                }
+                continue;
+            }
             log_change(c, id, "requeued", actor, now_ms)?;
             c.prepare_cached(
                 "INSERT INTO outbox (receiver, group_key, fingerprint, payload, created_ms, due_ms)
@@ -226,14 +281,19 @@ impl Runtime {
         Ok(DeadLetterChange::Done(done))
     }
 
-    /// Drops a dead letter for good. Logged as `discarded`.
+    /// Drops a dead letter for good, if it is still the one the caller checked. Logged as
+    /// `discarded`.
     pub(super) fn discard(
         &mut self,
         c: &Connection,
         id: i64,
+        expect: &DeadLetterKey,
         actor: &str,
         now_ms: i64,
     ) -> Result<DeadLetterChange, StoreError> {
+        if stored_letter(c, id)?.is_none_or(|(key, _)| &key != expect) {
+            return Ok(DeadLetterChange::Missing);
+        }
         log_change(c, id, "discarded", actor, now_ms)?;
         let n = c
             .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
@@ -346,14 +406,15 @@ impl Alerting {
             .await
     }
 
-    /// Puts one dead letter back in the outbox.
+    /// Puts one dead letter back in the outbox, if it is still the one `expect` names.
     pub async fn requeue_dead_letter(
         &self,
         id: i64,
+        expect: DeadLetterKey,
         actor: String,
         now_ms: i64,
     ) -> Result<DeadLetterChange, StoreError> {
-        self.call(move |rt, c| rt.requeue(c, &[id], &actor, now_ms))
+        self.call(move |rt, c| rt.requeue(c, &[id], Some(&expect), &actor, now_ms))
             .await
     }
 
@@ -372,19 +433,20 @@ impl Alerting {
                 .prepare_cached("SELECT id FROM dead_letters WHERE receiver = ?1 ORDER BY id")?
                 .query_map([&receiver], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            rt.requeue(c, &ids, &actor, now_ms)
+            rt.requeue(c, &ids, None, &actor, now_ms)
         })
         .await
     }
 
-    /// Drops one dead letter.
+    /// Drops one dead letter, if it is still the one `expect` names.
     pub async fn discard_dead_letter(
         &self,
         id: i64,
+        expect: DeadLetterKey,
         actor: String,
         now_ms: i64,
     ) -> Result<DeadLetterChange, StoreError> {
-        self.call(move |rt, c| rt.discard(c, id, &actor, now_ms))
+        self.call(move |rt, c| rt.discard(c, id, &expect, &actor, now_ms))
             .await
     }
 }

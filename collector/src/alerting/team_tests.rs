@@ -289,3 +289,68 @@ owner = '{team="a"}'
         "team b's silent host is not team a's to report"
     );
 }
+
+#[tokio::test]
+async fn alerting_dead_letter_retry_only_where_the_receiver_reaches() {
+    use super::dead_letters::DeadLetterChange;
+    use super::OutboxOutcome;
+    let mut rig = Rig::new(setup(RULES, |s| {
+        s.routing.all_receivers = vec!["r".into(), "team-a".into()];
+        s.routing.default_receivers = vec!["team-a".into()];
+        s.receiver_owners.insert("team-a".into(), owner(r#"{team="a"}"#));
+    }))
+    .await;
+    relabel(&rig, "agent-1", r#"{"team":"a"}"#).await;
+    rig.send("test_value", &[("1", now(), 1.0)]).await;
+    let batch = rig.fetch_for("team-a", now()).await;
+    let ids: Vec<i64> = batch.items.iter().map(|i| i.id).collect();
+    assert_eq!(ids.len(), 1);
+    let dead = OutboxOutcome::Dead {
+        reason: "refused: 400".into(),
+    };
+    rig.store
+        .outbox_settle("team-a", &batch.group_key, ids, dead, now())
+        .await
+        .expect("settle");
+    let letters = rig
+        .store
+        .dead_letters(None, None, 10, |_| true)
+        .await
+        .expect("dead letters");
+    let letter = letters.first().expect("a dead letter").clone();
+    // The host moved to team b: team a's receiver does not get the retry.
+    relabel(&rig, "agent-1", r#"{"team":"b"}"#).await;
+    let change = rig
+        .store
+        .requeue_dead_letter(letter.id, letter.key(), "ops".into(), now())
+        .await
+        .expect("retry");
+    assert_eq!(change, DeadLetterChange::NotReached("team-a".into()));
+    let bulk = rig
+        .store
+        .requeue_receiver("team-a".into(), "ops".into(), now())
+        .await
+        .expect("bulk retry");
+    assert_eq!(bulk, DeadLetterChange::Done(0));
+    // Back in team a: retried; a stale key (another letter under the id) does nothing.
+    relabel(&rig, "agent-1", r#"{"team":"a"}"#).await;
+    let mut stale = letter.key();
+    stale.fingerprint = "other".into();
+    let change = rig
+        .store
+        .requeue_dead_letter(letter.id, stale, "ops".into(), now())
+        .await
+        .expect("retry");
+    assert_eq!(change, DeadLetterChange::Missing);
+    let change = rig
+        .store
+        .requeue_dead_letter(letter.id, letter.key(), "ops".into(), now())
+        .await
+        .expect("retry");
+    assert_eq!(change, DeadLetterChange::Done(1));
+    assert_eq!(statuses(&rig.drain_for("team-a", now()).await), [Status::Firing]);
+    assert_eq!(
+        rig.count("SELECT count(*) FROM deliveries WHERE result = 'requeued' AND actor = 'ops'"),
+        1
+    );
+}

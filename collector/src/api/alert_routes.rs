@@ -124,18 +124,17 @@ async fn check_receivers(
         names.extend(setup.steps.iter().flat_map(|s| s.receivers.iter().cloned()));
     }
     for name in names {
-        let owner = receiver_owner(state, receivers.clone(), &name)
-            .await?
-            .ok_or_else(|| {
-                ApiError::unprocessable(format!("receivers: unknown receiver {name:?}"))
-            })?;
-        if !may_manage(caller, owner.as_ref()) {
-            caller.deny();
-            caller.note(format!(
-                "receiver {name} is outside the caller's receivers:write"
-            ));
-            return Err(ApiError::Forbidden(format!(
-                "receivers:write for receiver {name}"
+        // Unknown and not the caller's answer alike, so names cannot be probed; the second
+        // is audited as a refusal.
+        let owner = receiver_owner(state, receivers.clone(), &name).await?;
+        let manageable = owner.as_ref().is_some_and(|o| may_manage(caller, o.as_ref()));
+        if !manageable {
+            if owner.is_some() {
+                caller.deny();
+                caller.note(format!("receiver {name} is outside the caller's receivers:write"));
+            }
+            return Err(ApiError::unprocessable(format!(
+                "receivers: no receiver {name:?} that you manage"
             )));
         }
     }

@@ -162,6 +162,9 @@ fn changed(change: DeadLetterChange) -> Result<Json<Requeued>, ApiError> {
         DeadLetterChange::NoReceiver(r) => Err(ApiError::Conflict(format!(
             "receiver {r:?} no longer exists: this notification cannot be sent"
         ))),
+        DeadLetterChange::NotReached(r) => Err(ApiError::Conflict(format!(
+            "receiver {r:?} does not cover this alert's host (any more): it is not sent there"
+        ))),
         DeadLetterChange::Done(requeued) => Ok(Json(Requeued { requeued })),
     }
 }
@@ -172,7 +175,7 @@ fn changed(change: DeadLetterChange) -> Result<Json<Requeued>, ApiError> {
     params(("id" = i64, Path, description = "The dead letter's id")),
     responses((status = 200, body = Requeued), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody, description = "Its receiver no longer exists")),
+              (status = 409, body = ErrorBody, description = "Its receiver no longer exists, or does not cover the alert's host")),
     tag = "notifications")]
 async fn retry_dead_letter(
     State(state): State<ApiState>,
@@ -220,8 +223,9 @@ pub struct RetryReceiver {
 }
 
 /// After a receiver's outage is fixed: puts all its dead letters back in the outbox, oldest
-/// first. Needs `receivers:write` over the receiver (unscoped for a fleet-wide one).
-/// Audited.
+/// first. Needs `receivers:write` over the receiver (unscoped for a fleet-wide one). Letters
+/// about hosts the receiver does not reach now stay (a team's receiver of a reused name
+/// gets none of another team's). Audited.
 #[utoipa::path(post, path = "/notifications/dead/retry", request_body = RetryReceiver,
     responses((status = 200, body = Requeued), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),

@@ -260,7 +260,10 @@ async fn store_receiver(
     caller.require_owner(Permission::ReceiversWrite, owner.as_ref())?;
     let (secrets, dispatcher) = changeable(set)?;
     let name = raw.name().to_owned();
-    if set.list.iter().any(|r| r.name() == name) {
+    if let Some(raw) = set.list.iter().find(|r| r.name() == name) {
+        // A configured receiver the caller does not manage is not the caller's to know of.
+        let visible = may_manage(&caller, owner_of(raw).as_ref());
+        require_access(&caller, Access::of_owned(true, visible))?;
         return Err(from_config_conflict(&name));
     }
     let status = {
@@ -366,7 +369,10 @@ async fn put_receiver(
     caller.require(Permission::ReceiversWrite)?;
     caller.note(format!("receiver {name}"));
     let set = receiver_configs(receivers)?;
-    if set.list.iter().any(|r| r.name() == name) {
+    if let Some(raw) = set.list.iter().find(|r| r.name() == name) {
+        // A configured receiver the caller does not manage is not the caller's to know of.
+        let visible = may_manage(&caller, owner_of(raw).as_ref());
+        require_access(&caller, Access::of_owned(true, visible))?;
         return Err(from_config_conflict(&name));
     }
     let raw = parse_receiver_body(body, Some(&name))?;
@@ -399,7 +405,10 @@ async fn delete_receiver(
     caller.require(Permission::ReceiversWrite)?;
     caller.note(format!("receiver {name}"));
     let set = receiver_configs(receivers)?;
-    if set.list.iter().any(|r| r.name() == name) {
+    if let Some(raw) = set.list.iter().find(|r| r.name() == name) {
+        // A configured receiver the caller does not manage is not the caller's to know of.
+        let visible = may_manage(&caller, owner_of(raw).as_ref());
+        require_access(&caller, Access::of_owned(true, visible))?;
         return Err(from_config_conflict(&name));
     }
     let (_, dispatcher) = changeable(&set)?;

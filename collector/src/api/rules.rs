@@ -24,7 +24,7 @@ use crate::alerting::{validate_api_rule, DryRunReply, OwnerCheck, RuleDeleted, D
 use crate::auth::Permission;
 use crate::now_ms;
 use crate::store::query::rules::RuleRow;
-use crate::store::query::series::RecentSeries;
+use crate::store::query::recent::RecentSeries;
 
 /// Longest look-back a dry run may read from the stored samples.
 const MAX_DRY_RUN_SPAN_MS: i64 = 86_400_000;

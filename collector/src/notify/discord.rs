@@ -3,14 +3,14 @@
 //! `retry_after` in seconds (preferred) or a `Retry-After` header; 5xx and transport errors
 //! are retried; other 4xx are permanent.
 
-use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::destination::Destinations;
-use super::secret::{Secret, SecretRef};
+use super::chat_webhook::ChatWebhook;
+use super::secret::SecretRef;
 use super::{http, Notification, NotifyConfigError, SendError, Severity, Status};
 
 /// Discord's limits.
@@ -39,19 +39,9 @@ pub struct DiscordConfigRaw {
     pub timeout_secs: Option<u64>,
 }
 
+#[derive(Debug)]
 pub struct DiscordReceiver {
-    name: String,
-    url: Secret,
-    client: reqwest::Client,
-}
-
-impl fmt::Debug for DiscordReceiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DiscordReceiver")
-            .field("name", &self.name)
-            .field("webhook_url", &self.url)
-            .finish_non_exhaustive()
-    }
+    hook: ChatWebhook,
 }
 
 impl DiscordReceiver {
@@ -60,22 +50,24 @@ impl DiscordReceiver {
         base_dir: &Path,
         destinations: &Destinations,
     ) -> Result<Self, NotifyConfigError> {
-        let name = raw.name;
-        let url = raw.webhook_url.load(&name, "webhook_url", base_dir)?;
-        super::webhook::check_http_url(&name, "webhook_url", url.expose(), destinations)?;
-        let timeout = super::timeout_from(&name, raw.timeout_secs, 10)?;
-        let client = http::client(&name, timeout, destinations)?;
-        Ok(DiscordReceiver { name, url, client })
+        let hook = ChatWebhook::new(
+            raw.name,
+            &raw.webhook_url,
+            raw.timeout_secs,
+            base_dir,
+            destinations,
+        )?;
+        Ok(DiscordReceiver { hook })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.hook.name()
     }
 
     pub async fn send(&self, batch: &[Notification]) -> Result<(), SendError> {
         let body = serde_json::to_vec(&message(batch))
             .map_err(|e| SendError::permanent(format!("cannot encode message: {e}")))?;
-        let reply = http::post_json(&self.client, self.url.expose(), body, &[]).await?;
+        let reply = self.hook.post(body).await?;
         let after = serde_json::from_str::<Value>(&reply.body)
             .ok()
             .and_then(|v| v.get("retry_after").and_then(Value::as_f64))

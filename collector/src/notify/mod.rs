@@ -21,6 +21,7 @@
 //! ```
 
 pub mod api_secrets;
+pub mod chat_webhook;
 pub mod destination;
 pub mod discord;
 pub mod email;

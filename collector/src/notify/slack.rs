@@ -5,7 +5,6 @@
 //! `Retry-After` (and also delays the next send); 5xx and transport errors are retried; other
 //! 4xx are permanent.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +14,8 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::destination::Destinations;
-use super::secret::{Secret, SecretRef};
+use super::chat_webhook::ChatWebhook;
+use super::secret::SecretRef;
 use super::{http, Notification, NotifyConfigError, SendError, Severity};
 
 /// Minimum spacing between two messages to one webhook.
@@ -43,21 +43,11 @@ pub struct SlackConfigRaw {
     pub timeout_secs: Option<u64>,
 }
 
+#[derive(Debug)]
 pub struct SlackReceiver {
-    name: String,
-    url: Secret,
-    client: reqwest::Client,
+    hook: ChatWebhook,
     /// Earliest instant the next message may be sent; the lock also serialises sends.
     next_allowed: Mutex<Option<Instant>>,
-}
-
-impl fmt::Debug for SlackReceiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SlackReceiver")
-            .field("name", &self.name)
-            .field("webhook_url", &self.url)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SlackReceiver {
@@ -66,21 +56,21 @@ impl SlackReceiver {
         base_dir: &Path,
         destinations: &Destinations,
     ) -> Result<Self, NotifyConfigError> {
-        let name = raw.name;
-        let url = raw.webhook_url.load(&name, "webhook_url", base_dir)?;
-        super::webhook::check_http_url(&name, "webhook_url", url.expose(), destinations)?;
-        let timeout = super::timeout_from(&name, raw.timeout_secs, 10)?;
-        let client = http::client(&name, timeout, destinations)?;
+        let hook = ChatWebhook::new(
+            raw.name,
+            &raw.webhook_url,
+            raw.timeout_secs,
+            base_dir,
+            destinations,
+        )?;
         Ok(SlackReceiver {
-            name,
-            url,
-            client,
+            hook,
             next_allowed: Mutex::new(None),
         })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.hook.name()
     }
 
     pub async fn send(&self, batch: &[Notification]) -> Result<(), SendError> {
@@ -90,7 +80,7 @@ impl SlackReceiver {
         if let Some(at) = *next {
             tokio::time::sleep_until(at).await;
         }
-        let result = http::post_json(&self.client, self.url.expose(), body, &[]).await;
+        let result = self.hook.post(body).await;
         let now = Instant::now();
         let mut at = now + MIN_INTERVAL;
         let outcome = result.and_then(|reply| http::classify("slack", &reply));

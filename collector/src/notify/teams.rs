@@ -6,14 +6,14 @@
 //! fits. A 429 honours `Retry-After`; 5xx and transport errors are retried; other 4xx are
 //! permanent.
 
-use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::destination::Destinations;
-use super::secret::{Secret, SecretRef};
+use super::chat_webhook::ChatWebhook;
+use super::secret::SecretRef;
 use super::{http, Notification, NotifyConfigError, SendError, Severity, Status};
 
 /// Teams's documented limit on one message, JSON included.
@@ -41,19 +41,9 @@ pub struct TeamsConfigRaw {
     pub timeout_secs: Option<u64>,
 }
 
+#[derive(Debug)]
 pub struct TeamsReceiver {
-    name: String,
-    url: Secret,
-    client: reqwest::Client,
-}
-
-impl fmt::Debug for TeamsReceiver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TeamsReceiver")
-            .field("name", &self.name)
-            .field("webhook_url", &self.url)
-            .finish_non_exhaustive()
-    }
+    hook: ChatWebhook,
 }
 
 impl TeamsReceiver {
@@ -62,21 +52,23 @@ impl TeamsReceiver {
         base_dir: &Path,
         destinations: &Destinations,
     ) -> Result<Self, NotifyConfigError> {
-        let name = raw.name;
-        let url = raw.webhook_url.load(&name, "webhook_url", base_dir)?;
-        super::webhook::check_http_url(&name, "webhook_url", url.expose(), destinations)?;
-        let timeout = super::timeout_from(&name, raw.timeout_secs, 10)?;
-        let client = http::client(&name, timeout, destinations)?;
-        Ok(TeamsReceiver { name, url, client })
+        let hook = ChatWebhook::new(
+            raw.name,
+            &raw.webhook_url,
+            raw.timeout_secs,
+            base_dir,
+            destinations,
+        )?;
+        Ok(TeamsReceiver { hook })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.hook.name()
     }
 
     pub async fn send(&self, batch: &[Notification]) -> Result<(), SendError> {
         let body = encode(batch)?;
-        let reply = http::post_json(&self.client, self.url.expose(), body, &[]).await?;
+        let reply = self.hook.post(body).await?;
         http::classify("teams", &reply)
     }
 }

@@ -19,6 +19,7 @@ pub mod mfa;
 pub mod oidc;
 pub(crate) mod pool;
 pub(crate) mod reader;
+pub mod recent;
 pub mod remote_write;
 pub mod roles;
 pub mod rules;
