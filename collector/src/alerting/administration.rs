@@ -110,7 +110,11 @@ pub fn validate_api_rule(raw: &RawRule) -> Result<Option<Rule>, crate::alert::Ru
     // day at most.
     let span = rule.window_ms.max(rule.absent_for_ms.unwrap_or(0));
     if span > MAX_API_RULE_SPAN_MS {
-        let key = if rule.window_ms >= rule.absent_for_ms.unwrap_or(0) { "window" } else { "absent_for" };
+        let key = if rule.window_ms >= rule.absent_for_ms.unwrap_or(0) {
+            "window"
+        } else {
+            "absent_for"
+        };
         return Err(crate::alert::RuleError {
             rule: raw.name.clone(),
             key: key.into(),

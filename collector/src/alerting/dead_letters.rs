@@ -207,23 +207,22 @@ fn stored_letter(
     c: &Connection,
     id: i64,
 ) -> Result<Option<(DeadLetterKey, Option<String>)>, StoreError> {
-    Ok(c
-        .prepare_cached(
-            "SELECT receiver, fingerprint, created_ms,
+    Ok(c.prepare_cached(
+        "SELECT receiver, fingerprint, created_ms,
                  CASE WHEN json_valid(payload) THEN json_extract(payload, '$.labels.host') END
              FROM dead_letters WHERE id = ?1",
-        )?
-        .query_row([id], |r| {
-            Ok((
-                DeadLetterKey {
-                    receiver: r.get(0)?,
-                    fingerprint: r.get(1)?,
-                    created_ms: r.get(2)?,
-                },
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })
-        .optional()?)
+    )?
+    .query_row([id], |r| {
+        Ok((
+            DeadLetterKey {
+                receiver: r.get(0)?,
+                fingerprint: r.get(1)?,
+                created_ms: r.get(2)?,
+            },
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })
+    .optional()?)
 }
 
 impl Runtime {
@@ -240,7 +239,8 @@ impl Runtime {
         actor: &str,
         now_ms: i64,
     ) -> Result<DeadLetterChange, StoreError> {
-        let single = ids.len() == 1;
+        // One letter the caller checked answers why it was not sent; a bulk retry skips.
+        let single = expect.is_some();
         let mut done = 0u64;
         for &id in ids {
             let found = stored_letter(c, id)?.filter(|(key, _)| expect.is_none_or(|e| e == key));

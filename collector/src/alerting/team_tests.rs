@@ -297,7 +297,8 @@ async fn alerting_dead_letter_retry_only_where_the_receiver_reaches() {
     let mut rig = Rig::new(setup(RULES, |s| {
         s.routing.all_receivers = vec!["r".into(), "team-a".into()];
         s.routing.default_receivers = vec!["team-a".into()];
-        s.receiver_owners.insert("team-a".into(), owner(r#"{team="a"}"#));
+        s.receiver_owners
+            .insert("team-a".into(), owner(r#"{team="a"}"#));
     }))
     .await;
     relabel(&rig, "agent-1", r#"{"team":"a"}"#).await;
@@ -348,7 +349,10 @@ async fn alerting_dead_letter_retry_only_where_the_receiver_reaches() {
         .await
         .expect("retry");
     assert_eq!(change, DeadLetterChange::Done(1));
-    assert_eq!(statuses(&rig.drain_for("team-a", now()).await), [Status::Firing]);
+    assert_eq!(
+        statuses(&rig.drain_for("team-a", now()).await),
+        [Status::Firing]
+    );
     assert_eq!(
         rig.count("SELECT count(*) FROM deliveries WHERE result = 'requeued' AND actor = 'ops'"),
         1

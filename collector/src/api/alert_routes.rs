@@ -127,11 +127,15 @@ async fn check_receivers(
         // Unknown and not the caller's answer alike, so names cannot be probed; the second
         // is audited as a refusal.
         let owner = receiver_owner(state, receivers.clone(), &name).await?;
-        let manageable = owner.as_ref().is_some_and(|o| may_manage(caller, o.as_ref()));
+        let manageable = owner
+            .as_ref()
+            .is_some_and(|o| may_manage(caller, o.as_ref()));
         if !manageable {
             if owner.is_some() {
                 caller.deny();
-                caller.note(format!("receiver {name} is outside the caller's receivers:write"));
+                caller.note(format!(
+                    "receiver {name} is outside the caller's receivers:write"
+                ));
             }
             return Err(ApiError::unprocessable(format!(
                 "receivers: no receiver {name:?} that you manage"

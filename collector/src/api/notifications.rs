@@ -182,12 +182,12 @@ async fn retry_dead_letter(
     caller: Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<Requeued>, ApiError> {
-    actionable(&state, &caller, id).await?;
+    let letter = actionable(&state, &caller, id).await?;
     let actor = caller.principal.actor.clone();
     changed(
         state
             .alerting
-            .requeue_dead_letter(id, actor, now_ms())
+            .requeue_dead_letter(id, letter.key(), actor, now_ms())
             .await?,
     )
 }
@@ -204,12 +204,12 @@ async fn discard_dead_letter(
     caller: Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<Requeued>, ApiError> {
-    actionable(&state, &caller, id).await?;
+    let letter = actionable(&state, &caller, id).await?;
     let actor = caller.principal.actor.clone();
     changed(
         state
             .alerting
-            .discard_dead_letter(id, actor, now_ms())
+            .discard_dead_letter(id, letter.key(), actor, now_ms())
             .await?,
     )
     .map(|_| Json(Requeued { requeued: 0 }))

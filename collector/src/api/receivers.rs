@@ -262,8 +262,8 @@ async fn store_receiver(
     let name = raw.name().to_owned();
     if let Some(raw) = set.list.iter().find(|r| r.name() == name) {
         // A configured receiver the caller does not manage is not the caller's to know of.
-        let visible = may_manage(&caller, owner_of(raw).as_ref());
-        require_access(&caller, Access::of_owned(true, visible))?;
+        let visible = may_manage(caller, owner_of(raw).as_ref());
+        require_access(caller, Access::of_owned(true, visible))?;
         return Err(from_config_conflict(&name));
     }
     let status = {

@@ -23,8 +23,8 @@ use crate::alert::{MemorySource, OwnerScope, RawRule, Rule, Series};
 use crate::alerting::{validate_api_rule, DryRunReply, OwnerCheck, RuleDeleted, DRY_RUN_LIMIT};
 use crate::auth::Permission;
 use crate::now_ms;
-use crate::store::query::rules::RuleRow;
 use crate::store::query::recent::RecentSeries;
+use crate::store::query::rules::RuleRow;
 
 /// Longest look-back a dry run may read from the stored samples.
 const MAX_DRY_RUN_SPAN_MS: i64 = 86_400_000;

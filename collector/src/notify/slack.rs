@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::destination::Destinations;
 use super::chat_webhook::ChatWebhook;
+use super::destination::Destinations;
 use super::secret::SecretRef;
 use super::{http, Notification, NotifyConfigError, SendError, Severity};
 

@@ -11,8 +11,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::destination::Destinations;
 use super::chat_webhook::ChatWebhook;
+use super::destination::Destinations;
 use super::secret::SecretRef;
 use super::{http, Notification, NotifyConfigError, SendError, Severity, Status};
 

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::Connection;
+use rusqlite::{params, Connection};
 
 use crate::store::{codec, Store, StoreError};
 
