@@ -111,8 +111,12 @@ test("alerts show their team and escalation; a dead letter is retried from the n
   await dead.waitFor({ state: "detached" });
   await page.getByLabel("Receiver").fill("refuser");
   await page.getByRole("button", { name: "Apply" }).click();
-  // The page re-reads the log every few seconds: the retry's send shows up by itself.
-  await page.locator('tr[data-delivery][data-result="delivered"]').first().waitFor({ timeout: 15000 });
+  // The page re-reads the log every few seconds: the retry's send shows up by itself, and
+  // the filter applies once the list is read again.
+  await page.locator('tr[data-delivery][data-receiver="refuser"][data-result="delivered"]').first().waitFor({ timeout: 15000 });
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll("tr[data-delivery]")].every((r) => r.dataset.receiver === "refuser"),
+  );
   const results = await page.locator("tr[data-delivery]").evaluateAll((rows) => rows.map((r) => r.dataset.result));
   assert.deepEqual(results.slice(0, 3), ["delivered", "requeued", "dead"], "newest first");
   assert.match(await page.locator('tr[data-delivery][data-result="requeued"]').textContent(), /by user:admin/);

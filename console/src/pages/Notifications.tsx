@@ -144,7 +144,7 @@ export function Notifications(props: { grants: Grants }) {
         <thead><tr><th>Time</th><th>Receiver</th><th>Alert</th><th>Status</th><th>Result</th><th>Attempt</th><th>Detail</th></tr></thead>
         <tbody>
           {data.data?.log.map((l) => (
-            <tr key={l.id} data-delivery={l.id} data-result={l.result}>
+            <tr key={l.id} data-delivery={l.id} data-result={l.result} data-receiver={l.receiver}>
               <td>{timestamp(l.at_ms)}</td>
               <td>{l.receiver}</td>
               <td>{l.rule}{l.host && ` on ${l.host}`}</td>
