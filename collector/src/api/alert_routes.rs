@@ -15,12 +15,11 @@ use utoipa_axum::routes;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::receivers::{receiver_owner, Receivers};
-use super::scope::{require_access, Access};
+use super::receivers::{may_manage, receiver_owner, Receivers};
+use super::scope::{definition_owner, owner_check, require_access, Access};
 use super::ApiState;
 use crate::alert::OwnerScope;
 use crate::alerting::api_routes::{RouteChange, StoredRoute};
-use crate::alerting::OwnerCheck;
 use crate::auth::Permission;
 use crate::now_ms;
 
@@ -28,27 +27,6 @@ pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_routes))
         .routes(routes!(get_route, put_route, delete_route))
-}
-
-fn owner_of(definition: &Value) -> Option<OwnerScope> {
-    definition
-        .get("owner")
-        .and_then(Value::as_str)
-        .and_then(|t| OwnerScope::parse(t).ok().flatten())
-}
-
-fn may_manage(caller: &Caller, owner: Option<&OwnerScope>) -> bool {
-    caller
-        .principal
-        .covers_owner(Permission::ReceiversWrite, owner)
-}
-
-fn owner_check(caller: &Caller) -> OwnerCheck {
-    let principal = caller.principal.clone();
-    Box::new(move |stored: Option<&str>| {
-        let owner = stored.and_then(|t| OwnerScope::parse(t).ok().flatten());
-        principal.covers_owner(Permission::ReceiversWrite, owner.as_ref())
-    })
 }
 
 fn refused(caller: &Caller) -> ApiError {
@@ -71,7 +49,7 @@ async fn list_routes(
     let all = state.alerting.stored_routes().await?;
     Ok(Json(
         all.into_iter()
-            .filter(|r| may_manage(&caller, owner_of(&r.definition).as_ref()))
+            .filter(|r| may_manage(&caller, definition_owner(&r.definition).as_ref()))
             .collect(),
     ))
 }
@@ -95,7 +73,7 @@ async fn get_route(
         .into_iter()
         .find(|r| r.name == name)
         .ok_or(ApiError::NotFound)?;
-    let visible = may_manage(&caller, owner_of(&route.definition).as_ref());
+    let visible = may_manage(&caller, definition_owner(&route.definition).as_ref());
     require_access(&caller, Access::of_owned(true, visible))?;
     Ok(Json(route))
 }
@@ -183,7 +161,12 @@ async fn put_route(
     check_receivers(&state, &caller, receivers, &body).await?;
     let change = state
         .alerting
-        .put_route(name.clone(), body, owner_check(&caller), now_ms())
+        .put_route(
+            name.clone(),
+            body,
+            owner_check(&caller, Permission::ReceiversWrite),
+            now_ms(),
+        )
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Invalid(m) => ApiError::unprocessable(m),
@@ -219,7 +202,7 @@ async fn delete_route(
     caller.note(format!("route {name}"));
     match state
         .alerting
-        .delete_route(name, owner_check(&caller))
+        .delete_route(name, owner_check(&caller, Permission::ReceiversWrite))
         .await?
     {
         RouteChange::Missing => Err(ApiError::NotFound),

@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 use super::auth::Caller;
 use super::error::{self, ApiError, ErrorBody};
 use super::receiver_view::{api_view, config_view, ReceiverView};
-use super::scope::{require_access, Access};
+use super::scope::{self, require_access, Access};
 use super::ApiState;
 use crate::alert::OwnerScope;
 use crate::alerting::dispatcher::Dispatcher;
@@ -83,9 +83,7 @@ fn from_config_conflict(name: &str) -> ApiError {
 /// The owner scope a receiver definition names (`None`: fleet-wide). One that does not
 /// parse counts as fleet-wide, which only unscoped grants reach.
 fn owner_of(raw: &ReceiverConfigRaw) -> Option<OwnerScope> {
-    OwnerScope::parse(raw.owner().unwrap_or_default())
-        .ok()
-        .flatten()
+    scope::stored_owner(raw.owner())
 }
 
 fn stored_owner(s: &StoredReceiver) -> Option<OwnerScope> {
@@ -93,7 +91,7 @@ fn stored_owner(s: &StoredReceiver) -> Option<OwnerScope> {
 }
 
 /// Whether the caller sees and may change a receiver with this owner.
-fn may_manage(caller: &Caller, owner: Option<&OwnerScope>) -> bool {
+pub(super) fn may_manage(caller: &Caller, owner: Option<&OwnerScope>) -> bool {
     caller
         .principal
         .covers_owner(Permission::ReceiversWrite, owner)

@@ -16,11 +16,11 @@ use utoipa_axum::routes;
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::scope::{require_access, Access};
+use super::scope::{definition_owner, owner_check, require_access, Access};
 use super::ApiState;
 use crate::alert::dry_run::{dry_run, DryRun};
 use crate::alert::{MemorySource, OwnerScope, RawRule, Rule, Series};
-use crate::alerting::{validate_api_rule, DryRunReply, OwnerCheck, RuleDeleted, DRY_RUN_LIMIT};
+use crate::alerting::{validate_api_rule, DryRunReply, RuleDeleted, DRY_RUN_LIMIT};
 use crate::auth::Permission;
 use crate::now_ms;
 use crate::store::query::recent::RecentSeries;
@@ -53,15 +53,6 @@ pub struct RuleView {
     pub updated_ms: i64,
 }
 
-/// The owner scope written in a rule definition (`None`: fleet-wide). One that does not
-/// parse counts as fleet-wide, which only unscoped grants reach.
-fn owner_of(definition: &Value) -> Option<OwnerScope> {
-    definition
-        .get("owner")
-        .and_then(Value::as_str)
-        .and_then(|t| OwnerScope::parse(t).ok().flatten())
-}
-
 /// Whether the caller may read a rule with this owner.
 fn may_read(caller: &Caller, owner: Option<&OwnerScope>) -> bool {
     caller.principal.covers_owner(Permission::AlertsRead, owner)
@@ -74,15 +65,6 @@ fn require_some_read(caller: &Caller) -> Result<(), ApiError> {
         return Ok(());
     }
     caller.require(Permission::AlertsRead)
-}
-
-/// The check run on the writer against the owner of a rule already stored under the name.
-fn owner_check(caller: &Caller) -> OwnerCheck {
-    let principal = caller.principal.clone();
-    Box::new(move |stored: Option<&str>| {
-        let owner = stored.and_then(|t| OwnerScope::parse(t).ok().flatten());
-        principal.covers_owner(Permission::RulesWrite, owner.as_ref())
-    })
 }
 
 fn stored_rule_refused(caller: &Caller) -> ApiError {
@@ -117,7 +99,7 @@ async fn list_rules(
     let rows = state.store.rules().await?;
     Ok(Json(
         rows.into_iter()
-            .filter(|r| may_read(&caller, owner_of(&r.definition).as_ref()))
+            .filter(|r| may_read(&caller, definition_owner(&r.definition).as_ref()))
             .map(rule_view)
             .collect(),
     ))
@@ -140,7 +122,7 @@ async fn get_rule(
 ) -> Result<Json<RuleView>, ApiError> {
     require_some_read(&caller)?;
     let row = read_rule(&state, name).await?.ok_or(ApiError::NotFound)?;
-    let visible = may_read(&caller, owner_of(&row.definition).as_ref());
+    let visible = may_read(&caller, definition_owner(&row.definition).as_ref());
     require_access(&caller, Access::of_owned(true, visible))?;
     Ok(Json(rule_view(row)))
 }
@@ -194,7 +176,7 @@ async fn put_rule(
     caller.require_owner(Permission::RulesWrite, owner.as_ref())?;
     if !state
         .alerting
-        .put_rule(raw, owner_check(&caller), now_ms())
+        .put_rule(raw, owner_check(&caller, Permission::RulesWrite), now_ms())
         .await?
     {
         return Err(stored_rule_refused(&caller));
@@ -229,7 +211,7 @@ async fn delete_rule(
     caller.note(format!("rule {name}"));
     match state
         .alerting
-        .delete_rule(&name, owner_check(&caller), now_ms())
+        .delete_rule(&name, owner_check(&caller, Permission::RulesWrite), now_ms())
         .await?
     {
         RuleDeleted::Missing => Err(ApiError::NotFound),

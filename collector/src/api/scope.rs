@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
-use crate::alert::Labels;
+use crate::alert::{Labels, OwnerScope};
+use crate::alerting::OwnerCheck;
 use crate::auth::{Permission, Principal};
 use crate::store::query::hosts::HostRecord;
 
@@ -185,6 +186,26 @@ pub(crate) async fn visible_host_ids(
             .map(|(id, _, _)| id)
             .collect(),
     ))
+}
+
+// ---- owner scopes ----------------------------------------------------------------------------
+
+/// The owner scope a stored object names (`None`: fleet-wide). One that does not parse
+/// counts as fleet-wide, which only unscoped grants reach (fail closed).
+pub(crate) fn stored_owner(text: Option<&str>) -> Option<OwnerScope> {
+    text.and_then(|t| OwnerScope::parse(t).ok().flatten())
+}
+
+/// The same for a JSON definition's `owner` (rules and routes as stored).
+pub(crate) fn definition_owner(definition: &serde_json::Value) -> Option<OwnerScope> {
+    stored_owner(definition.get("owner").and_then(serde_json::Value::as_str))
+}
+
+/// The check run on the writer against the owner of the object already stored under a
+/// name: the caller's `p` must cover it.
+pub(crate) fn owner_check(caller: &Caller, p: Permission) -> OwnerCheck {
+    let principal = caller.principal.clone();
+    Box::new(move |stored: Option<&str>| principal.covers_owner(p, stored_owner(stored).as_ref()))
 }
 
 #[cfg(test)]
