@@ -143,6 +143,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     );
     tracker.spawn(sample_loop(
         config.interval.get(),
+        config.host_root.clone(),
         tx,
         certificates,
         metrics.clone(),
@@ -261,12 +262,13 @@ fn spool_writer(mut rx: mpsc::Receiver<SpoolBatch>, handle: &SpoolHandle, metric
 
 async fn sample_loop(
     interval: std::time::Duration,
+    host_root: Option<std::path::PathBuf>,
     tx: mpsc::Sender<SpoolBatch>,
     mut certificates: CertificateSampler,
     metrics: Arc<AgentMetrics>,
     shutdown: CancellationToken,
 ) {
-    let mut sampler = Sampler::new();
+    let mut sampler = Sampler::new(host_root);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

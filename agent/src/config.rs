@@ -61,6 +61,10 @@ pub struct RawCollector {
 pub struct RawSampling {
     /// Host metrics interval. Default 1s.
     pub interval: Option<Duration>,
+    /// Where the host's root filesystem is mounted when the agent runs in a container
+    /// (Kubernetes: `/host/root`): only mounts under it are reported, named as the host
+    /// names them. Default: none (the agent's own mount table is the host's).
+    pub host_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +112,8 @@ pub struct AgentConfig {
     pub max_frame_len: usize,
     pub tls: TlsFiles,
     pub interval: Duration,
+    /// Where the host's root is mounted (see [`RawSampling::host_root`]).
+    pub host_root: Option<PathBuf>,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub spool_fsync: bool,
@@ -181,6 +187,15 @@ impl AgentConfig {
         if interval.get() < std::time::Duration::from_millis(100) {
             return Err(bad("sampling.interval", "must be at least 100ms".into()));
         }
+        let host_root = match raw.sampling.host_root {
+            Some(p) if !p.is_absolute() || p == Path::new("/") => {
+                return Err(bad(
+                    "sampling.host_root",
+                    "must be an absolute path other than /".into(),
+                ))
+            }
+            p => p,
+        };
         let spool_max_bytes = raw.spool.max_size.map(|b| b.0).unwrap_or(256 << 20);
         if spool_max_bytes < 64 << 10 {
             return Err(bad("spool.max_size", "must be at least 64KiB".into()));
@@ -205,6 +220,7 @@ impl AgentConfig {
             max_frame_len: max_frame_len as usize,
             tls,
             interval,
+            host_root,
             spool_dir: resolve(
                 raw.spool
                     .dir

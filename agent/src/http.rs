@@ -229,7 +229,7 @@ mod tests {
             task,
             ..
         } = start().await;
-        let mut sampler = crate::sampler::Sampler::new();
+        let mut sampler = crate::sampler::Sampler::new(None);
         metrics.set_host_samples(&sampler.sample());
         metrics.sample_duration_seconds.observe(0.0005);
         metrics.record_ack();

@@ -10,6 +10,7 @@ pub mod http;
 pub mod http_client;
 pub mod mcp_servers;
 pub mod metrics;
+pub mod prepare_dir;
 pub mod probe;
 pub mod renewal;
 pub mod sampler;

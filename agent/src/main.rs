@@ -65,6 +65,41 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Give a state directory (created if missing) and what is under it to the user the
+    /// agent runs as, for an init container with CAP_CHOWN and CAP_FOWNER only. Links are
+    /// not followed, other filesystems not entered; a directory already right is left alone.
+    PrepareDir {
+        /// Absolute path of the directory.
+        path: PathBuf,
+        /// UID:GID to give it to.
+        #[arg(long)]
+        owner: String,
+        /// Permission bits of the directory itself, octal.
+        #[arg(long, default_value = "0700")]
+        mode: String,
+    },
+}
+
+fn prepare_dir(path: &std::path::Path, owner: &str, mode: &str) -> ExitCode {
+    use mcpwatch_agent::prepare_dir::{parse_mode, parse_owner, prepare};
+    let done = parse_owner(owner).and_then(|(uid, gid)| {
+        let mode = parse_mode(mode)?;
+        prepare(path, uid, gid, mode)
+    });
+    match done {
+        Ok(done) => {
+            println!(
+                "{}: ready ({} entries changed)",
+                path.display(),
+                done.changed
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mcpwatch-agent prepare-dir: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -94,6 +129,7 @@ fn main() -> ExitCode {
             };
             return mcpwatch_agent::enroll_cli::run(args);
         }
+        Command::PrepareDir { path, owner, mode } => return prepare_dir(&path, &owner, &mode),
     };
     if run {
         // A renewal a crash interrupted is finished before the files are read.

@@ -214,18 +214,32 @@ impl Backups {
             .map_err(|e| BackupError::Task(e.to_string()))?
     }
 
-    /// Runs the schedule until `stop`; the first backup comes one interval after start.
+    /// Runs the schedule until `stop`. The first backup is due one interval after the newest
+    /// one in the directory, so a collector restarted more often than `interval` still backs
+    /// up; an overdue one (or the first ever) comes at most `FIRST_DELAY` after start.
     pub fn spawn_schedule(&self, tracker: &TaskTracker, stop: CancellationToken) {
-        let Some(interval) = self.0.config.as_ref().map(|c| c.interval) else {
+        let Some(config) = self.0.config.clone() else {
             return;
         };
+        let interval = config.interval;
         if interval.is_zero() {
             return;
         }
         let this = self.clone();
         tracker.spawn(async move {
-            let mut every =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            let dir = config.dir.clone();
+            let newest = tokio::task::spawn_blocking(move || list_dir(&dir))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|entries| entries.first().map(|e| e.modified_ms));
+            if let Some(ms) = newest {
+                // The gauge reads the last backup, not 0, across restarts.
+                this.0.metrics.durability.backup_last_success.set(ms / 1000);
+            }
+            let first = first_delay(newest, crate::now_ms(), interval);
+            tracing::info!(in_s = first.as_secs(), "next scheduled backup");
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + first, interval);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -235,6 +249,23 @@ impl Backups {
                 let _ = this.run_once().await;
             }
         });
+    }
+}
+
+/// Longest wait after start for a backup that is overdue or the first ever.
+const FIRST_DELAY: Duration = Duration::from_secs(300);
+
+/// How long after start the first scheduled backup comes, given the newest backup's time.
+fn first_delay(newest_ms: Option<i64>, now_ms: i64, interval: Duration) -> Duration {
+    let soon = interval.min(FIRST_DELAY);
+    match newest_ms {
+        None => soon,
+        Some(ms) => {
+            let due = ms.saturating_add(i64::try_from(interval.as_millis()).unwrap_or(i64::MAX));
+            let left = Duration::from_millis(u64::try_from(due - now_ms).unwrap_or(0));
+            // Never 0: a collector starting in a crash loop should not back up at every start.
+            left.max(Duration::from_secs(1).min(soon)).min(interval)
+        }
     }
 }
 
@@ -443,6 +474,30 @@ mod tests {
             err.to_string().contains("writable by group or others"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn backup_schedule_counts_from_the_newest_backup_not_from_start() {
+        let hour = Duration::from_secs(3600);
+        // The first ever: soon after start, not an interval later.
+        assert_eq!(first_delay(None, 0, hour), FIRST_DELAY);
+        assert_eq!(
+            first_delay(None, 0, Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        // 40 minutes ago: due in 20.
+        let now = 10_000_000;
+        assert_eq!(
+            first_delay(Some(now - 40 * 60_000), now, hour),
+            Duration::from_secs(20 * 60)
+        );
+        // Overdue (a collector restarted every 30 minutes would never reach an hour).
+        assert_eq!(
+            first_delay(Some(now - 5 * 3_600_000), now, hour),
+            Duration::from_secs(1)
+        );
+        // A clock that went back: never longer than one interval.
+        assert_eq!(first_delay(Some(now + 9 * 3_600_000), now, hour), hour);
     }
 
     #[test]

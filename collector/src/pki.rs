@@ -294,13 +294,25 @@ impl Pki {
             Ok(i) => i,
             Err(e) => return refuse("renew_csr", e.to_string()),
         };
-        if let Err(e) = store.certificate_renewed(issued.info.clone(), now).await {
-            // The agent gets no store internals; the log has them.
-            tracing::error!(agent_id = identity, error = %e, "renewal: recording the certificate failed");
-            return refuse(
-                "renew_store",
-                "the certificate could not be recorded; retry later".into(),
-            );
+        match store
+            .certificate_renewed(issued.info.clone(), current.serial.clone(), now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return refuse(
+                    "renew_revoked",
+                    "the session's certificate is revoked".into(),
+                );
+            }
+            Err(e) => {
+                // The agent gets no store internals; the log has them.
+                tracing::error!(agent_id = identity, error = %e, "renewal: recording the certificate failed");
+                return refuse(
+                    "renew_store",
+                    "the certificate could not be recorded; retry later".into(),
+                );
+            }
         }
         self.refresh_agents(store).await;
         tracing::info!(agent_id = identity, serial = %issued.info.serial,
@@ -408,7 +420,104 @@ impl EnrollConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::name_allowed;
+    use super::*;
+
+    /// A signing PKI over a fresh store, and a certificate for web-1 issued `age` ago with
+    /// a one-hour lifetime.
+    async fn renewing(
+        age: Duration,
+    ) -> (
+        tempfile::TempDir,
+        Pki,
+        Store,
+        std::thread::JoinHandle<()>,
+        CertInfo,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        mcpwatch_common::certs::init(dir.path(), &[]).unwrap();
+        let ca = mcpwatch_common::certs::ca_paths(dir.path());
+        let signer = Signer::load(&ca.cert, &ca.key).unwrap();
+        let lifetime = Duration::from_secs(3600);
+        let now_s = crate::now_ms() / 1000 - age.as_secs() as i64;
+        let csr = mcpwatch_common::csr::request("web-1").unwrap();
+        let current = signer
+            .sign(&csr.csr_der, |_| true, lifetime, now_s)
+            .unwrap()
+            .info;
+        let pki = Pki::new(
+            &EnrollConfig {
+                signer: Some(Arc::new(signer)),
+                lifetime,
+            },
+            CollectorMetrics::new(),
+        );
+        let (store, writer) =
+            Store::open(crate::store::StoreConfig::new(dir.path().join("c.db"))).unwrap();
+        let info = current.clone();
+        store
+            .exec(move |c| {
+                crate::store::query::certificates::record_issued(c, &info, "enroll", None, 1)
+            })
+            .await
+            .unwrap();
+        (dir, pki, store, writer, current)
+    }
+
+    fn csr() -> Vec<u8> {
+        mcpwatch_common::csr::request("web-1").unwrap().csr_der
+    }
+
+    #[tokio::test]
+    async fn pki_renewal_is_refused_early_for_revoked_certificates_and_hosts() {
+        // Before half its lifetime: refused, nothing recorded.
+        let (_dir, pki, store, writer, current) = renewing(Duration::from_secs(60)).await;
+        let r = pki.renew(&store, &current, &csr()).await;
+        assert!(!r.ok && r.message.contains("half"), "{}", r.message);
+        assert_eq!(store.certificates_of("web-1").await.unwrap().len(), 1);
+        drop(store);
+        writer.join().unwrap();
+
+        // Past half-life it renews, and the new certificate descends from the old one.
+        let (_dir, pki, store, writer, current) = renewing(Duration::from_secs(40 * 60)).await;
+        let r = pki.renew(&store, &current, &csr()).await;
+        assert!(r.ok, "{}", r.message);
+        let renewed = cert_info::inspect_pem(r.certificate_pem.as_bytes())
+            .unwrap()
+            .remove(0);
+        assert_ne!(renewed.serial, current.serial);
+        // Revoked on the database (the CLI's way, not yet in the live set): refused, and
+        // revoking the first also revoked the one renewed from it.
+        let serial = current.serial.clone();
+        store
+            .exec(move |c| crate::store::query::certificates::revoke(c, &serial, None, "cli", 2))
+            .await
+            .unwrap();
+        assert!(store
+            .revoked_serials()
+            .await
+            .unwrap()
+            .contains(&renewed.serial));
+        let r = pki.renew(&store, &current, &csr()).await;
+        assert!(!r.ok && r.message.contains("revoked"), "{}", r.message);
+        drop(store);
+        writer.join().unwrap();
+
+        // A revoked host renews nothing.
+        let (_dir, pki, store, writer, current) = renewing(Duration::from_secs(40 * 60)).await;
+        store
+            .register_agent(1, "web-1", "web-1", "1", "boot", 0)
+            .await
+            .unwrap();
+        assert!(store.set_revoked("web-1", true).await.unwrap());
+        let r = pki.renew(&store, &current, &csr()).await;
+        assert!(
+            !r.ok && r.message.contains("host is revoked"),
+            "{}",
+            r.message
+        );
+        drop(store);
+        writer.join().unwrap();
+    }
 
     #[test]
     fn name_rules_pin_a_name_or_match_a_pattern() {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use mcpwatch_collector::enroll_token::{self, TokenRequest};
 use mcpwatch_collector::notify::rfc3339_ms;
-use mcpwatch_collector::store::admin::with_db;
+use mcpwatch_collector::store::admin::{audit_cli, with_db};
 use mcpwatch_collector::store::query::certificates::{self, Revocation};
 use mcpwatch_collector::store::query::enroll_tokens;
 use mcpwatch_common::config::Duration;
@@ -94,7 +94,24 @@ fn run_enroll_token(cmd: EnrollTokenCmd) -> Result<(), Failure> {
                 now,
             )
             .map_err(Failure::Usage)?;
-            let id = with_db(&db, |c| enroll_tokens::create(c, &minted.row, now))?;
+            let id = with_db(&db, |c| {
+                let id = enroll_tokens::create(c, &minted.row, now)?;
+                // Audited as the API route doing the same; never the secret.
+                let detail = format!(
+                    "uses {}, name {}, labels {:?}",
+                    minted.row.max_uses,
+                    minted.row.name.as_deref().unwrap_or("*"),
+                    minted.row.labels
+                );
+                audit_cli(
+                    c,
+                    now,
+                    "POST /api/v1/enroll-tokens",
+                    format!("/api/v1/enroll-tokens/{id}"),
+                    detail,
+                )?;
+                Ok(id)
+            })?;
             eprintln!(
                 "enrollment token {id} created (uses {}, expires {}); it is shown only this once:",
                 minted.row.max_uses,
@@ -135,7 +152,22 @@ fn run_enroll_token(cmd: EnrollTokenCmd) -> Result<(), Failure> {
             Ok(())
         }
         EnrollTokenAction::Revoke { id } => {
-            if with_db(&db, |c| enroll_tokens::revoke(c, id, now))? {
+            let revoked = with_db(&db, |c| {
+                let revoked = enroll_tokens::revoke(c, id, now)?;
+                if revoked {
+                    let object = format!("/api/v1/enroll-tokens/{id}/revoke");
+                    let detail = format!("enrollment token {id} revoked");
+                    audit_cli(
+                        c,
+                        now,
+                        "POST /api/v1/enroll-tokens/{id}/revoke",
+                        object,
+                        detail,
+                    )?;
+                }
+                Ok(revoked)
+            })?;
+            if revoked {
                 eprintln!("enrollment token {id} revoked");
                 Ok(())
             } else {
@@ -152,7 +184,25 @@ fn run_revoke(args: RevokeArgs) -> Result<(), Failure> {
     let serial = mcpwatch_common::cert_info::canonical_serial(&args.serial)
         .ok_or_else(|| Failure::Usage("--serial: hex digits, at most 20 bytes".into()))?;
     let now = now_ms();
-    match with_db(&db, |c| certificates::revoke(c, &serial, None, "cli", now))? {
+    let revocation = with_db(&db, |c| {
+        let revocation = certificates::revoke(c, &serial, None, "cli", now)?;
+        if let Revocation::Revoked(row) = &revocation {
+            let object = format!(
+                "/api/v1/hosts/{}/certificates/{serial}/revoke",
+                row.identity
+            );
+            let detail = format!("certificate {serial} revoked, with any renewed from it");
+            audit_cli(
+                c,
+                now,
+                "POST /api/v1/hosts/{agent_id}/certificates/{serial}/revoke",
+                object,
+                detail,
+            )?;
+        }
+        Ok(revocation)
+    })?;
+    match revocation {
         Revocation::Revoked(row) => {
             let who = if row.identity.is_empty() {
                 "a certificate this collector has not seen yet".to_owned()

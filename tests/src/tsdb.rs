@@ -86,6 +86,9 @@ impl Tsdb {
                         self.dir.join("data").display()
                     ))
                     .arg("-retentionPeriod=1d")
+                    // Identical samples sent twice (a resend after a crash) are kept once, as
+                    // Prometheus does; without it VictoriaMetrics keeps both.
+                    .arg("-dedup.minScrapeInterval=1ms")
                     .arg("-search.latencyOffset=0s")
                     .arg("-loggerLevel=WARN");
                 c
@@ -103,7 +106,15 @@ impl Tsdb {
             Kind::Prometheus => "/-/ready",
             Kind::Victoria => "/health",
         };
+        let child = self.child.as_mut().expect("just started");
         wait_for(name, Duration::from_secs(60), || {
+            // Another process on this port would answer in its place: ours must be alive.
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "{name} exited ({status}) before it answered; see {:?}",
+                    self.log
+                );
+            }
             http_get(self.addr, ready)
                 .ok()
                 .filter(|(s, _)| *s == 200)
@@ -354,6 +365,10 @@ struct ProxyState {
     /// Requests seen so far, and the one (1-based) to answer 400 without forwarding.
     seen: usize,
     refuse: Option<usize>,
+    /// The one to answer 429 with this Retry-After, without forwarding.
+    throttle: Option<(usize, String)>,
+    /// When each request came and the status it got.
+    log: Vec<(std::time::SystemTime, u16)>,
     accepted: Vec<WriteRequest>,
     refused: Vec<WriteRequest>,
 }
@@ -390,6 +405,17 @@ impl Proxy {
     pub fn refuse_nth(&self, n: usize) {
         let mut s = self.state.lock().expect("proxy state");
         s.refuse = Some(s.seen + n);
+    }
+
+    /// The `n`-th request from now is answered 429 with `Retry-After: retry_after`.
+    pub fn throttle_nth(&self, n: usize, retry_after: &str) {
+        let mut s = self.state.lock().expect("proxy state");
+        s.throttle = Some((s.seen + n, retry_after.to_owned()));
+    }
+
+    /// When each request came and the status it was answered.
+    pub fn log(&self) -> Vec<(std::time::SystemTime, u16)> {
+        self.state.lock().expect("proxy state").log.clone()
     }
 
     pub fn accepted(&self) -> Vec<WriteRequest> {
@@ -436,12 +462,18 @@ fn serve(
         let body: Vec<u8> = buf[head_end + 4..head_end + 4 + len].to_vec();
         buf.drain(..head_end + 4 + len);
         let decoded = decode_write_request(&body).unwrap_or_default();
-        let refuse = {
+        let (refuse, throttle) = {
             let mut s = state.lock().expect("proxy state");
             s.seen += 1;
-            s.refuse == Some(s.seen)
+            let throttle = match &s.throttle {
+                Some((n, after)) if *n == s.seen => Some(after.clone()),
+                _ => None,
+            };
+            (s.refuse == Some(s.seen), throttle)
         };
-        let status = if refuse {
+        let status = if throttle.is_some() {
+            429
+        } else if refuse {
             state.lock().expect("proxy state").refused.push(decoded);
             400
         } else {
@@ -459,8 +491,16 @@ fn serve(
         } else {
             ""
         };
+        state
+            .lock()
+            .expect("proxy state")
+            .log
+            .push((std::time::SystemTime::now(), status));
+        let retry_after = throttle
+            .map(|a| format!("retry-after: {a}\r\n"))
+            .unwrap_or_default();
         let answer = format!(
-            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{reason}",
+            "HTTP/1.1 {status} X\r\n{retry_after}content-length: {}\r\n\r\n{reason}",
             reason.len()
         );
         if conn.write_all(answer.as_bytes()).is_err() {

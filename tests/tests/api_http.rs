@@ -297,24 +297,32 @@ fn api_over_https_and_metrics_pass_promtool_with_alerting_configured() {
     c.child = Some(child);
     let token = admin_token(&c.db, "tls", None);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let get = |path: &str, token: Option<&str>| -> Option<(u16, String)> {
-        rt.block_on(async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let cfg = mcpwatch_tests::client::config_without_cert(&pki.ca());
-            let mut s = mcpwatch_tests::client::connect(c.http, cfg).await.ok()?;
-            let auth = token
-                .map(|t| format!("Authorization: Bearer {t}\r\n"))
-                .unwrap_or_default();
-            let req = format!(
-                "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    // (status, head, body) of one request over TLS.
+    let call =
+        |method: &str, path: &str, headers: &str, body: &str| -> Option<(u16, String, String)> {
+            rt.block_on(async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let cfg = mcpwatch_tests::client::config_without_cert(&pki.ca());
+                let mut s = mcpwatch_tests::client::connect(c.http, cfg).await.ok()?;
+                let req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
             );
-            s.write_all(req.as_bytes()).await.ok()?;
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf).await;
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let status = text.split_whitespace().nth(1)?.parse().ok()?;
-            Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
-        })
+                s.write_all(req.as_bytes()).await.ok()?;
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf).await;
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                let status = text.split_whitespace().nth(1)?.parse().ok()?;
+                let (head, body) = text.split_once("\r\n\r\n")?;
+                Some((status, head.to_owned(), body.to_owned()))
+            })
+        };
+    let get = |path: &str, token: Option<&str>| -> Option<(u16, String)> {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        call("GET", path, &auth, "").map(|(s, _, b)| (s, b))
     };
     let ready = mcpwatch_tests::wait_for("https /readyz", Duration::from_secs(30), || {
         get("/readyz", None).filter(|r| r.0 == 200)
@@ -324,6 +332,29 @@ fn api_over_https_and_metrics_pass_promtool_with_alerting_configured() {
     assert_eq!(me.0, 200, "{me:?}");
     assert!(me.1.contains("token:tls"), "{me:?}");
     assert_eq!(get("/api/v1/me", None).unwrap().0, 401);
+    // A browser sign-in over TLS: the session cookie is Secure and __Host- prefixed (no
+    // Domain, Path=/), besides HttpOnly and SameSite=Strict.
+    let auth = format!("Authorization: Bearer {token}\r\nContent-Type: application/json\r\n");
+    let user = r#"{"username":"dora","password":"secure-cookies-only-1","roles":["viewer"]}"#;
+    let made = call("POST", "/api/v1/users", &auth, user).expect("create user");
+    assert_eq!(made.0, 201, "{made:?}");
+    let login = r#"{"username":"dora","password":"secure-cookies-only-1","cookie":true}"#;
+    let headers = "Content-Type: application/json\r\nSec-Fetch-Site: same-origin\r\n";
+    let (status, head, body) =
+        call("POST", "/api/v1/sessions", headers, login).expect("cookie sign-in over https");
+    assert_eq!(status, 201, "{head}\n{body}");
+    let session_cookie = head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .find(|l| l.contains("HttpOnly"))
+        .unwrap_or_else(|| panic!("no HttpOnly cookie: {head}"));
+    for part in ["__Host-", "; Secure", "SameSite=Strict", "Path=/"] {
+        assert!(
+            session_cookie.contains(part),
+            "{part} missing: {session_cookie}"
+        );
+    }
+    assert!(!session_cookie.contains("Domain="), "{session_cookie}");
     // Plain HTTP on the TLS port gets nothing useful.
     assert_ne!(
         mcpwatch_tests::http_get(c.http, "/readyz")

@@ -104,6 +104,14 @@ fn backup_while_streaming_then_restore_elsewhere_loses_and_duplicates_nothing() 
         &json!({"username": "carol", "password": "keeps-many-backups-1", "roles": ["viewer"]}),
     );
     assert_eq!(r.status, 201, "{}", r.body);
+    let carol_id = r.json()["id"].as_i64().unwrap();
+    let r = admin.send(
+        "POST",
+        "/api/v1/tokens",
+        &json!({"name": "carol-script", "user_id": carol_id}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let carol_token = r.json()["token"].as_str().unwrap().to_owned();
     let r = admin.send(
         "PUT",
         "/api/v1/rules/memory_present",
@@ -153,6 +161,20 @@ fn backup_while_streaming_then_restore_elsewhere_loses_and_duplicates_nothing() 
     }
     let listed = admin.get("/api/v1/backups").json();
     assert_eq!(listed[0]["file"], taken["file"], "{listed}");
+    // Verified on its own here too, and the request is in the audit log.
+    for f in [&file, &cli_copy] {
+        let c =
+            rusqlite::Connection::open_with_flags(f, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        let check: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "{}", f.display());
+    }
+    let audit = admin
+        .get("/api/v1/audit?action=POST%20/api/v1/backups&result=201")
+        .json();
+    assert_eq!(items(&audit).len(), 1, "{audit}");
     let m = collector.metrics();
     assert!(
         mcpwatch_tests::metric(
@@ -250,6 +272,12 @@ fn backup_while_streaming_then_restore_elsewhere_loses_and_duplicates_nothing() 
     // Users, tokens, rules, alert state and the audit chain came back.
     let users = admin.get("/api/v1/users").json();
     assert!(users.to_string().contains("carol"), "{users}");
+    let carol = Api::new(collector.http, Some(&carol_token));
+    assert_eq!(
+        carol.get("/api/v1/hosts").status,
+        200,
+        "carol's token made before the backup still signs in"
+    );
     let rule = admin.get("/api/v1/rules/memory_present");
     assert_eq!(rule.status, 200, "{}", rule.body);
     let list = admin

@@ -263,6 +263,49 @@ fn quickstart(
         .unwrap()
 }
 
+/// Without a Docker engine the quickstart says so in one line and runs everything else:
+/// the host streams and the console signs in.
+#[test]
+fn quickstart_without_docker_says_so_in_one_line_and_carries_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qs");
+    let addrs = [free_addr(), free_addr(), free_addr(), free_addr()];
+    let http = addrs[1];
+    let out = tmp.path().join("stdout");
+    let mut child = Command::new(bin("mcpwatch-collector"))
+        .arg("quickstart")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--ingest", &addrs[0].to_string()])
+        .args(["--http", &http.to_string()])
+        .args(["--agent-metrics", &addrs[2].to_string()])
+        .args(["--gateway", &addrs[3].to_string()])
+        // No engine behind this socket.
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", tmp.path().join("no-docker.sock").display()),
+        )
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let db_path = dir.join("collector.db");
+    wait_for("quickstart samples stored", Duration::from_secs(60), || {
+        db::try_sample_count(&db_path, "local").filter(|n| *n > 0)
+    });
+    let printed = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = printed.lines().filter(|l| l.contains("Docker")).collect();
+    assert_eq!(
+        lines,
+        ["  demo MCP server           none: Docker does not answer; start dockerd and run scripts/demo-image.sh"],
+        "{printed}"
+    );
+    assert_eq!(http_get(http, "/readyz").unwrap().0, 200);
+    assert_eq!(http_get(http, "/").unwrap().0, 200, "the console page");
+    signal(&child, "INT");
+    assert!(child.wait().unwrap().success());
+}
+
 /// Waits until the demo server's `probe_ok` events number more than `after`.
 fn wait_demo_probed(db_path: &Path, after: usize) -> usize {
     wait_for(

@@ -254,6 +254,67 @@ fn console_in_chromium_fleet_live_scoping_csrf_csp_and_accessibility() {
     assert_eq!(test_sent.expect("the test notification").path, "/hook");
 }
 
+/// The quickstart as a newcomer runs it (without Docker here: the demo server has a test of
+/// its own in cli.rs), plus a second agent with a certificate from the quickstart's PKI.
+#[test]
+fn console_in_chromium_quickstart_fleet_with_a_second_agent() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("qs");
+    let addrs = [(); 4].map(|_| mcpwatch_tests::free_addr());
+    let out = tmp.path().join("stdout");
+    let mut quickstart = Command::new(mcpwatch_tests::bin("mcpwatch-collector"))
+        .arg("quickstart")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--ingest", &addrs[0].to_string()])
+        .args(["--http", &addrs[1].to_string()])
+        .args(["--agent-metrics", &addrs[2].to_string()])
+        .args(["--gateway", &addrs[3].to_string()])
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", tmp.path().join("no-docker.sock").display()),
+        )
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run the quickstart");
+    let password_file = dir.join("admin.password");
+    let password = wait_for(
+        "the quickstart's admin password",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&password_file)
+                .ok()
+                .filter(|p| !p.trim().is_empty())
+        },
+    );
+    let pki = Pki {
+        dir: dir.join("pki"),
+    };
+    let mut second = Some(AgentProc::start(
+        &pki,
+        &tmp.path().join("second"),
+        "second",
+        addrs[0],
+        "200ms",
+        "16MiB",
+    ));
+    second.as_ref().expect("just started").wait_acked_more(1.0);
+    run_browser(
+        "quickstart.test.mjs",
+        &[
+            ("CONSOLE_URL", format!("http://{}/", addrs[1])),
+            ("ADMIN_PASSWORD", password.trim().to_owned()),
+        ],
+        |request| match request {
+            "stop-second" => second.take().is_some_and(|mut a| a.stop().success()),
+            _ => false,
+        },
+    );
+    mcpwatch_tests::process::signal(&quickstart, "INT");
+    assert!(quickstart.wait().expect("quickstart exit").success());
+}
+
 #[test]
 fn console_in_chromium_session_expiry() {
     let tmp = tempfile::tempdir().expect("tempdir");

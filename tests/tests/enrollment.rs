@@ -104,6 +104,22 @@ impl Enrolling {
             .unwrap_or_else(|| panic!("{method} {path}: no answer"))
     }
 
+    /// `mcpwatch-collector ARGS --db DB`, which must succeed; its stdout.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("mcpwatch-collector"))
+            .args(args)
+            .arg("--db")
+            .arg(&self.c.db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// `enroll-token create` on the database; returns the token.
     fn token(&self, args: &[&str]) -> String {
         let out = Command::new(bin("mcpwatch-collector"))
@@ -241,6 +257,25 @@ fn an_agent_enrolls_with_a_pinned_ca_and_streams_and_tokens_are_refused_as_they_
         Some(info.not_after_s as f64),
         "{text}"
     );
+    // The collector's own certificate and its CA: each series equals its notAfter.
+    for (role, file) in [
+        ("collector", pki.dir.join("collector.crt")),
+        ("ca", pki.ca()),
+    ] {
+        let own = cert_info::inspect_pem(&std::fs::read(&file).unwrap())
+            .unwrap()
+            .remove(0);
+        let series = format!(
+            "mcpwatch_tls_certificate_expiry_timestamp_seconds{{role=\"{role}\",identity=\"{}\",serial=\"{}\"}}",
+            own.identity, own.serial
+        );
+        // Read by hand: the CA's name holds spaces, which `metric` does not expect.
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert_eq!(value, Some(own.not_after_s as f64), "{role}: {text}");
+    }
 
     // The agent reports its certificate's expiry; two days left pages.
     let alert = wait_for("tls_certificate_expiring firing", LONG, || {
@@ -271,9 +306,54 @@ fn an_agent_enrolls_with_a_pinned_ca_and_streams_and_tokens_are_refused_as_they_
     let (code, out) = enroll(&a, &e.url(), &pattern, &pin, &["--force"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("known host"), "{out}");
-    // ... but enrolls a new name.
-    let (code, out) = enroll(&b, &e.url(), &pattern, &pin, &[]);
+    // ... but enrolls a new name, here trusting a CA file rather than a fingerprint.
+    let ca_file = pki.ca().display().to_string();
+    let (code, out) = enroll(&b, &e.url(), &pattern, &["--ca", &ca_file], &[]);
     assert_eq!(code, 0, "{out}");
+    let pem = std::fs::read(tmp.path().join("b/tls/agent.crt")).unwrap();
+    assert_eq!(
+        cert_info::inspect_pem(&pem).unwrap()[0].identity,
+        "web-2",
+        "{out}"
+    );
+
+    // The command line lists and revokes tokens, audited as the API routes are (actor
+    // `cli`), never with the secret.
+    let listed = e.cli(&["enroll-token", "list"]);
+    assert!(
+        listed.contains("web-*") && listed.contains("active"),
+        "{listed}"
+    );
+    let cli_token = e.token(&["--name", "web-9"]);
+    let id = cli_token.split('_').nth(1).unwrap().to_owned();
+    e.cli(&["enroll-token", "revoke", &id]);
+    let listed = e.cli(&["enroll-token", "list"]);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&format!("{id} ")))
+        .unwrap();
+    assert!(row.contains("revoked"), "{listed}");
+    let (_, audit) = e.api("GET", "/api/v1/audit?actor=cli&limit=100", None);
+    let text = audit.to_string();
+    let rows = audit["items"].as_array().unwrap();
+    let has = |action: &str, object: &str| {
+        rows.iter()
+            .any(|r| r["action"] == action && r["object"] == object && r["source"] == "cli")
+    };
+    assert!(
+        has(
+            "POST /api/v1/enroll-tokens",
+            &format!("/api/v1/enroll-tokens/{id}")
+        ) && has(
+            "POST /api/v1/enroll-tokens/{id}/revoke",
+            &format!("/api/v1/enroll-tokens/{id}/revoke")
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains(cli_token.rsplit('_').next().unwrap()),
+        "a token secret reached the audit log"
+    );
 
     // Expired and revoked tokens are refused like unknown ones.
     let expired = e.token(&["--expires", "1ms"]);

@@ -1,7 +1,9 @@
 //! The Kubernetes manifests, offline (no API server can run here): the kustomize base and
 //! every overlay render with `kubectl kustomize`, every object validates strictly against
-//! the Kubernetes schemas (PyPI `kubernetes-validate`, in the test venv), and every Pod
-//! template carries the security settings the deployment promises.
+//! the Kubernetes schemas (PyPI `kubernetes-validate`, in the test venv), every Pod
+//! template carries the security settings the deployment promises (non-root everywhere but
+//! the one init container that prepares the agent's hostPath state), and the Docker-socket
+//! overlay runs exactly one agent a node.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,9 +85,31 @@ fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-/// Every Pod template: no service-account token, and each container (init containers too)
-/// without privilege escalation, on a read-only root, with every capability dropped and
-/// resource limits.
+/// The init container that hands the agent's hostPath state directory to the agent's user
+/// (the kubelet creates it root-owned, and fsGroup does not apply to hostPath): the one
+/// container that runs as root.
+const PREPARE: &str = "prepare-state";
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// A container's security setting as it applies: its own, else the Pod's.
+fn effective<'a>(pod: &'a Value, c: &'a Value, key: &str) -> &'a Value {
+    let own = &c["securityContext"][key];
+    if own.is_null() {
+        &pod["securityContext"][key]
+    } else {
+        own
+    }
+}
+
+/// Every Pod template: no service-account token, no hostPID, and each container (init
+/// containers too) without privilege escalation, on a read-only root, with every capability
+/// dropped, the runtime's seccomp profile and resource limits, and as a non-root user; the
+/// one exception, the state directory's preparation, is checked for how little it can do.
 fn check_pod_security(what: &str, spec: &Value) {
     assert_eq!(spec["automountServiceAccountToken"], false, "{what}");
     assert_ne!(spec["hostPID"], true, "{what}: hostPID is not needed");
@@ -100,14 +124,11 @@ fn check_pod_security(what: &str, spec: &Value) {
         assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
         assert_ne!(sc["privileged"], true, "{name}");
-        let drop: Vec<&str> = sc["capabilities"]["drop"]
-            .as_array()
-            .map(|d| d.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        assert_eq!(drop, ["ALL"], "{name}");
-        assert!(
-            sc["capabilities"]["add"].is_null(),
-            "{name} adds capabilities"
+        assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"], "{name}");
+        assert_eq!(
+            effective(spec, c, "seccompProfile")["type"],
+            "RuntimeDefault",
+            "{name}"
         );
         for r in ["cpu", "memory"] {
             assert!(
@@ -119,7 +140,55 @@ fn check_pod_security(what: &str, spec: &Value) {
                 "{name}: no {r} request"
             );
         }
+        if c["name"] == PREPARE {
+            check_prepare(what, spec, c);
+            continue;
+        }
+        assert!(
+            sc["capabilities"]["add"].is_null(),
+            "{name} adds capabilities"
+        );
+        assert_eq!(*effective(spec, c, "runAsNonRoot"), true, "{name}");
+        for id in ["runAsUser", "runAsGroup"] {
+            let n = effective(spec, c, id).as_u64();
+            assert!(n.is_some_and(|n| n != 0), "{name}: {id} {n:?}");
+        }
     }
+}
+
+/// The state directory's preparation: the first init container, root with CAP_CHOWN and
+/// CAP_FOWNER only (no DAC override), mounting nothing but the hostPath directory it hands to
+/// the Pod's user and group.
+fn check_prepare(what: &str, spec: &Value, c: &Value) {
+    let name = format!("{what}/{PREPARE}");
+    assert_eq!(
+        spec["initContainers"][0]["name"], PREPARE,
+        "{name} runs first"
+    );
+    let add = strs(&c["securityContext"]["capabilities"]["add"]);
+    assert!(
+        !add.is_empty() && add.iter().all(|a| ["CHOWN", "FOWNER"].contains(a)),
+        "{name} adds {add:?}"
+    );
+    assert!(c["command"].is_null(), "{name}: the image's own binary");
+    let args = strs(&c["args"]);
+    assert_eq!(args.first(), Some(&"prepare-dir"), "{name}: {args:?}");
+    let pod = &spec["securityContext"];
+    let owner = format!("--owner={}:{}", pod["runAsUser"], pod["runAsGroup"]);
+    assert!(
+        args.contains(&owner.as_str()),
+        "{name}: {args:?}, not {owner}"
+    );
+    let mounts = c["volumeMounts"].as_array().expect("mounts");
+    assert_eq!(mounts.len(), 1, "{name} mounts the state directory only");
+    assert_eq!(mounts[0]["mountPath"], args[1], "{name}");
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mounts[0]["name"])
+        .expect("the prepared volume");
+    assert!(volume["hostPath"].is_object(), "{name}: {volume}");
 }
 
 fn check(objs: &[Value]) {
@@ -186,21 +255,65 @@ fn check(objs: &[Value]) {
     );
     let agent_np = find(objs, "NetworkPolicy", "mcpwatch-agent");
     assert_eq!(agent_np["spec"]["ingress"], serde_json::json!([]));
-    // The agent enrolls on first start, with its node's name.
-    let agent = find(objs, "DaemonSet", "mcpwatch-agent");
-    let init = &agent["spec"]["template"]["spec"]["initContainers"][0];
-    let args: Vec<&str> = init["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert_eq!(args[0], "enroll");
-    assert!(args.contains(&"--name=$(NODE_NAME)"), "{args:?}");
-    assert_eq!(
-        init["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
-        "spec.nodeName"
-    );
+    // Every agent DaemonSet enrolls on first start with its node's name, keeps its state in
+    // the node's hostPath directory, and finds the node's root where its [sampling] host_root says.
+    let agents: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "DaemonSet").collect();
+    assert!(!agents.is_empty(), "no agent DaemonSet");
+    for agent in agents {
+        let what = agent["metadata"]["name"].as_str().unwrap();
+        let pod = &agent["spec"]["template"]["spec"];
+        let inits = pod["initContainers"].as_array().expect("init containers");
+        assert_eq!(inits[0]["name"], PREPARE, "{what}");
+        let init = inits
+            .iter()
+            .find(|c| c["name"] == "enroll")
+            .unwrap_or_else(|| panic!("{what}: no enroll init container"));
+        let args = strs(&init["args"]);
+        assert_eq!(args[0], "enroll");
+        assert!(args.contains(&"--name=$(NODE_NAME)"), "{what}: {args:?}");
+        let node = init["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "NODE_NAME")
+            .expect("NODE_NAME");
+        assert_eq!(
+            node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName",
+            "{what}"
+        );
+        let volume = |name: &str| {
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("{what}: no volume {name}"))
+        };
+        assert_eq!(
+            volume("state")["hostPath"]["path"],
+            "/var/lib/mcpwatch/agent",
+            "{what}"
+        );
+        assert_eq!(volume("host-root")["hostPath"]["path"], "/", "{what}");
+        assert!(
+            pod["containers"][0]["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "host-root"
+                    && m["mountPath"] == "/host/root"
+                    && m["readOnly"] == true),
+            "{what}"
+        );
+        let config = volume("config")["configMap"]["name"].as_str().unwrap();
+        let toml = find(objs, "ConfigMap", config)["data"]["agent.toml"]
+            .as_str()
+            .unwrap();
+        assert!(
+            toml.contains("\n[sampling]\n") && toml.contains("\nhost_root = \"/host/root\"\n"),
+            "{config}: [sampling] host_root is not the mount"
+        );
+    }
 }
 
 #[test]
@@ -220,16 +333,62 @@ fn the_base_and_every_overlay_render_validate_and_keep_pods_locked_down() {
         seen += 1;
     }
     assert!(seen >= 1, "no overlay found");
-    // The Docker-socket overlay mounts the socket on the nodes labelled for it.
+    // The Docker-socket overlay: a second agent DaemonSet, with the socket, on the nodes
+    // labelled for it, and the base's agent on every other node (NotIn also matches nodes
+    // without the label): exactly one agent a node.
+    const LABEL: &str = "mcpwatch.io/docker-socket";
     let docker = objects(&render("deploy/kubernetes/overlays/docker-socket"));
-    let pod = &find(&docker, "DaemonSet", "mcpwatch-agent")["spec"]["template"]["spec"];
-    assert_eq!(pod["nodeSelector"]["mcpwatch.io/docker-socket"], "true");
+    let others = find(&docker, "DaemonSet", "mcpwatch-agent");
+    let pod = &others["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"],
+        serde_json::json!([{"matchExpressions": [
+            {"key": LABEL, "operator": "NotIn", "values": ["true"]}
+        ]}])
+    );
+    assert!(pod["nodeSelector"].is_null());
+    let ds = find(&docker, "DaemonSet", "mcpwatch-agent-docker");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["nodeSelector"][LABEL], "true");
+    assert!(pod["affinity"].is_null());
     assert!(pod["volumes"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|v| v["hostPath"]["path"] == "/var/run/docker.sock"
+        .any(|v| v["name"] == "docker-socket"
+            && v["hostPath"]["path"] == "/var/run/docker.sock"
             && v["hostPath"]["type"] == "Socket"));
+    let agent = &pod["containers"][0];
+    assert!(agent["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "docker-socket" && m["mountPath"] == "/var/run/docker.sock"));
+    assert!(agent["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "DOCKER_HOST" && e["value"] == "unix:///var/run/docker.sock"));
+    // Non-root: the socket's group reaches the socket.
+    assert!(
+        pod["securityContext"]["supplementalGroups"]
+            .as_array()
+            .is_some_and(|g| !g.is_empty()),
+        "the socket's group"
+    );
+    // Its selector does not take the other DaemonSet's pods; its configuration is its own.
+    let selector = ds["spec"]["selector"]["matchLabels"].as_object().unwrap();
+    let labels = &others["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        selector.iter().any(|(k, v)| &labels[k] != v),
+        "{selector:?}"
+    );
+    assert!(pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == "config" && v["configMap"]["name"] == "mcpwatch-agent-docker"));
 }
 
 #[test]
@@ -258,12 +417,15 @@ fn the_configs_in_the_manifests_pass_check_config_with_their_files_in_place() {
         "t0ken\n",
     )
     .unwrap();
-    let base = repo().join("deploy/kubernetes/base");
+    // The node's root filesystem, where [sampling] host_root points.
+    std::fs::create_dir_all(root.join("host/root")).unwrap();
+    let kube = repo().join("deploy/kubernetes");
     for (bin, file) in [
-        ("mcpwatch-collector", "collector.toml"),
-        ("mcpwatch-agent", "agent.toml"),
+        ("mcpwatch-collector", "base/collector.toml"),
+        ("mcpwatch-agent", "base/agent.toml"),
+        ("mcpwatch-agent", "overlays/docker-socket/agent.toml"),
     ] {
-        let text = std::fs::read_to_string(base.join(file)).unwrap();
+        let text = std::fs::read_to_string(kube.join(file)).unwrap();
         let moved = text
             .replace(
                 "\"/etc/mcpwatch/",
@@ -272,8 +434,12 @@ fn the_configs_in_the_manifests_pass_check_config_with_their_files_in_place() {
             .replace(
                 "\"/var/lib/mcpwatch/",
                 &format!("\"{}/var/lib/mcpwatch/", root.display()),
+            )
+            .replace(
+                "\"/host/root\"",
+                &format!("\"{}/host/root\"", root.display()),
             );
-        let config = root.join(file);
+        let config = root.join(file.replace('/', "-"));
         std::fs::write(&config, moved).unwrap();
         let out = Command::new(mcpwatch_tests::bin(bin))
             .args(["check-config", "--config"])
@@ -287,4 +453,17 @@ fn the_configs_in_the_manifests_pass_check_config_with_their_files_in_place() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The Docker-socket agents' configuration is the base's, then their containers.
+    let settings = |file: &str| -> Vec<String> {
+        std::fs::read_to_string(kube.join(file))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        settings("overlays/docker-socket/agent.toml").starts_with(&settings("base/agent.toml")),
+        "overlays/docker-socket/agent.toml does not begin with base/agent.toml's settings"
+    );
 }

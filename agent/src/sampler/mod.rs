@@ -127,13 +127,15 @@ impl Sampler {
     /// Builds the sampler and primes the CPU counters, so the first [`Sampler::sample`] a full
     /// interval later already reports real usage. A sample taken right after `new` reports
     /// CPU usage 0, because usage is the difference between two refreshes.
-    pub fn new() -> Sampler {
+    /// `host_root`: where the host's root filesystem is mounted when the agent runs in a
+    /// container (disk figures are read there).
+    pub fn new(host_root: Option<std::path::PathBuf>) -> Sampler {
         let mut cpu = cpu::CpuSampler::new();
         cpu.sample(&mut Vec::new());
         Sampler {
             cpu,
             memory: memory::MemorySampler::new(),
-            disk: disk::DiskSampler::new(),
+            disk: disk::DiskSampler::new(host_root),
             network: network::NetworkSampler::new(),
             system: system::SystemSampler::new(),
             last_len: 64,
@@ -156,7 +158,7 @@ impl Sampler {
 
 impl Default for Sampler {
     fn default() -> Self {
-        Sampler::new()
+        Sampler::new(None)
     }
 }
 
@@ -194,7 +196,7 @@ mod tests {
     }
 
     fn sampled_twice() -> Vec<(SeriesKey, f64)> {
-        let mut s = Sampler::new();
+        let mut s = Sampler::new(None);
         let _ = s.sample();
         s.sample()
     }
@@ -295,7 +297,7 @@ mod tests {
 
     #[test]
     fn sampler_network_counters_are_monotonic() {
-        let mut s = Sampler::new();
+        let mut s = Sampler::new(None);
         let first = s.sample();
         // Generate some loopback traffic so "lo" has something to count.
         if let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") {
@@ -342,7 +344,7 @@ mod tests {
     /// sampler_cycle_cost -- --nocapture`).
     #[test]
     fn sampler_cycle_cost() {
-        let mut s = Sampler::new();
+        let mut s = Sampler::new(None);
         let _ = s.sample();
         let cycles = 100u32;
         let start = std::time::Instant::now();

@@ -48,7 +48,11 @@ pub struct StreamQuery {
 /// stored event); `alert` `{fingerprint, rule, from, to, at_ms}`; `change` `{topic}` with
 /// topic `alerts` (acknowledged), `silences`, `rules`, `receivers` or `admin`; `heartbeat`;
 /// `reset` (reload everything); `session_ended` (then the stream closes).
-#[utoipa::path(get, path = "/stream", params(StreamQuery),
+#[utoipa::path(get, path = "/stream",
+    params(StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header,
+         description = "Resume after this event id (EventSource sends it on reconnect); \
+                        an id this process no longer holds gets `reset`")),
     responses(
         (status = 200, content_type = "text/event-stream", body = String,
          description = "Server-sent events; ids are `<process>-<seq>`"),

@@ -153,12 +153,20 @@ pub fn classify_with(
     }
 }
 
-/// `Retry-After` in delta-seconds (integer or decimal). HTTP-date values are ignored: the
-/// caller's backoff applies then.
+/// `Retry-After` in delta-seconds (integer or decimal) or as an HTTP-date (the time left
+/// until then, 0 when it has passed; a date must be in the format RFC 9110 names).
 pub fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: f64 = v.parse().ok()?;
-    seconds(secs)
+    match v.parse::<f64>() {
+        Ok(secs) => seconds(secs),
+        Err(_) => {
+            let at = httpdate::parse_http_date(v).ok()?;
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            seconds(left.as_secs_f64())
+        }
+    }
 }
 
 /// Non-negative finite seconds (capped at one day) as a Duration.
@@ -201,12 +209,22 @@ mod tests {
                 after: Some(Duration::from_secs(7))
             }
         );
+        // An HTTP-date: the time left until then; one that has passed means now.
         assert_eq!(
             classify("p", &reply(429, Some("Wed, 21 Oct 2015 07:28:00 GMT")))
                 .expect_err("429")
                 .kind,
-            SendErrorKind::Retry { after: None }
+            SendErrorKind::Retry {
+                after: Some(Duration::ZERO)
+            }
         );
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(90));
+        let after = retry_after_header(&reply(429, Some(&soon)).headers).expect("a date");
+        assert!(
+            after > Duration::from_secs(80) && after <= Duration::from_secs(90),
+            "{after:?}"
+        );
+        assert_eq!(retry_after_header(&reply(429, Some("soon")).headers), None);
         assert!(classify("p", &reply(503, None))
             .expect_err("503")
             .is_retry());

@@ -5,6 +5,11 @@
 //! receiver outage therefore loses nothing, and a crash resends at most the batch that was
 //! in flight.
 //!
+//! Before a request goes, the raw row it reaches is recorded (`sending_to`). After a crash
+//! the interrupted batch is read again up to that row and sent alone: a receiver that took
+//! part of it (Prometheus refuses a whole request holding one sample older than a series'
+//! newest) refuses only samples it already holds, never newer ones sent along with them.
+//!
 //! Retries: transport errors, 5xx and 429 wait the backoff (a 429's or 503's Retry-After
 //! when longer) and try again, forever (the cursor waits; the lag grows and pages through
 //! `remote_write_lagging`). Any other answer is final: its samples are dropped, counted
@@ -135,8 +140,12 @@ impl Sender {
             self.retry_store("cursor", stop, || store.remote_write_cursor(n.clone()))
                 .await?
         };
+        // The rows of a request a crash interrupted: sent again alone, up to this row.
+        let mut resend_through = stored
+            .filter(|c| c.sending_to > c.delivered)
+            .map(|c| c.sending_to);
         let mut cursor = match stored {
-            Some(c) => c,
+            Some(c) => c.delivered,
             None => {
                 // A new endpoint starts with what is committed from now on: receivers refuse
                 // samples far older than their head, so history is not backfilled.
@@ -151,7 +160,7 @@ impl Sender {
                 newest
             }
         };
-        tracing::info!(endpoint = %name, cursor, "remote write started");
+        tracing::info!(endpoint = %name, cursor, resend_through, "remote write started");
         let mut pending = Pending {
             last_id: cursor,
             ..Pending::default()
@@ -162,12 +171,20 @@ impl Sender {
                 .max_samples_per_send
                 .saturating_sub(pending.samples);
             let mut more = false;
-            if room > 0 {
+            let through = resend_through.unwrap_or(i64::MAX);
+            if room > 0 && pending.last_id < through {
                 let from = pending.last_id;
                 let read = self
-                    .retry_store("read", stop, || store.batches_after(from, room))
+                    .retry_store("read", stop, || store.batches_after(from, through, room))
                     .await?;
                 more = read.full;
+                if read.batches.is_empty()
+                    && read.unreadable.is_empty()
+                    && pending.batches.is_empty()
+                {
+                    // Nothing left at or below the bound (retention took it): carry on.
+                    resend_through = None;
+                }
                 if !read.unreadable.is_empty() {
                     self.metrics.durability.remote_write_dropped(
                         &name,
@@ -193,13 +210,26 @@ impl Sender {
             // Before sending: the oldest batch read and not yet delivered (0 when none waits).
             // Only an empty read resets it, so a backlog shows while it drains.
             self.set_lag(pending.batches.first().map(|b| b.committed_ms));
-            let full = pending.samples >= self.endpoint.max_samples_per_send || more;
+            let resending = resend_through.is_some();
+            let bound_reached = resend_through.is_some_and(|t| pending.last_id >= t);
+            let full =
+                pending.samples >= self.endpoint.max_samples_per_send || more || bound_reached;
             let old = pending
                 .since
                 .is_some_and(|s| s.elapsed() >= self.endpoint.batch_send_deadline);
             if pending.last_id > cursor && (full || old) {
-                self.send(&pending.batches, stop).await?;
+                if !resending {
+                    let (n, upto) = (name.clone(), pending.last_id);
+                    self.retry_store("sending", stop, || {
+                        store.set_remote_write_sending(n.clone(), upto)
+                    })
+                    .await?;
+                }
+                self.send(&pending.batches, resending, stop).await?;
                 cursor = pending.last_id;
+                if bound_reached {
+                    resend_through = None;
+                }
                 let n = name.clone();
                 self.retry_store("cursor", stop, || {
                     store.set_remote_write_cursor(n.clone(), cursor, crate::now_ms())
@@ -280,6 +310,7 @@ impl Sender {
     async fn send(
         &mut self,
         batches: &[RawBatch],
+        resend: bool,
         stop: &CancellationToken,
     ) -> Result<(), Stopped> {
         self.resolve(batches, stop).await?;
@@ -328,7 +359,7 @@ impl Sender {
         let oldest = batches.first().map(|b| b.committed_ms);
         let sends = parts.into_iter().map(|part| {
             let n: usize = part.iter().map(|s| s.samples.len()).sum();
-            self.send_part(part, n, oldest, stop)
+            self.send_part(part, n, oldest, resend, stop)
         });
         let results = futures::future::join_all(sends).await;
         if results.iter().any(Result::is_err) {
@@ -337,12 +368,14 @@ impl Sender {
         Ok(())
     }
 
-    /// One request, retried until accepted or refused for good.
+    /// One request, retried until accepted or refused for good. `resend`: the request repeats
+    /// one a crash interrupted, so a refusal most likely means the receiver holds it already.
     async fn send_part(
         &self,
         part: Vec<TimeSeries>,
         samples: usize,
         oldest: Option<i64>,
+        resend: bool,
         stop: &CancellationToken,
     ) -> Result<(), Stopped> {
         let m = &self.metrics.durability;
@@ -399,6 +432,12 @@ impl Sender {
                         tracing::warn!(endpoint = %name, status = status.as_u16(), body = ?excerpt.trim(),
                             attempt, "remote write: request failed; retrying");
                         after
+                    } else if resend {
+                        tracing::warn!(endpoint = %name, status = status.as_u16(), body = ?excerpt.trim(),
+                            samples, "remote write: a request resent after a restart was refused; \
+                            the receiver most likely holds it from before");
+                        m.remote_write_dropped(name, "resend_refused", samples as u64);
+                        return Ok(());
                     } else {
                         tracing::error!(endpoint = %name, status = status.as_u16(), body = ?excerpt.trim(),
                             samples, "remote write: request refused; its samples are dropped");

@@ -1,8 +1,8 @@
 //! Putting a backup in place of the database: only while no collector holds it (the
 //! database lock), only an intact mcpwatch file no newer than this build, migrated up to
-//! this build's schema before it replaces anything, and installed by one rename. The live
-//! database is moved aside with its WAL (whose pages belong to it and must never be
-//! applied to the restored file), never deleted.
+//! this build's schema before it replaces anything, and installed by one rename over the
+//! live database, which is kept under a second name with its WAL (whose pages belong to it
+//! and must never be applied to the restored file), never deleted.
 //!
 //! What the restored file means for the rest of the system is decided here too: browser
 //! sessions are ended (they were live at backup time and may have been revoked since),
@@ -124,7 +124,8 @@ fn resume_points(db: &Path) -> Result<Vec<(String, i64)>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Renames `db` and its `-wal`/`-shm` files to `<db>.before-restore-<now_ms>*`.
+/// Keeps `db` as `<db>.before-restore-<now_ms>` (a hard link) and moves its `-wal`/`-shm`
+/// files to that name.
 fn move_aside(db: &Path, now_ms: i64) -> Result<Option<PathBuf>, StoreError> {
     if !db.exists() {
         // A WAL without its database is nobody's: applying it to the restored file would
@@ -155,7 +156,10 @@ fn move_aside(db: &Path, now_ms: i64) -> Result<Option<PathBuf>, StoreError> {
             std::fs::rename(&from, with_suffix(&aside, suffix)).map_err(io(&from))?;
         }
     }
-    std::fs::rename(db, &aside).map_err(io(db))?;
+    // A second name, not a move: the database stays at its path until the restored file
+    // replaces it in one rename, so a crash at any point leaves a database there (never
+    // none, which the next start would take for a new, empty one).
+    std::fs::hard_link(db, &aside).map_err(io(db))?;
     durable_file::sync_dir(db).map_err(io(db))?;
     Ok(Some(aside))
 }

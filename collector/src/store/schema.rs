@@ -451,6 +451,12 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX dead_letters_receiver ON dead_letters (receiver);
     "#,
     ),
+    // v19: the raw row a remote-write request in flight reaches (a crash resends that batch
+    // alone), and the certificate a renewal was made from (revoking one revokes its line).
+    Migration::Sql(
+        "ALTER TABLE remote_write_cursors ADD COLUMN sending_to INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE certificates ADD COLUMN renewed_from TEXT;",
+    ),
 ];
 
 /// v7: adds the chain's columns and retention's record, hashes the rows already stored

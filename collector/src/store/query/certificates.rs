@@ -171,8 +171,15 @@ pub fn revoke(
         Some(row) if identity.is_some_and(|i| i != row.identity) => Ok(Revocation::Missing),
         Some(row) if row.revoked_ms.is_some() => Ok(Revocation::Already(row)),
         Some(_) => {
+            // With every certificate renewed from it, and from those: a stolen key may have
+            // renewed itself to a new serial before the theft was noticed.
             c.prepare_cached(
-                "UPDATE certificates SET revoked_ms = ?2, revoked_by = ?3 WHERE serial = ?1",
+                "WITH RECURSIVE line(serial) AS (
+                     SELECT ?1
+                     UNION SELECT c.serial FROM certificates c JOIN line l ON c.renewed_from = l.serial
+                 )
+                 UPDATE certificates SET revoked_ms = ?2, revoked_by = ?3
+                 WHERE serial IN (SELECT serial FROM line) AND revoked_ms IS NULL",
             )?
             .execute(params![serial, now_ms, by])?;
             Ok(certificate(c, serial)?.map_or(Revocation::Missing, Revocation::Revoked))
@@ -196,10 +203,25 @@ impl Store {
         self.exec(move |c| seen(c, &info, now_ms)).await
     }
 
-    /// Records a certificate issued by renewal.
-    pub async fn certificate_renewed(&self, info: CertInfo, now_ms: i64) -> Result<(), StoreError> {
-        self.exec(move |c| record_issued(c, &info, "renew", None, now_ms))
-            .await
+    /// Records a certificate issued by renewal of `from` (a serial). `Ok(false)`: `from` was
+    /// revoked meanwhile (checked here, on the writer, so a revocation racing the renewal
+    /// cannot leave its successor valid); nothing is recorded.
+    pub async fn certificate_renewed(
+        &self,
+        info: CertInfo,
+        from: String,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.exec(move |c| {
+            if certificate(c, &from)?.is_some_and(|row| row.revoked_ms.is_some()) {
+                return Ok(false);
+            }
+            record_issued(c, &info, "renew", None, now_ms)?;
+            c.prepare_cached("UPDATE certificates SET renewed_from = ?2 WHERE serial = ?1")?
+                .execute(params![info.serial, from])?;
+            Ok(true)
+        })
+        .await
     }
 
     pub async fn certificates_of(&self, identity: &str) -> Result<Vec<CertificateRow>, StoreError> {
@@ -225,5 +247,68 @@ impl Store {
     ) -> Result<Revocation, StoreError> {
         self.exec(move |c| revoke(c, &serial, Some(&identity), &by, now_ms))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    fn info(serial: &str) -> CertInfo {
+        CertInfo {
+            serial: serial.to_owned(),
+            identity: "web-1".to_owned(),
+            not_before_s: 0,
+            not_after_s: 4_000_000_000,
+            is_ca: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn certificates_revoking_one_revokes_what_was_renewed_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(StoreConfig::new(dir.path().join("c.db"))).unwrap();
+        store
+            .exec(|c| record_issued(c, &info("aa"), "enroll", None, 1))
+            .await
+            .unwrap();
+        // aa → bb → cc by renewal; dd is another line of the same agent (a re-enrollment).
+        assert!(store
+            .certificate_renewed(info("bb"), "aa".into(), 2)
+            .await
+            .unwrap());
+        assert!(store
+            .certificate_renewed(info("cc"), "bb".into(), 3)
+            .await
+            .unwrap());
+        store
+            .exec(|c| record_issued(c, &info("dd"), "enroll", None, 4))
+            .await
+            .unwrap();
+        let revoked = store
+            .exec(|c| revoke(c, "bb", Some("web-1"), "test", 5))
+            .await
+            .unwrap();
+        assert!(matches!(revoked, Revocation::Revoked(_)));
+        let mut serials = store.revoked_serials().await.unwrap();
+        serials.sort();
+        assert_eq!(
+            serials,
+            ["bb", "cc"],
+            "bb and its successor; aa and dd stay"
+        );
+        // A renewal from a revoked certificate (racing its revocation) records nothing.
+        assert!(!store
+            .certificate_renewed(info("ee"), "cc".into(), 6)
+            .await
+            .unwrap());
+        assert!(store
+            .exec(|c| certificate(c, "ee"))
+            .await
+            .unwrap()
+            .is_none());
+        drop(store);
+        writer.join().unwrap();
     }
 }

@@ -30,6 +30,14 @@ pub struct BatchesAfter {
     pub full: bool,
 }
 
+/// How far an endpoint has delivered, and how far its last request reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteWriteCursor {
+    pub delivered: i64,
+    /// Above `delivered` only when a crash interrupted a request: that batch is resent alone.
+    pub sending_to: i64,
+}
+
 /// A series as remote write labels it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeriesMeta {
@@ -48,12 +56,14 @@ const MAX_ROWS: usize = 4096;
 fn batches_after(
     c: &Connection,
     after: i64,
+    through: i64,
     max_samples: usize,
 ) -> Result<BatchesAfter, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, ts_max, n, data, committed_ms FROM raw WHERE id > ?1 ORDER BY id LIMIT ?2",
+        "SELECT id, ts_max, n, data, committed_ms FROM raw WHERE id > ?1 AND id <= ?3
+         ORDER BY id LIMIT ?2",
     )?;
-    let mut rows = stmt.query(params![after, sql_limit(MAX_ROWS)])?;
+    let mut rows = stmt.query(params![after, sql_limit(MAX_ROWS), through])?;
     let mut out = BatchesAfter::default();
     let mut samples = 0usize;
     let mut read = 0usize;
@@ -124,9 +134,10 @@ impl Store {
     pub async fn batches_after(
         &self,
         after: i64,
+        through: i64,
         max_samples: usize,
     ) -> Result<BatchesAfter, StoreError> {
-        self.read(move |c| batches_after(c, after, max_samples))
+        self.read(move |c| batches_after(c, after, through, max_samples))
             .await
     }
 
@@ -135,15 +146,40 @@ impl Store {
         self.read(move |c| series_meta(c, &ids)).await
     }
 
-    /// The raw row id endpoint `name` has delivered up to, if it has a cursor.
-    pub async fn remote_write_cursor(&self, name: String) -> Result<Option<i64>, StoreError> {
+    /// The raw row id endpoint `name` has delivered up to, if it has a cursor, and the row
+    /// a request in flight reached (at or below the cursor when none was).
+    pub async fn remote_write_cursor(
+        &self,
+        name: String,
+    ) -> Result<Option<RemoteWriteCursor>, StoreError> {
         self.read(move |c| {
             Ok(c.query_row(
-                "SELECT raw_id FROM remote_write_cursors WHERE endpoint = ?1",
+                "SELECT raw_id, sending_to FROM remote_write_cursors WHERE endpoint = ?1",
                 [name],
-                |r| r.get(0),
+                |r| {
+                    Ok(RemoteWriteCursor {
+                        delivered: r.get(0)?,
+                        sending_to: r.get(1)?,
+                    })
+                },
             )
             .optional()?)
+        })
+        .await
+    }
+
+    /// Records that endpoint `name` is about to send everything up to raw row `raw_id`.
+    pub async fn set_remote_write_sending(
+        &self,
+        name: String,
+        raw_id: i64,
+    ) -> Result<(), StoreError> {
+        self.exec(move |c| {
+            c.execute(
+                "UPDATE remote_write_cursors SET sending_to = ?2 WHERE endpoint = ?1",
+                params![name, raw_id],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -207,17 +243,25 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let all = store.batches_after(0, 1000).await.unwrap();
+        let all = store.batches_after(0, i64::MAX, 1000).await.unwrap();
         assert_eq!(all.batches.len(), 3);
         assert!(!all.full);
         // 15 samples of budget: the second batch would pass it, so one batch, and "full".
-        let some = store.batches_after(0, 15).await.unwrap();
+        let some = store.batches_after(0, i64::MAX, 15).await.unwrap();
         assert_eq!(some.batches.len(), 1);
         assert!(some.full);
         // A budget below one batch still reads one.
-        let one = store.batches_after(some.batches[0].id, 1).await.unwrap();
+        let one = store
+            .batches_after(some.batches[0].id, i64::MAX, 1)
+            .await
+            .unwrap();
         assert_eq!(one.batches.len(), 1);
         assert_eq!(one.batches[0].samples[0].1, 2000);
+        // An upper bound: a resend reads only the rows its interrupted request held.
+        let first = all.batches[0].id;
+        let bounded = store.batches_after(0, first, 1000).await.unwrap();
+        assert_eq!(bounded.batches.len(), 1);
+        assert!(!bounded.full);
         let meta = store
             .series_meta(vec![one.batches[0].samples[0].0, 999])
             .await
@@ -236,9 +280,16 @@ mod tests {
             .set_remote_write_cursor("vm".into(), 3, 6)
             .await
             .unwrap();
+        store
+            .set_remote_write_sending("vm".into(), 9)
+            .await
+            .unwrap();
         assert_eq!(
             store.remote_write_cursor("vm".into()).await.unwrap(),
-            Some(3)
+            Some(RemoteWriteCursor {
+                delivered: 3,
+                sending_to: 9
+            })
         );
         drop(store);
         writer.join().unwrap();
