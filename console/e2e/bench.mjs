@@ -35,7 +35,9 @@ for (let i = 0; i < runs; i++) {
   transferred = (await Promise.all(sizes)).reduce((a, b) => a + b, 0);
   await cdp.detach();
 }
+// Rows drawn (one page of the fleet) and hosts listed (every one, from the page's count).
 const rows = await page.locator("tr[data-host]").count();
+const hosts = Number((await page.getByRole("status").filter({ hasText: /hosts online/ }).textContent()).match(/of (\d+) hosts/)[1]);
 
 const chart = [];
 for (let i = 0; i < runs; i++) {
@@ -54,6 +56,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 console.log(
   `@result ${JSON.stringify({
     fleet_rows: rows,
+    fleet_hosts_listed: hosts,
     fleet_render_ms_median: Math.round(median(fleet)),
     fleet_render_ms_max: Math.round(Math.max(...fleet)),
     first_page_js_css_bytes: transferred,

@@ -48,6 +48,89 @@ test("fleet filters and sorts", async () => {
   await page.close();
 });
 
+test("a fleet of a thousand hosts: one page of rows, filtered and sorted over all; probe results cause no re-read", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.locator('tr[data-host="host-a"]').waitFor();
+  // /fleet answers a thousand hosts (host-007 offline once `phase` is "hosts"); the live
+  // stream is served by the test: bursts of probe results, then host changes.
+  let phase = "probes";
+  const reads = [];
+  const now = Date.now();
+  const hosts = () =>
+    Array.from({ length: 1000 }, (_, i) => {
+      const id = `host-${String(i).padStart(3, "0")}`;
+      return {
+        agent_id: id,
+        hostname: id,
+        agent_version: "0.1.0",
+        online: !(phase === "hosts" && id === "host-007"),
+        revoked: false,
+        last_seen_ms: now - i * 1000,
+        labels: { team: i % 2 ? "odd" : "even" },
+        permissions: ["hosts:read"],
+        servers: null,
+        firing: i % 10 === 0 ? 1 : 0,
+        cpu: [0.1, 0.2, 0.15],
+        memory: [],
+        disk: [],
+      };
+    });
+  await page.route(/\/api\/v1\/fleet$/, (route) => {
+    reads.push({ at: Date.now(), phase });
+    return route.fulfill({ json: { complete: true, hosts: hosts() } });
+  });
+  const sse = (event, data) => `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+  await page.route(/\/api\/v1\/stream/, (route) => {
+    let body = "retry: 300\n\n" + sse("heartbeat", {});
+    if (phase === "probes") {
+      for (let i = 0; i < 40; i++) body += sse("event", { id: i, host: `host-${String(i).padStart(3, "0")}`, server: "web", kind: "probe_ok", ts_ms: Date.now() });
+    } else if (phase === "hosts") {
+      body += sse("host", { host: "host-007", online: false, revoked: false });
+    }
+    return route.fulfill({ status: 200, headers: { "content-type": "text/event-stream", "cache-control": "no-store" }, body });
+  });
+  await page.reload();
+  const rows = page.locator("tbody tr[data-host]");
+  await page.locator('tr[data-host="host-000"]').waitFor();
+  assert.equal(await rows.count(), 100, "one page of rows in the DOM");
+  await page.getByText("Hosts 1–100 of 1000").waitFor();
+  // Bursts of probe results (the stream reconnects every 300 ms) for 2.5 s: no re-read.
+  await page.waitForTimeout(2500);
+  assert.equal(reads.length, 1, `reads of /fleet during probe results: ${JSON.stringify(reads)}`);
+  // A host change every 300 ms for 3 s: re-read, at most one every 2 s.
+  phase = "hosts";
+  await page.locator('tr[data-host="host-007"][data-online="false"]').waitFor({ timeout: 3000 });
+  await page.waitForTimeout(3000);
+  phase = "quiet";
+  await page.waitForTimeout(2500);
+  const hostReads = reads.filter((r) => r.phase === "hosts");
+  assert.ok(hostReads.length >= 1 && hostReads.length <= 3, `reads during host changes: ${hostReads.length}`);
+  for (let i = 1; i < hostReads.length; i++) {
+    assert.ok(hostReads[i].at - hostReads[i - 1].at >= 1900, `reads ${hostReads[i].at - hostReads[i - 1].at} ms apart`);
+  }
+  // Filtering and sorting cover every host, not just the page shown.
+  const filter = page.getByPlaceholder("Filter: text or label=value");
+  await filter.fill("host-999");
+  await page.waitForFunction(() => document.querySelectorAll("tbody tr[data-host]").length === 1);
+  assert.equal(await rows.first().getAttribute("data-host"), "host-999");
+  await filter.fill("team=odd");
+  await page.getByText("Hosts 1–100 of 500").waitFor();
+  await filter.fill("");
+  await page.getByRole("button", { name: "Host", exact: true }).click();
+  await page.locator("tbody tr").first().and(page.locator('[data-host="host-999"]')).waitFor();
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.locator("tbody tr").first().and(page.locator('[data-host="host-899"]')).waitFor();
+  await page.getByText("Hosts 101–200 of 1000").waitFor();
+  await page.getByLabel("Per page").selectOption("250");
+  await page.getByText("Hosts 1–250 of 1000").waitFor();
+  assert.equal(await rows.count(), 250);
+  await page.getByLabel("Per page").selectOption("100");
+  await look(page, "fleet-thousand", assert);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("a host's charts draw and the range picks the storage tier", async () => {
   const { page, problems } = await freshPage();
   await signIn(page, "admin", process.env.ADMIN_PASSWORD);
@@ -82,8 +165,80 @@ test("a host's charts draw and the range picks the storage tier", async () => {
   await canvas.waitFor();
   await page.waitForFunction(plotted, null, { timeout: 5000 });
   await look(page, "host", assert);
+
+  // Synced cursors: over the CPU chart, the Memory chart's cursor and legend show the same
+  // moment, and follow the mouse.
+  const over = page.locator('[data-chart="CPU busy"] .u-over');
+  await over.waitFor();
+  // (Switching colour schemes for the screenshots drew the charts again.)
+  await page.waitForFunction(() => document.querySelectorAll('[data-chart="CPU busy"] .u-over').length === 1);
+  const box = await over.boundingBox();
+  assert.ok(box, "the CPU chart's plot area");
+  const legend = (title) =>
+    page.locator(`[data-chart="${title}"] .u-legend tr.u-series`).evaluateAll((rows) =>
+      rows.map((r) => r.querySelector(".u-value")?.textContent ?? ""),
+    );
+  const at = async (fraction) => {
+    await page.mouse.move(box.x + box.width * fraction, box.y + box.height / 2, { steps: 4 });
+    await page.waitForFunction(
+      (f) => {
+        const cpu = document.querySelector('[data-chart="CPU busy"] .u-legend tr.u-series .u-value')?.textContent;
+        const mem = document.querySelector('[data-chart="Memory"] .u-legend tr.u-series .u-value')?.textContent;
+        return cpu && cpu !== "--" && cpu === mem;
+      },
+      fraction,
+    );
+    return { cpu: await legend("CPU busy"), memory: await legend("Memory") };
+  };
+  const first = await at(0.5);
+  assert.equal(first.cpu[0], first.memory[0], "both legends at the same time");
+  assert.ok(first.memory[1] && first.memory[1] !== "--", `memory used at the cursor: ${first.memory}`);
+  assert.equal(await page.locator('[data-chart="Memory"] .u-cursor-x.u-off').count(), 0, "the memory chart's cursor shows");
+  const second = await at(0.85);
+  assert.notEqual(second.cpu[0], first.cpu[0], "the cursor moved");
+  assert.equal(second.cpu[0], second.memory[0]);
+
+  // Zoom by drag: across 30 % of the plot, the x range shown narrows to about that; it
+  // outlasts the page's next re-read of the range (every 15 s); a double-click resets it.
+  const range = () =>
+    page.locator('[data-chart="CPU busy"]').evaluate((el) => [Number(el.dataset.xMin), Number(el.dataset.xMax)]);
+  const [min0, max0] = await range();
+  assert.ok(max0 > min0, `x range ${min0}..${max0}`);
+  await page.mouse.move(box.x + box.width * 0.3, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.6, box.y + box.height / 2, { steps: 10 });
+  await page.mouse.up();
+  await page.waitForFunction(
+    (span) => {
+      const el = document.querySelector('[data-chart="CPU busy"]');
+      return Number(el.dataset.xMax) - Number(el.dataset.xMin) < span * 0.5;
+    },
+    max0 - min0,
+  );
+  const [min1, max1] = await range();
+  const ratio = (max1 - min1) / (max0 - min0);
+  assert.ok(ratio > 0.2 && ratio < 0.4 && min1 > min0 && max1 < max0, `zoomed to ${min1}..${max1} (${ratio})`);
+  const draws = await page.evaluate(() => performance.getEntriesByName("mcpwatch:chart-drawn").length);
+  await page.waitForResponse((r) => r.url().includes("/api/v1/query_range") && r.url().includes("cpu_usage"), { timeout: 20_000 });
+  await page.waitForFunction((n) => performance.getEntriesByName("mcpwatch:chart-drawn").length > n, draws);
+  await page.waitForTimeout(200);
+  const [min2, max2] = await range();
+  assert.ok(max2 - min2 < (max0 - min0) * 0.5, `still zoomed after a re-read: ${min2}..${max2}`);
+  await over.dblclick();
+  await page.waitForFunction(
+    (span) => {
+      const el = document.querySelector('[data-chart="CPU busy"]');
+      return Number(el.dataset.xMax) - Number(el.dataset.xMin) > span * 0.9;
+    },
+    max0 - min0,
+  );
+
   assert.equal(await tierOf("1d"), "1m");
   await page.locator('[data-tier="1m"]').waitFor();
+  // Up to 7 days from 1-minute rollups, longer ranges from 1-hour ones.
+  assert.equal(await tierOf("7d"), "1m");
+  assert.equal(await tierOf("30d"), "1h");
+  await page.locator('[data-tier="1h"]').waitFor();
   assert.deepEqual(problems, []);
   await page.close();
 });
@@ -158,6 +313,76 @@ test("an alert is acknowledged and silenced in place, and the silence expired", 
   await row.and(page.locator('[data-muted="false"]')).waitFor();
   const history = page.getByRole("table", { name: "Alert history" });
   await history.locator("tr[data-transition]").filter({ hasText: "console_uptime" }).filter({ hasText: "firing" }).first().waitFor();
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+/** Presses Tab until the focused element satisfies `match` (run in the page with `arg`);
+ * fails after `max` presses. Then checks the focus shows (:focus-visible, an outline). */
+async function tabTo(page, match, arg, max = 80) {
+  for (let i = 0; i < max; i++) {
+    await page.keyboard.press("Tab");
+    if (await page.evaluate(match, arg)) {
+      const shown = await page.evaluate(() => {
+        const el = document.activeElement;
+        const style = getComputedStyle(el);
+        return el.matches(":focus-visible") && style.outlineStyle !== "none" && parseFloat(style.outlineWidth) > 0;
+      });
+      assert.ok(shown, "the focused element shows its focus");
+      return;
+    }
+  }
+  assert.fail(`no focusable element matched after ${max} Tab presses`);
+}
+
+test("the console is usable with the keyboard alone", async () => {
+  const { page, problems } = await freshPage();
+  await tabTo(page, () => document.activeElement?.getAttribute("name") === "username");
+  await page.keyboard.type("admin");
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(process.env.ADMIN_PASSWORD);
+  await page.keyboard.press("Enter");
+  await page.locator('tr[data-host="host-a"]').waitFor();
+  // The filter.
+  await tabTo(page, () => document.activeElement?.matches('input[type="search"]'));
+  await page.keyboard.type("host-b");
+  await page.locator('tr[data-host="host-a"]').waitFor({ state: "detached" });
+  assert.deepEqual(await page.locator("tbody tr").evaluateAll((r) => r.map((x) => x.dataset.host)), ["host-b"]);
+  await page.keyboard.press("Control+A");
+  await page.keyboard.press("Backspace");
+  await page.locator('tr[data-host="host-a"]').waitFor();
+  // A sort header: Enter sorts (the host column, ascending already: now descending).
+  await tabTo(page, () => document.activeElement?.closest("th") && document.activeElement.textContent === "Host");
+  await page.keyboard.press("Enter");
+  await page.locator('th[aria-sort="descending"]').filter({ hasText: "Host" }).waitFor();
+  assert.deepEqual(await page.locator("tbody tr").evaluateAll((r) => r.map((x) => x.dataset.host)), ["host-b", "host-a"]);
+  await page.keyboard.press("Enter");
+  await page.locator('th[aria-sort="ascending"]').filter({ hasText: "Host" }).waitFor();
+  // A host opens with Enter.
+  await tabTo(page, () => document.activeElement?.matches('tr[data-host="host-a"] a'));
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "host-a", exact: true }).waitFor();
+  // The alerts page, then the Silence dialog: Enter opens it, Escape closes it, and the
+  // focus returns to the button that opened it.
+  await tabTo(page, () => document.activeElement?.matches('nav a[href="#/alerts"]'));
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Alerts" }).waitFor();
+  const row = page.locator('tr[data-rule="console_uptime"]').filter({ hasText: "host=host-a" });
+  await row.waitFor();
+  await tabTo(page, () => document.activeElement?.textContent === "Silence" && document.activeElement.closest('tr[data-rule="console_uptime"]')?.textContent.includes("host=host-a"));
+  await page.keyboard.press("Enter");
+  const dialog = page.getByRole("dialog", { name: "Silence alerts" });
+  await dialog.waitFor();
+  assert.ok(await page.evaluate(() => !!document.activeElement?.closest("dialog[open]")), "the focus moved into the dialog");
+  assert.ok(await page.evaluate(() => document.activeElement.matches(":focus-visible")), "and shows");
+  await look(page, "alerts-silence-dialog-keyboard", assert);
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "hidden" });
+  assert.ok(
+    await page.evaluate(() => document.activeElement?.textContent === "Silence" && document.activeElement.matches(":focus-visible")),
+    "the focus is back on the Silence button",
+  );
+  assert.equal(await page.locator("tr[data-silence]").filter({ hasText: "host-a" }).filter({ hasText: "active" }).count(), 0, "nothing silenced");
   assert.deepEqual(problems, []);
   await page.close();
 });
@@ -338,9 +563,162 @@ test("a team viewer sees only their hosts and no actions; forced requests are re
   assert.ok(lines.every((l) => !l.includes("host-b")), `team b's deliveries are not shown: ${lines}`);
   await look(page, "notifications-viewer", assert);
   assert.equal(await page.getByRole("button", { name: "Retry" }).count(), 0);
+  // The navigation: what a viewer may read, nothing an administrator manages.
+  const nav = page.getByRole("navigation", { name: "Main" });
+  const links = await nav.getByRole("link").allTextContents();
+  assert.deepEqual(links, ["Fleet", "Alerts", "Notifications", "Rules", "Tokens and sessions", "Account security"]);
+  // Alerts: team a's alert, without Ack, Silence or Expire.
+  await nav.getByRole("link", { name: "Alerts" }).click();
+  await page.locator('tr[data-rule="console_uptime"]').filter({ hasText: "host=host-a" }).waitFor();
+  assert.equal(await page.locator('tr[data-rule="console_uptime"]').filter({ hasText: "host=host-b" }).count(), 0);
+  await page.getByRole("table", { name: "Alert history" }).waitFor();
+  for (const name of ["Ack", "Silence", "Expire", "Acknowledge"]) {
+    assert.equal(await page.getByRole("button", { name, exact: true }).count(), 0, `no ${name} for a viewer`);
+  }
+  assert.equal(await page.getByRole("columnheader", { name: "Actions" }).count(), 0);
+  await look(page, "alerts-viewer", assert);
+  // Rules: listed, neither editable nor new.
+  await nav.getByRole("link", { name: "Rules" }).click();
+  await page.locator('tr[data-rule="team_a_uptime"]').waitFor();
+  assert.equal(await page.getByRole("button", { name: "Edit" }).count(), 0);
+  assert.equal(await page.getByRole("button", { name: "New rule" }).count(), 0);
+  await look(page, "rules-viewer", assert);
+  // Tokens and sessions: their own, without the user list only administrators may read.
+  const asked = [];
+  page.on("request", (r) => asked.push(new URL(r.url()).pathname));
+  await nav.getByRole("link", { name: "Tokens and sessions" }).click();
+  await page.getByRole("table", { name: "Sessions" }).locator("tr[data-session]").first().waitFor();
+  assert.ok(asked.includes("/api/v1/sessions") && !asked.includes("/api/v1/users"), asked.join(" "));
+  await page.getByText("this session").waitFor();
+  // The pages it may not open are not reachable by address either.
+  for (const hash of ["#/users", "#/roles", "#/receivers", "#/audit"]) {
+    await page.goto(`${URL_BASE}${hash}`);
+    await page.getByRole("heading", { name: "Fleet" }).waitFor();
+  }
+  assert.equal(await page.getByRole("button", { name: "New user" }).count(), 0);
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByRole("button", { name: "Sign in" }).waitFor();
   assert.equal((await ctx.browser.cookies()).filter((c) => c.name.includes("mcpwatch_session")).length, 0);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("the audit log filters by action, object and time, and pages to older records", async () => {
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.locator('tr[data-host="host-a"]').waitFor();
+  // The browser's local time, as a datetime-local field takes it (minutes).
+  const local = (ms) =>
+    page.evaluate((t) => {
+      const d = new Date(t);
+      const p = (n) => String(n).padStart(2, "0");
+      return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+    }, ms);
+  const start = Math.floor(Date.now() / 60_000) * 60_000;
+  if (Date.now() - start > 50_000) await page.waitForTimeout(61_000 - (Date.now() - start));
+  const minute = Math.floor(Date.now() / 60_000) * 60_000;
+  // 60 refused requests (no CSRF token): audited, one of them on another object.
+  const statuses = await page.evaluate(async () => {
+    const out = [];
+    for (let i = 0; i < 60; i++) {
+      const path = i === 30 ? "/api/v1/users/424242/enable" : "/api/v1/tokens";
+      const r = await fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+      out.push(r.status);
+    }
+    return out;
+  });
+  assert.ok(statuses.every((s) => s === 403), statuses.join(","));
+
+  await page.getByRole("link", { name: "Audit log" }).click();
+  const rows = page.locator("tr[data-audit-id]");
+  await rows.first().waitFor();
+  const cells = (n) => page.locator(`tr[data-audit-id] td:nth-child(${n})`).allTextContents();
+  const ids = () => rows.evaluateAll((r) => r.map((x) => Number(x.dataset.auditId)));
+  // Action: one page of 50, then the older records appended.
+  await page.getByLabel("Action, e.g. POST /api/v1/users").fill("POST /api/v1/tokens");
+  await page.getByLabel("Result, e.g. 403").fill("403");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll("tr[data-audit-id]")].every((r) => r.children[2].textContent === "POST /api/v1/tokens"),
+  );
+  await page.waitForFunction(() => document.querySelectorAll("tr[data-audit-id]").length === 50);
+  const firstPage = await ids();
+  await page.getByRole("button", { name: "Older records" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("tr[data-audit-id]").length > 50);
+  const both = await ids();
+  assert.deepEqual(both.slice(0, 50), firstPage, "older records come after the first page");
+  assert.ok(both.every((id, i) => i === 0 || id < both[i - 1]), "newest first, each once");
+  assert.ok((await cells(3)).every((a) => a === "POST /api/v1/tokens"));
+  assert.ok(both.length >= 59, `${both.length} records`);
+  // Object: only the refusal on the user.
+  await page.getByLabel("Action, e.g. POST /api/v1/users").fill("");
+  await page.getByLabel("Object, e.g. /api/v1/users/3").fill("/api/v1/users/424242/enable");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("tr[data-audit-id]").length === 1);
+  assert.deepEqual(await cells(4), ["/api/v1/users/424242/enable"]);
+  assert.match((await cells(3))[0], /^POST \/api\/v1\/users\/\S+\/enable$/);
+  assert.equal(await page.getByRole("button", { name: "Older records" }).count(), 0);
+  await look(page, "audit-object", assert);
+  // Time: from the refusals' minute, they show; until it, none of them; from tomorrow, nothing.
+  await page.getByLabel("Object, e.g. /api/v1/users/3").fill("/api/v1/tokens");
+  await page.getByLabel("From").fill(await local(minute));
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("tr[data-audit-id]").length === 50);
+  await page.getByLabel("From").fill("");
+  await page.getByLabel("Until").fill(await local(minute));
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.waitForFunction(
+    (newest) => [...document.querySelectorAll("tr[data-audit-id]")].every((r) => Number(r.dataset.auditId) < newest),
+    Math.min(...both),
+  );
+  await page.getByLabel("Until").fill("");
+  await page.getByLabel("From").fill(await local(Date.now() + 86_400_000));
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.getByText("No records match.").waitFor();
+  assert.equal(await rows.count(), 0);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("an administrator adds and removes a role binding and ends another session", async () => {
+  // A session of the viewer's, opened outside the browser (a bearer session).
+  const login = await fetch(new URL("api/v1/sessions", URL_BASE), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username: "viewer", password: process.env.VIEWER_PASSWORD }),
+  });
+  assert.equal(login.status, 201);
+  const { token } = await login.json();
+  const me = () => fetch(new URL("api/v1/me", URL_BASE), { headers: { authorization: `Bearer ${token}` } }).then((r) => r.status);
+  assert.equal(await me(), 200);
+
+  const { page, problems } = await freshPage();
+  await signIn(page, "admin", process.env.ADMIN_PASSWORD);
+  await page.getByRole("link", { name: "Users" }).click();
+  const viewer = page.locator('tr[data-user="viewer"]');
+  await viewer.waitFor();
+  await viewer.getByRole("button", { name: "Add role" }).click();
+  const dialog = page.getByRole("dialog", { name: "Add role" });
+  await dialog.locator('select[name="role"]').selectOption("operator");
+  await dialog.getByLabel("Hosts (selector; empty for every host)").fill('{team="b"}');
+  await dialog.getByRole("button", { name: "Add", exact: true }).click();
+  await dialog.waitFor({ state: "hidden" });
+  await viewer.getByText('operator on {team="b"}').waitFor();
+  assert.match(await viewer.textContent(), /viewer on \{team="a"\}/);
+  await look(page, "users-binding", assert);
+  await viewer.getByRole("button", { name: "Remove operator from viewer" }).click();
+  await viewer.getByText('operator on {team="b"}').waitFor({ state: "detached" });
+  assert.match(await viewer.textContent(), /viewer on \{team="a"\}/, "the other binding stays");
+
+  await page.getByRole("link", { name: "Tokens and sessions" }).click();
+  const sessions = page.getByRole("table", { name: "Sessions" }).locator("tr[data-session]");
+  await sessions.first().waitFor();
+  const newest = await sessions.filter({ hasText: "viewer" }).evaluateAll((r) => Math.max(...r.map((x) => Number(x.dataset.session))));
+  const row = page.locator(`tr[data-session="${newest}"]`);
+  await row.getByRole("button", { name: "End" }).click();
+  await row.waitFor({ state: "detached" });
+  assert.equal(await me(), 401, "the ended session no longer opens anything");
+  assert.ok((await page.getByText("this session").count()) === 1, "the admin's own session stays");
   assert.deepEqual(problems, []);
   await page.close();
 });

@@ -17,8 +17,37 @@ const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 export const URL_BASE = process.env.CONSOLE_URL ?? "http://127.0.0.1:9465/";
 const SHOTS = process.env.SCREENSHOT_DIR ?? "screenshots";
 
-/** A fresh browser profile (Playwright refuses --user-data-dir in args). */
+/** A fresh browser profile (Playwright refuses --user-data-dir in args). With
+ * `CONSOLE_DIST` set (a console/dist directory), the console's files come from there
+ * instead of the collector's embedded copy, with the collector's own response headers
+ * (its CSP): console changes tested without rebuilding the collector. */
 export async function launch() {
+  const context = await launchBrowser();
+  const dist = process.env.CONSOLE_DIST;
+  if (dist) {
+    const types = { js: "text/javascript", css: "text/css", svg: "image/svg+xml", html: "text/html; charset=utf-8" };
+    await context.route(/^[^#?]*\/(index\.html)?([?#].*)?$|\/assets\/[^/]+$/, async (route) => {
+      const url = new URL(route.request().url());
+      if (url.origin !== new URL(URL_BASE).origin || url.pathname.startsWith("/api/")) return route.continue();
+      const file = url.pathname.startsWith("/assets/") ? url.pathname.slice(1) : "index.html";
+      let body;
+      try {
+        body = readFileSync(join(dist, file));
+      } catch {
+        return route.continue();
+      }
+      // The page's headers as the collector sends them (its CSP); assets need only a type.
+      const real = await route.fetch({ url: new URL("/", url).href });
+      const headers = { ...real.headers() };
+      for (const h of ["content-encoding", "content-length", "etag", "vary"]) delete headers[h];
+      headers["content-type"] = types[file.split(".").pop()] ?? "application/octet-stream";
+      return route.fulfill({ status: 200, headers, body });
+    });
+  }
+  return context;
+}
+
+function launchBrowser() {
   return chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "mcpwatch-chromium-")), {
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,

@@ -49,6 +49,50 @@ test("a viewer sees the server and its drift but no control buttons", async () =
   await page.close();
 });
 
+test("the drift and the restart history outlast a flood of probe results", async () => {
+  const { page, problems } = await signedIn();
+  await page.locator(`tr[data-host="${HOST}"]`).waitFor();
+  // The latest events as they read after a quarter of an hour of probes: 60 probe_ok, no
+  // drift or restart among them. Reads by kind go through to the collector.
+  const now = Date.now();
+  const probes = Array.from({ length: 60 }, (_, i) => ({
+    id: 9_000_000 - i,
+    host: HOST,
+    ts_ms: now - i * 15_000,
+    kind: "probe_ok",
+    server: "web",
+    detail: { detail: "protocol=2025-06-18 tools=3" },
+  }));
+  const byKind = [];
+  await page.route(/\/api\/v1\/events\?/, (route) => {
+    const url = new URL(route.request().url());
+    if (url.searchParams.get("server") !== "web") return route.continue();
+    if (url.searchParams.has("kind")) {
+      byKind.push(url.searchParams.get("kind"));
+      return route.continue();
+    }
+    const limit = Number(url.searchParams.get("limit") ?? 100);
+    return route.fulfill({ json: { items: probes.slice(0, limit), next_cursor: probes.length > limit ? probes[limit - 1].id : null } });
+  });
+  await page.goto(`${URL_BASE}#/hosts/${HOST}/servers/web`);
+  await page.getByRole("heading", { name: "web", exact: true }).waitFor();
+  // The diff, from the drift event read by its kind.
+  await page.locator('[data-tool-change="echo"]').waitFor({ timeout: 20_000 });
+  assert.ok(byKind.includes("tool_drift"), `kinds asked for: ${byKind}`);
+  // The restart history (the server's start at least), read by kind.
+  await page.getByRole("table", { name: "Restart history" }).locator("tr[data-history-kind]").first().waitFor();
+  assert.ok(byKind.includes("started") && byKind.includes("exited"), `kinds asked for: ${byKind}`);
+  // The timeline hides successful probes by default, and still shows the drift.
+  const timeline = page.getByRole("list", { name: "Server events" });
+  await timeline.locator('li[data-kind="tool_drift"]').waitFor();
+  assert.equal(await timeline.locator('li[data-kind="probe_ok"]').count(), 0);
+  await look(page, "server-probe-flood", assert);
+  await page.getByLabel("Hide successful probes").uncheck();
+  await page.waitForFunction(() => document.querySelectorAll('li[data-kind="probe_ok"]').length === 50);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("the server page shows the drift as a diff, tools, latency and events; approve clears it", async () => {
   const { page, problems } = await signedIn();
   await page.getByRole("link", { name: HOST }).click();

@@ -369,6 +369,10 @@ struct ProxyState {
     throttle: Option<(usize, String)>,
     /// When each request came and the status it got.
     log: Vec<(std::time::SystemTime, u16)>,
+    /// How long each request is held before it is forwarded (a slow receiver).
+    delay: Duration,
+    /// Requests read and not yet answered.
+    in_flight: usize,
     accepted: Vec<WriteRequest>,
     refused: Vec<WriteRequest>,
 }
@@ -405,6 +409,17 @@ impl Proxy {
     pub fn refuse_nth(&self, n: usize) {
         let mut s = self.state.lock().expect("proxy state");
         s.refuse = Some(s.seen + n);
+    }
+
+    /// Holds every request `delay` before forwarding it, as a slow receiver would: a sender
+    /// killed meanwhile has its request delivered without ever hearing the answer.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.lock().expect("proxy state").delay = delay;
+    }
+
+    /// Requests read whose answer is not written yet.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().expect("proxy state").in_flight
     }
 
     /// The `n`-th request from now is answered 429 with `Retry-After: retry_after`.
@@ -462,15 +477,19 @@ fn serve(
         let body: Vec<u8> = buf[head_end + 4..head_end + 4 + len].to_vec();
         buf.drain(..head_end + 4 + len);
         let decoded = decode_write_request(&body).unwrap_or_default();
-        let (refuse, throttle) = {
+        let (refuse, throttle, delay) = {
             let mut s = state.lock().expect("proxy state");
             s.seen += 1;
+            s.in_flight += 1;
             let throttle = match &s.throttle {
                 Some((n, after)) if *n == s.seen => Some(after.clone()),
                 _ => None,
             };
-            (s.refuse == Some(s.seen), throttle)
+            (s.refuse == Some(s.seen), throttle, s.delay)
         };
+        // Simulated receiver latency, not synchronisation: the test waits on what the
+        // proxy recorded.
+        std::thread::sleep(delay);
         let status = if throttle.is_some() {
             429
         } else if refuse {
@@ -503,7 +522,9 @@ fn serve(
             "HTTP/1.1 {status} X\r\n{retry_after}content-length: {}\r\n\r\n{reason}",
             reason.len()
         );
-        if conn.write_all(answer.as_bytes()).is_err() {
+        let written = conn.write_all(answer.as_bytes());
+        state.lock().expect("proxy state").in_flight -= 1;
+        if written.is_err() {
             return;
         }
     }

@@ -317,6 +317,30 @@ fn an_agent_enrolls_with_a_pinned_ca_and_streams_and_tokens_are_refused_as_they_
         "{out}"
     );
 
+    // A team's enroller (hosts:enroll scoped to team a) mints tokens for its own hosts,
+    // never for a known host outside its team, whatever labels it asks for (that would
+    // move web-2, which has no team, into team a).
+    let user = mcpwatch_tests::api::local_user(
+        &e.c.db,
+        "enroller",
+        "enroller pass 1",
+        "admin",
+        "team=\"a\"",
+    );
+    let team = mcpwatch_tests::api::admin_token(&e.c.db, "team-a-enroller", Some(user));
+    let mint = |name: &str| {
+        e.call(
+            "POST",
+            "/api/v1/enroll-tokens",
+            Some(team.as_str()),
+            Some(json!({"name": name, "labels": {"team": "a"}})),
+        )
+        .unwrap()
+    };
+    assert_eq!(mint("web-1").0, 201, "web-1 is team a's");
+    let (status, body) = mint("web-2");
+    assert_eq!(status, 403, "web-2 is outside team a: {body}");
+
     // The command line lists and revokes tokens, audited as the API routes are (actor
     // `cli`), never with the secret.
     let listed = e.cli(&["enroll-token", "list"]);

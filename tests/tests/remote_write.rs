@@ -508,6 +508,11 @@ fn remote_write_collector_kill9_ten_times_loses_nothing_and_resends_at_most_a_ba
     let from = wait_for("cursor created", LONG, || cursor(&collector.db, "vm"));
     let prom_from = wait_for("cursor created", LONG, || cursor(&collector.db, "prom"));
     let mut a = agent(&pki, tmp.path(), "node-1", &collector);
+    // Slow receivers: a request is nearly always in flight when the collector is killed,
+    // and the proxies deliver it anyway, so the restarted collector resends what the
+    // receivers already hold.
+    proxy.set_delay(Duration::from_millis(300));
+    prom_proxy.set_delay(Duration::from_millis(300));
     // Requests accepted before each kill: what came after a kill and repeats an earlier
     // sample is that kill's resend.
     let mut kills = Vec::new();
@@ -515,6 +520,10 @@ fn remote_write_collector_kill9_ten_times_loses_nothing_and_resends_at_most_a_ba
         let seen = proxy.accepted().len();
         wait_for("requests flowing", LONG, || {
             (proxy.accepted().len() >= seen + 2).then_some(())
+        });
+        // Killed with a request held by each slow receiver.
+        wait_for("requests in flight", LONG, || {
+            (proxy.in_flight() > 0 && prom_proxy.in_flight() > 0).then_some(())
         });
         collector.kill9();
         kills.push(proxy.accepted().len());
@@ -571,5 +580,9 @@ fn remote_write_collector_kill9_ten_times_loses_nothing_and_resends_at_most_a_ba
     assert!(
         resent_per_kill.iter().all(|r| *r <= 500),
         "at most one batch (500 samples) resent per kill: {resent_per_kill:?}"
+    );
+    assert!(
+        resent_per_kill.iter().any(|r| *r > 0),
+        "no kill caught a request in flight: the resend path went untested"
     );
 }

@@ -1,6 +1,7 @@
 // A time-series chart (uPlot): series in the theme's colours, values in their unit, drag to
-// zoom (double-click resets), cursors synced across every chart on the page. Loaded only by
-// pages that chart, so the first page stays small.
+// zoom (double-click resets; a zoom outlasts the page's periodic re-reads), cursors synced
+// across every chart on the page. Loaded only by pages that chart, so the first page stays
+// small.
 
 import { useEffect, useRef, useState } from "preact/hooks";
 import uPlot from "uplot";
@@ -26,9 +27,23 @@ function cssVar(name: string, fallback: string): string {
   return v || fallback;
 }
 
+function aligned(d: ChartData): uPlot.AlignedData {
+  return [d.times, ...d.series.map((s) => s.values)] as uPlot.AlignedData;
+}
+
+function shown(el: HTMLElement, u: uPlot): void {
+  const { min, max } = u.scales.x;
+  if (min === undefined || max === undefined) return;
+  el.dataset.xMin = String(min);
+  el.dataset.xMax = String(max);
+}
+
 export function Chart(props: { title: string; unit: Unit; data: ChartData; height?: number; syncKey?: string }) {
   const host = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
+  const drawn = useRef<ChartData | null>(null);
+  // The plot is made again only when its series change, not for each new read of them.
+  const series = props.data.series.map((s) => s.label).join("\n");
   // Colours come from the theme: redraw when the system switches between light and dark.
   const [dark, setDark] = useState(() => matchMedia("(prefers-color-scheme: dark)").matches);
   useEffect(() => {
@@ -70,10 +85,15 @@ export function Chart(props: { title: string; unit: Unit; data: ChartData; heigh
       ],
       hooks: {
         draw: [() => performance.mark("mcpwatch:chart-drawn")],
+        // The range shown, on the element (a zoom by drag changes it; tests read it).
+        setScale: [(u, key) => {
+          if (key === "x") shown(el, u);
+        }],
       },
     };
-    const data = [props.data.times, ...props.data.series.map((s) => s.values)] as uPlot.AlignedData;
-    plot.current = new uPlot(opts, data, el);
+    plot.current = new uPlot(opts, aligned(props.data), el);
+    drawn.current = props.data;
+    shown(el, plot.current);
     const resize = new ResizeObserver(() => {
       plot.current?.setSize({ width: Math.max(320, el.clientWidth), height: props.height ?? 220 });
     });
@@ -83,7 +103,24 @@ export function Chart(props: { title: string; unit: Unit; data: ChartData; heigh
       plot.current?.destroy();
       plot.current = null;
     };
-  }, [props.data, props.unit, props.height, dark]);
+  }, [series, props.unit, props.height, dark]);
+
+  // New data for the same series (a page re-reading its range) keeps a zoom.
+  useEffect(() => {
+    const u = plot.current;
+    if (!u || drawn.current === props.data) return;
+    drawn.current = props.data;
+    const { min, max } = u.scales.x;
+    const before = u.data[0];
+    const zoomed =
+      min !== undefined && max !== undefined && before.length > 1 && (min > before[0] || max < before[before.length - 1]);
+    if (zoomed) {
+      u.setData(aligned(props.data), false);
+      u.setScale("x", { min, max });
+    } else {
+      u.setData(aligned(props.data));
+    }
+  }, [props.data]);
 
   return (
     <figure class="chart">

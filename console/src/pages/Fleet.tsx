@@ -1,6 +1,8 @@
 // Fleet: every host the caller may see (one `GET /fleet`), online state, labels, last
 // contact, MCP servers by state, CPU / memory / disk sparklines and firing alerts; filter by
-// text or label, sort by any column; updated live.
+// text or label, sort by any column (over every host), shown a page at a time; updated
+// live: a host's online state at once, everything else re-read at most every few seconds,
+// and never for probe results (a fleet of a thousand hosts probes many times a second).
 
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { get, type Host } from "../api";
@@ -8,6 +10,7 @@ import { ago } from "../format";
 import { href } from "../router";
 import type { Grants } from "../perm";
 import { Sparkline } from "../ui/Sparkline";
+import { subscribe } from "../live";
 import { useLive } from "../useLive";
 
 export interface ServerCounts {
@@ -34,6 +37,13 @@ interface FleetView {
 }
 
 type SortKey = "agent_id" | "online" | "last_seen_ms" | "firing" | "problems";
+
+/** Hosts per page: the rows drawn (a thousand rows of sparklines are slow to lay out). */
+const PAGE_SIZES = [100, 250, 500];
+/** At least this long between two re-reads the live stream causes. */
+const REREAD_MS = 2_000;
+/** Event kinds that change nothing the fleet shows. */
+const QUIET_EVENTS = new Set(["probe_ok", "probe_failed", "tools_baseline", "gap", "spool_corruption", "series_limit"]);
 
 /** Servers needing attention: everything but running (and drift). */
 function problems(r: Row): number {
@@ -63,7 +73,23 @@ function matches(row: Row, filter: string): boolean {
 export function Fleet(props: { grants: Grants }) {
   const canAlerts = props.grants.can("alerts:read");
   const canMetrics = props.grants.can("metrics:read");
-  const fleet = useLive(["host", "alert", "alerts", "event"], async () => (await get<FleetView>("/fleet")).hosts);
+  const fleet = useLive(["host", "alert", "alerts", "event"], async () => (await get<FleetView>("/fleet")).hosts, [], {
+    accept: (topic, change) => topic !== "event" || !QUIET_EVENTS.has(change?.kind),
+    minIntervalMs: REREAD_MS,
+  });
+  // A host going offline shows at once; the coalesced re-read brings the rest.
+  useEffect(
+    () =>
+      subscribe(["host"], (_t, change) => {
+        if (typeof change?.host !== "string" || typeof change.online !== "boolean") return;
+        fleet.patch((hosts) =>
+          hosts.map((h) =>
+            h.agent_id === change.host ? { ...h, online: change.online, revoked: change.revoked === true || h.revoked } : h,
+          ),
+        );
+      }),
+    [],
+  );
   // Sparklines move every minute; events move server counts in between.
   useEffect(() => {
     const timer = window.setInterval(fleet.reload, 30_000);
@@ -71,6 +97,8 @@ export function Fleet(props: { grants: Grants }) {
   }, []);
   const [filter, setFilter] = useState("");
   const [sort, setSort] = useState<{ key: SortKey; up: boolean }>({ key: "agent_id", up: true });
+  const [pageSize, setPageSize] = useState(PAGE_SIZES[0]);
+  const [pageIndex, setPageIndex] = useState(0);
 
   const rows = useMemo(() => {
     const list = (fleet.data ?? []).filter((r) => matches(r, filter));
@@ -83,11 +111,18 @@ export function Fleet(props: { grants: Grants }) {
     });
   }, [fleet.data, filter, sort]);
 
+  const pages = Math.max(1, Math.ceil(rows.length / pageSize));
+  const current = Math.min(pageIndex, pages - 1);
+  const shown = rows.slice(current * pageSize, (current + 1) * pageSize);
+
   if (fleet.data && rows.length > 0) performance.mark("mcpwatch:fleet-rendered");
 
   const header = (key: SortKey, title: string) => (
     <th aria-sort={sort.key === key ? (sort.up ? "ascending" : "descending") : "none"}>
-      <button type="button" onClick={() => setSort({ key, up: sort.key === key ? !sort.up : true })}>
+      <button type="button" onClick={() => {
+        setSort({ key, up: sort.key === key ? !sort.up : true });
+        setPageIndex(0);
+      }}>
         {title}
       </button>
     </th>
@@ -101,7 +136,10 @@ export function Fleet(props: { grants: Grants }) {
         <label>
           <span class="sr-only">Filter hosts</span>
           <input type="search" placeholder="Filter: text or label=value" value={filter}
-            onInput={(e) => setFilter(e.currentTarget.value)} />
+            onInput={(e) => {
+              setFilter(e.currentTarget.value);
+              setPageIndex(0);
+            }} />
         </label>
         {fleet.data && (
           <span class="muted" role="status">
@@ -125,7 +163,7 @@ export function Fleet(props: { grants: Grants }) {
           </tr>
         </thead>
         <tbody>
-          {rows.map((r) => (
+          {shown.map((r) => (
             <tr key={r.agent_id} data-host={r.agent_id} data-online={String(r.online)}>
               <td>
                 <span class={`state ${r.online ? "online" : "offline"}`}>
@@ -152,6 +190,24 @@ export function Fleet(props: { grants: Grants }) {
         </tbody>
       </table>
       {fleet.data && rows.length === 0 && <p class="muted">No hosts match.</p>}
+      {rows.length > PAGE_SIZES[0] && (
+        <nav class="toolbar pager" aria-label="Host pages">
+          <button type="button" disabled={current === 0} onClick={() => setPageIndex(current - 1)}>Previous</button>
+          <span data-page={current + 1}>
+            Hosts {current * pageSize + 1}–{current * pageSize + shown.length} of {rows.length}
+          </span>
+          <button type="button" disabled={current >= pages - 1} onClick={() => setPageIndex(current + 1)}>Next</button>
+          <label>
+            Per page
+            <select value={pageSize} onChange={(e) => {
+              setPageSize(Number(e.currentTarget.value));
+              setPageIndex(0);
+            }}>
+              {PAGE_SIZES.map((n) => <option key={n} value={n}>{n}</option>)}
+            </select>
+          </label>
+        </nav>
+      )}
     </section>
   );
 }

@@ -1,6 +1,8 @@
 // One MCP server of a host: its state and restart history, the MCP handshake it answered,
 // probe latency per stage (chart), per-tool calls / error ratio / latency from the gateway,
-// tool drift as a diff with Approve, Restart / Stop / Start, and its events. Updated live.
+// tool drift as a diff with Approve, Restart / Stop / Start, and its events (successful
+// probes hidden unless asked). The drift and the restart history are read by event kind,
+// apart from the latest events, which probe results soon fill. Updated live.
 
 import { useEffect, useState } from "preact/hooks";
 import { api, get, type Host, type Page } from "../api";
@@ -38,6 +40,27 @@ interface CommandReply {
 
 const TOOL_RANGES = ["15m", "1h", "6h"];
 
+/** The agent's successful probe: one every probe interval (15 s by default). */
+const PROBE_OK = "probe_ok";
+const DRIFT_KINDS = ["tool_drift", "drift_approved", "tools_baseline"];
+/** The supervisor's event kinds that make a server's restart history. */
+const HISTORY_KINDS = ["started", "exited", "restart_scheduled", "restarted", "gave_up", "stopped", "unhealthy"];
+const HISTORY = 20;
+
+/** Whether a live change (`{host, server, kind...}`, or `{}` after a reset) may concern `host`. */
+function ofHost(change: any, host: string): boolean {
+  return !change?.host || change.host === host;
+}
+
+/** The `n` newest of `list` (by id), each once. */
+function newest(list: Event[], n: number): Event[] {
+  const seen = new Set<number>();
+  return list
+    .filter((e) => !seen.has(e.id) && (seen.add(e.id), true))
+    .sort((a, b) => b.id - a.id)
+    .slice(0, n);
+}
+
 function quote(v: string): string {
   return `"${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`;
 }
@@ -65,14 +88,34 @@ export function Server(props: { host: string; name: string }) {
   const [chart, setChart] = useState<ChartModule | null>(null);
   const [reply, setReply] = useState<string | null>(null);
   const [confirmStop, setConfirmStop] = useState(false);
+  const [hideProbes, setHideProbes] = useState(true);
   const host = useLive(["host"], () => get<Host>(base), [props.host]);
-  const servers = useLive(["event"], () => get<ServerView[]>(`${base}/servers`), [props.host]);
+  // A probe result moves only counters, which the timer below re-reads anyway.
+  const servers = useLive(["event"], () => get<ServerView[]>(`${base}/servers`), [props.host], {
+    accept: (_t, e) => ofHost(e, props.host) && e?.kind !== PROBE_OK,
+  });
   const tools = useLive([], () => get<ToolsView>(`${path}/tools?range=${toolRange}`), [path, toolRange]);
-  const events = useLive(
+  const mine = (e: any) => ofHost(e, props.host) && (!e?.server || e.server === props.name);
+  const eventsOf = (kind: string | null, limit: number) => {
+    const q = new URLSearchParams({ host: props.host, server: props.name, limit: String(limit) });
+    if (kind) q.set("kind", kind);
+    return get<Page<Event>>(`/events?${q}`).then((p) => p.items);
+  };
+  // The newest drift, read by kind: a probe result every 15 s would soon push it out of
+  // any list of the latest events.
+  const driftEvents = useLive(["event"], () => eventsOf("tool_drift", 1), [path], {
+    accept: (t, e) => mine(e) && (t !== "event" || !e?.kind || DRIFT_KINDS.includes(e.kind)),
+  });
+  // Restarts and exits, each kind read by itself for the same reason.
+  const history = useLive(
     ["event"],
-    () => get<Page<Event>>(`/events?host=${encodeURIComponent(props.host)}&server=${encodeURIComponent(props.name)}&limit=50`),
+    async () => newest((await Promise.all(HISTORY_KINDS.map((k) => eventsOf(k, HISTORY)))).flat(), HISTORY),
     [path],
+    { accept: (t, e) => mine(e) && (t !== "event" || !e?.kind || HISTORY_KINDS.includes(e.kind)) },
   );
+  const events = useLive(["event"], () => eventsOf(null, 100), [path], {
+    accept: (_t, e) => mine(e) && !(hideProbes && e?.kind === PROBE_OK),
+  });
   const latency = useLive([], () => loadPanels(props.host, [latencyPanel(props.name)], 3_600_000), [path]);
   const { error, act } = useAction(() => {
     setConfirmStop(false);
@@ -103,7 +146,12 @@ export function Server(props: { host: string; name: string }) {
   const s = servers.data?.find((x) => x.name === props.name);
   const canControl = host.data?.permissions.includes("servers:control") ?? false;
   const [state, tone] = s ? stateOf(s) : ["unknown", ""];
-  const driftEvent = (events.data?.items ?? []).find((e) => e.kind === "tool_drift");
+  const driftEvent = driftEvents.data?.[0];
+  // The timeline: the latest events, without successful probes unless asked, merged with
+  // the drift and restart history read by kind (older than the latest 100 events perhaps).
+  const timeline = hideProbes
+    ? newest([...(events.data ?? []), ...(history.data ?? []), ...(driftEvents.data ?? [])].filter((e) => e.kind !== PROBE_OK), 50)
+    : (events.data ?? []).slice(0, 50);
   const drift = s?.drift && driftEvent ? driftOf(driftEvent.detail) : null;
 
   return (
@@ -200,17 +248,46 @@ export function Server(props: { host: string; name: string }) {
         </table>
       )}
 
+      <h2>Restart history</h2>
+      {history.error && <p class="error" role="alert">{history.error}</p>}
+      {history.data && history.data.length === 0 && <p class="muted">No starts, exits or restarts recorded.</p>}
+      {history.data && history.data.length > 0 && (
+        <table class="grid" aria-label="Restart history">
+          <thead><tr><th>Time</th><th>Event</th><th>Detail</th></tr></thead>
+          <tbody>
+            {history.data.map((e) => (
+              <tr key={e.id} data-history-kind={e.kind}>
+                <td title={timestamp(e.ts_ms)}>{ago(e.ts_ms)}</td>
+                <td>{e.kind}</td>
+                <td class="wrap"><code>{detailText(e.detail)}</code></td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+
       <h2>Events</h2>
+      <div class="toolbar">
+        <label>
+          <input type="checkbox" checked={hideProbes} onChange={(e) => {
+            const hide = e.currentTarget.checked;
+            setHideProbes(hide);
+            // Successful probes were not followed while hidden.
+            if (!hide) events.reload();
+          }} />
+          Hide successful probes
+        </label>
+      </div>
       {events.error && <p class="error" role="alert">{events.error}</p>}
       <ol class="timeline" aria-label="Server events">
-        {(events.data?.items ?? []).map((e) => (
+        {timeline.map((e) => (
           <li key={e.id} data-kind={e.kind}>
             <span class="muted" title={timestamp(e.ts_ms)}>{ago(e.ts_ms)}</span> <strong>{e.kind}</strong>{" "}
             <code>{detailText(e.detail)}</code>
           </li>
         ))}
       </ol>
-      {events.data && events.data.items.length === 0 && <p class="muted">No events.</p>}
+      {events.data && timeline.length === 0 && <p class="muted">No events.</p>}
 
       <Dialog title={`Stop ${props.name}?`} open={confirmStop} onClose={() => setConfirmStop(false)} error={error}>
         <p>The server stays stopped, without restarts, until someone starts it again.</p>
