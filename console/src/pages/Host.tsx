@@ -65,7 +65,12 @@ export function Host(props: { id: string }) {
   const rangeMs = RANGES.find(([n]) => n === range)?.[1] ?? 3_600_000;
   const host = useLive(["host"], () => get<HostView>(`/hosts/${encodeURIComponent(props.id)}`), [props.id]);
   const panels = useLive([], () => loadPanels(props.id, PANELS, rangeMs), [props.id, rangeMs]);
-  const servers = useLive(["event"], () => get<ServerView[]>(`/hosts/${encodeURIComponent(props.id)}/servers`), [props.id]);
+  // Only this host's events, and at most one re-read every 2 s: probes of every server in
+  // the fleet arrive on the same stream.
+  const servers = useLive(["event"], () => get<ServerView[]>(`/hosts/${encodeURIComponent(props.id)}/servers`), [props.id], {
+    accept: (_topic, change) => change?.host === props.id,
+    minIntervalMs: 2_000,
+  });
 
   useEffect(() => {
     void import("../chart/Chart").then(setChart);
