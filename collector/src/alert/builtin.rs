@@ -345,6 +345,38 @@ enabled = false
         assert_eq!(certificate_level(-1.0), Some(Level::Critical), "expired");
     }
 
+    /// The level of `remote_write_lagging` after two minutes of `lags` (one every 10 s).
+    fn lagging_level(lags: &[f64]) -> Option<Option<Level>> {
+        let mut e = engine_with("remote_write_lagging");
+        let mut src = MemorySource::new();
+        let l: Labels = [("endpoint".to_owned(), "vm".to_owned())]
+            .into_iter()
+            .collect();
+        let start = 1_800_000_000_000;
+        let mut at = start;
+        for (i, lag) in lags.iter().enumerate() {
+            at = start + i as i64 * 10_000;
+            src.push("mcpwatch_collector_remote_write_lag_seconds", &l, at, *lag);
+        }
+        let fired = e.evaluate(&src, at);
+        fired.first().map(|t| {
+            assert_eq!(t.labels["endpoint"], "vm");
+            t.level
+        })
+    }
+
+    #[test]
+    fn alert_builtin_remote_write_lagging_needs_two_minutes_behind() {
+        // A minute and more behind for the whole window warns; five minutes pages.
+        assert_eq!(lagging_level(&[70.0; 13]), Some(Some(Level::Warning)));
+        assert_eq!(lagging_level(&[400.0; 13]), Some(Some(Level::Critical)));
+        // One batch delivered in the window (lag back to 0) is not lagging: `min`.
+        let mut dip = [400.0; 13];
+        dip[6] = 0.0;
+        assert_eq!(lagging_level(&dip), None);
+        assert_eq!(lagging_level(&[0.0; 13]), None);
+    }
+
     #[test]
     fn alert_builtin_backup_failing_fires_on_the_collector_series() {
         let mut e = engine_with("backup_failing");

@@ -5,7 +5,8 @@
 //! receiver outage therefore loses nothing, and a crash resends at most the batch that was
 //! in flight.
 //!
-//! Before a request goes, the raw row it reaches is recorded (`sending_to`). After a crash
+//! Before a request goes, the raw row it reaches is recorded (`sending_to`; on a busy
+//! endpoint, in the same write as the previous request's cursor). After a crash
 //! the interrupted batch is read again up to that row and sent alone: a receiver that took
 //! part of it (Prometheus refuses a whole request holding one sample older than a series'
 //! newest) refuses only samples it already holds, never newer ones sent along with them.
@@ -140,10 +141,12 @@ impl Sender {
             self.retry_store("cursor", stop, || store.remote_write_cursor(n.clone()))
                 .await?
         };
-        // The rows of a request a crash interrupted: sent again alone, up to this row.
-        let mut resend_through = stored
+        // A request's upper row, recorded before it goes: after a crash, the rows of the
+        // request it interrupted, sent again alone.
+        let mut bound = stored
             .filter(|c| c.sending_to > c.delivered)
             .map(|c| c.sending_to);
+        let mut resending = bound.is_some();
         let mut cursor = match stored {
             Some(c) => c.delivered,
             None => {
@@ -154,71 +157,41 @@ impl Sender {
                     .await?;
                 let n = name.clone();
                 self.retry_store("cursor", stop, || {
-                    store.set_remote_write_cursor(n.clone(), newest, crate::now_ms())
+                    store.set_remote_write_cursor(n.clone(), newest, None, crate::now_ms())
                 })
                 .await?;
                 newest
             }
         };
-        tracing::info!(endpoint = %name, cursor, resend_through, "remote write started");
+        tracing::info!(endpoint = %name, cursor, resend_through = bound, "remote write started");
         let mut pending = Pending {
             last_id: cursor,
             ..Pending::default()
         };
         loop {
-            let room = self
-                .endpoint
-                .max_samples_per_send
-                .saturating_sub(pending.samples);
             let mut more = false;
-            let through = resend_through.unwrap_or(i64::MAX);
-            if room > 0 && pending.last_id < through {
-                let from = pending.last_id;
-                let read = self
-                    .retry_store("read", stop, || store.batches_after(from, through, room))
-                    .await?;
-                more = read.full;
-                if read.batches.is_empty()
-                    && read.unreadable.is_empty()
-                    && pending.batches.is_empty()
-                {
+            let through = bound.unwrap_or(i64::MAX);
+            if pending.samples < self.endpoint.max_samples_per_send && pending.last_id < through {
+                more = self.read_more(&mut pending, through, stop).await?;
+                if bound.is_some() && pending.batches.is_empty() && pending.last_id < through {
                     // Nothing left at or below the bound (retention took it): carry on.
-                    resend_through = None;
-                }
-                if !read.unreadable.is_empty() {
-                    self.metrics.durability.remote_write_dropped(
-                        &name,
-                        "unreadable",
-                        read.unreadable.len() as u64,
-                    );
-                }
-                let last = read
-                    .batches
-                    .iter()
-                    .map(|b| b.id)
-                    .chain(read.unreadable.iter().copied())
-                    .max();
-                if let Some(last) = last {
-                    pending.last_id = pending.last_id.max(last);
-                    pending.since.get_or_insert_with(Instant::now);
-                }
-                for b in read.batches {
-                    pending.samples += b.samples.len();
-                    pending.batches.push(b);
+                    bound = None;
+                    resending = false;
                 }
             }
             // Before sending: the oldest batch read and not yet delivered (0 when none waits).
             // Only an empty read resets it, so a backlog shows while it drains.
             self.set_lag(pending.batches.first().map(|b| b.committed_ms));
-            let resending = resend_through.is_some();
-            let bound_reached = resend_through.is_some_and(|t| pending.last_id >= t);
+            let bound_reached = bound.is_some_and(|t| pending.last_id >= t);
             let full =
                 pending.samples >= self.endpoint.max_samples_per_send || more || bound_reached;
             let old = pending
                 .since
                 .is_some_and(|s| s.elapsed() >= self.endpoint.batch_send_deadline);
             if pending.last_id > cursor && (full || old) {
-                if !resending {
+                // A bound on record covers this request (all of it, or its first part when
+                // a resend's rows exceed one request): nothing to write before sending.
+                if bound.is_none() {
                     let (n, upto) = (name.clone(), pending.last_id);
                     self.retry_store("sending", stop, || {
                         store.set_remote_write_sending(n.clone(), upto)
@@ -227,18 +200,31 @@ impl Sender {
                 }
                 self.send(&pending.batches, resending, stop).await?;
                 cursor = pending.last_id;
-                if bound_reached {
-                    resend_through = None;
-                }
-                let n = name.clone();
-                self.retry_store("cursor", stop, || {
-                    store.set_remote_write_cursor(n.clone(), cursor, crate::now_ms())
-                })
-                .await?;
                 pending = Pending {
                     last_id: cursor,
                     ..Pending::default()
                 };
+                if bound.is_some() && !bound_reached {
+                    // The rest of a resend, up to its bound, still goes alone.
+                    let n = name.clone();
+                    self.retry_store("cursor", stop, || {
+                        store.set_remote_write_cursor(n.clone(), cursor, None, crate::now_ms())
+                    })
+                    .await?;
+                    continue;
+                }
+                resending = false;
+                // What is committed already starts the next request. When it fills one (a
+                // busy collector), its bound goes in the same write as this cursor, so a
+                // request costs one write, not two.
+                let more = self.read_more(&mut pending, i64::MAX, stop).await?;
+                let next_full = more || pending.samples >= self.endpoint.max_samples_per_send;
+                bound = (next_full && pending.last_id > cursor).then_some(pending.last_id);
+                let n = name.clone();
+                self.retry_store("cursor", stop, || {
+                    store.set_remote_write_cursor(n.clone(), cursor, bound, crate::now_ms())
+                })
+                .await?;
                 continue;
             }
             if !more {
@@ -253,6 +239,50 @@ impl Sender {
                 Self::wait(wait.max(Duration::from_millis(1)), stop).await?;
             }
         }
+    }
+
+    /// Reads committed batches after `pending` (up to raw row `through`) into it, within the
+    /// request's sample budget; whether more were waiting.
+    async fn read_more(
+        &self,
+        pending: &mut Pending,
+        through: i64,
+        stop: &CancellationToken,
+    ) -> Result<bool, Stopped> {
+        let room = self
+            .endpoint
+            .max_samples_per_send
+            .saturating_sub(pending.samples);
+        if room == 0 {
+            return Ok(true);
+        }
+        let from = pending.last_id;
+        let store = self.store.clone();
+        let read = self
+            .retry_store("read", stop, || store.batches_after(from, through, room))
+            .await?;
+        if !read.unreadable.is_empty() {
+            self.metrics.durability.remote_write_dropped(
+                self.name(),
+                "unreadable",
+                read.unreadable.len() as u64,
+            );
+        }
+        let last = read
+            .batches
+            .iter()
+            .map(|b| b.id)
+            .chain(read.unreadable.iter().copied())
+            .max();
+        if let Some(last) = last {
+            pending.last_id = pending.last_id.max(last);
+            pending.since.get_or_insert_with(Instant::now);
+        }
+        for b in read.batches {
+            pending.samples += b.samples.len();
+            pending.batches.push(b);
+        }
+        Ok(read.full)
     }
 
     /// Lag: how long ago the oldest unsent batch was stored (0 when none waits). From

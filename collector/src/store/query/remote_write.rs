@@ -184,18 +184,23 @@ impl Store {
         .await
     }
 
-    /// Records that endpoint `name` has delivered everything up to raw row `raw_id`.
+    /// Records that endpoint `name` has delivered everything up to raw row `raw_id`, and,
+    /// when known, the upper row of its next request (`sending_to`).
     pub async fn set_remote_write_cursor(
         &self,
         name: String,
         raw_id: i64,
+        sending_to: Option<i64>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         self.exec(move |c| {
             c.execute(
-                "INSERT INTO remote_write_cursors (endpoint, raw_id, updated_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (endpoint) DO UPDATE SET raw_id = excluded.raw_id, updated_ms = excluded.updated_ms",
-                params![name, raw_id, now_ms],
+                "INSERT INTO remote_write_cursors (endpoint, raw_id, updated_ms, sending_to)
+                 VALUES (?1, ?2, ?3, coalesce(?4, 0))
+                 ON CONFLICT (endpoint) DO UPDATE SET raw_id = excluded.raw_id,
+                     updated_ms = excluded.updated_ms,
+                     sending_to = coalesce(?4, remote_write_cursors.sending_to)",
+                params![name, raw_id, now_ms, sending_to],
             )?;
             Ok(())
         })
@@ -273,11 +278,11 @@ mod tests {
         );
         assert_eq!(store.remote_write_cursor("vm".into()).await.unwrap(), None);
         store
-            .set_remote_write_cursor("vm".into(), 2, 5)
+            .set_remote_write_cursor("vm".into(), 2, None, 5)
             .await
             .unwrap();
         store
-            .set_remote_write_cursor("vm".into(), 3, 6)
+            .set_remote_write_cursor("vm".into(), 3, None, 6)
             .await
             .unwrap();
         store
@@ -289,6 +294,22 @@ mod tests {
             Some(RemoteWriteCursor {
                 delivered: 3,
                 sending_to: 9
+            })
+        );
+        // A cursor with the next request's bound in one write; without one, the old stays.
+        store
+            .set_remote_write_cursor("vm".into(), 9, Some(12), 7)
+            .await
+            .unwrap();
+        store
+            .set_remote_write_cursor("vm".into(), 12, None, 8)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.remote_write_cursor("vm".into()).await.unwrap(),
+            Some(RemoteWriteCursor {
+                delivered: 12,
+                sending_to: 12
             })
         );
         drop(store);
