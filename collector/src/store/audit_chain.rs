@@ -389,6 +389,45 @@ fn walk(c: &Connection, start: (i64, String), anchor: &Removed) -> Result<Verdic
     })
 }
 
+/// v7: adds the chain's columns and retention's record, hashes the rows already stored
+/// (the append-only trigger is lifted for that, inside this transaction), then refuses
+/// deletes beyond retention's record.
+pub(super) fn migrate_v7(c: &Connection) -> Result<(), StoreError> {
+    c.execute_batch(&format!(
+        "ALTER TABLE audit_log ADD COLUMN request_id TEXT;
+         ALTER TABLE audit_log ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+         ALTER TABLE audit_log ADD COLUMN row_hash TEXT NOT NULL DEFAULT '';
+         -- Written only by retention: every audit row with id <= upto_id is removed, the
+         -- last of them hashed to last_hash (the oldest survivor's prev_hash).
+         CREATE TABLE audit_retention (
+             id         INTEGER PRIMARY KEY CHECK (id = 1),
+             upto_id    INTEGER NOT NULL,
+             last_hash  TEXT    NOT NULL,
+             cutoff_ms  INTEGER NOT NULL,
+             updated_ms INTEGER NOT NULL
+         );
+         INSERT INTO audit_retention (id, upto_id, last_hash, cutoff_ms, updated_ms)
+             VALUES (1, 0, '{genesis}', 0, 0);
+         DROP TRIGGER audit_log_append_only;",
+        genesis = GENESIS
+    ))?;
+    chain_existing(c)?;
+    c.execute_batch(
+        "CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
+         BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+         -- coalesce: without retention's row nothing is deletable (fail closed).
+         CREATE TRIGGER audit_log_delete_by_retention BEFORE DELETE ON audit_log
+         WHEN OLD.id > coalesce((SELECT upto_id FROM audit_retention WHERE id = 1), 0)
+         BEGIN SELECT RAISE(ABORT, 'audit rows are removed only by retention'); END;
+         CREATE TRIGGER audit_retention_forward BEFORE UPDATE ON audit_retention
+         WHEN NEW.upto_id < OLD.upto_id OR NEW.id != OLD.id
+         BEGIN SELECT RAISE(ABORT, 'audit retention only moves forward'); END;
+         CREATE TRIGGER audit_retention_kept BEFORE DELETE ON audit_retention
+         BEGIN SELECT RAISE(ABORT, 'audit retention record is kept'); END;",
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[path = "audit_chain_tests.rs"]
 mod tests;
