@@ -4,12 +4,18 @@
 //! never needs to read what it may not: it walks as root, children first, and does not
 //! descend into a directory already owned by the user (done on an earlier start).
 //!
-//! Symbolic links are changed themselves, never followed, and the walk stays on PATH's
-//! filesystem: a link or mount planted in the directory cannot turn this into a chown of
-//! something else on the node.
+//! It works on file descriptors, never on paths below PATH: each directory is opened
+//! relative to its parent with `O_NOFOLLOW` and checked to be the entry that was looked at,
+//! entries are changed relative to that descriptor without following links, and the walk
+//! stays on PATH's filesystem. A link, a swapped directory or a mount planted by whoever
+//! can write there therefore cannot turn this into a chown of something else on the node.
+//! Regular files with other names elsewhere (hard links) are refused, not changed.
 
-use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
+use std::ffi::CStr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Dir, FileType, Gid, Mode, OFlags, Stat, Uid, CWD};
 
 /// Why the directory could not be prepared; names the path.
 #[derive(Debug, thiserror::Error)]
@@ -25,12 +31,14 @@ pub enum PrepareError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}: refused ({1})")]
+    Refused(PathBuf, &'static str),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + '_ {
-    move |source| PrepareError::Io {
+fn io(path: &Path) -> impl FnOnce(rustix::io::Errno) -> PrepareError + '_ {
+    move |e| PrepareError::Io {
         path: path.to_owned(),
-        source,
+        source: e.into(),
     }
 }
 
@@ -55,53 +63,137 @@ pub fn parse_mode(text: &str) -> Result<u32, PrepareError> {
 /// What a run changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Prepared {
-    /// Entries given to the owner (PATH included).
+    /// Entries given to the owner or given their mode (PATH included).
     pub changed: usize,
 }
 
+/// The owner to give entries to.
+#[derive(Clone, Copy)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+impl Owner {
+    fn owns(&self, st: &Stat) -> bool {
+        st.st_uid == self.uid && st.st_gid == self.gid
+    }
+
+    fn ids(&self) -> (Option<Uid>, Option<Gid>) {
+        (Some(Uid::from_raw(self.uid)), Some(Gid::from_raw(self.gid)))
+    }
+}
+
+fn open_dir<Fd: AsFd>(at: Fd, name: &Path) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 /// Creates `path` if needed and gives it, and everything under it on its filesystem, to
-/// `uid:gid`; `path` gets `mode`. A directory already right is left alone at once.
+/// `uid:gid`; `path` gets `mode`. A directory already owned is only given its mode: the walk
+/// changes children first, so an owned top means a finished tree (and as root without
+/// CAP_DAC_READ_SEARCH it could not read an owned 0700 directory anyway).
 pub fn prepare(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<Prepared, PrepareError> {
     if !path.is_absolute() || path.parent().is_none() {
         return Err(PrepareError::Path(path.to_owned()));
     }
-    std::fs::create_dir_all(path).map_err(io(path))?;
-    let meta = std::fs::symlink_metadata(path).map_err(io(path))?;
-    if !meta.is_dir() {
-        return Err(PrepareError::Io {
-            path: path.to_owned(),
-            source: std::io::Error::other("not a directory (a link is not followed)"),
-        });
-    }
+    std::fs::create_dir_all(path).map_err(|source| PrepareError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    // A link in PATH's own place is refused (ELOOP or ENOTDIR), not followed.
+    let top = open_dir(CWD, path).map_err(io(path))?;
+    let st = rustix::fs::fstat(&top).map_err(io(path))?;
+    let owner = Owner { uid, gid };
     let mut done = Prepared::default();
-    if meta.uid() == uid && meta.gid() == gid && meta.mode() & 0o7777 == mode {
-        return Ok(done);
+    if !owner.owns(&st) {
+        walk(&top, path, st.st_dev, owner, &mut done)?;
+        let (u, g) = owner.ids();
+        rustix::fs::fchown(&top, u, g).map_err(io(path))?;
+        done.changed += 1;
     }
-    walk(path, meta.dev(), uid, gid, &mut done)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(path))?;
-    lchown(path, Some(uid), Some(gid)).map_err(io(path))?;
-    done.changed += 1;
+    if st.st_mode & 0o7777 != mode || done.changed > 0 {
+        rustix::fs::fchmod(&top, Mode::from_raw_mode(mode)).map_err(io(path))?;
+        if done.changed == 0 {
+            done.changed = 1;
+        }
+    }
     Ok(done)
 }
 
-/// Gives what is under `dir` to `uid:gid`, children first.
-fn walk(dir: &Path, dev: u64, uid: u32, gid: u32, done: &mut Prepared) -> Result<(), PrepareError> {
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let entry = entry.map_err(io(dir))?;
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
-        if meta.dev() != dev {
-            // Another filesystem mounted here: not ours to change.
+/// Gives what is under the directory `dir` (at `path`, for messages) to the owner,
+/// children first.
+fn walk(
+    dir: &OwnedFd,
+    path: &Path,
+    dev: u64,
+    owner: Owner,
+    done: &mut Prepared,
+) -> Result<(), PrepareError> {
+    let mut names: Vec<std::ffi::CString> = Vec::new();
+    for entry in Dir::read_from(dir).map_err(io(path))? {
+        let entry = entry.map_err(io(path))?;
+        let name: &CStr = entry.file_name();
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            names.push(name.to_owned());
+        }
+    }
+    let (u, g) = owner.ids();
+    for name in names {
+        let rel = Path::new(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.to_bytes()),
+        );
+        let here = path.join(rel);
+        let st = rustix::fs::statat(dir, rel, AtFlags::SYMLINK_NOFOLLOW).map_err(io(&here))?;
+        if st.st_dev != dev || owner.owns(&st) {
+            // Another filesystem mounted here is not ours; an owned entry is done.
             continue;
         }
-        let owned = meta.uid() == uid && meta.gid() == gid;
-        if meta.is_dir() && !owned {
-            walk(&path, dev, uid, gid, done)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                let child = open_dir(dir, rel).map_err(io(&here))?;
+                let opened = rustix::fs::fstat(&child).map_err(io(&here))?;
+                if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) {
+                    return Err(PrepareError::Refused(here, "replaced during the walk"));
+                }
+                walk(&child, &here, dev, owner, done)?;
+                rustix::fs::fchown(&child, u, g).map_err(io(&here))?;
+            }
+            FileType::RegularFile => {
+                // Opened, not named, so what is checked is what is changed.
+                let file = rustix::fs::openat(
+                    dir,
+                    rel,
+                    OFlags::RDONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::NONBLOCK
+                        | OFlags::NOCTTY
+                        | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io(&here))?;
+                let opened = rustix::fs::fstat(&file).map_err(io(&here))?;
+                if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) {
+                    return Err(PrepareError::Refused(here, "replaced during the walk"));
+                }
+                if opened.st_nlink > 1 {
+                    return Err(PrepareError::Refused(
+                        here,
+                        "a file with other names (hard links)",
+                    ));
+                }
+                rustix::fs::fchown(&file, u, g).map_err(io(&here))?;
+            }
+            // Links (changed themselves), sockets, pipes: by name, never followed.
+            _ => {
+                rustix::fs::chownat(dir, rel, u, g, AtFlags::SYMLINK_NOFOLLOW).map_err(io(&here))?
+            }
         }
-        if !owned {
-            lchown(&path, Some(uid), Some(gid)).map_err(io(&path))?;
-            done.changed += 1;
-        }
+        done.changed += 1;
     }
     Ok(())
 }
@@ -109,6 +201,7 @@ fn walk(dir: &Path, dev: u64, uid: u32, gid: u32, done: &mut Prepared) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn owner_and_mode_are_parsed_strictly() {
@@ -186,6 +279,23 @@ mod tests {
         assert_eq!(
             prepare(&state, 65532, 65532, 0o700).unwrap(),
             Prepared::default()
+        );
+        // An owned top with another mode gets its mode, without a walk.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(prepare(&state, 65532, 65532, 0o700).unwrap().changed, 1);
+
+        // A hard link to a file elsewhere (a node file, as planted) is refused, not changed.
+        let other = tmp.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let node_file = tmp.path().join("node-file");
+        std::fs::write(&node_file, "secret").unwrap();
+        std::fs::hard_link(&node_file, other.join("planted")).unwrap();
+        let err = prepare(&other, 65532, 65532, 0o700).unwrap_err();
+        assert!(matches!(err, PrepareError::Refused(_, _)), "{err}");
+        assert_eq!(
+            std::fs::metadata(&node_file).unwrap().uid(),
+            0,
+            "left alone"
         );
     }
 }

@@ -254,6 +254,8 @@ impl Backups {
 
 /// Longest wait after start for a backup that is overdue or the first ever.
 const FIRST_DELAY: Duration = Duration::from_secs(300);
+/// Shortest wait after start for an overdue backup.
+const OVERDUE_DELAY: Duration = Duration::from_secs(60);
 
 /// How long after start the first scheduled backup comes, given the newest backup's time.
 fn first_delay(newest_ms: Option<i64>, now_ms: i64, interval: Duration) -> Duration {
@@ -263,8 +265,9 @@ fn first_delay(newest_ms: Option<i64>, now_ms: i64, interval: Duration) -> Durat
         Some(ms) => {
             let due = ms.saturating_add(i64::try_from(interval.as_millis()).unwrap_or(i64::MAX));
             let left = Duration::from_millis(u64::try_from(due - now_ms).unwrap_or(0));
-            // Never 0: a collector starting in a crash loop should not back up at every start.
-            left.max(Duration::from_secs(1).min(soon)).min(interval)
+            // Not at once: a collector in a crash loop (or one whose backup crashes it) would
+            // back up at every start.
+            left.max(OVERDUE_DELAY.min(soon)).min(interval)
         }
     }
 }
@@ -494,7 +497,7 @@ mod tests {
         // Overdue (a collector restarted every 30 minutes would never reach an hour).
         assert_eq!(
             first_delay(Some(now - 5 * 3_600_000), now, hour),
-            Duration::from_secs(1)
+            OVERDUE_DELAY
         );
         // A clock that went back: never longer than one interval.
         assert_eq!(first_delay(Some(now + 9 * 3_600_000), now, hour), hour);

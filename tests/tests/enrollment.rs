@@ -325,7 +325,7 @@ fn an_agent_enrolls_with_a_pinned_ca_and_streams_and_tokens_are_refused_as_they_
         "enroller",
         "enroller pass 1",
         "admin",
-        "team=\"a\"",
+        "{team=\"a\"}",
     );
     let team = mcpwatch_tests::api::admin_token(&e.c.db, "team-a-enroller", Some(user));
     let mint = |name: &str| {
@@ -337,9 +337,11 @@ fn an_agent_enrolls_with_a_pinned_ca_and_streams_and_tokens_are_refused_as_they_
         )
         .unwrap()
     };
-    assert_eq!(mint("web-1").0, 201, "web-1 is team a's");
+    let (status, body) = mint("web-1");
+    assert_eq!(status, 201, "web-1 is team a's: {body}");
     let (status, body) = mint("web-2");
-    assert_eq!(status, 403, "web-2 is outside team a: {body}");
+    // 404, as every read of a host outside the caller's scope: it does not learn it exists.
+    assert_eq!(status, 404, "web-2 is outside team a: {body}");
 
     // The command line lists and revokes tokens, audited as the API routes are (actor
     // `cli`), never with the secret.

@@ -70,6 +70,13 @@ struct Pending {
 /// The task was asked to stop.
 struct Stopped;
 
+/// How a request ended: done (accepted, or dropped for good and counted), or a resend
+/// refused, for the caller to split.
+enum Sent {
+    Done,
+    Refused,
+}
+
 impl Sender {
     pub fn new(
         endpoint: Endpoint,
@@ -173,7 +180,11 @@ impl Sender {
             let through = bound.unwrap_or(i64::MAX);
             if pending.samples < self.endpoint.max_samples_per_send && pending.last_id < through {
                 more = self.read_more(&mut pending, through, stop).await?;
-                if bound.is_some() && pending.batches.is_empty() && pending.last_id < through {
+                if bound.is_some()
+                    && !more
+                    && pending.batches.is_empty()
+                    && pending.last_id < through
+                {
                     // Nothing left at or below the bound (retention took it): carry on.
                     bound = None;
                     resending = false;
@@ -374,8 +385,10 @@ impl Sender {
         self.metrics
             .durability
             .remote_write_shards(self.name(), shards);
+        // By series id, not position: a resend of the same rows makes the same requests even
+        // if a series dropped out meanwhile (a receiver that took one refuses only that one).
         let mut parts: Vec<Vec<TimeSeries>> = vec![Vec::new(); shards];
-        for (i, (id, mut samples)) in by_series.into_iter().enumerate() {
+        for (id, mut samples) in by_series {
             samples.sort_by_key(|s| s.0);
             let labels = self
                 .labels
@@ -384,16 +397,42 @@ impl Sender {
                 .flatten()
                 .map(|l| (*l).clone())
                 .unwrap_or_default();
-            parts[i % shards].push(TimeSeries { labels, samples });
+            let shard = usize::try_from(id.rem_euclid(shards as i64)).unwrap_or(0);
+            parts[shard].push(TimeSeries { labels, samples });
         }
         let oldest = batches.first().map(|b| b.committed_ms);
-        let sends = parts.into_iter().map(|part| {
-            let n: usize = part.iter().map(|s| s.samples.len()).sum();
-            self.send_part(part, n, oldest, resend, stop)
-        });
+        let sends = parts
+            .iter()
+            .map(|part| self.send_part(part, oldest, resend, stop));
         let results = futures::future::join_all(sends).await;
-        if results.iter().any(Result::is_err) {
-            return Err(Stopped);
+        let mut refused = Vec::new();
+        for (part, result) in parts.into_iter().zip(results) {
+            match result {
+                Err(Stopped) => return Err(Stopped),
+                Ok(Sent::Done) => {}
+                Ok(Sent::Refused) => refused.push(part),
+            }
+        }
+        // A resend refused as a whole may still hold series the receiver never got (the
+        // crash came between two shards): halves are sent again until each refusal is one
+        // series, which the receiver holds already.
+        while let Some(part) = refused.pop() {
+            if part.len() <= 1 {
+                let n: usize = part.iter().map(|s| s.samples.len()).sum();
+                self.metrics.durability.remote_write_dropped(
+                    self.name(),
+                    "resend_refused",
+                    n as u64,
+                );
+                continue;
+            }
+            let mut first = part;
+            let second = first.split_off(first.len() / 2);
+            for half in [first, second] {
+                if let Sent::Refused = self.send_part(&half, oldest, resend, stop).await? {
+                    refused.push(half);
+                }
+            }
         }
         Ok(())
     }
@@ -402,21 +441,21 @@ impl Sender {
     /// one a crash interrupted, so a refusal most likely means the receiver holds it already.
     async fn send_part(
         &self,
-        part: Vec<TimeSeries>,
-        samples: usize,
+        part: &[TimeSeries],
         oldest: Option<i64>,
         resend: bool,
         stop: &CancellationToken,
-    ) -> Result<(), Stopped> {
+    ) -> Result<Sent, Stopped> {
         let m = &self.metrics.durability;
         let name = self.name();
-        let body = match encode::body(&part) {
+        let samples: usize = part.iter().map(|s| s.samples.len()).sum();
+        let body = match encode::body(part) {
             Ok(b) => bytes::Bytes::from(b),
             Err(e) => {
                 // Snappy refuses only inputs beyond its 4 GiB bound; a request never nears it.
                 tracing::error!(endpoint = %name, error = %e, "remote write: cannot compress");
                 m.remote_write_dropped(name, "encode", samples as u64);
-                return Ok(());
+                return Ok(Sent::Done);
             }
         };
         let mut attempt = 0u32;
@@ -444,7 +483,7 @@ impl Sender {
             let retry_after = match sent {
                 Ok(r) if r.status().is_success() => {
                     m.remote_write_sent(name, samples as u64);
-                    return Ok(());
+                    return Ok(Sent::Done);
                 }
                 Ok(r) => {
                     let status = r.status();
@@ -464,10 +503,9 @@ impl Sender {
                         after
                     } else if resend {
                         tracing::warn!(endpoint = %name, status = status.as_u16(), body = ?excerpt.trim(),
-                            samples, "remote write: a request resent after a restart was refused; \
-                            the receiver most likely holds it from before");
-                        m.remote_write_dropped(name, "resend_refused", samples as u64);
-                        return Ok(());
+                            samples, series = part.len(), "remote write: a request resent after a \
+                            restart was refused; the receiver most likely holds it from before");
+                        return Ok(Sent::Refused);
                     } else {
                         tracing::error!(endpoint = %name, status = status.as_u16(), body = ?excerpt.trim(),
                             samples, "remote write: request refused; its samples are dropped");
@@ -476,7 +514,7 @@ impl Sender {
                             &format!("http_{}", status.as_u16()),
                             samples as u64,
                         );
-                        return Ok(());
+                        return Ok(Sent::Done);
                     }
                 }
                 Err(e) => {

@@ -159,7 +159,12 @@ fn move_aside(db: &Path, now_ms: i64) -> Result<Option<PathBuf>, StoreError> {
     // A second name, not a move: the database stays at its path until the restored file
     // replaces it in one rename, so a crash at any point leaves a database there (never
     // none, which the next start would take for a new, empty one).
-    std::fs::hard_link(db, &aside).map_err(io(db))?;
+    if let Err(e) = std::fs::hard_link(db, &aside) {
+        // A filesystem without hard links (some network and FUSE ones): moved aside as
+        // before, leaving a moment without a database at the path.
+        tracing::warn!(error = %e, "restore: cannot link the database aside; moving it");
+        std::fs::rename(db, &aside).map_err(io(db))?;
+    }
     durable_file::sync_dir(db).map_err(io(db))?;
     Ok(Some(aside))
 }

@@ -68,7 +68,8 @@ export function Host(props: { id: string }) {
   // Only this host's events, and at most one re-read every 2 s: probes of every server in
   // the fleet arrive on the same stream.
   const servers = useLive(["event"], () => get<ServerView[]>(`/hosts/${encodeURIComponent(props.id)}/servers`), [props.id], {
-    accept: (_topic, change) => change?.host === props.id,
+    // A reset (the stream resumed from scratch) names no host: re-read then too.
+    accept: (_topic, change) => !change?.host || change.host === props.id,
     minIntervalMs: 2_000,
   });
 
