@@ -186,7 +186,7 @@ fn run_revoke(args: RevokeArgs) -> Result<(), Failure> {
     let now = now_ms();
     let revocation = with_db(&db, |c| {
         let revocation = certificates::revoke(c, &serial, None, "cli", now)?;
-        if let Revocation::Revoked(row) = &revocation {
+        if let Revocation::Revoked(row, _) = &revocation {
             let object = format!(
                 "/api/v1/hosts/{}/certificates/{serial}/revoke",
                 row.identity
@@ -203,7 +203,7 @@ fn run_revoke(args: RevokeArgs) -> Result<(), Failure> {
         Ok(revocation)
     })?;
     match revocation {
-        Revocation::Revoked(row) => {
+        Revocation::Revoked(row, _) => {
             let who = if row.identity.is_empty() {
                 "a certificate this collector has not seen yet".to_owned()
             } else {

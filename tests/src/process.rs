@@ -504,3 +504,18 @@ impl Pair {
         }
     }
 }
+
+/// `mcpwatch-collector quickstart --dir DIR` on `[ingest, http, agent metrics, gateway]`;
+/// the caller adds options, environment and output.
+pub fn quickstart_command(dir: &Path, addrs: [SocketAddr; 4]) -> Command {
+    let [ingest, http, agent, gateway] = addrs;
+    let mut c = Command::new(bin("mcpwatch-collector"));
+    c.arg("quickstart")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--ingest", &ingest.to_string()])
+        .args(["--http", &http.to_string()])
+        .args(["--agent-metrics", &agent.to_string()])
+        .args(["--gateway", &gateway.to_string()]);
+    c
+}

@@ -247,15 +247,7 @@ fn quickstart(
     addrs: [std::net::SocketAddr; 4],
     image: &str,
 ) -> std::process::Child {
-    let [ingest, http, agent, gateway] = addrs;
-    Command::new(bin("mcpwatch-collector"))
-        .arg("quickstart")
-        .arg("--dir")
-        .arg(dir)
-        .args(["--ingest", &ingest.to_string()])
-        .args(["--http", &http.to_string()])
-        .args(["--agent-metrics", &agent.to_string()])
-        .args(["--gateway", &gateway.to_string()])
+    mcpwatch_tests::process::quickstart_command(dir, addrs)
         .args(["--demo-image", image])
         .stdout(std::fs::File::create(out).unwrap())
         .stderr(Stdio::null())
@@ -272,14 +264,7 @@ fn quickstart_without_docker_says_so_in_one_line_and_carries_on() {
     let addrs = [free_addr(), free_addr(), free_addr(), free_addr()];
     let http = addrs[1];
     let out = tmp.path().join("stdout");
-    let mut child = Command::new(bin("mcpwatch-collector"))
-        .arg("quickstart")
-        .arg("--dir")
-        .arg(&dir)
-        .args(["--ingest", &addrs[0].to_string()])
-        .args(["--http", &http.to_string()])
-        .args(["--agent-metrics", &addrs[2].to_string()])
-        .args(["--gateway", &addrs[3].to_string()])
+    let mut child = mcpwatch_tests::process::quickstart_command(&dir, addrs)
         // No engine behind this socket.
         .env(
             "DOCKER_HOST",

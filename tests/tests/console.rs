@@ -262,14 +262,7 @@ fn console_in_chromium_quickstart_fleet_with_a_second_agent() {
     let dir = tmp.path().join("qs");
     let addrs = [(); 4].map(|_| mcpwatch_tests::free_addr());
     let out = tmp.path().join("stdout");
-    let mut quickstart = Command::new(mcpwatch_tests::bin("mcpwatch-collector"))
-        .arg("quickstart")
-        .arg("--dir")
-        .arg(&dir)
-        .args(["--ingest", &addrs[0].to_string()])
-        .args(["--http", &addrs[1].to_string()])
-        .args(["--agent-metrics", &addrs[2].to_string()])
-        .args(["--gateway", &addrs[3].to_string()])
+    let mut quickstart = mcpwatch_tests::process::quickstart_command(&dir, addrs)
         .env(
             "DOCKER_HOST",
             format!("unix://{}", tmp.path().join("no-docker.sock").display()),

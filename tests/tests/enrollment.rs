@@ -122,18 +122,11 @@ impl Enrolling {
 
     /// `enroll-token create` on the database; returns the token.
     fn token(&self, args: &[&str]) -> String {
-        let out = Command::new(bin("mcpwatch-collector"))
-            .args(["enroll-token", "create", "--db"])
-            .arg(&self.c.db)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        let args: Vec<&str> = ["enroll-token", "create"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        self.cli(&args).trim().to_owned()
     }
 }
 

@@ -66,13 +66,10 @@ async fn revoke_certificate(
         Revocation::Already(_) => Err(ApiError::Conflict(
             "the certificate is revoked already".into(),
         )),
-        Revocation::Revoked(row) => {
+        Revocation::Revoked(row, line) => {
             // Live before the answer: the handshake refuses it and its session closes; so
             // do the certificates renewed from it, revoked with it.
-            state.pki.revoked().extend([serial.clone()]);
-            if let Ok(all) = state.store.revoked_serials().await {
-                state.pki.revoked().extend(all);
-            }
+            state.pki.revoked().extend(line);
             state.pki.refresh_agents(&state.store).await;
             caller.note(format!("revoked certificate {serial} of {}", host.agent_id));
             tracing::warn!(agent_id = %host.agent_id, serial, by = %caller.principal.actor, "certificate revoked");

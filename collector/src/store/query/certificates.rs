@@ -150,7 +150,9 @@ pub(crate) fn has_valid(c: &Connection, identity: &str, now_ms: i64) -> Result<b
 /// What a revocation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revocation {
-    Revoked(CertificateRow),
+    /// The certificate, and every serial revoked with it (itself and what was renewed
+    /// from it).
+    Revoked(CertificateRow, Vec<String>),
     /// It was revoked before; nothing changed.
     Already(CertificateRow),
     /// No certificate of that identity has this serial.
@@ -173,16 +175,20 @@ pub fn revoke(
         Some(_) => {
             // With every certificate renewed from it, and from those: a stolen key may have
             // renewed itself to a new serial before the theft was noticed.
-            c.prepare_cached(
-                "WITH RECURSIVE line(serial) AS (
+            let line = c
+                .prepare_cached(
+                    "WITH RECURSIVE line(serial) AS (
                      SELECT ?1
                      UNION SELECT c.serial FROM certificates c JOIN line l ON c.renewed_from = l.serial
                  )
                  UPDATE certificates SET revoked_ms = ?2, revoked_by = ?3
-                 WHERE serial IN (SELECT serial FROM line) AND revoked_ms IS NULL",
-            )?
-            .execute(params![serial, now_ms, by])?;
-            Ok(certificate(c, serial)?.map_or(Revocation::Missing, Revocation::Revoked))
+                 WHERE serial IN (SELECT serial FROM line) AND revoked_ms IS NULL
+                 RETURNING serial",
+                )?
+                .query_map(params![serial, now_ms, by], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(certificate(c, serial)?
+                .map_or(Revocation::Missing, |row| Revocation::Revoked(row, line)))
         }
         None if identity.is_some() => Ok(Revocation::Missing),
         None => {
@@ -192,7 +198,9 @@ pub fn revoke(
                  VALUES (?1, '', 0, 0, 'revoked', ?2, ?2, ?3)",
             )?
             .execute(params![serial, now_ms, by])?;
-            Ok(certificate(c, serial)?.map_or(Revocation::Missing, Revocation::Revoked))
+            Ok(certificate(c, serial)?.map_or(Revocation::Missing, |row| {
+                Revocation::Revoked(row, vec![serial.to_owned()])
+            }))
         }
     }
 }
@@ -290,7 +298,11 @@ mod tests {
             .exec(|c| revoke(c, "bb", Some("web-1"), "test", 5))
             .await
             .unwrap();
-        assert!(matches!(revoked, Revocation::Revoked(_)));
+        let Revocation::Revoked(_, mut line) = revoked else {
+            panic!("{revoked:?}")
+        };
+        line.sort();
+        assert_eq!(line, ["bb", "cc"]);
         let mut serials = store.revoked_serials().await.unwrap();
         serials.sort();
         assert_eq!(
