@@ -519,3 +519,39 @@ pub fn quickstart_command(dir: &Path, addrs: [SocketAddr; 4]) -> Command {
         .args(["--gateway", &gateway.to_string()]);
     c
 }
+
+/// [`wait_for`] on a child process's observable state, failing at once if the child exits
+/// first; either failure prints the child's output files (`logs`), so a CI failure says why.
+pub fn wait_while_running<T>(
+    child: &mut Child,
+    logs: &[&Path],
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let outputs = || {
+        logs.iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
+                format!("--- {}\n{text}", p.display())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "waiting for {what}: the process exited ({status})\n{}",
+                outputs()
+            );
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out waiting for {what}\n{}", outputs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

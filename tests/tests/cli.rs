@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use mcpwatch_agent::AgentConfig;
 use mcpwatch_collector::config::CollectorConfig;
-use mcpwatch_tests::process::{signal, CollectorProc};
-use mcpwatch_tests::{bin, db, free_addr, http_get, wait_for, Pki};
+use mcpwatch_tests::process::{signal, wait_while_running, CollectorProc};
+use mcpwatch_tests::{bin, db, free_addr, http_get, Pki};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -240,7 +240,8 @@ fn certs_commands_create_a_working_pki() {
     assert_eq!(mcpwatch_common::tls::identity_of_pem(&pem).unwrap(), "db-7");
 }
 
-/// Runs the quickstart in `dir` with the demo image `image`; its stdout goes to `out`.
+/// Runs the quickstart in `dir` with the demo image `image`; its stdout goes to `out`, its
+/// log to `out` with `.log` added.
 fn quickstart(
     dir: &Path,
     out: &Path,
@@ -250,9 +251,14 @@ fn quickstart(
     mcpwatch_tests::process::quickstart_command(dir, addrs)
         .args(["--demo-image", image])
         .stdout(std::fs::File::create(out).unwrap())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log_of(out)).unwrap())
         .spawn()
         .unwrap()
+}
+
+/// Where [`quickstart`] writes the log of a run whose stdout goes to `out`.
+fn log_of(out: &Path) -> std::path::PathBuf {
+    out.with_extension("log")
 }
 
 /// Without a Docker engine the quickstart says so in one line and runs everything else:
@@ -271,13 +277,17 @@ fn quickstart_without_docker_says_so_in_one_line_and_carries_on() {
             format!("unix://{}", tmp.path().join("no-docker.sock").display()),
         )
         .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log_of(&out)).unwrap())
         .spawn()
         .unwrap();
     let db_path = dir.join("collector.db");
-    wait_for("quickstart samples stored", Duration::from_secs(60), || {
-        db::try_sample_count(&db_path, "local").filter(|n| *n > 0)
-    });
+    wait_while_running(
+        &mut child,
+        &[&out, &log_of(&out)],
+        "quickstart samples stored",
+        Duration::from_secs(60),
+        || db::try_sample_count(&db_path, "local").filter(|n| *n > 0),
+    );
     let printed = std::fs::read_to_string(&out).unwrap();
     let lines: Vec<&str> = printed.lines().filter(|l| l.contains("Docker")).collect();
     assert_eq!(
@@ -291,9 +301,17 @@ fn quickstart_without_docker_says_so_in_one_line_and_carries_on() {
     assert!(child.wait().unwrap().success());
 }
 
-/// Waits until the demo server's `probe_ok` events number more than `after`.
-fn wait_demo_probed(db_path: &Path, after: usize) -> usize {
-    wait_for(
+/// Waits until the demo server's `probe_ok` events number more than `after`, while the
+/// quickstart `child` (stdout to `out`) runs.
+fn wait_demo_probed(
+    child: &mut std::process::Child,
+    out: &Path,
+    db_path: &Path,
+    after: usize,
+) -> usize {
+    wait_while_running(
+        child,
+        &[out, &log_of(out)],
         "the demo server is probed",
         Duration::from_secs(600),
         || {
@@ -324,13 +342,17 @@ fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
     let _image = RemoveImage(image.clone());
     let mut child = quickstart(&dir, &out, addrs, &image);
     let db_path = dir.join("collector.db");
-    wait_for("quickstart samples stored", Duration::from_secs(60), || {
-        db::try_sample_count(&db_path, "local").filter(|n| *n > 0)
-    });
+    wait_while_running(
+        &mut child,
+        &[&out, &log_of(&out)],
+        "quickstart samples stored",
+        Duration::from_secs(60),
+        || db::try_sample_count(&db_path, "local").filter(|n| *n > 0),
+    );
     assert_eq!(http_get(http, "/readyz").unwrap().0, 200);
     assert_eq!(http_get(agent, "/healthz").unwrap().0, 200);
     // The image is built in the background and the server added to the running agent.
-    let probed = wait_demo_probed(&db_path, 0);
+    let probed = wait_demo_probed(&mut child, &out, &db_path, 0);
     let printed = std::fs::read_to_string(&out).unwrap();
     for line in [
         format!("demo MCP server           building image {image} with scripts/demo-image.sh"),
@@ -383,7 +405,7 @@ fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
     // Again in the same directory: the image is there now, so the demo runs from the start.
     let out = tmp.path().join("stdout.2");
     let mut child = quickstart(&dir, &out, addrs, &image);
-    wait_demo_probed(&db_path, probed);
+    wait_demo_probed(&mut child, &out, &db_path, probed);
     let printed = std::fs::read_to_string(&out).unwrap();
     let ready = format!("demo MCP server           http://{gateway}/mcp/demo (image {image})");
     assert!(printed.contains(&ready), "{ready} not printed:\n{printed}");

@@ -262,17 +262,20 @@ fn console_in_chromium_quickstart_fleet_with_a_second_agent() {
     let dir = tmp.path().join("qs");
     let addrs = [(); 4].map(|_| mcpwatch_tests::free_addr());
     let out = tmp.path().join("stdout");
+    let log = tmp.path().join("stdout.log");
     let mut quickstart = mcpwatch_tests::process::quickstart_command(&dir, addrs)
         .env(
             "DOCKER_HOST",
             format!("unix://{}", tmp.path().join("no-docker.sock").display()),
         )
         .stdout(std::fs::File::create(&out).expect("stdout file"))
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("run the quickstart");
     let password_file = dir.join("admin.password");
-    let password = wait_for(
+    let password = mcpwatch_tests::process::wait_while_running(
+        &mut quickstart,
+        &[&out, &log],
         "the quickstart's admin password",
         Duration::from_secs(60),
         || {
