@@ -27,10 +27,16 @@ use crate::uplink::Uplink;
 /// Batches waiting between the sampler and the spool writer. At 1 Hz this is minutes of
 /// slack; when it is full the sampler drops (and counts) rather than blocking.
 const SPOOL_QUEUE: usize = 256;
+/// How long a starting agent waits for another process to release its spool directory: an
+/// agent being replaced (a DaemonSet rollout with surge, a restart racing the old process's
+/// drain) lets go within its grace period; a second agent configured on the same directory
+/// is refused after it.
+const SPOOL_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("spool: {0}")]
+    /// Its text starts with "spool:" already.
+    #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
@@ -74,13 +80,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         keep_acked: config.spool_keep_acked,
     };
     let spool = SpoolHandle::new(
-        tokio::task::spawn_blocking(move || Spool::open(spool_cfg))
-            .await
-            .map_err(|e| SpoolError::Io {
-                op: "open",
-                path: config.spool_dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })??,
+        crate::spool::open_when_free(spool_cfg, SPOOL_LOCK_WAIT, &shutdown).await?,
     );
     metrics.observe_spool(&spool.lock().stats());
     // Reconnects of a fleet spread over [d/2, d] and never wait longer than the cap.

@@ -353,4 +353,56 @@ mod tests {
             .unwrap();
         assert_eq!(c.url.expose(), "https://hc.example/ping/from-file");
     }
+
+    /// A notification worker that ended (a panic) withholds the heartbeat: the collector
+    /// could no longer page through that receiver.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_notification_worker_withholds_the_heartbeat() {
+        use crate::alerting::{dispatcher, Alerting, AlertingSetup, OutboxShared};
+        let dir = tempfile::tempdir().unwrap();
+        let shared = OutboxShared::new(["ops"]);
+        let (alerting, _writer) = Alerting::open(
+            StoreConfig::new(dir.path().join("c.db")),
+            AlertingSetup::disabled(),
+            shared.clone(),
+        )
+        .unwrap();
+        let raw: crate::notify::ReceiverConfigRaw = toml::from_str(
+            "type = \"webhook\"\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+             secret = { value = \"k\" }\n",
+        )
+        .unwrap();
+        let receiver =
+            crate::notify::Receiver::from_raw(raw, dir.path(), &Destinations::Any).unwrap();
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let workers = dispatcher::spawn(
+            &alerting,
+            vec![receiver],
+            shared,
+            crate::alerting::config::RetryPolicy::new(
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+            )
+            .unwrap(),
+            CollectorMetrics::new(),
+            &tracker,
+            stop.clone(),
+        );
+        let health = Health {
+            ingest_up: Arc::new(AtomicBool::new(true)),
+            store: alerting.store().clone(),
+            dispatcher: Some(workers.clone()),
+        };
+        let mut aborts = 0;
+        assert_eq!(health.check(Duration::from_secs(5), &mut aborts).await, Ok(()));
+        workers.kill_worker("ops").await;
+        assert_eq!(
+            health.check(Duration::from_secs(5), &mut aborts).await,
+            Err("dispatcher")
+        );
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
 }

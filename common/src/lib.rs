@@ -12,6 +12,7 @@ pub mod durable_file;
 pub mod exposition;
 pub mod hex;
 pub mod http_server;
+pub mod lock_file;
 pub mod logging;
 pub mod revocation;
 pub mod secret;

@@ -454,6 +454,19 @@ fn api_hosts_list_detail_labels_scoping_and_events() {
     assert_eq!(items[1]["detail"]["detail"], "container abc started");
     let r = f.admin.get("/api/v1/events?kind=started");
     assert_eq!(r.json()["items"].as_array().expect("items").len(), 2);
+    // Several kinds at once.
+    let r = f.admin.get("/api/v1/events?host=web-1&kind=created,started");
+    let kinds: Vec<String> = r.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind").to_owned())
+        .collect();
+    assert_eq!(kinds, ["started", "created"]);
+    for bad in ["started,", ",", &vec!["a"; 17].join(",")] {
+        let r = f.admin.get(&format!("/api/v1/events?kind={bad}"));
+        assert_eq!(r.status, 400, "kind={bad}: {}", r.body);
+    }
     let r = f.admin.get("/api/v1/events?server=pg");
     assert_eq!(r.json()["items"][0]["host"], "db-1");
     let since = items[0]["ts_ms"].as_i64().expect("ts");

@@ -173,3 +173,76 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Two agents on one spool, as in a rollout's overlap (on a node each pod has its own
+/// network, so only the state is shared): the second waits for the spool's lock, naming the
+/// first, while the first streams on; when the first stops, the second takes over with the
+/// next seq — nothing lost, nothing twice.
+#[test]
+fn a_second_agent_on_the_same_spool_waits_for_the_first_then_takes_over() {
+    use mcpwatch_tests::process::{signal, wait_while_running};
+    let Pair {
+        mut agent,
+        collector,
+        tmp,
+        ..
+    } = Pair::start();
+    let first_pid = agent.child.as_ref().expect("running").id();
+    let metrics = mcpwatch_tests::free_addr();
+    let gateway = mcpwatch_tests::free_addr();
+    let text = std::fs::read_to_string(&agent.config)
+        .expect("config")
+        .replace(&format!("\"{}\"", agent.metrics_addr), &format!("\"{metrics}\""))
+        .replace(&format!("\"{}\"", agent.gateway_addr), &format!("\"{gateway}\""));
+    let config = tmp.path().join("second.toml");
+    std::fs::write(&config, text).expect("write config");
+    let log = tmp.path().join("second.log");
+    let mut second = std::process::Command::new(mcpwatch_tests::bin("mcpwatch-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn the second agent");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_while_running(
+        &mut second,
+        &[&log],
+        "the second agent waiting for the spool",
+        Duration::from_secs(30),
+        || read_log().contains("spool directory in use").then_some(()),
+    );
+    assert!(
+        read_log().contains(&format!("mcpwatch-agent (pid {first_pid})")),
+        "{}",
+        read_log()
+    );
+    agent.wait_acked_more(3.0);
+    assert!(agent.stop().success());
+    let (collected_first, dropped, _) = final_counts(&agent.logs());
+    assert_eq!(dropped, 0);
+    // The second opens the spool and streams from where the first stopped.
+    wait_while_running(
+        &mut second,
+        &[&log],
+        "the second agent streaming, its spool drained",
+        Duration::from_secs(30),
+        || {
+            let (_, m) = mcpwatch_tests::http_get(metrics, "/metrics").ok()?;
+            let acked = mcpwatch_tests::metric(&m, "mcpwatch_agent_batches_acked_total")?;
+            let pending = mcpwatch_tests::metric(&m, "mcpwatch_agent_spool_pending_records")?;
+            (acked >= 5.0 && pending <= 1.0).then_some(())
+        },
+    );
+    signal(&second, "TERM");
+    assert!(second.wait().expect("wait").success());
+    let (collected_second, dropped, pending) = final_counts(&read_log());
+    assert_eq!((dropped, pending), (0, 0));
+    db::assert_no_duplicates(&db::batches(&collector.db, "web-1"));
+    assert!(db::gaps(&collector.db, "web-1").is_empty());
+    assert_eq!(
+        db::sample_count(&collector.db, "web-1"),
+        collected_first + collected_second
+    );
+}

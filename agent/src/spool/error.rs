@@ -21,6 +21,9 @@ pub enum SpoolError {
     Undecodable { seq: u64 },
     #[error("spool: sequence numbers exhausted")]
     SeqExhausted,
+    /// Another process has the spool directory (`dir/lock`).
+    #[error("spool: {} is in use by {holder}", dir.display())]
+    Locked { dir: PathBuf, holder: String },
 }
 
 pub(super) fn io_err<'a>(

@@ -13,6 +13,8 @@
 //!   Its presence means `MMMM` is never read again.
 //! - `rejected/NNNN.rec`: what exceeded the frame limit even alone (record layout), kept for
 //!   a human up to a quarter of `max_bytes`, and reported to the collector as a gap.
+//! - `lock`: an exclusive `flock` held by the process that has the spool open, naming it
+//!   (`mcpwatch-agent (pid N)`); a second process is refused (`SpoolError::Locked`).
 //!
 //! # Guarantees
 //! - A new process never appends to a segment left by an earlier one, so a torn tail is never
@@ -47,6 +49,7 @@
 
 mod batch;
 mod config;
+mod dir_lock;
 mod error;
 mod handle;
 mod overflow;
@@ -69,6 +72,7 @@ pub use config::{
     SpoolConfig, DEFAULT_KEEP_ACKED, DEFAULT_MAX_BYTES, MAX_DEFAULT_SEGMENT_BYTES,
     MIN_SEGMENT_BYTES,
 };
+pub use dir_lock::open_when_free;
 pub use error::SpoolError;
 pub use handle::SpoolHandle;
 pub use replace::{Replaced, REJECTED_DIR};

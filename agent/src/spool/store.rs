@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use mcpwatch_common::lock_file::LockFile;
 use mcpwatch_common::wire::Event;
 
 use super::batch::SpoolBatch;
@@ -69,6 +70,10 @@ impl Corruption {
 #[derive(Debug)]
 pub struct Spool {
     pub(super) dir: PathBuf,
+    /// `dir/lock`, held for the spool's life: a second process appending to the same files
+    /// would break every guarantee above (two agents on one node during a rollout, a unit
+    /// and a manual run).
+    _lock: LockFile,
     watermark: Watermark,
     pub(super) max_bytes: u64,
     pub(super) segment_bytes: u64,
@@ -99,8 +104,9 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens (creating `dir` if needed) and indexes the spool. Fails only when `dir` cannot be
-    /// created or listed; any file content is accepted and corruption is counted.
+    /// Opens (creating `dir` if needed), locks and indexes the spool. Fails only when `dir`
+    /// cannot be created, locked or listed; any file content is accepted and corruption is
+    /// counted.
     // Over 80 lines on purpose: the recovery scan (watermark, segments, corrupt files, next
     // seq) is one ordered procedure whose steps feed each other.
     pub fn open(cfg: SpoolConfig) -> Result<Spool, SpoolError> {
@@ -109,6 +115,7 @@ impl Spool {
         let dir = cfg.dir;
         let keep_acked_ms = i64::try_from(cfg.keep_acked.as_millis()).unwrap_or(i64::MAX);
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let lock = super::dir_lock::lock(&dir)?;
         let corruption = Corruption::default();
         let (last_acked, damage) = watermark::read(&dir);
         let watermark = Watermark::new(&dir);
@@ -188,6 +195,7 @@ impl Spool {
 
         let spool = Spool {
             dir,
+            _lock: lock,
             watermark,
             max_bytes,
             segment_bytes,

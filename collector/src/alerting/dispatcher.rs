@@ -123,6 +123,23 @@ impl Dispatcher {
         self.workers().values().all(|r| !r.task.is_finished())
     }
 
+    /// Ends receiver `name`'s worker as a panic would (it stays listed): for tests of what
+    /// watches [`Dispatcher::healthy`].
+    #[cfg(test)]
+    pub(crate) async fn kill_worker(&self, name: &str) {
+        let task = {
+            let workers = self.workers();
+            let Some(running) = workers.get(name) else {
+                return;
+            };
+            running.task.abort();
+            running.task.abort_handle()
+        };
+        while !task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Records the API receivers that could not be loaded at startup (counted until they
     /// are changed or deleted).
     pub fn set_skipped(&self, names: impl IntoIterator<Item = String>) {

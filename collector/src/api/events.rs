@@ -59,7 +59,7 @@ pub struct EventsQuery {
     pub host: Option<String>,
     /// Only this MCP server.
     pub server: Option<String>,
-    /// Only this kind.
+    /// Only these kinds, comma-separated (`started,exited`; at most 16).
     pub kind: Option<String>,
     /// Only events at or after this time (ms since the epoch).
     pub since_ms: Option<i64>,
@@ -67,6 +67,20 @@ pub struct EventsQuery {
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<i64>,
+}
+
+/// Most kinds one request may name.
+const MAX_KINDS: usize = 16;
+
+/// The kinds of a `kind` parameter: comma-separated names, none empty.
+fn kinds(list: &str) -> Result<Vec<String>, ApiError> {
+    let kinds: Vec<String> = list.split(',').map(str::to_owned).collect();
+    if kinds.len() > MAX_KINDS || kinds.iter().any(|k| k.is_empty() || k.len() > 64) {
+        return Err(ApiError::bad(format!(
+            "kind: at most {MAX_KINDS} comma-separated event kinds, none empty"
+        )));
+    }
+    Ok(kinds)
 }
 
 /// Events (gaps, spool corruption, server state changes and probe results) of the hosts the
@@ -98,7 +112,7 @@ async fn list_events(
     let filter = EventFilter {
         hosts,
         server: query.server,
-        kind: query.kind,
+        kinds: query.kind.as_deref().map(kinds).transpose()?,
         since_ms: query.since_ms,
         before_id: query.cursor,
     };

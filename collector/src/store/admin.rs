@@ -45,11 +45,12 @@ pub fn open(db: &Path) -> Result<AdminDb, StoreError> {
     if created {
         // A first command run as root (quickstart under sudo) leaves the files to the
         // directory's owner, the collector's user.
+        // By path: a descriptor of ours, closed, would release SQLite's locks on the file.
         for suffix in ["", "-wal", "-shm"] {
             let path = super::lock::beside(db, suffix);
-            if let Ok(file) = std::fs::File::open(&path) {
-                super::lock::adopt_owner(&file, &directory)
-                    .map_err(|source| StoreError::Io { path, source })?;
+            match super::lock::adopt_owner_of_path(&path, &directory) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                result => result.map_err(|source| StoreError::Io { path, source })?,
             }
         }
     }
@@ -113,4 +114,36 @@ pub fn insert_token_hash(db: &Path, name: &str, hash: &str) -> Result<i64, Store
             mcpwatch_common::time::now_ms(),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    /// Whether this process holds a POSIX lock on the file with inode `ino` (`/proc/locks`:
+    /// `N: POSIX ADVISORY READ PID MAJ:MIN:INODE START END`).
+    fn holds_lock_on(ino: u64) -> bool {
+        let me = std::process::id().to_string();
+        let inode = format!(":{ino}");
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.windows(2).any(|w| w[0] == me && w[1].ends_with(&inode))
+            })
+    }
+
+    /// Creating a database must leave SQLite's locks in place: with them dropped, another
+    /// process opening the database truncates the `-shm` this one has mapped (the quickstart
+    /// died of SIGBUS that way while a test read its database).
+    #[test]
+    fn creating_a_database_keeps_sqlites_locks_on_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        let conn = super::open(&db).unwrap();
+        let shm = std::fs::metadata(super::super::lock::beside(&db, "-shm")).unwrap();
+        assert!(holds_lock_on(shm.ino()), "the -shm's lock was dropped");
+        drop(conn);
+    }
 }

@@ -7,22 +7,21 @@
 //!   which may run beside a collector, and exclusive for `restore`, so no command writes
 //!   into the file being moved aside or creates a fresh one (with a WAL) under the restore.
 //!
-//! The kernel drops a lock when its process dies, so a crash never leaves one stale; the
-//! file's content (who holds it) is only for the error message. Lock files are opened
-//! without following symlinks, 0600, and re-checked after locking: a file unlinked and
-//! recreated by someone else in between would be a second, separate lock.
+//! Both are [`LockFile`]s: released by the kernel when the process dies, opened without
+//! following symlinks, 0600, naming their holder.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use mcpwatch_common::lock_file::{LockError, LockFile, LockMode};
 
 use super::StoreError;
 
 /// Held until dropped.
 #[derive(Debug)]
 pub struct DbLock {
-    _file: File,
+    _file: LockFile,
 }
 
 /// Where the lock of database `db` lives.
@@ -41,22 +40,12 @@ pub(super) fn beside(db: &Path, suffix: &str) -> PathBuf {
     db.with_file_name(name)
 }
 
-/// Whether a lock is taken alone or beside others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Exclusive,
-    Shared,
-}
-
 impl DbLock {
     /// Takes the lock of `db` for `holder` (e.g. "collector"), or says who has it.
     pub fn acquire(db: &Path, holder: &str) -> Result<DbLock, StoreError> {
-        let lock = take(db, &lock_path(db), Mode::Exclusive)?;
+        let lock = take(db, &lock_path(db), LockMode::Exclusive)?;
         let mut file = lock._file;
-        let who = format!("{holder} (pid {})\n", std::process::id());
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(who.as_bytes()))
+        file.write_holder(&format!("{holder} (pid {})\n", std::process::id()))
             .map_err(|source| StoreError::Io {
                 path: lock_path(db),
                 source,
@@ -66,17 +55,17 @@ impl DbLock {
 
     /// Takes the administrative lock of `db` exclusively (restore), or says it is in use.
     pub fn acquire_admin_exclusive(db: &Path) -> Result<DbLock, StoreError> {
-        take(db, &admin_lock_path(db), Mode::Exclusive)
+        take(db, &admin_lock_path(db), LockMode::Exclusive)
     }
 
     /// Takes the administrative lock of `db` shared (one administrative command), or says
     /// a restore holds it.
     pub fn acquire_admin_shared(db: &Path) -> Result<DbLock, StoreError> {
-        take(db, &admin_lock_path(db), Mode::Shared)
+        take(db, &admin_lock_path(db), LockMode::Shared)
     }
 }
 
-fn take(db: &Path, path: &Path, mode: Mode) -> Result<DbLock, StoreError> {
+fn take(db: &Path, path: &Path, mode: LockMode) -> Result<DbLock, StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_owned(),
         source,
@@ -84,57 +73,26 @@ fn take(db: &Path, path: &Path, mode: Mode) -> Result<DbLock, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    // Twice at most: once more only if the file was replaced between open and lock.
-    for _ in 0..2 {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
-            .map_err(io)?;
-        adopt_owner(&file, &owner_reference(db)).map_err(io)?;
-        let locked = match mode {
-            Mode::Exclusive => file.try_lock(),
-            Mode::Shared => file.try_lock_shared(),
-        };
-        match locked {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut who = String::new();
-                let _ = file.read_to_string(&mut who);
-                let who = who.trim();
-                return Err(StoreError::Locked {
-                    db: db.to_owned(),
-                    holder: if path == admin_lock_path(db) {
-                        match mode {
-                            Mode::Exclusive => "an administrative command".to_owned(),
-                            Mode::Shared => "a restore".to_owned(),
-                        }
-                    } else if who.is_empty() {
-                        "another process".to_owned()
-                    } else {
-                        who.chars().take(100).collect()
-                    },
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-        }
-        let held = file.metadata().map_err(io)?;
-        match std::fs::symlink_metadata(path) {
-            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
-                return Ok(DbLock { _file: file })
-            }
-            // Replaced or removed under us: this lock guards nothing; take the new file's.
-            _ => continue,
-        }
+    let reference = owner_reference(db);
+    match LockFile::try_acquire(path, mode, |file| adopt_owner(file, &reference)) {
+        Ok(file) => Ok(DbLock { _file: file }),
+        Err(LockError::Held { holder }) => Err(StoreError::Locked {
+            db: db.to_owned(),
+            holder: if path == admin_lock_path(db) {
+                match mode {
+                    LockMode::Exclusive => "an administrative command".to_owned(),
+                    LockMode::Shared => "a restore".to_owned(),
+                }
+            } else {
+                holder
+            },
+        }),
+        Err(LockError::Replaced) => Err(StoreError::Locked {
+            db: db.to_owned(),
+            holder: format!("a process replacing {}", path.display()),
+        }),
+        Err(LockError::Io(e)) => Err(io(e)),
     }
-    Err(StoreError::Locked {
-        db: db.to_owned(),
-        holder: format!("a process replacing {}", path.display()),
-    })
 }
 
 /// What a file created beside database `db` takes its owner from: the database, or its
@@ -159,6 +117,20 @@ pub(super) fn adopt_owner(file: &File, reference: &Path) -> std::io::Result<()> 
         return Ok(());
     }
     std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))
+}
+
+/// [`adopt_owner`] by path, for a file SQLite has open in this process: never through a
+/// descriptor of our own, because closing any descriptor of a file drops every POSIX lock
+/// the process holds on it — SQLite's too. Another process would then take the database
+/// for unused: a reader truncating the `-shm` under this process's mapping (SIGBUS), a
+/// writer committing beside ours. A symlink is changed itself, never followed.
+pub(super) fn adopt_owner_of_path(path: &Path, reference: &Path) -> std::io::Result<()> {
+    let owner = std::fs::metadata(reference)?;
+    let mine = std::fs::symlink_metadata(path)?;
+    if (mine.uid(), mine.gid()) == (owner.uid(), owner.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, Some(owner.uid()), Some(owner.gid()))
 }
 
 #[cfg(test)]

@@ -96,23 +96,20 @@ export function Server(props: { host: string; name: string }) {
   });
   const tools = useLive([], () => get<ToolsView>(`${path}/tools?range=${toolRange}`), [path, toolRange]);
   const mine = (e: any) => ofHost(e, props.host) && (!e?.server || e.server === props.name);
-  const eventsOf = (kind: string | null, limit: number) => {
+  const eventsOf = (kinds: string[] | null, limit: number) => {
     const q = new URLSearchParams({ host: props.host, server: props.name, limit: String(limit) });
-    if (kind) q.set("kind", kind);
+    if (kinds) q.set("kind", kinds.join(","));
     return get<Page<Event>>(`/events?${q}`).then((p) => p.items);
   };
   // The newest drift, read by kind: a probe result every 15 s would soon push it out of
   // any list of the latest events.
-  const driftEvents = useLive(["event"], () => eventsOf("tool_drift", 1), [path], {
+  const driftEvents = useLive(["event"], () => eventsOf(["tool_drift"], 1), [path], {
     accept: (t, e) => mine(e) && (t !== "event" || !e?.kind || DRIFT_KINDS.includes(e.kind)),
   });
-  // Restarts and exits, each kind read by itself for the same reason.
-  const history = useLive(
-    ["event"],
-    async () => newest((await Promise.all(HISTORY_KINDS.map((k) => eventsOf(k, HISTORY)))).flat(), HISTORY),
-    [path],
-    { accept: (t, e) => mine(e) && (t !== "event" || !e?.kind || HISTORY_KINDS.includes(e.kind)) },
-  );
+  // Restarts and exits, read by kind for the same reason.
+  const history = useLive(["event"], () => eventsOf(HISTORY_KINDS, HISTORY), [path], {
+    accept: (t, e) => mine(e) && (t !== "event" || !e?.kind || HISTORY_KINDS.includes(e.kind)),
+  });
   const events = useLive(["event"], () => eventsOf(null, 100), [path], {
     accept: (_t, e) => mine(e) && !(hideProbes && e?.kind === PROBE_OK),
   });

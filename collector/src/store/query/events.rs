@@ -35,7 +35,8 @@ pub struct EventFilter {
     /// Hosts to include (`None`: all).
     pub hosts: Option<Vec<i64>>,
     pub server: Option<String>,
-    pub kind: Option<String>,
+    /// Events of one of these kinds only (`None`: any kind).
+    pub kinds: Option<Vec<String>>,
     /// Events at or after this time only.
     pub since_ms: Option<i64>,
     /// Ids below this only (the cursor: pages go from the newest to the oldest).
@@ -51,17 +52,23 @@ pub(super) fn events_page(
     if f.hosts.as_deref().is_some_and(<[i64]>::is_empty) {
         return Ok(Vec::new());
     }
+    // One JSON array parameter, so the statement's text does not vary with the kinds.
+    let kinds = f
+        .kinds
+        .as_ref()
+        .map(|k| serde_json::Value::from(k.clone()).to_string());
     let sql = format!(
         "SELECT e.id, h.agent_id, e.ts_ms, e.kind, e.server, e.detail FROM events e
          JOIN hosts h ON h.id = e.host_id
-         WHERE {} AND (?1 IS NULL OR e.server = ?1) AND (?2 IS NULL OR e.kind = ?2)
+         WHERE {} AND (?1 IS NULL OR e.server = ?1)
+           AND (?2 IS NULL OR e.kind IN (SELECT value FROM json_each(?2)))
            AND (?3 IS NULL OR e.ts_ms >= ?3) AND (?4 IS NULL OR e.id < ?4)
          ORDER BY e.id DESC LIMIT ?5",
         host_condition("e.host_id", f.hosts.as_deref())
     );
     Ok(c.prepare(&sql)?
         .query_map(
-            params![f.server, f.kind, f.since_ms, f.before_id, sql_limit(limit)],
+            params![f.server, kinds, f.since_ms, f.before_id, sql_limit(limit)],
             event_from_row,
         )?
         .collect::<Result<_, _>>()?)
