@@ -20,7 +20,7 @@ use crate::mcp_servers::{self, AgentCommand, McpServersContext};
 use crate::metrics::AgentMetrics;
 use crate::sampler::certificates::{CertificateSampler, PeerCertificate};
 use crate::sampler::Sampler;
-use crate::spool::{Spool, SpoolBatch, SpoolConfig, SpoolError, SpoolHandle};
+use crate::spool::{SpoolBatch, SpoolConfig, SpoolError, SpoolHandle};
 use crate::supervisor::McpServerSpec;
 use crate::uplink::Uplink;
 

@@ -395,7 +395,10 @@ mod tests {
             dispatcher: Some(workers.clone()),
         };
         let mut aborts = 0;
-        assert_eq!(health.check(Duration::from_secs(5), &mut aborts).await, Ok(()));
+        assert_eq!(
+            health.check(Duration::from_secs(5), &mut aborts).await,
+            Ok(())
+        );
         workers.kill_worker("ops").await;
         assert_eq!(
             health.check(Duration::from_secs(5), &mut aborts).await,

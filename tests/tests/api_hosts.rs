@@ -455,7 +455,9 @@ fn api_hosts_list_detail_labels_scoping_and_events() {
     let r = f.admin.get("/api/v1/events?kind=started");
     assert_eq!(r.json()["items"].as_array().expect("items").len(), 2);
     // Several kinds at once.
-    let r = f.admin.get("/api/v1/events?host=web-1&kind=created,started");
+    let r = f
+        .admin
+        .get("/api/v1/events?host=web-1&kind=created,started");
     let kinds: Vec<String> = r.json()["items"]
         .as_array()
         .expect("items")

@@ -192,8 +192,14 @@ fn a_second_agent_on_the_same_spool_waits_for_the_first_then_takes_over() {
     let gateway = mcpwatch_tests::free_addr();
     let text = std::fs::read_to_string(&agent.config)
         .expect("config")
-        .replace(&format!("\"{}\"", agent.metrics_addr), &format!("\"{metrics}\""))
-        .replace(&format!("\"{}\"", agent.gateway_addr), &format!("\"{gateway}\""));
+        .replace(
+            &format!("\"{}\"", agent.metrics_addr),
+            &format!("\"{metrics}\""),
+        )
+        .replace(
+            &format!("\"{}\"", agent.gateway_addr),
+            &format!("\"{gateway}\""),
+        );
     let config = tmp.path().join("second.toml");
     std::fs::write(&config, text).expect("write config");
     let log = tmp.path().join("second.log");
