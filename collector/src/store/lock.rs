@@ -130,6 +130,13 @@ pub(super) fn adopt_owner_of_path(path: &Path, reference: &Path) -> std::io::Res
     if (mine.uid(), mine.gid()) == (owner.uid(), owner.gid()) {
         return Ok(());
     }
+    // A hard link planted in the directory could name any file of the machine: root would
+    // hand it to the directory's owner.
+    if mine.nlink() > 1 {
+        return Err(std::io::Error::other(
+            "refusing to change the owner of a file with several hard links",
+        ));
+    }
     std::os::unix::fs::lchown(path, Some(owner.uid()), Some(owner.gid()))
 }
 
@@ -178,6 +185,41 @@ mod tests {
         // The collector's lock is another file: a command runs beside a collector.
         let _collector = DbLock::acquire(&db, "collector").unwrap();
         let _command = DbLock::acquire_admin_shared(&db).unwrap();
+    }
+
+    #[test]
+    fn adopting_an_owner_by_path_changes_links_not_targets_and_refuses_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let reference = dir.path().join("data");
+        std::fs::create_dir(&reference).unwrap();
+        let changed = std::os::unix::fs::chown(&reference, Some(65534), Some(65534));
+        // What this process creates is its own: root's, or a user's.
+        if std::fs::metadata(dir.path()).unwrap().uid() != 0 {
+            // Only root changes owners; anyone else is refused by the kernel.
+            assert!(changed.is_err());
+            return;
+        }
+        changed.unwrap();
+        let file = reference.join("c.db-shm");
+        std::fs::write(&file, b"").unwrap();
+        adopt_owner_of_path(&file, &reference).unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        // A symlink is changed itself; its target keeps its owner.
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"").unwrap();
+        let link = reference.join("c.db-wal");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        adopt_owner_of_path(&link, &reference).unwrap();
+        assert_eq!(std::fs::metadata(&target).unwrap().uid(), 0);
+        assert_eq!(std::fs::symlink_metadata(&link).unwrap().uid(), 65534);
+        // A hard link to a file elsewhere is refused, and the file keeps its owner.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"").unwrap();
+        let hard = reference.join("c.db");
+        std::fs::hard_link(&victim, &hard).unwrap();
+        assert!(adopt_owner_of_path(&hard, &reference).is_err());
+        assert_eq!(std::fs::metadata(&victim).unwrap().uid(), 0);
     }
 
     #[test]
