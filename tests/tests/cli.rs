@@ -256,6 +256,18 @@ fn quickstart(
         .unwrap()
 }
 
+/// Waits until the quickstart `child` (stdout to `out`) has stored samples of its host in
+/// `db_path`.
+fn wait_samples_stored(child: &mut std::process::Child, out: &Path, db_path: &Path) {
+    wait_while_running(
+        child,
+        &[out, &log_of(out)],
+        "quickstart samples stored",
+        Duration::from_secs(60),
+        || db::try_sample_count(db_path, "local").filter(|n| *n > 0),
+    );
+}
+
 /// Where [`quickstart`] writes the log of a run whose stdout goes to `out`.
 fn log_of(out: &Path) -> std::path::PathBuf {
     out.with_extension("log")
@@ -281,13 +293,7 @@ fn quickstart_without_docker_says_so_in_one_line_and_carries_on() {
         .spawn()
         .unwrap();
     let db_path = dir.join("collector.db");
-    wait_while_running(
-        &mut child,
-        &[&out, &log_of(&out)],
-        "quickstart samples stored",
-        Duration::from_secs(60),
-        || db::try_sample_count(&db_path, "local").filter(|n| *n > 0),
-    );
+    wait_samples_stored(&mut child, &out, &db_path);
     let printed = std::fs::read_to_string(&out).unwrap();
     let lines: Vec<&str> = printed.lines().filter(|l| l.contains("Docker")).collect();
     assert_eq!(
@@ -342,13 +348,7 @@ fn quickstart_runs_collector_and_agent_and_stops_on_ctrl_c() {
     let _image = RemoveImage(image.clone());
     let mut child = quickstart(&dir, &out, addrs, &image);
     let db_path = dir.join("collector.db");
-    wait_while_running(
-        &mut child,
-        &[&out, &log_of(&out)],
-        "quickstart samples stored",
-        Duration::from_secs(60),
-        || db::try_sample_count(&db_path, "local").filter(|n| *n > 0),
-    );
+    wait_samples_stored(&mut child, &out, &db_path);
     assert_eq!(http_get(http, "/readyz").unwrap().0, 200);
     assert_eq!(http_get(agent, "/healthz").unwrap().0, 200);
     // The image is built in the background and the server added to the running agent.
