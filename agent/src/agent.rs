@@ -20,18 +20,13 @@ use crate::mcp_servers::{self, AgentCommand, McpServersContext};
 use crate::metrics::AgentMetrics;
 use crate::sampler::certificates::{CertificateSampler, PeerCertificate};
 use crate::sampler::Sampler;
-use crate::spool::{SpoolBatch, SpoolConfig, SpoolError, SpoolHandle};
+use crate::spool::{Spool, SpoolBatch, SpoolConfig, SpoolError, SpoolHandle, SpoolLock};
 use crate::supervisor::McpServerSpec;
 use crate::uplink::Uplink;
 
 /// Batches waiting between the sampler and the spool writer. At 1 Hz this is minutes of
 /// slack; when it is full the sampler drops (and counts) rather than blocking.
 const SPOOL_QUEUE: usize = 256;
-/// How long a starting agent waits for another process to release its spool directory: an
-/// agent being replaced (a DaemonSet rollout with surge, a restart racing the old process's
-/// drain) lets go within its grace period; a second agent configured on the same directory
-/// is refused after it.
-const SPOOL_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -59,9 +54,15 @@ fn read_trimmed(path: &str) -> String {
 
 /// Runs the agent until `shutdown` is cancelled, then flushes the spool and gives the uplink
 /// up to `shutdown_grace` to hand over what is still un-acked (the spool keeps the rest).
+/// `spool_lock` is the lock of `config.spool_dir` if the caller took it already (the `run`
+/// command does, before anything else); `None` takes it here, failing at once if it is held.
 // Over 80 lines on purpose: the whole start-up and shutdown order in one place, read top to
 // bottom; split up, the order of the drain would be spread over several functions.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(
+    config: AgentConfig,
+    spool_lock: Option<SpoolLock>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     let metrics = Arc::new(AgentMetrics::new());
     let health = Arc::new(Health::default());
     let tls = Arc::new(Reloadable::new(tls::client_config(&config.tls)?));
@@ -80,7 +81,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         keep_acked: config.spool_keep_acked,
     };
     let spool = SpoolHandle::new(
-        crate::spool::open_when_free(spool_cfg, SPOOL_LOCK_WAIT, &shutdown).await?,
+        tokio::task::spawn_blocking(move || {
+            let lock = match spool_lock {
+                Some(lock) => lock,
+                None => crate::spool::lock(&spool_cfg.dir)?,
+            };
+            Spool::open_locked(spool_cfg, lock)
+        })
+        .await
+        .map_err(|e| SpoolError::Io {
+            op: "open",
+            path: config.spool_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??,
     );
     metrics.observe_spool(&spool.lock().stats());
     // Reconnects of a fleet spread over [d/2, d] and never wait longer than the cap.

@@ -131,6 +131,18 @@ pub struct AgentConfig {
     pub servers: Vec<McpServerSpec>,
 }
 
+impl RawAgentConfig {
+    /// `[spool] dir`, resolved against the config file `path`'s directory (default
+    /// /var/lib/mcpwatch/spool): what the `run` command locks before the config is validated.
+    pub fn spool_dir(&self, path: &Path) -> PathBuf {
+        let dir = self.spool.dir.clone();
+        cfg::resolve_path(
+            path,
+            dir.unwrap_or_else(|| PathBuf::from("/var/lib/mcpwatch/spool")),
+        )
+    }
+}
+
 impl AgentConfig {
     /// Loads and validates `path`, including that the TLS files are readable and agree.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
@@ -141,6 +153,7 @@ impl AgentConfig {
     // Over 80 lines on purpose: one check per key, in file order, each a few lines.
     pub fn validate(path: &Path, raw: RawAgentConfig) -> Result<AgentConfig, ConfigError> {
         let bad = |key: &str, msg: String| ConfigError::invalid(path, key, msg);
+        let spool_dir = raw.spool_dir(path);
         let resolve = |p: PathBuf| cfg::resolve_path(path, p);
         let tls = raw.tls.resolve(path);
         if !tls.crl.is_empty() {
@@ -221,11 +234,7 @@ impl AgentConfig {
             tls,
             interval,
             host_root,
-            spool_dir: resolve(
-                raw.spool
-                    .dir
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/mcpwatch/spool")),
-            ),
+            spool_dir,
             spool_max_bytes,
             spool_fsync: raw.spool.fsync.unwrap_or(true),
             spool_keep_acked: raw

@@ -131,11 +131,29 @@ fn main() -> ExitCode {
         }
         Command::PrepareDir { path, owner, mode } => return prepare_dir(&path, &owner, &mode),
     };
+    let mut spool_lock = None;
     if run {
-        // A renewal a crash interrupted is finished before the files are read.
         if let Ok(raw) =
             mcpwatch_common::config::load::<mcpwatch_agent::config::RawAgentConfig>(&path)
         {
+            // Before any state is touched: another agent on this state (the one a rollout
+            // replaces) may still be running. Until the runtime starts, SIGTERM ends the wait.
+            let dir = raw.spool_dir(&path);
+            let wait = mcpwatch_agent::spool::LOCK_WAIT;
+            match mcpwatch_agent::spool::lock_waiting(&dir, wait, |holder| {
+                eprintln!(
+                    "mcpwatch-agent: spool directory {} is in use by {holder}; waiting up to {}s",
+                    dir.display(),
+                    wait.as_secs()
+                )
+            }) {
+                Ok(lock) => spool_lock = Some(lock),
+                Err(err) => {
+                    eprintln!("mcpwatch-agent: {err}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            // A renewal a crash interrupted is finished before the files are read.
             mcpwatch_agent::renewal::recover(&raw.tls.resolve(&path));
         }
     }
@@ -155,6 +173,6 @@ fn main() -> ExitCode {
     // core at thousands of calls per second (BENCHMARKS.md); a work-stealing pool only added
     // cross-thread wake-ups to every cycle. Disk flushes run on the spool writer's thread.
     shutdown::run_until_signal("mcpwatch-agent", RuntimeThreads::Current, |token| {
-        mcpwatch_agent::run(config, token)
+        mcpwatch_agent::run(config, spool_lock, token)
     })
 }

@@ -204,7 +204,7 @@ pub async fn run(
     // Let the collector bind first so the agent's first connect succeeds; a failure here
     // surfaces below, and the agent would retry with backoff anyway.
     tokio::task::yield_now().await;
-    let agent_result = mcpwatch_agent::run(agent, shutdown.clone()).await;
+    let agent_result = mcpwatch_agent::run(agent, None, shutdown.clone()).await;
     shutdown.cancel();
     let collector_result = collector_task.await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "collector task failed");

@@ -465,7 +465,13 @@ fn api_hosts_list_detail_labels_scoping_and_events() {
         .map(|e| e["kind"].as_str().expect("kind").to_owned())
         .collect();
     assert_eq!(kinds, ["started", "created"]);
-    for bad in ["started,", ",", &vec!["a"; 17].join(",")] {
+    for bad in [
+        "started,",
+        ",",
+        "started,%20exited",
+        "",
+        &vec!["a"; 17].join(","),
+    ] {
         let r = f.admin.get(&format!("/api/v1/events?kind={bad}"));
         assert_eq!(r.status, 400, "kind={bad}: {}", r.body);
     }

@@ -188,62 +188,71 @@ fn a_second_agent_on_the_same_spool_waits_for_the_first_then_takes_over() {
         ..
     } = Pair::start();
     let first_pid = agent.child.as_ref().expect("running").id();
-    let metrics = mcpwatch_tests::free_addr();
-    let gateway = mcpwatch_tests::free_addr();
-    let text = std::fs::read_to_string(&agent.config)
-        .expect("config")
-        .replace(
-            &format!("\"{}\"", agent.metrics_addr),
-            &format!("\"{metrics}\""),
-        )
-        .replace(
-            &format!("\"{}\"", agent.gateway_addr),
-            &format!("\"{gateway}\""),
-        );
-    let config = tmp.path().join("second.toml");
-    std::fs::write(&config, text).expect("write config");
-    let log = tmp.path().join("second.log");
-    let mut second = std::process::Command::new(mcpwatch_tests::bin("mcpwatch-agent"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn the second agent");
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let (first_config, first_metrics, first_gateway) =
+        (agent.config.clone(), agent.metrics_addr, agent.gateway_addr);
+    // The first agent's config on ports of its own; its log and metrics address.
+    let spawn_second = |n: u32| {
+        let metrics = mcpwatch_tests::free_addr();
+        let text = std::fs::read_to_string(&first_config)
+            .expect("config")
+            .replace(&format!("\"{first_metrics}\""), &format!("\"{metrics}\""))
+            .replace(
+                &format!("\"{first_gateway}\""),
+                &format!("\"{}\"", mcpwatch_tests::free_addr()),
+            );
+        let config = tmp.path().join(format!("second-{n}.toml"));
+        std::fs::write(&config, text).expect("write config");
+        let log = tmp.path().join(format!("second-{n}.log"));
+        let child = std::process::Command::new(mcpwatch_tests::bin("mcpwatch-agent"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn the second agent");
+        (KilledOnDrop(child), log, metrics)
+    };
+    let (mut second, mut log, mut metrics) = spawn_second(1);
+    let read = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default();
     wait_while_running(
-        &mut second,
+        &mut second.0,
         &[&log],
         "the second agent waiting for the spool",
-        Duration::from_secs(30),
-        || read_log().contains("spool directory in use").then_some(()),
+        Duration::from_secs(20),
+        || read(&log).contains("; waiting up to 30s").then_some(()),
     );
-    assert!(
-        read_log().contains(&format!("mcpwatch-agent (pid {first_pid})")),
-        "{}",
-        read_log()
-    );
+    let holder = format!("is in use by mcpwatch-agent (pid {first_pid} on ");
+    assert!(read(&log).contains(&holder), "{}", read(&log));
     agent.wait_acked_more(3.0);
     assert!(agent.stop().success());
     let (collected_first, dropped, _) = final_counts(&agent.logs());
     assert_eq!(dropped, 0);
-    // The second opens the spool and streams from where the first stopped.
-    wait_while_running(
-        &mut second,
-        &[&log],
-        "the second agent streaming, its spool drained",
-        Duration::from_secs(30),
-        || {
+    // The second opens the spool and streams from where the first stopped. Its ports are
+    // bound only now: one taken meanwhile by another test is tried again on others.
+    for attempt in 2..=4 {
+        let streaming = wait_for("the second agent drained", LONG, || {
+            if let Ok(Some(_)) = second.0.try_wait() {
+                return Some(false);
+            }
             let (_, m) = mcpwatch_tests::http_get(metrics, "/metrics").ok()?;
             let acked = mcpwatch_tests::metric(&m, "mcpwatch_agent_batches_acked_total")?;
             let pending = mcpwatch_tests::metric(&m, "mcpwatch_agent_spool_pending_records")?;
-            (acked >= 5.0 && pending <= 1.0).then_some(())
-        },
-    );
-    signal(&second, "TERM");
-    assert!(second.wait().expect("wait").success());
-    let (collected_second, dropped, pending) = final_counts(&read_log());
+            (acked >= 5.0 && pending <= 1.0).then_some(true)
+        });
+        if streaming {
+            break;
+        }
+        let text = read(&log);
+        assert!(
+            attempt < 4 && text.contains("Address already in use"),
+            "{text}"
+        );
+        (second, log, metrics) = spawn_second(attempt);
+    }
+    signal(&second.0, "TERM");
+    assert!(second.0.wait().expect("wait").success());
+    let (collected_second, dropped, pending) = final_counts(&read(&log));
     assert_eq!((dropped, pending), (0, 0));
     db::assert_no_duplicates(&db::batches(&collector.db, "web-1"));
     assert!(db::gaps(&collector.db, "web-1").is_empty());
@@ -251,4 +260,16 @@ fn a_second_agent_on_the_same_spool_waits_for_the_first_then_takes_over() {
         db::sample_count(&collector.db, "web-1"),
         collected_first + collected_second
     );
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A child process killed when the test ends, however it ends.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -1,11 +1,11 @@
-//! The spool directory's lock (`dir/lock`): one process at a time has a spool open, and a
-//! starting agent waits a while for the one it replaces.
+//! The spool directory's lock (`dir/lock`): one process at a time has a spool open. The
+//! agent's `run` command takes it before it touches any state (before even finishing an
+//! interrupted certificate renewal), waiting a while for the agent it replaces.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use mcpwatch_common::lock_file::{LockError, LockFile, LockMode};
-use tokio_util::sync::CancellationToken;
 
 use super::config::SpoolConfig;
 use super::error::{io_err, SpoolError};
@@ -13,61 +13,78 @@ use super::store::Spool;
 
 /// The lock file's name in the spool directory.
 const LOCK_FILE: &str = "lock";
-/// How often a waiting open tries again.
+/// How often a waiting start tries again.
 const RETRY: Duration = Duration::from_millis(250);
+/// How long a starting agent waits for another process to let go of its spool: an agent
+/// being replaced (a DaemonSet rollout with surge, the docker-socket overlay's relabel swap)
+/// lets go within its grace period; a second agent configured on the same directory is
+/// refused after it.
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 
-/// Takes the lock of spool directory `dir` and writes this process into it, or says who has
-/// it.
-pub(super) fn lock(dir: &Path) -> Result<LockFile, SpoolError> {
+/// The held lock of one spool directory; [`Spool::open_locked`] takes it over.
+#[derive(Debug)]
+pub struct SpoolLock {
+    pub(super) dir: PathBuf,
+    _file: LockFile,
+}
+
+/// Takes the lock of spool directory `dir` (creating the directory), writing this process
+/// into it, or says who has it.
+pub fn lock(dir: &Path) -> Result<SpoolLock, SpoolError> {
+    std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
     let path = dir.join(LOCK_FILE);
     let refused = |holder: String| SpoolError::Locked {
         dir: dir.to_path_buf(),
         holder,
     };
-    let mut lock = match LockFile::try_acquire(&path, LockMode::Exclusive, |_| Ok(())) {
-        Ok(lock) => lock,
+    let mut file = match LockFile::acquire(&path, LockMode::Exclusive, |_| Ok(())) {
+        Ok(file) => file,
         Err(LockError::Held { holder }) => return Err(refused(holder)),
         Err(LockError::Replaced) => return Err(refused("a process replacing its lock".into())),
+        Err(e @ LockError::NotAPlainFile) => {
+            return Err(io_err("lock", &path)(std::io::Error::other(e.to_string())))
+        }
         Err(LockError::Io(e)) => return Err(io_err("lock", &path)(e)),
     };
-    lock.write_holder(&format!("mcpwatch-agent (pid {})\n", std::process::id()))
+    file.write_holder("mcpwatch-agent")
         .map_err(io_err("lock", &path))?;
-    Ok(lock)
+    Ok(SpoolLock {
+        dir: dir.to_path_buf(),
+        _file: file,
+    })
 }
 
-/// [`Spool::open`] on a blocking thread, waiting up to `wait` while another process has the
-/// directory (the agent a rollout replaces finishes its drain within its grace period), or
-/// until `shutdown`. Logs once when it starts waiting.
-pub async fn open_when_free(
-    cfg: SpoolConfig,
+/// [`lock`], waiting up to `wait` while another process has it; `on_wait(holder)` runs
+/// once, when the wait begins (to say so: the caller may not have logging yet).
+pub fn lock_waiting(
+    dir: &Path,
     wait: Duration,
-    shutdown: &CancellationToken,
-) -> Result<Spool, SpoolError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut waiting = false;
+    on_wait: impl FnOnce(&str),
+) -> Result<SpoolLock, SpoolError> {
+    let deadline = Instant::now() + wait;
+    let mut on_wait = Some(on_wait);
     loop {
-        let attempt = cfg.clone();
-        let opened = tokio::task::spawn_blocking(move || Spool::open(attempt))
-            .await
-            .map_err(|e| SpoolError::Io {
-                op: "open",
-                path: cfg.dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        match opened {
-            Err(SpoolError::Locked { dir, holder }) if tokio::time::Instant::now() < deadline => {
-                if !waiting {
-                    tracing::warn!(dir = %dir.display(), holder = %holder, wait = ?wait,
-                        "spool directory in use; waiting for it");
-                    waiting = true;
+        match lock(dir) {
+            Err(SpoolError::Locked { dir, holder }) => {
+                if let Some(say) = on_wait.take() {
+                    say(&holder);
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(SpoolError::Locked { dir, holder }),
-                    _ = tokio::time::sleep(RETRY) => {}
+                if Instant::now() >= deadline {
+                    return Err(SpoolError::Locked { dir, holder });
                 }
+                std::thread::sleep(RETRY);
             }
             other => return other,
         }
+    }
+}
+
+impl Spool {
+    /// Locks `cfg.dir` ([`lock`], without waiting), then opens the spool there
+    /// ([`Spool::open_locked`]).
+    pub fn open(cfg: SpoolConfig) -> Result<Spool, SpoolError> {
+        let lock = lock(&cfg.dir)?;
+        Spool::open_locked(cfg, lock)
     }
 }
 
@@ -75,37 +92,37 @@ pub async fn open_when_free(
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_second_open_waits_for_the_first_to_close_then_gives_up() {
+    #[test]
+    fn a_waiting_lock_is_taken_once_released_and_refused_after_the_wait() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = SpoolConfig::new(dir.path(), 1 << 20);
         let first = Spool::open(cfg.clone()).unwrap();
-        let never = CancellationToken::new();
+        let me = format!("mcpwatch-agent (pid {} on ", std::process::id());
         // Held for good: refused after the wait, naming this process.
-        match open_when_free(cfg.clone(), Duration::from_secs(5), &never).await {
-            Err(e @ SpoolError::Locked { .. }) => assert!(
-                e.to_string()
-                    .contains(&format!("mcpwatch-agent (pid {})", std::process::id())),
-                "{e}"
-            ),
+        let mut told = String::new();
+        match lock_waiting(dir.path(), Duration::from_millis(300), |h| told = h.into()) {
+            Err(e @ SpoolError::Locked { .. }) => {
+                assert!(e.to_string().contains(&me), "{e}")
+            }
             other => panic!("expected Locked, got {other:?}"),
         }
-        // Released while waiting: opened.
-        let waiter = tokio::spawn({
-            let cfg = cfg.clone();
-            async move { open_when_free(cfg, Duration::from_secs(30), &never).await }
+        assert!(told.starts_with(&me), "{told}");
+        // Released while waiting: taken. The holder lets go once told someone waits.
+        let (waiting_tx, waiting_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            waiting_rx.recv().unwrap();
+            drop(first);
         });
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(!waiter.is_finished());
-        drop(first);
-        let second = waiter.await.unwrap().unwrap();
-        // And a shutdown ends a wait at once.
-        let stop = CancellationToken::new();
-        stop.cancel();
-        assert!(matches!(
-            open_when_free(cfg, Duration::from_secs(30), &stop).await,
-            Err(SpoolError::Locked { .. })
-        ));
-        drop(second);
+        let lock = lock_waiting(dir.path(), Duration::from_secs(60), |_| {
+            waiting_tx.send(()).unwrap()
+        })
+        .unwrap();
+        holder.join().unwrap();
+        // The lock is for its own directory only.
+        let other = tempfile::tempdir().unwrap();
+        assert!(Spool::open_locked(SpoolConfig::new(other.path(), 1 << 20), lock).is_err());
+        // ...and a spool open elsewhere refuses a second open at once.
+        let _open = Spool::open(cfg.clone()).unwrap();
+        assert!(matches!(Spool::open(cfg), Err(SpoolError::Locked { .. })));
     }
 }

@@ -14,7 +14,7 @@
 //! - `rejected/NNNN.rec`: what exceeded the frame limit even alone (record layout), kept for
 //!   a human up to a quarter of `max_bytes`, and reported to the collector as a gap.
 //! - `lock`: an exclusive `flock` held by the process that has the spool open, naming it
-//!   (`mcpwatch-agent (pid N)`); a second process is refused (`SpoolError::Locked`).
+//!   (`mcpwatch-agent (pid N on HOST)`); a second process is refused (`SpoolError::Locked`).
 //!
 //! # Guarantees
 //! - A new process never appends to a segment left by an earlier one, so a torn tail is never
@@ -72,7 +72,7 @@ pub use config::{
     SpoolConfig, DEFAULT_KEEP_ACKED, DEFAULT_MAX_BYTES, MAX_DEFAULT_SEGMENT_BYTES,
     MIN_SEGMENT_BYTES,
 };
-pub use dir_lock::open_when_free;
+pub use dir_lock::{lock, lock_waiting, SpoolLock, LOCK_WAIT};
 pub use error::SpoolError;
 pub use handle::SpoolHandle;
 pub use replace::{Replaced, REJECTED_DIR};

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use mcpwatch_common::lock_file::LockFile;
 use mcpwatch_common::wire::Event;
 
 use super::batch::SpoolBatch;
 use super::config::{SpoolConfig, MIN_SEGMENT_BYTES};
+use super::dir_lock::SpoolLock;
 use super::error::{io_err, SpoolError};
 use super::record::{self, Sealed, HEADER_LEN};
 use super::segment::{
@@ -70,10 +70,6 @@ impl Corruption {
 #[derive(Debug)]
 pub struct Spool {
     pub(super) dir: PathBuf,
-    /// `dir/lock`, held for the spool's life: a second process appending to the same files
-    /// would break every guarantee above (two agents on one node during a rollout, a unit
-    /// and a manual run).
-    _lock: LockFile,
     watermark: Watermark,
     pub(super) max_bytes: u64,
     pub(super) segment_bytes: u64,
@@ -101,21 +97,28 @@ pub struct Spool {
     pub(super) superseded: BTreeSet<u64>,
     pub(super) split_records_total: u64,
     pub(super) oversized_records_total: u64,
+    /// `dir/lock`, held for the spool's life (and let go last): a second process appending
+    /// to the same files would break every guarantee above.
+    _lock: SpoolLock,
 }
 
 impl Spool {
-    /// Opens (creating `dir` if needed), locks and indexes the spool. Fails only when `dir`
-    /// cannot be created, locked or listed; any file content is accepted and corruption is
-    /// counted.
+    /// Opens and indexes the spool of `cfg.dir`, whose `lock` the caller took. Fails only
+    /// when the lock is of another directory or the directory cannot be listed; any file
+    /// content is accepted and corruption is counted.
     // Over 80 lines on purpose: the recovery scan (watermark, segments, corrupt files, next
     // seq) is one ordered procedure whose steps feed each other.
-    pub fn open(cfg: SpoolConfig) -> Result<Spool, SpoolError> {
+    pub fn open_locked(cfg: SpoolConfig, lock: SpoolLock) -> Result<Spool, SpoolError> {
         let max_bytes = cfg.max_bytes.max(MIN_SEGMENT_BYTES);
         let segment_bytes = cfg.segment_bytes.clamp(MIN_SEGMENT_BYTES, max_bytes);
         let dir = cfg.dir;
         let keep_acked_ms = i64::try_from(cfg.keep_acked.as_millis()).unwrap_or(i64::MAX);
-        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
-        let lock = super::dir_lock::lock(&dir)?;
+        if lock.dir != dir {
+            return Err(io_err("lock", &dir)(io::Error::other(format!(
+                "the lock held is of {}",
+                lock.dir.display()
+            ))));
+        }
         let corruption = Corruption::default();
         let (last_acked, damage) = watermark::read(&dir);
         let watermark = Watermark::new(&dir);

@@ -59,7 +59,8 @@ pub struct EventsQuery {
     pub host: Option<String>,
     /// Only this MCP server.
     pub server: Option<String>,
-    /// Only these kinds, comma-separated (`started,exited`; at most 16).
+    /// Only these kinds, comma-separated (`started,exited`; at most 16, each of letters,
+    /// digits and underscores).
     pub kind: Option<String>,
     /// Only events at or after this time (ms since the epoch).
     pub since_ms: Option<i64>,
@@ -72,15 +73,20 @@ pub struct EventsQuery {
 /// Most kinds one request may name.
 const MAX_KINDS: usize = 16;
 
-/// The kinds of a `kind` parameter: comma-separated names, none empty.
+/// The kinds of a `kind` parameter: comma-separated names of 1 to 64 letters, digits and
+/// underscores (what every event kind is made of; `a, b` is refused, not read as " b").
 fn kinds(list: &str) -> Result<Vec<String>, ApiError> {
-    let kinds: Vec<String> = list.split(',').map(str::to_owned).collect();
-    if kinds.len() > MAX_KINDS || kinds.iter().any(|k| k.is_empty() || k.len() > 64) {
+    let name = |k: &&str| {
+        (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let kinds: Vec<&str> = list.split(',').collect();
+    if kinds.len() > MAX_KINDS || !kinds.iter().all(name) {
         return Err(ApiError::bad(format!(
-            "kind: at most {MAX_KINDS} comma-separated event kinds, none empty"
+            "kind: at most {MAX_KINDS} comma-separated event kinds, each 1 to 64 letters, \
+             digits or underscores"
         )));
     }
-    Ok(kinds)
+    Ok(kinds.into_iter().map(str::to_owned).collect())
 }
 
 /// Events (gaps, spool corruption, server state changes and probe results) of the hosts the

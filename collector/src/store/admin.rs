@@ -45,7 +45,7 @@ pub fn open(db: &Path) -> Result<AdminDb, StoreError> {
     if created {
         // A first command run as root (quickstart under sudo) leaves the files to the
         // directory's owner, the collector's user.
-        // By path: a descriptor of ours, closed, would release SQLite's locks on the file.
+        // Never through an ordinary descriptor: closing it would release SQLite's locks.
         for suffix in ["", "-wal", "-shm"] {
             let path = super::lock::beside(db, suffix);
             match super::lock::adopt_owner_of_path(&path, &directory) {

@@ -45,11 +45,10 @@ impl DbLock {
     pub fn acquire(db: &Path, holder: &str) -> Result<DbLock, StoreError> {
         let lock = take(db, &lock_path(db), LockMode::Exclusive)?;
         let mut file = lock._file;
-        file.write_holder(&format!("{holder} (pid {})\n", std::process::id()))
-            .map_err(|source| StoreError::Io {
-                path: lock_path(db),
-                source,
-            })?;
+        file.write_holder(holder).map_err(|source| StoreError::Io {
+            path: lock_path(db),
+            source,
+        })?;
         Ok(DbLock { _file: file })
     }
 
@@ -74,7 +73,7 @@ fn take(db: &Path, path: &Path, mode: LockMode) -> Result<DbLock, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let reference = owner_reference(db);
-    match LockFile::try_acquire(path, mode, |file| adopt_owner(file, &reference)) {
+    match LockFile::acquire(path, mode, |file| adopt_owner(file, &reference)) {
         Ok(file) => Ok(DbLock { _file: file }),
         Err(LockError::Held { holder }) => Err(StoreError::Locked {
             db: db.to_owned(),
@@ -91,6 +90,9 @@ fn take(db: &Path, path: &Path, mode: LockMode) -> Result<DbLock, StoreError> {
             db: db.to_owned(),
             holder: format!("a process replacing {}", path.display()),
         }),
+        Err(LockError::NotAPlainFile) => Err(io(std::io::Error::other(
+            "not a regular file with a single name; remove it",
+        ))),
         Err(LockError::Io(e)) => Err(io(e)),
     }
 }
@@ -119,25 +121,39 @@ pub(super) fn adopt_owner(file: &File, reference: &Path) -> std::io::Result<()> 
     std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))
 }
 
-/// [`adopt_owner`] by path, for a file SQLite has open in this process: never through a
-/// descriptor of our own, because closing any descriptor of a file drops every POSIX lock
-/// the process holds on it — SQLite's too. Another process would then take the database
-/// for unused: a reader truncating the `-shm` under this process's mapping (SIGBUS), a
-/// writer committing beside ours. A symlink is changed itself, never followed.
+/// [`adopt_owner`] for a file SQLite has open in this process, through an `O_PATH`
+/// descriptor: closing an ordinary descriptor of a file drops every POSIX lock the process
+/// holds on it — SQLite's too — and another process would then take the database for
+/// unused (a reader truncating the `-shm` under this process's mapping: SIGBUS; a writer
+/// committing beside ours). The kernel keeps the locks when an `O_PATH` descriptor closes.
+/// What is checked is what is changed: a symlink is changed itself, a file with other names
+/// (a hard link planted in the directory could name any file of the machine) is refused.
 pub(super) fn adopt_owner_of_path(path: &Path, reference: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid, CWD};
     let owner = std::fs::metadata(reference)?;
-    let mine = std::fs::symlink_metadata(path)?;
-    if (mine.uid(), mine.gid()) == (owner.uid(), owner.gid()) {
+    let handle = rustix::fs::openat(
+        CWD,
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mine = rustix::fs::fstat(&handle)?;
+    if (mine.st_uid, mine.st_gid) == (owner.uid(), owner.gid()) {
         return Ok(());
     }
-    // A hard link planted in the directory could name any file of the machine: root would
-    // hand it to the directory's owner.
-    if mine.nlink() > 1 {
+    if mine.st_nlink > 1 {
         return Err(std::io::Error::other(
-            "refusing to change the owner of a file with several hard links",
+            "refusing to change the owner of a file with several names (hard links)",
         ));
     }
-    std::os::unix::fs::lchown(path, Some(owner.uid()), Some(owner.gid()))
+    rustix::fs::chownat(
+        &handle,
+        "",
+        Some(Uid::from_raw(owner.uid())),
+        Some(Gid::from_raw(owner.gid())),
+        AtFlags::EMPTY_PATH,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
