@@ -102,6 +102,34 @@ fn prepare_dir(path: &std::path::Path, owner: &str, mode: &str) -> ExitCode {
     }
 }
 
+/// Takes the spool lock of `dir`, waiting up to `spool::LOCK_WAIT` (saying so on stderr:
+/// logging is not set up yet). On a runtime of its own so that SIGTERM and SIGINT end the
+/// wait (`Ok(None)`) and SIGHUP does not kill: in a container the agent is pid 1, which
+/// the kernel sends no signal it has no handler for.
+fn wait_for_spool(
+    dir: &std::path::Path,
+) -> Result<Option<mcpwatch_agent::spool::SpoolLock>, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let wait = mcpwatch_agent::spool::LOCK_WAIT;
+    Ok(runtime.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signals = tokio::spawn(shutdown::watch_signals(stop.clone(), None));
+        let taken = mcpwatch_agent::spool::lock_waiting(dir, wait, &stop, |holder| {
+            eprintln!(
+                "mcpwatch-agent: spool directory {} is in use by {holder}; waiting up to {}s",
+                dir.display(),
+                wait.as_secs()
+            )
+        })
+        .await;
+        stop.cancel();
+        let _ = signals.await;
+        taken
+    })?)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (path, run) = match cli.command {
@@ -137,17 +165,11 @@ fn main() -> ExitCode {
             mcpwatch_common::config::load::<mcpwatch_agent::config::RawAgentConfig>(&path)
         {
             // Before any state is touched: another agent on this state (the one a rollout
-            // replaces) may still be running. Until the runtime starts, SIGTERM ends the wait.
-            let dir = raw.spool_dir(&path);
-            let wait = mcpwatch_agent::spool::LOCK_WAIT;
-            match mcpwatch_agent::spool::lock_waiting(&dir, wait, |holder| {
-                eprintln!(
-                    "mcpwatch-agent: spool directory {} is in use by {holder}; waiting up to {}s",
-                    dir.display(),
-                    wait.as_secs()
-                )
-            }) {
-                Ok(lock) => spool_lock = Some(lock),
+            // replaces) may still be running.
+            match wait_for_spool(&raw.spool_dir(&path)) {
+                Ok(Some(lock)) => spool_lock = Some(lock),
+                // Stopped while waiting: nothing was started.
+                Ok(None) => return ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("mcpwatch-agent: {err}");
                     return ExitCode::FAILURE;

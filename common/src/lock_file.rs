@@ -53,7 +53,8 @@ const FORK_GRACE: Duration = Duration::from_millis(500);
 
 impl LockFile {
     /// [`LockFile::try_acquire`], trying again for a moment while the lock is held (see
-    /// `FORK_GRACE`): what callers use; a holder that stays is refused.
+    /// `FORK_GRACE`): what callers use; a holder that stays is refused. Blocks up to 500 ms:
+    /// for start-up and blocking code.
     pub fn acquire(
         path: &Path,
         mode: LockMode,

@@ -228,8 +228,8 @@ fn a_second_agent_on_the_same_spool_waits_for_the_first_then_takes_over() {
     assert!(agent.stop().success());
     let (collected_first, dropped, _) = final_counts(&agent.logs());
     assert_eq!(dropped, 0);
-    // The second opens the spool and streams from where the first stopped. Its ports are
-    // bound only now: one taken meanwhile by another test is tried again on others.
+    // The second opens the spool and streams from where the first stopped. Its listeners
+    // are bound only now: a port taken meanwhile by another test is tried again on others.
     for attempt in 2..=4 {
         let streaming = wait_for("the second agent drained", LONG, || {
             if let Ok(Some(_)) = second.0.try_wait() {

@@ -3,9 +3,10 @@
 //! interrupted certificate renewal), waiting a while for the agent it replaces.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mcpwatch_common::lock_file::{LockError, LockFile, LockMode};
+use tokio_util::sync::CancellationToken;
 
 use super::config::SpoolConfig;
 use super::error::{io_err, SpoolError};
@@ -13,7 +14,8 @@ use super::store::Spool;
 
 /// The lock file's name in the spool directory.
 const LOCK_FILE: &str = "lock";
-/// How often a waiting start tries again.
+/// How often a waiting start tries again (each try also waits out a forked child's copy of
+/// the descriptor, up to 500 ms: `LockFile::acquire`).
 const RETRY: Duration = Duration::from_millis(250);
 /// How long a starting agent waits for another process to let go of its spool: an agent
 /// being replaced (a DaemonSet rollout with surge, the docker-socket overlay's relabel swap)
@@ -54,27 +56,36 @@ pub fn lock(dir: &Path) -> Result<SpoolLock, SpoolError> {
     })
 }
 
-/// [`lock`], waiting up to `wait` while another process has it; `on_wait(holder)` runs
-/// once, when the wait begins (to say so: the caller may not have logging yet).
-pub fn lock_waiting(
+/// [`lock`] (on a blocking thread), trying again every 250 ms for up to `wait` while
+/// another process has it; `on_wait(holder)` runs once, when the wait begins (to say so:
+/// the caller may not have logging yet). `Ok(None)` when `stop` is cancelled first.
+pub async fn lock_waiting(
     dir: &Path,
     wait: Duration,
+    stop: &CancellationToken,
     on_wait: impl FnOnce(&str),
-) -> Result<SpoolLock, SpoolError> {
-    let deadline = Instant::now() + wait;
+) -> Result<Option<SpoolLock>, SpoolError> {
+    let deadline = tokio::time::Instant::now() + wait;
     let mut on_wait = Some(on_wait);
     loop {
-        match lock(dir) {
+        let attempt = dir.to_path_buf();
+        let taken = tokio::task::spawn_blocking(move || lock(&attempt))
+            .await
+            .map_err(|e| io_err("lock", dir)(std::io::Error::other(e.to_string())))?;
+        match taken {
             Err(SpoolError::Locked { dir, holder }) => {
                 if let Some(say) = on_wait.take() {
                     say(&holder);
                 }
-                if Instant::now() >= deadline {
+                if tokio::time::Instant::now() >= deadline {
                     return Err(SpoolError::Locked { dir, holder });
                 }
-                std::thread::sleep(RETRY);
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
             }
-            other => return other,
+            other => return other.map(Some),
         }
     }
 }
@@ -92,36 +103,42 @@ impl Spool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_waiting_lock_is_taken_once_released_and_refused_after_the_wait() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_lock_is_taken_once_released_refused_after_the_wait_or_stopped() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = SpoolConfig::new(dir.path(), 1 << 20);
         let first = Spool::open(cfg.clone()).unwrap();
         let me = format!("mcpwatch-agent (pid {} on ", std::process::id());
+        let running = CancellationToken::new();
         // Held for good: refused after the wait, naming this process.
         let mut told = String::new();
-        match lock_waiting(dir.path(), Duration::from_millis(300), |h| told = h.into()) {
-            Err(e @ SpoolError::Locked { .. }) => {
-                assert!(e.to_string().contains(&me), "{e}")
-            }
+        let short = Duration::from_millis(300);
+        match lock_waiting(dir.path(), short, &running, |h| told = h.into()).await {
+            Err(e @ SpoolError::Locked { .. }) => assert!(e.to_string().contains(&me), "{e}"),
             other => panic!("expected Locked, got {other:?}"),
         }
         assert!(told.starts_with(&me), "{told}");
+        // Stopped while waiting: no lock, no error.
+        let stopped = CancellationToken::new();
+        let long = Duration::from_secs(60);
+        let stopper = stopped.clone();
+        let waited = lock_waiting(dir.path(), long, &stopped, move |_| stopper.cancel()).await;
+        assert!(matches!(waited, Ok(None)), "{waited:?}");
         // Released while waiting: taken. The holder lets go once told someone waits.
         let (waiting_tx, waiting_rx) = std::sync::mpsc::channel();
         let holder = std::thread::spawn(move || {
             waiting_rx.recv().unwrap();
             drop(first);
         });
-        let lock = lock_waiting(dir.path(), Duration::from_secs(60), |_| {
-            waiting_tx.send(()).unwrap()
-        })
-        .unwrap();
+        let lock = lock_waiting(dir.path(), long, &running, |_| waiting_tx.send(()).unwrap())
+            .await
+            .unwrap()
+            .expect("taken");
         holder.join().unwrap();
         // The lock is for its own directory only.
         let other = tempfile::tempdir().unwrap();
         assert!(Spool::open_locked(SpoolConfig::new(other.path(), 1 << 20), lock).is_err());
-        // ...and a spool open elsewhere refuses a second open at once.
+        // ...and a spool open refuses a second open.
         let _open = Spool::open(cfg.clone()).unwrap();
         assert!(matches!(Spool::open(cfg), Err(SpoolError::Locked { .. })));
     }

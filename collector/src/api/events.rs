@@ -61,6 +61,7 @@ pub struct EventsQuery {
     pub server: Option<String>,
     /// Only these kinds, comma-separated (`started,exited`; at most 16, each of letters,
     /// digits and underscores).
+    #[param(pattern = "^[A-Za-z0-9_]{1,64}(,[A-Za-z0-9_]{1,64}){0,15}$")]
     pub kind: Option<String>,
     /// Only events at or after this time (ms since the epoch).
     pub since_ms: Option<i64>,
