@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A full run writes about 15 GB under target/ (debug, static musl, fixture, images). Say so up
+# front rather than failing half an hour in with "No space left on device".
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+echo "free disk under $PWD: $((free_kb / 1024 / 1024)) GB"
+((free_kb >= 10 * 1024 * 1024)) || echo "warning: under 10 GB free; the build may run out of space"
+
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # bench-alert runs Prometheus + Alertmanager beside mcpwatch.
