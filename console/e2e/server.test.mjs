@@ -113,8 +113,11 @@ test("the server page shows the drift as a diff, tools, latency and events; appr
   const tool = page.locator('tr[data-tool="echo"]');
   await tool.waitFor({ timeout: 20_000 });
   assert.ok(Number(await tool.locator("td").nth(1).textContent()) >= 5);
-  // Probe latency per stage, drawn.
-  await page.locator('[data-chart^="Probe latency per stage"] canvas').waitFor();
+  // Probe latency per stage, drawn over the server's few minutes, not squeezed into an hour.
+  const latency = page.locator('[data-chart^="Probe latency per stage"]');
+  await latency.locator("canvas").waitFor();
+  const span = await latency.evaluate((el) => Number(el.dataset.xMax) - Number(el.dataset.xMin));
+  assert.ok(span >= 240 && span < 3000, `latency chart spans ${span} s, not the hour`);
   await look(page, "server-drift", assert);
 
   await page.getByRole("button", { name: "Approve the new tools" }).click();

@@ -39,6 +39,18 @@ export interface Drawn {
   tier: string;
 }
 
+/**
+ * Drops the leading points where no series has a value, keeping at least `keep` points: a
+ * chart of a server started minutes ago then spans those minutes instead of squeezing them
+ * against the right edge of an empty hour. A chart with no values at all is left whole.
+ */
+export function fromFirstValue(d: ChartData, keep: number): ChartData {
+  const first = d.times.findIndex((_t, i) => d.series.some((s) => s.values[i] !== null));
+  const cut = first < 0 ? 0 : Math.max(0, Math.min(first, d.times.length - keep));
+  if (cut === 0) return d;
+  return { times: d.times.slice(cut), series: d.series.map((s) => ({ label: s.label, values: s.values.slice(cut) })) };
+}
+
 export async function loadPanels(host: string, panels: Panel[], rangeMs: number): Promise<Drawn[]> {
   const step = stepFor(rangeMs);
   const end = Math.floor(Date.now() / step) * step;

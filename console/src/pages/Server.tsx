@@ -7,7 +7,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { api, get, type Host, type Page } from "../api";
 import { format } from "../chart/units";
-import { loadPanels, type Panel } from "../chart/query";
+import { fromFirstValue, loadPanels, type Drawn, type Panel } from "../chart/query";
 import { ago, duration, timestamp } from "../format";
 import { href } from "../router";
 import { Dialog } from "../ui/Dialog";
@@ -81,6 +81,18 @@ function latencyPanel(server: string): Panel {
 
 type ChartModule = typeof import("../chart/Chart");
 
+/** The latency charts cover the last hour, or less for a younger server (at least 5 min). */
+const LATENCY_RANGE_MS = 3_600_000;
+const LATENCY_MIN_POINTS = 60;
+
+function latencyChart(chart: ChartModule, p: Drawn) {
+  const data = fromFirstValue(p.data, LATENCY_MIN_POINTS);
+  const times = data.times;
+  const minutes = times.length > 1 ? Math.round((times[times.length - 1] - times[0]) / 60) : 0;
+  const span = data === p.data ? "last hour" : `last ${minutes} min`;
+  return <chart.Chart key={p.title} title={`${p.title} (${span})`} unit={p.unit} data={data} />;
+}
+
 export function Server(props: { host: string; name: string }) {
   const base = `/hosts/${encodeURIComponent(props.host)}`;
   const path = `${base}/servers/${encodeURIComponent(props.name)}`;
@@ -113,7 +125,7 @@ export function Server(props: { host: string; name: string }) {
   const events = useLive(["event"], () => eventsOf(null, 100), [path], {
     accept: (_t, e) => mine(e) && !(hideProbes && e?.kind === PROBE_OK),
   });
-  const latency = useLive([], () => loadPanels(props.host, [latencyPanel(props.name)], 3_600_000), [path]);
+  const latency = useLive([], () => loadPanels(props.host, [latencyPanel(props.name)], LATENCY_RANGE_MS), [path]);
   const { error, act } = useAction(() => {
     setConfirmStop(false);
     servers.reload();
@@ -209,7 +221,7 @@ export function Server(props: { host: string; name: string }) {
       <h2>Probe latency</h2>
       {latency.error && <p class="error" role="alert">{latency.error}</p>}
       <div class="charts">
-        {chart && latency.data?.map((p) => <chart.Chart key={p.title} title={`${p.title} (last hour)`} unit={p.unit} data={p.data} />)}
+        {chart && latency.data?.map((p) => latencyChart(chart, p))}
       </div>
 
       <h2>Tools</h2>
