@@ -312,8 +312,14 @@ pub async fn run_with_router(
     router: CommandRouter,
 ) -> Result<(), CollectorError> {
     // Held until return: `restore` refuses to swap the file under a running collector, and
-    // a second collector on the same file is refused here.
-    let _db_lock = crate::store::lock::DbLock::acquire(&config.db_path, "collector")?;
+    // a second collector on the same file is refused here. On a blocking thread: a lock held
+    // by a forked child is retried for up to 500 ms, which must not stall the caller's runtime.
+    let db_path = config.db_path.clone();
+    let _db_lock = tokio::task::spawn_blocking(move || {
+        crate::store::lock::DbLock::acquire(&db_path, "collector")
+    })
+    .await
+    .map_err(|e| StoreError::ReadFailed(format!("taking the database lock: {e}")))??;
     let metrics = CollectorMetrics::new();
     let pki = crate::pki::Pki::new(&config.enroll, metrics.clone());
     let tls = Arc::new(Reloadable::new(tls::server_config(
