@@ -437,13 +437,6 @@ pub async fn run_with_router(
         &background,
         background_stop.clone(),
     );
-    let files = config.tls.clone();
-    let revoked = pki.revoked().clone();
-    background.spawn(tls::reload_on_sighup(
-        move || tls::server_config(&files, &revoked),
-        tls.clone(),
-        shutdown.clone(),
-    ));
     pki.spawn_tls_watch(
         config.tls.clone(),
         tls.clone(),

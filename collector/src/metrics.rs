@@ -220,7 +220,7 @@ impl CollectorMetrics {
         );
         r.register(
             "mcpwatch_collector_pki_refusals",
-            "Enrollments and certificate renewals refused, by reason.",
+            "Enrollments and certificate renewals refused, and PKI upkeep that failed (revocation poll, TLS reload, SIGHUP listener), by reason.",
             m.pki_refusals.clone(),
         );
         r.register(

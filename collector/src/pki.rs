@@ -1,7 +1,7 @@
 //! The collector's side of the fleet PKI at run time: the signer (when `[enroll] ca_key` is
 //! set), the live set of revoked serials the ingest verifier refuses, the poll that picks up
 //! revocations made by the CLI on the database, the watch that rebuilds the ingest TLS
-//! config when a CRL file changes, and the certificate expiry gauges.
+//! config when one of its files changes or on SIGHUP, and the certificate expiry gauges.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -189,8 +189,9 @@ impl Pki {
     }
 
     /// Rebuilds the ingest TLS config whenever one of its files (CA, certificate, key,
-    /// CRLs) changes; SIGHUP does the same at once. A rebuild that fails keeps the old
-    /// config and logs why.
+    /// CRLs) changes, and at once on SIGHUP (which also catches a change the poll cannot
+    /// see: a file replaced with one of the same size and time). A rebuild that fails keeps
+    /// the old config, counts the refusal and logs why.
     pub fn spawn_tls_watch(
         &self,
         files: TlsFiles,
@@ -215,14 +216,30 @@ impl Pki {
                 .collect()
         };
         tracker.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hangup = match signal(SignalKind::hangup()) {
+                Ok(hangup) => Some(hangup),
+                Err(e) => {
+                    pki.refused("sighup_listen");
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP; ingest TLS files are still watched");
+                    None
+                }
+            };
             let mut seen = stamp();
             loop {
-                tokio::select! {
+                let signalled = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let trigger = tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(POLL) => {}
-                }
+                    _ = tokio::time::sleep(POLL) => "file change",
+                    _ = signalled => "SIGHUP",
+                };
                 let now = stamp();
-                if now == seen {
+                if now == seen && trigger != "SIGHUP" {
                     continue;
                 }
                 seen = now;
@@ -230,11 +247,11 @@ impl Pki {
                     Ok(config) => {
                         target.set(config);
                         pki.set_own(&files);
-                        tracing::info!("ingest TLS files changed; new connections use them");
+                        tracing::info!(trigger, "ingest TLS files reloaded; new connections use them");
                     }
                     Err(e) => {
                         pki.refused("tls_reload");
-                        tracing::error!(error = %e, "ingest TLS files changed but cannot be used; keeping the old ones");
+                        tracing::error!(trigger, error = %e, "ingest TLS files cannot be used; keeping the old ones");
                     }
                 }
             }

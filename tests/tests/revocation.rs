@@ -1,7 +1,8 @@
 //! Revocation by serial, live, against the real binaries: through the API and the CLI the
 //! revoked certificate's session closes at once and its reconnects fail at the TLS
 //! handshake, while another agent streams on; and a CRL from an external CA (made here with
-//! rcgen) refuses the certificate it lists, taking effect when the file is replaced.
+//! rcgen) refuses the certificate it lists, taking effect when the file is replaced and on
+//! SIGHUP.
 
 use std::path::Path;
 use std::process::Command;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mcpwatch_common::cert_info;
 use mcpwatch_tests::api::{admin_token, Api};
-use mcpwatch_tests::process::{AgentProc, CollectorProc};
+use mcpwatch_tests::process::{signal, AgentProc, CollectorProc};
 use mcpwatch_tests::{bin, metric, wait_for, Pki};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -169,7 +170,7 @@ fn a_crl_from_an_external_ca_refuses_what_it_lists_and_a_replaced_file_takes_eff
     text.push_str(&std::fs::read_to_string(external.ca()).unwrap());
     std::fs::write(&bundle, text).unwrap();
     let crl_path = tmp.path().join("c/external.crl");
-    std::fs::write(&crl_path, crl(&external, &[])).unwrap();
+    std::fs::write(&crl_path, padded(crl(&external, &[]))).unwrap();
     let config = std::fs::read_to_string(&c.config).unwrap().replacen(
         "[tls]\n",
         &format!("[tls]\ncrl = [\"{}\"]\n", crl_path.display()),
@@ -205,10 +206,10 @@ fn a_crl_from_an_external_ca_refuses_what_it_lists_and_a_replaced_file_takes_eff
     // A new CRL listing x, written over the old one: no restart, no SIGHUP.
     let refused_before = tls_refusals(&c);
     let tmp_crl = crl_path.with_extension("new");
-    std::fs::write(&tmp_crl, crl(&external, &[&serial_x])).unwrap();
+    std::fs::write(&tmp_crl, padded(crl(&external, &[&serial_x]))).unwrap();
     std::fs::rename(&tmp_crl, &crl_path).unwrap();
     wait_for("the new CRL in force", LONG, || {
-        c.logs().contains("ingest TLS files changed").then_some(())
+        (reloads(&c, "file change") == 1).then_some(())
     });
     // x's live session is not cut by a CRL (see ARCHITECTURE.md); its next connection is
     // refused at the handshake.
@@ -221,4 +222,51 @@ fn a_crl_from_an_external_ca_refuses_what_it_lists_and_a_replaced_file_takes_eff
     assert_eq!(x.metric("mcpwatch_agent_uplink_connected"), 0.0);
     // y, from the same CA and not listed, is unaffected.
     y.wait_acked_more(3.0);
+
+    // SIGHUP on its own: a CRL listing y too, of the same size and modification time, which
+    // the file watch cannot tell from the old one.
+    let serial_y = serial_of(&external.dir.join("agent-y.crt"));
+    let old_modified = std::fs::metadata(&crl_path).unwrap().modified().unwrap();
+    std::fs::write(&tmp_crl, padded(crl(&external, &[&serial_x, &serial_y]))).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp_crl)
+        .unwrap()
+        .set_modified(old_modified)
+        .unwrap();
+    std::fs::rename(&tmp_crl, &crl_path).unwrap();
+    let refused_before = tls_refusals(&c);
+    signal(c.child.as_ref().unwrap(), "HUP");
+    wait_for("the SIGHUP reload", LONG, || {
+        (reloads(&c, "SIGHUP") == 1).then_some(())
+    });
+    let mut y = y;
+    y.kill9();
+    y.restart();
+    wait_for("y refused at the handshake", LONG, || {
+        (tls_refusals(&c) > refused_before).then_some(())
+    });
+    assert_eq!(y.metric("mcpwatch_agent_uplink_connected"), 0.0);
+    assert_eq!(
+        reloads(&c, "file change"),
+        1,
+        "the file watch saw the same-size, same-time CRL, so this did not test SIGHUP alone"
+    );
+}
+
+/// Every CRL file of the test has the same length (PEM ignores what follows its block), so
+/// that one replaced with the same modification time is invisible to the file watch.
+fn padded(mut pem: String) -> String {
+    const LEN: usize = 4096;
+    assert!(pem.len() <= LEN, "a CRL of {} bytes", pem.len());
+    pem.extend(std::iter::repeat_n('\n', LEN - pem.len()));
+    pem
+}
+
+/// How many times the collector's log says it reloaded its ingest TLS files for `trigger`.
+fn reloads(c: &CollectorProc, trigger: &str) -> usize {
+    c.logs()
+        .lines()
+        .filter(|l| l.contains("ingest TLS files reloaded") && l.contains(trigger))
+        .count()
 }
