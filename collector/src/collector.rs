@@ -319,7 +319,10 @@ pub async fn run_with_router(
         crate::store::lock::DbLock::acquire(&db_path, "collector")
     })
     .await
-    .map_err(|e| StoreError::ReadFailed(format!("taking the database lock: {e}")))??;
+    .map_err(|e| StoreError::Io {
+        path: config.db_path.clone(),
+        source: std::io::Error::other(format!("the task taking the database lock failed: {e}")),
+    })??;
     let metrics = CollectorMetrics::new();
     let pki = crate::pki::Pki::new(&config.enroll, metrics.clone());
     let tls = Arc::new(Reloadable::new(tls::server_config(

@@ -233,16 +233,17 @@ impl Pki {
                         None => std::future::pending().await,
                     }
                 };
-                let trigger = tokio::select! {
+                let by_signal = tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(POLL) => "file change",
-                    _ = signalled => "SIGHUP",
+                    _ = tokio::time::sleep(POLL) => false,
+                    _ = signalled => true,
                 };
                 let now = stamp();
-                if now == seen && trigger != "SIGHUP" {
+                if now == seen && !by_signal {
                     continue;
                 }
                 seen = now;
+                let trigger = if by_signal { "SIGHUP" } else { "file change" };
                 match tls::server_config(&files, pki.revoked()) {
                     Ok(config) => {
                         target.set(config);

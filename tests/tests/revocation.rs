@@ -224,7 +224,9 @@ fn a_crl_from_an_external_ca_refuses_what_it_lists_and_a_replaced_file_takes_eff
     y.wait_acked_more(3.0);
 
     // SIGHUP on its own: a CRL listing y too, of the same size and modification time, which
-    // the file watch cannot tell from the old one.
+    // the file watch (it compares length and mtime: `Pki::spawn_tls_watch`) cannot tell from
+    // the old one. x stops, so every refusal from here on is y's.
+    x.kill9();
     let serial_y = serial_of(&external.dir.join("agent-y.crt"));
     let old_modified = std::fs::metadata(&crl_path).unwrap().modified().unwrap();
     std::fs::write(&tmp_crl, padded(crl(&external, &[&serial_x, &serial_y]))).unwrap();
@@ -243,9 +245,12 @@ fn a_crl_from_an_external_ca_refuses_what_it_lists_and_a_replaced_file_takes_eff
     let mut y = y;
     y.kill9();
     y.restart();
-    wait_for("y refused at the handshake", LONG, || {
-        (tls_refusals(&c) > refused_before).then_some(())
+    // Two failed attempts of the restarted y, both refused by the collector, and not one
+    // batch acknowledged in between: it is the CRL that keeps y out, not a slow start.
+    wait_for("y refused at the handshake twice", LONG, || {
+        (uplink_errors(&y) >= 2.0 && tls_refusals(&c) >= refused_before + 2.0).then_some(())
     });
+    assert_eq!(y.acked(), 0.0, "y got a batch through after the SIGHUP");
     assert_eq!(y.metric("mcpwatch_agent_uplink_connected"), 0.0);
     assert_eq!(
         reloads(&c, "file change"),
@@ -261,6 +266,17 @@ fn padded(mut pem: String) -> String {
     assert!(pem.len() <= LEN, "a CRL of {} bytes", pem.len());
     pem.extend(std::iter::repeat_n('\n', LEN - pem.len()));
     pem
+}
+
+/// Failed uplink attempts of `agent` since it started, of any kind (a refused client
+/// certificate reaches a TLS 1.3 client as an alert on its first read).
+fn uplink_errors(agent: &AgentProc) -> f64 {
+    agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("mcpwatch_agent_uplink_errors_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// How many times the collector's log says it reloaded its ingest TLS files for `trigger`.

@@ -4,10 +4,10 @@
 // probes hidden unless asked). The drift and the restart history are read by event kind,
 // apart from the latest events, which probe results soon fill. Updated live.
 
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useMemo, useState } from "preact/hooks";
 import { api, get, type Host, type Page } from "../api";
 import { format } from "../chart/units";
-import { fromFirstValue, loadPanels, type Drawn, type Panel } from "../chart/query";
+import { fromFirstValue, loadPanels, stepFor, type Drawn, type Panel } from "../chart/query";
 import { ago, duration, timestamp } from "../format";
 import { href } from "../router";
 import { Dialog } from "../ui/Dialog";
@@ -81,16 +81,17 @@ function latencyPanel(server: string): Panel {
 
 type ChartModule = typeof import("../chart/Chart");
 
-/** The latency charts cover the last hour, or less for a younger server (at least 5 min). */
+/** The latency charts cover the last hour, or less when it begins without probes (a new
+ * server): from the first probe, showing at least 5 minutes. */
 const LATENCY_RANGE_MS = 3_600_000;
-const LATENCY_MIN_POINTS = 60;
+const LATENCY_MIN_POINTS = Math.ceil(300_000 / stepFor(LATENCY_RANGE_MS)) + 1;
 
-function latencyChart(chart: ChartModule, p: Drawn) {
+function trimmed(p: Drawn): Drawn {
   const data = fromFirstValue(p.data, LATENCY_MIN_POINTS);
   const times = data.times;
   const minutes = times.length > 1 ? Math.round((times[times.length - 1] - times[0]) / 60) : 0;
-  const span = data === p.data ? "last hour" : `last ${minutes} min`;
-  return <chart.Chart key={p.title} title={`${p.title} (${span})`} unit={p.unit} data={data} />;
+  const span = data === p.data || minutes >= 60 ? "last hour" : `last ${minutes} min`;
+  return { ...p, title: `${p.title} (${span})`, data };
 }
 
 export function Server(props: { host: string; name: string }) {
@@ -126,6 +127,8 @@ export function Server(props: { host: string; name: string }) {
     accept: (_t, e) => mine(e) && !(hideProbes && e?.kind === PROBE_OK),
   });
   const latency = useLive([], () => loadPanels(props.host, [latencyPanel(props.name)], LATENCY_RANGE_MS), [path]);
+  // Trimmed once per read: a new object each render would make the chart redraw each time.
+  const latencyCharts = useMemo(() => latency.data?.map(trimmed), [latency.data]);
   const { error, act } = useAction(() => {
     setConfirmStop(false);
     servers.reload();
@@ -221,7 +224,7 @@ export function Server(props: { host: string; name: string }) {
       <h2>Probe latency</h2>
       {latency.error && <p class="error" role="alert">{latency.error}</p>}
       <div class="charts">
-        {chart && latency.data?.map((p) => latencyChart(chart, p))}
+        {chart && latencyCharts?.map((p, i) => <chart.Chart key={i} title={p.title} unit={p.unit} data={p.data} />)}
       </div>
 
       <h2>Tools</h2>
